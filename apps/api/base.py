@@ -1,0 +1,91 @@
+"""The one base for /v1/ views: every query is scoped to the API key's project."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Model, QuerySet
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.accounts.models import ApiKey, Organization
+from apps.api.errors import APIError
+from apps.projects.models import Project
+
+
+class ProjectAPIView(APIView):
+    """Base for every authenticated /v1/ view. `self.project` is the API key's project.
+
+    Objects are looked up with `get_scoped` only, so another tenant's id is a 404 that looks
+    exactly like an id that does not exist.
+    """
+
+    @property
+    def api_key(self) -> ApiKey:
+        assert isinstance(self.request.auth, ApiKey)
+        return self.request.auth
+
+    @property
+    def project(self) -> Project:
+        return self.api_key.project
+
+    @property
+    def organization(self) -> Organization:
+        return self.api_key.project.organization
+
+    def get_scoped(
+        self, queryset: QuerySet[Any], public_id: str, *, noun: str, field: str = "public_id"
+    ) -> Any:
+        obj = queryset.filter(**{field: public_id}).first()
+        if obj is None:
+            raise APIError(f"No such {noun}: '{public_id}'.", status=404, code="not_found", param="id")
+        return obj
+
+
+def parse_limit(request: Request, default: int, maximum: int) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None or raw == "":
+        return default
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise APIError(f"limit must be an integer between 1 and {maximum}.", param="limit") from None
+    if not 1 <= limit <= maximum:
+        raise APIError(f"limit must be an integer between 1 and {maximum}.", param="limit")
+    return limit
+
+
+def cursor_page(
+    request: Request,
+    queryset: QuerySet[Any],
+    to_dict: Any,
+    *,
+    default_limit: int = 20,
+    max_limit: int = 100,
+    ascending: bool = False,
+    first_last: bool = False,
+    id_field: str = "public_id",
+) -> Response:
+    """OpenAI cursor pagination: `after=<id>&limit=N` → `{object: list, data, has_more}`.
+
+    Rows are ordered by their internal key, which only ever grows, so a page boundary stays put
+    while new rows arrive.
+    """
+    limit = parse_limit(request, default_limit, max_limit)
+    queryset = queryset.order_by("id" if ascending else "-id")
+    after = request.query_params.get("after")
+    if after:
+        anchor: Model | None = queryset.filter(**{id_field: after}).only("id").first()
+        if anchor is None:
+            raise APIError(
+                f"No such object for 'after': '{after}'.", param="after", code="not_found", status=404
+            )
+        queryset = queryset.filter(id__gt=anchor.pk) if ascending else queryset.filter(id__lt=anchor.pk)
+    rows = list(queryset[: limit + 1])
+    data = [to_dict(row) for row in rows[:limit]]
+    body: dict[str, Any] = {"object": "list", "data": data, "has_more": len(rows) > limit}
+    if first_last:
+        body["first_id"] = data[0]["id"] if data else None
+        body["last_id"] = data[-1]["id"] if data else None
+    return Response(body)

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from apps.accounts import actions
+from apps.accounts.models import ApiKey
+from apps.dashboard.views.common import get_project, member_required
+
+NEW_KEY_SESSION = "new_api_key"
+
+
+@member_required
+def api_keys(request: HttpRequest, project_id: str) -> HttpResponse:
+    project = get_project(request, project_id)
+    if request.method == "POST":
+        key, raw = actions.create_api_key(project, request.POST.get("name", ""), request.user)  # type: ignore[arg-type]
+        # Shown once, on the next page view, then gone: the session holds it for one redirect.
+        request.session[NEW_KEY_SESSION] = {"name": key.name, "key": raw}
+        return redirect("dashboard:api_keys", project.public_id)
+    new_key = request.session.pop(NEW_KEY_SESSION, None)
+    keys = ApiKey.objects.filter(project=project).select_related("created_by")
+    return render(
+        request,
+        "dashboard/api_keys.html",
+        {"current_project": project, "project": project, "keys": keys, "new_key": new_key},
+    )
+
+
+@member_required
+@require_POST
+def api_key_revoke(request: HttpRequest, project_id: str, prefix: str) -> HttpResponse:
+    project = get_project(request, project_id)
+    key = ApiKey.objects.filter(project=project, prefix=prefix).first()
+    if key is None:
+        raise Http404("No such key")
+    actions.revoke_api_key(key)
+    messages.success(request, f"Key “{key.name}” revoked. Requests using it are now refused.")
+    return redirect("dashboard:api_keys", project.public_id)

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from apps.accounts import actions
+from apps.accounts.middleware import SESSION_KEY
+from apps.accounts.models import Invitation, Membership, Role
+from apps.core.errors import ActionError
+from apps.dashboard.views.common import member_required, run_action
+
+
+def _membership(request: HttpRequest, membership_id: int) -> Membership:
+    membership = (
+        Membership.objects.filter(pk=membership_id, organization=request.organization)  # type: ignore[attr-defined]
+        .select_related("user", "organization")
+        .first()
+    )
+    if membership is None:
+        raise Http404("No such member")
+    return membership
+
+
+@member_required
+def team(request: HttpRequest) -> HttpResponse:
+    organization = request.organization  # type: ignore[attr-defined]
+    if request.method == "POST":
+        email = request.POST.get("email", "")
+        role = request.POST.get("role", Role.MEMBER)
+        run_action(
+            request,
+            lambda: actions.invite_member(organization, request.user, email, role),  # type: ignore[arg-type]
+            f"Invitation sent to {email.strip().lower()}.",
+        )
+        return redirect("dashboard:team")
+    members = Membership.objects.filter(organization=organization).select_related("user")
+    invitations = [i for i in Invitation.objects.filter(organization=organization) if i.is_pending]
+    return render(
+        request,
+        "dashboard/team.html",
+        {"members": members, "invitations": invitations, "roles": Role.choices},
+    )
+
+
+@member_required
+@require_POST
+def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
+    membership = _membership(request, membership_id)
+    role = request.POST.get("role", "")
+    run_action(
+        request,
+        lambda: actions.change_role(request.user, membership, role),  # type: ignore[arg-type]
+        f"{membership.user.email} is now {role}.",
+    )
+    return redirect("dashboard:team")
+
+
+@member_required
+@require_POST
+def member_remove(request: HttpRequest, membership_id: int) -> HttpResponse:
+    membership = _membership(request, membership_id)
+    leaving = membership.user_id == request.user.pk
+    ok = run_action(request, lambda: actions.remove_member(request.user, membership))  # type: ignore[arg-type]
+    if ok and leaving:
+        request.session.pop(SESSION_KEY, None)
+        messages.success(request, f"You left {membership.organization.name}.")
+        return redirect("dashboard:home")
+    if ok:
+        messages.success(request, f"{membership.user.email} was removed.")
+    return redirect("dashboard:team")
+
+
+def accept_invitation(request: HttpRequest, token: str) -> HttpResponse:
+    invitation = actions.find_invitation(token)
+    if invitation is None:
+        raise Http404("This invitation is no longer valid")
+    if not request.user.is_authenticated:
+        return render(request, "dashboard/invitation.html", {"invitation": invitation, "token": token})
+    return _accept(request, token, invitation)
+
+
+def _accept(request: HttpRequest, token: str, invitation: Invitation) -> HttpResponse:
+    if request.method != "POST":
+        return render(request, "dashboard/invitation.html", {"invitation": invitation, "token": token})
+    try:
+        membership = actions.accept_invitation(token, request.user)  # type: ignore[arg-type]
+    except ActionError as exc:
+        messages.error(request, exc.message)
+        return redirect("dashboard:home")
+    request.session[SESSION_KEY] = membership.organization.public_id
+    messages.success(request, f"Welcome to {membership.organization.name}.")
+    return redirect("dashboard:projects")

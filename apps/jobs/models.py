@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+
+from apps.accounts.models import Organization
+from apps.core.ids import random_id
+from apps.projects.models import Project
+
+
+class JobKind(models.TextChoices):
+    FINE_TUNE = "fine_tune", "Fine-tune"
+    GENERATION = "generation", "Generation"
+    CLASSIFICATION = "classification", "Classification"
+    BATCH = "batch", "Batch"
+
+
+class JobStatus(models.TextChoices):
+    VALIDATING_FILES = "validating_files", "Validating files"
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    PAUSED = "paused", "Paused"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+ACTIVE_STATUSES = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING)
+FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+ID_PREFIXES = {
+    JobKind.FINE_TUNE: "ftjob-",
+    JobKind.GENERATION: "gen-",
+    JobKind.CLASSIFICATION: "clf-",
+    JobKind.BATCH: "batch_",
+}
+
+
+def new_event_id() -> str:
+    return random_id("ft-event-")
+
+
+def new_checkpoint_id() -> str:
+    return random_id("ftckpt_")
+
+
+class JobQuerySet(models.QuerySet["Job"]):
+    def for_project(self, project: Project) -> JobQuerySet:
+        return self.filter(project=project)
+
+    def active(self) -> JobQuerySet:
+        return self.filter(status__in=ACTIVE_STATUSES)
+
+
+class Job(models.Model):
+    """One unit of work on the workers. This row is the truth about it (DESIGN.md §5).
+
+    Every status change goes through `apps.jobs.actions` as a conditional UPDATE; every write
+    from a worker is fenced on `attempt`, so a zombie's late write changes nothing.
+    """
+
+    public_id = models.CharField(max_length=48, unique=True, editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="jobs")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="jobs")
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    kind = models.CharField(max_length=20, choices=JobKind.choices)
+    status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    status_reason = models.CharField(max_length=40, blank=True, default="")
+    model = models.ForeignKey(
+        "registry.Model", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
+    model_name = models.CharField(max_length=200)
+    request = models.JSONField(default=dict)
+    result = models.JSONField(null=True, blank=True)
+    progress = models.JSONField(default=dict, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    metadata = models.JSONField(null=True, blank=True)
+    # Fine-tunes
+    training_file = models.ForeignKey(
+        "projects.File", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    validation_file = models.ForeignKey(
+        "projects.File", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    hyperparameters = models.JSONField(default=dict, blank=True)
+    seed = models.IntegerField(null=True, blank=True)
+    fine_tuned_model = models.ForeignKey(
+        "registry.Model", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    result_files = models.JSONField(default=list, blank=True)
+    trained_tokens = models.BigIntegerField(null=True, blank=True)
+    estimated_cost = models.BigIntegerField(null=True, blank=True)  # micro-dollars
+    max_cost = models.BigIntegerField(null=True, blank=True)  # micro-dollars
+    # Liveness and fencing
+    attempt = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=3)
+    lease_owner = models.CharField(max_length=200, blank=True, default="")
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    stop_requested = models.CharField(max_length=16, blank=True, default="")  # "" | cancel | pause
+    checkpoint_ref = models.CharField(max_length=300, blank=True, default="")
+    # Timestamps
+    created_at = models.DateTimeField(auto_now_add=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["project", "kind", "-id"]),
+            models.Index(fields=["status", "heartbeat_at"]),
+            models.Index(fields=["status", "queued_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return self.public_id
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self.public_id:
+            self.public_id = random_id(ID_PREFIXES[JobKind(self.kind)])
+        super().save(*args, **kwargs)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+
+class JobEvent(models.Model):
+    """A job's log and metric stream (the loss curve is drawn from `type="metrics"` events)."""
+
+    public_id = models.CharField(max_length=48, unique=True, default=new_event_id, editable=False)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    created_at = models.DateTimeField(auto_now_add=True)
+    level = models.CharField(max_length=8, default="info")
+    type = models.CharField(max_length=10, default="message")
+    message = models.TextField()
+    data = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}: {self.message[:60]}"
+
+
+class Checkpoint(models.Model):
+    public_id = models.CharField(max_length=48, unique=True, default=new_checkpoint_id, editable=False)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="checkpoints")
+    step = models.PositiveIntegerField()
+    epoch = models.PositiveIntegerField(default=0)
+    metrics = models.JSONField(default=dict, blank=True)
+    artifact_key = models.CharField(max_length=300)
+    fine_tuned_model_checkpoint = models.CharField(max_length=250, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-step", "-id"]
+        constraints = [models.UniqueConstraint(fields=["job", "step"], name="unique_checkpoint_step")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}@{self.step}"

@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from apps.registry.models import Model
+
+
+@admin.register(Model)
+class ModelAdmin(admin.ModelAdmin):
+    list_display = ["name", "task", "provider", "organization", "is_fine_tunable", "created_at"]
+    list_filter = ["task", "provider", "is_fine_tunable"]
+    search_fields = ["name", "organization__name"]
+    list_select_related = ["organization"]

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from django.db.models import Q
+
+from apps.accounts.models import Organization
+
+
+class Task(models.TextChoices):
+    CLASSIFICATION = "classification", "Classification"
+    GENERATION = "generation", "Generation"
+
+
+class Provider(models.TextChoices):
+    LOCAL = "local", "Local (our workers)"
+    OPENAI = "openai", "OpenAI (proxied)"
+
+
+class ModelQuerySet(models.QuerySet["Model"]):
+    def visible_to(self, organization: Organization) -> ModelQuerySet:
+        """The catalog plus the organization's own models: the one scoping helper for models."""
+        return self.filter(Q(organization__isnull=True) | Q(organization=organization))
+
+    def catalog(self) -> ModelQuerySet:
+        return self.filter(organization__isnull=True)
+
+
+class Model(models.Model):
+    """A callable model: a catalog base model (organization is null) or a fine-tuned one.
+
+    `name` is the public id, as OpenAI's: `minilm-l6`, `ft:minilm-l6:acme:spam:ftjob-…`.
+    """
+
+    name = models.CharField(max_length=200, unique=True)
+    organization = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.CASCADE, related_name="models"
+    )
+    project = models.ForeignKey(
+        "projects.Project", null=True, blank=True, on_delete=models.SET_NULL, related_name="models"
+    )
+    task = models.CharField(max_length=20, choices=Task.choices)
+    provider = models.CharField(max_length=10, choices=Provider.choices, default=Provider.LOCAL)
+    base = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    description = models.CharField(max_length=300, blank=True, default="")
+    # Catalog: the catalog key the worker resolves to a local directory. Fine-tuned: the storage
+    # prefix of the saved model directory.
+    artifact_key = models.CharField(max_length=300, blank=True, default="")
+    labels = models.JSONField(default=list, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    context_length = models.PositiveIntegerField(default=512)
+    # Fine-tuning limits and defaults a base model accepts (max_seq_length, methods, ...).
+    limits = models.JSONField(default=dict, blank=True)
+    is_fine_tunable = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ModelQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["organization_id", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_catalog(self) -> bool:
+        return self.organization_id is None
+
+    @property
+    def owned_by(self) -> str:
+        return self.organization.public_id if self.organization is not None else "modelworks"
+
+    def limit(self, key: str, default: Any = None) -> Any:
+        return (self.limits or {}).get(key, default)

@@ -1,0 +1,81 @@
+"""The Celery app: queues, routing and the worker's liveness heartbeat.
+
+Queues: `gpu` (training and local inference, one task at a time per GPU) and `default`
+(validation, OpenAI proxy calls, billing, the reaper). Tasks are routed by name so the web
+process can send them without importing worker code.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from celery import Celery, bootsteps
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "saas.settings")
+
+app = Celery("modelworks")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.task_queues = (Queue("gpu"), Queue("default"))
+app.conf.task_default_queue = "default"
+app.conf.task_routes = {
+    "jobs.run_fine_tune": {"queue": "gpu"},
+    "jobs.run_inference": {"queue": "gpu"},
+    "jobs.run_batch": {"queue": "default"},
+    "jobs.run_proxy": {"queue": "default"},
+    "jobs.*": {"queue": "default"},
+    "files.*": {"queue": "default"},
+    "billing.*": {"queue": "default"},
+    "system.*": {"queue": "default"},
+}
+app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
+
+WORKER_HEARTBEAT_KEY = "modelworks:worker-heartbeat:"
+
+
+class WorkerHeartbeat(bootsteps.StartStopStep):
+    """Writes `modelworks:worker-heartbeat:<hostname>` to Redis every few seconds.
+
+    `/healthz` reads these keys: a worker is alive if one was written recently. The key
+    expires on its own, so a dead worker simply disappears.
+    """
+
+    requires = ("celery.worker.components:Timer",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.tref: Any = None
+
+    def start(self, worker: Any) -> None:
+        from django.conf import settings
+
+        self.interval = settings.WORKER_HEARTBEAT_SECONDS
+        self.ttl = int(settings.WORKER_HEARTBEAT_MAX_AGE_SECONDS)
+        self.worker_name: str = getattr(worker, "hostname", None) or socket.gethostname()
+        self.queues = sorted(q.name for q in worker.app.amqp.queues.consume_from.values())
+        self.beat()
+        self.tref = worker.timer.call_repeatedly(self.interval, self.beat, priority=10)
+
+    def stop(self, worker: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+
+    def beat(self) -> None:
+        import json
+
+        from redis import Redis
+        from redis.exceptions import RedisError
+
+        try:
+            client = Redis.from_url(app.conf.broker_url, socket_timeout=2)
+            payload = json.dumps({"at": time.time(), "queues": self.queues})
+            client.set(WORKER_HEARTBEAT_KEY + self.worker_name, payload, ex=self.ttl)
+        except RedisError:
+            # The broker is down: the worker itself will notice; healthz will say so.
+            pass
+
+
+app.steps["worker"].add(WorkerHeartbeat)

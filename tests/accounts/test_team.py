@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.core import mail
+
+from apps.accounts.models import Invitation, Membership, Role
+from tests.conftest import login, make_user
+
+
+def invite(client: Any, email: str, role: str = "member") -> str:
+    from django.test import TestCase
+
+    # The email leaves after the transaction commits.
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        client.post("/team/", {"email": email, "role": role})
+    link = re.search(r"/invitations/([^/\s]+)/", mail.outbox[-1].body)
+    assert link, mail.outbox[-1].body
+    return link.group(1)
+
+
+def test_invite_accept_change_role_remove(client: Any, alice: Any, alice_org: Any) -> None:
+    # given alice invites dave
+    login(client, alice)
+    token = invite(client, "dave@example.com")
+    assert mail.outbox[-1].to == ["dave@example.com"]
+    # when dave accepts
+    dave = make_user("dave@example.com")
+    login(client, dave)
+    assert client.get(f"/invitations/{token}/").status_code == 200
+    response = client.post(f"/invitations/{token}/")
+    assert response.status_code == 302
+    membership = Membership.objects.get(user=dave, organization=alice_org)
+    assert membership.role == Role.MEMBER
+    # then alice makes dave an admin, then removes him
+    login(client, alice)
+    client.post(f"/team/members/{membership.pk}/role", {"role": "admin"})
+    assert Membership.objects.get(pk=membership.pk).role == Role.ADMIN
+    client.post(f"/team/members/{membership.pk}/remove")
+    assert not Membership.objects.filter(pk=membership.pk).exists()
+
+
+def test_an_invitation_works_once_and_only_for_its_address(client: Any, alice: Any, alice_org: Any) -> None:
+    login(client, alice)
+    token = invite(client, "dave@example.com")
+    mallory = make_user("mallory@example.com")
+    login(client, mallory)
+    response = client.post(f"/invitations/{token}/", follow=True)
+    assert "This invitation was sent to dave@example.com" in response.content.decode()
+    assert not Membership.objects.filter(user=mallory, organization=alice_org).exists()
+    dave = make_user("dave@example.com")
+    login(client, dave)
+    client.post(f"/invitations/{token}/")
+    assert client.get(f"/invitations/{token}/").status_code == 404
+    assert Invitation.objects.get().accepted_at is not None
+
+
+def test_members_cannot_manage_the_team(client: Any, alice: Any, bob: Any, alice_org: Any) -> None:
+    login(client, bob)
+    response = client.post("/team/", {"email": "x@example.com", "role": "member"}, follow=True)
+    assert "Only owners and admins can do that." in response.content.decode()
+    assert not Invitation.objects.exists()
+    alice_membership = Membership.objects.get(user=alice)
+    client.post(f"/team/members/{alice_membership.pk}/role", {"role": "member"})
+    client.post(f"/team/members/{alice_membership.pk}/remove")
+    assert Membership.objects.get(pk=alice_membership.pk).role == Role.OWNER
+
+
+def test_the_last_owner_cannot_leave_or_be_demoted(client: Any, alice: Any, bob: Any) -> None:
+    login(client, alice)
+    mine = Membership.objects.get(user=alice)
+    response = client.post(f"/team/members/{mine.pk}/remove", follow=True)
+    assert "The last owner cannot leave. Make someone else an owner first." in response.content.decode()
+    response = client.post(f"/team/members/{mine.pk}/role", {"role": "member"}, follow=True)
+    assert "An organization needs at least one owner." in response.content.decode()
+    assert Membership.objects.get(pk=mine.pk).role == Role.OWNER
+    # with a second owner, alice can leave
+    bobs = Membership.objects.get(user=bob)
+    client.post(f"/team/members/{bobs.pk}/role", {"role": "owner"})
+    client.post(f"/team/members/{mine.pk}/remove")
+    assert not Membership.objects.filter(pk=mine.pk).exists()
+
+
+def test_a_member_can_leave(client: Any, bob: Any) -> None:
+    login(client, bob)
+    bobs = Membership.objects.get(user=bob)
+    client.post(f"/team/members/{bobs.pk}/remove")
+    assert not Membership.objects.filter(pk=bobs.pk).exists()
+
+
+def test_outsiders_get_404_for_team_members(client: Any, alice: Any, carol: Any) -> None:
+    login(client, carol)
+    alices = Membership.objects.get(user=alice)
+    assert client.post(f"/team/members/{alices.pk}/role", {"role": "member"}).status_code == 404
+    assert client.post(f"/team/members/{alices.pk}/remove").status_code == 404
+    assert "alice@example.com" not in client.get("/team/").content.decode()
+
+
+def test_the_organization_switcher_only_offers_own_organizations(client: Any, alice: Any, carol: Any) -> None:
+    from apps.accounts import actions
+
+    login(client, alice)
+    second = actions.create_organization(alice, "Second")
+    carols = carol.memberships.get().organization
+    page = client.get("/projects/").content.decode()
+    assert "Acme" in page and "Second" in page and "Outsiders Inc" not in page
+    assert client.post("/organizations/switch", {"organization": carols.public_id}).status_code == 404
+    client.post("/organizations/switch", {"organization": second.public_id})
+    assert "Default project" in client.get("/projects/").content.decode()
+    assert client.session["organization_id"] == second.public_id

@@ -1,0 +1,267 @@
+"""Shared fixtures: personas, a network guard, a real Celery worker, scaled-down timings.
+
+alice owns an organization, bob is her teammate (member), carol is an outsider with her own
+organization. Every endpoint and page test checks that carol gets 404 for alice's objects.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.pytest_env import SCALED_ENV
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "correct-horse-battery"
+
+# --- Network guard: nothing leaves the machine ----------------------------------------------------
+_real_connect = socket.socket.connect
+
+
+def _is_loopback(address: Any) -> bool:
+    if isinstance(address, str | bytes):  # Unix socket
+        return True
+    host = address[0]
+    if host in ("localhost", "::1") or host.startswith("127."):
+        return True
+    try:
+        import ipaddress
+
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _guarded_connect(self: socket.socket, address: Any) -> Any:
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address):
+        raise AssertionError(f"test tried to connect outside the machine: {address!r}")
+    return _real_connect(self, address)
+
+
+socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+
+
+# --- Django settings for tests --------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _test_settings(settings: Any) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    settings.ACCOUNT_RATE_LIMITS = False
+
+
+# --- Personas ---------------------------------------------------------------------------------
+def make_user(email: str, password: str = PASSWORD) -> Any:
+    from allauth.account.models import EmailAddress
+
+    from apps.accounts.models import User
+
+    user = User.objects.create_user(email, password)
+    EmailAddress.objects.create(user=user, email=email, verified=True, primary=True)
+    return user
+
+
+@pytest.fixture
+def alice(db: None) -> Any:
+    from apps.accounts import actions
+
+    user = make_user("alice@example.com")
+    actions.create_organization(user, "Acme")
+    return user
+
+
+@pytest.fixture
+def alice_org(alice: Any) -> Any:
+    return alice.memberships.get().organization
+
+
+@pytest.fixture
+def alice_project(alice_org: Any) -> Any:
+    return alice_org.projects.get()
+
+
+@pytest.fixture
+def bob(alice_org: Any) -> Any:
+    from apps.accounts.models import Membership, Role
+
+    user = make_user("bob@example.com")
+    Membership.objects.create(organization=alice_org, user=user, role=Role.MEMBER)
+    return user
+
+
+@pytest.fixture
+def carol(db: None) -> Any:
+    from apps.accounts import actions
+
+    user = make_user("carol@example.com")
+    actions.create_organization(user, "Outsiders Inc")
+    return user
+
+
+@pytest.fixture
+def carol_project(carol: Any) -> Any:
+    return carol.memberships.get().organization.projects.get()
+
+
+@pytest.fixture
+def alice_key(alice: Any, alice_project: Any) -> str:
+    from apps.accounts import actions
+
+    _, raw = actions.create_api_key(alice_project, "test", alice)
+    return raw
+
+
+@pytest.fixture
+def carol_key(carol: Any, carol_project: Any) -> str:
+    from apps.accounts import actions
+
+    _, raw = actions.create_api_key(carol_project, "test", carol)
+    return raw
+
+
+def login(client: Any, user: Any) -> Any:
+    client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+    return client
+
+
+@pytest.fixture
+def alice_client(client: Any, alice: Any) -> Any:
+    return login(client, alice)
+
+
+@pytest.fixture
+def carol_client(client: Any, carol: Any) -> Any:
+    return login(client, carol)
+
+
+@pytest.fixture
+def api(alice_key: str) -> Any:
+    """A DRF test client authenticated with alice's API key."""
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {alice_key}")
+    return client
+
+
+@pytest.fixture
+def carol_api(carol_key: str) -> Any:
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {carol_key}")
+    return client
+
+
+# --- A real Celery worker ------------------------------------------------------------------------
+def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a worker that shares the test database and Redis."""
+    from django.conf import settings
+    from django.db import connection
+
+    db = settings.DATABASES["default"]
+    name = connection.settings_dict["NAME"]  # the test database, once pytest-django set it up
+    host = db["HOST"]
+    if host.startswith("/"):
+        url = f"postgres://{db['USER']}@/{name}?host={host}&port={db['PORT']}"
+    else:
+        url = f"postgres://{db['USER']}@{host}:{db['PORT'] or 5432}/{name}"
+    env = dict(os.environ)
+    env.update(SCALED_ENV)
+    env.update(
+        DATABASE_URL=url,
+        REDIS_URL=settings.REDIS_URL,
+        MEDIA_ROOT=str(settings.MEDIA_ROOT),
+        MODEL_CACHE_DIR=str(settings.MODEL_CACHE_DIR),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra or {})
+    return env
+
+
+class Worker:
+    """A `celery worker` subprocess; tests kill only the PIDs it recorded."""
+
+    def __init__(self, queues: str = "gpu,default", concurrency: int = 1, env: dict[str, str] | None = None,
+                 name: str | None = None, log: Path | None = None) -> None:  # fmt: skip
+        self.name = name or f"test-{os.getpid()}-{time.monotonic_ns()}@%h"
+        self.log = log or ROOT / "var" / "test-logs" / f"worker-{time.monotonic_ns()}.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable, "-m", "celery", "-A", "saas", "worker", "-Q", queues,
+            "-c", str(concurrency), "-P", "prefork", "-n", self.name, "-l", "info", "--without-mingle",
+            "--without-gossip",
+        ]  # fmt: skip
+        self._log_file = self.log.open("wb")
+        self.process = subprocess.Popen(cmd, cwd=ROOT, env=env or worker_env(), stdout=self._log_file,
+                                        stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log.read_text()[-4000:]}")
+            if b" ready." in self.log.read_bytes():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"worker not ready in {timeout}s:\n{self.log.read_text()[-4000:]}")
+
+    def child_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True)
+        return [int(pid) for pid in out.stdout.split()]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait()
+        self._log_file.close()
+
+
+def purge_queues() -> None:
+    from saas.celery import app
+
+    with app.connection_for_write() as conn:
+        for queue in ("gpu", "default"):
+            conn.default_channel.queue_purge(queue)
+
+
+@pytest.fixture
+def celery_worker(transactional_db: None) -> Iterator[Worker]:
+    """A real worker on both queues, against the test database and Redis."""
+    purge_queues()
+    worker = Worker()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+@pytest.fixture
+def catalog(db: None) -> None:
+    """Transactional tests empty every table, the seeded catalog included: put it back."""
+    from apps.registry.catalog import sync_catalog
+    from apps.registry.models import Model
+
+    sync_catalog(Model)
+
+
+def wait_for(predicate: Any, timeout: float = 30, interval: float = 0.1, message: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(message or f"condition not met within {timeout}s")

@@ -1,0 +1,30 @@
+"""Loaded with `-p tests.pytest_env` (pyproject addopts), before Django reads its settings.
+
+Scaled-down job timings (reliability.md, "Scaled timings for CI") and test-only storage paths.
+Workers started by the tests inherit the same environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SCALED_ENV = {
+    "JOB_HEARTBEAT_SECONDS": "0.5",
+    "JOB_SELF_FENCE_SECONDS": "3",
+    "JOB_STALE_SECONDS": "4",
+    "JOB_REAPER_INTERVAL_SECONDS": "1",
+    "JOB_QUEUED_STALE_SECONDS": "6",
+    "JOB_PROGRESS_INTERVAL_SECONDS": "0.2",
+    "WORKER_HEARTBEAT_SECONDS": "1",
+    "OPENAI_TIMEOUT_SECONDS": "2",
+    "MEDIA_ROOT": str(ROOT / "var" / "test-media"),
+    "MODEL_CACHE_DIR": str(ROOT / "var" / "models"),
+    "WHITENOISE_USE_FINDERS": "true",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+for key, value in SCALED_ENV.items():
+    os.environ.setdefault(key, value)
