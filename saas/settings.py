@@ -255,6 +255,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 200
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 100 * 1024 * 1024)
+FILE_UPLOAD_HANDLERS = [
+    "apps.projects.uploads.MaxSizeUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 
 # --- Logging ----------------------------------------------------------------------------------
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
@@ -359,6 +364,21 @@ OPENAI_TIMEOUT_SECONDS = env_float("OPENAI_TIMEOUT_SECONDS", 60)
 OPENAI_MAX_RETRIES = env_int("OPENAI_MAX_RETRIES", 2)
 # Key for encrypting organisations' own provider keys at rest (Fernet, urlsafe base64).
 FIELD_ENCRYPTION_KEY = env_secret("FIELD_ENCRYPTION_KEY")
+
+# --- Prices: micro-dollars per 1,000,000 units (the billing price book is seeded from this) --------
+PRICE_BOOK: dict[str, dict[str, int]] = {
+    "default": {
+        "trained_tokens": 2_000_000,  # $2.00 per 1M trained tokens
+        "input_tokens": 100_000,  # $0.10 per 1M
+        "output_tokens": 400_000,  # $0.40 per 1M
+        "classified_texts": 50_000_000,  # $0.05 per 1,000 texts
+    },
+    "smollm2-135m-instruct": {"trained_tokens": 3_000_000, "input_tokens": 100_000, "output_tokens": 400_000},
+    # Proxied OpenAI models: the upstream price plus our margin.
+    "openai:gpt-4o-mini": {"input_tokens": 165_000, "output_tokens": 660_000},
+}
+# Measured training throughput (examples per second) of one worker, for time estimates.
+WORKER_THROUGHPUT = {"classification": 40.0, "generation": 4.0}
 
 # --- Stripe -----------------------------------------------------------------------------------
 STRIPE_SECRET_KEY = env_secret("STRIPE_SECRET_KEY")

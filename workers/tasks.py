@@ -10,6 +10,8 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from django.conf import settings
+
 from saas.celery import app
 
 
@@ -17,3 +19,47 @@ from saas.celery import app
 def ping(payload: Any = None) -> dict[str, Any]:
     """Answers with the host and the payload: proves a real worker consumed the message."""
     return {"pong": payload, "host": socket.gethostname()}
+
+
+@app.task(name="files.validate", queue="default", soft_time_limit=30 * 60, time_limit=32 * 60)
+def validate_file(file_id: str) -> None:
+    """Streams an upload through the validator and stores the report (first report wins)."""
+    from apps.projects.actions import record_validation
+    from apps.projects.models import File, FileStatus
+    from apps.projects.validation import validate_stream
+
+    file = File.objects.filter(public_id=file_id, status=FileStatus.UPLOADED).first()
+    if file is None:
+        return  # deleted, or a redelivery after the report was stored
+    with file.content.open("rb") as handle:
+        report = validate_stream(
+            handle.chunks(), file.purpose, filename=file.filename, column_mapping=file.column_mapping
+        )
+    if record_validation(file_id, dict(report)):
+        from apps.jobs.fine_tuning import on_file_validated
+
+        file.refresh_from_db()
+        on_file_validated(file)
+
+
+@app.task(
+    name="jobs.run_fine_tune",
+    queue="gpu",
+    soft_time_limit=settings.GPU_TASK_SOFT_TIME_LIMIT,
+    time_limit=settings.GPU_TASK_TIME_LIMIT,
+)
+def run_fine_tune(job_id: str, attempt: int | None = None) -> None:
+    """Claims the job (a duplicate delivery claims nothing and exits) and runs it."""
+    from apps.jobs.actions import claim
+    from workers.finetune import run_fine_tune as run
+
+    job = claim(job_id)
+    if job is not None:
+        run(job)
+
+
+@app.task(name="jobs.reap", queue="default", soft_time_limit=60, time_limit=90)
+def reap() -> dict[str, int]:
+    from apps.jobs.actions import reap as reap_jobs
+
+    return reap_jobs()

@@ -15,11 +15,11 @@ from apps.projects.models import Project
 
 
 class ProjectAPIView(APIView):
-    """Base for every authenticated /v1/ view. `self.project` is the API key's project.
-
-    Objects are looked up with `get_scoped` only, so another tenant's id is a 404 that looks
-    exactly like an id that does not exist.
-    """
+    # Base for every authenticated /v1/ view. `self.project` is the API key's project.
+    # Objects are looked up with `get_scoped` only, so another tenant's id is a 404 that looks
+    # exactly like an id that does not exist.
+    # (A comment, not a docstring: drf-spectacular would print a docstring as the description
+    # of every endpoint that inherits it, in the public API reference.)
 
     @property
     def api_key(self) -> ApiKey:

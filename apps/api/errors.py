@@ -114,8 +114,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         status, message, code, param, type_ = exc.status_code, exc.message, exc.code, exc.param, exc.type
         headers = exc.headers
     elif isinstance(exc, ActionError):
-        status, message, code, param = 400, exc.message, exc.code, exc.param
-        type_ = ERROR_TYPES[400]
+        status, message, code, param = exc.status, exc.message, exc.code, exc.param
+        type_ = ERROR_TYPES.get(exc.status, "invalid_request_error")
     elif isinstance(exc, exceptions.ValidationError):
         param, first = _first_validation_error(exc.detail)
         message = f"{param}: {first}" if param else first

@@ -1,5 +1,41 @@
-from django.urls import URLPattern
+from django.urls import path
+
+from apps.api.views import files, fine_tuning, models
 
 app_name = "api"
 
-urlpatterns: list[URLPattern] = []
+urlpatterns = [
+    path("files", files.FileListView.as_view(), name="files"),
+    path("files/<str:file_id>", files.FileDetailView.as_view(), name="file"),
+    path("files/<str:file_id>/content", files.FileContentView.as_view(), name="file_content"),
+    path("fine_tuning/jobs", fine_tuning.FineTuningJobListView.as_view(), name="fine_tuning_jobs"),
+    path(
+        "fine_tuning/jobs/estimate", fine_tuning.FineTuningEstimateView.as_view(), name="fine_tuning_estimate"
+    ),
+    path(
+        "fine_tuning/jobs/<str:job_id>", fine_tuning.FineTuningJobDetailView.as_view(), name="fine_tuning_job"
+    ),
+    path(
+        "fine_tuning/jobs/<str:job_id>/cancel",
+        fine_tuning.FineTuningJobCancelView.as_view(),
+        name="ft_cancel",
+    ),
+    path(
+        "fine_tuning/jobs/<str:job_id>/pause", fine_tuning.FineTuningJobPauseView.as_view(), name="ft_pause"
+    ),
+    path(
+        "fine_tuning/jobs/<str:job_id>/resume",
+        fine_tuning.FineTuningJobResumeView.as_view(),
+        name="ft_resume",
+    ),
+    path(
+        "fine_tuning/jobs/<str:job_id>/events", fine_tuning.FineTuningEventsView.as_view(), name="ft_events"
+    ),
+    path(
+        "fine_tuning/jobs/<str:job_id>/checkpoints",
+        fine_tuning.FineTuningCheckpointsView.as_view(),
+        name="ft_checkpoints",
+    ),
+    path("models", models.ModelListView.as_view(), name="models"),
+    path("models/<path:model>", models.ModelDetailView.as_view(), name="model"),
+]

@@ -4,11 +4,14 @@ from __future__ import annotations
 class ActionError(Exception):
     """A rule refused an action. The message is for the person who asked; `param` names the field."""
 
-    def __init__(self, message: str, *, code: str = "invalid_request", param: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str = "invalid_request", param: str | None = None, status: int = 400
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.param = param
+        self.status = status
 
 
 class PermissionDenied(ActionError):

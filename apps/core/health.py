@@ -49,7 +49,9 @@ def _redis_and_workers() -> tuple[dict[str, Any], dict[str, Any]]:
         "queues": queues,
     }
     if not workers:
-        worker_check["error"] = f"no worker heartbeat in the last {settings.WORKER_HEARTBEAT_MAX_AGE_SECONDS:g} s"
+        worker_check["error"] = (
+            f"no worker heartbeat in the last {settings.WORKER_HEARTBEAT_MAX_AGE_SECONDS:g} s"
+        )
     elif missing:
         worker_check["error"] = "no worker consumes: " + ", ".join(missing)
     return {"ok": True}, worker_check

@@ -108,6 +108,7 @@ class Job(models.Model):
     # Timestamps
     created_at = models.DateTimeField(auto_now_add=True)
     queued_at = models.DateTimeField(null=True, blank=True)
+    published_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -119,6 +120,7 @@ class Job(models.Model):
             models.Index(fields=["project", "kind", "-id"]),
             models.Index(fields=["status", "heartbeat_at"]),
             models.Index(fields=["status", "queued_at"]),
+            models.Index(fields=["status", "published_at"]),
         ]
 
     def __str__(self) -> str:

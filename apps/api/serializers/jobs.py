@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from apps.jobs.actions import queue_position
+from apps.jobs.models import Checkpoint, Job, JobEvent, JobStatus
+
+
+def _ts(value: Any) -> int | None:
+    return int(value.timestamp()) if value else None
+
+
+def openai_hyperparameters(job: Job) -> dict[str, Any]:
+    hp = job.hyperparameters or {}
+    out: dict[str, Any] = {
+        "n_epochs": hp.get("n_epochs", "auto"),
+        "batch_size": hp.get("batch_size", "auto"),
+        "learning_rate_multiplier": round(hp["learning_rate"] / 5e-5, 6) if "learning_rate" in hp else "auto",
+    }
+    return out
+
+
+def fine_tuning_job(job: Job) -> dict[str, Any]:
+    """FineTuningJob exactly as OpenAI's, plus our extension fields at the end."""
+    method = (job.request or {}).get("method") or {}
+    method_type = method.get("type", "classification")
+    hp = job.hyperparameters or {}
+    progress = job.progress or {}
+    estimated_finish = None
+    if job.status == JobStatus.RUNNING and progress.get("eta_seconds") is not None and job.heartbeat_at:
+        estimated_finish = int(job.heartbeat_at.timestamp() + progress["eta_seconds"])
+    body: dict[str, Any] = {
+        "id": job.public_id,
+        "object": "fine_tuning.job",
+        "created_at": _ts(job.created_at),
+        "model": job.model_name,
+        "organization_id": job.organization.public_id,
+        "status": job.status,
+        "training_file": job.training_file.public_id if job.training_file else None,
+        "validation_file": job.validation_file.public_id if job.validation_file else None,
+        "hyperparameters": openai_hyperparameters(job),
+        "fine_tuned_model": job.fine_tuned_model.name if job.fine_tuned_model else None,
+        "finished_at": _ts(job.finished_at),
+        "trained_tokens": job.trained_tokens,
+        "result_files": list(job.result_files or []),
+        "seed": job.seed if job.seed is not None else 0,
+        "estimated_finish": estimated_finish,
+        "error": job.error if job.status == JobStatus.FAILED and job.error else None,
+        "integrations": None,
+        "metadata": job.metadata,
+        # OpenAI's `method.type` only knows supervised/dpo/reinforcement; strict clients would
+        # reject our extension types there, so `method` is set for those alone and
+        # `method_details` always describes the method with its resolved hyperparameters.
+        "method": {"type": method_type, method_type: {"hyperparameters": openai_hyperparameters(job)}}
+        if method_type in ("supervised", "dpo", "reinforcement")
+        else None,
+        # Extensions
+        "method_details": {"type": method_type, method_type: {"hyperparameters": hp}},
+        "status_reason": job.status_reason or None,
+        "queue_position": queue_position(job),
+        "progress": {
+            "step": progress.get("step", 0),
+            "total_steps": progress.get("total_steps"),
+            "percent": progress.get("percent", 100.0 if job.status == JobStatus.SUCCEEDED else 0.0),
+            "eta_seconds": progress.get("eta_seconds") if job.status == JobStatus.RUNNING else None,
+            "epoch": progress.get("epoch"),
+        },
+        "estimated_cost": job.estimated_cost,
+        "max_cost": job.max_cost,
+        "attempt": job.attempt,
+    }
+    return body
+
+
+def job_event(event: JobEvent) -> dict[str, Any]:
+    return {
+        "id": event.public_id,
+        "object": "fine_tuning.job.event",
+        "created_at": _ts(event.created_at),
+        "level": event.level,
+        "message": event.message,
+        "type": event.type,
+        "data": event.data,
+    }
+
+
+def checkpoint_object(checkpoint: Checkpoint, job: Job) -> dict[str, Any]:
+    metrics = {"step": checkpoint.step, **{k: v for k, v in (checkpoint.metrics or {}).items() if _scalar(v)}}
+    return {
+        "id": checkpoint.public_id,
+        "object": "fine_tuning.job.checkpoint",
+        "created_at": _ts(checkpoint.created_at),
+        "fine_tuned_model_checkpoint": checkpoint.fine_tuned_model_checkpoint,
+        "fine_tuning_job_id": job.public_id,
+        "step_number": checkpoint.step,
+        "metrics": metrics,
+    }
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class FineTuningJobSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    created_at = serializers.IntegerField()
+    model = serializers.CharField()
+    organization_id = serializers.CharField()
+    status = serializers.CharField()
+    training_file = serializers.CharField()
+    validation_file = serializers.CharField(allow_null=True)
+    hyperparameters = serializers.DictField()
+    fine_tuned_model = serializers.CharField(allow_null=True)
+    finished_at = serializers.IntegerField(allow_null=True)
+    trained_tokens = serializers.IntegerField(allow_null=True)
+    result_files = serializers.ListField(child=serializers.CharField())
+    seed = serializers.IntegerField()
+    estimated_finish = serializers.IntegerField(allow_null=True)
+    error = serializers.DictField(allow_null=True)
+    metadata = serializers.DictField(allow_null=True)
+    method = serializers.DictField(allow_null=True)
+    method_details = serializers.DictField(help_text="Extension: the method with every hyperparameter.")
+    status_reason = serializers.CharField(allow_null=True, help_text="Extension, e.g. budget_reached.")
+    queue_position = serializers.IntegerField(allow_null=True, help_text="Extension: 1 = next to start.")
+    progress = serializers.DictField(help_text="Extension: step, total_steps, percent, eta_seconds.")
+    estimated_cost = serializers.IntegerField(allow_null=True, help_text="Extension: micro-dollars.")
+    max_cost = serializers.IntegerField(allow_null=True, help_text="Extension: budget cap, micro-dollars.")
+
+
+class FineTuningJobCreateSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    training_file = serializers.CharField()
+    validation_file = serializers.CharField(required=False, allow_null=True)
+    suffix = serializers.CharField(required=False, allow_null=True)
+    seed = serializers.IntegerField(required=False, allow_null=True)
+    metadata = serializers.DictField(child=serializers.CharField(), required=False, allow_null=True)
+    method = serializers.DictField(
+        required=False,
+        help_text='{"type": "classification", "classification": {"hyperparameters": {...}}} or supervised.',
+    )
+    hyperparameters = serializers.DictField(required=False, help_text="Deprecated: use method.")
+    max_cost = serializers.IntegerField(
+        required=False, allow_null=True, help_text="Extension: micro-dollars."
+    )
+
+
+class EstimateSerializer(serializers.Serializer):
+    object = serializers.CharField()
+    model = serializers.CharField()
+    training_examples = serializers.IntegerField()
+    trained_tokens = serializers.IntegerField()
+    steps = serializers.IntegerField()
+    estimated_seconds = serializers.IntegerField()
+    estimated_cost = serializers.IntegerField()
+    currency = serializers.CharField()
+    hyperparameters = serializers.DictField()
+    allowed_to_proceed = serializers.BooleanField()
+
+
+class JobEventSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    created_at = serializers.IntegerField()
+    level = serializers.CharField()
+    message = serializers.CharField()
+    type = serializers.CharField()
+    data = serializers.DictField(allow_null=True)
+
+
+class CheckpointSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    created_at = serializers.IntegerField()
+    fine_tuned_model_checkpoint = serializers.CharField()
+    fine_tuning_job_id = serializers.CharField()
+    step_number = serializers.IntegerField()
+    metrics = serializers.DictField()

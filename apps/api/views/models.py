@@ -1,0 +1,91 @@
+"""`/v1/models`: the catalog plus the caller's organization's fine-tuned models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from apps.api.base import ProjectAPIView
+from apps.api.serializers.common import ERRORS, DeletedSerializer
+from apps.core.errors import ActionError
+from apps.registry.actions import delete_fine_tuned_model
+from apps.registry.models import Model
+
+
+class ModelObjectSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    created = serializers.IntegerField()
+    owned_by = serializers.CharField()
+    task = serializers.CharField(help_text="Extension: classification or generation.")
+    provider = serializers.CharField(help_text="Extension: local or openai.")
+    fine_tunable = serializers.BooleanField(help_text="Extension.")
+    context_length = serializers.IntegerField(help_text="Extension.")
+    labels = serializers.ListField(
+        child=serializers.CharField(), help_text="Extension: a classifier's labels."
+    )
+    metrics = serializers.DictField(help_text="Extension: validation metrics of a fine-tuned model.")
+
+
+class ModelListSerializer(serializers.Serializer):
+    object = serializers.CharField()
+    data = ModelObjectSerializer(many=True)
+
+
+def model_object(model: Model) -> dict[str, Any]:
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": int(model.created_at.timestamp()),
+        "owned_by": model.owned_by,
+        "task": model.task,
+        "provider": model.provider,
+        "fine_tunable": model.is_fine_tunable,
+        "context_length": model.context_length,
+        "labels": list(model.labels or []),
+        "metrics": {
+            k: v for k, v in (model.metrics or {}).items() if k not in ("confusion_matrix", "per_class")
+        },
+    }
+
+
+class ModelsBase(ProjectAPIView):
+    def models(self) -> Any:
+        return Model.objects.visible_to(self.organization).select_related("organization")
+
+    def get_model(self, name: str) -> Model:
+        model = self.models().filter(name=name).first()
+        if model is None:
+            raise ActionError(
+                f"The model '{name}' does not exist or you do not have access to it.",
+                code="model_not_found",
+                param="model",
+                status=404,
+            )
+        return model
+
+
+class ModelListView(ModelsBase):
+    @extend_schema(operation_id="listModels", responses={200: ModelListSerializer, **ERRORS})
+    def get(self, request: Request) -> Response:
+        return Response({"object": "list", "data": [model_object(m) for m in self.models()]})
+
+
+class ModelDetailView(ModelsBase):
+    @extend_schema(operation_id="retrieveModel", responses={200: ModelObjectSerializer, **ERRORS})
+    def get(self, request: Request, model: str) -> Response:
+        return Response(model_object(self.get_model(model)))
+
+    @extend_schema(operation_id="deleteModel", responses={200: DeletedSerializer, **ERRORS})
+    def delete(self, request: Request, model: str) -> Response:
+        found = self.get_model(model)
+        if found.is_catalog:
+            raise ActionError(
+                f"'{model}' is a base model; only fine-tuned models can be deleted.", param="model"
+            )
+        delete_fine_tuned_model(found)
+        return Response({"id": model, "object": "model", "deleted": True})

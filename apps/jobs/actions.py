@@ -1,0 +1,424 @@
+"""Every state change of a job, each one a conditional UPDATE (DESIGN.md §5, reliability.md §2).
+
+- Creation publishes `(job_id, attempt)` after the commit; the reaper covers a lost publish.
+- `claim` is the only way into `running`; a duplicate delivery matches no row and exits.
+- Writes from a worker (heartbeat, progress, events, checkpoints, the result and its usage) are
+  fenced on the attempt that claimed the job: a zombie's late write changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from apps.billing.models import UsageRecord
+from apps.billing.pricing import cost_of
+from apps.jobs.models import Checkpoint, Job, JobEvent, JobKind, JobStatus
+from apps.jobs.queue import publish
+
+logger = logging.getLogger(__name__)
+
+STOP_CANCEL = "cancel"
+STOP_PAUSE = "pause"
+
+
+def lease_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_is_dead_here(owner: str) -> bool:
+    """True when the lease belongs to a process on this host that no longer exists: a child the
+    pool replaced after it was killed. Its job can be claimed at once instead of after the stale
+    timeout."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+# --- Creation --------------------------------------------------------------------------------
+def create_job(
+    *,
+    kind: str,
+    project: Any,
+    model_name: str,
+    request: dict[str, Any],
+    model: Any = None,
+    api_key: Any = None,
+    user: Any = None,
+    status: str = JobStatus.QUEUED,
+    message: str | None = None,
+    **fields: Any,
+) -> Job:
+    """Creates a job and publishes it once the transaction commits."""
+    now = timezone.now()
+    with transaction.atomic():
+        job = Job.objects.create(
+            kind=kind,
+            organization=project.organization,
+            project=project,
+            api_key=api_key,
+            created_by=user,
+            model=model,
+            model_name=model_name,
+            request=request,
+            status=status,
+            queued_at=now if status == JobStatus.QUEUED else None,
+            published_at=now if status == JobStatus.QUEUED else None,
+            max_attempts=settings.JOB_MAX_ATTEMPTS,
+            **fields,
+        )
+        if message:
+            JobEvent.objects.create(job=job, message=message)
+        if status == JobStatus.QUEUED:
+            transaction.on_commit(lambda: publish(job))
+    return job
+
+
+def release_validated(job: Job, fields: dict[str, Any] | None = None) -> bool:
+    """`validating_files → queued` once the job's files have passed validation."""
+    now = timezone.now()
+    with transaction.atomic():
+        updated = Job.objects.filter(pk=job.pk, status=JobStatus.VALIDATING_FILES).update(
+            status=JobStatus.QUEUED, queued_at=now, published_at=now, **(fields or {})
+        )
+        if updated:
+            JobEvent.objects.create(job=job, message="Files validated; job queued.")
+            job.refresh_from_db()
+            transaction.on_commit(lambda: publish(job))
+    return bool(updated)
+
+
+def fail_before_start(job: Job, code: str, message: str, param: str | None = None) -> bool:
+    """A job that cannot run (a file failed validation, ...) fails at once, never retried."""
+    now = timezone.now()
+    with transaction.atomic():
+        updated = Job.objects.filter(
+            pk=job.pk, status__in=[JobStatus.VALIDATING_FILES, JobStatus.QUEUED]
+        ).update(
+            status=JobStatus.FAILED,
+            error={"code": code, "message": message, "param": param},
+            finished_at=now,
+        )
+        if updated:
+            JobEvent.objects.create(job=job, level="error", message=message)
+    return bool(updated)
+
+
+# --- Worker side: claim, heartbeat, progress, events, checkpoints, finish --------------------------
+def claim(job_id: str, owner: str | None = None) -> Job | None:
+    """queued (or running with a stale heartbeat, or leased by a dead process on this host)
+    → running with attempt + 1. None when another live attempt owns the job, or it is finished."""
+    owner = owner or lease_owner()
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.JOB_STALE_SECONDS)
+    current = (
+        Job.objects.filter(public_id=job_id).only("status", "lease_owner", "attempt", "max_attempts").first()
+    )
+    if current is None:
+        return None
+    claimable = (
+        Q(status=JobStatus.QUEUED)
+        | Q(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff)
+        | Q(status=JobStatus.RUNNING, heartbeat_at__isnull=True, started_at__lt=cutoff)
+    )
+    if (
+        current.status == JobStatus.RUNNING
+        and current.lease_owner
+        and _owner_is_dead_here(current.lease_owner)
+    ):
+        if current.attempt >= current.max_attempts:
+            fail_lost(current.pk, current.attempt)
+            return None
+        claimable |= Q(status=JobStatus.RUNNING, lease_owner=current.lease_owner, attempt=current.attempt)
+    running = Q(status=JobStatus.RUNNING)
+    updated = (
+        Job.objects.filter(public_id=job_id)
+        .filter(claimable)
+        .filter(~running | Q(attempt__lt=F("max_attempts")))
+        .update(
+            status=JobStatus.RUNNING,
+            attempt=F("attempt") + 1,
+            lease_owner=owner,
+            heartbeat_at=now,
+            started_at=Coalesce(F("started_at"), now),
+        )
+    )
+    if not updated:
+        return None
+    job = Job.objects.select_related(
+        "project__organization", "model", "training_file", "validation_file"
+    ).get(public_id=job_id)
+    JobEvent.objects.create(
+        job=job, message=f"Attempt {job.attempt} started on {owner.rpartition(':')[0] or owner}."
+    )
+    return job
+
+
+def _fenced(job_pk: int, attempt: int) -> Any:
+    return Job.objects.filter(pk=job_pk, attempt=attempt, status=JobStatus.RUNNING)
+
+
+def heartbeat(job_pk: int, attempt: int, progress: dict[str, Any] | None = None) -> str | None:
+    """Writes the heartbeat (and progress). Returns the stop request ("", "cancel", "pause"),
+    or None when this attempt no longer owns the job: the caller must stop and write nothing."""
+    fields: dict[str, Any] = {"heartbeat_at": timezone.now()}
+    if progress is not None:
+        fields["progress"] = progress
+    if not _fenced(job_pk, attempt).update(**fields):
+        return None
+    return Job.objects.filter(pk=job_pk).values_list("stop_requested", flat=True).first() or ""
+
+
+def stop_requested(job_pk: int, attempt: int) -> str | None:
+    """A cheap read between heartbeats: the stop request, or None if this attempt is fenced off."""
+    row = _fenced(job_pk, attempt).values_list("stop_requested", flat=True).first()
+    return None if row is None else row
+
+
+def requeue(job_pk: int, attempt: int, message: str) -> bool:
+    """A transient failure (storage or database hiccup): back to the queue for another attempt,
+    or failed once the attempts are used up."""
+    now = timezone.now()
+    with transaction.atomic():
+        job = _fenced(job_pk, attempt).select_for_update().first()
+        if job is None:
+            return False
+        if job.attempt >= job.max_attempts:
+            job.status, job.finished_at = JobStatus.FAILED, now
+            job.error = {"code": "retries_exhausted", "message": message, "param": None}
+        else:
+            job.status, job.queued_at, job.published_at = JobStatus.QUEUED, now, now
+        job.lease_owner = ""
+        job.save(update_fields=["status", "finished_at", "error", "queued_at", "published_at", "lease_owner"])
+        JobEvent.objects.create(job=job, level="warn", message=message)
+        if job.status == JobStatus.QUEUED:
+            transaction.on_commit(lambda: publish(job))
+    return True
+
+
+def add_event(
+    job_pk: int, attempt: int, message: str, *, level: str = "info", type: str = "message",
+    data: dict[str, Any] | None = None,
+) -> bool:  # fmt: skip
+    with transaction.atomic():
+        if not _fenced(job_pk, attempt).select_for_update().exists():
+            return False
+        JobEvent.objects.create(job_id=job_pk, message=message, level=level, type=type, data=data)
+    return True
+
+
+def add_checkpoint(
+    job_pk: int, attempt: int, *, step: int, epoch: int, metrics: dict[str, Any], artifact_key: str,
+    model_name: str = "",
+) -> bool:  # fmt: skip
+    with transaction.atomic():
+        if not _fenced(job_pk, attempt).select_for_update().update(checkpoint_ref=artifact_key):
+            return False
+        Checkpoint.objects.update_or_create(
+            job_id=job_pk,
+            step=step,
+            defaults={
+                "epoch": epoch,
+                "metrics": metrics,
+                "artifact_key": artifact_key,
+                "fine_tuned_model_checkpoint": model_name,
+            },
+        )
+        JobEvent.objects.create(
+            job_id=job_pk, message=f"Checkpoint saved at step {step}.", data={"step": step, "epoch": epoch}
+        )
+    return True
+
+
+def finish(
+    job_pk: int,
+    attempt: int,
+    status: str,
+    *,
+    result: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+    status_reason: str = "",
+    usage: dict[str, int] | None = None,
+    message: str | None = None,
+    fields: dict[str, Any] | None = None,
+    on_finished: Callable[[Job], dict[str, Any] | None] | None = None,
+) -> Job | None:
+    """running → succeeded | failed | cancelled | paused, with the usage records, in one
+    transaction, fenced on the attempt. Returns None (and writes nothing) for a stale attempt.
+
+    `on_finished(job)` runs inside the transaction (e.g. to create the fine-tuned model) and may
+    return more job fields to store.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        job = _fenced(job_pk, attempt).select_for_update().select_related("project__organization").first()
+        if job is None:
+            return None
+        job.status = status
+        job.result = result
+        job.error = error
+        job.status_reason = status_reason
+        job.finished_at = None if status == JobStatus.PAUSED else now
+        job.lease_owner = ""
+        job.stop_requested = ""
+        for name, value in (fields or {}).items():
+            setattr(job, name, value)
+        if on_finished is not None:
+            for name, value in (on_finished(job) or {}).items():
+                setattr(job, name, value)
+        job.save()
+        if status != JobStatus.PAUSED:
+            record_usage(job, usage or {})
+        level = "error" if status == JobStatus.FAILED else "info"
+        JobEvent.objects.create(job=job, level=level, message=message or f"Job {status}.")
+    return job
+
+
+def record_usage(job: Job, usage: dict[str, int]) -> None:
+    """One record per (job, unit): the unique constraint makes a second write impossible."""
+    for unit, quantity in usage.items():
+        if quantity <= 0:
+            continue
+        UsageRecord.objects.get_or_create(
+            job=job,
+            unit=unit,
+            defaults={
+                "organization_id": job.organization_id,
+                "project_id": job.project_id,
+                "api_key_id": job.api_key_id,
+                "model_name": job.model_name,
+                "quantity": quantity,
+                "cost": cost_of(job.model_name, unit, quantity),
+            },
+        )
+
+
+def fail_lost(job_pk: int, attempt: int) -> bool:
+    job = Job.objects.filter(pk=job_pk).first()
+    if job is None:
+        return False
+    message = (
+        f"The worker running this job died {attempt} times (killed or out of memory). "
+        "It will not be retried; check the data and hyperparameters, then start a new job."
+    )
+    with transaction.atomic():
+        updated = Job.objects.filter(pk=job_pk, attempt=attempt, status=JobStatus.RUNNING).update(
+            status=JobStatus.FAILED,
+            error={"code": "worker_lost", "message": message, "param": None},
+            finished_at=timezone.now(),
+            lease_owner="",
+        )
+        if updated:
+            JobEvent.objects.create(job_id=job_pk, level="error", message=message)
+    return bool(updated)
+
+
+# --- Customer side: cancel, pause, resume -------------------------------------------------------
+def cancel(job: Job) -> Job:
+    """A queued job is cancelled at once; a running one is asked to stop at its next step."""
+    now = timezone.now()
+    with transaction.atomic():
+        if Job.objects.filter(
+            pk=job.pk, status__in=[JobStatus.QUEUED, JobStatus.VALIDATING_FILES, JobStatus.PAUSED]
+        ).update(status=JobStatus.CANCELLED, finished_at=now, stop_requested=""):
+            JobEvent.objects.create(job=job, message="Job cancelled.")
+        elif Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(stop_requested=STOP_CANCEL):
+            JobEvent.objects.create(job=job, message="Cancellation requested; stopping at the next step.")
+    job.refresh_from_db()
+    return job
+
+
+def request_pause(job: Job) -> bool:
+    updated = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, kind=JobKind.FINE_TUNE).update(
+        stop_requested=STOP_PAUSE
+    )
+    if updated:
+        JobEvent.objects.create(job=job, message="Pause requested; checkpointing at the next step.")
+    return bool(updated)
+
+
+def resume(job: Job) -> bool:
+    now = timezone.now()
+    with transaction.atomic():
+        updated = Job.objects.filter(pk=job.pk, status=JobStatus.PAUSED).update(
+            status=JobStatus.QUEUED, queued_at=now, published_at=now, status_reason="", attempt=0
+        )
+        if updated:
+            JobEvent.objects.create(job=job, message="Job resumed; continuing from the last checkpoint.")
+            job.refresh_from_db()
+            transaction.on_commit(lambda: publish(job))
+    return bool(updated)
+
+
+def queue_position(job: Job) -> int | None:
+    """1 = next to start. Counted among queued jobs of every tenant on the same queue."""
+    if job.status != JobStatus.QUEUED or job.queued_at is None:
+        return None
+    same_queue_kinds = [JobKind.FINE_TUNE] if job.kind == JobKind.FINE_TUNE else [job.kind]
+    ahead = Job.objects.filter(
+        status=JobStatus.QUEUED, kind__in=same_queue_kinds, queued_at__lt=job.queued_at
+    ).count()
+    return ahead + 1
+
+
+# --- The reaper -------------------------------------------------------------------------------------
+def reap() -> dict[str, int]:
+    """Runs every JOB_REAPER_INTERVAL_SECONDS from beat. Concurrent reapers never handle the same
+    job twice (SKIP LOCKED). A dead worker is noticed within stale + interval seconds."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.JOB_STALE_SECONDS)
+    counts = {"requeued": 0, "failed": 0, "cancelled": 0, "republished": 0}
+    with transaction.atomic():
+        lost = (
+            Job.objects.select_for_update(skip_locked=True)
+            .filter(status=JobStatus.RUNNING)
+            .filter(Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True, started_at__lt=stale))
+        )
+        for job in lost:
+            if job.stop_requested == STOP_CANCEL:
+                job.status, job.finished_at = JobStatus.CANCELLED, now
+                job.save(update_fields=["status", "finished_at"])
+                JobEvent.objects.create(job=job, message="Job cancelled (its worker had stopped).")
+                counts["cancelled"] += 1
+            elif job.attempt >= job.max_attempts:
+                fail_lost(job.pk, job.attempt)
+                counts["failed"] += 1
+            else:
+                job.status, job.queued_at, job.published_at, job.lease_owner = JobStatus.QUEUED, now, now, ""
+                job.save(update_fields=["status", "queued_at", "published_at", "lease_owner"])
+                JobEvent.objects.create(
+                    job=job,
+                    level="warn",
+                    message=f"Worker lost during attempt {job.attempt}; re-queued"
+                    + (", resuming from the last checkpoint." if job.checkpoint_ref else "."),
+                )
+                transaction.on_commit(lambda job=job: publish(job))  # type: ignore[misc]
+                counts["requeued"] += 1
+        queued_cutoff = now - timedelta(seconds=settings.JOB_QUEUED_STALE_SECONDS)
+        waiting = Job.objects.select_for_update(skip_locked=True).filter(
+            status=JobStatus.QUEUED, published_at__lt=queued_cutoff
+        )
+        for job in waiting:
+            # A queued job that has not started for a while may have lost its message (a broker
+            # restart, a failed publish): publish it again. Claiming makes a duplicate harmless.
+            Job.objects.filter(pk=job.pk).update(published_at=now)
+            transaction.on_commit(lambda job=job: publish(job))  # type: ignore[misc]
+            counts["republished"] += 1
+    return counts

@@ -1,0 +1,313 @@
+"""Fine-tuning requests: OpenAI's body parsed and checked completely before anything is queued,
+the cost estimate, and submission."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from apps.billing.pricing import cost_of
+from apps.core.errors import ActionError
+from apps.jobs import actions
+from apps.jobs.models import Job, JobKind, JobStatus
+from apps.projects.models import File, FilePurpose, FileStatus, Project
+from apps.registry.models import Model
+from workers.runtime.specs import (
+    VALIDATION_FRACTION,
+    HyperparameterError,
+    Hyperparameters,
+    estimate_steps,
+    resolve_hyperparameters,
+    validation_size,
+)
+
+CLASSIFICATION_FORMATS = ("classification_csv", "classification_jsonl")
+SUPERVISED_FORMATS = ("chat_jsonl", "prompt_completion_jsonl")
+METHOD_FORMATS = {"classification": CLASSIFICATION_FORMATS, "supervised": SUPERVISED_FORMATS}
+KNOWN_FIELDS = {
+    "model", "training_file", "validation_file", "suffix", "seed", "metadata", "method",
+    "hyperparameters", "integrations", "max_cost",
+}  # fmt: skip
+SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_SEED = 2**31 - 1
+
+
+@dataclass
+class FineTuneRequest:
+    model: Model
+    training_file: File
+    validation_file: File | None
+    method: str
+    hyperparameters: Hyperparameters
+    requested_hyperparameters: dict[str, Any]
+    suffix: str
+    seed: int
+    metadata: dict[str, str] | None
+    max_cost: int | None
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+def parse(project: Project, body: Any) -> FineTuneRequest:
+    if not isinstance(body, dict):
+        raise ActionError("The request body must be a JSON object.")
+    unknown = sorted(set(body) - KNOWN_FIELDS)
+    if unknown:
+        raise ActionError(f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0])
+    model = _model(project, body.get("model"))
+    method, requested = _method(body, model)
+    training = _file(project, body.get("training_file"), "training_file", method, required=True)
+    validation = _file(project, body.get("validation_file"), "validation_file", method, required=False)
+    assert training is not None
+    seed = body.get("seed")
+    if seed is None:
+        seed = secrets.randbelow(MAX_SEED)
+    elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ActionError(f"seed must be an integer between 0 and {MAX_SEED}.", param="seed")
+    n_examples = int((training.validation or {}).get("rows") or 0)
+    try:
+        hp = resolve_hyperparameters(requested, max(n_examples, 1), seed=seed)
+    except HyperparameterError as exc:
+        raise ActionError(exc.message, param=exc.param) from None
+    limit = model.limit("max_seq_length")
+    if limit and hp.max_seq_length > limit:
+        raise ActionError(
+            f"max_seq_length must be at most {limit} for {model.name}.",
+            param="hyperparameters.max_seq_length",
+        )
+    return FineTuneRequest(
+        model=model,
+        training_file=training,
+        validation_file=validation,
+        method=method,
+        hyperparameters=hp,
+        requested_hyperparameters=requested,
+        suffix=_suffix(body.get("suffix")),
+        seed=seed,
+        metadata=_metadata(body.get("metadata")),
+        max_cost=_max_cost(body.get("max_cost")),
+        body=body,
+    )
+
+
+def _model(project: Project, name: Any) -> Model:
+    if not name or not isinstance(name, str):
+        raise ActionError("Missing required parameter: 'model'.", param="model")
+    model = Model.objects.visible_to(project.organization).filter(name=name).first()
+    if model is None:
+        raise ActionError(
+            f"The model '{name}' does not exist or you do not have access to it.",
+            code="model_not_found",
+            param="model",
+            status=404,
+        )
+    if not model.is_fine_tunable:
+        raise ActionError(
+            f"Model '{name}' cannot be fine-tuned. Use a base model from GET /v1/models.", param="model"
+        )
+    return model
+
+
+def _method(body: dict[str, Any], model: Model) -> tuple[str, dict[str, Any]]:
+    method = body.get("method")
+    legacy = body.get("hyperparameters")
+    if legacy is not None and not isinstance(legacy, dict):
+        raise ActionError("hyperparameters must be an object.", param="hyperparameters")
+    default = "classification" if model.task == "classification" else "supervised"
+    if method is None:
+        kind, requested = default, dict(legacy or {})
+    else:
+        if not isinstance(method, dict) or not isinstance(method.get("type"), str):
+            raise ActionError("method must be an object with a 'type'.", param="method.type")
+        kind = method["type"]
+        section = method.get(kind) or {}
+        if not isinstance(section, dict):
+            raise ActionError(f"method.{kind} must be an object.", param=f"method.{kind}")
+        requested = section.get("hyperparameters") or {}
+        if not isinstance(requested, dict):
+            raise ActionError("hyperparameters must be an object.", param=f"method.{kind}.hyperparameters")
+        if legacy:
+            raise ActionError(
+                "Give hyperparameters in method, not also at the top level (deprecated).",
+                param="hyperparameters",
+            )
+    allowed = model.limit("methods", [default])
+    if kind not in allowed:
+        if kind in ("classification", "supervised", "dpo", "reinforcement", "distillation"):
+            raise ActionError(
+                f"Method '{kind}' is not available for {model.name} (a {model.task} model); use: {', '.join(allowed)}.",
+                param="method.type",
+            )
+        raise ActionError(f"Unknown method type '{kind}'.", param="method.type")
+    if kind not in METHOD_FORMATS:
+        raise ActionError(f"Method '{kind}' is not available yet.", param="method.type")
+    return kind, dict(requested)
+
+
+def _file(project: Project, file_id: Any, param: str, method: str, *, required: bool) -> File | None:
+    if file_id is None and not required:
+        return None
+    if not file_id or not isinstance(file_id, str):
+        raise ActionError(f"Missing required parameter: '{param}'.", param=param)
+    file = File.objects.filter(project=project, public_id=file_id).first()
+    if file is None:
+        raise ActionError(f"Invalid file id '{file_id}': no such file in this project.", param=param)
+    if file.purpose != FilePurpose.FINE_TUNE:
+        raise ActionError(
+            f"File {file_id} has purpose '{file.purpose}'; upload it with purpose 'fine-tune'.", param=param
+        )
+    if file.status == FileStatus.ERROR:
+        raise ActionError(
+            f"File {file_id} failed validation ({file.status_details}). Fix it and upload it again.",
+            param=param,
+        )
+    formats = METHOD_FORMATS[method]
+    if file.status == FileStatus.PROCESSED and file.format not in formats:
+        raise ActionError(
+            f"File {file_id} is {file.format.replace('_', ' ')}, but {method} needs "
+            + " or ".join(f.replace("_", " ") for f in formats)
+            + ".",
+            param=param,
+        )
+    return file
+
+
+def _suffix(value: Any) -> str:
+    if value in (None, ""):
+        return ""
+    if not isinstance(value, str) or not SUFFIX_RE.match(value):
+        raise ActionError("suffix must be 1 to 64 letters, digits, '-' or '_'.", param="suffix")
+    return value.lower()
+
+
+def _metadata(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) > 16:
+        raise ActionError("metadata must be an object of at most 16 key/value pairs.", param="metadata")
+    for key, item in value.items():
+        if not isinstance(key, str) or len(key) > 64 or not isinstance(item, str) or len(item) > 512:
+            raise ActionError(
+                "metadata keys must be strings of at most 64 characters, values strings of at most 512.",
+                param="metadata",
+            )
+    return dict(value)
+
+
+def _max_cost(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ActionError("max_cost must be a whole number of micro-dollars, 0 or more.", param="max_cost")
+    return value
+
+
+def estimate(request: FineTuneRequest) -> dict[str, Any]:
+    """What the job will cost and how long it will take, from the training file's report."""
+    report = request.training_file.validation or {}
+    rows = int(report.get("rows") or 0)
+    mean_tokens = float(((report.get("stats") or {}).get("tokens") or {}).get("mean") or 0)
+    hp = request.hyperparameters
+    fraction = 0.0 if request.validation_file else VALIDATION_FRACTION
+    n_train = rows - validation_size(rows, fraction)
+    # Each example is truncated at max_seq_length (+2 special tokens).
+    tokens_per_example = min(mean_tokens + 2, hp.max_seq_length)
+    trained_tokens = int(n_train * tokens_per_example * hp.n_epochs)
+    throughput = settings.WORKER_THROUGHPUT.get(request.model.task, 10.0)
+    cost = cost_of(request.model.name, "trained_tokens", trained_tokens)
+    return {
+        "object": "fine_tuning.job.estimate",
+        "model": request.model.name,
+        "training_examples": n_train,
+        "trained_tokens": trained_tokens,
+        "steps": estimate_steps(rows, hp, fraction),
+        "estimated_seconds": round(n_train * hp.n_epochs / throughput),
+        "estimated_cost": cost,
+        "currency": "usd_micros",
+        "hyperparameters": hp.to_dict(),
+        "allowed_to_proceed": request.max_cost is None or cost <= request.max_cost or rows == 0,
+    }
+
+
+def submit(request: FineTuneRequest, *, project: Project, api_key: Any = None, user: Any = None) -> Job:
+    """Creates the job. It waits in `validating_files` while a file's validation is still
+    running, and is queued on the gpu queue after the commit otherwise."""
+    files = [f for f in (request.training_file, request.validation_file) if f is not None]
+    pending = any(f.status == FileStatus.UPLOADED for f in files)
+    body = {k: v for k, v in request.body.items() if k in KNOWN_FIELDS}
+    body["suffix"] = request.suffix
+    return actions.create_job(
+        kind=JobKind.FINE_TUNE,
+        project=project,
+        model=request.model,
+        model_name=request.model.name,
+        request={
+            **body,
+            "method": {
+                "type": request.method,
+                request.method: {"hyperparameters": request.requested_hyperparameters},
+            },
+        },
+        api_key=api_key,
+        user=user,
+        status=JobStatus.VALIDATING_FILES if pending else JobStatus.QUEUED,
+        message="Created fine-tuning job.",
+        training_file=request.training_file,
+        validation_file=request.validation_file,
+        hyperparameters=request.hyperparameters.to_dict(),
+        seed=request.seed,
+        metadata=request.metadata,
+        max_cost=request.max_cost,
+        estimated_cost=estimate(request)["estimated_cost"] if not pending else None,
+    )
+
+
+def on_file_validated(file: File) -> None:
+    """Moves the jobs that waited for this file on: queued, or failed if the file is bad."""
+    waiting = Job.objects.filter(status=JobStatus.VALIDATING_FILES, project=file.project).filter(
+        models_q_file(file)
+    )
+    for job in waiting:
+        files = [f for f in (job.training_file, job.validation_file) if f is not None]
+        bad = next((f for f in files if f.status == FileStatus.ERROR), None)
+        if bad is not None:
+            param = "training_file" if bad == job.training_file else "validation_file"
+            actions.fail_before_start(
+                job, "invalid_file", f"File {bad.public_id} failed validation: {bad.status_details}", param
+            )
+        elif all(f.status == FileStatus.PROCESSED for f in files):
+            method = (job.request.get("method") or {}).get("type", "classification")
+            wrong = next((f for f in files if f.format not in METHOD_FORMATS.get(method, ())), None)
+            if wrong is not None:
+                actions.fail_before_start(
+                    job, "invalid_file", f"File {wrong.public_id} is {wrong.format}, which {method} cannot use.",
+                    "training_file" if wrong == job.training_file else "validation_file",
+                )  # fmt: skip
+            else:
+                actions.release_validated(job, _resolved_fields(job))
+
+
+def _resolved_fields(job: Job) -> dict[str, Any]:
+    """Now that the file's size is known, "auto" hyperparameters and the estimate are final."""
+    method = (job.request.get("method") or {}).get("type", "classification")
+    requested = ((job.request.get("method") or {}).get(method) or {}).get("hyperparameters") or (
+        job.request.get("hyperparameters") or {}
+    )
+    assert job.training_file is not None and job.model is not None
+    rows = int((job.training_file.validation or {}).get("rows") or 1)
+    hp = resolve_hyperparameters(requested, rows, seed=job.seed)
+    request = FineTuneRequest(
+        model=job.model, training_file=job.training_file, validation_file=job.validation_file, method=method,
+        hyperparameters=hp, requested_hyperparameters=requested, suffix="", seed=job.seed or 0, metadata=None,
+        max_cost=job.max_cost,
+    )  # fmt: skip
+    return {"hyperparameters": hp.to_dict(), "estimated_cost": estimate(request)["estimated_cost"]}
+
+
+def models_q_file(file: File) -> Any:
+    from django.db.models import Q
+
+    return Q(training_file=file) | Q(validation_file=file)

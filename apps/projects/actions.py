@@ -1,0 +1,127 @@
+"""Every change to projects' files: upload, validation results, deletion."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+
+from apps.accounts.models import ApiKey, User
+from apps.core.errors import ActionError
+from apps.projects.models import UPLOAD_PURPOSES, File, FilePurpose, FileStatus, Project
+
+logger = logging.getLogger(__name__)
+
+VALIDATE_FILE_TASK = "files.validate"
+MAPPING_FIELDS = ("text", "label", "prompt", "completion", "messages")
+
+
+def parse_column_mapping(raw: Any) -> dict[str, str] | None:
+    """`{"text": "review", "label": "sentiment"}`, as a dict or a JSON string (multipart forms)."""
+    import json
+
+    if raw in (None, "", {}):
+        return None
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            raise ActionError(
+                'column_mapping must be a JSON object such as {"text": "review", "label": "sentiment"}.',
+                param="column_mapping",
+            ) from None
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+        raise ActionError("column_mapping must map field names to column names (strings).", param="column_mapping")
+    unknown = sorted(set(raw) - set(MAPPING_FIELDS))
+    if unknown:
+        raise ActionError(
+            f"column_mapping has unknown field {unknown[0]!r}; use any of: {', '.join(MAPPING_FIELDS)}.",
+            param="column_mapping",
+        )
+    return dict(raw)
+
+
+def upload_file(
+    project: Project,
+    upload: UploadedFile | None,
+    purpose: str | None,
+    *,
+    user: User | None = None,
+    api_key: ApiKey | None = None,
+    column_mapping: Any = None,
+) -> File:
+    """Stores an upload (status `uploaded`) and queues its validation after the commit."""
+    if not purpose:
+        raise ActionError("Missing required parameter: 'purpose'.", param="purpose")
+    if purpose not in UPLOAD_PURPOSES:
+        allowed = ", ".join(f"'{p}'" for p in UPLOAD_PURPOSES)
+        raise ActionError(f"Invalid value for 'purpose': {purpose!r}. Use one of {allowed}.", param="purpose")
+    if upload is None:
+        raise ActionError("Missing required parameter: 'file'.", param="file")
+    mapping = parse_column_mapping(column_mapping)
+    filename = (upload.name or "upload").replace("\\", "/").rsplit("/", 1)[-1][:255] or "upload"
+    with transaction.atomic():
+        file = File(
+            project=project,
+            filename=filename,
+            purpose=purpose,
+            bytes=upload.size or 0,
+            column_mapping=mapping,
+            created_by=user,
+            api_key=api_key,
+        )
+        # Storage streams the upload's chunks; the key is derived from ids, never the filename.
+        file.content.save(filename, upload, save=False)
+        file.save()
+        transaction.on_commit(lambda: queue_validation(file))
+    return file
+
+
+def create_result_file(project: Project, filename: str, purpose: str, data: bytes) -> File:
+    """A file we produce (batch output, fine-tune results): stored and marked processed at once."""
+    from django.core.files.base import ContentFile
+
+    file = File(
+        project=project,
+        filename=filename,
+        purpose=purpose,
+        bytes=len(data),
+        status=FileStatus.PROCESSED,
+        status_details="",
+    )
+    file.content.save(filename, ContentFile(data), save=False)
+    file.save()
+    return file
+
+
+def queue_validation(file: File) -> None:
+    from saas.celery import app
+
+    app.send_task(VALIDATE_FILE_TASK, args=[file.public_id])
+
+
+def record_validation(file_id: str, report: dict[str, Any]) -> bool:
+    """Stores a validation report; only the first report for an upload counts (a redelivered
+    task finds the file no longer `uploaded` and changes nothing)."""
+    status = FileStatus.PROCESSED if report["valid"] else FileStatus.ERROR
+    updated = File.objects.filter(public_id=file_id, status=FileStatus.UPLOADED).update(
+        status=status,
+        status_details=report["summary"][:500],
+        format=report["format"] or "",
+        validation=report,
+    )
+    return updated == 1
+
+
+def delete_file(file: File) -> None:
+    name = file.content.name
+    storage = file.content.storage
+    file.delete()
+    if name:
+        # After the row is gone, so a failure here leaves an orphan blob, never a broken row.
+        transaction.on_commit(lambda: storage.delete(name))
+
+
+RESULT_PURPOSES = (FilePurpose.FINE_TUNE_RESULTS, FilePurpose.BATCH_OUTPUT)

@@ -1,0 +1,57 @@
+"""A fine-tune end to end, with a real worker: upload, submit, run, model, events, checkpoints."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+
+from apps.jobs.models import Job
+from tests.conftest import wait_for
+from tests.jobs.conftest import sentiment_csv
+
+pytestmark = pytest.mark.integration
+
+
+def upload(api: Any, data: bytes, name: str = "train.csv") -> str:
+    handle = io.BytesIO(data)
+    handle.name = name
+    response = api.post("/v1/files", {"file": handle, "purpose": "fine-tune"}, format="multipart")
+    assert response.status_code == 200, response.content
+    return response.json()["id"]
+
+
+def test_a_fine_tune_runs_to_a_model(api: Any, celery_worker: Any, tiny_base: Any) -> None:
+    # given a validated training file
+    file_id = upload(api, sentiment_csv(80))
+    wait_for(lambda: api.get(f"/v1/files/{file_id}").json()["status"] == "processed", timeout=30)
+    # when a job is created
+    response = api.post(
+        "/v1/fine_tuning/jobs",
+        {"model": "tiny-bert", "training_file": file_id, "suffix": "sent",
+         "method": {"type": "classification", "classification": {"hyperparameters": {"n_epochs": 3, "batch_size": 8, "learning_rate": 0.001}}}},
+        format="json",
+    )  # fmt: skip
+    assert response.status_code == 200, response.content
+    job_id = response.json()["id"]
+    # then it succeeds with a model, events, checkpoints and usage
+    done = wait_for(
+        lambda: (
+            (body := api.get(f"/v1/fine_tuning/jobs/{job_id}").json())["status"] in ("succeeded", "failed")
+            and body
+        ),
+        timeout=120,
+    )
+    assert done["status"] == "succeeded", done
+    assert done["fine_tuned_model"].startswith("ft:tiny-bert:acme:sent:ftjob-")
+    assert done["trained_tokens"] > 0
+    assert done["error"] is None
+    model = api.get(f"/v1/models/{done['fine_tuned_model']}").json()
+    assert model["labels"] == ["negative", "positive"]
+    events = api.get(f"/v1/fine_tuning/jobs/{job_id}/events?limit=200").json()["data"]
+    assert any(e["type"] == "metrics" and "valid_loss" in (e["data"] or {}) for e in events)
+    checkpoints = api.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
+    assert checkpoints and checkpoints[0]["step_number"] > 0
+    job = Job.objects.get(public_id=job_id)
+    assert list(job.usage.values_list("unit", "quantity")) == [("trained_tokens", done["trained_tokens"])]

@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tests.tiny_models import build_tiny_bert  # noqa: E402
+from workers.runtime import models  # noqa: E402
+from workers.runtime.models import ModelCache, default_cache, load_model  # noqa: E402
+
+
+class _WritesCanary:
+    """Unpickling this creates a file: proof that a pickle was executed."""
+
+    def __init__(self, canary: Path) -> None:
+        self.canary = canary
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.canary), "w"))
+
+
+def test_it_loads_a_generator_for_inference(tiny_gpt2_dir: Path) -> None:
+    loaded = load_model(str(tiny_gpt2_dir), device="cpu")
+
+    assert loaded.task == "generation"
+    assert loaded.labels == []
+    assert loaded.context_length == 256
+    assert loaded.nbytes > 0
+    assert loaded.device == torch.device("cpu")
+    assert not loaded.model.training
+
+
+def test_it_loads_a_classifier_with_its_labels(tiny_bert_dir: Path) -> None:
+    loaded = load_model(str(tiny_bert_dir))
+
+    assert loaded.task == "classification"
+    assert loaded.labels == ["negative", "positive"]
+    assert loaded.multi_label is False
+    assert loaded.context_length == 128
+
+
+def test_it_reads_multi_label_from_the_config(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(tiny_bert_dir, tmp_path / "multi"))
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "problem_type": "multi_label_classification"}))
+
+    assert load_model(str(copy)).multi_label is True
+
+
+def test_it_refuses_pickle_weights_without_unpickling_them(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    # given: a model dir whose only weights are a pickle that would write a canary file
+    model_dir = tmp_path / "evil"
+    model_dir.mkdir()
+    shutil.copy(tiny_bert_dir / "config.json", model_dir / "config.json")
+    canary = tmp_path / "canary"
+    torch.save({"weights": _WritesCanary(canary)}, model_dir / "pytorch_model.bin")
+
+    # when / then
+    with pytest.raises(ValueError, match="format not allowed; use safetensors"):
+        load_model(str(model_dir))
+    assert not canary.exists()
+
+
+def test_it_refuses_a_hub_id_while_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # offline is the default
+
+    with pytest.raises(FileNotFoundError, match="offline"):
+        load_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+def test_it_refuses_a_model_without_a_task_head(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(tiny_bert_dir, tmp_path / "encoder"))
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "architectures": ["BertModel"]}))
+
+    with pytest.raises(ValueError, match="unsupported model architecture"):
+        load_model(str(copy))
+
+
+def test_the_cache_hits_on_the_second_get(tiny_gpt2_dir: Path) -> None:
+    cache = ModelCache(max_bytes=10**9)
+
+    first = cache.get(str(tiny_gpt2_dir))
+    second = cache.get(str(tiny_gpt2_dir))
+
+    assert second is first
+    assert (cache.hits, cache.misses) == (1, 1)
+
+
+def test_the_cache_evicts_the_least_recently_used_by_bytes(
+    tiny_gpt2_dir: Path, tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    # given: room for two of the three models
+    other_bert = build_tiny_bert(tmp_path / "other-bert", labels=["a", "b", "c"])
+    refs = [str(tiny_gpt2_dir), str(tiny_bert_dir), str(other_bert)]
+    sizes = [load_model(ref).nbytes for ref in refs]
+    cache = ModelCache(max_bytes=sizes[0] + max(sizes[1], sizes[2]))
+
+    # when: the first is used again before the third arrives
+    cache.get(refs[0])
+    cache.get(refs[1])
+    cache.get(refs[0])
+    cache.get(refs[2])
+
+    # then: the second, least recently used, made room
+    assert cache.refs() == [refs[0], refs[2]]
+    assert cache.nbytes <= cache.max_bytes
+    assert (cache.hits, cache.misses) == (1, 3)
+
+
+def test_the_cache_keeps_a_model_bigger_than_its_budget_alone(
+    tiny_gpt2_dir: Path, tiny_bert_dir: Path
+) -> None:
+    cache = ModelCache(max_bytes=1)
+
+    cache.get(str(tiny_bert_dir))
+    loaded = cache.get(str(tiny_gpt2_dir))
+
+    assert loaded.task == "generation"
+    assert cache.refs() == [str(tiny_gpt2_dir)]
+
+
+def test_clear_empties_the_cache(tiny_gpt2_dir: Path) -> None:
+    cache = ModelCache(max_bytes=10**9)
+    cache.get(str(tiny_gpt2_dir))
+
+    cache.clear()
+
+    assert cache.refs() == []
+
+
+def test_the_default_cache_is_sized_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(models, "_default_cache", None)
+    monkeypatch.setenv("MODEL_CACHE_BYTES", "12345")
+
+    assert default_cache().max_bytes == 12345
+    assert default_cache() is default_cache()

@@ -1,0 +1,203 @@
+"""The fine-tune adapter: a claimed job row → TrainSpec → runtime.train → rows and usage.
+
+Django-aware and thin on purpose: the training itself is `workers.runtime.training.train`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError
+
+from apps.billing.pricing import cost_of
+from apps.core.storage import download_dir, download_file, upload_dir
+from apps.jobs import actions
+from apps.jobs.models import Job, JobStatus
+from apps.registry.actions import create_fine_tuned_model
+from workers.artifacts import local_model_dir
+from workers.attempt import AttemptGuard
+
+logger = logging.getLogger(__name__)
+
+# Errors in the customer's data or settings: the job fails at once, with the runtime's message.
+PERMANENT_ERRORS = (ValueError, KeyError)
+
+
+def run_fine_tune(job: Job) -> None:
+    from workers.runtime.specs import Hyperparameters, TrainSpec
+    from workers.runtime.training import train
+
+    work = Path(settings.VAR_DIR) / "work" / f"{job.public_id}-{job.attempt}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        with AttemptGuard(job.pk, job.attempt) as guard:
+            spec = TrainSpec(
+                job_id=job.public_id,
+                base_model_dir=str(local_model_dir(job.model.artifact_key)),  # type: ignore[union-attr]
+                training_file=str(_local_copy(job.training_file, work / "train")),
+                validation_file=str(_local_copy(job.validation_file, work / "valid"))
+                if job.validation_file
+                else None,
+                output_dir=str(work / "model"),
+                hyperparameters=Hyperparameters(**job.hyperparameters),
+                text_field=_mapped(job, "text"),
+                label_field=_mapped(job, "label"),
+                checkpoint_dir=str(work / "checkpoints"),
+                resume_from=str(download_dir(job.checkpoint_ref, work / "resume"))
+                if job.checkpoint_ref
+                else None,
+            )
+            progress = ProgressReporter(job, guard)
+            result = train(spec, progress.on_event, progress.should_stop)
+            if guard.lost:
+                return
+            _finish(job, guard, result, progress)
+    except PERMANENT_ERRORS as exc:
+        actions.finish(
+            job.pk, job.attempt, JobStatus.FAILED,
+            error={"code": "invalid_training_data", "message": str(exc), "param": "training_file"},
+            message=f"Training failed: {exc}",
+        )  # fmt: skip
+    except (DatabaseError, OSError) as exc:
+        logger.exception("job %s: transient failure", job.public_id)
+        try:
+            actions.requeue(
+                job.pk, job.attempt, f"Attempt {job.attempt} hit a transient error ({type(exc).__name__})."
+            )
+        except DatabaseError:
+            pass  # the reaper re-queues it once the heartbeat goes stale
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _mapped(job: Job, field: str) -> str:
+    mapping = (job.training_file.column_mapping if job.training_file else None) or {}
+    return str(mapping.get(field, field))
+
+
+def _local_copy(file: Any, stem: Path) -> Path:
+    suffix = ".csv" if file.format.endswith("_csv") else ".jsonl"
+    return download_file(file.content.name, stem.with_suffix(suffix))
+
+
+class ProgressReporter:
+    """Turns the runtime's progress events into throttled progress, metric events, checkpoints
+    and the budget check."""
+
+    def __init__(self, job: Job, guard: AttemptGuard) -> None:
+        self.job = job
+        self.guard = guard
+        self.started = time.monotonic()
+        self.first_step: int | None = None
+        self.step = 0
+        self.trained_tokens = 0
+        self.last_metrics_step = -1
+
+    def should_stop(self) -> bool:
+        if self.job.max_cost is not None and self.step and self._next_step_cost() > self.job.max_cost:
+            self.guard.request_stop("budget")
+        return self.guard.should_stop()
+
+    def _next_step_cost(self) -> int:
+        # The next step costs about what an average step has cost so far.
+        per_step = self.trained_tokens / max(self.step - (self.first_step or 0), 1)
+        return cost_of(self.job.model_name, "trained_tokens", int(self.trained_tokens + per_step))
+
+    def on_event(self, event: Any) -> None:
+        if self.guard.lost:
+            return
+        self.step, self.trained_tokens = event.step, max(self.trained_tokens, event.trained_tokens)
+        if event.kind == "step":
+            self._progress(event)
+            every = max(1, event.total_steps // 200)  # at most ~200 points on the loss curve
+            if event.step - self.last_metrics_step >= every:
+                self.last_metrics_step = event.step
+                self._metrics(event, {"train_loss": event.metrics.get("train_loss")})
+        elif event.kind == "eval":
+            self._metrics(event, event.metrics, message=_eval_message(event))
+        elif event.kind == "checkpoint" and event.checkpoint_dir:
+            key = f"checkpoints/{self.job.organization.public_id}/{self.job.public_id}/step-{event.step}"
+            upload_dir(Path(event.checkpoint_dir), key)
+            actions.add_checkpoint(
+                self.job.pk, self.job.attempt, step=event.step, epoch=event.epoch, metrics=event.metrics,
+                artifact_key=key, model_name=f"{self.job.model_name}:ckpt-step-{event.step}",
+            )  # fmt: skip
+        elif event.kind == "log" and event.message:
+            actions.add_event(self.job.pk, self.job.attempt, event.message)
+
+    def _progress(self, event: Any) -> None:
+        if self.first_step is None:
+            self.first_step, self.started = event.step - 1, time.monotonic()
+        done = event.step - self.first_step
+        rate = done / max(time.monotonic() - self.started, 1e-6)
+        remaining = max(event.total_steps - event.step, 0)
+        self.guard.set_progress(
+            {
+                "step": event.step,
+                "total_steps": event.total_steps,
+                "epoch": event.epoch,
+                "percent": round(100 * event.step / max(event.total_steps, 1), 1),
+                "eta_seconds": round(remaining / rate) if rate > 0 else None,
+                "trained_tokens": event.trained_tokens,
+            }
+        )
+
+    def _metrics(self, event: Any, metrics: dict[str, Any], message: str | None = None) -> None:
+        data = {"step": event.step, "total_steps": event.total_steps, "epoch": event.epoch}
+        data.update(
+            {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        )
+        actions.add_event(
+            self.job.pk,
+            self.job.attempt,
+            message or f"Step {event.step}/{event.total_steps}",
+            type="metrics",
+            data=data,
+        )
+
+
+def _eval_message(event: Any) -> str:
+    metrics = event.metrics
+    parts = [f"Epoch {event.epoch} evaluated"]
+    if "valid_loss" in metrics:
+        parts.append(f"valid_loss {metrics['valid_loss']:.4f}")
+    if "accuracy" in metrics:
+        parts.append(f"accuracy {metrics['accuracy']:.3f}")
+    return ": ".join([parts[0], ", ".join(parts[1:])]) if len(parts) > 1 else parts[0]
+
+
+def _finish(job: Job, guard: AttemptGuard, result: Any, progress: ProgressReporter) -> None:
+    usage = {"trained_tokens": result.trained_tokens}
+    fields = {"trained_tokens": result.trained_tokens}
+    if result.status == "stopped" and guard.stop_reason == "cancel":
+        actions.finish(
+            job.pk, job.attempt, JobStatus.CANCELLED, usage=usage, fields=fields, message="Job cancelled."
+        )
+        return
+    if result.status == "stopped" and guard.stop_reason == "pause":
+        actions.finish(
+            job.pk, job.attempt, JobStatus.PAUSED, fields=fields, message="Job paused at a checkpoint."
+        )
+        return
+    key = f"models/{job.organization.public_id}/{job.public_id}"
+    upload_dir(Path(result.model_dir), key)
+    reason = "budget_reached" if guard.stop_reason == "budget" else ""
+
+    def create_model(locked: Job) -> dict[str, Any]:
+        model = create_fine_tuned_model(
+            locked, artifact_key=key, labels=list(result.labels), metrics=result.metrics
+        )
+        return {"fine_tuned_model": model}
+
+    actions.finish(
+        job.pk, job.attempt, JobStatus.SUCCEEDED, status_reason=reason, usage=usage, fields=fields,
+        result={"metrics": result.metrics, "labels": list(result.labels), "steps": result.steps},
+        on_finished=create_model,
+        message="Budget reached: stopped early and kept the best model." if reason else "The job has successfully completed.",
+    )  # fmt: skip

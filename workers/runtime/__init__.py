@@ -1,0 +1,1 @@
+"""The ML runtime: plain Python + torch, never Django (DESIGN.md §3)."""

@@ -1,0 +1,525 @@
+"""Text generation with our own sampling loop, so text can stream as it is made.
+
+Every choice of every request is one row of a left-padded batch sharing a KV cache
+(`past_key_values`). Each step runs the model once for all live rows, then picks one token
+per row with that row's own sampling settings and its own `torch.Generator`; finished rows
+are dropped from the cache so they cost nothing afterwards.
+
+Same seed, same text: a row's random draws come only from its generator, seeded from
+(request seed, choice index), so `generate` and `generate_batch` draw the same numbers for
+the same request. What batching can change is the logits themselves: padded batches do
+their matmuls in other shapes, which moves logits in the last float bits (more so in bf16
+on GPUs). That flips a token only where two candidates are tied to that precision, so
+texts match in practice but are not guaranteed bit-identical across batch compositions.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import torch
+
+from workers.runtime.models import GENERATION, LoadedModel
+from workers.runtime.specs import Choice, GenerateRequest, GenerateResult, TokenLogprob
+
+MAX_STOP_STRINGS = 4
+MAX_TOP_LOGPROBS = 20
+MAX_CHOICES = 128
+_REPLACEMENT = "\ufffd"  # what decode() shows for an incomplete UTF-8 sequence
+_SEED_STEP = 0x9E3779B97F4A7C15  # golden-ratio increment: spreads choice seeds far apart
+_SEED_MOD = 2**63
+
+
+class GenerateRequestError(ValueError):
+    """A request the model cannot serve; `param` names the offending request field."""
+
+    def __init__(self, message: str, param: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and prompts
+# ---------------------------------------------------------------------------------------------
+
+
+def _prompt_param(request: GenerateRequest) -> str:
+    return "messages" if request.messages is not None else "prompt"
+
+
+def validate_request(request: GenerateRequest) -> None:
+    checks: list[tuple[bool, str, str]] = [
+        (
+            (request.messages is None) != (request.prompt is None),
+            "messages",
+            "give exactly one of messages or prompt",
+        ),
+        (request.max_tokens >= 1, "max_tokens", "max_tokens must be at least 1"),
+        (0 <= request.temperature <= 2, "temperature", "temperature must be between 0 and 2"),
+        (0 <= request.top_p <= 1, "top_p", "top_p must be between 0 and 1"),
+        (1 <= request.n <= MAX_CHOICES, "n", f"n must be between 1 and {MAX_CHOICES}"),
+        (len(request.stop) <= MAX_STOP_STRINGS, "stop", f"stop takes at most {MAX_STOP_STRINGS} strings"),
+        (all(request.stop), "stop", "stop strings must not be empty"),
+        (
+            -2 <= request.presence_penalty <= 2,
+            "presence_penalty",
+            "presence_penalty must be between -2 and 2",
+        ),
+        (
+            -2 <= request.frequency_penalty <= 2,
+            "frequency_penalty",
+            "frequency_penalty must be between -2 and 2",
+        ),
+        (
+            0 <= request.top_logprobs <= MAX_TOP_LOGPROBS,
+            "top_logprobs",
+            f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}",
+        ),
+        (request.logprobs or request.top_logprobs == 0, "top_logprobs", "top_logprobs requires logprobs"),
+    ]
+    for ok, param, message in checks:
+        if not ok:
+            raise GenerateRequestError(message, param)
+
+
+def prompt_ids(model: LoadedModel, request: GenerateRequest) -> list[int]:
+    tokenizer = model.tokenizer
+    if request.messages is not None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise GenerateRequestError("this model has no chat template; send a prompt instead", "messages")
+        text = tokenizer.apply_chat_template(
+            list(request.messages), add_generation_prompt=True, tokenize=False
+        )
+        # The template already wrote its special tokens; adding BOS again would double it.
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(request.prompt)["input_ids"]
+    if not ids:  # an empty prompt: the model still needs one position to predict from
+        ids = [_pad_id(model)]
+    return list(ids)
+
+
+def check_context(model: LoadedModel, request: GenerateRequest, n_prompt: int) -> None:
+    if n_prompt + request.max_tokens <= model.context_length:
+        return
+    where = "messages" if request.messages is not None else "prompt"
+    param = _prompt_param(request) if n_prompt >= model.context_length else "max_tokens"
+    raise GenerateRequestError(
+        f"This model's maximum context length is {model.context_length} tokens. However, you requested "
+        f"{n_prompt + request.max_tokens} tokens ({n_prompt} in the {where}, {request.max_tokens} in the "
+        f"completion). Please reduce the length of the {where} or the completion.",
+        param,
+        code="context_length_exceeded",
+    )
+
+
+def _pad_id(model: LoadedModel) -> int:
+    tokenizer = model.tokenizer
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def eos_token_ids(model: LoadedModel) -> frozenset[int]:
+    found: set[int] = set()
+    for source in (getattr(model.model, "generation_config", None), model.model.config, model.tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            found.add(value)
+        elif isinstance(value, list | tuple):
+            found.update(int(v) for v in value)
+    return frozenset(found)
+
+
+def choice_seed(seed: int, index: int) -> int:
+    # Choice 0 uses the seed itself, so n=1 and the first of n=3 agree.
+    return (seed + index * _SEED_STEP) % _SEED_MOD
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------
+
+
+def apply_penalties(
+    logits: torch.Tensor, counts: torch.Tensor, presence: torch.Tensor, frequency: torch.Tensor
+) -> torch.Tensor:
+    """OpenAI's definition: logit[j] -= count[j] * frequency + (count[j] > 0) * presence.
+
+    `counts` holds how often each token already appears in the row's completion (not the prompt).
+    """
+    return logits - counts * frequency[:, None] - (counts > 0).to(logits.dtype) * presence[:, None]
+
+
+def nucleus_filter(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Zero every token outside the smallest set whose probability reaches top_p (per row)."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the tokens ranked above
+    # A token stays while the mass above it is still short of top_p; the top token always stays.
+    keep_sorted = before < top_p[:, None]
+    keep_sorted[:, 0] = True
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    return probs * keep
+
+
+@dataclass
+class _Picked:
+    token_id: int
+    logprob: float | None = None
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+def _draw(adjusted: torch.Tensor, rows: Sequence[_Row]) -> list[int]:
+    temperature = torch.tensor([max(r.request.temperature, 1e-6) for r in rows], device=adjusted.device)
+    top_p = torch.tensor([r.request.top_p for r in rows], device=adjusted.device)
+    probs = torch.softmax(adjusted / temperature[:, None], dim=-1)
+    if any(r.request.top_p < 1 for r in rows):
+        probs = nucleus_filter(probs, top_p)
+    greedy = adjusted.argmax(dim=-1).tolist()
+    picked = []
+    for i, row in enumerate(rows):
+        if row.request.temperature == 0:
+            picked.append(greedy[i])
+        else:
+            picked.append(int(torch.multinomial(probs[i], 1, generator=row.generator).item()))
+    return picked
+
+
+def pick_tokens(logits: torch.Tensor, rows: Sequence[_Row], counts: torch.Tensor | None) -> list[_Picked]:
+    logits = logits.float()
+    adjusted = logits
+    if counts is not None:
+        presence = torch.tensor([r.request.presence_penalty for r in rows], device=logits.device)
+        frequency = torch.tensor([r.request.frequency_penalty for r in rows], device=logits.device)
+        adjusted = apply_penalties(logits, counts, presence, frequency)
+    picked = [_Picked(token_id) for token_id in _draw(adjusted, rows)]
+    if any(r.request.logprobs for r in rows):
+        # Reported logprobs are the model's own distribution (raw logits), as OpenAI reports
+        # them: neither temperature nor penalties change them.
+        logprobs = torch.log_softmax(logits, dim=-1)
+        for i, row in enumerate(rows):
+            if row.request.logprobs:
+                picked[i].logprob = float(logprobs[i, picked[i].token_id])
+                if row.request.top_logprobs:
+                    values, ids = logprobs[i].topk(row.request.top_logprobs)
+                    picked[i].top = list(zip(ids.tolist(), values.tolist(), strict=True))
+    return picked
+
+
+# ---------------------------------------------------------------------------------------------
+# Text: incremental decoding, stop strings, token bytes
+# ---------------------------------------------------------------------------------------------
+
+
+def find_stop(text: str, stops: Sequence[str], start: int = 0) -> int:
+    """Index of the earliest stop string in text[start:] (as an index into text), or -1."""
+    found = [i for i in (text.find(s, max(0, start - len(s))) for s in stops) if i >= 0]
+    return min(found) if found else -1
+
+
+def printable_end(text: str, stops: Sequence[str]) -> int:
+    """How much of text can be sent now: not a trailing partial character, nor a possible stop start."""
+    end = len(text)
+    while end and text[end - 1] == _REPLACEMENT:
+        end -= 1
+    held = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, end), held, -1):
+            if text.endswith(stop[:k], 0, end):
+                held = k
+                break
+    return end - held
+
+
+@cache
+def _byte_decoder() -> dict[str, int]:
+    # GPT-2's byte-level alphabet: every byte maps to one printable character.
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    codes = list(printable)
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return {chr(code): byte for byte, code in zip(printable, codes, strict=True)}
+
+
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def token_bytes(tokenizer: Any, token_id: int) -> list[int]:
+    """The raw bytes of one token, even when it holds only part of a UTF-8 character."""
+    piece = tokenizer.convert_ids_to_tokens(token_id)
+    if token_id in tokenizer.all_special_ids:
+        return list(piece.encode())
+    fallback = _BYTE_FALLBACK.fullmatch(piece)
+    if fallback:  # SentencePiece byte-fallback tokens
+        return [int(fallback.group(1), 16)]
+    decoder = _byte_decoder()
+    if all(char in decoder for char in piece):  # byte-level BPE (GPT-2, Llama 3, SmolLM2)
+        return [decoder[char] for char in piece]
+    return list(tokenizer.decode([token_id]).encode())
+
+
+def _token_text(tokenizer: Any, token_id: int) -> str:
+    return tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows: one choice of one request
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    request_index: int
+    choice_index: int
+    request: GenerateRequest
+    generator: torch.Generator | None
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0  # characters of text already handed to on_token
+    text_ends: list[int] = field(default_factory=list)  # len(text) after each token, for logprobs
+    picks: list[_Picked] = field(default_factory=list)
+    finish_reason: str | None = None
+    eos_tokens: int = 0
+    cut_by_stop: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def accept(self, pick: _Picked, model: LoadedModel, eos_ids: frozenset[int]) -> str:
+        """Take one token; return the text that became safe to send."""
+        if pick.token_id in eos_ids:
+            self.eos_tokens = 1
+            self.finish_reason = "stop"
+            return self._flush(len(self.text))
+        self.token_ids.append(pick.token_id)
+        self.picks.append(pick)
+        # Decoding the whole completion (not the token alone) is what makes multi-byte
+        # characters split across tokens come out right.
+        self.text = model.tokenizer.decode(
+            self.token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        self.text_ends.append(len(self.text))
+        cut = find_stop(self.text, self.request.stop, self.emitted)
+        if cut >= 0:
+            self.text = self.text[:cut]
+            self.finish_reason = "stop"
+            self.cut_by_stop = True
+            return self._flush(cut)
+        if len(self.token_ids) >= self.request.max_tokens:
+            self.finish_reason = "length"
+            return self._flush(len(self.text))
+        return self._flush(max(self.emitted, printable_end(self.text, self.request.stop)))
+
+    def _flush(self, end: int) -> str:
+        delta = self.text[self.emitted : end]
+        self.emitted = max(self.emitted, end)
+        return delta
+
+    def choice(self, tokenizer: Any) -> Choice:
+        logprobs = None
+        if self.request.logprobs:
+            # After a stop string, only the tokens that still show text before the cut count.
+            starts = [0, *self.text_ends]
+            logprobs = [
+                self._token_logprob(tokenizer, pick)
+                for pick, start in zip(self.picks, starts, strict=False)
+                if not self.cut_by_stop or start < len(self.text)
+            ]
+        return Choice(self.choice_index, self.text, self.finish_reason or "length", logprobs)
+
+    @staticmethod
+    def _token_logprob(tokenizer: Any, pick: _Picked) -> TokenLogprob:
+        return TokenLogprob(
+            token=_token_text(tokenizer, pick.token_id),
+            logprob=pick.logprob if pick.logprob is not None else 0.0,
+            bytes=token_bytes(tokenizer, pick.token_id),
+            top_logprobs=[(_token_text(tokenizer, t), lp) for t, lp in pick.top],
+        )
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids) + self.eos_tokens
+
+
+def _make_rows(requests: Sequence[GenerateRequest], device: torch.device) -> list[_Row]:
+    rows = []
+    for request_index, request in enumerate(requests):
+        seed = request.seed if request.seed is not None else secrets.randbits(63)
+        for choice_index in range(request.n):
+            generator = None
+            if request.temperature > 0:
+                generator = torch.Generator(device=device)
+                generator.manual_seed(choice_seed(seed, choice_index))
+            rows.append(_Row(request_index, choice_index, request, generator))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The decoding loop
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Batch:
+    """The live rows and their model state; row i of every tensor belongs to rows[i]."""
+
+    rows: list[_Row]
+    cache: Any  # a transformers Cache
+    attention_mask: torch.Tensor  # (rows, positions seen)
+    next_position: torch.Tensor  # (rows,) position id of the next token
+    logits: torch.Tensor  # (rows, vocab) for the next token
+    counts: torch.Tensor | None  # (rows, vocab) completion token counts, only when penalties are used
+
+    def keep(self, live: list[int]) -> None:
+        if len(live) == len(self.rows):
+            return
+        if not live:
+            self.rows = []
+            return
+        index = torch.tensor(live, device=self.attention_mask.device)
+        self.rows = [self.rows[i] for i in live]
+        self.cache.batch_select_indices(index)
+        self.attention_mask = self.attention_mask[index]
+        self.next_position = self.next_position[index]
+        self.logits = self.logits[index]
+        if self.counts is not None:
+            self.counts = self.counts[index]
+
+
+_LOGITS_TO_KEEP: dict[type, bool] = {}
+
+
+def _forward(model: LoadedModel, **inputs: Any) -> Any:
+    model_class = type(model.model)
+    if model_class not in _LOGITS_TO_KEEP:
+        _LOGITS_TO_KEEP[model_class] = "logits_to_keep" in inspect.signature(model.model.forward).parameters
+    if _LOGITS_TO_KEEP[model_class]:
+        inputs["logits_to_keep"] = 1  # only the last position's logits: saves a (prompt × vocab) matmul
+    return model.model(**inputs, use_cache=True)
+
+
+def _prefill(model: LoadedModel, prompts: list[list[int]], rows: list[_Row]) -> _Batch:
+    """Run each distinct prompt once (left-padded), then copy its cache to each of its choices."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), _pad_id(model), dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, ids in enumerate(prompts):
+        input_ids[i, width - len(ids) :] = torch.tensor(ids)
+        mask[i, width - len(ids) :] = 1
+    input_ids, mask = input_ids.to(model.device), mask.to(model.device)
+    positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)  # left padding must not shift positions
+    out = _forward(model, input_ids=input_ids, attention_mask=mask, position_ids=positions)
+    expand = torch.tensor([row.request_index for row in rows], device=model.device)
+    out.past_key_values.batch_select_indices(expand)
+    penalised = any(r.request.presence_penalty or r.request.frequency_penalty for r in rows)
+    vocab = out.logits.shape[-1]
+    return _Batch(
+        rows=rows,
+        cache=out.past_key_values,
+        attention_mask=mask[expand],
+        next_position=positions[:, -1][expand] + 1,
+        logits=out.logits[:, -1, :][expand],
+        counts=torch.zeros((len(rows), vocab), device=model.device) if penalised else None,
+    )
+
+
+def _step(model: LoadedModel, batch: _Batch, token_ids: list[int]) -> None:
+    tokens = torch.tensor(token_ids, device=model.device)[:, None]
+    ones = torch.ones((len(token_ids), 1), dtype=batch.attention_mask.dtype, device=model.device)
+    batch.attention_mask = torch.cat([batch.attention_mask, ones], dim=-1)
+    out = _forward(
+        model,
+        input_ids=tokens,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.next_position[:, None],
+        past_key_values=batch.cache,
+    )
+    batch.cache = out.past_key_values
+    batch.logits = out.logits[:, -1, :]
+    batch.next_position = batch.next_position + 1
+
+
+OnRowToken = Callable[[int, int, str], None]
+
+
+def _decode_loop(model: LoadedModel, batch: _Batch, on_token: OnRowToken | None) -> None:
+    eos_ids = eos_token_ids(model)
+    while batch.rows:
+        picks = pick_tokens(batch.logits, batch.rows, batch.counts)
+        for i, (row, pick) in enumerate(zip(batch.rows, picks, strict=True)):
+            delta = row.accept(pick, model, eos_ids)
+            if batch.counts is not None:
+                batch.counts[i, pick.token_id] += 1
+            if delta and on_token is not None:
+                on_token(row.request_index, row.choice_index, delta)
+        live = [i for i, row in enumerate(batch.rows) if not row.done]
+        live_tokens = [picks[i].token_id for i in live]
+        batch.keep(live)
+        if batch.rows:
+            _step(model, batch, live_tokens)
+
+
+def _results(model: LoadedModel, rows: list[_Row], prompts: list[list[int]]) -> list[GenerateResult]:
+    results = []
+    for request_index, prompt in enumerate(prompts):
+        mine = [r for r in rows if r.request_index == request_index]
+        results.append(
+            GenerateResult(
+                choices=[r.choice(model.tokenizer) for r in mine],
+                prompt_tokens=len(prompt),
+                completion_tokens=sum(r.completion_tokens for r in mine),
+            )
+        )
+    return results
+
+
+def generate_batch(
+    model: LoadedModel, requests: list[GenerateRequest], on_token: OnRowToken | None = None
+) -> list[GenerateResult]:
+    """Run several requests together in one padded batch; on_token gets (request, choice, text delta)."""
+    if model.task != GENERATION:
+        raise ValueError(f"model {model.ref} is a {model.task} model, not a generator")
+    if not requests:
+        return []
+    prompts = []
+    for request in requests:
+        validate_request(request)
+        prompts.append(prompt_ids(model, request))
+        check_context(model, request, len(prompts[-1]))
+    rows = _make_rows(requests, model.device)
+    with torch.inference_mode():
+        batch = _prefill(model, prompts, rows)
+        _decode_loop(model, batch, on_token)
+    return _results(model, rows, prompts)
+
+
+def generate(
+    model: LoadedModel, request: GenerateRequest, on_token: Callable[[int, str], None] | None = None
+) -> GenerateResult:
+    """Generate request.n choices; on_token(choice_index, text_delta) streams text as it becomes final."""
+    relay: OnRowToken | None = None
+    if on_token is not None:
+        callback = on_token
+
+        def relay(_request_index: int, choice_index: int, delta: str) -> None:
+            callback(choice_index, delta)
+
+    return generate_batch(model, [request], relay)[0]

@@ -1,0 +1,245 @@
+"""Loading models for inference, and the worker's LRU cache of loaded models.
+
+Only safetensors weights are ever loaded: a `.bin`/`.pt`/`.pkl` file is a pickle, and
+unpickling a file a user could have supplied runs their code (DESIGN.md §6).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CLASSIFICATION = "classification"
+GENERATION = "generation"
+DEFAULT_CACHE_BYTES = 4 * 1024**3
+# Weight files that are pickles (or may be): never loaded, and named in the refusal.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+# Tokenizers without a real limit report a huge sentinel as model_max_length.
+_NO_LIMIT = 1_000_000
+
+
+@dataclass
+class LoadedModel:
+    ref: str
+    task: str  # CLASSIFICATION | GENERATION
+    model: torch.nn.Module
+    tokenizer: Any  # a transformers tokenizer
+    labels: list[str]  # classifiers: label names in id order; generators: []
+    context_length: int  # most tokens the model attends to (prompt + completion for generators)
+    multi_label: bool  # classifiers trained with problem_type "multi_label_classification"
+    nbytes: int  # parameters + buffers, what the cache budgets by
+    device: torch.device
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def task_for_architectures(architectures: list[str] | None) -> str:
+    for name in architectures or []:
+        if name.endswith("ForSequenceClassification"):
+            return CLASSIFICATION
+        if name.endswith(("ForCausalLM", "LMHeadModel")):
+            return GENERATION
+    raise ValueError(
+        f"unsupported model architecture {architectures}: expected a sequence classifier or a causal LM"
+    )
+
+
+def check_weights_format(directory: Path) -> None:
+    """Refuse a model directory unless it holds safetensors weights. Reads names only, never contents."""
+    names = [p.name for p in directory.iterdir() if p.is_file()]
+    if any(name.endswith(".safetensors") for name in names):
+        return
+    if any(name.endswith(PICKLE_SUFFIXES) for name in names):
+        raise ValueError("format not allowed; use safetensors")
+    raise ValueError(f"no safetensors weights in {directory}")
+
+
+def _hub_offline() -> bool:
+    # Build and test machines reach no model hub; going online is an explicit opt-in.
+    return os.environ.get("HF_HUB_OFFLINE", "1") == "1"
+
+
+def _check_ref(ref: str) -> None:
+    path = Path(ref)
+    if path.is_dir():
+        check_weights_format(path)
+    elif path.exists() or ref.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model directory not found: {ref}")
+    elif _hub_offline():
+        raise FileNotFoundError(
+            f"model {ref!r} is not a local directory and the hub is offline (HF_HUB_OFFLINE=1)"
+        )
+
+
+def _context_length(config: Any, tokenizer: Any) -> int:
+    limits = [
+        value
+        for value in (
+            getattr(config, "max_position_embeddings", None),
+            getattr(config, "n_positions", None),
+            getattr(tokenizer, "model_max_length", None),
+        )
+        if isinstance(value, int) and 0 < value < _NO_LIMIT
+    ]
+    return min(limits) if limits else 2048
+
+
+def _labels(config: Any) -> list[str]:
+    id2label = getattr(config, "id2label", None) or {}
+    return [str(id2label[i]) for i in sorted(id2label, key=int)]
+
+
+def _load_dtype(device: torch.device) -> torch.dtype:
+    # float32 on CPU (bf16 matmuls are slow there); bf16 on GPUs, which halves memory and time.
+    return torch.float32 if device.type == "cpu" else torch.bfloat16
+
+
+def model_nbytes(model: torch.nn.Module) -> int:
+    # Tied weights (GPT-2's embedding and LM head) share storage: count each tensor once.
+    seen: set[int] = set()
+    total = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def load_model(ref: str, device: str = "auto") -> LoadedModel:
+    """Load a local transformers directory (or a hub id when HF_HUB_OFFLINE is not "1") for inference."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    _check_ref(ref)
+    target = resolve_device(device)
+    config = AutoConfig.from_pretrained(ref, trust_remote_code=False)
+    task = task_for_architectures(getattr(config, "architectures", None))
+    auto_class = AutoModelForSequenceClassification if task == CLASSIFICATION else AutoModelForCausalLM
+    model = auto_class.from_pretrained(
+        ref, dtype=_load_dtype(target), use_safetensors=True, trust_remote_code=False
+    )
+    # Module.to rather than model.to: transformers' decorated to() is typed to reject a device.
+    torch.nn.Module.to(model, target)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=False)
+    return LoadedModel(
+        ref=ref,
+        task=task,
+        model=model,
+        tokenizer=tokenizer,
+        labels=_labels(config) if task == CLASSIFICATION else [],
+        context_length=_context_length(config, tokenizer),
+        multi_label=getattr(config, "problem_type", None) == "multi_label_classification",
+        nbytes=model_nbytes(model),
+        device=target,
+    )
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    # The format: an 8-byte little-endian length, then a JSON header naming each tensor.
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        return json.loads(handle.read(length))
+
+
+def estimate_nbytes(ref: str, device: str = "auto") -> int:
+    """What loading `ref` will take, from its safetensors headers alone (0 when not a local dir)."""
+    path = Path(ref)
+    if not path.is_dir():
+        return 0
+    float_size = torch.tensor([], dtype=_load_dtype(resolve_device(device))).element_size()
+    total = 0
+    for weights in path.glob("*.safetensors"):
+        for name, tensor in _safetensors_header(weights).items():
+            if name == "__metadata__":
+                continue
+            start, end = tensor["data_offsets"]
+            if tensor["dtype"] in _FLOAT_DTYPES:  # floats are converted to the load dtype
+                total += math.prod(tensor["shape"]) * float_size
+            else:
+                total += end - start
+    return total
+
+
+class ModelCache:
+    """Loaded models, least recently used evicted first once their bytes pass max_bytes.
+
+    One lock covers lookups and loads: two threads asking for the same cold model load it
+    once, at the price of a hit waiting behind another model's load (a GPU worker runs one
+    task at a time, so that wait does not happen in production).
+    """
+
+    def __init__(self, max_bytes: int, device: str = "auto") -> None:
+        self.max_bytes = max_bytes
+        self.device = device
+        self.hits = 0
+        self.misses = 0
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, ref: str) -> LoadedModel:
+        with self._lock:
+            loaded = self._models.get(ref)
+            if loaded is not None:
+                self.hits += 1
+                self._models.move_to_end(ref)
+                return loaded
+            self.misses += 1
+            # Make room before loading too (estimated from the weight files), so old and new
+            # weights are not both resident at the peak; then settle with the real size.
+            self._evict_for(estimate_nbytes(ref, self.device))
+            loaded = load_model(ref, self.device)
+            self._evict_for(loaded.nbytes)
+            self._models[ref] = loaded
+            return loaded
+
+    def _evict_for(self, nbytes: int) -> None:
+        # A model bigger than the whole budget still loads: it is then the only one held.
+        while self._models and self.nbytes + nbytes > self.max_bytes:
+            self._models.popitem(last=False)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # hand freed weights back, so the next load has the room
+
+    @property
+    def nbytes(self) -> int:
+        return sum(loaded.nbytes for loaded in self._models.values())
+
+    def refs(self) -> list[str]:
+        """Cached refs, least recently used first."""
+        with self._lock:
+            return list(self._models)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()
+
+
+_default_cache: ModelCache | None = None
+_default_cache_lock = threading.Lock()
+
+
+def default_cache() -> ModelCache:
+    """The process-wide cache, sized by MODEL_CACHE_BYTES (default 4 GiB)."""
+    global _default_cache
+    with _default_cache_lock:
+        if _default_cache is None:
+            _default_cache = ModelCache(int(os.environ.get("MODEL_CACHE_BYTES", DEFAULT_CACHE_BYTES)))
+        return _default_cache

@@ -1,0 +1,517 @@
+"""Fine-tune a sequence classifier: `train(spec, on_progress, should_stop) -> TrainResult`.
+
+Reads like nanoGPT's train.py, as one function with its phases in order: seed/device → data →
+model → optimizer/schedule → loop → save. Everything a resumed attempt needs (weights,
+optimizer, step, position in the epoch, RNG, best metric) is in each checkpoint, and the data
+order of an epoch depends only on (seed, epoch), so resuming reproduces the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from workers.runtime.data import (
+    Batch,
+    PreparedData,
+    collate,
+    count_tokens,
+    epoch_batches,
+    eval_batches,
+    prepare_data,
+)
+from workers.runtime.metrics import classification_metrics
+from workers.runtime.specs import (
+    VALIDATION_FRACTION,
+    CheckpointInfo,
+    Hyperparameters,
+    ProgressEvent,
+    TrainResult,
+    TrainSpec,
+)
+
+FORMAT_VERSION = 1
+TRAINER_STATE_FILE = "trainer_state.pt"
+MODEL_CARD_FILE = "modelworks.json"
+
+
+@dataclass
+class LoopState:
+    """The loop's position and bookkeeping; saved in every checkpoint, restored on resume."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epochs completed
+    batch_in_epoch: int = 0  # batches of the current epoch already done
+    trained_tokens: int = 0
+    epoch_loss_sum: float = 0.0
+    epoch_loss_steps: int = 0
+    best_valid_loss: float = math.inf
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    best_checkpoint: str | None = None
+    evals_without_improvement: int = 0
+    early_stopped: bool = False
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)  # CheckpointInfo as dicts, kept ones only
+
+    def record_step(self, loss: float, n_tokens: int) -> None:
+        self.step += 1
+        self.batch_in_epoch += 1
+        self.trained_tokens += n_tokens
+        self.epoch_loss_sum += loss
+        self.epoch_loss_steps += 1
+
+    def mean_train_loss(self) -> float:
+        return self.epoch_loss_sum / max(1, self.epoch_loss_steps)
+
+    def finish_epoch(self, metrics: dict[str, Any], checkpoint: str, patience: int) -> None:
+        """Count the epoch, keep the best valid_loss and decide on early stopping."""
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.epoch_loss_sum, self.epoch_loss_steps = 0.0, 0
+        if "valid_loss" not in metrics:  # nothing to validate on: every epoch is "the best"
+            return
+        if metrics["valid_loss"] < self.best_valid_loss:
+            self.best_valid_loss = metrics["valid_loss"]
+            self.best_metrics = {**metrics, "best_step": self.step, "best_epoch": self.epoch}
+            self.best_checkpoint = checkpoint
+            self.evals_without_improvement = 0
+        else:
+            self.evals_without_improvement += 1
+            self.early_stopped = patience > 0 and self.evals_without_improvement >= patience
+
+    def display_epoch(self) -> int:
+        """1-based epoch of the work just done (a finished epoch counts as itself)."""
+        return max(self.epoch + (1 if self.batch_in_epoch else 0), 1)
+
+
+# --- small pure helpers ------------------------------------------------------------------------
+
+
+def lr_at(step: int, peak_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Linear warmup to peak_lr, then linear decay towards 0; `step` counts steps already done."""
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    return peak_lr * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def warmup_steps_for(hp: Hyperparameters, total_steps: int) -> int:
+    return math.ceil(total_steps * hp.warmup_ratio)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device) -> AbstractContextManager[Any]:
+    # bf16 on CUDA halves activation memory and uses tensor cores without fp16's loss scaling;
+    # on CPU bf16 autocast is slower than fp32 on most hosts, so it stays off.
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+@contextmanager
+def deterministic_algorithms(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels on CPU (costs nothing there), restored afterwards because the flag is
+    process-wide. Not on CUDA: it needs CUBLAS_WORKSPACE_CONFIG before CUDA starts and costs speed."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def effective_max_length(hp: Hyperparameters, tokenizer: Any, model_dir: str) -> int:
+    """hp.max_seq_length, capped by what the model's position embeddings can take."""
+    limits = [hp.max_seq_length]
+    if isinstance(getattr(tokenizer, "model_max_length", None), int) and tokenizer.model_max_length < 100_000:
+        limits.append(tokenizer.model_max_length)  # huge sentinel values mean "no limit"
+    config_path = Path(model_dir) / "config.json"
+    if config_path.exists():
+        positions = json.loads(config_path.read_text()).get("max_position_embeddings")
+        if isinstance(positions, int):
+            limits.append(positions)
+    return min(limits)
+
+
+# --- model, optimizer, evaluation --------------------------------------------------------------
+
+
+def load_tokenizer(model_dir: str) -> Any:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token_id is None:  # decoder-only bases (GPT-2) ship without a pad token
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model_dir: str, labels: Sequence[str], pad_token_id: int) -> Any:
+    # ignore_mismatched_sizes: a classifier base with another label count gets a fresh head;
+    # a bare encoder (MiniLM) gets one anyway. fp32 master weights; autocast does the bf16.
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        ignore_mismatched_sizes=True,
+        dtype=torch.float32,
+    )
+    model.config.pad_token_id = pad_token_id  # GPT-2-style heads find the last real token with it
+    return model
+
+
+def build_optimizer(model: torch.nn.Module, hp: Hyperparameters, device: torch.device) -> torch.optim.AdamW:
+    # No weight decay on 1-D tensors: in transformer encoders those are the biases and LayerNorm gains.
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=hp.learning_rate, fused=device.type == "cuda")
+
+
+def forward_logits(model: Any, batch: Batch, device: torch.device) -> torch.Tensor:
+    with autocast_for(device):
+        logits: torch.Tensor = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return logits.float()  # the loss in fp32 whatever the autocast dtype
+
+
+def train_step(
+    model: Any, optimizer: torch.optim.Optimizer, batch: Batch, lr: float, hp: Hyperparameters
+) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = F.cross_entropy(forward_logits(model, batch, batch.input_ids.device), batch.labels)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.item())  # CPU-GPU sync point: once per step, for the progress event
+
+
+@torch.no_grad()
+def evaluate(
+    model: Any, batches: Sequence[Batch], labels: Sequence[str], device: torch.device
+) -> dict[str, Any]:
+    """valid_loss (mean per example) and the classification metrics over all batches."""
+    model.eval()
+    loss_sum = 0.0
+    golds: list[int] = []
+    preds: list[int] = []
+    for cpu_batch in batches:
+        batch = cpu_batch.to(device)
+        logits = forward_logits(model, batch, device)
+        loss_sum += float(F.cross_entropy(logits, batch.labels, reduction="sum").item())
+        golds.extend(batch.labels.tolist())
+        preds.extend(logits.argmax(dim=-1).tolist())
+    model.train()
+    return {"valid_loss": loss_sum / max(1, len(golds)), **classification_metrics(golds, preds, labels)}
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+def checkpoint_path(root: Path, step: int) -> Path:
+    return root / f"checkpoint-{step:07d}"
+
+
+def write_checkpoint(final: Path, model: Any, tokenizer: Any, trainer_state: dict[str, Any]) -> None:
+    """Write the checkpoint directory atomically: a worker killed mid-write leaves only a *.tmp
+    directory, never a half checkpoint that a resumed attempt would load."""
+    tmp = final.with_name(f"{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)  # safetensors
+    tokenizer.save_pretrained(tmp)
+    torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def read_trainer_state(checkpoint_dir: str) -> dict[str, Any]:
+    # weights_only: only tensors and plain containers come back; nothing is unpickled as code.
+    state: dict[str, Any] = torch.load(
+        Path(checkpoint_dir) / TRAINER_STATE_FILE, map_location="cpu", weights_only=True
+    )
+    if state.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{checkpoint_dir}: unsupported checkpoint format {state.get('format_version')!r}")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda}
+
+
+def restore_rng_state(saved: dict[str, Any]) -> None:
+    torch.set_rng_state(saved["torch"])
+    if saved["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda"])
+
+
+def track_checkpoint(state: LoopState, info: CheckpointInfo) -> list[str]:
+    """Add `info` to the kept checkpoints, keeping only it and the best; return the paths to delete."""
+    keep = {info.path, state.best_checkpoint}
+    dropped = [c["path"] for c in state.checkpoints if c["path"] not in keep]
+    state.checkpoints = [c for c in state.checkpoints if c["path"] in keep and c["path"] != info.path]
+    state.checkpoints.append(asdict(info))
+    return dropped
+
+
+def save_final_model(output_dir: Path, best_checkpoint: str | None, model: Any, tokenizer: Any) -> None:
+    """The best checkpoint's files, or the current weights when no evaluation happened yet."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if best_checkpoint is None:
+        model.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
+        return
+    for item in Path(best_checkpoint).iterdir():
+        if item.is_file() and item.name != TRAINER_STATE_FILE:
+            shutil.copy2(item, output_dir / item.name)
+
+
+def write_model_card(
+    output_dir: Path, spec: TrainSpec, labels: Sequence[str], metrics: dict[str, Any]
+) -> None:
+    card = {
+        "format_version": FORMAT_VERSION,
+        "task": spec.task,
+        "labels": list(labels),
+        "metrics": metrics,
+        "spec": spec.to_dict(),
+        "base_model": spec.base_model_dir,
+    }
+    tmp = output_dir / f"{MODEL_CARD_FILE}.tmp"
+    tmp.write_text(json.dumps(card, indent=2, sort_keys=True))
+    os.replace(tmp, output_dir / MODEL_CARD_FILE)  # readers never see a partial card
+
+
+def count_training_tokens(path: str, text_field: str, max_seq_length: int, tokenizer_dir: str) -> int:
+    """Tokens one epoch over `path` would train on (truncated, unpadded), for cost estimates."""
+    return count_tokens(path, text_field, max_seq_length, load_tokenizer(tokenizer_dir))
+
+
+# --- the training function ---------------------------------------------------------------------
+
+
+def train(
+    spec: TrainSpec,
+    on_progress: Callable[[ProgressEvent], None],
+    should_stop: Callable[[], bool],
+) -> TrainResult:
+    hp = spec.hyperparameters
+
+    # -- seed / device
+    device = resolve_device(spec.device)
+    torch.manual_seed(hp.seed)  # also seeds CUDA; the new head's init and dropout draw from it
+    with deterministic_algorithms(device):
+        # -- data
+        tokenizer = load_tokenizer(spec.base_model_dir)
+        data = prepare_data(
+            spec.training_file,
+            spec.validation_file,
+            tokenizer,
+            text_field=spec.text_field,
+            label_field=spec.label_field,
+            max_length=effective_max_length(hp, tokenizer, spec.base_model_dir),
+            seed=hp.seed,
+            validation_fraction=VALIDATION_FRACTION,
+        )
+        total_steps = math.ceil(len(data.train) / hp.batch_size) * hp.n_epochs
+
+        # -- model
+        saved = read_trainer_state(spec.resume_from) if spec.resume_from else None
+        if saved is not None:
+            check_resumable(saved, data.labels, total_steps)
+        model = load_model(spec.resume_from or spec.base_model_dir, data.labels, tokenizer.pad_token_id)
+        model.to(device).train()
+
+        # -- optimizer / schedule
+        optimizer = build_optimizer(model, hp, device)
+        run = Run(spec, device, tokenizer, data, model, optimizer, total_steps, on_progress)
+        if saved is not None:
+            run.restore(saved)
+        run.log_banner()
+
+        # -- loop
+        state = run.state
+        stopped = False
+        while state.epoch < hp.n_epochs and not state.early_stopped and not stopped:
+            batches = epoch_batches(run.train_lengths, hp.batch_size, hp.seed, state.epoch)
+            for indices in batches[state.batch_in_epoch :]:  # a resumed run skips what it already did
+                if should_stop():  # polled before every step, so a cancel or pause lands within one step
+                    stopped = True
+                    break
+                batch = run.train_batch(indices)
+                lr = lr_at(state.step, hp.learning_rate, run.warmup_steps, total_steps)
+                loss = train_step(model, optimizer, batch, lr, hp)
+                state.record_step(loss, batch.n_tokens)
+                run.emit("step", {"train_loss": loss, "learning_rate": lr})
+                every = spec.checkpoint_every_steps
+                if every and state.step % every == 0 and state.batch_in_epoch < len(batches):
+                    run.checkpoint({"train_loss": state.mean_train_loss()})  # epoch ends checkpoint anyway
+            else:  # the epoch ran to its end
+                run.end_epoch()
+        if stopped and run.last_checkpoint_step() != state.step:
+            run.checkpoint({"train_loss": state.mean_train_loss()} if state.epoch_loss_steps else {})
+
+        # -- save
+        return run.save(stopped)
+
+
+@dataclass
+class Run:
+    """One training run's objects, shared by the loop's bookkeeping (events, eval, checkpoints)."""
+
+    spec: TrainSpec
+    device: torch.device
+    tokenizer: Any
+    data: PreparedData
+    model: Any
+    optimizer: torch.optim.Optimizer
+    total_steps: int
+    on_progress: Callable[[ProgressEvent], None]
+    state: LoopState = field(default_factory=LoopState)
+
+    def __post_init__(self) -> None:
+        hp = self.spec.hyperparameters
+        self.warmup_steps = warmup_steps_for(hp, self.total_steps)
+        self.pad_to = 8 if self.device.type == "cuda" else 1  # tensor cores want widths in multiples of 8
+        self.train_lengths = self.data.train.lengths()
+        # Validation batches never change: collate them once, longest first, twice the batch (no grads).
+        self.valid_batches = [
+            collate(self.data.valid, indices, self.tokenizer.pad_token_id, self.pad_to)
+            for indices in eval_batches(self.data.valid.lengths(), hp.batch_size * 2)
+        ]
+        spec_dir = self.spec.checkpoint_dir
+        self.checkpoint_root = Path(spec_dir) if spec_dir else Path(self.spec.output_dir) / "checkpoints"
+
+    def train_batch(self, indices: Sequence[int]) -> Batch:
+        return collate(self.data.train, indices, self.tokenizer.pad_token_id, self.pad_to).to(self.device)
+
+    def emit(
+        self, kind: str, metrics: dict[str, Any] | None = None, message: str = "", path: str = ""
+    ) -> None:
+        self.on_progress(
+            ProgressEvent(
+                kind=kind,
+                step=self.state.step,
+                total_steps=self.total_steps,
+                epoch=self.state.display_epoch(),
+                metrics=metrics or {},
+                message=message,
+                checkpoint_dir=path or None,
+                trained_tokens=self.state.trained_tokens,
+            )
+        )
+
+    def log_banner(self) -> None:
+        hp = self.spec.hyperparameters
+        n_train, n_valid = len(self.data.train), len(self.data.valid)
+        message = (
+            f"Running training: {n_train} examples ({n_valid} for validation), {hp.n_epochs} epochs, "
+            f"batch size {hp.batch_size}, {self.total_steps} total steps ({self.warmup_steps} warmup), "
+            f"learning rate {hp.learning_rate:g}, {len(self.data.labels)} labels, device {self.device}"
+        )
+        figures = {
+            "train_examples": n_train,
+            "valid_examples": n_valid,
+            "labels": self.data.labels,
+            "n_epochs": hp.n_epochs,
+            "batch_size": hp.batch_size,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+        }
+        self.emit("log", figures, message)
+        if self.spec.resume_from:
+            self.emit("log", message=f"Resumed from {self.spec.resume_from} at step {self.state.step}")
+
+    def end_epoch(self) -> None:
+        metrics: dict[str, Any] = {"train_loss": self.state.mean_train_loss()}
+        if len(self.data.valid):
+            metrics.update(evaluate(self.model, self.valid_batches, self.data.labels, self.device))
+            self.emit("eval", metrics)
+        # The checkpoint is named before it is written, so its own saved state can point at it as best.
+        path = checkpoint_path(self.checkpoint_root, self.state.step)
+        self.state.finish_epoch(metrics, str(path), self.spec.hyperparameters.early_stopping_patience)
+        self.checkpoint(metrics)
+        if self.state.early_stopped:
+            self.emit(
+                "log",
+                message=f"Early stopping: valid_loss has not improved for {self.state.evals_without_improvement}"
+                f" evaluations; keeping step {self.state.best_metrics.get('best_step')}",
+            )
+
+    def checkpoint(self, metrics: dict[str, Any]) -> None:
+        path = checkpoint_path(self.checkpoint_root, self.state.step)
+        info = CheckpointInfo(self.state.step, self.state.display_epoch(), str(path), metrics)
+        dropped = track_checkpoint(self.state, info)
+        write_checkpoint(path, self.model, self.tokenizer, self.trainer_state(metrics))
+        for old in dropped:  # only once the new one is safely on disk
+            shutil.rmtree(old, ignore_errors=True)
+        self.emit("checkpoint", metrics, f"checkpoint at step {self.state.step}", str(path))
+
+    def trainer_state(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Everything but the weights; only tensors and plain containers, so weights_only loads it."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "step": self.state.step,
+            "total_steps": self.total_steps,
+            "labels": self.data.labels,
+            "spec": self.spec.to_dict(),
+            "metrics": metrics,
+            "optimizer": self.optimizer.state_dict(),
+            # The schedule is a pure function of the step (lr_at), so its state is just its inputs.
+            "scheduler": {
+                "name": "linear_warmup_decay",
+                "peak_lr": self.spec.hyperparameters.learning_rate,
+                "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps,
+                "last_step": self.state.step,
+            },
+            "rng": rng_state(),
+            "loop": asdict(self.state),
+        }
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(saved["optimizer"])  # moves the moments to the params' device
+        restore_rng_state(saved["rng"])  # dropout continues exactly where the interrupted run was
+        self.state = LoopState(**saved["loop"])
+
+    def last_checkpoint_step(self) -> int:
+        return self.state.checkpoints[-1]["step"] if self.state.checkpoints else -1
+
+    def save(self, stopped: bool) -> TrainResult:
+        output_dir = Path(self.spec.output_dir)
+        metrics = {**self.state.best_metrics, "early_stopped": self.state.early_stopped}
+        save_final_model(output_dir, self.state.best_checkpoint, self.model, self.tokenizer)
+        write_model_card(output_dir, self.spec, self.data.labels, metrics)
+        self.emit("log", message=f"Saved the model to {output_dir}")
+        return TrainResult(
+            status="stopped" if stopped else "completed",
+            model_dir=str(output_dir),
+            labels=list(self.data.labels),
+            metrics=metrics,
+            steps=self.state.step,
+            trained_tokens=self.state.trained_tokens,
+            checkpoints=[CheckpointInfo(**info) for info in self.state.checkpoints],
+        )
+
+
+def check_resumable(saved: dict[str, Any], labels: list[str], total_steps: int) -> None:
+    if saved["labels"] != labels or saved["total_steps"] != total_steps:
+        raise ValueError(
+            f"the checkpoint was written for a different run (labels {saved['labels']}, "
+            f"{saved['total_steps']} steps; this run has labels {labels}, {total_steps} steps)"
+        )
