@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.db.models import Model, QuerySet
+from rest_framework.negotiation import BaseContentNegotiation, DefaultContentNegotiation
+from rest_framework.parsers import BaseParser
+from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -14,12 +18,29 @@ from apps.api.errors import APIError
 from apps.projects.models import Project
 
 
+class IgnoreAcceptNegotiation(BaseContentNegotiation):
+    """Answers JSON whatever the Accept header asks for, as OpenAI does: the SDK sends
+    `Accept: application/binary` for file content, and a 406 there would break it. Raw bytes
+    and event streams are Django responses that bypass the renderers anyway."""
+
+    def select_parser(self, request: Request, parsers: Iterable[BaseParser]) -> BaseParser | None:
+        return DefaultContentNegotiation().select_parser(request, parsers)
+
+    def select_renderer(
+        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        renderer = next(iter(renderers))
+        return renderer, renderer.media_type
+
+
 class ProjectAPIView(APIView):
     # Base for every authenticated /v1/ view. `self.project` is the API key's project.
     # Objects are looked up with `get_scoped` only, so another tenant's id is a 404 that looks
     # exactly like an id that does not exist.
     # (A comment, not a docstring: drf-spectacular would print a docstring as the description
     # of every endpoint that inherits it, in the public API reference.)
+
+    content_negotiation_class = IgnoreAcceptNegotiation
 
     @property
     def api_key(self) -> ApiKey:

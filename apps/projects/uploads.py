@@ -24,7 +24,9 @@ class MaxSizeUploadHandler(FileUploadHandler):
     """First in FILE_UPLOAD_HANDLERS: refuses a request whose declared or received size passes
     MAX_UPLOAD_BYTES, before the next handler writes any more of it to disk."""
 
-    def handle_raw_input(self, input_data: Any, META: Any, content_length: int, boundary: Any, encoding: Any = None) -> None:
+    def handle_raw_input(
+        self, input_data: Any, META: Any, content_length: int, boundary: Any, encoding: Any = None
+    ) -> None:
         if content_length and content_length > settings.MAX_UPLOAD_BYTES + 64 * 1024:
             raise UploadTooLarge(settings.MAX_UPLOAD_BYTES)
         self.received = 0

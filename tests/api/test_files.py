@@ -505,6 +505,20 @@ def test_content_returns_the_exact_bytes(api: Any) -> None:
     assert 'filename="odd name.csv"' in response["Content-Disposition"]
 
 
+def test_content_ignores_the_accept_header(api: Any) -> None:
+    # The SDK asks for file content with `Accept: application/binary`.
+    file_id = upload(api, "reviews.csv", GOOD_CSV).json()["id"]
+
+    response = api.get(f"/v1/files/{file_id}/content", HTTP_ACCEPT="application/binary")
+    missing = api.get("/v1/files/file-nope/content", HTTP_ACCEPT="application/binary")
+
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content) == GOOD_CSV
+    assert missing.status_code == 404
+    assert missing["Content-Type"] == "application/json"
+    assert missing.json() == not_found("file-nope")
+
+
 def test_the_stored_name_never_contains_the_users_filename(api: Any, media: Path) -> None:
     file_id = upload(api, "../../etc/passwd.csv", GOOD_CSV).json()["id"]
 

@@ -447,11 +447,11 @@ class Run:
         self.state.finish_epoch(metrics, str(path), self.spec.hyperparameters.early_stopping_patience)
         self.checkpoint(metrics)
         if self.state.early_stopped:
-            self.emit(
-                "log",
-                message=f"Early stopping: valid_loss has not improved for {self.state.evals_without_improvement}"
-                f" evaluations; keeping step {self.state.best_metrics.get('best_step')}",
+            waited, best_step = self.state.evals_without_improvement, self.state.best_metrics.get("best_step")
+            message = (
+                f"Early stopping: no better valid_loss for {waited} evaluations; keeping step {best_step}"
             )
+            self.emit("log", message=message)
 
     def checkpoint(self, metrics: dict[str, Any]) -> None:
         path = checkpoint_path(self.checkpoint_root, self.state.step)

@@ -1,0 +1,83 @@
+"""Models pages: the organization's fine-tuned models beside the catalog, and one model's page."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from apps.dashboard.views.common import get_project, member_required
+from apps.dashboard.views.fine_tuning import metrics_context
+from apps.jobs.models import Job
+from apps.projects.models import Project
+from apps.registry.actions import delete_fine_tuned_model
+from apps.registry.models import Model
+
+
+def _get_model(project: Project, name: str) -> Model:
+    model = (
+        Model.objects.visible_to(project.organization)
+        .select_related("base", "project")
+        .filter(name=name)
+        .first()
+    )
+    if model is None:
+        raise Http404("No such model")
+    return model
+
+
+@member_required
+@require_GET
+def model_list(request: HttpRequest, project_id: str) -> HttpResponse:
+    project = get_project(request, project_id)
+    visible = Model.objects.visible_to(project.organization).select_related("base")
+    return render(
+        request,
+        "dashboard/models.html",
+        {
+            "project": project,
+            "current_project": project,
+            "fine_tuned": visible.filter(organization=project.organization).order_by("-created_at", "-id"),
+            "catalog": visible.filter(organization__isnull=True),
+        },
+    )
+
+
+@member_required
+@require_GET
+def model_detail(request: HttpRequest, project_id: str, model_name: str) -> HttpResponse:
+    project = get_project(request, project_id)
+    model = _get_model(project, model_name)
+    job = (
+        Job.objects.filter(organization=project.organization, fine_tuned_model=model)
+        .select_related("project")
+        .first()
+        if not model.is_catalog
+        else None
+    )
+    return render(
+        request,
+        "dashboard/model_detail.html",
+        {
+            "project": project,
+            "current_project": project,
+            "model": model,
+            "job": job,
+            "is_servable": bool(model.limit("servable", True)),
+            **metrics_context(model.metrics or {}, model.labels),
+        },
+    )
+
+
+@member_required
+@require_POST
+def model_delete(request: HttpRequest, project_id: str, model_name: str) -> HttpResponse:
+    project = get_project(request, project_id)
+    model = _get_model(project, model_name)
+    if model.is_catalog:
+        messages.error(request, f"“{model.name}” is a base model; only fine-tuned models can be deleted.")
+        return redirect("dashboard:model", project.public_id, model.name)
+    delete_fine_tuned_model(model)
+    messages.success(request, f"Model “{model_name}” deleted. Requests to it now fail with model_not_found.")
+    return redirect("dashboard:models", project.public_id)

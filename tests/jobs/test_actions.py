@@ -1,0 +1,153 @@
+"""The job state machine: claims, fencing, the reaper (against real PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from apps.billing.models import UsageRecord
+from apps.jobs import actions
+from apps.jobs.models import Job, JobKind, JobStatus
+
+
+@pytest.fixture
+def job(alice_project: Any, django_capture_on_commit_callbacks: Any) -> Job:
+    with django_capture_on_commit_callbacks(execute=False):
+        return actions.create_job(
+            kind=JobKind.FINE_TUNE, project=alice_project, model_name="tiny-bert", request={}, message="Created."
+        )
+
+
+def test_a_job_is_published_only_after_commit(alice_project: Any, django_capture_on_commit_callbacks: Any) -> None:
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        job = actions.create_job(kind=JobKind.FINE_TUNE, project=alice_project, model_name="m", request={})
+    assert job.status == JobStatus.QUEUED and job.public_id.startswith("ftjob-")
+    assert len(callbacks) == 1
+
+
+def test_claim_is_exclusive(job: Job) -> None:
+    first = actions.claim(job.public_id, owner="host-a:1")
+    second = actions.claim(job.public_id, owner="host-b:2")
+    assert first is not None and first.attempt == 1 and first.status == JobStatus.RUNNING
+    assert second is None
+
+
+def test_a_stale_running_job_can_be_claimed_again(job: Job, settings: Any) -> None:
+    actions.claim(job.public_id, owner="host-a:1")
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS + 1))
+    again = actions.claim(job.public_id, owner="host-b:2")
+    assert again is not None and again.attempt == 2
+
+
+def test_a_zombie_attempt_writes_nothing(job: Job) -> None:
+    # given attempt 1 was taken over by attempt 2
+    actions.claim(job.public_id, owner="host-a:1")
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    actions.claim(job.public_id, owner="host-b:2")
+    # when attempt 1 wakes up and writes
+    assert actions.heartbeat(job.pk, 1, {"step": 99}) is None
+    assert actions.add_event(job.pk, 1, "late") is False
+    assert actions.add_checkpoint(job.pk, 1, step=5, epoch=1, metrics={}, artifact_key="x") is False
+    assert actions.finish(job.pk, 1, JobStatus.SUCCEEDED, usage={"trained_tokens": 10}) is None
+    # then nothing changed
+    job.refresh_from_db()
+    assert job.status == JobStatus.RUNNING and job.attempt == 2 and job.progress == {}
+    assert not UsageRecord.objects.exists()
+    assert not job.checkpoints.exists()
+
+
+def test_finish_bills_once_whatever_the_repeats(job: Job) -> None:
+    claimed = actions.claim(job.public_id)
+    assert claimed is not None
+    assert actions.finish(job.pk, 1, JobStatus.SUCCEEDED, usage={"trained_tokens": 1000}) is not None
+    assert actions.finish(job.pk, 1, JobStatus.SUCCEEDED, usage={"trained_tokens": 1000}) is None
+    assert list(UsageRecord.objects.values_list("unit", "quantity", "cost")) == [("trained_tokens", 1000, 2000)]
+
+
+def test_cancel_a_queued_job_at_once_and_a_running_one_by_request(job: Job, alice_project: Any) -> None:
+    assert actions.cancel(job).status == JobStatus.CANCELLED
+    other = Job.objects.create(kind=JobKind.FINE_TUNE, organization=alice_project.organization, project=alice_project,
+                               model_name="m", status=JobStatus.QUEUED, queued_at=timezone.now())  # fmt: skip
+    claimed = actions.claim(other.public_id)
+    assert claimed is not None
+    assert actions.cancel(other).status == JobStatus.RUNNING
+    assert actions.heartbeat(other.pk, 1) == "cancel"
+
+
+def test_the_reaper_requeues_then_fails_at_the_attempt_cap(job: Job, settings: Any, django_capture_on_commit_callbacks: Any) -> None:
+    stale = timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS + 5)
+    for attempt in range(1, settings.JOB_MAX_ATTEMPTS + 1):
+        claimed = actions.claim(job.public_id, owner=f"host:{attempt}")
+        assert claimed is not None and claimed.attempt == attempt
+        Job.objects.filter(pk=job.pk).update(heartbeat_at=stale)
+        with django_capture_on_commit_callbacks(execute=False) as published:
+            counts = actions.reap()
+        if attempt < settings.JOB_MAX_ATTEMPTS:
+            assert counts["requeued"] == 1 and len(published) == 1
+            assert Job.objects.get(pk=job.pk).status == JobStatus.QUEUED
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert job.error["code"] == "worker_lost"
+    assert "died 3 times" in job.error["message"]
+
+
+def test_the_reaper_handles_a_null_heartbeat(job: Job, django_capture_on_commit_callbacks: Any) -> None:
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, attempt=1, heartbeat_at=None,
+                                         started_at=timezone.now() - timedelta(minutes=10))  # fmt: skip
+    with django_capture_on_commit_callbacks(execute=False):
+        assert actions.reap()["requeued"] == 1
+
+
+def test_the_reaper_republishes_a_long_queued_job_once(job: Job, settings: Any, django_capture_on_commit_callbacks: Any) -> None:
+    Job.objects.filter(pk=job.pk).update(published_at=timezone.now() - timedelta(seconds=settings.JOB_QUEUED_STALE_SECONDS + 1))
+    with django_capture_on_commit_callbacks(execute=False) as published:
+        assert actions.reap()["republished"] == 1
+        assert actions.reap()["republished"] == 0
+    assert len(published) == 1
+
+
+def test_a_cancelled_job_whose_worker_died_ends_cancelled(job: Job, django_capture_on_commit_callbacks: Any) -> None:
+    actions.claim(job.public_id)
+    actions.cancel(job)
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    with django_capture_on_commit_callbacks(execute=False):
+        assert actions.reap()["cancelled"] == 1
+    assert Job.objects.get(pk=job.pk).status == JobStatus.CANCELLED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_reapers_requeue_each_job_once(alice_project: Any, settings: Any) -> None:
+    stale = timezone.now() - timedelta(minutes=10)
+    jobs = [
+        Job.objects.create(kind=JobKind.FINE_TUNE, organization=alice_project.organization, project=alice_project,
+                           model_name="m", status=JobStatus.RUNNING, attempt=1, heartbeat_at=stale)  # fmt: skip
+        for _ in range(30)
+    ]
+    results: list[dict[str, int]] = []
+    published: list[str] = []
+    import apps.jobs.actions as module
+
+    original = module.publish
+    module.publish = lambda job: published.append(job.public_id) or True  # type: ignore[assignment]
+    try:
+        def reap_once() -> None:
+            from django.db import connection
+
+            try:
+                results.append(actions.reap())
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=reap_once) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        module.publish = original  # type: ignore[assignment]
+    assert sum(r["requeued"] for r in results) == len(jobs)
+    assert sorted(published) == sorted(j.public_id for j in jobs)
