@@ -52,6 +52,7 @@ def main() -> int:
     env.setdefault("SITE_URL", f"http://127.0.0.1:{port}")
     env.setdefault("PYTHONUNBUFFERED", "1")
 
+    (VAR / "staticfiles").mkdir(parents=True, exist_ok=True)
     keep: list[object] = []
     redis_process = None
     if not env.get("DATABASE_URL"):

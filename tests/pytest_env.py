@@ -28,3 +28,5 @@ SCALED_ENV = {
 }
 for key, value in SCALED_ENV.items():
     os.environ.setdefault(key, value)
+# whitenoise warns about a missing STATIC_ROOT even when it serves from the finders.
+(ROOT / "var" / "staticfiles").mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.dashboard.views import keys, organizations, placeholders, projects, team
+from apps.dashboard.views import files, fine_tuning, keys, models, organizations, placeholders, projects, team
 
 app_name = "dashboard"
 
@@ -20,9 +20,33 @@ urlpatterns = [
     path(
         "projects/<str:project_id>/api-keys/<str:prefix>/revoke", keys.api_key_revoke, name="api_key_revoke"
     ),
-    path("projects/<str:project_id>/files/", placeholders.files, name="files"),
-    path("projects/<str:project_id>/fine-tuning/", placeholders.jobs, name="jobs"),
-    path("projects/<str:project_id>/models/", placeholders.models, name="models"),
+    path("projects/<str:project_id>/files/", files.file_list, name="files"),
+    path("projects/<str:project_id>/files/upload", files.file_upload, name="file_upload"),
+    path("projects/<str:project_id>/files/<str:file_id>/", files.file_detail, name="file"),
+    path("projects/<str:project_id>/files/<str:file_id>/status", files.file_status, name="file_status"),
+    path("projects/<str:project_id>/files/<str:file_id>/content", files.file_content, name="file_content"),
+    path("projects/<str:project_id>/files/<str:file_id>/delete", files.file_delete, name="file_delete"),
+    path("projects/<str:project_id>/fine-tuning/", fine_tuning.job_list, name="jobs"),
+    path("projects/<str:project_id>/fine-tuning/new", fine_tuning.job_new, name="job_new"),
+    path("projects/<str:project_id>/fine-tuning/estimate", fine_tuning.job_estimate, name="job_estimate"),
+    path("projects/<str:project_id>/fine-tuning/<str:job_id>/", fine_tuning.job_detail, name="job"),
+    path(
+        "projects/<str:project_id>/fine-tuning/<str:job_id>/status", fine_tuning.job_status, name="job_status"
+    ),
+    path(
+        "projects/<str:project_id>/fine-tuning/<str:job_id>/metrics.json",
+        fine_tuning.job_metrics,
+        name="job_metrics",
+    ),
+    path(
+        "projects/<str:project_id>/fine-tuning/<str:job_id>/cancel", fine_tuning.job_cancel, name="job_cancel"
+    ),
+    path("projects/<str:project_id>/models/", models.model_list, name="models"),
+    # Model names contain ':' (ft:base:org:suffix:job) and may contain '/' (hub ids).
+    path(
+        "projects/<str:project_id>/models/<path:model_name>/delete", models.model_delete, name="model_delete"
+    ),
+    path("projects/<str:project_id>/models/<path:model_name>/", models.model_detail, name="model"),
     path("projects/<str:project_id>/playground/", placeholders.playground, name="playground"),
     path("projects/<str:project_id>/batches/", placeholders.batches, name="batches"),
     path("usage/", placeholders.usage, name="usage"),

@@ -9,7 +9,7 @@ import pytest
 
 from apps.jobs.models import Job
 from tests.conftest import wait_for
-from tests.jobs.conftest import sentiment_csv
+from tests.conftest import sentiment_csv
 
 pytestmark = pytest.mark.integration
 

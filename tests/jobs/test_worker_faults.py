@@ -11,7 +11,7 @@ import pytest
 from apps.jobs import actions
 from apps.jobs.models import Job, JobStatus
 from tests.conftest import Worker, wait_for
-from tests.jobs.conftest import sentiment_csv
+from tests.conftest import sentiment_csv
 from tests.jobs.test_fine_tune_flow import upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -126,14 +125,16 @@ def file_detail(request: HttpRequest, project_id: str, file_id: str) -> HttpResp
     project = get_project(request, project_id)
     file = _get_file(project, file_id)
     report: dict[str, Any] = file.validation or {}
-    labels = report.get("stats", {}).get("labels") or {}
+    # Most common first. PostgreSQL's jsonb does not keep the report's key order.
+    labels = sorted((report.get("stats", {}).get("labels") or {}).items(), key=lambda item: (-item[1], item[0]))
     context: dict[str, Any] = {
         "project": project,
         "current_project": project,
         "file": file,
         "report": report,
         "label_count": len(labels),
-        "chart_labels": dict(itertools.islice(labels.items(), CHART_LABELS)),
+        # Pairs, not an object: JavaScript would reorder numeric keys such as "1" and "5".
+        "chart_labels": [[label, count] for label, count in labels[:CHART_LABELS]],
     }
     line = _requested_line(request)
     if line is not None:
@@ -253,7 +254,7 @@ def _csv_table(lines: list[ShownLine]) -> list[tuple[int, list[str]]] | None:
     def feed() -> Iterator[str]:
         for line in lines:
             where["line"] = line.number
-            yield line.text
+            yield line.text + "\n"  # the reader keeps newlines inside quoted fields
 
     reader = csv.reader(feed(), delimiter=delimiter)
     records: list[tuple[int, list[str]]] = []

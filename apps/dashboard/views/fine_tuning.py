@@ -43,8 +43,8 @@ class Field:
 
 
 HYPERPARAMETER_FIELDS = (
-    Field("n_epochs", "Epochs", AUTO, "Passes over the training set, 1–50. auto picks 1–10 from its size."),
-    Field("batch_size", "Batch size", AUTO, "Examples per optimizer step, 1–256. auto picks 8–64 from its size."),
+    Field("n_epochs", "Epochs", AUTO, "Passes over the training set, 1–50; auto picks 1–10 by size."),
+    Field("batch_size", "Batch size", AUTO, "Examples per optimizer step, 1–256; auto picks 8–64 by size."),
     Field(
         "learning_rate_multiplier", "Learning rate multiplier", AUTO,
         "Scales the base learning rate (5e-5). auto = 1; lower is steadier, higher learns faster.",
@@ -110,7 +110,7 @@ def _is_auto(text: str) -> bool:
 
 
 def _number(text: str) -> int | float | str:
-    """"3" → 3, "0.5" → 0.5; anything else stays text, so the API's own check words the error."""
+    """ "3" → 3, "0.5" → 0.5; anything else stays text, so the API's own check words the error."""
     try:
         return int(text)
     except ValueError:
@@ -190,7 +190,9 @@ def _file_choice(file: File) -> dict[str, str]:
     return {"id": file.public_id, "label": " · ".join([file.filename, *filter(None, details)])}
 
 
-def _form_context(project: Project, values: dict[str, str], error: ActionError | None = None) -> dict[str, Any]:
+def _form_context(
+    project: Project, values: dict[str, str], error: ActionError | None = None
+) -> dict[str, Any]:
     errors = _errors(error)
     return {
         "project": project,
@@ -200,7 +202,8 @@ def _form_context(project: Project, values: dict[str, str], error: ActionError |
         "files": [_file_choice(f) for f in _training_files(project)],
         "base_models": _base_models(),
         "hyperparameter_fields": [
-            {"field": f, "value": values[f.name], "error": errors.get(f.name, "")} for f in HYPERPARAMETER_FIELDS
+            {"field": f, "value": values[f.name], "error": errors.get(f.name, "")}
+            for f in HYPERPARAMETER_FIELDS
         ],
         "form_token": secrets.token_urlsafe(16),
     }
@@ -342,7 +345,9 @@ def job_metrics(request: HttpRequest, project_id: str, job_id: str) -> JsonRespo
     job = _get_job(project, job_id)
     points: dict[int, dict[str, Any]] = {}
     for data in job.events.filter(type="metrics").order_by("id").values_list("data", flat=True):
-        step = data.get("step") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            continue
+        step = data.get("step")
         if isinstance(step, int) and not isinstance(step, bool):
             points.setdefault(step, {}).update(data)
     return JsonResponse(

@@ -32,16 +32,6 @@ def files(request: HttpRequest, project_id: str) -> HttpResponse:
 
 
 @member_required
-def jobs(request: HttpRequest, project_id: str) -> HttpResponse:
-    return _section(request, "Fine-tuning", project_id)
-
-
-@member_required
-def models(request: HttpRequest, project_id: str) -> HttpResponse:
-    return _section(request, "Models", project_id)
-
-
-@member_required
 def playground(request: HttpRequest, project_id: str) -> HttpResponse:
     return _section(request, "Playground", project_id)
 

@@ -1,0 +1,182 @@
+"""Fine-tuning requests: every refusal is a clear 400/404 and nothing is queued."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from apps.jobs.models import Job
+from apps.projects.models import File, FileStatus
+
+
+def make_file(project: Any, *, fmt: str = "classification_csv", status: str = FileStatus.PROCESSED,
+              rows: int = 100, purpose: str = "fine-tune") -> File:  # fmt: skip
+    from django.core.files.base import ContentFile
+
+    file = File(project=project, filename="data.csv", purpose=purpose, status=status, format=fmt,
+                status_details="2 errors (first: line 3: label is empty)" if status == FileStatus.ERROR else "",
+                validation={"valid": status != FileStatus.ERROR, "rows": rows, "stats": {"tokens": {"mean": 10}}})  # fmt: skip
+    file.content.save("data.csv", ContentFile(b"text,label\n"), save=False)
+    file.save()
+    return file
+
+
+@pytest.fixture
+def good_file(alice_project: Any) -> File:
+    return make_file(alice_project)
+
+
+def post(api: Any, body: dict[str, Any], path: str = "/v1/fine_tuning/jobs") -> Any:
+    return api.post(path, body, format="json")
+
+
+def error(response: Any) -> dict[str, Any]:
+    return response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message", "param"),
+    [
+        ({"training_file": "F"}, 400, "Missing required parameter: 'model'.", "model"),
+        ({"model": "nope", "training_file": "F"}, 404,
+         "The model 'nope' does not exist or you do not have access to it.", "model"),
+        ({"model": "tiny-bert"}, 400, "Missing required parameter: 'training_file'.", "training_file"),
+        ({"model": "tiny-bert", "training_file": "file-missing"}, 400,
+         "Invalid file id 'file-missing': no such file in this project.", "training_file"),
+        ({"model": "tiny-bert", "training_file": "F", "suffix": "no spaces"}, 400,
+         "suffix must be 1 to 64 letters, digits, '-' or '_'.", "suffix"),
+        ({"model": "tiny-bert", "training_file": "F", "seed": -1}, 400,
+         "seed must be an integer between 0 and 2147483647.", "seed"),
+        ({"model": "tiny-bert", "training_file": "F", "hyperparameters": {"n_epochs": 0}}, 400,
+         'n_epochs must be an integer between 1 and 50 or "auto"', "hyperparameters.n_epochs"),
+        ({"model": "tiny-bert", "training_file": "F", "hyperparameters": {"batch_size": "big"}}, 400,
+         'batch_size must be an integer between 1 and 256 or "auto"', "hyperparameters.batch_size"),
+        ({"model": "tiny-bert", "training_file": "F", "method": {"type": "supervised"}}, 400,
+         "Method 'supervised' is not available for tiny-bert (a classification model); use: classification.",
+         "method.type"),
+        ({"model": "tiny-bert", "training_file": "F", "status": "succeeded"}, 400,
+         "Unrecognized request argument supplied: status", "status"),
+        ({"model": "tiny-bert", "training_file": "F", "metadata": {"k": 1}}, 400,
+         "metadata keys must be strings of at most 64 characters, values strings of at most 512.", "metadata"),
+        ({"model": "tiny-bert", "training_file": "F", "max_cost": 1}, 400,
+         "The estimated cost (2 micro-dollars) is above max_cost (1). Raise max_cost, or fewer epochs or a smaller file.",
+         "max_cost"),
+    ],
+)  # fmt: skip
+def test_bad_requests_are_refused_and_queue_nothing(
+    api: Any, tiny_base: Any, good_file: File, body: dict[str, Any], status: int, message: str, param: str
+) -> None:
+    body = {k: (good_file.public_id if v == "F" else v) for k, v in body.items()}
+    response = post(api, body)
+    assert response.status_code == status, response.content
+    assert error(response)["message"].startswith(message.split(" (2 micro")[0])
+    assert error(response)["param"] == param
+    assert not Job.objects.exists()
+
+
+def test_a_file_that_failed_validation_is_refused(api: Any, tiny_base: Any, alice_project: Any) -> None:
+    bad = make_file(alice_project, status=FileStatus.ERROR)
+    response = post(api, {"model": "tiny-bert", "training_file": bad.public_id})
+    assert response.status_code == 400
+    assert error(response) == {
+        "message": f"File {bad.public_id} failed validation (2 errors (first: line 3: label is empty)). "
+        "Fix it and upload it again.",
+        "type": "invalid_request_error",
+        "param": "training_file",
+        "code": "invalid_request",
+    }
+
+
+def test_a_file_of_another_project_is_refused(api: Any, tiny_base: Any, carol_project: Any) -> None:
+    theirs = make_file(carol_project)
+    response = post(api, {"model": "tiny-bert", "training_file": theirs.public_id})
+    assert response.status_code == 400
+    assert error(response)["param"] == "training_file"
+
+
+def test_chat_data_does_not_fit_a_classifier(api: Any, tiny_base: Any, alice_project: Any) -> None:
+    chat = make_file(alice_project, fmt="chat_jsonl")
+    response = post(api, {"model": "tiny-bert", "training_file": chat.public_id})
+    assert response.status_code == 400
+    assert error(response)["message"] == (
+        f"File {chat.public_id} is chat jsonl, but classification needs classification csv or classification jsonl."
+    )
+
+
+def test_estimate_starts_nothing(api: Any, tiny_base: Any, good_file: File) -> None:
+    response = post(api, {"model": "tiny-bert", "training_file": good_file.public_id,
+                          "hyperparameters": {"n_epochs": 2, "batch_size": 10}}, "/v1/fine_tuning/jobs/estimate")  # fmt: skip
+    assert response.status_code == 200
+    body = response.json()
+    # 100 rows, 10% held out → 90 examples × (10 + 2 special tokens) × 2 epochs
+    assert body["trained_tokens"] == 90 * 12 * 2
+    assert body["steps"] == 9 * 2
+    assert body["estimated_cost"] == 2 * 90 * 12 * 2  # $2 per 1M tokens = 2 micro-dollars a token
+    assert body["allowed_to_proceed"] is True
+    assert not Job.objects.exists()
+
+
+def test_create_returns_the_openai_shape(api: Any, tiny_base: Any, good_file: File,
+                                         django_capture_on_commit_callbacks: Any) -> None:  # fmt: skip
+    with django_capture_on_commit_callbacks(execute=False) as published:
+        response = post(api, {"model": "tiny-bert", "training_file": good_file.public_id, "seed": 3,
+                              "hyperparameters": {"n_epochs": 2}})  # fmt: skip
+    assert response.status_code == 200
+    job = response.json()
+    assert len(published) == 1
+    assert job["object"] == "fine_tuning.job" and job["status"] == "queued" and job["error"] is None
+    assert job["hyperparameters"]["n_epochs"] == 2 and job["seed"] == 3
+    assert job["method"] is None and job["method_details"]["type"] == "classification"
+    assert job["queue_position"] == 1
+    assert job["estimated_cost"] > 0
+
+
+def test_a_job_waits_for_its_file_validation(api: Any, tiny_base: Any, alice_project: Any,
+                                             django_capture_on_commit_callbacks: Any) -> None:  # fmt: skip
+    pending = make_file(alice_project, status=FileStatus.UPLOADED)
+    with django_capture_on_commit_callbacks(execute=False) as published:
+        response = post(api, {"model": "tiny-bert", "training_file": pending.public_id})
+    assert response.json()["status"] == "validating_files" and not published
+    from apps.jobs.fine_tuning import on_file_validated
+
+    File.objects.filter(pk=pending.pk).update(status=FileStatus.PROCESSED)
+    pending.refresh_from_db()
+    with django_capture_on_commit_callbacks(execute=False) as published:
+        on_file_validated(pending)
+    assert Job.objects.get().status == "queued" and len(published) == 1
+
+
+def test_outsiders_get_404_for_every_job_route(api: Any, carol_api: Any, tiny_base: Any, good_file: File,
+                                               django_capture_on_commit_callbacks: Any) -> None:  # fmt: skip
+    with django_capture_on_commit_callbacks(execute=False):
+        job_id = post(api, {"model": "tiny-bert", "training_file": good_file.public_id}).json()["id"]
+    for method, path in [
+        ("get", f"/v1/fine_tuning/jobs/{job_id}"),
+        ("post", f"/v1/fine_tuning/jobs/{job_id}/cancel"),
+        ("post", f"/v1/fine_tuning/jobs/{job_id}/pause"),
+        ("post", f"/v1/fine_tuning/jobs/{job_id}/resume"),
+        ("get", f"/v1/fine_tuning/jobs/{job_id}/events"),
+        ("get", f"/v1/fine_tuning/jobs/{job_id}/checkpoints"),
+    ]:
+        response = getattr(carol_api, method)(path)
+        assert response.status_code == 404, path
+        assert response.json()["error"]["message"] == f"No such fine-tuning job: '{job_id}'."
+    assert carol_api.get("/v1/fine_tuning/jobs").json()["data"] == []
+    assert Job.objects.get().status == "queued"
+
+
+def test_models_list_the_catalog_and_own_models_only(api: Any, carol_api: Any, alice_org: Any, catalog: None) -> None:
+    from apps.registry.models import Model
+
+    Model.objects.create(name="ft:minilm-l6:acme::ftjob-1", organization=alice_org, task="classification")
+    mine = {m["id"] for m in api.get("/v1/models").json()["data"]}
+    theirs = {m["id"] for m in carol_api.get("/v1/models").json()["data"]}
+    assert {"minilm-l6", "smollm2-135m-instruct", "ft:minilm-l6:acme::ftjob-1"} <= mine
+    assert "ft:minilm-l6:acme::ftjob-1" not in theirs
+    assert carol_api.get("/v1/models/ft:minilm-l6:acme::ftjob-1").status_code == 404
+    assert carol_api.delete("/v1/models/ft:minilm-l6:acme::ftjob-1").status_code == 404
+    assert api.delete("/v1/models/minilm-l6").status_code == 400
+    assert api.delete("/v1/models/ft:minilm-l6:acme::ftjob-1").json() == {
+        "id": "ft:minilm-l6:acme::ftjob-1", "object": "model", "deleted": True,
+    }  # fmt: skip
