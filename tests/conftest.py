@@ -299,6 +299,47 @@ def tiny_base(db: None, tiny_bert_dir: Path) -> Any:
     )
 
 
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir() -> Path:
+    pytest.importorskip("torch")
+    from tests.tiny_models import build_tiny_gpt2
+
+    path = TINY_DIR / "tiny-gpt2"
+    if not (path / "model.safetensors").exists():
+        build_tiny_gpt2(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir() -> Path:
+    pytest.importorskip("torch")
+    from tests.tiny_models import build_tiny_bert
+
+    path = TINY_DIR / "tiny-classifier"
+    if not (path / "model.safetensors").exists():
+        build_tiny_bert(path, labels=["billing", "bug", "praise"], seed=1)
+    return path
+
+
+@pytest.fixture
+def tiny_chat(db: None, tiny_gpt2_dir: Path) -> Any:
+    """A servable generation model backed by the tiny GPT-2."""
+    from apps.registry.models import Model
+
+    return Model.objects.create(name="tiny-gpt2", task="generation", artifact_key=f"local:{tiny_gpt2_dir}",
+                                context_length=256, limits={"servable": True})  # fmt: skip
+
+
+@pytest.fixture
+def tiny_classifier(alice_org: Any, tiny_classifier_dir: Path) -> Any:
+    """alice's fine-tuned classifier (a tiny BERT with three labels)."""
+    from apps.registry.models import Model
+
+    return Model.objects.create(name="ft:tiny-bert:acme:tickets:ftjob-1", organization=alice_org, task="classification",
+                                artifact_key=f"local:{tiny_classifier_dir}", labels=["billing", "bug", "praise"],
+                                context_length=128, limits={"servable": True})  # fmt: skip
+
+
 POSITIVE = ["great", "wonderful", "amazing", "excellent", "happy", "good", "loved"]
 NEGATIVE = ["terrible", "awful", "horrible", "bad", "sad", "hated", "poor"]
 

@@ -101,3 +101,24 @@ class AttemptGuard:
                     self.request_stop(result)
         finally:
             connections.close_all()
+
+
+def run_claimed(job_id: str, run: Any) -> None:
+    """Claims the job (a duplicate delivery claims nothing and returns) and runs it. A bug in
+    `run` fails the job with `internal_error` instead of leaving it running until the reaper,
+    and tells a waiting request at once."""
+    from apps.jobs import relay
+    from apps.jobs.models import JobStatus
+
+    job = actions.claim(job_id)
+    if job is None:
+        return
+    try:
+        run(job)
+    except Exception:
+        logger.exception("job %s failed unexpectedly", job_id)
+        message = "The job failed because of an internal error. Retry, and contact us with the job id if it persists."
+        error = {"code": "internal_error", "message": message, "param": None}
+        if actions.finish(job.pk, job.attempt, JobStatus.FAILED, error=error) is not None:
+            relay.push(job_id, {"type": "error", "status": 500, **error})
+        raise

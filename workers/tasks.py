@@ -50,12 +50,10 @@ def validate_file(file_id: str) -> None:
 )
 def run_fine_tune(job_id: str, attempt: int | None = None) -> None:
     """Claims the job (a duplicate delivery claims nothing and exits) and runs it."""
-    from apps.jobs.actions import claim
     from workers.finetune import run_fine_tune as run
+    from workers.attempt import run_claimed
 
-    job = claim(job_id)
-    if job is not None:
-        run(job)
+    run_claimed(job_id, run)
 
 
 @app.task(name="jobs.reap", queue="default", soft_time_limit=60, time_limit=90)
@@ -63,3 +61,20 @@ def reap() -> dict[str, int]:
     from apps.jobs.actions import reap as reap_jobs
 
     return reap_jobs()
+
+
+@app.task(name="jobs.run_inference", queue="gpu", soft_time_limit=600, time_limit=660)
+def run_inference(job_id: str, attempt: int | None = None) -> None:
+    """A chat, completion or classification request (with any same-model requests waiting)."""
+    from workers.inference import run_inference as run
+    from workers.attempt import run_claimed
+
+    run_claimed(job_id, run)
+
+
+@app.task(name="jobs.run_proxy", queue="default", soft_time_limit=300, time_limit=330)
+def run_proxy(job_id: str, attempt: int | None = None) -> None:
+    from workers.inference import run_proxy as run
+    from workers.attempt import run_claimed
+
+    run_claimed(job_id, run)

@@ -79,6 +79,16 @@ class Organization(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def openai_key(self) -> str | None:
+        from apps.core.crypto import decrypt
+
+        return decrypt(self.openai_api_key_encrypted) if self.openai_api_key_encrypted else None
+
+    @property
+    def openai_key_hint(self) -> str:
+        key = self.openai_key()
+        return f"sk-…{key[-4:]}" if key else ""
+
 
 class Role(models.TextChoices):
     OWNER = "owner", "Owner"

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.api.views import files, fine_tuning, models
+from apps.api.views import files, fine_tuning, inference, models
 
 app_name = "api"
 
@@ -36,6 +36,9 @@ urlpatterns = [
         fine_tuning.FineTuningCheckpointsView.as_view(),
         name="ft_checkpoints",
     ),
+    path("chat/completions", inference.ChatCompletionsView.as_view(), name="chat_completions"),
+    path("completions", inference.CompletionsView.as_view(), name="completions"),
+    path("classifications", inference.ClassificationsView.as_view(), name="classifications"),
     path("models", models.ModelListView.as_view(), name="models"),
     path("models/<path:model>", models.ModelDetailView.as_view(), name="model"),
 ]

@@ -165,10 +165,35 @@ def claim(job_id: str, owner: str | None = None) -> Job | None:
     job = Job.objects.select_related(
         "project__organization", "model", "training_file", "validation_file"
     ).get(public_id=job_id)
-    JobEvent.objects.create(
-        job=job, message=f"Attempt {job.attempt} started on {owner.rpartition(':')[0] or owner}."
-    )
+    if job.kind == JobKind.FINE_TUNE:  # inference jobs are too many and too short for a log line
+        JobEvent.objects.create(
+            job=job, message=f"Attempt {job.attempt} started on {owner.rpartition(':')[0] or owner}."
+        )
     return job
+
+
+def claim_waiting(job: Job, limit: int, owner: str | None = None) -> list[Job]:
+    """Claims up to `limit` other queued jobs for the same model, to run as one batch. Their own
+    messages arrive later, find them claimed or finished, and do nothing."""
+    if limit <= 0:
+        return []
+    owner = owner or lease_owner()
+    now = timezone.now()
+    with transaction.atomic():
+        ids = list(
+            Job.objects.select_for_update(skip_locked=True)
+            .filter(status=JobStatus.QUEUED, kind=job.kind, model_name=job.model_name)
+            .exclude(pk=job.pk)
+            .order_by("queued_at")
+            .values_list("pk", flat=True)[:limit]
+        )
+        if not ids:
+            return []
+        Job.objects.filter(pk__in=ids, status=JobStatus.QUEUED).update(
+            status=JobStatus.RUNNING, attempt=F("attempt") + 1, lease_owner=owner, heartbeat_at=now,
+            started_at=Coalesce(F("started_at"), now),
+        )  # fmt: skip
+    return list(Job.objects.select_related("project__organization", "model").filter(pk__in=ids).order_by("queued_at"))
 
 
 def _fenced(job_pk: int, attempt: int) -> Any:

@@ -30,7 +30,12 @@ def assert_401(response: Any, message: str) -> None:
     assert response.status_code == 401
     assert response["Content-Type"] == "application/json"
     assert response.json() == {
-        "error": {"message": message, "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
     }
     assert response["WWW-Authenticate"] == 'Bearer realm="api"'
     assert response["x-request-id"].startswith("req_")
@@ -41,7 +46,13 @@ def test_a_missing_header_is_401(db: None) -> None:
 
 
 def test_a_malformed_header_is_401(alice_key: str) -> None:
-    for header in (f"Basic {alice_key}", "Bearer", f"Bearer {alice_key} extra", alice_key, f"Token {alice_key}"):
+    for header in (
+        f"Basic {alice_key}",
+        "Bearer",
+        f"Bearer {alice_key} extra",
+        alice_key,
+        f"Token {alice_key}",
+    ):
         assert_401(client_with(header).get("/v1/files"), MISSING)
 
 
@@ -138,7 +149,9 @@ def test_a_key_only_opens_its_own_project(api: Any, carol_api: Any, alice_projec
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     created = carol_api.post(
-        "/v1/files", {"file": SimpleUploadedFile("a.csv", b"text,label\n"), "purpose": "fine-tune"}, format="multipart"
+        "/v1/files",
+        {"file": SimpleUploadedFile("a.csv", b"text,label\n"), "purpose": "fine-tune"},
+        format="multipart",
     ).json()
 
     assert api.get(f"/v1/files/{created['id']}").status_code == 404

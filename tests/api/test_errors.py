@@ -176,7 +176,11 @@ def test_every_response_carries_a_request_id_that_is_also_logged(api: Any, caplo
     ids = [response["x-request-id"] for response in responses]
     assert all(REQUEST_ID.match(request_id) for request_id in ids)
     assert len(set(ids)) == len(ids)
-    logged = {record.request_id: record.getMessage() for record in caplog.records if record.name == "modelworks.requests"}
+    logged = {
+        record.request_id: record.getMessage()
+        for record in caplog.records
+        if record.name == "modelworks.requests"
+    }
     assert logged[ids[1]].startswith("GET /v1/files/file-missing 404")
     assert set(ids) <= set(logged)
 

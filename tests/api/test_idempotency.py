@@ -77,7 +77,9 @@ def test_a_refused_request_does_not_use_up_its_key(api: Any) -> None:
     assert File.objects.count() == 1
 
 
-def test_keys_are_scoped_per_project(api: Any, carol_api: Any, alice_project: Any, carol_project: Any) -> None:
+def test_keys_are_scoped_per_project(
+    api: Any, carol_api: Any, alice_project: Any, carol_project: Any
+) -> None:
     alices = upload(api, "shared-key").json()
 
     carols = upload(carol_api, "shared-key")

@@ -11,12 +11,19 @@ from openai import OpenAI
 
 pytestmark = pytest.mark.integration
 
-CSV = b"text,label\nThe plot was gripping,positive\nGreat acting,positive\nI walked out,negative\nDull and long,negative\n"
+CSV = (
+    b"text,label\nThe plot was gripping,positive\nGreat acting,positive\n"
+    b"I walked out,negative\nDull and long,negative\n"
+)
 
 
 def sdk(live_server: Any, api_key: str) -> OpenAI:
     return OpenAI(
-        base_url=live_server.url + "/v1", api_key=api_key, _strict_response_validation=True, max_retries=0, timeout=30
+        base_url=live_server.url + "/v1",
+        api_key=api_key,
+        _strict_response_validation=True,
+        max_retries=0,
+        timeout=30,
     )
 
 
@@ -26,15 +33,25 @@ def test_the_files_lifecycle_through_the_sdk(live_server: Any, celery_worker: An
     # upload, then wait for the worker's validation
     created = client.files.create(file=("reviews.csv", CSV, "text/csv"), purpose="fine-tune")
     assert created.id.startswith("file-")
-    assert (created.object, created.bytes, created.filename, created.purpose) == ("file", len(CSV), "reviews.csv", "fine-tune")
+    assert (created.object, created.bytes, created.filename, created.purpose) == (
+        "file",
+        len(CSV),
+        "reviews.csv",
+        "fine-tune",
+    )
     assert created.status == "uploaded"
     processed = client.files.wait_for_processing(created.id, poll_interval=0.2, max_wait_seconds=60)
     assert processed.status == "processed"
     assert processed.status_details == "4 rows, classification CSV, 2 labels"
-    assert processed.model_extra is not None and processed.model_extra["validation"]["format"] == "classification_csv"
+    assert (
+        processed.model_extra is not None
+        and processed.model_extra["validation"]["format"] == "classification_csv"
+    )
 
     # a bad file ends in error, with the reason in status_details
-    broken = client.files.create(file=("broken.csv", b"\x89PNG\r\n\x1a\n\x00\x00", "text/csv"), purpose="fine-tune")
+    broken = client.files.create(
+        file=("broken.csv", b"\x89PNG\r\n\x1a\n\x00\x00", "text/csv"), purpose="fine-tune"
+    )
     failed = client.files.wait_for_processing(broken.id, poll_interval=0.2, max_wait_seconds=60)
     assert failed.status == "error"
     assert failed.status_details == "1 error (first: file looks binary (PNG image))"
@@ -85,5 +102,8 @@ def test_sdk_error_classes(live_server: Any, alice_key: str, carol_key: str) -> 
         alice.files.create(file=("reviews.csv", CSV), purpose="assistants")
     assert isinstance(bad_purpose.value.body, dict)
     assert bad_purpose.value.body["param"] == "purpose"
-    assert bad_purpose.value.body["message"] == "Invalid value for 'purpose': 'assistants'. Use one of 'fine-tune', 'batch'."
+    assert (
+        bad_purpose.value.body["message"]
+        == "Invalid value for 'purpose': 'assistants'. Use one of 'fine-tune', 'batch'."
+    )
     assert bad_purpose.value.param == "purpose"

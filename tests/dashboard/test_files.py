@@ -38,7 +38,10 @@ def media(settings: Any, tmp_path: Path) -> Path:
     settings.MEDIA_ROOT = root
     settings.STORAGES = {
         **settings.STORAGES,
-        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(root)}},
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(root)},
+        },
     }
     return root
 
@@ -67,7 +70,9 @@ def page(client: Any, path: str) -> str:
     return response.content.decode()
 
 
-def test_an_upload_answers_json_for_the_progress_bar(alice_client: Any, alice: Any, alice_project: Any) -> None:
+def test_an_upload_answers_json_for_the_progress_bar(
+    alice_client: Any, alice: Any, alice_project: Any
+) -> None:
     response = upload(alice_client, alice_project)
 
     assert response.status_code == 201
@@ -77,7 +82,12 @@ def test_an_upload_answers_json_for_the_progress_bar(alice_client: Any, alice: A
         "status": "uploaded",
         "url": f"/projects/{alice_project.public_id}/files/{file.public_id}/",
     }
-    assert (file.project, file.created_by, file.purpose, file.bytes) == (alice_project, alice, "fine-tune", len(DATA))
+    assert (file.project, file.created_by, file.purpose, file.bytes) == (
+        alice_project,
+        alice,
+        "fine-tune",
+        len(DATA),
+    )
     assert file.content.read() == DATA
 
 
@@ -130,7 +140,9 @@ def test_an_oversize_upload_is_413_and_stores_nothing(
 def test_the_upload_needs_the_csrf_token(alice: Any, alice_project: Any) -> None:
     client = login(Client(enforce_csrf_checks=True), alice)
     files_page = client.get(f"/projects/{alice_project.public_id}/files/")
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', files_page.content.decode()).group(1)
+    found = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', files_page.content.decode())
+    assert found is not None
+    token = found.group(1)
 
     refused = upload(client, alice_project)
     accepted = client.post(
@@ -164,7 +176,10 @@ def test_the_list_shows_status_size_format_and_rows(alice_client: Any, alice_pro
 
     html = page(alice_client, f"/projects/{alice_project.public_id}/files/")
 
-    rows = {file_id: html[html.index(file_id) :].split("</tr>")[0] for file_id in (waiting.public_id, good.public_id, bad.public_id)}
+    rows = {
+        file_id: html[html.index(file_id) :].split("</tr>")[0]
+        for file_id in (waiting.public_id, good.public_id, bad.public_id)
+    }
     assert '<span class="badge uploaded">uploaded</span>' in rows[waiting.public_id]
     assert '<span class="badge processed">processed</span>' in rows[good.public_id]
     assert '<span class="badge error">error</span>' in rows[bad.public_id]
@@ -172,7 +187,9 @@ def test_the_list_shows_status_size_format_and_rows(alice_client: Any, alice_pro
     assert "<td>10</td>" in rows[bad.public_id]  # rows
     assert f"<td>{len(DATA)}\xa0bytes</td>" in rows[bad.public_id]
     assert f"/projects/{alice_project.public_id}/files/{good.public_id}/" in html
-    assert html.index(bad.public_id) < html.index(good.public_id) < html.index(waiting.public_id)  # newest first
+    assert (
+        html.index(bad.public_id) < html.index(good.public_id) < html.index(waiting.public_id)
+    )  # newest first
 
 
 def test_the_list_costs_the_same_queries_for_many_files(
@@ -202,7 +219,7 @@ def test_the_detail_shows_the_report(alice_client: Any, alice_project: Any) -> N
     assert "text is empty" in html and "label is empty" in html
     assert "fill in the text or remove the row" in html
     # warnings
-    assert 'label &quot;meh&quot; has only 1 example' in html
+    assert "label &quot;meh&quot; has only 1 example" in html
     # the first rows, as a table, escaped
     assert "<th>text</th><th>label</th>" in html
     assert "A review that\nspans two lines" in html
@@ -228,8 +245,13 @@ def test_the_chart_data_matches_the_report(alice_client: Any, alice_project: Any
 
     chart = re.search(r'<script id="label-data" type="application/json">(.*?)</script>', html, re.S)
     assert chart is not None
+    assert file.validation is not None
     counts = sorted(file.validation["stats"]["labels"].items(), key=lambda item: (-item[1], item[0]))
-    assert json.loads(chart.group(1)) == [[label, count] for label, count in counts] == [["1", 3], ["2", 3], ["3", 3]]
+    assert (
+        json.loads(chart.group(1))
+        == [[label, count] for label, count in counts]
+        == [["1", 3], ["2", 3], ["3", 3]]
+    )
 
 
 def test_a_row_in_context_highlights_its_line(alice_client: Any, alice_project: Any) -> None:
@@ -241,7 +263,11 @@ def test_a_row_in_context_highlights_its_line(alice_client: Any, alice_project: 
     assert "Line 8 in context" in html
     numbers = [int(n) for n in re.findall(r'<tr id="line-(\d+)"', html)]
     assert numbers == [5, 6, 7, 8, 9, 10, 11]
-    highlighted = re.findall(r'<tr id="line-(\d+)" class="highlight">\s*<td class="num mono">\d+</td>\s*<td class="mono text">([^<]*)', html)
+    highlighted = re.findall(
+        r'<tr id="line-(\d+)" class="highlight">\s*'
+        r'<td class="num mono">\d+</td>\s*<td class="mono text">([^<]*)',
+        html,
+    )
     assert highlighted == [("8", ",negative")]
 
 
@@ -261,7 +287,9 @@ def test_a_row_in_context_at_the_edges_of_the_file(alice_client: Any, alice_proj
 
 
 def test_the_preview_reads_at_most_twenty_lines(alice_client: Any, alice_project: Any) -> None:
-    data = b"".join(b'{"text": "row %d", "label": "%s"}\n' % (i, b"ab"[i % 2 : i % 2 + 1]) for i in range(1, 101))
+    data = b"".join(
+        b'{"text": "row %d", "label": "%s"}\n' % (i, b"ab"[i % 2 : i % 2 + 1]) for i in range(1, 101)
+    )
     file = validated(alice_client, alice_project, data)
 
     html = page(alice_client, f"/projects/{alice_project.public_id}/files/{file.public_id}/")
@@ -319,16 +347,23 @@ def test_delete_removes_the_file_and_its_blob(
     assert "return confirm('Delete reviews.csv?" in detail
 
     with django_capture_on_commit_callbacks(execute=True):
-        response = alice_client.post(f"/projects/{alice_project.public_id}/files/{file.public_id}/delete", follow=True)
+        response = alice_client.post(
+            f"/projects/{alice_project.public_id}/files/{file.public_id}/delete", follow=True
+        )
 
     assert response.redirect_chain == [(f"/projects/{alice_project.public_id}/files/", 302)]
     assert "“reviews.csv” was deleted." in response.content.decode()
     assert not File.objects.exists()
     assert not [path for path in media.rglob("*") if path.is_file()]
-    assert alice_client.get(f"/projects/{alice_project.public_id}/files/{file.public_id}/delete").status_code == 405
+    assert (
+        alice_client.get(f"/projects/{alice_project.public_id}/files/{file.public_id}/delete").status_code
+        == 405
+    )
 
 
-def test_teammates_see_the_projects_files(client: Any, bob: Any, alice_client: Any, alice_project: Any) -> None:
+def test_teammates_see_the_projects_files(
+    client: Any, bob: Any, alice_client: Any, alice_project: Any
+) -> None:
     file = uploaded(alice_client, alice_project)
 
     login(client, bob)
@@ -351,7 +386,9 @@ def test_every_files_page_and_action_is_404_for_outsiders(
     assert upload_response.status_code == 404
     # nor through her own project's URLs
     assert outsider.get(f"/projects/{carol_project.public_id}/files/{file.public_id}/").status_code == 404
-    assert outsider.post(f"/projects/{carol_project.public_id}/files/{file.public_id}/delete").status_code == 404
+    assert (
+        outsider.post(f"/projects/{carol_project.public_id}/files/{file.public_id}/delete").status_code == 404
+    )
 
     assert File.objects.count() == 1
     assert File.objects.get().project == alice_project

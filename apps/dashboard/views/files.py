@@ -126,7 +126,9 @@ def file_detail(request: HttpRequest, project_id: str, file_id: str) -> HttpResp
     file = _get_file(project, file_id)
     report: dict[str, Any] = file.validation or {}
     # Most common first. PostgreSQL's jsonb does not keep the report's key order.
-    labels = sorted((report.get("stats", {}).get("labels") or {}).items(), key=lambda item: (-item[1], item[0]))
+    labels = sorted(
+        (report.get("stats", {}).get("labels") or {}).items(), key=lambda item: (-item[1], item[0])
+    )
     context: dict[str, Any] = {
         "project": project,
         "current_project": project,
@@ -162,7 +164,7 @@ def file_status(request: HttpRequest, project_id: str, file_id: str) -> HttpResp
     return response
 
 
-@member_required
+@member_required  # type: ignore[arg-type]  # a FileResponse streams: not an HttpResponse
 def file_content(request: HttpRequest, project_id: str, file_id: str) -> FileResponse:
     project = get_project(request, project_id)
     file = _get_file(project, file_id)

@@ -1,0 +1,71 @@
+"""Request and token limits counted atomically in Redis (sliding window over two fixed windows).
+
+Every web process shares the counters, so two processes can never each let the last request
+through. The estimate of the sliding window is the current window's count plus the previous
+window's count weighted by how much of it still overlaps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from apps.jobs.relay import client
+
+WINDOW_SECONDS = 60
+
+# KEYS: current window key, previous window key. ARGV: limit, cost, previous-window weight.
+# Adds `cost` only if the weighted total stays within the limit; returns the total after.
+_SCRIPT = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
+local total = current + previous * tonumber(ARGV[3])
+local cost = tonumber(ARGV[2])
+if total + cost > tonumber(ARGV[1]) then
+  return {0, math.floor(total)}
+end
+redis.call('INCRBY', KEYS[1], cost)
+redis.call('EXPIRE', KEYS[1], 130)
+return {1, math.floor(total + cost)}
+"""
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: float
+
+
+def take(scope: str, limit: int, cost: int = 1, now: float | None = None) -> Decision:
+    """Counts `cost` against `scope` unless that would pass `limit` within the sliding minute."""
+    now = time.time() if now is None else now
+    window = int(now // WINDOW_SECONDS)
+    elapsed = now - window * WINDOW_SECONDS
+    weight = 1 - elapsed / WINDOW_SECONDS
+    keys = [f"mw:rl:{scope}:{window}", f"mw:rl:{scope}:{window - 1}"]
+    allowed, total = client().eval(_SCRIPT, 2, *keys, limit, cost, weight)
+    return Decision(bool(allowed), limit, max(limit - int(total), 0), WINDOW_SECONDS - elapsed)
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's reset format: `1s`, `6m0s`."""
+    seconds = max(math.ceil(seconds), 0)
+    minutes, rest = divmod(seconds, 60)
+    return f"{minutes}m{rest}s" if minutes else f"{rest}s"
+
+
+def headers(requests: Decision, tokens: Decision | None = None) -> dict[str, str]:
+    tokens = tokens or Decision(True, settings.RATE_LIMIT_TOKENS_PER_MINUTE, settings.RATE_LIMIT_TOKENS_PER_MINUTE, 0)
+    return {
+        "x-ratelimit-limit-requests": str(requests.limit),
+        "x-ratelimit-remaining-requests": str(requests.remaining),
+        "x-ratelimit-reset-requests": duration(requests.reset_seconds),
+        "x-ratelimit-limit-tokens": str(tokens.limit),
+        "x-ratelimit-remaining-tokens": str(tokens.remaining),
+        "x-ratelimit-reset-tokens": duration(tokens.reset_seconds),
+    }

@@ -1,0 +1,253 @@
+"""Chat, completion and classification requests: checked completely before any work is queued,
+then turned into a job that a worker runs (DESIGN.md §5, "Sync inference is also a Job")."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from django.conf import settings
+
+from apps.core.errors import ActionError
+from apps.jobs import actions
+from apps.jobs.models import Job, JobKind
+from apps.projects.models import Project
+from apps.registry.models import Model, Provider, Task
+
+MAX_N = 8
+MAX_STOP = 4
+MAX_CLASSIFY_INPUTS = 2048
+CHAT_ROLES = ("system", "developer", "user", "assistant")
+COMMON_KEYS = {
+    "model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "presence_penalty",
+    "frequency_penalty", "logprobs", "stream", "stream_options", "user", "metadata", "store", "logit_bias",
+}  # fmt: skip
+CHAT_KEYS = COMMON_KEYS | {"messages", "max_completion_tokens", "top_logprobs", "response_format"}
+COMPLETION_KEYS = COMMON_KEYS | {"prompt", "echo", "best_of", "suffix"}
+# Parameters we understand but cannot honour: refused by name rather than silently ignored.
+UNSUPPORTED = {
+    "tools": "tool calling", "tool_choice": "tool calling", "functions": "function calling",
+    "function_call": "function calling", "parallel_tool_calls": "tool calling", "audio": "audio output",
+    "modalities": "other modalities", "prediction": "predicted outputs", "reasoning_effort": "reasoning models",
+    "web_search_options": "web search", "service_tier": "service tiers",
+}  # fmt: skip
+
+
+def _number(body: dict[str, Any], key: str, low: float, high: float, default: float) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not low <= value <= high:
+        raise ActionError(f"{key} must be a number between {low:g} and {high:g}.", param=key)
+    return float(value)
+
+
+def _integer(body: dict[str, Any], key: str, low: int, high: int, default: int | None) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ActionError(f"{key} must be an integer between {low} and {high}.", param=key)
+    return value
+
+
+def resolve_model(project: Project, name: Any, task: str) -> Model:
+    if not name or not isinstance(name, str):
+        raise ActionError("Missing required parameter: 'model'.", param="model")
+    model = Model.objects.visible_to(project.organization).filter(name=name).first()
+    if model is None:
+        raise ActionError(
+            f"The model '{name}' does not exist or you do not have access to it.",
+            code="model_not_found",
+            param="model",
+            status=404,
+        )
+    if model.task != task:
+        endpoint = "/v1/classifications" if model.task == Task.CLASSIFICATION else "/v1/chat/completions"
+        raise ActionError(f"'{name}' is a {model.task} model; call it through {endpoint}.", param="model")
+    if not model.limit("servable", True):
+        raise ActionError(
+            f"'{name}' is a base model for fine-tuning and cannot be called directly; fine-tune it first.",
+            param="model",
+        )
+    return model
+
+
+def _check_keys(body: dict[str, Any], allowed: set[str]) -> None:
+    for key in body:
+        if key in UNSUPPORTED:
+            raise ActionError(f"'{key}' is not supported: these models do not offer {UNSUPPORTED[key]}.", param=key)
+        if key not in allowed:
+            raise ActionError(f"Unrecognized request argument supplied: {key}", param=key)
+    if body.get("logit_bias"):
+        raise ActionError("logit_bias is not supported.", param="logit_bias")
+    response_format = body.get("response_format")
+    if response_format not in (None, {"type": "text"}):
+        raise ActionError("response_format must be {\"type\": \"text\"}; JSON modes are not supported.",
+                          param="response_format")  # fmt: skip
+
+
+def _stop(value: Any) -> list[str]:
+    if value is None:
+        return []
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOP:
+        raise ActionError(f"stop must be a string or a list of at most {MAX_STOP} non-empty strings.", param="stop")
+    return stops
+
+
+def _sampling(body: dict[str, Any], model: Model, default_max_tokens: int) -> dict[str, Any]:
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    param = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    if max_tokens is None:
+        max_tokens = min(default_max_tokens, model.context_length)
+    elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ActionError(f"{param} must be a positive integer.", param=param)
+    elif max_tokens > model.context_length:
+        raise ActionError(
+            f"{param} is {max_tokens}, but {model.name} has a context of {model.context_length} tokens.", param=param
+        )
+    stream_options = body.get("stream_options")
+    if stream_options is not None and not isinstance(stream_options, dict):
+        raise ActionError("stream_options must be an object.", param="stream_options")
+    if body.get("stream") not in (None, True, False):
+        raise ActionError("stream must be true or false.", param="stream")
+    return {
+        "max_tokens": max_tokens,
+        "temperature": _number(body, "temperature", 0, 2, 1.0),
+        "top_p": _number(body, "top_p", 0, 1, 1.0),
+        "n": _integer(body, "n", 1, MAX_N, 1),
+        "stop": _stop(body.get("stop")),
+        "seed": _integer(body, "seed", -(2**63), 2**63 - 1, None),
+        "presence_penalty": _number(body, "presence_penalty", -2, 2, 0.0),
+        "frequency_penalty": _number(body, "frequency_penalty", -2, 2, 0.0),
+        "stream": bool(body.get("stream")),
+        "include_usage": bool((stream_options or {}).get("include_usage")),
+    }
+
+
+def _check_size(value: Any, param: str) -> None:
+    import json
+
+    if len(json.dumps(value)) > settings.PROMPT_MAX_BYTES:
+        raise ActionError(
+            f"The prompt is longer than {settings.PROMPT_MAX_BYTES // 1024} KiB. Shorten it.",
+            code="prompt_too_long",
+            param=param,
+        )
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise ActionError("messages must be a non-empty array of {role, content} objects.", param="messages")
+    messages = []
+    for index, message in enumerate(value):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise ActionError(f"{where} must be an object with a role and content.", param=where)
+        role = message.get("role")
+        if role == "tool" or "tool_calls" in message:
+            raise ActionError("Tool messages are not supported: these models do not offer tool calling.",
+                              param=f"{where}.role")  # fmt: skip
+        if role not in CHAT_ROLES:
+            raise ActionError(f"{where}.role must be one of {', '.join(CHAT_ROLES)}; got {role!r}.",
+                              param=f"{where}.role")  # fmt: skip
+        content = message.get("content")
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+                raise ActionError("Only text content parts are supported.", param=f"{where}.content")
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise ActionError(f"{where}.content must be a string.", param=f"{where}.content")
+        messages.append({"role": "system" if role == "developer" else role, "content": content})
+    return messages
+
+
+def parse_chat(project: Project, body: Any) -> tuple[Model, dict[str, Any]]:
+    if not isinstance(body, dict):
+        raise ActionError("The request body must be a JSON object.")
+    model = resolve_model(project, body.get("model"), Task.GENERATION)
+    if model.provider == Provider.OPENAI:
+        return model, _proxied(body, "messages")
+    _check_keys(body, CHAT_KEYS)
+    request = {"endpoint": "chat", "messages": _messages(body.get("messages")), **_sampling(body, model, 256)}
+    _check_size(request["messages"], "messages")
+    request["logprobs"] = body.get("logprobs") is True
+    request["top_logprobs"] = _integer(body, "top_logprobs", 0, 20, 0)
+    if request["top_logprobs"] and not request["logprobs"]:
+        raise ActionError("top_logprobs needs logprobs set to true.", param="top_logprobs")
+    return model, request
+
+
+def parse_completion(project: Project, body: Any) -> tuple[Model, dict[str, Any]]:
+    if not isinstance(body, dict):
+        raise ActionError("The request body must be a JSON object.")
+    model = resolve_model(project, body.get("model"), Task.GENERATION)
+    if model.provider == Provider.OPENAI:
+        return model, _proxied(body, "prompt")
+    _check_keys(body, COMPLETION_KEYS)
+    prompt = body.get("prompt")
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ActionError("prompt must be a string or a non-empty array of strings (token ids are not supported).",
+                          param="prompt")  # fmt: skip
+    for key, allowed in (("echo", (None, False)), ("best_of", (None, 1)), ("suffix", (None, ""))):
+        if body.get(key) not in allowed:
+            raise ActionError(f"{key} is not supported.", param=key)
+    request = {"endpoint": "completions", "prompts": prompts, **_sampling(body, model, 16)}
+    _check_size(prompts, "prompt")
+    if len(prompts) * request["n"] > 64:
+        raise ActionError("At most 64 completions per request (prompts × n).", param="n")
+    top = _integer(body, "logprobs", 0, 5, None)
+    request["logprobs"] = top is not None
+    request["top_logprobs"] = top or 0
+    return model, request
+
+
+def _proxied(body: dict[str, Any], prompt_key: str) -> dict[str, Any]:
+    """OpenAI models: the upstream checks the parameters; we check size and streaming."""
+    if prompt_key not in body:
+        raise ActionError(f"Missing required parameter: '{prompt_key}'.", param=prompt_key)
+    if prompt_key == "messages" and (not isinstance(body["messages"], list) or not body["messages"]):
+        raise ActionError("messages must be a non-empty array of {role, content} objects.", param="messages")
+    _check_size(body[prompt_key], prompt_key)
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N):
+        raise ActionError(f"n must be an integer between 1 and {MAX_N}.", param="n")
+    upstream = dict(body)
+    upstream["model"] = body["model"].split(":", 1)[1]
+    return {
+        "endpoint": "chat" if prompt_key == "messages" else "completions",
+        "proxy": True,
+        "body": upstream,
+        "stream": bool(body.get("stream")),
+        "include_usage": bool((body.get("stream_options") or {}).get("include_usage")),
+    }
+
+
+def parse_classification(project: Project, body: Any) -> tuple[Model, dict[str, Any]]:
+    if not isinstance(body, dict):
+        raise ActionError("The request body must be a JSON object.")
+    for key in body:
+        if key not in ("model", "input", "top_k", "user"):
+            raise ActionError(f"Unrecognized request argument supplied: {key}", param=key)
+    model = resolve_model(project, body.get("model"), Task.CLASSIFICATION)
+    value = body.get("input")
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts:
+        raise ActionError("input must be a string or a non-empty array of strings.", param="input")
+    if len(texts) > MAX_CLASSIFY_INPUTS:
+        raise ActionError(f"input has {len(texts)} items; the limit is {MAX_CLASSIFY_INPUTS} per request.", param="input")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ActionError(f"input[{index}] must be a string.", param=f"input[{index}]")
+    _check_size(texts, "input")
+    top_k = _integer(body, "top_k", 1, max(len(model.labels), 1), None)
+    return model, {"endpoint": "classifications", "texts": texts, "top_k": top_k}
+
+
+def submit(project: Project, model: Model, request: dict[str, Any], *, api_key: Any = None, user: Any = None) -> Job:
+    kind = JobKind.CLASSIFICATION if request["endpoint"] == "classifications" else JobKind.GENERATION
+    return actions.create_job(
+        kind=kind, project=project, model=model, model_name=model.name, request=request, api_key=api_key, user=user
+    )

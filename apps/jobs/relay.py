@@ -1,0 +1,68 @@
+"""Results and tokens travel from a worker to the waiting web request through a Redis list.
+
+A list, not pub/sub: events pushed before the web request starts listening are not lost. Each
+job has its own list, which expires on its own. Events are small JSON objects:
+`{"type": "delta", ...}` while streaming, then one `{"type": "done"}` or `{"type": "error", ...}`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Any
+
+from django.conf import settings
+from redis import Redis
+
+EXPIRE_SECONDS = 900
+
+
+@lru_cache(maxsize=1)
+def client() -> Redis:
+    return Redis.from_url(settings.REDIS_URL, socket_timeout=None, socket_connect_timeout=5, health_check_interval=30)
+
+
+def _key(job_id: str) -> str:
+    return f"mw:job:{job_id}:events"
+
+
+def _abort_key(job_id: str) -> str:
+    return f"mw:job:{job_id}:abort"
+
+
+def push(job_id: str, event: dict[str, Any]) -> None:
+    pipe = client().pipeline(transaction=False)
+    pipe.rpush(_key(job_id), json.dumps(event, separators=(",", ":")))
+    pipe.expire(_key(job_id), EXPIRE_SECONDS)
+    pipe.execute()
+
+
+def listen(job_id: str, timeout: float) -> Iterator[dict[str, Any] | None]:
+    """Yields events as they arrive until a final one; yields None once if `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    redis = client()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            yield None
+            return
+        # BLPOP's timeout is in whole seconds at best resolution 0.01 on Redis >= 6.
+        item = redis.blpop([_key(job_id)], timeout=min(remaining, 5.0))
+        if item is None:
+            continue
+        event = json.loads(item[1])
+        yield event
+        if event.get("type") in ("done", "error"):
+            redis.delete(_key(job_id))
+            return
+
+
+def request_abort(job_id: str) -> None:
+    """The client went away or timed out: the worker stops generating at its next token."""
+    client().set(_abort_key(job_id), "1", ex=EXPIRE_SECONDS)
+
+
+def abort_requested(job_id: str) -> bool:
+    return bool(client().exists(_abort_key(job_id)))

@@ -1,0 +1,188 @@
+"""Inference adapters: claimed generation/classification jobs → the runtime → results, usage and
+a relay of tokens to the waiting web request. Requests for the same model that are waiting at
+the same moment run together as one batch (one forward pass per token for all of them)."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from apps.jobs import actions, relay
+from apps.jobs.models import Job, JobKind, JobStatus
+from workers.artifacts import local_model_dir
+from workers.attempt import AttemptGuard
+
+logger = logging.getLogger(__name__)
+
+
+def run_inference(job: Job) -> None:
+    from workers.runtime.models import default_cache
+
+    jobs = [job]
+    if job.kind == JobKind.GENERATION:
+        jobs += actions.claim_waiting(job, limit=settings.INFERENCE_MAX_BATCH - 1)
+    with ExitStack() as stack:
+        for member in jobs:
+            stack.enter_context(AttemptGuard(member.pk, member.attempt))
+        try:
+            loaded = default_cache().get(str(local_model_dir(job.model.artifact_key)))  # type: ignore[union-attr]
+        except (OSError, ValueError) as exc:
+            for member in jobs:
+                _fail(member, 500, "model_unavailable", f"The model could not be loaded: {exc}", "model")
+            return
+        if job.kind == JobKind.CLASSIFICATION:
+            _classify(job, loaded)
+        else:
+            _generate(jobs, loaded)
+
+
+def _fail(job: Job, status: int, code: str, message: str, param: str | None) -> None:
+    actions.finish(job.pk, job.attempt, JobStatus.FAILED, error={"code": code, "message": message, "param": param})
+    relay.push(job.public_id, {"type": "error", "status": status, "code": code, "message": message, "param": param})
+
+
+def _classify(job: Job, loaded: Any) -> None:
+    from workers.runtime.classify import classify
+    from workers.runtime.specs import ClassifyRequest
+
+    texts = tuple(job.request["texts"])
+    try:
+        result = classify(loaded, ClassifyRequest(texts=texts, top_k=job.request.get("top_k")))
+    except ValueError as exc:
+        _fail(job, 400, "invalid_request", str(exc), "input")
+        return
+    body = {
+        "data": [
+            {"index": i, "labels": [{"label": s.label, "score": round(s.score, 6)} for s in labels]}
+            for i, labels in enumerate(result.results)
+        ],
+        "usage": {"prompt_tokens": result.input_tokens, "total_tokens": result.input_tokens},
+    }
+    usage = {"classified_texts": len(texts), "input_tokens": result.input_tokens}
+    actions.finish(job.pk, job.attempt, JobStatus.SUCCEEDED, result=body, usage=usage, message="Classified.")
+    relay.push(job.public_id, {"type": "done"})
+
+
+@dataclass
+class _Member:
+    """One job's share of a generation batch: its requests (one per prompt) and choice offsets."""
+
+    job: Job
+    first_row: int
+    requests: list[Any] = field(default_factory=list)
+    aborted: bool = False
+
+
+def _generate(jobs: list[Job], loaded: Any) -> None:
+    from workers.runtime.generate import GenerateRequestError, check_context, generate_batch, prompt_ids, validate_request
+
+    members: list[_Member] = []
+    batch: list[Any] = []
+    for job in jobs:
+        requests = _requests(job)
+        try:
+            for request in requests:
+                validate_request(request)
+                check_context(loaded, request, len(prompt_ids(loaded, request)))
+        except GenerateRequestError as exc:
+            _fail(job, 400, exc.code or "invalid_request", exc.message, exc.param)
+            continue
+        members.append(_Member(job=job, first_row=len(batch), requests=requests))
+        batch.extend(requests)
+    if not members:
+        return
+    owners = [m for m in members for _ in m.requests]
+    relayed = [0]
+
+    def on_token(row: int, choice: int, delta: str) -> None:
+        member = owners[row]
+        if member.aborted:
+            return
+        relayed[0] += 1
+        if relayed[0] % 16 == 0 and relay.abort_requested(member.job.public_id):
+            member.aborted = True  # its client left; the others in the batch go on
+            return
+        n = member.requests[0].n
+        index = (row - member.first_row) * n + choice
+        relay.push(member.job.public_id, {"type": "delta", "index": index, "text": delta})
+
+    results = generate_batch(loaded, batch, on_token)
+    for member in members:
+        mine = results[member.first_row : member.first_row + len(member.requests)]
+        _finish_generation(member.job, mine)
+
+
+def _requests(job: Job) -> list[Any]:
+    from workers.runtime.specs import GenerateRequest
+
+    r = job.request
+    common = {
+        "max_tokens": r["max_tokens"], "temperature": r["temperature"], "top_p": r["top_p"], "n": r["n"],
+        "stop": tuple(r["stop"]), "seed": r["seed"], "presence_penalty": r["presence_penalty"],
+        "frequency_penalty": r["frequency_penalty"], "logprobs": r["logprobs"], "top_logprobs": r["top_logprobs"],
+    }  # fmt: skip
+    if r["endpoint"] == "chat":
+        return [GenerateRequest(messages=tuple(r["messages"]), **common)]
+    return [GenerateRequest(prompt=prompt, **common) for prompt in r["prompts"]]
+
+
+def _finish_generation(job: Job, results: list[Any]) -> None:
+    choices = []
+    for prompt_index, result in enumerate(results):
+        for choice in result.choices:
+            choices.append(
+                {
+                    "index": prompt_index * len(result.choices) + choice.index,
+                    "text": choice.text,
+                    "finish_reason": choice.finish_reason,
+                    "logprobs": [
+                        {"token": t.token, "logprob": t.logprob, "bytes": t.bytes,
+                         "top_logprobs": [{"token": tok, "logprob": lp} for tok, lp in t.top_logprobs]}
+                        for t in choice.logprobs
+                    ]
+                    if choice.logprobs is not None
+                    else None,
+                }  # fmt: skip
+            )
+    prompt_tokens = sum(r.prompt_tokens for r in results)
+    completion_tokens = sum(r.completion_tokens for r in results)
+    body = {"choices": choices, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}}
+    usage = {"input_tokens": prompt_tokens, "output_tokens": completion_tokens}
+    actions.finish(job.pk, job.attempt, JobStatus.SUCCEEDED, result=body, usage=usage, message="Generated.")
+    relay.push(job.public_id, {"type": "done"})
+
+
+def run_proxy(job: Job) -> None:
+    from workers.runtime.openai_proxy import ProxyError, make_client, proxy_chat, proxy_completion
+
+    key = job.organization.openai_key() or settings.OPENAI_API_KEY
+    if not key:
+        _fail(job, 400, "provider_not_configured",
+              "No OpenAI key is configured: add your organization's key on the dashboard's billing page.", "model")  # fmt: skip
+        return
+    request = job.request
+    stream = request.get("stream", False)
+
+    def on_chunk(chunk: dict[str, Any]) -> None:
+        relay.push(job.public_id, {"type": "chunk", "chunk": chunk})
+
+    with AttemptGuard(job.pk, job.attempt):
+        client = make_client(key, settings.OPENAI_BASE_URL, settings.OPENAI_TIMEOUT_SECONDS, settings.OPENAI_MAX_RETRIES)
+        call = proxy_chat if request["endpoint"] == "chat" else proxy_completion
+        try:
+            result = call(client, request["body"], on_chunk if stream else None)
+        except ProxyError as exc:
+            _fail(job, exc.status, exc.code, exc.message, exc.param)
+            return
+    usage = {"input_tokens": result.usage.prompt_tokens, "output_tokens": result.usage.completion_tokens}
+    actions.finish(
+        job.pk, job.attempt, JobStatus.SUCCEEDED,
+        result={"proxied": result.body, "truncated": result.truncated,
+                "usage": {"prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens}},
+        usage=usage, message="Proxied to OpenAI.",
+    )  # fmt: skip
+    relay.push(job.public_id, {"type": "done"})
