@@ -5,6 +5,7 @@ Django-aware and thin on purpose: the training itself is `workers.runtime.traini
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -66,12 +67,11 @@ def run_fine_tune(job: Job) -> None:
         )  # fmt: skip
     except (DatabaseError, OSError) as exc:
         logger.exception("job %s: transient failure", job.public_id)
-        try:
+        # If even that fails, the reaper re-queues the job once its heartbeat goes stale.
+        with contextlib.suppress(DatabaseError):
             actions.requeue(
                 job.pk, job.attempt, f"Attempt {job.attempt} hit a transient error ({type(exc).__name__})."
             )
-        except DatabaseError:
-            pass  # the reaper re-queues it once the heartbeat goes stale
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -41,8 +41,12 @@ def run_inference(job: Job) -> None:
 
 
 def _fail(job: Job, status: int, code: str, message: str, param: str | None) -> None:
-    actions.finish(job.pk, job.attempt, JobStatus.FAILED, error={"code": code, "message": message, "param": param})
-    relay.push(job.public_id, {"type": "error", "status": status, "code": code, "message": message, "param": param})
+    actions.finish(
+        job.pk, job.attempt, JobStatus.FAILED, error={"code": code, "message": message, "param": param}
+    )
+    relay.push(
+        job.public_id, {"type": "error", "status": status, "code": code, "message": message, "param": param}
+    )
 
 
 def _classify(job: Job, loaded: Any) -> None:
@@ -78,7 +82,13 @@ class _Member:
 
 
 def _generate(jobs: list[Job], loaded: Any) -> None:
-    from workers.runtime.generate import GenerateRequestError, check_context, generate_batch, prompt_ids, validate_request
+    from workers.runtime.generate import (
+        GenerateRequestError,
+        check_context,
+        generate_batch,
+        prompt_ids,
+        validate_request,
+    )
 
     members: list[_Member] = []
     batch: list[Any] = []
@@ -140,8 +150,12 @@ def _finish_generation(job: Job, results: list[Any]) -> None:
                     "text": choice.text,
                     "finish_reason": choice.finish_reason,
                     "logprobs": [
-                        {"token": t.token, "logprob": t.logprob, "bytes": t.bytes,
-                         "top_logprobs": [{"token": tok, "logprob": lp} for tok, lp in t.top_logprobs]}
+                        {
+                            "token": t.token,
+                            "logprob": t.logprob,
+                            "bytes": t.bytes,
+                            "top_logprobs": [{"token": tok, "logprob": lp} for tok, lp in t.top_logprobs],
+                        }
                         for t in choice.logprobs
                     ]
                     if choice.logprobs is not None
@@ -150,7 +164,10 @@ def _finish_generation(job: Job, results: list[Any]) -> None:
             )
     prompt_tokens = sum(r.prompt_tokens for r in results)
     completion_tokens = sum(r.completion_tokens for r in results)
-    body = {"choices": choices, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}}
+    body = {
+        "choices": choices,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
+    }
     usage = {"input_tokens": prompt_tokens, "output_tokens": completion_tokens}
     actions.finish(job.pk, job.attempt, JobStatus.SUCCEEDED, result=body, usage=usage, message="Generated.")
     relay.push(job.public_id, {"type": "done"})
@@ -171,7 +188,9 @@ def run_proxy(job: Job) -> None:
         relay.push(job.public_id, {"type": "chunk", "chunk": chunk})
 
     with AttemptGuard(job.pk, job.attempt):
-        client = make_client(key, settings.OPENAI_BASE_URL, settings.OPENAI_TIMEOUT_SECONDS, settings.OPENAI_MAX_RETRIES)
+        client = make_client(
+            key, settings.OPENAI_BASE_URL, settings.OPENAI_TIMEOUT_SECONDS, settings.OPENAI_MAX_RETRIES
+        )
         call = proxy_chat if request["endpoint"] == "chat" else proxy_completion
         try:
             result = call(client, request["body"], on_chunk if stream else None)

@@ -50,8 +50,8 @@ def validate_file(file_id: str) -> None:
 )
 def run_fine_tune(job_id: str, attempt: int | None = None) -> None:
     """Claims the job (a duplicate delivery claims nothing and exits) and runs it."""
-    from workers.finetune import run_fine_tune as run
     from workers.attempt import run_claimed
+    from workers.finetune import run_fine_tune as run
 
     run_claimed(job_id, run)
 
@@ -66,15 +66,15 @@ def reap() -> dict[str, int]:
 @app.task(name="jobs.run_inference", queue="gpu", soft_time_limit=600, time_limit=660)
 def run_inference(job_id: str, attempt: int | None = None) -> None:
     """A chat, completion or classification request (with any same-model requests waiting)."""
-    from workers.inference import run_inference as run
     from workers.attempt import run_claimed
+    from workers.inference import run_inference as run
 
     run_claimed(job_id, run)
 
 
 @app.task(name="jobs.run_proxy", queue="default", soft_time_limit=300, time_limit=330)
 def run_proxy(job_id: str, attempt: int | None = None) -> None:
-    from workers.inference import run_proxy as run
     from workers.attempt import run_claimed
+    from workers.inference import run_proxy as run
 
     run_claimed(job_id, run)

@@ -60,7 +60,9 @@ def duration(seconds: float) -> str:
 
 
 def headers(requests: Decision, tokens: Decision | None = None) -> dict[str, str]:
-    tokens = tokens or Decision(True, settings.RATE_LIMIT_TOKENS_PER_MINUTE, settings.RATE_LIMIT_TOKENS_PER_MINUTE, 0)
+    tokens = tokens or Decision(
+        True, settings.RATE_LIMIT_TOKENS_PER_MINUTE, settings.RATE_LIMIT_TOKENS_PER_MINUTE, 0
+    )
     return {
         "x-ratelimit-limit-requests": str(requests.limit),
         "x-ratelimit-remaining-requests": str(requests.remaining),

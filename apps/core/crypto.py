@@ -13,7 +13,9 @@ def _fernet() -> Fernet:
     key = settings.FIELD_ENCRYPTION_KEY
     if not key:
         # Development fallback: derived from SECRET_KEY, so it is stable across restarts.
-        key = base64.urlsafe_b64encode(hashlib.sha256(("fields:" + settings.SECRET_KEY).encode()).digest()).decode()
+        key = base64.urlsafe_b64encode(
+            hashlib.sha256(("fields:" + settings.SECRET_KEY).encode()).digest()
+        ).decode()
     return Fernet(key.encode())
 
 

@@ -193,7 +193,9 @@ def claim_waiting(job: Job, limit: int, owner: str | None = None) -> list[Job]:
             status=JobStatus.RUNNING, attempt=F("attempt") + 1, lease_owner=owner, heartbeat_at=now,
             started_at=Coalesce(F("started_at"), now),
         )  # fmt: skip
-    return list(Job.objects.select_related("project__organization", "model").filter(pk__in=ids).order_by("queued_at"))
+    return list(
+        Job.objects.select_related("project__organization", "model").filter(pk__in=ids).order_by("queued_at")
+    )
 
 
 def _fenced(job_pk: int, attempt: int) -> Any:

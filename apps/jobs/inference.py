@@ -37,7 +37,12 @@ def _number(body: dict[str, Any], key: str, low: float, high: float, default: fl
     value = body.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not low <= value <= high:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
         raise ActionError(f"{key} must be a number between {low:g} and {high:g}.", param=key)
     return float(value)
 
@@ -76,7 +81,9 @@ def resolve_model(project: Project, name: Any, task: str) -> Model:
 def _check_keys(body: dict[str, Any], allowed: set[str]) -> None:
     for key in body:
         if key in UNSUPPORTED:
-            raise ActionError(f"'{key}' is not supported: these models do not offer {UNSUPPORTED[key]}.", param=key)
+            raise ActionError(
+                f"'{key}' is not supported: these models do not offer {UNSUPPORTED[key]}.", param=key
+            )
         if key not in allowed:
             raise ActionError(f"Unrecognized request argument supplied: {key}", param=key)
     if body.get("logit_bias"):
@@ -91,8 +98,14 @@ def _stop(value: Any) -> list[str]:
     if value is None:
         return []
     stops = [value] if isinstance(value, str) else value
-    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOP:
-        raise ActionError(f"stop must be a string or a list of at most {MAX_STOP} non-empty strings.", param="stop")
+    if (
+        not isinstance(stops, list)
+        or not all(isinstance(s, str) and s for s in stops)
+        or len(stops) > MAX_STOP
+    ):
+        raise ActionError(
+            f"stop must be a string or a list of at most {MAX_STOP} non-empty strings.", param="stop"
+        )
     return stops
 
 
@@ -105,7 +118,8 @@ def _sampling(body: dict[str, Any], model: Model, default_max_tokens: int) -> di
         raise ActionError(f"{param} must be a positive integer.", param=param)
     elif max_tokens > model.context_length:
         raise ActionError(
-            f"{param} is {max_tokens}, but {model.name} has a context of {model.context_length} tokens.", param=param
+            f"{param} is {max_tokens}, but {model.name} has a context of {model.context_length} tokens.",
+            param=param,
         )
     stream_options = body.get("stream_options")
     if stream_options is not None and not isinstance(stream_options, dict):
@@ -154,7 +168,10 @@ def _messages(value: Any) -> list[dict[str, str]]:
                               param=f"{where}.role")  # fmt: skip
         content = message.get("content")
         if isinstance(content, list):
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+            if not all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                for p in content
+            ):
                 raise ActionError("Only text content parts are supported.", param=f"{where}.content")
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
@@ -237,7 +254,9 @@ def parse_classification(project: Project, body: Any) -> tuple[Model, dict[str, 
     if not isinstance(texts, list) or not texts:
         raise ActionError("input must be a string or a non-empty array of strings.", param="input")
     if len(texts) > MAX_CLASSIFY_INPUTS:
-        raise ActionError(f"input has {len(texts)} items; the limit is {MAX_CLASSIFY_INPUTS} per request.", param="input")
+        raise ActionError(
+            f"input has {len(texts)} items; the limit is {MAX_CLASSIFY_INPUTS} per request.", param="input"
+        )
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise ActionError(f"input[{index}] must be a string.", param=f"input[{index}]")
@@ -246,8 +265,16 @@ def parse_classification(project: Project, body: Any) -> tuple[Model, dict[str, 
     return model, {"endpoint": "classifications", "texts": texts, "top_k": top_k}
 
 
-def submit(project: Project, model: Model, request: dict[str, Any], *, api_key: Any = None, user: Any = None) -> Job:
+def submit(
+    project: Project, model: Model, request: dict[str, Any], *, api_key: Any = None, user: Any = None
+) -> Job:
     kind = JobKind.CLASSIFICATION if request["endpoint"] == "classifications" else JobKind.GENERATION
     return actions.create_job(
-        kind=kind, project=project, model=model, model_name=model.name, request=request, api_key=api_key, user=user
+        kind=kind,
+        project=project,
+        model=model,
+        model_name=model.name,
+        request=request,
+        api_key=api_key,
+        user=user,
     )

@@ -21,7 +21,9 @@ EXPIRE_SECONDS = 900
 
 @lru_cache(maxsize=1)
 def client() -> Redis:
-    return Redis.from_url(settings.REDIS_URL, socket_timeout=None, socket_connect_timeout=5, health_check_interval=30)
+    return Redis.from_url(
+        settings.REDIS_URL, socket_timeout=None, socket_connect_timeout=5, health_check_interval=30
+    )
 
 
 def _key(job_id: str) -> str:

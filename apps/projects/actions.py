@@ -32,8 +32,12 @@ def parse_column_mapping(raw: Any) -> dict[str, str] | None:
                 'column_mapping must be a JSON object such as {"text": "review", "label": "sentiment"}.',
                 param="column_mapping",
             ) from None
-    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
-        raise ActionError("column_mapping must map field names to column names (strings).", param="column_mapping")
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+    ):
+        raise ActionError(
+            "column_mapping must map field names to column names (strings).", param="column_mapping"
+        )
     unknown = sorted(set(raw) - set(MAPPING_FIELDS))
     if unknown:
         raise ActionError(

@@ -166,7 +166,9 @@ def test_outsiders_get_404_for_every_job_route(api: Any, carol_api: Any, tiny_ba
     assert Job.objects.get().status == "queued"
 
 
-def test_models_list_the_catalog_and_own_models_only(api: Any, carol_api: Any, alice_org: Any, catalog: None) -> None:
+def test_models_list_the_catalog_and_own_models_only(
+    api: Any, carol_api: Any, alice_org: Any, catalog: None
+) -> None:
     from apps.registry.models import Model
 
     Model.objects.create(name="ft:minilm-l6:acme::ftjob-1", organization=alice_org, task="classification")

@@ -31,7 +31,10 @@ def test_chat_completion_and_its_usage(api: Any, celery_worker: Any, tiny_chat: 
     job = Job.objects.get()
     assert job.kind == "generation" and job.status == "succeeded"
     units = dict(UsageRecord.objects.values_list("unit", "quantity"))
-    assert units == {"input_tokens": body["usage"]["prompt_tokens"], "output_tokens": body["usage"]["completion_tokens"]}
+    assert units == {
+        "input_tokens": body["usage"]["prompt_tokens"],
+        "output_tokens": body["usage"]["completion_tokens"],
+    }
 
 
 def test_streaming_joins_to_the_same_text(api: Any, celery_worker: Any, tiny_chat: Any) -> None:

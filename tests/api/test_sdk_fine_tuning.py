@@ -8,8 +8,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import wait_for
-from tests.conftest import sentiment_csv
+from tests.conftest import sentiment_csv, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +42,8 @@ def test_the_sdk_fine_tunes_end_to_end(
     assert [j.id for j in listed.data] == [job.id]
 
     done = wait_for(
-        lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j, timeout=120
+        lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
+        timeout=120,
     )
     assert done.status == "succeeded" and done.fine_tuned_model and done.error is None
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))

@@ -18,11 +18,17 @@ from apps.jobs.models import Job, JobKind, JobStatus
 def job(alice_project: Any, django_capture_on_commit_callbacks: Any) -> Job:
     with django_capture_on_commit_callbacks(execute=False):
         return actions.create_job(
-            kind=JobKind.FINE_TUNE, project=alice_project, model_name="tiny-bert", request={}, message="Created."
+            kind=JobKind.FINE_TUNE,
+            project=alice_project,
+            model_name="tiny-bert",
+            request={},
+            message="Created.",
         )
 
 
-def test_a_job_is_published_only_after_commit(alice_project: Any, django_capture_on_commit_callbacks: Any) -> None:
+def test_a_job_is_published_only_after_commit(
+    alice_project: Any, django_capture_on_commit_callbacks: Any
+) -> None:
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         job = actions.create_job(kind=JobKind.FINE_TUNE, project=alice_project, model_name="m", request={})
     assert job.status == JobStatus.QUEUED and job.public_id.startswith("ftjob-")
@@ -38,7 +44,9 @@ def test_claim_is_exclusive(job: Job) -> None:
 
 def test_a_stale_running_job_can_be_claimed_again(job: Job, settings: Any) -> None:
     actions.claim(job.public_id, owner="host-a:1")
-    Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS + 1))
+    Job.objects.filter(pk=job.pk).update(
+        heartbeat_at=timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS + 1)
+    )
     again = actions.claim(job.public_id, owner="host-b:2")
     assert again is not None and again.attempt == 2
 
@@ -65,7 +73,9 @@ def test_finish_bills_once_whatever_the_repeats(job: Job) -> None:
     assert claimed is not None
     assert actions.finish(job.pk, 1, JobStatus.SUCCEEDED, usage={"trained_tokens": 1000}) is not None
     assert actions.finish(job.pk, 1, JobStatus.SUCCEEDED, usage={"trained_tokens": 1000}) is None
-    assert list(UsageRecord.objects.values_list("unit", "quantity", "cost")) == [("trained_tokens", 1000, 2000)]
+    assert list(UsageRecord.objects.values_list("unit", "quantity", "cost")) == [
+        ("trained_tokens", 1000, 2000)
+    ]
 
 
 def test_cancel_a_queued_job_at_once_and_a_running_one_by_request(job: Job, alice_project: Any) -> None:
@@ -78,7 +88,9 @@ def test_cancel_a_queued_job_at_once_and_a_running_one_by_request(job: Job, alic
     assert actions.heartbeat(other.pk, 1) == "cancel"
 
 
-def test_the_reaper_requeues_then_fails_at_the_attempt_cap(job: Job, settings: Any, django_capture_on_commit_callbacks: Any) -> None:
+def test_the_reaper_requeues_then_fails_at_the_attempt_cap(
+    job: Job, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
     stale = timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS + 5)
     for attempt in range(1, settings.JOB_MAX_ATTEMPTS + 1):
         claimed = actions.claim(job.public_id, owner=f"host:{attempt}")
@@ -102,15 +114,21 @@ def test_the_reaper_handles_a_null_heartbeat(job: Job, django_capture_on_commit_
         assert actions.reap()["requeued"] == 1
 
 
-def test_the_reaper_republishes_a_long_queued_job_once(job: Job, settings: Any, django_capture_on_commit_callbacks: Any) -> None:
-    Job.objects.filter(pk=job.pk).update(published_at=timezone.now() - timedelta(seconds=settings.JOB_QUEUED_STALE_SECONDS + 1))
+def test_the_reaper_republishes_a_long_queued_job_once(
+    job: Job, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    Job.objects.filter(pk=job.pk).update(
+        published_at=timezone.now() - timedelta(seconds=settings.JOB_QUEUED_STALE_SECONDS + 1)
+    )
     with django_capture_on_commit_callbacks(execute=False) as published:
         assert actions.reap()["republished"] == 1
         assert actions.reap()["republished"] == 0
     assert len(published) == 1
 
 
-def test_a_cancelled_job_whose_worker_died_ends_cancelled(job: Job, django_capture_on_commit_callbacks: Any) -> None:
+def test_a_cancelled_job_whose_worker_died_ends_cancelled(
+    job: Job, django_capture_on_commit_callbacks: Any
+) -> None:
     actions.claim(job.public_id)
     actions.cancel(job)
     Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
@@ -123,8 +141,15 @@ def test_a_cancelled_job_whose_worker_died_ends_cancelled(job: Job, django_captu
 def test_concurrent_reapers_requeue_each_job_once(alice_project: Any, settings: Any) -> None:
     stale = timezone.now() - timedelta(minutes=10)
     jobs = [
-        Job.objects.create(kind=JobKind.FINE_TUNE, organization=alice_project.organization, project=alice_project,
-                           model_name="m", status=JobStatus.RUNNING, attempt=1, heartbeat_at=stale)  # fmt: skip
+        Job.objects.create(
+            kind=JobKind.FINE_TUNE,
+            organization=alice_project.organization,
+            project=alice_project,
+            model_name="m",
+            status=JobStatus.RUNNING,
+            attempt=1,
+            heartbeat_at=stale,
+        )  # fmt: skip
         for _ in range(30)
     ]
     results: list[dict[str, int]] = []
@@ -134,6 +159,7 @@ def test_concurrent_reapers_requeue_each_job_once(alice_project: Any, settings: 
     original = module.publish
     module.publish = lambda job: published.append(job.public_id) or True  # type: ignore[assignment]
     try:
+
         def reap_once() -> None:
             from django.db import connection
 

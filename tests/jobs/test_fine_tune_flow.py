@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 from apps.jobs.models import Job
-from tests.conftest import wait_for
-from tests.conftest import sentiment_csv
+from tests.conftest import sentiment_csv, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,7 @@ import pytest
 
 from apps.jobs import actions
 from apps.jobs.models import Job, JobStatus
-from tests.conftest import Worker, wait_for
-from tests.conftest import sentiment_csv
+from tests.conftest import Worker, sentiment_csv, wait_for
 from tests.jobs.test_fine_tune_flow import upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -61,7 +60,9 @@ def test_cancel_stops_a_running_job_within_seconds(api: Any, celery_worker: Work
     assert again.json()["error"]["message"] == f"Job {job_id} has already cancelled; it cannot be cancelled."
 
 
-def test_a_killed_child_is_redelivered_and_the_job_resumes(api: Any, celery_worker: Worker, tiny_base: Any) -> None:
+def test_a_killed_child_is_redelivered_and_the_job_resumes(
+    api: Any, celery_worker: Worker, tiny_base: Any
+) -> None:
     job_id = start_job(api)
     wait_for(lambda: job_row(job_id).checkpoints.exists(), timeout=60, message="no checkpoint")
     children = celery_worker.child_pids()
@@ -76,7 +77,9 @@ def test_a_killed_child_is_redelivered_and_the_job_resumes(api: Any, celery_work
     assert job.usage.count() == 1
 
 
-def test_a_killed_worker_node_is_reaped_and_a_new_worker_finishes(api: Any, celery_worker: Worker, tiny_base: Any) -> None:
+def test_a_killed_worker_node_is_reaped_and_a_new_worker_finishes(
+    api: Any, celery_worker: Worker, tiny_base: Any
+) -> None:
     job_id = start_job(api)
     wait_for(lambda: job_row(job_id).checkpoints.exists(), timeout=60, message="no checkpoint")
     # kill the main process and its children together: no redelivery until the visibility timeout

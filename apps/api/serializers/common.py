@@ -24,11 +24,13 @@ class DeletedSerializer(serializers.Serializer):
 
 
 def list_of(
-    item: type[serializers.Serializer], name: str, first_last: bool = False
+    item: type[serializers.Serializer] | serializers.Serializer, name: str, first_last: bool = False
 ) -> serializers.Serializer:
+    # `inline_serializer` gives an instance; its class is what a list needs.
+    item_class = item if isinstance(item, type) else type(item)
     fields: dict[str, serializers.Field] = {
         "object": serializers.CharField(default="list"),
-        "data": item(many=True),
+        "data": item_class(many=True),
         "has_more": serializers.BooleanField(),
     }
     if first_last:

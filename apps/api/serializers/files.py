@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 
 from apps.projects.models import File
@@ -14,16 +15,21 @@ class IssueSerializer(serializers.Serializer):
     hint = serializers.CharField()
 
 
-class ValidationReportSerializer(serializers.Serializer):
-    valid = serializers.BooleanField()
-    format = serializers.CharField(allow_null=True)
-    rows = serializers.IntegerField()
-    errors = IssueSerializer(many=True)
-    error_count = serializers.IntegerField()
-    warnings = IssueSerializer(many=True)
-    warning_count = serializers.IntegerField()
-    stats = serializers.DictField()
-    summary = serializers.CharField()
+# Declared inline: a field named `errors` would shadow Serializer.errors.
+ValidationReportSerializer = inline_serializer(
+    "ValidationReport",
+    {
+        "valid": serializers.BooleanField(),
+        "format": serializers.CharField(allow_null=True),
+        "rows": serializers.IntegerField(),
+        "errors": IssueSerializer(many=True),
+        "error_count": serializers.IntegerField(),
+        "warnings": IssueSerializer(many=True),
+        "warning_count": serializers.IntegerField(),
+        "stats": serializers.DictField(),
+        "summary": serializers.CharField(),
+    },
+)
 
 
 class FileObjectSerializer(serializers.Serializer):
@@ -36,7 +42,7 @@ class FileObjectSerializer(serializers.Serializer):
     purpose = serializers.CharField()
     status = serializers.ChoiceField(choices=["uploaded", "processed", "error"])
     status_details = serializers.CharField(allow_null=True)
-    validation = ValidationReportSerializer(allow_null=True, help_text="The validation report (extension).")
+    validation = serializers.DictField(allow_null=True, help_text="The validation report (extension).")
 
 
 class FileUploadSerializer(serializers.Serializer):

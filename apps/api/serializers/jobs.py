@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 
 from apps.jobs.actions import queue_position
@@ -160,14 +161,19 @@ class EstimateSerializer(serializers.Serializer):
     allowed_to_proceed = serializers.BooleanField()
 
 
-class JobEventSerializer(serializers.Serializer):
-    id = serializers.CharField()
-    object = serializers.CharField()
-    created_at = serializers.IntegerField()
-    level = serializers.CharField()
-    message = serializers.CharField()
-    type = serializers.CharField()
-    data = serializers.DictField(allow_null=True)
+# Inline: a field named `data` would shadow Serializer.data.
+JobEventSerializer = inline_serializer(
+    "FineTuningJobEvent",
+    {
+        "id": serializers.CharField(),
+        "object": serializers.CharField(),
+        "created_at": serializers.IntegerField(),
+        "level": serializers.CharField(),
+        "message": serializers.CharField(),
+        "type": serializers.CharField(),
+        "data": serializers.DictField(allow_null=True),
+    },
+)
 
 
 class CheckpointSerializer(serializers.Serializer):

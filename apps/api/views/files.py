@@ -30,9 +30,10 @@ from apps.projects.uploads import UploadTooLarge
 def upload_fingerprint(view: Any, request: Request) -> str:
     """Hash of the form fields and the file's bytes, read from the spooled upload in chunks."""
     digest = hashlib.sha256(f"{request.method} {request.path}".encode())
-    for key in sorted(request.data.keys()):
+    data: Any = request.data
+    for key in sorted(data.keys()):
         if key != "file":
-            digest.update(f"\n{key}={request.data.get(key)}".encode())
+            digest.update(f"\n{key}={data.get(key)}".encode())
     upload = request.FILES.get("file")
     if upload is not None:
         digest.update(f"\nfile={upload.name}:{upload.size}\n".encode())
@@ -84,13 +85,14 @@ class FileListView(ProjectAPIView):
             upload = request.FILES.get("file")
         except UploadTooLarge as exc:
             raise APIError(str(exc), status=413, code="file_too_large", param="file") from None
+        data: Any = request.data
         file = actions.upload_file(
             self.project,
             upload,
-            request.data.get("purpose"),
+            data.get("purpose"),
             user=self.api_key.created_by,
             api_key=self.api_key,
-            column_mapping=request.data.get("column_mapping"),
+            column_mapping=data.get("column_mapping"),
         )
         return Response(file_object(file))
 

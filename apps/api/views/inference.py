@@ -25,7 +25,9 @@ from apps.billing import ratelimit
 from apps.jobs import actions, inference, relay
 from apps.jobs.models import Job
 
-TIMEOUT_MESSAGE = "The model did not answer within {seconds:g} seconds. The request was cancelled; retry later."
+TIMEOUT_MESSAGE = (
+    "The model did not answer within {seconds:g} seconds. The request was cancelled; retry later."
+)
 
 
 def response_id(job: Job, prefix: str) -> str:
@@ -101,8 +103,12 @@ def completion_body(job: Job) -> dict[str, Any]:
         "model": job.model_name,
         "system_fingerprint": "fp_modelworks",
         "choices": [
-            {"index": c["index"], "text": c["text"], "finish_reason": c["finish_reason"],
-             "logprobs": _completion_logprobs(c)}
+            {
+                "index": c["index"],
+                "text": c["text"],
+                "finish_reason": c["finish_reason"],
+                "logprobs": _completion_logprobs(c),
+            }
             for c in result.get("choices", [])
         ],  # fmt: skip
         "usage": _usage(result),
@@ -143,7 +149,9 @@ class InferenceView(ProjectAPIView):
                 headers={**headers, "retry-after": str(max(1, int(limit.reset_seconds)))},
             )  # fmt: skip
         model, parsed = self.parse(request.data)
-        job = inference.submit(self.project, model, parsed, api_key=self.api_key, user=self.api_key.created_by)
+        job = inference.submit(
+            self.project, model, parsed, api_key=self.api_key, user=self.api_key.created_by
+        )
         if parsed.get("stream"):
             response: Any = StreamingHttpResponse(self.stream(job, parsed), content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
@@ -239,7 +247,9 @@ class Chunker:
 
     def delta(self, index: int, text: str) -> dict[str, Any]:
         if self.chat:
-            return self._chunk([{"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None}])
+            return self._chunk(
+                [{"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None}]
+            )
         return self._chunk([{"index": index, "text": text, "logprobs": None, "finish_reason": None}])
 
     def final(self, result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -251,9 +261,19 @@ class Chunker:
         for position, choice in enumerate(choices):
             last = position == len(choices) - 1
             if self.chat:
-                body = {"index": choice["index"], "delta": {}, "logprobs": None, "finish_reason": choice["finish_reason"]}
+                body = {
+                    "index": choice["index"],
+                    "delta": {},
+                    "logprobs": None,
+                    "finish_reason": choice["finish_reason"],
+                }
             else:
-                body = {"index": choice["index"], "text": "", "logprobs": None, "finish_reason": choice["finish_reason"]}
+                body = {
+                    "index": choice["index"],
+                    "text": "",
+                    "logprobs": None,
+                    "finish_reason": choice["finish_reason"],
+                }
             chunks.append(self._chunk([body], usage if last else None))
         if self.include_usage:
             chunks.append(self._chunk([], usage))
@@ -261,7 +281,9 @@ class Chunker:
 
 
 GENERIC_REQUEST = inline_serializer("OpenAIRequest", {"model": serializers.CharField()})
-GENERIC_RESPONSE = inline_serializer("OpenAIResponse", {"id": serializers.CharField(), "object": serializers.CharField()})
+GENERIC_RESPONSE = inline_serializer(
+    "OpenAIResponse", {"id": serializers.CharField(), "object": serializers.CharField()}
+)
 
 
 class ChatCompletionsView(InferenceView):
@@ -276,8 +298,11 @@ class ChatCompletionsView(InferenceView):
     @extend_schema(
         operation_id="createChatCompletion",
         request=GENERIC_REQUEST,
-        responses={200: GENERIC_RESPONSE, 504: OpenApiResponse(description="The model did not answer in time"),
-                   **ERRORS},  # fmt: skip
+        responses={
+            200: GENERIC_RESPONSE,
+            504: OpenApiResponse(description="The model did not answer in time"),
+            **ERRORS,
+        },  # fmt: skip
         description="OpenAI's chat completions, on local models or proxied `openai:*` models. "
         "With `stream: true` the answer is server-sent events ending in `data: [DONE]`.",
     )
@@ -319,5 +344,3 @@ class ClassificationsView(InferenceView):
     )  # fmt: skip
     def post(self, request: Request) -> Response | StreamingHttpResponse:
         return super().post(request)
-
-

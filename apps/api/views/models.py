@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -31,9 +31,9 @@ class ModelObjectSerializer(serializers.Serializer):
     metrics = serializers.DictField(help_text="Extension: validation metrics of a fine-tuned model.")
 
 
-class ModelListSerializer(serializers.Serializer):
-    object = serializers.CharField()
-    data = ModelObjectSerializer(many=True)
+ModelListSerializer = inline_serializer(
+    "ModelList", {"object": serializers.CharField(), "data": ModelObjectSerializer(many=True)}
+)
 
 
 def model_object(model: Model) -> dict[str, Any]:

@@ -5,34 +5,81 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('accounts', '0002_initial'),
-        ('jobs', '0001_initial'),
-        ('projects', '0001_initial'),
+        ("accounts", "0002_initial"),
+        ("jobs", "0001_initial"),
+        ("projects", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='UsageRecord',
+            name="UsageRecord",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('model_name', models.CharField(max_length=200)),
-                ('unit', models.CharField(choices=[('input_tokens', 'Input tokens'), ('output_tokens', 'Output tokens'), ('trained_tokens', 'Trained tokens'), ('classified_texts', 'Classified texts')], max_length=20)),
-                ('quantity', models.BigIntegerField()),
-                ('cost', models.BigIntegerField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('api_key', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='usage', to='accounts.apikey')),
-                ('job', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='usage', to='jobs.job')),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='usage', to='accounts.organization')),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='usage', to='projects.project')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("model_name", models.CharField(max_length=200)),
+                (
+                    "unit",
+                    models.CharField(
+                        choices=[
+                            ("input_tokens", "Input tokens"),
+                            ("output_tokens", "Output tokens"),
+                            ("trained_tokens", "Trained tokens"),
+                            ("classified_texts", "Classified texts"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("quantity", models.BigIntegerField()),
+                ("cost", models.BigIntegerField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "api_key",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="usage",
+                        to="accounts.apikey",
+                    ),
+                ),
+                (
+                    "job",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="usage", to="jobs.job"
+                    ),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="usage",
+                        to="accounts.organization",
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="usage",
+                        to="projects.project",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-id'],
-                'indexes': [models.Index(fields=['organization', 'created_at'], name='billing_usa_organiz_56fd89_idx')],
-                'constraints': [models.UniqueConstraint(fields=('job', 'unit'), name='unique_usage_per_job_unit')],
+                "ordering": ["-id"],
+                "indexes": [
+                    models.Index(fields=["organization", "created_at"], name="billing_usa_organiz_56fd89_idx")
+                ],
+                "constraints": [
+                    models.UniqueConstraint(fields=("job", "unit"), name="unique_usage_per_job_unit")
+                ],
             },
         ),
     ]

@@ -7,107 +7,235 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('accounts', '0002_initial'),
-        ('projects', '0001_initial'),
-        ('registry', '0001_initial'),
+        ("accounts", "0002_initial"),
+        ("projects", "0001_initial"),
+        ("registry", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Job',
+            name="Job",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', models.CharField(editable=False, max_length=48, unique=True)),
-                ('kind', models.CharField(choices=[('fine_tune', 'Fine-tune'), ('generation', 'Generation'), ('classification', 'Classification'), ('batch', 'Batch')], max_length=20)),
-                ('status', models.CharField(choices=[('validating_files', 'Validating files'), ('queued', 'Queued'), ('running', 'Running'), ('paused', 'Paused'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], default='queued', max_length=20)),
-                ('status_reason', models.CharField(blank=True, default='', max_length=40)),
-                ('model_name', models.CharField(max_length=200)),
-                ('request', models.JSONField(default=dict)),
-                ('result', models.JSONField(blank=True, null=True)),
-                ('progress', models.JSONField(blank=True, default=dict)),
-                ('error', models.JSONField(blank=True, null=True)),
-                ('metadata', models.JSONField(blank=True, null=True)),
-                ('hyperparameters', models.JSONField(blank=True, default=dict)),
-                ('seed', models.IntegerField(blank=True, null=True)),
-                ('result_files', models.JSONField(blank=True, default=list)),
-                ('trained_tokens', models.BigIntegerField(blank=True, null=True)),
-                ('estimated_cost', models.BigIntegerField(blank=True, null=True)),
-                ('max_cost', models.BigIntegerField(blank=True, null=True)),
-                ('attempt', models.PositiveIntegerField(default=0)),
-                ('max_attempts', models.PositiveIntegerField(default=3)),
-                ('lease_owner', models.CharField(blank=True, default='', max_length=200)),
-                ('heartbeat_at', models.DateTimeField(blank=True, null=True)),
-                ('stop_requested', models.CharField(blank=True, default='', max_length=16)),
-                ('checkpoint_ref', models.CharField(blank=True, default='', max_length=300)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('queued_at', models.DateTimeField(blank=True, null=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('api_key', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='accounts.apikey')),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('fine_tuned_model', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='registry.model')),
-                ('model', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='jobs', to='registry.model')),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='jobs', to='accounts.organization')),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='jobs', to='projects.project')),
-                ('training_file', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='projects.file')),
-                ('validation_file', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='projects.file')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("public_id", models.CharField(editable=False, max_length=48, unique=True)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("fine_tune", "Fine-tune"),
+                            ("generation", "Generation"),
+                            ("classification", "Classification"),
+                            ("batch", "Batch"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("validating_files", "Validating files"),
+                            ("queued", "Queued"),
+                            ("running", "Running"),
+                            ("paused", "Paused"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="queued",
+                        max_length=20,
+                    ),
+                ),
+                ("status_reason", models.CharField(blank=True, default="", max_length=40)),
+                ("model_name", models.CharField(max_length=200)),
+                ("request", models.JSONField(default=dict)),
+                ("result", models.JSONField(blank=True, null=True)),
+                ("progress", models.JSONField(blank=True, default=dict)),
+                ("error", models.JSONField(blank=True, null=True)),
+                ("metadata", models.JSONField(blank=True, null=True)),
+                ("hyperparameters", models.JSONField(blank=True, default=dict)),
+                ("seed", models.IntegerField(blank=True, null=True)),
+                ("result_files", models.JSONField(blank=True, default=list)),
+                ("trained_tokens", models.BigIntegerField(blank=True, null=True)),
+                ("estimated_cost", models.BigIntegerField(blank=True, null=True)),
+                ("max_cost", models.BigIntegerField(blank=True, null=True)),
+                ("attempt", models.PositiveIntegerField(default=0)),
+                ("max_attempts", models.PositiveIntegerField(default=3)),
+                ("lease_owner", models.CharField(blank=True, default="", max_length=200)),
+                ("heartbeat_at", models.DateTimeField(blank=True, null=True)),
+                ("stop_requested", models.CharField(blank=True, default="", max_length=16)),
+                ("checkpoint_ref", models.CharField(blank=True, default="", max_length=300)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("queued_at", models.DateTimeField(blank=True, null=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "api_key",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="accounts.apikey",
+                    ),
+                ),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "fine_tuned_model",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="registry.model",
+                    ),
+                ),
+                (
+                    "model",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="jobs",
+                        to="registry.model",
+                    ),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="jobs",
+                        to="accounts.organization",
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="jobs",
+                        to="projects.project",
+                    ),
+                ),
+                (
+                    "training_file",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="projects.file",
+                    ),
+                ),
+                (
+                    "validation_file",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="projects.file",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-id'],
+                "ordering": ["-id"],
             },
         ),
         migrations.CreateModel(
-            name='Checkpoint',
+            name="Checkpoint",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', models.CharField(default=apps.jobs.models.new_checkpoint_id, editable=False, max_length=48, unique=True)),
-                ('step', models.PositiveIntegerField()),
-                ('epoch', models.PositiveIntegerField(default=0)),
-                ('metrics', models.JSONField(blank=True, default=dict)),
-                ('artifact_key', models.CharField(max_length=300)),
-                ('fine_tuned_model_checkpoint', models.CharField(blank=True, default='', max_length=250)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('job', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='checkpoints', to='jobs.job')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "public_id",
+                    models.CharField(
+                        default=apps.jobs.models.new_checkpoint_id, editable=False, max_length=48, unique=True
+                    ),
+                ),
+                ("step", models.PositiveIntegerField()),
+                ("epoch", models.PositiveIntegerField(default=0)),
+                ("metrics", models.JSONField(blank=True, default=dict)),
+                ("artifact_key", models.CharField(max_length=300)),
+                ("fine_tuned_model_checkpoint", models.CharField(blank=True, default="", max_length=250)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "job",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="checkpoints", to="jobs.job"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-step', '-id'],
+                "ordering": ["-step", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='JobEvent',
+            name="JobEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', models.CharField(default=apps.jobs.models.new_event_id, editable=False, max_length=48, unique=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('level', models.CharField(default='info', max_length=8)),
-                ('type', models.CharField(default='message', max_length=10)),
-                ('message', models.TextField()),
-                ('data', models.JSONField(blank=True, null=True)),
-                ('job', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='jobs.job')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "public_id",
+                    models.CharField(
+                        default=apps.jobs.models.new_event_id, editable=False, max_length=48, unique=True
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("level", models.CharField(default="info", max_length=8)),
+                ("type", models.CharField(default="message", max_length=10)),
+                ("message", models.TextField()),
+                ("data", models.JSONField(blank=True, null=True)),
+                (
+                    "job",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="events", to="jobs.job"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-id'],
+                "ordering": ["-id"],
             },
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(fields=['project', 'kind', '-id'], name='jobs_job_project_b4a252_idx'),
+            model_name="job",
+            index=models.Index(fields=["project", "kind", "-id"], name="jobs_job_project_b4a252_idx"),
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(fields=['status', 'heartbeat_at'], name='jobs_job_status_84c7a0_idx'),
+            model_name="job",
+            index=models.Index(fields=["status", "heartbeat_at"], name="jobs_job_status_84c7a0_idx"),
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(fields=['status', 'queued_at'], name='jobs_job_status_42b434_idx'),
+            model_name="job",
+            index=models.Index(fields=["status", "queued_at"], name="jobs_job_status_42b434_idx"),
         ),
         migrations.AddConstraint(
-            model_name='checkpoint',
-            constraint=models.UniqueConstraint(fields=('job', 'step'), name='unique_checkpoint_step'),
+            model_name="checkpoint",
+            constraint=models.UniqueConstraint(fields=("job", "step"), name="unique_checkpoint_step"),
         ),
     ]

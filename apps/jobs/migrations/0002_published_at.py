@@ -5,23 +5,22 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0002_initial'),
-        ('jobs', '0001_initial'),
-        ('projects', '0001_initial'),
-        ('registry', '0002_catalog'),
+        ("accounts", "0002_initial"),
+        ("jobs", "0001_initial"),
+        ("projects", "0001_initial"),
+        ("registry", "0002_catalog"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='job',
-            name='published_at',
+            model_name="job",
+            name="published_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(fields=['status', 'published_at'], name='jobs_job_status_d968cf_idx'),
+            model_name="job",
+            index=models.Index(fields=["status", "published_at"], name="jobs_job_status_d968cf_idx"),
         ),
     ]

@@ -7,52 +7,138 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('accounts', '0001_initial'),
+        ("accounts", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Project',
+            name="Project",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', models.CharField(default=apps.projects.models.new_project_id, editable=False, max_length=40, unique=True)),
-                ('name', models.CharField(max_length=100)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='projects', to='accounts.organization')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "public_id",
+                    models.CharField(
+                        default=apps.projects.models.new_project_id,
+                        editable=False,
+                        max_length=40,
+                        unique=True,
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="projects",
+                        to="accounts.organization",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name', 'id'],
+                "ordering": ["name", "id"],
             },
         ),
         migrations.CreateModel(
-            name='File',
+            name="File",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', models.CharField(default=apps.projects.models.new_file_id, editable=False, max_length=40, unique=True)),
-                ('filename', models.CharField(max_length=255)),
-                ('purpose', models.CharField(choices=[('fine-tune', 'Fine-tune'), ('batch', 'Batch input'), ('fine-tune-results', 'Fine-tune results'), ('batch_output', 'Batch output')], max_length=32)),
-                ('bytes', models.BigIntegerField(default=0)),
-                ('content', models.FileField(max_length=255, upload_to=apps.projects.models.file_storage_key)),
-                ('status', models.CharField(choices=[('uploaded', 'Uploaded'), ('processed', 'Processed'), ('error', 'Error')], default='uploaded', max_length=16)),
-                ('status_details', models.CharField(blank=True, default='', max_length=500)),
-                ('format', models.CharField(blank=True, default='', max_length=40)),
-                ('validation', models.JSONField(blank=True, null=True)),
-                ('column_mapping', models.JSONField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('expires_at', models.DateTimeField(blank=True, null=True)),
-                ('api_key', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='accounts.apikey')),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='files', to='projects.project')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "public_id",
+                    models.CharField(
+                        default=apps.projects.models.new_file_id, editable=False, max_length=40, unique=True
+                    ),
+                ),
+                ("filename", models.CharField(max_length=255)),
+                (
+                    "purpose",
+                    models.CharField(
+                        choices=[
+                            ("fine-tune", "Fine-tune"),
+                            ("batch", "Batch input"),
+                            ("fine-tune-results", "Fine-tune results"),
+                            ("batch_output", "Batch output"),
+                        ],
+                        max_length=32,
+                    ),
+                ),
+                ("bytes", models.BigIntegerField(default=0)),
+                (
+                    "content",
+                    models.FileField(max_length=255, upload_to=apps.projects.models.file_storage_key),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("uploaded", "Uploaded"), ("processed", "Processed"), ("error", "Error")],
+                        default="uploaded",
+                        max_length=16,
+                    ),
+                ),
+                ("status_details", models.CharField(blank=True, default="", max_length=500)),
+                ("format", models.CharField(blank=True, default="", max_length=40)),
+                ("validation", models.JSONField(blank=True, null=True)),
+                ("column_mapping", models.JSONField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("expires_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "api_key",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="accounts.apikey",
+                    ),
+                ),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="files",
+                        to="projects.project",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-id'],
-                'indexes': [models.Index(fields=['project', 'purpose', '-id'], name='projects_fi_project_ec1c04_idx')],
+                "ordering": ["-id"],
+                "indexes": [
+                    models.Index(fields=["project", "purpose", "-id"], name="projects_fi_project_ec1c04_idx")
+                ],
             },
         ),
     ]

@@ -5,36 +5,80 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('accounts', '0001_initial'),
-        ('projects', '0001_initial'),
+        ("accounts", "0001_initial"),
+        ("projects", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Model',
+            name="Model",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200, unique=True)),
-                ('task', models.CharField(choices=[('classification', 'Classification'), ('generation', 'Generation')], max_length=20)),
-                ('provider', models.CharField(choices=[('local', 'Local (our workers)'), ('openai', 'OpenAI (proxied)')], default='local', max_length=10)),
-                ('description', models.CharField(blank=True, default='', max_length=300)),
-                ('artifact_key', models.CharField(blank=True, default='', max_length=300)),
-                ('labels', models.JSONField(blank=True, default=list)),
-                ('metrics', models.JSONField(blank=True, default=dict)),
-                ('context_length', models.PositiveIntegerField(default=512)),
-                ('limits', models.JSONField(blank=True, default=dict)),
-                ('is_fine_tunable', models.BooleanField(default=False)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('base', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='registry.model')),
-                ('organization', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='models', to='accounts.organization')),
-                ('project', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='models', to='projects.project')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200, unique=True)),
+                (
+                    "task",
+                    models.CharField(
+                        choices=[("classification", "Classification"), ("generation", "Generation")],
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "provider",
+                    models.CharField(
+                        choices=[("local", "Local (our workers)"), ("openai", "OpenAI (proxied)")],
+                        default="local",
+                        max_length=10,
+                    ),
+                ),
+                ("description", models.CharField(blank=True, default="", max_length=300)),
+                ("artifact_key", models.CharField(blank=True, default="", max_length=300)),
+                ("labels", models.JSONField(blank=True, default=list)),
+                ("metrics", models.JSONField(blank=True, default=dict)),
+                ("context_length", models.PositiveIntegerField(default=512)),
+                ("limits", models.JSONField(blank=True, default=dict)),
+                ("is_fine_tunable", models.BooleanField(default=False)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "base",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="registry.model",
+                    ),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="models",
+                        to="accounts.organization",
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="models",
+                        to="projects.project",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['organization_id', 'name'],
+                "ordering": ["organization_id", "name"],
             },
         ),
     ]
