@@ -24,7 +24,7 @@ app.conf.task_default_queue = "default"
 app.conf.task_routes = {
     "jobs.run_fine_tune": {"queue": "gpu"},
     "jobs.run_inference": {"queue": "gpu"},
-    "jobs.run_batch": {"queue": "default"},
+    "jobs.run_batch": {"queue": "gpu"},
     "jobs.run_proxy": {"queue": "default"},
     "jobs.*": {"queue": "default"},
     "files.*": {"queue": "default"},

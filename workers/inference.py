@@ -49,24 +49,27 @@ def _fail(job: Job, status: int, code: str, message: str, param: str | None) -> 
     )
 
 
-def _classify(job: Job, loaded: Any) -> None:
+def classification_result(loaded: Any, request: dict[str, Any]) -> dict[str, Any]:
     from workers.runtime.classify import classify
     from workers.runtime.specs import ClassifyRequest
 
-    texts = tuple(job.request["texts"])
-    try:
-        result = classify(loaded, ClassifyRequest(texts=texts, top_k=job.request.get("top_k")))
-    except ValueError as exc:
-        _fail(job, 400, "invalid_request", str(exc), "input")
-        return
-    body = {
+    result = classify(loaded, ClassifyRequest(texts=tuple(request["texts"]), top_k=request.get("top_k")))
+    return {
         "data": [
             {"index": i, "labels": [{"label": s.label, "score": round(s.score, 6)} for s in labels]}
             for i, labels in enumerate(result.results)
         ],
         "usage": {"prompt_tokens": result.input_tokens, "total_tokens": result.input_tokens},
     }
-    usage = {"classified_texts": len(texts), "input_tokens": result.input_tokens}
+
+
+def _classify(job: Job, loaded: Any) -> None:
+    try:
+        body = classification_result(loaded, job.request)
+    except ValueError as exc:
+        _fail(job, 400, "invalid_request", str(exc), "input")
+        return
+    usage = {"classified_texts": len(job.request["texts"]), "input_tokens": body["usage"]["prompt_tokens"]}
     actions.finish(job.pk, job.attempt, JobStatus.SUCCEEDED, result=body, usage=usage, message="Classified.")
     relay.push(job.public_id, {"type": "done"})
 
@@ -127,9 +130,13 @@ def _generate(jobs: list[Job], loaded: Any) -> None:
 
 
 def _requests(job: Job) -> list[Any]:
+    return generate_requests(job.request)
+
+
+def generate_requests(r: dict[str, Any]) -> list[Any]:
+    """A parsed chat or completion request → one GenerateRequest per prompt."""
     from workers.runtime.specs import GenerateRequest
 
-    r = job.request
     common = {
         "max_tokens": r["max_tokens"], "temperature": r["temperature"], "top_p": r["top_p"], "n": r["n"],
         "stop": tuple(r["stop"]), "seed": r["seed"], "presence_penalty": r["presence_penalty"],
@@ -141,6 +148,14 @@ def _requests(job: Job) -> list[Any]:
 
 
 def _finish_generation(job: Job, results: list[Any]) -> None:
+    body = generation_result(results)
+    usage = {"input_tokens": body["usage"]["prompt_tokens"], "output_tokens": body["usage"]["completion_tokens"]}
+    actions.finish(job.pk, job.attempt, JobStatus.SUCCEEDED, result=body, usage=usage, message="Generated.")
+    relay.push(job.public_id, {"type": "done"})
+
+
+def generation_result(results: list[Any]) -> dict[str, Any]:
+    """The runtime's results for one request's prompts → the result dict stored on the job."""
     choices = []
     for prompt_index, result in enumerate(results):
         for choice in result.choices:
@@ -164,13 +179,7 @@ def _finish_generation(job: Job, results: list[Any]) -> None:
             )
     prompt_tokens = sum(r.prompt_tokens for r in results)
     completion_tokens = sum(r.completion_tokens for r in results)
-    body = {
-        "choices": choices,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
-    }
-    usage = {"input_tokens": prompt_tokens, "output_tokens": completion_tokens}
-    actions.finish(job.pk, job.attempt, JobStatus.SUCCEEDED, result=body, usage=usage, message="Generated.")
-    relay.push(job.public_id, {"type": "done"})
+    return {"choices": choices, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}}
 
 
 def run_proxy(job: Job) -> None:

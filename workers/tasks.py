@@ -78,3 +78,16 @@ def run_proxy(job_id: str, attempt: int | None = None) -> None:
     from workers.inference import run_proxy as run
 
     run_claimed(job_id, run)
+
+
+@app.task(
+    name="jobs.run_batch",
+    queue="gpu",
+    soft_time_limit=settings.GPU_TASK_SOFT_TIME_LIMIT,
+    time_limit=settings.GPU_TASK_TIME_LIMIT,
+)
+def run_batch(job_id: str, attempt: int | None = None) -> None:
+    from workers.attempt import run_claimed
+    from workers.batch import run_batch as run
+
+    run_claimed(job_id, run)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.api.views import files, fine_tuning, inference, models
+from apps.api.views import batches, files, fine_tuning, inference, models
 
 app_name = "api"
 
@@ -39,6 +39,9 @@ urlpatterns = [
     path("chat/completions", inference.ChatCompletionsView.as_view(), name="chat_completions"),
     path("completions", inference.CompletionsView.as_view(), name="completions"),
     path("classifications", inference.ClassificationsView.as_view(), name="classifications"),
+    path("batches", batches.BatchListView.as_view(), name="batches"),
+    path("batches/<str:batch_id>", batches.BatchDetailView.as_view(), name="batch"),
+    path("batches/<str:batch_id>/cancel", batches.BatchCancelView.as_view(), name="batch_cancel"),
     path("models", models.ModelListView.as_view(), name="models"),
     path("models/<path:model>", models.ModelDetailView.as_view(), name="model"),
 ]

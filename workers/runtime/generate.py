@@ -179,18 +179,21 @@ class _Picked:
 
 
 def _draw(adjusted: torch.Tensor, rows: Sequence[_Row]) -> list[int]:
-    temperature = torch.tensor([max(r.request.temperature, 1e-6) for r in rows], device=adjusted.device)
-    top_p = torch.tensor([r.request.top_p for r in rows], device=adjusted.device)
-    probs = torch.softmax(adjusted / temperature[:, None], dim=-1)
-    if any(r.request.top_p < 1 for r in rows):
-        probs = nucleus_filter(probs, top_p)
-    greedy = adjusted.argmax(dim=-1).tolist()
-    picked = []
-    for i, row in enumerate(rows):
-        if row.request.temperature == 0:
-            picked.append(greedy[i])
-        else:
-            picked.append(int(torch.multinomial(probs[i], 1, generator=row.generator).item()))
+    picked = adjusted.argmax(dim=-1).tolist()  # greedy rows are done here
+    sampled = [i for i, row in enumerate(rows) if row.request.temperature > 0]
+    if not sampled:
+        return picked
+    index = torch.tensor(sampled, device=adjusted.device)
+    temperature = torch.tensor([rows[i].request.temperature for i in sampled], device=adjusted.device)
+    probs = torch.softmax(adjusted[index] / temperature[:, None], dim=-1)
+    if any(rows[i].request.top_p < 1 for i in sampled):
+        probs = nucleus_filter(
+            probs, torch.tensor([rows[i].request.top_p for i in sampled], device=probs.device)
+        )
+    for k, i in enumerate(sampled):
+        # One draw per row from the row's own generator: what makes a seed reproducible
+        # whatever else shares the batch.
+        picked[i] = int(torch.multinomial(probs[k], 1, generator=rows[i].generator).item())
     return picked
 
 

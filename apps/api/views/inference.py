@@ -24,107 +24,11 @@ from apps.api.serializers.common import ERRORS
 from apps.billing import ratelimit
 from apps.jobs import actions, inference, relay
 from apps.jobs.models import Job
+from apps.jobs.responses import job_response, response_id, usage_body
 
 TIMEOUT_MESSAGE = (
     "The model did not answer within {seconds:g} seconds. The request was cancelled; retry later."
 )
-
-
-def response_id(job: Job, prefix: str) -> str:
-    return prefix + job.public_id.split("-", 1)[1]
-
-
-def _usage(result: dict[str, Any]) -> dict[str, Any]:
-    usage = result.get("usage") or {}
-    prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0},
-    }
-
-
-def _chat_logprobs(choice: dict[str, Any]) -> dict[str, Any] | None:
-    if choice.get("logprobs") is None:
-        return None
-    return {"content": [{**t, "top_logprobs": [{**alt, "bytes": None} for alt in t["top_logprobs"]]}
-                        for t in choice["logprobs"]], "refusal": None}  # fmt: skip
-
-
-def _completion_logprobs(choice: dict[str, Any]) -> dict[str, Any] | None:
-    tokens = choice.get("logprobs")
-    if tokens is None:
-        return None
-    offsets, position = [], 0
-    for token in tokens:
-        offsets.append(position)
-        position += len(token["token"])
-    return {
-        "tokens": [t["token"] for t in tokens],
-        "token_logprobs": [t["logprob"] for t in tokens],
-        "top_logprobs": [{alt["token"]: alt["logprob"] for alt in t["top_logprobs"]} for t in tokens],
-        "text_offset": offsets,
-    }
-
-
-def chat_body(job: Job) -> dict[str, Any]:
-    result = job.result or {}
-    if "proxied" in result:
-        return {**result["proxied"], "model": job.model_name}
-    return {
-        "id": response_id(job, "chatcmpl-"),
-        "object": "chat.completion",
-        "created": int(job.created_at.timestamp()),
-        "model": job.model_name,
-        "system_fingerprint": "fp_modelworks",
-        "choices": [
-            {
-                "index": c["index"],
-                "message": {"role": "assistant", "content": c["text"], "refusal": None},
-                "logprobs": _chat_logprobs(c),
-                "finish_reason": c["finish_reason"],
-            }
-            for c in result.get("choices", [])
-        ],
-        "usage": _usage(result),
-    }
-
-
-def completion_body(job: Job) -> dict[str, Any]:
-    result = job.result or {}
-    if "proxied" in result:
-        return {**result["proxied"], "model": job.model_name}
-    return {
-        "id": response_id(job, "cmpl-"),
-        "object": "text_completion",
-        "created": int(job.created_at.timestamp()),
-        "model": job.model_name,
-        "system_fingerprint": "fp_modelworks",
-        "choices": [
-            {
-                "index": c["index"],
-                "text": c["text"],
-                "finish_reason": c["finish_reason"],
-                "logprobs": _completion_logprobs(c),
-            }
-            for c in result.get("choices", [])
-        ],  # fmt: skip
-        "usage": _usage(result),
-    }
-
-
-def classification_body(job: Job) -> dict[str, Any]:
-    result = job.result or {}
-    return {
-        "id": response_id(job, "clf-"),
-        "object": "classification",
-        "created": int(job.created_at.timestamp()),
-        "model": job.model_name,
-        "data": result.get("data", []),
-        "usage": result.get("usage", {}),
-    }
 
 
 class InferenceView(ProjectAPIView):
@@ -136,7 +40,7 @@ class InferenceView(ProjectAPIView):
         raise NotImplementedError
 
     def body(self, job: Job) -> dict[str, Any]:
-        raise NotImplementedError
+        return job_response(job)
 
     def post(self, request: Request) -> Response | StreamingHttpResponse:
         limit = ratelimit.take(f"key:{self.api_key.pk}:requests", settings.RATE_LIMIT_REQUESTS_PER_MINUTE)
@@ -255,7 +159,7 @@ class Chunker:
     def final(self, result: dict[str, Any]) -> list[dict[str, Any]]:
         """One chunk per choice with its finish_reason (the last also carries the usage, always),
         then OpenAI's separate usage chunk when the client asked for it."""
-        usage = _usage(result)
+        usage = usage_body(result)
         choices = result.get("choices", [])
         chunks = []
         for position, choice in enumerate(choices):
@@ -292,9 +196,6 @@ class ChatCompletionsView(InferenceView):
     def parse(self, data: Any) -> tuple[Any, dict[str, Any]]:
         return inference.parse_chat(self.project, data)
 
-    def body(self, job: Job) -> dict[str, Any]:
-        return chat_body(job)
-
     @extend_schema(
         operation_id="createChatCompletion",
         request=GENERIC_REQUEST,
@@ -316,9 +217,6 @@ class CompletionsView(InferenceView):
     def parse(self, data: Any) -> tuple[Any, dict[str, Any]]:
         return inference.parse_completion(self.project, data)
 
-    def body(self, job: Job) -> dict[str, Any]:
-        return completion_body(job)
-
     @extend_schema(operation_id="createCompletion", request=GENERIC_REQUEST,
                    responses={200: GENERIC_RESPONSE, **ERRORS})  # fmt: skip
     def post(self, request: Request) -> Response | StreamingHttpResponse:
@@ -330,9 +228,6 @@ class ClassificationsView(InferenceView):
 
     def parse(self, data: Any) -> tuple[Any, dict[str, Any]]:
         return inference.parse_classification(self.project, data)
-
-    def body(self, job: Job) -> dict[str, Any]:
-        return classification_body(job)
 
     @extend_schema(
         operation_id="createClassification",
