@@ -116,6 +116,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     elif isinstance(exc, ActionError):
         status, message, code, param = exc.status, exc.message, exc.code, exc.param
         type_ = ERROR_TYPES.get(exc.status, "invalid_request_error")
+        if exc.code == "insufficient_quota":
+            type_ = "insufficient_quota"
+        headers = exc.headers
     elif isinstance(exc, exceptions.ValidationError):
         param, first = _first_validation_error(exc.detail)
         message = f"{param}: {first}" if param else first

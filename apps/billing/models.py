@@ -37,3 +37,139 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id} {self.unit}={self.quantity}"
+
+
+class Price(models.Model):
+    """The price book: micro-dollars per 1,000,000 units of one model (or `default`). Editable in
+    admin; seeded from settings.PRICE_BOOK. Fine-tuned models are priced as their base."""
+
+    model_name = models.CharField(max_length=200)
+    unit = models.CharField(max_length=20, choices=Unit.choices)
+    micro_dollars_per_million = models.BigIntegerField()
+
+    class Meta:
+        ordering = ["model_name", "unit"]
+        constraints = [models.UniqueConstraint(fields=["model_name", "unit"], name="unique_price")]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} {self.unit}: {self.micro_dollars_per_million}/1M"
+
+
+class Plan(models.Model):
+    """Free, Pro, Team: what an organization may use and what it costs. Editable in admin."""
+
+    slug = models.SlugField(unique=True)
+    name = models.CharField(max_length=50)
+    monthly_price = models.BigIntegerField(default=0)  # micro-dollars
+    included_credit = models.BigIntegerField(default=0)  # micro-dollars of usage a month
+    # A free plan cannot go past its credit; paid plans pay for usage past it (metered).
+    usage_beyond_credit = models.BooleanField(default=False)
+    requests_per_minute = models.PositiveIntegerField(default=60)  # per organization
+    tokens_per_minute = models.PositiveIntegerField(default=100_000)
+    key_requests_per_minute = models.PositiveIntegerField(default=60)  # per API key
+    concurrent_fine_tunes = models.PositiveIntegerField(default=1)
+    max_upload_bytes = models.BigIntegerField(default=10 * 1024 * 1024)
+    allowed_models = models.JSONField(default=list, blank=True)  # patterns, e.g. ["*", "!openai:*"]
+    stripe_price_id = models.CharField(max_length=100, blank=True, default="")
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def allows(self, model_name: str) -> bool:
+        """`allowed_models` holds shell patterns, applied in order; `!pattern` excludes. Empty: all."""
+        from fnmatch import fnmatchcase
+
+        allowed = not self.allowed_models
+        for pattern in self.allowed_models:
+            negated = pattern.startswith("!")
+            if fnmatchcase(model_name, pattern.lstrip("!")):
+                allowed = not negated
+        return allowed
+
+
+class Subscription(models.Model):
+    """An organization's plan, mirrored from Stripe (Stripe is the truth for paid plans)."""
+
+    organization = models.OneToOneField(Organization, on_delete=models.CASCADE, related_name="subscription")
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="subscriptions")
+    status = models.CharField(max_length=30, default="active")  # Stripe's subscription status
+    stripe_customer_id = models.CharField(max_length=100, blank=True, default="", db_index=True)
+    stripe_subscription_id = models.CharField(max_length=100, blank=True, default="", db_index=True)
+    current_period_end = models.DateTimeField(null=True, blank=True)
+    # When a payment fails: paid work goes on until this moment, then stops (data stays readable).
+    grace_until = models.DateTimeField(null=True, blank=True)
+    # The organization's own limits, micro-dollars a month.
+    spend_limit = models.BigIntegerField(null=True, blank=True)
+    alert_threshold = models.BigIntegerField(null=True, blank=True)
+    alert_sent_for = models.CharField(max_length=7, blank=True, default="")  # "YYYY-MM"
+    # The `created` time of the newest Stripe object applied, so an older event never wins.
+    stripe_synced_at = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.organization} on {self.plan}"
+
+
+class Invoice(models.Model):
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="invoices")
+    stripe_invoice_id = models.CharField(max_length=100, unique=True)
+    status = models.CharField(max_length=30)
+    amount_due = models.BigIntegerField(default=0)  # cents, as Stripe gives them
+    currency = models.CharField(max_length=3, default="usd")
+    hosted_invoice_url = models.URLField(max_length=500, blank=True, default="")
+    created = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return self.stripe_invoice_id
+
+
+class StripeEvent(models.Model):
+    """Every webhook event id, stored once: a repeat is acknowledged and changes nothing."""
+
+    event_id = models.CharField(max_length=100, unique=True)
+    type = models.CharField(max_length=100)
+    created = models.BigIntegerField()
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=300, blank=True, default="")
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} {self.type}"
+
+
+class MeterEvent(models.Model):
+    """The outbox of usage for Stripe Billing Meters: one row per (organization, hour, unit).
+
+    The identifier is derived from those three, so a resend after a crash (Stripe accepted it but
+    we never marked it sent) is recognised by Stripe as the same event.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="meter_events")
+    hour = models.DateTimeField()
+    unit = models.CharField(max_length=20, choices=Unit.choices)
+    value = models.BigIntegerField()  # micro-dollars of cost in that hour, as metered
+    identifier = models.CharField(max_length=100, unique=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["hour", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "hour", "unit"], name="unique_meter_hour")
+        ]
+
+    def __str__(self) -> str:
+        return self.identifier

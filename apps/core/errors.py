@@ -12,6 +12,7 @@ class ActionError(Exception):
         self.code = code
         self.param = param
         self.status = status
+        self.headers: dict[str, str] = {}
 
 
 class PermissionDenied(ActionError):

@@ -55,6 +55,9 @@ def parse(project: Project, body: Any) -> dict[str, Any]:
 
 
 def submit(project: Project, parsed: dict[str, Any], *, api_key: Any = None, user: Any = None) -> Job:
+    from apps.billing import quotas
+
+    quotas.check_quota(project.organization)
     return actions.create_job(
         kind=JobKind.BATCH,
         project=project,

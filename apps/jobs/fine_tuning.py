@@ -235,6 +235,21 @@ def estimate(request: FineTuneRequest) -> dict[str, Any]:
 def submit(request: FineTuneRequest, *, project: Project, api_key: Any = None, user: Any = None) -> Job:
     """Creates the job. It waits in `validating_files` while a file's validation is still
     running, and is queued on the gpu queue after the commit otherwise."""
+    from django.db import transaction
+
+    from apps.accounts.models import Organization
+    from apps.billing import quotas
+
+    with transaction.atomic():
+        # Lock the organization: two concurrent submissions cannot both pass the concurrency limit.
+        Organization.objects.select_for_update().filter(pk=project.organization_id).first()
+        subscription = quotas.check_quota(project.organization)
+        quotas.check_model(subscription, request.model.name)
+        quotas.check_fine_tune_concurrency(subscription)
+        return _create(request, project=project, api_key=api_key, user=user)
+
+
+def _create(request: FineTuneRequest, *, project: Project, api_key: Any, user: Any) -> Job:
     files = [f for f in (request.training_file, request.validation_file) if f is not None]
     pending = any(f.status == FileStatus.UPLOADED for f in files)
     body = {k: v for k, v in request.body.items() if k in KNOWN_FIELDS}

@@ -265,6 +265,25 @@ def parse_classification(project: Project, body: Any) -> tuple[Model, dict[str, 
     return model, {"endpoint": "classifications", "texts": texts, "top_k": top_k}
 
 
+def estimate_tokens(request: dict[str, Any]) -> int:
+    """Tokens a request may use, for the tokens-per-minute limit: ~4 characters a token for the
+    prompt, plus every completion token it may generate."""
+    import json
+
+    if request.get("proxy"):
+        body = request["body"]
+        prompt = body.get("messages") or body.get("prompt")
+        completion = int(body.get("max_completion_tokens") or body.get("max_tokens") or 0) * int(
+            body.get("n") or 1
+        )
+    else:
+        prompt = request.get("messages") or request.get("prompts") or request.get("texts")
+        completion = (
+            int(request.get("max_tokens", 0)) * int(request.get("n", 1)) * len(request.get("prompts") or [1])
+        )
+    return len(json.dumps(prompt)) // 4 + completion
+
+
 def submit(
     project: Project, model: Model, request: dict[str, Any], *, api_key: Any = None, user: Any = None
 ) -> Job:

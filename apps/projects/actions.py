@@ -65,6 +65,17 @@ def upload_file(
     if upload is None:
         raise ActionError("Missing required parameter: 'file'.", param="file")
     mapping = parse_column_mapping(column_mapping)
+    from apps.billing.quotas import subscription_for
+
+    plan = subscription_for(project.organization).plan
+    if (upload.size or 0) > plan.max_upload_bytes:
+        raise ActionError(
+            f"The file is {upload.size:,} bytes; the {plan.name} plan takes files up to "
+            f"{plan.max_upload_bytes:,} bytes. Split it, or upgrade under Billing.",
+            code="file_too_large",
+            param="file",
+            status=413,
+        )
     filename = (upload.name or "upload").replace("\\", "/").rsplit("/", 1)[-1][:255] or "upload"
     with transaction.atomic():
         file = File(

@@ -21,7 +21,7 @@ from rest_framework.response import Response
 from apps.api.base import ProjectAPIView
 from apps.api.errors import APIError, error_body
 from apps.api.serializers.common import ERRORS
-from apps.billing import ratelimit
+from apps.billing import quotas
 from apps.jobs import actions, inference, relay
 from apps.jobs.models import Job
 from apps.jobs.responses import job_response, response_id, usage_body
@@ -43,16 +43,10 @@ class InferenceView(ProjectAPIView):
         return job_response(job)
 
     def post(self, request: Request) -> Response | StreamingHttpResponse:
-        limit = ratelimit.take(f"key:{self.api_key.pk}:requests", settings.RATE_LIMIT_REQUESTS_PER_MINUTE)
-        headers = ratelimit.headers(limit)
-        if not limit.allowed:
-            raise APIError(
-                f"Rate limit reached for requests: {limit.limit} per minute for this API key. "
-                f"Retry after {ratelimit.duration(limit.reset_seconds)}, or spread requests out.",
-                status=429, code="rate_limit_exceeded", type="requests",
-                headers={**headers, "retry-after": str(max(1, int(limit.reset_seconds)))},
-            )  # fmt: skip
+        subscription = quotas.check_quota(self.organization)
         model, parsed = self.parse(request.data)
+        quotas.check_model(subscription, model.name)
+        headers = quotas.check_rate(subscription, self.api_key, inference.estimate_tokens(parsed))
         job = inference.submit(
             self.project, model, parsed, api_key=self.api_key, user=self.api_key.created_by
         )
