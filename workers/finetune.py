@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 # Errors in the customer's data or settings: the job fails at once, with the runtime's message.
 PERMANENT_ERRORS = (ValueError, KeyError)
+STOP_MESSAGES = {
+    "budget_reached": "The job's max_cost was reached: it stopped early and kept the best model so far.",
+    "spend_limit_reached": "The organization's spend limit was reached: the job stopped early and kept the best model so far.",
+}
 
 
 def run_fine_tune(job: Job) -> None:
@@ -98,10 +102,15 @@ class ProgressReporter:
         self.step = 0
         self.trained_tokens = 0
         self.last_metrics_step = -1
+        self.allowance = _spend_allowance(job)
 
     def should_stop(self) -> bool:
-        if self.job.max_cost is not None and self.step and self._next_step_cost() > self.job.max_cost:
-            self.guard.request_stop("budget")
+        if self.step:
+            next_cost = self._next_step_cost()
+            if self.job.max_cost is not None and next_cost > self.job.max_cost:
+                self.guard.request_stop("budget")
+            elif self.allowance is not None and next_cost > self.allowance:
+                self.guard.request_stop("spend_limit")
         return self.guard.should_stop()
 
     def _next_step_cost(self) -> int:
@@ -162,6 +171,14 @@ class ProgressReporter:
         )
 
 
+def _spend_allowance(job: Job) -> int | None:
+    """What the organization may still spend this month (its hard limit or free credit), or None."""
+    from apps.billing.quotas import month_spend, spend_cap, subscription_for
+
+    cap = spend_cap(subscription_for(job.organization))
+    return None if cap is None else max(cap - month_spend(job.organization), 0)
+
+
 def _eval_message(event: Any) -> str:
     metrics = event.metrics
     parts = [f"Epoch {event.epoch} evaluated"]
@@ -187,7 +204,7 @@ def _finish(job: Job, guard: AttemptGuard, result: Any, progress: ProgressReport
         return
     key = f"models/{job.organization.public_id}/{job.public_id}"
     upload_dir(Path(result.model_dir), key)
-    reason = "budget_reached" if guard.stop_reason == "budget" else ""
+    reason = {"budget": "budget_reached", "spend_limit": "spend_limit_reached"}.get(guard.stop_reason, "")
 
     def create_model(locked: Job) -> dict[str, Any]:
         model = create_fine_tuned_model(
@@ -199,5 +216,5 @@ def _finish(job: Job, guard: AttemptGuard, result: Any, progress: ProgressReport
         job.pk, job.attempt, JobStatus.SUCCEEDED, status_reason=reason, usage=usage, fields=fields,
         result={"metrics": result.metrics, "labels": list(result.labels), "steps": result.steps},
         on_finished=create_model,
-        message="Budget reached: stopped early and kept the best model." if reason else "The job has successfully completed.",
+        message=STOP_MESSAGES.get(reason, "The job has successfully completed."),
     )  # fmt: skip

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.api.views import batches, files, fine_tuning, inference, models
+from apps.api.views import batches, files, fine_tuning, inference, models, usage
 
 app_name = "api"
 
@@ -44,4 +44,6 @@ urlpatterns = [
     path("batches/<str:batch_id>/cancel", batches.BatchCancelView.as_view(), name="batch_cancel"),
     path("models", models.ModelListView.as_view(), name="models"),
     path("models/<path:model>", models.ModelDetailView.as_view(), name="model"),
+    path("usage", usage.UsageView.as_view(), name="usage"),
+    path("usage/costs", usage.UsageCostsView.as_view(), name="usage_costs"),
 ]

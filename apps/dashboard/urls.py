@@ -1,6 +1,18 @@
 from django.urls import path
 
-from apps.dashboard.views import files, fine_tuning, keys, models, organizations, placeholders, projects, team
+from apps.dashboard.views import (
+    batches,
+    files,
+    fine_tuning,
+    keys,
+    models,
+    organizations,
+    placeholders,
+    playground,
+    projects,
+    team,
+    usage,
+)
 
 app_name = "dashboard"
 
@@ -47,8 +59,35 @@ urlpatterns = [
         "projects/<str:project_id>/models/<path:model_name>/delete", models.model_delete, name="model_delete"
     ),
     path("projects/<str:project_id>/models/<path:model_name>/", models.model_detail, name="model"),
-    path("projects/<str:project_id>/playground/", placeholders.playground, name="playground"),
-    path("projects/<str:project_id>/batches/", placeholders.batches, name="batches"),
-    path("usage/", placeholders.usage, name="usage"),
+    path("projects/<str:project_id>/playground/", playground.playground, name="playground"),
+    path("projects/<str:project_id>/playground/chat", playground.chat, name="playground_chat"),
+    path("projects/<str:project_id>/playground/classify", playground.classify, name="playground_classify"),
+    path("projects/<str:project_id>/batches/", batches.batch_list, name="batches"),
+    path("projects/<str:project_id>/batches/new", batches.batch_create, name="batch_create"),
+    path("projects/<str:project_id>/batches/<str:batch_id>/", batches.batch_detail, name="batch"),
+    path(
+        "projects/<str:project_id>/batches/<str:batch_id>/status", batches.batch_status, name="batch_status"
+    ),
+    path(
+        "projects/<str:project_id>/batches/<str:batch_id>/cancel", batches.batch_cancel, name="batch_cancel"
+    ),
+    path(
+        "projects/<str:project_id>/batches/<str:batch_id>/output.jsonl",
+        batches.batch_output,
+        name="batch_output",
+    ),
+    path(
+        "projects/<str:project_id>/batches/<str:batch_id>/errors.jsonl",
+        batches.batch_errors,
+        name="batch_errors",
+    ),
+    path(
+        "projects/<str:project_id>/batches/<str:batch_id>/results.csv",
+        batches.batch_results_csv,
+        name="batch_results_csv",
+    ),
+    path("usage/", usage.usage, name="usage"),
+    path("usage/daily.json", usage.usage_daily, name="usage_daily"),
+    path("usage/export.csv", usage.usage_export, name="usage_export"),
     path("billing/", placeholders.billing, name="billing"),
 ]

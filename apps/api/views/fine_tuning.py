@@ -61,15 +61,8 @@ class FineTuningJobListView(FineTuningBase):
     )
     @idempotent(json_fingerprint)
     def post(self, request: Request) -> Response:
+        # A max_cost below the estimate is allowed: the job stops when its next step would pass it.
         parsed = fine_tuning.parse(self.project, request.data)
-        estimate = fine_tuning.estimate(parsed)
-        if parsed.max_cost is not None and not estimate["allowed_to_proceed"]:
-            raise ActionError(
-                f"The estimated cost ({estimate['estimated_cost']} micro-dollars) is above max_cost "
-                f"({parsed.max_cost}). Raise max_cost, or fewer epochs or a smaller file.",
-                code="budget_too_low",
-                param="max_cost",
-            )
         job = fine_tuning.submit(
             parsed, project=self.project, api_key=self.api_key, user=self.api_key.created_by
         )

@@ -30,6 +30,8 @@ TIMEOUT_MESSAGE = (
     "The model did not answer within {seconds:g} seconds. The request was cancelled; retry later."
 )
 
+CUT_OFF_MESSAGE = "The upstream provider's stream was cut off before the answer was complete. Retry the request."
+
 
 class InferenceView(ProjectAPIView):
     """Shared by the three endpoints: limits, submission, waiting, relaying, timeouts."""
@@ -101,6 +103,8 @@ class InferenceView(ProjectAPIView):
             if event["type"] == "delta":
                 yield from sse([chunker.delta(event["index"], event["text"])])
             elif event["type"] == "chunk":
+                if not event["chunk"].get("choices") and not parsed.get("include_usage"):
+                    continue  # upstream's usage-only chunk: we asked for it (to bill), the client did not
                 yield from sse([{**event["chunk"], "model": job.model_name}])
             elif event["type"] == "error":
                 yield from sse([error_body(event["message"], "invalid_request_error" if event.get("status", 500) < 500
@@ -110,8 +114,15 @@ class InferenceView(ProjectAPIView):
                 job.refresh_from_db()
                 if not parsed.get("proxy"):
                     yield from sse(chunker.final(job.result or {}))
+                elif not _proxied_finished(job.result or {}):  # upstream's stream was cut off half-way
+                    yield from sse([error_body(CUT_OFF_MESSAGE, "server_error", "upstream_error")])
                 break
         yield b"data: [DONE]\n\n"
+
+
+def _proxied_finished(result: dict[str, Any]) -> bool:
+    choices = (result.get("proxied") or {}).get("choices") or []
+    return bool(choices) and all(choice.get("finish_reason") for choice in choices)
 
 
 def sse(payloads: list[dict[str, Any]]) -> Iterator[bytes]:

@@ -164,17 +164,6 @@ def _field_for(param: str | None) -> str:
     return name if name in FIELD_NAMES else "form"
 
 
-def _check_budget(parsed: fine_tuning.FineTuneRequest, estimate: dict[str, Any]) -> None:
-    # The same refusal as POST /v1/fine_tuning/jobs, worded in dollars.
-    if parsed.max_cost is not None and not estimate["allowed_to_proceed"]:
-        raise ActionError(
-            f"The estimated cost ({usd(estimate['estimated_cost'])}) is above your max cost "
-            f"({usd(parsed.max_cost)}). Raise it, or use fewer epochs or a smaller file.",
-            code="budget_too_low",
-            param="max_cost",
-        )
-
-
 def _errors(error: ActionError | None) -> dict[str, str]:
     return {_field_for(error.param): error.message} if error else {}
 
@@ -251,7 +240,6 @@ def job_new(request: HttpRequest, project_id: str) -> HttpResponse:
         return redirect("dashboard:jobs", project.public_id)
     try:
         parsed = fine_tuning.parse(project, _request_body(project, values))
-        _check_budget(parsed, fine_tuning.estimate(parsed))
         job = fine_tuning.submit(parsed, project=project, user=request.user)
     except ActionError as exc:
         cache.delete(token_key)
@@ -273,7 +261,12 @@ def job_estimate(request: HttpRequest, project_id: str) -> HttpResponse:
             parsed = fine_tuning.parse(project, _request_body(project, values))
             estimate = fine_tuning.estimate(parsed)
             context.update(estimate=estimate, duration=_duration(estimate["estimated_seconds"]))
-            _check_budget(parsed, estimate)
+            if parsed.max_cost is not None and not estimate["allowed_to_proceed"]:
+                # Not an error: the job runs, and stops when its next step would pass max_cost.
+                context["errors"] = {
+                    "max_cost": f"The estimated cost ({usd(estimate['estimated_cost'])}) is above your max cost "
+                    f"({usd(parsed.max_cost)}): the job will stop there and keep the best model so far."
+                }
         except ActionError as exc:
             context["errors"] = _errors(exc)
     context["error_slots"] = _error_slots(context["errors"])

@@ -17,11 +17,6 @@ def _section(request: HttpRequest, title: str, project_id: str | None = None) ->
 
 
 @member_required
-def usage(request: HttpRequest) -> HttpResponse:
-    return _section(request, "Usage")
-
-
-@member_required
 def billing(request: HttpRequest) -> HttpResponse:
     return _section(request, "Billing")
 
@@ -29,13 +24,3 @@ def billing(request: HttpRequest) -> HttpResponse:
 @member_required
 def files(request: HttpRequest, project_id: str) -> HttpResponse:
     return _section(request, "Files", project_id)
-
-
-@member_required
-def playground(request: HttpRequest, project_id: str) -> HttpResponse:
-    return _section(request, "Playground", project_id)
-
-
-@member_required
-def batches(request: HttpRequest, project_id: str) -> HttpResponse:
-    return _section(request, "Batches", project_id)
