@@ -385,8 +385,11 @@ def resume(job: Job) -> bool:
     now = timezone.now()
     with transaction.atomic():
         updated = Job.objects.filter(pk=job.pk, status=JobStatus.PAUSED).update(
-            status=JobStatus.QUEUED, queued_at=now, published_at=now, status_reason="", attempt=0
-        )
+            # The attempt number only ever grows (it fences writes); a resumed job gets a fresh
+            # allowance of attempts on top of the ones it used.
+            status=JobStatus.QUEUED, queued_at=now, published_at=now, status_reason="",
+            max_attempts=F("attempt") + settings.JOB_MAX_ATTEMPTS,
+        )  # fmt: skip
         if updated:
             JobEvent.objects.create(job=job, message="Job resumed; continuing from the last checkpoint.")
             job.refresh_from_db()

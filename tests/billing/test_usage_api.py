@@ -90,7 +90,9 @@ def test_it_groups_by_project_and_unit(api: Any, usage: dict[str, Any]) -> None:
     day1.sort(key=lambda r: (r["project_id"], r["unit"]))
     day2 = [result(10, 7, project_id=project, unit="input_tokens")]
     assert results(get(api, group_by="project_id,unit")) == [day1, day2]
-    repeated = api.get("/v1/usage", {"start_time": unix(DAY1), "end_time": unix(DAY3), "group_by": ["project_id", "unit"]})
+    repeated = api.get(
+        "/v1/usage", {"start_time": unix(DAY1), "end_time": unix(DAY3), "group_by": ["project_id", "unit"]}
+    )
     assert results(repeated) == [day1, day2]
 
 
@@ -151,7 +153,11 @@ def test_costs_total_each_day(api: Any, usage: dict[str, Any]) -> None:
         {"object": "organization.costs.result", "amount": {"value": 0.003033, "value_micros": 3033, "currency": "usd"},
          "line_item": None, "project_id": None},
     ]  # fmt: skip
-    assert body["data"][1]["results"][0]["amount"] == {"value": 0.000007, "value_micros": 7, "currency": "usd"}
+    assert body["data"][1]["results"][0]["amount"] == {
+        "value": 0.000007,
+        "value_micros": 7,
+        "currency": "usd",
+    }
 
 
 def test_costs_group_by_line_item_and_project(api: Any, usage: dict[str, Any]) -> None:
@@ -206,7 +212,9 @@ MISSING = "Missing required parameter: 'start_time'."
          "with the same start_time, end_time and bucket_width."),
     ],
 )  # fmt: skip
-def test_bad_parameters_are_refused(api: Any, path: str, params: dict[str, Any], param: str, message: str) -> None:
+def test_bad_parameters_are_refused(
+    api: Any, path: str, params: dict[str, Any], param: str, message: str
+) -> None:
     response = get(api, path, **params)
     assert response.status_code == 400
     assert response.json() == {
@@ -236,7 +244,9 @@ def test_the_range_ends_now_by_default(api: Any, alice_project: Project) -> None
     }  # fmt: skip
 
 
-def test_carol_sees_only_her_organization(carol_api: Any, usage: dict[str, Any], carol_project: Project) -> None:
+def test_carol_sees_only_her_organization(
+    carol_api: Any, usage: dict[str, Any], carol_project: Project
+) -> None:
     everything = results(get(carol_api, group_by="project_id"))
     assert everything == [[result(999, 999_999, project_id=carol_project.public_id)], []]
     alice_projects = f"{usage['project'].public_id},{usage['research'].public_id}"

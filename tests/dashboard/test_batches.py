@@ -46,7 +46,8 @@ def start(client: Any, project: Any, model: str, file: File | str) -> Any:
     return client.post(url(project, "new"), {"model": model, "file": file_id})
 
 
-def lines(file: File) -> list[dict[str, Any]]:
+def lines(file: File | None) -> list[dict[str, Any]]:
+    assert file is not None
     with file.content.open("rb") as handle:
         return [json.loads(raw) for raw in handle if raw.strip()]
 
@@ -118,6 +119,7 @@ def test_run_on_a_csv_builds_a_batch_that_completes_with_csv_and_jsonl_results(
     job = Job.objects.get(kind="batch")
     assert response.status_code == 302 and response["Location"] == url(alice_project, f"{job.public_id}/")
     batch_file = job.training_file
+    assert batch_file is not None and batch_file.validation is not None
     assert batch_file.purpose == "batch" and batch_file.format == "batch_jsonl"
     assert batch_file.validation["rows"] == 4
     assert batch_file.validation["stats"]["endpoints"] == {"/v1/classifications": 4}
@@ -304,3 +306,47 @@ def test_outsiders_get_404_for_every_batches_page_and_action(
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED
     assert Job.objects.count() == 1
+
+
+def test_chat_and_prompt_files_become_the_conversation_before_the_reply(
+    alice_client: Any, alice_org: Any, alice_project: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    Model.objects.create(name="tiny-gpt2", task="generation", limits={"servable": True})
+    chat_rows = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+                               {"role": "assistant", "content": "hello", "weight": 1}]},
+                 {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}]  # fmt: skip
+    chats = processed_file(
+        alice_project, "chat.jsonl", "".join(json.dumps(r) + "\n" for r in chat_rows).encode()
+    )
+    prompts = processed_file(alice_project, "pc.jsonl", b'{"prompt": "Say hi", "completion": "hi"}\n')
+    with django_capture_on_commit_callbacks(execute=False):
+        start(alice_client, alice_project, "tiny-gpt2", chats)
+        start(alice_client, alice_project, "tiny-gpt2", prompts)
+        refused = start(alice_client, alice_project, classifier_row(alice_org).name, chats)
+    assert "Classifiers take text" in refused.content.decode()
+    built = [lines(job.training_file) for job in Job.objects.order_by("id")]
+    assert [line["body"]["messages"] for line in built[0]] == [
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+        [{"role": "user", "content": "2+2?"}],
+    ]
+    assert built[1][0]["body"]["messages"] == [{"role": "user", "content": "Say hi"}]
+
+
+def test_a_refused_batch_leaves_no_batch_file_behind(
+    alice_client: Any, alice_org: Any, alice_project: Any
+) -> None:
+    from django.core.files.storage import default_storage
+
+    from apps.billing import quotas
+
+    classifier = classifier_row(alice_org)
+    dataset = processed_file(alice_project, "tickets.csv", TICKETS.encode())
+    subscription = quotas.subscription_for(alice_org)
+    subscription.spend_limit = 0
+    subscription.save()
+    response = start(alice_client, alice_project, classifier.name, dataset)
+    assert response.status_code == 429
+    assert "You reached your monthly spend limit" in html.unescape(response.content.decode())
+    assert not Job.objects.exists()
+    assert list(File.objects.filter(purpose="batch")) == []
+    assert default_storage.listdir(f"files/{alice_org.public_id}")[1] == [dataset.public_id]

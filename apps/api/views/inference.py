@@ -30,7 +30,9 @@ TIMEOUT_MESSAGE = (
     "The model did not answer within {seconds:g} seconds. The request was cancelled; retry later."
 )
 
-CUT_OFF_MESSAGE = "The upstream provider's stream was cut off before the answer was complete. Retry the request."
+CUT_OFF_MESSAGE = (
+    "The upstream provider's stream was cut off before the answer was complete. Retry the request."
+)
 
 
 class InferenceView(ProjectAPIView):

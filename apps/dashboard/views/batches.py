@@ -109,7 +109,8 @@ def run_on_file(project: Project, model_name: str, file_id: str, *, user: Any) -
         endpoint = endpoints[0] if len(endpoints) == 1 else ""
         return batches.submit(project, batches.parse(project, _batch_body(file, endpoint)), user=user)
     model = _resolve_model(project, model_name)
-    quotas.check_model(quotas.subscription_for(project.organization), model.name)
+    # Before writing up to 50,000 requests: an organization out of credit finds out at once.
+    quotas.check_model(quotas.check_quota(project.organization), model.name)
     data = build_requests(file, model)
     return _submit_built(project, file, model, data, user)
 
