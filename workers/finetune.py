@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 
 from apps.billing.pricing import cost_of
 from apps.core.storage import download_dir, download_file, upload_dir
@@ -21,12 +22,15 @@ from apps.jobs import actions
 from apps.jobs.models import Job, JobStatus
 from apps.registry.actions import create_fine_tuned_model
 from workers.artifacts import local_model_dir
-from workers.attempt import AttemptGuard
+from workers.attempt import FENCED, AttemptGuard
 
 logger = logging.getLogger(__name__)
 
 # Errors in the customer's data or settings: the job fails at once, with the runtime's message.
 PERMANENT_ERRORS = (ValueError, KeyError)
+# Progress writes kept while PostgreSQL is briefly unreachable (the heartbeat thread self-fences
+# the attempt if the outage lasts longer than JOB_SELF_FENCE_SECONDS).
+MAX_PENDING_WRITES = 500
 STOP_MESSAGES = {
     "budget_reached": "The job's max_cost was reached: it stopped early and kept the best model so far.",
     "spend_limit_reached": "The organization's spend limit was reached: the job stopped early and kept the best model so far.",
@@ -34,14 +38,16 @@ STOP_MESSAGES = {
 
 
 def run_fine_tune(job: Job) -> None:
-    from workers.runtime.specs import Hyperparameters, TrainSpec
-    from workers.runtime.training import train
-
     work = Path(settings.VAR_DIR) / "work" / f"{job.public_id}-{job.attempt}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
         with AttemptGuard(job.pk, job.attempt) as guard:
+            # Heavy imports (torch) only once the lease is kept alive: a fresh child can take longer
+            # to import torch than the stale threshold, and the reaper would take the job away.
+            from workers.runtime.specs import Hyperparameters, TrainSpec
+            from workers.runtime.training import train
+
             spec = TrainSpec(
                 job_id=job.public_id,
                 base_model_dir=str(local_model_dir(job.model.artifact_key)),  # type: ignore[union-attr]
@@ -60,9 +66,13 @@ def run_fine_tune(job: Job) -> None:
             )
             progress = ProgressReporter(job, guard)
             result = train(spec, progress.on_event, progress.should_stop)
+            progress.flush()
             if guard.lost:
                 return
             _finish(job, guard, result, progress)
+    except SoftTimeLimitExceeded:
+        # Terminal, like Celery's own view of a timeout: the job fails and is not retried.
+        _fail_time_limit(job)
     except PERMANENT_ERRORS as exc:
         actions.finish(
             job.pk, job.attempt, JobStatus.FAILED,
@@ -103,6 +113,7 @@ class ProgressReporter:
         self.trained_tokens = 0
         self.last_metrics_step = -1
         self.allowance = _spend_allowance(job)
+        self.pending: list[Any] = []  # writes that met a database outage, oldest first
 
     def should_stop(self) -> bool:
         if self.step:
@@ -133,12 +144,37 @@ class ProgressReporter:
         elif event.kind == "checkpoint" and event.checkpoint_dir:
             key = f"checkpoints/{self.job.organization.public_id}/{self.job.public_id}/step-{event.step}"
             upload_dir(Path(event.checkpoint_dir), key)
-            actions.add_checkpoint(
-                self.job.pk, self.job.attempt, step=event.step, epoch=event.epoch, metrics=event.metrics,
+            self._write(
+                actions.add_checkpoint, step=event.step, epoch=event.epoch, metrics=event.metrics,
                 artifact_key=key, model_name=f"{self.job.model_name}:ckpt-step-{event.step}",
             )  # fmt: skip
         elif event.kind == "log" and event.message:
-            actions.add_event(self.job.pk, self.job.attempt, event.message)
+            self._write(actions.add_event, event.message)
+
+    def _write(self, action: Any, *args: Any, **kwargs: Any) -> None:
+        """A fenced write from the training loop. A short database outage does not end the attempt:
+        the write waits here (in order) and goes out with the next one; the heartbeat thread decides
+        when the outage is too long."""
+        self.pending.append((action, args, kwargs))
+        self.flush()
+
+    def flush(self) -> None:
+        while self.pending and not self.guard.lost:
+            action, args, kwargs = self.pending[0]
+            try:
+                written = action(self.job.pk, self.job.attempt, *args, **kwargs)
+            except DatabaseError:
+                logger.warning(
+                    "job %s: progress write failed; kept for later", self.job.public_id, exc_info=True
+                )
+                connection.close()  # a broken connection stays broken until closed
+                del self.pending[:-MAX_PENDING_WRITES]
+                return
+            self.pending.pop(0)
+            if not written:  # another attempt owns the job now
+                self.guard.request_stop(FENCED)
+        if self.guard.lost:
+            self.pending.clear()
 
     def _progress(self, event: Any) -> None:
         if self.first_step is None:
@@ -162,12 +198,8 @@ class ProgressReporter:
         data.update(
             {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         )
-        actions.add_event(
-            self.job.pk,
-            self.job.attempt,
-            message or f"Step {event.step}/{event.total_steps}",
-            type="metrics",
-            data=data,
+        self._write(
+            actions.add_event, message or f"Step {event.step}/{event.total_steps}", type="metrics", data=data
         )
 
 
@@ -177,6 +209,21 @@ def _spend_allowance(job: Job) -> int | None:
 
     cap = spend_cap(subscription_for(job.organization))
     return None if cap is None else max(cap - month_spend(job.organization), 0)
+
+
+def _fail_time_limit(job: Job) -> None:
+    """The soft time limit hit: the job fails with `time_limit` (not `internal_error`), keeping the
+    checkpoints it saved. If PostgreSQL is down too, the reaper handles the job later."""
+    limit = settings.GPU_TASK_SOFT_TIME_LIMIT
+    with contextlib.suppress(DatabaseError):
+        checkpoint = Job.objects.filter(pk=job.pk).values_list("checkpoint_ref", flat=True).first()
+        message = f"The job ran past its time limit of {limit} seconds and was stopped." + (
+            " Its checkpoints so far are kept." if checkpoint else ""
+        )
+        actions.finish(
+            job.pk, job.attempt, JobStatus.FAILED,
+            error={"code": "time_limit", "message": message, "param": None}, message=message,
+        )  # fmt: skip
 
 
 def _eval_message(event: Any) -> str:

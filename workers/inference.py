@@ -20,14 +20,15 @@ logger = logging.getLogger(__name__)
 
 
 def run_inference(job: Job) -> None:
-    from workers.runtime.models import default_cache
-
     jobs = [job]
     if job.kind == JobKind.GENERATION:
         jobs += actions.claim_waiting(job, limit=settings.INFERENCE_MAX_BATCH - 1)
     with ExitStack() as stack:
         for member in jobs:
             stack.enter_context(AttemptGuard(member.pk, member.attempt))
+        # torch only once the leases are kept alive (a fresh child imports it for seconds)
+        from workers.runtime.models import default_cache
+
         try:
             loaded = default_cache().get(str(local_model_dir(job.model.artifact_key)))  # type: ignore[union-attr]
         except (OSError, ValueError) as exc:

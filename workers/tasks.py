@@ -91,3 +91,28 @@ def run_batch(job_id: str, attempt: int | None = None) -> None:
     from workers.batch import run_batch as run
 
     run_claimed(job_id, run)
+
+
+# --- Billing (apps/billing): no retries here; each run picks up what the last one left. --------------
+@app.task(name="billing.report_usage", queue="default", soft_time_limit=240, time_limit=300)
+def report_usage() -> dict[str, int]:
+    """Fills the meter-event outbox from closed hours of usage and sends the unsent rows to Stripe."""
+    from apps.billing.meters import report_usage as run
+
+    return run()
+
+
+@app.task(name="billing.reconcile_events", queue="default", soft_time_limit=600, time_limit=660)
+def reconcile_stripe_events() -> dict[str, int]:
+    """Processes the Stripe events of the last 30 days that were never delivered to the webhook."""
+    from apps.billing.webhooks import reconcile_missed_events
+
+    return reconcile_missed_events()
+
+
+@app.task(name="billing.check_spend_alerts", queue="default", soft_time_limit=120, time_limit=150)
+def check_spend_alerts() -> int:
+    """Emails owners and admins of organizations whose month spend passed their alert threshold."""
+    from apps.billing.actions import check_spend_alerts as run
+
+    return run()

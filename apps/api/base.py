@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from django.db.models import Model, QuerySet
+from django.db.models import QuerySet
 from rest_framework.negotiation import BaseContentNegotiation, DefaultContentNegotiation
 from rest_framework.parsers import BaseParser
 from rest_framework.renderers import BaseRenderer
@@ -97,12 +97,13 @@ def cursor_page(
     queryset = queryset.order_by("id" if ascending else "-id")
     after = request.query_params.get("after")
     if after:
-        anchor: Model | None = queryset.filter(**{id_field: after}).only("id").first()
+        # values_list, not only("id"): a queryset with select_related cannot defer its relations.
+        anchor = queryset.filter(**{id_field: after}).values_list("id", flat=True).first()
         if anchor is None:
             raise APIError(
                 f"No such object for 'after': '{after}'.", param="after", code="not_found", status=404
             )
-        queryset = queryset.filter(id__gt=anchor.pk) if ascending else queryset.filter(id__lt=anchor.pk)
+        queryset = queryset.filter(id__gt=anchor) if ascending else queryset.filter(id__lt=anchor)
     rows = list(queryset[: limit + 1])
     data = [to_dict(row) for row in rows[:limit]]
     body: dict[str, Any] = {"object": "list", "data": data, "has_more": len(rows) > limit}

@@ -19,11 +19,15 @@ class UsageRecord(models.Model):
     """
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="usage")
-    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="usage")
+    # Usage outlives the project and job it came from: deleting them must not erase billing
+    # history or lift the organization back under its spend cap.
+    project = models.ForeignKey(
+        "projects.Project", null=True, blank=True, on_delete=models.SET_NULL, related_name="usage"
+    )
     api_key = models.ForeignKey(
         "accounts.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="usage"
     )
-    job = models.ForeignKey("jobs.Job", on_delete=models.CASCADE, related_name="usage")
+    job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="usage")
     model_name = models.CharField(max_length=200)
     unit = models.CharField(max_length=20, choices=Unit.choices)
     quantity = models.BigIntegerField()

@@ -12,7 +12,7 @@ already authorised (the API key's, or the dashboard's current one); nothing here
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -196,19 +196,17 @@ class Row:
     project_name: str
     api_key_id: str | None = None  # the visible prefix; None for usage without a key
     api_key_name: str = ""
-    quantities: dict[str, int] | None = None  # unit → quantity
-    cost: int = 0
+    quantities: dict[str, int] = field(default_factory=lambda: dict.fromkeys(UNITS, 0))  # unit → quantity
+    cost: int = 0  # micro-dollars
 
     def add(self, unit: str, quantity: int, cost: int) -> None:
-        self.quantities = self.quantities or dict.fromkeys(UNITS, 0)
-        self.quantities[unit] += quantity
+        self.quantities[unit] = self.quantities.get(unit, 0) + quantity
         self.cost += cost
 
     @property
     def quantity_list(self) -> list[int]:
         """Quantities in `UNITS` order, for a table's columns."""
-        quantities = self.quantities or {}
-        return [quantities.get(unit, 0) for unit in UNITS]
+        return [self.quantities.get(unit, 0) for unit in UNITS]
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,12 @@ from django.urls import path
 
 from apps.dashboard.views import (
     batches,
+    billing,
     files,
     fine_tuning,
     keys,
     models,
     organizations,
-    placeholders,
     playground,
     projects,
     team,
@@ -89,5 +89,5 @@ urlpatterns = [
     path("usage/", usage.usage, name="usage"),
     path("usage/daily.json", usage.usage_daily, name="usage_daily"),
     path("usage/export.csv", usage.usage_export, name="usage_export"),
-    path("billing/", placeholders.billing, name="billing"),
+    path("billing/", billing.billing_page, name="billing"),
 ]

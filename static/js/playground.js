@@ -86,8 +86,8 @@
       body[name] = isNaN(value) ? raw : value; // the server words the error for a non-number
     });
     var stops = form.elements.stop.value.split("\n")
-      .map(function (s) { return s.replace(/\\n/g, "\n").replace(/\\t/g, "\t"); })
-      .filter(function (s) { return s.trim() !== ""; });
+      .filter(function (s) { return s !== ""; })
+      .map(function (s) { return s.replace(/\\n/g, "\n").replace(/\\t/g, "\t"); });
     if (stops.length) body.stop = stops;
     return body;
   }
@@ -155,6 +155,10 @@
             function () { failed = "The request failed (HTTP " + response.status + ")."; }
           );
         }
+        if ((response.headers.get("Content-Type") || "").indexOf("text/event-stream") !== 0) {
+          failed = "Your session has ended: reload the page and sign in again."; // redirected to the login page
+          return;
+        }
         return readEvents(response, function (payload) {
           if (payload.error) {
             failed = payload.error.message;
@@ -187,8 +191,13 @@
         if (failed) {
           // Not kept in the conversation: the text goes back to the box to fix and resend.
           showError(failed);
-          userItem.classList.add("failed");
-          if (answer) answerItem.classList.add("failed"); else answerItem.remove();
+          if (answer) {
+            userItem.classList.add("failed"); // shown faded, with what arrived before the error
+            answerItem.classList.add("failed");
+          } else {
+            userItem.remove();
+            answerItem.remove();
+          }
           if (!input.value) input.value = text;
           return;
         }

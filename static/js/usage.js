@@ -13,7 +13,11 @@
   function dollars(micros) {
     var value = micros / MICROS;
     if (value === 0 || value >= 0.1) return "$" + value.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
-    return "$" + value.toPrecision(2); // small costs keep two significant digits, like the tables
+    // Under ten cents keep two significant digits, down to the micro-dollar, as the tables do.
+    var places = Math.min(6, 1 - Math.floor(Math.log10(value)));
+    var text = value.toFixed(places).replace(/0+$/, "");
+    while (text.split(".")[1].length < 2) text += "0";
+    return "$" + text;
   }
 
   function draw(canvas, labels, series) {

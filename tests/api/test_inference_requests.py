@@ -181,7 +181,9 @@ TOKEN_IDS = "prompt must be a string or a non-empty array of strings (token ids 
         (completion(logit_bias={"1": 5}), "logit_bias is not supported.", "logit_bias"),
     ],
 )  # fmt: skip
-def test_completion_refusals(api: Any, tiny_chat: Any, body: dict[str, Any], message: str, param: str) -> None:
+def test_completion_refusals(
+    api: Any, tiny_chat: Any, body: dict[str, Any], message: str, param: str
+) -> None:
     assert refused(api, "/v1/completions", body) == bad(message, param)
 
 
@@ -219,7 +221,9 @@ def test_exactly_2048_inputs_are_accepted(api: Any, tiny_classifier: Any,
         django_capture_on_commit_callbacks(execute=False) as callbacks,
         override_settings(INFERENCE_TIMEOUT_SECONDS=0.2),
     ):
-        response = api.post("/v1/classifications", {"model": CLASSIFIER, "input": ["ok"] * 2048}, format="json")
+        response = api.post(
+            "/v1/classifications", {"model": CLASSIFIER, "input": ["ok"] * 2048}, format="json"
+        )
     assert response.status_code == 504, response.content  # no worker: it waited, then gave up
     job = Job.objects.get()
     assert len(job.request["texts"]) == 2048 and job.status == "cancelled"
@@ -230,7 +234,9 @@ def test_exactly_2048_inputs_are_accepted(api: Any, tiny_classifier: Any,
 
 
 def not_found(name: str) -> dict[str, Any]:
-    return bad(f"The model '{name}' does not exist or you do not have access to it.", "model", "model_not_found")
+    return bad(
+        f"The model '{name}' does not exist or you do not have access to it.", "model", "model_not_found"
+    )
 
 
 def test_an_unknown_model_is_404(api: Any, catalog: None) -> None:
@@ -245,9 +251,13 @@ def test_an_unknown_model_is_404(api: Any, catalog: None) -> None:
 def test_models_are_called_through_the_endpoint_for_their_task(api: Any, tiny_chat: Any,
                                                               tiny_classifier: Any) -> None:  # fmt: skip
     error = refused(api, "/v1/chat/completions", chat(model=CLASSIFIER))
-    assert error == bad(f"'{CLASSIFIER}' is a classification model; call it through /v1/classifications.", "model")
+    assert error == bad(
+        f"'{CLASSIFIER}' is a classification model; call it through /v1/classifications.", "model"
+    )
     error = refused(api, "/v1/completions", completion(model=CLASSIFIER))
-    assert error == bad(f"'{CLASSIFIER}' is a classification model; call it through /v1/classifications.", "model")
+    assert error == bad(
+        f"'{CLASSIFIER}' is a classification model; call it through /v1/classifications.", "model"
+    )
     error = refused(api, "/v1/classifications", {"model": "tiny-gpt2", "input": "hi"})
     assert error == bad("'tiny-gpt2' is a generation model; call it through /v1/chat/completions.", "model")
 
@@ -255,7 +265,8 @@ def test_models_are_called_through_the_endpoint_for_their_task(api: Any, tiny_ch
 def test_a_base_model_that_is_not_servable_is_refused(api: Any, catalog: None) -> None:
     error = refused(api, "/v1/classifications", {"model": "minilm-l6", "input": "hi"})
     assert error == bad(
-        "'minilm-l6' is a base model for fine-tuning and cannot be called directly; fine-tune it first.", "model"
+        "'minilm-l6' is a base model for fine-tuning and cannot be called directly; fine-tune it first.",
+        "model",
     )
 
 

@@ -115,7 +115,9 @@ def upstream_calls(fake: FakeOpenAI) -> list[Any]:
 def settle(fake: FakeOpenAI, expected: int, seconds: float = 1.0) -> None:
     """No more upstream calls arrive later (no retry behind our back)."""
     time.sleep(seconds)
-    assert len(upstream_calls(fake)) == expected, [r.headers.get("x-stainless-retry-count") for r in fake.requests]
+    assert len(upstream_calls(fake)) == expected, [
+        r.headers.get("x-stainless-retry-count") for r in fake.requests
+    ]
 
 
 # --- Tests -----------------------------------------------------------------------------------
@@ -151,7 +153,9 @@ def test_a_proxied_chat_completion_bills_the_upstream_usage(
     assert_prompt_not_logged(web_logs, proxy_worker)
 
 
-def test_legacy_completions_are_proxied_too(api: Any, pro: Any, upstream: FakeOpenAI, proxy_worker: Worker) -> None:
+def test_legacy_completions_are_proxied_too(
+    api: Any, pro: Any, upstream: FakeOpenAI, proxy_worker: Worker
+) -> None:
     response = api.post("/v1/completions", {"model": MODEL, "prompt": "one two three", "max_tokens": 5},
                         format="json")  # fmt: skip
     assert response.status_code == 200, response.content
@@ -201,7 +205,9 @@ def test_a_stream_without_include_usage_has_no_usage_only_chunk(
     assert usage() == {"input_tokens": PROMPT_WORDS, "output_tokens": 5}
 
 
-def test_rate_limited_twice_then_answered(api: Any, pro: Any, upstream: FakeOpenAI, proxy_worker: Worker) -> None:
+def test_rate_limited_twice_then_answered(
+    api: Any, pro: Any, upstream: FakeOpenAI, proxy_worker: Worker
+) -> None:
     # retry-after only (no retry-after-ms): the SDK's own backoff would wait < 1.5 s in total
     limited = error(429, "Rate limit reached for requests", type="requests", code="rate_limit_exceeded",
                     headers={"retry-after": "1"})  # fmt: skip

@@ -12,7 +12,7 @@ from apps.jobs import fine_tuning
 from apps.jobs.models import Job, JobEvent, JobKind, JobStatus
 from apps.projects.models import File
 from apps.registry.models import Model
-from tests.conftest import login
+from tests.conftest import login, use_plan
 
 METRICS = {
     "valid_loss": 0.4123,
@@ -216,6 +216,8 @@ def test_start_creates_one_job_exactly_as_the_api_does(
         "seed": 7,
         "method": {"type": "classification", "classification": {"hyperparameters": hyperparameters}},
     }
+
+    use_plan(alice_project.organization, "pro")  # two fine-tunes at once
 
     # when
     with django_capture_on_commit_callbacks() as published:
@@ -476,6 +478,7 @@ def test_a_teammate_can_follow_and_start_jobs(
     client: Any, bob: Any, alice_project: Any, job: Job, train_file: File
 ) -> None:
     login(client, bob)
+    use_plan(alice_project.organization, "pro")  # `job` is already queued: allow a second one
     urls = pages(alice_project, job)
     for name in ("list", "new", "detail", "status", "metrics"):
         assert client.get(urls[name]).status_code == 200, name

@@ -190,3 +190,21 @@ def test_the_api_and_the_page_agree(alice_client: Any, api: Any, march: dict[str
     response = api.get("/v1/usage", {"start_time": int(MARCH.timestamp()), "end_time": int(end.timestamp())})
     api_total = sum(r["cost"] for b in response.json()["data"] for r in b["results"])
     assert api_total == alice_client.get("/usage/daily.json?month=2026-03").json()["total"] == march["total"]
+
+
+def test_the_number_of_queries_does_not_grow_with_usage(
+    alice_client: Any, alice: Any, march: dict[str, Any], django_assert_max_num_queries: Any
+) -> None:
+    for n in range(5):
+        project = Project.objects.create(organization=march["project"].organization, name=f"p{n}")
+        key, _ = actions.create_api_key(project, f"k{n}", alice)
+        for day in range(3):
+            record(project, MARCH + timedelta(days=day), "input_tokens", 1, 1, model=f"m{n}", api_key=key)
+    alice_client.get("/usage/?month=2026-03")  # the session and the subscription, once
+    for path in (
+        "/usage/?month=2026-03",
+        "/usage/daily.json?month=2026-03",
+        "/usage/export.csv?month=2026-03",
+    ):
+        with django_assert_max_num_queries(6):
+            assert alice_client.get(path).status_code == 200

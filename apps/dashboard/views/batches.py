@@ -130,9 +130,10 @@ def _batch_body(file: File, endpoint: str, model: Model | None = None) -> dict[s
     return body
 
 
-def _too_many_rows(rows: int) -> ActionError:
+def _too_many_rows(rows: int | None = None) -> ActionError:
+    counted = f"{rows:,} rows" if rows is not None else f"more than {MAX_ROWS:,} rows"
     return ActionError(
-        f"The file has {rows:,} rows; a batch holds at most {MAX_ROWS:,}. Split it into smaller files.",
+        f"The file has {counted}; a batch holds at most {MAX_ROWS:,}. Split it into smaller files.",
         param="file",
     )
 
@@ -167,7 +168,7 @@ def build_requests(file: File, model: Model) -> bytes:
     out = io.BytesIO()
     for number, prompt in enumerate(_prompts(file), start=1):
         if number > MAX_ROWS:
-            raise _too_many_rows(number)
+            raise _too_many_rows()
         if model.task == Task.CLASSIFICATION:
             if not isinstance(prompt, str):
                 raise ActionError(

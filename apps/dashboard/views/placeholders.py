@@ -17,10 +17,5 @@ def _section(request: HttpRequest, title: str, project_id: str | None = None) ->
 
 
 @member_required
-def billing(request: HttpRequest) -> HttpResponse:
-    return _section(request, "Billing")
-
-
-@member_required
 def files(request: HttpRequest, project_id: str) -> HttpResponse:
     return _section(request, "Files", project_id)

@@ -1,0 +1,196 @@
+"""The billing page of the current organization: plan and status, this month's spend against the
+credit and the limit, upgrades (Stripe Checkout), Manage billing (the Customer Portal), invoices,
+spend limits, and the organization's own OpenAI key.
+
+Every member sees it; owners and admins change things. It only ever shows the current
+organization, so nothing of another organization is reachable. A Stripe outage answers 503 with a
+message on the page, within about 10 s (stripe_api's user-facing budget).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.contrib import messages
+from django.db.models import Count, Q, Sum
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from apps.billing import actions, stripe_api
+from apps.billing.models import Invoice, MeterEvent, Plan
+from apps.billing.quotas import month_spend, month_start, spend_cap, subscription_for, usd
+from apps.core.errors import ActionError
+from apps.dashboard.views.common import member_required
+
+logger = logging.getLogger(__name__)
+
+
+def exact_usd(micro: int) -> str:
+    """Micro-dollars to the micro-dollar: 12_345_678 → '$12.345678'."""
+    sign = "-" if micro < 0 else ""
+    micro = abs(micro)
+    return f"{sign}${micro // 1_000_000:,}.{micro % 1_000_000:06d}"
+
+
+def cents(amount: int, currency: str) -> str:
+    return f"{amount // 100:,}.{amount % 100:02d} {currency.upper()}"
+
+
+def banners(request: HttpRequest) -> dict[str, Any]:
+    """Context processor: the billing banners every dashboard page shows."""
+    organization = getattr(request, "organization", None)
+    if organization is None:
+        return {}
+    return {"banners": actions.billing_banners(organization)}
+
+
+def _render(request: HttpRequest, *, status: int = 200, error: str = "", form: Any = None) -> HttpResponse:
+    organization = request.organization  # type: ignore[attr-defined]
+    subscription = subscription_for(organization)
+    spend = month_spend(organization)
+    cap = spend_cap(subscription)
+    credit = subscription.plan.included_credit
+    meters = MeterEvent.objects.filter(organization=organization, hour__gte=month_start()).aggregate(
+        reported=Sum("value", filter=Q(sent_at__isnull=False)), pending=Count("id", filter=Q(sent_at=None))
+    )
+    invoices = [
+        {"invoice": invoice, "amount": cents(invoice.amount_due, invoice.currency)}
+        for invoice in Invoice.objects.filter(organization=organization)[:24]
+    ]
+    form = form or {
+        "spend_limit": actions.micro_to_dollars(subscription.spend_limit),
+        "alert_threshold": actions.micro_to_dollars(subscription.alert_threshold),
+    }
+    # Checkout starts a new subscription; an organization that pays already changes plans in the Portal.
+    can_checkout = request.membership.can_manage and not (  # type: ignore[attr-defined]
+        subscription.stripe_subscription_id and subscription.status in actions.ENTITLED_STATUSES
+    )
+    plans = [
+        {
+            "plan": plan,
+            "price": usd(plan.monthly_price),
+            "credit": usd(plan.included_credit),
+            "is_current": plan.pk == subscription.plan_id,
+            "can_buy": can_checkout and bool(plan.stripe_price_id) and plan.pk != subscription.plan_id,
+        }
+        for plan in Plan.objects.all()
+    ]
+    context = {
+        "title": "Billing",
+        "subscription": subscription,
+        "plans": plans,
+        "spend": exact_usd(spend),
+        "credit": exact_usd(credit),
+        "credit_used_percent": min(100, spend * 100 // credit) if credit else 100,
+        "cap": exact_usd(cap) if cap is not None else None,
+        "spend_limit": exact_usd(subscription.spend_limit) if subscription.spend_limit is not None else None,
+        "alert_threshold": (
+            exact_usd(subscription.alert_threshold) if subscription.alert_threshold is not None else None
+        ),
+        "reported": exact_usd(int(meters["reported"] or 0)),
+        "pending_hours": meters["pending"],
+        "invoices": invoices,
+        "form": form,
+        "error": error,
+        "key_hint": organization.openai_key_hint,
+        "banners": actions.billing_banners(organization),
+    }
+    return render(request, "dashboard/billing.html", context, status=status)
+
+
+def _see_other(url: str) -> HttpResponse:
+    response = HttpResponseRedirect(url)
+    response.status_code = 303  # after a POST, the browser GETs Stripe's page
+    return response
+
+
+@member_required
+def billing_page(request: HttpRequest) -> HttpResponse:
+    return _render(request)
+
+
+@member_required
+@require_POST
+def checkout(request: HttpRequest) -> HttpResponse:
+    try:
+        url = actions.start_checkout(request.organization, request.user, request.POST.get("plan", ""))  # type: ignore[attr-defined, arg-type]
+    except ActionError as exc:
+        return _render(request, status=exc.status, error=exc.message)
+    return _see_other(url)
+
+
+@member_required
+@require_POST
+def portal(request: HttpRequest) -> HttpResponse:
+    try:
+        url = actions.open_portal(request.organization, request.user)  # type: ignore[attr-defined, arg-type]
+    except ActionError as exc:
+        return _render(request, status=exc.status, error=exc.message)
+    return _see_other(url)
+
+
+@member_required
+def checkout_return(request: HttpRequest) -> HttpResponse:
+    """Where Checkout sends the customer back: applies the new subscription at once, rather than
+    waiting for the webhook (which applies the same state again, harmlessly)."""
+    session_id = request.GET.get("session_id", "")
+    if not session_id:
+        return redirect("dashboard:billing")
+    organization = request.organization  # type: ignore[attr-defined]
+    try:
+        actions.sync_checkout_session(session_id, organization=organization, deadline=stripe_api.Deadline())
+    except stripe_api.StripeRejected:
+        raise Http404("No such checkout session") from None
+    except stripe_api.BillingUnavailable:
+        messages.info(request, "Thank you! Stripe has not confirmed the payment yet; your plan updates in a few minutes.")
+    except ActionError as exc:
+        if exc.status == 404:
+            raise Http404("No such checkout session") from None
+        messages.error(request, exc.message)
+    except ValueError:
+        logger.exception("checkout session %s could not be applied", session_id)
+        messages.warning(request, "Thank you! Your payment was received; your plan will be updated shortly.")
+    else:
+        plan = subscription_for(organization).plan
+        messages.success(request, f"Thank you! {organization.name} is on the {plan.name} plan.")
+    return redirect("dashboard:billing")
+
+
+@member_required
+@require_POST
+def limits(request: HttpRequest) -> HttpResponse:
+    try:
+        actions.set_spend_limits(
+            request.organization,  # type: ignore[attr-defined]
+            request.user,  # type: ignore[arg-type]
+            request.POST.get("spend_limit", ""),
+            request.POST.get("alert_threshold", ""),
+        )
+    except ActionError as exc:
+        return _render(request, status=exc.status, error=exc.message, form=request.POST)
+    messages.success(request, "Spend limit and alert saved.")
+    return redirect("dashboard:billing")
+
+
+@member_required
+@require_POST
+def openai_key(request: HttpRequest) -> HttpResponse:
+    try:
+        actions.set_openai_key(request.organization, request.user, request.POST.get("openai_api_key", ""))  # type: ignore[attr-defined, arg-type]
+    except ActionError as exc:
+        return _render(request, status=exc.status, error=exc.message)
+    messages.success(request, "OpenAI key saved. OpenAI models now run on your own key.")
+    return redirect("dashboard:billing")
+
+
+@member_required
+@require_POST
+def openai_key_remove(request: HttpRequest) -> HttpResponse:
+    try:
+        actions.remove_openai_key(request.organization, request.user)  # type: ignore[attr-defined, arg-type]
+    except ActionError as exc:
+        return _render(request, status=exc.status, error=exc.message)
+    messages.success(request, "OpenAI key removed. OpenAI models now run on the platform's key.")
+    return redirect("dashboard:billing")
