@@ -219,6 +219,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="alternate the two runs; keep each one's fastest"
+    )
     args = parser.parse_args()
 
     from transformers.utils import logging as hf_logging
@@ -232,11 +235,15 @@ def main() -> None:
         work = Path(tmp)
         train_csv = write_csv(work / "train.csv", train_rows)
         test_csv = write_csv(work / "test.csv", test_rows)
-        print("training with the modelworks runtime ...", file=sys.stderr, flush=True)
-        ours = run_ours(args, model_dir, train_csv, test_csv, work)
-        print("training with transformers' Trainer ...", file=sys.stderr, flush=True)
-        baseline = run_trainer(args, model_dir, train_rows, test_rows, work)
-    print_table(ours, baseline, args)
+        ours_runs, baseline_runs = [], []
+        for repeat in range(1, args.repeats + 1):
+            print(f"[{repeat}/{args.repeats}] modelworks runtime ...", file=sys.stderr, flush=True)
+            ours_runs.append(run_ours(args, model_dir, train_csv, test_csv, work))
+            print(f"[{repeat}/{args.repeats}] transformers Trainer ...", file=sys.stderr, flush=True)
+            baseline_runs.append(run_trainer(args, model_dir, train_rows, test_rows, work))
+    # The fastest run is the one least disturbed by other load; accuracy is seeded, so it does not vary.
+    fastest = min(ours_runs, key=lambda o: o.wall_seconds), min(baseline_runs, key=lambda o: o.wall_seconds)
+    print_table(*fastest, args)
 
 
 if __name__ == "__main__":

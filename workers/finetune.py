@@ -20,7 +20,7 @@ from apps.billing.pricing import cost_of
 from apps.core.storage import download_dir, download_file, upload_dir
 from apps.jobs import actions
 from apps.jobs.models import Job, JobStatus
-from apps.registry.actions import create_fine_tuned_model
+from apps.registry.actions import create_fine_tuned_model, fine_tuned_name
 from workers.artifacts import local_model_dir
 from workers.attempt import FENCED, AttemptGuard
 
@@ -113,6 +113,10 @@ class ProgressReporter:
         self.trained_tokens = 0
         self.last_metrics_step = -1
         self.allowance = _spend_allowance(job)
+        # The name the model will have; checkpoints are callable as `<name>:ckpt-step-N`.
+        self.model_name = fine_tuned_name(
+            job.model_name, job.organization.name, (job.request or {}).get("suffix") or "", job.public_id
+        )
         self.pending: list[Any] = []  # writes that met a database outage, oldest first
 
     def should_stop(self) -> bool:
@@ -146,7 +150,7 @@ class ProgressReporter:
             upload_dir(Path(event.checkpoint_dir), key)
             self._write(
                 actions.add_checkpoint, step=event.step, epoch=event.epoch, metrics=event.metrics,
-                artifact_key=key, model_name=f"{self.job.model_name}:ckpt-step-{event.step}",
+                artifact_key=key, model_name=f"{self.model_name}:ckpt-step-{event.step}",
             )  # fmt: skip
         elif event.kind == "log" and event.message:
             self._write(actions.add_event, event.message)

@@ -43,6 +43,7 @@ urlpatterns = [
     path("batches/<str:batch_id>", batches.BatchDetailView.as_view(), name="batch"),
     path("batches/<str:batch_id>/cancel", batches.BatchCancelView.as_view(), name="batch_cancel"),
     path("models", models.ModelListView.as_view(), name="models"),
+    path("models/<path:model>/content", models.ModelContentView.as_view(), name="model_content"),
     path("models/<path:model>", models.ModelDetailView.as_view(), name="model"),
     path("usage", usage.UsageView.as_view(), name="usage"),
     path("usage/costs", usage.UsageCostsView.as_view(), name="usage_costs"),

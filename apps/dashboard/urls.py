@@ -56,6 +56,11 @@ urlpatterns = [
     path("projects/<str:project_id>/models/", models.model_list, name="models"),
     # Model names contain ':' (ft:base:org:suffix:job) and may contain '/' (hub ids).
     path(
+        "projects/<str:project_id>/models/<path:model_name>/download",
+        models.model_download,
+        name="model_download",
+    ),
+    path(
         "projects/<str:project_id>/models/<path:model_name>/delete", models.model_delete, name="model_delete"
     ),
     path("projects/<str:project_id>/models/<path:model_name>/", models.model_detail, name="model"),

@@ -166,9 +166,8 @@ def claim(job_id: str, owner: str | None = None) -> Job | None:
         "project__organization", "model", "training_file", "validation_file"
     ).get(public_id=job_id)
     if job.kind == JobKind.FINE_TUNE:  # inference jobs are too many and too short for a log line
-        JobEvent.objects.create(
-            job=job, message=f"Attempt {job.attempt} started on {owner.rpartition(':')[0] or owner}."
-        )
+        # Customers read events: the worker's hostname stays in lease_owner (staff, logs) only.
+        JobEvent.objects.create(job=job, message=f"Attempt {job.attempt} started.")
     return job
 
 
@@ -271,7 +270,31 @@ def add_checkpoint(
         JobEvent.objects.create(
             job_id=job_pk, message=f"Checkpoint saved at step {step}.", data={"step": step, "epoch": epoch}
         )
+        _keep_best_and_last(job_pk)
     return True
+
+
+def _keep_best_and_last(job_pk: int) -> None:
+    """A job keeps two checkpoints: the last (to resume from) and the best by validation loss.
+    Each kept one is callable as a model; the others are deleted with their files."""
+    from apps.core.storage import delete_prefix
+    from apps.registry.actions import register_checkpoint_model
+    from apps.registry.models import Model
+
+    checkpoints = list(Checkpoint.objects.filter(job_id=job_pk).order_by("-step"))
+    last = checkpoints[0]
+    scored = [c for c in checkpoints if isinstance((c.metrics or {}).get("valid_loss"), int | float)]
+    best = min(scored, key=lambda c: (c.metrics["valid_loss"], -c.step)) if scored else last
+    keep = {last.pk, best.pk}
+    job = Job.objects.select_related("organization", "project", "model").get(pk=job_pk)
+    for checkpoint in checkpoints:
+        if checkpoint.pk in keep:
+            register_checkpoint_model(job, checkpoint)
+            continue
+        key = checkpoint.artifact_key
+        Model.objects.filter(name=checkpoint.fine_tuned_model_checkpoint, organization=job.organization).delete()
+        checkpoint.delete()
+        transaction.on_commit(lambda key=key: delete_prefix(key))  # type: ignore[misc]
 
 
 def finish(

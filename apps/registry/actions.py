@@ -41,6 +41,62 @@ def create_fine_tuned_model(
     return model
 
 
+def register_checkpoint_model(job: Any, checkpoint: Any) -> Model | None:
+    """A kept checkpoint is callable by its `fine_tuned_model_checkpoint` name."""
+    if not checkpoint.fine_tuned_model_checkpoint or job.model is None:
+        return None
+    model, _ = Model.objects.update_or_create(
+        name=checkpoint.fine_tuned_model_checkpoint,
+        defaults={
+            "organization": job.organization,
+            "project": job.project,
+            "task": job.model.task,
+            "provider": job.model.provider,
+            "base": job.model,
+            "artifact_key": checkpoint.artifact_key,
+            # The runtime orders labels by name; the training file's report has them all.
+            "labels": sorted(((job.training_file.validation or {}).get("stats") or {}).get("labels") or {})
+            if job.training_file
+            else [],
+            "metrics": {k: v for k, v in (checkpoint.metrics or {}).items() if isinstance(v, int | float)},
+            "context_length": job.model.context_length,
+            "limits": {"servable": True, "checkpoint": True},
+            "description": f"Checkpoint at step {checkpoint.step} of {job.public_id}.",
+        },
+    )
+    return model
+
+
+EXPORT_SKIP = {"trainer_state.pt"}  # optimizer state: not part of a model, and never unpickled
+
+
+def export_archive(model: Model) -> Any:
+    """The model as a standard transformers directory in a .tar.gz (an open temporary file that
+    disappears when closed). Raises ValueError for catalog models."""
+    import tarfile
+    import tempfile
+    from pathlib import Path
+
+    from django.conf import settings
+
+    from apps.core.storage import download_dir
+
+    if model.is_catalog or model.artifact_key.startswith(("catalog:", "local:")):
+        raise ValueError(f"'{model.name}' is not a fine-tuned model with stored weights.")
+    local = download_dir(
+        model.artifact_key, Path(settings.MODEL_CACHE_DIR) / "artifacts" / model.artifact_key
+    )
+    work = Path(settings.VAR_DIR) / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    archive = tempfile.TemporaryFile(dir=work)  # noqa: SIM115  (returned open; deleted on close)
+    top = re.sub(r"[^A-Za-z0-9._-]+", "-", model.name).strip("-")
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        for path in sorted(p for p in local.rglob("*") if p.is_file() and p.name not in EXPORT_SKIP):
+            tar.add(path, arcname=f"{top}/{path.relative_to(local).as_posix()}")
+    archive.seek(0)
+    return archive
+
+
 def delete_fine_tuned_model(model: Model) -> None:
     if model.is_catalog:
         raise ValueError("catalog models cannot be deleted")

@@ -129,12 +129,13 @@ def test_classifications_through_the_generic_post(live_server: Any, alice_key: s
     assert caught.value.code == "model_not_found" and caught.value.param == "model"
 
 
-def batch_lines() -> bytes:
+def batch_lines(n: int = 3, max_tokens: int = 4) -> bytes:
+    texts = ["hello", "tell me a story", "what a day"]
     lines = [
         {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"model": "tiny-gpt2", "messages": [{"role": "user", "content": text}], "max_tokens": 4,
-                  "temperature": 0}}
-        for i, text in enumerate(["hello", "tell me a story", "what a day"])
+         "body": {"model": "tiny-gpt2", "messages": [{"role": "user", "content": texts[i % 3]}],
+                  "max_tokens": max_tokens, "temperature": 0}}
+        for i in range(n)
     ]  # fmt: skip
     return "".join(json.dumps(line) + "\n" for line in lines).encode()
 
@@ -165,9 +166,16 @@ def test_batches_end_to_end(live_server: Any, alice_key: str, carol_key: str, ce
         assert line["error"] is None and line["response"]["status_code"] == 200
         ChatCompletion.model_validate(line["response"]["body"])  # a real chat.completion body
 
-    # a second batch, cancelled before or while it runs
+    # a second, longer batch (8 chunks of 8 requests), cancelled before it starts or between chunks;
+    # a batch this short could otherwise finish before its worker sees the request
+    big = client.files.create(
+        file=("many.jsonl", io.BytesIO(batch_lines(64, max_tokens=32))), purpose="batch"
+    )
+    assert (
+        client.files.wait_for_processing(big.id, poll_interval=0.2, max_wait_seconds=30).status == "processed"
+    )
     second = client.batches.create(
-        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        input_file_id=big.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
     cancelling = client.batches.cancel(second.id)
     assert cancelling.id == second.id and cancelling.status in ("cancelling", "cancelled")
@@ -175,6 +183,7 @@ def test_batches_end_to_end(live_server: Any, alice_key: str, carol_key: str, ce
         lambda: (b := client.batches.retrieve(second.id)).status == "cancelled" and b, timeout=60
     )
     assert cancelled.cancelled_at
+    assert cancelled.request_counts is not None and cancelled.request_counts.completed < 64  # stopped early
 
     listed = client.batches.list(limit=10)
     assert [b.id for b in listed.data] == [second.id, batch.id]  # newest first

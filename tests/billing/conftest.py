@@ -143,10 +143,15 @@ def deliver(client: Any) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def pro_alice(alice_client: Any, alice_org: Any, fake_stripe: FakeStripe, deliver: Callable[..., Any]) -> dict[str, Any]:
+def pro_alice(
+    alice_client: Any, alice_org: Any, fake_stripe: FakeStripe, localstripe: LocalStripe, deliver: Callable[..., Any]
+) -> dict[str, Any]:
     """alice's organization on Pro, through Checkout and its webhook. Returns the completed session."""
     response = alice_client.post("/billing/checkout", {"plan": "pro"})
     assert response.status_code == 303, response.content.decode()[:2000]
     session = fake_stripe.complete_checkout(response["Location"].rsplit("/", 1)[1])
     assert deliver(fake_stripe.add_event("checkout.session.completed", session, delivered=True)).status_code == 200
+    # ... and, as Stripe does, the first invoice's
+    invoice = localstripe.get(f"/v1/subscriptions/{session['subscription']}")["latest_invoice"]
+    assert deliver(fake_stripe.add_event("invoice.paid", {"id": invoice}, delivered=True)).status_code == 200
     return session

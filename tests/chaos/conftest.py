@@ -28,8 +28,11 @@ import pytest
 
 from tests.conftest import ROOT, Worker, purge_queues, sentiment_csv, wait_for, worker_env
 
-# A fine-tune that takes a few seconds an epoch on 2 busy cores, with a checkpoint every epoch.
+# Small batches, a checkpoint every epoch (about 0.4 s of 60 rows on one core), no early stop.
 SLOW_HP = {"batch_size": 2, "learning_rate": 0.001, "early_stopping_patience": 0}
+# One torch thread per worker: on 2 shared cores, torch's default thread pool oversubscribes the
+# CPU and an epoch takes ~25x longer (measured: 9 s against 0.35 s).
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def free_port() -> int:
@@ -201,7 +204,7 @@ def start_worker() -> Iterator[Callable[..., Worker]]:
     started: list[Worker] = []
 
     def start(extra: dict[str, str] | None = None, *, concurrency: int = 1, queues: str = "gpu,default") -> Worker:
-        worker = Worker(queues=queues, concurrency=concurrency, env=worker_env(extra))
+        worker = Worker(queues=queues, concurrency=concurrency, env=worker_env({**WORKER_ENV, **(extra or {})}))
         started.append(worker)
         return worker
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from drf_spectacular.utils import extend_schema, inline_serializer
+from django.http import FileResponse
+from drf_spectacular.utils import OpenApiTypes, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -12,7 +14,7 @@ from rest_framework.response import Response
 from apps.api.base import ProjectAPIView
 from apps.api.serializers.common import ERRORS, DeletedSerializer
 from apps.core.errors import ActionError
-from apps.registry.actions import delete_fine_tuned_model
+from apps.registry.actions import delete_fine_tuned_model, export_archive
 from apps.registry.models import Model
 
 
@@ -73,6 +75,23 @@ class ModelListView(ModelsBase):
     @extend_schema(operation_id="listModels", responses={200: ModelListSerializer, **ERRORS})
     def get(self, request: Request) -> Response:
         return Response({"object": "list", "data": [model_object(m) for m in self.models()]})
+
+
+class ModelContentView(ModelsBase):
+    @extend_schema(
+        operation_id="downloadModel",
+        responses={(200, "application/gzip"): OpenApiTypes.BINARY, **ERRORS},
+        description="Extension: the fine-tuned model as a transformers directory (safetensors, config, "
+        "tokenizer, chat template) in a .tar.gz, loadable with `from_pretrained`.",
+    )
+    def get(self, request: Request, model: str) -> FileResponse:
+        found = self.get_model(model)
+        try:
+            archive = export_archive(found)
+        except ValueError as exc:
+            raise ActionError(str(exc), param="model") from None
+        filename = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-") + ".tar.gz"
+        return FileResponse(archive, as_attachment=True, filename=filename, content_type="application/gzip")
 
 
 class ModelDetailView(ModelsBase):

@@ -375,7 +375,7 @@ def _jsonl_download(file: File, filename: str) -> FileResponse:
     )
 
 
-@member_required  # type: ignore[arg-type]  # a FileResponse streams: not an HttpResponse
+@member_required
 @require_GET
 def batch_output(request: HttpRequest, project_id: str, batch_id: str) -> FileResponse:
     project = get_project(request, project_id)
@@ -383,7 +383,7 @@ def batch_output(request: HttpRequest, project_id: str, batch_id: str) -> FileRe
     return _jsonl_download(_result_file(project, job, "output_file_id"), f"{job.public_id}_output.jsonl")
 
 
-@member_required  # type: ignore[arg-type]
+@member_required
 @require_GET
 def batch_errors(request: HttpRequest, project_id: str, batch_id: str) -> FileResponse:
     project = get_project(request, project_id)
@@ -391,7 +391,7 @@ def batch_errors(request: HttpRequest, project_id: str, batch_id: str) -> FileRe
     return _jsonl_download(_result_file(project, job, "error_file_id"), f"{job.public_id}_errors.jsonl")
 
 
-@member_required  # type: ignore[arg-type]
+@member_required
 @require_GET
 def batch_results_csv(
     request: HttpRequest, project_id: str, batch_id: str

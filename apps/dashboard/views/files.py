@@ -164,7 +164,7 @@ def file_status(request: HttpRequest, project_id: str, file_id: str) -> HttpResp
     return response
 
 
-@member_required  # type: ignore[arg-type]  # a FileResponse streams: not an HttpResponse
+@member_required
 def file_content(request: HttpRequest, project_id: str, file_id: str) -> FileResponse:
     project = get_project(request, project_id)
     file = _get_file(project, file_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
@@ -81,3 +82,24 @@ def model_delete(request: HttpRequest, project_id: str, model_name: str) -> Http
     delete_fine_tuned_model(model)
     messages.success(request, f"Model “{model_name}” deleted. Requests to it now fail with model_not_found.")
     return redirect("dashboard:models", project.public_id)
+
+
+@member_required
+@require_GET
+def model_download(request: HttpRequest, project_id: str, model_name: str) -> HttpResponseBase:
+    """The same archive as GET /v1/models/{id}/content."""
+    import re
+
+    from django.http import FileResponse
+
+    from apps.registry.actions import export_archive
+
+    project = get_project(request, project_id)
+    model = _get_model(project, model_name)
+    try:
+        archive = export_archive(model)
+    except ValueError as exc:
+        messages.error(request, str(exc))
+        return redirect("dashboard:model", project.public_id, model.name)
+    filename = re.sub(r"[^A-Za-z0-9._-]+", "-", model.name).strip("-") + ".tar.gz"
+    return FileResponse(archive, as_attachment=True, filename=filename, content_type="application/gzip")

@@ -99,7 +99,7 @@ def playground(request: HttpRequest, project_id: str) -> HttpResponse:
 
 
 # --- Chat: POST the conversation as JSON, read the answer as server-sent events --------------------
-@member_required  # type: ignore[arg-type]  # a streamed answer is not an HttpResponse
+@member_required
 @require_POST
 def chat(request: HttpRequest, project_id: str) -> HttpResponse | StreamingHttpResponse:
     project = get_project(request, project_id)
