@@ -221,7 +221,9 @@ class FakeStripe:
                 time.sleep(script.hang_seconds)
                 self._send(handler, 504, {"error": {"type": "api_error", "message": "hung"}})
             else:
-                self._send(handler, script.status, {"error": {"type": "api_error", "message": "Injected outage."}})
+                self._send(
+                    handler, script.status, {"error": {"type": "api_error", "message": "Injected outage."}}
+                )
             return
 
         key = request.idempotency_key
@@ -231,7 +233,14 @@ class FakeStripe:
             if seen is not None:
                 seen_path, seen_params, status, payload = seen
                 if (seen_path, seen_params) != (split.path, params):
-                    self._send(handler, 400, _error("idempotency_error", "Keys for idempotent requests can only be used with the same parameters they were first used with."))
+                    self._send(
+                        handler,
+                        400,
+                        _error(
+                            "idempotency_error",
+                            "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+                        ),
+                    )
                 else:  # fmt: skip
                     self._send_raw(handler, status, payload, replayed=True)
                 return
@@ -323,16 +332,32 @@ class FakeStripe:
             ids = [e["id"] for e in events]
             events = events[ids.index(params["starting_after"]) + 1 :]
         limit = int(params.get("limit") or 10)
-        return {"object": "list", "url": "/v1/events", "data": events[:limit], "has_more": len(events) > limit}
+        return {
+            "object": "list",
+            "url": "/v1/events",
+            "data": events[:limit],
+            "has_more": len(events) > limit,
+        }
 
     def _proxy(self, request: Request, query: str, body: bytes) -> tuple[int, bytes]:
         if not self.localstripe_url:
-            return 404, _dump(_error("resource_missing", f"Unrecognized request URL ({request.method}: {request.path})"))
+            return 404, _dump(
+                _error("resource_missing", f"Unrecognized request URL ({request.method}: {request.path})")
+            )
         target = urlsplit(self.localstripe_url)
         connection = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=30)
-        headers = {k: v for k, v in request.headers.items() if k in ("authorization", "content-type", "stripe-version")}
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k in ("authorization", "content-type", "stripe-version")
+        }
         try:
-            connection.request(request.method, request.path + (f"?{query}" if query else ""), body=body or None, headers=headers)
+            connection.request(
+                request.method,
+                request.path + (f"?{query}" if query else ""),
+                body=body or None,
+                headers=headers,
+            )
             response = connection.getresponse()
             return response.status, response.read()
         finally:
@@ -343,7 +368,9 @@ class FakeStripe:
         FakeStripe._send_raw(handler, status, _dump(payload))
 
     @staticmethod
-    def _send_raw(handler: BaseHTTPRequestHandler, status: int, payload: bytes, replayed: bool = False) -> None:
+    def _send_raw(
+        handler: BaseHTTPRequestHandler, status: int, payload: bytes, replayed: bool = False
+    ) -> None:
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(payload)))

@@ -20,6 +20,8 @@ from apps.billing.pricing import cost_of
 from apps.core.storage import download_dir, download_file, upload_dir
 from apps.jobs import actions
 from apps.jobs.models import Job, JobStatus
+from apps.projects.actions import create_result_file
+from apps.projects.models import FilePurpose
 from apps.registry.actions import create_fine_tuned_model, fine_tuned_name
 from workers.artifacts import local_model_dir
 from workers.attempt import FENCED, AttemptGuard
@@ -207,6 +209,31 @@ class ProgressReporter:
         )
 
 
+RESULT_COLUMNS = ("step", "epoch", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
+                  "accuracy", "f1_macro")  # fmt: skip
+
+
+def metrics_csv(job: Job) -> bytes:
+    """Per-step metrics as OpenAI's results file has them (plus our classifier metrics), one row a
+    step, from the job's metric events."""
+    import csv
+    import io
+
+    rows: dict[int, dict[str, Any]] = {}
+    for data in job.events.filter(type="metrics").order_by("id").values_list("data", flat=True):
+        if data and "step" in data:
+            row = rows.setdefault(int(data["step"]), {"step": int(data["step"])})
+            row.update({k: v for k, v in data.items() if k in RESULT_COLUMNS})
+            if "train_mean_token_accuracy" in data:
+                row["train_accuracy"] = data["train_mean_token_accuracy"]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=RESULT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for step in sorted(rows):
+        writer.writerow(rows[step])
+    return out.getvalue().encode()
+
+
 def _spend_allowance(job: Job) -> int | None:
     """What the organization may still spend this month (its hard limit or free credit), or None."""
     from apps.billing.quotas import month_spend, spend_cap, subscription_for
@@ -261,7 +288,13 @@ def _finish(job: Job, guard: AttemptGuard, result: Any, progress: ProgressReport
         model = create_fine_tuned_model(
             locked, artifact_key=key, labels=list(result.labels), metrics=result.metrics
         )
-        return {"fine_tuned_model": model}
+        results = create_result_file(
+            locked.project,
+            f"{locked.public_id}_results.csv",
+            FilePurpose.FINE_TUNE_RESULTS,
+            metrics_csv(locked),
+        )
+        return {"fine_tuned_model": model, "result_files": [results.public_id]}
 
     actions.finish(
         job.pk, job.attempt, JobStatus.SUCCEEDED, status_reason=reason, usage=usage, fields=fields,

@@ -45,7 +45,9 @@ def _require_manager(user: User, organization: Organization, what: str) -> None:
 
 def _rejected(exc: stripe_api.StripeRejected, what: str) -> ActionError:
     logger.error("stripe refused to %s: %s (%s)", what, exc.message, exc.code)
-    return ActionError(f"Our payment provider refused to {what}: {exc.message}", code="stripe_error", status=502)
+    return ActionError(
+        f"Our payment provider refused to {what}: {exc.message}", code="stripe_error", status=502
+    )
 
 
 def _lock(organization: Organization) -> Subscription:
@@ -57,16 +59,18 @@ def _lock(organization: Organization) -> Subscription:
 # --- Checkout and the Customer Portal --------------------------------------------------------------
 
 
-def _ensure_customer(organization: Organization, user: User, deadline: stripe_api.Deadline) -> str:
+def _ensure_customer(organization: Organization, deadline: stripe_api.Deadline) -> str:
     subscription = subscription_for(organization)
     if subscription.stripe_customer_id:
         return subscription.stripe_customer_id
     customer_id = stripe_api.ensure_customer(
-        "", organization_id=organization.public_id, name=organization.name, email=user.email, deadline=deadline
+        "", organization_id=organization.public_id, name=organization.name, deadline=deadline
     )
     # Conditional: two first checkouts at once get the same customer (same idempotency key) and
     # only one write lands.
-    Subscription.objects.filter(pk=subscription.pk, stripe_customer_id="").update(stripe_customer_id=customer_id)
+    Subscription.objects.filter(pk=subscription.pk, stripe_customer_id="").update(
+        stripe_customer_id=customer_id
+    )
     subscription.refresh_from_db(fields=["stripe_customer_id"])
     return subscription.stripe_customer_id
 
@@ -78,7 +82,9 @@ def start_checkout(organization: Organization, user: User, plan_slug: str) -> st
     if plan is None:
         raise ActionError(f"There is no plan called {plan_slug!r}.", param="plan", status=404)
     if not plan.stripe_price_id:
-        raise ActionError(f"The {plan.name} plan cannot be bought online. Contact us to get it.", param="plan")
+        raise ActionError(
+            f"The {plan.name} plan cannot be bought online. Contact us to get it.", param="plan"
+        )
     subscription = subscription_for(organization)
     if subscription.stripe_subscription_id and subscription.status in ENTITLED_STATUSES:
         message = (
@@ -89,7 +95,7 @@ def start_checkout(organization: Organization, user: User, plan_slug: str) -> st
         raise ActionError(message, param="plan", code="already_subscribed", status=409)
     deadline = stripe_api.Deadline()
     try:
-        customer_id = _ensure_customer(organization, user, deadline)
+        customer_id = _ensure_customer(organization, deadline)
         session = stripe_api.create_checkout_session(
             customer_id=customer_id,
             price_id=plan.stripe_price_id,
@@ -133,7 +139,7 @@ def _nested(obj: Any, *path: str) -> Any:
     return obj
 
 
-def _id(value: Any) -> str:
+def object_id(value: Any) -> str:
     """An expandable field: an id, or the expanded object."""
     return str(value.get("id", "")) if isinstance(value, dict) else str(value or "")
 
@@ -147,7 +153,11 @@ def _price_id(stripe_subscription: dict[str, Any]) -> str:
     # `price` on current API versions; `plan` on objects created through the legacy Plans API
     # (a plan's id is also a valid price id).
     item = _first_item(stripe_subscription)
-    return _id(item.get("price")) or _id(item.get("plan")) or _id(stripe_subscription.get("plan"))
+    return (
+        object_id(item.get("price"))
+        or object_id(item.get("plan"))
+        or object_id(stripe_subscription.get("plan"))
+    )
 
 
 def _period_end(stripe_subscription: dict[str, Any]) -> datetime | None:
@@ -159,7 +169,7 @@ def _period_end(stripe_subscription: dict[str, Any]) -> datetime | None:
 
 
 def _invoice_subscription_id(invoice: dict[str, Any]) -> str:
-    return _id(_nested(invoice, "parent", "subscription_details", "subscription")) or _id(
+    return object_id(_nested(invoice, "parent", "subscription_details", "subscription")) or object_id(
         invoice.get("subscription")
     )
 
@@ -204,7 +214,7 @@ def apply_subscription(organization: Organization, stripe_subscription: dict[str
     subscription.stripe_subscription_id = stripe_id
     subscription.current_period_end = _period_end(stripe_subscription)
     subscription.stripe_synced_at = as_of
-    customer_id = _id(stripe_subscription.get("customer"))
+    customer_id = object_id(stripe_subscription.get("customer"))
     if customer_id and not subscription.stripe_customer_id:
         subscription.stripe_customer_id = customer_id
     subscription.save(
@@ -232,7 +242,7 @@ def sync_subscription(
         if exc.http_status != 404:
             raise
         current = {"id": subscription_id, "status": "canceled", "customer": subscription.stripe_customer_id}
-    customer_id = _id(current.get("customer"))
+    customer_id = object_id(current.get("customer"))
     if subscription.stripe_customer_id and customer_id and customer_id != subscription.stripe_customer_id:
         raise ValueError(
             f"subscription {subscription_id} belongs to {customer_id}, not {subscription.stripe_customer_id}"
@@ -246,18 +256,20 @@ def sync_checkout_session(
     """Applies a completed Checkout Session. With `organization` (the return page), a session of
     another organization is a 404."""
     session = stripe_api.retrieve_checkout_session(session_id, deadline)
-    organization_id = str(_nested(session, "metadata", "organization_id") or session.get("client_reference_id") or "")
+    organization_id = str(
+        _nested(session, "metadata", "organization_id") or session.get("client_reference_id") or ""
+    )
     owner = Organization.objects.filter(public_id=organization_id).first() if organization_id else None
     if organization is not None and owner != organization:
         raise ActionError("No such checkout session.", status=404, code="not_found")
     if owner is None:
         return f"ignored {session_id}: no organization {organization_id!r}"
-    subscription_id = _id(session.get("subscription"))
+    subscription_id = object_id(session.get("subscription"))
     if session.get("status") != "complete" or not subscription_id:
         return f"ignored {session_id}: not complete ({session.get('status')})"
     with transaction.atomic():
         subscription = _lock(owner)
-        customer_id = _id(session.get("customer"))
+        customer_id = object_id(session.get("customer"))
         if customer_id and not subscription.stripe_customer_id:
             subscription.stripe_customer_id = customer_id
             subscription.save(update_fields=["stripe_customer_id", "updated_at"])
@@ -298,15 +310,23 @@ def payment_succeeded(organization: Organization) -> Subscription:
 
 
 @transaction.atomic
-def sync_invoice(invoice_id: str, *, failed: bool) -> str:
+def sync_invoice(invoice_id: str, *, failed: bool, customer_id: str = "") -> str:
     """Records the invoice as Stripe has it now; a paid one ends any grace period, an open one
     after a failed payment of the current subscription starts it. Decided on the current status,
-    so a late `payment_failed` for an invoice since paid changes nothing."""
-    invoice = stripe_api.retrieve_invoice(invoice_id)
-    organization = organization_for_customer(_id(invoice.get("customer")))
+    so a late `payment_failed` for an invoice since paid changes nothing.
+
+    `customer_id` (an invoice's customer never changes) finds the organization to lock before the
+    fetch; without it the invoice is fetched once more to learn it.
+    """
+    if not customer_id:
+        customer_id = object_id(stripe_api.retrieve_invoice(invoice_id).get("customer"))
+    organization = organization_for_customer(customer_id)
     if organization is None:
-        return f"ignored {invoice_id}: unknown customer"
+        return f"ignored {invoice_id}: no organization has customer {customer_id!r}"
     subscription = _lock(organization)
+    invoice = stripe_api.retrieve_invoice(invoice_id)
+    if object_id(invoice.get("customer")) != customer_id:
+        raise ValueError(f"invoice {invoice_id} belongs to {invoice.get('customer')!r}, not {customer_id!r}")
     record_invoice(organization, invoice)
     status = invoice.get("status")
     if status == "paid":
@@ -410,7 +430,11 @@ def check_spend_alert(organization: Organization) -> bool:
     )
     if not claimed:
         return False
-    limit = f" Your spend limit is {usd(subscription.spend_limit)}." if subscription.spend_limit is not None else ""
+    limit = (
+        f" Your spend limit is {usd(subscription.spend_limit)}."
+        if subscription.spend_limit is not None
+        else ""
+    )
     try:
         send_mail(
             subject=f"{organization.name} passed {usd(threshold)} of spend this month",
@@ -462,14 +486,18 @@ def billing_banners(organization: Organization | None) -> list[str]:
     cap = spend_cap(subscription)
     if cap is not None and spend >= cap:
         if subscription.spend_limit is not None and cap == subscription.spend_limit:
-            banners.append(f"You reached your monthly spend limit of {usd(cap)}: new work is refused until you raise it.")
+            banners.append(
+                f"You reached your monthly spend limit of {usd(cap)}: new work is refused until you raise it."
+            )
         else:
             banners.append(
                 f"You used this month's {usd(cap)} of included credit on the {subscription.plan.name} plan: "
                 "upgrade under Billing to keep going."
             )
     elif subscription.alert_threshold is not None and spend >= subscription.alert_threshold:
-        banners.append(f"This month's spend, {usd(spend)}, passed your alert threshold of {usd(subscription.alert_threshold)}.")
+        banners.append(
+            f"This month's spend, {usd(spend)}, passed your alert threshold of {usd(subscription.alert_threshold)}."
+        )
     return banners
 
 

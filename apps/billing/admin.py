@@ -23,19 +23,44 @@ class PriceAdmin(admin.ModelAdmin):
 
 @admin.register(Plan)
 class PlanAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "monthly_price", "included_credit", "usage_beyond_credit", "stripe_price_id"]
+    list_display = [
+        "name",
+        "slug",
+        "monthly_price",
+        "included_credit",
+        "usage_beyond_credit",
+        "stripe_price_id",
+    ]
     search_fields = ["name", "slug", "stripe_price_id"]
     ordering = ["position"]
 
 
 @admin.register(Subscription)
 class SubscriptionAdmin(admin.ModelAdmin):
-    list_display = ["organization", "plan", "status", "grace_until", "current_period_end", "stripe_customer_id"]
+    list_display = [
+        "organization",
+        "plan",
+        "status",
+        "grace_until",
+        "current_period_end",
+        "stripe_customer_id",
+    ]
     list_filter = ["plan", "status"]
-    search_fields = ["organization__name", "organization__public_id", "stripe_customer_id", "stripe_subscription_id"]
+    search_fields = [
+        "organization__name",
+        "organization__public_id",
+        "stripe_customer_id",
+        "stripe_subscription_id",
+    ]
     list_select_related = ["organization", "plan"]
     # Mirrored from Stripe by webhooks: editing them here would be overwritten by the next event.
-    readonly_fields = ["stripe_customer_id", "stripe_subscription_id", "status", "current_period_end", "stripe_synced_at"]
+    readonly_fields = [
+        "stripe_customer_id",
+        "stripe_subscription_id",
+        "status",
+        "current_period_end",
+        "stripe_synced_at",
+    ]
 
 
 @admin.register(Invoice)
@@ -58,9 +83,27 @@ class StripeEventAdmin(admin.ModelAdmin):
 
 @admin.register(MeterEvent)
 class MeterEventAdmin(admin.ModelAdmin):
-    list_display = ["identifier", "organization", "hour", "unit", "value", "sent_at", "attempts", "last_error"]
+    list_display = [
+        "identifier",
+        "organization",
+        "hour",
+        "unit",
+        "value",
+        "sent_at",
+        "attempts",
+        "last_error",
+    ]
     list_filter = ["unit", ("sent_at", admin.EmptyFieldListFilter)]
     search_fields = ["identifier", "organization__name", "organization__public_id"]
     list_select_related = ["organization"]
-    readonly_fields = ["organization", "hour", "unit", "value", "identifier", "sent_at", "attempts", "last_error"]
+    readonly_fields = [
+        "organization",
+        "hour",
+        "unit",
+        "value",
+        "identifier",
+        "sent_at",
+        "attempts",
+        "last_error",
+    ]
     date_hierarchy = "hour"

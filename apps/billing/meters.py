@@ -118,7 +118,9 @@ def _alert(row: MeterEvent, now: datetime) -> str:
 
 
 def _record_failure(row: MeterEvent, message: str, alert: str) -> None:
-    MeterEvent.objects.filter(pk=row.pk).update(last_error=(f"{alert}; {message}" if alert else message)[:500])
+    MeterEvent.objects.filter(pk=row.pk).update(
+        last_error=(f"{alert}; {message}" if alert else message)[:500]
+    )
 
 
 def send_outbox(now: datetime | None = None) -> dict[str, int]:
@@ -167,7 +169,9 @@ def send_outbox(now: datetime | None = None) -> dict[str, int]:
                     continue
             outages = 0
             # A late row keeps its alert as the outcome, so admin shows it was sent late.
-            MeterEvent.objects.filter(pk=row.pk).update(sent_at=timezone.now(), last_error=alert and f"{alert}; sent")
+            MeterEvent.objects.filter(pk=row.pk).update(
+                sent_at=timezone.now(), last_error=alert and f"{alert}; sent"
+            )
             counts["sent"] += 1
     finally:
         _unlock()

@@ -109,7 +109,9 @@ def _client_for(api_key: str, base: str | None, timeout: float, retries: int) ->
 
 def client(deadline: Deadline | None = None) -> stripe.StripeClient:
     if not settings.STRIPE_SECRET_KEY:
-        raise BillingUnavailable("Online payments are not set up on this server (STRIPE_SECRET_KEY is empty).")
+        raise BillingUnavailable(
+            "Online payments are not set up on this server (STRIPE_SECRET_KEY is empty)."
+        )
     timeout, retries = timeout_seconds(), max_network_retries()
     if deadline is not None:
         left = deadline.remaining()
@@ -149,16 +151,18 @@ def _plain(obj: Any) -> StripeObject:
 
 
 def ensure_customer(
-    customer_id: str, *, organization_id: str, name: str, email: str, deadline: Deadline | None = None
+    customer_id: str, *, organization_id: str, name: str, deadline: Deadline | None = None
 ) -> str:
     """The organization's customer id: `customer_id` when it already has one, else a new customer.
 
     The Idempotency-Key is derived from the organization, so a retry (ours or the SDK's) after a lost
-    response returns the customer created the first time instead of a second one.
+    response returns the customer created the first time instead of a second one. The parameters
+    stay the same from one try to the next (Stripe refuses a reused key with other parameters); the
+    billing email is collected by Checkout.
     """
     if customer_id:
         return customer_id
-    params = {"name": name, "email": email, "metadata": {"organization_id": organization_id}}
+    params = {"name": name, "metadata": {"organization_id": organization_id}}
     customer = _call(
         "create customer",
         lambda c: c.v1.customers.create(
@@ -200,7 +204,9 @@ def create_checkout_session(
     return _plain(session)
 
 
-def create_portal_session(*, customer_id: str, return_url: str, deadline: Deadline | None = None) -> StripeObject:
+def create_portal_session(
+    *, customer_id: str, return_url: str, deadline: Deadline | None = None
+) -> StripeObject:
     params = {"customer": customer_id, "return_url": return_url}
     session = _call(
         "create portal session",
@@ -214,18 +220,24 @@ def create_portal_session(*, customer_id: str, return_url: str, deadline: Deadli
 
 
 def retrieve_checkout_session(session_id: str, deadline: Deadline | None = None) -> StripeObject:
-    return _plain(_call("retrieve checkout session", lambda c: c.v1.checkout.sessions.retrieve(session_id), deadline))
+    return _plain(
+        _call("retrieve checkout session", lambda c: c.v1.checkout.sessions.retrieve(session_id), deadline)
+    )
 
 
 def retrieve_subscription(subscription_id: str, deadline: Deadline | None = None) -> StripeObject:
-    return _plain(_call("retrieve subscription", lambda c: c.v1.subscriptions.retrieve(subscription_id), deadline))
+    return _plain(
+        _call("retrieve subscription", lambda c: c.v1.subscriptions.retrieve(subscription_id), deadline)
+    )
 
 
 def retrieve_invoice(invoice_id: str, deadline: Deadline | None = None) -> StripeObject:
     return _plain(_call("retrieve invoice", lambda c: c.v1.invoices.retrieve(invoice_id), deadline))
 
 
-def list_events(*, types: list[str], since: datetime | None = None, undelivered_only: bool = True) -> list[StripeObject]:
+def list_events(
+    *, types: list[str], since: datetime | None = None, undelivered_only: bool = True
+) -> list[StripeObject]:
     """Events of these types from the last 30 days at most (Stripe keeps no more), all pages."""
     oldest = timezone.now() - timedelta(days=EVENTS_LOOKBACK_DAYS)
     since = max(since or oldest, oldest)
@@ -242,7 +254,9 @@ def list_events(*, types: list[str], since: datetime | None = None, undelivered_
 # --- Meters ---------------------------------------------------------------------------------------
 
 
-def send_meter_event(event_name: str, customer: str, value: int, identifier: str, timestamp: int) -> StripeObject:
+def send_meter_event(
+    event_name: str, customer: str, value: int, identifier: str, timestamp: int
+) -> StripeObject:
     """One meter event. `identifier` is also the Idempotency-Key: a resend after a crash or a lost
     response is recognised by Stripe as the same event and counted once."""
     params = {

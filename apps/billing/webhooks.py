@@ -39,18 +39,24 @@ def _checkout_completed(event: Event) -> str:
 def _subscription_changed(event: Event) -> str:
     obj = event["data"]["object"]
     # The customer of a subscription never changes, so the event's copy of it is safe to use.
-    organization = actions.organization_for_customer(actions._id(obj.get("customer")))
+    organization = actions.organization_for_customer(actions.object_id(obj.get("customer")))
     if organization is None:
         return f"ignored: no organization has customer {obj.get('customer')!r}"
     return actions.sync_subscription(organization, str(obj["id"]))
 
 
 def _invoice_paid(event: Event) -> str:
-    return actions.sync_invoice(str(event["data"]["object"]["id"]), failed=False)
+    obj = event["data"]["object"]
+    return actions.sync_invoice(
+        str(obj["id"]), failed=False, customer_id=actions.object_id(obj.get("customer"))
+    )
 
 
 def _invoice_payment_failed(event: Event) -> str:
-    return actions.sync_invoice(str(event["data"]["object"]["id"]), failed=True)
+    obj = event["data"]["object"]
+    return actions.sync_invoice(
+        str(obj["id"]), failed=True, customer_id=actions.object_id(obj.get("customer"))
+    )
 
 
 HANDLERS: dict[str, Callable[[Event], str]] = {
@@ -80,7 +86,9 @@ def process_event(event: Event) -> tuple[int, str]:
         return 200, "duplicate"
     handler = HANDLERS.get(event_type)
     if handler is None:
-        StripeEvent.objects.filter(pk=row.pk, processed_at=None).update(processed_at=timezone.now(), outcome="ignored")
+        StripeEvent.objects.filter(pk=row.pk, processed_at=None).update(
+            processed_at=timezone.now(), outcome="ignored"
+        )
         return 200, "ignored"
     try:
         with transaction.atomic():

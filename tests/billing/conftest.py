@@ -105,7 +105,9 @@ def localstripe(localstripe_url: str) -> LocalStripe:
 
 
 @pytest.fixture
-def fake_stripe(db: None, settings: Any, fake_stripe_server: FakeStripe, localstripe: LocalStripe) -> FakeStripe:
+def fake_stripe(
+    db: None, settings: Any, fake_stripe_server: FakeStripe, localstripe: LocalStripe
+) -> FakeStripe:
     """A clean Stripe for each test, with the Pro and Team prices, and settings pointing at it."""
     from apps.billing.models import Plan
     from apps.billing.quotas import subscription_for  # noqa: F401 (seeds plans in a flushed database)
@@ -128,7 +130,9 @@ def fake_stripe(db: None, settings: Any, fake_stripe_server: FakeStripe, localst
 
 def signed_post(client: Any, payload: bytes, header: str | None) -> Any:
     extra = {"HTTP_STRIPE_SIGNATURE": header} if header is not None else {}
-    return client.generic("POST", "/billing/stripe/webhook", payload, content_type="application/json", **extra)
+    return client.generic(
+        "POST", "/billing/stripe/webhook", payload, content_type="application/json", **extra
+    )
 
 
 @pytest.fixture
@@ -144,13 +148,20 @@ def deliver(client: Any) -> Callable[..., Any]:
 
 @pytest.fixture
 def pro_alice(
-    alice_client: Any, alice_org: Any, fake_stripe: FakeStripe, localstripe: LocalStripe, deliver: Callable[..., Any]
+    alice_client: Any,
+    alice_org: Any,
+    fake_stripe: FakeStripe,
+    localstripe: LocalStripe,
+    deliver: Callable[..., Any],
 ) -> dict[str, Any]:
     """alice's organization on Pro, through Checkout and its webhook. Returns the completed session."""
     response = alice_client.post("/billing/checkout", {"plan": "pro"})
     assert response.status_code == 303, response.content.decode()[:2000]
     session = fake_stripe.complete_checkout(response["Location"].rsplit("/", 1)[1])
-    assert deliver(fake_stripe.add_event("checkout.session.completed", session, delivered=True)).status_code == 200
+    assert (
+        deliver(fake_stripe.add_event("checkout.session.completed", session, delivered=True)).status_code
+        == 200
+    )
     # ... and, as Stripe does, the first invoice's
     invoice = localstripe.get(f"/v1/subscriptions/{session['subscription']}")["latest_invoice"]
     assert deliver(fake_stripe.add_event("invoice.paid", {"id": invoice}, delivered=True)).status_code == 200

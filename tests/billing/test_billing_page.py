@@ -50,8 +50,12 @@ def test_a_free_organization_is_offered_the_paid_plans(alice_client: Any, fake_s
     assert "Manage billing" not in html  # no billing account yet
 
 
-def test_a_member_sees_billing_read_only(client: Any, bob: Any, alice_org: Any, fake_stripe: FakeStripe) -> None:
-    actions.set_spend_limits(alice_org, alice_org.memberships.get(role=Role.OWNER).user, 250_000_000, 100_000_000)
+def test_a_member_sees_billing_read_only(
+    client: Any, bob: Any, alice_org: Any, fake_stripe: FakeStripe
+) -> None:
+    actions.set_spend_limits(
+        alice_org, alice_org.memberships.get(role=Role.OWNER).user, 250_000_000, 100_000_000
+    )
     login(client, bob)
 
     html = page(client)
@@ -62,7 +66,9 @@ def test_a_member_sees_billing_read_only(client: Any, bob: Any, alice_org: Any, 
         assert form_field not in html
 
 
-def test_a_member_cannot_change_limits_or_the_key(client: Any, bob: Any, alice_org: Any, fake_stripe: FakeStripe) -> None:
+def test_a_member_cannot_change_limits_or_the_key(
+    client: Any, bob: Any, alice_org: Any, fake_stripe: FakeStripe
+) -> None:
     login(client, bob)
 
     limits = client.post("/billing/limits", {"spend_limit": "1", "alert_threshold": ""})
@@ -106,7 +112,9 @@ def test_limits_are_typed_in_dollars_and_stored_in_micro_dollars(
     assert (subscription.spend_limit, subscription.alert_threshold) == (None, None)
 
 
-def test_bad_limits_are_refused_with_a_clear_message(alice_client: Any, alice_org: Any, fake_stripe: FakeStripe) -> None:
+def test_bad_limits_are_refused_with_a_clear_message(
+    alice_client: Any, alice_org: Any, fake_stripe: FakeStripe
+) -> None:
     cases = {
         ("ten", ""): "The spend limit: enter an amount in dollars, like 250 or 99.50.",
         ("-5", ""): "The spend limit cannot be negative.",
@@ -139,7 +147,9 @@ def test_the_openai_key_is_write_only(alice_client: Any, alice_org: Any, fake_st
     assert Organization.objects.get(pk=alice_org.pk).openai_key() is None
 
 
-def test_a_malformed_openai_key_is_refused(alice_client: Any, alice_org: Any, fake_stripe: FakeStripe) -> None:
+def test_a_malformed_openai_key_is_refused(
+    alice_client: Any, alice_org: Any, fake_stripe: FakeStripe
+) -> None:
     for bad in ("", "not-a-key", "sk-short", "sk-has spaces in it 1234567890"):
         response = alice_client.post("/billing/openai-key", {"openai_api_key": bad})
         assert response.status_code == 400, bad
@@ -181,14 +191,21 @@ def test_the_database_the_page_and_stripe_agree_to_the_micro_dollar(
     # given: usage with odd costs in this hour, once it has closed and been reported
     now = timezone.now()
     hour = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    for cost, unit in ((1_234_567, "input_tokens"), (7_654_321, "output_tokens"), (1, "output_tokens"), (99, "classified_texts")):
+    for cost, unit in (
+        (1_234_567, "input_tokens"),
+        (7_654_321, "output_tokens"),
+        (1, "output_tokens"),
+        (99, "classified_texts"),
+    ):
         record_usage(alice_org, unit, cost, now)  # fmt: skip
     meters.fill_outbox(hour + timedelta(hours=1, minutes=10))
     meters.send_outbox(hour + timedelta(hours=1, minutes=10))
 
     # then
     in_database = UsageRecord.objects.filter(organization=alice_org).aggregate(total=Sum("cost"))["total"]
-    in_outbox = MeterEvent.objects.filter(organization=alice_org, sent_at__isnull=False).aggregate(total=Sum("value"))["total"]
+    in_outbox = MeterEvent.objects.filter(organization=alice_org, sent_at__isnull=False).aggregate(
+        total=Sum("value")
+    )["total"]
     at_stripe = sum(int(e["payload"]["value"]) for e in fake_stripe.meter_events)
     assert in_database == in_outbox == at_stripe == 8_888_988
     html = page(alice_client)
@@ -231,7 +248,9 @@ def test_the_spend_alert_is_emailed_once_a_month_to_owners_and_admins(
     assert len(mail.outbox) == 2
 
 
-def test_banners_say_when_the_included_credit_is_used_up(alice_org: Any, alice_client: Any, fake_stripe: FakeStripe) -> None:
+def test_banners_say_when_the_included_credit_is_used_up(
+    alice_org: Any, alice_client: Any, fake_stripe: FakeStripe
+) -> None:
     credit = subscription_for(alice_org).plan.included_credit
     record_usage(alice_org, "output_tokens", credit, timezone.now())
 

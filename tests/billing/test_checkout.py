@@ -109,7 +109,10 @@ def test_a_paying_organization_changes_plans_in_the_portal_not_checkout(
     response = start_checkout(alice_client, "team")
 
     assert response.status_code == 409
-    assert "You already have a paid subscription: change plans under Manage billing." in response.content.decode()
+    assert (
+        "You already have a paid subscription: change plans under Manage billing."
+        in response.content.decode()
+    )
     assert len(fake_stripe.requests_to("POST", "/v1/checkout/sessions")) == 1
 
 

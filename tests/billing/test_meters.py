@@ -100,7 +100,11 @@ def test_an_hour_is_reported_only_once_it_has_closed(
 
 
 def test_a_crash_after_stripe_accepted_resends_the_same_identifier_and_stripe_counts_one(
-    usage: dict[str, Any], alice_org: Any, fake_stripe: FakeStripe, now: datetime, monkeypatch: pytest.MonkeyPatch
+    usage: dict[str, Any],
+    alice_org: Any,
+    fake_stripe: FakeStripe,
+    now: datetime,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # given: the sender dies right after Stripe answered 200, before marking the row sent
     real_send = meters.stripe_api.send_meter_event
@@ -122,7 +126,9 @@ def test_a_crash_after_stripe_accepted_resends_the_same_identifier_and_stripe_co
 
     # then: sent again with the same identifier and key, and Stripe has it once
     assert counts["sent"] == 3
-    posts = [r for r in fake_stripe.requests_to("POST", METER_PATH) if r.params["identifier"] == crashed.identifier]
+    posts = [
+        r for r in fake_stripe.requests_to("POST", METER_PATH) if r.params["identifier"] == crashed.identifier
+    ]
     assert len(posts) == 2
     assert {r.idempotency_key for r in posts} == {crashed.identifier}
     assert [e["identifier"] for e in fake_stripe.meter_events].count(crashed.identifier) == 1
@@ -170,7 +176,9 @@ def test_a_stripe_outage_leaves_rows_unsent_and_the_next_run_sends_them_once(
     for row in MeterEvent.objects.all():
         assert row.sent_at is None and row.attempts == 1
         assert row.last_error.startswith("Billing is temporarily unavailable")
-        tries = [r for r in fake_stripe.requests_to("POST", METER_PATH) if r.params["identifier"] == row.identifier]
+        tries = [
+            r for r in fake_stripe.requests_to("POST", METER_PATH) if r.params["identifier"] == row.identifier
+        ]
         assert len(tries) == 3 and {r.idempotency_key for r in tries} == {row.identifier}
     assert fake_stripe.meter_events == []
 
@@ -200,7 +208,11 @@ def test_a_run_stops_after_three_outage_errors_in_a_row(
 
 
 def test_rows_unsent_after_30_days_raise_an_alert_and_are_never_dropped(
-    pro_alice: dict[str, Any], alice_org: Any, fake_stripe: FakeStripe, now: datetime, caplog: pytest.LogCaptureFixture
+    pro_alice: dict[str, Any],
+    alice_org: Any,
+    fake_stripe: FakeStripe,
+    now: datetime,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # given: an outbox row 31 days old (still accepted by Stripe) and one 36 days old (refused)
     late_hour, lost_hour = hour_of(now) - timedelta(days=31), hour_of(now) - timedelta(days=36)
@@ -218,7 +230,9 @@ def test_rows_unsent_after_30_days_raise_an_alert_and_are_never_dropped(
     late.refresh_from_db()
     lost.refresh_from_db()
     assert late.sent_at is not None and late.last_error == "ALERT: unsent for 31 days; sent"
-    assert lost.sent_at is None and lost.last_error.startswith("ALERT: unsent for 36 days; older than Stripe accepts")
+    assert lost.sent_at is None and lost.last_error.startswith(
+        "ALERT: unsent for 36 days; older than Stripe accepts"
+    )
     assert [e["identifier"] for e in fake_stripe.meter_events] == [late.identifier]
 
     # ... and the lost row stays, alerting on every run
@@ -229,7 +243,11 @@ def test_rows_unsent_after_30_days_raise_an_alert_and_are_never_dropped(
 
 
 def test_usage_recorded_after_an_hour_was_filled_updates_an_unsent_row(
-    pro_alice: dict[str, Any], alice_org: Any, fake_stripe: FakeStripe, now: datetime, caplog: pytest.LogCaptureFixture
+    pro_alice: dict[str, Any],
+    alice_org: Any,
+    fake_stripe: FakeStripe,
+    now: datetime,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     hour = hour_of(now) - timedelta(hours=2)
     record_usage(alice_org, "input_tokens", 100, hour)

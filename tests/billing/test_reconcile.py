@@ -57,7 +57,9 @@ def test_missed_events_are_processed_exactly_once(
     assert StripeEvent.objects.count() == before + 4
 
 
-def test_reconciliation_looks_back_30_days_at_most(pro_alice: dict[str, Any], fake_stripe: FakeStripe) -> None:
+def test_reconciliation_looks_back_30_days_at_most(
+    pro_alice: dict[str, Any], fake_stripe: FakeStripe
+) -> None:
     old = fake_stripe.add_event("customer.subscription.updated",
                                 {"id": pro_alice["subscription"], "customer": pro_alice["customer"]},
                                 created=int(time.time()) - 31 * 86400)  # fmt: skip
@@ -73,7 +75,9 @@ def test_an_event_that_failed_before_is_retried_by_reconciliation(
 ) -> None:
     event = fake_stripe.add_event("customer.subscription.updated",
                                   {"id": pro_alice["subscription"], "customer": pro_alice["customer"]})  # fmt: skip
-    StripeEvent.objects.create(event_id=event["id"], type=event["type"], created=event["created"], outcome="failed: x")
+    StripeEvent.objects.create(
+        event_id=event["id"], type=event["type"], created=event["created"], outcome="failed: x"
+    )
 
     counts = reconcile_missed_events()
 

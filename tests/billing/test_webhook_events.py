@@ -29,7 +29,9 @@ def event_json(event: dict[str, Any]) -> bytes:
 def renewal_fails(localstripe: LocalStripe, session: dict[str, Any]) -> dict[str, Any]:
     """The card now declines, and the next invoice of the subscription cannot be paid."""
     localstripe.attach_card(session["customer"], "pm_card_chargeCustomerFail")
-    invoice = localstripe.post("/v1/invoices", {"customer": session["customer"], "subscription": session["subscription"]})
+    invoice = localstripe.post(
+        "/v1/invoices", {"customer": session["customer"], "subscription": session["subscription"]}
+    )
     return localstripe.post(f"/v1/invoices/{invoice['id']}/pay", {})
 
 
@@ -77,7 +79,10 @@ def test_a_hundred_distinct_events_are_all_processed(
     responses = [deliver(event) for event in events]
 
     assert [r.status_code for r in responses] == [200] * 100
-    assert StripeEvent.objects.filter(event_id__in=[e["id"] for e in events], processed_at__isnull=False).count() == 100
+    assert (
+        StripeEvent.objects.filter(event_id__in=[e["id"] for e in events], processed_at__isnull=False).count()
+        == 100
+    )
 
 
 def test_out_of_order_events_end_in_stripes_current_state(
@@ -104,7 +109,9 @@ def test_a_late_update_does_not_undo_a_cancellation(
     # given: the subscription is cancelled in Stripe (the Portal), and its deleted event arrives
     subscription_id, customer = pro_alice["subscription"], pro_alice["customer"]
     localstripe.delete(f"/v1/subscriptions/{subscription_id}")
-    deleted = fake_stripe.add_event("customer.subscription.deleted", {"id": subscription_id, "customer": customer})
+    deleted = fake_stripe.add_event(
+        "customer.subscription.deleted", {"id": subscription_id, "customer": customer}
+    )
     assert deliver(deleted).status_code == 200
     assert (subscription_for(alice_org).plan.slug, subscription_for(alice_org).status) == ("free", "canceled")
 
@@ -119,7 +126,9 @@ def test_a_late_update_does_not_undo_a_cancellation(
     assert (subscription.plan.slug, subscription.status) == ("free", "canceled")
 
 
-def test_apply_subscription_ignores_an_object_older_than_the_one_applied(pro_alice: dict[str, Any], alice_org: Any) -> None:
+def test_apply_subscription_ignores_an_object_older_than_the_one_applied(
+    pro_alice: dict[str, Any], alice_org: Any
+) -> None:
     synced_at = subscription_for(alice_org).stripe_synced_at
     old_copy = {"id": pro_alice["subscription"], "status": "canceled", "customer": pro_alice["customer"]}
 
@@ -149,7 +158,9 @@ def test_a_failed_payment_starts_a_grace_period_then_paid_work_stops_but_data_st
 ) -> None:  # fmt: skip
     # given: the renewal fails and Stripe says so
     invoice = renewal_fails(localstripe, pro_alice)
-    response = deliver(fake_stripe.add_event("invoice.payment_failed", {"id": invoice["id"], "object": "invoice"}))
+    response = deliver(
+        fake_stripe.add_event("invoice.payment_failed", {"id": invoice["id"], "object": "invoice"})
+    )
     assert response.status_code == 200
 
     # then: paid work goes on for BILLING_GRACE_DAYS, with a banner saying so
@@ -160,7 +171,9 @@ def test_a_failed_payment_starts_a_grace_period_then_paid_work_stops_but_data_st
     assert "Your last payment failed." in alice_client.get("/billing/").content.decode()
 
     # when: the grace period is over (time passes)
-    Subscription.objects.filter(pk=subscription_for(alice_org).pk).update(grace_until=timezone.now() - timedelta(seconds=1))
+    Subscription.objects.filter(pk=subscription_for(alice_org).pk).update(
+        grace_until=timezone.now() - timedelta(seconds=1)
+    )
 
     # then: new paid work is refused as /v1/chat/completions would refuse it ...
     with pytest.raises(QuotaError) as refused:
@@ -176,7 +189,10 @@ def test_a_failed_payment_starts_a_grace_period_then_paid_work_stops_but_data_st
     # when: the customer fixes the card and the invoice is paid
     localstripe.attach_card(pro_alice["customer"])
     localstripe.post(f"/v1/invoices/{invoice['id']}/pay", {})
-    assert deliver(fake_stripe.add_event("invoice.paid", {"id": invoice["id"], "object": "invoice"})).status_code == 200
+    assert (
+        deliver(fake_stripe.add_event("invoice.paid", {"id": invoice["id"], "object": "invoice"})).status_code
+        == 200
+    )
 
     # then
     assert subscription_for(alice_org).grace_until is None
@@ -270,13 +286,18 @@ def test_an_unpinned_api_version_is_logged_and_still_processed(
     assert "has API version 2024-06-20, we pin 2026-10-28.endive" in caplog.text
 
 
-def test_events_of_an_unknown_customer_are_recorded_and_ignored(fake_stripe: FakeStripe, deliver: Any) -> None:
+def test_events_of_an_unknown_customer_are_recorded_and_ignored(
+    fake_stripe: FakeStripe, deliver: Any
+) -> None:
     event = fake_stripe.add_event("customer.subscription.updated", {"id": "sub_x", "customer": "cus_nobody"})
 
     response = deliver(event)
 
     assert response.status_code == 200
-    assert StripeEvent.objects.get(event_id=event["id"]).outcome == "ignored: no organization has customer 'cus_nobody'"
+    assert (
+        StripeEvent.objects.get(event_id=event["id"]).outcome
+        == "ignored: no organization has customer 'cus_nobody'"
+    )
     assert fake_stripe.requests_to("GET", "/v1/subscriptions/sub_x") == []
 
 
@@ -299,7 +320,9 @@ def test_localstripe_delivers_signed_events_to_the_live_server(
         created = localstripe.post("/v1/subscriptions", {"customer": customer, "items[0][plan]": "price_pro"})
 
         # then
-        wait_for(lambda: subscription_for(alice_org).plan.slug == "pro", timeout=15, message="webhook not applied")
+        wait_for(
+            lambda: subscription_for(alice_org).plan.slug == "pro", timeout=15, message="webhook not applied"
+        )
         row = StripeEvent.objects.get(type="customer.subscription.created", outcome__startswith=created["id"])
         assert row.processed_at is not None and row.outcome == f"{created['id']}: pro (active)"
     finally:

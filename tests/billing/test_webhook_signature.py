@@ -71,9 +71,19 @@ def _refused(client: Any, payload: bytes, header: str | None) -> Any:
 
 @pytest.mark.parametrize(
     "case",
-    ["missing header", "wrong secret", "one byte changed", "json re-serialized", "301 s old", "only v0", "garbage"],
+    [
+        "missing header",
+        "wrong secret",
+        "one byte changed",
+        "json re-serialized",
+        "301 s old",
+        "only v0",
+        "garbage",
+    ],
 )
-def test_a_bad_signature_is_refused_and_writes_nothing(client: Any, fake_stripe: FakeStripe, case: str) -> None:
+def test_a_bad_signature_is_refused_and_writes_nothing(
+    client: Any, fake_stripe: FakeStripe, case: str
+) -> None:
     payload, now = event_body(), int(time.time())
     header: str | None = sign(payload, WEBHOOK_SECRET, now)
     if case == "missing header":
@@ -117,7 +127,9 @@ def test_the_webhook_needs_no_csrf_token(fake_stripe: FakeStripe) -> None:
     assert response.status_code == 200
 
 
-def test_a_valid_signature_on_a_body_that_is_not_json_is_refused(client: Any, fake_stripe: FakeStripe) -> None:
+def test_a_valid_signature_on_a_body_that_is_not_json_is_refused(
+    client: Any, fake_stripe: FakeStripe
+) -> None:
     payload = b"not json at all"
 
     response = signed_post(client, payload, sign(payload, WEBHOOK_SECRET))

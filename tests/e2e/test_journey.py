@@ -76,6 +76,12 @@ def sign_up_and_verify(page: Any, email: str, outbox: list[Any], shot: Any, who:
 
     page.goto(mail_link(outbox, email, CONFIRM_PATH))
     page.get_by_role("button", name="Confirm").click()
+    page.get_by_text(f"You have confirmed {email}.").wait_for()
+    if "/accounts/login/" in page.url:  # confirmed, not signed in: sign in as the user would
+        shot(page, f"{who} email confirmed")
+        page.fill("input[name=login]", email)
+        page.fill("input[name=password]", PASSWORD)
+        page.get_by_role("button", name="Sign In").click()
     page.wait_for_url(re.compile(r"/projects/$"))
     page.get_by_text(email).first.wait_for()  # signed in: the top bar names the user
     shot(page, f"{who} verified and signed in")

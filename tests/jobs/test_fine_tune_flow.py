@@ -54,3 +54,15 @@ def test_a_fine_tune_runs_to_a_model(api: Any, celery_worker: Any, tiny_base: An
     assert checkpoints and checkpoints[0]["step_number"] > 0
     job = Job.objects.get(public_id=job_id)
     assert list(job.usage.values_list("unit", "quantity")) == [("trained_tokens", done["trained_tokens"])]
+    # the results file holds the per-step metrics, as OpenAI's does
+    [results_id] = done["result_files"]
+    results = api.get(f"/v1/files/{results_id}").json()
+    assert results["purpose"] == "fine-tune-results" and results["status"] == "processed"
+    csv_text = b"".join(api.get(f"/v1/files/{results_id}/content").streaming_content).decode()
+    header, *rows = csv_text.splitlines()
+    assert header == "step,epoch,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy,accuracy,f1_macro"
+    assert rows and any(row.split(",")[4] for row in rows)  # valid_loss at the evaluated steps
+    # the kept checkpoints are callable as models
+    names = {m["id"] for m in api.get("/v1/models").json()["data"]}
+    assert {c["fine_tuned_model_checkpoint"] for c in checkpoints} <= names
+    assert len(checkpoints) <= 2

@@ -144,7 +144,10 @@ def checkout_return(request: HttpRequest) -> HttpResponse:
     except stripe_api.StripeRejected:
         raise Http404("No such checkout session") from None
     except stripe_api.BillingUnavailable:
-        messages.info(request, "Thank you! Stripe has not confirmed the payment yet; your plan updates in a few minutes.")
+        messages.info(
+            request,
+            "Thank you! Stripe has not confirmed the payment yet; your plan updates in a few minutes.",
+        )
     except ActionError as exc:
         if exc.status == 404:
             raise Http404("No such checkout session") from None
