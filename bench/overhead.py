@@ -286,7 +286,12 @@ def measure(client: Client, name: str, loaded: Any, n: int, warm_up: int) -> dic
     api: list[float] = []
     direct: list[float] = []
     same_label = 0
+    timed_from = None
     for i in range(warm_up + n):
+        if i == warm_up:
+            from django.utils import timezone
+
+            timed_from = timezone.now()
         started = time.perf_counter()
         status, raw = client.request("POST", "/v1/classifications", body)
         api_ms = (time.perf_counter() - started) * 1000
@@ -301,7 +306,21 @@ def measure(client: Client, name: str, loaded: Any, n: int, warm_up: int) -> dic
             same_label += json.loads(raw)["data"][0]["labels"][0]["label"] == result.results[0][0].label
     if same_label != n:
         print(f"  warning: the API and the direct call disagreed on the top label {n - same_label} times")
-    return {"api": api, "direct": direct, "overhead": [a - d for a, d in zip(api, direct, strict=True)]}
+    series = {"api": api, "direct": direct, "overhead": [a - d for a, d in zip(api, direct, strict=True)]}
+    return {**series, **stages(name, timed_from)}
+
+
+def stages(name: str, since: Any) -> dict[str, list[float]]:
+    """Where the time goes, from the job rows: created (web, before the insert commits) → started
+    (the worker claimed it) → finished (result and usage committed)."""
+    from apps.jobs.models import Job
+
+    rows = Job.objects.filter(model_name=name, created_at__gte=since).values_list(
+        "created_at", "started_at", "finished_at"
+    )
+    queue = [(started - created).total_seconds() * 1000 for created, started, _ in rows]
+    work = [(finished - started).total_seconds() * 1000 for _, started, finished in rows]
+    return {"queue": queue, "worker": work}
 
 
 def report(title: str, series: dict[str, list[float]]) -> None:
@@ -309,6 +328,14 @@ def report(title: str, series: dict[str, list[float]]) -> None:
     print(f"  {'':32} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
     for label, key in (("API + queue + worker (HTTP)", "api"), ("classify() in process", "direct"),
                        ("overhead (API - direct, paired)", "overhead")):  # fmt: skip
+        values = series[key]
+        print(f"  {label:32} {percentile(values, 50):8.1f} {percentile(values, 99):8.1f} "
+              f"{sum(values) / len(values):8.1f}")  # fmt: skip
+    print("  where the API's time goes (from the job rows):")
+    for label, key in (
+        ("  created -> claimed by worker", "queue"),
+        ("  claimed -> result committed", "worker"),
+    ):
         values = series[key]
         print(f"  {label:32} {percentile(values, 50):8.1f} {percentile(values, 99):8.1f} "
               f"{sum(values) / len(values):8.1f}")  # fmt: skip
@@ -330,6 +357,7 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
 
+    started_load = os.getloadavg()
     with environment("modelworks_bench") as env:
         if args.torch_threads:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.torch_threads)
@@ -360,7 +388,9 @@ def main() -> None:
         finally:
             for process in reversed(processes):
                 process.stop()
-    print(f"\nCPU, torch {torch.__version__}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores; "
+    load = os.getloadavg()
+    print(f"\nload average {started_load[0]:.1f} at the start, {load[0]:.1f} at the end (1 min)")
+    print(f"CPU, torch {torch.__version__}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores; "
           f"gunicorn gthread 1x{args.threads}, Celery prefork -c 1; PostgreSQL and Redis on 127.0.0.1")  # fmt: skip
     for title, series in results:
         report(title, series)

@@ -71,7 +71,7 @@ def run_fine_tune(job: Job) -> None:
             progress.flush()
             if guard.lost:
                 return
-            _finish(job, guard, result, progress)
+            _finish(job, guard, result, progress, spec)
     except SoftTimeLimitExceeded:
         # Terminal, like Celery's own view of a timeout: the job fails and is not retried.
         _fail_time_limit(job)
@@ -267,7 +267,30 @@ def _eval_message(event: Any) -> str:
     return ": ".join([parts[0], ", ".join(parts[1:])]) if len(parts) > 1 else parts[0]
 
 
-def _finish(job: Job, guard: AttemptGuard, result: Any, progress: ProgressReporter) -> None:
+def diagnostics_csv(spec: Any, model_dir: str) -> bytes:
+    """Per-row validation loss, likeliest label errors first, text cells made safe for spreadsheets."""
+    import csv
+    import io
+
+    from workers.runtime.diagnostics import diagnose, validation_examples
+    from workers.runtime.models import load_model
+
+    rows = diagnose(load_model(model_dir), validation_examples(spec))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["line", "label", "predicted", "label_probability", "loss", "likely_mislabelled", "text"])
+    for row in rows:
+        writer.writerow([row.line, safe_cell(row.label), safe_cell(row.predicted), row.label_probability, row.loss,
+                         "yes" if row.likely_mislabelled else "", safe_cell(row.text)])  # fmt: skip
+    return out.getvalue().encode()
+
+
+def safe_cell(value: str) -> str:
+    """CSV formula injection: a cell a spreadsheet would run as a formula gets a leading quote."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def _finish(job: Job, guard: AttemptGuard, result: Any, progress: ProgressReporter, spec: Any) -> None:
     usage = {"trained_tokens": result.trained_tokens}
     fields = {"trained_tokens": result.trained_tokens}
     if result.status == "stopped" and guard.stop_reason == "cancel":
@@ -282,6 +305,7 @@ def _finish(job: Job, guard: AttemptGuard, result: Any, progress: ProgressReport
         return
     key = f"models/{job.organization.public_id}/{job.public_id}"
     upload_dir(Path(result.model_dir), key)
+    diagnostics = diagnostics_csv(spec, result.model_dir) if spec.task == "classification" else None
     reason = {"budget": "budget_reached", "spend_limit": "spend_limit_reached"}.get(guard.stop_reason, "")
 
     def create_model(locked: Job) -> dict[str, Any]:
@@ -294,7 +318,15 @@ def _finish(job: Job, guard: AttemptGuard, result: Any, progress: ProgressReport
             FilePurpose.FINE_TUNE_RESULTS,
             metrics_csv(locked),
         )
-        return {"fine_tuned_model": model, "result_files": [results.public_id]}
+        files = [results.public_id]
+        if diagnostics is not None:
+            files.append(
+                create_result_file(
+                    locked.project, f"{locked.public_id}_validation_rows.csv", FilePurpose.FINE_TUNE_RESULTS,
+                    diagnostics,
+                ).public_id
+            )  # fmt: skip
+        return {"fine_tuned_model": model, "result_files": files}
 
     actions.finish(
         job.pk, job.attempt, JobStatus.SUCCEEDED, status_reason=reason, usage=usage, fields=fields,

@@ -278,6 +278,7 @@ def sync_checkout_session(
 
 def record_invoice(organization: Organization, invoice: dict[str, Any]) -> Invoice:
     created = invoice.get("created") or invoice.get("date") or time.time()
+    url = str(invoice.get("hosted_invoice_url") or "")
     row, _ = Invoice.objects.update_or_create(
         stripe_invoice_id=str(invoice["id"]),
         defaults={
@@ -285,13 +286,15 @@ def record_invoice(organization: Organization, invoice: dict[str, Any]) -> Invoi
             "status": str(invoice.get("status") or ""),
             "amount_due": int(invoice.get("amount_due") or 0),
             "currency": str(invoice.get("currency") or "usd")[:3],
-            "hosted_invoice_url": str(invoice.get("hosted_invoice_url") or ""),
+            # A link cut short would be broken: none is better (invoices are in the Portal too).
+            "hosted_invoice_url": url if len(url) <= 500 else "",
             "created": datetime.fromtimestamp(int(created), tz=UTC),
         },
     )
     return row
 
 
+@transaction.atomic
 def payment_failed(organization: Organization) -> Subscription:
     """Starts the grace period (once: later failed retries do not extend it)."""
     subscription = _lock(organization)
@@ -301,6 +304,7 @@ def payment_failed(organization: Organization) -> Subscription:
     return subscription
 
 
+@transaction.atomic
 def payment_succeeded(organization: Organization) -> Subscription:
     subscription = _lock(organization)
     if subscription.grace_until is not None:

@@ -223,7 +223,8 @@ def task_runs(worker: Worker, name: str = "jobs.run_fine_tune") -> list[float]:
 
 
 def received(worker: Worker, name: str = "jobs.run_fine_tune") -> int:
-    return worker.log.read_text(errors="replace").count(f"Task {name}[")
+    """Deliveries of `name` this worker got, from its log."""
+    return len(re.findall(rf"Task {re.escape(name)}\[[^\]]+\] received", worker.log.read_text(errors="replace")))
 
 
 # --- Jobs ------------------------------------------------------------------------------------------

@@ -66,6 +66,12 @@ def mail_link(outbox: list[Any], to: str, pattern: re.Pattern[str]) -> str:
     raise AssertionError(f"no email to {to} with a link like {pattern.pattern}: {[m.subject for m in outbox]}")
 
 
+def follow(page: Any, link: str, path: str) -> None:
+    """Clicks a sidebar link and waits for the page to load (its scripts then hold the page)."""
+    page.get_by_role("link", name=link, exact=True).click()
+    page.wait_for_url(re.compile(re.escape(path) + "$"))
+
+
 def sign_up_and_verify(page: Any, email: str, outbox: list[Any], shot: Any, who: str) -> None:
     page.fill("input[name=email]", email)
     page.fill("input[name=password1]", PASSWORD)
@@ -113,7 +119,7 @@ def test_a_customer_journey_in_the_browser(
     shots(owner, "project created")
 
     # --- Upload a CSV (the drop zone's file input) and read the validation report -------------
-    owner.get_by_role("link", name="Files", exact=True).click()
+    follow(owner, "Files", f"/projects/{project_id}/files/")
     owner.set_input_files("#upload-file", {"name": "tickets.csv", "mimeType": "text/csv", "buffer": the_csv()})
     assert "tickets.csv" in owner.locator("#upload-chosen").inner_text()
     owner.select_option("#upload-purpose", "fine-tune")
@@ -176,7 +182,7 @@ def test_a_customer_journey_in_the_browser(
     shots(owner, "fine-tune succeeded with loss chart")
 
     # --- The playground: classify with the new model ----------------------------------------
-    owner.get_by_role("link", name="Playground", exact=True).click()
+    follow(owner, "Playground", f"/projects/{project_id}/playground/")
     owner.get_by_role("tab", name="Classify").click()
     assert owner.locator("#panel-classify").is_visible()
     owner.select_option("#classify-model", model_name)
@@ -210,7 +216,7 @@ def test_a_customer_journey_in_the_browser(
     shots(owner, "playground chat streamed")
 
     # --- Create an API key, use it, revoke it -------------------------------------------------
-    owner.get_by_role("link", name="API keys", exact=True).click()
+    follow(owner, "API keys", f"/projects/{project_id}/api-keys/")
     owner.get_by_label("Key name").fill("ci")
     owner.get_by_role("button", name="Create secret key").click()
     key = owner.locator("#new-key-value").inner_text().strip()
@@ -225,7 +231,7 @@ def test_a_customer_journey_in_the_browser(
     shots(owner, "api key revoked")
 
     # --- Invite a teammate, who signs up in another browser and accepts ----------------------
-    owner.get_by_role("link", name="Team", exact=True).click()
+    follow(owner, "Team", "/team/")
     owner.get_by_label("Email", exact=True).fill(TEAMMATE)
     owner.get_by_label("Role", exact=True).select_option("member")
     owner.get_by_role("button", name="Send invitation").click()
@@ -255,7 +261,7 @@ def test_a_customer_journey_in_the_browser(
     shots(owner, "team with the teammate")
 
     # --- Usage, with its chart ---------------------------------------------------------------
-    owner.get_by_role("link", name="Usage", exact=True).click()
+    follow(owner, "Usage", "/usage/")
     owner.wait_for_function(f"() => ({CHART_SUM})('usage-by-model') > 0")
     assert owner.evaluate(CHART_SUM, "usage-by-unit") > 0
     assert owner.locator("#usage-chart-empty").is_hidden()

@@ -55,7 +55,12 @@ def test_a_fine_tune_runs_to_a_model(api: Any, celery_worker: Any, tiny_base: An
     job = Job.objects.get(public_id=job_id)
     assert list(job.usage.values_list("unit", "quantity")) == [("trained_tokens", done["trained_tokens"])]
     # the results file holds the per-step metrics, as OpenAI's does
-    [results_id] = done["result_files"]
+    results_id, rows_id = done["result_files"]
+    rows_csv = b"".join(api.get(f"/v1/files/{rows_id}/content").streaming_content).decode().splitlines()
+    assert rows_csv[0] == "line,label,predicted,label_probability,loss,likely_mislabelled,text"
+    assert len(rows_csv) - 1 == 8  # the 10% stratified validation split of 80 rows
+    losses = [float(r.split(",")[4]) for r in rows_csv[1:]]
+    assert losses == sorted(losses, reverse=True)
     results = api.get(f"/v1/files/{results_id}").json()
     assert results["purpose"] == "fine-tune-results" and results["status"] == "processed"
     csv_text = b"".join(api.get(f"/v1/files/{results_id}/content").streaming_content).decode()

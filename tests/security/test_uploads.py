@@ -217,3 +217,91 @@ def test_the_batch_results_export_defuses_formulas(alice_client: Any, alice_proj
     assert_no_formula_cells(rows)
     cells = {cell for row in rows for cell in row}
     assert all(f"'{text}" in cells for text in FORMULAS)
+
+
+# --- Model artifacts (T34): pickles are never loaded, forged safetensors headers never read ----------
+class Canary:
+    """Unpickling this runs code: it writes the file at `path`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return exec, (f"open({str(self.path)!r}, 'w').write('pwned')",)
+
+
+def armed_pickle(canary: Path) -> bytes:
+    import pickle
+
+    data = pickle.dumps(Canary(canary))
+    # The control: this payload really does run when unpickled.
+    probe = canary.with_name("probe")
+    pickle.loads(pickle.dumps(Canary(probe)))  # noqa: S301
+    assert probe.exists()
+    probe.unlink()
+    return data
+
+
+def model_dir(tmp_path: Path, source: Path, *, weights: bool) -> Path:
+    """A copy of a tiny model's config and tokenizer, with or without its safetensors weights."""
+    import shutil
+
+    target = tmp_path / "model"
+    target.mkdir()
+    for path in source.iterdir():
+        if weights or not path.name.endswith(".safetensors"):
+            shutil.copy(path, target / path.name)
+    return target
+
+
+def test_a_pickle_only_model_is_refused_and_never_unpickled(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    from workers.runtime.models import ModelCache, load_model
+
+    canary = tmp_path / "canary"
+    directory = model_dir(tmp_path, tiny_bert_dir, weights=False)
+    (directory / "pytorch_model.bin").write_bytes(armed_pickle(canary))
+    for load in (lambda: load_model(str(directory), "cpu"), lambda: ModelCache(10**9, "cpu").get(str(directory))):
+        with pytest.raises(ValueError, match="format not allowed; use safetensors"):
+            load()
+    assert not canary.exists()
+
+
+def test_a_pickle_beside_safetensors_weights_is_ignored(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    from workers.runtime.models import load_model
+
+    canary = tmp_path / "canary"
+    directory = model_dir(tmp_path, tiny_bert_dir, weights=True)
+    for name in ("pytorch_model.bin", "training_args.bin", "optimizer.pt", "rng_state.pth"):
+        (directory / name).write_bytes(armed_pickle(canary))
+    assert load_model(str(directory), "cpu").task == "classification"
+    assert not canary.exists()
+
+
+def test_a_pickle_named_safetensors_is_refused(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    from workers.runtime.models import load_model
+
+    canary = tmp_path / "canary"
+    directory = model_dir(tmp_path, tiny_bert_dir, weights=False)
+    (directory / "model.safetensors").write_bytes(armed_pickle(canary))
+    with pytest.raises(Exception):  # noqa: B017  (safetensors' own error type)
+        load_model(str(directory), "cpu")
+    assert not canary.exists()
+
+
+def test_a_safetensors_header_claiming_200_mb_is_refused_without_allocating_it(
+    tmp_path: Path, tiny_bert_dir: Path
+) -> None:
+    from workers.runtime.models import ModelCache, load_model
+
+    directory = model_dir(tmp_path, tiny_bert_dir, weights=False)
+    (directory / "model.safetensors").write_bytes((200_000_000).to_bytes(8, "little") + b"{}")
+    load_model(str(tiny_bert_dir), "cpu")  # warm the imports, so the measurement below is the load's alone
+    for load in (lambda: load_model(str(directory), "cpu"), lambda: ModelCache(10**9, "cpu").get(str(directory))):
+        tracemalloc.start()
+        started = time.monotonic()
+        with pytest.raises(Exception, match="(?i)header"):
+            load()
+        elapsed = time.monotonic() - started
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert elapsed < 5 and peak < 20 * 1024 * 1024, (elapsed, peak)

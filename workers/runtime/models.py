@@ -23,6 +23,8 @@ DEFAULT_CACHE_BYTES = 4 * 1024**3
 # Weight files that are pickles (or may be): never loaded, and named in the refusal.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+# The safetensors library's own cap on a file's JSON header (MAX_HEADER_SIZE).
+MAX_SAFETENSORS_HEADER_BYTES = 100_000_000
 # Tokenizers without a real limit report a huge sentinel as model_max_length.
 _NO_LIMIT = 1_000_000
 
@@ -130,16 +132,16 @@ def load_model(ref: str, device: str = "auto") -> LoadedModel:
 
     _check_ref(ref)
     target = resolve_device(device)
-    config = AutoConfig.from_pretrained(ref, trust_remote_code=False)
+    # Never run code shipped with a model; never reach for the hub unless told to.
+    options: dict[str, Any] = {"trust_remote_code": False, "local_files_only": _hub_offline()}
+    config = AutoConfig.from_pretrained(ref, **options)
     task = task_for_architectures(getattr(config, "architectures", None))
     auto_class = AutoModelForSequenceClassification if task == CLASSIFICATION else AutoModelForCausalLM
-    model = auto_class.from_pretrained(
-        ref, dtype=_load_dtype(target), use_safetensors=True, trust_remote_code=False
-    )
+    model = auto_class.from_pretrained(ref, dtype=_load_dtype(target), use_safetensors=True, **options)
     # Module.to rather than model.to: transformers' decorated to() is typed to reject a device.
     torch.nn.Module.to(model, target)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(ref, **options)
     return LoadedModel(
         ref=ref,
         task=task,
@@ -157,6 +159,9 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
     # The format: an 8-byte little-endian length, then a JSON header naming each tensor.
     with open(path, "rb") as handle:
         length = int.from_bytes(handle.read(8), "little")
+        # read(length) allocates `length` bytes up front: a forged length must not reach it.
+        if length > MAX_SAFETENSORS_HEADER_BYTES:
+            raise ValueError(f"{path.name}: safetensors header of {length:,} bytes is over the 100 MB limit")
         return json.loads(handle.read(length))
 
 
