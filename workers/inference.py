@@ -41,6 +41,23 @@ def run_inference(job: Job) -> None:
             _generate(jobs, loaded)
 
 
+INTERNAL_ERROR = (
+    "The job failed because of an internal error. Retry, and contact us with the job id if it persists."
+)
+
+
+def storable(value: Any) -> Any:
+    """PostgreSQL's jsonb cannot hold U+0000, which a byte-level tokenizer (or an upstream) can
+    produce: it becomes U+FFFD, in relayed tokens too so that a stream joins to the stored text."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [storable(item) for item in value]
+    if isinstance(value, dict):
+        return {key: storable(item) for key, item in value.items()}
+    return value
+
+
 def _fail(job: Job, status: int, code: str, message: str, param: str | None) -> None:
     actions.finish(
         job.pk, job.attempt, JobStatus.FAILED, error={"code": code, "message": message, "param": param}
@@ -122,12 +139,16 @@ def _generate(jobs: list[Job], loaded: Any) -> None:
             return
         n = member.requests[0].n
         index = (row - member.first_row) * n + choice
-        relay.push(member.job.public_id, {"type": "delta", "index": index, "text": delta})
+        relay.push(member.job.public_id, {"type": "delta", "index": index, "text": storable(delta)})
 
     results = generate_batch(loaded, batch, on_token)
     for member in members:
         mine = results[member.first_row : member.first_row + len(member.requests)]
-        _finish_generation(member.job, mine)
+        try:
+            _finish_generation(member.job, mine)
+        except Exception:  # one job's failure must not leave the others of its batch running
+            logger.exception("job %s: could not store its result", member.job.public_id)
+            _fail(member.job, 500, "internal_error", INTERNAL_ERROR, None)
 
 
 def _requests(job: Job) -> list[Any]:
@@ -149,7 +170,7 @@ def generate_requests(r: dict[str, Any]) -> list[Any]:
 
 
 def _finish_generation(job: Job, results: list[Any]) -> None:
-    body = generation_result(results)
+    body = storable(generation_result(results))
     usage = {"input_tokens": body["usage"]["prompt_tokens"], "output_tokens": body["usage"]["completion_tokens"]}
     actions.finish(job.pk, job.attempt, JobStatus.SUCCEEDED, result=body, usage=usage, message="Generated.")
     relay.push(job.public_id, {"type": "done"})
@@ -210,7 +231,7 @@ def run_proxy(job: Job) -> None:
     usage = {"input_tokens": result.usage.prompt_tokens, "output_tokens": result.usage.completion_tokens}
     actions.finish(
         job.pk, job.attempt, JobStatus.SUCCEEDED,
-        result={"proxied": result.body, "truncated": result.truncated,
+        result={"proxied": storable(result.body), "truncated": result.truncated,
                 "usage": {"prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens}},
         usage=usage, message="Proxied to OpenAI.",
     )  # fmt: skip

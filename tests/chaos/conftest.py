@@ -32,7 +32,9 @@ from tests.conftest import ROOT, Worker, purge_queues, sentiment_csv, wait_for, 
 SLOW_HP = {"batch_size": 2, "learning_rate": 0.001, "early_stopping_patience": 0}
 # One torch thread per worker: on 2 shared cores, torch's default thread pool oversubscribes the
 # CPU and an epoch takes ~25x longer (measured: 9 s against 0.35 s).
-WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# And torch imported once in the worker's main process (`celery worker -I`, before the pool forks),
+# not again in every fresh child: under load that import alone takes 10-20 s.
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CELERY_WORKER_INCLUDE": "workers.runtime.training"}
 
 
 def free_port() -> int:
@@ -204,7 +206,9 @@ def start_worker() -> Iterator[Callable[..., Worker]]:
     started: list[Worker] = []
 
     def start(extra: dict[str, str] | None = None, *, concurrency: int = 1, queues: str = "gpu,default") -> Worker:
-        worker = Worker(queues=queues, concurrency=concurrency, env=worker_env({**WORKER_ENV, **(extra or {})}))
+        log = ROOT / "var" / "test-logs" / f"chaos-worker-{os.getpid()}-{time.monotonic_ns()}.log"
+        env = worker_env({**WORKER_ENV, **(extra or {})})
+        worker = Worker(queues=queues, concurrency=concurrency, env=env, log=log)
         started.append(worker)
         return worker
 

@@ -119,8 +119,8 @@ def test_t6_a_job_past_its_soft_time_limit_fails_cleanly_and_the_next_job_runs(
 ) -> None:
     soft = 12
     start_worker({"GPU_TASK_SOFT_TIME_LIMIT": str(soft)})
-    file_id = upload(api, sentiment_csv(60))
-    long_id = submit_fine_tune(api, epochs=500, file_id=file_id)
+    file_id = upload(api, sentiment_csv(400))
+    long_id = submit_fine_tune(api, epochs=50, file_id=file_id)
     next_id = submit_fine_tune(api, epochs=1, file_id=file_id)
     job = reap_until(lambda: finished(long_id), timeout=soft + 60)
     assert job.status == JobStatus.FAILED

@@ -211,6 +211,7 @@ def test_a_customer_journey_in_the_browser(
     pieces = owner.evaluate("() => window.__answers")
     assert owner.evaluate("() => window.__streaming"), "the answer was never marked as streaming"
     assert answer and pieces and pieces[-1] == answer, pieces
+    print("DEBUG pieces", [repr(x) for x in pieces], "seen", seen)
     assert len(pieces) > 1, f"the answer arrived in one piece, not streamed: {pieces}"
     assert all(later.startswith(earlier) for earlier, later in zip(pieces, pieces[1:], strict=False)), pieces
     shots(owner, "playground chat streamed")

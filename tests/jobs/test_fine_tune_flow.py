@@ -21,7 +21,23 @@ def upload(api: Any, data: bytes, name: str = "train.csv") -> str:
     return response.json()["id"]
 
 
-def test_a_fine_tune_runs_to_a_model(api: Any, celery_worker: Any, tiny_base: Any) -> None:
+def assert_loadable(archive: bytes, tmp_path: Any) -> None:
+    import tarfile
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        names = tar.getnames()
+        assert all(".." not in name and not name.startswith("/") for name in names)
+        assert not any(name.endswith("trainer_state.pt") for name in names)
+        tar.extractall(tmp_path, filter="data")
+    [root] = [p for p in tmp_path.iterdir() if p.is_dir()]
+    model = AutoModelForSequenceClassification.from_pretrained(root)
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    AutoTokenizer.from_pretrained(root)
+
+
+def test_a_fine_tune_runs_to_a_model(api: Any, celery_worker: Any, tiny_base: Any, tmp_path: Any) -> None:
     # given a validated training file
     file_id = upload(api, sentiment_csv(80))
     wait_for(lambda: api.get(f"/v1/files/{file_id}").json()["status"] == "processed", timeout=30)
@@ -71,3 +87,7 @@ def test_a_fine_tune_runs_to_a_model(api: Any, celery_worker: Any, tiny_base: An
     names = {m["id"] for m in api.get("/v1/models").json()["data"]}
     assert {c["fine_tuned_model_checkpoint"] for c in checkpoints} <= names
     assert len(checkpoints) <= 2
+    # the weights download as a standard transformers directory
+    archive = api.get(f"/v1/models/{done['fine_tuned_model']}/content")
+    assert archive["Content-Type"] == "application/gzip"
+    assert_loadable(b"".join(archive.streaming_content), tmp_path)

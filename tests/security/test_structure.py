@@ -6,6 +6,10 @@ Routes come from the URL conf, so a new route is checked the day it is added.
 
 from __future__ import annotations
 
+import ast
+import os
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -126,3 +130,55 @@ def test_the_allowlists_name_only_real_routes_or_planned_ones() -> None:
     planned = {"billing:webhook"}  # the Stripe webhook, being added under /billing/
     assert set(PUBLIC_PAGES) - names <= planned
     assert set(API_ALLOWLIST) <= names
+
+
+# --- Model loading, statically (T34 d) -------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[2]
+SKIPPED_DIRS = {"var", "test-artifacts", "node_modules", "build", "dist", "static"}
+TEXT_SUFFIXES = {".py", ".toml", ".cfg", ".ini", ".txt", ".yml", ".yaml", ".md", ".sh", ".json", ".html"}
+
+
+def source_files(suffixes: set[str], names: tuple[str, ...] = ()) -> list[Path]:
+    """The repository's own files (no virtualenv, caches, data or vendored static files)."""
+    found = []
+    for directory, subdirectories, files in os.walk(ROOT):
+        subdirectories[:] = [
+            d for d in subdirectories if not d.startswith(".") and d not in SKIPPED_DIRS and not d.endswith(".egg-info")
+        ]
+        found += [Path(directory, f) for f in files if Path(f).suffix in suffixes or f in names]
+    return found
+
+
+def _is_false(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and node.value is False
+
+
+def test_every_torch_load_is_weights_only_and_no_remote_code_is_trusted() -> None:
+    python = source_files({".py"})
+    assert any(p.name == "training.py" for p in python), "the scan missed the worker runtime"
+    problems = []
+    for path in python:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        name = path.relative_to(ROOT)
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call | ast.Dict):
+                continue
+            where = f"{name}:{node.lineno}"
+            if isinstance(node, ast.Call):
+                func = node.func
+                if isinstance(func, ast.Attribute) and func.attr == "load" and ast.unparse(func.value) == "torch":
+                    weights_only = [k.value for k in node.keywords if k.arg == "weights_only"]
+                    if not (weights_only and isinstance(weights_only[0], ast.Constant) and weights_only[0].value is True):
+                        problems.append(f"{where}: torch.load without weights_only=True")
+                for keyword in node.keywords:
+                    if keyword.arg == "trust_remote_code" and not _is_false(keyword.value):
+                        problems.append(f"{where}: trust_remote_code is not a literal False")
+            if isinstance(node, ast.Dict):
+                for key, value in zip(node.keys, node.values, strict=True):
+                    if isinstance(key, ast.Constant) and key.value == "trust_remote_code" and not _is_false(value):
+                        problems.append(f"{where}: trust_remote_code is not a literal False")
+    enabled = re.compile(r"""trust_remote_code["']?\s*[:=]\s*True""")
+    for path in source_files(TEXT_SUFFIXES, ("Makefile", "Dockerfile")):
+        text = path.read_text(errors="replace")
+        problems += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in enabled.finditer(text)]
+    assert problems == []

@@ -287,66 +287,86 @@ def _token_text(tokenizer: Any, token_id: int) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Row:
-    request_index: int
-    choice_index: int
-    request: GenerateRequest
-    generator: torch.Generator | None
-    token_ids: list[int] = field(default_factory=list)
-    text: str = ""
-    emitted: int = 0  # characters of text already handed to on_token
-    text_ends: list[int] = field(default_factory=list)  # len(text) after each token, for logprobs
-    picks: list[_Picked] = field(default_factory=list)
-    finish_reason: str | None = None
-    eos_tokens: int = 0
-    cut_by_stop: bool = False
+class StreamingText:
+    """A completion's text as its tokens arrive: what may be sent now, and where a stop string cuts it."""
 
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None
+    def __init__(self, tokenizer: Any, stops: Sequence[str] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.stops = stops
+        self.token_ids: list[int] = []
+        self.text = ""
+        self.emitted = 0  # characters of text already handed out
+        self.ends: list[int] = []  # len(text) after each token, to map tokens to text
+        self.stopped = False  # a stop string was found; text is cut right before it
 
-    def accept(self, pick: _Picked, model: LoadedModel, eos_ids: frozenset[int]) -> str:
-        """Take one token; return the text that became safe to send."""
-        if pick.token_id in eos_ids:
-            self.eos_tokens = 1
-            self.finish_reason = "stop"
-            return self._flush(len(self.text))
-        self.token_ids.append(pick.token_id)
-        self.picks.append(pick)
+    def push(self, token_id: int) -> str:
+        """Add one token; return the text that became safe to send (maybe "")."""
+        self.token_ids.append(token_id)
         # Decoding the whole completion (not the token alone) is what makes multi-byte
         # characters split across tokens come out right.
-        self.text = model.tokenizer.decode(
+        self.text = self.tokenizer.decode(
             self.token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
         )
-        self.text_ends.append(len(self.text))
-        cut = find_stop(self.text, self.request.stop, self.emitted)
+        self.ends.append(len(self.text))
+        cut = find_stop(self.text, self.stops, self.emitted)
         if cut >= 0:
             self.text = self.text[:cut]
-            self.finish_reason = "stop"
-            self.cut_by_stop = True
-            return self._flush(cut)
-        if len(self.token_ids) >= self.request.max_tokens:
-            self.finish_reason = "length"
-            return self._flush(len(self.text))
-        return self._flush(max(self.emitted, printable_end(self.text, self.request.stop)))
+            self.stopped = True
+            return self.finish()
+        return self._flush(max(self.emitted, printable_end(self.text, self.stops)))
+
+    def finish(self) -> str:
+        """The text still held back, now that no token follows."""
+        return self._flush(len(self.text))
 
     def _flush(self, end: int) -> str:
         delta = self.text[self.emitted : end]
         self.emitted = max(self.emitted, end)
         return delta
 
+
+@dataclass
+class _Row:
+    request_index: int
+    choice_index: int
+    request: GenerateRequest
+    generator: torch.Generator | None
+    stream: StreamingText
+    picks: list[_Picked] = field(default_factory=list)
+    finish_reason: str | None = None
+    eos_tokens: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def accept(self, pick: _Picked, eos_ids: frozenset[int]) -> str:
+        """Take one token; return the text that became safe to send."""
+        if pick.token_id in eos_ids:
+            self.eos_tokens = 1
+            self.finish_reason = "stop"
+            return self.stream.finish()
+        self.picks.append(pick)
+        delta = self.stream.push(pick.token_id)
+        if self.stream.stopped:
+            self.finish_reason = "stop"
+        elif len(self.stream.token_ids) >= self.request.max_tokens:
+            self.finish_reason = "length"
+            delta += self.stream.finish()
+        return delta
+
     def choice(self, tokenizer: Any) -> Choice:
+        text = self.stream.text
         logprobs = None
         if self.request.logprobs:
             # After a stop string, only the tokens that still show text before the cut count.
-            starts = [0, *self.text_ends]
+            starts = [0, *self.stream.ends]
             logprobs = [
                 self._token_logprob(tokenizer, pick)
                 for pick, start in zip(self.picks, starts, strict=False)
-                if not self.cut_by_stop or start < len(self.text)
+                if not self.stream.stopped or start < len(text)
             ]
-        return Choice(self.choice_index, self.text, self.finish_reason or "length", logprobs)
+        return Choice(self.choice_index, text, self.finish_reason or "length", logprobs)
 
     @staticmethod
     def _token_logprob(tokenizer: Any, pick: _Picked) -> TokenLogprob:
@@ -359,19 +379,20 @@ class _Row:
 
     @property
     def completion_tokens(self) -> int:
-        return len(self.token_ids) + self.eos_tokens
+        return len(self.stream.token_ids) + self.eos_tokens
 
 
-def _make_rows(requests: Sequence[GenerateRequest], device: torch.device) -> list[_Row]:
+def _make_rows(model: LoadedModel, requests: Sequence[GenerateRequest]) -> list[_Row]:
     rows = []
     for request_index, request in enumerate(requests):
         seed = request.seed if request.seed is not None else secrets.randbits(63)
         for choice_index in range(request.n):
             generator = None
             if request.temperature > 0:
-                generator = torch.Generator(device=device)
+                generator = torch.Generator(device=model.device)
                 generator.manual_seed(choice_seed(seed, choice_index))
-            rows.append(_Row(request_index, choice_index, request, generator))
+            stream = StreamingText(model.tokenizer, request.stop)
+            rows.append(_Row(request_index, choice_index, request, generator, stream))
     return rows
 
 
@@ -468,7 +489,7 @@ def _decode_loop(model: LoadedModel, batch: _Batch, on_token: OnRowToken | None)
     while batch.rows:
         picks = pick_tokens(batch.logits, batch.rows, batch.counts)
         for i, (row, pick) in enumerate(zip(batch.rows, picks, strict=True)):
-            delta = row.accept(pick, model, eos_ids)
+            delta = row.accept(pick, eos_ids)
             if batch.counts is not None:
                 batch.counts[i, pick.token_id] += 1
             if delta and on_token is not None:
@@ -507,7 +528,7 @@ def generate_batch(
         validate_request(request)
         prompts.append(prompt_ids(model, request))
         check_context(model, request, len(prompts[-1]))
-    rows = _make_rows(requests, model.device)
+    rows = _make_rows(model, requests)
     with torch.inference_mode():
         batch = _prefill(model, prompts, rows)
         _decode_loop(model, batch, on_token)

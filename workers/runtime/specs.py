@@ -212,6 +212,11 @@ class TrainSpec:
     resume_from: str | None = None  # a checkpoint directory written by a previous attempt
     device: str = "auto"  # "auto" → cuda if available else cpu
     task: str = "classification"
+    # Supervised fine-tuning of causal LMs (workers/runtime/sft.py):
+    lora: dict[str, Any] | None = None  # {r, alpha, dropout, target_modules}, each optional; None → full
+    messages_field: str = "messages"  # chat rows
+    prompt_field: str = "prompt"  # prompt/completion rows
+    completion_field: str = "completion"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch")
 
 from workers.runtime.generate import (  # noqa: E402
     GenerateRequestError,
+    StreamingText,
     apply_penalties,
     find_stop,
     generate,
@@ -216,6 +217,30 @@ def test_text_is_held_back_while_it_could_be_a_stop_string() -> None:
     assert printable_end("caf\ufffd", []) == len("caf")  # half of a UTF-8 character
     assert find_stop("say hello world", ["world", "hello"]) == 4
     assert find_stop("say hello", ["world"]) == -1
+
+
+def test_characters_split_across_tokens_stream_whole(gpt2: LoadedModel) -> None:
+    # given: the tiny vocabulary spells the emoji and "é" as one token per UTF-8 byte
+    text = "café 🎉 ok"
+    ids = gpt2.tokenizer(text)["input_ids"]
+    assert len(ids) > len(text.split())
+    stream = StreamingText(gpt2.tokenizer)
+
+    # when
+    deltas = [stream.push(token_id) for token_id in ids] + [stream.finish()]
+
+    # then: no delta carries half a character
+    assert "".join(deltas) == text
+    assert not any("\ufffd" in delta for delta in deltas)
+
+
+def test_a_stop_string_split_across_tokens_is_never_sent(gpt2: LoadedModel) -> None:
+    stream = StreamingText(gpt2.tokenizer, stops=("fox jumps",))
+
+    deltas = [stream.push(t) for t in gpt2.tokenizer("the quick brown fox jumps over")["input_ids"]]
+
+    assert "".join(deltas) == "the quick brown "
+    assert stream.stopped and stream.text == "the quick brown "
 
 
 @pytest.mark.slow

@@ -1,0 +1,425 @@
+"""Supervised fine-tuning of causal LMs on a tiny GPT-2 (seconds on a CPU), plus one slow SmolLM2 run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from safetensors.torch import load_file  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from workers.runtime.generate import generate  # noqa: E402
+from workers.runtime.models import load_model  # noqa: E402
+from workers.runtime.sft import (  # noqa: E402
+    ADAPTER_DIR,
+    IGNORE_INDEX,
+    LMSplit,
+    collate_lm,
+    encode_chat,
+    encode_completion,
+    resolve_lora,
+    train_lm,
+)
+from workers.runtime.specs import (  # noqa: E402
+    GenerateRequest,
+    Hyperparameters,
+    ProgressEvent,
+    TrainResult,
+    TrainSpec,
+)
+from workers.runtime.training import MODEL_CARD_FILE, TRAINER_STATE_FILE, read_trainer_state  # noqa: E402
+
+FAST = Hyperparameters(n_epochs=3, batch_size=4, learning_rate=3e-3, early_stopping_patience=0)
+# Words the tiny GPT-2's tokenizer was trained on, so replies are a few tokens each.
+CHATS = [
+    ("hello", "i am fine thank you"),
+    ("how are you today", "what a wonderful happy day"),
+    ("please tell me a story", "the quick brown fox jumps over the lazy dog"),
+    ("what a sad day", "good great excellent"),
+]
+_ = "·"  # a context token (label IGNORE_INDEX) in the expected masks below
+
+
+def chat_row(question: str, answer: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def chat_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rows = [chat_row(q, a) for q, a in CHATS] * 4 + [
+        {"prompt": "the movie was", "completion": " great and i loved it"},
+        {"prompt": "the film was", "completion": " terrible and i hated it"},
+    ]
+    return write_jsonl(tmp_path_factory.mktemp("sft") / "train.jsonl", rows)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_gpt2_dir: Path) -> Any:
+    return AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+
+
+def make_spec(tmp_path: Path, model_dir: Path, training_file: Path, name: str = "run", **changes: Any) -> TrainSpec:
+    hyperparameters = dataclasses.replace(FAST, **changes.pop("hp", {}))
+    return TrainSpec(
+        job_id=f"ftjob-{name}",
+        base_model_dir=str(model_dir),
+        training_file=str(training_file),
+        output_dir=str(tmp_path / name),
+        hyperparameters=hyperparameters,
+        task="generation",
+        **changes,
+    )
+
+
+def run(spec: TrainSpec, should_stop: Callable[[], bool] = lambda: False) -> tuple[TrainResult, list[ProgressEvent]]:
+    events: list[ProgressEvent] = []
+    return train_lm(spec, events.append, should_stop), events
+
+
+def stop_after(n_steps: int) -> Callable[[], bool]:
+    """A should_stop that lets n_steps steps run (it is asked once before every step)."""
+    calls = iter(range(10**9))
+    return lambda: next(calls) >= n_steps
+
+
+def learned(tokenizer: Any, ids: list[int], labels: list[int]) -> list[str]:
+    """Each token as text where the loss learns it, "·" where it is context."""
+    assert all(label in (IGNORE_INDEX, token) for token, label in zip(ids, labels, strict=True))
+    return [tokenizer.convert_ids_to_tokens(t) if label != IGNORE_INDEX else _ for t, label in zip(ids, labels)]
+
+
+def weights(model_dir: str | Path) -> dict[str, Any]:
+    return load_file(Path(model_dir) / "model.safetensors")
+
+
+# --- the loss mask -----------------------------------------------------------------------------
+
+
+def test_chat_labels_are_the_weighted_assistant_replies_and_their_end_token(tokenizer: Any) -> None:
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "i am fine"},
+        {"role": "user", "content": "how are you"},
+        {"role": "assistant", "content": "bad", "weight": 0},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "great", "weight": 1},
+    ]
+
+    ids, labels = encode_chat(tokenizer, messages, None, max_length=256)
+
+    # <|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n
+    system_user_assistant = [_] * 21
+    # \n<|im_start|>user\nhow are you<|im_end|>\n<|im_start|>assistant\nbad<|im_end|>\n
+    # <|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n
+    middle = [_] * 28
+    assert learned(tokenizer, ids, labels) == [
+        *system_user_assistant,
+        *["i", "Ġam", "Ġfine", "<|im_end|>"],
+        *middle,
+        *["gre", "at", "<|im_end|>"],
+        _,  # the newline after the last turn
+    ]
+    # the collated tensor, exactly
+    batch = collate_lm(LMSplit([ids], [labels]), [0], pad_id=0)
+    expected = torch.full((1, len(ids)), IGNORE_INDEX)
+    expected[0, 21:25] = torch.tensor(ids[21:25])
+    expected[0, 53:56] = torch.tensor(ids[53:56])
+    assert torch.equal(batch.labels, expected)
+    assert batch.n_supervised == 7 and batch.n_tokens == len(ids) == 57
+
+
+def test_prompt_completion_labels_are_the_completion_and_eos(tokenizer: Any) -> None:
+    ids, labels = encode_completion(tokenizer, "the movie was", " great", max_length=256)
+
+    assert tokenizer.decode(ids) == "the movie was great<|im_end|>"
+    assert learned(tokenizer, ids, labels) == [_, _, _, "Ġgreat", "<|im_end|>"]
+    assert labels[:3] == [IGNORE_INDEX] * 3 and labels[3:] == ids[3:]
+    assert ids[-1] == tokenizer.eos_token_id
+
+
+def test_truncation_cuts_at_max_seq_length(tokenizer: Any) -> None:
+    ids, labels = encode_chat(tokenizer, chat_row(*CHATS[2])["messages"], None, max_length=12)
+
+    assert len(ids) == len(labels) == 12
+    assert labels[-2:] == ids[-2:]  # the reply's first tokens survive; its end is cut
+
+
+def test_examples_with_nothing_to_learn_are_skipped(tmp_path: Path, tiny_gpt2_dir: Path) -> None:
+    # given: one row whose only reply is weight 0, one whose reply lies beyond max_seq_length
+    silent = chat_row("hello", "hi")
+    silent["messages"][1]["weight"] = 0
+    long_prompt = chat_row("hello " * 40, "i am fine")
+    rows = [chat_row(q, a) for q, a in CHATS] * 3 + [silent, long_prompt]
+    training_file = write_jsonl(tmp_path / "train.jsonl", rows)
+
+    # when
+    result, events = run(
+        make_spec(tmp_path, tiny_gpt2_dir, training_file, hp={"max_seq_length": 32, "n_epochs": 1})
+    )
+
+    # then
+    banner = events[0]
+    assert banner.metrics["skipped_examples"] == 2
+    assert banner.metrics["train_examples"] + banner.metrics["valid_examples"] == 12
+    assert "2 skipped with nothing to learn" in banner.message
+    assert result.status == "completed"
+
+
+def test_batches_pad_to_their_longest_row_with_ignored_labels() -> None:
+    split = LMSplit([[5, 6, 7], [8, 9]], [[IGNORE_INDEX, 6, 7], [IGNORE_INDEX, 9]])
+
+    batch = collate_lm(split, [1, 0], pad_id=0)
+
+    assert batch.input_ids.tolist() == [[8, 9, 0], [5, 6, 7]]
+    assert batch.labels.tolist() == [[IGNORE_INDEX, 9, IGNORE_INDEX], [IGNORE_INDEX, 6, 7]]
+    assert batch.attention_mask.tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert batch.n_tokens == 5 and batch.n_supervised == 3
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+def test_it_memorises_replies_and_then_generates_them(tmp_path: Path, tiny_gpt2_dir: Path) -> None:
+    # given: four conversations to learn by heart (validated on themselves)
+    training_file = write_jsonl(tmp_path / "train.jsonl", [chat_row(q, a) for q, a in CHATS] * 4)
+    spec = make_spec(
+        tmp_path,
+        tiny_gpt2_dir,
+        training_file,
+        validation_file=str(training_file),
+        hp={"n_epochs": 10, "learning_rate": 1e-2, "warmup_ratio": 0.0},
+    )
+
+    # when: 40 steps
+    result, events = run(spec)
+
+    # then
+    losses = [event.metrics["train_loss"] for event in events if event.kind == "step"]
+    assert len(losses) == 40 and all(math.isfinite(loss) for loss in losses)
+    assert sum(losses[-4:]) < 0.2 * sum(losses[:4])
+    assert result.metrics["valid_mean_token_accuracy"] == 1.0
+    model = load_model(result.model_dir, device="cpu")  # what serving does
+    for question, answer in CHATS:
+        request = GenerateRequest(messages=({"role": "user", "content": question},), max_tokens=20, temperature=0)
+        choice = generate(model, request).choices[0]
+        assert (choice.text, choice.finish_reason) == (answer, "stop")  # it stops at the learned <|im_end|>
+
+
+def test_it_reports_openai_metrics(tmp_path: Path, tiny_gpt2_dir: Path, chat_jsonl: Path) -> None:
+    result, events = run(make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl))
+
+    banner = events[0]
+    assert banner.kind == "log" and banner.message.startswith("Running training: 16 examples (2 for validation)")
+    assert banner.metrics["total_steps"] == 12 and "full fine-tune" in banner.message
+    steps = [event for event in events if event.kind == "step"]
+    assert [event.step for event in steps] == list(range(1, 13))
+    assert all({"train_loss", "train_mean_token_accuracy", "learning_rate"} <= set(e.metrics) for e in steps)
+    assert all(0 <= event.metrics["train_mean_token_accuracy"] <= 1 for event in steps)
+    evals = [event.metrics for event in events if event.kind == "eval"]
+    assert len(evals) == 3
+    assert all({"valid_loss", "valid_mean_token_accuracy", "train_loss"} <= set(m) for m in evals)
+    # trained_tokens: every non-padding token (prompt and reply) of the 16 training rows, 3 epochs
+    tokens = [event.trained_tokens for event in steps]
+    assert tokens == sorted(tokens) and tokens[-1] == result.trained_tokens
+    assert result.metrics["supervised_tokens"] < result.trained_tokens
+    assert result.labels == [] and result.steps == 12
+
+
+def test_same_seed_gives_the_same_weights(tmp_path: Path, tiny_gpt2_dir: Path, chat_jsonl: Path) -> None:
+    first, _ = run(make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, "first", hp={"n_epochs": 1}))
+    second, _ = run(make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, "second", hp={"n_epochs": 1}))
+
+    a, b = weights(first.model_dir), weights(second.model_dir)
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_should_stop_halts_within_one_step_and_checkpoints(
+    tmp_path: Path, tiny_gpt2_dir: Path, chat_jsonl: Path
+) -> None:
+    result, events = run(make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl), should_stop=stop_after(2))
+
+    assert result.status == "stopped" and result.steps == 2
+    assert [event.step for event in events if event.kind == "step"] == [1, 2]
+    assert [info.step for info in result.checkpoints] == [2]
+    assert (Path(result.checkpoints[0].path) / TRAINER_STATE_FILE).exists()
+    assert (Path(result.model_dir) / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("lora", [None, {"r": 4}], ids=["full", "lora"])
+def test_pause_then_resume_gives_the_same_weights_as_one_run(
+    tmp_path: Path, tiny_gpt2_dir: Path, chat_jsonl: Path, lora: dict[str, Any] | None
+) -> None:
+    # given: a run paused in the middle of epoch 2 (4 steps per epoch; dropout on)
+    whole, _ = run(make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, "whole", lora=lora))
+    paused, _ = run(make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, "part", lora=lora), stop_after(6))
+    assert paused.status == "stopped" and paused.steps == 6
+
+    # when
+    resume = paused.checkpoints[-1].path
+    resumed, events = run(make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, "part", lora=lora, resume_from=resume))
+
+    # then: the same steps, tokens and, bit for bit, weights
+    assert [event.step for event in events if event.kind == "step"] == list(range(7, 13))
+    assert resumed.steps == whole.steps == 12 and resumed.trained_tokens == whole.trained_tokens
+    assert resumed.metrics == whole.metrics
+    a, b = weights(whole.model_dir), weights(resumed.model_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path: Path, tiny_gpt2_dir: Path, chat_jsonl: Path) -> None:
+    paused, _ = run(make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, "part", lora={}), stop_after(2))
+
+    with pytest.raises(ValueError, match="different run"):
+        run(make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, "other", lora={"r": 2}, resume_from=paused.checkpoints[-1].path))
+
+
+# --- LoRA --------------------------------------------------------------------------------------
+
+
+def test_lora_trains_only_the_adapters_and_saves_a_merged_model(
+    tmp_path: Path, tiny_gpt2_dir: Path, chat_jsonl: Path
+) -> None:
+    result, events = run(make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, lora={"r": 8}))
+
+    # only the adapters train: 2 layers x c_attn (32 -> 96) x r=8 → 2 x (8*32 + 96*8)
+    assert events[0].metrics["trainable_parameters"] == 2 * (8 * 32 + 96 * 8) == 2048
+    assert events[0].metrics["lora"] == {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["c_attn"]}
+    # the checkpoint's adapter moved away from its zero-initialised B
+    adapter = load_file(Path(result.checkpoints[-1].path) / ADAPTER_DIR / "adapter_model.safetensors")
+    assert adapter and all("lora_" in name for name in adapter)
+    assert all(tensor.abs().sum() > 0 for name, tensor in adapter.items() if "lora_B" in name)
+    # the saved model is a plain GPT-2: merged c_attn weights changed, every other tensor is the base's
+    base, merged = weights(tiny_gpt2_dir), weights(result.model_dir)
+    assert merged.keys() == base.keys()
+    changed = sorted(name for name in base if not torch.equal(base[name], merged[name]))
+    assert changed == ["transformer.h.0.attn.c_attn.weight", "transformer.h.1.attn.c_attn.weight"]
+
+
+def test_merged_checkpoint_equals_peft_merge_and_unload(
+    tmp_path: Path, tiny_gpt2_dir: Path, chat_jsonl: Path
+) -> None:
+    from peft import PeftModel
+
+    result, _ = run(make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, lora={}, hp={"n_epochs": 1}))
+    checkpoint = Path(result.checkpoints[-1].path)
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    expected = PeftModel.from_pretrained(base, checkpoint / ADAPTER_DIR).merge_and_unload().eval()
+    served = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    ids = torch.tensor([[1, 5, 9, 42, 7, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(served(ids).logits, expected(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_targets_default_by_architecture(tiny_gpt2_dir: Path) -> None:
+    gpt2 = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+        )
+    )
+
+    assert resolve_lora({}, gpt2) == {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["c_attn"]}
+    assert resolve_lora({"r": 4, "alpha": 8}, llama)["target_modules"] == ["q_proj", "v_proj"]
+    assert resolve_lora({"target_modules": ["c_attn", "c_proj"]}, gpt2)["target_modules"] == ["c_attn", "c_proj"]
+    assert resolve_lora(None, gpt2) is None
+
+
+@pytest.mark.parametrize(
+    ("requested", "message"),
+    [
+        ({"target_modules": ["q_proj"]}, "no module named 'q_proj'; its linear layers are: c_attn"),
+        ({"rank": 4}, "unknown LoRA option 'rank'"),
+        ({"r": 0}, "lora.r must be a positive integer"),
+        ({"dropout": 1.0}, "lora.dropout"),
+    ],
+)
+def test_lora_rejects_bad_settings(tiny_gpt2_dir: Path, requested: dict[str, Any], message: str) -> None:
+    gpt2 = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        resolve_lora(requested, gpt2)
+
+
+# --- the saved model ---------------------------------------------------------------------------
+
+
+def test_saved_model_loads_and_describes_itself(tmp_path: Path, tiny_gpt2_dir: Path, chat_jsonl: Path) -> None:
+    result, _ = run(make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, lora={}, hp={"n_epochs": 1}))
+
+    model = AutoModelForCausalLM.from_pretrained(result.model_dir)
+    assert type(model).__name__ == "GPT2LMHeadModel"
+    tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
+    assert tokenizer.chat_template == AutoTokenizer.from_pretrained(tiny_gpt2_dir).chat_template
+    card = json.loads((Path(result.model_dir) / MODEL_CARD_FILE).read_text())
+    assert card["task"] == "generation" and card["format_version"] == 1
+    assert card["method"] == {
+        "type": "supervised",
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["c_attn"]},
+    }
+    assert card["metrics"]["valid_loss"] == result.metrics["valid_loss"]
+    assert card["spec"]["lora"] == {} and card["spec"]["hyperparameters"]["seed"] == 42
+    assert not (Path(result.model_dir) / ADAPTER_DIR).exists()
+    state = read_trainer_state(result.checkpoints[-1].path)  # torch.load(weights_only=True) inside
+    assert state["trainer"] == "sft" and state["optimizer"]["state"] and state["step"] == 4
+
+
+def test_a_chat_row_without_a_template_is_a_clear_error(tmp_path: Path, tiny_gpt2_dir: Path) -> None:
+    bare = tmp_path / "bare"
+    AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).save_pretrained(bare)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(bare)
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    training_file = write_jsonl(tmp_path / "train.jsonl", [chat_row(*CHATS[0])] * 4)
+
+    with pytest.raises(ValueError, match=r"train.jsonl:1: chat examples need a chat template"):
+        run(make_spec(tmp_path, bare, training_file))
+
+
+# --- the real SmolLM2 --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_smollm2_fine_tunes_with_lora_and_generates(tmp_path: Path, smollm2_dir: Path) -> None:
+    # given: a few short chats; SmolLM2's template adds its own system prompt
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    ids, labels = encode_chat(tokenizer, chat_row("Capital of France?", "Paris.")["messages"], None, 128)
+    assert tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE_INDEX]) == "Paris.<|im_end|>"
+    rows = [chat_row(q, a) for q, a in [("Capital of France?", "Paris."), ("Two plus two?", "Four.")]] * 3
+    training_file = write_jsonl(tmp_path / "train.jsonl", rows)
+    spec = make_spec(
+        tmp_path,
+        smollm2_dir,
+        training_file,
+        validation_file=str(write_jsonl(tmp_path / "valid.jsonl", rows[:2])),
+        lora={},
+        hp={"n_epochs": 1, "batch_size": 2, "learning_rate": 1e-3, "max_seq_length": 64},
+    )
+
+    # when: 3 steps
+    result, events = run(spec)
+
+    # then
+    assert result.status == "completed" and result.steps == 3
+    assert all(math.isfinite(event.metrics["train_loss"]) for event in events if event.kind == "step")
+    assert 0 < events[0].metrics["trainable_parameters"] < 0.01 * events[0].metrics["total_parameters"]
+    model = load_model(result.model_dir, device="cpu")
+    request = GenerateRequest(
+        messages=({"role": "user", "content": "Capital of France?"},), max_tokens=8, temperature=0
+    )
+    assert "Paris" in generate(model, request).choices[0].text
