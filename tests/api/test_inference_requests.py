@@ -152,6 +152,23 @@ def test_the_size_limit_is_a_setting_and_covers_every_endpoint(api: Any, tiny_ch
     assert refused(api, "/v1/chat/completions", proxied) == bad(message, "messages", code="prompt_too_long")
 
 
+def test_a_nul_character_is_refused_with_the_field_that_holds_it(api: Any, tiny_chat: Any, tiny_classifier: Any,
+                                                                 catalog: None) -> None:  # fmt: skip
+    """PostgreSQL cannot store U+0000 in the job's request: a 400, never a 500."""
+
+    def nul(param: str) -> dict[str, Any]:
+        return bad(f"{param} contains a NUL character (\\u0000); remove it.", param)
+
+    error = refused(api, "/v1/chat/completions", chat(messages=[{"role": "user", "content": "a\u0000b"}]))
+    assert error == nul("messages[0].content")
+    error = refused(api, "/v1/completions", completion(prompt=["fine", "x\u0000"]))
+    assert error == nul("prompt[1]")
+    error = refused(api, "/v1/classifications", {"model": CLASSIFIER, "input": "\u0000"})
+    assert error == nul("input")
+    proxied = {"model": "openai:gpt-4o-mini", "messages": HELLO, "user": "u\u0000"}  # passed through as is
+    assert refused(api, "/v1/chat/completions", proxied) == nul("user")
+
+
 # --- /v1/completions ---------------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from tests.fake_openai import (
     DEFAULT_REPLY,
     FakeOpenAI,
     chat_chunks,
+    chat_completion,
     error,
     hang,
     server_error,
@@ -165,6 +166,19 @@ def test_legacy_completions_are_proxied_too(
     [call] = upstream_calls(upstream)
     assert call.path == "/v1/completions" and call.body["prompt"] == "one two three"
     assert usage() == {"input_tokens": 3, "output_tokens": 5}
+
+
+def test_an_upstream_answer_holding_a_nul_character_is_stored_and_billed(
+    api: Any, pro: Any, upstream: FakeOpenAI, proxy_worker: Worker
+) -> None:
+    """PostgreSQL's jsonb cannot hold U+0000: the stored answer carries U+FFFD instead, and the job
+    (which upstream billed us for) succeeds rather than failing with an internal error."""
+    upstream.script([chat_completion(content="odd\u0000byte", completion_tokens=3)])
+    response = chat(api)
+    assert response.status_code == 200, response.content
+    assert response.json()["choices"][0]["message"]["content"] == "odd\ufffdbyte"
+    assert Job.objects.get().status == "succeeded"
+    assert usage() == {"input_tokens": 9, "output_tokens": 3}
 
 
 def test_a_stream_is_relayed_chunk_by_chunk(

@@ -56,7 +56,9 @@ class Console:
                 )
 
         page.on("console", on_console)
-        page.on("pageerror", lambda error: self.errors.append(f"[{who}] uncaught error on {page.url}: {error}"))
+        page.on(
+            "pageerror", lambda error: self.errors.append(f"[{who}] uncaught error on {page.url}: {error}")
+        )
 
     def check(self) -> None:
         assert not self.errors, "errors in the browser console:\n" + "\n".join(self.errors)
@@ -135,4 +137,3 @@ def new_context(
                 except Exception as exc:  # a crashed page: the report already has the cause
                     print(f"no failure screenshot of {who}'s page {index}: {exc}")
         context.close()
-
