@@ -11,6 +11,7 @@ urlpatterns = [
     path("v1/schema", SpectacularAPIView.as_view(), name="schema"),
     path("docs", SpectacularRedocView.as_view(url_name="schema"), name="docs"),
     path("v1/", include("apps.api.urls")),
+    path("billing/", include("apps.billing.urls")),
     path("", include("apps.dashboard.urls")),
 ]
 

@@ -31,9 +31,11 @@ def run_inference(job: Job) -> None:
 
         try:
             loaded = default_cache().get(str(local_model_dir(job.model.artifact_key)))  # type: ignore[union-attr]
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError):
+            # The reason names paths on the worker: it goes to the log, never to the customer.
+            logger.exception("job %s: model %s could not be loaded", job.public_id, job.model_name)
             for member in jobs:
-                _fail(member, 500, "model_unavailable", f"The model could not be loaded: {exc}", "model")
+                _fail(member, 500, "model_unavailable", MODEL_UNAVAILABLE, "model")
             return
         if job.kind == JobKind.CLASSIFICATION:
             _classify(job, loaded)
@@ -41,6 +43,7 @@ def run_inference(job: Job) -> None:
             _generate(jobs, loaded)
 
 
+MODEL_UNAVAILABLE = "The model could not be loaded. Retry, and contact us with the request id if it persists."
 INTERNAL_ERROR = (
     "The job failed because of an internal error. Retry, and contact us with the job id if it persists."
 )

@@ -11,6 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from apps.accounts.models import ApiKey, Invitation, Membership, Organization, Role, User
+from apps.billing.quotas import subscription_for
 from apps.core.errors import ActionError, PermissionDenied
 from apps.projects.models import Project
 
@@ -26,6 +27,7 @@ def create_organization(user: User, name: str) -> Organization:
     organization = Organization.objects.create(name=name[:100])
     Membership.objects.create(organization=organization, user=user, role=Role.OWNER)
     Project.objects.create(organization=organization, name=DEFAULT_PROJECT_NAME, created_by=user)
+    subscription_for(organization)  # every organization starts on the Free plan
     return organization
 
 

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -201,6 +201,20 @@ def _fenced(job_pk: int, attempt: int) -> Any:
     return Job.objects.filter(pk=job_pk, attempt=attempt, status=JobStatus.RUNNING)
 
 
+def _bound_lock_time() -> None:
+    """First statement of a worker's fenced transaction. A worker paused inside it (a long GC pause,
+    SIGSTOP, a frozen VM) would hold the job's row lock for as long as it sleeps, and the reaper
+    (SKIP LOCKED) could never take the job over: PostgreSQL ends such a session after half the
+    stale threshold instead. Only for a transaction of our own, never inside a caller's."""
+    if len(connection.atomic_blocks) != 1:
+        return
+    timeout_ms = max(int(settings.JOB_STALE_SECONDS * 500), 1000)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', %s, true)", [str(timeout_ms)]
+        )
+
+
 def heartbeat(job_pk: int, attempt: int, progress: dict[str, Any] | None = None) -> str | None:
     """Writes the heartbeat (and progress). Returns the stop request ("", "cancel", "pause"),
     or None when this attempt no longer owns the job: the caller must stop and write nothing."""
@@ -223,6 +237,7 @@ def requeue(job_pk: int, attempt: int, message: str) -> bool:
     or failed once the attempts are used up."""
     now = timezone.now()
     with transaction.atomic():
+        _bound_lock_time()
         job = _fenced(job_pk, attempt).select_for_update().first()
         if job is None:
             return False
@@ -244,6 +259,7 @@ def add_event(
     data: dict[str, Any] | None = None,
 ) -> bool:  # fmt: skip
     with transaction.atomic():
+        _bound_lock_time()
         if not _fenced(job_pk, attempt).select_for_update().exists():
             return False
         JobEvent.objects.create(job_id=job_pk, message=message, level=level, type=type, data=data)
@@ -255,6 +271,7 @@ def add_checkpoint(
     model_name: str = "",
 ) -> bool:  # fmt: skip
     with transaction.atomic():
+        _bound_lock_time()
         if not _fenced(job_pk, attempt).select_for_update().update(checkpoint_ref=artifact_key):
             return False
         Checkpoint.objects.update_or_create(
@@ -318,6 +335,7 @@ def finish(
     """
     now = timezone.now()
     with transaction.atomic():
+        _bound_lock_time()
         job = _fenced(job_pk, attempt).select_for_update().select_related("project__organization").first()
         if job is None:
             return None

@@ -51,7 +51,9 @@ def upstream() -> Iterator[FakeOpenAI]:
 
 def start_worker(fake: FakeOpenAI, platform_key: str = PLATFORM_KEY) -> Worker:
     purge_queues()
-    return Worker(env=worker_env({"OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": platform_key}))
+    return Worker(env=worker_env({"OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": platform_key,
+                                  "OPENAI_API_KEY_FILE": "", "OPENAI_TIMEOUT_SECONDS": "2",
+                                  "OPENAI_MAX_RETRIES": "2"}))  # fmt: skip
 
 
 @pytest.fixture

@@ -60,11 +60,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(autouse=True)
-def _billing_urls(settings: Any) -> None:
-    settings.ROOT_URLCONF = "tests.billing.urls"
-
-
 @pytest.fixture(scope="session")
 def localstripe_url() -> Iterator[str]:
     python = ensure_localstripe_venv()

@@ -122,6 +122,9 @@ def test_rate_limits_hold_under_concurrency(live_server: Any, alice: Any, alice_
         thread.start()
     for thread in threads:
         thread.join()
-    # then exactly the limit got through, the rest were told to retry later, none failed
-    assert statuses.count(429) == 20
-    assert sorted(set(statuses)) == [429, 504]
+    # then no more than the limit got through (a burst that straddles a minute boundary may let a
+    # few less through: the sliding window still counts the previous minute), the rest were told to
+    # retry later, and none failed
+    passed = statuses.count(504)
+    assert 5 <= passed <= 10
+    assert statuses.count(429) == 30 - passed

@@ -38,7 +38,7 @@ def test_a_hanging_stripe_times_out_and_retries_twice_with_the_same_key(
     fake_stripe: FakeStripe, settings: Any
 ) -> None:
     settings.STRIPE_HTTP_TIMEOUT_SECONDS = 0.5  # 10 s in production
-    fake_stripe.hang(3)
+    fake_stripe.hang(10)
 
     started = time.monotonic()
     with pytest.raises(stripe_api.BillingUnavailable):
@@ -48,19 +48,19 @@ def test_a_hanging_stripe_times_out_and_retries_twice_with_the_same_key(
     tries = fake_stripe.requests_to("POST", "/v1/billing/meter_events")
     assert len(tries) == 3
     assert {t.idempotency_key for t in tries} == {"mw-test-hang"}
-    # three timeouts of 0.5 s plus two backoffs of at most 1 s each
-    assert elapsed < 0.5 * 3 + 2 + 1
+    # three timeouts of 0.5 s plus two backoffs of at most 1 s each, with slack for a loaded machine
+    assert elapsed < 0.5 * 3 + 2 + 2
 
 
 def test_a_user_facing_call_never_outlives_its_deadline(fake_stripe: FakeStripe, settings: Any) -> None:
-    fake_stripe.hang(5)
+    fake_stripe.hang(10)
 
     started = time.monotonic()
     with pytest.raises(stripe_api.BillingUnavailable):
         stripe_api.retrieve_subscription("sub_x", stripe_api.Deadline(1.5))
     elapsed = time.monotonic() - started
 
-    assert elapsed < 2.5
+    assert elapsed < 4  # within the budget (plus slack for a loaded machine), never the 10 s hang
     assert len(fake_stripe.requests_to("GET", "/v1/subscriptions/sub_x")) == 1  # no retries
     with pytest.raises(stripe_api.BillingUnavailable):
         stripe_api.client(stripe_api.Deadline(0.2))  # too little time left to try

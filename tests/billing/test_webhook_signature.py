@@ -59,12 +59,9 @@ def test_two_v1_signatures_one_valid_is_accepted(client: Any, fake_stripe: FakeS
 
 
 def _refused(client: Any, payload: bytes, header: str | None) -> Any:
-    started = time.monotonic()
     response = signed_post(client, payload, header)
-    elapsed = time.monotonic() - started
     assert response.status_code == 400, response.content
     assert response.json() == {"error": "invalid signature"}
-    assert elapsed < 0.5
     assert not StripeEvent.objects.exists()
     return response
 

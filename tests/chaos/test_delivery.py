@@ -67,7 +67,7 @@ def test_t3_without_reject_on_worker_lost_the_broker_loses_the_job_but_the_reape
     api: Any, tiny_base: Any, start_worker: Any
 ) -> None:
     worker = start_worker({"CELERY_TASK_REJECT_ON_WORKER_LOST": "false"})
-    job_id = submit_fine_tune(api, epochs=10)
+    job_id = submit_fine_tune(api, rows=40, epochs=6)
     wait_for(lambda: job_row(job_id).checkpoints.exists(), timeout=90, message="no checkpoint")
     for pid in worker.child_pids():
         os.kill(pid, signal.SIGKILL)
@@ -92,13 +92,12 @@ def test_t3_without_reject_on_worker_lost_the_broker_loses_the_job_but_the_reape
 
 # --- T5: a job longer than the visibility timeout -------------------------------------------------
 def test_t5_a_job_longer_than_the_visibility_timeout_runs_once(
-    api: Any, tiny_base: Any, start_worker: Any
+    api: Any, tiny_base: Any, start_workers: Any
 ) -> None:
     # Misconfigured on purpose: the broker redelivers every unacked message after 2 s.
     env = {"CELERY_VISIBILITY_TIMEOUT": "2", "CELERY_UNACKED_RESTORE_INTERVAL": "1"}
-    first = start_worker(env)
-    second = start_worker(env)
-    job_id = submit_fine_tune(api, epochs=20)
+    first, second = start_workers(2, env)
+    job_id = submit_fine_tune(api, epochs=12)
     job = reap_until(lambda: finished(job_id), timeout=150)
     # Celery alone would have run the job again (M4); here every later delivery acks and exits.
     wait_for(lambda: received(first) + received(second) == len(task_runs(first) + task_runs(second)),
@@ -119,9 +118,8 @@ def test_t6_a_job_past_its_soft_time_limit_fails_cleanly_and_the_next_job_runs(
 ) -> None:
     soft = 12
     start_worker({"GPU_TASK_SOFT_TIME_LIMIT": str(soft)})
-    file_id = upload(api, sentiment_csv(400))
-    long_id = submit_fine_tune(api, epochs=50, file_id=file_id)
-    next_id = submit_fine_tune(api, epochs=1, file_id=file_id)
+    long_file, short_file = upload(api, sentiment_csv(400)), upload(api, sentiment_csv(40))
+    long_id = submit_fine_tune(api, epochs=50, file_id=long_file)
     job = reap_until(lambda: finished(long_id), timeout=soft + 60)
     assert job.status == JobStatus.FAILED
     assert job.error["code"] == "time_limit"
@@ -132,6 +130,7 @@ def test_t6_a_job_past_its_soft_time_limit_fails_cleanly_and_the_next_job_runs(
         assert "checkpoints so far are kept" in job.error["message"]
         assert job.checkpoints.exists()
     assert not job.usage.exists()
+    next_id = submit_fine_tune(api, epochs=1, file_id=short_file)  # the free plan runs one at a time
     following = reap_until(lambda: finished(next_id), timeout=90)
     assert_billed_once(following)
     # a timeout is terminal: never redelivered, never re-queued by the reaper
@@ -144,7 +143,7 @@ def test_t7_sigterm_then_a_new_worker_the_job_resumes_and_is_billed_once(
     api: Any, tiny_base: Any, start_worker: Any
 ) -> None:
     old = start_worker()
-    job_id = submit_fine_tune(api, epochs=20)
+    job_id = submit_fine_tune(api, rows=40, epochs=8)
     wait_for(lambda: job_row(job_id).checkpoints.exists(), timeout=90, message="no checkpoint")
     os.kill(old.process.pid, signal.SIGTERM)  # warm shutdown: the running task may finish...
     # ...within an orchestrator's grace period (docker stop -t 3); then the old node is killed.
@@ -167,7 +166,7 @@ def test_t7_sigquit_restores_the_message_and_the_new_worker_resumes_at_once(
     api: Any, tiny_base: Any, start_worker: Any
 ) -> None:
     old = start_worker({"CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": "0"})
-    job_id = submit_fine_tune(api, epochs=20)
+    job_id = submit_fine_tune(api, rows=40, epochs=8)
     wait_for(lambda: job_row(job_id).checkpoints.exists(), timeout=90, message="no checkpoint")
     checkpoint_steps = set(job_row(job_id).checkpoints.values_list("step", flat=True))
     os.kill(old.process.pid, signal.SIGQUIT)  # cold shutdown
@@ -205,10 +204,10 @@ def snapshot(job_id: str) -> dict[str, Any]:
 
 
 def test_t8_a_zombie_worker_changes_nothing_when_it_wakes_up(
-    api: Any, tiny_base: Any, start_worker: Any
+    api: Any, tiny_base: Any, start_workers: Any
 ) -> None:
-    workers = [start_worker(), start_worker()]
-    job_id = submit_fine_tune(api, epochs=15)
+    workers = start_workers(2)
+    job_id = submit_fine_tune(api, rows=40, epochs=8)
     wait_for(lambda: job_row(job_id).checkpoints.exists(), timeout=90, message="no checkpoint")
     owner_pid = int(job_row(job_id).lease_owner.rpartition(":")[2])
     zombie = next(w for w in workers if owner_pid in w.child_pids())

@@ -200,7 +200,7 @@ def test_the_list_costs_the_same_queries_for_many_files(
     url = f"/projects/{alice_project.public_id}/files/"
     alice_client.get(url)
 
-    with django_assert_max_num_queries(10):
+    with django_assert_max_num_queries(12):
         alice_client.get(url)
 
 

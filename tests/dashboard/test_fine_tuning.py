@@ -282,7 +282,7 @@ def test_the_jobs_list_shows_jobs_newest_first(
     for _ in range(5):
         make_job(alice_project, JobStatus.FAILED)
 
-    with django_assert_max_num_queries(8):
+    with django_assert_max_num_queries(10):
         page = alice_client.get(f"/projects/{alice_project.public_id}/fine-tuning/").content.decode()
 
     assert page.index(newer.public_id) < page.index(older.public_id)

@@ -55,7 +55,7 @@ def test_the_models_page_lists_own_fine_tuned_models_and_the_catalog(
     carols = make_model(carol_project, "secret")
     make_model(alice_project, "second")
 
-    with django_assert_max_num_queries(8):
+    with django_assert_max_num_queries(10):
         page = alice_client.get(url(alice_project)).content.decode()
 
     fine_tuned = page.split('id="fine-tuned-models"')[1].split("</table>")[0]

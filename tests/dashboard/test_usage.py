@@ -206,5 +206,5 @@ def test_the_number_of_queries_does_not_grow_with_usage(
         "/usage/daily.json?month=2026-03",
         "/usage/export.csv?month=2026-03",
     ):
-        with django_assert_max_num_queries(6):
+        with django_assert_max_num_queries(8):
             assert alice_client.get(path).status_code == 200

@@ -146,7 +146,7 @@ def test_a_customer_journey_in_the_browser(
     assert "tickets.csv" in owner.locator("#id_training_file option:checked").inner_text()
     owner.select_option("#id_model", "tiny-bert")
     owner.fill("#id_n_epochs", "2")
-    owner.fill("#id_batch_size", "8")
+    owner.fill("#id_batch_size", "4")  # 56 steps: long enough on any machine to see the bar move
     owner.dispatch_event("#id_batch_size", "change")  # the estimate follows the form's changes
     owner.wait_for_function("() => /2 epochs/.test(document.getElementById('estimate').textContent)")
     assert int(owner.locator("#estimate-steps").inner_text().replace(",", "")) > 0
@@ -204,10 +204,10 @@ def test_a_customer_journey_in_the_browser(
     assert owner.locator("#panel-chat").is_visible() and owner.locator("#panel-classify").is_hidden()
     owner.select_option("#chat-model", "tiny-gpt2")
     owner.fill("#chat-temperature", "1")
-    owner.fill(
-        "#chat-seed", "7"
-    )  # sampled (greedy decoding of the tiny GPT-2 is all newlines), yet repeatable
-    owner.fill("#chat-max_tokens", "24")
+    # Sampled, as greedy decoding of the tiny GPT-2 is all newlines; the seed keeps it repeatable.
+    owner.fill("#chat-seed", "7")
+    owner.fill("#chat-max_tokens", "48")
+    assert owner.get_by_role("button", name="Stop").is_hidden()  # only while an answer streams
     owner.evaluate(WATCH_STREAM)
     owner.get_by_label("Message").fill("Tell me a story about a cat.")
     owner.get_by_role("button", name="Send").click()

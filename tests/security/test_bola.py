@@ -37,10 +37,11 @@ TRAINING_CSV = f"text,label\n{MARKER} refund please,billing\nthe app crashes,bug
 
 @pytest.fixture(autouse=True)
 def private_media(settings: Any, tmp_path: Path) -> Path:
-    """Each test stores its blobs in its own folder."""
+    """Each test stores its blobs (and the model cache) in its own folder."""
     root = tmp_path / "media"
     root.mkdir()
     settings.MEDIA_ROOT = root
+    settings.MODEL_CACHE_DIR = tmp_path / "models"  # where exports unpack stored weights
     settings.STORAGES = {
         **settings.STORAGES,
         "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(root)}},
@@ -92,6 +93,14 @@ def stored_file(project: Project, name: str, data: bytes, purpose: str, fmt: str
     return file
 
 
+def store_weights(prefix: str) -> None:
+    """A model directory in storage, as a finished fine-tune leaves one (tiny stand-in files)."""
+    from django.core.files.storage import default_storage
+
+    default_storage.save(f"{prefix}/config.json", ContentFile(b'{"architectures": ["BertForSequenceClassification"]}'))
+    default_storage.save(f"{prefix}/model.safetensors", ContentFile((2).to_bytes(8, "little") + b"{}"))
+
+
 def _job(project: Project, kind: str, status: str, **fields: Any) -> Job:
     return Job.objects.create(kind=kind, organization=project.organization, project=project, status=status,
                               queued_at=timezone.now(), **fields)  # fmt: skip
@@ -125,11 +134,13 @@ def seed_tenant(owner: Any, project: Project, teammate: Any) -> World:
         artifact_key=f"models/{organization.public_id}/{done_job.public_id}", metrics={"accuracy": 0.9},
     )  # fmt: skip
     Job.objects.filter(pk=done_job.pk).update(fine_tuned_model=model)
+    store_weights(model.artifact_key)
     chat_model = Model.objects.create(
         name=f"ft:smollm2-135m-instruct:{slug}:bot:{random_id('ftjob-')}", organization=organization,
         project=project, task="generation", limits={"servable": True}, context_length=256,
         artifact_key=f"models/{organization.public_id}/bot",
     )  # fmt: skip
+    store_weights(chat_model.artifact_key)
 
     ft_job = _job(project, JobKind.FINE_TUNE, JobStatus.RUNNING, model=base, model_name=base.name,
                   training_file=file, validation_file=file, attempt=1, lease_owner="worker-7@gpu-host-internal",

@@ -280,3 +280,21 @@ def test_dashboard_pages_never_carry_internals(world: World, alice_client: Any) 
         text = b"".join(response.streaming_content) if response.streaming else response.content
         for value in forbidden:
             assert value not in text.decode("utf-8", "replace"), f"{route.name} shows {value!r}"
+
+
+@pytest.mark.integration
+def test_a_model_that_cannot_load_names_no_path(
+    celery_worker: Any, catalog: None, alice: Any, alice_project: Project, bob: Any, api: Any, settings: Any
+) -> None:
+    # given: alice's model whose stored weights are broken (stand-ins, no model_type)
+    settings.INFERENCE_TIMEOUT_SECONDS = 60
+    world = seed_tenant(alice, alice_project, bob)
+    # when
+    response = api.post("/v1/classifications", {"model": world.model.name, "input": "hi"}, format="json")
+    # then: the worker's reason stays in its log
+    assert response.status_code == 500, response.content
+    error = response.json()["error"]
+    assert error["code"] == "model_unavailable"
+    assert "/" not in error["message"] and not STORAGE_PATH.search(response.content.decode())
+    job = Job.objects.get(kind=JobKind.CLASSIFICATION)
+    assert "/" not in json.dumps(job.error)

@@ -90,8 +90,11 @@ def detect_format(path: str | Path) -> str:
     return "csv"
 
 
-def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, record) from a CSV-with-header or JSONL file, one row at a time."""
+def iter_records(path: str | Path, *, columns: Sequence[str] = ()) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, record) from a CSV-with-header or JSONL file, one row at a time.
+
+    A CSV header that lacks one of `columns` is an error up front, not on every row.
+    """
     # utf-8-sig drops a BOM (Excel writes one); newline="" lets csv handle CRLF and quoted newlines.
     if detect_format(path) == "jsonl":
         with open(path, encoding="utf-8-sig") as handle:
@@ -109,26 +112,34 @@ def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with open(path, encoding="utf-8-sig", newline="") as handle:
         delimiter = "\t" if Path(path).suffix.lower() == ".tsv" else ","
         reader = csv.DictReader(handle, delimiter=delimiter)
+        missing = [column for column in columns if column not in (reader.fieldnames or [])]
+        if missing:
+            header = ", ".join(reader.fieldnames or [])
+            raise ValueError(f'{path}: no "{missing[0]}" column in the header ({header})')
         for row in reader:
             yield reader.line_num, dict(row)
 
 
 def label_to_str(value: Any) -> str | None:
-    """Labels may arrive as numbers (JSON) or strings (CSV); 1, 1.0 and "1" are the same label."""
+    """Labels may arrive as numbers (JSON) or strings (CSV); 1, 1.0 and "1" are the same label.
+
+    Same rules as the upload validation report (apps/projects/validation.py), so the label set
+    the user saw is the one the model gets: no stripping, and booleans are not labels.
+    """
     if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int | float) and math.isfinite(value):
         return str(value)
-    if isinstance(value, float) and math.isfinite(value):
-        return str(int(value)) if value.is_integer() else str(value)
     if isinstance(value, str) and value.strip():
-        return value.strip()
+        return value
     return None
 
 
 def read_examples(path: str | Path, text_field: str = "text", label_field: str = "label") -> list[Example]:
     examples = []
-    for number, record in iter_records(path):
+    for number, record in iter_records(path, columns=(text_field, label_field)):
         text = record.get(text_field)
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f'{path}:{number}: "{text_field}" is missing or empty')
@@ -141,18 +152,10 @@ def read_examples(path: str | Path, text_field: str = "text", label_field: str =
     return examples
 
 
-def _label_sort_key(label: str) -> tuple[int, float, str]:
-    # Numeric labels sort numerically ("2" before "10"); the rest alphabetically after them.
-    try:
-        number = float(label)
-    except ValueError:
-        return (1, 0.0, label)
-    return (0, number, label) if math.isfinite(number) else (1, 0.0, label)
-
-
 def sorted_labels(examples: Sequence[Example]) -> list[str]:
-    """The label set in a stable order, so label ids do not depend on file order."""
-    return sorted({example.label for example in examples}, key=_label_sort_key)
+    """The label set sorted by name, so label ids do not depend on file order. Plain string order
+    ("10" before "2") on purpose: the web side orders a file's labels the same way."""
+    return sorted({example.label for example in examples})
 
 
 # --- splitting ---------------------------------------------------------------------------------
@@ -189,7 +192,7 @@ def stratified_split(
     )
     rng = random.Random(seed)  # a local RNG: the split must not depend on (or move) global state
     held_out: set[int] = set()
-    for label in sorted(by_label, key=_label_sort_key):
+    for label in sorted(by_label):
         held_out.update(rng.sample(by_label[label], quotas[label]))
     train = [example for index, example in enumerate(examples) if index not in held_out]
     valid = [example for index, example in enumerate(examples) if index in held_out]
@@ -197,7 +200,7 @@ def stratified_split(
 
 
 def check_validation_labels(train_labels: Sequence[str], valid: Sequence[Example]) -> None:
-    unknown = sorted({example.label for example in valid} - set(train_labels), key=_label_sort_key)
+    unknown = sorted({example.label for example in valid} - set(train_labels))
     if unknown:
         raise ValueError(
             "the validation data has labels that never occur in the training data: "
@@ -310,7 +313,7 @@ def count_tokens(path: str | Path, text_field: str, max_length: int, tokenizer: 
     """Tokens one epoch over this file would process (truncated, no padding)."""
     total = 0
     texts: list[str] = []
-    for _, record in iter_records(path):
+    for _, record in iter_records(path, columns=(text_field,)):
         text = record.get(text_field)
         if isinstance(text, str):
             texts.append(text)

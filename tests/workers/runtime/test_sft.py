@@ -57,6 +57,19 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def one_thread(request: pytest.FixtureRequest) -> Any:
+    """Tiny models on one thread: their matmuls are too small to split, and on a busy 2-core box the
+    thread hand-offs made these tests ten times slower. The real SmolLM2 keeps every core."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def chat_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows = [chat_row(q, a) for q, a in CHATS] * 4 + [
@@ -125,7 +138,7 @@ def test_chat_labels_are_the_weighted_assistant_replies_and_their_end_token(toke
     system_user_assistant = [_] * 21
     # \n<|im_start|>user\nhow are you<|im_end|>\n<|im_start|>assistant\nbad<|im_end|>\n
     # <|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n
-    middle = [_] * 28
+    middle = [_] * 29
     assert learned(tokenizer, ids, labels) == [
         *system_user_assistant,
         *["i", "Ġam", "Ġfine", "<|im_end|>"],
@@ -137,9 +150,9 @@ def test_chat_labels_are_the_weighted_assistant_replies_and_their_end_token(toke
     batch = collate_lm(LMSplit([ids], [labels]), [0], pad_id=0)
     expected = torch.full((1, len(ids)), IGNORE_INDEX)
     expected[0, 21:25] = torch.tensor(ids[21:25])
-    expected[0, 53:56] = torch.tensor(ids[53:56])
+    expected[0, 54:57] = torch.tensor(ids[54:57])
     assert torch.equal(batch.labels, expected)
-    assert batch.n_supervised == 7 and batch.n_tokens == len(ids) == 57
+    assert batch.n_supervised == 7 and batch.n_tokens == len(ids) == 58
 
 
 def test_prompt_completion_labels_are_the_completion_and_eos(tokenizer: Any) -> None:
@@ -152,10 +165,15 @@ def test_prompt_completion_labels_are_the_completion_and_eos(tokenizer: Any) -> 
 
 
 def test_truncation_cuts_at_max_seq_length(tokenizer: Any) -> None:
-    ids, labels = encode_chat(tokenizer, chat_row(*CHATS[2])["messages"], None, max_length=12)
+    messages = chat_row(*CHATS[2])["messages"]
+    ids, labels = encode_chat(tokenizer, messages, None, max_length=256)
+    first = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
 
-    assert len(ids) == len(labels) == 12
-    assert labels[-2:] == ids[-2:]  # the reply's first tokens survive; its end is cut
+    short_ids, short_labels = encode_chat(tokenizer, messages, None, max_length=first + 2)
+
+    # the reply's first two tokens survive; the rest of it and its end token are cut
+    assert (short_ids, short_labels) == (ids[: first + 2], labels[: first + 2])
+    assert short_labels[-2:] == ids[first : first + 2]
 
 
 def test_examples_with_nothing_to_learn_are_skipped(tmp_path: Path, tiny_gpt2_dir: Path) -> None:
@@ -201,15 +219,15 @@ def test_it_memorises_replies_and_then_generates_them(tmp_path: Path, tiny_gpt2_
         tiny_gpt2_dir,
         training_file,
         validation_file=str(training_file),
-        hp={"n_epochs": 10, "learning_rate": 1e-2, "warmup_ratio": 0.0},
+        hp={"n_epochs": 30, "batch_size": 8, "learning_rate": 1e-2, "warmup_ratio": 0.0},
     )
 
-    # when: 40 steps
+    # when: 60 steps
     result, events = run(spec)
 
     # then
     losses = [event.metrics["train_loss"] for event in events if event.kind == "step"]
-    assert len(losses) == 40 and all(math.isfinite(loss) for loss in losses)
+    assert len(losses) == 60 and all(math.isfinite(loss) for loss in losses)
     assert sum(losses[-4:]) < 0.2 * sum(losses[:4])
     assert result.metrics["valid_mean_token_accuracy"] == 1.0
     model = load_model(result.model_dir, device="cpu")  # what serving does
@@ -387,7 +405,7 @@ def test_a_chat_row_without_a_template_is_a_clear_error(tmp_path: Path, tiny_gpt
     (bare / "chat_template.jinja").unlink(missing_ok=True)
     training_file = write_jsonl(tmp_path / "train.jsonl", [chat_row(*CHATS[0])] * 4)
 
-    with pytest.raises(ValueError, match=r"train.jsonl:1: chat examples need a chat template"):
+    with pytest.raises(ValueError, match=r"train.jsonl:\d+: chat examples need a chat template"):
         run(make_spec(tmp_path, bare, training_file))
 
 
