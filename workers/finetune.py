@@ -170,9 +170,10 @@ class ProgressReporter:
             try:
                 written = action(self.job.pk, self.job.attempt, *args, **kwargs)
             except DatabaseError:
-                logger.warning(
-                    "job %s: progress write failed; kept for later", self.job.public_id, exc_info=True
-                )
+                if len(self.pending) == 1:  # the first failure of an outage
+                    logger.warning(
+                        "job %s: progress write failed; kept for later", self.job.public_id, exc_info=True
+                    )
                 connection.close()  # a broken connection stays broken until closed
                 del self.pending[:-MAX_PENDING_WRITES]
                 return

@@ -309,7 +309,9 @@ def _keep_best_and_last(job_pk: int) -> None:
             register_checkpoint_model(job, checkpoint)
             continue
         key = checkpoint.artifact_key
-        Model.objects.filter(name=checkpoint.fine_tuned_model_checkpoint, organization=job.organization).delete()
+        Model.objects.filter(
+            name=checkpoint.fine_tuned_model_checkpoint, organization=job.organization
+        ).delete()
         checkpoint.delete()
         transaction.on_commit(lambda key=key: delete_prefix(key))  # type: ignore[misc]
 
@@ -492,4 +494,29 @@ def reap() -> dict[str, int]:
             Job.objects.filter(pk=job.pk).update(published_at=now)
             transaction.on_commit(lambda job=job: publish(job))  # type: ignore[misc]
             counts["republished"] += 1
+    counts["files"] = _republish_stuck_validations(queued_cutoff)
     return counts
+
+
+def _republish_stuck_validations(cutoff: Any) -> int:
+    """An upload whose validation message was lost (a broker restart) is validated again; the
+    validator stores only the first report, so a duplicate is harmless."""
+    from django.core.cache import cache
+    from kombu.exceptions import OperationalError as KombuOperationalError
+    from redis.exceptions import RedisError
+
+    from apps.projects.actions import queue_validation
+    from apps.projects.models import File, FileStatus
+
+    sent = 0
+    for file in File.objects.filter(status=FileStatus.UPLOADED, created_at__lt=cutoff)[:100]:
+        # At most once per stale period, so a long validation is not started again and again.
+        if not cache.add(f"revalidate:{file.public_id}", 1, timeout=int(settings.JOB_QUEUED_STALE_SECONDS)):
+            continue
+        try:
+            queue_validation(file)
+        except (KombuOperationalError, RedisError, OSError):
+            logger.warning("could not republish validation of %s", file.public_id)
+            continue
+        sent += 1
+    return sent

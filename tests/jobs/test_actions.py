@@ -177,3 +177,24 @@ def test_concurrent_reapers_requeue_each_job_once(alice_project: Any, settings: 
         module.publish = original  # type: ignore[assignment]
     assert sum(r["requeued"] for r in results) == len(jobs)
     assert sorted(published) == sorted(j.public_id for j in jobs)
+
+
+def test_the_reaper_validates_again_an_upload_whose_message_was_lost(
+    alice_project: Any, settings: Any, monkeypatch: Any
+) -> None:
+    from django.core.cache import cache
+
+    from apps.projects import actions as project_actions
+    from tests.api.test_fine_tuning import make_file
+
+    stuck = make_file(alice_project, status="uploaded")
+    File = type(stuck)
+    File.objects.filter(pk=stuck.pk).update(
+        created_at=timezone.now() - timedelta(seconds=settings.JOB_QUEUED_STALE_SECONDS + 1)
+    )
+    cache.delete(f"revalidate:{stuck.public_id}")
+    sent: list[str] = []
+    monkeypatch.setattr(project_actions, "queue_validation", lambda file: sent.append(file.public_id))
+    assert actions.reap()["files"] == 1
+    assert actions.reap()["files"] == 0  # not again within the stale period
+    assert sent == [stuck.public_id]
