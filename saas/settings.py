@@ -373,6 +373,9 @@ CELERY_BEAT_SCHEDULE = {
 WORKER_HEARTBEAT_SECONDS = env_float("WORKER_HEARTBEAT_SECONDS", 10)
 WORKER_HEARTBEAT_MAX_AGE_SECONDS = env_float("WORKER_HEARTBEAT_MAX_AGE_SECONDS", 60)
 
+# Threads each worker process gives torch (0: torch's default, one per core).
+WORKER_TORCH_THREADS = env_int("WORKER_TORCH_THREADS", 0)
+
 # --- Models and providers ---------------------------------------------------------------------
 OPENAI_API_KEY = env_secret("OPENAI_API_KEY")
 OPENAI_BASE_URL = os.environ.get("OPENAI_BASE_URL", "") or None

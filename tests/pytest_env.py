@@ -25,6 +25,7 @@ SCALED_ENV = {
     "WHITENOISE_USE_FINDERS": "true",
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    "WORKER_TORCH_THREADS": "1",
 }
 for key, value in SCALED_ENV.items():
     os.environ.setdefault(key, value)

@@ -88,7 +88,7 @@ class AttemptGuard:
                     logger.warning("job %s: heartbeat failed", self.job_pk, exc_info=True)
                     # Django never reopens a broken connection on its own inside a task: drop it, so
                     # the next beat reconnects once PostgreSQL is back.
-                    pass  # TEMP connections.close_all()
+                    connections.close_all()
                     if now - last_ok >= settings.JOB_SELF_FENCE_SECONDS:
                         logger.error(
                             "job %s: no database for %.0fs; abandoning attempt", self.job_pk, now - last_ok

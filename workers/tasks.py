@@ -10,9 +10,19 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from celery.signals import worker_process_init
 from django.conf import settings
 
 from saas.celery import app
+
+
+@worker_process_init.connect
+def limit_torch_threads(**_: Any) -> None:
+    """CPU workers that share a host run better with few threads each (WORKER_TORCH_THREADS)."""
+    if settings.WORKER_TORCH_THREADS:
+        import torch
+
+        torch.set_num_threads(settings.WORKER_TORCH_THREADS)
 
 
 @app.task(name="system.ping", queue="default", ignore_result=False, soft_time_limit=10, time_limit=20)

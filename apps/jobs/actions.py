@@ -362,22 +362,25 @@ def finish(
 
 
 def record_usage(job: Job, usage: dict[str, int]) -> None:
-    """One record per (job, unit): the unique constraint makes a second write impossible."""
-    for unit, quantity in usage.items():
-        if quantity <= 0:
-            continue
-        UsageRecord.objects.get_or_create(
-            job=job,
-            unit=unit,
-            defaults={
-                "organization_id": job.organization_id,
-                "project_id": job.project_id,
-                "api_key_id": job.api_key_id,
-                "model_name": job.model_name,
-                "quantity": quantity,
-                "cost": cost_of(job.model_name, unit, quantity),
-            },
-        )
+    """One record per (job, unit): the unique constraint makes a second write impossible, and a
+    conflicting insert is skipped rather than raised (one statement for all units)."""
+    UsageRecord.objects.bulk_create(
+        [
+            UsageRecord(
+                job=job,
+                unit=unit,
+                organization_id=job.organization_id,
+                project_id=job.project_id,
+                api_key_id=job.api_key_id,
+                model_name=job.model_name,
+                quantity=quantity,
+                cost=cost_of(job.model_name, unit, quantity),
+            )
+            for unit, quantity in usage.items()
+            if quantity > 0
+        ],
+        ignore_conflicts=True,
+    )
 
 
 def fail_lost(job_pk: int, attempt: int) -> bool:

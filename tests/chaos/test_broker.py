@@ -65,7 +65,9 @@ def test_t12b_queued_jobs_survive_a_clean_redis_restart_and_run_exactly_once(
 ) -> None:
     count = 20
     with use_broker(persistent_redis.url()):
-        jobs = [classify_job(alice_project, tiny_classifier, f"the app crashed again #{i}") for i in range(count)]
+        jobs = [
+            classify_job(alice_project, tiny_classifier, f"the app crashed again #{i}") for i in range(count)
+        ]
         broker = persistent_redis.client()
         assert queue_depth(broker) == count
         persistent_redis.shutdown()  # `redis-cli shutdown`: the append-only file is flushed
@@ -103,4 +105,3 @@ def test_t12c_an_idle_worker_consumes_again_soon_after_redis_restarts(
         took = time.monotonic() - back
     assert took <= 15
     print(f"T12c: task consumed and done {took:.1f}s after Redis returned")
-

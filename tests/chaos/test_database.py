@@ -10,12 +10,14 @@ with its own pg_ctl, behind a live gunicorn, a worker and a reaper process of it
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from tests.chaos.conftest import (
 from tests.conftest import ROOT, Worker, sentiment_csv, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
+logging.getLogger("httpx").setLevel(logging.WARNING)  # thousands of requests in T13a
 
 DATABASE = "modelworks"
 SEED = """
@@ -57,7 +60,9 @@ class Stack:
     api_key: str
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.api_key}"}, timeout=30)
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.api_key}"}, timeout=30
+        )
 
     def query(self, sql: str, *params: Any) -> list[Any]:
         with self.pg.connect(DATABASE) as conn:
@@ -100,7 +105,9 @@ def private_stack(private_pg: PrivatePostgres, tiny_bert_dir: Path, tmp_path_fac
     env = django_env(private_pg.url(DATABASE), redis.url(), {**WORKER_ENV, "ALLOWED_HOSTS": "127.0.0.1"})
     _manage(env, "migrate", "--noinput", "-v", "0")
     tenant = json.loads(_manage(env, "create_tenant", "chaos@example.com", "--organization", "Chaos").strip())
-    subprocess.run([sys.executable, "-c", SEED, str(tiny_bert_dir)], cwd=ROOT, env=env, check=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-c", SEED, str(tiny_bert_dir)], cwd=ROOT, env=env, check=True, timeout=120
+    )
     port = free_port()
     web = Process([sys.executable, "-m", "gunicorn", "saas.wsgi:application", "-b", f"127.0.0.1:{port}",
                    "-k", "gthread", "-w", "2", "--threads", "4", "--timeout", "30"], env, "gunicorn")  # fmt: skip
@@ -206,7 +213,9 @@ def test_t13a_a_fast_restart_under_load_costs_only_the_requests_in_flight(privat
     after = [s for t, s in results if t > ended + 2]
     failed = [s for _, s in results if not 200 <= s < 300]
     rps = len(before) / 3
-    print(f"T13a: restart took {outage:.2f}s, {len(failed)} of {len(results)} requests failed, {rps:.0f} rps before")
+    print(
+        f"T13a: restart took {outage:.2f}s, {len(failed)} of {len(results)} requests failed, {rps:.0f} rps before"
+    )
     assert before and after
     assert all(200 <= s < 300 for s in after), "requests still failing 2 s after the restart"
     assert len(failed) <= rps * outage + 10
@@ -220,11 +229,16 @@ def test_t13b_an_outage_shorter_than_the_self_fence_does_not_stop_the_job(
     # a busy machine (1-3 s) stays well inside the self-fence.
     timings = {"JOB_SELF_FENCE_SECONDS": "10", "JOB_STALE_SECONDS": "15"}
     worker = stack_worker(timings)
-    job_id = submit(private_stack, epochs=10)
+    job_id = submit(private_stack, epochs=16)
     wait_job(private_stack, job_id, has_checkpoint, timeout=90, message="no checkpoint")
     private_stack.pg.stop("fast")
     time.sleep(3)
     private_stack.pg.start()
+    back = datetime.now(UTC)
+    # the heartbeat comes back (a broken connection is replaced), long before the self-fence
+    recovered = wait_job(private_stack, job_id, lambda j: is_finished(j) or j["heartbeat_at"] > back, timeout=5,
+                         message="the heartbeat did not recover after PostgreSQL returned")  # fmt: skip
+    assert recovered["heartbeat_at"] > back, "the heartbeat never recovered after PostgreSQL returned"
     job = wait_job(private_stack, job_id, is_finished, timeout=120)
     assert job["status"] == "succeeded", job["error"]
     assert job["attempt"] == 1, "the job was re-run"

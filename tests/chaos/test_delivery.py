@@ -107,7 +107,9 @@ def test_t5_a_job_longer_than_the_visibility_timeout_runs_once(
     assert all(seconds < 1.0 for seconds in runs[:-1]), runs
     started = job.started_at
     assert started is not None and job.finished_at is not None
-    assert (job.finished_at - started).total_seconds() > 2 * 2, "the job was shorter than the visibility timeout"
+    assert (job.finished_at - started).total_seconds() > 2 * 2, (
+        "the job was shorter than the visibility timeout"
+    )
     assert job.attempt == 1 and attempts_started(job) == 1
     assert_billed_once(job)
 
@@ -263,7 +265,9 @@ def test_t10b_a_job_submitted_while_the_broker_is_down_runs_once_it_is_back(
     job_id = response.json()["id"]
     assert queue_depth(broker) == 0
     back = time.monotonic()
-    reap_until(lambda: job_row(job_id).status != JobStatus.QUEUED, timeout=settings.JOB_QUEUED_STALE_SECONDS + 15)
+    reap_until(
+        lambda: job_row(job_id).status != JobStatus.QUEUED, timeout=settings.JOB_QUEUED_STALE_SECONDS + 15
+    )
     assert time.monotonic() - back <= settings.JOB_QUEUED_STALE_SECONDS + 2 * REAPER + 8
     job = reap_until(lambda: finished(job_id), timeout=90)
     assert_billed_once(job)
