@@ -2,13 +2,17 @@
 
 MiniLM-L6 with a fresh 2-label head (built once into a temp dir), the same 2,000 texts of
 mixed length (5-200 words, shuffled), all in one run:
-- ours: `classify()` with batch_size=32 (texts sorted by length, padded per batch);
+- ours: `classify()` with batch_size=32 (texts sorted by length, padded per batch), once in
+  float32 like the baselines and once with dtype "auto" (bfloat16 on AMX CPUs and GPUs);
 - pipeline: `pipeline("text-classification", batch_size=32)`, all label scores;
 - tutorial: one text at a time, padded to 128 tokens (longer texts truncated: it does less work).
 Every method gets one untimed warm-up batch. Timings include tokenization. The methods take
 turns on slices of the texts (see `measure`), so a busy machine slows them alike.
 
-    python bench/classify.py [--n-texts 2000] [--batch-size 32]
+    python bench/classify.py [--n-texts 2000] [--batch-size 32] [--threads 1]
+
+On a shared, oversubscribed machine pass --threads 1: with more threads than free cores,
+every op waits at a thread barrier for a descheduled thread and all methods slow 2-3x.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -59,18 +64,19 @@ class Method:
         self.seconds += time.perf_counter() - started
 
 
-def ours(model_dir: Path, batch_size: int) -> Method:
+def ours(model_dir: Path, batch_size: int, dtype: str) -> Method:
     from workers.runtime.classify import classify
     from workers.runtime.models import load_model
     from workers.runtime.specs import ClassifyRequest
 
-    model = load_model(str(model_dir), device="cpu")
+    model = load_model(str(model_dir), device="cpu", dtype=dtype)
+    precision = str(next(model.model.parameters()).dtype).removeprefix("torch.")
 
     def run(texts: list[str]) -> list[str]:
         result = classify(model, ClassifyRequest(texts=tuple(texts), batch_size=batch_size))
         return [scores[0].label for scores in result.results]
 
-    return Method(f"ours: classify(), batch {batch_size}", run)
+    return Method(f"ours: classify(), {precision}" + (" (dtype auto)" if dtype == "auto" else ""), run)
 
 
 def pipeline(model_dir: Path, batch_size: int) -> Method:
@@ -79,9 +85,10 @@ def pipeline(model_dir: Path, batch_size: int) -> Method:
     classifier = make_pipeline("text-classification", model=str(model_dir), device="cpu", top_k=None)
 
     def run(texts: list[str]) -> list[str]:
-        return [scores[0]["label"] for scores in classifier(texts, batch_size=batch_size, truncation=True)]
+        outputs: Any = classifier(texts, batch_size=batch_size, truncation=True)  # top_k=None: all labels
+        return [scores[0]["label"] for scores in outputs]
 
-    return Method(f"pipeline, batch_size={batch_size}", run)
+    return Method(f"pipeline, batch_size={batch_size} (float32)", run)
 
 
 def tutorial(model_dir: Path) -> Method:
@@ -97,7 +104,7 @@ def tutorial(model_dir: Path) -> Method:
             logits = model(**inputs).logits
         return str(model.config.id2label[int(logits.softmax(-1).argmax())])
 
-    return Method("tutorial: 1 at a time, pad 128", lambda texts: [one(text) for text in texts])
+    return Method("tutorial: 1 at a time, pad 128 (f32)", lambda texts: [one(text) for text in texts])
 
 
 def measure(methods: list[Method], texts: list[str], rounds: int, warm_up: int) -> None:
@@ -141,7 +148,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         model_dir = build_minilm_classifier(Path(work) / "minilm-2", ["negative", "positive"])
         methods = [
-            ours(model_dir, args.batch_size),
+            ours(model_dir, args.batch_size, "float32"),
+            ours(model_dir, args.batch_size, "auto"),
             pipeline(model_dir, args.batch_size),
             tutorial(model_dir),
         ]
@@ -152,11 +160,11 @@ def main() -> None:
         f"(mean {sum(n_words) / len(n_words):.0f}), CPU, {torch.get_num_threads()} threads, "
         f"{args.rounds} interleaved rounds\n"
     )
-    print(f"{'':34} {'seconds':>8} {'texts/s':>8} {'vs pipeline':>12} {'same top label':>15}")
-    baseline = methods[1]
+    print(f"{'':40} {'seconds':>8} {'texts/s':>8} {'vs pipeline':>12} {'same top label':>15}")
+    baseline = methods[2]
     for method in methods:
         print(
-            f"{method.name:34} {method.seconds:8.1f} {len(texts) / method.seconds:8.1f} "
+            f"{method.name:40} {method.seconds:8.1f} {len(texts) / method.seconds:8.1f} "
             f"{baseline.seconds / method.seconds:11.2f}x {agreement(method.labels, baseline.labels):14.1%}"
         )
 

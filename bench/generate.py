@@ -8,7 +8,9 @@ requests, up to 64 new tokens each, sampled (temperature 0.7, a seed per request
 Tokens are the completion tokens actually produced (a request may end early at EOS). The
 methods take turns over `--rounds` rounds, so a busy machine slows them alike.
 
-    python bench/generate.py [--cache-dir var/models] [--max-tokens 64] [--concurrency 8]
+    python bench/generate.py [--cache-dir var/models] [--max-tokens 64] [--concurrency 8] [--threads 1]
+
+On a shared, oversubscribed machine pass --threads 1 (see bench/classify.py).
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on AMX CPUs and GPUs), float32, bfloat16")
     args = parser.parse_args()
 
     import torch
@@ -122,7 +125,8 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(str(prepare_smollm2(args.cache_dir)), device="cpu")
+    model = load_model(str(prepare_smollm2(args.cache_dir)), device="cpu", dtype=args.dtype)
+    precision = str(next(model.model.parameters()).dtype).removeprefix("torch.")
     batch = requests(args.concurrency, args.max_tokens)
     generate(model, requests(1, 4)[0])  # warm-up
     timed = methods(model, batch)
@@ -133,7 +137,8 @@ def main() -> None:
 
     print(
         f"\nSmolLM2-135M-Instruct, {args.concurrency} chat requests x up to {args.max_tokens} new tokens, "
-        f"CPU, {torch.get_num_threads()} threads, {args.rounds} interleaved rounds\n"
+        f"CPU, {precision} (dtype {args.dtype}), {torch.get_num_threads()} threads, "
+        f"{args.rounds} interleaved rounds\n"
     )
     print(f"{'':42} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'vs one stream':>14}")
     baseline = timed[0]

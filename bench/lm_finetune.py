@@ -40,13 +40,18 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python bench/lm_finetune.py` puts bench/, not the root, on the path
 
-WORDS = (
+
+def words(text: str) -> list[str]:
+    return text.split()
+
+
+WORDS = words(
     "the a and of to in it is was that for on with as at by this from they we you he she but or an had "
     "not are have one all were when there can more some what about out up so people time day week year "
     "good new first last long great little old right big high different small large next early young "
     "important few public bad same able really just very also then after before model data train "
     "question answer explain why how where recipe travel code music history science garden weather"
-).split()
+)
 N_VALID = 16
 
 
@@ -160,8 +165,8 @@ def encoded_train_set(config: dict[str, Any]) -> Any:
 
 def run_ours(config: dict[str, Any], work: Path) -> dict[str, Any]:
     from workers.runtime.data import epoch_batches
-    from workers.runtime.specs import ProgressEvent
     from workers.runtime.sft import train_lm
+    from workers.runtime.specs import ProgressEvent
 
     loop, total = Clock(), Clock()
     losses: list[float] = []
@@ -292,7 +297,9 @@ def run_child(which: str, config_path: Path) -> dict[str, Any]:
 # --- report ------------------------------------------------------------------------------------
 
 
-def print_table(ours: dict[str, Any], baseline: dict[str, Any], args: argparse.Namespace, config: dict[str, Any]) -> None:
+def print_table(
+    ours: dict[str, Any], baseline: dict[str, Any], args: argparse.Namespace, config: dict[str, Any]
+) -> None:
     method = "LoRA r=8" if args.lora else "full fine-tune"
     print(
         f"\n{args.model} SFT ({method}), {ours['steps']} steps x batch {args.batch_size}, "

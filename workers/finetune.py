@@ -48,7 +48,13 @@ def run_fine_tune(job: Job) -> None:
             # Heavy imports (torch) only once the lease is kept alive: a fresh child can take longer
             # to import torch than the stale threshold, and the reaper would take the job away.
             from workers.runtime.specs import Hyperparameters, TrainSpec
-            from workers.runtime.training import train
+
+            method = (job.request or {}).get("method") or {}
+            is_supervised = method.get("type") == "supervised"  # a causal LM learning replies
+            if is_supervised:
+                from workers.runtime.sft import train_lm as train
+            else:
+                from workers.runtime.training import train
 
             spec = TrainSpec(
                 job_id=job.public_id,
@@ -65,6 +71,11 @@ def run_fine_tune(job: Job) -> None:
                 resume_from=str(download_dir(job.checkpoint_ref, work / "resume"))
                 if job.checkpoint_ref
                 else None,
+                task="generation" if is_supervised else "classification",
+                lora=(method.get("supervised") or {}).get("lora") if is_supervised else None,
+                messages_field=_mapped(job, "messages"),
+                prompt_field=_mapped(job, "prompt"),
+                completion_field=_mapped(job, "completion"),
             )
             progress = ProgressReporter(job, guard)
             result = train(spec, progress.on_event, progress.should_stop)
@@ -144,7 +155,8 @@ class ProgressReporter:
             every = max(1, event.total_steps // 200)  # at most ~200 points on the loss curve
             if event.step - self.last_metrics_step >= every:
                 self.last_metrics_step = event.step
-                self._metrics(event, {"train_loss": event.metrics.get("train_loss")})
+                keys = ("train_loss", "train_mean_token_accuracy")  # the second from SFT only
+                self._metrics(event, {key: event.metrics.get(key) for key in keys})
         elif event.kind == "eval":
             self._metrics(event, event.metrics, message=_eval_message(event))
         elif event.kind == "checkpoint" and event.checkpoint_dir:

@@ -338,7 +338,14 @@ def finish(
     now = timezone.now()
     with transaction.atomic():
         _bound_lock_time()
-        job = _fenced(job_pk, attempt).select_for_update().select_related("project__organization").first()
+        # OF self: a FOR UPDATE over the join would also lock the project and organization rows and
+        # deadlock with a fine-tune submission, which locks the organization first (seen under load).
+        job = (
+            _fenced(job_pk, attempt)
+            .select_for_update(of=("self",))
+            .select_related("project__organization")
+            .first()
+        )
         if job is None:
             return None
         job.status = status

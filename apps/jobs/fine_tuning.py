@@ -3,6 +3,7 @@ the cost estimate, and submission."""
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -34,6 +35,13 @@ KNOWN_FIELDS = {
 }  # fmt: skip
 SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_SEED = 2**31 - 1
+# method.supervised.lora: every option optional; the worker fills in defaults (r 8, alpha 16,
+# dropout 0.05, the attention projections of the architecture) and checks module names on the model.
+LORA_OPTIONS = ("r", "alpha", "dropout", "target_modules")
+LORA_MAX_R = 256
+LORA_MAX_ALPHA = 4096
+LORA_MAX_TARGETS = 32
+MODULE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")
 
 
 @dataclass
@@ -49,6 +57,7 @@ class FineTuneRequest:
     metadata: dict[str, str] | None
     max_cost: int | None
     body: dict[str, Any] = field(default_factory=dict)
+    lora: dict[str, Any] | None = None  # method.supervised.lora as given (validated); None → full fine-tune
 
 
 def parse(project: Project, body: Any) -> FineTuneRequest:
@@ -59,6 +68,7 @@ def parse(project: Project, body: Any) -> FineTuneRequest:
         raise ActionError(f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0])
     model = _model(project, body.get("model"))
     method, requested = _method(body, model)
+    lora = _lora(body, method)
     training = _file(project, body.get("training_file"), "training_file", method, required=True)
     validation = _file(project, body.get("validation_file"), "validation_file", method, required=False)
     assert training is not None
@@ -90,6 +100,7 @@ def parse(project: Project, body: Any) -> FineTuneRequest:
         metadata=_metadata(body.get("metadata")),
         max_cost=_max_cost(body.get("max_cost")),
         body=body,
+        lora=lora,
     )
 
 
@@ -145,6 +156,64 @@ def _method(body: dict[str, Any], model: Model) -> tuple[str, dict[str, Any]]:
     if kind not in METHOD_FORMATS:
         raise ActionError(f"Method '{kind}' is not available yet.", param="method.type")
     return kind, dict(requested)
+
+
+def _lora(body: dict[str, Any], method: str) -> dict[str, Any] | None:
+    """method.<type>.lora, checked completely; only supervised fine-tuning of a causal LM takes it."""
+    section = (body.get("method") or {}).get(method) or {}
+    value = section.get("lora")
+    param = f"method.{method}.lora"
+    if value is None:
+        return None
+    if method != "supervised":
+        raise ActionError(f"LoRA is only available for method 'supervised', not '{method}'.", param=param)
+    if not isinstance(value, dict):
+        raise ActionError(
+            "lora must be an object with any of r, alpha, dropout and target_modules.", param=param
+        )
+    for key in value:
+        if key not in LORA_OPTIONS:
+            raise ActionError(
+                f"Unknown LoRA option '{key}'; expected one of: {', '.join(LORA_OPTIONS)}.",
+                param=f"{param}.{key}",
+            )
+    r, alpha, dropout = value.get("r"), value.get("alpha"), value.get("dropout")
+    if r is not None and (isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= LORA_MAX_R):
+        raise ActionError(f"lora.r must be an integer between 1 and {LORA_MAX_R}.", param=f"{param}.r")
+    if alpha is not None and not (_is_number(alpha) and 0 < alpha <= LORA_MAX_ALPHA):
+        raise ActionError(
+            f"lora.alpha must be a number greater than 0 and at most {LORA_MAX_ALPHA}.",
+            param=f"{param}.alpha",
+        )
+    if dropout is not None and not (_is_number(dropout) and 0 <= dropout < 1):
+        raise ActionError(
+            "lora.dropout must be a number from 0 up to (not including) 1.", param=f"{param}.dropout"
+        )
+    _lora_targets(value.get("target_modules"), f"{param}.target_modules")
+    return dict(value)
+
+
+def _lora_targets(targets: Any, param: str) -> None:
+    if targets is None or targets == "all-linear":
+        return
+    if not isinstance(targets, list) or not 1 <= len(targets) <= LORA_MAX_TARGETS:
+        raise ActionError(
+            f'lora.target_modules must be "all-linear" or a list of 1 to {LORA_MAX_TARGETS} module names, '
+            'e.g. ["q_proj", "v_proj"].',
+            param=param,
+        )
+    for name in targets:
+        if not isinstance(name, str) or not MODULE_NAME_RE.match(name):
+            raise ActionError(
+                f"lora.target_modules: {name!r} is not a module name (letters, digits, '_' and '.').",
+                param=param,
+            )
+    if len(set(targets)) != len(targets):
+        raise ActionError("lora.target_modules lists a module twice.", param=param)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _file(project: Project, file_id: Any, param: str, method: str, *, required: bool) -> File | None:
@@ -263,7 +332,8 @@ def _create(request: FineTuneRequest, *, project: Project, api_key: Any, user: A
             **body,
             "method": {
                 "type": request.method,
-                request.method: {"hyperparameters": request.requested_hyperparameters},
+                request.method: {"hyperparameters": request.requested_hyperparameters}
+                | ({"lora": request.lora} if request.lora is not None else {}),
             },
         },
         api_key=api_key,

@@ -35,8 +35,7 @@ MARKER = "alice-private-marker-7c1e"
 TRAINING_CSV = f"text,label\n{MARKER} refund please,billing\nthe app crashes,bug\nlove it,praise\n".encode()
 
 
-@pytest.fixture(autouse=True)
-def private_media(settings: Any, tmp_path: Path) -> Path:
+def use_private_media(settings: Any, tmp_path: Path) -> Path:
     """Each test stores its blobs (and the model cache) in its own folder."""
     root = tmp_path / "media"
     root.mkdir()
@@ -47,6 +46,11 @@ def private_media(settings: Any, tmp_path: Path) -> Path:
         "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(root)}},
     }  # fmt: skip
     return root
+
+
+@pytest.fixture(autouse=True)
+def private_media(settings: Any, tmp_path: Path) -> Path:
+    return use_private_media(settings, tmp_path)
 
 
 # --- alice's world: one real object of every kind -------------------------------------------------
@@ -72,11 +76,15 @@ class World:
     def public_ids(self) -> list[str]:
         """Every id of alice's that a response must never show carol."""
         jobs = Job.objects.filter(organization=self.organization).values_list("public_id", flat=True)
-        events = JobEvent.objects.filter(job__organization=self.organization).values_list("public_id", flat=True)
+        events = JobEvent.objects.filter(job__organization=self.organization).values_list(
+            "public_id", flat=True
+        )
         checkpoints = Checkpoint.objects.filter(job__organization=self.organization).values_list(
             "public_id", flat=True
         )
-        files = File.objects.filter(project__organization=self.organization).values_list("public_id", flat=True)
+        files = File.objects.filter(project__organization=self.organization).values_list(
+            "public_id", flat=True
+        )
         return [
             self.organization.public_id, self.project.public_id, self.model.name, self.chat_model.name,
             *jobs, *events, *checkpoints, *files, self.key.prefix,
@@ -97,7 +105,9 @@ def store_weights(prefix: str) -> None:
     """A model directory in storage, as a finished fine-tune leaves one (tiny stand-in files)."""
     from django.core.files.storage import default_storage
 
-    default_storage.save(f"{prefix}/config.json", ContentFile(b'{"architectures": ["BertForSequenceClassification"]}'))
+    default_storage.save(
+        f"{prefix}/config.json", ContentFile(b'{"architectures": ["BertForSequenceClassification"]}')
+    )
     default_storage.save(f"{prefix}/model.safetensors", ContentFile((2).to_bytes(8, "little") + b"{}"))
 
 
@@ -122,7 +132,9 @@ def seed_tenant(owner: Any, project: Project, teammate: Any) -> World:
     choice = {"index": 0, "message": {"role": "assistant", "content": MARKER}, "finish_reason": "stop"}
     output = {"id": "batch_req_1", "custom_id": "r1", "error": None,
               "response": {"status_code": 200, "body": {"object": "chat.completion", "choices": [choice]}}}  # fmt: skip
-    output_file = stored_file(project, "out.jsonl", json.dumps(output).encode() + b"\n", FilePurpose.BATCH_OUTPUT)
+    output_file = stored_file(
+        project, "out.jsonl", json.dumps(output).encode() + b"\n", FilePurpose.BATCH_OUTPUT
+    )
     error_file = stored_file(project, "err.jsonl", b"", FilePurpose.BATCH_OUTPUT, rows=0)
 
     done_job = _job(project, JobKind.FINE_TUNE, JobStatus.SUCCEEDED, model=base, model_name=base.name,
@@ -148,7 +160,9 @@ def seed_tenant(owner: Any, project: Project, teammate: Any) -> World:
                   checkpoint_ref=f"checkpoints/{organization.public_id}/step-10",
                   progress={"step": 10, "total_steps": 30, "percent": 33.3})  # fmt: skip
     JobEvent.objects.create(job=ft_job, message=f"Attempt 1 started ({MARKER}).")
-    JobEvent.objects.create(job=ft_job, type="metrics", message="step 10", data={"step": 10, "train_loss": 0.5})
+    JobEvent.objects.create(
+        job=ft_job, type="metrics", message="step 10", data={"step": 10, "train_loss": 0.5}
+    )
     Checkpoint.objects.create(job=ft_job, step=10, epoch=1, metrics={"train_loss": 0.5},
                               artifact_key=f"checkpoints/{organization.public_id}/{ft_job.public_id}/step-10",
                               fine_tuned_model_checkpoint=f"{model.name}:ckpt-step-10")  # fmt: skip
@@ -205,7 +219,7 @@ def tenant_checksum(organization: Organization) -> str:
         for row in queryset.order_by("pk").values():
             digest.update(json.dumps(row, default=str, sort_keys=True).encode())
     for file in File.objects.filter(project__organization=organization):
-        digest.update(f"{file.content.name}={file.content.storage.exists(file.content.name)}".encode())
+        digest.update(f"{file.content.name}={file.content.storage.exists(file.content.name or '')}".encode())
     return digest.hexdigest()
 
 
@@ -243,7 +257,9 @@ def _walk(patterns: list[Any], prefix: str, namespace: str) -> Iterator[Route]:
         elif isinstance(entry, URLPattern) and entry.name:
             pattern = prefix + str(entry.pattern)
             params = tuple(_PARAM.findall(pattern))
-            yield Route(f"{namespace}:{entry.name}" if namespace else entry.name, pattern, params, entry.callback)
+            yield Route(
+                f"{namespace}:{entry.name}" if namespace else entry.name, pattern, params, entry.callback
+            )
 
 
 def all_routes() -> list[Route]:
@@ -341,7 +357,9 @@ def normalised_text(text: str, values: list[Any]) -> str:
     return text
 
 
-def assert_like_missing(client: Any, route: Route, method: str, real: dict[str, Any], fake: dict[str, Any]) -> int:
+def assert_like_missing(
+    client: Any, route: Route, method: str, real: dict[str, Any], fake: dict[str, Any]
+) -> int:
     """carol's call with alice's ids answers exactly as the call with ids that do not exist."""
     real_response = call(client, method, reverse(route.name, kwargs=real))
     fake_response = call(client, method, reverse(route.name, kwargs=fake))
@@ -389,14 +407,18 @@ def test_an_outsider_cannot_reach_alices_object(
         own = {"project_id": carol_project.public_id}
         variants.append(({**real, **own}, {**fake, **own}))
     # when
-    statuses = [assert_like_missing(client, route, method, a, b) for a, b in variants for method in route.methods()]
+    statuses = [
+        assert_like_missing(client, route, method, a, b) for a, b in variants for method in route.methods()
+    ]
     # then
     assert 404 in statuses, f"{route.name}: no method answered 404 ({statuses})"
     assert tenant_checksum(world.organization) == before
 
 
 @pytest.mark.parametrize("route", ID_ROUTES, ids=str)
-def test_alice_reaches_every_route_of_the_matrix(route: Route, world: World, api: Any, alice_client: Any) -> None:
+def test_alice_reaches_every_route_of_the_matrix(
+    route: Route, world: World, api: Any, alice_client: Any
+) -> None:
     """The positive control: the ids the matrix uses are real, so carol's 404s mean something."""
     client = api if route.is_api else alice_client
     url = reverse(route.name, kwargs=kwargs_for(route, world, real=True))
@@ -407,7 +429,9 @@ def test_alice_reaches_every_route_of_the_matrix(route: Route, world: World, api
     assert any(status not in (404, 405) for status in statuses.values()), statuses
 
 
-def test_an_invitation_link_held_by_someone_else_adds_no_one(world: World, carol: Any, carol_client: Any) -> None:
+def test_an_invitation_link_held_by_someone_else_adds_no_one(
+    world: World, carol: Any, carol_client: Any
+) -> None:
     # given: the link is a bearer secret; carol somehow holds the one mailed to dave
     url = reverse("dashboard:accept_invitation", args=[world.invitation_token])
     before = tenant_checksum(world.organization)
@@ -449,13 +473,17 @@ def test_fine_tuning_on_alices_file_is_refused_and_creates_nothing(
     assert counts() == before
 
 
-def test_fine_tuning_alices_model_as_a_base_is_refused(world: World, carol_api: Any, carol_project: Project) -> None:
+def test_fine_tuning_alices_model_as_a_base_is_refused(
+    world: World, carol_api: Any, carol_project: Project
+) -> None:
     own = stored_file(carol_project, "mine.csv", TRAINING_CSV, FilePurpose.FINE_TUNE, "classification_csv")
     before = counts()
     missing = f"ft:minilm-l6:nobody:x:{random_id('ftjob-')}"
     first = carol_api.post("/v1/fine_tuning/jobs", {"model": world.model.name, "training_file": own.public_id},
                            format="json")  # fmt: skip
-    second = carol_api.post("/v1/fine_tuning/jobs", {"model": missing, "training_file": own.public_id}, format="json")
+    second = carol_api.post(
+        "/v1/fine_tuning/jobs", {"model": missing, "training_file": own.public_id}, format="json"
+    )
     same_as_missing(first, second, [world.model.name, missing])
     assert counts() == before
 
@@ -464,7 +492,9 @@ def test_a_batch_over_alices_file_is_refused_and_creates_nothing(world: World, c
     before = counts()
     missing = random_id("file-")
     body = {"endpoint": "/v1/chat/completions", "completion_window": "24h"}
-    first = carol_api.post("/v1/batches", {**body, "input_file_id": world.batch_file.public_id}, format="json")
+    first = carol_api.post(
+        "/v1/batches", {**body, "input_file_id": world.batch_file.public_id}, format="json"
+    )
     second = carol_api.post("/v1/batches", {**body, "input_file_id": missing}, format="json")
     same_as_missing(first, second, [world.batch_file.public_id, missing])
     assert counts() == before
@@ -504,7 +534,9 @@ def test_a_cursor_from_alices_list_is_not_found_in_carols(
 ) -> None:
     theirs = getattr(world, object_name).public_id
     missing = random_id("x-")
-    same_as_missing(carol_api.get(path, {"after": theirs}), carol_api.get(path, {"after": missing}), [theirs, missing])
+    same_as_missing(
+        carol_api.get(path, {"after": theirs}), carol_api.get(path, {"after": missing}), [theirs, missing]
+    )
 
 
 def test_a_cursor_from_alices_events_is_not_found_in_carols_job(
@@ -572,4 +604,7 @@ def test_switching_to_alices_organization_is_404(world: World, carol_client: Any
     first = carol_client.post("/organizations/switch", {"organization": world.organization.public_id})
     second = carol_client.post("/organizations/switch", {"organization": random_id("org-")})
     assert first.status_code == second.status_code == 404
-    assert carol_client.get("/projects/").context["projects"].filter(organization=world.organization).count() == 0
+    assert (
+        carol_client.get("/projects/").context["projects"].filter(organization=world.organization).count()
+        == 0
+    )

@@ -14,7 +14,13 @@ from apps.billing.models import Plan
 from apps.jobs.models import Job, JobKind, JobStatus
 from apps.projects.models import File
 from apps.registry.models import Model
-from tests.security.test_bola import private_media  # noqa: F401  (an autouse fixture)
+from tests.security.test_bola import use_private_media
+
+
+@pytest.fixture(autouse=True)
+def private_media(settings: Any, tmp_path: Path) -> Path:
+    return use_private_media(settings, tmp_path)
+
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -60,7 +66,9 @@ def test_usage_pages_are_capped(api: Any) -> None:
     refused(api.get("/v1/usage", {"start_time": 0, "end_time": 10**9}), 400, param="end_time")
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/fine_tuning/jobs", "/v1/batches", "/v1/classifications"])
+@pytest.mark.parametrize(
+    "path", ["/v1/chat/completions", "/v1/fine_tuning/jobs", "/v1/batches", "/v1/classifications"]
+)
 def test_a_3_mb_json_body_is_413(api: Any, models: dict[str, Model], path: str) -> None:
     body = json.dumps({"model": "tiny-gpt2", "messages": [{"role": "user", "content": "x" * 3_000_000}]})
     error = refused(api.generic("POST", path, body, content_type="application/json"), 413)
@@ -68,7 +76,9 @@ def test_a_3_mb_json_body_is_413(api: Any, models: dict[str, Model], path: str) 
     assert not Job.objects.exists()
 
 
-def test_a_3_mb_form_post_to_a_page_is_refused(alice_client: Any, alice_project: Any, models: dict[str, Model]) -> None:
+def test_a_3_mb_form_post_to_a_page_is_refused(
+    alice_client: Any, alice_project: Any, models: dict[str, Model]
+) -> None:
     response = alice_client.post(f"/projects/{alice_project.public_id}/playground/classify",
                                  {"model": models["classifier"].name, "input": "x" * 3_000_000})  # fmt: skip
     assert response.status_code in (400, 413)
@@ -77,8 +87,14 @@ def test_a_3_mb_form_post_to_a_page_is_refused(alice_client: Any, alice_project:
 
 def test_too_many_classification_inputs(api: Any, models: dict[str, Model]) -> None:
     name = models["classifier"].name
-    refused(api.post("/v1/classifications", {"model": name, "input": ["hi"] * 2049}, format="json"), 400, "input")
-    refused(api.post("/v1/classifications", {"model": name, "input": ["hi"] * 10_001}, format="json"), 400, "input")
+    refused(
+        api.post("/v1/classifications", {"model": name, "input": ["hi"] * 2049}, format="json"), 400, "input"
+    )
+    refused(
+        api.post("/v1/classifications", {"model": name, "input": ["hi"] * 10_001}, format="json"),
+        400,
+        "input",
+    )
     assert not Job.objects.exists()
 
 
@@ -124,7 +140,9 @@ def test_a_prompt_over_the_cap_for_a_proxied_model_never_reaches_openai(api: Any
     ],
 )
 def test_sampling_limits(api: Any, models: dict[str, Model], body: dict[str, Any], param: str | None) -> None:
-    response = api.post("/v1/chat/completions", {"model": "tiny-gpt2", "messages": MESSAGES, **body}, format="json")
+    response = api.post(
+        "/v1/chat/completions", {"model": "tiny-gpt2", "messages": MESSAGES, **body}, format="json"
+    )
     refused(response, 400, param)
     assert not Job.objects.exists()
 
@@ -147,7 +165,9 @@ def stored(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()]
 
 
-def test_an_upload_over_the_cap_is_413_and_nothing_is_stored(api: Any, settings: Any, private_media: Path) -> None:
+def test_an_upload_over_the_cap_is_413_and_nothing_is_stored(
+    api: Any, settings: Any, private_media: Path
+) -> None:
     settings.MAX_UPLOAD_BYTES = 64 * 1024
     big = b"text,label\n" + b"hello,a\n" * 40_000  # ~320 KiB
     response = api.post("/v1/files", {"purpose": "fine-tune", "file": SimpleUploadedFile("big.csv", big)},

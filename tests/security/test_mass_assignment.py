@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,15 +21,21 @@ from apps.jobs import actions as job_actions
 from apps.jobs.models import Checkpoint, Job, JobEvent, JobKind, JobStatus
 from apps.projects.models import File, FilePurpose, Project
 from apps.registry.models import Model
-from tests.security.test_bola import (  # noqa: F401  (private_media is an autouse fixture)
+from tests.security.test_bola import (
     ID_ROUTES,
     TRAINING_CSV,
     World,
     kwargs_for,
-    private_media,
     seed_tenant,
     stored_file,
+    use_private_media,
 )
+
+
+@pytest.fixture(autouse=True)
+def private_media(settings: Any, tmp_path: Path) -> Path:
+    return use_private_media(settings, tmp_path)
+
 
 TABLES: list[type[DjangoModel]] = [
     User, Organization, Membership, Invitation, Project, ApiKey, File, Job, JobEvent, Checkpoint, Model,
@@ -57,7 +64,9 @@ Snapshot = dict[str, dict[Any, dict[str, Any]]]
 
 def snapshot() -> Snapshot:
     return {
-        table.__name__: {row["id"]: json.loads(json.dumps(row, default=str)) for row in table.objects.values()}
+        table.__name__: {
+            row["id"]: json.loads(json.dumps(row, default=str)) for row in table._default_manager.values()
+        }
         for table in TABLES
     }
 
@@ -85,7 +94,9 @@ def ready(alice: Any, alice_project: Project, alice_key: str, api: Any, carol_pr
     api.get("/v1/models")
 
 
-def assert_only(before: Snapshot, new_tables: dict[str, int], changed: dict[str, set[str]] | None = None) -> Snapshot:
+def assert_only(
+    before: Snapshot, new_tables: dict[str, int], changed: dict[str, set[str]] | None = None
+) -> Snapshot:
     after = snapshot()
     added, modified = changes(before, after)
     assert {table: len(rows) for table, rows in added.items()} == new_tables
@@ -99,10 +110,12 @@ def test_api_creates_refuse_every_field_they_do_not_know(
 ) -> None:
     training = stored_file(alice_project, "t.csv", TRAINING_CSV, FilePurpose.FINE_TUNE, "classification_csv")
     batch = stored_file(alice_project, "b.jsonl", b"{}\n", FilePurpose.BATCH, "batch_jsonl", rows=1)
-    chat = Model.objects.create(name="tiny-gpt2", task="generation", limits={"servable": True}, context_length=256)
+    chat = Model.objects.create(
+        name="tiny-gpt2", task="generation", limits={"servable": True}, context_length=256
+    )
     classifier = Model.objects.create(name="ft:minilm-l6:acme:x:ftjob-1", organization=alice_project.organization,
                                       task="classification", labels=["a", "b"], limits={"servable": True})  # fmt: skip
-    bodies = {
+    bodies: dict[str, dict[str, Any]] = {
         "/v1/fine_tuning/jobs": {"model": "minilm-l6", "training_file": training.public_id},
         "/v1/fine_tuning/jobs/estimate": {"model": "minilm-l6", "training_file": training.public_id},
         "/v1/batches": {"input_file_id": batch.public_id, "endpoint": "/v1/chat/completions",
@@ -117,7 +130,10 @@ def test_api_creates_refuse_every_field_they_do_not_know(
             response = api.post(path, {**body, field: value}, format="json")
             assert response.status_code == 400, (path, field, response.content)
             error = response.json()["error"]
-            assert error["param"] == field and "Unrecognized request argument" in error["message"], (path, field)
+            assert error["param"] == field and "Unrecognized request argument" in error["message"], (
+                path,
+                field,
+            )
     assert_only(before, {})
     # The positive control: the same body without the extra field is accepted.
     assert api.post("/v1/fine_tuning/jobs", bodies["/v1/fine_tuning/jobs"], format="json").status_code == 200
@@ -133,7 +149,12 @@ def test_an_upload_ignores_extra_form_fields(
     assert response.status_code == 200, response.content
     assert_only(before, {"File": 1})
     file = File.objects.get(public_id=response.json()["id"])
-    assert (file.project, file.status, file.created_by, file.purpose) == (alice_project, "uploaded", alice, "fine-tune")
+    assert (file.project, file.status, file.created_by, file.purpose) == (
+        alice_project,
+        "uploaded",
+        alice,
+        "fine-tune",
+    )
     assert file.api_key == ApiKey.objects.get(project=alice_project)
     assert response.json()["status"] == "uploaded"
 
@@ -143,7 +164,9 @@ def form_extras(carol_project: Project) -> dict[str, str]:
     return {k: str(v) for k, v in extras(carol_project).items() if k not in ("role",)}
 
 
-def test_creating_a_project_ignores_extra_fields(ready: None, alice_client: Any, alice: Any, carol_project: Project) -> None:
+def test_creating_a_project_ignores_extra_fields(
+    ready: None, alice_client: Any, alice: Any, carol_project: Project
+) -> None:
     before = snapshot()
     alice_client.post("/projects/", {"name": "Second", **form_extras(carol_project)})
     assert_only(before, {"Project": 1})
@@ -162,7 +185,9 @@ def test_renaming_a_project_changes_its_name_only(
     assert alice_project.name == "Renamed" and alice_project.public_id != "proj_evil"
 
 
-def test_inviting_ignores_extra_fields(ready: None, alice_client: Any, alice_org: Any, carol_project: Project) -> None:
+def test_inviting_ignores_extra_fields(
+    ready: None, alice_client: Any, alice_org: Any, carol_project: Project
+) -> None:
     before = snapshot()
     alice_client.post("/team/", {"email": "eve@example.com", "role": "member", "accepted_at": "2020-01-01",
                                  "token_hash": "0" * 64, **form_extras(carol_project)})  # fmt: skip
@@ -176,7 +201,9 @@ def test_creating_a_key_ignores_extra_fields(
     ready: None, alice_client: Any, alice: Any, alice_project: Project, carol_project: Project
 ) -> None:
     before = snapshot()
-    alice_client.post(f"/projects/{alice_project.public_id}/api-keys/", {"name": "k", **form_extras(carol_project)})
+    alice_client.post(
+        f"/projects/{alice_project.public_id}/api-keys/", {"name": "k", **form_extras(carol_project)}
+    )
     assert_only(before, {"ApiKey": 1})
     key = ApiKey.objects.get(name="k")
     assert (key.project, key.created_by, key.revoked_at) == (alice_project, alice, None)
@@ -216,11 +243,17 @@ def secrets_of(world: World) -> list[str]:
     organization = world.organization
     values = ["hashed_key", "lease_owner", "artifact_key", "checkpoint_ref", WORKER]
     values += list(ApiKey.objects.values_list("hashed_key", flat=True))
-    values += [v for v in Job.objects.filter(organization=organization).values_list("lease_owner", flat=True) if v]
-    values += [v for v in Job.objects.filter(organization=organization).values_list("checkpoint_ref", flat=True) if v]
-    values += [v for v in Model.objects.filter(organization=organization).values_list("artifact_key", flat=True) if v]
+    values += [
+        v for v in Job.objects.filter(organization=organization).values_list("lease_owner", flat=True) if v
+    ]
+    values += [
+        v for v in Job.objects.filter(organization=organization).values_list("checkpoint_ref", flat=True) if v
+    ]
+    values += [
+        v for v in Model.objects.filter(organization=organization).values_list("artifact_key", flat=True) if v
+    ]
     values += list(Checkpoint.objects.values_list("artifact_key", flat=True))
-    values += [f.content.name for f in File.objects.filter(project__organization=organization)]
+    values += [f.content.name or "" for f in File.objects.filter(project__organization=organization)]
     return values
 
 

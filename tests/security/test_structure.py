@@ -99,7 +99,9 @@ def test_every_api_route_refuses_anonymous_callers_with_a_401(route: Route, db: 
 
 def test_the_schema_is_the_only_public_api_route(client: Any) -> None:
     assert client.get("/v1/schema").status_code == 200
-    assert {r.name for r in API_ROUTES} - {"schema"} == {r.name for r in API_ROUTES if r.name not in API_ALLOWLIST}
+    assert {r.name for r in API_ROUTES} - {"schema"} == {
+        r.name for r in API_ROUTES if r.name not in API_ALLOWLIST
+    }
 
 
 def _is_login_redirect(response: Any) -> bool:
@@ -143,7 +145,9 @@ def source_files(suffixes: set[str], names: tuple[str, ...] = ()) -> list[Path]:
     found = []
     for directory, subdirectories, files in os.walk(ROOT):
         subdirectories[:] = [
-            d for d in subdirectories if not d.startswith(".") and d not in SKIPPED_DIRS and not d.endswith(".egg-info")
+            d
+            for d in subdirectories
+            if not d.startswith(".") and d not in SKIPPED_DIRS and not d.endswith(".egg-info")
         ]
         found += [Path(directory, f) for f in files if Path(f).suffix in suffixes or f in names]
     return found
@@ -166,16 +170,28 @@ def test_every_torch_load_is_weights_only_and_no_remote_code_is_trusted() -> Non
             where = f"{name}:{node.lineno}"
             if isinstance(node, ast.Call):
                 func = node.func
-                if isinstance(func, ast.Attribute) and func.attr == "load" and ast.unparse(func.value) == "torch":
+                if (
+                    isinstance(func, ast.Attribute)
+                    and func.attr == "load"
+                    and ast.unparse(func.value) == "torch"
+                ):
                     weights_only = [k.value for k in node.keywords if k.arg == "weights_only"]
-                    if not (weights_only and isinstance(weights_only[0], ast.Constant) and weights_only[0].value is True):
+                    if not (
+                        weights_only
+                        and isinstance(weights_only[0], ast.Constant)
+                        and weights_only[0].value is True
+                    ):
                         problems.append(f"{where}: torch.load without weights_only=True")
                 for keyword in node.keywords:
                     if keyword.arg == "trust_remote_code" and not _is_false(keyword.value):
                         problems.append(f"{where}: trust_remote_code is not a literal False")
             if isinstance(node, ast.Dict):
                 for key, value in zip(node.keys, node.values, strict=True):
-                    if isinstance(key, ast.Constant) and key.value == "trust_remote_code" and not _is_false(value):
+                    if (
+                        isinstance(key, ast.Constant)
+                        and key.value == "trust_remote_code"
+                        and not _is_false(value)
+                    ):
                         problems.append(f"{where}: trust_remote_code is not a literal False")
     enabled = re.compile(r"""trust_remote_code["']?\s*[:=]\s*True""")
     for path in source_files(TEXT_SUFFIXES, ("Makefile", "Dockerfile")):

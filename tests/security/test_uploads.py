@@ -22,16 +22,24 @@ from apps.billing.models import UsageRecord
 from apps.jobs.models import Job, JobKind, JobStatus
 from apps.projects import actions
 from apps.projects.models import File, FilePurpose
-from tests.security.test_bola import private_media, stored_file  # noqa: F401  (private_media: autouse)
+from tests.security.test_bola import stored_file, use_private_media
 from workers.tasks import validate_file
 
+
+@pytest.fixture(autouse=True)
+def private_media(settings: Any, tmp_path: Path) -> Path:
+    return use_private_media(settings, tmp_path)
+
+
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(256)) * 8
-FORMULAS = ["=HYPERLINK(\"http://evil.example\",\"x\")", "+1+1", "-1+1", "@SUM(A1)", "\tx", "\rx"]
+FORMULAS = ['=HYPERLINK("http://evil.example","x")', "+1+1", "-1+1", "@SUM(A1)", "\tx", "\rx"]
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def upload(api: Any, name: str, data: bytes, purpose: str = "fine-tune") -> dict[str, Any]:
-    response = api.post("/v1/files", {"purpose": purpose, "file": SimpleUploadedFile(name, data)}, format="multipart")
+    response = api.post(
+        "/v1/files", {"purpose": purpose, "file": SimpleUploadedFile(name, data)}, format="multipart"
+    )
     assert response.status_code == 200, response.content
     return response.json()
 
@@ -100,7 +108,7 @@ def test_a_traversal_filename_is_stored_under_our_own_key(
     else:  # Django's parser drops a file whose whole name is a path: "missing file", nothing stored
         assert response.status_code == 400 and response.json()["error"]["param"] == "file"
     upload_named = SimpleUploadedFile("x", data)
-    upload_named._name = name  # past Django's own basename(), as another upload handler could pass it
+    upload_named._name = name  # type: ignore[attr-defined]  # past Django's basename(), as a handler could
     stored.append(actions.upload_file(alice_project, upload_named, "fine-tune"))
     for file in stored:
         organization = alice_project.organization.public_id
@@ -157,7 +165,9 @@ def test_zip_archives_are_reported_as_binary_and_never_extracted(api: Any, priva
     for purpose in ("fine-tune", "batch"):
         body = validated(api, "data.csv", outer.getvalue(), purpose)
         assert body["status"] == "error"
-        assert issues(body) == [(None, "file looks binary (ZIP archive; .xlsx and .docx files are ZIP archives too)")]
+        assert issues(body) == [
+            (None, "file looks binary (ZIP archive; .xlsx and .docx files are ZIP archives too)")
+        ]
     names = {p.name for p in private_media.parent.rglob("*")}
     assert not names & {"escaped.csv", "inner.csv", "nested.zip", "zeros.csv"}
 
@@ -193,11 +203,31 @@ def test_the_usage_export_defuses_formulas(alice: Any, alice_client: Any, alice_
 
 
 def test_the_batch_results_export_defuses_formulas(alice_client: Any, alice_project: Any) -> None:
-    requests = [{"custom_id": f"{text}-id", "method": "POST", "url": "/v1/chat/completions",
-                 "body": {"model": "tiny-gpt2", "messages": [{"role": "user", "content": text}]}} for text in FORMULAS]
-    outputs = [{"id": "r", "custom_id": f"{text}-id", "error": None, "response": {"status_code": 200, "body": {
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": text}]}}}
-        for text in FORMULAS[:3]]
+    requests = [
+        {
+            "custom_id": f"{text}-id",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "tiny-gpt2", "messages": [{"role": "user", "content": text}]},
+        }
+        for text in FORMULAS
+    ]
+    outputs = [
+        {
+            "id": "r",
+            "custom_id": f"{text}-id",
+            "error": None,
+            "response": {
+                "status_code": 200,
+                "body": {
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": text}
+                    ]
+                },
+            },
+        }
+        for text in FORMULAS[:3]
+    ]
     errors = [{"id": "r", "custom_id": f"{text}-id", "error": None, "response": {"status_code": 400, "body": {
         "error": {"message": text}}}} for text in FORMULAS[3:]]  # fmt: skip
 
@@ -212,7 +242,9 @@ def test_the_batch_results_export_defuses_formulas(alice_client: Any, alice_proj
                              request={"endpoint": "/v1/chat/completions", "input_file_id": source.public_id},
                              result={"output_file_id": output.public_id, "error_file_id": error.public_id},
                              progress={"total": 6, "completed": 3, "failed": 3})  # fmt: skip
-    rows = read_csv(alice_client.get(f"/projects/{alice_project.public_id}/batches/{job.public_id}/results.csv"))
+    rows = read_csv(
+        alice_client.get(f"/projects/{alice_project.public_id}/batches/{job.public_id}/results.csv")
+    )
     assert len(rows) == 1 + len(FORMULAS)
     assert_no_formula_cells(rows)
     cells = {cell for row in rows for cell in row}
@@ -260,7 +292,10 @@ def test_a_pickle_only_model_is_refused_and_never_unpickled(tmp_path: Path, tiny
     canary = tmp_path / "canary"
     directory = model_dir(tmp_path, tiny_bert_dir, weights=False)
     (directory / "pytorch_model.bin").write_bytes(armed_pickle(canary))
-    for load in (lambda: load_model(str(directory), "cpu"), lambda: ModelCache(10**9, "cpu").get(str(directory))):
+    for load in (
+        lambda: load_model(str(directory), "cpu"),
+        lambda: ModelCache(10**9, "cpu").get(str(directory)),
+    ):
         with pytest.raises(ValueError, match="format not allowed; use safetensors"):
             load()
     assert not canary.exists()
@@ -296,7 +331,10 @@ def test_a_safetensors_header_claiming_200_mb_is_refused_without_allocating_it(
     directory = model_dir(tmp_path, tiny_bert_dir, weights=False)
     (directory / "model.safetensors").write_bytes((200_000_000).to_bytes(8, "little") + b"{}")
     load_model(str(tiny_bert_dir), "cpu")  # warm the imports, so the measurement below is the load's alone
-    for load in (lambda: load_model(str(directory), "cpu"), lambda: ModelCache(10**9, "cpu").get(str(directory))):
+    for load in (
+        lambda: load_model(str(directory), "cpu"),
+        lambda: ModelCache(10**9, "cpu").get(str(directory)),
+    ):
         tracemalloc.start()
         started = time.monotonic()
         with pytest.raises(Exception, match="(?i)header"):

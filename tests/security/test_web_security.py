@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +26,14 @@ from apps.accounts.models import ApiKey, Invitation, Membership, Role
 from apps.api.base import ProjectAPIView
 from apps.projects.models import File, Project
 from tests.conftest import PASSWORD, login, make_user
-from tests.security.test_bola import all_routes, private_media  # noqa: F401  (an autouse fixture)
+from tests.security.test_bola import all_routes, use_private_media
 from tests.test_deploy import production_env
+
+
+@pytest.fixture(autouse=True)
+def private_media(settings: Any, tmp_path: Path) -> Path:
+    return use_private_media(settings, tmp_path)
+
 
 KEY = re.compile(r"sk-mw-[A-Za-z0-9]{40}")
 SECRET_MESSAGE = "secret-detail-that-must-not-leak"
@@ -49,7 +56,9 @@ handler404, handler500 = saas.urls.handler404, saas.urls.handler500
 
 
 # --- Django admin (T26) ---------------------------------------------------------------------------
-ADMIN_ROUTES = [r for r in all_routes() if r.name.startswith("admin:") and r.name not in ("admin:login", "admin:logout")]
+ADMIN_ROUTES = [
+    r for r in all_routes() if r.name.startswith("admin:") and r.name not in ("admin:login", "admin:logout")
+]
 
 
 def test_the_admin_sends_non_staff_users_to_its_login(carol_client: Any) -> None:
@@ -118,7 +127,9 @@ def test_a_member_cannot_manage_the_team_or_delete_a_project(
     assert Project.objects.filter(pk=alice_project.pk).exists()
 
 
-def test_an_owner_can_do_what_a_member_cannot(alice: Any, bob: Any, alice_org: Any, alice_client: Any) -> None:
+def test_an_owner_can_do_what_a_member_cannot(
+    alice: Any, bob: Any, alice_org: Any, alice_client: Any
+) -> None:
     """The positive control of the refusals above."""
     alice_client.post("/team/", {"email": "eve@example.com", "role": Role.MEMBER})
     assert Invitation.objects.filter(organization=alice_org, email="eve@example.com").exists()
@@ -153,7 +164,9 @@ def test_a_form_with_its_csrf_token_goes_through(alice: Any) -> None:
     assert Project.objects.filter(name="legit").exists()
 
 
-def test_api_key_requests_need_no_csrf_token_and_a_session_is_no_credential(alice: Any, alice_key: str) -> None:
+def test_api_key_requests_need_no_csrf_token_and_a_session_is_no_credential(
+    alice: Any, alice_key: str
+) -> None:
     with_key = APIClient(enforce_csrf_checks=True)
     with_key.credentials(HTTP_AUTHORIZATION=f"Bearer {alice_key}")
     upload = {"purpose": "fine-tune", "file": SimpleUploadedFile("a.csv", b"text,label\nhi,a\n")}
@@ -218,15 +231,18 @@ def test_production_cookies_are_secure_httponly_and_lax(alice: Any) -> None:
 
 
 def test_no_cors_headers_for_a_foreign_origin(api: Any, alice_client: Any) -> None:
-    evil = {"HTTP_ORIGIN": "https://evil.example"}
-    preflight = {**evil, "HTTP_ACCESS_CONTROL_REQUEST_METHOD": "POST",
-                 "HTTP_ACCESS_CONTROL_REQUEST_HEADERS": "authorization"}  # fmt: skip
+    evil = {"Origin": "https://evil.example"}
+    preflight = {
+        **evil,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
     responses = [
-        api.get("/v1/models", **evil),
-        api.options("/v1/chat/completions", **preflight),
-        Client().options("/v1/files", **preflight),
-        alice_client.get("/projects/", **evil),
-        Client().get("/v1/schema", **evil),
+        api.get("/v1/models", headers=evil),
+        api.options("/v1/chat/completions", headers=preflight),
+        Client().options("/v1/files", headers=preflight),
+        alice_client.get("/projects/", headers=evil),
+        Client().get("/v1/schema", headers=evil),
     ]
     for response in responses:
         assert "Access-Control-Allow-Origin" not in response

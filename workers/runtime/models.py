@@ -23,6 +23,7 @@ DEFAULT_CACHE_BYTES = 4 * 1024**3
 # Weight files that are pickles (or may be): never loaded, and named in the refusal.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # The safetensors library's own cap on a file's JSON header (MAX_HEADER_SIZE).
 MAX_SAFETENSORS_HEADER_BYTES = 100_000_000
 # Tokenizers without a real limit report a huge sentinel as model_max_length.
@@ -104,9 +105,28 @@ def _labels(config: Any) -> list[str]:
     return [str(id2label[i]) for i in sorted(id2label, key=int)]
 
 
-def _load_dtype(device: torch.device) -> torch.dtype:
-    # float32 on CPU (bf16 matmuls are slow there); bf16 on GPUs, which halves memory and time.
-    return torch.float32 if device.type == "cpu" else torch.bfloat16
+def _cpu_has_amx() -> bool:
+    # torch's own probe (private, hence the fallback): AMX tiles do bf16 matmuls natively.
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """ "auto": bf16 where the hardware computes it natively, else float32.
+
+    bf16 halves memory and, on GPUs and AMX CPUs (Sapphire Rapids and later), runs matmuls
+    several times faster: MiniLM classifies ~3x faster on an AMX CPU, with scores within
+    ~1e-3 of float32. Elsewhere bf16 is emulated and slower than float32.
+    """
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; expected auto or one of: {', '.join(DTYPES)}")
+        return DTYPES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and _cpu_has_amx():
+        return torch.bfloat16
+    return torch.float32
 
 
 def model_nbytes(model: torch.nn.Module) -> int:
@@ -121,8 +141,11 @@ def model_nbytes(model: torch.nn.Module) -> int:
     return total
 
 
-def load_model(ref: str, device: str = "auto") -> LoadedModel:
-    """Load a local transformers directory (or a hub id when HF_HUB_OFFLINE is not "1") for inference."""
+def load_model(ref: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load a local transformers directory (or a hub id when HF_HUB_OFFLINE is not "1") for inference.
+
+    `dtype` is "auto" (see `resolve_dtype`), "float32", "bfloat16" or "float16".
+    """
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
@@ -137,7 +160,9 @@ def load_model(ref: str, device: str = "auto") -> LoadedModel:
     config = AutoConfig.from_pretrained(ref, **options)
     task = task_for_architectures(getattr(config, "architectures", None))
     auto_class = AutoModelForSequenceClassification if task == CLASSIFICATION else AutoModelForCausalLM
-    model = auto_class.from_pretrained(ref, dtype=_load_dtype(target), use_safetensors=True, **options)
+    model = auto_class.from_pretrained(
+        ref, dtype=resolve_dtype(dtype, target), use_safetensors=True, **options
+    )
     # Module.to rather than model.to: transformers' decorated to() is typed to reject a device.
     torch.nn.Module.to(model, target)
     model.eval()
@@ -165,12 +190,12 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
         return json.loads(handle.read(length))
 
 
-def estimate_nbytes(ref: str, device: str = "auto") -> int:
+def estimate_nbytes(ref: str, device: str = "auto", dtype: str = "auto") -> int:
     """What loading `ref` will take, from its safetensors headers alone (0 when not a local dir)."""
     path = Path(ref)
     if not path.is_dir():
         return 0
-    float_size = torch.tensor([], dtype=_load_dtype(resolve_device(device))).element_size()
+    float_size = torch.tensor([], dtype=resolve_dtype(dtype, resolve_device(device))).element_size()
     total = 0
     for weights in path.glob("*.safetensors"):
         for name, tensor in _safetensors_header(weights).items():
@@ -192,9 +217,10 @@ class ModelCache:
     task at a time, so that wait does not happen in production).
     """
 
-    def __init__(self, max_bytes: int, device: str = "auto") -> None:
+    def __init__(self, max_bytes: int, device: str = "auto", dtype: str = "auto") -> None:
         self.max_bytes = max_bytes
         self.device = device
+        self.dtype = dtype
         self.hits = 0
         self.misses = 0
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
@@ -210,8 +236,8 @@ class ModelCache:
             self.misses += 1
             # Make room before loading too (estimated from the weight files), so old and new
             # weights are not both resident at the peak; then settle with the real size.
-            self._evict_for(estimate_nbytes(ref, self.device))
-            loaded = load_model(ref, self.device)
+            self._evict_for(estimate_nbytes(ref, self.device, self.dtype))
+            loaded = load_model(ref, self.device, self.dtype)
             self._evict_for(loaded.nbytes)
             self._models[ref] = loaded
             return loaded
@@ -242,9 +268,12 @@ _default_cache_lock = threading.Lock()
 
 
 def default_cache() -> ModelCache:
-    """The process-wide cache, sized by MODEL_CACHE_BYTES (default 4 GiB)."""
+    """The process-wide cache, sized by MODEL_CACHE_BYTES (default 4 GiB); MODEL_DTYPE picks the dtype."""
     global _default_cache
     with _default_cache_lock:
         if _default_cache is None:
-            _default_cache = ModelCache(int(os.environ.get("MODEL_CACHE_BYTES", DEFAULT_CACHE_BYTES)))
+            _default_cache = ModelCache(
+                int(os.environ.get("MODEL_CACHE_BYTES", DEFAULT_CACHE_BYTES)),
+                dtype=os.environ.get("MODEL_DTYPE", "auto"),
+            )
         return _default_cache

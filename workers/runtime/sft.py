@@ -111,14 +111,23 @@ class LMBatch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
+    # (row, position) of every token whose next token is learned: found here on the CPU, because
+    # a boolean mask on the GPU would sync to learn how many there are
+    learned_rows: torch.Tensor
+    learned_positions: torch.Tensor
     n_tokens: int  # non-padding tokens, known without a device sync
     n_supervised: int  # tokens the loss predicts (labels past the first position)
 
     def to(self, device: torch.device) -> LMBatch:
+        def move(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.to(device, non_blocking=True)
+
         return LMBatch(
-            self.input_ids.to(device, non_blocking=True),
-            self.attention_mask.to(device, non_blocking=True),
-            self.labels.to(device, non_blocking=True),
+            move(self.input_ids),
+            move(self.attention_mask),
+            move(self.labels),
+            move(self.learned_rows),
+            move(self.learned_positions),
             self.n_tokens,
             self.n_supervised,
         )
@@ -276,14 +285,16 @@ def collate_lm(split: LMSplit, indices: Sequence[int], pad_id: int, pad_to_multi
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    n_supervised = 0
     for r, index in enumerate(indices):
         row, row_labels = split.input_ids[index], split.labels[index]
         input_ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
         labels[r, : len(row)] = torch.tensor(row_labels, dtype=torch.long)
         attention_mask[r, : len(row)] = 1
-        n_supervised += sum(1 for label in row_labels[1:] if label != IGNORE_INDEX)
-    return LMBatch(input_ids, attention_mask, labels, sum(len(row) for row in rows), n_supervised)
+    learned_rows, learned_positions = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
+    n_tokens = sum(len(row) for row in rows)
+    return LMBatch(
+        input_ids, attention_mask, labels, learned_rows, learned_positions, n_tokens, len(learned_rows)
+    )
 
 
 # --- model: loading and LoRA -------------------------------------------------------------------
@@ -298,9 +309,13 @@ def load_lm_tokenizer(model_dir: str) -> Any:
     return tokenizer
 
 
-def _has_module(model: torch.nn.Module, target: str) -> bool:
+def _names(module_name: str, target: str) -> bool:
     # peft's rule: a target names a module by its full name or by a dotted suffix of it.
-    return any(name == target or name.endswith(f".{target}") for name, _ in model.named_modules())
+    return module_name == target or module_name.endswith(f".{target}")
+
+
+def _has_module(model: torch.nn.Module, target: str) -> bool:
+    return any(_names(name, target) for name, _ in model.named_modules())
 
 
 def default_lora_targets(model: Any) -> list[str]:
@@ -312,7 +327,9 @@ def default_lora_targets(model: Any) -> list[str]:
 
 
 def _positive_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )
 
 
 def resolve_lora(requested: Mapping[str, Any] | None, model: Any) -> dict[str, Any] | None:
@@ -337,7 +354,11 @@ def resolve_lora(requested: Mapping[str, Any] | None, model: Any) -> dict[str, A
         missing = [name for name in targets if not isinstance(name, str) or not _has_module(model, name)]
         if missing:
             linear = sorted(
-                {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear | Conv1D)}
+                {
+                    name.rsplit(".", 1)[-1]
+                    for name, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear | Conv1D)
+                }
             )
             raise ValueError(
                 f"lora.target_modules: this model has no module named {missing[0]!r}; "
@@ -362,8 +383,10 @@ def attach_lora(model: Any, lora: dict[str, Any] | None, resume_from: str | None
         bias="none",
         task_type="CAUSAL_LM",
         # GPT-2's Conv1D stores its weight transposed: peft must know, or it warns and guesses.
-        fan_in_fan_out=targets != "all-linear"
-        and any(isinstance(m, Conv1D) for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in targets),
+        fan_in_fan_out=any(
+            isinstance(module, Conv1D) and (targets == "all-linear" or any(_names(name, t) for t in targets))
+            for name, module in model.named_modules()
+        ),
     )
     return get_peft_model(model, config)
 
@@ -391,12 +414,12 @@ def merged_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
     """What merge_and_unload would save, computed without touching the model being trained:
     each adapted weight plus its delta (B·A·alpha/r), under the base model's own names.
     (merge_adapter/unmerge_adapter would round the weights and break exact resumes.)"""
-    lm = model.get_base_model()
-    deltas = {
-        f"{name}.base_layer.weight": module.get_delta_weight(module.active_adapters[0])
-        for name, module in lm.named_modules()
-        if isinstance(module, LoraLayer)
-    }
+    lm: Any = model.get_base_model()  # Any: peft types it as a bare nn.Module
+    deltas: dict[str, torch.Tensor] = {}
+    for name, module in lm.named_modules():
+        if isinstance(module, LoraLayer):
+            layer: Any = module  # each concrete LoRA layer (Linear, Conv1D, ...) has get_delta_weight
+            deltas[f"{name}.base_layer.weight"] = layer.get_delta_weight(layer.active_adapters[0])
     merged = {}
     for key, tensor in lm.state_dict().items():
         if ".lora_" in key:
@@ -415,16 +438,16 @@ def supervised_logits(model: Any, batch: LMBatch, device: torch.device) -> tuple
     several transformer layers, and full [batch, length, vocab] logits dominate activation memory.
     """
     lm = causal_lm_of(model)
-    targets = batch.labels[:, 1:]
-    keep = targets != IGNORE_INDEX
+    rows, positions = batch.learned_rows, batch.learned_positions
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
     with autocast_for(device):
         if any(getattr(lm.config, name, None) for name in HEAD_POSTPROCESSING):
-            logits = lm(**inputs).logits[:, :-1][keep]
+            logits = lm(**inputs).logits[rows, positions]
         else:
             hidden = lm.base_model(**inputs).last_hidden_state  # the decoder body, without the head
-            logits = lm.get_output_embeddings()(hidden[:, :-1][keep])
-    return logits.float(), targets[keep]  # the loss in fp32 whatever the autocast dtype
+            logits = lm.get_output_embeddings()(hidden[rows, positions])
+    # the loss in fp32 whatever the autocast dtype; position t predicts the token at t + 1
+    return logits.float(), batch.labels[rows, positions + 1]
 
 
 def train_step(
@@ -445,7 +468,9 @@ def train_step(
     torch.nn.utils.clip_grad_norm_(parameters, hp.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    loss_value, n_correct = torch.stack([loss.detach(), correct.float()]).tolist()  # CPU-GPU sync: once a step
+    loss_value, n_correct = torch.stack(
+        [loss.detach(), correct.float()]
+    ).tolist()  # CPU-GPU sync: once a step
     return loss_value, n_correct / batch.n_supervised
 
 
@@ -479,7 +504,8 @@ def evaluate(model: Any, batches: Sequence[LMBatch], device: torch.device) -> di
 def save_servable(model: Any, directory: Path) -> None:
     """A standard transformers directory (safetensors): adapters merged into the weights."""
     if isinstance(model, PeftModel):
-        model.get_base_model().save_pretrained(directory, state_dict=merged_state_dict(model))
+        lm: Any = model.get_base_model()  # Any: peft types it as a bare nn.Module
+        lm.save_pretrained(directory, state_dict=merged_state_dict(model))
     else:
         model.save_pretrained(directory)
 
@@ -492,14 +518,16 @@ def write_lm_checkpoint(final: Path, model: Any, tokenizer: Any, trainer_state: 
     save_servable(model, tmp)
     tokenizer.save_pretrained(tmp)  # with the chat template
     if isinstance(model, PeftModel):
-        model.save_pretrained(tmp / ADAPTER_DIR)  # the adapter alone, what a resume loads
+        model.save_pretrained(str(tmp / ADAPTER_DIR))  # the adapter alone, what a resume loads
     torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
 
 
-def write_lm_card(output_dir: Path, spec: TrainSpec, lora: dict[str, Any] | None, metrics: dict[str, Any]) -> None:
+def write_lm_card(
+    output_dir: Path, spec: TrainSpec, lora: dict[str, Any] | None, metrics: dict[str, Any]
+) -> None:
     card = {
         "format_version": FORMAT_VERSION,
         "task": "generation",

@@ -310,6 +310,11 @@ def train(
     on_progress: Callable[[ProgressEvent], None],
     should_stop: Callable[[], bool],
 ) -> TrainResult:
+    """Fine-tune a sequence classifier. Returns status "completed" (early stopping included:
+    metrics["early_stopped"]) or "stopped" when should_stop() said so; either way output_dir holds
+    the best model so far and the last checkpoint is kept for `resume_from`."""
+    if spec.task != "classification":
+        raise ValueError(f'this trainer fine-tunes classifiers, not task "{spec.task}"')
     hp = spec.hyperparameters
 
     # -- seed / device
@@ -466,6 +471,7 @@ class Run:
         """Everything but the weights; only tensors and plain containers, so weights_only loads it."""
         return {
             "format_version": FORMAT_VERSION,
+            "trainer": "classification",
             "step": self.state.step,
             "total_steps": self.total_steps,
             "labels": self.data.labels,
@@ -510,8 +516,9 @@ class Run:
 
 
 def check_resumable(saved: dict[str, Any], labels: list[str], total_steps: int) -> None:
-    if saved["labels"] != labels or saved["total_steps"] != total_steps:
+    # .get: a generation (sft) checkpoint has no labels, and is refused here with the same message.
+    if saved.get("labels") != labels or saved.get("total_steps") != total_steps:
         raise ValueError(
-            f"the checkpoint was written for a different run (labels {saved['labels']}, "
-            f"{saved['total_steps']} steps; this run has labels {labels}, {total_steps} steps)"
+            f"the checkpoint was written for a different run (labels {saved.get('labels')}, "
+            f"{saved.get('total_steps')} steps; this run has labels {labels}, {total_steps} steps)"
         )

@@ -49,7 +49,8 @@ class FileUploadSerializer(serializers.Serializer):
     file = serializers.FileField()
     purpose = serializers.ChoiceField(choices=["fine-tune", "batch"])
     column_mapping = serializers.CharField(
-        required=False, help_text='JSON object mapping our fields to your columns, e.g. {"text": "review"}.'
+        required=False,
+        allow_blank=True, help_text='JSON object mapping our fields to your columns, e.g. {"text": "review"}.'
     )
 
 

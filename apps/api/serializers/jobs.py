@@ -111,7 +111,7 @@ class FineTuningJobSerializer(serializers.Serializer):
     model = serializers.CharField()
     organization_id = serializers.CharField()
     status = serializers.CharField()
-    training_file = serializers.CharField()
+    training_file = serializers.CharField(allow_null=True, help_text="null once the file was deleted")
     validation_file = serializers.CharField(allow_null=True)
     hyperparameters = serializers.DictField()
     fine_tuned_model = serializers.CharField(allow_null=True)

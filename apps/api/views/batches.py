@@ -37,7 +37,7 @@ BatchCreateSerializer = inline_serializer(
         "input_file_id": serializers.CharField(),
         "endpoint": serializers.ChoiceField(choices=list(batches.ENDPOINTS)),
         "completion_window": serializers.ChoiceField(choices=["24h"]),
-        "metadata": serializers.DictField(required=False),
+        "metadata": serializers.DictField(required=False, allow_null=True),
     },
 )
 

@@ -94,7 +94,7 @@ def _upload(request: HttpRequest, project_id: str) -> HttpResponse:
             column_mapping={field: name for field, name in mapping.items() if name} or None,
         )
     except ActionError as exc:
-        return _refuse(request, project.public_id, exc.message, status=400)
+        return _refuse(request, project.public_id, exc.message, status=exc.status)
     url = reverse("dashboard:file", args=[project.public_id, file.public_id])
     if _wants_json(request):
         return JsonResponse({"id": file.public_id, "status": file.status, "url": url}, status=201)

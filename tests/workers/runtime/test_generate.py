@@ -25,7 +25,8 @@ CHAT = ({"role": "user", "content": "hello how are you today"},)
 
 @pytest.fixture(scope="module")
 def gpt2(tiny_gpt2_dir: Path) -> LoadedModel:
-    return load_model(str(tiny_gpt2_dir), device="cpu")
+    # float32 everywhere: these tests check the loop's logic, exactly; "auto" may pick bf16.
+    return load_model(str(tiny_gpt2_dir), device="cpu", dtype="float32")
 
 
 def greedy(prompt: str, max_tokens: int = 24, **options: object) -> GenerateRequest:

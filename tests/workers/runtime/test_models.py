@@ -10,7 +10,13 @@ torch = pytest.importorskip("torch")
 
 from tests.tiny_models import build_tiny_bert  # noqa: E402
 from workers.runtime import models  # noqa: E402
-from workers.runtime.models import ModelCache, default_cache, load_model  # noqa: E402
+from workers.runtime.models import (  # noqa: E402
+    ModelCache,
+    default_cache,
+    estimate_nbytes,
+    load_model,
+    resolve_dtype,
+)
 
 
 class _WritesCanary:
@@ -81,6 +87,28 @@ def test_it_refuses_a_model_without_a_task_head(tiny_bert_dir: Path, tmp_path: P
         load_model(str(copy))
 
 
+def test_auto_dtype_is_bfloat16_only_where_the_hardware_computes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+
+    monkeypatch.setattr(models, "_cpu_has_amx", lambda: True)
+    assert resolve_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(models, "_cpu_has_amx", lambda: False)
+    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("bfloat16", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_dtype("int4", cpu)
+
+
+def test_a_bfloat16_model_takes_half_the_bytes_as_estimated(tiny_gpt2_dir: Path) -> None:
+    full = load_model(str(tiny_gpt2_dir), device="cpu", dtype="float32")
+    half = load_model(str(tiny_gpt2_dir), device="cpu", dtype="bfloat16")
+
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    assert half.nbytes == full.nbytes // 2
+    assert estimate_nbytes(str(tiny_gpt2_dir), "cpu", "bfloat16") == half.nbytes
+    assert estimate_nbytes(str(tiny_gpt2_dir), "cpu", "float32") == full.nbytes
+
+
 def test_the_cache_hits_on_the_second_get(tiny_gpt2_dir: Path) -> None:
     cache = ModelCache(max_bytes=10**9)
 
@@ -136,6 +164,8 @@ def test_clear_empties_the_cache(tiny_gpt2_dir: Path) -> None:
 def test_the_default_cache_is_sized_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(models, "_default_cache", None)
     monkeypatch.setenv("MODEL_CACHE_BYTES", "12345")
+    monkeypatch.setenv("MODEL_DTYPE", "float32")
 
     assert default_cache().max_bytes == 12345
+    assert default_cache().dtype == "float32"
     assert default_cache() is default_cache()

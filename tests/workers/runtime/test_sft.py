@@ -45,7 +45,7 @@ CHATS = [
     ("please tell me a story", "the quick brown fox jumps over the lazy dog"),
     ("what a sad day", "good great excellent"),
 ]
-_ = "·"  # a context token (label IGNORE_INDEX) in the expected masks below
+CTX = "·"  # a context token (label IGNORE_INDEX) in the expected masks below
 
 
 def chat_row(question: str, answer: str) -> dict[str, Any]:
@@ -81,7 +81,9 @@ def tokenizer(tiny_gpt2_dir: Path) -> Any:
     return AutoTokenizer.from_pretrained(tiny_gpt2_dir)
 
 
-def make_spec(tmp_path: Path, model_dir: Path, training_file: Path, name: str = "run", **changes: Any) -> TrainSpec:
+def make_spec(
+    tmp_path: Path, model_dir: Path, training_file: Path, name: str = "run", **changes: Any
+) -> TrainSpec:
     hyperparameters = dataclasses.replace(FAST, **changes.pop("hp", {}))
     return TrainSpec(
         job_id=f"ftjob-{name}",
@@ -94,7 +96,9 @@ def make_spec(tmp_path: Path, model_dir: Path, training_file: Path, name: str = 
     )
 
 
-def run(spec: TrainSpec, should_stop: Callable[[], bool] = lambda: False) -> tuple[TrainResult, list[ProgressEvent]]:
+def run(
+    spec: TrainSpec, should_stop: Callable[[], bool] = lambda: False
+) -> tuple[TrainResult, list[ProgressEvent]]:
     events: list[ProgressEvent] = []
     return train_lm(spec, events.append, should_stop), events
 
@@ -108,7 +112,10 @@ def stop_after(n_steps: int) -> Callable[[], bool]:
 def learned(tokenizer: Any, ids: list[int], labels: list[int]) -> list[str]:
     """Each token as text where the loss learns it, "·" where it is context."""
     assert all(label in (IGNORE_INDEX, token) for token, label in zip(ids, labels, strict=True))
-    return [tokenizer.convert_ids_to_tokens(t) if label != IGNORE_INDEX else _ for t, label in zip(ids, labels)]
+    return [
+        tokenizer.convert_ids_to_tokens(t) if label != IGNORE_INDEX else CTX
+        for t, label in zip(ids, labels, strict=True)
+    ]
 
 
 def weights(model_dir: str | Path) -> dict[str, Any]:
@@ -132,16 +139,16 @@ def test_chat_labels_are_the_weighted_assistant_replies_and_their_end_token(toke
     ids, labels = encode_chat(tokenizer, messages, None, max_length=256)
 
     # <|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n
-    system_user_assistant = [_] * 21
+    system_user_assistant = [CTX] * 21
     # \n<|im_start|>user\nhow are you<|im_end|>\n<|im_start|>assistant\nbad<|im_end|>\n
     # <|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n
-    middle = [_] * 29
+    middle = [CTX] * 29
     assert learned(tokenizer, ids, labels) == [
         *system_user_assistant,
         *["i", "Ġam", "Ġfine", "<|im_end|>"],
         *middle,
         *["gre", "at", "<|im_end|>"],
-        _,  # the newline after the last turn
+        CTX,  # the newline after the last turn
     ]
     # the collated tensor, exactly
     batch = collate_lm(LMSplit([ids], [labels]), [0], pad_id=0)
@@ -156,7 +163,7 @@ def test_prompt_completion_labels_are_the_completion_and_eos(tokenizer: Any) -> 
     ids, labels = encode_completion(tokenizer, "the movie was", " great", max_length=256)
 
     assert tokenizer.decode(ids) == "the movie was great<|im_end|>"
-    assert learned(tokenizer, ids, labels) == [_, _, _, "Ġgreat", "<|im_end|>"]
+    assert learned(tokenizer, ids, labels) == [CTX, CTX, CTX, "Ġgreat", "<|im_end|>"]
     assert labels[:3] == [IGNORE_INDEX] * 3 and labels[3:] == ids[3:]
     assert ids[-1] == tokenizer.eos_token_id
 
@@ -229,7 +236,9 @@ def test_it_memorises_replies_and_then_generates_them(tmp_path: Path, tiny_gpt2_
     assert result.metrics["valid_mean_token_accuracy"] == 1.0
     model = load_model(result.model_dir, device="cpu")  # what serving does
     for question, answer in CHATS:
-        request = GenerateRequest(messages=({"role": "user", "content": question},), max_tokens=20, temperature=0)
+        request = GenerateRequest(
+            messages=({"role": "user", "content": question},), max_tokens=20, temperature=0
+        )
         choice = generate(model, request).choices[0]
         assert (choice.text, choice.finish_reason) == (answer, "stop")  # it stops at the learned <|im_end|>
 
@@ -238,7 +247,9 @@ def test_it_reports_openai_metrics(tmp_path: Path, tiny_gpt2_dir: Path, chat_jso
     result, events = run(make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl))
 
     banner = events[0]
-    assert banner.kind == "log" and banner.message.startswith("Running training: 16 examples (2 for validation)")
+    assert banner.kind == "log" and banner.message.startswith(
+        "Running training: 16 examples (2 for validation)"
+    )
     assert banner.metrics["total_steps"] == 12 and "full fine-tune" in banner.message
     steps = [event for event in events if event.kind == "step"]
     assert [event.step for event in steps] == list(range(1, 13))
@@ -285,7 +296,9 @@ def test_pause_then_resume_gives_the_same_weights_as_one_run(
 
     # when
     resume = paused.checkpoints[-1].path
-    resumed, events = run(make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, "part", lora=lora, resume_from=resume))
+    resumed, events = run(
+        make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, "part", lora=lora, resume_from=resume)
+    )
 
     # then: the same steps, tokens and, bit for bit, weights
     assert [event.step for event in events if event.kind == "step"] == list(range(7, 13))
@@ -295,11 +308,22 @@ def test_pause_then_resume_gives_the_same_weights_as_one_run(
     assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
 
 
-def test_resume_refuses_a_checkpoint_of_another_run(tmp_path: Path, tiny_gpt2_dir: Path, chat_jsonl: Path) -> None:
+def test_resume_refuses_a_checkpoint_of_another_run(
+    tmp_path: Path, tiny_gpt2_dir: Path, chat_jsonl: Path
+) -> None:
     paused, _ = run(make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, "part", lora={}), stop_after(2))
 
     with pytest.raises(ValueError, match="different run"):
-        run(make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, "other", lora={"r": 2}, resume_from=paused.checkpoints[-1].path))
+        run(
+            make_spec(
+                tmp_path,
+                tiny_gpt2_dir,
+                chat_jsonl,
+                "other",
+                lora={"r": 2},
+                resume_from=paused.checkpoints[-1].path,
+            )
+        )
 
 
 # --- LoRA --------------------------------------------------------------------------------------
@@ -350,7 +374,11 @@ def test_lora_targets_default_by_architecture(tiny_gpt2_dir: Path) -> None:
 
     assert resolve_lora({}, gpt2) == {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["c_attn"]}
     assert resolve_lora({"r": 4, "alpha": 8}, llama)["target_modules"] == ["q_proj", "v_proj"]
-    assert resolve_lora({"target_modules": ["c_attn", "c_proj"]}, gpt2)["target_modules"] == ["c_attn", "c_proj"]
+    assert resolve_lora({"target_modules": ["c_attn", "c_proj"]}, gpt2)["target_modules"] == [
+        "c_attn",
+        "c_proj",
+    ]
+    assert resolve_lora({"target_modules": "all-linear"}, gpt2)["target_modules"] == "all-linear"
     assert resolve_lora(None, gpt2) is None
 
 
@@ -373,7 +401,9 @@ def test_lora_rejects_bad_settings(tiny_gpt2_dir: Path, requested: dict[str, Any
 # --- the saved model ---------------------------------------------------------------------------
 
 
-def test_saved_model_loads_and_describes_itself(tmp_path: Path, tiny_gpt2_dir: Path, chat_jsonl: Path) -> None:
+def test_saved_model_loads_and_describes_itself(
+    tmp_path: Path, tiny_gpt2_dir: Path, chat_jsonl: Path
+) -> None:
     result, _ = run(make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, lora={}, hp={"n_epochs": 1}))
 
     model = AutoModelForCausalLM.from_pretrained(result.model_dir)
@@ -414,7 +444,10 @@ def test_smollm2_fine_tunes_with_lora_and_generates(tmp_path: Path, smollm2_dir:
     # given: a few short chats; SmolLM2's template adds its own system prompt
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     ids, labels = encode_chat(tokenizer, chat_row("Capital of France?", "Paris.")["messages"], None, 128)
-    assert tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE_INDEX]) == "Paris.<|im_end|>"
+    assert (
+        tokenizer.decode([t for t, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX])
+        == "Paris.<|im_end|>"
+    )
     rows = [chat_row(q, a) for q, a in [("Capital of France?", "Paris."), ("Two plus two?", "Four.")]] * 3
     training_file = write_jsonl(tmp_path / "train.jsonl", rows)
     spec = make_spec(
