@@ -174,7 +174,10 @@ def generate_requests(r: dict[str, Any]) -> list[Any]:
 
 def _finish_generation(job: Job, results: list[Any]) -> None:
     body = storable(generation_result(results))
-    usage = {"input_tokens": body["usage"]["prompt_tokens"], "output_tokens": body["usage"]["completion_tokens"]}
+    usage = {
+        "input_tokens": body["usage"]["prompt_tokens"],
+        "output_tokens": body["usage"]["completion_tokens"],
+    }
     actions.finish(job.pk, job.attempt, JobStatus.SUCCEEDED, result=body, usage=usage, message="Generated.")
     relay.push(job.public_id, {"type": "done"})
 
@@ -204,7 +207,10 @@ def generation_result(results: list[Any]) -> dict[str, Any]:
             )
     prompt_tokens = sum(r.prompt_tokens for r in results)
     completion_tokens = sum(r.completion_tokens for r in results)
-    return {"choices": choices, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}}
+    return {
+        "choices": choices,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
+    }
 
 
 def run_proxy(job: Job) -> None:

@@ -27,7 +27,9 @@ class UsageRecord(models.Model):
     api_key = models.ForeignKey(
         "accounts.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="usage"
     )
-    job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="usage")
+    job = models.ForeignKey(
+        "jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="usage"
+    )
     model_name = models.CharField(max_length=200)
     unit = models.CharField(max_length=20, choices=Unit.choices)
     quantity = models.BigIntegerField()

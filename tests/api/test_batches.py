@@ -23,19 +23,30 @@ def content(api: Any, file_id: str) -> bytes:
 
 
 def chat_line(custom_id: str, content: str, **extra: Any) -> dict[str, Any]:
-    body = {"model": "tiny-gpt2", "messages": [{"role": "user", "content": content}], "max_tokens": 4, **extra}
+    body = {
+        "model": "tiny-gpt2",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 4,
+        **extra,
+    }
     return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
 
 
 @pytest.mark.integration
-def test_a_batch_runs_and_a_bad_line_lands_in_the_error_file(api: Any, celery_worker: Any, tiny_chat: Any) -> None:
-    file_id = upload_batch(api, [chat_line("a", "hello"), chat_line("b", "hi", temperature=9), chat_line("c", "yo")])
+def test_a_batch_runs_and_a_bad_line_lands_in_the_error_file(
+    api: Any, celery_worker: Any, tiny_chat: Any
+) -> None:
+    file_id = upload_batch(
+        api, [chat_line("a", "hello"), chat_line("b", "hi", temperature=9), chat_line("c", "yo")]
+    )
     wait_for(lambda: api.get(f"/v1/files/{file_id}").json()["status"] == "processed", timeout=30)
     created = api.post("/v1/batches", {"input_file_id": file_id, "endpoint": "/v1/chat/completions",
                                        "completion_window": "24h"}, format="json")  # fmt: skip
     assert created.status_code == 200, created.content
     batch_id = created.json()["id"]
-    done = wait_for(lambda: (b := api.get(f"/v1/batches/{batch_id}").json())["status"] == "completed" and b, timeout=60)
+    done = wait_for(
+        lambda: (b := api.get(f"/v1/batches/{batch_id}").json())["status"] == "completed" and b, timeout=60
+    )
     assert done["request_counts"] == {"total": 3, "completed": 2, "failed": 1}
     assert done["model"] == "tiny-gpt2"
     output = [json.loads(x) for x in content(api, done["output_file_id"]).splitlines()]
@@ -44,7 +55,9 @@ def test_a_batch_runs_and_a_bad_line_lands_in_the_error_file(api: Any, celery_wo
     assert output[0]["response"]["status_code"] == 200
     assert output[0]["response"]["body"]["object"] == "chat.completion"
     assert [line["custom_id"] for line in errors] == ["b"]
-    assert errors[0]["response"]["body"]["error"]["message"] == "temperature must be a number between 0 and 2."
+    assert (
+        errors[0]["response"]["body"]["error"]["message"] == "temperature must be a number between 0 and 2."
+    )
     assert done["usage"]["output_tokens"] > 0
 
 

@@ -25,7 +25,9 @@ def spend(org: Any, project: Any, cost: int) -> None:
                                unit="output_tokens", quantity=1, cost=cost)  # fmt: skip
 
 
-def test_free_credit_used_up_is_a_non_retryable_429(api: Any, tiny_chat: Any, alice_org: Any, alice_project: Any) -> None:
+def test_free_credit_used_up_is_a_non_retryable_429(
+    api: Any, tiny_chat: Any, alice_org: Any, alice_project: Any
+) -> None:
     spend(alice_org, alice_project, subscription_for(alice_org).plan.included_credit)
     response = chat(api)
     assert response.status_code == 429
@@ -39,7 +41,9 @@ def test_free_credit_used_up_is_a_non_retryable_429(api: Any, tiny_chat: Any, al
     assert Job.objects.filter(kind=JobKind.GENERATION).count() == 1  # nothing new queued
 
 
-def test_the_spend_limit_refuses_new_work(api: Any, tiny_chat: Any, alice_org: Any, alice_project: Any) -> None:
+def test_the_spend_limit_refuses_new_work(
+    api: Any, tiny_chat: Any, alice_org: Any, alice_project: Any
+) -> None:
     subscription = subscription_for(alice_org)
     subscription.plan = Plan.objects.get(slug="pro")
     subscription.spend_limit = 1_000_000
@@ -77,8 +81,12 @@ def test_concurrent_fine_tunes_are_capped(api: Any, tiny_base: Any, alice_projec
 
     file = make_file(alice_project)
     with django_capture_on_commit_callbacks(execute=False):
-        first = api.post("/v1/fine_tuning/jobs", {"model": "tiny-bert", "training_file": file.public_id}, format="json")
-        second = api.post("/v1/fine_tuning/jobs", {"model": "tiny-bert", "training_file": file.public_id}, format="json")
+        first = api.post(
+            "/v1/fine_tuning/jobs", {"model": "tiny-bert", "training_file": file.public_id}, format="json"
+        )
+        second = api.post(
+            "/v1/fine_tuning/jobs", {"model": "tiny-bert", "training_file": file.public_id}, format="json"
+        )
     assert first.status_code == 200
     assert second.status_code == 429
     assert second.json()["error"]["code"] == "concurrency_limit_exceeded"

@@ -45,7 +45,9 @@ def test_max_cost_stops_the_job_at_its_budget(api: Any, celery_worker: Any, tiny
     assert body["status_reason"] == "budget_reached"
 
 
-def test_the_spend_limit_stops_a_running_job(api: Any, celery_worker: Any, tiny_base: Any, alice_org: Any) -> None:
+def test_the_spend_limit_stops_a_running_job(
+    api: Any, celery_worker: Any, tiny_base: Any, alice_org: Any
+) -> None:
     from apps.billing.quotas import subscription_for
 
     subscription = subscription_for(alice_org)
@@ -55,4 +57,3 @@ def test_the_spend_limit_stops_a_running_job(api: Any, celery_worker: Any, tiny_
     assert job.status == "succeeded", job.error
     assert job.status_reason == "spend_limit_reached"
     assert UsageRecord.objects.get(job=job).cost <= 5000
-

@@ -81,7 +81,10 @@ def test_a_fine_tune_runs_to_a_model(api: Any, celery_worker: Any, tiny_base: An
     assert results["purpose"] == "fine-tune-results" and results["status"] == "processed"
     csv_text = b"".join(api.get(f"/v1/files/{results_id}/content").streaming_content).decode()
     header, *rows = csv_text.splitlines()
-    assert header == "step,epoch,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy,accuracy,f1_macro"
+    assert (
+        header
+        == "step,epoch,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy,accuracy,f1_macro"
+    )
     assert rows and any(row.split(",")[4] for row in rows)  # valid_loss at the evaluated steps
     # the kept checkpoints are callable as models
     names = {m["id"] for m in api.get("/v1/models").json()["data"]}

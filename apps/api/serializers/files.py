@@ -50,7 +50,8 @@ class FileUploadSerializer(serializers.Serializer):
     purpose = serializers.ChoiceField(choices=["fine-tune", "batch"])
     column_mapping = serializers.CharField(
         required=False,
-        allow_blank=True, help_text='JSON object mapping our fields to your columns, e.g. {"text": "review"}.'
+        allow_blank=True,
+        help_text='JSON object mapping our fields to your columns, e.g. {"text": "review"}.',
     )
 
 
