@@ -241,7 +241,7 @@ def run_trainer(config: dict[str, Any], work: Path) -> dict[str, Any]:
     trainer = Trainer(
         model=model,
         args=arguments,
-        train_dataset=dataset,  # type: ignore[arg-type]
+        train_dataset=dataset,
         data_collator=counting_collate,
         callbacks=[Timing()],
     )

@@ -181,3 +181,23 @@ def test_models_list_the_catalog_and_own_models_only(
     assert api.delete("/v1/models/ft:minilm-l6:acme::ftjob-1").json() == {
         "id": "ft:minilm-l6:acme::ftjob-1", "object": "model", "deleted": True,
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("lora", "message", "param"),
+    [
+        ({"r": 0}, "lora.r must be an integer between 1 and", "method.supervised.lora.r"),
+        ({"dropout": 1}, "lora.dropout must be a number from 0 up to (not including) 1.", "method.supervised.lora.dropout"),
+        ({"rank": 4}, "Unknown LoRA option 'rank'", "method.supervised.lora.rank"),
+    ],
+)  # fmt: skip
+def test_bad_lora_options_are_refused(api: Any, catalog: None, alice_project: Any, lora: dict[str, Any],
+                                      message: str, param: str) -> None:  # fmt: skip
+    chat = make_file(alice_project, fmt="chat_jsonl")
+    body = {"model": "smollm2-135m-instruct", "training_file": chat.public_id,
+            "method": {"type": "supervised", "supervised": {"lora": lora}}}  # fmt: skip
+    response = post(api, body)
+    assert response.status_code == 400
+    assert error(response)["message"].startswith(message)
+    assert error(response)["param"] == param
+    assert not Job.objects.exists()

@@ -772,6 +772,37 @@ class LMRun:
         self.optimizer.load_state_dict(saved["optimizer"])  # moves the moments to the params' device
         restore_rng_state(saved["rng"])  # dropout continues exactly where the interrupted run was
         self.state = LMLoopState(**saved["loop"])
+        self.adopt_checkpoints(int(saved["step"]))
+
+    def adopt_checkpoints(self, resumed_step: int) -> None:
+        """The restored state names checkpoints by the paths of the attempt that wrote them: its work
+        directory, perhaps on another machine, perhaps removed. Keep only what this attempt owns: the
+        checkpoint it resumed from, and a copy of the best one while it is still on this disk (else
+        the resumed checkpoint stands in for it), so nothing of another attempt is ever deleted or
+        needed for the final model. (training.Run gets the same rule.)"""
+        resumed, state = str(self.spec.resume_from), self.state
+        info = next((c for c in state.checkpoints if c["step"] == resumed_step), None)
+        state.checkpoints = [{**info, "path": resumed}] if info else []
+        best = state.best_checkpoint
+        if best is None or best == resumed:
+            return
+        if Path(best).name == checkpoint_path(self.checkpoint_root, resumed_step).name:
+            state.best_checkpoint = resumed
+        elif Path(best).is_dir():
+            copy = self.checkpoint_root / Path(best).name
+            if not copy.exists():
+                shutil.copytree(best, copy)
+            state.best_checkpoint = str(copy)
+        else:
+            metrics = (info or {}).get("metrics") or {}
+            has_loss = info is not None and "valid_loss" in metrics
+            state.best_checkpoint = resumed
+            state.best_valid_loss = metrics["valid_loss"] if has_loss else math.inf
+            state.best_metrics = (
+                {**metrics, "best_step": resumed_step, "best_epoch": info["epoch"]}
+                if has_loss and info
+                else {}
+            )
 
     def last_checkpoint_step(self) -> int:
         return self.state.checkpoints[-1]["step"] if self.state.checkpoints else -1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -306,6 +307,40 @@ def test_pause_then_resume_gives_the_same_weights_as_one_run(
     assert resumed.metrics == whole.metrics
     a, b = weights(whole.model_dir), weights(resumed.model_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.mark.parametrize("first_attempt_dir_is", ["removed", "kept"])
+def test_a_resume_on_another_attempt_never_needs_or_touches_its_directory(
+    tmp_path: Path, tiny_gpt2_dir: Path, chat_jsonl: Path, first_attempt_dir_is: str
+) -> None:
+    # given: attempt 1 paused at step 6; its best checkpoint is step 4 (lr 0: nothing ever improves)
+    hp = {"learning_rate": 0.0}
+    paused, _ = run(make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, "attempt-1", hp=hp), stop_after(6))
+    assert paused.metrics["best_step"] == 4
+    download = tmp_path / "download"  # what the worker fetches from storage for attempt 2
+    shutil.copytree(paused.checkpoints[-1].path, download)
+    if first_attempt_dir_is == "removed":
+        shutil.rmtree(tmp_path / "attempt-1")
+    before = (
+        sorted(p.name for p in (tmp_path / "attempt-1" / "checkpoints").iterdir())
+        if first_attempt_dir_is == "kept"
+        else []
+    )
+
+    # when: attempt 2 resumes in its own directory
+    resumed, _ = run(
+        make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, "attempt-2", hp=hp, resume_from=str(download))
+    )
+
+    # then: it finishes with a model and never reached into attempt 1's directory
+    assert resumed.status == "completed" and resumed.steps == 12
+    assert (Path(resumed.model_dir) / "model.safetensors").exists()
+    assert all(Path(info.path).is_relative_to(tmp_path / "attempt-2") for info in resumed.checkpoints)
+    if first_attempt_dir_is == "kept":
+        assert sorted(p.name for p in (tmp_path / "attempt-1" / "checkpoints").iterdir()) == before
+        assert resumed.metrics["best_step"] == 4  # its best was copied over and stays the best
+    else:
+        assert resumed.metrics["best_step"] == 8  # the first evaluation after the resume
 
 
 def test_resume_refuses_a_checkpoint_of_another_run(
