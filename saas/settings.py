@@ -259,9 +259,6 @@ MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 100 * 1024 * 1024)
 PROMPT_MAX_BYTES = env_int("PROMPT_MAX_BYTES", 256 * 1024)
 # How long a chat, completion or classification request waits for its worker before a 504.
 INFERENCE_TIMEOUT_SECONDS = env_float("INFERENCE_TIMEOUT_SECONDS", 120)
-# Per API key, per minute, until plans set their own (sliding window in Redis).
-RATE_LIMIT_REQUESTS_PER_MINUTE = env_int("RATE_LIMIT_REQUESTS_PER_MINUTE", 600)
-RATE_LIMIT_TOKENS_PER_MINUTE = env_int("RATE_LIMIT_TOKENS_PER_MINUTE", 1_000_000)
 # Requests of the same model waiting together are run as one batch on a worker, up to this many.
 INFERENCE_MAX_BATCH = env_int("INFERENCE_MAX_BATCH", 8)
 FILE_UPLOAD_HANDLERS = [

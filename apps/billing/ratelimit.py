@@ -11,8 +11,6 @@ import math
 import time
 from dataclasses import dataclass
 
-from django.conf import settings
-
 from apps.jobs.relay import client
 
 WINDOW_SECONDS = 60
@@ -59,10 +57,7 @@ def duration(seconds: float) -> str:
     return f"{minutes}m{rest}s" if minutes else f"{rest}s"
 
 
-def headers(requests: Decision, tokens: Decision | None = None) -> dict[str, str]:
-    tokens = tokens or Decision(
-        True, settings.RATE_LIMIT_TOKENS_PER_MINUTE, settings.RATE_LIMIT_TOKENS_PER_MINUTE, 0
-    )
+def headers(requests: Decision, tokens: Decision) -> dict[str, str]:
     return {
         "x-ratelimit-limit-requests": str(requests.limit),
         "x-ratelimit-remaining-requests": str(requests.remaining),
