@@ -291,7 +291,7 @@ def stack() -> Iterator[Stack]:
                     process.wait()
         for server in keep:  # the embedded PostgreSQL, if one was started
             with contextlib.suppress(Exception):
-                server.cleanup()  # type: ignore[attr-defined]
+                server.cleanup()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -34,7 +34,11 @@ def publish(job: Job) -> bool:
     from saas.celery import app
 
     try:
-        app.send_task(task_for(job), args=[job.public_id, job.attempt], retry=False)
+        with app.producer_or_acquire() as producer:
+            # One connection attempt, not kombu's retries: with the broker down they would hold the
+            # web request for ~6 s (measured), and every request that creates a job with it.
+            producer.connection.ensure_connection(max_retries=0)
+            app.send_task(task_for(job), args=[job.public_id, job.attempt], retry=False, producer=producer)
     except (KombuOperationalError, RedisError, OSError):
         logger.warning("could not publish %s; the reaper will retry", job.public_id, exc_info=True)
         return False

@@ -163,12 +163,12 @@ def use_broker(url: str) -> Iterator[None]:
 
     old = app.conf.broker_url
     _reset_producers(app)
-    app.conf.broker_url = url
+    app.conf["broker_url"] = url
     try:
         yield
     finally:
         _reset_producers(app)
-        app.conf.broker_url = old
+        app.conf["broker_url"] = old
 
 
 def clear_test_broker() -> None:

@@ -229,8 +229,9 @@ def test_t13a_a_fast_restart_under_load_costs_only_the_requests_in_flight(privat
     )
     assert before and after
     assert all(200 <= s < 300 for s in after), "requests still failing 2 s after the restart"
-    assert len(failed) <= rps * restart + 10
-    assert 0 not in after
+    # only the requests during the restart fail (they fail fast, so faster than the usual rps)
+    outside = [(t, s) for t, s in results if not 200 <= s < 300 and not began - 0.5 <= t <= ended + 2]
+    assert outside == []
 
 
 def test_t13b_an_outage_shorter_than_the_self_fence_does_not_stop_the_job(
@@ -240,7 +241,7 @@ def test_t13b_an_outage_shorter_than_the_self_fence_does_not_stop_the_job(
     # a busy machine (1-3 s) stays well inside the self-fence.
     timings = {"JOB_SELF_FENCE_SECONDS": "10", "JOB_STALE_SECONDS": "15"}
     worker = stack_worker(timings)
-    job_id = submit(private_stack, rows=80, epochs=20)  # long enough to outlast the outage
+    job_id = submit(private_stack, rows=120, epochs=20)  # long enough to outlast the outage
     wait_job(private_stack, job_id, has_checkpoint, timeout=90, message="no checkpoint")
     with outage(private_stack):
         time.sleep(3)

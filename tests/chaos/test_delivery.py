@@ -88,6 +88,7 @@ def test_t3_without_reject_on_worker_lost_the_broker_loses_the_job_but_the_reape
     assert job.attempt == 2
     assert job.events.filter(message__contains="resuming from the last checkpoint").exists()
     assert recovered_after <= STALE + 2 * REAPER + 10, recovered_after
+    print(f"T3: message lost with the child; attempt 2 started {recovered_after:.1f}s after the kill")
 
 
 # --- T5: a job longer than the visibility timeout -------------------------------------------------
@@ -97,7 +98,7 @@ def test_t5_a_job_longer_than_the_visibility_timeout_runs_once(
     # Misconfigured on purpose: the broker redelivers every unacked message after 2 s.
     env = {"CELERY_VISIBILITY_TIMEOUT": "2", "CELERY_UNACKED_RESTORE_INTERVAL": "1"}
     first, second = start_workers(2, env)
-    job_id = submit_fine_tune(api, epochs=12)
+    job_id = submit_fine_tune(api, rows=120, epochs=12)  # 6-30 s, idle or busy machine
     job = reap_until(lambda: finished(job_id), timeout=150)
     # Celery alone would have run the job again (M4); here every later delivery acks and exits.
     wait_for(lambda: received(first) + received(second) == len(task_runs(first) + task_runs(second)),
@@ -105,6 +106,7 @@ def test_t5_a_job_longer_than_the_visibility_timeout_runs_once(
     runs = sorted(task_runs(first) + task_runs(second))
     assert len(runs) >= 2, f"the broker never redelivered the message: {runs}"
     assert all(seconds < 1.0 for seconds in runs[:-1]), runs
+    print(f"T5: {len(runs)} deliveries, runs took {runs}")
     started = job.started_at
     assert started is not None and job.finished_at is not None
     assert (job.finished_at - started).total_seconds() > 2 * 2, (
@@ -180,6 +182,7 @@ def test_t7_sigquit_restores_the_message_and_the_new_worker_resumes_at_once(
     # the restored message and the dead child's lease let the new worker take over at once
     wait_for(lambda: job_row(job_id).attempt == 2, timeout=10, message="the job did not resume within 10 s")
     resumed_after = time.monotonic() - ready
+    print(f"T7 SIGQUIT: resumed {resumed_after:.1f}s after the new worker was ready")
     job = reap_until(lambda: finished(job_id), timeout=150)
     assert_billed_once(job)
     assert job.attempt == 2 and received(new) >= 1
@@ -221,7 +224,7 @@ def test_t8_a_zombie_worker_changes_nothing_when_it_wakes_up(
         reap_until(lambda: job_row(job_id).attempt == 2, timeout=STALE + 2 * REAPER + 15)
         job = reap_until(lambda: finished(job_id), timeout=150)
         assert_billed_once(job)
-        assert time.monotonic() - stopped >= STALE + 5
+        time.sleep(max(0.0, STALE + 5 - (time.monotonic() - stopped)))  # stopped for stale + 5 s at least
         before = snapshot(job_id)
     finally:
         signal_worker(zombie, signal.SIGCONT)
@@ -262,14 +265,18 @@ def test_t10b_a_job_submitted_while_the_broker_is_down_runs_once_it_is_back(
         took = time.monotonic() - began
     assert response.status_code == 200, response.content
     assert response.json()["status"] == "queued"
-    assert took < 15, f"the request waited {took:.1f}s for the broker"
+    assert took < 3, f"the request waited {took:.1f}s for the broker"
     job_id = response.json()["id"]
     assert queue_depth(broker) == 0
     back = time.monotonic()
     reap_until(
         lambda: job_row(job_id).status != JobStatus.QUEUED, timeout=settings.JOB_QUEUED_STALE_SECONDS + 15
     )
-    assert time.monotonic() - back <= settings.JOB_QUEUED_STALE_SECONDS + 2 * REAPER + 8
+    published_after = time.monotonic() - back
+    assert published_after <= settings.JOB_QUEUED_STALE_SECONDS + 2 * REAPER + 8
+    print(
+        f"T10b: POST answered in {took:.2f}s with the broker down; started {published_after:.1f}s after it was back"
+    )
     job = reap_until(lambda: finished(job_id), timeout=90)
     assert_billed_once(job)
     assert job.attempt == 1
@@ -300,8 +307,9 @@ def test_t11_duplicate_submissions_and_duplicate_messages_run_once(
     for thread in threads:
         thread.join()
     assert [r.status_code for r in responses] == [200] * 5, [r.text for r in responses]
-    ids = {r.json()["id"] for r in responses}
-    assert len(ids) == 1 and Job.objects.count() == 1
+    assert all(r.json() == responses[0].json() for r in responses)  # the first, then four replays
+    assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 4
+    assert Job.objects.count() == 1
     with httpx.Client(base_url=live_server.url, timeout=30) as client:
         other = client.post("/v1/fine_tuning/jobs", json=fine_tune_body(file_id, epochs=3), headers=headers)
     assert other.status_code in (400, 409, 422) and other.json()["error"]["code"] == "idempotency_key_reused"

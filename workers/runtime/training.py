@@ -494,6 +494,38 @@ class Run:
         self.optimizer.load_state_dict(saved["optimizer"])  # moves the moments to the params' device
         restore_rng_state(saved["rng"])  # dropout continues exactly where the interrupted run was
         self.state = LoopState(**saved["loop"])
+        self.adopt_checkpoints(int(saved["step"]))
+
+    def adopt_checkpoints(self, resumed_step: int) -> None:
+        """The restored state names checkpoints by the paths of the attempt that wrote them: its own
+        work directory, perhaps on another machine, perhaps already removed. Keep only what this
+        attempt owns: the checkpoint it resumed from, and a copy of the best one when it is still on
+        this disk; otherwise the resumed checkpoint stands in for the best. Never delete (or save
+        the final model from) another attempt's directory."""
+        assert self.spec.resume_from is not None
+        resumed = str(self.spec.resume_from)
+        state = self.state
+        info = next((c for c in state.checkpoints if c["step"] == resumed_step), None)
+        state.checkpoints = [{**info, "path": resumed}] if info else []
+        best = state.best_checkpoint
+        if best is None or best == resumed:
+            return
+        if Path(best).name == checkpoint_path(self.checkpoint_root, resumed_step).name:
+            state.best_checkpoint = resumed
+        elif Path(best).is_dir():
+            copy = self.checkpoint_root / Path(best).name
+            if not copy.exists():
+                shutil.copytree(best, copy)
+            state.best_checkpoint = str(copy)
+        else:
+            metrics = (info or {}).get("metrics") or {}
+            state.best_checkpoint = resumed
+            state.best_valid_loss = metrics.get("valid_loss", math.inf)
+            state.best_metrics = (
+                {**metrics, "best_step": resumed_step, "best_epoch": info["epoch"]}
+                if info and "valid_loss" in metrics
+                else {}
+            )
 
     def last_checkpoint_step(self) -> int:
         return self.state.checkpoints[-1]["step"] if self.state.checkpoints else -1
