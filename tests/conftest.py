@@ -182,6 +182,9 @@ def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         MODEL_CACHE_DIR=str(settings.MODEL_CACHE_DIR),
         PYTHONUNBUFFERED="1",
     )
+    # One BLAS thread per worker: on a 2-core machine shared with the test process, more threads
+    # only contend (an epoch of the tiny model ran ~25x faster this way).
+    env.setdefault("OMP_NUM_THREADS", "1")
     env.update(extra or {})
     return env
 

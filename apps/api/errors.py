@@ -7,6 +7,8 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
+from django.db.utils import InterfaceError as DatabaseInterfaceError
+from django.db.utils import OperationalError as DatabaseOperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
 from rest_framework import exceptions
@@ -15,6 +17,8 @@ from rest_framework.response import Response
 from apps.core.errors import ActionError
 
 logger = logging.getLogger(__name__)
+
+DatabaseUnavailable = (DatabaseOperationalError, DatabaseInterfaceError)
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -159,6 +163,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     elif isinstance(exc, exceptions.APIException):
         status, code, param, type_ = exc.status_code, None, None, ERROR_TYPES.get(exc.status_code, "error")
         message = str(exc.detail)
+    elif isinstance(exc, DatabaseUnavailable):
+        # PostgreSQL restarting or unreachable: a short outage, worth retrying (the SDK does).
+        logger.warning("database unavailable in %s: %s", context.get("view"), exc)
+        status, code, param, type_ = 503, "service_unavailable", None, ERROR_TYPES[503]
+        message = DEFAULT_MESSAGES[503]
+        headers["retry-after"] = "1"
     else:
         logger.exception("unhandled error in %s", context.get("view"))
         status, code, param, type_ = 500, "server_error", None, ERROR_TYPES[500]

@@ -112,9 +112,19 @@ def create_result_file(project: Project, filename: str, purpose: str, data: byte
 
 
 def queue_validation(file: File) -> None:
+    """Publishes the validation; with the broker down the upload still succeeds and the reaper
+    publishes it again later (its message is just a file id, safe to send twice)."""
+    from kombu.exceptions import OperationalError as KombuOperationalError
+    from redis.exceptions import RedisError
+
     from saas.celery import app
 
-    app.send_task(VALIDATE_FILE_TASK, args=[file.public_id])
+    try:
+        with app.producer_or_acquire() as producer:
+            producer.connection.ensure_connection(max_retries=0)
+            app.send_task(VALIDATE_FILE_TASK, args=[file.public_id], retry=False, producer=producer)
+    except (KombuOperationalError, RedisError, OSError):
+        logger.warning("could not publish the validation of %s; the reaper will retry", file.public_id)
 
 
 def record_validation(file_id: str, report: dict[str, Any]) -> bool:

@@ -214,3 +214,18 @@ def test_the_docs_use_only_our_own_static_files(db: None) -> None:
     for src in scripts:
         asset = client.get(src)
         assert asset.status_code == 200, src
+
+
+def test_a_database_outage_is_a_retryable_503(api: Any, monkeypatch: Any) -> None:
+    from django.db.utils import OperationalError
+
+    from apps.api.views import models
+
+    def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("the database system is shutting down")
+
+    monkeypatch.setattr(models.ModelListView, "get", unavailable)
+    response = api.get("/v1/models")
+    assert response.status_code == 503
+    assert response["retry-after"] == "1"
+    assert response.json()["error"]["code"] == "service_unavailable"
