@@ -512,8 +512,6 @@ def _republish_stuck_validations(cutoff: Any) -> int:
     """An upload whose validation message was lost (a broker restart) is validated again; the
     validator stores only the first report, so a duplicate is harmless."""
     from django.core.cache import cache
-    from kombu.exceptions import OperationalError as KombuOperationalError
-    from redis.exceptions import RedisError
 
     from apps.projects.actions import queue_validation
     from apps.projects.models import File, FileStatus
@@ -523,10 +521,5 @@ def _republish_stuck_validations(cutoff: Any) -> int:
         # At most once per stale period, so a long validation is not started again and again.
         if not cache.add(f"revalidate:{file.public_id}", 1, timeout=int(settings.JOB_QUEUED_STALE_SECONDS)):
             continue
-        try:
-            queue_validation(file)
-        except (KombuOperationalError, RedisError, OSError):
-            logger.warning("could not republish validation of %s", file.public_id)
-            continue
-        sent += 1
+        sent += queue_validation(file)
     return sent

@@ -111,20 +111,12 @@ def create_result_file(project: Project, filename: str, purpose: str, data: byte
     return file
 
 
-def queue_validation(file: File) -> None:
-    """Publishes the validation; with the broker down the upload still succeeds and the reaper
-    publishes it again later (its message is just a file id, safe to send twice)."""
-    from kombu.exceptions import OperationalError as KombuOperationalError
-    from redis.exceptions import RedisError
+def queue_validation(file: File) -> bool:
+    """With the broker down the upload still succeeds: the reaper sends the validation again later
+    (its message is just a file id, safe to send twice)."""
+    from apps.core.broker import send_now
 
-    from saas.celery import app
-
-    try:
-        with app.producer_or_acquire() as producer:
-            producer.connection.ensure_connection(max_retries=0)
-            app.send_task(VALIDATE_FILE_TASK, args=[file.public_id], retry=False, producer=producer)
-    except (KombuOperationalError, RedisError, OSError):
-        logger.warning("could not publish the validation of %s; the reaper will retry", file.public_id)
+    return send_now(VALIDATE_FILE_TASK, [file.public_id])
 
 
 def record_validation(file_id: str, report: dict[str, Any]) -> bool:
