@@ -235,8 +235,13 @@ DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Modelworks <noreply@m
 
 # --- Security ---------------------------------------------------------------------------------
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
-if env_bool("BEHIND_TLS_PROXY", False):
+# Behind one TLS-terminating proxy that sets X-Forwarded-Proto and appends the client's address
+# to X-Forwarded-For. Only then are those headers believed: a client can send them too.
+BEHIND_TLS_PROXY = env_bool("BEHIND_TLS_PROXY", False)
+if BEHIND_TLS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# The login limits count per client address too: the address the proxy appended, not the proxy's.
+ALLAUTH_TRUSTED_PROXY_COUNT = 1 if BEHIND_TLS_PROXY else 0
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
@@ -313,6 +318,13 @@ SPECTACULAR_SETTINGS = {
 }
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 API_KEY_LAST_USED_RESOLUTION_SECONDS = 60
+# Failed API-key authentications one client address may make in a sliding window. Past it, every
+# request from that address that presents a key gets 429, a right key too, until the window
+# moves on: otherwise the one guess answered differently would be the right one.
+API_KEY_FAILURE_LIMIT = env_int("API_KEY_FAILURE_LIMIT", 10)
+API_KEY_FAILURE_WINDOW_SECONDS = env_int("API_KEY_FAILURE_WINDOW_SECONDS", 60)
+if API_KEY_FAILURE_LIMIT < 1 or API_KEY_FAILURE_WINDOW_SECONDS < 1:
+    raise ImproperlyConfigured("API_KEY_FAILURE_LIMIT and API_KEY_FAILURE_WINDOW_SECONDS must be at least 1")
 
 # --- Celery --------------------------------------------------------------------------------------
 # Job state lives in PostgreSQL; Celery messages carry only (job_id, attempt). See DESIGN.md §5.

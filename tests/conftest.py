@@ -57,6 +57,25 @@ def _test_settings(settings: Any) -> None:
     settings.ACCOUNT_RATE_LIMITS = False
 
 
+@pytest.fixture(scope="session")
+def _test_redis() -> Any:
+    from django.conf import settings
+    from redis import Redis
+
+    return Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits(_test_redis: Any) -> None:
+    """Every test starts with no rate-limit counts in Redis (ours, and allauth's in the cache):
+    every test client comes from 127.0.0.1, so one test's failed authentications would count
+    against the next. Only these keys go; the queues and the cache's other entries stay."""
+    for pattern in ("mw:rl:*", "mw:*:allauth:rl:*"):
+        keys = list(_test_redis.scan_iter(match=pattern, count=1000))
+        if keys:
+            _test_redis.delete(*keys)
+
+
 # --- Personas ---------------------------------------------------------------------------------
 def make_user(email: str, password: str = PASSWORD) -> Any:
     from allauth.account.models import EmailAddress

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import math
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.http import HttpRequest
 from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
 from rest_framework.request import Request
 
 from apps.accounts.models import ApiKey, Membership
+from apps.api.errors import APIError
+from apps.billing import ratelimit
 
 MISSING = "You didn't provide an API key. Send it in the Authorization header as 'Bearer sk-…'."
 INVALID = "Incorrect API key provided. You can find your API keys on the dashboard's API keys page."
 REVOKED = "This API key has been revoked. Create a new key on the dashboard's API keys page."
+TOO_MANY_FAILURES = "Too many requests with an incorrect API key from your IP address. Retry after {wait} s."
 
 
 def find_api_key(raw_key: str) -> ApiKey | None:
@@ -31,11 +37,77 @@ def find_api_key(raw_key: str) -> ApiKey | None:
     return key
 
 
+def client_address(request: HttpRequest) -> str:
+    """The client's IP address: REMOTE_ADDR, or behind our TLS proxy the address it appended to
+    X-Forwarded-For (entries left of it come from the client and are ignored). An IPv6 address
+    stands for its /64, which one client usually holds whole."""
+    candidates = [request.META.get("REMOTE_ADDR", "")]
+    if settings.BEHIND_TLS_PROXY:
+        candidates.insert(0, request.META.get("HTTP_X_FORWARDED_FOR", "").rsplit(",", 1)[-1].strip())
+    for candidate in candidates:
+        try:
+            address = ipaddress.ip_address(candidate)
+        except ValueError:
+            continue
+        if address.version == 6:
+            return str(ipaddress.IPv6Network((address, 64), strict=False).network_address)
+        return str(address)
+    return "unknown"
+
+
+def _failures(address: str, *, count: bool) -> ratelimit.Decision:
+    step = ratelimit.take if count else ratelimit.peek
+    return step(
+        f"auth-failures:{address}",
+        settings.API_KEY_FAILURE_LIMIT,
+        window=settings.API_KEY_FAILURE_WINDOW_SECONDS,
+    )
+
+
+def _too_many_failures(decision: ratelimit.Decision) -> APIError:
+    # The block lifts once the weighted count has room for one more failure: at the latest a
+    # 1/limit part of the window after the current fixed window ends (see apps.billing.ratelimit).
+    wait = max(
+        1, math.ceil(decision.reset_seconds + settings.API_KEY_FAILURE_WINDOW_SECONDS / decision.limit)
+    )
+    return APIError(
+        TOO_MANY_FAILURES.format(wait=wait),
+        status=429,
+        code="rate_limit_exceeded",
+        headers={"retry-after": str(wait)},
+    )
+
+
+def refuse_if_failing(address: str) -> None:
+    """429 while `address` has no failed authentication left, whatever key it sends now."""
+    decision = _failures(address, count=False)
+    if not decision.allowed:
+        raise _too_many_failures(decision)
+
+
+def count_failure(address: str) -> None:
+    """Counts one failed authentication; one past the limit is answered 429 instead of 401.
+    Checking and counting are one Redis step, so concurrent guesses cannot slip past the limit."""
+    decision = _failures(address, count=True)
+    if not decision.allowed:
+        raise _too_many_failures(decision)
+
+
 class ApiKeyAuthentication(BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[Any, ApiKey] | None:
         header = get_authorization_header(request).split()
         if not header:
+            # Nothing presented, nothing guessed: not counted as a failure.
             raise NotAuthenticated(MISSING)
+        address = client_address(request._request)
+        refuse_if_failing(address)
+        try:
+            return self._check(header)
+        except AuthenticationFailed:
+            count_failure(address)
+            raise
+
+    def _check(self, header: list[bytes]) -> tuple[Any, ApiKey]:
         if header[0].lower() != b"bearer" or len(header) != 2:
             raise AuthenticationFailed(MISSING)
         try:

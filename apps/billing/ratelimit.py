@@ -15,7 +15,8 @@ from apps.jobs.relay import client
 
 WINDOW_SECONDS = 60
 
-# KEYS: current window key, previous window key. ARGV: limit, cost, previous-window weight.
+# KEYS: current window key, previous window key. ARGV: limit, cost, previous-window weight,
+# key lifetime in seconds, 1 to count or 0 only to ask.
 # Adds `cost` only if the weighted total stays within the limit; returns the total after.
 _SCRIPT = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -25,9 +26,12 @@ local cost = tonumber(ARGV[2])
 if total + cost > tonumber(ARGV[1]) then
   return {0, math.floor(total)}
 end
-redis.call('INCRBY', KEYS[1], cost)
-redis.call('EXPIRE', KEYS[1], 130)
-return {1, math.floor(total + cost)}
+if ARGV[5] == '1' then
+  redis.call('INCRBY', KEYS[1], cost)
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+  return {1, math.floor(total + cost)}
+end
+return {1, math.floor(total)}
 """
 
 
@@ -39,15 +43,30 @@ class Decision:
     reset_seconds: float
 
 
-def take(scope: str, limit: int, cost: int = 1, now: float | None = None) -> Decision:
-    """Counts `cost` against `scope` unless that would pass `limit` within the sliding minute."""
+def take(
+    scope: str, limit: int, cost: int = 1, now: float | None = None, window: int = WINDOW_SECONDS
+) -> Decision:
+    """Counts `cost` against `scope` unless that would pass `limit` within the sliding window."""
+    return _run(scope, limit, cost, now, window, count=True)
+
+
+def peek(
+    scope: str, limit: int, cost: int = 1, now: float | None = None, window: int = WINDOW_SECONDS
+) -> Decision:
+    """Whether `take` would allow `cost` now, without counting anything."""
+    return _run(scope, limit, cost, now, window, count=False)
+
+
+def _run(scope: str, limit: int, cost: int, now: float | None, window: int, *, count: bool) -> Decision:
     now = time.time() if now is None else now
-    window = int(now // WINDOW_SECONDS)
-    elapsed = now - window * WINDOW_SECONDS
-    weight = 1 - elapsed / WINDOW_SECONDS
-    keys = [f"mw:rl:{scope}:{window}", f"mw:rl:{scope}:{window - 1}"]
-    allowed, total = client().eval(_SCRIPT, 2, *keys, limit, cost, weight)
-    return Decision(bool(allowed), limit, max(limit - int(total), 0), WINDOW_SECONDS - elapsed)
+    index = int(now // window)
+    elapsed = now - index * window
+    weight = 1 - elapsed / window
+    keys = [f"mw:rl:{scope}:{index}", f"mw:rl:{scope}:{index - 1}"]
+    # A key must outlive the window after its own, where it is still weighed in.
+    lifetime = 2 * window + 10
+    allowed, total = client().eval(_SCRIPT, 2, *keys, limit, cost, weight, lifetime, int(count))
+    return Decision(bool(allowed), limit, max(limit - int(total), 0), window - elapsed)
 
 
 def duration(seconds: float) -> str:
