@@ -397,6 +397,19 @@ def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[N
         )
 
 
+@pytest.fixture
+def pro(alice_org: Any, catalog: None) -> Any:
+    """alice's organization on the Pro plan (the Free plan leaves out `openai:*`)."""
+    from apps.billing.models import Plan, Price, Subscription
+    from apps.billing.seed import seed_billing
+
+    seed_billing(Plan, Price)  # transactional tests empty the seeded tables
+    subscription, _ = Subscription.objects.update_or_create(
+        organization=alice_org, defaults={"plan": Plan.objects.get(slug="pro")}
+    )
+    return subscription
+
+
 def use_plan(organization: Any, slug: str) -> Any:
     """Puts an organization on a plan (the Free plan allows one fine-tune at a time)."""
     from apps.billing.models import Plan

@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -310,7 +311,10 @@ class _Server(ThreadingHTTPServer):
 class FakeOpenAI:
     """A scripted OpenAI stand-in on 127.0.0.1:<free port>; use as a context manager."""
 
-    def __init__(self) -> None:
+    def __init__(self, responder: Callable[[str, Any], FakeResponse | None] | None = None) -> None:
+        # responder(path, body) answers unscripted requests (None: the normal answer), e.g. a
+        # reply computed from the prompt.
+        self.responder = responder
         self.requests: list[RecordedRequest] = []
         self.stopping = threading.Event()
         self.request_ids = itertools.count(1)
@@ -335,6 +339,8 @@ class FakeOpenAI:
         with self._lock:
             self.requests.append(request)
             scripted = self._script.popleft() if self._script else None
+        if scripted is None and self.responder is not None:
+            scripted = self.responder(request.path, request.body)
         return scripted or default_response(request.path, request.body)
 
     def __enter__(self) -> FakeOpenAI:

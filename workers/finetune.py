@@ -10,7 +10,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -25,6 +25,9 @@ from apps.projects.models import FilePurpose
 from apps.registry.actions import create_fine_tuned_model, fine_tuned_name
 from workers.artifacts import local_model_dir
 from workers.attempt import FENCED, AttemptGuard
+
+if TYPE_CHECKING:
+    from workers.distill import Labelling
 
 logger = logging.getLogger(__name__)
 
@@ -78,11 +81,19 @@ def run_fine_tune(job: Job) -> None:
                 completion_field=_mapped(job, "completion"),
             )
             progress = ProgressReporter(job, guard)
+            labelling = None
+            if method.get("type") == "distillation":
+                labelling = _label_for_distillation(job, guard, progress, spec, work)
+                if labelling is None:  # the job ended while the teacher labelled
+                    return
+                spec = _student_spec(job, spec, labelling, work)
+                if spec is None:  # too few texts labelled to train on: the job failed
+                    return
             result = train(spec, progress.on_event, progress.should_stop)
             progress.flush()
             if guard.lost:
                 return
-            _finish(job, guard, result, progress, spec)
+            _finish(job, guard, result, progress, spec, labelling)
     except SoftTimeLimitExceeded:
         # Terminal, like Celery's own view of a timeout: the job fails and is not retried.
         _fail_time_limit(job)
@@ -101,6 +112,84 @@ def run_fine_tune(job: Job) -> None:
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _label_for_distillation(
+    job: Job, guard: AttemptGuard, progress: ProgressReporter, spec: Any, work: Path
+) -> Labelling | None:
+    """The teacher labels the texts; None when the job ended meanwhile (failed, cancelled, paused or
+    out of budget, with the teacher's usage billed), else the labels for the student."""
+    from workers.distill import TeacherError, forget_labels, label_texts, read_texts
+
+    texts = read_texts(Path(spec.training_file), spec.text_field, spec.label_field)
+    try:
+        labelling = label_texts(job, guard, texts, progress.budget_reason, progress.log)
+    except TeacherError as exc:  # before anything was labelled: nothing to bill
+        _fail_teacher(job, exc, None)
+        return None
+    progress.flush()
+    progress.extra_cost = labelling.cost
+    if guard.lost:
+        return None
+    if labelling.error is not None:
+        _fail_teacher(job, labelling.error, labelling)
+        return None
+    if labelling.stopped == "pause":
+        actions.finish(
+            job.pk, job.attempt, JobStatus.PAUSED, message="Job paused while the teacher labelled texts."
+        )
+        return None
+    if labelling.stopped:
+        usage, models = labelling.billing()
+        if labelling.stopped == "cancel":
+            actions.finish(job.pk, job.attempt, JobStatus.CANCELLED, usage=usage, usage_models=models,
+                           message="Job cancelled.")  # fmt: skip
+        else:
+            labelled = sum(len(chunk.labels) for chunk in labelling.chunks)
+            code = {"budget": "budget_reached", "spend_limit": "spend_limit_reached"}[labelling.stopped]
+            limit = "The job's max_cost" if code == "budget_reached" else "The organization's spend limit"
+            message = (
+                f"{limit} was reached while the teacher labelled texts ({labelled:,} of {len(texts):,} done); "
+                "no student was trained. Raise it, or distil fewer texts."
+            )
+            actions.finish(job.pk, job.attempt, JobStatus.FAILED, usage=usage, usage_models=models,
+                           error={"code": code, "message": message, "param": "max_cost"}, message=message)  # fmt: skip
+        forget_labels(job)
+        return None
+    return labelling
+
+
+def _student_spec(job: Job, spec: Any, labelling: Labelling, work: Path) -> Any:
+    """The classification trainer's spec for the student: the teacher's labels (and, from a
+    classifier teacher, its softened probabilities) instead of the file's. None, with the job
+    failed, when the teacher labelled too few texts."""
+    import dataclasses
+
+    from workers.distill import TeacherError, write_training_files
+
+    try:
+        train_path, valid_path = write_training_files(labelling, work)
+    except TeacherError as exc:
+        _fail_teacher(job, exc, labelling)
+        return None
+    return dataclasses.replace(
+        spec, training_file=str(train_path), validation_file=str(valid_path), text_field="text",
+        label_field="label", labels=tuple(labelling.labels),
+        soft_label_field="soft" if labelling.temperature is not None else "",
+        distill_temperature=labelling.temperature or 1.0,
+    )  # fmt: skip
+
+
+def _fail_teacher(job: Job, error: Any, labelling: Labelling | None) -> None:
+    from workers.distill import forget_labels
+
+    usage, models = labelling.billing() if labelling is not None else ({}, {})
+    actions.finish(
+        job.pk, job.attempt, JobStatus.FAILED, usage=usage, usage_models=models,
+        error={"code": error.code, "message": error.message, "param": "method.distillation.teacher"},
+        message=error.message,
+    )  # fmt: skip
+    forget_labels(job)
 
 
 def _mapped(job: Job, field: str) -> str:
@@ -131,15 +220,26 @@ class ProgressReporter:
             job.model_name, job.organization.name, (job.request or {}).get("suffix") or "", job.public_id
         )
         self.pending: list[Any] = []  # writes that met a database outage, oldest first
+        self.extra_cost = 0  # spent before training began (a distillation's teacher)
 
     def should_stop(self) -> bool:
         if self.step:
-            next_cost = self._next_step_cost()
-            if self.job.max_cost is not None and next_cost > self.job.max_cost:
-                self.guard.request_stop("budget")
-            elif self.allowance is not None and next_cost > self.allowance:
-                self.guard.request_stop("spend_limit")
+            reason = self.budget_reason(self.extra_cost + self._next_step_cost())
+            if reason:
+                self.guard.request_stop(reason)
         return self.guard.should_stop()
+
+    def budget_reason(self, cost: int) -> str:
+        """ "budget" when `cost` would pass the job's max_cost, "spend_limit" when it would pass what
+        the organization may still spend, else ""."""
+        if self.job.max_cost is not None and cost > self.job.max_cost:
+            return "budget"
+        if self.allowance is not None and cost > self.allowance:
+            return "spend_limit"
+        return ""
+
+    def log(self, message: str) -> None:
+        self._write(actions.add_event, message)
 
     def _next_step_cost(self) -> int:
         # The next step costs about what an average step has cost so far.
@@ -167,7 +267,7 @@ class ProgressReporter:
                 artifact_key=key, model_name=f"{self.model_name}:ckpt-step-{event.step}",
             )  # fmt: skip
         elif event.kind == "log" and event.message:
-            self._write(actions.add_event, event.message)
+            self.log(event.message)
 
     def _write(self, action: Any, *args: Any, **kwargs: Any) -> None:
         """A fenced write from the training loop. A short database outage does not end the attempt:
@@ -303,13 +403,26 @@ def safe_cell(value: str) -> str:
     return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
-def _finish(job: Job, guard: AttemptGuard, result: Any, progress: ProgressReporter, spec: Any) -> None:
+def _finish(
+    job: Job,
+    guard: AttemptGuard,
+    result: Any,
+    progress: ProgressReporter,
+    spec: Any,
+    labelling: Labelling | None,
+) -> None:
     usage = {"trained_tokens": result.trained_tokens}
+    models: dict[str, str] = {}
+    if labelling is not None:  # the teacher's usage is billed with the student's, at its own prices
+        teacher_usage, models = labelling.billing()
+        usage |= teacher_usage
     fields = {"trained_tokens": result.trained_tokens}
     if result.status == "stopped" and guard.stop_reason == "cancel":
         actions.finish(
-            job.pk, job.attempt, JobStatus.CANCELLED, usage=usage, fields=fields, message="Job cancelled."
-        )
+            job.pk, job.attempt, JobStatus.CANCELLED, usage=usage, usage_models=models, fields=fields,
+            message="Job cancelled.",
+        )  # fmt: skip
+        _forget(job, labelling)
         return
     if result.status == "stopped" and guard.stop_reason == "pause":
         actions.finish(
@@ -320,6 +433,17 @@ def _finish(job: Job, guard: AttemptGuard, result: Any, progress: ProgressReport
     upload_dir(Path(result.model_dir), key)
     diagnostics = diagnostics_csv(spec, result.model_dir) if spec.task == "classification" else None
     reason = {"budget": "budget_reached", "spend_limit": "spend_limit_reached"}.get(guard.stop_reason, "")
+    outcome: dict[str, Any] = {
+        "metrics": result.metrics,
+        "labels": list(result.labels),
+        "steps": result.steps,
+    }
+    teacher_report = None
+    if labelling is not None:
+        from workers.distill import compare, labels_report
+
+        outcome["distillation"], predictions = compare(labelling, result.model_dir, progress.model_name)
+        teacher_report = labels_report(labelling, predictions)
 
     def create_model(locked: Job) -> dict[str, Any]:
         model = create_fine_tuned_model(
@@ -332,18 +456,26 @@ def _finish(job: Job, guard: AttemptGuard, result: Any, progress: ProgressReport
             metrics_csv(locked),
         )
         files = [results.public_id]
-        if diagnostics is not None:
-            files.append(
-                create_result_file(
-                    locked.project, f"{locked.public_id}_validation_rows.csv", FilePurpose.FINE_TUNE_RESULTS,
-                    diagnostics,
-                ).public_id
-            )  # fmt: skip
+        extra = [("validation_rows", diagnostics), ("teacher_labels", teacher_report)]
+        for name, data in extra:
+            if data is not None:
+                files.append(
+                    create_result_file(
+                        locked.project, f"{locked.public_id}_{name}.csv", FilePurpose.FINE_TUNE_RESULTS, data
+                    ).public_id
+                )
         return {"fine_tuned_model": model, "result_files": files}
 
     actions.finish(
-        job.pk, job.attempt, JobStatus.SUCCEEDED, status_reason=reason, usage=usage, fields=fields,
-        result={"metrics": result.metrics, "labels": list(result.labels), "steps": result.steps},
-        on_finished=create_model,
+        job.pk, job.attempt, JobStatus.SUCCEEDED, status_reason=reason, usage=usage, usage_models=models,
+        fields=fields, result=outcome, on_finished=create_model,
         message=STOP_MESSAGES.get(reason, "The job has successfully completed."),
     )  # fmt: skip
+    _forget(job, labelling)
+
+
+def _forget(job: Job, labelling: Labelling | None) -> None:
+    if labelling is not None:
+        from workers.distill import forget_labels
+
+        forget_labels(job)

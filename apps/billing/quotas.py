@@ -96,12 +96,12 @@ def check_quota(organization: Organization) -> Subscription:
     return subscription
 
 
-def check_model(subscription: Subscription, model_name: str) -> None:
+def check_model(subscription: Subscription, model_name: str, param: str = "model") -> None:
     if not subscription.plan.allows(model_name):
         raise ActionError(
             f"The {subscription.plan.name} plan does not include '{model_name}'. Upgrade under Billing.",
             code="model_not_allowed",
-            param="model",
+            param=param,
             status=403,
         )
 

@@ -325,12 +325,16 @@ def finish(
     error: dict[str, Any] | None = None,
     status_reason: str = "",
     usage: dict[str, int] | None = None,
+    usage_models: dict[str, str] | None = None,
     message: str | None = None,
     fields: dict[str, Any] | None = None,
     on_finished: Callable[[Job], dict[str, Any] | None] | None = None,
 ) -> Job | None:
     """running → succeeded | failed | cancelled | paused, with the usage records, in one
     transaction, fenced on the attempt. Returns None (and writes nothing) for a stale attempt.
+
+    A unit in `usage_models` is priced as that model rather than the job's (a distillation's
+    teacher).
 
     `on_finished(job)` runs inside the transaction (e.g. to create the fine-tuned model) and may
     return more job fields to store.
@@ -362,15 +366,16 @@ def finish(
                 setattr(job, name, value)
         job.save()
         if status != JobStatus.PAUSED:
-            record_usage(job, usage or {})
+            record_usage(job, usage or {}, usage_models)
         level = "error" if status == JobStatus.FAILED else "info"
         JobEvent.objects.create(job=job, level=level, message=message or f"Job {status}.")
     return job
 
 
-def record_usage(job: Job, usage: dict[str, int]) -> None:
+def record_usage(job: Job, usage: dict[str, int], models: dict[str, str] | None = None) -> None:
     """One record per (job, unit): the unique constraint makes a second write impossible, and a
     conflicting insert is skipped rather than raised (one statement for all units)."""
+    models = models or {}
     UsageRecord.objects.bulk_create(
         [
             UsageRecord(
@@ -379,9 +384,9 @@ def record_usage(job: Job, usage: dict[str, int]) -> None:
                 organization_id=job.organization_id,
                 project_id=job.project_id,
                 api_key_id=job.api_key_id,
-                model_name=job.model_name,
+                model_name=models.get(unit, job.model_name),
                 quantity=quantity,
-                cost=cost_of(job.model_name, unit, quantity),
+                cost=cost_of(models.get(unit, job.model_name), unit, quantity),
             )
             for unit, quantity in usage.items()
             if quantity > 0

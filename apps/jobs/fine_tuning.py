@@ -28,7 +28,13 @@ from workers.runtime.specs import (
 
 CLASSIFICATION_FORMATS = ("classification_csv", "classification_jsonl")
 SUPERVISED_FORMATS = ("chat_jsonl", "prompt_completion_jsonl")
-METHOD_FORMATS = {"classification": CLASSIFICATION_FORMATS, "supervised": SUPERVISED_FORMATS}
+# A distillation's texts may carry labels too: they are then used only to score teacher and student.
+DISTILLATION_FORMATS = ("text_csv", "text_jsonl", *CLASSIFICATION_FORMATS)
+METHOD_FORMATS = {
+    "classification": CLASSIFICATION_FORMATS,
+    "supervised": SUPERVISED_FORMATS,
+    "distillation": DISTILLATION_FORMATS,
+}
 KNOWN_FIELDS = {
     "model", "training_file", "validation_file", "suffix", "seed", "metadata", "method",
     "hyperparameters", "integrations", "max_cost",
@@ -42,6 +48,19 @@ LORA_MAX_R = 256
 LORA_MAX_ALPHA = 4096
 LORA_MAX_TARGETS = 32
 MODULE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")
+# method.distillation: the teacher labels the texts of unlabeled_file with one of `labels`.
+DISTILLATION_OPTIONS = ("teacher", "unlabeled_file", "labels", "temperature", "hyperparameters")
+MAX_DISTILLATION_LABELS = 100
+MAX_LABEL_CHARS = 200
+DEFAULT_TEMPERATURE = 2.0  # softens a classifier teacher's probabilities (Hinton et al., 2015)
+MAX_TEMPERATURE = 20.0
+
+
+@dataclass(frozen=True)
+class Distillation:
+    teacher: Model
+    labels: list[str]  # sorted, as the student's label ids are
+    temperature: float | None  # a classifier teacher's soft-target temperature; None for a generation teacher
 
 
 @dataclass
@@ -58,6 +77,7 @@ class FineTuneRequest:
     max_cost: int | None
     body: dict[str, Any] = field(default_factory=dict)
     lora: dict[str, Any] | None = None  # method.supervised.lora as given (validated); None → full fine-tune
+    distillation: Distillation | None = None
 
 
 def parse(project: Project, body: Any) -> FineTuneRequest:
@@ -69,9 +89,17 @@ def parse(project: Project, body: Any) -> FineTuneRequest:
     model = _model(project, body.get("model"))
     method, requested = _method(body, model)
     lora = _lora(body, method)
-    training = _file(project, body.get("training_file"), "training_file", method, required=True)
+    distillation = _distillation(project, body) if method == "distillation" else None
+    training_id, training_param = _training_file_id(body, method)
+    training = _file(project, training_id, training_param, method, required=True)
     validation = _file(project, body.get("validation_file"), "validation_file", method, required=False)
     assert training is not None
+    if validation is not None and distillation is not None:
+        raise ActionError(
+            "validation_file is not used by distillation: teacher and student are compared on a held-out "
+            "part of the unlabeled_file.",
+            param="validation_file",
+        )
     seed = body.get("seed")
     if seed is None:
         seed = secrets.randbelow(MAX_SEED)
@@ -101,6 +129,7 @@ def parse(project: Project, body: Any) -> FineTuneRequest:
         max_cost=_max_cost(body.get("max_cost")),
         body=body,
         lora=lora,
+        distillation=distillation,
     )
 
 
@@ -212,6 +241,112 @@ def _lora_targets(targets: Any, param: str) -> None:
         raise ActionError("lora.target_modules lists a module twice.", param=param)
 
 
+def _training_file_id(body: dict[str, Any], method: str) -> tuple[Any, str]:
+    """The file to train on and the parameter that named it. A distillation names its texts in
+    method.distillation.unlabeled_file; training_file (which the SDK requires) may repeat it."""
+    if method != "distillation":
+        return body.get("training_file"), "training_file"
+    section = (body.get("method") or {}).get("distillation") or {}
+    unlabeled, training = section.get("unlabeled_file"), body.get("training_file")
+    if unlabeled is not None and training is not None and unlabeled != training:
+        raise ActionError(
+            "training_file and method.distillation.unlabeled_file name different files; "
+            "give the texts to label once, as unlabeled_file (training_file may repeat it).",
+            param="method.distillation.unlabeled_file",
+        )
+    return (unlabeled if unlabeled is not None else training), "method.distillation.unlabeled_file"
+
+
+def _distillation(project: Project, body: dict[str, Any]) -> Distillation:
+    """method.distillation checked completely: a teacher that can label, and the labels it may give."""
+    section = (body.get("method") or {}).get("distillation") or {}
+    param = "method.distillation"
+    for key in section:
+        if key not in DISTILLATION_OPTIONS:
+            raise ActionError(
+                f"Unknown distillation option '{key}'; expected one of: {', '.join(DISTILLATION_OPTIONS)}.",
+                param=f"{param}.{key}",
+            )
+    teacher = _teacher(project, section.get("teacher"))
+    labels = _labels(section.get("labels"), f"{param}.labels")
+    temperature = section.get("temperature")
+    if teacher.task == "classification":
+        if labels is not None and labels != sorted(teacher.labels):
+            raise ActionError(
+                f"labels must be the teacher's own labels ({', '.join(sorted(teacher.labels))}), "
+                "or be left out: a classifier teacher can only give those.",
+                param=f"{param}.labels",
+            )
+        if temperature is not None and not (_is_number(temperature) and 0 < temperature <= MAX_TEMPERATURE):
+            raise ActionError(
+                f"temperature must be a number greater than 0 and at most {MAX_TEMPERATURE:g}.",
+                param=f"{param}.temperature",
+            )
+        return Distillation(
+            teacher,
+            sorted(teacher.labels),
+            float(temperature) if temperature is not None else DEFAULT_TEMPERATURE,
+        )
+    if temperature is not None:
+        raise ActionError(
+            "temperature applies to a classifier teacher's probabilities; a generation teacher gives one "
+            "label per text.",
+            param=f"{param}.temperature",
+        )
+    if labels is None:
+        raise ActionError(
+            "Missing required parameter: 'method.distillation.labels' (the classes a generation teacher "
+            "chooses from).",
+            param=f"{param}.labels",
+        )
+    return Distillation(teacher, labels, None)
+
+
+def _teacher(project: Project, name: Any) -> Model:
+    param = "method.distillation.teacher"
+    if not name or not isinstance(name, str):
+        raise ActionError(f"Missing required parameter: '{param}'.", param=param)
+    teacher = Model.objects.visible_to(project.organization).filter(name=name).first()
+    if teacher is None:
+        raise ActionError(
+            f"The model '{name}' does not exist or you do not have access to it.",
+            code="model_not_found",
+            param=param,
+            status=404,
+        )
+    if not teacher.limit("servable", True):
+        raise ActionError(
+            f"'{name}' is a base model and cannot label texts; the teacher must be a fine-tuned classifier "
+            "or a generation model.",
+            param=param,
+        )
+    if teacher.task == "classification" and len(teacher.labels or []) < 2:
+        raise ActionError(f"The classifier '{name}' has no labels to teach.", param=param)
+    return teacher
+
+
+def _labels(value: Any, param: str) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not 2 <= len(value) <= MAX_DISTILLATION_LABELS:
+        raise ActionError(
+            f"labels must be a list of 2 to {MAX_DISTILLATION_LABELS} class names.", param=param
+        )
+    for label in value:
+        if not isinstance(label, str) or not label.strip() or len(label) > MAX_LABEL_CHARS or "\n" in label:
+            raise ActionError(
+                f"labels: {str(label)[:50]!r} is not a class name (a non-blank string of at most "
+                f"{MAX_LABEL_CHARS} characters on one line).",
+                param=param,
+            )
+    if len({label.strip().casefold() for label in value}) != len(value):
+        raise ActionError(
+            "labels lists a class twice (names are compared ignoring case and surrounding spaces).",
+            param=param,
+        )
+    return sorted(value)
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -287,7 +422,7 @@ def estimate(request: FineTuneRequest) -> dict[str, Any]:
     trained_tokens = int(n_train * tokens_per_example * hp.n_epochs)
     throughput = settings.WORKER_THROUGHPUT.get(request.model.task, 10.0)
     cost = cost_of(request.model.name, "trained_tokens", trained_tokens)
-    return {
+    body: dict[str, Any] = {
         "object": "fine_tuning.job.estimate",
         "model": request.model.name,
         "training_examples": n_train,
@@ -297,8 +432,28 @@ def estimate(request: FineTuneRequest) -> dict[str, Any]:
         "estimated_cost": cost,
         "currency": "usd_micros",
         "hyperparameters": hp.to_dict(),
-        "allowed_to_proceed": request.max_cost is None or cost <= request.max_cost or rows == 0,
     }
+    if request.distillation is not None:
+        teacher_cost = _teacher_cost(request.distillation, rows, mean_tokens)
+        body["teacher_cost"] = teacher_cost
+        body["estimated_cost"] = cost = cost + teacher_cost
+    body["allowed_to_proceed"] = request.max_cost is None or cost <= request.max_cost or rows == 0
+    return body
+
+
+def _teacher_cost(distillation: Distillation, rows: int, mean_tokens: float) -> int:
+    """What labelling `rows` texts of about `mean_tokens` tokens will cost at the teacher's prices."""
+    from workers.runtime.distill import answer_max_tokens, prompt_overhead_tokens
+
+    name, labels = distillation.teacher.name, distillation.labels
+    if distillation.teacher.task == "classification":
+        return cost_of(name, "classified_texts", rows) + cost_of(
+            name, "input_tokens", int(rows * (mean_tokens + 2))
+        )
+    prompt = int(rows * (mean_tokens + prompt_overhead_tokens(labels)))
+    # Answers are usually a label's few tokens; count half the allowed length.
+    answer = rows * max(1, answer_max_tokens(labels) // 2)
+    return cost_of(name, "input_tokens", prompt) + cost_of(name, "output_tokens", answer)
 
 
 def submit(request: FineTuneRequest, *, project: Project, api_key: Any = None, user: Any = None) -> Job:
@@ -314,6 +469,10 @@ def submit(request: FineTuneRequest, *, project: Project, api_key: Any = None, u
         Organization.objects.select_for_update().filter(pk=project.organization_id).first()
         subscription = quotas.check_quota(project.organization)
         quotas.check_model(subscription, request.model.name)
+        if request.distillation is not None:
+            quotas.check_model(
+                subscription, request.distillation.teacher.name, param="method.distillation.teacher"
+            )
         quotas.check_fine_tune_concurrency(subscription)
         return _create(request, project=project, api_key=api_key, user=user)
 
@@ -333,7 +492,8 @@ def _create(request: FineTuneRequest, *, project: Project, api_key: Any, user: A
             "method": {
                 "type": request.method,
                 request.method: {"hyperparameters": request.requested_hyperparameters}
-                | ({"lora": request.lora} if request.lora is not None else {}),
+                | ({"lora": request.lora} if request.lora is not None else {})
+                | (_distillation_section(request) if request.distillation is not None else {}),
             },
         },
         api_key=api_key,
@@ -348,6 +508,29 @@ def _create(request: FineTuneRequest, *, project: Project, api_key: Any, user: A
         max_cost=request.max_cost,
         estimated_cost=estimate(request)["estimated_cost"] if not pending else None,
     )
+
+
+def _distillation_section(request: FineTuneRequest) -> dict[str, Any]:
+    """What the worker needs, resolved: the labels even when a classifier teacher implied them."""
+    distillation = request.distillation
+    assert distillation is not None
+    return {
+        "teacher": distillation.teacher.name,
+        "unlabeled_file": request.training_file.public_id,
+        "labels": distillation.labels,
+        "temperature": distillation.temperature,
+    }
+
+
+def stored_distillation(job: Job) -> Distillation | None:
+    """A job's distillation as submitted (for the estimate once its file is validated)."""
+    section = ((job.request or {}).get("method") or {}).get("distillation")
+    if not section or (job.request or {}).get("method", {}).get("type") != "distillation":
+        return None
+    teacher = Model.objects.visible_to(job.organization).filter(name=section.get("teacher")).first()
+    if teacher is None:
+        return None
+    return Distillation(teacher, list(section.get("labels") or []), section.get("temperature"))
 
 
 def on_file_validated(file: File) -> None:
@@ -387,7 +570,7 @@ def _resolved_fields(job: Job) -> dict[str, Any]:
     request = FineTuneRequest(
         model=job.model, training_file=job.training_file, validation_file=job.validation_file, method=method,
         hyperparameters=hp, requested_hyperparameters=requested, suffix="", seed=job.seed or 0, metadata=None,
-        max_cost=job.max_cost,
+        max_cost=job.max_cost, distillation=stored_distillation(job),
     )  # fmt: skip
     return {"hyperparameters": hp.to_dict(), "estimated_cost": estimate(request)["estimated_cost"]}
 

@@ -28,6 +28,8 @@ FORMATS = (
     "chat_jsonl",
     "prompt_completion_jsonl",
     "batch_jsonl",
+    "text_csv",
+    "text_jsonl",
 )
 MAX_ERRORS = 1000
 
@@ -46,6 +48,8 @@ BATCH_URLS = ("/v1/chat/completions", "/v1/completions", "/v1/classifications")
 CHAT_KEYS = frozenset({"tools", "parallel_tool_calls", "functions"})
 BATCH_KEYS = frozenset({"custom_id", "method", "url", "body"})
 CLASSIFICATION_FORMATS = ("classification_csv", "classification_jsonl")
+# Texts without labels: the unlabeled_file of a distillation, which a teacher model labels.
+TEXT_FORMATS = ("text_csv", "text_jsonl")
 
 _FORMAT_NAMES = {
     "classification_csv": "classification CSV",
@@ -53,6 +57,8 @@ _FORMAT_NAMES = {
     "chat_jsonl": "chat JSONL",
     "prompt_completion_jsonl": "prompt/completion JSONL",
     "batch_jsonl": "batch JSONL",
+    "text_csv": "unlabelled text CSV",
+    "text_jsonl": "unlabelled text JSONL",
 }
 _MAPPABLE_FIELDS = ("text", "label", "prompt", "completion", "messages")
 _BOM = b"\xef\xbb\xbf"
@@ -380,20 +386,40 @@ class _Run:
 
 
 def _check_classification(run: _Run, line: int, text: Any, label: Any) -> int | None:
-    name = run.name("text")
-    text_ok = isinstance(text, str) and text != "" and not text.isspace()
-    if not isinstance(text, str):
-        run.error(line, name, _type_error(name, "a string", text), f'add the text as "{name}": "..."')
-    elif not text_ok:
-        run.error(line, name, f"{name} is empty", "fill in the text or remove the row")
+    text_ok = _check_text_value(run, line, text)
     label_text = _check_label(run, line, label)
     if not text_ok or label_text is None:
         return None
-    if _THREE_VISIBLE.search(text) is None:
-        hint = "remove the row or give it more text; a text this short teaches the model little"
-        run.warn(line, name, f"{name} is nearly empty ({_quote(text)})", hint)
+    _warn_short_text(run, line, text)
     _check_text_repeat(run, line, text, run.add_label(label_text, line))
     return len(text)
+
+
+def _check_unlabelled(run: _Run, line: int, text: Any) -> int | None:
+    if not _check_text_value(run, line, text):
+        return None
+    _warn_short_text(run, line, text)
+    _check_text_repeat(run, line, text, 0)  # one "label" for all: repeats are duplicates
+    return len(text)
+
+
+def _check_text_value(run: _Run, line: int, text: Any) -> bool:
+    """True for a non-blank string; otherwise the error is reported."""
+    name = run.name("text")
+    if not isinstance(text, str):
+        run.error(line, name, _type_error(name, "a string", text), f'add the text as "{name}": "..."')
+        return False
+    if text == "" or text.isspace():
+        run.error(line, name, f"{name} is empty", "fill in the text or remove the row")
+        return False
+    return True
+
+
+def _warn_short_text(run: _Run, line: int, text: str) -> None:
+    if _THREE_VISIBLE.search(text) is None:
+        name = run.name("text")
+        hint = "remove the row or give it more text; a text this short teaches the model little"
+        run.warn(line, name, f"{name} is nearly empty ({_quote(text)})", hint)
 
 
 def _check_label(run: _Run, line: int, label: Any) -> str | None:
@@ -589,8 +615,15 @@ def _check_classification_row(run: _Run, line: int, row: dict[str, Any]) -> int 
     return _check_classification(run, line, row.get(text_name, _MISSING), row.get(label_name, _MISSING))
 
 
+def _check_unlabelled_row(run: _Run, line: int, row: dict[str, Any]) -> int | None:
+    text_name = run.name("text")
+    run.warn_extra_keys(line, (key for key in row if key != text_name))
+    return _check_unlabelled(run, line, row.get(text_name, _MISSING))
+
+
 _JSONL_CHECKS: dict[str, Callable[[_Run, int, dict[str, Any]], int | None]] = {
     "classification_jsonl": _check_classification_row,
+    "text_jsonl": _check_unlabelled_row,
     "chat_jsonl": _check_chat,
     "prompt_completion_jsonl": _check_prompt_completion,
     "batch_jsonl": _check_batch,
@@ -658,9 +691,11 @@ def _detect_jsonl_format(run: _Run, line: _Line, row: dict[str, Any]) -> str | N
         return "prompt_completion_jsonl"
     if name("text") in row and name("label") in row:
         return "classification_jsonl"
+    if name("text") in row:
+        return "text_jsonl"
     expected = (
         f'"{name("messages")}" (chat), "{name("prompt")}" and "{name("completion")}", '
-        f'or "{name("text")}" and "{name("label")}" (classification)'
+        f'"{name("text")}" and "{name("label")}" (classification), or "{name("text")}" alone (unlabelled)'
     )
     found = _quote_list(list(row)) if row else "none"
     hint = "use one of these formats, or map your keys with column_mapping"
@@ -722,7 +757,7 @@ class _CsvFeed:
 @dataclass(slots=True)
 class _Columns:
     text: int
-    label: int
+    label: int | None  # None: a file of unlabelled texts
 
 
 def _validate_csv(run: _Run, lines: Iterator[_Line], delimiter: str) -> None:
@@ -780,6 +815,8 @@ def _read_header(run: _Run, line: int, values: list[str]) -> _Columns | None:
     names = [value.strip() for value in values]
     wanted = [run.name("text"), run.name("label")]
     text, label = (_find_column(names, name) for name in wanted)
+    if text is not None and label is None and run.purpose == "fine-tune":
+        return _unlabelled_header(run, line, names, text)
     if text is None or label is None:
         missing = [name for name, index in zip(wanted, (text, label), strict=True) if index is None]
         columns = f"column{'s' if len(missing) > 1 else ''} {' and '.join(_quote(name) for name in missing)}"
@@ -793,6 +830,19 @@ def _read_header(run: _Run, line: int, values: list[str]) -> _Columns | None:
     return _Columns(text=text, label=label)
 
 
+def _unlabelled_header(run: _Run, line: int, names: list[str], text: int) -> _Columns:
+    """A header with a text column and no label column: texts for a teacher to label."""
+    run.format = "text_csv"
+    label = run.name("label")
+    message = (
+        f"no {_quote(label)} column: read as unlabelled texts, usable as a distillation's unlabeled_file; "
+        f"columns found: {_quote_list(names)}"
+    )
+    hint = f"to fine-tune a classifier on this file, add a {_quote(label)} column or map yours with column_mapping"
+    run.warn(line, label, message, hint)
+    return _Columns(text=text, label=None)
+
+
 def _find_column(names: list[str], wanted: str) -> int | None:
     if wanted in names:
         return names.index(wanted)
@@ -801,6 +851,12 @@ def _find_column(names: list[str], wanted: str) -> int | None:
 
 
 def _check_csv_row(run: _Run, line: int, values: list[str], columns: _Columns) -> int | None:
+    if columns.label is None:
+        if columns.text >= len(values):
+            message = f"row has {_plural(len(values), 'value')} but the text is in column {columns.text + 1}"
+            run.error(line, run.name("text"), message, "fill in every column; check for a missing delimiter")
+            return None
+        return _check_unlabelled(run, line, values[columns.text])
     # Short rows are fine while they reach both columns; trailing empty columns are often cut.
     needed = max(columns.text, columns.label) + 1
     if len(values) < needed:
@@ -892,7 +948,7 @@ def _validate_content(run: _Run, head: bytes, rest: Iterator[bytes], filename: s
     else:
         _validate_csv(run, lines, _sniff_delimiter(head[bom:], filename))
     if run.rows == 0:
-        header = "a header line and " if run.format == "classification_csv" else ""
+        header = "a header line and " if run.format in ("classification_csv", "text_csv") else ""
         run.error(None, None, "the file has no data rows", f"add {header}at least one example")
 
 

@@ -67,19 +67,6 @@ def proxy_worker(transactional_db: None, upstream: FakeOpenAI) -> Iterator[Worke
 
 
 @pytest.fixture
-def pro(alice_org: Any, catalog: None) -> Any:
-    """alice's organization on the Pro plan (the Free plan leaves out `openai:*`)."""
-    from apps.billing.models import Plan, Price, Subscription
-    from apps.billing.seed import seed_billing
-
-    seed_billing(Plan, Price)  # transactional tests empty the seeded tables
-    subscription, _ = Subscription.objects.update_or_create(
-        organization=alice_org, defaults={"plan": Plan.objects.get(slug="pro")}
-    )
-    return subscription
-
-
-@pytest.fixture
 def web_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.INFO)
     return caplog

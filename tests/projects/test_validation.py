@@ -181,12 +181,62 @@ def test_a_column_mapping_to_nothing_is_an_error_and_ignored():
     assert report["rows"] == 6
 
 
-def test_missing_column_names_the_columns_found():
+def test_a_header_without_a_label_column_is_read_as_unlabelled_texts_and_says_so():
     report = validate_fixture("missing_column.csv")
 
-    assert errors(report) == [(1, 'missing required column "label"; columns found: "text", "category"')]
-    assert report["errors"][0]["field"] == "label"
-    assert report["format"] == "classification_csv"
+    assert report["valid"] is True
+    assert report["format"] == "text_csv"
+    assert warnings(report) == [
+        (
+            1,
+            'no "label" column: read as unlabelled texts, usable as a distillation\'s unlabeled_file; '
+            'columns found: "text", "category"',
+        )
+    ]
+    assert report["warnings"][0]["hint"] == (
+        'to fine-tune a classifier on this file, add a "label" column or map yours with column_mapping'
+    )
+    assert report["rows"] == 2
+    assert "labels" not in report["stats"]
+    assert report["summary"] == "2 rows, unlabelled text CSV, 1 warning"
+
+
+def test_the_same_header_for_a_batch_file_is_still_not_unlabelled_texts():
+    # Only fine-tune files can be unlabelled texts: a batch file is JSON Lines whatever it looks like.
+    report = validate_fixture("missing_column.csv", purpose="batch")
+
+    assert report["format"] == "batch_jsonl"
+    assert report["valid"] is False
+
+
+def test_unlabelled_csv_rows_are_checked_like_classification_texts():
+    data = b"id,text\n1,a fine first text\n2,\n3\n4,a fine first text\n5,ok\n"
+
+    report = validate(data)
+
+    assert report["format"] == "text_csv"
+    assert errors(report) == [
+        (3, "text is empty"),
+        (4, "row has 1 value but the text is in column 2"),
+    ]
+    assert warnings(report)[1:] == [(5, "duplicate of line 2"), (6, 'text is nearly empty ("ok")')]
+    assert report["rows"] == 5
+
+
+def test_unlabelled_jsonl():
+    report = validate(jsonl({"text": "first text here"}, {"text": 7}, {"text": "third text", "id": 3}))
+
+    assert report["format"] == "text_jsonl"
+    assert errors(report) == [(2, "text must be a string, got number (7)")]
+    assert warnings(report) == [(3, 'ignoring extra keys: "id"')]
+    assert report["stats"]["chars"]["max"] == 15
+
+
+def test_a_column_mapping_names_the_text_of_unlabelled_jsonl():
+    report = validate(jsonl({"review": "first text here"}), column_mapping={"text": "review"})
+
+    assert report["format"] == "text_jsonl"
+    assert report["valid"] is True
 
 
 def test_missing_header_reads_the_first_row_as_the_header():
@@ -374,7 +424,7 @@ def test_unknown_jsonl_format_says_which_fields_were_expected():
         (
             1,
             'cannot tell the dataset format: expected "messages" (chat), "prompt" and "completion", '
-            'or "text" and "label" (classification); keys found: "question", "answer"',
+            '"text" and "label" (classification), or "text" alone (unlabelled); keys found: "question", "answer"',
         )
     ]
     assert report["rows"] == 2

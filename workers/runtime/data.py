@@ -11,7 +11,7 @@ import csv
 import json
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,14 @@ class Example:
     text: str
     label: str
     line: int  # 1-based line in the source file, for error messages
+    soft: Mapping[str, float] | None = None  # a teacher's probabilities (distillation), else None
 
 
 @dataclass(frozen=True)
 class EncodedSplit:
     input_ids: list[list[int]]
     label_ids: list[int]
+    soft_targets: list[list[float]] | None = None  # per example, in label-id order
 
     def __len__(self) -> int:
         return len(self.label_ids)
@@ -60,6 +62,7 @@ class Batch:
     attention_mask: torch.Tensor
     labels: torch.Tensor
     n_tokens: int  # non-padding tokens, known without a device sync
+    soft: torch.Tensor | None = None  # (batch, labels) target probabilities, when distilling
 
     def to(self, device: torch.device) -> Batch:
         return Batch(
@@ -67,6 +70,7 @@ class Batch:
             self.attention_mask.to(device, non_blocking=True),
             self.labels.to(device, non_blocking=True),
             self.n_tokens,
+            None if self.soft is None else self.soft.to(device, non_blocking=True),
         )
 
 
@@ -137,7 +141,9 @@ def label_to_str(value: Any) -> str | None:
     return None
 
 
-def read_examples(path: str | Path, text_field: str = "text", label_field: str = "label") -> list[Example]:
+def read_examples(
+    path: str | Path, text_field: str = "text", label_field: str = "label", soft_field: str = ""
+) -> list[Example]:
     examples = []
     for number, record in iter_records(path, columns=(text_field, label_field)):
         text = record.get(text_field)
@@ -146,10 +152,26 @@ def read_examples(path: str | Path, text_field: str = "text", label_field: str =
         label = label_to_str(record.get(label_field))
         if label is None:
             raise ValueError(f'{path}:{number}: "{label_field}" is missing or empty')
-        examples.append(Example(text=text, label=label, line=number))
+        soft = (
+            _soft_targets(record.get(soft_field), f'{path}:{number}: "{soft_field}"') if soft_field else None
+        )
+        examples.append(Example(text=text, label=label, line=number, soft=soft))
     if not examples:
         raise ValueError(f"{path}: no examples")
     return examples
+
+
+def _soft_targets(value: Any, where: str) -> dict[str, float]:
+    if (
+        not isinstance(value, dict)
+        or not value
+        or not all(
+            isinstance(p, int | float) and not isinstance(p, bool) and 0 <= p <= 1 for p in value.values()
+        )
+        or not math.isclose(sum(value.values()), 1.0, abs_tol=1e-3)
+    ):
+        raise ValueError(f"{where} must map labels to probabilities that sum to 1")
+    return {str(label): float(p) for label, p in value.items()}
 
 
 def sorted_labels(examples: Sequence[Example]) -> list[str]:
@@ -227,7 +249,12 @@ def encode(
             return_token_type_ids=False,
         )
         input_ids.extend(list(ids) for ids in encoded["input_ids"])
-    return EncodedSplit(input_ids=input_ids, label_ids=[label_id[example.label] for example in examples])
+    soft = None
+    if examples and all(example.soft is not None for example in examples):
+        soft = [[(example.soft or {}).get(label, 0.0) for label in labels] for example in examples]
+    return EncodedSplit(
+        input_ids=input_ids, label_ids=[label_id[example.label] for example in examples], soft_targets=soft
+    )
 
 
 def prepare_data(
@@ -240,13 +267,22 @@ def prepare_data(
     max_length: int,
     seed: int,
     validation_fraction: float,
+    labels: Sequence[str] = (),
+    soft_field: str = "",
 ) -> PreparedData:
-    train_examples = read_examples(training_file, text_field, label_field)
+    """`labels` fixes the label set (a distillation's: the teacher may never give some of them);
+    otherwise it is the training data's. `soft_field` names per-example target probabilities."""
+    train_examples = read_examples(training_file, text_field, label_field, soft_field)
     if validation_file:
         valid_examples = read_examples(validation_file, text_field, label_field)
     else:
         train_examples, valid_examples = stratified_split(train_examples, validation_fraction, seed)
-    labels = sorted_labels(train_examples)
+    unknown = sorted({example.label for example in train_examples} - set(labels)) if labels else []
+    if unknown:
+        raise ValueError(
+            f"the training data has labels outside the label set: {', '.join(map(repr, unknown))}"
+        )
+    labels = sorted(labels) if labels else sorted_labels(train_examples)
     if len(labels) < 2:
         raise ValueError(
             f"classification needs at least 2 distinct labels in the training data, found {labels}"
@@ -306,7 +342,10 @@ def collate(split: EncodedSplit, indices: Sequence[int], pad_id: int, pad_to_mul
         input_ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
         attention_mask[r, : len(row)] = 1
     labels = torch.tensor([split.label_ids[i] for i in indices], dtype=torch.long)
-    return Batch(input_ids, attention_mask, labels, n_tokens=sum(len(row) for row in rows))
+    soft = None
+    if split.soft_targets is not None:
+        soft = torch.tensor([split.soft_targets[i] for i in indices], dtype=torch.float32)
+    return Batch(input_ids, attention_mask, labels, n_tokens=sum(len(row) for row in rows), soft=soft)
 
 
 def count_tokens(path: str | Path, text_field: str, max_length: int, tokenizer: Any) -> int:

@@ -217,6 +217,10 @@ class TrainSpec:
     messages_field: str = "messages"  # chat rows
     prompt_field: str = "prompt"  # prompt/completion rows
     completion_field: str = "completion"
+    # Distillation (a student classifier learning from a teacher's labels):
+    labels: tuple[str, ...] = ()  # the label set, even labels the teacher never gave; () → the data's
+    soft_label_field: str = ""  # a field of {label: probability} to learn instead of the hard label
+    distill_temperature: float = 1.0  # the temperature those probabilities were softened with
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

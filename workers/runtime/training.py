@@ -186,12 +186,27 @@ def forward_logits(model: Any, batch: Batch, device: torch.device) -> torch.Tens
     return logits.float()  # the loss in fp32 whatever the autocast dtype
 
 
+def batch_loss(logits: torch.Tensor, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
+    """Cross-entropy on the labels, or, when the batch carries a teacher's softened probabilities,
+    the KL divergence to them at the same temperature, scaled by T² so that its gradients keep the
+    size of a hard-label loss whatever T is (Hinton et al., 2015)."""
+    if batch.soft is None:
+        return F.cross_entropy(logits, batch.labels)
+    log_probs = F.log_softmax(logits / temperature, dim=-1)
+    return F.kl_div(log_probs, batch.soft, reduction="batchmean") * temperature**2
+
+
 def train_step(
-    model: Any, optimizer: torch.optim.Optimizer, batch: Batch, lr: float, hp: Hyperparameters
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    lr: float,
+    hp: Hyperparameters,
+    temperature: float = 1.0,
 ) -> float:
     for group in optimizer.param_groups:
         group["lr"] = lr
-    loss = F.cross_entropy(forward_logits(model, batch, batch.input_ids.device), batch.labels)
+    loss = batch_loss(forward_logits(model, batch, batch.input_ids.device), batch, temperature)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
     optimizer.step()
@@ -332,6 +347,8 @@ def train(
             max_length=effective_max_length(hp, tokenizer, spec.base_model_dir),
             seed=hp.seed,
             validation_fraction=VALIDATION_FRACTION,
+            labels=spec.labels,
+            soft_field=spec.soft_label_field,
         )
         total_steps = math.ceil(len(data.train) / hp.batch_size) * hp.n_epochs
 
@@ -360,7 +377,7 @@ def train(
                     break
                 batch = run.train_batch(indices)
                 lr = lr_at(state.step, hp.learning_rate, run.warmup_steps, total_steps)
-                loss = train_step(model, optimizer, batch, lr, hp)
+                loss = train_step(model, optimizer, batch, lr, hp, spec.distill_temperature)
                 state.record_step(loss, batch.n_tokens)
                 run.emit("step", {"train_loss": loss, "learning_rate": lr})
                 every = spec.checkpoint_every_steps

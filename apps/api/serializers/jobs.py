@@ -58,7 +58,11 @@ def fine_tuning_job(job: Job) -> dict[str, Any]:
         if method_type in ("supervised", "dpo", "reinforcement")
         else None,
         # Extensions
-        "method_details": {"type": method_type, method_type: {"hyperparameters": hp}},
+        "method_details": {
+            "type": method_type,
+            method_type: _method_options(method, method_type) | {"hyperparameters": hp},
+        },
+        "distillation": (job.result or {}).get("distillation") if method_type == "distillation" else None,
         "status_reason": job.status_reason or None,
         "queue_position": queue_position(job),
         "progress": {
@@ -73,6 +77,13 @@ def fine_tuning_job(job: Job) -> dict[str, Any]:
         "attempt": job.attempt,
     }
     return body
+
+
+def _method_options(method: dict[str, Any], method_type: str) -> dict[str, Any]:
+    """The method's options as stored (LoRA, a distillation's teacher and labels), without the
+    hyperparameters as requested: the resolved ones replace them."""
+    section = method.get(method_type) or {}
+    return {key: value for key, value in section.items() if key != "hyperparameters"}
 
 
 def job_event(event: JobEvent) -> dict[str, Any]:
@@ -124,6 +135,10 @@ class FineTuningJobSerializer(serializers.Serializer):
     metadata = serializers.DictField(allow_null=True)
     method = serializers.DictField(allow_null=True)
     method_details = serializers.DictField(help_text="Extension: the method with every hyperparameter.")
+    distillation = serializers.DictField(
+        allow_null=True,
+        help_text="Extension: a finished distillation's comparison of teacher and student on held-out texts.",
+    )
     status_reason = serializers.CharField(allow_null=True, help_text="Extension, e.g. budget_reached.")
     queue_position = serializers.IntegerField(allow_null=True, help_text="Extension: 1 = next to start.")
     progress = serializers.DictField(help_text="Extension: step, total_steps, percent, eta_seconds.")
