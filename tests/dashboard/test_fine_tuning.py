@@ -119,7 +119,8 @@ def test_the_form_lists_only_this_projects_processed_fine_tune_files(
     for other in (pending, broken, batch, foreign):
         assert other.public_id not in page
     assert 'value="minilm-l6"' in page and 'value="smollm2-135m-instruct"' in page
-    assert "openai:gpt-4o-mini" not in page  # not fine-tunable
+    base_models = page.split('id="id_model"')[1].split("</select>")[0]
+    assert "openai:gpt-4o-mini" not in base_models  # not fine-tunable (it can teach, below)
     assert 'hx-post="/projects/' in page and 'hx-trigger="load, change"' in page
 
 
@@ -158,7 +159,7 @@ def test_the_estimate_shows_tokens_steps_time_and_cost(
     assert '<div class="stat" id="estimate-time">18 s</div>' in page
     assert '<div class="stat" id="estimate-cost">$0.014</div>' in page
     assert field_error(page, "n_epochs") == ""  # every slot is cleared out of band
-    assert page.count('hx-swap-oob="true"') == 14
+    assert page.count('hx-swap-oob="true"') == 17  # every field and the form
 
 
 def test_the_estimate_shows_an_action_error_next_to_its_field(
@@ -494,3 +495,83 @@ def test_usd_shows_micro_dollars_as_dollars() -> None:
     assert usd(1) == "$0.000001"
     assert usd(1_234_567_890) == "$1,234.57"
     assert usd(None) == ""
+
+
+# --- Distillation ---------------------------------------------------------------------------------
+DISTILLATION = {
+    "teacher": "ft:tiny-bert:acme:tickets:ftjob-1", "held_out_texts": 20, "agreement": 0.95,
+    "teacher_accuracy": 0.9, "student_accuracy": 0.85, "texts_with_labels": 20,
+    "teacher_texts_per_second": 12.5, "student_texts_per_second": 410.0, "teacher_cost_per_1000_texts": 9000,
+    "student_cost_per_1000_texts": 2100, "labelled_texts": 196, "unparseable_answers": 4, "teacher_cost": 1764,
+    "currency": "usd_micros",
+}  # fmt: skip
+
+
+def test_a_distillation_started_here_is_the_jobs_api_distillation(
+    alice_client: Any, api: Any, alice_project: Any, tiny_classifier: Model, carol_project: Any,
+) -> None:  # fmt: skip
+    texts = make_file(alice_project, "texts.csv", format="text_csv")
+    Model.objects.create(name="ft:tiny-bert:other:x:ftjob-2", organization=carol_project.organization, task="classification",
+                         labels=["a", "b"], limits={"servable": True})  # fmt: skip
+    use_plan(alice_project.organization, "pro")
+    new = f"/projects/{alice_project.public_id}/fine-tuning/new"
+
+    page = alice_client.get(new).content.decode()
+    response = alice_client.post(new, form(texts, teacher=tiny_classifier.name, temperature="3", seed="7"))
+    body = {"model": "minilm-l6", "training_file": texts.public_id, "seed": 7, "method": {"type": "distillation",
+            "distillation": {"teacher": tiny_classifier.name, "temperature": 3, "hyperparameters": {
+                "warmup_ratio": 0.1, "weight_decay": 0.01, "max_seq_length": 128, "early_stopping_patience": 3}}}}  # fmt: skip
+    api_job = Job.objects.get(public_id=api.post("/v1/fine_tuning/jobs", body, format="json").json()["id"])
+
+    assert f'<option value="{tiny_classifier.name}" >' in page  # alice's classifier can teach
+    assert "ft:tiny-bert:other" not in page  # another organization's cannot
+    assert response.status_code == 302
+    dashboard_job = Job.objects.exclude(pk=api_job.pk).get()
+    assert dashboard_job.request == api_job.request
+    assert dashboard_job.request["method"]["distillation"]["labels"] == ["billing", "bug", "praise"]
+
+
+def test_a_teachers_error_is_shown_next_to_its_field(
+    alice_client: Any, alice_project: Any, tiny_chat: Model
+) -> None:
+    texts = make_file(alice_project, "texts.csv", format="text_csv")
+    url = f"/projects/{alice_project.public_id}/fine-tuning/estimate"
+
+    missing = alice_client.post(url, form(texts, teacher="tiny-gpt2")).content.decode()
+    single = alice_client.post(url, form(texts, teacher="tiny-gpt2", labels="spam")).content.decode()
+    good = alice_client.post(url, form(texts, teacher="tiny-gpt2", labels="spam, ham")).content.decode()
+
+    assert field_error(missing, "labels") == (
+        "Missing required parameter: 'method.distillation.labels' (the classes a generation teacher chooses from)."
+    )
+    assert field_error(single, "labels") == "labels must be a list of 2 to 100 class names."
+    assert field_error(good, "labels") == ""
+    assert "Includes the teacher's labelling: $" in good
+
+
+def test_a_finished_distillation_compares_teacher_and_student_and_links_its_files(
+    alice_client: Any, alice_project: Any
+) -> None:
+    files = [make_file(alice_project, name, purpose="fine-tune-results", bytes=120)
+             for name in ("job_results.csv", "job_teacher_labels.csv")]  # fmt: skip
+    job = make_job(
+        alice_project, JobStatus.SUCCEEDED, finished_at=timezone.now(),
+        result={"metrics": METRICS, "labels": ["negative", "positive"], "steps": 90, "distillation": DISTILLATION},
+        result_files=[f.public_id for f in files] + ["file-deleted"],
+        request={"method": {"type": "distillation", "distillation": {"teacher": DISTILLATION["teacher"]}}},
+    )  # fmt: skip
+
+    page = alice_client.get(pages(alice_project, job)["detail"]).content.decode()
+
+    assert '<strong id="distillation-agreement">95%</strong>' in page
+    table = page.split('id="distillation-comparison"')[1].split("</table>")[0]
+    assert "<tr><th>Accuracy on the file's labels</th>\n      <td>90%</td>\n      <td>85%</td></tr>" in table
+    assert "<tr><th>Texts per second</th><td>12.5</td><td>410.0</td></tr>" in table
+    assert f"<tr><th>Cost per 1,000 texts</th><td>{usd(9000)}</td><td>{usd(2100)}</td></tr>" in table
+    assert "<strong>4 answers named no label</strong>" in page
+    links = page.split('id="job-result-files"')[1].split("</ul>")[0]
+    assert [f"/projects/{alice_project.public_id}/files/{f.public_id}/content" in links for f in files] == [
+        True,
+        True,
+    ]
+    assert "file-deleted" not in links

@@ -165,7 +165,7 @@ def sentiment_answer(path: str, body: Any) -> FakeResponse | None:
     texts with "day" in them get an answer that names no single label."""
     if not path.endswith("/chat/completions"):
         return None
-    text = re.search(r"Text:\n(.*)\n\nLabel:", body["messages"][-1]["content"], re.S)
+    text = re.search(r"Text: (.*)\n\nAnswer with the label only\.", body["messages"][-1]["content"], re.S)
     assert text is not None, body
     words = set(text.group(1).split())
     if "day" in words:
@@ -224,7 +224,9 @@ def test_an_openai_teacher_labels_through_the_proxy_and_bad_answers_are_reported
     bad = [row for row in rows if row["parsed"] == "no"]
     assert len(bad) == unsure and {row["teacher_answer"] for row in bad} == {UNSURE}
     assert all(row["teacher_label"] == "" for row in bad)
-    message = f"The teacher labelled {150 - unsure} of 150 texts; {unsure} answers named no label and are left out."
+    message = (
+        f"The teacher labelled {150 - unsure} of 150 texts; {unsure} answers named no label and are left out."
+    )
     assert JobEvent.objects.filter(job__public_id=job_id, message=message).exists()
     # billed as the upstream reported it, at the proxied model's prices
     billed = usage(job_id)

@@ -68,9 +68,11 @@ HYPERPARAMETER_FIELDS = (
     Field("seed", "Seed", AUTO, "The same seed, data and settings give the same model. auto picks one."),
 )  # fmt: skip
 HYPERPARAMETERS = tuple(f.name for f in HYPERPARAMETER_FIELDS if f.name != "seed")
+# A teacher turns the job into a distillation: it labels the training file's texts for the student.
+DISTILLATION_FIELDS = ("teacher", "labels", "temperature")
 FIELD_NAMES = (
     "training_file", "validation_file", "model", "suffix", *(f.name for f in HYPERPARAMETER_FIELDS),
-    "max_cost",
+    "max_cost", *DISTILLATION_FIELDS,
 )  # fmt: skip
 INITIAL = {f.name: f.initial for f in HYPERPARAMETER_FIELDS}
 
@@ -98,6 +100,14 @@ def _training_files(project: Project) -> Any:
 
 def _base_models() -> Any:
     return Model.objects.catalog().filter(is_fine_tunable=True)
+
+
+def _teachers(project: Project) -> list[Model]:
+    """Models that can label texts: the organization's classifiers and every callable generation model."""
+    models = Model.objects.visible_to(project.organization).order_by("task", "name")
+    return [
+        m for m in models if m.limit("servable", True) and (m.task == Task.GENERATION or len(m.labels) >= 2)
+    ]
 
 
 # --- The form: values → the API's request body --------------------------------------------------
@@ -148,17 +158,35 @@ def _request_body(project: Project, values: dict[str, str]) -> dict[str, Any]:
         body["max_cost"] = _micros(values["max_cost"])
     requested = {name: _number(values[name]) for name in HYPERPARAMETERS if not _is_auto(values[name])}
     model = Model.objects.visible_to(project.organization).filter(name=values["model"]).first()
-    if model is not None:
+    if values["teacher"]:
+        body["method"] = {
+            "type": "distillation",
+            "distillation": _distillation(values) | {"hyperparameters": requested},
+        }
+    elif model is not None:
         method = "classification" if model.task == Task.CLASSIFICATION else "supervised"
         body["method"] = {"type": method, method: {"hyperparameters": requested}}
     return body
 
 
+def _distillation(values: dict[str, str]) -> dict[str, Any]:
+    section: dict[str, Any] = {"teacher": values["teacher"]}
+    if values["labels"]:  # one per line or comma-separated, as typed
+        section["labels"] = [
+            label.strip() for label in values["labels"].replace("\n", ",").split(",") if label.strip()
+        ]
+    if values["temperature"]:
+        section["temperature"] = _number(values["temperature"])
+    return section
+
+
 def _field_for(param: str | None) -> str:
     """The form field an ActionError's `param` names ("form" when none matches)."""
-    name = (param or "").removeprefix("hyperparameters.")
+    name = (param or "").removeprefix("hyperparameters.").removeprefix("method.distillation.")
     if name == "learning_rate":
         name = "learning_rate_multiplier"
+    elif name == "unlabeled_file":
+        name = "training_file"
     elif name.startswith("method."):
         name = "model"  # the method follows from the base model chosen
     return name if name in FIELD_NAMES else "form"
@@ -190,6 +218,7 @@ def _form_context(
         "errors": errors,
         "files": [_file_choice(f) for f in _training_files(project)],
         "base_models": _base_models(),
+        "teachers": _teachers(project),
         "hyperparameter_fields": [
             {"field": f, "value": values[f.name], "error": errors.get(f.name, "")}
             for f in HYPERPARAMETER_FIELDS
@@ -292,9 +321,19 @@ def _job_context(project: Project, job: Job) -> dict[str, Any]:
         in (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED),
         "cancelling": job.stop_requested == actions.STOP_CANCEL,
         **metrics_context(metrics, result.get("labels")),
+        "distillation": result.get("distillation"),
+        "result_files": _result_files(project, job),
         "events": events,
         "event_count": job.events.count() if len(events) == EVENTS_SHOWN else len(events),
     }
+
+
+def _result_files(project: Project, job: Job) -> list[File]:
+    """The job's results files (metrics per step, per-row validation loss, a teacher's labels), in
+    the order the job lists them; a deleted one is left out."""
+    ids = list(job.result_files or [])
+    files = {f.public_id: f for f in File.objects.filter(project=project, public_id__in=ids)}
+    return [files[i] for i in ids if i in files]
 
 
 def metrics_context(metrics: dict[str, Any], labels: list[str] | None = None) -> dict[str, Any]:

@@ -42,7 +42,12 @@ LABELS = ["negative", "positive"]
         ("positive, I think", None),
         ("not positive", None),
         ("positive negative", None),
-        ("Label: positive", None),
+        ("Label: positive", "positive"),
+        ("The text is negative.", "negative"),
+        ("it's *positive*", "positive"),
+        ("The text is a positive one.", None),
+        ("The text is not positive", None),
+        ("Answer: maybe", None),
         ("", None),
         (None, None),
         ("neutral", None),
@@ -55,9 +60,14 @@ def test_a_teachers_answer_must_name_exactly_one_label(answer: str | None, expec
 def test_the_prompt_lists_every_label_and_the_text() -> None:
     messages = label_prompt("what a film", LABELS)
 
-    assert [m["role"] for m in messages] == ["system", "user"]
-    assert messages[1]["content"] == "Labels:\n- negative\n- positive\n\nText:\nwhat a film\n\nLabel:"
-    assert prompt_overhead_tokens(LABELS) >= len(messages[0]["content"]) // 4
+    assert messages == [
+        {
+            "role": "user",
+            "content": "Classify the text as one of: negative, positive.\n\nText: what a film\n\n"
+            "Answer with the label only.",
+        }
+    ]
+    assert prompt_overhead_tokens(LABELS) >= (len(messages[0]["content"]) - len("what a film")) // 4
 
 
 def test_softened_probabilities_are_the_softmax_of_the_logits_over_t() -> None:
