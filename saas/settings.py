@@ -401,6 +401,9 @@ PRICE_BOOK: dict[str, dict[str, int]] = {
         "output_tokens": 400_000,  # $0.40 per 1M
         "classified_texts": 50_000_000,  # $0.05 per 1,000 texts
     },
+    # A 22M-parameter encoder reads a text in a small fraction of a 135M decoder's compute, and
+    # never generates: its texts are priced to match, so a distilled classifier is the cheap option.
+    "minilm-l6": {"trained_tokens": 2_000_000, "input_tokens": 20_000, "classified_texts": 1_000_000},
     "smollm2-135m-instruct": {"trained_tokens": 3_000_000, "input_tokens": 100_000, "output_tokens": 400_000},
     # Proxied OpenAI models: the upstream price plus our margin.
     "openai:gpt-4o-mini": {"input_tokens": 165_000, "output_tokens": 660_000},
