@@ -68,7 +68,9 @@ def per_1000(model: str, usage: dict[str, float]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n-texts", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -150,7 +152,9 @@ def main() -> None:
           f"accuracy teacher {held_scores.teacher_accuracy:.3f}, student {held_scores.student_accuracy:.3f}")  # fmt: skip
     print(f"{'':24}{'teacher (SmolLM2-135M)':>24}{'student (MiniLM-L6)':>22}{'ratio':>9}")
     print(f"{'texts/s':24}{teacher_tps:>24.2f}{student_tps:>22.1f}{student_tps / teacher_tps:>8.0f}x")
-    print(f"{'$ per 1,000 texts':24}{teacher_cost:>24.5f}{student_cost:>22.5f}{teacher_cost / student_cost:>8.1f}x")
+    print(
+        f"{'$ per 1,000 texts':24}{teacher_cost:>24.5f}{student_cost:>22.5f}{teacher_cost / student_cost:>8.1f}x"
+    )
     print(f"{'tokens per text':24}{teacher_usage['input_tokens']:>16.1f} in, {teacher_usage['output_tokens']:.1f} out"
           f"{student_usage['input_tokens']:>16.1f} in")  # fmt: skip
 
