@@ -266,6 +266,10 @@ PROMPT_MAX_BYTES = env_int("PROMPT_MAX_BYTES", 256 * 1024)
 INFERENCE_TIMEOUT_SECONDS = env_float("INFERENCE_TIMEOUT_SECONDS", 120)
 # Requests of the same model waiting together are run as one batch on a worker, up to this many.
 INFERENCE_MAX_BATCH = env_int("INFERENCE_MAX_BATCH", 8)
+# Load shedding: past this many requests waiting for a worker of one queue, new ones get 503 with
+# retry-after at once. 256 is ~15 s of the tiny-model throughput of one CPU worker (bench/load.py).
+INFERENCE_MAX_QUEUED = env_int("INFERENCE_MAX_QUEUED", 256)
+INFERENCE_SHED_RETRY_AFTER_SECONDS = env_int("INFERENCE_SHED_RETRY_AFTER_SECONDS", 2)
 FILE_UPLOAD_HANDLERS = [
     "apps.projects.uploads.MaxSizeUploadHandler",
     "django.core.files.uploadhandler.MemoryFileUploadHandler",

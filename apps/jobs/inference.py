@@ -301,6 +301,27 @@ def estimate_tokens(request: dict[str, Any]) -> int:
     return len(json.dumps(prompt)) // 4 + completion
 
 
+OVERLOADED = (
+    "More requests are waiting for {model} than its workers can take right now. Retry in {seconds} s."
+)
+
+
+def check_backlog(model: Model) -> None:
+    """Load shedding. When INFERENCE_MAX_QUEUED requests already wait for a worker of this model's
+    queue, a new one is refused at once with 503 and retry-after (which the OpenAI SDK honours and
+    retries) instead of waiting its way towards a 504. Not knowing the backlog (broker down) sheds
+    nothing: publishing copes with that on its own."""
+    from apps.core.broker import queue_length
+
+    waiting = queue_length("default" if model.provider == Provider.OPENAI else "gpu")
+    if waiting is not None and waiting >= settings.INFERENCE_MAX_QUEUED:
+        seconds = settings.INFERENCE_SHED_RETRY_AFTER_SECONDS
+        error = ActionError(OVERLOADED.format(model=model.name, seconds=seconds), code="server_overloaded",
+                            status=503)  # fmt: skip
+        error.headers = {"retry-after": str(seconds)}
+        raise error
+
+
 def submit(
     project: Project, model: Model, request: dict[str, Any], *, api_key: Any = None, user: Any = None
 ) -> Job:

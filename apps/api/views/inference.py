@@ -50,6 +50,7 @@ class InferenceView(ProjectAPIView):
         subscription = quotas.check_quota(self.organization)
         model, parsed = self.parse(request.data)
         quotas.check_model(subscription, model.name)
+        inference.check_backlog(model)  # before the rate limit: a shed request costs the customer nothing
         headers = quotas.check_rate(subscription, self.api_key, inference.estimate_tokens(parsed))
         job = inference.submit(
             self.project, model, parsed, api_key=self.api_key, user=self.api_key.created_by

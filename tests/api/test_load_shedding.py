@@ -1,0 +1,82 @@
+"""Load shedding: past INFERENCE_MAX_QUEUED requests waiting for a worker, a new inference request
+is refused at once with 503 and retry-after, before it is counted against any limit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from apps.core import broker
+from apps.jobs.models import Job
+from tests.conftest import purge_queues
+
+
+@pytest.fixture
+def waiting_requests(db: None) -> Iterator[Any]:
+    """Puts n messages in the gpu queue, as requests nobody has taken yet; empties it afterwards."""
+    purge_queues()
+
+    def add(n: int) -> None:
+        for _ in range(n):
+            assert broker.send_now("jobs.run_inference", ["clfjob-nobody", 1])
+
+    yield add
+    purge_queues()
+
+
+def classify(api: Any, model: str) -> Any:
+    return api.post("/v1/classifications", {"model": model, "input": ["where is my invoice"]}, format="json")
+
+
+def test_a_full_queue_sheds_a_new_request_with_503_and_retry_after(
+    api: Any, tiny_classifier: Any, waiting_requests: Any, settings: Any
+) -> None:
+    settings.INFERENCE_MAX_QUEUED = 3
+    waiting_requests(3)
+
+    response = classify(api, tiny_classifier.name)
+
+    assert response.status_code == 503
+    assert response["retry-after"] == "2"
+    assert response.json()["error"] == {
+        "message": f"More requests are waiting for {tiny_classifier.name} than its workers can take right now. "
+        "Retry in 2 s.",
+        "type": "server_error",
+        "param": None,
+        "code": "server_overloaded",
+    }
+    assert not Job.objects.exists()
+    assert "x-ratelimit-remaining-requests" not in response  # shed before the rate limit counted it
+
+
+def test_below_the_limit_a_request_waits_for_its_worker(
+    api: Any, tiny_classifier: Any, waiting_requests: Any, settings: Any
+) -> None:
+    settings.INFERENCE_MAX_QUEUED = 3
+    settings.INFERENCE_TIMEOUT_SECONDS = 0.5
+    waiting_requests(2)
+
+    response = classify(api, tiny_classifier.name)
+
+    assert response.status_code == 504  # queued, then timed out: no worker runs in this test
+    assert Job.objects.get().status == "cancelled"
+
+
+def test_the_backlog_counts_every_priority_of_the_queue(waiting_requests: Any) -> None:
+    from saas.celery import app
+
+    waiting_requests(2)
+    app.send_task("jobs.run_inference", args=["clfjob-nobody", 1], priority=6)
+
+    assert broker.queue_length("gpu") == 3
+
+
+def test_an_unreachable_broker_sheds_nothing(settings: Any) -> None:
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
+    broker._broker_redis.cache_clear()
+    try:
+        assert broker.queue_length("gpu") is None
+    finally:
+        broker._broker_redis.cache_clear()
