@@ -26,9 +26,9 @@ import os
 import random
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,7 @@ from workers.runtime.training import (
     MODEL_CARD_FILE,
     TRAINER_STATE_FILE,
     LoopState,
+    RunBase,
     autocast_for,
     build_optimizer,
     checkpoint_path,
@@ -63,11 +64,7 @@ from workers.runtime.training import (
     lr_at,
     read_trainer_state,
     resolve_device,
-    restore_rng_state,
-    rng_state,
     save_final_model,
-    track_checkpoint,
-    warmup_steps_for,
 )
 
 METHOD = "supervised"
@@ -582,7 +579,8 @@ def train_lm(
 
         # -- optimizer / schedule
         optimizer = build_optimizer(model, hp, device)
-        run = LMRun(spec, device, tokenizer, data, model, optimizer, total_steps, on_progress, lora)
+        run = LMRun(spec=spec, device=device, tokenizer=tokenizer, data=data, model=model, optimizer=optimizer,
+                    total_steps=total_steps, on_progress=on_progress, lora=lora)  # fmt: skip
         if saved is not None:
             run.restore(saved)
         run.log_banner()
@@ -634,35 +632,27 @@ class LMLoopState(LoopState):
         super().finish_epoch(metrics, checkpoint, patience)
 
 
-@dataclass
-class LMRun:
-    """One run's objects, shared by the loop's bookkeeping (events, eval, checkpoints, save)."""
+@dataclass(kw_only=True)
+class LMRun(RunBase):
+    """A causal LM's run: its data, token-level evaluation, epoch end and final save (merged)."""
 
-    spec: TrainSpec
-    device: torch.device
-    tokenizer: Any
+    trainer_name: ClassVar[str] = TRAINER
+    state_class: ClassVar[type[LoopState]] = LMLoopState
+
     data: LMData
-    model: Any
-    optimizer: torch.optim.Optimizer
-    total_steps: int
-    on_progress: Callable[[ProgressEvent], None]
     lora: dict[str, Any] | None
     state: LMLoopState = field(default_factory=LMLoopState)
 
     def __post_init__(self) -> None:
-        hp = self.spec.hyperparameters
-        self.warmup_steps = warmup_steps_for(hp, self.total_steps)
-        self.pad_to = 8 if self.device.type == "cuda" else 1  # tensor cores want widths in multiples of 8
+        super().__post_init__()
         self.pad_id = self.tokenizer.pad_token_id
         self.train_lengths = self.data.train.lengths()
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         # Validation batches never change: collate them once, longest first, twice the batch (no grads).
         self.valid_batches = [
             collate_lm(self.data.valid, indices, self.pad_id, self.pad_to)
-            for indices in eval_batches(self.data.valid.lengths(), hp.batch_size * 2)
+            for indices in eval_batches(self.data.valid.lengths(), self.spec.hyperparameters.batch_size * 2)
         ]
-        spec_dir = self.spec.checkpoint_dir
-        self.checkpoint_root = Path(spec_dir) if spec_dir else Path(self.spec.output_dir) / "checkpoints"
 
     def train_batch(self, indices: Sequence[int]) -> LMBatch:
         return collate_lm(self.data.train, indices, self.pad_id, self.pad_to).to(self.device)
@@ -673,21 +663,11 @@ class LMRun:
             "train_mean_token_accuracy": self.state.mean_train_accuracy(),
         }
 
-    def emit(
-        self, kind: str, metrics: dict[str, Any] | None = None, message: str = "", path: str = ""
-    ) -> None:
-        self.on_progress(
-            ProgressEvent(
-                kind=kind,
-                step=self.state.step,
-                total_steps=self.total_steps,
-                epoch=self.state.display_epoch(),
-                metrics=metrics or {},
-                message=message,
-                checkpoint_dir=path or None,
-                trained_tokens=self.state.trained_tokens,
-            )
-        )
+    def trainer_state_extras(self) -> dict[str, Any]:
+        return {"lora": self.lora}
+
+    def write_checkpoint(self, path: Path, trainer_state: dict[str, Any]) -> None:
+        write_lm_checkpoint(path, self.model, self.tokenizer, trainer_state)
 
     def log_banner(self) -> None:
         hp = self.spec.hyperparameters
@@ -729,83 +709,7 @@ class LMRun:
         path = checkpoint_path(self.checkpoint_root, self.state.step)
         self.state.finish_epoch(metrics, str(path), self.spec.hyperparameters.early_stopping_patience)
         self.checkpoint(metrics)
-        if self.state.early_stopped:
-            waited, best_step = self.state.evals_without_improvement, self.state.best_metrics.get("best_step")
-            self.emit(
-                "log",
-                message=f"Early stopping: no better valid_loss for {waited} evaluations; keeping step {best_step}",
-            )
-
-    def checkpoint(self, metrics: dict[str, Any]) -> None:
-        path = checkpoint_path(self.checkpoint_root, self.state.step)
-        info = CheckpointInfo(self.state.step, self.state.display_epoch(), str(path), metrics)
-        dropped = track_checkpoint(self.state, info)
-        write_lm_checkpoint(path, self.model, self.tokenizer, self.trainer_state(metrics))
-        for old in dropped:  # only once the new one is safely on disk
-            shutil.rmtree(old, ignore_errors=True)
-        self.emit("checkpoint", metrics, f"checkpoint at step {self.state.step}", str(path))
-
-    def trainer_state(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        """Everything but the weights; only tensors and plain containers, so weights_only loads it."""
-        return {
-            "format_version": FORMAT_VERSION,
-            "trainer": TRAINER,
-            "step": self.state.step,
-            "total_steps": self.total_steps,
-            "lora": self.lora,
-            "spec": self.spec.to_dict(),
-            "metrics": metrics,
-            "optimizer": self.optimizer.state_dict(),
-            # The schedule is a pure function of the step (lr_at), so its state is just its inputs.
-            "scheduler": {
-                "name": "linear_warmup_decay",
-                "peak_lr": self.spec.hyperparameters.learning_rate,
-                "warmup_steps": self.warmup_steps,
-                "total_steps": self.total_steps,
-                "last_step": self.state.step,
-            },
-            "rng": rng_state(),
-            "loop": asdict(self.state),
-        }
-
-    def restore(self, saved: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(saved["optimizer"])  # moves the moments to the params' device
-        restore_rng_state(saved["rng"])  # dropout continues exactly where the interrupted run was
-        self.state = LMLoopState(**saved["loop"])
-        self.adopt_checkpoints(int(saved["step"]))
-
-    def adopt_checkpoints(self, resumed_step: int) -> None:
-        """The restored state names checkpoints by the paths of the attempt that wrote them: its work
-        directory, perhaps on another machine, perhaps removed. Keep only what this attempt owns: the
-        checkpoint it resumed from, and a copy of the best one while it is still on this disk (else
-        the resumed checkpoint stands in for it), so nothing of another attempt is ever deleted or
-        needed for the final model. (training.Run gets the same rule.)"""
-        resumed, state = str(self.spec.resume_from), self.state
-        info = next((c for c in state.checkpoints if c["step"] == resumed_step), None)
-        state.checkpoints = [{**info, "path": resumed}] if info else []
-        best = state.best_checkpoint
-        if best is None or best == resumed:
-            return
-        if Path(best).name == checkpoint_path(self.checkpoint_root, resumed_step).name:
-            state.best_checkpoint = resumed
-        elif Path(best).is_dir():
-            copy = self.checkpoint_root / Path(best).name
-            if not copy.exists():
-                shutil.copytree(best, copy)
-            state.best_checkpoint = str(copy)
-        else:
-            metrics = (info or {}).get("metrics") or {}
-            has_loss = info is not None and "valid_loss" in metrics
-            state.best_checkpoint = resumed
-            state.best_valid_loss = metrics["valid_loss"] if has_loss else math.inf
-            state.best_metrics = (
-                {**metrics, "best_step": resumed_step, "best_epoch": info["epoch"]}
-                if has_loss and info
-                else {}
-            )
-
-    def last_checkpoint_step(self) -> int:
-        return self.state.checkpoints[-1]["step"] if self.state.checkpoints else -1
+        self.early_stop_message()
 
     def save(self, stopped: bool) -> TrainResult:
         output_dir = Path(self.spec.output_dir)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -361,7 +361,8 @@ def train(
 
         # -- optimizer / schedule
         optimizer = build_optimizer(model, hp, device)
-        run = Run(spec, device, tokenizer, data, model, optimizer, total_steps, on_progress)
+        run = Run(spec=spec, device=device, tokenizer=tokenizer, data=data, model=model, optimizer=optimizer,
+                  total_steps=total_steps, on_progress=on_progress)  # fmt: skip
         if saved is not None:
             run.restore(saved)
         run.log_banner()
@@ -392,14 +393,18 @@ def train(
         return run.save(stopped)
 
 
-@dataclass
-class Run:
-    """One training run's objects, shared by the loop's bookkeeping (events, eval, checkpoints)."""
+@dataclass(kw_only=True)
+class RunBase:
+    """What every training run shares with the loop's bookkeeping: progress events, checkpoints,
+    the trainer state saved in them, and resuming from one. `Run` (classifiers) and
+    `sft.LMRun` (causal LMs) add their data, evaluation and final save."""
+
+    trainer_name: ClassVar[str] = "classification"  # marks the checkpoints; another trainer refuses them
+    state_class: ClassVar[type[LoopState]] = LoopState
 
     spec: TrainSpec
     device: torch.device
     tokenizer: Any
-    data: PreparedData
     model: Any
     optimizer: torch.optim.Optimizer
     total_steps: int
@@ -407,20 +412,10 @@ class Run:
     state: LoopState = field(default_factory=LoopState)
 
     def __post_init__(self) -> None:
-        hp = self.spec.hyperparameters
-        self.warmup_steps = warmup_steps_for(hp, self.total_steps)
+        self.warmup_steps = warmup_steps_for(self.spec.hyperparameters, self.total_steps)
         self.pad_to = 8 if self.device.type == "cuda" else 1  # tensor cores want widths in multiples of 8
-        self.train_lengths = self.data.train.lengths()
-        # Validation batches never change: collate them once, longest first, twice the batch (no grads).
-        self.valid_batches = [
-            collate(self.data.valid, indices, self.tokenizer.pad_token_id, self.pad_to)
-            for indices in eval_batches(self.data.valid.lengths(), hp.batch_size * 2)
-        ]
         spec_dir = self.spec.checkpoint_dir
         self.checkpoint_root = Path(spec_dir) if spec_dir else Path(self.spec.output_dir) / "checkpoints"
-
-    def train_batch(self, indices: Sequence[int]) -> Batch:
-        return collate(self.data.train, indices, self.tokenizer.pad_token_id, self.pad_to).to(self.device)
 
     def emit(
         self, kind: str, metrics: dict[str, Any] | None = None, message: str = "", path: str = ""
@@ -438,60 +433,26 @@ class Run:
             )
         )
 
-    def log_banner(self) -> None:
-        hp = self.spec.hyperparameters
-        n_train, n_valid = len(self.data.train), len(self.data.valid)
-        message = (
-            f"Running training: {n_train} examples ({n_valid} for validation), {hp.n_epochs} epochs, "
-            f"batch size {hp.batch_size}, {self.total_steps} total steps ({self.warmup_steps} warmup), "
-            f"learning rate {hp.learning_rate:g}, {len(self.data.labels)} labels, device {self.device}"
-        )
-        figures = {
-            "train_examples": n_train,
-            "valid_examples": n_valid,
-            "labels": self.data.labels,
-            "n_epochs": hp.n_epochs,
-            "batch_size": hp.batch_size,
-            "total_steps": self.total_steps,
-            "warmup_steps": self.warmup_steps,
-        }
-        self.emit("log", figures, message)
-        if self.spec.resume_from:
-            self.emit("log", message=f"Resumed from {self.spec.resume_from} at step {self.state.step}")
-
-    def end_epoch(self) -> None:
-        metrics: dict[str, Any] = {"train_loss": self.state.mean_train_loss()}
-        if len(self.data.valid):
-            metrics.update(evaluate(self.model, self.valid_batches, self.data.labels, self.device))
-            self.emit("eval", metrics)
-        # The checkpoint is named before it is written, so its own saved state can point at it as best.
-        path = checkpoint_path(self.checkpoint_root, self.state.step)
-        self.state.finish_epoch(metrics, str(path), self.spec.hyperparameters.early_stopping_patience)
-        self.checkpoint(metrics)
-        if self.state.early_stopped:
-            waited, best_step = self.state.evals_without_improvement, self.state.best_metrics.get("best_step")
-            message = (
-                f"Early stopping: no better valid_loss for {waited} evaluations; keeping step {best_step}"
-            )
-            self.emit("log", message=message)
-
     def checkpoint(self, metrics: dict[str, Any]) -> None:
         path = checkpoint_path(self.checkpoint_root, self.state.step)
         info = CheckpointInfo(self.state.step, self.state.display_epoch(), str(path), metrics)
         dropped = track_checkpoint(self.state, info)
-        write_checkpoint(path, self.model, self.tokenizer, self.trainer_state(metrics))
+        self.write_checkpoint(path, self.trainer_state(metrics))
         for old in dropped:  # only once the new one is safely on disk
             shutil.rmtree(old, ignore_errors=True)
         self.emit("checkpoint", metrics, f"checkpoint at step {self.state.step}", str(path))
+
+    def write_checkpoint(self, path: Path, trainer_state: dict[str, Any]) -> None:
+        write_checkpoint(path, self.model, self.tokenizer, trainer_state)
 
     def trainer_state(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """Everything but the weights; only tensors and plain containers, so weights_only loads it."""
         return {
             "format_version": FORMAT_VERSION,
-            "trainer": "classification",
+            "trainer": self.trainer_name,
             "step": self.state.step,
             "total_steps": self.total_steps,
-            "labels": self.data.labels,
+            **self.trainer_state_extras(),
             "spec": self.spec.to_dict(),
             "metrics": metrics,
             "optimizer": self.optimizer.state_dict(),
@@ -507,10 +468,14 @@ class Run:
             "loop": asdict(self.state),
         }
 
+    def trainer_state_extras(self) -> dict[str, Any]:
+        """What a resumed run of this trainer checks it matches (labels, LoRA settings)."""
+        return {}
+
     def restore(self, saved: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(saved["optimizer"])  # moves the moments to the params' device
         restore_rng_state(saved["rng"])  # dropout continues exactly where the interrupted run was
-        self.state = LoopState(**saved["loop"])
+        self.state = self.state_class(**saved["loop"])
         self.adopt_checkpoints(int(saved["step"]))
 
     def adopt_checkpoints(self, resumed_step: int) -> None:
@@ -546,6 +511,68 @@ class Run:
 
     def last_checkpoint_step(self) -> int:
         return self.state.checkpoints[-1]["step"] if self.state.checkpoints else -1
+
+    def early_stop_message(self) -> None:
+        if self.state.early_stopped:
+            waited, best_step = self.state.evals_without_improvement, self.state.best_metrics.get("best_step")
+            message = (
+                f"Early stopping: no better valid_loss for {waited} evaluations; keeping step {best_step}"
+            )
+            self.emit("log", message=message)
+
+
+@dataclass(kw_only=True)
+class Run(RunBase):
+    """A classifier's run: its data, evaluation, epoch end and final save."""
+
+    data: PreparedData
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.train_lengths = self.data.train.lengths()
+        # Validation batches never change: collate them once, longest first, twice the batch (no grads).
+        self.valid_batches = [
+            collate(self.data.valid, indices, self.tokenizer.pad_token_id, self.pad_to)
+            for indices in eval_batches(self.data.valid.lengths(), self.spec.hyperparameters.batch_size * 2)
+        ]
+
+    def train_batch(self, indices: Sequence[int]) -> Batch:
+        return collate(self.data.train, indices, self.tokenizer.pad_token_id, self.pad_to).to(self.device)
+
+    def trainer_state_extras(self) -> dict[str, Any]:
+        return {"labels": self.data.labels}
+
+    def log_banner(self) -> None:
+        hp = self.spec.hyperparameters
+        n_train, n_valid = len(self.data.train), len(self.data.valid)
+        message = (
+            f"Running training: {n_train} examples ({n_valid} for validation), {hp.n_epochs} epochs, "
+            f"batch size {hp.batch_size}, {self.total_steps} total steps ({self.warmup_steps} warmup), "
+            f"learning rate {hp.learning_rate:g}, {len(self.data.labels)} labels, device {self.device}"
+        )
+        figures = {
+            "train_examples": n_train,
+            "valid_examples": n_valid,
+            "labels": self.data.labels,
+            "n_epochs": hp.n_epochs,
+            "batch_size": hp.batch_size,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+        }
+        self.emit("log", figures, message)
+        if self.spec.resume_from:
+            self.emit("log", message=f"Resumed from {self.spec.resume_from} at step {self.state.step}")
+
+    def end_epoch(self) -> None:
+        metrics: dict[str, Any] = {"train_loss": self.state.mean_train_loss()}
+        if len(self.data.valid):
+            metrics.update(evaluate(self.model, self.valid_batches, self.data.labels, self.device))
+            self.emit("eval", metrics)
+        # The checkpoint is named before it is written, so its own saved state can point at it as best.
+        path = checkpoint_path(self.checkpoint_root, self.state.step)
+        self.state.finish_epoch(metrics, str(path), self.spec.hyperparameters.early_stopping_patience)
+        self.checkpoint(metrics)
+        self.early_stop_message()
 
     def save(self, stopped: bool) -> TrainResult:
         output_dir = Path(self.spec.output_dir)
