@@ -209,7 +209,21 @@ ACCOUNT_EMAIL_VERIFICATION = os.environ.get("ACCOUNT_EMAIL_VERIFICATION", "manda
 ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_LOGOUT_ON_GET = False
 ACCOUNT_ADAPTER = "apps.accounts.adapter.AccountAdapter"
-ACCOUNT_RATE_LIMITS = {"login_failed": "10/m/ip,5/5m/key"}
+# Failed logins, on the dashboard and in the admin alike (they share the counts). In allauth
+# 65.21, `login_failed`'s "key" is the account alone (site domain + email), whatever the address:
+# a count per account lets anyone lock its owner out. With one such count, what it costs an
+# attacker to keep an account locked is exactly what a guesser from many addresses may try, so
+# raising or lowering it only trades one for the other. The owner is told apart by address:
+# - 10/m/ip: one address guessing across accounts. It does the heavy lifting.
+# - login_failed_from_ip, 5/5m and 20/h per account *at one address* (apps/accounts/adapter.py):
+#   a guesser from one address locks only that address out of that account; the owner, elsewhere,
+#   still logs in.
+# - 60/h per account from all addresses together: the ceiling for a guesser with many addresses,
+#   as many guesses an hour as the former 5 per 5 minutes allowed. No single address can reach it
+#   (20/h), so locking an owner out now takes 60 failures an hour from at least three addresses
+#   (IPv6 counts by /64), and a password reset clears that count for the owner.
+# An attempt refused for one address is not added to the account-wide count.
+ACCOUNT_RATE_LIMITS = {"login_failed": "10/m/ip,60/h/key", "login_failed_from_ip": "5/5m/key,20/h/key"}
 LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "dashboard:home"
 ACCOUNT_LOGOUT_REDIRECT_URL = "account_login"

@@ -1,9 +1,35 @@
 from __future__ import annotations
 
+from typing import Any
+
+from allauth.account.adapter import get_adapter
 from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
 from apps.accounts.models import ApiKey, Invitation, Membership, Organization, User
+
+
+class AdminLoginForm(AdminAuthenticationForm):
+    """The admin's login, through the same authentication as the dashboard's: allauth's adapter
+    counts failures against the same limits (`ACCOUNT_RATE_LIMITS`), in the same counters, so a
+    guesser gains nothing by switching pages. The staff-only check stays the admin's own."""
+
+    def clean(self) -> dict[str, Any]:
+        email = self.cleaned_data.get("username")
+        password = self.cleaned_data.get("password")
+        if email is not None and password:
+            # Raises "Too many failed login attempts" before the password is checked.
+            self.user_cache = get_adapter(self.request).authenticate(
+                self.request, email=email, password=password
+            )
+            if self.user_cache is None:
+                raise self.get_invalid_login_error()
+            self.confirm_login_allowed(self.user_cache)
+        return self.cleaned_data
+
+
+admin.site.login_form = AdminLoginForm
 
 
 class MembershipInline(admin.TabularInline):
