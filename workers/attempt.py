@@ -106,22 +106,62 @@ class AttemptGuard:
             connections.close_all()
 
 
+def hard_time_limit() -> float | None:
+    """The hard time limit (seconds) the pool enforces on the task running now: the message's own,
+    else the task's. None outside a worker task, or without a limit."""
+    from celery import current_task
+
+    request = getattr(current_task, "request", None)  # the proxy has no request outside a task
+    if request is None or request.called_directly:
+        return None
+    message_limit = (request.timelimit or (None, None))[0]
+    return message_limit or current_task.time_limit or None
+
+
+OUT_OF_MEMORY_MESSAGE = (
+    "The job ran out of memory on its worker and was stopped. It will not be retried: use a smaller "
+    "batch size, shorter examples or a smaller base model, then start a new job."
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Python's MemoryError, or torch's allocation failures (CPU: a RuntimeError from its allocator;
+    CUDA: OutOfMemoryError), recognised without importing torch here."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
 def run_claimed(job_id: str, run: Any) -> None:
     """Claims the job (a duplicate delivery claims nothing and returns) and runs it. A bug in
     `run` fails the job with `internal_error` instead of leaving it running until the reaper,
-    and tells a waiting request at once."""
-    from apps.jobs import relay
-    from apps.jobs.models import JobStatus
-
-    job = actions.claim(job_id)
+    and tells a waiting request at once. Running out of memory fails it with `out_of_memory`:
+    the same job on the same worker would run out again, so it is not retried."""
+    job = actions.claim(job_id, time_limit=hard_time_limit())
     if job is None:
         return
     try:
         run(job)
-    except Exception:
-        logger.exception("job %s failed unexpectedly", job_id)
-        message = "The job failed because of an internal error. Retry, and contact us with the job id if it persists."
-        error = {"code": "internal_error", "message": message, "param": None}
-        if actions.finish(job.pk, job.attempt, JobStatus.FAILED, error=error) is not None:
-            relay.push(job_id, {"type": "error", "status": 500, **error})
-        raise
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            logger.exception("job %s failed unexpectedly", job_id)
+            message = "The job failed because of an internal error. Retry, and contact us with the job id if it persists."
+            _fail(job, {"code": "internal_error", "message": message, "param": None})
+            raise
+        logger.warning("job %s ran out of memory: %s", job_id, exc)
+    else:
+        return
+    # Out of the except block: the traceback, and the frames holding the buffers that did not fit, are
+    # gone, so recording the failure has memory to work with.
+    _fail(job, {"code": "out_of_memory", "message": OUT_OF_MEMORY_MESSAGE, "param": None})
+
+
+def _fail(job: Any, error: dict[str, Any]) -> None:
+    from apps.jobs import relay
+    from apps.jobs.models import JobStatus
+
+    if (
+        actions.finish(job.pk, job.attempt, JobStatus.FAILED, error=error, message=error["message"])
+        is not None
+    ):
+        relay.push(job.public_id, {"type": "error", "status": 500, **error})

@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 STOP_CANCEL = "cancel"
 STOP_PAUSE = "pause"
+# The pool checks its time limits once a second, then sends SIGTERM and SIGKILL; an attempt's last
+# heartbeat can come a moment after the deadline its claim recorded.
+TIME_LIMIT_GRACE = timedelta(seconds=3)
 
 
 def lease_owner() -> str:
@@ -122,9 +125,12 @@ def fail_before_start(job: Job, code: str, message: str, param: str | None = Non
 
 
 # --- Worker side: claim, heartbeat, progress, events, checkpoints, finish --------------------------
-def claim(job_id: str, owner: str | None = None) -> Job | None:
+def claim(job_id: str, owner: str | None = None, time_limit: float | None = None) -> Job | None:
     """queued (or running with a stale heartbeat, or leased by a dead process on this host)
-    → running with attempt + 1. None when another live attempt owns the job, or it is finished."""
+    → running with attempt + 1. None when another live attempt owns the job, or it is finished.
+
+    `time_limit` is the hard limit (seconds) the worker's pool enforces on this attempt: once it has
+    passed and the heartbeat stopped, the attempt was killed and the job fails with `time_limit`."""
     owner = owner or lease_owner()
     now = timezone.now()
     cutoff = now - timedelta(seconds=settings.JOB_STALE_SECONDS)
@@ -138,11 +144,20 @@ def claim(job_id: str, owner: str | None = None) -> Job | None:
         | Q(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff)
         | Q(status=JobStatus.RUNNING, heartbeat_at__isnull=True, started_at__lt=cutoff)
     )
+    owner_dead = (
+        current.status == JobStatus.RUNNING
+        and bool(current.lease_owner)
+        and _owner_is_dead_here(current.lease_owner)
+    )
     if (
         current.status == JobStatus.RUNNING
-        and current.lease_owner
-        and _owner_is_dead_here(current.lease_owner)
+        and _timed_out(now, owner_dead=owner_dead).filter(pk=current.pk).exists()
     ):
+        # A redelivered message of an attempt the hard time limit killed: running it again would only
+        # run into the same limit.
+        fail_time_limit(current.pk, current.attempt)
+        return None
+    if owner_dead:
         if current.attempt >= current.max_attempts:
             fail_lost(current.pk, current.attempt)
             return None
@@ -158,6 +173,8 @@ def claim(job_id: str, owner: str | None = None) -> Job | None:
             lease_owner=owner,
             heartbeat_at=now,
             started_at=Coalesce(F("started_at"), now),
+            attempt_started_at=now,
+            time_limit_at=now + timedelta(seconds=time_limit) if time_limit else None,
         )
     )
     if not updated:
@@ -173,7 +190,8 @@ def claim(job_id: str, owner: str | None = None) -> Job | None:
 
 def claim_waiting(job: Job, limit: int, owner: str | None = None) -> list[Job]:
     """Claims up to `limit` other queued jobs for the same model, to run as one batch. Their own
-    messages arrive later, find them claimed or finished, and do nothing."""
+    messages arrive later, find them claimed or finished, and do nothing. They run inside `job`'s
+    task, so under its time limit."""
     if limit <= 0:
         return []
     owner = owner or lease_owner()
@@ -190,7 +208,7 @@ def claim_waiting(job: Job, limit: int, owner: str | None = None) -> list[Job]:
             return []
         Job.objects.filter(pk__in=ids, status=JobStatus.QUEUED).update(
             status=JobStatus.RUNNING, attempt=F("attempt") + 1, lease_owner=owner, heartbeat_at=now,
-            started_at=Coalesce(F("started_at"), now),
+            started_at=Coalesce(F("started_at"), now), attempt_started_at=now, time_limit_at=job.time_limit_at,
         )  # fmt: skip
     return list(
         Job.objects.select_related("project__organization", "model").filter(pk__in=ids).order_by("queued_at")
@@ -415,6 +433,54 @@ def fail_lost(job_pk: int, attempt: int) -> bool:
     return bool(updated)
 
 
+def time_limit_message(limit: float | None, has_checkpoint: bool) -> str:
+    """What the customer reads when a job ran out of time, by the soft limit or the hard one."""
+    of = f" of {round(limit)} seconds" if limit else ""
+    return f"The job ran past its time limit{of} and was stopped." + (
+        " Its checkpoints so far are kept." if has_checkpoint else ""
+    )
+
+
+def fail_time_limit(job_pk: int, attempt: int) -> bool:
+    """The pool's hard time limit killed this attempt (its code ignored the soft limit, or was stuck
+    in a C call). Celery acks the message of a timed-out task, so nothing redelivers it: the job
+    fails with `time_limit` at once, keeping its checkpoints, and is never re-queued."""
+    job = Job.objects.filter(pk=job_pk).only("checkpoint_ref", "attempt_started_at", "time_limit_at").first()
+    if job is None:
+        return False
+    limit = None
+    if job.time_limit_at is not None and job.attempt_started_at is not None:
+        limit = (job.time_limit_at - job.attempt_started_at).total_seconds()
+    message = time_limit_message(limit, bool(job.checkpoint_ref))
+    with transaction.atomic():
+        updated = Job.objects.filter(pk=job_pk, attempt=attempt, status=JobStatus.RUNNING).update(
+            status=JobStatus.FAILED,
+            error={"code": "time_limit", "message": message, "param": None},
+            finished_at=timezone.now(),
+            lease_owner="",
+        )
+        if updated:
+            JobEvent.objects.create(job_id=job_pk, level="error", message=message)
+    return bool(updated)
+
+
+def _timed_out(now: Any, *, owner_dead: bool = False) -> Any:
+    """Running jobs whose attempt the hard time limit killed: it beat until its deadline, the deadline
+    has passed, and the beats stopped there (or have gone stale since, or the lease holder is gone).
+
+    An attempt whose beats stopped well before its deadline died of something else: a lost worker,
+    re-queued as usual. One that keeps beating past its deadline runs on a pool that does not enforce
+    time limits: it is alive, and left alone."""
+    # A killed attempt's last beat is at most an interval (or two, on a busy machine) before the kill.
+    beat_window = timedelta(seconds=2 * settings.JOB_HEARTBEAT_SECONDS) + TIME_LIMIT_GRACE
+    beat_until_deadline = Q(status=JobStatus.RUNNING, heartbeat_at__gte=F("time_limit_at") - beat_window)
+    if owner_dead:
+        return Job.objects.filter(beat_until_deadline, time_limit_at__lte=now)
+    stale = now - timedelta(seconds=settings.JOB_STALE_SECONDS)
+    stopped = Q(heartbeat_at__lte=F("time_limit_at") + TIME_LIMIT_GRACE) | Q(heartbeat_at__lt=stale)
+    return Job.objects.filter(beat_until_deadline, stopped, time_limit_at__lt=now - TIME_LIMIT_GRACE)
+
+
 # --- Customer side: cancel, pause, resume -------------------------------------------------------
 def cancel(job: Job) -> Job:
     """A queued job is cancelled at once; a running one is asked to stop at its next step."""
@@ -472,8 +538,12 @@ def reap() -> dict[str, int]:
     job twice (SKIP LOCKED). A dead worker is noticed within stale + interval seconds."""
     now = timezone.now()
     stale = now - timedelta(seconds=settings.JOB_STALE_SECONDS)
-    counts = {"requeued": 0, "failed": 0, "cancelled": 0, "republished": 0}
+    counts = {"requeued": 0, "failed": 0, "cancelled": 0, "republished": 0, "timed_out": 0}
     with transaction.atomic():
+        # First the attempts the hard time limit killed: re-queuing them would only hit the limit
+        # again, attempt after attempt, and end as `worker_lost`. A cancelled one ends cancelled below.
+        for job in _timed_out(now).select_for_update(skip_locked=True).exclude(stop_requested=STOP_CANCEL):
+            counts["timed_out"] += fail_time_limit(job.pk, job.attempt)
         lost = (
             Job.objects.select_for_update(skip_locked=True)
             .filter(status=JobStatus.RUNNING)

@@ -103,6 +103,10 @@ class Job(models.Model):
     max_attempts = models.PositiveIntegerField(default=3)
     lease_owner = models.CharField(max_length=200, blank=True, default="")
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # When the current attempt was claimed, and when its worker's hard time limit kills it (None: no
+    # limit). A running job past that moment whose heartbeat stopped is failed with `time_limit`.
+    attempt_started_at = models.DateTimeField(null=True, blank=True)
+    time_limit_at = models.DateTimeField(null=True, blank=True)
     stop_requested = models.CharField(max_length=16, blank=True, default="")  # "" | cancel | pause
     checkpoint_ref = models.CharField(max_length=300, blank=True, default="")
     # Timestamps

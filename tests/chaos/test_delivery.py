@@ -18,6 +18,7 @@ from apps.jobs import actions
 from apps.jobs.models import Job, JobKind, JobStatus
 from apps.jobs.queue import publish
 from tests.chaos.conftest import (
+    WORKER_ENV,
     clear_test_broker,
     fine_tune_body,
     finished,
@@ -140,6 +141,42 @@ def test_t6_a_job_past_its_soft_time_limit_fails_cleanly_and_the_next_job_runs(
     # a timeout is terminal: never redelivered, never re-queued by the reaper
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED and job.attempt == 1
+
+
+def test_t6_a_job_past_its_hard_time_limit_fails_at_once_and_the_next_job_runs(
+    api: Any, tiny_base: Any, start_worker: Any
+) -> None:
+    soft, hard = 4, 12
+    # This worker's children ignore the soft limit: only the hard limit can stop the job.
+    include = f"{WORKER_ENV['CELERY_WORKER_INCLUDE']},tests.chaos.ignore_soft_limit"
+    worker = start_worker(
+        {
+            "GPU_TASK_SOFT_TIME_LIMIT": str(soft),
+            "GPU_TASK_TIME_LIMIT": str(hard),
+            "CELERY_WORKER_INCLUDE": include,
+        }
+    )
+    long_file, short_file = upload(api, sentiment_csv(120)), upload(api, sentiment_csv(40))
+    long_id = submit_fine_tune(api, epochs=50, file_id=long_file)  # about a minute of training
+    job = reap_until(lambda: finished(long_id), timeout=hard + 60)
+    assert f"Hard time limit ({hard}s) exceeded for jobs.run_fine_tune" in worker.log.read_text(
+        errors="replace"
+    )
+    assert job.status == JobStatus.FAILED, job.error
+    assert job.error["code"] == "time_limit"
+    assert f"time limit of {hard} seconds" in job.error["message"]
+    assert "checkpoints so far are kept" in job.error["message"] and job.checkpoints.exists()
+    # failed in its first attempt: never re-queued by the reaper, never redelivered by the broker
+    assert job.attempt == 1 and attempts_started(job) == 1
+    assert not job.usage.exists()
+    broker = broker_client()
+    assert queue_depth(broker) == 0 and unacked_count(broker) == 0
+    # the pool replaced the killed child, and the replacement serves the next job
+    next_id = submit_fine_tune(api, epochs=1, file_id=short_file)
+    assert_billed_once(reap_until(lambda: finished(next_id), timeout=90))
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and job.attempt == 1
+    assert received(worker) == 2
 
 
 # --- T7: deploy signals --------------------------------------------------------------------------

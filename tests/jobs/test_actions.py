@@ -137,6 +137,88 @@ def test_a_cancelled_job_whose_worker_died_ends_cancelled(
     assert Job.objects.get(pk=job.pk).status == JobStatus.CANCELLED
 
 
+# --- The hard time limit (reliability.md T6): the pool killed the attempt, the reaper fails the job ----
+def claim_with_limit(job: Job, seconds: float, *, ago: float, owner: str = "host-a:1") -> Job:
+    """Attempt 1 claimed `ago` seconds ago under a hard limit of `seconds`, heartbeating until then."""
+    claimed = actions.claim(job.public_id, owner=owner, time_limit=seconds)
+    assert (
+        claimed is not None and claimed.time_limit_at is not None and claimed.attempt_started_at is not None
+    )
+    assert (claimed.time_limit_at - claimed.attempt_started_at).total_seconds() == seconds
+    shift = timedelta(seconds=ago)
+    Job.objects.filter(pk=job.pk).update(attempt_started_at=claimed.attempt_started_at - shift,
+                                         time_limit_at=claimed.time_limit_at - shift,
+                                         heartbeat_at=claimed.time_limit_at - shift)  # fmt: skip
+    return claimed
+
+
+def test_the_reaper_fails_a_job_the_hard_time_limit_killed_instead_of_requeueing_it(
+    job: Job, django_capture_on_commit_callbacks: Any
+) -> None:
+    claim_with_limit(job, 600, ago=610)  # its last beat came just before the deadline, 10 s ago
+    Job.objects.filter(pk=job.pk).update(checkpoint_ref="checkpoints/x/step-40")
+    with django_capture_on_commit_callbacks(execute=False) as published:
+        counts = actions.reap()
+    assert counts["timed_out"] == 1 and counts["requeued"] == 0 and not published
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and job.attempt == 1 and job.finished_at is not None
+    message = (
+        "The job ran past its time limit of 600 seconds and was stopped. Its checkpoints so far are kept."
+    )
+    assert job.error == {"code": "time_limit", "message": message, "param": None}
+    assert job.events.filter(level="error", message=message).exists()
+    assert actions.reap()["timed_out"] == 0
+
+
+def test_a_job_that_still_beats_past_its_time_limit_is_left_alone(
+    job: Job, django_capture_on_commit_callbacks: Any
+) -> None:
+    # A pool that does not enforce time limits: the attempt is alive, so it is neither failed nor reaped.
+    claim_with_limit(job, 600, ago=610)
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now())
+    with django_capture_on_commit_callbacks(execute=False):
+        counts = actions.reap()
+    assert counts["timed_out"] == counts["requeued"] == 0
+    assert Job.objects.get(pk=job.pk).status == JobStatus.RUNNING
+
+
+def test_a_stale_job_past_its_time_limit_fails_with_time_limit_not_worker_lost(
+    job: Job, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    # Its last beat came after the deadline (a slow kill), but it has been silent for the stale period.
+    claim_with_limit(job, 60, ago=300)
+    stale = timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS + 1)
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=stale)
+    with django_capture_on_commit_callbacks(execute=False):
+        assert actions.reap()["timed_out"] == 1
+    job.refresh_from_db()
+    assert job.error["code"] == "time_limit"
+    assert job.error["message"] == "The job ran past its time limit of 60 seconds and was stopped."
+
+
+def test_a_redelivered_message_of_a_timed_out_attempt_fails_the_job_instead_of_running_it(job: Job) -> None:
+    claim_with_limit(job, 60, ago=70, owner="elsewhere:1")  # silent for 10 s: stale
+    assert actions.claim(job.public_id, owner="host-b:2") is None
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and job.error["code"] == "time_limit" and job.attempt == 1
+
+
+def test_a_job_that_died_well_before_its_time_limit_is_requeued_as_a_lost_worker(
+    job: Job, django_capture_on_commit_callbacks: Any
+) -> None:
+    claim_with_limit(job, 60, ago=70)
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=50))
+    with django_capture_on_commit_callbacks(execute=False) as published:
+        counts = actions.reap()
+    assert counts["timed_out"] == 0 and counts["requeued"] == 1 and len(published) == 1
+    assert Job.objects.get(pk=job.pk).status == JobStatus.QUEUED
+
+
+def test_a_claim_without_a_time_limit_has_no_deadline(job: Job) -> None:
+    claimed = actions.claim(job.public_id)
+    assert claimed is not None and claimed.time_limit_at is None and claimed.attempt_started_at is not None
+
+
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_reapers_requeue_each_job_once(alice_project: Any, settings: Any) -> None:
     stale = timezone.now() - timedelta(minutes=10)
