@@ -2,11 +2,13 @@
 TLS-terminating proxy that says `X-Forwarded-Proto: https` (BEHIND_TLS_PROXY=true).
 
 HTTPS requests get HSTS with the configured max-age and includeSubDomains; plain HTTP is
-redirected to https and gets no HSTS (browsers ignore it there).
+redirected to https and gets no HSTS (browsers ignore it there). docker-compose's healthcheck of the
+web container passes against the same server.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,9 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tests.chaos.conftest import Process, free_port
-from tests.conftest import wait_for, worker_env
+from tests.conftest import ROOT, Worker, wait_for, worker_env
 from tests.test_deploy import production_env
 
 # The server uses the test database (for /healthz): that marker has pytest-django create it.
@@ -126,3 +129,45 @@ def test_without_the_proxy_setting_a_forwarded_proto_is_not_believed(
         assert response.status_code == 301
         assert response.headers["location"] == f"https://{host(production)}/healthz"
         assert "strict-transport-security" not in response.headers
+
+
+# --- docker-compose's healthcheck of the web container ---------------------------------------------
+COMPOSE_URL = "http://127.0.0.1:8000"
+
+
+def compose_healthcheck() -> list[str]:
+    """The web service's healthcheck command, exactly as docker-compose.yml has it."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    test = compose["services"]["web"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "python"], test
+    return list(test[2:])
+
+
+def run_healthcheck(
+    arguments: list[str], server: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """Runs the command with this machine's Python, against `server` instead of the container's
+    port 8000 (the one change), in the environment the container gets from .env."""
+    joined = "\0".join(arguments)
+    assert joined.count(COMPOSE_URL) == 1, arguments
+    command = [sys.executable, *joined.replace(COMPOSE_URL, server).split("\0")]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_the_compose_healthcheck_passes_with_the_production_settings(
+    server: str, production: dict[str, str]
+) -> None:
+    # /healthz also wants a worker's heartbeat: a real worker, as in the compose file.
+    worker = Worker()
+    try:
+        headers = {"Host": host(production), "X-Forwarded-Proto": "https"}
+        healthy = lambda: httpx.get(f"{server}/healthz", headers=headers, timeout=30).status_code == 200  # noqa: E731
+        wait_for(healthy, timeout=60, message="no worker heartbeat reached /healthz")
+        result = run_healthcheck(compose_healthcheck(), server, production)
+        assert result.returncode == 0, result.stderr
+        # The control: the former command, without the proxy's headers, is refused (400, bad Host).
+        former = ["-c", f"import urllib.request; urllib.request.urlopen('{COMPOSE_URL}/healthz')"]
+        result = run_healthcheck(former, server, production)
+        assert result.returncode == 1 and "HTTP Error 400: Bad Request" in result.stderr, result.stderr
+    finally:
+        worker.stop()
