@@ -53,6 +53,9 @@ GUNICORN_WORKERS = 2 * CORES + 1
 GUNICORN_THREADS = 4
 # A classification the worker cannot answer within this many seconds gets a 504 from the web.
 INFERENCE_TIMEOUT = 8
+# INFERENCE_MAX_QUEUED for the stack: below the web's 20 threads, so requests are shed with 503 before
+# every thread waits on the one worker and new connections queue unanswered in gunicorn.
+SHED_AT = 10
 WRK_TIMEOUT = "10s"
 
 SEED = r"""
@@ -236,6 +239,7 @@ def stack() -> Iterator[Stack]:
             DATABASE_URL=db, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", DJANGO_SETTINGS_MODULE="saas.settings",
             DEBUG="false", ALLOWED_HOSTS="127.0.0.1", LOG_LEVEL="WARNING", MEDIA_ROOT=str(work / "media"),
             INFERENCE_TIMEOUT_SECONDS=str(INFERENCE_TIMEOUT), WORKER_HEARTBEAT_SECONDS="2",
+            INFERENCE_MAX_QUEUED=str(SHED_AT),
             OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
             PYTHONUNBUFFERED="1", WHITENOISE_USE_FINDERS="true",
             # torch imported once in the worker's main process, not in each pool child
