@@ -221,6 +221,7 @@ class ProgressReporter:
         )
         self.pending: list[Any] = []  # writes that met a database outage, oldest first
         self.extra_cost = 0  # spent before training began (a distillation's teacher)
+        self.max_step_tokens = 0  # the most tokens one step has trained so far
 
     def should_stop(self) -> bool:
         if self.step:
@@ -242,13 +243,16 @@ class ProgressReporter:
         self._write(actions.add_event, message)
 
     def _next_step_cost(self) -> int:
-        # The next step costs about what an average step has cost so far.
-        per_step = self.trained_tokens / max(self.step - (self.first_step or 0), 1)
-        return cost_of(self.job.model_name, "trained_tokens", int(self.trained_tokens + per_step))
+        # The next step costs at most what the costliest step so far did: steps differ in tokens
+        # (batches are padded per batch, not to a fixed length), and an average would let the bill
+        # pass max_cost by a step. The first batch is the widest, so it sets the bound early.
+        return cost_of(self.job.model_name, "trained_tokens", self.trained_tokens + self.max_step_tokens)
 
     def on_event(self, event: Any) -> None:
         if self.guard.lost:
             return
+        if event.kind == "step":  # (a resumed run's banner, before its first step, carries its count)
+            self.max_step_tokens = max(self.max_step_tokens, event.trained_tokens - self.trained_tokens)
         self.step, self.trained_tokens = event.step, max(self.trained_tokens, event.trained_tokens)
         if event.kind == "step":
             self._progress(event)
@@ -358,12 +362,9 @@ def _spend_allowance(job: Job) -> int | None:
 def _fail_time_limit(job: Job) -> None:
     """The soft time limit hit: the job fails with `time_limit` (not `internal_error`), keeping the
     checkpoints it saved. If PostgreSQL is down too, the reaper handles the job later."""
-    limit = settings.GPU_TASK_SOFT_TIME_LIMIT
     with contextlib.suppress(DatabaseError):
         checkpoint = Job.objects.filter(pk=job.pk).values_list("checkpoint_ref", flat=True).first()
-        message = f"The job ran past its time limit of {limit} seconds and was stopped." + (
-            " Its checkpoints so far are kept." if checkpoint else ""
-        )
+        message = actions.time_limit_message(settings.GPU_TASK_SOFT_TIME_LIMIT, bool(checkpoint))
         actions.finish(
             job.pk, job.attempt, JobStatus.FAILED,
             error={"code": "time_limit", "message": message, "param": None}, message=message,
