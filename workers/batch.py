@@ -16,7 +16,7 @@ from apps.core.errors import ActionError
 from apps.jobs import actions, inference
 from apps.jobs.models import Job, JobStatus
 from apps.jobs.responses import RESPONSES
-from apps.projects.actions import create_result_file
+from apps.projects.actions import discard, stored_result_file
 from apps.projects.models import FilePurpose
 from apps.registry.models import Provider
 from workers.artifacts import local_model_dir
@@ -180,17 +180,26 @@ def run_batch(job: Job) -> None:
         if guard.lost:
             return
         result: dict[str, Any] = {"usage": {k: run.usage[k] for k in ("input_tokens", "output_tokens")}}
+        files = []
         for handle, name, key in ((out, "output", "output_file_id"), (errors, "errors", "error_file_id")):
             handle.seek(0)
             data = handle.read().encode()
             if data:
-                stored = create_result_file(
+                files.append(stored_result_file(
                     job.project, f"{job.public_id}_{name}.jsonl", FilePurpose.BATCH_OUTPUT, data
-                )
-                result[key] = stored.public_id
+                ))  # fmt: skip
+                result[key] = files[-1].public_id
         status = JobStatus.CANCELLED if guard.stop_reason == "cancel" else JobStatus.SUCCEEDED
-        actions.finish(
+
+        def publish_files(_: Job) -> None:
+            for file in files:
+                file.save()
+
+        finished = actions.finish(
             job.pk, job.attempt, status, result=result, usage=run.usage,
             fields={"progress": run.counts, "model_name": run.model_name},
             message=f"Batch {status}: {run.counts['completed']} completed, {run.counts['failed']} failed.",
+            on_finished=publish_files,
         )  # fmt: skip
+        if finished is None:  # another attempt owns the batch now: its files are not ours to publish
+            discard(files)

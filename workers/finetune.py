@@ -20,7 +20,7 @@ from apps.billing.pricing import cost_of
 from apps.core.storage import download_dir, download_file, upload_dir
 from apps.jobs import actions
 from apps.jobs.models import Job, JobStatus
-from apps.projects.actions import create_result_file
+from apps.projects.actions import discard, stored_result_file
 from apps.projects.models import FilePurpose
 from apps.registry.actions import create_fine_tuned_model, fine_tuned_name
 from workers.artifacts import local_model_dir
@@ -446,32 +446,35 @@ def _finish(
         outcome["distillation"], predictions = compare(labelling, result.model_dir, progress.model_name)
         teacher_report = labels_report(labelling, predictions)
 
+    # Stored before the finishing transaction, which only saves their rows: no storage I/O while it
+    # holds the job's row lock.
+    contents = [
+        ("results", metrics_csv(job)),
+        ("validation_rows", diagnostics),
+        ("teacher_labels", teacher_report),
+    ]
+    files = [
+        stored_result_file(job.project, f"{job.public_id}_{name}.csv", FilePurpose.FINE_TUNE_RESULTS, data)
+        for name, data in contents
+        if data is not None
+    ]
+
     def create_model(locked: Job) -> dict[str, Any]:
         model = create_fine_tuned_model(
             locked, artifact_key=key, labels=list(result.labels), metrics=result.metrics
         )
-        results = create_result_file(
-            locked.project,
-            f"{locked.public_id}_results.csv",
-            FilePurpose.FINE_TUNE_RESULTS,
-            metrics_csv(locked),
-        )
-        files = [results.public_id]
-        extra = [("validation_rows", diagnostics), ("teacher_labels", teacher_report)]
-        for name, data in extra:
-            if data is not None:
-                files.append(
-                    create_result_file(
-                        locked.project, f"{locked.public_id}_{name}.csv", FilePurpose.FINE_TUNE_RESULTS, data
-                    ).public_id
-                )
-        return {"fine_tuned_model": model, "result_files": files}
+        for file in files:
+            file.save()
+        return {"fine_tuned_model": model, "result_files": [file.public_id for file in files]}
 
-    actions.finish(
+    finished = actions.finish(
         job.pk, job.attempt, JobStatus.SUCCEEDED, status_reason=reason, usage=usage, usage_models=models,
         fields=fields, result=outcome, on_finished=create_model,
         message=STOP_MESSAGES.get(reason, "The job has successfully completed."),
     )  # fmt: skip
+    if finished is None:  # another attempt owns the job now
+        discard(files)
+        return
     _forget(job, labelling)
 
 

@@ -96,6 +96,15 @@ def upload_file(
 
 def create_result_file(project: Project, filename: str, purpose: str, data: bytes) -> File:
     """A file we produce (batch output, fine-tune results): stored and marked processed at once."""
+    file = stored_result_file(project, filename, purpose, data)
+    file.save()
+    return file
+
+
+def stored_result_file(project: Project, filename: str, purpose: str, data: bytes) -> File:
+    """A result file whose content is already in storage but whose row is not saved yet: save it
+    in the transaction that publishes it (no storage I/O while that transaction holds its locks),
+    or `discard` it when that transaction does not happen (a fenced attempt)."""
     from django.core.files.base import ContentFile
 
     file = File(
@@ -107,8 +116,13 @@ def create_result_file(project: Project, filename: str, purpose: str, data: byte
         status_details="",
     )
     file.content.save(filename, ContentFile(data), save=False)
-    file.save()
     return file
+
+
+def discard(files: list[File]) -> None:
+    """Removes the stored content of result files whose rows were never saved."""
+    for file in files:
+        file.content.delete(save=False)
 
 
 def queue_validation(file: File) -> bool:
