@@ -1,8 +1,9 @@
 """A small fake of Stripe for what localstripe lacks, speaking Stripe's wire format.
 
 The stripe SDK is pointed at this server (`STRIPE_API_BASE`). It serves Checkout Sessions, Billing
-Portal sessions, Billing Meter events and the event list (with `delivery_success`) itself, and
-forwards every other request (customers, subscriptions, invoices, plans...) to localstripe.
+Portal sessions, Billing Meter events, the event list (with `delivery_success`) and any recorded
+object it was given (`serve`, for replaying recorded events) itself, and forwards every other
+request (customers, subscriptions, invoices, plans...) to localstripe.
 
 Like the real API it replays the first response for a repeated `Idempotency-Key` with the same
 parameters, and refuses a second meter event with an `identifier` it already has. It records every
@@ -26,6 +27,9 @@ from urllib.parse import parse_qsl, urlsplit
 import stripe
 
 API_VERSION = "2026-10-28.endive"  # what apps.billing.stripe_api pins
+# Where Stripe serves each kind of object (`serve`).
+COLLECTIONS = {"subscription": "subscriptions", "invoice": "invoices", "customer": "customers",
+               "checkout.session": "checkout/sessions"}  # fmt: skip
 
 
 def unflatten(pairs: list[tuple[str, str]]) -> dict[str, Any]:
@@ -80,6 +84,7 @@ class State:
     portal_sessions: list[dict[str, Any]] = field(default_factory=list)
     meter_events: dict[str, dict[str, Any]] = field(default_factory=dict)  # identifier -> event
     events: list[dict[str, Any]] = field(default_factory=list)  # newest last
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> recorded object
     delivered: dict[str, bool] = field(default_factory=dict)
     idempotency: dict[str, tuple[str, dict[str, Any], int, bytes]] = field(default_factory=dict)
     script: Script | None = None
@@ -174,6 +179,13 @@ class FakeStripe:
         with self.lock:
             session.update(status="complete", payment_status="paid", subscription=subscription["id"])
             return dict(session)
+
+    def serve(self, obj: dict[str, Any]) -> None:
+        """Answers GET for this object with this copy of it (a recorded object, as Stripe had it at
+        that moment) instead of asking localstripe, until it is served again or the fake reset."""
+        path = f"/v1/{COLLECTIONS[obj['object']]}/{obj['id']}"
+        with self.lock:
+            self.state.objects[path] = obj
 
     def add_event(
         self, type: str, obj: dict[str, Any], *, delivered: bool = False, created: int | None = None,
@@ -272,6 +284,10 @@ class FakeStripe:
             return self._create_meter_event(params)
         if method == "GET" and path == "/v1/events":
             return 200, _dump(self._list_events(params))
+        with self.lock:
+            recorded = self.state.objects.get(path) if method == "GET" else None
+        if recorded is not None:
+            return 200, _dump(recorded)
         return self._proxy(request, query, body)
 
     def _create_session(self, params: dict[str, Any]) -> dict[str, Any]:

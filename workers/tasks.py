@@ -13,6 +13,7 @@ from typing import Any
 from celery.signals import worker_process_init
 from django.conf import settings
 
+from apps.billing.stripe_api import BillingUnavailable
 from saas.celery import app
 
 
@@ -68,9 +69,13 @@ def run_fine_tune(job_id: str, attempt: int | None = None) -> None:
 
 @app.task(name="jobs.reap", queue="default", soft_time_limit=60, time_limit=90)
 def reap() -> dict[str, int]:
+    """Everything whose message may have been lost: jobs, file validations, Stripe events."""
+    from apps.billing.webhooks import resend_unprocessed_events
     from apps.jobs.actions import reap as reap_jobs
 
-    return reap_jobs()
+    counts = reap_jobs()
+    counts["stripe_events"] = resend_unprocessed_events()
+    return counts
 
 
 @app.task(name="jobs.run_inference", queue="gpu", soft_time_limit=600, time_limit=660)
@@ -103,7 +108,29 @@ def run_batch(job_id: str, attempt: int | None = None) -> None:
     run_claimed(job_id, run)
 
 
-# --- Billing (apps/billing): no retries here; each run picks up what the last one left. --------------
+# --- Billing (apps/billing) --------------------------------------------------------------------------
+@app.task(
+    name="billing.process_stripe_event",
+    queue="default",
+    # Two Stripe calls at most, each 10 s and two SDK retries: well inside these.
+    soft_time_limit=120,
+    time_limit=150,
+    # Only Stripe being unreachable or failing can succeed on retry: 1, 2, 4 ... s apart (jittered,
+    # at most 2 min). Any other error is kept on the event, and the reaper sends it again later.
+    autoretry_for=(BillingUnavailable,),
+    retry_backoff=True,
+    retry_backoff_max=120,
+    retry_jitter=True,
+    max_retries=6,
+)
+def process_stripe_event(event_id: str) -> str:
+    """Re-fetches and applies a recorded webhook event; a repeat applies nothing."""
+    from apps.billing.webhooks import process_recorded_event
+
+    return process_recorded_event(event_id)
+
+
+# The periodic ones: no retries here; each run picks up what the last one left.
 @app.task(name="billing.report_usage", queue="default", soft_time_limit=240, time_limit=300)
 def report_usage() -> dict[str, int]:
     """Fills the meter-event outbox from closed hours of usage and sends the unsent rows to Stripe."""

@@ -137,18 +137,33 @@ class Invoice(models.Model):
 
 
 class StripeEvent(models.Model):
-    """Every webhook event id, stored once: a repeat is acknowledged and changes nothing."""
+    """Every webhook event id, stored once: a repeat is acknowledged and changes nothing.
+
+    The webhook stores the verified event and hands its processing to a worker; `processed_at` is
+    set in the transaction that applies it, so an unprocessed row is work still owed.
+    """
 
     event_id = models.CharField(max_length=100, unique=True)
     type = models.CharField(max_length=100)
     created = models.BigIntegerField()
+    # The verified event as Stripe sent it: the worker reads the object's id and customer from it.
+    payload = models.JSONField(default=dict, blank=True)
     received_at = models.DateTimeField(auto_now_add=True)
+    # When its processing was last sent to a worker; the reaper sends it again when this gets old.
+    published_at = models.DateTimeField(null=True, blank=True)
     processed_at = models.DateTimeField(null=True, blank=True)
     outcome = models.CharField(max_length=300, blank=True, default="")
     error = models.TextField(blank=True, default="")
 
     class Meta:
         ordering = ["-id"]
+        indexes = [
+            models.Index(
+                fields=["published_at"],
+                condition=models.Q(processed_at__isnull=True),
+                name="stripe_event_unprocessed",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.event_id} {self.type}"

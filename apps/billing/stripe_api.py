@@ -290,4 +290,5 @@ def construct_event(payload: bytes, signature_header: str | None) -> StripeObjec
         raise InvalidWebhook(str(exc.user_message or exc)) from exc
     except ValueError as exc:  # not UTF-8, or not JSON (after a valid signature)
         raise InvalidWebhook(f"unreadable body: {exc}") from exc
-    return _plain(event)
+    # JSON-safe (decimal strings stay strings): the webhook stores the event as it came.
+    return dict(event.to_dict(for_json=True))

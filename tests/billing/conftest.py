@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import Worker, purge_queues, wait_for, worker_env
 from tests.fake_stripe import FakeStripe, LocalStripe, sign
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,22 +143,68 @@ def deliver(client: Any) -> Callable[..., Any]:
 
 
 @pytest.fixture
+def deliver_and_apply(deliver: Callable[..., Any]) -> Callable[..., Any]:
+    """Delivers an event, then applies it here as the worker's task would (called as a function).
+    For tests about what an event leads to rather than how it gets applied; those use `billing_worker`."""
+    from workers.tasks import process_stripe_event
+
+    def post(event: dict[str, Any], **kwargs: Any) -> Any:
+        response = deliver(event, **kwargs)
+        assert response.status_code == 200, response.content
+        process_stripe_event(event["id"])
+        return response
+
+    return post
+
+
+def start_billing_worker(fake: FakeStripe, extra_env: dict[str, str] | None = None) -> Worker:
+    """A real worker on the default queue, with our Stripe settings pointing at the fake."""
+    purge_queues()
+    env = {"STRIPE_SECRET_KEY": API_KEY, "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET, "STRIPE_API_BASE": fake.url}
+    return Worker(queues="default", env=worker_env({**env, **(extra_env or {})}))
+
+
+@pytest.fixture(scope="module")
+def _module_billing_worker(django_db_setup: None, fake_stripe_server: FakeStripe) -> Iterator[Worker]:
+    # One per module: starting a worker costs seconds, and every event it applies is its own.
+    worker = start_billing_worker(fake_stripe_server)
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+@pytest.fixture
+def billing_worker(transactional_db: None, fake_stripe: FakeStripe, _module_billing_worker: Worker) -> Worker:
+    """A real Celery worker that applies the events the webhook records (it needs committed rows)."""
+    return _module_billing_worker
+
+
+def processed(event_id: str, timeout: float = 30) -> Any:
+    """The event's row once a worker has applied it."""
+    from apps.billing.models import StripeEvent
+
+    return wait_for(
+        lambda: StripeEvent.objects.filter(event_id=event_id, processed_at__isnull=False).first(),
+        timeout=timeout,
+        message=f"event {event_id} was not processed",
+    )
+
+
+@pytest.fixture
 def pro_alice(
     alice_client: Any,
     alice_org: Any,
     fake_stripe: FakeStripe,
     localstripe: LocalStripe,
-    deliver: Callable[..., Any],
+    deliver_and_apply: Callable[..., Any],
 ) -> dict[str, Any]:
     """alice's organization on Pro, through Checkout and its webhook. Returns the completed session."""
     response = alice_client.post("/billing/checkout", {"plan": "pro"})
     assert response.status_code == 303, response.content.decode()[:2000]
     session = fake_stripe.complete_checkout(response["Location"].rsplit("/", 1)[1])
-    assert (
-        deliver(fake_stripe.add_event("checkout.session.completed", session, delivered=True)).status_code
-        == 200
-    )
+    deliver_and_apply(fake_stripe.add_event("checkout.session.completed", session, delivered=True))
     # ... and, as Stripe does, the first invoice's
     invoice = localstripe.get(f"/v1/subscriptions/{session['subscription']}")["latest_invoice"]
-    assert deliver(fake_stripe.add_event("invoice.paid", {"id": invoice}, delivered=True)).status_code == 200
+    deliver_and_apply(fake_stripe.add_event("invoice.paid", {"id": invoice}, delivered=True))
     return session

@@ -6,9 +6,10 @@ import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from apps.billing.models import StripeEvent, Subscription
+from apps.billing.models import Subscription
 from apps.billing.quotas import subscription_for
-from tests.conftest import login
+from tests.billing.conftest import processed
+from tests.conftest import Worker, login
 from tests.fake_stripe import FakeStripe
 
 
@@ -22,7 +23,7 @@ def checkout_session_id(response: Any) -> str:
 
 
 def test_checkout_then_webhook_puts_the_organization_on_pro(
-    alice_client: Any, alice_org: Any, fake_stripe: FakeStripe, deliver: Any
+    billing_worker: Worker, alice_client: Any, alice_org: Any, fake_stripe: FakeStripe, deliver: Any
 ) -> None:
     # given: alice clicks "Upgrade to Pro"
     response = start_checkout(alice_client)
@@ -43,16 +44,16 @@ def test_checkout_then_webhook_puts_the_organization_on_pro(
     event = fake_stripe.add_event("checkout.session.completed", completed, delivered=True)
     response = deliver(event)
 
-    # then
+    # then: a worker applies it
     assert response.status_code == 200, response.content
+    row = processed(event["id"])
     subscription = subscription_for(alice_org)
     assert subscription.plan.slug == "pro"
     assert subscription.status == "active"
     assert subscription.stripe_subscription_id == completed["subscription"]
     assert subscription.current_period_end is not None
     assert subscription.stripe_synced_at >= event["created"]
-    row = StripeEvent.objects.get(event_id=event["id"])
-    assert row.processed_at is not None and row.outcome == f"{completed['subscription']}: pro (active)"
+    assert row.outcome == f"{completed['subscription']}: pro (active)"
 
 
 def test_the_return_page_applies_the_subscription_without_waiting_for_the_webhook(
@@ -82,10 +83,12 @@ def test_the_customer_is_created_once(alice_client: Any, alice_org: Any, fake_st
 
 
 def test_manage_billing_redirects_to_the_portal(
-    alice_client: Any, alice_org: Any, fake_stripe: FakeStripe, deliver: Any
+    alice_client: Any, alice_org: Any, fake_stripe: FakeStripe, deliver_and_apply: Any
 ) -> None:
     session_id = checkout_session_id(start_checkout(alice_client))
-    deliver(fake_stripe.add_event("checkout.session.completed", fake_stripe.complete_checkout(session_id)))
+    deliver_and_apply(
+        fake_stripe.add_event("checkout.session.completed", fake_stripe.complete_checkout(session_id))
+    )
 
     page = alice_client.get("/billing/").content.decode()
     assert "Manage billing" in page
@@ -101,10 +104,12 @@ def test_manage_billing_redirects_to_the_portal(
 
 
 def test_a_paying_organization_changes_plans_in_the_portal_not_checkout(
-    alice_client: Any, fake_stripe: FakeStripe, deliver: Any
+    alice_client: Any, fake_stripe: FakeStripe, deliver_and_apply: Any
 ) -> None:
     session_id = checkout_session_id(start_checkout(alice_client))
-    deliver(fake_stripe.add_event("checkout.session.completed", fake_stripe.complete_checkout(session_id)))
+    deliver_and_apply(
+        fake_stripe.add_event("checkout.session.completed", fake_stripe.complete_checkout(session_id))
+    )
 
     response = start_checkout(alice_client, "team")
 

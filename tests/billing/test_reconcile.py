@@ -12,8 +12,9 @@ from tests.fake_stripe import FakeStripe, LocalStripe
 
 
 def test_missed_events_are_processed_exactly_once(
-    pro_alice: dict[str, Any], alice_org: Any, fake_stripe: FakeStripe, localstripe: LocalStripe, deliver: Any
-) -> None:
+    pro_alice: dict[str, Any], alice_org: Any, fake_stripe: FakeStripe, localstripe: LocalStripe,
+    deliver_and_apply: Any,
+) -> None:  # fmt: skip
     # given: the webhook was down while five events happened
     subscription_id, customer = pro_alice["subscription"], pro_alice["customer"]
     invoice = localstripe.get(f"/v1/subscriptions/{subscription_id}")["latest_invoice"]
@@ -27,7 +28,7 @@ def test_missed_events_are_processed_exactly_once(
     ]
     # ... and one that was delivered and handled, which Stripe lists as delivered
     delivered = fake_stripe.add_event("invoice.paid", {"id": invoice, "object": "invoice"}, delivered=True)
-    deliver(delivered)
+    deliver_and_apply(delivered)
     before = StripeEvent.objects.count()
 
     # when
