@@ -212,14 +212,14 @@ class Worker:
     """A `celery worker` subprocess; tests kill only the PIDs it recorded."""
 
     def __init__(self, queues: str = "gpu,default", concurrency: int = 1, env: dict[str, str] | None = None,
-                 name: str | None = None, log: Path | None = None) -> None:  # fmt: skip
+                 name: str | None = None, log: Path | None = None, args: tuple[str, ...] = ()) -> None:  # fmt: skip
         self.name = name or f"test-{os.getpid()}-{time.monotonic_ns()}@%h"
         self.log = log or ROOT / "var" / "test-logs" / f"worker-{time.monotonic_ns()}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
             sys.executable, "-m", "celery", "-A", "saas", "worker", "-Q", queues,
             "-c", str(concurrency), "-P", "prefork", "-n", self.name, "-l", "info", "--without-mingle",
-            "--without-gossip",
+            "--without-gossip", *args,
         ]  # fmt: skip
         self._log_file = self.log.open("wb")
         self.process = subprocess.Popen(cmd, cwd=ROOT, env=env or worker_env(), stdout=self._log_file,
