@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.mail import send_mail
@@ -156,13 +157,18 @@ def delete_project(actor: User, project: Project) -> None:
     project.delete()
 
 
-def create_api_key(project: Project, name: str, user: User | None) -> tuple[ApiKey, str]:
-    """Returns the key and its full secret, which is shown once and never stored."""
+def create_api_key(
+    project: Project, name: str, user: User | None, expires_in_days: int | None = None
+) -> tuple[ApiKey, str]:
+    """Returns the key and its full secret, which is shown once and never stored. With
+    `expires_in_days` the key stops working that many days from now."""
     name = name.strip() or "Secret key"
     prefix, raw = ApiKey.generate()
+    expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
     key = ApiKey.objects.create(
-        project=project, name=name[:100], prefix=prefix, hashed_key=ApiKey.hash_secret(raw), created_by=user
-    )
+        project=project, name=name[:100], prefix=prefix, hashed_key=ApiKey.hash_secret(raw), created_by=user,
+        expires_at=expires_at,
+    )  # fmt: skip
     return key, raw
 
 

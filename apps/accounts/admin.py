@@ -86,9 +86,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "created_by",
         "created_at",
         "last_used_at",
+        "expires_at",
         "revoked_at",
     ]
-    list_filter = ["revoked_at"]
+    list_filter = ["revoked_at", "expires_at"]
     search_fields = ["name", "prefix", "project__name", "project__organization__name"]
     readonly_fields = ["prefix", "created_at", "last_used_at"]
     exclude = ["hashed_key"]

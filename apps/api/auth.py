@@ -22,6 +22,7 @@ from apps.billing import ratelimit
 MISSING = "You didn't provide an API key. Send it in the Authorization header as 'Bearer sk-…'."
 INVALID = "Incorrect API key provided. You can find your API keys on the dashboard's API keys page."
 REVOKED = "This API key has been revoked. Create a new key on the dashboard's API keys page."
+EXPIRED = "This API key expired on {date} UTC. Create a new key on the dashboard's API keys page."
 TOO_MANY_FAILURES = "Too many requests with an incorrect API key from your IP address. Retry after {wait} s."
 
 
@@ -119,6 +120,9 @@ class ApiKeyAuthentication(BaseAuthentication):
             raise AuthenticationFailed(INVALID)
         if key.revoked_at is not None:
             raise AuthenticationFailed(REVOKED)
+        if key.is_expired:
+            assert key.expires_at is not None
+            raise AuthenticationFailed(EXPIRED.format(date=f"{key.expires_at:%Y-%m-%d %H:%M}"))
         # A key stops working when the person who made it leaves the organization.
         if (
             key.created_by_id is None

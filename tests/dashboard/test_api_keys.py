@@ -143,3 +143,59 @@ def test_keys_pages_are_404_for_outsiders(
     assert (
         key.prefix not in carol_client.get(f"/projects/{carol_project.public_id}/api-keys/").content.decode()
     )
+
+
+# --- Expiry (T27) ---------------------------------------------------------------------------------
+def create_expiring_key(client: Any, project: Any, expires: str) -> tuple[Any, str]:
+    response = client.post(f"/projects/{project.public_id}/api-keys/", {"name": "ci", "expires": expires},
+                           follow=True)  # fmt: skip
+    match = re.search(r'id="new-key-value">(sk-mw-[A-Za-z0-9]+)<', response.content.decode())
+    assert match is not None
+    return response, match.group(1)
+
+
+def test_a_key_expires_after_the_days_chosen_and_the_list_shows_when(
+    alice_client: Any, alice_project: Any
+) -> None:
+    # given
+    before = timezone.now()
+    _, never = create_expiring_key(alice_client, alice_project, "never")
+    response, in_90 = create_expiring_key(alice_client, alice_project, "90")
+    after = timezone.now()
+    # then
+    forever, expiring = ApiKey.objects.get(prefix=never[6:14]), ApiKey.objects.get(prefix=in_90[6:14])
+    assert forever.expires_at is None
+    assert expiring.expires_at is not None
+    assert before + timedelta(days=90) <= expiring.expires_at <= after + timedelta(days=90)
+    html = response.content.decode()
+    assert f"<td>{expiring.expires_at:%Y-%m-%d %H:%M}</td>" in html
+    assert html.count("<td>no expiry</td>") == 1
+    assert api_client(in_90).get("/v1/files").status_code == 200
+
+
+def test_an_expired_key_is_refused_with_401(alice_client: Any, alice_project: Any) -> None:
+    # given: a 30-day key whose 30 days have passed
+    _, raw = create_expiring_key(alice_client, alice_project, "30")
+    assert api_client(raw).get("/v1/files").status_code == 200
+    expired = timezone.now().replace(microsecond=0) - timedelta(seconds=1)
+    ApiKey.objects.filter(prefix=raw[6:14]).update(expires_at=expired)
+    # when
+    response = api_client(raw).get("/v1/files")
+    # then
+    assert response.status_code == 401
+    assert response.json()["error"] == {
+        "message": f"This API key expired on {expired:%Y-%m-%d %H:%M} UTC. Create a new key on the dashboard's "
+        "API keys page.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "invalid_api_key",
+    }
+    page = alice_client.get(f"/projects/{alice_project.public_id}/api-keys/").content.decode()
+    assert '<span class="badge revoked">expired</span>' in page
+
+
+def test_an_unknown_expiry_creates_no_key(alice_client: Any, alice_project: Any) -> None:
+    response = alice_client.post(f"/projects/{alice_project.public_id}/api-keys/", {"name": "ci", "expires": "7"},
+                                 follow=True)  # fmt: skip
+    assert "Choose when the key expires: never, in 30 days or in 90 days." in response.content.decode()
+    assert not ApiKey.objects.filter(project=alice_project).exists()

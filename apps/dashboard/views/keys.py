@@ -10,13 +10,21 @@ from apps.accounts.models import ApiKey
 from apps.dashboard.views.common import get_project, member_required
 
 NEW_KEY_SESSION = "new_api_key"
+# When a new key stops working: the form's choices, in days (None: never).
+EXPIRY_CHOICES: dict[str, int | None] = {"never": None, "30": 30, "90": 90}
+BAD_EXPIRY = "Choose when the key expires: never, in 30 days or in 90 days."
 
 
 @member_required
 def api_keys(request: HttpRequest, project_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     if request.method == "POST":
-        key, raw = actions.create_api_key(project, request.POST.get("name", ""), request.user)  # type: ignore[arg-type]
+        expiry = request.POST.get("expires", "never")
+        if expiry not in EXPIRY_CHOICES:
+            messages.error(request, BAD_EXPIRY)
+            return redirect("dashboard:api_keys", project.public_id)
+        name = request.POST.get("name", "")
+        key, raw = actions.create_api_key(project, name, request.user, EXPIRY_CHOICES[expiry])  # type: ignore[arg-type]
         # Shown once, on the next page view, then gone: the session holds it for one redirect.
         request.session[NEW_KEY_SESSION] = {"name": key.name, "key": raw}
         return redirect("dashboard:api_keys", project.public_id)
