@@ -270,7 +270,7 @@ def stack() -> Iterator[Stack]:
             SEED, json.dumps(tenants[0]), json.dumps(tenants[1]), str(tiny_bert), str(tiny_classifier)
         )
         bench.seed = json.loads(next(line for line in out.splitlines() if line.startswith("SEED "))[5:])
-        processes.append(start([sys.executable, "-m", "celery", "-A", "saas", "worker", "-Q", "gpu,default", "-c", "1",
+        processes.append(start([sys.executable, "-m", "celery", "-A", "saas", "worker", "-Q", "gpu,serve,default", "-c", "1",
                                 "-P", "prefork", "-n", "bench@%h", "--without-mingle", "--without-gossip",
                                 "-l", "warning"], env, LOGS / "worker.log"))  # fmt: skip
         port = free_port()

@@ -2,7 +2,7 @@
 
 Real parts, as in production: PostgreSQL and Redis from DATABASE_URL / REDIS_URL (migrated
 first; when unset, the local servers on 127.0.0.1 or embedded ones under var/), gunicorn (gthread)
-and a Celery worker (`-Q gpu,default -c 1`) as subprocesses. A tiny BERT classifier (with
+and a Celery worker (`-Q gpu,serve,default -c 1`) as subprocesses. A tiny BERT classifier (with
 `--minilm`, also MiniLM-L6 with a fresh 3-label head) is registered as a servable model of a
 tenant made by `manage.py create_tenant`, on a benchmark plan with limits high enough never to
 refuse. Use a scratch database: the tenant, the plan and the models stay in it.
@@ -197,7 +197,7 @@ def start_web(env: dict[str, str], port: int, workers: int, threads: int) -> Pro
 
 
 def start_worker(env: dict[str, str], name: str) -> Process:
-    cmd = [sys.executable, "-m", "celery", "-A", "saas", "worker", "-Q", "gpu,default", "-c", "1", "-P", "prefork",
+    cmd = [sys.executable, "-m", "celery", "-A", "saas", "worker", "-Q", "gpu,serve,default", "-c", "1", "-P", "prefork",
            "-n", f"{name}@%h", "-l", "info", "--without-mingle", "--without-gossip"]  # fmt: skip
     worker = Process(name, cmd, env)
     deadline = time.monotonic() + 90
@@ -214,7 +214,7 @@ def purge_queues() -> None:
     from saas.celery import app
 
     with app.connection_for_write() as conn:
-        for queue in ("gpu", "default"):
+        for queue in ("gpu", "serve", "default"):
             conn.default_channel.queue_purge(queue)  # type: ignore[attr-defined]
 
 

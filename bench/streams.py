@@ -1,7 +1,7 @@
 """Open streams against the rest of the API: do 50 streaming chat requests slow everything else?
 
 The same real stack as bench/overhead.py (PostgreSQL and Redis from DATABASE_URL / REDIS_URL,
-gunicorn gthread with enough threads for every stream, a Celery worker on `-Q gpu,default -c 1`),
+gunicorn gthread with enough threads for every stream, a Celery worker on `-Q gpu,serve,default -c 1`),
 serving a tiny GPT-2 as a tenant's generation model. First, with nothing else running, `GET
 /healthz` and `GET /v1/models` (authenticated) are timed in turn, one at a time, for a few
 seconds: the baseline. Then 50 streaming chat requests open at once (each holds a gunicorn

@@ -19,11 +19,14 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "saas.settings")
 
 app = Celery("modelworks")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.task_queues = (Queue("gpu"), Queue("default"))
+# gpu: training and batch jobs (a fresh worker child per task, so GPU memory is always released);
+# serve: local inference, on workers that keep their models loaded between requests, so a
+# fine-tune running for hours never makes a chat or a classification wait; default: the rest.
+app.conf.task_queues = (Queue("gpu"), Queue("serve"), Queue("default"))
 app.conf.task_default_queue = "default"
 app.conf.task_routes = {
     "jobs.run_fine_tune": {"queue": "gpu"},
-    "jobs.run_inference": {"queue": "gpu"},
+    "jobs.run_inference": {"queue": "serve"},
     "jobs.run_batch": {"queue": "gpu"},
     "jobs.run_proxy": {"queue": "default"},
     "jobs.*": {"queue": "default"},

@@ -83,6 +83,8 @@ def main() -> int:
                 "--workers", "2", "--threads", "32", "--timeout", "120", "--access-logfile", "-"],
         "gpu-worker": [str(BIN / "celery"), "-A", "saas", "worker", "-Q", "gpu", "-c", "1",
                        "-n", "gpu@%h", "-l", "info"],
+        "serve-worker": [str(BIN / "celery"), "-A", "saas", "worker", "-Q", "serve", "-c", "1",
+                         "-n", "serve@%h", "-l", "info"],
         "default-worker": [str(BIN / "celery"), "-A", "saas", "worker", "-Q", "default", "-c", "2",
                            "-n", "default@%h", "-l", "info"],
         "beat": [str(BIN / "celery"), "-A", "saas", "beat", "-s", beat_schedule, "-l", "info"],

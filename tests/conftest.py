@@ -211,7 +211,7 @@ def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 class Worker:
     """A `celery worker` subprocess; tests kill only the PIDs it recorded."""
 
-    def __init__(self, queues: str = "gpu,default", concurrency: int = 1, env: dict[str, str] | None = None,
+    def __init__(self, queues: str = "gpu,serve,default", concurrency: int = 1, env: dict[str, str] | None = None,
                  name: str | None = None, log: Path | None = None, args: tuple[str, ...] = ()) -> None:  # fmt: skip
         self.name = name or f"test-{os.getpid()}-{time.monotonic_ns()}@%h"
         self.log = log or ROOT / "var" / "test-logs" / f"worker-{time.monotonic_ns()}.log"
@@ -255,7 +255,7 @@ def purge_queues() -> None:
     from saas.celery import app
 
     with app.connection_for_write() as conn:
-        for queue in ("gpu", "default"):
+        for queue in ("gpu", "serve", "default"):
             conn.default_channel.queue_purge(queue)
 
 

@@ -21,13 +21,15 @@ def test_celery_policy_is_set() -> None:
 
     # The visibility timeout outlives the longest hard time limit by an hour, or long jobs run twice.
     assert vt >= settings.GPU_TASK_TIME_LIMIT + 3600
-    assert {q.name for q in conf.task_queues} == {"gpu", "default"}
+    assert {q.name for q in conf.task_queues} == {"gpu", "serve", "default"}
 
 
-def test_routes_send_gpu_work_to_the_gpu_queue() -> None:
+def test_routes_send_training_and_serving_to_their_own_queues() -> None:
     router = app.amqp.router
     assert router.route({}, "jobs.run_fine_tune")["queue"].name == "gpu"
-    assert router.route({}, "jobs.run_inference")["queue"].name == "gpu"
+    assert router.route({}, "jobs.run_batch")["queue"].name == "gpu"
+    assert router.route({}, "jobs.run_inference")["queue"].name == "serve"
+    assert router.route({}, "jobs.run_proxy")["queue"].name == "default"
     assert router.route({}, "files.validate")["queue"].name == "default"
     assert router.route({}, "system.ping")["queue"].name == "default"
 

@@ -34,4 +34,4 @@ def test_healthz_is_ok_with_a_worker(client: Any, celery_worker: Any) -> None:
     from tests.conftest import wait_for
 
     response = wait_for(lambda: (r := client.get("/healthz")).status_code == 200 and r, timeout=20)
-    assert response.json()["checks"]["worker"]["queues"] == ["default", "gpu"]
+    assert response.json()["checks"]["worker"]["queues"] == ["default", "gpu", "serve"]

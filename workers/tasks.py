@@ -78,7 +78,7 @@ def reap() -> dict[str, int]:
     return counts
 
 
-@app.task(name="jobs.run_inference", queue="gpu", soft_time_limit=600, time_limit=660)
+@app.task(name="jobs.run_inference", queue="serve", soft_time_limit=600, time_limit=660)
 def run_inference(job_id: str, attempt: int | None = None) -> None:
     """A chat, completion or classification request (with any same-model requests waiting)."""
     from workers.attempt import run_claimed

@@ -28,8 +28,8 @@ def send_now(task_name: str, args: list[Any]) -> bool:
     return True
 
 
-# kombu's Redis transport keeps a queue's messages in one list per priority step ("gpu" for the
-# default priority, "gpu\x06\x163" and so on for the others).
+# kombu's Redis transport keeps a queue's messages in one list per priority step ("serve" for the
+# default priority, "serve\x06\x163" and so on for the others).
 _PRIORITY_STEPS = (0, 3, 6, 9)
 _PRIORITY_SEP = "\x06\x16"
 

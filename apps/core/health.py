@@ -42,7 +42,7 @@ def _redis_and_workers() -> tuple[dict[str, Any], dict[str, Any]]:
     except RedisError as exc:
         return {"ok": False, "error": type(exc).__name__}, {"ok": False, "error": "redis unavailable"}
     queues = sorted({q for w in workers for q in w["queues"]})
-    missing = [q for q in ("gpu", "default") if q not in queues]
+    missing = [q for q in ("gpu", "serve", "default") if q not in queues]
     worker_check: dict[str, Any] = {
         "ok": bool(workers) and not missing,
         "count": len(workers),

@@ -313,7 +313,7 @@ def check_backlog(model: Model) -> None:
     nothing: publishing copes with that on its own."""
     from apps.core.broker import queue_length
 
-    waiting = queue_length("default" if model.provider == Provider.OPENAI else "gpu")
+    waiting = queue_length("default" if model.provider == Provider.OPENAI else "serve")
     if waiting is not None and waiting >= settings.INFERENCE_MAX_QUEUED:
         seconds = settings.INFERENCE_SHED_RETRY_AFTER_SECONDS
         error = ActionError(OVERLOADED.format(model=model.name, seconds=seconds), code="server_overloaded",

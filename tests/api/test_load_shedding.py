@@ -15,7 +15,7 @@ from tests.conftest import purge_queues
 
 @pytest.fixture
 def waiting_requests(db: None) -> Iterator[Any]:
-    """Puts n messages in the gpu queue, as requests nobody has taken yet; empties it afterwards."""
+    """Puts n messages in the serve queue, as requests nobody has taken yet; empties it afterwards."""
     purge_queues()
 
     def add(n: int) -> None:
@@ -70,13 +70,13 @@ def test_the_backlog_counts_every_priority_of_the_queue(waiting_requests: Any) -
     waiting_requests(2)
     app.send_task("jobs.run_inference", args=["clfjob-nobody", 1], priority=6)
 
-    assert broker.queue_length("gpu") == 3
+    assert broker.queue_length("serve") == 3
 
 
 def test_an_unreachable_broker_sheds_nothing(settings: Any) -> None:
     settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
     broker._broker_redis.cache_clear()
     try:
-        assert broker.queue_length("gpu") is None
+        assert broker.queue_length("serve") is None
     finally:
         broker._broker_redis.cache_clear()

@@ -136,8 +136,11 @@ def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
-def queue_depth(client: Any, queue: str = "gpu") -> int:
-    """Messages waiting in a kombu queue (all its priority lists)."""
+def queue_depth(client: Any, queue: str | None = None) -> int:
+    """Messages waiting in a kombu queue (all its priority lists); by default in both job queues
+    (`gpu`: fine-tunes, `serve`: inference)."""
+    if queue is None:
+        return queue_depth(client, "gpu") + queue_depth(client, "serve")
     total = 0
     for key in client.scan_iter(match=f"{queue}*"):
         if key.decode().split("\x06\x16")[0] == queue and client.type(key) == b"list":
@@ -207,7 +210,7 @@ def start_worker() -> Iterator[Callable[..., Worker]]:
     """Starts a worker with extra environment; every one is killed at teardown."""
     started: list[Worker] = []
 
-    def start(extra: dict[str, str] | None = None, *, concurrency: int = 1, queues: str = "gpu,default",
+    def start(extra: dict[str, str] | None = None, *, concurrency: int = 1, queues: str = "gpu,serve,default",
               env: dict[str, str] | None = None) -> Worker:  # fmt: skip
         log = ROOT / "var" / "test-logs" / f"chaos-worker-{os.getpid()}-{time.monotonic_ns()}.log"
         env = env or worker_env({**WORKER_ENV, **(extra or {})})
