@@ -15,6 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError, connections
 
+from apps.core.tenancy import TENANT_MISMATCH_MESSAGE, foreign_references
 from apps.jobs import actions
 
 logger = logging.getLogger(__name__)
@@ -139,6 +140,11 @@ def run_claimed(job_id: str, run: Any) -> None:
     the same job on the same worker would run out again, so it is not retried."""
     job = actions.claim(job_id, time_limit=hard_time_limit())
     if job is None:
+        return
+    foreign = foreign_references(job)
+    if foreign:  # a forged or corrupted message: never open another organization's data
+        logger.error("job %s refers to rows outside its organization: %s", job_id, ", ".join(foreign))
+        _fail(job, {"code": "tenant_mismatch", "message": TENANT_MISMATCH_MESSAGE, "param": foreign[0]})
         return
     try:
         run(job)

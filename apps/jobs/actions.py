@@ -179,8 +179,14 @@ def claim(job_id: str, owner: str | None = None, time_limit: float | None = None
     )
     if not updated:
         return None
+    # The files' and key's projects too: the worker checks they are the job's organization's
+    # (apps.core.tenancy) without another round trip.
     job = Job.objects.select_related(
-        "project__organization", "model", "training_file", "validation_file"
+        "project__organization",
+        "model",
+        "training_file__project",
+        "validation_file__project",
+        "api_key__project",
     ).get(public_id=job_id)
     if job.kind == JobKind.FINE_TUNE:  # inference jobs are too many and too short for a log line
         # Customers read events: the worker's hostname stays in lease_owner (staff, logs) only.

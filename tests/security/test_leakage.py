@@ -310,12 +310,6 @@ def test_the_tenancy_check_names_every_foreign_reference(seeded: Seeded, carol_p
     assert foreign_references(seeded.job) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="The worker does not check yet that a job's files and models belong to its organization: it "
-    "trains carol's job on alice's file. The check is `apps.core.tenancy.foreign_references`, to be called "
-    "in workers/attempt.py `run_claimed` right after the claim; remove this mark with it.",
-)
 def test_a_forged_message_pairing_alices_file_with_carols_job_is_refused(
     transactional_db: None, catalog: None, tiny_base: Model, alice: Any, alice_project: Project, bob: Any,
     carol_project: Project, celery_worker: Any,
