@@ -70,6 +70,10 @@ def register_checkpoint_model(job: Any, checkpoint: Any) -> Model | None:
 EXPORT_SKIP = {"trainer_state.pt"}  # optimizer state: not part of a model, and never unpickled
 
 
+class WeightsMissing(ValueError):
+    """A fine-tuned model whose stored weights are gone (a storage fault, never the customer's)."""
+
+
 def export_archive(model: Model) -> Any:
     """The model as a standard transformers directory in a .tar.gz (an open temporary file that
     disappears when closed). Raises ValueError for catalog models."""
@@ -83,9 +87,14 @@ def export_archive(model: Model) -> Any:
 
     if model.is_catalog or model.artifact_key.startswith(("catalog:", "local:")):
         raise ValueError(f"'{model.name}' is not a fine-tuned model with stored weights.")
-    local = download_dir(
-        model.artifact_key, Path(settings.MODEL_CACHE_DIR) / "artifacts" / model.artifact_key
-    )
+    try:
+        local = download_dir(
+            model.artifact_key, Path(settings.MODEL_CACHE_DIR) / "artifacts" / model.artifact_key
+        )
+    except FileNotFoundError:
+        raise WeightsMissing(
+            f"The weights of '{model.name}' are missing from storage. Contact us with the model id."
+        ) from None
     work = Path(settings.VAR_DIR) / "work"
     work.mkdir(parents=True, exist_ok=True)
     archive = tempfile.TemporaryFile(dir=work)  # noqa: SIM115  (returned open; deleted on close)

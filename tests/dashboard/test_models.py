@@ -145,3 +145,19 @@ def test_a_teammate_can_view_models(client: Any, bob: Any, alice_project: Any, a
     login(client, bob)
     assert alice_model.name in client.get(url(alice_project)).content.decode()
     assert client.get(url(alice_project, alice_model)).status_code == 200
+
+
+def test_weights_missing_from_storage_are_a_clear_error_not_a_500(
+    alice_client: Any, api: Any, alice_project: Any, alice_model: Model
+) -> None:
+    # alice_model's artifact key names nothing in storage
+    message = f"The weights of '{alice_model.name}' are missing from storage. Contact us with the model id."
+
+    page = alice_client.get(url(alice_project, alice_model, "download"), follow=True)
+    response = api.get(f"/v1/models/{alice_model.name}/content")
+
+    assert page.status_code == 200 and message in html.unescape(page.content.decode())
+    assert response.status_code == 404
+    assert response.json()["error"] == {
+        "message": message, "type": "invalid_request_error", "param": "model", "code": "weights_not_found",
+    }  # fmt: skip

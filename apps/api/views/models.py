@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -14,8 +15,10 @@ from rest_framework.response import Response
 from apps.api.base import ProjectAPIView
 from apps.api.serializers.common import ERRORS, DeletedSerializer
 from apps.core.errors import ActionError
-from apps.registry.actions import delete_fine_tuned_model, export_archive
+from apps.registry.actions import WeightsMissing, delete_fine_tuned_model, export_archive
 from apps.registry.models import Model
+
+logger = logging.getLogger(__name__)
 
 
 class ModelObjectSerializer(serializers.Serializer):
@@ -88,6 +91,9 @@ class ModelContentView(ModelsBase):
         found = self.get_model(model)
         try:
             archive = export_archive(found)
+        except WeightsMissing as exc:
+            logger.error("model %s: weights missing under %s", found.name, found.artifact_key)
+            raise ActionError(str(exc), code="weights_not_found", param="model", status=404) from None
         except ValueError as exc:
             raise ActionError(str(exc), param="model") from None
         filename = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-") + ".tar.gz"
