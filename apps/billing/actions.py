@@ -53,7 +53,9 @@ def _rejected(exc: stripe_api.StripeRejected, what: str) -> ActionError:
 def _lock(organization: Organization) -> Subscription:
     """The organization's subscription row, locked until the transaction ends (call inside one)."""
     subscription = subscription_for(organization)
-    return Subscription.objects.select_for_update().select_related("plan").get(pk=subscription.pk)
+    # No join in the locking query: a waiter re-checks the joined plan row after the holder commits,
+    # and a holder that changed the plan would make PostgreSQL drop the row (DoesNotExist).
+    return Subscription.objects.select_for_update().get(pk=subscription.pk)
 
 
 # --- Checkout and the Customer Portal --------------------------------------------------------------
