@@ -133,6 +133,18 @@ def claim(job_id: str, owner: str | None = None, time_limit: float | None = None
     passed and the heartbeat stopped, the attempt was killed and the job fails with `time_limit`."""
     owner = owner or lease_owner()
     now = timezone.now()
+    lease = {
+        "status": JobStatus.RUNNING,
+        "attempt": F("attempt") + 1,
+        "lease_owner": owner,
+        "heartbeat_at": now,
+        "started_at": Coalesce(F("started_at"), now),
+        "attempt_started_at": now,
+        "time_limit_at": now + timedelta(seconds=time_limit) if time_limit else None,
+    }
+    # The common case, the first delivery for a queued job: one UPDATE, nothing read first.
+    if Job.objects.filter(public_id=job_id, status=JobStatus.QUEUED).update(**lease):
+        return _claimed(job_id)
     cutoff = now - timedelta(seconds=settings.JOB_STALE_SECONDS)
     current = (
         Job.objects.filter(public_id=job_id).only("status", "lease_owner", "attempt", "max_attempts").first()
@@ -167,18 +179,12 @@ def claim(job_id: str, owner: str | None = None, time_limit: float | None = None
         Job.objects.filter(public_id=job_id)
         .filter(claimable)
         .filter(~running | Q(attempt__lt=F("max_attempts")))
-        .update(
-            status=JobStatus.RUNNING,
-            attempt=F("attempt") + 1,
-            lease_owner=owner,
-            heartbeat_at=now,
-            started_at=Coalesce(F("started_at"), now),
-            attempt_started_at=now,
-            time_limit_at=now + timedelta(seconds=time_limit) if time_limit else None,
-        )
+        .update(**lease)
     )
-    if not updated:
-        return None
+    return _claimed(job_id) if updated else None
+
+
+def _claimed(job_id: str) -> Job:
     # The files' and key's projects too: the worker checks they are the job's organization's
     # (apps.core.tenancy) without another round trip.
     job = Job.objects.select_related(
@@ -391,8 +397,10 @@ def finish(
         job.save()
         if status != JobStatus.PAUSED:
             record_usage(job, usage or {}, usage_models)
-        level = "error" if status == JobStatus.FAILED else "info"
-        JobEvent.objects.create(job=job, level=level, message=message or f"Job {status}.")
+        # An inference request's success is its response: no event row for each of them.
+        if job.kind in (JobKind.FINE_TUNE, JobKind.BATCH) or status == JobStatus.FAILED:
+            level = "error" if status == JobStatus.FAILED else "info"
+            JobEvent.objects.create(job=job, level=level, message=message or f"Job {status}.")
     return job
 
 
