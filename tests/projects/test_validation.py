@@ -227,7 +227,7 @@ def test_unlabelled_jsonl():
     report = validate(jsonl({"text": "first text here"}, {"text": 7}, {"text": "third text", "id": 3}))
 
     assert report["format"] == "text_jsonl"
-    assert errors(report) == [(2, "text must be a string, got number (7)")]
+    assert errors(report) == [(2, "text must be a string, got number")]
     assert warnings(report) == [(3, 'ignoring extra keys: "id"')]
     assert report["stats"]["chars"]["max"] == 15
 
