@@ -145,10 +145,13 @@ def test_a_customer_journey_in_the_browser(
     owner.goto(f"/projects/{project_id}/fine-tuning/new")
     assert "tickets.csv" in owner.locator("#id_training_file option:checked").inner_text()
     owner.select_option("#id_model", "tiny-bert")
-    owner.fill("#id_n_epochs", "2")
-    owner.fill("#id_batch_size", "4")  # 56 steps: long enough on any machine to see the bar move
+    owner.fill("#id_n_epochs", "8")
+    owner.fill("#id_early_stopping_patience", "0")
+    # ~870 steps of one example: seconds even on an idle machine, so the page sees the bar move
+    # (56 steps once finished before the job page first rendered).
+    owner.fill("#id_batch_size", "1")
     owner.dispatch_event("#id_batch_size", "change")  # the estimate follows the form's changes
-    owner.wait_for_function("() => /2 epochs/.test(document.getElementById('estimate').textContent)")
+    owner.wait_for_function("() => /8 epochs/.test(document.getElementById('estimate').textContent)")
     assert int(owner.locator("#estimate-steps").inner_text().replace(",", "")) > 0
     assert owner.locator("#estimate-cost").inner_text().startswith("$")
     shots(owner, "fine-tune estimate")
