@@ -133,12 +133,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
-def run_claimed(job_id: str, run: Any) -> None:
+def run_claimed(job_id: str, run: Any, *, with_files: bool = True) -> None:
     """Claims the job (a duplicate delivery claims nothing and returns) and runs it. A bug in
     `run` fails the job with `internal_error` instead of leaving it running until the reaper,
     and tells a waiting request at once. Running out of memory fails it with `out_of_memory`:
     the same job on the same worker would run out again, so it is not retried."""
-    job = actions.claim(job_id, time_limit=hard_time_limit())
+    job = actions.claim(job_id, time_limit=hard_time_limit(), with_files=with_files)
     if job is None:
         return
     foreign = foreign_references(job)

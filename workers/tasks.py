@@ -84,7 +84,7 @@ def run_inference(job_id: str, attempt: int | None = None) -> None:
     from workers.attempt import run_claimed
     from workers.inference import run_inference as run
 
-    run_claimed(job_id, run)
+    run_claimed(job_id, run, with_files=False)
 
 
 @app.task(name="jobs.run_proxy", queue="default", soft_time_limit=300, time_limit=330)
