@@ -167,23 +167,29 @@ def wait_until(check: Any, timeout: float, what: str) -> None:
     raise SystemExit(f"load: {what} not ready within {timeout:.0f}s")
 
 
-def database_url(keep: list[Any]) -> str:
-    """A fresh `mw_bench` database on the local PostgreSQL, or on the embedded one."""
+def database_url(keep: list[Any], name: str = DATABASE) -> str:
+    """A fresh database `name` on the local PostgreSQL, or on the embedded one."""
     import psycopg
 
     from scripts.services import embedded_postgres, local_postgres_url
 
-    url = local_postgres_url(DATABASE)
+    url = local_postgres_url(name)
     if url is None:
-        url, server = embedded_postgres(DATABASE)
+        url, server = embedded_postgres(name)
         keep.append(server)
-    admin = (
-        url.rsplit("/", 1)[0] + "/postgres" if "?" not in url else url.replace(f"/{DATABASE}?", "/postgres?")
-    )
+    admin = url.rsplit("/", 1)[0] + "/postgres" if "?" not in url else url.replace(f"/{name}?", "/postgres?")
     with psycopg.connect(admin.replace("postgres://", "postgresql://", 1), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DATABASE}"')
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
     return url
+
+
+def start_redis(work: Path, logs: Path) -> tuple[int, subprocess.Popen[bytes]]:
+    """A private redis-server on a free port, keeping nothing on disk."""
+    port = free_port()
+    cmd = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+           "--dir", str(work)]  # fmt: skip
+    return port, start(cmd, dict(os.environ), logs / "redis.log")
 
 
 def redis_binary() -> str:
@@ -229,9 +235,8 @@ def stack() -> Iterator[Stack]:
     processes: list[subprocess.Popen[bytes]] = []
     try:
         db = database_url(keep)
-        redis_port = free_port()
-        processes.append(start([redis_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no", "--dir", str(work)], dict(os.environ), LOGS / "redis.log"))  # fmt: skip
+        redis_port, redis = start_redis(work, LOGS)
+        processes.append(redis)
         env = dict(os.environ)
         for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
             env.pop(name, None)

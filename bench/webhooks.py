@@ -48,7 +48,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python bench/webhooks.py` puts bench/, not the root, on the path
 
-from bench.load import GUNICORN_THREADS, GUNICORN_WORKERS, free_port, redis_binary, start, wait_until  # noqa: E402
+from bench.load import (  # noqa: E402
+    GUNICORN_THREADS,
+    GUNICORN_WORKERS,
+    database_url,
+    free_port,
+    start,
+    start_redis,
+    wait_until,
+)
 
 DATABASE = "mw_bench_webhooks"
 LOGS = ROOT / "var" / "bench-webhooks"
@@ -143,22 +151,6 @@ def application(environ: dict[str, Any], start_response: Any) -> Any:
 
 
 # --- The stack ------------------------------------------------------------------------------------
-def fresh_database(keep: list[Any]) -> str:
-    import psycopg
-
-    from scripts.services import embedded_postgres, local_postgres_url
-
-    url = local_postgres_url(DATABASE)
-    if url is None:
-        url, server = embedded_postgres(DATABASE)
-        keep.append(server)
-    admin = url.replace(f"/{DATABASE}", "/postgres", 1)
-    with psycopg.connect(admin.replace("postgres://", "postgresql://", 1), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DATABASE}"')
-    return url
-
-
 def subscriptions(template: dict[str, Any]) -> list[dict[str, Any]]:
     """One subscription per organization, copies of the fixture's with their own ids."""
     out = []
@@ -186,10 +178,9 @@ def stack(stripe_latency: float) -> Iterator[Stack]:
     LOGS.mkdir(parents=True)
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        db = fresh_database(keep)
-        redis_port = free_port()
-        processes.append(start([redis_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no", "--dir", str(work)], dict(os.environ), LOGS / "redis.log"))  # fmt: skip
+        db = database_url(keep, DATABASE)
+        redis_port, redis = start_redis(work, LOGS)
+        processes.append(redis)
         template = json.loads(TEMPLATE.read_text())
         subs = subscriptions(template)
         fake = subprocess.Popen([sys.executable, "-c", FAKE_STRIPE, str(stripe_latency)], cwd=ROOT, stdin=subprocess.PIPE,

@@ -325,8 +325,9 @@ def label_texts(
             return labelling
         # The next chunk costs about what a text has cost so far (the first chunk always runs, as
         # the first training step does: there is nothing to estimate from before it).
-        per_text = labelling.cost / max(sum(len(chunk.labels) for chunk in labelling.chunks), 1)
-        reason = budget(int(labelling.cost + per_text * CHUNK_TEXTS)) if labelling.chunks else ""
+        spent = labelling.cost
+        per_text = spent / max(sum(len(chunk.labels) for chunk in labelling.chunks), 1)
+        reason = budget(int(spent + per_text * CHUNK_TEXTS)) if labelling.chunks else ""
         if reason:
             labelling.stopped = reason
             return labelling
@@ -413,7 +414,9 @@ def compare(
     student_per_1000 = cost_of(student_name, "classified_texts", 1000) + cost_of(
         student_name, "input_tokens", round(tokens_per_text * 1000)
     )
-    teacher_per_1000 = round(labelling.cost * 1000 / max(labelled, 1))
+    teacher_cost = labelling.cost
+    teacher_per_1000 = round(teacher_cost * 1000 / max(labelled, 1))
+    unparseable = len(labelling.unparseable())
     return {
         "teacher": labelling.teacher.name,
         "held_out_texts": len(texts),
@@ -425,9 +428,9 @@ def compare(
         "student_texts_per_second": round(len(texts) / student_seconds, 2),
         "teacher_cost_per_1000_texts": teacher_per_1000,
         "student_cost_per_1000_texts": student_per_1000,
-        "labelled_texts": labelled - len(labelling.unparseable()),
-        "unparseable_answers": len(labelling.unparseable()),
-        "teacher_cost": labelling.cost,
+        "labelled_texts": labelled - unparseable,
+        "unparseable_answers": unparseable,
+        "teacher_cost": teacher_cost,
         "currency": "usd_micros",
     }, dict(zip(held, predictions, strict=True))
 

@@ -68,16 +68,21 @@ def take_many(
     pipe = client().pipeline(transaction=False)
     for scope, limit, cost in checks:
         pipe.eval(_SCRIPT, 2, *_args(scope, limit, cost, now, window, count=True))
-    elapsed = now - int(now // window) * window
     return [
-        Decision(bool(allowed), limit, max(limit - int(total), 0), window - elapsed)
-        for (allowed, total), (_, limit, _) in zip(pipe.execute(), checks, strict=True)
+        _decision(result, limit, now, window)
+        for result, (_, limit, _) in zip(pipe.execute(), checks, strict=True)
     ]
 
 
 def _run(scope: str, limit: int, cost: int, now: float | None, window: int, *, count: bool) -> Decision:
     now = time.time() if now is None else now
-    allowed, total = client().eval(_SCRIPT, 2, *_args(scope, limit, cost, now, window, count=count))
+    result = client().eval(_SCRIPT, 2, *_args(scope, limit, cost, now, window, count=count))
+    return _decision(result, limit, now, window)
+
+
+def _decision(result: Any, limit: int, now: float, window: int) -> Decision:
+    """The script's (allowed, total after) as a Decision; the window resets at its next multiple."""
+    allowed, total = result
     return Decision(
         bool(allowed), limit, max(limit - int(total), 0), window - (now - int(now // window) * window)
     )

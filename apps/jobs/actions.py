@@ -445,10 +445,16 @@ def fail_lost(job_pk: int, attempt: int) -> bool:
         f"The worker running this job died {attempt} times (killed or out of memory). "
         "It will not be retried; check the data and hyperparameters, then start a new job."
     )
+    return _fail_running(job_pk, attempt, "worker_lost", message)
+
+
+def _fail_running(job_pk: int, attempt: int, code: str, message: str) -> bool:
+    """running (this attempt) → failed with `code`, and the event that says why; for attempts whose
+    process is gone, so nothing else will finish them."""
     with transaction.atomic():
         updated = Job.objects.filter(pk=job_pk, attempt=attempt, status=JobStatus.RUNNING).update(
             status=JobStatus.FAILED,
-            error={"code": "worker_lost", "message": message, "param": None},
+            error={"code": code, "message": message, "param": None},
             finished_at=timezone.now(),
             lease_owner="",
         )
@@ -475,17 +481,7 @@ def fail_time_limit(job_pk: int, attempt: int) -> bool:
     limit = None
     if job.time_limit_at is not None and job.attempt_started_at is not None:
         limit = (job.time_limit_at - job.attempt_started_at).total_seconds()
-    message = time_limit_message(limit, bool(job.checkpoint_ref))
-    with transaction.atomic():
-        updated = Job.objects.filter(pk=job_pk, attempt=attempt, status=JobStatus.RUNNING).update(
-            status=JobStatus.FAILED,
-            error={"code": "time_limit", "message": message, "param": None},
-            finished_at=timezone.now(),
-            lease_owner="",
-        )
-        if updated:
-            JobEvent.objects.create(job_id=job_pk, level="error", message=message)
-    return bool(updated)
+    return _fail_running(job_pk, attempt, "time_limit", time_limit_message(limit, bool(job.checkpoint_ref)))
 
 
 def _timed_out(now: Any, *, owner_dead: bool = False) -> Any:

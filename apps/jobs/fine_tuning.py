@@ -16,6 +16,7 @@ from apps.core.errors import ActionError
 from apps.jobs import actions
 from apps.jobs.models import Job, JobKind, JobStatus
 from apps.projects.models import File, FilePurpose, FileStatus, Project
+from apps.projects.validation import MAX_LABEL_CHARS  # the longest label a file may hold
 from apps.registry.models import Model
 from workers.runtime.specs import (
     VALIDATION_FRACTION,
@@ -51,7 +52,6 @@ MODULE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")
 # method.distillation: the teacher labels the texts of unlabeled_file with one of `labels`.
 DISTILLATION_OPTIONS = ("teacher", "unlabeled_file", "labels", "temperature", "hyperparameters")
 MAX_DISTILLATION_LABELS = 100
-MAX_LABEL_CHARS = 200
 DEFAULT_TEMPERATURE = 2.0  # softens a classifier teacher's probabilities (Hinton et al., 2015)
 MAX_TEMPERATURE = 20.0
 

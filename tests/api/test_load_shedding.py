@@ -26,6 +26,13 @@ def waiting_requests(db: None) -> Iterator[Any]:
     purge_queues()
 
 
+def rate_counters(organization_id: int) -> list[bytes]:
+    """The organization's rate-limit counters in Redis (emptied before every test)."""
+    from apps.jobs.relay import client
+
+    return list(client().scan_iter(match=f"mw:rl:org:{organization_id}:*"))
+
+
 def classify(api: Any, model: str) -> Any:
     return api.post("/v1/classifications", {"model": model, "input": ["where is my invoice"]}, format="json")
 
@@ -48,7 +55,7 @@ def test_a_full_queue_sheds_a_new_request_with_503_and_retry_after(
         "code": "server_overloaded",
     }
     assert not Job.objects.exists()
-    assert "x-ratelimit-remaining-requests" not in response  # shed before the rate limit counted it
+    assert rate_counters(tiny_classifier.organization_id) == []  # shed before any limit counted it
 
 
 def test_below_the_limit_a_request_waits_for_its_worker(
@@ -61,6 +68,7 @@ def test_below_the_limit_a_request_waits_for_its_worker(
     response = classify(api, tiny_classifier.name)
 
     assert response.status_code == 504  # queued, then timed out: no worker runs in this test
+    assert rate_counters(tiny_classifier.organization_id) != []  # counted, unlike a shed request
     assert Job.objects.get().status == "cancelled"
 
 
