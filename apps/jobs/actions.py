@@ -553,12 +553,47 @@ def queue_position(job: Job) -> int | None:
 
 
 # --- The reaper -------------------------------------------------------------------------------------
+REAPER_LAST_RUN_KEY = "reaper:last-run"
+REAPER_RESUMED_KEY = "reaper:resumed-at"
+
+
+def _reaper_watching(now: float) -> bool:
+    """Whether the reaper has watched the heartbeats long enough to call a silent job lost.
+
+    A stale heartbeat means a dead worker only if the worker had the time to beat. When the reaper
+    itself has not run for longer than a worker may stay silent (the machine or VM was frozen, a
+    laptop slept, beat was down), the workers may have been frozen with it: after a freeze, every
+    heartbeat is old and the reaper, whose timer is due first, would take every running job from its
+    healthy worker. So after such a gap the reaper leaves running jobs alone for that same silence
+    allowance, and the workers have the time to beat again. Without Redis it cannot tell, and
+    reaps as usual: a broker outage must not stop the recovery of lost jobs."""
+    from django.core.cache import cache
+    from redis.exceptions import RedisError
+
+    allowance = settings.JOB_STALE_SECONDS - settings.JOB_HEARTBEAT_SECONDS
+    try:
+        last_run = cache.get(REAPER_LAST_RUN_KEY)
+        cache.set(REAPER_LAST_RUN_KEY, now, timeout=None)
+        if last_run is not None and now - last_run > settings.JOB_REAPER_INTERVAL_SECONDS + allowance:
+            logger.warning(
+                "the reaper last ran %.0fs ago; no job is called lost for %gs", now - last_run, allowance
+            )
+            cache.set(REAPER_RESUMED_KEY, now, timeout=None)
+            return False
+        resumed = cache.get(REAPER_RESUMED_KEY)
+    except RedisError:
+        return True
+    return resumed is None or now - resumed >= allowance
+
+
 def reap() -> dict[str, int]:
     """Runs every JOB_REAPER_INTERVAL_SECONDS from beat. Concurrent reapers never handle the same
-    job twice (SKIP LOCKED). A dead worker is noticed within stale + interval seconds."""
+    job twice (SKIP LOCKED). A dead worker is noticed within stale + interval seconds (plus, right
+    after the reaper itself was stopped or frozen, the silence allowance: `_reaper_watching`)."""
     now = timezone.now()
     stale = now - timedelta(seconds=settings.JOB_STALE_SECONDS)
     counts = {"requeued": 0, "failed": 0, "cancelled": 0, "republished": 0, "timed_out": 0}
+    watching = _reaper_watching(now.timestamp())
     with transaction.atomic():
         # First the attempts the hard time limit killed: re-queuing them would only hit the limit
         # again, attempt after attempt, and end as `worker_lost`. A cancelled one ends cancelled below.
@@ -569,6 +604,8 @@ def reap() -> dict[str, int]:
             .filter(status=JobStatus.RUNNING)
             .filter(Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True, started_at__lt=stale))
         )
+        if not watching:
+            lost = lost.none()
         for job in lost:
             if job.stop_requested == STOP_CANCEL:
                 job.status, job.finished_at = JobStatus.CANCELLED, now

@@ -196,12 +196,12 @@ def signal_worker(worker: Worker, sig: int, *, children: bool = True) -> list[in
 
 
 def kill_worker(worker: Worker) -> None:
-    """Teardown: wake a stopped worker and end its whole process group at once."""
-    if worker.process.poll() is None:
-        for sig in (signal.SIGCONT, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(worker.process.pid, sig)
-        worker.process.wait(timeout=30)
+    """Teardown: wake a stopped worker and end its whole process group at once, pool children
+    included even when the test already killed the main process (orphans keep the group)."""
+    for sig in (signal.SIGCONT, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.process.pid, sig)
+    worker.process.wait(timeout=30)
     worker._log_file.close()
 
 

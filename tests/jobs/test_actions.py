@@ -126,6 +126,51 @@ def test_the_reaper_republishes_a_long_queued_job_once(
     assert len(published) == 1
 
 
+def lost_job(job: Job, settings: Any) -> None:
+    """`job` running, its heartbeat a minute past the stale threshold."""
+    actions.claim(job.public_id, owner="host-a:1")
+    stale = timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS + 60)
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=stale)
+
+
+def test_after_the_reaper_itself_was_frozen_it_gives_the_workers_time_to_beat(
+    job: Job, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from django.core.cache import cache
+
+    allowance = settings.JOB_STALE_SECONDS - settings.JOB_HEARTBEAT_SECONDS
+    lost_job(job, settings)
+    now = timezone.now().timestamp()
+    # the reaper's last run was longer ago than a worker may stay silent: the machine was frozen
+    cache.set(actions.REAPER_LAST_RUN_KEY, now - settings.JOB_REAPER_INTERVAL_SECONDS - allowance - 1)
+    with django_capture_on_commit_callbacks(execute=False) as published:
+        assert actions.reap()["requeued"] == 0
+        assert actions.reap()["requeued"] == 0  # and not at its next run either
+        # once it has been running again for the allowance, a job still silent is lost
+        cache.set(actions.REAPER_RESUMED_KEY, timezone.now().timestamp() - allowance)
+        assert actions.reap()["requeued"] == 1
+    assert len(published) == 1
+    assert Job.objects.get(pk=job.pk).status == JobStatus.QUEUED
+
+
+def test_a_reaper_that_ran_on_time_reaps_at_once(
+    job: Job, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from django.core.cache import cache
+
+    lost_job(job, settings)
+    cache.set(actions.REAPER_LAST_RUN_KEY, timezone.now().timestamp() - settings.JOB_REAPER_INTERVAL_SECONDS)
+    with django_capture_on_commit_callbacks(execute=False):
+        assert actions.reap()["requeued"] == 1
+
+
+def test_without_redis_the_reaper_does_not_hold_back(settings: Any) -> None:
+    # nothing listens on port 1: every cache call fails at once
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                   "LOCATION": "redis://127.0.0.1:1/0"}}  # fmt: skip
+    assert actions._reaper_watching(timezone.now().timestamp()) is True
+
+
 def test_a_cancelled_job_whose_worker_died_ends_cancelled(
     job: Job, django_capture_on_commit_callbacks: Any
 ) -> None:
