@@ -226,6 +226,52 @@ def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[by
     )
 
 
+def stack_env(database: str, redis_port: int, work: Path) -> dict[str, str]:
+    """The environment every process of a bench stack shares: its own database, Redis and media."""
+    env = dict(os.environ)
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+        env.pop(name, None)
+    env.update(
+        DATABASE_URL=database, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", DJANGO_SETTINGS_MODULE="saas.settings",
+        DEBUG="false", ALLOWED_HOSTS="127.0.0.1", LOG_LEVEL="WARNING", MEDIA_ROOT=str(work / "media"),
+        WORKER_HEARTBEAT_SECONDS="2", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", WHITENOISE_USE_FINDERS="true",
+    )  # fmt: skip
+    return env
+
+
+def start_worker(queues: str, name: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
+    return start([sys.executable, "-m", "celery", "-A", "saas", "worker", "-Q", queues, "-c", "1", "-P", "prefork",
+                  "-n", name, "--without-mingle", "--without-gossip", "-l", "warning"], env, logs / "worker.log")  # fmt: skip
+
+
+def start_gunicorn(
+    app: str, env: dict[str, str], logs: Path, processes: list[subprocess.Popen[bytes]]
+) -> str:
+    """Starts gunicorn on a free port (added to `processes`); returns its URL."""
+    port = free_port()
+    processes.append(start([sys.executable, "-m", "gunicorn", app, "-b", f"127.0.0.1:{port}", "-k", "gthread",
+                            "-w", str(GUNICORN_WORKERS), "--threads", str(GUNICORN_THREADS), "--timeout", "60",
+                            "--graceful-timeout", "5"], env, logs / "gunicorn.log"))  # fmt: skip
+    return f"http://127.0.0.1:{port}"
+
+
+def stop_stack(processes: list[subprocess.Popen[bytes]], keep: list[Any], work: Path) -> None:
+    """Stops the stack's processes, newest first, then the embedded PostgreSQL if one was started."""
+    for process in reversed(processes):
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    for server in keep:
+        with contextlib.suppress(Exception):
+            server.cleanup()
+    shutil.rmtree(work, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def stack() -> Iterator[Stack]:
     keep: list[Any] = []
@@ -237,16 +283,10 @@ def stack() -> Iterator[Stack]:
         db = database_url(keep)
         redis_port, redis = start_redis(work, LOGS)
         processes.append(redis)
-        env = dict(os.environ)
-        for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
-            env.pop(name, None)
+        env = stack_env(db, redis_port, work)
         env.update(
-            DATABASE_URL=db, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", DJANGO_SETTINGS_MODULE="saas.settings",
-            DEBUG="false", ALLOWED_HOSTS="127.0.0.1", LOG_LEVEL="WARNING", MEDIA_ROOT=str(work / "media"),
-            INFERENCE_TIMEOUT_SECONDS=str(INFERENCE_TIMEOUT), WORKER_HEARTBEAT_SECONDS="2",
-            INFERENCE_MAX_QUEUED=str(SHED_AT),
-            OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-            PYTHONUNBUFFERED="1", WHITENOISE_USE_FINDERS="true",
+            INFERENCE_TIMEOUT_SECONDS=str(INFERENCE_TIMEOUT), INFERENCE_MAX_QUEUED=str(SHED_AT),
+            MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
             # torch imported once in the worker's main process, not in each pool child
             CELERY_WORKER_INCLUDE="workers.runtime.training",
         )  # fmt: skip
@@ -275,33 +315,15 @@ def stack() -> Iterator[Stack]:
             SEED, json.dumps(tenants[0]), json.dumps(tenants[1]), str(tiny_bert), str(tiny_classifier)
         )
         bench.seed = json.loads(next(line for line in out.splitlines() if line.startswith("SEED "))[5:])
-        processes.append(start([sys.executable, "-m", "celery", "-A", "saas", "worker", "-Q", "gpu,serve,default", "-c", "1",
-                                "-P", "prefork", "-n", "bench@%h", "--without-mingle", "--without-gossip",
-                                "-l", "warning"], env, LOGS / "worker.log"))  # fmt: skip
-        port = free_port()
-        processes.append(start([sys.executable, "-m", "gunicorn", "saas.wsgi:application", "-b", f"127.0.0.1:{port}",
-                                "-k", "gthread", "-w", str(GUNICORN_WORKERS), "--threads", str(GUNICORN_THREADS),
-                                "--timeout", "60", "--graceful-timeout", "5"], env, LOGS / "gunicorn.log"))  # fmt: skip
-        bench.url = f"http://127.0.0.1:{port}"
+        processes.append(start_worker("gpu,serve,default", "bench@%h", env, LOGS))
+        bench.url = start_gunicorn("saas.wsgi:application", env, LOGS, processes)
         import httpx
 
         wait_until(lambda: httpx.get(f"{bench.url}/healthz", timeout=5).status_code == 200, 120,
                    "gunicorn with a worker heartbeat")  # fmt: skip
         yield bench
     finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-        for server in keep:  # the embedded PostgreSQL, if one was started
-            with contextlib.suppress(Exception):
-                server.cleanup()
-        shutil.rmtree(work, ignore_errors=True)
+        stop_stack(processes, keep, work)
 
 
 # --- Scenarios -------------------------------------------------------------------------------------

@@ -30,7 +30,6 @@ import functools
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -52,9 +51,11 @@ from bench.load import (  # noqa: E402
     GUNICORN_THREADS,
     GUNICORN_WORKERS,
     database_url,
-    free_port,
-    start,
+    stack_env,
+    start_gunicorn,
     start_redis,
+    start_worker,
+    stop_stack,
     wait_until,
 )
 
@@ -190,29 +191,18 @@ def stack(stripe_latency: float) -> Iterator[Stack]:
         fake.stdin.write(json.dumps(subs).encode())
         fake.stdin.close()
         stripe_url = fake.stdout.readline().decode().strip()
-        env = dict(os.environ)
-        for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
-            env.pop(name, None)
+        env = stack_env(db, redis_port, work)
         env.update(
-            DATABASE_URL=db, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", DJANGO_SETTINGS_MODULE="saas.settings",
-            DEBUG="false", ALLOWED_HOSTS="127.0.0.1", LOG_LEVEL="WARNING", MEDIA_ROOT=str(work / "media"),
-            WORKER_HEARTBEAT_SECONDS="2", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", WHITENOISE_USE_FINDERS="true",
-            STRIPE_SECRET_KEY="sk_test_bench", STRIPE_WEBHOOK_SECRET=SECRET, STRIPE_API_BASE=stripe_url,
-        )  # fmt: skip
+            STRIPE_SECRET_KEY="sk_test_bench", STRIPE_WEBHOOK_SECRET=SECRET, STRIPE_API_BASE=stripe_url
+        )
         print("webhooks: migrating a fresh database ...", flush=True)
         subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env,
                        check=True, timeout=600)  # fmt: skip
         price = subs[0]["items"]["data"][0]["price"]["id"]
         subprocess.run([sys.executable, "-c", SEED, price, json.dumps([s["customer"] for s in subs])], cwd=ROOT,
                        env=env, check=True, timeout=120)  # fmt: skip
-        processes.append(start([sys.executable, "-m", "celery", "-A", "saas", "worker", "-Q", "default", "-c", "1",
-                                "-P", "prefork", "-n", "bench-webhooks@%h", "--without-mingle", "--without-gossip",
-                                "-l", "warning"], env, LOGS / "worker.log"))  # fmt: skip
-        port = free_port()
-        processes.append(start([sys.executable, "-m", "gunicorn", "bench.webhooks:application", "-b", f"127.0.0.1:{port}",
-                                "-k", "gthread", "-w", str(GUNICORN_WORKERS), "--threads", str(GUNICORN_THREADS),
-                                "--timeout", "60", "--graceful-timeout", "5"], env, LOGS / "gunicorn.log"))  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
+        processes.append(start_worker("default", "bench-webhooks@%h", env, LOGS))
+        url = start_gunicorn("bench.webhooks:application", env, LOGS, processes)
         import httpx
 
         def ready() -> bool:
@@ -223,19 +213,7 @@ def stack(stripe_latency: float) -> Iterator[Stack]:
         wait_until(ready, 120, "gunicorn with a worker heartbeat")
         yield Stack(url=url, database_url=db, template=template, subscriptions=subs)
     finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-        for server in keep:
-            with contextlib.suppress(Exception):
-                server.cleanup()
-        shutil.rmtree(work, ignore_errors=True)
+        stop_stack(processes, keep, work)
 
 
 # --- Load -------------------------------------------------------------------------------------------
