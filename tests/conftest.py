@@ -326,6 +326,14 @@ def tiny_base(db: None, tiny_bert_dir: Path) -> Any:
     )
 
 
+@pytest.fixture
+def student_base(tiny_base: Any) -> Any:
+    """The tiny BERT base, open to distillation too: a student for the distillation tests."""
+    tiny_base.limits = {**tiny_base.limits, "methods": ["classification", "distillation"]}
+    tiny_base.save(update_fields=["limits"])
+    return tiny_base
+
+
 @pytest.fixture(scope="session")
 def tiny_gpt2_dir() -> Path:
     pytest.importorskip("torch")

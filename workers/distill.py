@@ -213,20 +213,27 @@ def _local_generation_teacher(teacher: Model, labels: list[str]) -> LabelFn:
         results = []
         for start in range(0, len(requests), settings.INFERENCE_MAX_BATCH):
             results += generate_batch(loaded, requests[start : start + settings.INFERENCE_MAX_BATCH])
-        answers: list[str | None] = [result.choices[0].text for result in results]
-        return Chunk(
-            start=0,
-            labels=[parse_label(answer, labels) for answer in answers],
-            soft=None,
-            answers=answers,
-            usage={
-                "input_tokens": sum(r.prompt_tokens for r in results),
-                "output_tokens": sum(r.completion_tokens for r in results),
-            },
-            seconds=0.0,
+        return _answered(
+            [result.choices[0].text for result in results],
+            labels,
+            sum(r.prompt_tokens for r in results),
+            sum(r.completion_tokens for r in results),
         )
 
     return label
+
+
+def _answered(answers: list[str | None], labels: list[str], input_tokens: int, output_tokens: int) -> Chunk:
+    """A generation teacher's chunk: its answers word for word, each parsed to a label (None when it
+    names none), and the tokens it used."""
+    return Chunk(
+        start=0,
+        labels=[parse_label(answer, labels) for answer in answers],
+        soft=None,
+        answers=answers,
+        usage={"input_tokens": input_tokens, "output_tokens": output_tokens},
+        seconds=0.0,
+    )
 
 
 def _openai_teacher(job: Job, teacher: Model, labels: list[str]) -> LabelFn:
@@ -262,17 +269,11 @@ def _openai_teacher(job: Job, teacher: Model, labels: list[str]) -> LabelFn:
     def label(texts: list[str]) -> Chunk:
         with ThreadPoolExecutor(PROXY_CONCURRENCY) as pool:
             replies = list(pool.map(ask, texts))
-        answers = [answer for answer, _, _ in replies]
-        return Chunk(
-            start=0,
-            labels=[parse_label(answer, labels) for answer in answers],
-            soft=None,
-            answers=answers,
-            usage={
-                "input_tokens": sum(prompt for _, prompt, _ in replies),
-                "output_tokens": sum(completion for _, _, completion in replies),
-            },
-            seconds=0.0,
+        return _answered(
+            [answer for answer, _, _ in replies],
+            labels,
+            sum(prompt for _, prompt, _ in replies),
+            sum(completion for _, _, completion in replies),
         )
 
     return label

@@ -15,13 +15,6 @@ from tests.api.test_fine_tuning import error, make_file, post
 
 
 @pytest.fixture
-def student_base(tiny_base: Model) -> Model:
-    tiny_base.limits = {**tiny_base.limits, "methods": ["classification", "distillation"]}
-    tiny_base.save(update_fields=["limits"])
-    return tiny_base
-
-
-@pytest.fixture
 def texts(alice_project: Any) -> File:
     return make_file(alice_project, fmt="text_csv", rows=200)
 

@@ -54,13 +54,6 @@ def sentiment_teacher_dir(tiny_bert_dir: Path) -> Path:
 
 
 @pytest.fixture
-def student_base(tiny_base: Model) -> Model:
-    tiny_base.limits = {**tiny_base.limits, "methods": ["classification", "distillation"]}
-    tiny_base.save(update_fields=["limits"])
-    return tiny_base
-
-
-@pytest.fixture
 def sentiment_teacher(alice_org: Any, sentiment_teacher_dir: Path) -> Model:
     return Model.objects.create(name="ft:tiny-bert:acme:sentiment:ftjob-t", organization=alice_org,
                                 task="classification", artifact_key=f"local:{sentiment_teacher_dir}",
