@@ -48,6 +48,16 @@ def _require_manager(actor: User, organization: Organization) -> Membership:
     return membership
 
 
+def require_manager_or_creator(
+    actor: User | None, organization: Organization, created_by_id: int | None, refusal: str
+) -> None:
+    """Destructive actions: an owner or admin of the organization, or the member who created the
+    object. Roles are read now, so a demotion or a removal takes effect on the next request."""
+    membership = get_membership(actor, organization) if actor is not None else None
+    if membership is None or not membership.can_destroy(created_by_id):
+        raise PermissionDenied(refusal)
+
+
 def _owner_count(organization: Organization) -> int:
     return Membership.objects.filter(organization=organization, role=Role.OWNER).count()
 
@@ -172,5 +182,9 @@ def create_api_key(
     return key, raw
 
 
-def revoke_api_key(key: ApiKey) -> None:
+REVOKE_KEY_REFUSAL = "Only owners and admins can revoke another member's API key."
+
+
+def revoke_api_key(actor: User, key: ApiKey) -> None:
+    require_manager_or_creator(actor, key.project.organization, key.created_by_id, REVOKE_KEY_REFUSAL)
     ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())

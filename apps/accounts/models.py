@@ -116,6 +116,11 @@ class Membership(models.Model):
     def can_manage(self) -> bool:
         return self.role in MANAGER_ROLES
 
+    def can_destroy(self, created_by_id: int | None) -> bool:
+        """Destructive actions on an object (deleting it, revoking it) are for owners and admins,
+        and for the member who created it."""
+        return self.can_manage or (created_by_id is not None and created_by_id == self.user_id)
+
 
 INVITATION_LIFETIME = timedelta(days=7)
 

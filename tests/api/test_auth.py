@@ -66,10 +66,10 @@ def test_the_scheme_is_case_insensitive(alice_key: str) -> None:
     assert client_with(f"bearer {alice_key}").get("/v1/files").status_code == 200
 
 
-def test_a_revoked_key_is_refused_on_the_next_request(api: Any, alice_key: str) -> None:
+def test_a_revoked_key_is_refused_on_the_next_request(api: Any, alice: Any, alice_key: str) -> None:
     assert api.get("/v1/files").status_code == 200
 
-    actions.revoke_api_key(ApiKey.objects.get())
+    actions.revoke_api_key(alice, ApiKey.objects.select_related("project__organization").get())
 
     assert_401(api.get("/v1/files"), REVOKED)
     assert_401(api.post("/v1/files", {"purpose": "fine-tune"}, format="multipart"), REVOKED)

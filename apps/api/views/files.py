@@ -111,7 +111,7 @@ class FileDetailView(ProjectAPIView):
     @extend_schema(operation_id="deleteFile", responses={200: DeletedSerializer, **ERRORS})
     def delete(self, request: Request, file_id: str) -> Response:
         file = self.get_scoped(File.objects.filter(project=self.project), file_id, noun="file")
-        actions.delete_file(file)
+        actions.delete_file(self.api_key.created_by, file)
         return Response({"id": file_id, "object": "file", "deleted": True})
 
 

@@ -1,4 +1,5 @@
-"""`/v1/models`: the catalog plus the caller's organization's fine-tuned models."""
+"""`/v1/models`: the catalog plus the caller's organization's fine-tuned models. Any key lists,
+retrieves and calls them all; downloading and deleting are for the key's own project's models."""
 
 from __future__ import annotations
 
@@ -58,6 +59,12 @@ def model_object(model: Model) -> dict[str, Any]:
     }
 
 
+OTHER_PROJECT = (
+    "The model '{name}' belongs to another project. An API key can download or delete only the models "
+    "of its own project: use a key of the project whose job made it."
+)
+
+
 class ModelsBase(ProjectAPIView):
     def models(self) -> Any:
         return Model.objects.visible_to(self.organization).select_related("organization")
@@ -70,6 +77,17 @@ class ModelsBase(ProjectAPIView):
                 code="model_not_found",
                 param="model",
                 status=404,
+            )
+        return model
+
+    def get_project_model(self, name: str) -> Model:
+        """A model to download or delete: a fine-tuned one must belong to the key's project
+        (catalog models go on, to be refused by what they cannot do)."""
+        model = self.get_model(name)
+        if not model.is_catalog and model.project_id != self.project.pk:
+            # 403, not 404: the model is listed to this key, so its existence is no secret.
+            raise ActionError(
+                OTHER_PROJECT.format(name=name), code="permission_denied", param="model", status=403
             )
         return model
 
@@ -88,7 +106,7 @@ class ModelContentView(ModelsBase):
         "tokenizer, chat template) in a .tar.gz, loadable with `from_pretrained`.",
     )
     def get(self, request: Request, model: str) -> FileResponse:
-        found = self.get_model(model)
+        found = self.get_project_model(model)
         try:
             archive = export_archive(found)
         except WeightsMissing as exc:
@@ -107,10 +125,5 @@ class ModelDetailView(ModelsBase):
 
     @extend_schema(operation_id="deleteModel", responses={200: DeletedSerializer, **ERRORS})
     def delete(self, request: Request, model: str) -> Response:
-        found = self.get_model(model)
-        if found.is_catalog:
-            raise ActionError(
-                f"'{model}' is a base model; only fine-tuned models can be deleted.", param="model"
-            )
-        delete_fine_tuned_model(found)
+        delete_fine_tuned_model(self.api_key.created_by, self.get_project_model(model))
         return Response({"id": model, "object": "model", "deleted": True})
