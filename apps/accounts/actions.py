@@ -95,8 +95,33 @@ def invite_member(organization: Organization, inviter: User, email: str, role: s
     return invitation
 
 
+INVITER_GONE = (
+    "This invitation is no longer valid: the person who sent it may no longer invite people to {organization}. "
+    "Ask an owner or admin of {organization} for a new invitation."
+)
+
+
+def inviter_refusal(invitation: Invitation) -> str | None:
+    """Why the invitation is void because of its inviter, or None. An invitation carries its
+    inviter's right to invite: it is void once they leave, are demoted, or (for an owner
+    invitation) are no longer an owner, and valid again if that right comes back."""
+    inviter = invitation.invited_by
+    membership = get_membership(inviter, invitation.organization) if inviter is not None else None
+    if (
+        membership is not None
+        and membership.can_manage
+        and (invitation.role != Role.OWNER or membership.role == Role.OWNER)
+    ):
+        return None
+    return INVITER_GONE.format(organization=invitation.organization.name)
+
+
 def find_invitation(token: str) -> Invitation | None:
-    invitation = Invitation.objects.filter(token_hash=Invitation.hash_token(token)).first()
+    invitation = (
+        Invitation.objects.select_related("organization", "invited_by")
+        .filter(token_hash=Invitation.hash_token(token))
+        .first()
+    )
     return invitation if invitation and invitation.is_pending else None
 
 
@@ -109,12 +134,31 @@ def accept_invitation(token: str, user: User) -> Membership:
         raise ActionError("This invitation is no longer valid. Ask for a new one.")
     if invitation.email.lower() != user.email.lower():
         raise ActionError(f"This invitation was sent to {invitation.email}. Log in with that address.")
+    refusal = inviter_refusal(invitation)
+    if refusal is not None:
+        raise ActionError(refusal)
     membership, _ = Membership.objects.get_or_create(
         organization=invitation.organization, user=user, defaults={"role": invitation.role}
     )
     invitation.accepted_at = timezone.now()
     invitation.save(update_fields=["accepted_at"])
     return membership
+
+
+def pending_invitations(actor: User, organization: Organization) -> list[Invitation]:
+    """The invitations still open, for the organization's owners and admins only."""
+    _require_manager(actor, organization)
+    invitations = Invitation.objects.filter(
+        organization=organization, accepted_at__isnull=True, revoked_at__isnull=True
+    ).select_related("invited_by", "organization")
+    return [invitation for invitation in invitations if invitation.is_pending]
+
+
+def revoke_invitation(actor: User, invitation: Invitation) -> None:
+    _require_manager(actor, invitation.organization)
+    Invitation.objects.filter(pk=invitation.pk, accepted_at__isnull=True, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
 
 
 @transaction.atomic

@@ -134,6 +134,7 @@ class Invitation(models.Model):
     invited_by = models.ForeignKey(User, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     accepted_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -147,7 +148,13 @@ class Invitation(models.Model):
 
     @property
     def is_pending(self) -> bool:
-        return self.accepted_at is None and timezone.now() < self.created_at + INVITATION_LIFETIME
+        """Neither accepted, revoked nor expired. Whether its inviter may still invite is a
+        separate check (`apps.accounts.actions.inviter_refusal`): that can change either way."""
+        return (
+            self.accepted_at is None
+            and self.revoked_at is None
+            and timezone.now() < self.created_at + INVITATION_LIFETIME
+        )
 
 
 class ApiKey(models.Model):
