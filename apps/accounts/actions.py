@@ -8,24 +8,56 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
+from django.db.models import Q, QuerySet
 from django.urls import reverse
 from django.utils import timezone
 
 from apps.accounts.models import ApiKey, Invitation, Membership, Organization, Role, User
-from apps.billing.quotas import subscription_for
+from apps.billing.quotas import FREE, subscription_for
 from apps.core.errors import ActionError, PermissionDenied
 from apps.projects.models import Project
 
 DEFAULT_PROJECT_NAME = "Default project"
 
 
+FREE_ORGANIZATIONS_REFUSAL = (
+    "Each person may have {limit} organization{s} on the Free plan, and you have {count} ({names}). "
+    "To create another, upgrade one of yours to a paid plan under Billing, or ask an owner or admin of an "
+    "existing organization to invite you."
+)
+
+
+def free_organizations(user: User) -> QuerySet[Organization]:
+    """The organizations on the Free plan that count against `user`'s allowance: those they own
+    and those they created (handing an organization over does not give its free credit back)."""
+    owned = Membership.objects.filter(user=user, role=Role.OWNER).values("organization_id")
+    # An organization without a subscription row is on the Free plan (`subscription_for`).
+    free = Q(subscription__isnull=True) | Q(subscription__plan__slug=FREE)
+    return Organization.objects.filter(Q(pk__in=owned) | Q(created_by=user)).filter(free)
+
+
+def _check_free_allowance(user: User) -> None:
+    limit = settings.FREE_ORGANIZATIONS_PER_USER
+    names = list(free_organizations(user).order_by("created_at", "id").values_list("name", flat=True))
+    if len(names) >= limit:
+        message = FREE_ORGANIZATIONS_REFUSAL.format(
+            limit=limit, s="" if limit == 1 else "s", count=len(names), names=", ".join(names)
+        )
+        raise ActionError(message, code="free_organization_limit", status=403)
+
+
 @transaction.atomic
 def create_organization(user: User, name: str) -> Organization:
-    """A new organization owned by `user`, with a default project."""
+    """A new organization owned by `user`, with a default project, on the Free plan. Each person
+    may have `FREE_ORGANIZATIONS_PER_USER` free organizations: the Free plan's monthly credit is
+    per person, not per organization."""
     name = name.strip()
     if not name:
         raise ActionError("Give the organization a name.", param="name")
-    organization = Organization.objects.create(name=name[:100])
+    # Locks the user's row: two concurrent creations cannot both see room for one more.
+    User.objects.select_for_update().filter(pk=user.pk).first()
+    _check_free_allowance(user)
+    organization = Organization.objects.create(name=name[:100], created_by=user)
     Membership.objects.create(organization=organization, user=user, role=Role.OWNER)
     Project.objects.create(organization=organization, name=DEFAULT_PROJECT_NAME, created_by=user)
     subscription_for(organization)  # every organization starts on the Free plan

@@ -67,6 +67,9 @@ class Organization(models.Model):
 
     public_id = models.CharField(max_length=40, unique=True, default=new_org_id, editable=False)
     name = models.CharField(max_length=100)
+    # Who created it. Kept after they leave: a free organization counts against its creator's
+    # allowance (`FREE_ORGANIZATIONS_PER_USER`) even once handed to someone else.
+    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     # The organisation's own OpenAI key, encrypted at rest (apps.core.crypto); never shown again.
     openai_api_key_encrypted = models.TextField(blank=True, default="")

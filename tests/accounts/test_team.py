@@ -98,9 +98,12 @@ def test_outsiders_get_404_for_team_members(client: Any, alice: Any, carol: Any)
     assert "alice@example.com" not in client.get("/team/").content.decode()
 
 
-def test_the_organization_switcher_only_offers_own_organizations(client: Any, alice: Any, carol: Any) -> None:
+def test_the_organization_switcher_only_offers_own_organizations(
+    client: Any, alice: Any, carol: Any, settings: Any
+) -> None:
     from apps.accounts import actions
 
+    settings.FREE_ORGANIZATIONS_PER_USER = 2
     login(client, alice)
     second = actions.create_organization(alice, "Second")
     carols = carol.memberships.get().organization
