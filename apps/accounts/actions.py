@@ -36,14 +36,15 @@ def free_organizations(user: User) -> QuerySet[Organization]:
     return Organization.objects.filter(Q(pk__in=owned) | Q(created_by=user)).filter(free)
 
 
-def _check_free_allowance(user: User) -> None:
+def free_organization_refusal(user: User) -> str | None:
+    """Why `user` may not create another organization (it would start on the Free plan), or None."""
     limit = settings.FREE_ORGANIZATIONS_PER_USER
     names = list(free_organizations(user).order_by("created_at", "id").values_list("name", flat=True))
-    if len(names) >= limit:
-        message = FREE_ORGANIZATIONS_REFUSAL.format(
-            limit=limit, s="" if limit == 1 else "s", count=len(names), names=", ".join(names)
-        )
-        raise ActionError(message, code="free_organization_limit", status=403)
+    if len(names) < limit:
+        return None
+    return FREE_ORGANIZATIONS_REFUSAL.format(
+        limit=limit, s="" if limit == 1 else "s", count=len(names), names=", ".join(names)
+    )
 
 
 @transaction.atomic
@@ -56,7 +57,9 @@ def create_organization(user: User, name: str) -> Organization:
         raise ActionError("Give the organization a name.", param="name")
     # Locks the user's row: two concurrent creations cannot both see room for one more.
     User.objects.select_for_update().filter(pk=user.pk).first()
-    _check_free_allowance(user)
+    refusal = free_organization_refusal(user)
+    if refusal is not None:
+        raise ActionError(refusal, code="free_organization_limit", status=403)
     organization = Organization.objects.create(name=name[:100], created_by=user)
     Membership.objects.create(organization=organization, user=user, role=Role.OWNER)
     Project.objects.create(organization=organization, name=DEFAULT_PROJECT_NAME, created_by=user)

@@ -29,8 +29,10 @@ def create(client: Any, name: str) -> Any:
 def test_a_second_free_organization_is_refused(client: Any, alice: Any) -> None:
     login(client, alice)
 
+    page = client.get("/organizations/new")
     response = create(client, "Acme again")
 
+    assert REFUSAL in html.unescape(page.content.decode())  # said before the form is sent
     assert response.status_code == 200
     assert REFUSAL in html.unescape(response.content.decode())
     assert list(Organization.objects.values_list("name", flat=True)) == ["Acme"]
@@ -69,7 +71,9 @@ def test_handing_a_free_organization_over_does_not_free_its_place(
     assert also_refused.value.message == REFUSAL
 
 
-def test_being_a_member_or_admin_does_not_count(bob: Any, erin: Any) -> None:
+def test_being_a_member_or_admin_does_not_count(client: Any, bob: Any, erin: Any) -> None:
+    login(client, bob)
+    assert 'class="errorlist"' not in client.get("/organizations/new").content.decode()
     assert actions.create_organization(bob, "Bob's").created_by == bob
     assert actions.create_organization(erin, "Erin's").created_by == erin
 

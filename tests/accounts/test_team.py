@@ -148,6 +148,20 @@ def test_managers_list_and_revoke_invitations(client: Any, alice: Any, erin: Any
     assert not Membership.objects.filter(user=dave).exists()
 
 
+def test_an_admin_revokes_an_invitation_the_owner_sent(
+    client: Any, alice: Any, erin: Any, alice_org: Any
+) -> None:
+    from apps.accounts import actions
+
+    invitation = actions.invite_member(alice_org, alice, "dave@example.com", Role.MEMBER)
+    login(client, erin)
+
+    assert "dave@example.com" in client.get("/team/").content.decode()
+    client.post(f"/team/invitations/{invitation.pk}/revoke")
+
+    assert Invitation.objects.get().revoked_at is not None
+
+
 def test_members_neither_see_nor_revoke_invitations(
     client: Any, alice: Any, bob: Any, alice_org: Any
 ) -> None:
