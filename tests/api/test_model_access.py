@@ -119,8 +119,13 @@ def test_a_model_whose_project_was_deleted_is_out_of_every_keys_reach(
     accounts.delete_project(alice, other_project)
     own = key_client(alice, alice_project)
     # then no key may download or delete it; an owner still deletes it on the dashboard
-    assert own.get(f"/v1/models/{model.name}/content").json()["error"] == other_project_error(model.name)
-    assert own.delete(f"/v1/models/{model.name}").status_code == 403
+    message = (
+        f"The model '{model.name}' no longer belongs to a project (its project was deleted), so no API key "
+        "can download or delete it. An owner or admin can delete it on the dashboard."
+    )
+    for response in (own.get(f"/v1/models/{model.name}/content"), own.delete(f"/v1/models/{model.name}")):
+        assert response.status_code == 403
+        assert response.json()["error"] == {**other_project_error(model.name), "message": message}
     client.force_login(alice)
     client.post(f"/projects/{alice_project.public_id}/models/{model.name}/delete")
     assert not Model.objects.filter(pk=model.pk).exists()

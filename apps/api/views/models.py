@@ -63,6 +63,10 @@ OTHER_PROJECT = (
     "The model '{name}' belongs to another project. An API key can download or delete only the models "
     "of its own project: use a key of the project whose job made it."
 )
+NO_PROJECT = (
+    "The model '{name}' no longer belongs to a project (its project was deleted), so no API key can "
+    "download or delete it. An owner or admin can delete it on the dashboard."
+)
 
 
 class ModelsBase(ProjectAPIView):
@@ -86,9 +90,8 @@ class ModelsBase(ProjectAPIView):
         model = self.get_model(name)
         if not model.is_catalog and model.project_id != self.project.pk:
             # 403, not 404: the model is listed to this key, so its existence is no secret.
-            raise ActionError(
-                OTHER_PROJECT.format(name=name), code="permission_denied", param="model", status=403
-            )
+            refusal = NO_PROJECT if model.project_id is None else OTHER_PROJECT
+            raise ActionError(refusal.format(name=name), code="permission_denied", param="model", status=403)
         return model
 
 
