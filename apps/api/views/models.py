@@ -8,13 +8,13 @@ import re
 from typing import Any
 
 from django.http import FileResponse
-from drf_spectacular.utils import OpenApiTypes, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, OpenApiTypes, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apps.api.base import ProjectAPIView
-from apps.api.serializers.common import ERRORS, DeletedSerializer
+from apps.api.serializers.common import ERRORS, DeletedSerializer, ErrorSerializer
 from apps.core.errors import ActionError
 from apps.registry.actions import WeightsMissing, delete_fine_tuned_model, export_archive
 from apps.registry.models import Model
@@ -69,6 +69,11 @@ NO_PROJECT = (
 )
 
 
+OTHER_PROJECT_RESPONSE = OpenApiResponse(
+    ErrorSerializer, description="A fine-tuned model of another project, or no longer in a project"
+)
+
+
 class ModelsBase(ProjectAPIView):
     def models(self) -> Any:
         return Model.objects.visible_to(self.organization).select_related("organization")
@@ -104,7 +109,7 @@ class ModelListView(ModelsBase):
 class ModelContentView(ModelsBase):
     @extend_schema(
         operation_id="downloadModel",
-        responses={(200, "application/gzip"): OpenApiTypes.BINARY, **ERRORS},
+        responses={(200, "application/gzip"): OpenApiTypes.BINARY, 403: OTHER_PROJECT_RESPONSE, **ERRORS},
         description="Extension: the fine-tuned model as a transformers directory (safetensors, config, "
         "tokenizer, chat template) in a .tar.gz, loadable with `from_pretrained`.",
     )
@@ -126,7 +131,20 @@ class ModelDetailView(ModelsBase):
     def get(self, request: Request, model: str) -> Response:
         return Response(model_object(self.get_model(model)))
 
-    @extend_schema(operation_id="deleteModel", responses={200: DeletedSerializer, **ERRORS})
+    @extend_schema(
+        operation_id="deleteModel",
+        responses={
+            200: DeletedSerializer,
+            403: OpenApiResponse(
+                ErrorSerializer,
+                description="A model of another project, or one the key's creator may not delete",
+            ),
+            409: OpenApiResponse(
+                ErrorSerializer, description="The checkpoint an unfinished job resumes from"
+            ),
+            **ERRORS,
+        },
+    )
     def delete(self, request: Request, model: str) -> Response:
         delete_fine_tuned_model(self.api_key.created_by, self.get_project_model(model))
         return Response({"id": model, "object": "model", "deleted": True})
