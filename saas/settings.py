@@ -227,6 +227,12 @@ ACCOUNT_RATE_LIMITS = {"login_failed": "10/m/ip,60/h/key", "login_failed_from_ip
 LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "dashboard:home"
 ACCOUNT_LOGOUT_REDIRECT_URL = "account_login"
+# Organizations on the Free plan one person may own or have created. The Free plan's credit is
+# per person: signup's personal organization is the first, so 1 means "no second free one"; an
+# organization on a paid plan does not count. At least 1, or signup could not create that one.
+FREE_ORGANIZATIONS_PER_USER = env_int("FREE_ORGANIZATIONS_PER_USER", 1)
+if FREE_ORGANIZATIONS_PER_USER < 1:
+    raise ImproperlyConfigured("FREE_ORGANIZATIONS_PER_USER must be at least 1: signup creates a free one")
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

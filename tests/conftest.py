@@ -1,7 +1,8 @@
 """Shared fixtures: personas, a network guard, a real Celery worker, scaled-down timings.
 
 alice owns an organization, bob is her teammate (member), carol is an outsider with her own
-organization. Every endpoint and page test checks that carol gets 404 for alice's objects.
+organization. Every endpoint and page test checks that carol gets 404 for alice's objects. erin
+is an admin of alice's organization, for what only owners and admins may do.
 """
 
 from __future__ import annotations
@@ -115,6 +116,15 @@ def bob(alice_org: Any) -> Any:
 
     user = make_user("bob@example.com")
     Membership.objects.create(organization=alice_org, user=user, role=Role.MEMBER)
+    return user
+
+
+@pytest.fixture
+def erin(alice_org: Any) -> Any:
+    from apps.accounts.models import Membership, Role
+
+    user = make_user("erin@example.com")
+    Membership.objects.create(organization=alice_org, user=user, role=Role.ADMIN)
     return user
 
 

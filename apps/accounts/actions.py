@@ -8,24 +8,59 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
+from django.db.models import Q, QuerySet
 from django.urls import reverse
 from django.utils import timezone
 
 from apps.accounts.models import ApiKey, Invitation, Membership, Organization, Role, User
-from apps.billing.quotas import subscription_for
+from apps.billing.quotas import FREE, subscription_for
 from apps.core.errors import ActionError, PermissionDenied
 from apps.projects.models import Project
 
 DEFAULT_PROJECT_NAME = "Default project"
 
 
+FREE_ORGANIZATIONS_REFUSAL = (
+    "Each person may have {limit} organization{s} on the Free plan, and you have {count} ({names}). "
+    "To create another, upgrade one of yours to a paid plan under Billing, or ask an owner or admin of an "
+    "existing organization to invite you."
+)
+
+
+def free_organizations(user: User) -> QuerySet[Organization]:
+    """The organizations on the Free plan that count against `user`'s allowance: those they own
+    and those they created (handing an organization over does not give its free credit back)."""
+    owned = Membership.objects.filter(user=user, role=Role.OWNER).values("organization_id")
+    # An organization without a subscription row is on the Free plan (`subscription_for`).
+    free = Q(subscription__isnull=True) | Q(subscription__plan__slug=FREE)
+    return Organization.objects.filter(Q(pk__in=owned) | Q(created_by=user)).filter(free)
+
+
+def free_organization_refusal(user: User) -> str | None:
+    """Why `user` may not create another organization (it would start on the Free plan), or None."""
+    limit = settings.FREE_ORGANIZATIONS_PER_USER
+    names = list(free_organizations(user).order_by("created_at", "id").values_list("name", flat=True))
+    if len(names) < limit:
+        return None
+    return FREE_ORGANIZATIONS_REFUSAL.format(
+        limit=limit, s="" if limit == 1 else "s", count=len(names), names=", ".join(names)
+    )
+
+
 @transaction.atomic
 def create_organization(user: User, name: str) -> Organization:
-    """A new organization owned by `user`, with a default project."""
+    """A new organization owned by `user`, with a default project, on the Free plan. Each person
+    may have `FREE_ORGANIZATIONS_PER_USER` free organizations: the Free plan's monthly credit is
+    per person, not per organization."""
     name = name.strip()
     if not name:
         raise ActionError("Give the organization a name.", param="name")
-    organization = Organization.objects.create(name=name[:100])
+    # Locks the user's row: two concurrent creations cannot both see room for one more.
+    User.objects.select_for_update().filter(pk=user.pk).first()
+    refusal = free_organization_refusal(user)
+    if refusal is not None:
+        raise ActionError(refusal, code="free_organization_limit", status=403)
+    organization = Organization.objects.create(name=name[:100], created_by=user)
     Membership.objects.create(organization=organization, user=user, role=Role.OWNER)
     Project.objects.create(organization=organization, name=DEFAULT_PROJECT_NAME, created_by=user)
     subscription_for(organization)  # every organization starts on the Free plan
@@ -46,6 +81,16 @@ def _require_manager(actor: User, organization: Organization) -> Membership:
     if membership is None or not membership.can_manage:
         raise PermissionDenied()
     return membership
+
+
+def require_manager_or_creator(
+    actor: User | None, organization: Organization, created_by_id: int | None, refusal: str
+) -> None:
+    """Destructive actions: an owner or admin of the organization, or the member who created the
+    object. Roles are read now, so a demotion or a removal takes effect on the next request."""
+    membership = get_membership(actor, organization) if actor is not None else None
+    if membership is None or not membership.can_destroy(created_by_id):
+        raise PermissionDenied(refusal)
 
 
 def _owner_count(organization: Organization) -> int:
@@ -85,8 +130,33 @@ def invite_member(organization: Organization, inviter: User, email: str, role: s
     return invitation
 
 
+INVITER_GONE = (
+    "This invitation is no longer valid: the person who sent it may no longer invite people to {organization}. "
+    "Ask an owner or admin of {organization} for a new invitation."
+)
+
+
+def inviter_refusal(invitation: Invitation) -> str | None:
+    """Why the invitation is void because of its inviter, or None. An invitation carries its
+    inviter's right to invite: it is void once they leave, are demoted, or (for an owner
+    invitation) are no longer an owner, and valid again if that right comes back."""
+    inviter = invitation.invited_by
+    membership = get_membership(inviter, invitation.organization) if inviter is not None else None
+    if (
+        membership is not None
+        and membership.can_manage
+        and (invitation.role != Role.OWNER or membership.role == Role.OWNER)
+    ):
+        return None
+    return INVITER_GONE.format(organization=invitation.organization.name)
+
+
 def find_invitation(token: str) -> Invitation | None:
-    invitation = Invitation.objects.filter(token_hash=Invitation.hash_token(token)).first()
+    invitation = (
+        Invitation.objects.select_related("organization", "invited_by")
+        .filter(token_hash=Invitation.hash_token(token))
+        .first()
+    )
     return invitation if invitation and invitation.is_pending else None
 
 
@@ -99,12 +169,31 @@ def accept_invitation(token: str, user: User) -> Membership:
         raise ActionError("This invitation is no longer valid. Ask for a new one.")
     if invitation.email.lower() != user.email.lower():
         raise ActionError(f"This invitation was sent to {invitation.email}. Log in with that address.")
+    refusal = inviter_refusal(invitation)
+    if refusal is not None:
+        raise ActionError(refusal)
     membership, _ = Membership.objects.get_or_create(
         organization=invitation.organization, user=user, defaults={"role": invitation.role}
     )
     invitation.accepted_at = timezone.now()
     invitation.save(update_fields=["accepted_at"])
     return membership
+
+
+def pending_invitations(actor: User, organization: Organization) -> list[Invitation]:
+    """The invitations still open, for the organization's owners and admins only."""
+    _require_manager(actor, organization)
+    invitations = Invitation.objects.filter(
+        organization=organization, accepted_at__isnull=True, revoked_at__isnull=True
+    ).select_related("invited_by", "organization")
+    return [invitation for invitation in invitations if invitation.is_pending]
+
+
+def revoke_invitation(actor: User, invitation: Invitation) -> None:
+    _require_manager(actor, invitation.organization)
+    Invitation.objects.filter(pk=invitation.pk, accepted_at__isnull=True, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
 
 
 @transaction.atomic
@@ -172,5 +261,9 @@ def create_api_key(
     return key, raw
 
 
-def revoke_api_key(key: ApiKey) -> None:
+REVOKE_KEY_REFUSAL = "Only owners and admins can revoke another member's API key."
+
+
+def revoke_api_key(actor: User, key: ApiKey) -> None:
+    require_manager_or_creator(actor, key.project.organization, key.created_by_id, REVOKE_KEY_REFUSAL)
     ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())

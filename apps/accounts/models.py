@@ -67,6 +67,9 @@ class Organization(models.Model):
 
     public_id = models.CharField(max_length=40, unique=True, default=new_org_id, editable=False)
     name = models.CharField(max_length=100)
+    # Who created it. Kept after they leave: a free organization counts against its creator's
+    # allowance (`FREE_ORGANIZATIONS_PER_USER`) even once handed to someone else.
+    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     # The organisation's own OpenAI key, encrypted at rest (apps.core.crypto); never shown again.
     openai_api_key_encrypted = models.TextField(blank=True, default="")
@@ -116,6 +119,11 @@ class Membership(models.Model):
     def can_manage(self) -> bool:
         return self.role in MANAGER_ROLES
 
+    def can_destroy(self, created_by_id: int | None) -> bool:
+        """Destructive actions on an object (deleting it, revoking it) are for owners and admins,
+        and for the member who created it."""
+        return self.can_manage or (created_by_id is not None and created_by_id == self.user_id)
+
 
 INVITATION_LIFETIME = timedelta(days=7)
 
@@ -129,6 +137,7 @@ class Invitation(models.Model):
     invited_by = models.ForeignKey(User, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     accepted_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -142,7 +151,13 @@ class Invitation(models.Model):
 
     @property
     def is_pending(self) -> bool:
-        return self.accepted_at is None and timezone.now() < self.created_at + INVITATION_LIFETIME
+        """Neither accepted, revoked nor expired. Whether its inviter may still invite is a
+        separate check (`apps.accounts.actions.inviter_refusal`): that can change either way."""
+        return (
+            self.accepted_at is None
+            and self.revoked_at is None
+            and timezone.now() < self.created_at + INVITATION_LIFETIME
+        )
 
 
 class ApiKey(models.Model):

@@ -23,6 +23,10 @@ MISSING = "You didn't provide an API key. Send it in the Authorization header as
 INVALID = "Incorrect API key provided. You can find your API keys on the dashboard's API keys page."
 REVOKED = "This API key has been revoked. Create a new key on the dashboard's API keys page."
 EXPIRED = "This API key expired on {date} UTC. Create a new key on the dashboard's API keys page."
+DEACTIVATED = (
+    "The account that created this API key is deactivated, so the key no longer works. "
+    "Ask an owner or admin of your organization for a key of an active account."
+)
 TOO_MANY_FAILURES = "Too many requests with an incorrect API key from your IP address. Retry after {wait} s."
 
 
@@ -123,16 +127,21 @@ class ApiKeyAuthentication(BaseAuthentication):
         if key.is_expired:
             assert key.expires_at is not None
             raise AuthenticationFailed(EXPIRED.format(date=f"{key.expires_at:%Y-%m-%d %H:%M}"))
-        # A key stops working when the person who made it leaves the organization.
+        # A key acts as the person who made it, with their role as it is now: it stops working
+        # when they leave the organization, and when their account is switched off (their
+        # sessions end then too: Django's ModelBackend refuses inactive users).
+        creator = key.created_by
         if (
-            key.created_by_id is None
+            creator is None
             or not Membership.objects.filter(
-                organization_id=key.project.organization_id, user_id=key.created_by_id
+                organization_id=key.project.organization_id, user_id=creator.pk
             ).exists()
         ):
             raise AuthenticationFailed(REVOKED)
+        if not creator.is_active:
+            raise AuthenticationFailed(DEACTIVATED)
         self._touch(key)
-        return key.created_by, key
+        return creator, key
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'

@@ -17,4 +17,4 @@ class ActionError(Exception):
 
 class PermissionDenied(ActionError):
     def __init__(self, message: str = "Only owners and admins can do that.") -> None:
-        super().__init__(message, code="permission_denied")
+        super().__init__(message, code="permission_denied", status=403)

@@ -8,6 +8,7 @@ from typing import Any
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
+from apps.accounts.actions import require_manager_or_creator
 from apps.accounts.models import ApiKey, User
 from apps.core.errors import ActionError
 from apps.projects.models import UPLOAD_PURPOSES, File, FilePurpose, FileStatus, Project
@@ -146,7 +147,13 @@ def record_validation(file_id: str, report: dict[str, Any]) -> bool:
     return updated == 1
 
 
-def delete_file(file: File) -> None:
+DELETE_FILE_REFUSAL = "Only owners and admins, and the member who uploaded it, can delete this file."
+
+
+def delete_file(actor: User | None, file: File) -> None:
+    """For owners and admins of the file's organization and for its uploader. Files we produce
+    (results, batch output) have no uploader: only owners and admins delete them."""
+    require_manager_or_creator(actor, file.project.organization, file.created_by_id, DELETE_FILE_REFUSAL)
     name = file.content.name
     storage = file.content.storage
     file.delete()

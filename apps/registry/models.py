@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -53,6 +54,11 @@ class Model(models.Model):
     # Fine-tuning limits and defaults a base model accepts (max_seq_length, methods, ...).
     limits = models.JSONField(default=dict, blank=True)
     is_fine_tunable = models.BooleanField(default=False)
+    # Fine-tuned: the member who created the job that made it (catalog models: nobody). Besides
+    # owners and admins, only they may delete it.
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = ModelQuerySet.as_manager()

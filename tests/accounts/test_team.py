@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import html
 import re
 from typing import Any
 
@@ -97,9 +98,12 @@ def test_outsiders_get_404_for_team_members(client: Any, alice: Any, carol: Any)
     assert "alice@example.com" not in client.get("/team/").content.decode()
 
 
-def test_the_organization_switcher_only_offers_own_organizations(client: Any, alice: Any, carol: Any) -> None:
+def test_the_organization_switcher_only_offers_own_organizations(
+    client: Any, alice: Any, carol: Any, settings: Any
+) -> None:
     from apps.accounts import actions
 
+    settings.FREE_ORGANIZATIONS_PER_USER = 2
     login(client, alice)
     second = actions.create_organization(alice, "Second")
     carols = carol.memberships.get().organization
@@ -109,3 +113,153 @@ def test_the_organization_switcher_only_offers_own_organizations(client: Any, al
     client.post("/organizations/switch", {"organization": second.public_id})
     assert "Default project" in client.get("/projects/").content.decode()
     assert client.session["organization_id"] == second.public_id
+
+
+# --- Invitations: listed and revoked by managers, void when their inviter may no longer invite ----
+INVITER_GONE = (
+    "This invitation is no longer valid: the person who sent it may no longer invite people to Acme. "
+    "Ask an owner or admin of Acme for a new invitation."
+)
+
+
+def test_managers_list_and_revoke_invitations(client: Any, alice: Any, erin: Any) -> None:
+    # given: erin, an admin, invited dave
+    login(client, erin)
+    token = invite(client, "dave@example.com")
+    invitation = Invitation.objects.get()
+    # when alice lists and revokes it
+    login(client, alice)
+    listed = client.get("/team/").content.decode().split('id="invitations"')[1].split("</table>")[0]
+    response = client.post(f"/team/invitations/{invitation.pk}/revoke", follow=True)
+    # then
+    assert "dave@example.com" in listed and "erin@example.com" in listed
+    assert f'action="/team/invitations/{invitation.pk}/revoke"' in listed
+    assert (
+        "The invitation to dave@example.com was revoked; its link no longer works."
+        in response.content.decode()
+    )
+    assert 'id="invitations"' not in response.content.decode()
+    assert Invitation.objects.get().revoked_at is not None
+    dave = make_user("dave@example.com")
+    login(client, dave)
+    assert client.get(f"/invitations/{token}/").status_code == 404
+    response = client.post(f"/invitations/{token}/")
+    assert response.status_code == 404
+    assert not Membership.objects.filter(user=dave).exists()
+
+
+def test_an_admin_revokes_an_invitation_the_owner_sent(
+    client: Any, alice: Any, erin: Any, alice_org: Any
+) -> None:
+    from apps.accounts import actions
+
+    invitation = actions.invite_member(alice_org, alice, "dave@example.com", Role.MEMBER)
+    login(client, erin)
+
+    assert "dave@example.com" in client.get("/team/").content.decode()
+    client.post(f"/team/invitations/{invitation.pk}/revoke")
+
+    assert Invitation.objects.get().revoked_at is not None
+
+
+def test_members_neither_see_nor_revoke_invitations(
+    client: Any, alice: Any, bob: Any, alice_org: Any
+) -> None:
+    from apps.accounts import actions
+
+    invitation = actions.invite_member(alice_org, alice, "dave@example.com", Role.MEMBER)
+
+    login(client, bob)
+    page = client.get("/team/").content.decode()
+    response = client.post(f"/team/invitations/{invitation.pk}/revoke", follow=True)
+
+    assert "dave@example.com" not in page
+    assert "Only owners and admins can do that." in response.content.decode()
+    assert Invitation.objects.get().revoked_at is None
+
+
+def test_outsiders_get_404_for_revoking_an_invitation(client: Any, alice: Any, carol: Any) -> None:
+    login(client, alice)
+    invite(client, "dave@example.com")
+    invitation = Invitation.objects.get()
+
+    login(client, carol)
+
+    assert client.post(f"/team/invitations/{invitation.pk}/revoke").status_code == 404
+    assert Invitation.objects.get().revoked_at is None
+
+
+def test_an_invitation_is_void_once_its_inviter_leaves(client: Any, alice: Any, erin: Any) -> None:
+    # given: erin, an admin, invited dave, then left the organization
+    login(client, erin)
+    token = invite(client, "dave@example.com")
+    client.post(f"/team/members/{Membership.objects.get(user=erin).pk}/remove")
+    # when dave opens the link, then accepts anyway
+    dave = make_user("dave@example.com")
+    login(client, dave)
+    page = client.get(f"/invitations/{token}/")
+    response = client.post(f"/invitations/{token}/", follow=True)
+    # then
+    assert page.status_code == 404
+    assert INVITER_GONE in html.unescape(page.content.decode())
+    assert "Accept invitation" not in page.content.decode()
+    assert INVITER_GONE in html.unescape(response.content.decode())
+    assert not Membership.objects.filter(user=dave).exists()
+    assert Invitation.objects.get().accepted_at is None
+    # and the team page marks it as void for the managers
+    login(client, alice)
+    assert "void: its sender may no longer invite" in client.get("/team/").content.decode()
+
+
+def test_an_invitation_is_void_while_its_inviter_is_demoted(alice: Any, erin: Any, alice_org: Any) -> None:
+    from django.test import TestCase
+
+    from apps.accounts import actions
+    from apps.core.errors import ActionError
+
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        actions.invite_member(alice_org, erin, "dave@example.com", Role.MEMBER)
+    token = re.search(r"/invitations/([^/\s]+)/", mail.outbox[-1].body).group(1)  # type: ignore[union-attr]
+    dave = make_user("dave@example.com")
+    erins = Membership.objects.get(user=erin)
+
+    actions.change_role(alice, erins, Role.MEMBER)
+    try:
+        actions.accept_invitation(token, dave)
+    except ActionError as exc:
+        assert exc.message == INVITER_GONE
+    else:
+        raise AssertionError("a demoted inviter's invitation was accepted")
+    assert not Membership.objects.filter(user=dave).exists()
+    # the right to invite came back: so does the invitation
+    actions.change_role(alice, erins, Role.ADMIN)
+    assert actions.accept_invitation(token, dave).role == Role.MEMBER
+
+
+def test_an_owner_invitation_is_void_once_its_inviter_is_no_longer_an_owner(
+    client: Any, alice: Any, bob: Any, alice_org: Any
+) -> None:
+    from apps.accounts import actions
+
+    actions.change_role(alice, Membership.objects.get(user=bob), Role.OWNER)
+    login(client, bob)
+    token = invite(client, "dave@example.com", role="owner")
+    actions.change_role(alice, Membership.objects.get(user=bob), Role.ADMIN)
+
+    dave = make_user("dave@example.com")
+    login(client, dave)
+    response = client.post(f"/invitations/{token}/", follow=True)
+
+    assert INVITER_GONE in html.unescape(response.content.decode())
+    assert not Membership.objects.filter(user=dave).exists()
+
+
+def test_an_invitation_whose_inviter_was_deleted_is_void(client: Any, alice: Any, erin: Any) -> None:
+    login(client, erin)
+    token = invite(client, "dave@example.com")
+    erin.delete()
+
+    login(client, make_user("dave@example.com"))
+    page = client.get(f"/invitations/{token}/")
+
+    assert page.status_code == 404 and INVITER_GONE in html.unescape(page.content.decode())

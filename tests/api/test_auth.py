@@ -17,6 +17,10 @@ from apps.accounts.models import ApiKey, Membership
 MISSING = "You didn't provide an API key. Send it in the Authorization header as 'Bearer sk-…'."
 INVALID = "Incorrect API key provided. You can find your API keys on the dashboard's API keys page."
 REVOKED = "This API key has been revoked. Create a new key on the dashboard's API keys page."
+DEACTIVATED = (
+    "The account that created this API key is deactivated, so the key no longer works. "
+    "Ask an owner or admin of your organization for a key of an active account."
+)
 
 
 def client_with(authorization: str | None) -> APIClient:
@@ -66,10 +70,10 @@ def test_the_scheme_is_case_insensitive(alice_key: str) -> None:
     assert client_with(f"bearer {alice_key}").get("/v1/files").status_code == 200
 
 
-def test_a_revoked_key_is_refused_on_the_next_request(api: Any, alice_key: str) -> None:
+def test_a_revoked_key_is_refused_on_the_next_request(api: Any, alice: Any, alice_key: str) -> None:
     assert api.get("/v1/files").status_code == 200
 
-    actions.revoke_api_key(ApiKey.objects.get())
+    actions.revoke_api_key(alice, ApiKey.objects.select_related("project__organization").get())
 
     assert_401(api.get("/v1/files"), REVOKED)
     assert_401(api.post("/v1/files", {"purpose": "fine-tune"}, format="multipart"), REVOKED)
@@ -93,6 +97,25 @@ def test_a_key_stops_working_when_its_creator_is_deleted(alice: Any, bob: Any, a
     bob.delete()
 
     assert_401(client_with(f"Bearer {raw}").get("/v1/files"), REVOKED)
+
+
+def test_a_deactivated_users_keys_and_session_stop_working(
+    client: Any, alice: Any, bob: Any, alice_project: Any
+) -> None:
+    # given: bob has a key in use and an open dashboard session
+    _, raw = actions.create_api_key(alice_project, "bob's key", bob)
+    api = client_with(f"Bearer {raw}")
+    assert api.get("/v1/files").status_code == 200
+    client.force_login(bob)
+    assert client.get("/projects/").status_code == 200
+    # when staff deactivate his account
+    bob.is_active = False
+    bob.save(update_fields=["is_active"])
+    # then
+    assert_401(api.get("/v1/files"), DEACTIVATED)
+    assert_401(api.post("/v1/files", {"purpose": "fine-tune"}, format="multipart"), DEACTIVATED)
+    response = client.get("/projects/")
+    assert (response.status_code, response["Location"]) == (302, "/accounts/login/?next=/projects/")
 
 
 def test_last_used_at_is_written_at_most_once_a_minute(api: Any) -> None:

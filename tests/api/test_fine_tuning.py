@@ -166,11 +166,16 @@ def test_outsiders_get_404_for_every_job_route(api: Any, carol_api: Any, tiny_ba
 
 
 def test_models_list_the_catalog_and_own_models_only(
-    api: Any, carol_api: Any, alice_org: Any, catalog: None
+    api: Any, carol_api: Any, alice_org: Any, alice_project: Any, catalog: None
 ) -> None:
     from apps.registry.models import Model
 
-    Model.objects.create(name="ft:minilm-l6:acme::ftjob-1", organization=alice_org, task="classification")
+    Model.objects.create(
+        name="ft:minilm-l6:acme::ftjob-1",
+        organization=alice_org,
+        project=alice_project,
+        task="classification",
+    )
     mine = {m["id"] for m in api.get("/v1/models").json()["data"]}
     theirs = {m["id"] for m in carol_api.get("/v1/models").json()["data"]}
     assert {"minilm-l6", "smollm2-135m-instruct", "ft:minilm-l6:acme::ftjob-1"} <= mine

@@ -284,6 +284,10 @@ PARAMETERS: dict[str, tuple[Getter, Getter]] = {
     "model_name": (lambda w: w.model.name, lambda w: f"ft:minilm-l6:nobody:x:{random_id('ftjob-')}"),
     "prefix": (lambda w: w.key.prefix, lambda w: random_id("", 8)),
     "membership_id": (lambda w: w.membership.pk, lambda w: w.membership.pk + 1_000_000),
+    "invitation_id": (
+        lambda w: Invitation.objects.get(organization=w.organization).pk,
+        lambda w: Invitation.objects.get(organization=w.organization).pk + 1_000_000,
+    ),
     "token": (lambda w: w.invitation_token, lambda w: secrets.token_urlsafe(32)),
 }
 # Where a route acts on an object in a particular state, it gets that object.
@@ -377,7 +381,7 @@ def test_the_matrix_covers_the_routes_it_should() -> None:
     names = {route.name for route in ID_ROUTES}
     assert {"api:file", "api:fine_tuning_job", "api:batch", "api:model", "dashboard:project",
             "dashboard:file", "dashboard:job", "dashboard:model", "dashboard:batch", "dashboard:api_key_revoke",
-            "dashboard:member_role", "dashboard:accept_invitation"} <= names  # fmt: skip
+            "dashboard:member_role", "dashboard:invitation_revoke", "dashboard:accept_invitation"} <= names  # fmt: skip
 
 
 def test_every_id_route_has_a_recipe() -> None:

@@ -19,6 +19,7 @@ from apps.api.serializers.common import (
     ERRORS,
     IDEMPOTENCY_HEADER,
     DeletedSerializer,
+    ErrorSerializer,
     list_of,
 )
 from apps.api.serializers.files import FileObjectSerializer, FileUploadSerializer, file_object
@@ -108,10 +109,17 @@ class FileDetailView(ProjectAPIView):
         file = self.get_scoped(File.objects.filter(project=self.project), file_id, noun="file")
         return Response(file_object(file))
 
-    @extend_schema(operation_id="deleteFile", responses={200: DeletedSerializer, **ERRORS})
+    @extend_schema(
+        operation_id="deleteFile",
+        responses={
+            200: DeletedSerializer,
+            403: OpenApiResponse(ErrorSerializer, description="A file the key's creator may not delete"),
+            **ERRORS,
+        },
+    )
     def delete(self, request: Request, file_id: str) -> Response:
         file = self.get_scoped(File.objects.filter(project=self.project), file_id, noun="file")
-        actions.delete_file(file)
+        actions.delete_file(self.api_key.created_by, file)
         return Response({"id": file_id, "object": "file", "deleted": True})
 
 

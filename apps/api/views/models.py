@@ -1,4 +1,5 @@
-"""`/v1/models`: the catalog plus the caller's organization's fine-tuned models."""
+"""`/v1/models`: the catalog plus the caller's organization's fine-tuned models. Any key lists,
+retrieves and calls them all; downloading and deleting are for the key's own project's models."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ import re
 from typing import Any
 
 from django.http import FileResponse
-from drf_spectacular.utils import OpenApiTypes, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, OpenApiTypes, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apps.api.base import ProjectAPIView
-from apps.api.serializers.common import ERRORS, DeletedSerializer
+from apps.api.serializers.common import ERRORS, DeletedSerializer, ErrorSerializer
 from apps.core.errors import ActionError
 from apps.registry.actions import WeightsMissing, delete_fine_tuned_model, export_archive
 from apps.registry.models import Model
@@ -58,6 +59,21 @@ def model_object(model: Model) -> dict[str, Any]:
     }
 
 
+OTHER_PROJECT = (
+    "The model '{name}' belongs to another project. An API key can download or delete only the models "
+    "of its own project: use a key of the project whose job made it."
+)
+NO_PROJECT = (
+    "The model '{name}' no longer belongs to a project (its project was deleted), so no API key can "
+    "download or delete it. An owner or admin can delete it on the dashboard."
+)
+
+
+OTHER_PROJECT_RESPONSE = OpenApiResponse(
+    ErrorSerializer, description="A fine-tuned model of another project, or no longer in a project"
+)
+
+
 class ModelsBase(ProjectAPIView):
     def models(self) -> Any:
         return Model.objects.visible_to(self.organization).select_related("organization")
@@ -73,6 +89,16 @@ class ModelsBase(ProjectAPIView):
             )
         return model
 
+    def get_project_model(self, name: str) -> Model:
+        """A model to download or delete: a fine-tuned one must belong to the key's project
+        (catalog models go on, to be refused by what they cannot do)."""
+        model = self.get_model(name)
+        if not model.is_catalog and model.project_id != self.project.pk:
+            # 403, not 404: the model is listed to this key, so its existence is no secret.
+            refusal = NO_PROJECT if model.project_id is None else OTHER_PROJECT
+            raise ActionError(refusal.format(name=name), code="permission_denied", param="model", status=403)
+        return model
+
 
 class ModelListView(ModelsBase):
     @extend_schema(operation_id="listModels", responses={200: ModelListSerializer, **ERRORS})
@@ -83,12 +109,12 @@ class ModelListView(ModelsBase):
 class ModelContentView(ModelsBase):
     @extend_schema(
         operation_id="downloadModel",
-        responses={(200, "application/gzip"): OpenApiTypes.BINARY, **ERRORS},
+        responses={(200, "application/gzip"): OpenApiTypes.BINARY, 403: OTHER_PROJECT_RESPONSE, **ERRORS},
         description="Extension: the fine-tuned model as a transformers directory (safetensors, config, "
         "tokenizer, chat template) in a .tar.gz, loadable with `from_pretrained`.",
     )
     def get(self, request: Request, model: str) -> FileResponse:
-        found = self.get_model(model)
+        found = self.get_project_model(model)
         try:
             archive = export_archive(found)
         except WeightsMissing as exc:
@@ -105,12 +131,20 @@ class ModelDetailView(ModelsBase):
     def get(self, request: Request, model: str) -> Response:
         return Response(model_object(self.get_model(model)))
 
-    @extend_schema(operation_id="deleteModel", responses={200: DeletedSerializer, **ERRORS})
+    @extend_schema(
+        operation_id="deleteModel",
+        responses={
+            200: DeletedSerializer,
+            403: OpenApiResponse(
+                ErrorSerializer,
+                description="A model of another project, or one the key's creator may not delete",
+            ),
+            409: OpenApiResponse(
+                ErrorSerializer, description="The checkpoint an unfinished job resumes from"
+            ),
+            **ERRORS,
+        },
+    )
     def delete(self, request: Request, model: str) -> Response:
-        found = self.get_model(model)
-        if found.is_catalog:
-            raise ActionError(
-                f"'{model}' is a base model; only fine-tuned models can be deleted.", param="model"
-            )
-        delete_fine_tuned_model(found)
+        delete_fine_tuned_model(self.api_key.created_by, self.get_project_model(model))
         return Response({"id": model, "object": "model", "deleted": True})

@@ -20,7 +20,7 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST
 
 from apps.core.errors import ActionError
-from apps.dashboard.views.common import get_project, member_required
+from apps.dashboard.views.common import get_project, member_required, run_action
 from apps.projects import actions
 from apps.projects.models import UPLOAD_PURPOSES, File, FileStatus, Project
 from apps.projects.uploads import UploadTooLarge
@@ -114,7 +114,11 @@ def _refuse(request: HttpRequest, project_id: str, message: str, *, status: int)
 
 
 def _get_file(project: Project, file_id: str) -> File:
-    file = File.objects.filter(project=project, public_id=file_id).first()
+    file = (
+        File.objects.filter(project=project, public_id=file_id)
+        .select_related("project__organization", "created_by")
+        .first()
+    )
     if file is None:
         raise Http404("No such file")
     return file
@@ -133,6 +137,7 @@ def file_detail(request: HttpRequest, project_id: str, file_id: str) -> HttpResp
         "project": project,
         "current_project": project,
         "file": file,
+        "can_delete": request.membership.can_destroy(file.created_by_id),  # type: ignore[attr-defined]
         "report": report,
         "label_count": len(labels),
         # Pairs, not an object: JavaScript would reorder numeric keys such as "1" and "5".
@@ -181,8 +186,13 @@ def file_content(request: HttpRequest, project_id: str, file_id: str) -> FileRes
 def file_delete(request: HttpRequest, project_id: str, file_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     file = _get_file(project, file_id)
-    actions.delete_file(file)
-    messages.success(request, f"“{file.filename}” was deleted.")
+    deleted = run_action(
+        request,
+        lambda: actions.delete_file(request.user, file),  # type: ignore[arg-type]
+        f"“{file.filename}” was deleted.",
+    )
+    if not deleted:
+        return redirect("dashboard:file", project.public_id, file.public_id)
     return redirect("dashboard:files", project.public_id)
 
 

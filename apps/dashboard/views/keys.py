@@ -7,7 +7,7 @@ from django.views.decorators.http import require_POST
 
 from apps.accounts import actions
 from apps.accounts.models import ApiKey
-from apps.dashboard.views.common import get_project, member_required
+from apps.dashboard.views.common import get_project, member_required, run_action
 
 NEW_KEY_SESSION = "new_api_key"
 # When a new key stops working: the form's choices, in days (None: never).
@@ -29,7 +29,10 @@ def api_keys(request: HttpRequest, project_id: str) -> HttpResponse:
         request.session[NEW_KEY_SESSION] = {"name": key.name, "key": raw}
         return redirect("dashboard:api_keys", project.public_id)
     new_key = request.session.pop(NEW_KEY_SESSION, None)
-    keys = ApiKey.objects.filter(project=project).select_related("created_by")
+    keys = list(ApiKey.objects.filter(project=project).select_related("created_by"))
+    membership = request.membership  # type: ignore[attr-defined]
+    for key in keys:
+        key.can_revoke = membership.can_destroy(key.created_by_id)  # type: ignore[attr-defined]
     return render(
         request,
         "dashboard/api_keys.html",
@@ -41,9 +44,14 @@ def api_keys(request: HttpRequest, project_id: str) -> HttpResponse:
 @require_POST
 def api_key_revoke(request: HttpRequest, project_id: str, prefix: str) -> HttpResponse:
     project = get_project(request, project_id)
-    key = ApiKey.objects.filter(project=project, prefix=prefix).first()
+    key = (
+        ApiKey.objects.select_related("project__organization").filter(project=project, prefix=prefix).first()
+    )
     if key is None:
         raise Http404("No such key")
-    actions.revoke_api_key(key)
-    messages.success(request, f"Key “{key.name}” revoked. Requests using it are now refused.")
+    run_action(
+        request,
+        lambda: actions.revoke_api_key(request.user, key),  # type: ignore[arg-type]
+        f"Key “{key.name}” revoked. Requests using it are now refused.",
+    )
     return redirect("dashboard:api_keys", project.public_id)

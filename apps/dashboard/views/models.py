@@ -8,7 +8,7 @@ from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from apps.dashboard.views.common import get_project, member_required
+from apps.dashboard.views.common import get_project, member_required, run_action
 from apps.dashboard.views.fine_tuning import metrics_context
 from apps.jobs.models import Job
 from apps.projects.models import Project
@@ -19,7 +19,7 @@ from apps.registry.models import Model
 def _get_model(project: Project, name: str) -> Model:
     model = (
         Model.objects.visible_to(project.organization)
-        .select_related("base", "project")
+        .select_related("base", "project", "created_by")
         .filter(name=name)
         .first()
     )
@@ -57,6 +57,8 @@ def model_detail(request: HttpRequest, project_id: str, model_name: str) -> Http
         if not model.is_catalog
         else None
     )
+    membership = request.membership  # type: ignore[attr-defined]
+    can_delete = not model.is_catalog and membership.can_destroy(model.created_by_id)
     return render(
         request,
         "dashboard/model_detail.html",
@@ -66,6 +68,7 @@ def model_detail(request: HttpRequest, project_id: str, model_name: str) -> Http
             "model": model,
             "job": job,
             "is_servable": bool(model.limit("servable", True)),
+            "can_delete": can_delete,
             **metrics_context(model.metrics or {}, model.labels),
         },
     )
@@ -76,11 +79,13 @@ def model_detail(request: HttpRequest, project_id: str, model_name: str) -> Http
 def model_delete(request: HttpRequest, project_id: str, model_name: str) -> HttpResponse:
     project = get_project(request, project_id)
     model = _get_model(project, model_name)
-    if model.is_catalog:
-        messages.error(request, f"“{model.name}” is a base model; only fine-tuned models can be deleted.")
+    deleted = run_action(
+        request,
+        lambda: delete_fine_tuned_model(request.user, model),  # type: ignore[arg-type]
+        f"Model “{model_name}” deleted. Requests to it now fail with model_not_found.",
+    )
+    if not deleted:
         return redirect("dashboard:model", project.public_id, model.name)
-    delete_fine_tuned_model(model)
-    messages.success(request, f"Model “{model_name}” deleted. Requests to it now fail with model_not_found.")
     return redirect("dashboard:models", project.public_id)
 
 

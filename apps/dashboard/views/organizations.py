@@ -36,7 +36,6 @@ def switch_organization(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def organization_new(request: HttpRequest) -> HttpResponse:
-    error = ""
     if request.method == "POST":
         try:
             organization = actions.create_organization(request.user, request.POST.get("name", ""))  # type: ignore[arg-type]
@@ -45,4 +44,7 @@ def organization_new(request: HttpRequest) -> HttpResponse:
         else:
             request.session[SESSION_KEY] = organization.public_id
             return redirect("dashboard:projects")
+    else:
+        # Said before the form is filled in, not only once it is sent.
+        error = actions.free_organization_refusal(request.user) or ""  # type: ignore[arg-type]
     return render(request, "dashboard/organization_new.html", {"error": error})

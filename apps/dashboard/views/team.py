@@ -36,12 +36,34 @@ def team(request: HttpRequest) -> HttpResponse:
         )
         return redirect("dashboard:team")
     members = Membership.objects.filter(organization=organization).select_related("user")
-    invitations = [i for i in Invitation.objects.filter(organization=organization) if i.is_pending]
+    invitations = []
+    if request.membership.can_manage:  # type: ignore[attr-defined]
+        invitations = actions.pending_invitations(request.user, organization)  # type: ignore[arg-type]
+        for invitation in invitations:
+            invitation.void_reason = actions.inviter_refusal(invitation)  # type: ignore[attr-defined]
     return render(
         request,
         "dashboard/team.html",
         {"members": members, "invitations": invitations, "roles": Role.choices},
     )
+
+
+@member_required
+@require_POST
+def invitation_revoke(request: HttpRequest, invitation_id: int) -> HttpResponse:
+    invitation = (
+        Invitation.objects.filter(pk=invitation_id, organization=request.organization)  # type: ignore[attr-defined]
+        .select_related("organization")
+        .first()
+    )
+    if invitation is None:
+        raise Http404("No such invitation")
+    run_action(
+        request,
+        lambda: actions.revoke_invitation(request.user, invitation),  # type: ignore[arg-type]
+        f"The invitation to {invitation.email} was revoked; its link no longer works.",
+    )
+    return redirect("dashboard:team")
 
 
 @member_required
@@ -76,6 +98,11 @@ def accept_invitation(request: HttpRequest, token: str) -> HttpResponse:
     invitation = actions.find_invitation(token)
     if invitation is None:
         raise Http404("This invitation is no longer valid")
+    refusal = actions.inviter_refusal(invitation)
+    if refusal is not None:
+        # Said on the page, before anyone logs in or signs up for an invitation that cannot work.
+        context = {"invitation": invitation, "token": token, "refusal": refusal}
+        return render(request, "dashboard/invitation.html", context, status=404)
     if not request.user.is_authenticated:
         return render(request, "dashboard/invitation.html", {"invitation": invitation, "token": token})
     return _accept(request, token, invitation)

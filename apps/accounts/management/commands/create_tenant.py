@@ -4,11 +4,12 @@ import json
 from typing import Any
 
 from allauth.account.models import EmailAddress
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from apps.accounts import actions
 from apps.accounts.models import Membership, Organization, User
+from apps.core.errors import ActionError
 from apps.projects.models import Project
 
 
@@ -34,7 +35,10 @@ class Command(BaseCommand):
         EmailAddress.objects.update_or_create(
             user=user, email=email, defaults={"verified": True, "primary": True}
         )
-        org = self._organization(user, organization)
+        try:
+            org = self._organization(user, organization)
+        except ActionError as exc:
+            raise CommandError(exc.message) from None
         project = Project.objects.filter(organization=org).order_by("id").first() or actions.create_project(
             org, user, actions.DEFAULT_PROJECT_NAME
         )
