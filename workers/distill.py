@@ -25,6 +25,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
 from apps.billing.pricing import cost_of
+from apps.core.errors import ActionError
 from apps.core.storage import delete_prefix
 from apps.jobs.models import Job
 from apps.registry.models import Model
@@ -239,7 +240,10 @@ def _answered(answers: list[str | None], labels: list[str], input_tokens: int, o
 def _openai_teacher(job: Job, teacher: Model, labels: list[str]) -> LabelFn:
     from workers.runtime.openai_proxy import ProxyError, make_client, proxy_chat
 
-    key = job.organization.openai_key() or settings.OPENAI_API_KEY
+    try:
+        key = job.organization.openai_key_for_calls()
+    except ActionError as exc:
+        raise TeacherError(exc.code, exc.message) from None
     if not key:
         raise TeacherError(
             "provider_not_configured",
