@@ -19,4 +19,6 @@ RUN SECRET_KEY=build-only-not-secret FIELD_ENCRYPTION_KEY=YnVpbGQtb25seS1ub3QtYS
  && useradd --create-home --uid 1000 modelworks && mkdir -p /srv/modelworks/var && chown -R modelworks /srv/modelworks
 USER modelworks
 EXPOSE 8000
-CMD ["gunicorn", "saas.wsgi", "-b", "0.0.0.0:8000", "-k", "gthread", "--workers", "4", "--threads", "32", "--timeout", "150"]
+# saas/gunicorn_conf.py: keep-alive longer than the load balancer's idle timeout, and an access log
+# without invitation or password-reset tokens.
+CMD ["gunicorn", "-c", "saas/gunicorn_conf.py", "saas.wsgi", "-b", "0.0.0.0:8000", "-k", "gthread", "--workers", "4", "--threads", "32", "--timeout", "150"]

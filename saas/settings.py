@@ -319,15 +319,27 @@ LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "apps.api.middleware.RequestIdLogFilter"}},
+    "filters": {
+        "request_id": {"()": "apps.api.middleware.RequestIdLogFilter"},
+        # Invitation, password-reset and email-confirmation tokens in request paths (apps/core/redaction.py).
+        "url_secrets": {"()": "apps.core.redaction.RedactUrlSecrets"},
+    },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["request_id", "url_secrets"],
+        },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        # runserver's request lines, through the same filters (Django gives them a handler of their own).
+        "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
 }
 
 # --- API (Django REST framework) --------------------------------------------------------------
