@@ -6,7 +6,9 @@ import secrets
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
+from django.core.validators import validate_email
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
@@ -14,6 +16,7 @@ from django.utils import timezone
 from apps.accounts.models import ApiKey, Invitation, Membership, Organization, Role, User
 from apps.billing.quotas import subscription_for
 from apps.core.errors import ActionError, PermissionDenied
+from apps.core.mail import single_line
 from apps.projects.models import Project
 
 DEFAULT_PROJECT_NAME = "Default project"
@@ -56,6 +59,12 @@ def _owner_count(organization: Organization) -> int:
 def invite_member(organization: Organization, inviter: User, email: str, role: str) -> Invitation:
     _require_manager(inviter, organization)
     email = email.strip().lower()
+    try:
+        # The address becomes the email's To header: one with a line break in it would fail the
+        # email after the invitation was saved, or add a header.
+        validate_email(email)
+    except ValidationError:
+        raise ActionError(f"{email!r} is not an email address.", param="email") from None
     if role not in Role.values:
         raise ActionError(f"Unknown role {role!r}.", param="role")
     if role == Role.OWNER and get_membership(inviter, organization).role != Role.OWNER:  # type: ignore[union-attr]
@@ -73,7 +82,7 @@ def invite_member(organization: Organization, inviter: User, email: str, role: s
     link = settings.SITE_URL + reverse("dashboard:accept_invitation", args=[token])
     transaction.on_commit(
         lambda: send_mail(
-            subject=f"You are invited to {organization.name} on Modelworks",
+            subject=f"You are invited to {single_line(organization.name)} on Modelworks",
             message=(
                 f"{inviter.email} invited you to join {organization.name} on Modelworks as {role}.\n\n"
                 f"Accept the invitation: {link}\n\nThe link is valid for 7 days."
