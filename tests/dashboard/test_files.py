@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -284,6 +285,14 @@ def test_a_row_in_context_at_the_edges_of_the_file(alice_client: Any, alice_proj
     assert [int(n) for n in re.findall(r'<tr id="line-(\d+)"', last)] == [9, 10, 11, 12]
     assert "The file has no line 500." in beyond
     assert "First rows" in nonsense
+
+
+def test_a_line_number_in_other_digits_shows_the_preview(alice_client: Any, alice_project: Any) -> None:
+    file = validated(alice_client, alice_project)
+    url = f"/projects/{alice_project.public_id}/files/{file.public_id}/"
+
+    for line in ("²", "٣", "8\n"):
+        assert "First rows" in page(alice_client, url + "?line=" + quote(line)), line
 
 
 def test_the_preview_reads_at_most_twenty_lines(alice_client: Any, alice_project: Any) -> None:
