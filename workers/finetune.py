@@ -43,6 +43,8 @@ STOP_MESSAGES = {
 
 
 def run_fine_tune(job: Job) -> None:
+    if _failed_for_a_deleted_file(job):
+        return
     work = Path(settings.VAR_DIR) / "work" / f"{job.public_id}-{job.attempt}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -190,6 +192,22 @@ def _fail_teacher(job: Job, error: Any, labelling: Labelling | None) -> None:
         message=error.message,
     )  # fmt: skip
     forget_labels(job)
+
+
+def _failed_for_a_deleted_file(job: Job) -> bool:
+    """Fails the job when a file it names is gone. Deleting a file an unfinished job reads is refused,
+    but a row deleted past that rule (in the admin) leaves the job's reference empty."""
+    request = job.request or {}
+    for param, file in (("training_file", job.training_file), ("validation_file", job.validation_file)):
+        # A fine-tune always has a training file; a validation file only when one was named.
+        if file is None and (param == "training_file" or request.get(param)):
+            message = f"The {param.replace('_', ' ')} of this job was deleted. Start a new job with a file that exists."
+            actions.finish(
+                job.pk, job.attempt, JobStatus.FAILED, message=message,
+                error={"code": "file_deleted", "message": message, "param": param},
+            )  # fmt: skip
+            return True
+    return False
 
 
 def _mapped(job: Job, field: str) -> str:

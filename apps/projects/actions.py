@@ -7,9 +7,11 @@ from typing import Any
 
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
+from django.db.models import Q
 
 from apps.accounts.models import ApiKey, User
 from apps.core.errors import ActionError
+from apps.jobs.models import ACTIVE_STATUSES, Job, JobKind, JobStatus
 from apps.projects.models import UPLOAD_PURPOSES, File, FilePurpose, FileStatus, Project
 
 logger = logging.getLogger(__name__)
@@ -146,7 +148,38 @@ def record_validation(file_id: str, report: dict[str, Any]) -> bool:
     return updated == 1
 
 
+# A job in one of these is not over: it still reads its files (a paused fine-tune again when it
+# resumes).
+UNFINISHED_STATUSES = (*ACTIVE_STATUSES, JobStatus.PAUSED)
+JOB_NOUNS = {JobKind.FINE_TUNE: "fine-tuning job", JobKind.BATCH: "batch"}
+
+
+def job_using(file: File) -> Job | None:
+    """The oldest unfinished job that reads `file` (as training, validation or batch input file)."""
+    return (
+        Job.objects.filter(Q(training_file=file) | Q(validation_file=file), status__in=UNFINISHED_STATUSES)
+        .order_by("id")
+        .first()
+    )
+
+
+@transaction.atomic
 def delete_file(file: File) -> None:
+    """Refused (409) while an unfinished job reads the file: deleting it would fail that job."""
+    # A job created on this file takes a share lock on its row when it commits (the foreign-key
+    # check): with this lock held, such a job is either committed already, and found below, or its
+    # commit waits and then fails because the file is gone. Never a job without its file.
+    if not File.objects.select_for_update().filter(pk=file.pk).exists():
+        return  # already deleted
+    job = job_using(file)
+    if job is not None:
+        raise ActionError(
+            f"File {file.public_id} is used by {JOB_NOUNS.get(JobKind(job.kind), 'job')} {job.public_id}, "
+            f"which is {JobStatus(job.status).label.lower()}. Cancel the job or wait for it to finish, "
+            "then delete the file.",
+            code="file_in_use",
+            status=409,
+        )
     name = file.content.name
     storage = file.content.storage
     file.delete()

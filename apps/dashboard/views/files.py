@@ -182,7 +182,11 @@ def file_content(request: HttpRequest, project_id: str, file_id: str) -> FileRes
 def file_delete(request: HttpRequest, project_id: str, file_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     file = _get_file(project, file_id)
-    actions.delete_file(file)
+    try:
+        actions.delete_file(file)
+    except ActionError as exc:
+        messages.error(request, exc.message)
+        return redirect("dashboard:file", project.public_id, file.public_id)
     messages.success(request, f"“{file.filename}” was deleted.")
     return redirect("dashboard:files", project.public_id)
 
