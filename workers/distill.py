@@ -26,7 +26,7 @@ from django.core.files.storage import default_storage
 
 from apps.billing.pricing import cost_of
 from apps.core.errors import ActionError
-from apps.core.storage import delete_prefix
+from apps.core.storage import delete_prefix, job_prefix
 from apps.jobs.models import Job
 from apps.registry.models import Model
 from workers.artifacts import local_model_dir
@@ -146,7 +146,7 @@ def _chunk_key(job: Job, start: int) -> str:
 
 
 def _prefix(job: Job) -> str:
-    return f"distill/{job.organization.public_id}/{job.public_id}"
+    return job_prefix("distill", job.organization.public_id, job.public_id)
 
 
 def _load_chunk(key: str) -> Chunk | None:

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 
 from apps.billing.pricing import cost_of
-from apps.core.storage import download_dir, download_file, upload_dir
+from apps.core.storage import download_dir, download_file, job_prefix, upload_dir
 from apps.jobs import actions
 from apps.jobs.models import Job, JobStatus
 from apps.projects.actions import discard, stored_result_file
@@ -282,7 +282,7 @@ class ProgressReporter:
         elif event.kind == "eval":
             self._metrics(event, event.metrics, message=_eval_message(event))
         elif event.kind == "checkpoint" and event.checkpoint_dir:
-            key = f"checkpoints/{self.job.organization.public_id}/{self.job.public_id}/step-{event.step}"
+            key = f"{job_prefix('checkpoints', self.job.organization.public_id, self.job.public_id)}/step-{event.step}"
             upload_dir(Path(event.checkpoint_dir), key)
             self._write(
                 actions.add_checkpoint, step=event.step, epoch=event.epoch, metrics=event.metrics,
@@ -448,7 +448,7 @@ def _finish(
             job.pk, job.attempt, JobStatus.PAUSED, fields=fields, message="Job paused at a checkpoint."
         )
         return
-    key = f"models/{job.organization.public_id}/{job.public_id}"
+    key = job_prefix("models", job.organization.public_id, job.public_id)
     upload_dir(Path(result.model_dir), key)
     diagnostics = diagnostics_csv(spec, result.model_dir) if spec.task == "classification" else None
     reason = {"budget": "budget_reached", "spend_limit": "spend_limit_reached"}.get(guard.stop_reason, "")

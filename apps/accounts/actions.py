@@ -17,6 +17,7 @@ from apps.accounts.models import ApiKey, Invitation, Membership, Organization, R
 from apps.billing.quotas import subscription_for
 from apps.core.errors import ActionError, PermissionDenied
 from apps.core.mail import single_line
+from apps.projects.actions import erase_project
 from apps.projects.models import Project
 
 DEFAULT_PROJECT_NAME = "Default project"
@@ -163,7 +164,7 @@ def rename_project(project: Project, name: str) -> Project:
 
 def delete_project(actor: User, project: Project) -> None:
     _require_manager(actor, project.organization)
-    project.delete()
+    erase_project(project)
 
 
 def create_api_key(

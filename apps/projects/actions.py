@@ -1,4 +1,5 @@
-"""Every change to projects' files: upload, validation results, deletion."""
+"""Every change to projects' files: upload, validation results, deletion; and erasing a project with
+everything it stored."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from django.db.models import Q
 
 from apps.accounts.models import ApiKey, User
 from apps.core.errors import ActionError
+from apps.core.storage import JOB_AREAS, delete_stored, job_prefix
 from apps.jobs.models import ACTIVE_STATUSES, Job, JobKind, JobStatus
 from apps.projects.models import UPLOAD_PURPOSES, File, FilePurpose, FileStatus, Project
+from apps.registry.models import Model
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +152,7 @@ def record_validation(file_id: str, report: dict[str, Any]) -> bool:
 
 
 # A job in one of these is not over: it still reads its files (a paused fine-tune again when it
-# resumes).
+# resumes), and a fine-tune or batch still writes to storage.
 UNFINISHED_STATUSES = (*ACTIVE_STATUSES, JobStatus.PAUSED)
 JOB_NOUNS = {JobKind.FINE_TUNE: "fine-tuning job", JobKind.BATCH: "batch"}
 
@@ -189,3 +192,51 @@ def delete_file(file: File) -> None:
 
 
 RESULT_PURPOSES = (FilePurpose.FINE_TUNE_RESULTS, FilePurpose.BATCH_OUTPUT)
+
+
+# Long work whose worker writes to storage until it stops (checkpoints, weights, result files).
+STORING_KINDS = (JobKind.FINE_TUNE, JobKind.BATCH)
+
+
+@transaction.atomic
+def erase_project(project: Project) -> None:
+    """Deletes the project with its files, jobs, fine-tuned models and API keys, and then everything
+    they stored. Usage records stay (their project and job become empty): they are billing history.
+
+    Refused while a fine-tune or batch of the project is unfinished: deleting cannot be undone, a
+    paused job is work its owner meant to resume, and a running one goes on writing checkpoints and
+    weights until its worker stops, which would outlive the deletion. In-flight inference requests
+    do not block: they last seconds, and a project in use always has some."""
+    # As in delete_file: a job created in the project meanwhile fails at its commit, never outlives it.
+    Project.objects.select_for_update().filter(pk=project.pk).exists()
+    jobs = Job.objects.filter(project=project)
+    unfinished = list(
+        jobs.filter(kind__in=STORING_KINDS, status__in=UNFINISHED_STATUSES)
+        .order_by("id")[:4]
+        .values_list("public_id", flat=True)
+    )
+    if unfinished:
+        named = ", ".join(unfinished[:3]) + (" and more" if len(unfinished) > 3 else "")
+        raise ActionError(
+            f"The project has unfinished fine-tuning jobs or batches ({named}). Cancel them or wait for "
+            "them to finish, then delete the project.",
+            code="project_in_use",
+            status=409,
+        )
+    organization_id = project.organization.public_id
+    keys = [name for name in File.objects.filter(project=project).values_list("content", flat=True) if name]
+    prefixes = [
+        job_prefix(area, organization_id, job_id)
+        for job_id in jobs.filter(kind__in=STORING_KINDS).values_list("public_id", flat=True)
+        for area in JOB_AREAS
+    ]
+    models = Model.objects.filter(project=project)
+    prefixes += [
+        key
+        for key in models.values_list("artifact_key", flat=True)
+        if key and not key.startswith(("catalog:", "local:"))
+    ]
+    models.delete()
+    project.delete()
+    # After the rows are gone, so a storage fault leaves orphan blobs, never rows without content.
+    transaction.on_commit(lambda: delete_stored(keys, sorted(set(prefixes))))
