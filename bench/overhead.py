@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python bench/overhead.py` puts bench/, not the root, on the path
 
+from bench.load import BENCH_SECRETS  # noqa: E402
+
 BIN = Path(sys.executable).parent
 VAR = ROOT / "var"
 LOGS = VAR / "bench-logs"
@@ -67,7 +69,7 @@ def environment(database: str) -> Iterator[dict[str, str]]:
     sys.path.insert(0, str(ROOT / "scripts"))
     import services as found  # scripts/services.py
 
-    env = dict(os.environ)
+    env = {**BENCH_SECRETS, **os.environ}
     stop: list[Any] = []
     if not env.get("DATABASE_URL"):
         url = found.local_postgres_url(database)
@@ -107,7 +109,10 @@ def setup_django(env: dict[str, str]) -> None:
     """This process talks to the same database (to register models); migrate it first."""
     manage(env, "migrate", "--no-input", "-v", "0")
     os.environ.update(
-        {k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "LOG_LEVEL")}
+        {
+            k: env[k]
+            for k in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "LOG_LEVEL", *BENCH_SECRETS)
+        }
     )
     import django
 

@@ -37,6 +37,11 @@ import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # `python bench/upload_memory.py` puts bench/, not the root, on the path
+
+from bench.load import BENCH_SECRETS  # noqa: E402
+
 PYTHON = sys.executable
 ROW_BYTES = 100  # every generated row is exactly this long, so the size is known up front
 HEADER = b"text,label\n"
@@ -234,7 +239,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="upload-memory-"))
     try:
         (work / "bench_naive_settings.py").write_text(NAIVE_SETTINGS)
-        env = dict(os.environ)
+        env = {**BENCH_SECRETS, **os.environ}
         env.update(
             DATABASE_URL=database_url,
             REDIS_URL=redis_url,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -75,10 +78,31 @@ def database_from_url(url: str) -> dict[str, object]:
     }
 
 
+def fernet_key(name: str, value: str) -> str:
+    """`value` if it is a usable Fernet key (32 url-safe base64 bytes): a typo must stop the start,
+    not the first request that stores or reads an encrypted value."""
+    try:
+        Fernet(value)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name} is not a Fernet key (32 url-safe base64-encoded bytes). Generate one with: "
+            "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+        ) from None
+    return value
+
+
 # --- Core -------------------------------------------------------------------------------
 DEBUG = env_bool("DEBUG", False)
-# The fallback key starts with "django-insecure", so `check --deploy` flags it (security.W009).
-SECRET_KEY = env_secret("SECRET_KEY") or "django-insecure-development-only-never-use-in-production"
+SECRET_KEY = env_secret("SECRET_KEY")
+# Outside development a missing or published key stops the start: with a key anyone knows, anyone
+# can forge sessions, password-reset links and signed values.
+if not DEBUG and (not SECRET_KEY or SECRET_KEY.startswith(("change-me", "django-insecure"))):
+    raise ImproperlyConfigured(
+        "SECRET_KEY is not set, or is still an example value. Set it to a long random string, e.g. "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))' (or DEBUG=true for development)."
+    )
+# Development only. The prefix makes `check --deploy` flag it (security.W009).
+SECRET_KEY = SECRET_KEY or "django-insecure-development-only-never-use-in-production"
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 SITE_URL = os.environ.get("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
@@ -301,15 +325,27 @@ LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "apps.api.middleware.RequestIdLogFilter"}},
+    "filters": {
+        "request_id": {"()": "apps.api.middleware.RequestIdLogFilter"},
+        # Invitation, password-reset and email-confirmation tokens in request paths (apps/core/redaction.py).
+        "url_secrets": {"()": "apps.core.redaction.RedactUrlSecrets"},
+    },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["request_id", "url_secrets"],
+        },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        # runserver's request lines, through the same filters (Django gives them a handler of their own).
+        "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
 }
 
 # --- API (Django REST framework) --------------------------------------------------------------
@@ -416,8 +452,21 @@ OPENAI_API_KEY = env_secret("OPENAI_API_KEY")
 OPENAI_BASE_URL = os.environ.get("OPENAI_BASE_URL", "") or None
 OPENAI_TIMEOUT_SECONDS = env_float("OPENAI_TIMEOUT_SECONDS", 60)
 OPENAI_MAX_RETRIES = env_int("OPENAI_MAX_RETRIES", 2)
-# Key for encrypting organisations' own provider keys at rest (Fernet, urlsafe base64).
+# Encrypts organizations' own provider keys at rest (apps.core.crypto). Required outside development:
+# a key derived from anything else would change with it and make every stored key unreadable.
 FIELD_ENCRYPTION_KEY = env_secret("FIELD_ENCRYPTION_KEY")
+if FIELD_ENCRYPTION_KEY:
+    FIELD_ENCRYPTION_KEY = fernet_key("FIELD_ENCRYPTION_KEY", FIELD_ENCRYPTION_KEY)
+elif not DEBUG:
+    raise ImproperlyConfigured(
+        "FIELD_ENCRYPTION_KEY is not set. It encrypts organizations' own OpenAI keys; generate it once with "
+        "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())' "
+        "and keep it: keys stored under it cannot be read without it."
+    )
+else:  # development: stable for as long as SECRET_KEY is (`make run` keeps both under var/)
+    FIELD_ENCRYPTION_KEY = base64.urlsafe_b64encode(
+        hashlib.sha256(("fields:" + SECRET_KEY).encode()).digest()
+    ).decode()
 
 # --- Prices: micro-dollars per 1,000,000 units (the billing price book is seeded from this) --------
 PRICE_BOOK: dict[str, dict[str, int]] = {

@@ -43,6 +43,13 @@ def persistent_secret(name: str, make: str = "token") -> str:
     return path.read_text().strip()
 
 
+def web_command(port: str) -> list[str]:
+    # saas/gunicorn_conf.py: the keep-alive that outlives a proxy's, and an access log without the
+    # tokens of invitation and password-reset links, as in production.
+    return [str(BIN / "gunicorn"), "-c", "saas/gunicorn_conf.py", "saas.wsgi", "-b", f"127.0.0.1:{port}",
+            "-k", "gthread", "--workers", "2", "--threads", "32", "--timeout", "120"]  # fmt: skip
+
+
 def main() -> int:
     env = dict(os.environ)
     port = env.setdefault("PORT", "8000")
@@ -79,8 +86,7 @@ def main() -> int:
 
     beat_schedule = str(VAR / "celerybeat-schedule")
     commands = {
-        "web": [str(BIN / "gunicorn"), "saas.wsgi", "-b", f"127.0.0.1:{port}", "-k", "gthread",
-                "--workers", "2", "--threads", "32", "--timeout", "120", "--access-logfile", "-"],
+        "web": web_command(port),
         "gpu-worker": [str(BIN / "celery"), "-A", "saas", "worker", "-Q", "gpu", "-c", "1",
                        "-n", "gpu@%h", "-l", "info"],
         "serve-worker": [str(BIN / "celery"), "-A", "saas", "worker", "-Q", "serve", "-c", "1",

@@ -1,6 +1,7 @@
 """Loaded with `-p tests.pytest_env` (pyproject addopts), before Django reads its settings.
 
-Scaled-down job timings (reliability.md, "Scaled timings for CI") and test-only storage paths.
+Test-only secrets, scaled-down job timings (reliability.md, "Scaled timings for CI") and test-only
+storage paths.
 Workers started by the tests inherit the same environment.
 """
 
@@ -11,6 +12,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Tests run with DEBUG off, as production does, so the settings require both secrets.
+TEST_SECRETS = {
+    "SECRET_KEY": "tests-only-secret-key-not-used-anywhere-else-0123456789abcdef",
+    "FIELD_ENCRYPTION_KEY": "dGVzdHMtb25seS1maWVsZC1lbmNyeXB0aW9uLWtleSE=",
+}
 SCALED_ENV = {
     "JOB_HEARTBEAT_SECONDS": "0.5",
     "JOB_SELF_FENCE_SECONDS": "3",
@@ -27,7 +33,7 @@ SCALED_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "WORKER_TORCH_THREADS": "1",
 }
-for key, value in SCALED_ENV.items():
+for key, value in {**TEST_SECRETS, **SCALED_ENV}.items():
     os.environ.setdefault(key, value)
 # whitenoise warns about a missing STATIC_ROOT even when it serves from the finders.
 (ROOT / "var" / "staticfiles").mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,9 @@ def production_env() -> dict[str, str]:
         if line and not line.startswith("#") and "=" in line:
             key, value = line.split("=", 1)
             env[key] = value
+    # The two secrets .env.example leaves for the operator to fill in.
     env["SECRET_KEY"] = "x" * 60 + "production-like-secret-for-the-check"
+    env["FIELD_ENCRYPTION_KEY"] = "cHJvZHVjdGlvbi1saWtlLWtleS1mb3ItdGhlLWNoayE="
     env["DATABASE_URL"] = os.environ.get("DATABASE_URL", env.get("DATABASE_URL", ""))
     env["REDIS_URL"] = os.environ.get("REDIS_URL", env.get("REDIS_URL", ""))
     return env

@@ -135,7 +135,11 @@ class BatchRun:
     def proxy(self, custom_id: str, request: dict[str, Any]) -> None:
         from workers.runtime.openai_proxy import ProxyError, make_client, proxy_chat, proxy_completion
 
-        key = self.job.organization.openai_key() or settings.OPENAI_API_KEY
+        try:
+            key = self.job.organization.openai_key_for_calls()
+        except ActionError as exc:
+            self.fail_line(custom_id, exc)
+            return
         client = make_client(
             key, settings.OPENAI_BASE_URL, settings.OPENAI_TIMEOUT_SECONDS, settings.OPENAI_MAX_RETRIES
         )

@@ -25,7 +25,8 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
 from apps.billing.pricing import cost_of
-from apps.core.storage import delete_prefix
+from apps.core.errors import ActionError
+from apps.core.storage import delete_prefix, job_prefix
 from apps.jobs.models import Job
 from apps.registry.models import Model
 from workers.artifacts import local_model_dir
@@ -145,7 +146,7 @@ def _chunk_key(job: Job, start: int) -> str:
 
 
 def _prefix(job: Job) -> str:
-    return f"distill/{job.organization.public_id}/{job.public_id}"
+    return job_prefix("distill", job.organization.public_id, job.public_id)
 
 
 def _load_chunk(key: str) -> Chunk | None:
@@ -239,7 +240,10 @@ def _answered(answers: list[str | None], labels: list[str], input_tokens: int, o
 def _openai_teacher(job: Job, teacher: Model, labels: list[str]) -> LabelFn:
     from workers.runtime.openai_proxy import ProxyError, make_client, proxy_chat
 
-    key = job.organization.openai_key() or settings.OPENAI_API_KEY
+    try:
+        key = job.organization.openai_key_for_calls()
+    except ActionError as exc:
+        raise TeacherError(exc.code, exc.message) from None
     if not key:
         raise TeacherError(
             "provider_not_configured",

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 
 from apps.billing.pricing import cost_of
-from apps.core.storage import download_dir, download_file, upload_dir
+from apps.core.storage import download_dir, download_file, job_prefix, upload_dir
 from apps.jobs import actions
 from apps.jobs.models import Job, JobStatus
 from apps.projects.actions import discard, stored_result_file
@@ -43,6 +43,8 @@ STOP_MESSAGES = {
 
 
 def run_fine_tune(job: Job) -> None:
+    if _failed_for_a_deleted_file(job):
+        return
     work = Path(settings.VAR_DIR) / "work" / f"{job.public_id}-{job.attempt}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -192,6 +194,22 @@ def _fail_teacher(job: Job, error: Any, labelling: Labelling | None) -> None:
     forget_labels(job)
 
 
+def _failed_for_a_deleted_file(job: Job) -> bool:
+    """Fails the job when a file it names is gone. Deleting a file an unfinished job reads is refused,
+    but a row deleted past that rule (in the admin) leaves the job's reference empty."""
+    request = job.request or {}
+    for param, file in (("training_file", job.training_file), ("validation_file", job.validation_file)):
+        # A fine-tune always has a training file; a validation file only when one was named.
+        if file is None and (param == "training_file" or request.get(param)):
+            message = f"The {param.replace('_', ' ')} of this job was deleted. Start a new job with a file that exists."
+            actions.finish(
+                job.pk, job.attempt, JobStatus.FAILED, message=message,
+                error={"code": "file_deleted", "message": message, "param": param},
+            )  # fmt: skip
+            return True
+    return False
+
+
 def _mapped(job: Job, field: str) -> str:
     mapping = (job.training_file.column_mapping if job.training_file else None) or {}
     return str(mapping.get(field, field))
@@ -264,7 +282,7 @@ class ProgressReporter:
         elif event.kind == "eval":
             self._metrics(event, event.metrics, message=_eval_message(event))
         elif event.kind == "checkpoint" and event.checkpoint_dir:
-            key = f"checkpoints/{self.job.organization.public_id}/{self.job.public_id}/step-{event.step}"
+            key = f"{job_prefix('checkpoints', self.job.organization.public_id, self.job.public_id)}/step-{event.step}"
             upload_dir(Path(event.checkpoint_dir), key)
             self._write(
                 actions.add_checkpoint, step=event.step, epoch=event.epoch, metrics=event.metrics,
@@ -430,7 +448,7 @@ def _finish(
             job.pk, job.attempt, JobStatus.PAUSED, fields=fields, message="Job paused at a checkpoint."
         )
         return
-    key = f"models/{job.organization.public_id}/{job.public_id}"
+    key = job_prefix("models", job.organization.public_id, job.public_id)
     upload_dir(Path(result.model_dir), key)
     diagnostics = diagnostics_csv(spec, result.model_dir) if spec.task == "classification" else None
     reason = {"budget": "budget_reached", "spend_limit": "spend_limit_reached"}.get(guard.stop_reason, "")

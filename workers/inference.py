@@ -11,6 +11,7 @@ from typing import Any
 
 from django.conf import settings
 
+from apps.core.errors import ActionError
 from apps.jobs import actions, relay
 from apps.jobs.models import Job, JobKind, JobStatus
 from workers.artifacts import local_model_dir
@@ -216,7 +217,11 @@ def generation_result(results: list[Any]) -> dict[str, Any]:
 def run_proxy(job: Job) -> None:
     from workers.runtime.openai_proxy import ProxyError, make_client, proxy_chat, proxy_completion
 
-    key = job.organization.openai_key() or settings.OPENAI_API_KEY
+    try:
+        key = job.organization.openai_key_for_calls()
+    except ActionError as exc:
+        _fail(job, exc.status, exc.code, exc.message, exc.param)
+        return
     if not key:
         _fail(job, 400, "provider_not_configured",
               "No OpenAI key is configured: add your organization's key on the dashboard's billing page.", "model")  # fmt: skip

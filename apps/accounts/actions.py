@@ -6,7 +6,9 @@ import secrets
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
+from django.core.validators import validate_email
 from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.urls import reverse
@@ -15,6 +17,8 @@ from django.utils import timezone
 from apps.accounts.models import ApiKey, Invitation, Membership, Organization, Role, User
 from apps.billing.quotas import FREE, subscription_for
 from apps.core.errors import ActionError, PermissionDenied
+from apps.core.mail import single_line
+from apps.projects.actions import erase_project
 from apps.projects.models import Project
 
 DEFAULT_PROJECT_NAME = "Default project"
@@ -101,6 +105,12 @@ def _owner_count(organization: Organization) -> int:
 def invite_member(organization: Organization, inviter: User, email: str, role: str) -> Invitation:
     _require_manager(inviter, organization)
     email = email.strip().lower()
+    try:
+        # The address becomes the email's To header: one with a line break in it would fail the
+        # email after the invitation was saved, or add a header.
+        validate_email(email)
+    except ValidationError:
+        raise ActionError(f"{email!r} is not an email address.", param="email") from None
     if role not in Role.values:
         raise ActionError(f"Unknown role {role!r}.", param="role")
     if role == Role.OWNER and get_membership(inviter, organization).role != Role.OWNER:  # type: ignore[union-attr]
@@ -118,7 +128,7 @@ def invite_member(organization: Organization, inviter: User, email: str, role: s
     link = settings.SITE_URL + reverse("dashboard:accept_invitation", args=[token])
     transaction.on_commit(
         lambda: send_mail(
-            subject=f"You are invited to {organization.name} on Modelworks",
+            subject=f"You are invited to {single_line(organization.name)} on Modelworks",
             message=(
                 f"{inviter.email} invited you to join {organization.name} on Modelworks as {role}.\n\n"
                 f"Accept the invitation: {link}\n\nThe link is valid for 7 days."
@@ -243,7 +253,7 @@ def rename_project(project: Project, name: str) -> Project:
 
 def delete_project(actor: User, project: Project) -> None:
     _require_manager(actor, project.organization)
-    project.delete()
+    erase_project(project)
 
 
 def create_api_key(

@@ -5,11 +5,20 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
 from django.db import models
 from django.utils import timezone
 
+from apps.core.crypto import UnreadableSecret, decrypt
+from apps.core.errors import ActionError
 from apps.core.ids import random_id
+
+UNREADABLE_OPENAI_KEY = (
+    "Your organization's stored OpenAI key cannot be read (it was saved under an encryption key this "
+    "server no longer has, or it is damaged). An owner or admin must enter it again on the billing page; "
+    "until then OpenAI models are refused rather than run on another key."
+)
 
 
 def new_org_id() -> str:
@@ -83,14 +92,26 @@ class Organization(models.Model):
         return self.name
 
     def openai_key(self) -> str | None:
-        from apps.core.crypto import decrypt
-
+        """The organization's own key; None when it stored none. Raises UnreadableSecret when the
+        stored key cannot be decrypted."""
         return decrypt(self.openai_api_key_encrypted) if self.openai_api_key_encrypted else None
 
     @property
     def openai_key_hint(self) -> str:
+        """`sk-…abcd` for the stored key, "" when none; raises UnreadableSecret like `openai_key`."""
         key = self.openai_key()
         return f"sk-…{key[-4:]}" if key else ""
+
+    def openai_key_for_calls(self) -> str:
+        """The key `openai:*` calls run on: the organization's own, else the platform's ("" for none).
+
+        A stored key that cannot be read refuses the call: running it on the platform's key instead
+        would send the organization's data through an account it chose not to use."""
+        try:
+            key = self.openai_key()
+        except UnreadableSecret:
+            raise ActionError(UNREADABLE_OPENAI_KEY, code="openai_key_unreadable", param="model") from None
+        return key or settings.OPENAI_API_KEY
 
 
 class Role(models.TextChoices):

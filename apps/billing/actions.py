@@ -26,6 +26,7 @@ from apps.billing.models import Invoice, Plan, Subscription
 from apps.billing.quotas import FREE, month_spend, spend_cap, subscription_for, usd
 from apps.core.crypto import encrypt
 from apps.core.errors import ActionError, PermissionDenied
+from apps.core.mail import single_line
 
 logger = logging.getLogger(__name__)
 
@@ -443,7 +444,7 @@ def check_spend_alert(organization: Organization) -> bool:
     )
     try:
         send_mail(
-            subject=f"{organization.name} passed {usd(threshold)} of spend this month",
+            subject=f"{single_line(organization.name)} passed {usd(threshold)} of spend this month",
             message=(
                 f"{organization.name} has spent {usd(spend)} on Modelworks this month, past the alert "
                 f"threshold of {usd(threshold)} you set.{limit}\n\n"
@@ -462,10 +463,19 @@ def check_spend_alert(organization: Organization) -> bool:
 
 
 def check_spend_alerts() -> int:
-    """The periodic sweep: every organization with a threshold not yet alerted this month."""
+    """The periodic sweep: every organization with a threshold not yet alerted this month.
+
+    One organization's failure (its mail server refusing an address, say) is logged and leaves its
+    month unclaimed for the next sweep; the organizations after it still get their alerts."""
     month = timezone.now().strftime("%Y-%m")
     candidates = Subscription.objects.filter(alert_threshold__isnull=False).exclude(alert_sent_for=month)
-    return sum(check_spend_alert(s.organization) for s in candidates.select_related("organization"))
+    sent = 0
+    for subscription in candidates.select_related("organization").order_by("pk"):
+        try:
+            sent += check_spend_alert(subscription.organization)
+        except Exception:
+            logger.exception("spend alert for organization %s failed", subscription.organization.public_id)
+    return sent
 
 
 def billing_banners(organization: Organization | None) -> list[str]:

@@ -1,31 +1,28 @@
-"""Secrets at rest (organizations' own provider keys), encrypted with Fernet."""
+"""Secrets at rest (organizations' own provider keys), encrypted with Fernet under FIELD_ENCRYPTION_KEY."""
 
 from __future__ import annotations
-
-import base64
-import hashlib
 
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 
 
+class UnreadableSecret(Exception):
+    """A stored secret that cannot be decrypted: it was encrypted under another FIELD_ENCRYPTION_KEY
+    (the key was changed without re-encrypting), or the stored value is damaged."""
+
+
 def _fernet() -> Fernet:
-    key = settings.FIELD_ENCRYPTION_KEY
-    if not key:
-        # Development fallback: derived from SECRET_KEY, so it is stable across restarts.
-        key = base64.urlsafe_b64encode(
-            hashlib.sha256(("fields:" + settings.SECRET_KEY).encode()).digest()
-        ).decode()
-    return Fernet(key.encode())
+    return Fernet(settings.FIELD_ENCRYPTION_KEY.encode())
 
 
 def encrypt(value: str) -> str:
     return _fernet().encrypt(value.encode()).decode()
 
 
-def decrypt(token: str) -> str | None:
-    """None when the token cannot be read (the key was rotated without re-encrypting)."""
+def decrypt(token: str) -> str:
+    """Raises UnreadableSecret rather than answering "no secret": a caller that took an unreadable
+    secret for a missing one would quietly fall back to something the owner did not choose."""
     try:
         return _fernet().decrypt(token.encode()).decode()
-    except InvalidToken:
-        return None
+    except (InvalidToken, UnicodeError):
+        raise UnreadableSecret from None

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from django.core.files import File as DjangoFile
 from django.core.files.storage import default_storage
+
+logger = logging.getLogger(__name__)
+
+# What a job stores, each under `<area>/<organization id>/<job id>`: its checkpoints, its fine-tuned
+# model, and a distillation's teacher labels.
+JOB_AREAS = ("checkpoints", "models", "distill")
+
+
+def job_prefix(area: str, organization_id: str, job_id: str) -> str:
+    assert area in JOB_AREAS, area
+    return f"{area}/{organization_id}/{job_id}"
 
 
 def _walk(prefix: str) -> Iterator[str]:
@@ -70,3 +82,18 @@ def download_file(key: str, local: Path) -> Path:
     with default_storage.open(key, "rb") as source, local.open("wb") as out:
         shutil.copyfileobj(source, out, length=1024 * 1024)
     return local
+
+
+def delete_stored(keys: Iterable[str], prefixes: Iterable[str]) -> None:
+    """Deletes stored files and directories. One that fails is logged with its key and the others
+    still go: a storage fault leaves an orphan to find in the log, never half a deletion."""
+    for key in keys:
+        try:
+            default_storage.delete(key)
+        except Exception:
+            logger.exception("could not delete %s from storage", key)
+    for prefix in prefixes:
+        try:
+            delete_prefix(prefix)
+        except Exception:
+            logger.exception("could not delete %s/ from storage", prefix)

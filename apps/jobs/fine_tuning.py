@@ -40,7 +40,8 @@ KNOWN_FIELDS = {
     "model", "training_file", "validation_file", "suffix", "seed", "metadata", "method",
     "hyperparameters", "integrations", "max_cost",
 }  # fmt: skip
-SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Matched with fullmatch: a pattern ending in `$` would also accept a trailing newline.
+SUFFIX_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_SEED = 2**31 - 1
 # method.supervised.lora: every option optional; the worker fills in defaults (r 8, alpha 16,
 # dropout 0.05, the attention projections of the architecture) and checks module names on the model.
@@ -48,7 +49,7 @@ LORA_OPTIONS = ("r", "alpha", "dropout", "target_modules")
 LORA_MAX_R = 256
 LORA_MAX_ALPHA = 4096
 LORA_MAX_TARGETS = 32
-MODULE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")
+MODULE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,99}")  # fullmatch, as SUFFIX_RE
 # method.distillation: the teacher labels the texts of unlabeled_file with one of `labels`.
 DISTILLATION_OPTIONS = ("teacher", "unlabeled_file", "labels", "temperature", "hyperparameters")
 MAX_DISTILLATION_LABELS = 100
@@ -232,7 +233,7 @@ def _lora_targets(targets: Any, param: str) -> None:
             param=param,
         )
     for name in targets:
-        if not isinstance(name, str) or not MODULE_NAME_RE.match(name):
+        if not isinstance(name, str) or not MODULE_NAME_RE.fullmatch(name):
             raise ActionError(
                 f"lora.target_modules: {name!r} is not a module name (letters, digits, '_' and '.').",
                 param=param,
@@ -382,7 +383,7 @@ def _file(project: Project, file_id: Any, param: str, method: str, *, required: 
 def _suffix(value: Any) -> str:
     if value in (None, ""):
         return ""
-    if not isinstance(value, str) or not SUFFIX_RE.match(value):
+    if not isinstance(value, str) or not SUFFIX_RE.fullmatch(value):
         raise ActionError("suffix must be 1 to 64 letters, digits, '-' or '_'.", param="suffix")
     return value.lower()
 

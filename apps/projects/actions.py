@@ -1,4 +1,5 @@
-"""Every change to projects' files: upload, validation results, deletion."""
+"""Every change to projects' files: upload, validation results, deletion; and erasing a project with
+everything it stored."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ from typing import Any
 
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
+from django.db.models import Q
 
 from apps.accounts.actions import require_manager_or_creator
 from apps.accounts.models import ApiKey, User
 from apps.core.errors import ActionError
+from apps.core.storage import JOB_AREAS, delete_stored, job_prefix
+from apps.jobs.models import ACTIVE_STATUSES, Job, JobKind, JobStatus
 from apps.projects.models import UPLOAD_PURPOSES, File, FilePurpose, FileStatus, Project
+from apps.registry.models import Model
 
 logger = logging.getLogger(__name__)
 
@@ -148,12 +153,41 @@ def record_validation(file_id: str, report: dict[str, Any]) -> bool:
 
 
 DELETE_FILE_REFUSAL = "Only owners and admins, and the member who uploaded it, can delete this file."
+# A job in one of these is not over: it still reads its files (a paused fine-tune again when it
+# resumes), and a fine-tune or batch still writes to storage.
+UNFINISHED_STATUSES = (*ACTIVE_STATUSES, JobStatus.PAUSED)
+JOB_NOUNS = {JobKind.FINE_TUNE: "fine-tuning job", JobKind.BATCH: "batch"}
 
 
+def job_using(file: File) -> Job | None:
+    """The oldest unfinished job that reads `file` (as training, validation or batch input file)."""
+    return (
+        Job.objects.filter(Q(training_file=file) | Q(validation_file=file), status__in=UNFINISHED_STATUSES)
+        .order_by("id")
+        .first()
+    )
+
+
+@transaction.atomic
 def delete_file(actor: User | None, file: File) -> None:
-    """For owners and admins of the file's organization and for its uploader. Files we produce
-    (results, batch output) have no uploader: only owners and admins delete them."""
+    """For owners and admins of the file's organization and for its uploader (files we produce,
+    results and batch output, have no uploader: only owners and admins delete them). Refused (409)
+    while an unfinished job reads the file: deleting it would fail that job."""
     require_manager_or_creator(actor, file.project.organization, file.created_by_id, DELETE_FILE_REFUSAL)
+    # A job created on this file takes a share lock on its row when it commits (the foreign-key
+    # check): with this lock held, such a job is either committed already, and found below, or its
+    # commit waits and then fails because the file is gone. Never a job without its file.
+    if not File.objects.select_for_update().filter(pk=file.pk).exists():
+        return  # already deleted
+    job = job_using(file)
+    if job is not None:
+        raise ActionError(
+            f"File {file.public_id} is used by {JOB_NOUNS.get(JobKind(job.kind), 'job')} {job.public_id}, "
+            f"which is {JobStatus(job.status).label.lower()}. Cancel the job or wait for it to finish, "
+            "then delete the file.",
+            code="file_in_use",
+            status=409,
+        )
     name = file.content.name
     storage = file.content.storage
     file.delete()
@@ -163,3 +197,51 @@ def delete_file(actor: User | None, file: File) -> None:
 
 
 RESULT_PURPOSES = (FilePurpose.FINE_TUNE_RESULTS, FilePurpose.BATCH_OUTPUT)
+
+
+# Long work whose worker writes to storage until it stops (checkpoints, weights, result files).
+STORING_KINDS = (JobKind.FINE_TUNE, JobKind.BATCH)
+
+
+@transaction.atomic
+def erase_project(project: Project) -> None:
+    """Deletes the project with its files, jobs, fine-tuned models and API keys, and then everything
+    they stored. Usage records stay (their project and job become empty): they are billing history.
+
+    Refused while a fine-tune or batch of the project is unfinished: deleting cannot be undone, a
+    paused job is work its owner meant to resume, and a running one goes on writing checkpoints and
+    weights until its worker stops, which would outlive the deletion. In-flight inference requests
+    do not block: they last seconds, and a project in use always has some."""
+    # As in delete_file: a job created in the project meanwhile fails at its commit, never outlives it.
+    Project.objects.select_for_update().filter(pk=project.pk).exists()
+    jobs = Job.objects.filter(project=project)
+    unfinished = list(
+        jobs.filter(kind__in=STORING_KINDS, status__in=UNFINISHED_STATUSES)
+        .order_by("id")[:4]
+        .values_list("public_id", flat=True)
+    )
+    if unfinished:
+        named = ", ".join(unfinished[:3]) + (" and more" if len(unfinished) > 3 else "")
+        raise ActionError(
+            f"The project has unfinished fine-tuning jobs or batches ({named}). Cancel them or wait for "
+            "them to finish, then delete the project.",
+            code="project_in_use",
+            status=409,
+        )
+    organization_id = project.organization.public_id
+    keys = [name for name in File.objects.filter(project=project).values_list("content", flat=True) if name]
+    prefixes = [
+        job_prefix(area, organization_id, job_id)
+        for job_id in jobs.filter(kind__in=STORING_KINDS).values_list("public_id", flat=True)
+        for area in JOB_AREAS
+    ]
+    models = Model.objects.filter(project=project)
+    prefixes += [
+        key
+        for key in models.values_list("artifact_key", flat=True)
+        if key and not key.startswith(("catalog:", "local:"))
+    ]
+    models.delete()
+    project.delete()
+    # After the rows are gone, so a storage fault leaves orphan blobs, never rows without content.
+    transaction.on_commit(lambda: delete_stored(keys, sorted(set(prefixes))))

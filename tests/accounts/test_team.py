@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core import mail
 
-from apps.accounts.models import Invitation, Membership, Role
+from apps.accounts.models import Invitation, Membership, Organization, Role
 from tests.conftest import login, make_user
 
 
@@ -55,6 +55,36 @@ def test_an_invitation_works_once_and_only_for_its_address(client: Any, alice: A
     client.post(f"/invitations/{token}/")
     assert client.get(f"/invitations/{token}/").status_code == 404
     assert Invitation.objects.get().accepted_at is not None
+
+
+def test_a_line_break_in_the_organizations_name_keeps_the_invitation_subject_one_line(
+    client: Any, alice: Any, alice_org: Any
+) -> None:
+    Organization.objects.filter(pk=alice_org.pk).update(name="Acme\nBcc: attacker@evil.example")
+    login(client, alice)
+
+    invite(client, "dave@example.com")
+
+    message = mail.outbox[-1]
+    assert message.subject == "You are invited to Acme Bcc: attacker@evil.example on Modelworks"
+    assert message.recipients() == ["dave@example.com"]
+
+
+def test_an_invitation_to_something_that_is_not_an_email_address_is_refused(
+    client: Any, alice: Any, alice_org: Any
+) -> None:
+    from django.test import TestCase
+
+    login(client, alice)
+    for address in ("dave@example.com\nBcc: attacker@evil.example", "dave"):
+        with TestCase.captureOnCommitCallbacks(execute=True):
+            response = client.post("/team/", {"email": address, "role": "member"}, follow=True)
+        assert (
+            f"{address.lower()!r} is not an email address.".replace("'", "&#x27;")
+            in response.content.decode()
+        )
+    assert not Invitation.objects.exists()
+    assert mail.outbox == []
 
 
 def test_members_cannot_manage_the_team(client: Any, alice: Any, bob: Any, alice_org: Any) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from apps.jobs.models import Job, JobKind, JobStatus
 from apps.projects.models import File, FileStatus
 from workers.tasks import validate_file
 
@@ -572,6 +573,74 @@ def test_delete_removes_the_row_and_the_blob(
     assert stored_blobs(media) == []
     assert api.get(f"/v1/files/{file_id}").status_code == 404
     validate_file(file_id)  # a validation queued before the delete finds nothing to do
+
+
+def test_a_file_a_queued_fine_tune_reads_is_not_deleted_until_the_job_ends(
+    api: Any, tiny_base: Any, media: Path, django_capture_on_commit_callbacks: Any
+) -> None:
+    file_id = upload_and_validate(api, "reviews.csv", GOOD_CSV)["id"]
+    with django_capture_on_commit_callbacks(execute=False):  # no worker: the job stays queued
+        job = api.post(
+            "/v1/fine_tuning/jobs", {"model": "tiny-bert", "training_file": file_id}, format="json"
+        )
+    job_id = job.json()["id"]
+
+    response = api.delete(f"/v1/files/{file_id}")
+
+    assert response.status_code == 409, response.content
+    assert response.json() == {
+        "error": {
+            "message": f"File {file_id} is used by fine-tuning job {job_id}, which is queued. Cancel the job "
+            "or wait for it to finish, then delete the file.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "file_in_use",
+        }
+    }
+    assert len(stored_blobs(media)) == 1
+    # once the job is cancelled the file may go
+    assert api.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").status_code == 200
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.delete(f"/v1/files/{file_id}").status_code == 200
+    assert stored_blobs(media) == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "noun", "said"),
+    [
+        (JobKind.FINE_TUNE, JobStatus.VALIDATING_FILES, "fine-tuning job", "validating files"),
+        (JobKind.FINE_TUNE, JobStatus.RUNNING, "fine-tuning job", "running"),
+        (JobKind.FINE_TUNE, JobStatus.PAUSED, "fine-tuning job", "paused"),
+        (JobKind.BATCH, JobStatus.QUEUED, "batch", "queued"),
+        (JobKind.BATCH, JobStatus.RUNNING, "batch", "running"),
+    ],
+)
+def test_no_unfinished_job_loses_its_file(
+    api: Any, alice_project: Any, kind: str, status: str, noun: str, said: str
+) -> None:
+    file_id = upload_and_validate(api, "reviews.csv", GOOD_CSV)["id"]
+    file = File.objects.get(public_id=file_id)
+    job = Job.objects.create(kind=kind, status=status, project=alice_project, organization=alice_project.organization,
+                             model_name="tiny-bert", validation_file=file)  # fmt: skip
+
+    response = api.delete(f"/v1/files/{file_id}")
+
+    assert response.status_code == 409
+    assert response.json()["error"]["message"].startswith(
+        f"File {file_id} is used by {noun} {job.public_id}, which is {said}."
+    )
+    assert File.objects.filter(pk=file.pk).exists()
+
+
+def test_a_finished_jobs_file_can_be_deleted(api: Any, alice_project: Any) -> None:
+    file_id = upload_and_validate(api, "reviews.csv", GOOD_CSV)["id"]
+    file = File.objects.get(public_id=file_id)
+    for status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
+        Job.objects.create(kind=JobKind.FINE_TUNE, status=status, project=alice_project,
+                           organization=alice_project.organization, model_name="tiny-bert", training_file=file)  # fmt: skip
+
+    assert api.delete(f"/v1/files/{file_id}").status_code == 200
+    assert Job.objects.filter(training_file=None).count() == 3  # the jobs and their history stay
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,6 +46,9 @@ def error(response: Any) -> dict[str, Any]:
          "Invalid file id 'file-missing': no such file in this project.", "training_file"),
         ({"model": "tiny-bert", "training_file": "F", "suffix": "no spaces"}, 400,
          "suffix must be 1 to 64 letters, digits, '-' or '_'.", "suffix"),
+        # `$` would match before a final newline; the suffix becomes part of the model's name.
+        ({"model": "tiny-bert", "training_file": "F", "suffix": "abc\n"}, 400,
+         "suffix must be 1 to 64 letters, digits, '-' or '_'.", "suffix"),
         ({"model": "tiny-bert", "training_file": "F", "seed": -1}, 400,
          "seed must be an integer between 0 and 2147483647.", "seed"),
         ({"model": "tiny-bert", "training_file": "F", "hyperparameters": {"n_epochs": 0}}, 400,
@@ -194,6 +197,9 @@ def test_models_list_the_catalog_and_own_models_only(
         ({"r": 0}, "lora.r must be an integer between 1 and", "method.supervised.lora.r"),
         ({"dropout": 1}, "lora.dropout must be a number from 0 up to (not including) 1.", "method.supervised.lora.dropout"),
         ({"rank": 4}, "Unknown LoRA option 'rank'", "method.supervised.lora.rank"),
+        ({"target_modules": ["q_proj\n"]},
+         "lora.target_modules: 'q_proj\\n' is not a module name (letters, digits, '_' and '.').",
+         "method.supervised.lora.target_modules"),
     ],
 )  # fmt: skip
 def test_bad_lora_options_are_refused(api: Any, catalog: None, alice_project: Any, lora: dict[str, Any],

@@ -312,6 +312,30 @@ def test_the_organizations_own_key_is_used_instead_of_the_platform_key(
     assert_prompt_not_logged(web_logs, proxy_worker)
 
 
+def test_an_organization_key_that_cannot_be_read_is_refused_not_replaced_by_the_platform_key(
+    api: Any, pro: Any, alice_org: Any, upstream: FakeOpenAI, proxy_worker: Worker
+) -> None:
+    # given alice's key, stored under an encryption key this server no longer has
+    from cryptography.fernet import Fernet
+
+    alice_org.openai_api_key_encrypted = Fernet(Fernet.generate_key()).encrypt(ORG_KEY.encode()).decode()
+    alice_org.save(update_fields=["openai_api_key_encrypted"])
+
+    response = chat(api)
+
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] == {
+        "message": "Your organization's stored OpenAI key cannot be read (it was saved under an encryption key "
+        "this server no longer has, or it is damaged). An owner or admin must enter it again on the billing "
+        "page; until then OpenAI models are refused rather than run on another key.",
+        "type": "invalid_request_error", "param": "model", "code": "openai_key_unreadable",
+    }  # fmt: skip
+    assert upstream.requests == []  # never sent on the platform's key
+    job = Job.objects.get()
+    assert job.status == "failed" and job.error["code"] == "openai_key_unreadable"
+    assert not UsageRecord.objects.exists()
+
+
 def test_without_any_key_the_request_is_refused(api: Any, pro: Any, upstream: FakeOpenAI,
                                                  transactional_db: None) -> None:  # fmt: skip
     worker = start_worker(upstream, platform_key="")

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, timedelta
 from typing import Any
 
+import pytest
+from cryptography.fernet import Fernet
 from django.core import mail
 from django.db.models import Sum
 from django.utils import timezone
@@ -14,6 +16,8 @@ from apps.accounts.models import Membership, Organization, Role
 from apps.billing import actions, meters
 from apps.billing.models import Invoice, MeterEvent, Subscription, UsageRecord
 from apps.billing.quotas import subscription_for
+from apps.core.crypto import encrypt
+from apps.core.errors import ActionError
 from tests.billing.test_meters import record_usage
 from tests.conftest import login, make_user
 from tests.fake_stripe import FakeStripe
@@ -145,6 +149,65 @@ def test_the_openai_key_is_write_only(alice_client: Any, alice_org: Any, fake_st
     removed = alice_client.post("/billing/openai-key/remove", follow=True).content.decode()
     assert "OpenAI key removed." in removed and "sk-…wxyz" not in removed
     assert Organization.objects.get(pk=alice_org.pk).openai_key() is None
+
+
+UNREADABLE = (
+    "Your organization&#x27;s stored OpenAI key cannot be read (it was saved under an encryption key this "
+    "server no longer has, or it is damaged). An owner or admin must enter it again on the billing page; "
+    "until then OpenAI models are refused rather than run on another key."
+)
+
+
+def store_unreadable_key(organization: Any, how: str) -> None:
+    """An organization's key as it is left by a changed FIELD_ENCRYPTION_KEY, or a damaged row."""
+    if how == "other key":
+        stored = Fernet(Fernet.generate_key()).encrypt(OPENAI_KEY.encode()).decode()
+    else:
+        stored = encrypt(OPENAI_KEY)[:-8] + "AAAAAAAA"
+    organization.openai_api_key_encrypted = stored
+    organization.save(update_fields=["openai_api_key_encrypted"])
+
+
+@pytest.mark.parametrize("how", ["other key", "damaged"])
+def test_an_unreadable_stored_key_is_an_error_never_the_platform_key(
+    alice_org: Any, settings: Any, how: str
+) -> None:
+    from apps.core.crypto import UnreadableSecret
+
+    settings.OPENAI_API_KEY = "sk-platform-0123456789abcdef"
+    store_unreadable_key(alice_org, how)
+    organization = Organization.objects.get(pk=alice_org.pk)
+
+    with pytest.raises(UnreadableSecret):
+        organization.openai_key()
+    with pytest.raises(ActionError) as refused:
+        organization.openai_key_for_calls()
+    assert (refused.value.code, refused.value.status) == ("openai_key_unreadable", 400)
+
+
+def test_the_platform_key_serves_only_organizations_without_their_own(alice_org: Any, settings: Any) -> None:
+    settings.OPENAI_API_KEY = "sk-platform-0123456789abcdef"
+    assert alice_org.openai_key_for_calls() == "sk-platform-0123456789abcdef"
+    alice_org.openai_api_key_encrypted = encrypt(OPENAI_KEY)
+    assert alice_org.openai_key_for_calls() == OPENAI_KEY
+
+
+@pytest.mark.parametrize("how", ["other key", "damaged"])
+def test_the_owner_is_told_the_stored_key_cannot_be_read_and_enters_it_again(
+    alice_client: Any, alice_org: Any, fake_stripe: FakeStripe, how: str
+) -> None:
+    store_unreadable_key(alice_org, how)
+
+    html = page(alice_client)
+
+    assert UNREADABLE in html
+    assert "OpenAI models run on the platform&#x27;s key." not in html
+    assert "Replace key" in html and "Remove key" in html
+    # entering it again mends it
+    response = alice_client.post("/billing/openai-key", {"openai_api_key": OPENAI_KEY}, follow=True)
+    html = response.content.decode()
+    assert UNREADABLE not in html and "sk-…wxyz" in html
+    assert Organization.objects.get(pk=alice_org.pk).openai_key() == OPENAI_KEY
 
 
 def test_a_malformed_openai_key_is_refused(

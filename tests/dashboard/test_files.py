@@ -6,11 +6,13 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
+from apps.jobs.models import Job, JobKind, JobStatus
 from apps.projects.models import File
 from tests.conftest import login
 from workers.tasks import validate_file
@@ -286,6 +288,14 @@ def test_a_row_in_context_at_the_edges_of_the_file(alice_client: Any, alice_proj
     assert "First rows" in nonsense
 
 
+def test_a_line_number_in_other_digits_shows_the_preview(alice_client: Any, alice_project: Any) -> None:
+    file = validated(alice_client, alice_project)
+    url = f"/projects/{alice_project.public_id}/files/{file.public_id}/"
+
+    for line in ("²", "٣", "8\n"):
+        assert "First rows" in page(alice_client, url + "?line=" + quote(line)), line
+
+
 def test_the_preview_reads_at_most_twenty_lines(alice_client: Any, alice_project: Any) -> None:
     data = b"".join(
         b'{"text": "row %d", "label": "%s"}\n' % (i, b"ab"[i % 2 : i % 2 + 1]) for i in range(1, 101)
@@ -359,6 +369,28 @@ def test_delete_removes_the_file_and_its_blob(
         alice_client.get(f"/projects/{alice_project.public_id}/files/{file.public_id}/delete").status_code
         == 405
     )
+
+
+def test_a_file_an_unfinished_job_reads_is_not_deleted(
+    alice_client: Any, alice_project: Any, media: Path, django_capture_on_commit_callbacks: Any
+) -> None:
+    file = validated(alice_client, alice_project)
+    job = Job.objects.create(
+        kind=JobKind.FINE_TUNE, project=alice_project, organization=alice_project.organization,
+        model_name="tiny-bert", status=JobStatus.PAUSED, training_file=file,
+    )  # fmt: skip
+    url = f"/projects/{alice_project.public_id}/files/{file.public_id}/"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = alice_client.post(url + "delete", follow=True)
+
+    assert response.redirect_chain == [(url, 302)]
+    assert (
+        f"File {file.public_id} is used by fine-tuning job {job.public_id}, which is paused. Cancel the job "
+        "or wait for it to finish, then delete the file."
+    ) in response.content.decode()
+    assert File.objects.filter(pk=file.pk).exists()
+    assert [path for path in media.rglob("*") if path.is_file()]  # the content is kept too
 
 
 def test_teammates_see_the_projects_files(

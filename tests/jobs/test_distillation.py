@@ -227,6 +227,27 @@ def test_an_openai_teacher_labels_through_the_proxy_and_bad_answers_are_reported
     assert billed["output_tokens"][:2] == (TEACHER_MODEL, 6 * unsure + 2 * (150 - unsure))
 
 
+def test_an_organization_key_that_cannot_be_read_fails_the_teacher_instead_of_using_the_platforms(
+    api: Any, proxy_teacher_worker: Worker, teacher_upstream: FakeOpenAI, student_base: Model, pro: Any,
+    catalog: None, alice_org: Any,
+) -> None:  # fmt: skip
+    from cryptography.fernet import Fernet
+
+    alice_org.openai_api_key_encrypted = (
+        Fernet(Fernet.generate_key()).encrypt(b"sk-org-0123456789abcdef").decode()
+    )
+    alice_org.save(update_fields=["openai_api_key_encrypted"])
+    file_id = upload(api, unlabelled(sentiment_csv(40, seed=4)))
+    job_id = start_distillation(api, file_id, teacher=TEACHER_MODEL, labels=["positive", "negative"])
+
+    done = finished(api, job_id)
+
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "openai_key_unreadable"
+    assert done["error"]["message"].startswith("Your organization's stored OpenAI key cannot be read")
+    assert labelling_calls(teacher_upstream) == []
+
+
 def test_a_paused_distillation_resumes_without_asking_the_teacher_again(
     api: Any, proxy_teacher_worker: Worker, teacher_upstream: FakeOpenAI, student_base: Model, pro: Any,
     catalog: None,

@@ -18,9 +18,11 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from apps.accounts.models import UNREADABLE_OPENAI_KEY
 from apps.billing import actions, stripe_api
 from apps.billing.models import Invoice, MeterEvent, Plan
 from apps.billing.quotas import month_spend, month_start, spend_cap, subscription_for, usd
+from apps.core.crypto import UnreadableSecret
 from apps.core.errors import ActionError
 from apps.dashboard.views.common import member_required
 
@@ -94,10 +96,19 @@ def _render(request: HttpRequest, *, status: int = 200, error: str = "", form: A
         "invoices": invoices,
         "form": form,
         "error": error,
-        "key_hint": organization.openai_key_hint,
+        **_openai_key_context(organization),
         "banners": actions.billing_banners(organization),
     }
     return render(request, "dashboard/billing.html", context, status=status)
+
+
+def _openai_key_context(organization: Any) -> dict[str, Any]:
+    """The stored key's hint, or the error that it cannot be read (then every `openai:*` call is
+    refused until a manager enters it again)."""
+    try:
+        return {"key_hint": organization.openai_key_hint, "key_error": ""}
+    except UnreadableSecret:
+        return {"key_hint": "", "key_error": UNREADABLE_OPENAI_KEY}
 
 
 def _see_other(url: str) -> HttpResponse:

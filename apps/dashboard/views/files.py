@@ -155,7 +155,8 @@ def file_detail(request: HttpRequest, project_id: str, file_id: str) -> HttpResp
 
 def _requested_line(request: HttpRequest) -> int | None:
     raw = request.GET.get("line", "")
-    return int(raw) if raw.isdigit() and int(raw) >= 1 else None
+    # isdigit alone also takes "²", which int() refuses.
+    return int(raw) if raw.isascii() and raw.isdigit() and int(raw) >= 1 else None
 
 
 @member_required
