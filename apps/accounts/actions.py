@@ -18,7 +18,6 @@ from apps.accounts.models import ApiKey, Invitation, Membership, Organization, R
 from apps.billing.quotas import FREE, subscription_for
 from apps.core.errors import ActionError, PermissionDenied
 from apps.core.mail import single_line
-from apps.projects.actions import erase_project
 from apps.projects.models import Project
 
 DEFAULT_PROJECT_NAME = "Default project"
@@ -80,7 +79,7 @@ def get_membership(user: User, organization: Organization) -> Membership | None:
     return Membership.objects.filter(user=user, organization=organization).first()
 
 
-def _require_manager(actor: User, organization: Organization) -> Membership:
+def require_manager(actor: User, organization: Organization) -> Membership:
     membership = get_membership(actor, organization)
     if membership is None or not membership.can_manage:
         raise PermissionDenied()
@@ -103,7 +102,7 @@ def _owner_count(organization: Organization) -> int:
 
 @transaction.atomic
 def invite_member(organization: Organization, inviter: User, email: str, role: str) -> Invitation:
-    _require_manager(inviter, organization)
+    require_manager(inviter, organization)
     email = email.strip().lower()
     try:
         # The address becomes the email's To header: one with a line break in it would fail the
@@ -192,7 +191,7 @@ def accept_invitation(token: str, user: User) -> Membership:
 
 def pending_invitations(actor: User, organization: Organization) -> list[Invitation]:
     """The invitations still open, for the organization's owners and admins only."""
-    _require_manager(actor, organization)
+    require_manager(actor, organization)
     invitations = Invitation.objects.filter(
         organization=organization, accepted_at__isnull=True, revoked_at__isnull=True
     ).select_related("invited_by", "organization")
@@ -200,7 +199,7 @@ def pending_invitations(actor: User, organization: Organization) -> list[Invitat
 
 
 def revoke_invitation(actor: User, invitation: Invitation) -> None:
-    _require_manager(actor, invitation.organization)
+    require_manager(actor, invitation.organization)
     Invitation.objects.filter(pk=invitation.pk, accepted_at__isnull=True, revoked_at__isnull=True).update(
         revoked_at=timezone.now()
     )
@@ -208,7 +207,7 @@ def revoke_invitation(actor: User, invitation: Invitation) -> None:
 
 @transaction.atomic
 def change_role(actor: User, membership: Membership, role: str) -> Membership:
-    actor_membership = _require_manager(actor, membership.organization)
+    actor_membership = require_manager(actor, membership.organization)
     if role not in Role.values:
         raise ActionError(f"Unknown role {role!r}.", param="role")
     if Role.OWNER in (role, membership.role) and actor_membership.role != Role.OWNER:
@@ -225,7 +224,7 @@ def change_role(actor: User, membership: Membership, role: str) -> Membership:
 @transaction.atomic
 def remove_member(actor: User, membership: Membership) -> None:
     if actor.pk != membership.user_id:
-        actor_membership = _require_manager(actor, membership.organization)
+        actor_membership = require_manager(actor, membership.organization)
         if membership.role == Role.OWNER and actor_membership.role != Role.OWNER:
             raise PermissionDenied("Only owners can remove an owner.")
     list(Membership.objects.select_for_update().filter(organization=membership.organization, role=Role.OWNER))
@@ -249,11 +248,6 @@ def rename_project(project: Project, name: str) -> Project:
     project.name = name[:100]
     project.save(update_fields=["name"])
     return project
-
-
-def delete_project(actor: User, project: Project) -> None:
-    _require_manager(actor, project.organization)
-    erase_project(project)
 
 
 def create_api_key(

@@ -10,7 +10,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models import Q
 
-from apps.accounts.actions import require_manager_or_creator
+from apps.accounts.actions import require_manager, require_manager_or_creator
 from apps.accounts.models import ApiKey, User
 from apps.core.errors import ActionError
 from apps.core.storage import JOB_AREAS, delete_stored, job_prefix
@@ -204,6 +204,12 @@ STORING_KINDS = (JobKind.FINE_TUNE, JobKind.BATCH)
 
 
 @transaction.atomic
+def delete_project(actor: User, project: Project) -> None:
+    """For owners and admins: the project, and everything it stored (`erase_project`)."""
+    require_manager(actor, project.organization)
+    erase_project(project)
+
+
 def erase_project(project: Project) -> None:
     """Deletes the project with its files, jobs, fine-tuned models and API keys, and then everything
     they stored. Usage records stay (their project and job become empty): they are billing history.

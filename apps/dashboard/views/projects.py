@@ -8,6 +8,7 @@ from django.views.decorators.http import require_POST
 from apps.accounts import actions
 from apps.core.errors import ActionError
 from apps.dashboard.views.common import get_project, member_required, run_action
+from apps.projects import actions as project_actions
 from apps.projects.models import Project
 
 
@@ -60,7 +61,7 @@ def project_delete(request: HttpRequest, project_id: str) -> HttpResponse:
             messages.error(request, "Type the project's name exactly to confirm.")
             return redirect("dashboard:project_delete", project.public_id)
         name = project.name
-        if run_action(request, lambda: actions.delete_project(request.user, project)):  # type: ignore[arg-type]
+        if run_action(request, lambda: project_actions.delete_project(request.user, project)):  # type: ignore[arg-type]
             messages.success(request, f"Project “{name}” and everything in it were deleted.")
             return redirect("dashboard:projects")
         return redirect("dashboard:project", project.public_id)
