@@ -1,8 +1,8 @@
 """The playground: chat with a generation model, its answer streamed as server-sent events, and
 classify texts with a classifier.
 
-A request here is made exactly as the API makes it (`inference.parse_*` → quotas → `submit`),
-with the signed-in user in place of an API key, so it is billed and limited the same way.
+A request here is admitted exactly as the API admits it (`apps.jobs.admission.admit_inference`),
+with the signed-in user in place of an API key, so it is billed, limited and shed the same way.
 """
 
 from __future__ import annotations
