@@ -28,6 +28,7 @@ app.conf.task_routes = {
     "jobs.run_fine_tune": {"queue": "gpu"},
     "jobs.run_inference": {"queue": "serve"},
     "jobs.run_batch": {"queue": "gpu"},
+    "jobs.run_proxy_batch": {"queue": "default"},
     "jobs.run_proxy": {"queue": "default"},
     "jobs.*": {"queue": "default"},
     "files.*": {"queue": "default"},

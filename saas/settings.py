@@ -487,15 +487,18 @@ PRICE_BOOK: dict[str, dict[str, int]] = {
 PLANS = [
     {"slug": "free", "name": "Free", "monthly_price": 0, "included_credit": 5_000_000, "usage_beyond_credit": False,
      "requests_per_minute": 60, "tokens_per_minute": 200_000, "key_requests_per_minute": 60,
-     "concurrent_fine_tunes": 1, "max_upload_bytes": 20 * 1024 * 1024, "allowed_models": ["*", "!openai:*"],
+     "concurrent_fine_tunes": 1, "concurrent_batches": 1, "concurrent_requests": 4,
+     "max_upload_bytes": 20 * 1024 * 1024, "allowed_models": ["*", "!openai:*"],
      "position": 0},
     {"slug": "pro", "name": "Pro", "monthly_price": 49_000_000, "included_credit": 20_000_000,
      "usage_beyond_credit": True, "requests_per_minute": 600, "tokens_per_minute": 2_000_000,
-     "key_requests_per_minute": 300, "concurrent_fine_tunes": 3, "max_upload_bytes": 100 * 1024 * 1024,
+     "key_requests_per_minute": 300, "concurrent_fine_tunes": 3, "concurrent_batches": 5,
+     "concurrent_requests": 32, "max_upload_bytes": 100 * 1024 * 1024,
      "allowed_models": [], "position": 1, "stripe_price_id": os.environ.get("STRIPE_PRICE_PRO", "")},
     {"slug": "team", "name": "Team", "monthly_price": 199_000_000, "included_credit": 100_000_000,
      "usage_beyond_credit": True, "requests_per_minute": 3000, "tokens_per_minute": 10_000_000,
-     "key_requests_per_minute": 1000, "concurrent_fine_tunes": 10, "max_upload_bytes": 100 * 1024 * 1024,
+     "key_requests_per_minute": 1000, "concurrent_fine_tunes": 10, "concurrent_batches": 20,
+     "concurrent_requests": 128, "max_upload_bytes": 100 * 1024 * 1024,
      "allowed_models": [], "position": 2, "stripe_price_id": os.environ.get("STRIPE_PRICE_TEAM", "")},
 ]  # fmt: skip
 # Days a failed payment leaves paid work running before it stops.

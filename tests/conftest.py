@@ -192,6 +192,22 @@ def carol_api(carol_key: str) -> Any:
     return client
 
 
+# --- Billing ---------------------------------------------------------------------------------------
+def billed(job: Any) -> dict[str, int]:
+    """A job's billed quantity per unit. Work is billed as it is done (checkpoints, batch chunks, the
+    end of each attempt), so a unit may have several records: each must start where the last ended
+    (never the same units twice, no gap), and the job's running totals must agree with them."""
+    totals: dict[str, int] = {}
+    cost = 0
+    for record in job.usage.order_by("unit", "start"):
+        assert record.start == totals.get(record.unit, 0), f"{record.unit} billed from {record.start}"
+        totals[record.unit] = record.start + record.quantity
+        cost += record.cost
+    job.refresh_from_db(fields=["billed_usage", "billed_cost"])
+    assert job.billed_usage == totals and job.billed_cost == cost
+    return totals
+
+
 # --- A real Celery worker ------------------------------------------------------------------------
 def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a worker that shares the test database and Redis."""

@@ -19,6 +19,7 @@ from django.db import DatabaseError, connection
 from apps.billing.pricing import cost_of
 from apps.core.storage import download_dir, download_file, job_prefix, upload_dir
 from apps.jobs import actions
+from apps.jobs.admission import SpendShare
 from apps.jobs.models import Job, JobStatus
 from apps.projects.actions import discard, stored_result_file
 from apps.projects.models import FilePurpose
@@ -131,15 +132,16 @@ def _label_for_distillation(
         return None
     progress.flush()
     progress.extra_cost = labelling.cost
+    progress.extra_usage, progress.extra_models = labelling.billing()
     if guard.lost:
         return None
     if labelling.error is not None:
         _fail_teacher(job, labelling.error, labelling)
         return None
     if labelling.stopped == "pause":
-        actions.finish(
-            job.pk, job.attempt, JobStatus.PAUSED, message="Job paused while the teacher labelled texts."
-        )
+        usage, models = labelling.billing()  # the labels are kept for the resumed attempt: billed now
+        actions.finish(job.pk, job.attempt, JobStatus.PAUSED, usage=usage, usage_models=models,
+                       message="Job paused while the teacher labelled texts.")  # fmt: skip
         return None
     if labelling.stopped:
         usage, models = labelling.billing()
@@ -232,13 +234,16 @@ class ProgressReporter:
         self.step = 0
         self.trained_tokens = 0
         self.last_metrics_step = -1
-        self.allowance = _spend_allowance(job)
+        self.share = SpendShare(job)  # the job's share of the organization's spend cap
         # The name the model will have; checkpoints are callable as `<name>:ckpt-step-N`.
         self.model_name = fine_tuned_name(
             job.model_name, job.organization.name, (job.request or {}).get("suffix") or "", job.public_id
         )
         self.pending: list[Any] = []  # writes that met a database outage, oldest first
-        self.extra_cost = 0  # spent before training began (a distillation's teacher)
+        # Spent before training began (a distillation's teacher), billed with the training.
+        self.extra_cost = 0
+        self.extra_usage: dict[str, int] = {}
+        self.extra_models: dict[str, str] = {}
         self.max_step_tokens = 0  # the most tokens one step has trained so far
 
     def should_stop(self) -> bool:
@@ -249,13 +254,22 @@ class ProgressReporter:
         return self.guard.should_stop()
 
     def budget_reason(self, cost: int) -> str:
-        """ "budget" when `cost` would pass the job's max_cost, "spend_limit" when it would pass what
-        the organization may still spend, else ""."""
+        """ "budget" when a total cost of `cost` would pass the job's max_cost, "spend_limit" when
+        the organization's spend cap leaves the job no room for it, else ""."""
         if self.job.max_cost is not None and cost > self.job.max_cost:
             return "budget"
-        if self.allowance is not None and cost > self.allowance:
+        # Asking for the rest of the estimate at once (at least a tenth more) keeps the lock rare.
+        ahead = max((self.job.estimated_cost or 0) - cost, cost // 10)
+        if not self.share.allows(cost, ahead=ahead):
+            if self.share.fenced:  # another attempt owns the job now
+                self.guard.request_stop(FENCED)
+                return FENCED
             return "spend_limit"
         return ""
+
+    def usage(self, trained_tokens: int) -> dict[str, int]:
+        """The job's running counts to bill: the tokens trained so far and the teacher's units."""
+        return {"trained_tokens": trained_tokens, **self.extra_usage}
 
     def log(self, message: str) -> None:
         self._write(actions.add_event, message)
@@ -284,9 +298,12 @@ class ProgressReporter:
         elif event.kind == "checkpoint" and event.checkpoint_dir:
             key = f"{job_prefix('checkpoints', self.job.organization.public_id, self.job.public_id)}/step-{event.step}"
             upload_dir(Path(event.checkpoint_dir), key)
+            # The checkpoint is callable as a model once saved: the work up to it is billed with it.
             self._write(
                 actions.add_checkpoint, step=event.step, epoch=event.epoch, metrics=event.metrics,
                 artifact_key=key, model_name=f"{self.model_name}:ckpt-step-{event.step}",
+                trained_tokens=event.trained_tokens, usage=self.usage(event.trained_tokens),
+                usage_models=self.extra_models,
             )  # fmt: skip
         elif event.kind == "log" and event.message:
             self.log(event.message)
@@ -369,14 +386,6 @@ def metrics_csv(job: Job) -> bytes:
     return out.getvalue().encode()
 
 
-def _spend_allowance(job: Job) -> int | None:
-    """What the organization may still spend this month (its hard limit or free credit), or None."""
-    from apps.billing.quotas import month_spend, spend_cap, subscription_for
-
-    cap = spend_cap(subscription_for(job.organization))
-    return None if cap is None else max(cap - month_spend(job.organization), 0)
-
-
 def _fail_time_limit(job: Job) -> None:
     """The soft time limit hit: the job fails with `time_limit` (not `internal_error`), keeping the
     checkpoints it saved. If PostgreSQL is down too, the reaper handles the job later."""
@@ -430,11 +439,8 @@ def _finish(
     spec: Any,
     labelling: Labelling | None,
 ) -> None:
-    usage = {"trained_tokens": result.trained_tokens}
-    models: dict[str, str] = {}
-    if labelling is not None:  # the teacher's usage is billed with the student's, at its own prices
-        teacher_usage, models = labelling.billing()
-        usage |= teacher_usage
+    # The teacher's usage is billed with the student's, at its own prices.
+    usage, models = progress.usage(result.trained_tokens), progress.extra_models
     fields = {"trained_tokens": result.trained_tokens}
     if result.status == "stopped" and guard.stop_reason == "cancel":
         actions.finish(
@@ -444,9 +450,9 @@ def _finish(
         _forget(job, labelling)
         return
     if result.status == "stopped" and guard.stop_reason == "pause":
-        actions.finish(
-            job.pk, job.attempt, JobStatus.PAUSED, fields=fields, message="Job paused at a checkpoint."
-        )
+        # Billed like any attempt that ends: the pause checkpoint is a callable, exportable model.
+        actions.finish(job.pk, job.attempt, JobStatus.PAUSED, usage=usage, usage_models=models, fields=fields,
+                       message="Job paused at a checkpoint.")  # fmt: skip
         return
     key = job_prefix("models", job.organization.public_id, job.public_id)
     upload_dir(Path(result.model_dir), key)

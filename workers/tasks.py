@@ -108,6 +108,20 @@ def run_batch(job_id: str, attempt: int | None = None) -> None:
     run_claimed(job_id, run)
 
 
+@app.task(
+    name="jobs.run_proxy_batch",
+    queue="default",
+    soft_time_limit=settings.GPU_TASK_SOFT_TIME_LIMIT,
+    time_limit=settings.GPU_TASK_TIME_LIMIT,
+)
+def run_proxy_batch(job_id: str, attempt: int | None = None) -> None:
+    """A batch of `openai:*` requests: the same runner, on a worker that does not hold a GPU."""
+    from workers.attempt import run_claimed
+    from workers.batch import run_batch as run
+
+    run_claimed(job_id, run)
+
+
 # --- Billing (apps/billing) --------------------------------------------------------------------------
 @app.task(
     name="billing.process_stripe_event",

@@ -13,9 +13,12 @@ class Unit(models.TextChoices):
 
 
 class UsageRecord(models.Model):
-    """One billable quantity of one job. Unique per (job, unit): a retried task cannot bill twice.
-
-    Written in the same transaction that finishes the job. Money is integer micro-dollars.
+    """One billable quantity of one job: units `start` to `start + quantity` of the job's running
+    count of `unit`. Work is billed as it is done (a saved checkpoint, a chunk of a batch, the end
+    of each attempt), each time for what the count added since the last bill, in the transaction
+    that records the work, under the job's row lock. Unique per (job, unit, start): the same units
+    of work can never be billed twice, whatever is retried or delivered again. Money is integer
+    micro-dollars (docs/architecture.md, "Billing exactly once").
     """
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="usage")
@@ -32,13 +35,17 @@ class UsageRecord(models.Model):
     )
     model_name = models.CharField(max_length=200)
     unit = models.CharField(max_length=20, choices=Unit.choices)
+    # Where these units start in the job's running count of the unit (0 for a one-shot request).
+    start = models.BigIntegerField(default=0)
     quantity = models.BigIntegerField()
     cost = models.BigIntegerField()  # micro-dollars
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-id"]
-        constraints = [models.UniqueConstraint(fields=["job", "unit"], name="unique_usage_per_job_unit")]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "unit", "start"], name="unique_usage_per_job_unit_start")
+        ]
         indexes = [models.Index(fields=["organization", "created_at"])]
 
     def __str__(self) -> str:
@@ -74,6 +81,10 @@ class Plan(models.Model):
     tokens_per_minute = models.PositiveIntegerField(default=100_000)
     key_requests_per_minute = models.PositiveIntegerField(default=60)  # per API key
     concurrent_fine_tunes = models.PositiveIntegerField(default=1)
+    concurrent_batches = models.PositiveIntegerField(default=1)
+    # Inference requests in flight at once per organization: each holds a web worker while it waits,
+    # so one tenant at its limit leaves the rest of the capacity to the others.
+    concurrent_requests = models.PositiveIntegerField(default=4)
     max_upload_bytes = models.BigIntegerField(default=10 * 1024 * 1024)
     allowed_models = models.JSONField(default=list, blank=True)  # patterns, e.g. ["*", "!openai:*"]
     stripe_price_id = models.CharField(max_length=100, blank=True, default="")

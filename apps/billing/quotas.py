@@ -47,10 +47,12 @@ def month_start(now: datetime | None = None) -> datetime:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def month_spend(organization: Organization) -> int:
-    total = UsageRecord.objects.filter(organization=organization, created_at__gte=month_start()).aggregate(
-        total=Sum("cost")
-    )["total"]
+def month_spend(organization: Organization | int) -> int:
+    """What the organization (or organization id) was billed this month, in micro-dollars."""
+    organization_id = organization if isinstance(organization, int) else organization.pk
+    total = UsageRecord.objects.filter(
+        organization_id=organization_id, created_at__gte=month_start()
+    ).aggregate(total=Sum("cost"))["total"]
     return int(total or 0)
 
 
@@ -82,18 +84,23 @@ def check_quota(organization: Organization) -> Subscription:
         )
     cap = spend_cap(subscription)
     if cap is not None and month_spend(organization) >= cap:
-        if subscription.spend_limit is not None and cap == subscription.spend_limit:
-            message = (
-                f"You reached your monthly spend limit of {usd(cap)}. Raise it under Billing, "
-                "or wait until next month."
-            )
-        else:
-            message = (
-                f"You used this month's {usd(cap)} of included credit on the {subscription.plan.name} plan. "
-                "Upgrade under Billing to keep going."
-            )
-        raise QuotaError(message, code="insufficient_quota", headers=no_retry)
+        raise cap_reached(subscription, cap)
     return subscription
+
+
+def cap_reached(subscription: Subscription, cap: int) -> QuotaError:
+    """The refusal once this month's spend reached the cap (never retried: it lasts the month)."""
+    if subscription.spend_limit is not None and cap == subscription.spend_limit:
+        message = (
+            f"You reached your monthly spend limit of {usd(cap)}. Raise it under Billing, "
+            "or wait until next month."
+        )
+    else:
+        message = (
+            f"You used this month's {usd(cap)} of included credit on the {subscription.plan.name} plan. "
+            "Upgrade under Billing to keep going."
+        )
+    return QuotaError(message, code="insufficient_quota", headers={"x-should-retry": "false"})
 
 
 def check_model(subscription: Subscription, model_name: str, param: str = "model") -> None:
@@ -132,16 +139,36 @@ def check_rate(subscription: Subscription, api_key: Any, tokens: int) -> dict[st
     return headers
 
 
-def check_fine_tune_concurrency(subscription: Subscription) -> None:
-    from apps.jobs.models import ACTIVE_STATUSES, Job, JobKind
+def take_request_slot(subscription: Subscription) -> str:
+    """Holds one of the organization's in-flight request slots (the plan's `concurrent_requests`)
+    until `release_request_slot`. Each waiting request holds a web worker for up to the inference
+    timeout: without this, one tenant could hold them all. 429 rate_limit_exceeded with retry-after
+    when all are held; the SDK retries it."""
+    from django.conf import settings
 
-    active = Job.objects.filter(
-        organization_id=subscription.organization_id, kind=JobKind.FINE_TUNE, status__in=ACTIVE_STATUSES
-    ).count()
-    if active >= subscription.plan.concurrent_fine_tunes:
+    plan = subscription.plan
+    # A slot of a process that died mid-request is freed once no request could still be waiting.
+    lifetime = settings.INFERENCE_TIMEOUT_SECONDS + 30
+    token = ratelimit.take_slot(f"org:{subscription.organization_id}", plan.concurrent_requests, lifetime)
+    if token is None:
         raise QuotaError(
-            f"You have {active} fine-tuning job(s) running or queued, the most the {subscription.plan.name} "
-            "plan allows at once. Wait for one to finish, cancel one, or upgrade under Billing.",
-            code="concurrency_limit_exceeded",
-            headers={"x-should-retry": "false"},
+            f"Your organization has {plan.concurrent_requests} requests in progress, the most the {plan.name} "
+            "plan allows at once. Retry after 1 s, send fewer requests in parallel, or upgrade under Billing.",
+            code="rate_limit_exceeded",
+            headers={"retry-after": "1"},
         )
+    return token
+
+
+def release_request_slot(subscription: Subscription, token: str) -> None:
+    ratelimit.release_slot(f"org:{subscription.organization_id}", token)
+
+
+def reserved_message(cap: int, spent: int, reserved: int) -> str:
+    """Why new work is refused when what the organization spent plus what work in progress holds
+    reaches its cap (the work ends, and releases what it did not use)."""
+    return (
+        f"This month's allowance of {usd(cap)} is taken: {usd(spent)} spent and {usd(reserved)} held by "
+        "fine-tunes, batches and requests in progress. Retry when they finish, raise your spend limit under "
+        "Billing, or upgrade."
+    )

@@ -8,6 +8,7 @@ window's count weighted by how much of it still overlaps.
 from __future__ import annotations
 
 import math
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,3 +114,32 @@ def headers(requests: Decision, tokens: Decision) -> dict[str, str]:
         "x-ratelimit-remaining-tokens": str(tokens.remaining),
         "x-ratelimit-reset-tokens": duration(tokens.reset_seconds),
     }
+
+
+# --- Requests in flight ---------------------------------------------------------------------------
+# KEYS: the scope's sorted set (member: a request's token, score: when it started). ARGV: now, the
+# oldest start still counted, limit, token, key lifetime. Entries older than a request can live are
+# dropped first, so a web process that died mid-request frees its slots by itself.
+_SLOT_SCRIPT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
+return 1
+"""
+
+
+def take_slot(scope: str, limit: int, lifetime: float, now: float | None = None) -> str | None:
+    """Holds one of `limit` slots of `scope` until `release_slot` (or `lifetime` seconds, for a
+    holder that died). Returns the slot's token, or None when all are held."""
+    now = time.time() if now is None else now
+    token = secrets.token_hex(8)
+    key = f"mw:rl:{scope}:inflight"
+    taken = client().eval(_SLOT_SCRIPT, 1, key, now, now - lifetime, limit, token, math.ceil(lifetime) + 10)
+    return token if taken else None
+
+
+def release_slot(scope: str, token: str) -> None:
+    client().zrem(f"mw:rl:{scope}:inflight", token)

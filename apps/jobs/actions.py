@@ -118,6 +118,7 @@ def fail_before_start(job: Job, code: str, message: str, param: str | None = Non
             status=JobStatus.FAILED,
             error={"code": code, "message": message, "param": param},
             finished_at=now,
+            reserved_cost=0,
         )
         if updated:
             JobEvent.objects.create(job=job, level="error", message=message)
@@ -273,12 +274,22 @@ def requeue(job_pk: int, attempt: int, message: str) -> bool:
         if job is None:
             return False
         if job.attempt >= job.max_attempts:
-            job.status, job.finished_at = JobStatus.FAILED, now
+            job.status, job.finished_at, job.reserved_cost = JobStatus.FAILED, now, 0
             job.error = {"code": "retries_exhausted", "message": message, "param": None}
         else:
             job.status, job.queued_at, job.published_at = JobStatus.QUEUED, now, now
         job.lease_owner = ""
-        job.save(update_fields=["status", "finished_at", "error", "queued_at", "published_at", "lease_owner"])
+        job.save(
+            update_fields=[
+                "status",
+                "finished_at",
+                "error",
+                "queued_at",
+                "published_at",
+                "lease_owner",
+                "reserved_cost",
+            ]
+        )
         JobEvent.objects.create(job=job, level="warn", message=message)
         if job.status == JobStatus.QUEUED:
             transaction.on_commit(lambda: publish(job))
@@ -299,12 +310,19 @@ def add_event(
 
 def add_checkpoint(
     job_pk: int, attempt: int, *, step: int, epoch: int, metrics: dict[str, Any], artifact_key: str,
-    model_name: str = "",
+    model_name: str = "", trained_tokens: int = 0, usage: dict[str, int] | None = None,
+    usage_models: dict[str, str] | None = None,
 ) -> bool:  # fmt: skip
+    """Records a saved checkpoint, which is callable and exportable as a model from this moment: the
+    work that produced it (`usage`, the job's running counts) is billed in the same transaction."""
     with transaction.atomic():
         _bound_lock_time()
-        if not _fenced(job_pk, attempt).select_for_update().update(checkpoint_ref=artifact_key):
+        job = _fenced(job_pk, attempt).select_for_update(of=("self",)).first()
+        if job is None:
             return False
+        job.checkpoint_ref = artifact_key
+        changed = ["checkpoint_ref", *bill(job, usage or {}, usage_models)]
+        job.save(update_fields=changed)
         Checkpoint.objects.update_or_create(
             job_id=job_pk,
             step=step,
@@ -313,12 +331,29 @@ def add_checkpoint(
                 "metrics": metrics,
                 "artifact_key": artifact_key,
                 "fine_tuned_model_checkpoint": model_name,
+                "trained_tokens": trained_tokens,
             },
         )
         JobEvent.objects.create(
             job_id=job_pk, message=f"Checkpoint saved at step {step}.", data={"step": step, "epoch": epoch}
         )
         _keep_best_and_last(job_pk)
+    return True
+
+
+def bill_progress(
+    job_pk: int, attempt: int, usage: dict[str, int], usage_models: dict[str, str] | None = None
+) -> bool:
+    """Bills what a running job's counts added since its last bill (a batch, chunk by chunk), so
+    that its spend is on the books while it runs. False when this attempt no longer owns the job."""
+    with transaction.atomic():
+        _bound_lock_time()
+        job = _fenced(job_pk, attempt).select_for_update(of=("self",)).first()
+        if job is None:
+            return False
+        changed = bill(job, usage, usage_models)
+        if changed:
+            job.save(update_fields=changed)
     return True
 
 
@@ -404,9 +439,12 @@ def finish(
             for name, value in (on_finished(job) or {}).items():
                 setattr(job, name, value)
                 changed.add(name)
+        # Every attempt that ends bills what it added, a pause too: the pause checkpoint is a model.
+        changed.update(bill(job, usage or {}, usage_models))
+        # A finished or paused job holds none of the spend cap (a resume is admitted again).
+        job.reserved_cost = 0
+        changed.add("reserved_cost")
         job.save(update_fields=sorted(changed))  # not the request and the other big columns again
-        if status != JobStatus.PAUSED:
-            record_usage(job, usage or {}, usage_models)
         # An inference request's success is its response: no event row for each of them.
         if job.kind in (JobKind.FINE_TUNE, JobKind.BATCH) or status == JobStatus.FAILED:
             level = "error" if status == JobStatus.FAILED else "info"
@@ -414,27 +452,49 @@ def finish(
     return job
 
 
-def record_usage(job: Job, usage: dict[str, int], models: dict[str, str] | None = None) -> None:
-    """One record per (job, unit): the unique constraint makes a second write impossible, and a
-    conflicting insert is skipped rather than raised (one statement for all units)."""
+def bill(job: Job, usage: dict[str, int], models: dict[str, str] | None = None) -> list[str]:
+    """Bills what the job's running counts in `usage` ({unit: count so far, over all attempts})
+    added since its last bill; returns the job fields it changed, for the caller to save.
+
+    The caller holds the job's row lock, so bills of one job are strictly one after another: each
+    record starts where the last one of its unit ended, and the unique (job, unit, start) makes a
+    second record for the same units impossible (a conflicting insert is skipped, not raised). A
+    count lower than what is billed (a batch re-run from its first line after a lost attempt) bills
+    nothing until it passes it: the same work is never paid twice. A unit in `models` is priced as
+    that model rather than the job's (a distillation's teacher). The cost of each record is the
+    difference of the rounded costs of the two counts, so the records of a job add up to exactly the
+    cost of its total, never a micro-dollar more per record."""
     models = models or {}
-    UsageRecord.objects.bulk_create(
-        [
+    billed = dict(job.billed_usage or {})
+    records, spent = [], 0
+    for unit, total in usage.items():
+        start = int(billed.get(unit, 0))
+        if total <= start:
+            continue
+        name = models.get(unit, job.model_name)
+        cost = cost_of(name, unit, total) - cost_of(name, unit, start)
+        records.append(
             UsageRecord(
                 job=job,
                 unit=unit,
                 organization_id=job.organization_id,
                 project_id=job.project_id,
                 api_key_id=job.api_key_id,
-                model_name=models.get(unit, job.model_name),
-                quantity=quantity,
-                cost=cost_of(models.get(unit, job.model_name), unit, quantity),
+                model_name=name,
+                start=start,
+                quantity=total - start,
+                cost=cost,
             )
-            for unit, quantity in usage.items()
-            if quantity > 0
-        ],
-        ignore_conflicts=True,
-    )
+        )
+        billed[unit] = total
+        spent += cost
+    if not records:
+        return []
+    UsageRecord.objects.bulk_create(records, ignore_conflicts=True)  # one statement for all units
+    job.billed_usage = billed
+    job.billed_cost += spent
+    job.reserved_cost = max(job.reserved_cost - spent, 0)  # what is billed is no longer reserved
+    return ["billed_usage", "billed_cost", "reserved_cost"]
 
 
 def fail_lost(job_pk: int, attempt: int) -> bool:
@@ -457,6 +517,7 @@ def _fail_running(job_pk: int, attempt: int, code: str, message: str) -> bool:
             error={"code": code, "message": message, "param": None},
             finished_at=timezone.now(),
             lease_owner="",
+            reserved_cost=0,
         )
         if updated:
             JobEvent.objects.create(job_id=job_pk, level="error", message=message)
@@ -508,7 +569,7 @@ def cancel(job: Job) -> Job:
     with transaction.atomic():
         if Job.objects.filter(
             pk=job.pk, status__in=[JobStatus.QUEUED, JobStatus.VALIDATING_FILES, JobStatus.PAUSED]
-        ).update(status=JobStatus.CANCELLED, finished_at=now, stop_requested=""):
+        ).update(status=JobStatus.CANCELLED, finished_at=now, stop_requested="", reserved_cost=0):
             JobEvent.objects.create(job=job, message="Job cancelled.")
         elif Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(stop_requested=STOP_CANCEL):
             JobEvent.objects.create(job=job, message="Cancellation requested; stopping at the next step.")
@@ -525,14 +586,15 @@ def request_pause(job: Job) -> bool:
     return bool(updated)
 
 
-def resume(job: Job) -> bool:
+def resume(job: Job, *, reserved_cost: int = 0) -> bool:
+    """paused → queued; `apps.jobs.fine_tuning.resume` has admitted it (and reserved its share)."""
     now = timezone.now()
     with transaction.atomic():
         updated = Job.objects.filter(pk=job.pk, status=JobStatus.PAUSED).update(
             # The attempt number only ever grows (it fences writes); a resumed job gets a fresh
             # allowance of attempts on top of the ones it used.
             status=JobStatus.QUEUED, queued_at=now, published_at=now, status_reason="",
-            max_attempts=F("attempt") + settings.JOB_MAX_ATTEMPTS,
+            max_attempts=F("attempt") + settings.JOB_MAX_ATTEMPTS, reserved_cost=reserved_cost,
         )  # fmt: skip
         if updated:
             JobEvent.objects.create(job=job, message="Job resumed; continuing from the last checkpoint.")
@@ -608,8 +670,8 @@ def reap() -> dict[str, int]:
             lost = lost.none()
         for job in lost:
             if job.stop_requested == STOP_CANCEL:
-                job.status, job.finished_at = JobStatus.CANCELLED, now
-                job.save(update_fields=["status", "finished_at"])
+                job.status, job.finished_at, job.reserved_cost = JobStatus.CANCELLED, now, 0
+                job.save(update_fields=["status", "finished_at", "reserved_cost"])
                 JobEvent.objects.create(job=job, message="Job cancelled (its worker had stopped).")
                 counts["cancelled"] += 1
             elif job.attempt >= job.max_attempts:

@@ -55,25 +55,50 @@ def parse(project: Project, body: Any) -> dict[str, Any]:
 
 
 def submit(project: Project, parsed: dict[str, Any], *, api_key: Any = None, user: Any = None) -> Job:
-    from apps.billing import quotas
+    """Creates the batch after the checks every request passes: entitlement and the spend cap, the
+    plan's models (from the file's report, so a batch the plan excludes is refused before it
+    starts; the worker checks each line again) and the plan's number of batches at once."""
+    from django.db import transaction
 
-    quotas.check_quota(project.organization)
-    return actions.create_job(
-        kind=JobKind.BATCH,
-        project=project,
-        model_name="",
-        request={
-            "endpoint": parsed["endpoint"],
-            "input_file_id": parsed["file"].public_id,
-            "completion_window": "24h",
-        },
-        api_key=api_key,
-        user=user,
-        metadata=parsed["metadata"],
-        training_file=parsed["file"],  # the input file
-        progress={"total": parsed["total"], "completed": 0, "failed": 0},
-        message="Batch created.",
-    )
+    from apps.billing import quotas
+    from apps.jobs import admission
+
+    file = parsed["file"]
+    stats = (file.validation or {}).get("stats") or {}
+    models = sorted(stats.get("models") or {})
+    with transaction.atomic():
+        organization = admission.lock_organization(project.organization_id)
+        subscription = quotas.check_quota(organization)
+        plan = subscription.plan
+        for name in models:
+            if not plan.allows(name):
+                raise ActionError(
+                    f"The {plan.name} plan does not include '{name}', which requests in {file.public_id} call. "
+                    "Upgrade under Billing, or leave those requests out.",
+                    code="model_not_allowed",
+                    param="input_file_id",
+                    status=403,
+                )
+        admission.check_batch_concurrency(subscription)
+        # Something of the cap must be left; the batch takes its share chunk by chunk as it runs.
+        admission.reserve(subscription, 0)
+        return actions.create_job(
+            kind=JobKind.BATCH,
+            project=project,
+            # A batch calls one model; known from the report when the file names one.
+            model_name=models[0] if len(models) == 1 and not stats.get("more_models") else "",
+            request={
+                "endpoint": parsed["endpoint"],
+                "input_file_id": file.public_id,
+                "completion_window": "24h",
+            },
+            api_key=api_key,
+            user=user,
+            metadata=parsed["metadata"],
+            training_file=file,  # the input file
+            progress={"total": parsed["total"], "completed": 0, "failed": 0},
+            message="Batch created.",
+        )
 
 
 def _ts(value: Any) -> int | None:

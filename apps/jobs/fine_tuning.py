@@ -11,6 +11,7 @@ from typing import Any
 
 from django.conf import settings
 
+from apps.billing import quotas
 from apps.billing.pricing import cost_of
 from apps.core.errors import ActionError
 from apps.jobs import actions
@@ -462,25 +463,58 @@ def submit(request: FineTuneRequest, *, project: Project, api_key: Any = None, u
     running, and is queued on the gpu queue after the commit otherwise."""
     from django.db import transaction
 
-    from apps.accounts.models import Organization
-    from apps.billing import quotas
+    from apps.jobs import admission
 
-    with transaction.atomic():
-        # Lock the organization: two concurrent submissions cannot both pass the concurrency limit.
-        Organization.objects.select_for_update().filter(pk=project.organization_id).first()
-        subscription = quotas.check_quota(project.organization)
-        quotas.check_model(subscription, request.model.name)
-        if request.distillation is not None:
-            quotas.check_model(
-                subscription, request.distillation.teacher.name, param="method.distillation.teacher"
-            )
-        quotas.check_fine_tune_concurrency(subscription)
-        return _create(request, project=project, api_key=api_key, user=user)
-
-
-def _create(request: FineTuneRequest, *, project: Project, api_key: Any, user: Any) -> Job:
     files = [f for f in (request.training_file, request.validation_file) if f is not None]
     pending = any(f.status == FileStatus.UPLOADED for f in files)
+    estimated = None if pending else estimate(request)["estimated_cost"]
+    with transaction.atomic():
+        # Under the organization's lock: two concurrent submissions cannot both take the last place
+        # or the last of the spend cap.
+        organization = admission.lock_organization(project.organization_id)
+        subscription = quotas.check_quota(organization)
+        _check_models(subscription, request.model, request.distillation)
+        admission.check_fine_tune_concurrency(subscription)
+        # The job holds its estimate of the cap (capped by max_cost) and asks for more if it needs it.
+        wanted = estimated or 0
+        if request.max_cost is not None:
+            wanted = min(wanted, request.max_cost)
+        reserved = admission.reserve(subscription, wanted)
+        return _create(request, project=project, api_key=api_key, user=user, pending=pending,
+                       estimated=estimated, reserved=reserved)  # fmt: skip
+
+
+def _check_models(subscription: Any, model: Model, distillation: Distillation | None) -> None:
+    quotas.check_model(subscription, model.name)
+    if distillation is not None:
+        quotas.check_model(subscription, distillation.teacher.name, param="method.distillation.teacher")
+
+
+def resume(job: Job) -> bool:
+    """A paused job goes back to the queue after the checks a new job passes: entitlement and the
+    spend cap, the plan's models (it may have changed since) and a free place among the running
+    fine-tunes (a paused job holds none). False when the job is not paused."""
+    from django.db import transaction
+
+    from apps.jobs import admission
+
+    if job.model is None:
+        raise ActionError(f"The base model of {job.public_id} no longer exists; start a new job.", param="id")
+    with transaction.atomic():
+        organization = admission.lock_organization(job.organization_id)
+        subscription = quotas.check_quota(organization)
+        _check_models(subscription, job.model, stored_distillation(job))
+        admission.check_fine_tune_concurrency(subscription)
+        remaining = max((job.estimated_cost or 0) - job.billed_cost, 0)
+        if job.max_cost is not None:
+            remaining = min(remaining, max(job.max_cost - job.billed_cost, 0))
+        return actions.resume(job, reserved_cost=admission.reserve(subscription, remaining))
+
+
+def _create(
+    request: FineTuneRequest, *, project: Project, api_key: Any, user: Any, pending: bool,
+    estimated: int | None, reserved: int,
+) -> Job:  # fmt: skip
     body = {k: v for k, v in request.body.items() if k in KNOWN_FIELDS}
     body["suffix"] = request.suffix
     return actions.create_job(
@@ -507,7 +541,8 @@ def _create(request: FineTuneRequest, *, project: Project, api_key: Any, user: A
         seed=request.seed,
         metadata=request.metadata,
         max_cost=request.max_cost,
-        estimated_cost=estimate(request)["estimated_cost"] if not pending else None,
+        estimated_cost=estimated,
+        reserved_cost=reserved,
     )
 
 

@@ -237,8 +237,48 @@ def parse_completion(project: Project, body: Any) -> tuple[Model, dict[str, Any]
     return model, request
 
 
+# What an `openai:*` request may carry. The upstream checks the values; we check what decides what
+# a request costs (its completion budget, how many choices) and refuse what costs more upstream than
+# the usage we bill from its answer: a priority tier, web searches, audio.
+PROXY_KEYS = {
+    "messages": COMMON_KEYS | {
+        "messages", "max_completion_tokens", "top_logprobs", "response_format", "tools", "tool_choice",
+        "parallel_tool_calls", "functions", "function_call", "reasoning_effort", "prediction",
+        "service_tier", "modalities", "safety_identifier", "prompt_cache_key", "verbosity",
+    },
+    "prompt": COMMON_KEYS | {"prompt", "echo", "best_of", "suffix"},
+}  # fmt: skip
+PROXY_PRICED_APART = {
+    "audio": "audio output", "web_search_options": "web search",
+}  # fmt: skip
+PROXY_SERVICE_TIERS = (None, "auto", "default", "flex")
+# An `openai:*` request without a completion limit is counted (rate limits, spend cap) as if it
+# asked for this many tokens; it is billed for what the upstream reports.
+PROXY_COMPLETION_BUDGET = 4096
+MAX_PROXY_TOKENS = 1_000_000
+
+
 def _proxied(body: dict[str, Any], prompt_key: str) -> dict[str, Any]:
-    """OpenAI models: the upstream checks the parameters; we check size and streaming."""
+    """OpenAI models: the upstream checks the parameters' values; we check the fields, size,
+    streaming, and everything that decides the cost."""
+    for key in body:
+        if key in PROXY_PRICED_APART:
+            raise ActionError(
+                f"'{key}' is not supported through the proxy: {PROXY_PRICED_APART[key]} is priced apart from "
+                "tokens.",
+                param=key,
+            )
+        if key not in PROXY_KEYS[prompt_key]:
+            raise ActionError(f"Unrecognized request argument supplied: {key}", param=key)
+    if body.get("service_tier") not in PROXY_SERVICE_TIERS:
+        raise ActionError(
+            "service_tier must be 'auto', 'default' or 'flex' through the proxy; other tiers are priced "
+            "above the tokens we bill.",
+            param="service_tier",
+        )
+    modalities = body.get("modalities")
+    if modalities is not None and modalities != ["text"]:
+        raise ActionError('modalities must be ["text"] through the proxy.', param="modalities")
     if prompt_key not in body:
         raise ActionError(f"Missing required parameter: '{prompt_key}'.", param=prompt_key)
     if prompt_key == "messages" and (not isinstance(body["messages"], list) or not body["messages"]):
@@ -247,6 +287,16 @@ def _proxied(body: dict[str, Any], prompt_key: str) -> dict[str, Any]:
     n = body.get("n")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N):
         raise ActionError(f"n must be an integer between 1 and {MAX_N}.", param="n")
+    for key in ("max_tokens", "max_completion_tokens"):
+        _integer(body, key, 1, MAX_PROXY_TOKENS, None)
+    best_of = _integer(body, "best_of", 1, MAX_N, None)
+    if best_of is not None and best_of < (n or 1):
+        raise ActionError("best_of must be at least n.", param="best_of")
+    if body.get("stream") not in (None, True, False):
+        raise ActionError("stream must be true or false.", param="stream")
+    stream_options = body.get("stream_options")
+    if stream_options is not None and not isinstance(stream_options, dict):
+        raise ActionError("stream_options must be an object.", param="stream_options")
     upstream = dict(body)
     upstream["model"] = body["model"].split(":", 1)[1]
     return {
@@ -282,23 +332,54 @@ def parse_classification(project: Project, body: Any) -> tuple[Model, dict[str, 
     return model, {"endpoint": "classifications", "texts": texts, "top_k": top_k}
 
 
+def _completion_budget(request: dict[str, Any]) -> int:
+    """Every completion token a request may be billed for: each choice's limit (an `openai:*`
+    request without one counts PROXY_COMPLETION_BUDGET), for each prompt."""
+    if request.get("proxy"):
+        body = request["body"]
+        limit = body.get("max_completion_tokens") or body.get("max_tokens") or PROXY_COMPLETION_BUDGET
+        return int(limit) * max(int(body.get("n") or 1), int(body.get("best_of") or 1))
+    return int(request.get("max_tokens", 0)) * int(request.get("n", 1)) * len(request.get("prompts") or [1])
+
+
+def _prompt(request: dict[str, Any]) -> Any:
+    if request.get("proxy"):
+        return request["body"].get("messages") or request["body"].get("prompt")
+    return request.get("messages") or request.get("prompts") or request.get("texts")
+
+
 def estimate_tokens(request: dict[str, Any]) -> int:
     """Tokens a request may use, for the tokens-per-minute limit: ~4 characters a token for the
     prompt, plus every completion token it may generate."""
     import json
 
-    if request.get("proxy"):
-        body = request["body"]
-        prompt = body.get("messages") or body.get("prompt")
-        completion = int(body.get("max_completion_tokens") or body.get("max_tokens") or 0) * int(
-            body.get("n") or 1
-        )
-    else:
-        prompt = request.get("messages") or request.get("prompts") or request.get("texts")
-        completion = (
-            int(request.get("max_tokens", 0)) * int(request.get("n", 1)) * len(request.get("prompts") or [1])
-        )
-    return len(json.dumps(prompt)) // 4 + completion
+    return len(json.dumps(_prompt(request))) // 4 + _completion_budget(request)
+
+
+# Tokens a chat template or a tokenizer adds around each message or text (role markers, BOS/EOS).
+TEMPLATE_TOKENS = 16
+
+
+def largest_usage(request: dict[str, Any]) -> dict[str, int]:
+    """The most a request can be billed for, unit by unit: its share of the spend cap. No tokenizer
+    we serve or proxy makes more tokens than a text has UTF-8 bytes (byte-level BPE covers at least
+    a byte a token, WordPiece at least a character), plus what templates add; and every completion
+    token it may generate."""
+    import json
+
+    prompt = _prompt(request)
+    items = prompt if isinstance(prompt, list) else [prompt]
+    input_tokens = len(json.dumps(prompt, ensure_ascii=False).encode()) + TEMPLATE_TOKENS * (len(items) + 1)
+    if request.get("endpoint") == "classifications":
+        return {"classified_texts": len(items), "input_tokens": input_tokens}
+    return {"input_tokens": input_tokens, "output_tokens": _completion_budget(request)}
+
+
+def largest_cost(model: Model, request: dict[str, Any]) -> int:
+    """`largest_usage` in micro-dollars at the model's prices."""
+    from apps.billing.pricing import cost_of
+
+    return sum(cost_of(model.name, unit, quantity) for unit, quantity in largest_usage(request).items())
 
 
 OVERLOADED = (
@@ -323,8 +404,15 @@ def check_backlog(model: Model) -> None:
 
 
 def submit(
-    project: Project, model: Model, request: dict[str, Any], *, api_key: Any = None, user: Any = None
+    project: Project,
+    model: Model,
+    request: dict[str, Any],
+    *,
+    api_key: Any = None,
+    user: Any = None,
+    reserved_cost: int = 0,
 ) -> Job:
+    """The request's job; `apps.jobs.admission.admit_inference` has checked it may run."""
     kind = JobKind.CLASSIFICATION if request["endpoint"] == "classifications" else JobKind.GENERATION
     return actions.create_job(
         kind=kind,
@@ -334,4 +422,5 @@ def submit(
         request=request,
         api_key=api_key,
         user=user,
+        reserved_cost=reserved_cost,
     )

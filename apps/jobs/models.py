@@ -98,6 +98,12 @@ class Job(models.Model):
     trained_tokens = models.BigIntegerField(null=True, blank=True)
     estimated_cost = models.BigIntegerField(null=True, blank=True)  # micro-dollars
     max_cost = models.BigIntegerField(null=True, blank=True)  # micro-dollars
+    # Billing as the work is done (apps.jobs.billing): the running count of each unit billed so far
+    # and its cost, and the part of the organization's spend cap this job holds and has not spent
+    # yet. Only jobs still waiting or running hold their reservation.
+    billed_usage = models.JSONField(default=dict, blank=True)
+    billed_cost = models.BigIntegerField(default=0)  # micro-dollars
+    reserved_cost = models.BigIntegerField(default=0)  # micro-dollars
     # Liveness and fencing
     attempt = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveIntegerField(default=3)
@@ -125,6 +131,11 @@ class Job(models.Model):
             models.Index(fields=["status", "heartbeat_at"]),
             models.Index(fields=["status", "queued_at"]),
             models.Index(fields=["status", "published_at"]),
+            models.Index(
+                fields=["organization", "status"],
+                condition=models.Q(reserved_cost__gt=0),
+                name="job_reservations",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -163,6 +174,8 @@ class Checkpoint(models.Model):
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="checkpoints")
     step = models.PositiveIntegerField()
     epoch = models.PositiveIntegerField(default=0)
+    # The job's trained tokens up to this step: billed when the checkpoint was saved.
+    trained_tokens = models.BigIntegerField(default=0)
     metrics = models.JSONField(default=dict, blank=True)
     artifact_key = models.CharField(max_length=300)
     fine_tuned_model_checkpoint = models.CharField(max_length=250, blank=True, default="")

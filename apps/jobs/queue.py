@@ -9,6 +9,8 @@ RUN_FINE_TUNE = "jobs.run_fine_tune"
 RUN_INFERENCE = "jobs.run_inference"
 RUN_PROXY = "jobs.run_proxy"
 RUN_BATCH = "jobs.run_batch"
+# A batch whose every request goes to OpenAI waits on the network: it holds no gpu worker.
+RUN_PROXY_BATCH = "jobs.run_proxy_batch"
 REAP = "jobs.reap"
 
 
@@ -16,7 +18,7 @@ def task_for(job: Job) -> str:
     if job.kind == JobKind.FINE_TUNE:
         return RUN_FINE_TUNE
     if job.kind == JobKind.BATCH:
-        return RUN_BATCH
+        return RUN_PROXY_BATCH if job.model_name.startswith("openai:") else RUN_BATCH
     if job.model_name.startswith("openai:"):
         return RUN_PROXY
     return RUN_INFERENCE

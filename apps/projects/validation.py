@@ -44,6 +44,8 @@ HEAD_BYTES = 8192
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 BATCH_URLS = ("/v1/chat/completions", "/v1/completions", "/v1/classifications")
+# A batch file's stats name at most this many models (the rest are counted as "more").
+MAX_BATCH_MODELS = 20
 # Top-level keys OpenAI's chat fine-tuning format allows besides "messages".
 CHAT_KEYS = frozenset({"tools", "parallel_tool_calls", "functions"})
 BATCH_KEYS = frozenset({"custom_id", "method", "url", "body"})
@@ -305,6 +307,8 @@ class _Run:
         self.label_counts: list[int] = []
         self.label_first_lines: list[int] = []
         self.endpoints: dict[str, int] = {}
+        self.models: dict[str, int] = {}  # a batch's requests per model, the first MAX_BATCH_MODELS
+        self.more_models = False
         self.extra_keys: set[str] = set()
 
     def error(self, line: int | None, field: str | None, message: str, hint: str) -> None:
@@ -587,6 +591,10 @@ def _check_batch_body(run: _Run, line: int, body: Any) -> bool:
             line, "body.model", f"body.model must be a model name, {got}", 'add "model": "..." to the body'
         )
         return False
+    if model in run.models or len(run.models) < MAX_BATCH_MODELS:
+        run.models[model] = run.models.get(model, 0) + 1
+    else:
+        run.more_models = True
     return True
 
 
@@ -1011,6 +1019,10 @@ def _stats(run: _Run) -> dict[str, Any]:
         stats["messages"] = {key: messages[key] for key in ("min", "mean", "max")}
     elif run.format == "batch_jsonl":
         stats["endpoints"] = dict(run.endpoints)
+        # Which models the requests call, so a batch is checked against the plan before it starts.
+        stats["models"] = dict(run.models)
+        if run.more_models:
+            stats["more_models"] = True
     return stats
 
 

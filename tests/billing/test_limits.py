@@ -108,7 +108,10 @@ def test_rate_limits_hold_under_concurrency(live_server: Any, alice: Any, alice_
                          context_length=256, limits={"servable": True})  # fmt: skip
     # (subscription_for seeds the plans again if an earlier live-server test flushed them)
     plan_id = subscription_for(alice_project.organization).plan_id
-    Plan.objects.filter(pk=plan_id).update(key_requests_per_minute=10, requests_per_minute=10)
+    # (and room for all 30 in flight at once: this is about the per-minute limits)
+    Plan.objects.filter(pk=plan_id).update(
+        key_requests_per_minute=10, requests_per_minute=10, concurrent_requests=100
+    )
     settings.INFERENCE_TIMEOUT_SECONDS = 1
     _, key = actions.create_api_key(alice_project, "burst", alice)
     ratelimit.client().delete(*ratelimit.client().keys("mw:rl:*") or ["none"])

@@ -307,21 +307,32 @@ def step_of(job_id: str) -> int:
 
 # --- The billing ledger (T14) ----------------------------------------------------------------------
 LEDGER_INVARIANTS = {
-    "a (job, unit) billed more than once": """
-        SELECT job_id, unit, count(*) FROM billing_usagerecord
-        WHERE job_id IS NOT NULL GROUP BY job_id, unit HAVING count(*) > 1""",
-    "a succeeded fine-tune without exactly one trained_tokens record": """
-        SELECT j.public_id, count(u.id) FROM jobs_job j
+    # Work is billed as it is done, each record starting where the last of its unit ended.
+    "a (job, unit) billed twice for the same units, or with a gap": """
+        SELECT job_id, unit, start, billed_before FROM (
+            SELECT job_id, unit, start, COALESCE(SUM(quantity) OVER (
+                PARTITION BY job_id, unit ORDER BY start ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+            ), 0) AS billed_before
+            FROM billing_usagerecord WHERE job_id IS NOT NULL
+        ) r WHERE start <> billed_before""",
+    "a job whose billed totals disagree with its records": """
+        SELECT j.public_id, j.billed_cost, COALESCE(SUM(u.cost), 0) FROM jobs_job j
+        LEFT JOIN billing_usagerecord u ON u.job_id = j.id
+        GROUP BY j.id HAVING j.billed_cost <> COALESCE(SUM(u.cost), 0)""",
+    "a succeeded fine-tune billed for other tokens than it trained": """
+        SELECT j.public_id, j.trained_tokens, SUM(u.quantity) FROM jobs_job j
         LEFT JOIN billing_usagerecord u ON u.job_id = j.id AND u.unit = 'trained_tokens'
         WHERE j.kind = 'fine_tune' AND j.status = 'succeeded'
-        GROUP BY j.public_id HAVING count(u.id) <> 1""",
-    "a succeeded fine-tune billed for other tokens than it trained": """
-        SELECT j.public_id, j.trained_tokens, u.quantity FROM jobs_job j
-        JOIN billing_usagerecord u ON u.job_id = j.id AND u.unit = 'trained_tokens'
-        WHERE j.kind = 'fine_tune' AND j.status = 'succeeded' AND u.quantity <> j.trained_tokens""",
-    "a failed worker_lost or time_limit job with usage": """
-        SELECT j.public_id, u.unit FROM jobs_job j JOIN billing_usagerecord u ON u.job_id = j.id
-        WHERE j.status = 'failed' AND j.error ->> 'code' IN ('worker_lost', 'time_limit')""",
+        GROUP BY j.id HAVING COALESCE(SUM(u.quantity), -1) <> COALESCE(j.trained_tokens, 0)""",
+    # A lost or timed-out attempt bills what its checkpoints kept, never the work lost with it.
+    "a failed worker_lost or time_limit job billed beyond its last checkpoint": """
+        SELECT j.public_id, SUM(u.quantity), (
+            SELECT COALESCE(MAX(c.trained_tokens), 0) FROM jobs_checkpoint c WHERE c.job_id = j.id
+        ) FROM jobs_job j JOIN billing_usagerecord u ON u.job_id = j.id AND u.unit = 'trained_tokens'
+        WHERE j.status = 'failed' AND j.error ->> 'code' IN ('worker_lost', 'time_limit')
+        GROUP BY j.id HAVING SUM(u.quantity) > (
+            SELECT COALESCE(MAX(c.trained_tokens), 0) FROM jobs_checkpoint c WHERE c.job_id = j.id
+        )""",
 }
 
 

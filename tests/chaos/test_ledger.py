@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import F
 
 from apps.billing.models import Plan, UsageRecord
-from apps.jobs import actions
 from apps.jobs.models import Job, JobKind, JobStatus
 from apps.jobs.queue import publish
 from tests.chaos.conftest import (
@@ -33,7 +33,7 @@ from tests.chaos.conftest import (
     task_runs,
     upload,
 )
-from tests.conftest import sentiment_csv, wait_for
+from tests.conftest import billed, sentiment_csv, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -74,9 +74,10 @@ def test_t14_after_a_duplicate_a_zombie_a_killed_child_and_a_lost_job_each_unit_
     wait_for(lambda: len(task_runs(zombie)) == 1, timeout=30, message="the zombie never ended its task")
     time.sleep(1)
     assert ledger_violations(django_execute) == {}
-    assert list(job_row(a).usage.values_list("unit", flat=True)) == ["trained_tokens"]
-    assert not job_row(b).usage.exists()
-    assert UsageRecord.objects.count() == 1
+    assert billed(job_row(a)) == {"trained_tokens": job_row(a).trained_tokens}
+    # the lost job is billed for what its checkpoints kept (callable models), nothing more
+    kept = max(job_row(b).checkpoints.values_list("trained_tokens", flat=True), default=0)
+    assert billed(job_row(b)).get("trained_tokens", 0) == kept
 
 
 def test_the_ledger_queries_catch_double_billing_and_billed_lost_jobs(alice_project: Any) -> None:
@@ -85,27 +86,37 @@ def test_the_ledger_queries_catch_double_billing_and_billed_lost_jobs(alice_proj
                                   project=alice_project, model_name="tiny-bert", status=status, error=error,
                                   trained_tokens=100, max_attempts=settings.JOB_MAX_ATTEMPTS)  # fmt: skip
 
+    def record(job: Job, start: int, quantity: int) -> None:
+        UsageRecord.objects.create(organization=job.organization, job=job, model_name="tiny-bert",
+                                   unit="trained_tokens", start=start, quantity=quantity, cost=quantity)  # fmt: skip
+        Job.objects.filter(pk=job.pk).update(billed_cost=F("billed_cost") + quantity)
+
     assert ledger_violations(django_execute) == {}
     unbilled = job(JobStatus.SUCCEEDED)
     lost = job(JobStatus.FAILED, {"code": "worker_lost", "message": "", "param": None})
-    actions.record_usage(lost, {"trained_tokens": 100})
-    wrong = job(JobStatus.SUCCEEDED)
-    actions.record_usage(wrong, {"trained_tokens": 99})
+    record(lost, 0, 100)  # no checkpoint kept any of it
+    short = job(JobStatus.SUCCEEDED)
+    record(short, 0, 99)
+    twice = job(JobStatus.SUCCEEDED)
+    record(twice, 0, 60)
+    record(twice, 50, 50)  # units 50 to 60 billed twice
+    Job.objects.filter(pk=short.pk).update(billed_cost=1)  # and a running total that disagrees
     found = ledger_violations(django_execute)
     assert set(found) == {
-        "a succeeded fine-tune without exactly one trained_tokens record",
-        "a failed worker_lost or time_limit job with usage",
+        "a (job, unit) billed twice for the same units, or with a gap",
+        "a job whose billed totals disagree with its records",
         "a succeeded fine-tune billed for other tokens than it trained",
+        "a failed worker_lost or time_limit job billed beyond its last checkpoint",
     }
-    assert [row[0] for row in found["a succeeded fine-tune without exactly one trained_tokens record"]] == [
-        unbilled.public_id
-    ]
-    # a second record for the same (job, unit) cannot even be written
+    assert {row[0] for row in found["a succeeded fine-tune billed for other tokens than it trained"]} == {
+        unbilled.public_id, short.public_id, twice.public_id,
+    }  # fmt: skip
+    assert [
+        row[0] for row in found["a failed worker_lost or time_limit job billed beyond its last checkpoint"]
+    ] == [lost.public_id]
+    # the same units of a job cannot even be written twice
     with pytest.raises(IntegrityError), transaction.atomic():
-        UsageRecord.objects.create(organization=alice_project.organization, job=wrong, model_name="tiny-bert",
-                                   unit="trained_tokens", quantity=1, cost=1)  # fmt: skip
-    actions.record_usage(wrong, {"trained_tokens": 100})  # a retried finish changes nothing
-    assert wrong.usage.get().quantity == 99
+        record(short, 0, 1)
     # leave a clean ledger for the autouse check
     UsageRecord.objects.all().delete()
     Job.objects.all().delete()

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from apps.billing.models import Plan
 from apps.jobs.models import Job, JobStatus
 from apps.projects.actions import create_result_file
 from apps.projects.models import File
@@ -319,6 +320,7 @@ def test_chat_and_prompt_files_become_the_conversation_before_the_reply(
         alice_project, "chat.jsonl", "".join(json.dumps(r) + "\n" for r in chat_rows).encode()
     )
     prompts = processed_file(alice_project, "pc.jsonl", b'{"prompt": "Say hi", "completion": "hi"}\n')
+    Plan.objects.update(concurrent_batches=5)  # both batches at once
     with django_capture_on_commit_callbacks(execute=False):
         start(alice_client, alice_project, "tiny-gpt2", chats)
         start(alice_client, alice_project, "tiny-gpt2", prompts)

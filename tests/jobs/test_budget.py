@@ -8,7 +8,7 @@ import pytest
 
 from apps.billing.models import UsageRecord
 from apps.jobs.models import Job
-from tests.conftest import wait_for
+from tests.conftest import billed, wait_for
 from tests.jobs.test_worker_faults import SLOW_JOB
 
 pytestmark = pytest.mark.integration
@@ -38,8 +38,8 @@ def test_max_cost_stops_the_job_at_its_budget(api: Any, celery_worker: Any, tiny
     job = run_until_done(api, {"max_cost": 6000})
     assert job.status == "succeeded", job.error
     assert job.status_reason == "budget_reached"
-    cost = UsageRecord.objects.get(job=job).cost
-    assert 0 < cost <= 6000
+    assert billed(job) == {"trained_tokens": job.trained_tokens}
+    assert 0 < job.billed_cost <= 6000
     assert job.fine_tuned_model is not None  # the model of what ran is kept
     body = api.get(f"/v1/fine_tuning/jobs/{job.public_id}").json()
     assert body["status_reason"] == "budget_reached"
@@ -56,4 +56,6 @@ def test_the_spend_limit_stops_a_running_job(
     job = run_until_done(api, {})
     assert job.status == "succeeded", job.error
     assert job.status_reason == "spend_limit_reached"
-    assert UsageRecord.objects.get(job=job).cost <= 5000
+    assert billed(job) == {"trained_tokens": job.trained_tokens}
+    assert 0 < job.billed_cost <= 5000
+    assert sum(UsageRecord.objects.filter(organization=alice_org).values_list("cost", flat=True)) <= 5000

@@ -21,7 +21,7 @@ from apps.billing.models import UsageRecord
 from apps.jobs.models import Job, JobEvent
 from apps.registry.models import Model
 from tests.api.test_proxy import start_worker
-from tests.conftest import POSITIVE, TINY_DIR, Worker, sentiment_csv, wait_for
+from tests.conftest import POSITIVE, TINY_DIR, Worker, billed, sentiment_csv, wait_for
 from tests.fake_openai import FakeOpenAI, FakeResponse, chat_completion
 from tests.jobs.test_fine_tune_flow import upload
 from tests.jobs.test_worker_faults import SLOW_JOB
@@ -91,8 +91,14 @@ def finished(api: Any, job_id: str, timeout: float = 180) -> dict[str, Any]:
 
 
 def usage(job_id: str) -> dict[str, tuple[str, int, int]]:
-    records = UsageRecord.objects.filter(job__public_id=job_id)
-    return {r.unit: (r.model_name, r.quantity, r.cost) for r in records}
+    """unit → (model, quantity, cost), over the unit's records (work is billed as it is done)."""
+    quantities = billed(Job.objects.get(public_id=job_id))
+    found: dict[str, tuple[str, int, int]] = {}
+    for r in UsageRecord.objects.filter(job__public_id=job_id):
+        model, _, cost = found.get(r.unit, (r.model_name, 0, 0))
+        assert model == r.model_name
+        found[r.unit] = (model, quantities[r.unit], cost + r.cost)
+    return found
 
 
 def file_rows(api: Any, file_id: str) -> list[dict[str, str]]:
@@ -257,8 +263,12 @@ def test_a_paused_distillation_resumes_without_asking_the_teacher_again(
                                 hyperparameters=SLOW_JOB)  # fmt: skip
     wait_for(lambda: (Job.objects.get(public_id=job_id).progress or {}).get("step", 0) > 2, timeout=120)
     assert api.post(f"/v1/fine_tuning/jobs/{job_id}/pause").status_code == 200
-    wait_for(lambda: Job.objects.get(public_id=job_id).status == "paused", timeout=60)
-    assert not UsageRecord.objects.filter(job__public_id=job_id).exists()  # billed when it ends
+    paused = wait_for(lambda: (j := Job.objects.get(public_id=job_id)).status == "paused" and j, timeout=60)
+    # the pause bills what was done: every label (kept for the resume) and the training so far,
+    # which its pause checkpoint, a callable model, holds
+    assert usage(job_id)["input_tokens"][1] == 40 * 150
+    kept = max(paused.checkpoints.values_list("trained_tokens", flat=True))
+    assert usage(job_id)["trained_tokens"][1] == kept > 0
 
     assert api.post(f"/v1/fine_tuning/jobs/{job_id}/resume").status_code == 200
     done = finished(api, job_id, timeout=240)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from apps.jobs.models import Job
-from tests.conftest import sentiment_csv, wait_for
+from tests.conftest import billed, sentiment_csv, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +69,7 @@ def test_a_fine_tune_runs_to_a_model(api: Any, celery_worker: Any, tiny_base: An
     checkpoints = api.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
     assert checkpoints and checkpoints[0]["step_number"] > 0
     job = Job.objects.get(public_id=job_id)
-    assert list(job.usage.values_list("unit", "quantity")) == [("trained_tokens", done["trained_tokens"])]
+    assert billed(job) == {"trained_tokens": done["trained_tokens"]}
     # the results file holds the per-step metrics, as OpenAI's does
     results_id, rows_id = done["result_files"]
     rows_csv = b"".join(api.get(f"/v1/files/{rows_id}/content").streaming_content).decode().splitlines()

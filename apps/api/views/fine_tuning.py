@@ -116,7 +116,7 @@ class FineTuningJobResumeView(FineTuningBase):
     )
     def post(self, request: Request, job_id: str) -> Response:
         job = self.get_job(job_id)
-        if job.status != JobStatus.PAUSED or not actions.resume(job):
+        if job.status != JobStatus.PAUSED or not fine_tuning.resume(job):
             raise ActionError(f"Only a paused job can be resumed; {job_id} is {job.status}.", param="id")
         return Response(fine_tuning_job(self.get_job(job_id)))
 

@@ -8,7 +8,7 @@ tokens as server-sent events) through `apps.jobs.relay`. A request that waits to
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.conf import settings
@@ -21,8 +21,7 @@ from rest_framework.response import Response
 from apps.api.base import ProjectAPIView
 from apps.api.errors import APIError, error_body
 from apps.api.serializers.common import ERRORS
-from apps.billing import quotas
-from apps.jobs import actions, inference, relay
+from apps.jobs import actions, admission, inference, relay
 from apps.jobs.models import Job
 from apps.jobs.responses import job_response, response_id, usage_body
 
@@ -47,21 +46,24 @@ class InferenceView(ProjectAPIView):
         return job_response(job)
 
     def post(self, request: Request) -> Response | StreamingHttpResponse:
-        subscription = quotas.check_quota(self.organization)
-        model, parsed = self.parse(request.data)
-        quotas.check_model(subscription, model.name)
-        inference.check_backlog(model)  # before the rate limit: a shed request costs the customer nothing
-        headers = quotas.check_rate(subscription, self.api_key, inference.estimate_tokens(parsed))
-        job = inference.submit(
-            self.project, model, parsed, api_key=self.api_key, user=self.api_key.created_by
-        )
+        admitted = admission.admit_inference(
+            self.project, lambda project, data: self.parse(data), request.data,
+            api_key=self.api_key, user=self.api_key.created_by,
+        )  # fmt: skip
+        job, parsed = admitted.job, admitted.request
         if parsed.get("stream"):
-            response: Any = StreamingHttpResponse(self.stream(job, parsed), content_type="text/event-stream")
+            # The in-flight slot is released when the stream ends (or the client leaves).
+            response: Any = StreamingHttpResponse(
+                self.stream(job, parsed, admitted.release), content_type="text/event-stream"
+            )
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"  # let proxies pass each event on at once
         else:
-            response = Response(self.wait(job))
-        for name, value in headers.items():
+            try:
+                response = Response(self.wait(job))
+            finally:
+                admitted.release()
+        for name, value in admitted.headers.items():
             response[name] = value
         return response
 
@@ -84,12 +86,13 @@ class InferenceView(ProjectAPIView):
         relay.request_abort(job.public_id)
         actions.cancel(job)
 
-    def stream(self, job: Job, parsed: dict[str, Any]) -> Iterator[bytes]:
+    def stream(self, job: Job, parsed: dict[str, Any], release: Callable[[], None]) -> Iterator[bytes]:
         finished = False
         try:
             yield from self.relay_events(job, parsed)
             finished = True
         finally:
+            release()
             if not finished:  # the client went away mid-stream
                 self.give_up(job)
 

@@ -1,8 +1,8 @@
 """The playground: chat with a generation model, its answer streamed as server-sent events, and
 classify texts with a classifier.
 
-A request here is made exactly as the API makes it (`inference.parse_*` → quotas → `submit`),
-with the signed-in user in place of an API key, so it is billed and limited the same way.
+A request here is admitted exactly as the API admits it (`apps.jobs.admission.admit_inference`),
+with the signed-in user in place of an API key, so it is billed, limited and shed the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from apps.accounts.models import Organization
 from apps.billing import quotas
 from apps.core.errors import ActionError
 from apps.dashboard.views.common import get_project, member_required
-from apps.jobs import actions, inference, relay
+from apps.jobs import actions, admission, inference, relay
 from apps.jobs.models import Job
 from apps.jobs.responses import job_response, response_id, usage_body
 from apps.projects.models import Project
@@ -49,14 +49,8 @@ def model_choices(organization: Organization, task: str) -> list[dict[str, Any]]
 
 
 # --- Submitting: the API's checks, in the API's order ----------------------------------------------
-def _submit(
-    request: HttpRequest, project: Project, parse: Any, body: dict[str, Any]
-) -> tuple[Job, dict[str, Any]]:
-    subscription = quotas.check_quota(project.organization)
-    model, parsed = parse(project, body)
-    quotas.check_model(subscription, model.name)
-    quotas.check_rate(subscription, None, inference.estimate_tokens(parsed))
-    return inference.submit(project, model, parsed, user=request.user), parsed
+def _submit(request: HttpRequest, project: Project, parse: Any, body: dict[str, Any]) -> admission.Admitted:
+    return admission.admit_inference(project, parse, body, user=request.user)
 
 
 def _give_up(job: Job) -> None:
@@ -107,10 +101,10 @@ def chat(request: HttpRequest, project_id: str) -> HttpResponse | StreamingHttpR
         body = _json_body(request)
         # Always streamed; usage comes in the last chunk so the page can show the token count.
         body.update(stream=True, stream_options={"include_usage": True})
-        job, parsed = _submit(request, project, inference.parse_chat, body)
+        admitted = _submit(request, project, inference.parse_chat, body)
     except ActionError as exc:
         return _error_json(exc)
-    response = StreamingHttpResponse(_stream(job, parsed), content_type="text/event-stream")
+    response = StreamingHttpResponse(_stream(admitted), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # let proxies pass each event on at once
     return response
@@ -126,14 +120,15 @@ def _json_body(request: HttpRequest) -> dict[str, Any]:
     return body
 
 
-def _stream(job: Job, parsed: dict[str, Any]) -> Iterator[bytes]:
+def _stream(admitted: admission.Admitted) -> Iterator[bytes]:
     finished = False
     try:
-        yield from _relay(job, parsed)
+        yield from _relay(admitted.job, admitted.request)
         finished = True
     finally:
+        admitted.release()
         if not finished:  # the browser went away (Stop, or the tab closed): stop generating
-            _give_up(job)
+            _give_up(admitted.job)
 
 
 def _relay(job: Job, parsed: dict[str, Any]) -> Iterator[bytes]:
@@ -190,8 +185,12 @@ def classify(request: HttpRequest, project_id: str) -> HttpResponse:
         if not texts:
             raise ActionError("Enter at least one text, one per line.", param="input")
         body = {"model": request.POST.get("model", ""), "input": texts}
-        job, _ = _submit(request, project, inference.parse_classification, body)
-        data = _wait(job)["data"]
+        admitted = _submit(request, project, inference.parse_classification, body)
+        job = admitted.job
+        try:
+            data = _wait(job)["data"]
+        finally:
+            admitted.release()
     except ActionError as exc:
         response = render(
             request, "dashboard/_playground_classify.html", {"error": exc.message}, status=exc.status

@@ -1,0 +1,192 @@
+"""Admission: what work must pass before it may use compute, in one place for the API, the
+dashboard and the workers.
+
+- The plan: entitlement (a failed payment's grace period), the models it includes, how many
+  fine-tunes, batches and requests may run at once, rate limits, and load shedding.
+- The spend cap, by reservation. Work holds a share of what its organization may still spend this
+  month: a request the most it can cost, a fine-tune its estimate, a batch each chunk before it
+  runs; a running job asks for more as it goes. Shares are taken under the organization's row lock,
+  and spend plus every share held never passes the cap. A share is used up by billing (which
+  happens as the work is done) and the rest is released when the job ends or pauses, so the bill
+  passes the cap by no more than what one request, one training step or one batch line costs
+  beyond its share (docs/api.md, "Spend cap").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F, Sum
+
+from apps.accounts.models import Organization
+from apps.billing import quotas
+from apps.billing.models import Subscription
+from apps.billing.quotas import QuotaError
+from apps.jobs import inference
+from apps.jobs.models import ACTIVE_STATUSES, Job, JobKind, JobStatus
+from apps.projects.models import Project
+from apps.registry.models import Model
+
+# The SDK retries a 429 unless told not to: a share held by running work comes back when it ends.
+RESERVED_RETRY_AFTER_SECONDS = 5
+
+
+def lock_organization(organization_id: int) -> Organization:
+    """Admissions of one organization take turns on its row. FOR NO KEY UPDATE, not FOR UPDATE: the
+    inserts that only reference the row (jobs, usage records, in a job's finishing transaction that
+    holds the job's lock) take KEY SHARE, which this does not block, so the two never deadlock."""
+    return Organization.objects.select_for_update(no_key=True).get(pk=organization_id)
+
+
+def held(organization_id: int) -> int:
+    """What the organization's waiting and running work holds of its cap and has not billed yet.
+    Only unfinished jobs count: a finished job's share is released whatever its column says."""
+    total = Job.objects.filter(
+        organization_id=organization_id, status__in=ACTIVE_STATUSES, reserved_cost__gt=0
+    ).aggregate(total=Sum("reserved_cost"))["total"]
+    return int(total or 0)
+
+
+def reserve(subscription: Subscription, wanted: int) -> int:
+    """Inside the organization's lock: a share of what it may still spend this month, up to `wanted`
+    micro-dollars (0 for an organization without a cap). 429 insufficient_quota when nothing is left:
+    without retry when the month's spend reached the cap, with retry-after when work in progress
+    holds the rest."""
+    cap = quotas.spend_cap(subscription)
+    if cap is None:
+        return 0
+    spent = quotas.month_spend(subscription.organization_id)
+    holding = held(subscription.organization_id)
+    left = cap - spent - holding
+    if left > 0:
+        return min(max(wanted, 0), left)
+    if spent >= cap:
+        raise quotas.cap_reached(subscription, cap)
+    raise QuotaError(
+        quotas.reserved_message(cap, spent, holding),
+        code="insufficient_quota",
+        headers={"retry-after": str(RESERVED_RETRY_AFTER_SECONDS)},
+    )
+
+
+# --- Concurrency ------------------------------------------------------------------------------------
+def _check_running(subscription: Subscription, kind: str, limit: int, what: str) -> None:
+    active = Job.objects.filter(organization_id=subscription.organization_id, kind=kind,
+                                status__in=ACTIVE_STATUSES).count()  # fmt: skip
+    if active >= limit:
+        raise QuotaError(
+            f"You have {active} {what} running or queued, the most the {subscription.plan.name} plan allows at "
+            "once. Wait for one to finish, cancel one, or upgrade under Billing.",
+            code="concurrency_limit_exceeded",
+            headers={"x-should-retry": "false"},
+        )
+
+
+def check_fine_tune_concurrency(subscription: Subscription) -> None:
+    """Under the organization's lock, so two submissions cannot both take the last place. A paused
+    job holds no place; resuming it must find one."""
+    _check_running(
+        subscription, JobKind.FINE_TUNE, subscription.plan.concurrent_fine_tunes, "fine-tuning job(s)"
+    )
+
+
+def check_batch_concurrency(subscription: Subscription) -> None:
+    _check_running(subscription, JobKind.BATCH, subscription.plan.concurrent_batches, "batch(es)")
+
+
+# --- Inference requests -----------------------------------------------------------------------------
+@dataclass
+class Admitted:
+    """An admitted inference request: its job, the rate-limit headers for the response, and the
+    in-flight slot it holds until `release()` (the caller's `finally`, once it stops waiting)."""
+
+    job: Job
+    request: dict[str, Any]
+    headers: dict[str, str]
+    subscription: Subscription
+    slot: str | None = field(default=None, repr=False)
+
+    def release(self) -> None:
+        if self.slot is not None:
+            quotas.release_request_slot(self.subscription, self.slot)
+            self.slot = None
+
+
+Parser = Callable[[Project, Any], tuple[Model, dict[str, Any]]]
+
+
+def admit_inference(
+    project: Project, parse: Parser, body: Any, *, api_key: Any = None, user: Any = None
+) -> Admitted:
+    """Every check of a chat, completion or classification request, in order, then its job.
+    A refused request costs the customer nothing: the in-flight slot and the reservation are given
+    back, and the rate limits count only what is admitted."""
+    subscription = quotas.check_quota(project.organization)
+    model, parsed = parse(project, body)
+    quotas.check_model(subscription, model.name)
+    inference.check_backlog(model)  # before the limits: a shed request counts against none of them
+    slot = quotas.take_request_slot(subscription)
+    try:
+        with transaction.atomic():
+            reserved = 0
+            if quotas.spend_cap(subscription) is not None:
+                lock_organization(project.organization_id)
+                reserved = reserve(subscription, inference.largest_cost(model, parsed))
+            headers = quotas.check_rate(subscription, api_key, inference.estimate_tokens(parsed))
+            job = inference.submit(project, model, parsed, api_key=api_key, user=user, reserved_cost=reserved)
+    except BaseException:
+        quotas.release_request_slot(subscription, slot)
+        raise
+    return Admitted(job=job, request=parsed, headers=headers, subscription=subscription, slot=slot)
+
+
+# --- Running jobs -----------------------------------------------------------------------------------
+def top_up(job_pk: int, attempt: int, wanted: int) -> int | None:
+    """A running job asks for `wanted` more of its organization's cap. Returns what it got (maybe
+    less, 0 when nothing is left), or None when this attempt no longer owns the job."""
+    with transaction.atomic():
+        row = Job.objects.filter(pk=job_pk, attempt=attempt, status=JobStatus.RUNNING).values(
+            "organization_id"
+        )
+        found = row.first()
+        if found is None:
+            return None
+        organization = lock_organization(found["organization_id"])
+        subscription = quotas.subscription_for(organization)
+        if quotas.spend_cap(subscription) is None:
+            return wanted
+        try:
+            granted = reserve(subscription, wanted)
+        except QuotaError:
+            return 0
+        if granted and not Job.objects.filter(pk=job_pk, attempt=attempt, status=JobStatus.RUNNING).update(
+            reserved_cost=F("reserved_cost") + granted
+        ):
+            return None
+    return granted
+
+
+class SpendShare:
+    """A running job's share of its organization's spend cap, in the job's own terms: the total
+    cost (billed and to come, over all its attempts) it may reach without asking again."""
+
+    def __init__(self, job: Job) -> None:
+        self.job_pk, self.attempt = job.pk, job.attempt
+        self.capped = quotas.spend_cap(quotas.subscription_for(job.organization)) is not None
+        self.limit = job.billed_cost + job.reserved_cost
+        self.fenced = False  # this attempt no longer owns the job
+
+    def allows(self, cost: int, ahead: int = 0) -> bool:
+        """Whether the job may reach a total cost of `cost`. When its share is too small it asks for
+        what is missing plus `ahead` (what it expects to need after that, so that it asks rarely)."""
+        if not self.capped or cost <= self.limit:
+            return True
+        granted = top_up(self.job_pk, self.attempt, cost - self.limit + max(ahead, 0))
+        if granted is None:
+            self.fenced = True
+            return False
+        self.limit += granted
+        return cost <= self.limit
