@@ -82,8 +82,10 @@ class Stack:
             return None
 
     def usage(self, job_id: str) -> list[Any]:
-        return self.query("SELECT u.unit, u.quantity FROM billing_usagerecord u JOIN jobs_job j ON j.id = u.job_id "
-                          "WHERE j.public_id = %s", job_id)  # fmt: skip
+        """(unit, total quantity) of the job's usage: work is billed as it is done, in several records
+        (the ledger invariants check they follow on from each other)."""
+        return self.query("SELECT u.unit, SUM(u.quantity) FROM billing_usagerecord u JOIN jobs_job j ON j.id = u.job_id "
+                          "WHERE j.public_id = %s GROUP BY u.unit", job_id)  # fmt: skip
 
     def events(self, job_id: str) -> list[str]:
         rows = self.query("SELECT e.message FROM jobs_jobevent e JOIN jobs_job j ON j.id = e.job_id "

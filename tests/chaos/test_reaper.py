@@ -22,7 +22,7 @@ from django.utils import timezone
 from apps.jobs import actions
 from apps.jobs.models import Job, JobEvent, JobStatus
 from tests.chaos.conftest import WORKER_ENV, finished, job_row, reaper_process, submit_fine_tune, upload
-from tests.conftest import sentiment_csv, use_plan, wait_for, worker_env
+from tests.conftest import billed, sentiment_csv, use_plan, wait_for, worker_env
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -76,7 +76,7 @@ def test_t9d_under_cpu_load_the_reaper_takes_no_healthy_job(
     for job in map(job_row, job_ids):
         assert job.status == JobStatus.SUCCEEDED, (job.public_id, job.error)
         assert job.attempt == 1
-        assert list(job.usage.values_list("unit", "quantity")) == [("trained_tokens", job.trained_tokens)]
+        assert billed(job) == {"trained_tokens": job.trained_tokens}
 
 
 def test_t9e_after_the_machine_was_frozen_the_reaper_takes_no_healthy_job(

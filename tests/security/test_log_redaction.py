@@ -37,8 +37,12 @@ def paths() -> list[str]:
 
 
 def invitation(alice_org: Any) -> Invitation:
+    owner = alice_org.memberships.get().user  # an invitation is valid while its sender may invite
     return Invitation.objects.create(
-        organization=alice_org, email="dave@example.com", token_hash=Invitation.hash_token(INVITATION)
+        organization=alice_org,
+        email="dave@example.com",
+        token_hash=Invitation.hash_token(INVITATION),
+        invited_by=owner,
     )
 
 
