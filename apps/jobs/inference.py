@@ -140,20 +140,6 @@ def _sampling(body: dict[str, Any], model: Model, default_max_tokens: int) -> di
     }
 
 
-def _refuse_nul(value: Any, path: str = "") -> None:
-    """PostgreSQL cannot store U+0000 in the job's request (jsonb): a 400 naming the field, not a 500."""
-    if isinstance(value, str) and "\x00" in value:
-        raise ActionError(f"{path} contains a NUL character (\\u0000); remove it.", param=path)
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            _refuse_nul(item, f"{path}[{index}]")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
-            _refuse_nul(key, where)
-            _refuse_nul(item, where)
-
-
 def _check_size(value: Any, param: str) -> None:
     import json
 
@@ -197,7 +183,6 @@ def _messages(value: Any) -> list[dict[str, str]]:
 def parse_chat(project: Project, body: Any) -> tuple[Model, dict[str, Any]]:
     if not isinstance(body, dict):
         raise ActionError("The request body must be a JSON object.")
-    _refuse_nul(body)
     model = resolve_model(project, body.get("model"), Task.GENERATION)
     if model.provider == Provider.OPENAI:
         return model, _proxied(body, "messages")
@@ -214,7 +199,6 @@ def parse_chat(project: Project, body: Any) -> tuple[Model, dict[str, Any]]:
 def parse_completion(project: Project, body: Any) -> tuple[Model, dict[str, Any]]:
     if not isinstance(body, dict):
         raise ActionError("The request body must be a JSON object.")
-    _refuse_nul(body)
     model = resolve_model(project, body.get("model"), Task.GENERATION)
     if model.provider == Provider.OPENAI:
         return model, _proxied(body, "prompt")
@@ -247,6 +231,13 @@ def _proxied(body: dict[str, Any], prompt_key: str) -> dict[str, Any]:
     n = body.get("n")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N):
         raise ActionError(f"n must be an integer between 1 and {MAX_N}.", param="n")
+    # Read here (for the token limit and the stream), so checked here too.
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = body.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ActionError(f"{key} must be a positive integer.", param=key)
+    if body.get("stream_options") is not None and not isinstance(body["stream_options"], dict):
+        raise ActionError("stream_options must be an object.", param="stream_options")
     upstream = dict(body)
     upstream["model"] = body["model"].split(":", 1)[1]
     return {
@@ -261,7 +252,6 @@ def _proxied(body: dict[str, Any], prompt_key: str) -> dict[str, Any]:
 def parse_classification(project: Project, body: Any) -> tuple[Model, dict[str, Any]]:
     if not isinstance(body, dict):
         raise ActionError("The request body must be a JSON object.")
-    _refuse_nul(body)
     for key in body:
         if key not in ("model", "input", "top_k", "user"):
             raise ActionError(f"Unrecognized request argument supplied: {key}", param=key)

@@ -10,6 +10,7 @@ from django.db import transaction
 
 from apps.accounts.models import ApiKey, User
 from apps.core.errors import ActionError
+from apps.core.text import refuse_unstorable
 from apps.projects.models import UPLOAD_PURPOSES, File, FilePurpose, FileStatus, Project
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def parse_column_mapping(raw: Any) -> dict[str, str] | None:
             f"column_mapping has unknown field {unknown[0]!r}; use any of: {', '.join(MAPPING_FIELDS)}.",
             param="column_mapping",
         )
+    refuse_unstorable(raw, "column_mapping")  # JSON inside a form field: its escapes decode only here
     return dict(raw)
 
 

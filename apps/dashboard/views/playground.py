@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 from apps.accounts.models import Organization
 from apps.billing import quotas
 from apps.core.errors import ActionError
+from apps.core.text import refuse_unstorable
 from apps.dashboard.views.common import get_project, member_required
 from apps.jobs import actions, inference, relay
 from apps.jobs.models import Job
@@ -52,6 +53,7 @@ def model_choices(organization: Organization, task: str) -> list[dict[str, Any]]
 def _submit(
     request: HttpRequest, project: Project, parse: Any, body: dict[str, Any]
 ) -> tuple[Job, dict[str, Any]]:
+    refuse_unstorable(body)  # as the API refuses it, before anything is looked up or stored
     subscription = quotas.check_quota(project.organization)
     model, parsed = parse(project, body)
     quotas.check_model(subscription, model.name)
