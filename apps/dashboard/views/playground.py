@@ -119,6 +119,9 @@ def chat(request: HttpRequest, project_id: str) -> HttpResponse | StreamingHttpR
 
 
 def _json_body(request: HttpRequest) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        # A form body has been read as a form already (by the CSRF check): its raw bytes are gone.
+        raise ActionError("The request body must be JSON.")
     try:
         body = json.loads(request.body or b"null")
     except (UnicodeDecodeError, json.JSONDecodeError):
