@@ -141,6 +141,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
     "apps.accounts.middleware.CurrentOrganizationMiddleware",
+    "apps.api.middleware.RefuseUnstorableTextMiddleware",
     "apps.api.middleware.ApiErrorMiddleware",
 ]
 

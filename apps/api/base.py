@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import codecs
+import json
+import math
 from collections.abc import Iterable
 from typing import Any
 
 from django.db.models import QuerySet
+from django.utils.datastructures import MultiValueDict
+from rest_framework.exceptions import ParseError
 from rest_framework.negotiation import BaseContentNegotiation, DefaultContentNegotiation
-from rest_framework.parsers import BaseParser
+from rest_framework.parsers import BaseParser, JSONParser, get_encoding  # type: ignore[attr-defined]  # not in the stubs yet
 from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.utils.json import strict_constant
 from rest_framework.views import APIView
 
 from apps.accounts.models import ApiKey, Organization
 from apps.api.errors import APIError
+from apps.core.text import refuse_unstorable, refuse_unstorable_fields
 from apps.projects.models import Project
 
 
@@ -33,6 +40,54 @@ class IgnoreAcceptNegotiation(BaseContentNegotiation):
         return renderer, renderer.media_type
 
 
+class JSONBodyParser(JSONParser):
+    """DRF's JSON parser, refusing as unparsable what it lets through as 500s or worded for Python
+    programmers: a body nested past Python's recursion limit, a number too large for a float
+    (`1e400` would read as infinity, which no JSON column stores) and an integer too long for int()."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        reader = codecs.getreader(get_encoding(parser_context or {}))(stream)
+        try:
+            return json.load(
+                reader, parse_constant=strict_constant, parse_float=_finite_float, parse_int=_integer
+            )
+        except RecursionError:
+            raise ParseError("JSON parse error - the body is nested too deeply.") from None
+        except ValueError as exc:
+            raise ParseError(f"JSON parse error - {exc}") from None
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is too large")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # over 4,300 digits
+        raise ValueError(f"the number {text[:20]}… has too many digits") from None
+
+
+def refuse_unstorable_request(request: Request, path_parameters: dict[str, Any], *, with_body: bool) -> None:
+    """400 for NUL or a lone surrogate anywhere the client wrote text: path parameters, query
+    parameters (names too), the Idempotency-Key header and the body (JSON at any depth, keys too,
+    or form fields). The Authorization header is checked before authentication instead."""
+    for name, value in path_parameters.items():
+        refuse_unstorable(value, name)
+    refuse_unstorable_fields(request.query_params)
+    refuse_unstorable(request.headers.get("Idempotency-Key", ""), "Idempotency-Key")
+    if not with_body:
+        return
+    data = request.data
+    if isinstance(data, MultiValueDict):
+        refuse_unstorable_fields(data)
+    else:
+        refuse_unstorable(data)
+
+
 class ProjectAPIView(APIView):
     # Base for every authenticated /v1/ view. `self.project` is the API key's project.
     # Objects are looked up with `get_scoped` only, so another tenant's id is a 404 that looks
@@ -41,6 +96,17 @@ class ProjectAPIView(APIView):
     # of every endpoint that inherits it, in the public API reference.)
 
     content_negotiation_class = IgnoreAcceptNegotiation
+    # JSON bodies, as OpenAI's; the file upload takes multipart forms instead.
+    parser_classes: list[type[BaseParser]] = [JSONBodyParser]
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        # The key is looked up in the database during authentication: check it first.
+        refuse_unstorable(request.headers.get("Authorization", ""), "Authorization")
+        super().initial(request, *args, **kwargs)
+        # After authentication, so that a request without a valid key gets its 401 whatever it holds.
+        # The body only where a handler will read it: an unknown method stays a plain 405.
+        handler = getattr(self, (request.method or "").lower(), None)
+        refuse_unstorable_request(request, kwargs, with_body=handler is not None)
 
     @property
     def api_key(self) -> ApiKey:

@@ -1,4 +1,5 @@
-"""Request ids on every response (and in every log line), and OpenAI-shaped errors under /v1/."""
+"""Request ids on every response (and in every log line), OpenAI-shaped errors under /v1/, and
+pages' requests refused when they hold text the database cannot store."""
 
 from __future__ import annotations
 
@@ -7,8 +8,13 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from typing import Any
 
 from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+
+from apps.core.errors import ActionError
+from apps.core.text import refuse_unstorable, refuse_unstorable_fields
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 logger = logging.getLogger("modelworks.requests")
@@ -65,3 +71,31 @@ class ApiErrorMiddleware:
                     replacement[header] = response[header]
             return replacement
         return response
+
+
+class RefuseUnstorableTextMiddleware:
+    """A readable 400 page for a page request with NUL in its path, a query parameter or a form
+    field: pages look such values up or store them, and PostgreSQL refuses NUL (a 500). /v1/
+    checks its requests itself, after authentication (apps.api.base)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_view(
+        self, request: HttpRequest, view: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> HttpResponse | None:
+        if request.path.startswith("/v1/"):
+            return None
+        try:
+            refuse_unstorable(request.path, "The address")
+            refuse_unstorable_fields(request.GET)
+            # The CSRF check has read the form (a multipart one too) before this runs. A view exempt
+            # from it reads its own body, as an upload must, to choose how: it is left alone.
+            if request.method == "POST" and not getattr(view, "csrf_exempt", False):
+                refuse_unstorable_fields(request.POST)
+        except ActionError as exc:
+            return TemplateResponse(request, "400.html", {"message": exc.message}, status=400).render()
+        return None

@@ -6,6 +6,7 @@ from typing import Any
 
 from apps.core.errors import ActionError
 from apps.jobs import actions
+from apps.jobs.fine_tuning import parse_metadata
 from apps.jobs.models import Job, JobKind, JobStatus
 from apps.projects.models import File, FilePurpose, FileStatus, Project
 
@@ -48,9 +49,7 @@ def parse(project: Project, body: Any) -> dict[str, Any]:
     if urls - {endpoint}:
         raise ActionError(f"Every line's url must be {endpoint}; the file also uses {', '.join(sorted(urls - {endpoint}))}.",
                           param="input_file_id")  # fmt: skip
-    metadata = body.get("metadata")
-    if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16):
-        raise ActionError("metadata must be an object of at most 16 key/value pairs.", param="metadata")
+    metadata = parse_metadata(body.get("metadata"))
     return {"file": file, "endpoint": endpoint, "metadata": metadata, "total": rows}
 
 

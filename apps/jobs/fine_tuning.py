@@ -127,7 +127,7 @@ def parse(project: Project, body: Any) -> FineTuneRequest:
         requested_hyperparameters=requested,
         suffix=_suffix(body.get("suffix")),
         seed=seed,
-        metadata=_metadata(body.get("metadata")),
+        metadata=parse_metadata(body.get("metadata")),
         max_cost=_max_cost(body.get("max_cost")),
         body=body,
         lora=lora,
@@ -389,7 +389,8 @@ def _suffix(value: Any) -> str:
     return value.lower()
 
 
-def _metadata(value: Any) -> dict[str, str] | None:
+def parse_metadata(value: Any) -> dict[str, str] | None:
+    """OpenAI's `metadata` (of fine-tuning jobs and batches): up to 16 pairs of short strings."""
     if value is None:
         return None
     if not isinstance(value, dict) or len(value) > 16:
@@ -403,11 +404,16 @@ def _metadata(value: Any) -> dict[str, str] | None:
     return dict(value)
 
 
+MAX_COST = 2**63 - 1  # the largest a PostgreSQL bigint (Job.max_cost) holds
+
+
 def _max_cost(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ActionError("max_cost must be a whole number of micro-dollars, 0 or more.", param="max_cost")
+    if value > MAX_COST:
+        raise ActionError(f"max_cost must be at most {MAX_COST} micro-dollars.", param="max_cost")
     return value
 
 

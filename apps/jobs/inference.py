@@ -140,20 +140,6 @@ def _sampling(body: dict[str, Any], model: Model, default_max_tokens: int) -> di
     }
 
 
-def _refuse_nul(value: Any, path: str = "") -> None:
-    """PostgreSQL cannot store U+0000 in the job's request (jsonb): a 400 naming the field, not a 500."""
-    if isinstance(value, str) and "\x00" in value:
-        raise ActionError(f"{path} contains a NUL character (\\u0000); remove it.", param=path)
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            _refuse_nul(item, f"{path}[{index}]")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
-            _refuse_nul(key, where)
-            _refuse_nul(item, where)
-
-
 def _check_size(value: Any, param: str) -> None:
     import json
 
@@ -197,7 +183,6 @@ def _messages(value: Any) -> list[dict[str, str]]:
 def parse_chat(project: Project, body: Any) -> tuple[Model, dict[str, Any]]:
     if not isinstance(body, dict):
         raise ActionError("The request body must be a JSON object.")
-    _refuse_nul(body)
     model = resolve_model(project, body.get("model"), Task.GENERATION)
     if model.provider == Provider.OPENAI:
         return model, _proxied(body, "messages")
@@ -214,7 +199,6 @@ def parse_chat(project: Project, body: Any) -> tuple[Model, dict[str, Any]]:
 def parse_completion(project: Project, body: Any) -> tuple[Model, dict[str, Any]]:
     if not isinstance(body, dict):
         raise ActionError("The request body must be a JSON object.")
-    _refuse_nul(body)
     model = resolve_model(project, body.get("model"), Task.GENERATION)
     if model.provider == Provider.OPENAI:
         return model, _proxied(body, "prompt")
@@ -311,7 +295,6 @@ def _proxied(body: dict[str, Any], prompt_key: str) -> dict[str, Any]:
 def parse_classification(project: Project, body: Any) -> tuple[Model, dict[str, Any]]:
     if not isinstance(body, dict):
         raise ActionError("The request body must be a JSON object.")
-    _refuse_nul(body)
     for key in body:
         if key not in ("model", "input", "top_k", "user"):
             raise ActionError(f"Unrecognized request argument supplied: {key}", param=key)

@@ -14,6 +14,7 @@ from apps.accounts.actions import require_manager, require_manager_or_creator
 from apps.accounts.models import ApiKey, User
 from apps.core.errors import ActionError
 from apps.core.storage import JOB_AREAS, delete_stored, job_prefix
+from apps.core.text import refuse_unstorable
 from apps.jobs.models import ACTIVE_STATUSES, Job, JobKind, JobStatus
 from apps.projects.models import UPLOAD_PURPOSES, File, FilePurpose, FileStatus, Project
 from apps.registry.models import Model
@@ -50,6 +51,7 @@ def parse_column_mapping(raw: Any) -> dict[str, str] | None:
             f"column_mapping has unknown field {unknown[0]!r}; use any of: {', '.join(MAPPING_FIELDS)}.",
             param="column_mapping",
         )
+    refuse_unstorable(raw, "column_mapping")  # JSON inside a form field: its escapes decode only here
     return dict(raw)
 
 

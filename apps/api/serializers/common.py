@@ -46,10 +46,17 @@ ERRORS = {
     429: OpenApiResponse(ErrorSerializer, description="Rate limited or out of quota"),
 }
 
-CURSOR_PARAMETERS = [
-    OpenApiParameter("after", str, description="Return objects after this id (cursor)."),
-    OpenApiParameter("limit", int, description="Page size."),
-]
+
+def cursor_parameters(max_limit: int) -> list[OpenApiParameter]:
+    """`after` and `limit`, with the page sizes the endpoint accepts."""
+    return [
+        OpenApiParameter("after", str, description="Return objects after this id (cursor)."),
+        OpenApiParameter(
+            "limit", {"type": "integer", "minimum": 1, "maximum": max_limit}, description="Page size."
+        ),
+    ]
+
+
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
     str,

@@ -6,6 +6,7 @@ from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 
 from apps.jobs.actions import queue_position
+from apps.jobs.fine_tuning import MAX_COST, MAX_SEED
 from apps.jobs.models import Checkpoint, Job, JobEvent, JobStatus
 
 
@@ -151,15 +152,21 @@ class FineTuningJobCreateSerializer(serializers.Serializer):
     training_file = serializers.CharField()
     validation_file = serializers.CharField(required=False, allow_null=True)
     suffix = serializers.CharField(required=False, allow_null=True)
-    seed = serializers.IntegerField(required=False, allow_null=True)
-    metadata = serializers.DictField(child=serializers.CharField(), required=False, allow_null=True)
+    seed = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_SEED)
+    metadata = serializers.DictField(
+        child=serializers.CharField(max_length=512, allow_blank=True), required=False, allow_null=True
+    )
     method = serializers.DictField(
         required=False,
         help_text='{"type": "classification", "classification": {"hyperparameters": {...}}} or supervised.',
     )
     hyperparameters = serializers.DictField(required=False, help_text="Deprecated: use method.")
     max_cost = serializers.IntegerField(
-        required=False, allow_null=True, help_text="Extension: micro-dollars."
+        required=False,
+        allow_null=True,
+        min_value=0,
+        max_value=MAX_COST,
+        help_text="Extension: micro-dollars.",
     )
 
 

@@ -11,7 +11,7 @@ from rest_framework.response import Response
 
 from apps.api.base import ProjectAPIView, cursor_page
 from apps.api.idempotency import idempotent, json_fingerprint
-from apps.api.serializers.common import CURSOR_PARAMETERS, ERRORS, IDEMPOTENCY_HEADER, list_of
+from apps.api.serializers.common import ERRORS, IDEMPOTENCY_HEADER, cursor_parameters, list_of
 from apps.core.errors import ActionError
 from apps.jobs import actions, batches
 from apps.jobs.models import Job, JobKind
@@ -37,7 +37,9 @@ BatchCreateSerializer = inline_serializer(
         "input_file_id": serializers.CharField(),
         "endpoint": serializers.ChoiceField(choices=list(batches.ENDPOINTS)),
         "completion_window": serializers.ChoiceField(choices=["24h"]),
-        "metadata": serializers.DictField(required=False, allow_null=True),
+        "metadata": serializers.DictField(
+            child=serializers.CharField(max_length=512, allow_blank=True), required=False, allow_null=True
+        ),
     },
 )
 
@@ -52,7 +54,7 @@ class BatchBase(ProjectAPIView):
 
 
 class BatchListView(BatchBase):
-    @extend_schema(operation_id="listBatches", parameters=CURSOR_PARAMETERS,
+    @extend_schema(operation_id="listBatches", parameters=cursor_parameters(100),
                    responses={200: list_of(BatchSerializer, "BatchList"), **ERRORS})  # fmt: skip
     def get(self, request: Request) -> Response:
         return cursor_page(request, self.batches(), batches.batch_object, default_limit=20, max_limit=100)

@@ -15,11 +15,11 @@ from apps.api.base import ProjectAPIView, cursor_page
 from apps.api.errors import APIError
 from apps.api.idempotency import idempotent
 from apps.api.serializers.common import (
-    CURSOR_PARAMETERS,
     ERRORS,
     IDEMPOTENCY_HEADER,
     DeletedSerializer,
     ErrorSerializer,
+    cursor_parameters,
     list_of,
 )
 from apps.api.serializers.files import FileObjectSerializer, FileUploadSerializer, file_object
@@ -57,7 +57,7 @@ class FileListView(ProjectAPIView):
             OpenApiParameter(
                 "order", str, enum=["asc", "desc"], description="By creation time; default desc."
             ),
-            *CURSOR_PARAMETERS,
+            *cursor_parameters(10_000),
         ],
         responses={200: list_of(FileObjectSerializer, "FileList", first_last=True), **ERRORS},
     )

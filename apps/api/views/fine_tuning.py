@@ -10,7 +10,7 @@ from rest_framework.response import Response
 
 from apps.api.base import ProjectAPIView, cursor_page
 from apps.api.idempotency import idempotent, json_fingerprint
-from apps.api.serializers.common import CURSOR_PARAMETERS, ERRORS, IDEMPOTENCY_HEADER, list_of
+from apps.api.serializers.common import ERRORS, IDEMPOTENCY_HEADER, cursor_parameters, list_of
 from apps.api.serializers.jobs import (
     CheckpointSerializer,
     EstimateSerializer,
@@ -41,7 +41,7 @@ class FineTuningJobListView(FineTuningBase):
     @extend_schema(
         operation_id="listFineTuningJobs",
         parameters=[
-            *CURSOR_PARAMETERS,
+            *cursor_parameters(100),
             OpenApiParameter("metadata", str, description="metadata[key]=value filters (repeatable)."),
         ],
         responses={200: list_of(FineTuningJobSerializer, "FineTuningJobList"), **ERRORS},
@@ -50,7 +50,8 @@ class FineTuningJobListView(FineTuningBase):
         jobs = self.jobs()
         for name, value in request.query_params.items():
             if name.startswith("metadata[") and name.endswith("]"):
-                jobs = jobs.filter(**{f"metadata__{name[9:-1]}": value})
+                # Containment, not a lookup spelled from the name: `metadata[isnull]` is a key too.
+                jobs = jobs.filter(metadata__contains={name[9:-1]: value})
         return cursor_page(request, jobs, fine_tuning_job, default_limit=20, max_limit=100)
 
     @extend_schema(
@@ -124,7 +125,7 @@ class FineTuningJobResumeView(FineTuningBase):
 class FineTuningEventsView(FineTuningBase):
     @extend_schema(
         operation_id="listFineTuningEvents",
-        parameters=CURSOR_PARAMETERS,
+        parameters=cursor_parameters(1000),
         responses={200: list_of(JobEventSerializer, "FineTuningJobEventList"), **ERRORS},
     )
     def get(self, request: Request, job_id: str) -> Response:
@@ -135,7 +136,7 @@ class FineTuningEventsView(FineTuningBase):
 class FineTuningCheckpointsView(FineTuningBase):
     @extend_schema(
         operation_id="listFineTuningCheckpoints",
-        parameters=CURSOR_PARAMETERS,
+        parameters=cursor_parameters(100),
         responses={200: list_of(CheckpointSerializer, "FineTuningCheckpointList", first_last=True), **ERRORS},
     )
     def get(self, request: Request, job_id: str) -> Response:

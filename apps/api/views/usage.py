@@ -38,8 +38,9 @@ COST_GROUPS = ("project_id", "line_item")
 # Buckets per page: (default, maximum). A day's default covers a month; its maximum, the
 # longest range (93 days), so daily usage always fits one page.
 PAGE_SIZES = {"1d": (31, 93), "1h": (24, 168)}
-_INTEGER = re.compile(r"-?\d+")
-_PAGE = re.compile(r"page_(\d+)")
+_INTEGER = re.compile(r"-?[0-9]+")
+# Page cursors are bucket start times: at most 11 digits (int() refuses strings over 4,300 digits).
+_PAGE = re.compile(r"page_([0-9]{1,11})")
 
 
 # --- Query parameters ----------------------------------------------------------------------------
@@ -49,12 +50,15 @@ def _timestamp(request: Request, name: str) -> datetime | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return None
-    if not _INTEGER.fullmatch(raw.strip()):
+    text = raw.strip()
+    if not _INTEGER.fullmatch(text):
         raise APIError(f"{name} must be an integer: a Unix time in seconds, e.g. 1735689600.", param=name)
-    value = int(raw)
-    if not 0 <= value <= MAX_TIMESTAMP:
+    # int() refuses strings of over 4,300 digits (leading zeros too): read only the significant ones.
+    digits = text.lstrip("-").lstrip("0") or "0"
+    negative = text.startswith("-") and digits != "0"
+    if negative or len(digits) > len(str(MAX_TIMESTAMP)) or int(digits) > MAX_TIMESTAMP:
         raise APIError(f"{name} must be between 0 and {MAX_TIMESTAMP} (Unix seconds).", param=name)
-    return datetime.fromtimestamp(value, UTC)
+    return datetime.fromtimestamp(int(digits), UTC)
 
 
 def _list(request: Request, name: str) -> list[str]:
@@ -242,19 +246,22 @@ def _list_parameter(name: str, description: str, enum: Sequence[str] | None = No
     return OpenApiParameter(name, str, many=True, explode=True, enum=enum, description=description)
 
 
+TIMESTAMP = {"type": "integer", "minimum": 0, "maximum": MAX_TIMESTAMP}
 RANGE_PARAMETERS = [
     OpenApiParameter(
-        "start_time", int, required=True, description="Start of the range, Unix seconds (inclusive)."
+        "start_time", TIMESTAMP, required=True, description="Start of the range, Unix seconds (inclusive)."
     ),
     OpenApiParameter(
         "end_time",
-        int,
+        TIMESTAMP,
         description="End of the range, Unix seconds (exclusive). Default: now. At most 93 days.",
     ),
 ]
 PAGE_PARAMETERS = [
     OpenApiParameter(
-        "limit", int, description="Buckets per page. 1d: default 31, at most 93. 1h: 24, at most 168."
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": max(maximum for _, maximum in PAGE_SIZES.values())},
+        description="Buckets per page. 1d: default 31, at most 93. 1h: 24, at most 168.",
     ),
     OpenApiParameter("page", OpenApiTypes.STR, description="The next_page cursor of the previous response."),
 ]

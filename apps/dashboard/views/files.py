@@ -155,8 +155,10 @@ def file_detail(request: HttpRequest, project_id: str, file_id: str) -> HttpResp
 
 def _requested_line(request: HttpRequest) -> int | None:
     raw = request.GET.get("line", "")
-    # isdigit alone also takes "²", which int() refuses.
-    return int(raw) if raw.isascii() and raw.isdigit() and int(raw) >= 1 else None
+    # ASCII digits only ("²" is a digit to isdigit(), not to int()), and few enough of them for int().
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        return None
+    return int(raw) if int(raw) >= 1 else None
 
 
 @member_required

@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 from apps.accounts.models import Organization
 from apps.billing import quotas
 from apps.core.errors import ActionError
+from apps.core.text import refuse_unstorable
 from apps.dashboard.views.common import get_project, member_required
 from apps.jobs import actions, admission, inference, relay
 from apps.jobs.models import Job
@@ -50,6 +51,7 @@ def model_choices(organization: Organization, task: str) -> list[dict[str, Any]]
 
 # --- Submitting: the API's checks, in the API's order ----------------------------------------------
 def _submit(request: HttpRequest, project: Project, parse: Any, body: dict[str, Any]) -> admission.Admitted:
+    refuse_unstorable(body)  # as the API refuses it, before anything is looked up or stored
     return admission.admit_inference(project, parse, body, user=request.user)
 
 
@@ -111,6 +113,9 @@ def chat(request: HttpRequest, project_id: str) -> HttpResponse | StreamingHttpR
 
 
 def _json_body(request: HttpRequest) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        # A form body has been read as a form already (by the CSRF check): its raw bytes are gone.
+        raise ActionError("The request body must be JSON.")
     try:
         body = json.loads(request.body or b"null")
     except (UnicodeDecodeError, json.JSONDecodeError):
