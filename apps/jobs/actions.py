@@ -563,6 +563,20 @@ def _timed_out(now: Any, *, owner_dead: bool = False) -> Any:
 
 
 # --- Customer side: cancel, pause, resume -------------------------------------------------------
+STOP_REFUSAL = "Only owners and admins, and the member who started it, can {verb} this {noun}."
+
+
+def require_may_stop(actor: Any, job: Job, verb: str) -> None:
+    """Cancelling or pausing stops someone's work: for owners and admins, and for the member who
+    started it (its API key's creator, through the API). Members still start and follow jobs."""
+    from apps.accounts.actions import require_manager_or_creator
+
+    noun = "batch" if job.kind == JobKind.BATCH else "job"
+    require_manager_or_creator(
+        actor, job.organization, job.created_by_id, STOP_REFUSAL.format(verb=verb, noun=noun)
+    )
+
+
 def cancel(job: Job) -> Job:
     """A queued job is cancelled at once; a running one is asked to stop at its next step."""
     now = timezone.now()

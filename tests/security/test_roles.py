@@ -1,5 +1,5 @@
 """Destructive actions need an owner or admin, or the member who created the object: deleting a
-fine-tuned model, deleting a file, revoking an API key (docs/api.md, "What each role and key may
+fine-tuned model, deleting a file, revoking an API key, cancelling or pausing a job (docs/api.md, "What each role and key may
 do"). bob, a member, tries each on what alice made, on the dashboard and with his own API key;
 erin, an admin, and the creators themselves succeed. Roles are read on every request."""
 
@@ -270,3 +270,68 @@ def test_a_removed_members_open_session_reaches_nothing_of_the_organization(
     team = client.get("/team/").content.decode()
     assert "bob&#x27;s organization" in team and "alice@example.com" not in team
     assert File.objects.filter(pk=bobs_file.pk).exists()
+
+
+# --- Stopping someone else's work ------------------------------------------------------------------
+def job_of(
+    project: Project, user: Any, kind: str = JobKind.FINE_TUNE, status: str = JobStatus.RUNNING
+) -> Job:
+    return Job.objects.create(kind=kind, organization=project.organization, project=project, model_name="minilm-l6",
+                              status=status, created_by=user, request={"endpoint": "/v1/chat/completions"})  # fmt: skip
+
+
+STOP_REFUSAL = "Only owners and admins, and the member who started it, can {verb} this {noun}."
+
+
+def test_a_member_cannot_cancel_or_pause_a_job_someone_else_started(
+    client: Any, alice: Any, bob: Any, alice_project: Project
+) -> None:
+    job = job_of(alice_project, alice)
+    batch = job_of(alice_project, alice, kind=JobKind.BATCH)
+    bobs_key = key_of(bob, alice_project)
+    # through the API, with his own key
+    refused(
+        bobs_key.post(f"/v1/fine_tuning/jobs/{job.public_id}/cancel"),
+        STOP_REFUSAL.format(verb="cancel", noun="job"),
+    )
+    refused(
+        bobs_key.post(f"/v1/fine_tuning/jobs/{job.public_id}/pause"),
+        STOP_REFUSAL.format(verb="pause", noun="job"),
+    )
+    refused(
+        bobs_key.post(f"/v1/batches/{batch.public_id}/cancel"),
+        STOP_REFUSAL.format(verb="cancel", noun="batch"),
+    )
+    # on the dashboard, where the button is not offered either
+    login(client, bob)
+    page = client.get(f"/projects/{alice_project.public_id}/fine-tuning/{job.public_id}/").content.decode()
+    assert "/cancel" not in page
+    response = client.post(
+        f"/projects/{alice_project.public_id}/fine-tuning/{job.public_id}/cancel", follow=True
+    )
+    assert html.escape(STOP_REFUSAL.format(verb="cancel", noun="job")) in response.content.decode()
+    response = client.post(
+        f"/projects/{alice_project.public_id}/batches/{batch.public_id}/cancel", follow=True
+    )
+    assert html.escape(STOP_REFUSAL.format(verb="cancel", noun="batch")) in response.content.decode()
+    for row in (job, batch):
+        row.refresh_from_db()
+        assert row.status == JobStatus.RUNNING and row.stop_requested == ""
+
+
+def test_the_member_who_started_a_job_and_an_admin_may_stop_it(
+    client: Any, alice: Any, bob: Any, erin: Any, alice_project: Project
+) -> None:
+    bobs_job, bobs_batch = job_of(alice_project, bob), job_of(alice_project, bob, kind=JobKind.BATCH)
+    assert (
+        key_of(bob, alice_project).post(f"/v1/fine_tuning/jobs/{bobs_job.public_id}/pause").status_code == 200
+    )
+    assert key_of(bob, alice_project).post(f"/v1/batches/{bobs_batch.public_id}/cancel").status_code == 200
+    queued = job_of(alice_project, bob, status=JobStatus.QUEUED)
+    login(client, erin)
+    client.post(f"/projects/{alice_project.public_id}/fine-tuning/{queued.public_id}/cancel")
+    queued.refresh_from_db()
+    assert queued.status == JobStatus.CANCELLED
+    bobs_job.refresh_from_db()
+    bobs_batch.refresh_from_db()
+    assert bobs_job.stop_requested == "pause" and bobs_batch.stop_requested == "cancel"

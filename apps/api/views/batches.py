@@ -80,4 +80,5 @@ class BatchCancelView(BatchBase):
         job = self.get_batch(batch_id)
         if job.is_finished:
             raise ActionError(f"Batch {batch_id} is already {batches.status_of(job)}.", param="id")
+        actions.require_may_stop(self.api_key.created_by, job, "cancel")
         return Response(batches.batch_object(actions.cancel(job)))

@@ -96,6 +96,7 @@ class FineTuningJobCancelView(FineTuningBase):
         if job.is_finished:
             # 400, not 409: the SDK retries 409s, and this will never succeed.
             raise ActionError(f"Job {job_id} has already {job.status}; it cannot be cancelled.", param="id")
+        actions.require_may_stop(self.api_key.created_by, job, "cancel")
         actions.cancel(job)
         return Response(fine_tuning_job(self.get_job(job_id)))
 
@@ -106,6 +107,7 @@ class FineTuningJobPauseView(FineTuningBase):
     )
     def post(self, request: Request, job_id: str) -> Response:
         job = self.get_job(job_id)
+        actions.require_may_stop(self.api_key.created_by, job, "pause")
         if not actions.request_pause(job):
             raise ActionError(f"Only a running job can be paused; {job_id} is {job.status}.", param="id")
         return Response(fine_tuning_job(self.get_job(job_id)))

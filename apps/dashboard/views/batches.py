@@ -29,7 +29,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from apps.billing import quotas
 from apps.core.errors import ActionError
-from apps.dashboard.views.common import get_project, member_required
+from apps.dashboard.views.common import get_project, member_required, run_action
 from apps.dashboard.views.playground import model_choices
 from apps.jobs import actions, batches, inference
 from apps.jobs.models import Job, JobKind
@@ -319,14 +319,15 @@ def batch_create(request: HttpRequest, project_id: str) -> HttpResponse:
     return redirect("dashboard:batch", project.public_id, job.public_id)
 
 
-def _detail_context(project: Project, job: Job) -> dict[str, Any]:
+def _detail_context(request: HttpRequest, project: Project, job: Job) -> dict[str, Any]:
     progress = _progress(job)
     result = job.result or {}
     return {
         "project": project,
         "current_project": project,
         **progress,
-        "can_cancel": progress["status"] in ("validating", "in_progress"),
+        "can_cancel": progress["status"] in ("validating", "in_progress")
+        and request.membership.can_destroy(job.created_by_id),  # type: ignore[attr-defined]
         "output_file_id": result.get("output_file_id"),
         "error_file_id": result.get("error_file_id"),
     }
@@ -337,7 +338,9 @@ def _detail_context(project: Project, job: Job) -> dict[str, Any]:
 def batch_detail(request: HttpRequest, project_id: str, batch_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     return render(
-        request, "dashboard/batch_detail.html", _detail_context(project, _get_batch(project, batch_id))
+        request,
+        "dashboard/batch_detail.html",
+        _detail_context(request, project, _get_batch(project, batch_id)),
     )
 
 
@@ -346,7 +349,7 @@ def batch_detail(request: HttpRequest, project_id: str, batch_id: str) -> HttpRe
 def batch_status(request: HttpRequest, project_id: str, batch_id: str) -> HttpResponse:
     """The fragment the batch page polls every 2 s; once the batch has finished it stops polling."""
     project = get_project(request, project_id)
-    context = _detail_context(project, _get_batch(project, batch_id))
+    context = _detail_context(request, project, _get_batch(project, batch_id))
     return render(request, "dashboard/_batch_status.html", context)
 
 
@@ -357,7 +360,7 @@ def batch_cancel(request: HttpRequest, project_id: str, batch_id: str) -> HttpRe
     job = _get_batch(project, batch_id)
     if job.is_finished:
         messages.error(request, f"Batch {job.public_id} has already finished; it cannot be cancelled.")
-    else:
+    elif run_action(request, lambda: actions.require_may_stop(request.user, job, "cancel")):
         job = actions.cancel(job)
         if job.is_finished:
             messages.success(request, "Batch cancelled.")

@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from apps.core.errors import ActionError
 from apps.dashboard.templatetags.money import usd
-from apps.dashboard.views.common import get_project, member_required
+from apps.dashboard.views.common import get_project, member_required, run_action
 from apps.jobs import actions, fine_tuning
 from apps.jobs.models import Job, JobKind, JobStatus
 from apps.projects.models import File, FilePurpose, FileStatus, Project
@@ -302,7 +302,7 @@ def job_estimate(request: HttpRequest, project_id: str) -> HttpResponse:
     return render(request, "dashboard/_job_estimate.html", context)
 
 
-def _job_context(project: Project, job: Job) -> dict[str, Any]:
+def _job_context(request: HttpRequest, project: Project, job: Job) -> dict[str, Any]:
     progress = job.progress or {}
     result = job.result or {}
     metrics = result.get("metrics") or {}
@@ -318,7 +318,8 @@ def _job_context(project: Project, job: Job) -> dict[str, Any]:
         "epoch": progress.get("epoch"),
         "eta": _duration(progress.get("eta_seconds")) if job.status == JobStatus.RUNNING else "",
         "can_cancel": job.status
-        in (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED),
+        in (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
+        and request.membership.can_destroy(job.created_by_id),  # type: ignore[attr-defined]
         "cancelling": job.stop_requested == actions.STOP_CANCEL,
         **metrics_context(metrics, result.get("labels")),
         "distillation": result.get("distillation"),
@@ -356,7 +357,9 @@ def metrics_context(metrics: dict[str, Any], labels: list[str] | None = None) ->
 @require_GET
 def job_detail(request: HttpRequest, project_id: str, job_id: str) -> HttpResponse:
     project = get_project(request, project_id)
-    return render(request, "dashboard/job_detail.html", _job_context(project, _get_job(project, job_id)))
+    return render(
+        request, "dashboard/job_detail.html", _job_context(request, project, _get_job(project, job_id))
+    )
 
 
 @member_required
@@ -364,7 +367,7 @@ def job_detail(request: HttpRequest, project_id: str, job_id: str) -> HttpRespon
 def job_status(request: HttpRequest, project_id: str, job_id: str) -> HttpResponse:
     """The fragment the job page polls every 2 s; once the job is finished it stops polling."""
     project = get_project(request, project_id)
-    context = _job_context(project, _get_job(project, job_id))
+    context = _job_context(request, project, _get_job(project, job_id))
     return render(request, "dashboard/_job_live.html", {**context, "oob": True})
 
 
@@ -400,7 +403,7 @@ def job_cancel(request: HttpRequest, project_id: str, job_id: str) -> HttpRespon
     job = _get_job(project, job_id)
     if job.is_finished:
         messages.error(request, f"Job {job.public_id} has already {job.status}; it cannot be cancelled.")
-    else:
+    elif run_action(request, lambda: actions.require_may_stop(request.user, job, "cancel")):
         job = actions.cancel(job)
         if job.status == JobStatus.CANCELLED:
             messages.success(request, "Job cancelled.")
