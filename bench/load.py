@@ -1,4 +1,4 @@
-"""Load baseline and overload behaviour (reliability.md T37), all on 127.0.0.1 and bounded in time.
+"""Load baseline and overload behaviour (docs/reliability.md, T37), all on 127.0.0.1 and bounded in time.
 
 Starts its own stack: a fresh `mw_bench` database (PostgreSQL on 127.0.0.1:5432 when it answers,
 else the embedded server under var/), migrated and seeded (two tenants via `manage.py

@@ -1,4 +1,4 @@
-"""Stripe webhook latency (reliability.md T20(b)): the handler that only verifies, records and
+"""Stripe webhook latency (docs/reliability.md, T20): the handler that only verifies, records and
 enqueues, next to the old one that applied each event in the request, measured in the same run.
 
 Starts its own stack with bench/load.py's helpers: a fresh `mw_bench_webhooks` database (PostgreSQL

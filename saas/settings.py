@@ -71,7 +71,7 @@ def database_from_url(url: str) -> dict[str, object]:
         "HOST": query.get("host") or parts.hostname or "",
         "PORT": query.get("port") or str(parts.port or ""),
         # Reuse connections, but check them first: a PostgreSQL restart then costs only the
-        # requests in flight (reliability.md §2.3).
+        # requests in flight (docs/reliability.md, T13).
         "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 60),
         "CONN_HEALTH_CHECKS": True,
         "OPTIONS": {"connect_timeout": 5},
@@ -388,7 +388,8 @@ if API_KEY_FAILURE_LIMIT < 1 or API_KEY_FAILURE_WINDOW_SECONDS < 1:
     raise ImproperlyConfigured("API_KEY_FAILURE_LIMIT and API_KEY_FAILURE_WINDOW_SECONDS must be at least 1")
 
 # --- Celery --------------------------------------------------------------------------------------
-# Job state lives in PostgreSQL; Celery messages carry only (job_id, attempt). See DESIGN.md §5.
+# Job state lives in PostgreSQL; Celery messages carry only (job_id, attempt).
+# See docs/architecture.md, "Jobs".
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -399,7 +400,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # At-least-once: ack after the work, and put the message back if the child dies. Poison
 # loops are stopped by our attempt cap in PostgreSQL, not by Celery.
 CELERY_TASK_ACKS_LATE = True
-# Env-overridable only for the chaos suite's negative control (reliability.md T3); never turn it off.
+# Env-overridable only for the chaos suite's negative control (docs/reliability.md, T3); never turn it off.
 CELERY_TASK_REJECT_ON_WORKER_LOST = env_bool("CELERY_TASK_REJECT_ON_WORKER_LOST", True)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
@@ -411,7 +412,7 @@ GPU_TASK_SOFT_TIME_LIMIT = env_int("GPU_TASK_SOFT_TIME_LIMIT", 6 * 3600)
 GPU_TASK_TIME_LIMIT = env_int("GPU_TASK_TIME_LIMIT", GPU_TASK_SOFT_TIME_LIMIT + 10 * 60)
 # Redis has no real acks: an unacked message comes back after the visibility timeout, so it
 # must outlive the longest hard limit or long jobs run twice.
-# Overridable (smaller) only for the chaos suite's misconfiguration drill (reliability.md T5).
+# Overridable (smaller) only for the chaos suite's misconfiguration drill (docs/reliability.md, T5).
 CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", GPU_TASK_TIME_LIMIT + 3600)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,

@@ -1,6 +1,6 @@
 """Loaded with `-p tests.pytest_env` (pyproject addopts), before Django reads its settings.
 
-Test-only secrets, scaled-down job timings (reliability.md, "Scaled timings for CI") and test-only
+Test-only secrets, scaled-down job timings (docs/reliability.md, "Settings and bounds") and test-only
 storage paths.
 Workers started by the tests inherit the same environment.
 """

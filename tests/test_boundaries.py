@@ -1,4 +1,4 @@
-"""The Django ↔ ML boundary (DESIGN.md §3), proved in fresh interpreters."""
+"""The boundary of docs/architecture.md, "The Django ↔ ML boundary", proved in fresh interpreters."""
 
 from __future__ import annotations
 

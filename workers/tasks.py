@@ -1,4 +1,5 @@
-"""Celery tasks: thin adapters between job rows and the ML runtime (DESIGN.md §3).
+"""Celery tasks: thin adapters between job rows and the ML runtime (docs/architecture.md,
+"The Django ↔ ML boundary").
 
 Tasks take primitive ids, re-fetch, return quietly if the row is gone or already handled, call
 one function, and record the outcome. Heavy imports (torch, transformers) happen inside task

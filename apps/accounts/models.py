@@ -185,7 +185,8 @@ class ApiKey(models.Model):
     """A project's API key. The full key is shown once; only its SHA-256 is stored.
 
     Format: `sk-mw-<prefix 8><secret 32>`. The prefix is indexed for lookup; the digest is
-    compared in constant time. A password hasher would cost ~300 ms per request (DESIGN.md §7).
+    compared in constant time. A password hasher would cost ~300 ms per request
+    (docs/architecture.md, "The API edge").
     """
 
     PREFIX = "sk-mw-"

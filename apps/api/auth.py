@@ -1,4 +1,4 @@
-"""`Authorization: Bearer sk-…` authentication for /v1/ (DESIGN.md §7)."""
+"""`Authorization: Bearer sk-…` authentication for /v1/ (docs/architecture.md, "The API edge")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`Idempotency-Key` on creating POSTs (DESIGN.md §7).
+"""`Idempotency-Key` on creating POSTs (docs/architecture.md, "The API edge").
 
 The first request with a key claims it by inserting a row (the unique constraint decides who
 wins a race); its response is stored and replayed to every repeat from the same project for

@@ -1,7 +1,7 @@
 """The Stripe webhook, the worker's half of it, and the reconciliation that catches events it never
 received.
 
-The webhook only verifies, records and enqueues (reliability.md T20): refuse an oversized body
+The webhook only verifies, records and enqueues (docs/reliability.md, T20): refuse an oversized body
 unread; verify the signature on the raw bytes; note an API-version mismatch; store the event once
 (a unique constraint), with the payload; ignore types we do not handle; otherwise send its
 processing to a worker after the commit and answer 200 at once. A failure to record answers 500

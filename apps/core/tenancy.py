@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# Messages carry job ids only (DESIGN.md §5), so the job row names every input.
+# Messages carry job ids only (docs/architecture.md, "Jobs"), so the job row names every input.
 _FILE_FIELDS = ("training_file", "validation_file")
 _MODEL_FIELDS = ("model", "fine_tuned_model")
 

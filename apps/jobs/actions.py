@@ -1,4 +1,4 @@
-"""Every state change of a job, each one a conditional UPDATE (DESIGN.md §5, reliability.md §2).
+"""Every state change of a job, each one a conditional UPDATE (docs/architecture.md, "Jobs").
 
 - Creation publishes `(job_id, attempt)` after the commit; the reaper covers a lost publish.
 - `claim` is the only way into `running`; a duplicate delivery matches no row and exits.

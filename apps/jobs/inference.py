@@ -1,5 +1,5 @@
 """Chat, completion and classification requests: checked completely before any work is queued,
-then turned into a job that a worker runs (DESIGN.md §5, "Sync inference is also a Job")."""
+then turned into a job that a worker runs (docs/architecture.md, "Inference requests are jobs too")."""
 
 from __future__ import annotations
 

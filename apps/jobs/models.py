@@ -55,7 +55,7 @@ class JobQuerySet(models.QuerySet["Job"]):
 
 
 class Job(models.Model):
-    """One unit of work on the workers. This row is the truth about it (DESIGN.md §5).
+    """One unit of work on the workers. This row is the truth about it (docs/architecture.md, "Jobs").
 
     Every status change goes through `apps.jobs.actions` as a conditional UPDATE; every write
     from a worker is fenced on `attempt`, so a zombie's late write changes nothing.

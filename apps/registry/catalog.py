@@ -1,5 +1,6 @@
-"""The base models every organization can use (DESIGN.md §6). Synced into `registry.Model` rows
-by a data migration and by `manage.py prepare_models`; staff can edit them in admin."""
+"""The base models every organization can use (docs/architecture.md, "Models and weights").
+Synced into `registry.Model` rows by a data migration and by `manage.py prepare_models`; staff can
+edit them in admin."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`openai:*` models through our API and a real worker, with the worker's proxy pointed at a
-scripted fake OpenAI on 127.0.0.1 (reliability.md T35).
+scripted fake OpenAI on 127.0.0.1 (docs/reliability.md, T35).
 
 Each test starts its own worker whose environment names the fake as `OPENAI_BASE_URL` (and a
 platform key, or none). The worker's SDK client has a 2 s timeout and 2 retries in tests.

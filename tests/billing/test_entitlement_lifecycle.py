@@ -1,12 +1,12 @@
 """Entitlement through a subscription's life: the recorded events of a test-clock run (trial,
 failed renewal, payment), re-signed and replayed in order through the webhook to a real worker
-(reliability.md T22).
+(docs/reliability.md, T22).
 
-The refusal is what DESIGN.md §7 prescribes for exhausted quota, 429 `insufficient_quota` with
-`x-should-retry: false`, which is what `apps/billing/quotas.py` answers; reliability.md T22 says
-402, and DESIGN.md wins. A failed payment stops new work once the grace period ends
-(BILLING_GRACE_DAYS, 7 by default); T22 asks for it to stop after one delivery, so this replay runs
-its worker with no grace period.
+The refusal is the one for any exhausted quota, 429 `insufficient_quota` with
+`x-should-retry: false`, as `apps/billing/quotas.py` answers it (docs/architecture.md, "Admission
+and the spend cap"). A failed payment stops new work once the grace period ends
+(BILLING_GRACE_DAYS, 7 by default); to see it stop after one delivery, this replay runs its worker
+with no grace period.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Usage reaches Stripe Billing Meters exactly once, through the outbox (reliability.md T14–T16)."""
+"""Usage reaches Stripe Billing Meters exactly once, through the outbox (docs/reliability.md, T14–T16)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Events Stripe never delivered are found and processed exactly once (reliability.md T21)."""
+"""Events Stripe never delivered are found and processed exactly once (docs/reliability.md, T21)."""
 
 from __future__ import annotations
 

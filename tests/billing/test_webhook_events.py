@@ -1,5 +1,5 @@
 """Webhook events: recorded and enqueued by the webhook, applied by a real worker once, in any
-order, re-fetched from Stripe, all or nothing (reliability.md T18–T20, the grace period of T22)."""
+order, re-fetched from Stripe, all or nothing (docs/reliability.md, T18–T20, and the grace period of T22)."""
 
 from __future__ import annotations
 

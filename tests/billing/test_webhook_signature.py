@@ -1,4 +1,4 @@
-"""The webhook accepts only bodies signed by Stripe, recent, and of a sane size (reliability.md T17)."""
+"""The webhook accepts only bodies signed by Stripe, recent, and of a sane size (docs/reliability.md, T17)."""
 
 from __future__ import annotations
 

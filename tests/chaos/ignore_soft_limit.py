@@ -1,6 +1,6 @@
 """Imported by a test worker only (`CELERY_WORKER_INCLUDE`), never by a production one: its pool
 children ignore the soft time limit, as code stuck in a C call that never returns to Python would.
-Only the hard limit stops their jobs (reliability.md T6)."""
+Only the hard limit stops their jobs (docs/reliability.md, T6)."""
 
 from __future__ import annotations
 

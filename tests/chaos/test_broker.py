@@ -1,4 +1,4 @@
-"""Broker failures (reliability.md T12), each against a private Redis the test kills and restarts:
+"""Broker failures (docs/reliability.md, T12), each against a private Redis the test kills and restarts:
 PostgreSQL keeps the jobs, so an emptied broker costs a re-publish, never a job."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""PostgreSQL outages (reliability.md T13), on a private embedded PostgreSQL the test stops and starts
+"""PostgreSQL outages (docs/reliability.md, T13), on a private embedded PostgreSQL the test stops and starts
 with its own pg_ctl, behind a live gunicorn, a worker and a reaper process of its own.
 
 (a) a fast restart under a request loop costs only the requests in flight;

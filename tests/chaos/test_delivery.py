@@ -1,4 +1,4 @@
-"""Message delivery under faults (reliability.md T3, T5–T8, T10, T11): PostgreSQL decides who runs
+"""Message delivery under faults (docs/reliability.md, T3, T5–T8, T10, T11): PostgreSQL decides who runs
 a job, so a lost, duplicated or late message never loses a job, runs it twice or bills it twice."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Billed exactly once (reliability.md T14): the usage ledger after faults.
+"""Billed exactly once (docs/reliability.md, T14): the usage ledger after faults.
 
 Every chaos test on the test database already ends with the invariant queries (the autouse
 `ledger_invariants` fixture in conftest.py, run after its workers are killed; test_database.py

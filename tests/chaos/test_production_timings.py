@@ -1,4 +1,4 @@
-"""T2 with production timings (reliability.md T2-prod): a worker node is lost mid-job and the job is
+"""T2 with production timings (docs/reliability.md, T2): a worker node is lost mid-job and the job is
 back in a new attempt within 120 s, found by the reaper that beat schedules, as in production.
 
 Every other chaos test runs on scaled-down timings (tests/pytest_env.py). Here the worker and beat

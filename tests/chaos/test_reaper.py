@@ -1,4 +1,4 @@
-"""The reaper never takes a job away from a healthy worker (reliability.md T9 d): several jobs run
+"""The reaper never takes a job away from a healthy worker (docs/reliability.md, T9): several jobs run
 while the machine is CPU-bound, the reaper runs every second with the scaled stale threshold, and
 every job finishes in its first attempt. Nor after the whole machine was frozen for longer than
 the stale threshold (a frozen VM, a laptop asleep): the workers and the reaper stop together."""

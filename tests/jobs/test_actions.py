@@ -182,7 +182,7 @@ def test_a_cancelled_job_whose_worker_died_ends_cancelled(
     assert Job.objects.get(pk=job.pk).status == JobStatus.CANCELLED
 
 
-# --- The hard time limit (reliability.md T6): the pool killed the attempt, the reaper fails the job ----
+# --- The hard time limit (docs/reliability.md, T6): the pool killed the attempt, the reaper fails it
 def claim_with_limit(job: Job, seconds: float, *, ago: float, owner: str = "host-a:1") -> Job:
     """Attempt 1 claimed `ago` seconds ago under a hard limit of `seconds`, heartbeating until then."""
     claimed = actions.claim(job.public_id, owner=owner, time_limit=seconds)

@@ -264,7 +264,7 @@ def fuzz_setup(
     Plan.objects.update(requests_per_minute=100_000, key_requests_per_minute=100_000, tokens_per_minute=10**9,
                         allowed_models=[])  # fmt: skip
     # The ignored_auth check sends a wrong key to every operation: past 10 failures from 127.0.0.1
-    # the right keys would get 429 too (reliability.md T28, tests/security/test_key_bruteforce.py).
+    # the right keys would get 429 too (docs/reliability.md, T28, tests/security/test_key_bruteforce.py).
     settings.API_KEY_FAILURE_LIMIT = 1_000_000
     world = seed_tenant(alice, alice_project, bob)
     stored_file(carol_project, "mine.csv", b"text,label\ncarol's own row,bug\n", FilePurpose.FINE_TUNE,

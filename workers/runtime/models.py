@@ -1,7 +1,7 @@
 """Loading models for inference, and the worker's LRU cache of loaded models.
 
 Only safetensors weights are ever loaded: a `.bin`/`.pt`/`.pkl` file is a pickle, and
-unpickling a file a user could have supplied runs their code (DESIGN.md §6).
+unpickling a file a user could have supplied runs their code (docs/architecture.md, "Models and weights").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Relaying chat and legacy completion requests to OpenAI (or a compatible upstream).
 
-A small client, not a framework (STYLE.md habit 20): one function per endpoint takes the
+A small client, not a framework: one function per endpoint takes the
 request body and an injected official `openai` client, and returns the upstream body plus
 the token usage to bill. Upstream failures become `ProxyError`s carrying the status and
 error code our API answers with.

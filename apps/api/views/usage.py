@@ -2,7 +2,7 @@
 costs APIs (`object: page` of time buckets, `has_more`, `next_page`).
 
 Scope: an API key sees the usage of its whole organization, every project in it, because usage
-and money belong to the organization (DESIGN.md §4); `project_ids` narrows it. Another
+and money belong to the organization (docs/architecture.md, "Tenants"); `project_ids` narrows it. Another
 organization's usage is never counted, and its project ids simply match nothing.
 
 Money is integer micro-dollars; the float `amount.value` of the costs API exists only for

@@ -1,4 +1,5 @@
-"""`usd`: integer micro-dollars (how money is stored, DESIGN.md §1.4) shown as dollars."""
+"""`usd`: integer micro-dollars (how money is stored: docs/architecture.md, "Billing exactly once"),
+shown as dollars."""
 
 from __future__ import annotations
 
