@@ -16,6 +16,7 @@ from apps.billing.pricing import cost_of
 from apps.core.errors import ActionError
 from apps.jobs import actions
 from apps.jobs.models import Job, JobKind, JobStatus
+from apps.projects.formats import CLASSIFICATION_FORMATS, SUPERVISED_FORMATS, TEXT_FORMATS, format_name
 from apps.projects.models import File, FilePurpose, FileStatus, Project
 from apps.projects.validation import MAX_LABEL_CHARS  # the longest label a file may hold
 from apps.registry.models import Model
@@ -28,10 +29,8 @@ from workers.runtime.specs import (
     validation_size,
 )
 
-CLASSIFICATION_FORMATS = ("classification_csv", "classification_jsonl")
-SUPERVISED_FORMATS = ("chat_jsonl", "prompt_completion_jsonl")
 # A distillation's texts may carry labels too: they are then used only to score teacher and student.
-DISTILLATION_FORMATS = ("text_csv", "text_jsonl", *CLASSIFICATION_FORMATS)
+DISTILLATION_FORMATS = (*TEXT_FORMATS, *CLASSIFICATION_FORMATS)
 METHOD_FORMATS = {
     "classification": CLASSIFICATION_FORMATS,
     "supervised": SUPERVISED_FORMATS,
@@ -374,7 +373,7 @@ def _file(project: Project, file_id: Any, param: str, method: str, *, required: 
     if file.status == FileStatus.PROCESSED and file.format not in formats:
         raise ActionError(
             f"File {file_id} is {file.format.replace('_', ' ')}, but {method} needs "
-            + " or ".join(f.replace("_", " ") for f in formats)
+            + " or ".join(format_name(f) for f in formats)
             + ".",
             param=param,
         )
