@@ -372,7 +372,7 @@ def _file(project: Project, file_id: Any, param: str, method: str, *, required: 
     formats = METHOD_FORMATS[method]
     if file.status == FileStatus.PROCESSED and file.format not in formats:
         raise ActionError(
-            f"File {file_id} is {file.format.replace('_', ' ')}, but {method} needs "
+            f"File {file_id} is {format_name(file.format)}, but {method} needs "
             + " or ".join(format_name(f) for f in formats)
             + ".",
             param=param,
@@ -592,7 +592,7 @@ def on_file_validated(file: File) -> None:
             wrong = next((f for f in files if f.format not in METHOD_FORMATS.get(method, ())), None)
             if wrong is not None:
                 actions.fail_before_start(
-                    job, "invalid_file", f"File {wrong.public_id} is {wrong.format}, which {method} cannot use.",
+                    job, "invalid_file", f"File {wrong.public_id} is {format_name(wrong.format)}, which {method} cannot use.",
                     "training_file" if wrong == job.training_file else "validation_file",
                 )  # fmt: skip
             else:
