@@ -14,27 +14,12 @@ from django.template.response import TemplateResponse
 from rest_framework import exceptions
 from rest_framework.response import Response
 
-from apps.core.errors import ActionError
+from apps.core.errors import ERROR_TYPES, ActionError, error_body
 
 logger = logging.getLogger(__name__)
 
 DatabaseUnavailable = (DatabaseOperationalError, DatabaseInterfaceError)
 
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "invalid_request_error",
-    403: "invalid_request_error",
-    404: "invalid_request_error",
-    405: "invalid_request_error",
-    409: "invalid_request_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    429: "rate_limit_exceeded",
-    500: "server_error",
-    502: "server_error",
-    503: "server_error",
-    504: "server_error",
-}
 
 DEFAULT_MESSAGES = {
     400: "The request could not be understood.",
@@ -74,10 +59,6 @@ class APIError(exceptions.APIException):
         self.param = param
         self.type = type or ERROR_TYPES.get(status, "invalid_request_error")
         self.headers = headers or {}
-
-
-def error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 def error_response(

@@ -23,10 +23,11 @@ from django.utils import timezone
 from apps.accounts.models import MANAGER_ROLES, Membership, Organization, User
 from apps.billing import stripe_api
 from apps.billing.models import Invoice, Plan, Subscription
-from apps.billing.quotas import FREE, month_spend, spend_cap, subscription_for, usd
+from apps.billing.quotas import FREE, month_spend, spend_cap, subscription_for
 from apps.core.crypto import encrypt
 from apps.core.errors import ActionError, PermissionDenied
 from apps.core.mail import single_line
+from apps.core.money import usd
 
 logger = logging.getLogger(__name__)
 
@@ -366,14 +367,6 @@ def dollars_to_micro(text: str, field: str, label: str) -> int | None:
     if micro > MAX_SPEND_LIMIT:
         raise ActionError(f"{label} can be at most {usd(MAX_SPEND_LIMIT)} a month.", param=field)
     return int(micro)
-
-
-def micro_to_dollars(micro: int | None) -> str:
-    """12_500_000 → '12.5' (for a form field); None → ''."""
-    if micro is None:
-        return ""
-    text = f"{Decimal(micro) / 1_000_000:f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 @transaction.atomic

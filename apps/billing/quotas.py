@@ -13,6 +13,7 @@ from apps.accounts.models import Organization
 from apps.billing import ratelimit
 from apps.billing.models import Plan, Subscription, UsageRecord
 from apps.core.errors import ActionError
+from apps.core.money import usd
 
 FREE = "free"
 
@@ -54,10 +55,6 @@ def month_spend(organization: Organization | int) -> int:
         organization_id=organization_id, created_at__gte=month_start()
     ).aggregate(total=Sum("cost"))["total"]
     return int(total or 0)
-
-
-def usd(micro: int) -> str:
-    return f"${micro / 1_000_000:,.2f}"
 
 
 def spend_cap(subscription: Subscription) -> int | None:

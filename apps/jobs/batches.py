@@ -8,9 +8,10 @@ from apps.core.errors import ActionError
 from apps.jobs import actions
 from apps.jobs.fine_tuning import parse_metadata
 from apps.jobs.models import Job, JobKind, JobStatus
+from apps.projects.formats import BATCH_ENDPOINTS
 from apps.projects.models import File, FilePurpose, FileStatus, Project
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/classifications")
+ENDPOINTS = tuple(BATCH_ENDPOINTS)
 MAX_REQUESTS = 50_000
 
 

@@ -16,6 +16,7 @@ from apps.billing.pricing import cost_of
 from apps.core.errors import ActionError
 from apps.jobs import actions
 from apps.jobs.models import Job, JobKind, JobStatus
+from apps.projects.formats import CLASSIFICATION_FORMATS, SUPERVISED_FORMATS, TEXT_FORMATS, format_name
 from apps.projects.models import File, FilePurpose, FileStatus, Project
 from apps.projects.validation import MAX_LABEL_CHARS  # the longest label a file may hold
 from apps.registry.models import Model
@@ -28,10 +29,8 @@ from workers.runtime.specs import (
     validation_size,
 )
 
-CLASSIFICATION_FORMATS = ("classification_csv", "classification_jsonl")
-SUPERVISED_FORMATS = ("chat_jsonl", "prompt_completion_jsonl")
 # A distillation's texts may carry labels too: they are then used only to score teacher and student.
-DISTILLATION_FORMATS = ("text_csv", "text_jsonl", *CLASSIFICATION_FORMATS)
+DISTILLATION_FORMATS = (*TEXT_FORMATS, *CLASSIFICATION_FORMATS)
 METHOD_FORMATS = {
     "classification": CLASSIFICATION_FORMATS,
     "supervised": SUPERVISED_FORMATS,
@@ -373,8 +372,8 @@ def _file(project: Project, file_id: Any, param: str, method: str, *, required: 
     formats = METHOD_FORMATS[method]
     if file.status == FileStatus.PROCESSED and file.format not in formats:
         raise ActionError(
-            f"File {file_id} is {file.format.replace('_', ' ')}, but {method} needs "
-            + " or ".join(f.replace("_", " ") for f in formats)
+            f"File {file_id} is {format_name(file.format)}, but {method} needs "
+            + " or ".join(format_name(f) for f in formats)
             + ".",
             param=param,
         )
@@ -593,7 +592,7 @@ def on_file_validated(file: File) -> None:
             wrong = next((f for f in files if f.format not in METHOD_FORMATS.get(method, ())), None)
             if wrong is not None:
                 actions.fail_before_start(
-                    job, "invalid_file", f"File {wrong.public_id} is {wrong.format}, which {method} cannot use.",
+                    job, "invalid_file", f"File {wrong.public_id} is {format_name(wrong.format)}, which {method} cannot use.",
                     "training_file" if wrong == job.training_file else "validation_file",
                 )  # fmt: skip
             else:

@@ -7,6 +7,8 @@ classification, or `{"proxied": <upstream body>}` for `openai:*` models.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from apps.jobs.models import Job
@@ -122,3 +124,70 @@ def job_response(job: Job) -> dict[str, Any]:
     """The OpenAI body for a finished inference job."""
     prefix, build = RESPONSES[job.request["endpoint"]]
     return build(response_id(job, prefix), int(job.created_at.timestamp()), job.model_name, job.result or {})
+
+
+# --- Streams ----------------------------------------------------------------------------------------
+class Chunker:
+    """Builds OpenAI stream chunks for chat (`chat.completion.chunk`) and completions."""
+
+    def __init__(self, endpoint: str, job: Job, parsed: dict[str, Any]) -> None:
+        self.chat = endpoint == "chat"
+        self.include_usage = bool(parsed.get("include_usage"))
+        self.base = {
+            "id": response_id(job, "chatcmpl-" if self.chat else "cmpl-"),
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": int(job.created_at.timestamp()),
+            "model": job.model_name,
+            "system_fingerprint": FINGERPRINT,
+        }
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: Any = None) -> dict[str, Any]:
+        chunk = {**self.base, "choices": choices}
+        if self.include_usage or usage is not None:
+            chunk["usage"] = usage
+        return chunk
+
+    def role_chunk(self, index: int) -> dict[str, Any]:
+        delta = {"role": "assistant", "content": "", "refusal": None}
+        return self._chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}])
+
+    def delta(self, index: int, text: str) -> dict[str, Any]:
+        if self.chat:
+            return self._chunk(
+                [{"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None}]
+            )
+        return self._chunk([{"index": index, "text": text, "logprobs": None, "finish_reason": None}])
+
+    def final(self, result: dict[str, Any]) -> list[dict[str, Any]]:
+        """One chunk per choice with its finish_reason (the last also carries the usage, always),
+        then OpenAI's separate usage chunk when the client asked for it."""
+        usage = usage_body(result)
+        choices = result.get("choices", [])
+        chunks = []
+        for position, choice in enumerate(choices):
+            last = position == len(choices) - 1
+            if self.chat:
+                body = {
+                    "index": choice["index"],
+                    "delta": {},
+                    "logprobs": None,
+                    "finish_reason": choice["finish_reason"],
+                }
+            else:
+                body = {
+                    "index": choice["index"],
+                    "text": "",
+                    "logprobs": None,
+                    "finish_reason": choice["finish_reason"],
+                }
+            chunks.append(self._chunk([body], usage if last else None))
+        if self.include_usage:
+            chunks.append(self._chunk([], usage))
+        return chunks
+
+
+def server_sent_events(chunks: Iterable[dict[str, Any]]) -> Iterator[bytes]:
+    """A stream's chunks as server-sent events, then OpenAI's `data: [DONE]`."""
+    for chunk in chunks:
+        yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+    yield b"data: [DONE]\n\n"

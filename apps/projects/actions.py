@@ -109,6 +109,17 @@ def create_result_file(project: Project, filename: str, purpose: str, data: byte
     return file
 
 
+def create_processed_file(project: Project, filename: str, purpose: str, data: bytes, report: Any) -> File:
+    """A file we wrote and validated ourselves (a batch built from a dataset): stored, processed,
+    with its validation report, in the caller's transaction."""
+    file = stored_result_file(project, filename, purpose, data)
+    file.validation = dict(report)
+    file.format = report["format"] or ""
+    file.status_details = report["summary"][:500]
+    file.save()
+    return file
+
+
 def stored_result_file(project: Project, filename: str, purpose: str, data: bytes) -> File:
     """A result file whose content is already in storage but whose row is not saved yet: save it
     in the transaction that publishes it (no storage I/O while that transaction holds its locks),

@@ -21,16 +21,20 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-PURPOSES = ("fine-tune", "batch")
-FORMATS = (
-    "classification_csv",
-    "classification_jsonl",
-    "chat_jsonl",
-    "prompt_completion_jsonl",
-    "batch_jsonl",
-    "text_csv",
-    "text_jsonl",
+from apps.projects.formats import (
+    BATCH_ENDPOINTS,
+    BATCH_JSONL,
+    CHAT_JSONL,
+    CLASSIFICATION_CSV,
+    CLASSIFICATION_FORMATS,
+    CLASSIFICATION_JSONL,
+    PROMPT_COMPLETION_JSONL,
+    TEXT_CSV,
+    TEXT_JSONL,
+    format_name,
 )
+
+PURPOSES = ("fine-tune", "batch")
 MAX_ERRORS = 1000
 
 # Beyond these the label column is almost surely free text, and keeping the labels to count
@@ -43,25 +47,12 @@ SAMPLE_SIZE = 10_000
 HEAD_BYTES = 8192
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
-BATCH_URLS = ("/v1/chat/completions", "/v1/completions", "/v1/classifications")
 # A batch file's stats name at most this many models (the rest are counted as "more").
 MAX_BATCH_MODELS = 20
 # Top-level keys OpenAI's chat fine-tuning format allows besides "messages".
 CHAT_KEYS = frozenset({"tools", "parallel_tool_calls", "functions"})
 BATCH_KEYS = frozenset({"custom_id", "method", "url", "body"})
-CLASSIFICATION_FORMATS = ("classification_csv", "classification_jsonl")
-# Texts without labels: the unlabeled_file of a distillation, which a teacher model labels.
-TEXT_FORMATS = ("text_csv", "text_jsonl")
 
-_FORMAT_NAMES = {
-    "classification_csv": "classification CSV",
-    "classification_jsonl": "classification JSONL",
-    "chat_jsonl": "chat JSONL",
-    "prompt_completion_jsonl": "prompt/completion JSONL",
-    "batch_jsonl": "batch JSONL",
-    "text_csv": "unlabelled text CSV",
-    "text_jsonl": "unlabelled text JSONL",
-}
 _MAPPABLE_FIELDS = ("text", "label", "prompt", "completion", "messages")
 _BOM = b"\xef\xbb\xbf"
 _MAGIC = (
@@ -555,11 +546,11 @@ def _check_batch(run: _Run, line: int, row: dict[str, Any]) -> int | None:
         run.error(line, "method", f'method must be "POST", {got}', 'set "method": "POST"')
         ok = False
     url = row.get("url", _MISSING)
-    if url in BATCH_URLS:
+    if url in BATCH_ENDPOINTS:
         run.endpoints[url] = run.endpoints.get(url, 0) + 1
     else:
         problem = "url is missing" if url is _MISSING else f"url {_quote(url)} is not supported"
-        run.error(line, "url", f"{problem}; use one of {', '.join(BATCH_URLS)}", "fix the url")
+        run.error(line, "url", f"{problem}; use one of {', '.join(BATCH_ENDPOINTS)}", "fix the url")
         ok = False
     body = row.get("body", _MISSING)
     ok = _check_batch_body(run, line, body) and ok
@@ -630,11 +621,11 @@ def _check_unlabelled_row(run: _Run, line: int, row: dict[str, Any]) -> int | No
 
 
 _JSONL_CHECKS: dict[str, Callable[[_Run, int, dict[str, Any]], int | None]] = {
-    "classification_jsonl": _check_classification_row,
-    "text_jsonl": _check_unlabelled_row,
-    "chat_jsonl": _check_chat,
-    "prompt_completion_jsonl": _check_prompt_completion,
-    "batch_jsonl": _check_batch,
+    CLASSIFICATION_JSONL: _check_classification_row,
+    TEXT_JSONL: _check_unlabelled_row,
+    CHAT_JSONL: _check_chat,
+    PROMPT_COMPLETION_JSONL: _check_prompt_completion,
+    BATCH_JSONL: _check_batch,
 }
 
 
@@ -694,13 +685,13 @@ def _parse_json(run: _Run, line: _Line, text: str) -> dict[str, Any] | None:
 def _detect_jsonl_format(run: _Run, line: _Line, row: dict[str, Any]) -> str | None:
     name = run.name
     if name("messages") in row:
-        return "chat_jsonl"
+        return CHAT_JSONL
     if name("prompt") in row and name("completion") in row:
-        return "prompt_completion_jsonl"
+        return PROMPT_COMPLETION_JSONL
     if name("text") in row and name("label") in row:
-        return "classification_jsonl"
+        return CLASSIFICATION_JSONL
     if name("text") in row:
-        return "text_jsonl"
+        return TEXT_JSONL
     expected = (
         f'"{name("messages")}" (chat), "{name("prompt")}" and "{name("completion")}", '
         f'"{name("text")}" and "{name("label")}" (classification), or "{name("text")}" alone (unlabelled)'
@@ -769,7 +760,7 @@ class _Columns:
 
 
 def _validate_csv(run: _Run, lines: Iterator[_Line], delimiter: str) -> None:
-    run.format = "classification_csv"
+    run.format = CLASSIFICATION_CSV
     feed = _CsvFeed(run, lines)
     columns: _Columns | None = None
     header_seen = False
@@ -840,7 +831,7 @@ def _read_header(run: _Run, line: int, values: list[str]) -> _Columns | None:
 
 def _unlabelled_header(run: _Run, line: int, names: list[str], text: int) -> _Columns:
     """A header with a text column and no label column: texts for a teacher to label."""
-    run.format = "text_csv"
+    run.format = TEXT_CSV
     label = run.name("label")
     message = (
         f"no {_quote(label)} column: read as unlabelled texts, usable as a distillation's unlabeled_file; "
@@ -875,7 +866,8 @@ def _check_csv_row(run: _Run, line: int, values: list[str], columns: _Columns) -
     return _check_classification(run, line, values[columns.text], values[columns.label])
 
 
-def _sniff_delimiter(head: bytes, filename: str) -> str:
+def sniff_delimiter(head: bytes, filename: str) -> str:
+    """The delimiter of a CSV: by extension, else the first of , tab ; found in its header line."""
     if filename.lower().endswith(".tsv"):
         return "\t"
     first = next((line for line in head.split(b"\n") if line.strip()), b"")
@@ -949,14 +941,14 @@ def _validate_content(run: _Run, head: bytes, rest: Iterator[bytes], filename: s
     bom = len(_BOM) if head.startswith(_BOM) else 0
     lines = _split_lines(itertools.chain([head[bom:]], rest), bom, run.max_line_bytes)
     if run.purpose == "batch":
-        run.format = "batch_jsonl"  # whatever the content looks like
+        run.format = BATCH_JSONL  # whatever the content looks like
         _validate_jsonl(run, lines)
     elif _is_json_lines(head[bom:], filename):
         _validate_jsonl(run, lines)
     else:
-        _validate_csv(run, lines, _sniff_delimiter(head[bom:], filename))
+        _validate_csv(run, lines, sniff_delimiter(head[bom:], filename))
     if run.rows == 0:
-        header = "a header line and " if run.format in ("classification_csv", "text_csv") else ""
+        header = "a header line and " if run.format in (CLASSIFICATION_CSV, TEXT_CSV) else ""
         run.error(None, None, "the file has no data rows", f"add {header}at least one example")
 
 
@@ -1014,10 +1006,10 @@ def _stats(run: _Run) -> dict[str, Any]:
     }
     if run.format in CLASSIFICATION_FORMATS:
         stats["labels"] = _label_counts(run)
-    elif run.format == "chat_jsonl":
+    elif run.format == CHAT_JSONL:
         messages = run.messages.summary(int, run.messages.total)
         stats["messages"] = {key: messages[key] for key in ("min", "mean", "max")}
-    elif run.format == "batch_jsonl":
+    elif run.format == BATCH_JSONL:
         stats["endpoints"] = dict(run.endpoints)
         # Which models the requests call, so a batch is checked against the plan before it starts.
         stats["models"] = dict(run.models)
@@ -1032,7 +1024,7 @@ def summarize(report: Report) -> str:
         first = report["errors"][0]
         where = f"line {first['line']}: " if first["line"] is not None else ""
         return _shorten(f"{_plural(report['error_count'], 'error')} (first: {where}{first['message']})")
-    parts = [_plural(report["rows"], "row"), _FORMAT_NAMES.get(report["format"] or "", "unknown format")]
+    parts = [_plural(report["rows"], "row"), format_name(report["format"])]
     if "labels" in report["stats"]:
         parts.append(_plural(len(report["stats"]["labels"]), "label"))
     if report["warning_count"]:

@@ -90,8 +90,8 @@ def test_a_chat_file_cannot_be_distilled(
 
     assert response.status_code == 400
     assert error(response)["message"] == (
-        f"File {chat.public_id} is chat jsonl, but distillation needs text csv or text jsonl or classification csv "
-        "or classification jsonl."
+        f"File {chat.public_id} is chat JSONL, but distillation needs unlabelled text CSV or unlabelled text JSONL or "
+        "classification CSV or classification JSONL."
     )
     assert error(response)["param"] == "method.distillation.unlabeled_file"
 
@@ -103,7 +103,8 @@ def test_unlabelled_texts_cannot_train_a_classifier_directly(
 
     assert response.status_code == 400
     assert error(response)["message"] == (
-        f"File {texts.public_id} is text csv, but classification needs classification csv or classification jsonl."
+        f"File {texts.public_id} is unlabelled text CSV, but classification needs classification CSV or "
+        "classification JSONL."
     )
 
 

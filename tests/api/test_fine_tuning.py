@@ -102,7 +102,7 @@ def test_chat_data_does_not_fit_a_classifier(api: Any, tiny_base: Any, alice_pro
     response = post(api, {"model": "tiny-bert", "training_file": chat.public_id})
     assert response.status_code == 400
     assert error(response)["message"] == (
-        f"File {chat.public_id} is chat jsonl, but classification needs classification csv or classification jsonl."
+        f"File {chat.public_id} is chat JSONL, but classification needs classification CSV or classification JSONL."
     )
 
 

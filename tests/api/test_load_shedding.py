@@ -88,3 +88,31 @@ def test_an_unreachable_broker_sheds_nothing(settings: Any) -> None:
         assert broker.queue_length("serve") is None
     finally:
         broker._broker_redis.cache_clear()
+
+
+def test_the_playground_is_shed_like_the_api(
+    alice_client: Any,
+    alice_project: Any,
+    tiny_classifier: Any,
+    tiny_chat: Any,
+    waiting_requests: Any,
+    settings: Any,
+) -> None:
+    # (one request path for both: apps.jobs.serving, admitted by apps.jobs.admission)
+    settings.INFERENCE_MAX_QUEUED = 3
+    waiting_requests(3)
+    base = f"/projects/{alice_project.public_id}/playground"
+
+    classified = alice_client.post(f"{base}/classify", {"model": tiny_classifier.name, "input": "invoice"})
+    chat = alice_client.post(f"{base}/chat", {"model": "tiny-gpt2", "messages": [{"role": "user", "content": "hi"}]},
+                             content_type="application/json")  # fmt: skip
+
+    assert classified.status_code == 503 and classified["retry-after"] == "2"
+    assert (
+        f"More requests are waiting for {tiny_classifier.name} than its workers can take right now. Retry in 2 s."
+        in classified.content.decode()
+    )
+    assert chat.status_code == 503 and chat["retry-after"] == "2"
+    assert chat.json()["error"]["code"] == "server_overloaded"
+    assert not Job.objects.exists()
+    assert rate_counters(alice_project.organization_id) == []

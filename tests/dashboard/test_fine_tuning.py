@@ -115,7 +115,7 @@ def test_the_form_lists_only_this_projects_processed_fine_tune_files(
     page = alice_client.get(f"/projects/{alice_project.public_id}/fine-tuning/new").content.decode()
 
     assert ready.public_id in page
-    assert "ready.csv · 80 rows · classification csv" in page
+    assert "ready.csv · 80 rows · classification CSV" in page
     for other in (pending, broken, batch, foreign):
         assert other.public_id not in page
     assert 'value="minilm-l6"' in page and 'value="smollm2-135m-instruct"' in page
@@ -180,7 +180,7 @@ def test_the_estimate_shows_an_action_error_next_to_its_field(
     page = alice_client.post(url, form(train_file, suffix="no spaces")).content.decode()
     assert "suffix must be 1 to 64 letters" in field_error(page, "suffix")
     page = alice_client.post(url, form(train_file, model="smollm2-135m-instruct")).content.decode()
-    assert "supervised needs chat jsonl or prompt completion jsonl" in field_error(page, "training_file")
+    assert "supervised needs chat JSONL or prompt/completion JSONL" in field_error(page, "training_file")
 
 
 def test_the_estimate_warns_when_it_is_above_max_cost(

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from apps.projects.validation import FORMATS, MAX_ERRORS, PURPOSES, Report, summarize, validate_stream
+from apps.projects.formats import FORMATS
+from apps.projects.validation import MAX_ERRORS, PURPOSES, Report, summarize, validate_stream
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HINT_UTF8 = 'save the file as UTF-8 (in Excel: Save As → "CSV UTF-8"); it may be in Latin-1 or Windows-1252'

@@ -29,6 +29,7 @@ from apps.api.errors import APIError
 from apps.api.serializers.common import ERRORS
 from apps.billing import usage
 from apps.billing.usage import Bucket, Result
+from apps.core.money import dollars_number
 
 MAX_RANGE = timedelta(days=93)
 # Beyond year 3000 a timestamp is a typo (milliseconds, most likely), and year 9999 overflows.
@@ -170,7 +171,7 @@ def usage_result(result: Result) -> dict[str, Any]:
 def cost_result(result: Result) -> dict[str, Any]:
     return {
         "object": "organization.costs.result",
-        "amount": {"value": result.cost / 1_000_000, "value_micros": result.cost, "currency": "usd"},
+        "amount": {"value": dollars_number(result.cost), "value_micros": result.cost, "currency": "usd"},
         "line_item": result.group.get("line_item"),
         "project_id": result.group.get("project_id"),
     }

@@ -21,19 +21,13 @@ from django.views.decorators.http import require_POST
 from apps.accounts.models import UNREADABLE_OPENAI_KEY
 from apps.billing import actions, stripe_api
 from apps.billing.models import Invoice, MeterEvent, Plan
-from apps.billing.quotas import month_spend, month_start, spend_cap, subscription_for, usd
+from apps.billing.quotas import month_spend, month_start, spend_cap, subscription_for
 from apps.core.crypto import UnreadableSecret
 from apps.core.errors import ActionError
+from apps.core.money import dollars_field, exact_usd, usd
 from apps.dashboard.views.common import member_required
 
 logger = logging.getLogger(__name__)
-
-
-def exact_usd(micro: int) -> str:
-    """Micro-dollars to the micro-dollar: 12_345_678 → '$12.345678'."""
-    sign = "-" if micro < 0 else ""
-    micro = abs(micro)
-    return f"{sign}${micro // 1_000_000:,}.{micro % 1_000_000:06d}"
 
 
 def cents(amount: int, currency: str) -> str:
@@ -62,8 +56,8 @@ def _render(request: HttpRequest, *, status: int = 200, error: str = "", form: A
         for invoice in Invoice.objects.filter(organization=organization)[:24]
     ]
     form = form or {
-        "spend_limit": actions.micro_to_dollars(subscription.spend_limit),
-        "alert_threshold": actions.micro_to_dollars(subscription.alert_threshold),
+        "spend_limit": dollars_field(subscription.spend_limit),
+        "alert_threshold": dollars_field(subscription.alert_threshold),
     }
     # Checkout starts a new subscription; an organization that pays already changes plans in the Portal.
     can_checkout = request.membership.can_manage and not (  # type: ignore[attr-defined]

@@ -22,6 +22,7 @@ from django.views.decorators.http import require_POST
 from apps.core.errors import ActionError
 from apps.dashboard.views.common import get_project, member_required, run_action
 from apps.projects import actions
+from apps.projects.formats import CLASSIFICATION_CSV
 from apps.projects.models import UPLOAD_PURPOSES, File, FileStatus, Project
 from apps.projects.uploads import UploadTooLarge
 
@@ -149,7 +150,7 @@ def file_detail(request: HttpRequest, project_id: str, file_id: str) -> HttpResp
         context.update(line=line, lines=read_lines(file, first, line + CONTEXT_LINES))
     else:
         lines = read_lines(file, 1, PREVIEW_LINES, max_bytes=PREVIEW_BYTES)
-        context.update(lines=lines, table=_csv_table(lines) if file.format == "classification_csv" else None)
+        context.update(lines=lines, table=_csv_table(lines) if file.format == CLASSIFICATION_CSV else None)
     return render(request, "dashboard/file_detail.html", context)
 
 

@@ -20,10 +20,11 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from apps.core.errors import ActionError
-from apps.dashboard.templatetags.money import usd
+from apps.core.money import usd
 from apps.dashboard.views.common import get_project, member_required, run_action
 from apps.jobs import actions, fine_tuning
 from apps.jobs.models import Job, JobKind, JobStatus
+from apps.projects.formats import format_name
 from apps.projects.models import File, FilePurpose, FileStatus, Project
 from apps.registry.models import Model, Task
 from workers.runtime.specs import AUTO, Hyperparameters
@@ -203,7 +204,7 @@ def _error_slots(errors: dict[str, str]) -> list[dict[str, str]]:
 
 def _file_choice(file: File) -> dict[str, str]:
     rows = (file.validation or {}).get("rows")
-    details = [f"{rows:,} rows" if isinstance(rows, int) else "", file.format.replace("_", " ")]
+    details = [f"{rows:,} rows" if isinstance(rows, int) else "", format_name(file.format)]
     return {"id": file.public_id, "label": " · ".join([file.filename, *filter(None, details)])}
 
 

@@ -8,10 +8,8 @@ with the signed-in user in place of an API key, so it is billed, limited and she
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
@@ -21,15 +19,11 @@ from apps.billing import quotas
 from apps.core.errors import ActionError
 from apps.core.text import refuse_unstorable
 from apps.dashboard.views.common import get_project, member_required
-from apps.jobs import actions, admission, inference, relay
-from apps.jobs.models import Job
-from apps.jobs.responses import job_response, response_id, usage_body
+from apps.jobs import admission, inference, serving
+from apps.jobs.responses import server_sent_events
 from apps.projects.models import Project
 from apps.registry.models import Model, Task
 
-TIMEOUT_MESSAGE = (
-    "The model did not answer within {seconds:g} seconds. The request was cancelled; retry later."
-)
 DEFAULT_MAX_TOKENS = 256
 
 
@@ -55,21 +49,8 @@ def _submit(request: HttpRequest, project: Project, parse: Any, body: dict[str, 
     return admission.admit_inference(project, parse, body, user=request.user)
 
 
-def _give_up(job: Job) -> None:
-    relay.request_abort(job.public_id)
-    actions.cancel(job)
-
-
-def _timeout_message() -> str:
-    return TIMEOUT_MESSAGE.format(seconds=settings.INFERENCE_TIMEOUT_SECONDS)
-
-
 def _error_json(exc: ActionError) -> JsonResponse:
-    error_type = "invalid_request_error" if exc.status < 500 else "server_error"
-    response = JsonResponse(
-        {"error": {"message": exc.message, "type": error_type, "param": exc.param, "code": exc.code}},
-        status=exc.status,
-    )
+    response = JsonResponse(exc.body(), status=exc.status)
     for name, value in getattr(exc, "headers", {}).items():  # retry-after on rate limits
         response[name] = value
     return response
@@ -106,7 +87,8 @@ def chat(request: HttpRequest, project_id: str) -> HttpResponse | StreamingHttpR
         admitted = _submit(request, project, inference.parse_chat, body)
     except ActionError as exc:
         return _error_json(exc)
-    response = StreamingHttpResponse(_stream(admitted), content_type="text/event-stream")
+    chunks = serving.stream(admitted, "chat")
+    response = StreamingHttpResponse(server_sent_events(chunks), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # let proxies pass each event on at once
     return response
@@ -125,60 +107,6 @@ def _json_body(request: HttpRequest) -> dict[str, Any]:
     return body
 
 
-def _stream(admitted: admission.Admitted) -> Iterator[bytes]:
-    finished = False
-    try:
-        yield from _relay(admitted.job, admitted.request)
-        finished = True
-    finally:
-        admitted.release()
-        if not finished:  # the browser went away (Stop, or the tab closed): stop generating
-            _give_up(admitted.job)
-
-
-def _relay(job: Job, parsed: dict[str, Any]) -> Iterator[bytes]:
-    """The worker's events as OpenAI `chat.completion.chunk`s, an in-band error, then [DONE]."""
-    base = {
-        "id": response_id(job, "chatcmpl-"),
-        "object": "chat.completion.chunk",
-        "created": int(job.created_at.timestamp()),
-        "model": job.model_name,
-    }
-    proxied = bool(parsed.get("proxy"))
-    if not proxied:
-        yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                         "finish_reason": None}]})  # fmt: skip
-    for event in relay.listen(job.public_id, settings.INFERENCE_TIMEOUT_SECONDS):
-        if event is None:
-            _give_up(job)
-            yield _sse({"error": {"message": _timeout_message(), "type": "server_error", "code": "timeout"}})
-            break
-        if event["type"] == "delta":
-            choice = {"index": event["index"], "delta": {"content": event["text"]}, "finish_reason": None}
-            yield _sse({**base, "choices": [choice]})
-        elif event["type"] == "chunk":
-            yield _sse({**event["chunk"], "model": job.model_name})
-        elif event["type"] == "error":
-            status = int(event.get("status") or 500)
-            yield _sse({"error": {"message": event.get("message") or "The request failed.",
-                                  "type": "invalid_request_error" if status < 500 else "server_error",
-                                  "code": event.get("code"), "param": event.get("param")}})  # fmt: skip
-            break
-        elif event["type"] == "done":
-            job.refresh_from_db()
-            if not proxied:  # proxied streams end with the upstream's own final chunks
-                result = job.result or {}
-                choices = [{"index": c["index"], "delta": {}, "finish_reason": c["finish_reason"]}
-                           for c in result.get("choices", [])]  # fmt: skip
-                yield _sse({**base, "choices": choices, "usage": usage_body(result)})
-            break
-    yield b"data: [DONE]\n\n"
-
-
-def _sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-
-
 # --- Classify: one text per line, a bar per label ----------------------------------------------------
 @member_required
 @require_POST
@@ -191,11 +119,7 @@ def classify(request: HttpRequest, project_id: str) -> HttpResponse:
             raise ActionError("Enter at least one text, one per line.", param="input")
         body = {"model": request.POST.get("model", ""), "input": texts}
         admitted = _submit(request, project, inference.parse_classification, body)
-        job = admitted.job
-        try:
-            data = _wait(job)["data"]
-        finally:
-            admitted.release()
+        data = serving.answer(admitted)["data"]
     except ActionError as exc:
         response = render(
             request, "dashboard/_playground_classify.html", {"error": exc.message}, status=exc.status
@@ -214,20 +138,5 @@ def classify(request: HttpRequest, project_id: str) -> HttpResponse:
         for item in data
     ]
     return render(
-        request, "dashboard/_playground_classify.html", {"results": results, "model": job.model_name}
+        request, "dashboard/_playground_classify.html", {"results": results, "model": admitted.job.model_name}
     )
-
-
-def _wait(job: Job) -> dict[str, Any]:
-    """The job's OpenAI response body once the worker is done; its error as an ActionError."""
-    for event in relay.listen(job.public_id, settings.INFERENCE_TIMEOUT_SECONDS):
-        if event is None:
-            _give_up(job)
-            raise ActionError(_timeout_message(), code="timeout", status=504)
-        if event["type"] == "error":
-            raise ActionError(event.get("message") or "The request failed.", code=event.get("code") or "error",
-                              param=event.get("param"), status=int(event.get("status") or 500))  # fmt: skip
-        if event["type"] == "done":
-            job.refresh_from_db()
-            return job_response(job)
-    raise ActionError("The worker stopped without an answer.", code="server_error", status=500)

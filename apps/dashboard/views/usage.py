@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import re
 from datetime import date
-from decimal import Decimal
 from typing import Any
 
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -21,11 +20,11 @@ from django.views.decorators.http import require_GET
 from apps.billing import usage as billing_usage
 from apps.billing.models import Unit
 from apps.billing.quotas import spend_cap, subscription_for
+from apps.core.money import dollars
+from apps.core.spreadsheet import safe_cell
 from apps.dashboard.views.common import member_required
 
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
-# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 CSV_HEADER = [
     "date", "project_id", "project", "api_key_id", "api_key", "model", "unit", "quantity", "cost_micros",
     "cost_usd",
@@ -110,13 +109,6 @@ def usage_daily(request: HttpRequest) -> JsonResponse:
     )
 
 
-def csv_cell(value: Any) -> Any:
-    """Text a spreadsheet would run as a formula gets a leading apostrophe; numbers pass as they are."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return f"'{value}"
-    return value
-
-
 @member_required
 @require_GET
 def usage_export(request: HttpRequest) -> HttpResponse:
@@ -132,11 +124,11 @@ def usage_export(request: HttpRequest) -> HttpResponse:
     for row in rows:
         writer.writerow(
             [
-                csv_cell(value)
+                safe_cell(value)
                 for value in (
                     row.day.isoformat(), row.project_id, row.project_name, row.api_key_id or "",
                     row.api_key_name, row.model, row.unit, row.quantity, row.cost,
-                    f"{Decimal(row.cost) / 1_000_000:.6f}",
+                    dollars(row.cost),
                 )
             ]
         )  # fmt: skip
