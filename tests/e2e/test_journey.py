@@ -51,6 +51,21 @@ WATCH_STREAM = """() => {
 }"""
 
 
+def accessible_node(page: Any, role: str, name: str) -> dict[str, Any]:
+    """Chromium's own accessibility tree (what a screen reader gets): the node's value and
+    properties, by role and accessible name."""
+    session = page.context.new_cdp_session(page)
+    try:
+        nodes = session.send("Accessibility.getFullAXTree")["nodes"]
+    finally:
+        session.detach()
+    for node in nodes:
+        if node.get("role", {}).get("value") == role and node.get("name", {}).get("value") == name:
+            properties = {item["name"]: item["value"].get("value") for item in node.get("properties", [])}
+            return {"value": node.get("value", {}).get("value"), **properties}
+    raise AssertionError(f"no {role} named {name!r} in the accessibility tree")
+
+
 def the_csv() -> bytes:
     """120 learnable rows plus one duplicate, so the report has a warning to show."""
     data = sentiment_csv(120)
@@ -164,7 +179,7 @@ def test_a_customer_journey_in_the_browser(
     while time.monotonic() < deadline:
         state = owner.evaluate(
             """() => ({badge: document.getElementById('job-badge')?.textContent.trim(),
-                       bar: document.querySelector('#job-status [role=progressbar]')?.getAttribute('aria-valuenow')})"""
+                       bar: document.querySelector('#job-status progress')?.value})"""
         )
         if state["bar"] is not None and (not seen or float(state["bar"]) != seen[-1]):
             seen.append(float(state["bar"]))
@@ -178,6 +193,8 @@ def test_a_customer_journey_in_the_browser(
     assert seen and seen[-1] == 100, seen
     assert any(value < 100 for value in seen), f"the progress bar never showed a job in progress: {seen}"
     assert seen == sorted(seen), f"the progress bar went backwards: {seen}"
+    bar = accessible_node(owner, "progressbar", "Training progress")
+    assert (bar["value"], bar["valuemin"], bar["valuemax"]) == (100, 0, 100), bar
     owner.wait_for_function(f"() => ({CHART_POINTS})('loss-chart')?.[0] > 1")  # train loss by step
     points = owner.evaluate(CHART_POINTS, "loss-chart")
     assert points[1] >= 1 and points[2] >= 1, points  # validation loss and accuracy per epoch
