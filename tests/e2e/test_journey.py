@@ -217,6 +217,8 @@ def test_a_customer_journey_in_the_browser(
     assert output.locator(".classification").count() == 2
     assert set(output.locator("th[scope=row]").all_inner_texts()) == {"positive", "negative"}
     assert model_name in output.inner_text()
+    score = accessible_node(owner, "meter", "positive")
+    assert 0 <= score["value"] <= 1 and (score["valuemin"], score["valuemax"]) == (0, 1), score
     shots(owner, "playground classify")
 
     # --- The playground: chat, the answer streamed -------------------------------------------
@@ -290,10 +292,19 @@ def test_a_customer_journey_in_the_browser(
     teammate.get_by_role("link", name=PROJECT).wait_for()
     assert teammate.locator("#org-switcher select option:checked").inner_text() == "owner's organization"
     shots(teammate, "teammate joined")
+    # The switcher sends its form on a change (our script: the policy runs no onchange= handler).
+    teammate.locator("#org-switcher select").select_option(label="teammate's organization")
+    teammate.wait_for_function(
+        "(name) => document.querySelector('#org-switcher select option:checked').textContent === name",
+        arg="teammate's organization",
+    )
+    assert not teammate.get_by_role("link", name=PROJECT).is_visible()
 
     owner.reload()
     members = owner.locator("table").first.inner_text()
     assert TEAMMATE in members and OWNER in members, members
+    owner.get_by_label(f"Role of {TEAMMATE}").select_option("admin")
+    owner.get_by_text(f"{TEAMMATE} is now admin.").wait_for()
     shots(owner, "team with the teammate")
 
     # --- Usage, with its chart ---------------------------------------------------------------
