@@ -5,7 +5,8 @@ One journey, as a new customer walks it: sign up and verify the email, create a 
 CSV and read its validation report, fine-tune the tiny BERT (watching the progress bar and the loss
 chart), classify with the new model and chat with streaming in the playground, create and revoke
 an API key, invite a teammate who signs up and accepts, and read the usage chart. Every step is
-screenshotted into test-artifacts/e2e/, and any console error or uncaught exception fails it.
+screenshotted into test-artifacts/e2e/, and any console error, uncaught exception or violation of
+the pages' Content-Security-Policy fails it.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def test_a_customer_journey_in_the_browser(
     owner = new_context("owner").new_page()
 
     # --- Sign up and verify the email (read from the locmem outbox) --------------------------
-    owner.goto("/accounts/signup/")
+    signup = owner.goto("/accounts/signup/")
+    assert "script-src 'self';" in signup.headers["content-security-policy"]
     sign_up_and_verify(owner, OWNER, mailoutbox, shots, "owner")
 
     # --- Create a project --------------------------------------------------------------------
