@@ -132,6 +132,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "apps.api.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "apps.core.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

@@ -10,7 +10,6 @@
   var zone = document.getElementById("dropzone");
   var chosen = document.getElementById("upload-chosen");
   var progress = document.getElementById("upload-progress");
-  var fill = progress.querySelector("div");
   var status = document.getElementById("upload-status");
   var button = document.getElementById("upload-button");
   var maxBytes = Number(form.dataset.maxBytes) || 0;
@@ -82,11 +81,11 @@
     xhr.upload.onprogress = function (progressEvent) {
       if (!progressEvent.lengthComputable) return;
       var percent = Math.floor((progressEvent.loaded / progressEvent.total) * 100);
-      fill.style.width = percent + "%";
+      progress.value = percent;
       say("Uploading… " + percent + "% of " + formatBytes(progressEvent.total));
     };
     xhr.upload.onload = function () {
-      fill.style.width = "100%";
+      progress.value = 100;
       say("Uploaded; saving…");
     };
     xhr.onload = function () {
@@ -107,7 +106,7 @@
     };
     button.disabled = true;
     progress.hidden = false;
-    fill.style.width = "0%";
+    progress.value = 0;
     say("Uploading… 0%");
     xhr.send(new FormData(form));
   });

@@ -213,7 +213,7 @@ def test_the_list_shows_each_batch_with_its_status_and_progress(
     page = alice_client.get(url(alice_project)).content.decode()
     assert job.public_id in page
     assert '<span class="badge in_progress">In progress</span>' in page
-    assert "width: 50.0%" in page and "1 / 2" in page
+    assert 'value="50.0"' in page and "1 / 2" in page
     detail = alice_client.get(url(alice_project, f"{job.public_id}/")).content.decode()
     assert 'hx-trigger="every 2s"' in detail and "Cancel batch" in detail
     status = alice_client.get(url(alice_project, f"{job.public_id}/status"))

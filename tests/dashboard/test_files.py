@@ -354,7 +354,7 @@ def test_delete_removes_the_file_and_its_blob(
 ) -> None:
     file = uploaded(alice_client, alice_project)
     detail = page(alice_client, f"/projects/{alice_project.public_id}/files/{file.public_id}/")
-    assert "return confirm('Delete reviews.csv?" in detail
+    assert 'data-confirm="Delete reviews.csv? Jobs that used it keep their results."' in detail
 
     with django_capture_on_commit_callbacks(execute=True):
         response = alice_client.post(

@@ -314,7 +314,7 @@ def test_a_running_job_shows_progress_and_eta(alice_client: Any, alice_project: 
 
     page = alice_client.get(pages(alice_project, job)["detail"]).content.decode()
 
-    assert 'style="width: 33.3%"' in page
+    assert 'max="100" value="33.3" aria-label="Training progress"' in page
     assert "Step 30 of 90 · epoch 4 · 33.3% · about 3 min 20 s left" in page
     assert "in the queue" not in page
 

@@ -133,7 +133,7 @@ def test_the_current_month_shows_spend_against_credit_and_limit(
     record(alice_project, timezone.now(), "trained_tokens", 1_000_000, 1_250_000)
     record(alice_project, timezone.now() - timedelta(days=40), "trained_tokens", 1, 9_000_000)  # an old month
     page = alice_client.get("/usage/").content.decode()
-    assert 'aria-valuenow="25"' in page  # $1.25 of the $5.00 credit
+    assert 'value="25.0" aria-label="Spend this month"' in page  # $1.25 of the $5.00 credit
     assert "$1.25 of $5.00 (25%)" in page
     assert "$3.75 left" in page
     subscription.spend_limit = 2_000_000
@@ -145,7 +145,7 @@ def test_the_current_month_shows_spend_against_credit_and_limit(
 def test_a_capped_month_says_so(alice_client: Any, alice_project: Project) -> None:
     record(alice_project, timezone.now(), "trained_tokens", 1, 6_000_000)
     page = alice_client.get("/usage/").content.decode()
-    assert 'aria-valuenow="100"' in page and "usage-progress over" in page
+    assert 'class="progress usage-progress over" max="100" value="100.0"' in page
     assert "New paid work is refused" in page
 
 

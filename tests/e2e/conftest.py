@@ -1,4 +1,5 @@
-"""Browser fixtures: Debian's Chromium driven by Playwright, screenshots, a console-error guard.
+"""Browser fixtures: Debian's Chromium driven by Playwright, screenshots, a guard against console
+errors and Content-Security-Policy violations.
 
 Playwright's Python package ships only its driver; the browser is the system's `chromium`
 (`apt-get install chromium`; `.ci/run` installs it). `playwright install` is never run.
@@ -27,6 +28,12 @@ LAUNCH_ARGS = [
     "--no-first-run",
 ]
 TIMEOUT_MS = 30_000
+# Runs in every document before its own scripts: each violation of the page's policy is reported
+# to the test through an exposed function, besides the console message Chromium writes for it.
+REPORT_CSP_VIOLATIONS = """document.addEventListener("securitypolicyviolation", (event) => {
+  window.reportCspViolation(`${event.effectiveDirective} refused ${event.blockedURI || "inline code"} `
+    + `(${event.sourceFile || document.URL}:${event.lineNumber}) ${event.sample}`);
+});"""
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -38,12 +45,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 class Console:
-    """Collects console errors and uncaught exceptions from every page of the watched contexts."""
+    """Collects console errors, uncaught exceptions and Content-Security-Policy violations from
+    every page of the watched contexts."""
 
     def __init__(self) -> None:
         self.errors: list[str] = []
 
     def watch(self, context: Any, who: str) -> None:
+        context.expose_function(
+            "reportCspViolation", lambda text: self.errors.append(f"[{who}] CSP violation: {text}")
+        )
+        context.add_init_script(REPORT_CSP_VIOLATIONS)
         context.on("page", lambda page: self._attach(page, who))
 
     def _attach(self, page: Any, who: str) -> None:
@@ -61,7 +73,9 @@ class Console:
         )
 
     def check(self) -> None:
-        assert not self.errors, "errors in the browser console:\n" + "\n".join(self.errors)
+        assert not self.errors, "errors in the browser console or against its policy:\n" + "\n".join(
+            self.errors
+        )
 
 
 class Shots:

@@ -5,7 +5,8 @@ One journey, as a new customer walks it: sign up and verify the email, create a 
 CSV and read its validation report, fine-tune the tiny BERT (watching the progress bar and the loss
 chart), classify with the new model and chat with streaming in the playground, create and revoke
 an API key, invite a teammate who signs up and accepts, and read the usage chart. Every step is
-screenshotted into test-artifacts/e2e/, and any console error or uncaught exception fails it.
+screenshotted into test-artifacts/e2e/, and any console error, uncaught exception or violation of
+the pages' Content-Security-Policy fails it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,21 @@ WATCH_STREAM = """() => {
     if (text && window.__answers[window.__answers.length - 1] !== text) window.__answers.push(text);
   }).observe(document.getElementById('chat-log'), {subtree: true, childList: true, characterData: true, attributes: true});
 }"""
+
+
+def accessible_node(page: Any, role: str, name: str) -> dict[str, Any]:
+    """Chromium's own accessibility tree (what a screen reader gets): the node's value and
+    properties, by role and accessible name."""
+    session = page.context.new_cdp_session(page)
+    try:
+        nodes = session.send("Accessibility.getFullAXTree")["nodes"]
+    finally:
+        session.detach()
+    for node in nodes:
+        if node.get("role", {}).get("value") == role and node.get("name", {}).get("value") == name:
+            properties = {item["name"]: item["value"].get("value") for item in node.get("properties", [])}
+            return {"value": node.get("value", {}).get("value"), **properties}
+    raise AssertionError(f"no {role} named {name!r} in the accessibility tree")
 
 
 def the_csv() -> bytes:
@@ -109,7 +125,8 @@ def test_a_customer_journey_in_the_browser(
     owner = new_context("owner").new_page()
 
     # --- Sign up and verify the email (read from the locmem outbox) --------------------------
-    owner.goto("/accounts/signup/")
+    signup = owner.goto("/accounts/signup/")
+    assert "script-src 'self';" in signup.headers["content-security-policy"]
     sign_up_and_verify(owner, OWNER, mailoutbox, shots, "owner")
 
     # --- Create a project --------------------------------------------------------------------
@@ -164,7 +181,7 @@ def test_a_customer_journey_in_the_browser(
     while time.monotonic() < deadline:
         state = owner.evaluate(
             """() => ({badge: document.getElementById('job-badge')?.textContent.trim(),
-                       bar: document.querySelector('#job-status [role=progressbar]')?.getAttribute('aria-valuenow')})"""
+                       bar: document.querySelector('#job-status progress')?.value})"""
         )
         if state["bar"] is not None and (not seen or float(state["bar"]) != seen[-1]):
             seen.append(float(state["bar"]))
@@ -178,6 +195,8 @@ def test_a_customer_journey_in_the_browser(
     assert seen and seen[-1] == 100, seen
     assert any(value < 100 for value in seen), f"the progress bar never showed a job in progress: {seen}"
     assert seen == sorted(seen), f"the progress bar went backwards: {seen}"
+    bar = accessible_node(owner, "progressbar", "Training progress")
+    assert (bar["value"], bar["valuemin"], bar["valuemax"]) == (100, 0, 100), bar
     owner.wait_for_function(f"() => ({CHART_POINTS})('loss-chart')?.[0] > 1")  # train loss by step
     points = owner.evaluate(CHART_POINTS, "loss-chart")
     assert points[1] >= 1 and points[2] >= 1, points  # validation loss and accuracy per epoch
@@ -200,6 +219,8 @@ def test_a_customer_journey_in_the_browser(
     assert output.locator(".classification").count() == 2
     assert set(output.locator("th[scope=row]").all_inner_texts()) == {"positive", "negative"}
     assert model_name in output.inner_text()
+    score = accessible_node(owner, "meter", "positive")
+    assert 0 <= score["value"] <= 1 and (score["valuemin"], score["valuemax"]) == (0, 1), score
     shots(owner, "playground classify")
 
     # --- The playground: chat, the answer streamed -------------------------------------------
@@ -273,10 +294,19 @@ def test_a_customer_journey_in_the_browser(
     teammate.get_by_role("link", name=PROJECT).wait_for()
     assert teammate.locator("#org-switcher select option:checked").inner_text() == "owner's organization"
     shots(teammate, "teammate joined")
+    # The switcher sends its form on a change (our script: the policy runs no onchange= handler).
+    teammate.locator("#org-switcher select").select_option(label="teammate's organization")
+    teammate.wait_for_function(
+        "(name) => document.querySelector('#org-switcher select option:checked').textContent === name",
+        arg="teammate's organization",
+    )
+    assert not teammate.get_by_role("link", name=PROJECT).is_visible()
 
     owner.reload()
     members = owner.locator("table").first.inner_text()
     assert TEAMMATE in members and OWNER in members, members
+    owner.get_by_label(f"Role of {TEAMMATE}").select_option("admin")
+    owner.get_by_text(f"{TEAMMATE} is now admin.").wait_for()
     shots(owner, "team with the teammate")
 
     # --- Usage, with its chart ---------------------------------------------------------------

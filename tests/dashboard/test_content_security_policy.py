@@ -1,0 +1,202 @@
+"""Every page carries a strict Content-Security-Policy, and holds nothing that policy would refuse:
+no inline script, no inline event handler, no style attribute or element, no javascript: URL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from html.parser import HTMLParser
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import URLPattern, resolve
+from django.utils import timezone
+
+from apps.accounts.actions import create_api_key
+from apps.accounts.models import Invitation
+from apps.dashboard.urls import urlpatterns as dashboard_urls
+from apps.jobs.models import JobEvent, JobStatus
+from tests.billing.test_usage_api import record
+from tests.conftest import login
+from tests.dashboard.test_batches import batch_with_results, chat_output, chat_request, processed_file
+from tests.dashboard.test_fine_tuning import METRICS, make_job
+from tests.dashboard.test_models import make_model
+
+STRICT = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "font-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+STRIPE_FORMS = STRICT.replace(
+    "form-action 'self'", "form-action 'self' https://checkout.stripe.com https://billing.stripe.com"
+)
+# Dashboard routes that answer no page of their own: actions that redirect, downloads and JSON.
+NOT_PAGES = {
+    "switch_organization", "member_role", "member_remove", "invitation_revoke", "project_rename",
+    "api_key_revoke", "file_upload", "file_content", "file_delete", "job_metrics", "job_cancel",
+    "model_download", "model_delete", "playground_chat", "batch_cancel", "batch_output",
+    "batch_errors", "batch_results_csv", "usage_daily", "usage_export",
+}  # fmt: skip
+LABELLED_CSV = b"text,label\nrefund please,billing\nthe app crashes,bug\nlove it,praise\nso slow,bug\n"
+
+
+class InlineCode(HTMLParser):
+    """Collects what a strict policy refuses: code in <script> other than JSON data, on…= and
+    hx-on attributes, style attributes and elements, and javascript: URLs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+        self._in_code_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name.startswith(("on", "hx-on", "data-hx-on")) or name == "style":
+                self.found.append(f"<{tag} {name}={value!r}>")
+            if name in ("href", "src", "action") and (value or "").strip().lower().startswith("javascript:"):
+                self.found.append(f"<{tag} {name}={value!r}>")
+        if tag == "style":
+            self.found.append("a <style> element")
+        if tag == "script":
+            attributes = dict(attrs)
+            self._in_code_script = "src" not in attributes and attributes.get("type") != "application/json"
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in_code_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_code_script and data.strip():
+            self.found.append(f"an inline script: {data.strip()[:60]!r}")
+
+
+def inline_code(html: str) -> list[str]:
+    parser = InlineCode()
+    parser.feed(html)
+    parser.close()
+    return parser.found
+
+
+def problems(response: Any, policy: str = STRICT) -> list[str]:
+    found = []
+    if response.get("Content-Security-Policy") != policy:
+        found.append(f"policy {response.get('Content-Security-Policy')!r}")
+    return found + inline_code(response.content.decode())
+
+
+@pytest.fixture
+def busy_project(alice: Any, bob: Any, alice_project: Any) -> dict[str, Any]:
+    """alice's project with something on every page: a labelled file, a running and a finished
+    fine-tune, a model, a running batch, spend this month, a teammate, an invitation and a key."""
+    file = processed_file(alice_project, "tickets.csv", LABELLED_CSV)
+    running = make_job(alice_project, JobStatus.RUNNING, training_file=file, started_at=timezone.now(),
+                       progress={"step": 3, "total_steps": 8, "epoch": 1, "percent": 37.5, "eta_seconds": 20})  # fmt: skip
+    JobEvent.objects.create(job=running, type="metrics", message="", data={"step": 1, "train_loss": 0.9})
+    finished = make_job(alice_project, JobStatus.SUCCEEDED, training_file=file, result={"metrics": METRICS})
+    model = make_model(alice_project)
+    batch = batch_with_results(alice_project, [chat_request("a", "hi"), chat_request("b", "yo")],
+                               [chat_output("a", "hello")], [], status=JobStatus.RUNNING)  # fmt: skip
+    record(alice_project, timezone.now() - timedelta(minutes=1), "trained_tokens", 1000, 4_500_000)
+    Invitation.objects.create(organization=alice_project.organization, email="dave@example.com",
+                              invited_by=alice, token_hash=Invitation.hash_token("dave-token"))  # fmt: skip
+    create_api_key(alice_project, "ci", alice)
+    return {"file": file, "running": running, "finished": finished, "model": model, "batch": batch}
+
+
+def test_every_page_has_the_policy_and_no_inline_code(
+    client: Client, alice: Any, alice_project: Any, busy_project: dict[str, Any]
+) -> None:
+    # given: every kind of page, for a visitor and for alice
+    base = f"/projects/{alice_project.public_id}"
+    file, model = busy_project["file"], busy_project["model"]
+    running, finished, batch = busy_project["running"], busy_project["finished"], busy_project["batch"]
+    anonymous = ["/accounts/login/", "/accounts/signup/", "/accounts/password/reset/",
+                 "/invitations/dave-token/"]  # fmt: skip
+    pages = [
+        "/", "/organizations/new", "/team/", "/invitations/dave-token/", "/projects/", f"{base}/",
+        f"{base}/delete", f"{base}/api-keys/", f"{base}/files/", f"{base}/files/{file.public_id}/",
+        f"{base}/files/{file.public_id}/?line=2", f"{base}/files/{file.public_id}/status",
+        f"{base}/fine-tuning/", f"{base}/fine-tuning/new", f"{base}/fine-tuning/{running.public_id}/",
+        f"{base}/fine-tuning/{running.public_id}/status", f"{base}/fine-tuning/{finished.public_id}/",
+        f"{base}/models/", f"{base}/models/{model.name}/", f"{base}/models/minilm-l6/",
+        f"{base}/playground/", f"{base}/batches/", f"{base}/batches/{batch.public_id}/",
+        f"{base}/batches/{batch.public_id}/status", "/usage/", "/accounts/email/",
+        "/accounts/password/change/",
+    ]  # fmt: skip
+    found: dict[str, list[str]] = {}
+    visited: set[str] = set()
+
+    # when
+    for path in anonymous:
+        found[f"anonymous {path}"] = problems(client.get(path))
+    login(client, alice)
+    for path in pages:
+        response = client.get(path, follow=True)
+        assert response.status_code == 200, path
+        visited.add(resolve(path.split("?")[0]).url_name or "")
+        found[path] = problems(response)
+    for path, data in [
+        (f"{base}/fine-tuning/estimate", {"training_file": file.public_id, "model": "minilm-l6"}),
+        (f"{base}/playground/classify", {"model": model.name, "input": ""}),  # the error fragment
+        (f"{base}/batches/new", {"model": "no-such-model", "file": file.public_id}),  # the page again
+    ]:
+        visited.add(resolve(path).url_name or "")
+        found[f"POST {path}"] = problems(client.post(path, data))
+    visited.add("billing")
+    found["/billing/"] = problems(client.get("/billing/"), STRIPE_FORMS)
+    found["a missing page"] = problems(client.get(f"{base}/files/file-nope/"))
+    found["a bad request"] = problems(client.get("/projects/?q=%00"))
+
+    # then
+    assert {path: issues for path, issues in found.items() if issues} == {}
+    every_page = {p.name for p in dashboard_urls if isinstance(p, URLPattern) and p.name not in NOT_PAGES}
+    assert every_page - visited == set(), "pages this test does not fetch"
+
+
+def test_the_server_error_page_has_the_policy_and_no_inline_style(
+    alice_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("apps.dashboard.views.projects.render", broken)
+    alice_client.raise_request_exception = False
+
+    response = alice_client.get("/projects/")
+
+    assert response.status_code == 500
+    assert "Something went wrong" in response.content.decode()
+    assert problems(response) == []
+
+
+def test_the_admin_pages_have_the_policy_and_no_inline_code(client: Client, alice_project: Any) -> None:
+    from apps.accounts.models import User
+
+    assert problems(client.get("/admin/login/")) == []
+    admin = User.objects.create_superuser("root@example.com", "a-long-admin-password")
+    login(client, admin)
+    for path in ["/admin/", "/admin/accounts/user/", f"/admin/accounts/user/{admin.pk}/change/",
+                 "/admin/jobs/job/", f"/admin/projects/project/{alice_project.pk}/change/"]:  # fmt: skip
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert problems(response) == [], path
+
+
+def test_only_the_api_reference_may_add_styles_and_a_search_worker(db: None) -> None:
+    response = Client().get("/docs")
+
+    # Redoc injects <style> elements and runs its search in a worker made from a blob: URL.
+    assert (
+        response["Content-Security-Policy"]
+        == STRICT.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
+        + "; worker-src 'self' blob:"
+    )
+    assert inline_code(response.content.decode()) == []
+
+
+def test_debug_error_pages_keep_their_own_inline_code(alice_client: Client, settings: Any) -> None:
+    settings.DEBUG = True
+
+    response = alice_client.get("/projects/proj_nope/")
+
+    assert response.status_code == 404
+    assert "Content-Security-Policy" not in response
