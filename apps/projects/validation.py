@@ -50,8 +50,6 @@ MAX_BATCH_MODELS = 20
 CHAT_KEYS = frozenset({"tools", "parallel_tool_calls", "functions"})
 BATCH_KEYS = frozenset({"custom_id", "method", "url", "body"})
 CLASSIFICATION_FORMATS = ("classification_csv", "classification_jsonl")
-# Texts without labels: the unlabeled_file of a distillation, which a teacher model labels.
-TEXT_FORMATS = ("text_csv", "text_jsonl")
 
 _FORMAT_NAMES = {
     "classification_csv": "classification CSV",
