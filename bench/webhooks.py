@@ -77,14 +77,14 @@ NEW, OLD = "/billing/stripe/webhook", "/bench/stripe/webhook-sync"
 SEED = r"""
 import json, sys, django
 django.setup()
-from apps.accounts import actions
+from apps.projects import onboarding
 from apps.accounts.models import User
 from apps.billing.models import Plan, Subscription
 from apps.billing.quotas import subscription_for
 price, customers = sys.argv[1], json.loads(sys.argv[2])
 Plan.objects.filter(slug="pro").update(stripe_price_id=price)
 for i, customer in enumerate(customers):
-    org = actions.create_organization(User.objects.create_user(f"bench{i}@example.com", "bench-password-1"), f"Bench {i}")
+    org = onboarding.create_organization(User.objects.create_user(f"bench{i}@example.com", "bench-password-1"), f"Bench {i}")
     Subscription.objects.filter(pk=subscription_for(org).pk).update(stripe_customer_id=customer)
 """
 

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from typing import Any
 
 from celery import Celery, bootsteps
 from kombu import Queue
 
+from apps.core.health import record_worker_heartbeat
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "saas.settings")
 
 app = Celery("modelworks")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+# The app of every thread, not only the one that imported this module: tasks are `shared_task`s and
+# `apps.core.broker` sends through `celery.current_app`, so neither imports this wiring.
+app.set_default()
 # gpu: training and batch jobs (a fresh worker child per task, so GPU memory is always released);
 # serve: local inference, on workers that keep their models loaded between requests, so a
 # fine-tune running for hours never makes a chat or a classification wait; default: the rest.
@@ -37,14 +41,11 @@ app.conf.task_routes = {
 }
 app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
 
-WORKER_HEARTBEAT_KEY = "modelworks:worker-heartbeat:"
-
 
 class WorkerHeartbeat(bootsteps.StartStopStep):
-    """Writes `modelworks:worker-heartbeat:<hostname>` to Redis every few seconds.
+    """Writes the worker's heartbeat to Redis every few seconds (`apps.core.health`).
 
-    `/healthz` reads these keys: a worker is alive if one was written recently. The key
-    expires on its own, so a dead worker simply disappears.
+    `/healthz` reads these keys: a worker is alive if one was written recently.
     """
 
     requires = ("celery.worker.components:Timer",)
@@ -68,18 +69,7 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
             self.tref.cancel()
 
     def beat(self) -> None:
-        import json
-
-        from redis import Redis
-        from redis.exceptions import RedisError
-
-        try:
-            client = Redis.from_url(app.conf.broker_url, socket_timeout=2)
-            payload = json.dumps({"at": time.time(), "queues": self.queues})
-            client.set(WORKER_HEARTBEAT_KEY + self.worker_name, payload, ex=self.ttl)
-        except RedisError:
-            # The broker is down: the worker itself will notice; healthz will say so.
-            pass
+        record_worker_heartbeat(self.worker_name, self.queues, self.ttl)
 
 
 app.steps["worker"].add(WorkerHeartbeat)

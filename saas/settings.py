@@ -234,14 +234,14 @@ ACCOUNT_USER_MODEL_USERNAME_FIELD = None
 ACCOUNT_EMAIL_VERIFICATION = os.environ.get("ACCOUNT_EMAIL_VERIFICATION", "mandatory")
 ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_LOGOUT_ON_GET = False
-ACCOUNT_ADAPTER = "apps.accounts.adapter.AccountAdapter"
+ACCOUNT_ADAPTER = "apps.dashboard.adapter.AccountAdapter"
 # Failed logins, on the dashboard and in the admin alike (they share the counts). In allauth
 # 65.21, `login_failed`'s "key" is the account alone (site domain + email), whatever the address:
 # a count per account lets anyone lock its owner out. With one such count, what it costs an
 # attacker to keep an account locked is exactly what a guesser from many addresses may try, so
 # raising or lowering it only trades one for the other. The owner is told apart by address:
 # - 10/m/ip: one address guessing across accounts. It does the heavy lifting.
-# - login_failed_from_ip, 5/5m and 20/h per account *at one address* (apps/accounts/adapter.py):
+# - login_failed_from_ip, 5/5m and 20/h per account *at one address* (apps/dashboard/adapter.py):
 #   a guesser from one address locks only that address out of that account; the owner, elsewhere,
 #   still logs in.
 # - 60/h per account from all addresses together: the ceiling for a guesser with many addresses,

@@ -92,11 +92,22 @@ def make_user(email: str, password: str = PASSWORD) -> Any:
 
 
 @pytest.fixture
-def alice(db: None) -> Any:
-    from apps.accounts import actions
+def billing_plans(db: None) -> None:
+    """The plans and prices a migration seeds (every new organization starts on the Free plan).
+    Transactional tests empty every table when they end, these included: put them back."""
+    from apps.billing.models import Plan, Price
+    from apps.billing.seed import seed_billing
+
+    if not Plan.objects.exists():
+        seed_billing(Plan, Price)
+
+
+@pytest.fixture
+def alice(billing_plans: None) -> Any:
+    from apps.projects import onboarding
 
     user = make_user("alice@example.com")
-    actions.create_organization(user, "Acme")
+    onboarding.create_organization(user, "Acme")
     return user
 
 
@@ -129,11 +140,11 @@ def erin(alice_org: Any) -> Any:
 
 
 @pytest.fixture
-def carol(db: None) -> Any:
-    from apps.accounts import actions
+def carol(billing_plans: None) -> Any:
+    from apps.projects import onboarding
 
     user = make_user("carol@example.com")
-    actions.create_organization(user, "Outsiders Inc")
+    onboarding.create_organization(user, "Outsiders Inc")
     return user
 
 
@@ -144,7 +155,7 @@ def carol_project(carol: Any) -> Any:
 
 @pytest.fixture
 def alice_key(alice: Any, alice_project: Any) -> str:
-    from apps.accounts import actions
+    from apps.projects import actions
 
     _, raw = actions.create_api_key(alice_project, "test", alice)
     return raw
@@ -152,7 +163,7 @@ def alice_key(alice: Any, alice_project: Any) -> str:
 
 @pytest.fixture
 def carol_key(carol: Any, carol_project: Any) -> str:
-    from apps.accounts import actions
+    from apps.projects import actions
 
     _, raw = actions.create_api_key(carol_project, "test", carol)
     return raw
@@ -302,6 +313,21 @@ def celery_worker(transactional_db: None) -> Iterator[Worker]:
 
 
 @pytest.fixture
+def media(settings: Any, tmp_path: Path) -> Path:
+    """Each test stores its blobs in its own folder, so it can see exactly what was written (and
+    unpacks exported weights into its own model cache)."""
+    root = tmp_path / "media"
+    root.mkdir()
+    settings.MEDIA_ROOT = root
+    settings.MODEL_CACHE_DIR = tmp_path / "models"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(root)}},
+    }  # fmt: skip
+    return root
+
+
+@pytest.fixture
 def catalog(db: None) -> None:
     """Transactional tests empty every table, the seeded catalog included: put it back."""
     from apps.registry.catalog import sync_catalog
@@ -439,14 +465,7 @@ def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[N
 @pytest.fixture
 def pro(alice_org: Any, catalog: None) -> Any:
     """alice's organization on the Pro plan (the Free plan leaves out `openai:*`)."""
-    from apps.billing.models import Plan, Price, Subscription
-    from apps.billing.seed import seed_billing
-
-    seed_billing(Plan, Price)  # transactional tests empty the seeded tables
-    subscription, _ = Subscription.objects.update_or_create(
-        organization=alice_org, defaults={"plan": Plan.objects.get(slug="pro")}
-    )
-    return subscription
+    return use_plan(alice_org, "pro")
 
 
 def use_plan(organization: Any, slug: str) -> Any:

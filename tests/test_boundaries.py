@@ -1,7 +1,9 @@
-"""The boundary of docs/architecture.md, "The Django ↔ ML boundary", proved in fresh interpreters."""
+"""The Django ↔ ML boundary (docs/architecture.md, "The Django ↔ ML boundary"), proved in fresh
+interpreters, and the direction of every import, read statically (docs/architecture.md, "Layers")."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +55,110 @@ print(len(names), leaked)
     count, leaked = out.split(" ", 1)
     assert int(count) >= 1
     assert leaked.strip() == "[]"
+
+
+# --- Which way imports run (read statically, so an import inside a function counts too) -------------
+# The layers, lowest first. A module may import its own unit and any lower layer; the wiring in
+# `saas/` sits on top, then the adapters (the API, the dashboard, the Celery side of the workers), then
+# jobs, then the apps jobs use, then accounts, then core (docs/architecture.md).
+LAYERS = {
+    "workers.runtime": 0,
+    "apps.core": 1,
+    "apps.accounts": 2,
+    "apps.projects": 3,
+    "apps.registry": 3,
+    "apps.billing": 3,
+    "apps.jobs": 4,
+    "apps.api": 5,
+    "apps.dashboard": 5,
+    "workers": 5,
+    "saas": 6,
+}
+# Edges between units of the same layer, each on purpose.
+SIDEWAYS = {
+    # A project's uploads are bounded by its organization's plan, and onboarding (a new organization
+    # with its default project) gives the organization its Free subscription in the same transaction.
+    ("apps.projects", "apps.billing"),
+}
+# The runtime modules the Django side may import: plain Python, no torch when imported.
+RUNTIME_PURE = {"workers.runtime.specs", "workers.runtime.catalog", "workers.runtime.distill"}
+ANALYSED = ("apps", "workers", "saas")
+
+
+def module_of(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def unit_of(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] == "apps" and len(parts) > 1:
+        return ".".join(parts[:2])
+    if parts[0] == "workers":
+        return "workers.runtime" if parts[1:2] == ["runtime"] else "workers"
+    return "saas" if parts[0] == "saas" else None
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """(line, module) for every import in the file, at any depth, relative ones resolved."""
+    module = module_of(path)
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(
+                    [*package[: len(package) - node.level + 1], *([node.module] if node.module else [])]
+                )
+            # `from apps import billing` imports the package's submodule.
+            found += sorted(
+                {(node.lineno, base if unit_of(base) else f"{base}.{a.name}") for a in node.names}
+            )
+    return found
+
+
+def import_edges() -> list[tuple[str, str, str]]:
+    """(where, importing unit, imported module) for every import of one of our units by another,
+    and of django by the runtime."""
+    edges = []
+    for top in ANALYSED:
+        for path in sorted((ROOT / top).rglob("*.py")):
+            source = unit_of(module_of(path))
+            if "migrations" in path.parts or source is None:  # `apps/__init__.py` only names the package
+                continue
+            for line, target in imported_modules(path):
+                ours = unit_of(target) not in (None, source)
+                if ours or (source == "workers.runtime" and target.split(".")[0] == "django"):
+                    edges.append((f"{path.relative_to(ROOT)}:{line}", source, target))
+    return edges
+
+
+def is_allowed(source: str, target: str) -> bool:
+    target_unit = unit_of(target)
+    if target_unit is None:  # django, from the runtime
+        return False
+    if target_unit == "workers.runtime" and source != "workers":
+        return target in RUNTIME_PURE
+    return LAYERS[source] > LAYERS[target_unit] or (source, target_unit) in SIDEWAYS
+
+
+def test_every_unit_has_a_layer() -> None:
+    units = {unit_of(module_of(path)) for top in ANALYSED for path in (ROOT / top).rglob("*.py")}
+    assert units - {None} == set(LAYERS)
+
+
+def test_imports_run_down_the_layers() -> None:
+    wrong = [
+        f"{where}: {source} imports {target}"
+        for where, source, target in import_edges()
+        if not is_allowed(source, target)
+    ]
+    assert wrong == [], "imports against the layers:\n" + "\n".join(wrong)
+
+
+def test_every_sideways_edge_is_still_needed() -> None:
+    used = {(source, unit_of(target)) for _, source, target in import_edges()}
+    assert used >= SIDEWAYS

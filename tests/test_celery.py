@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import json
+import threading
 from typing import Any
 
 import pytest
+from celery import current_app
 
 from saas.celery import app
+from tests.test_boundaries import run_python
 
 
 def test_celery_policy_is_set() -> None:
@@ -38,3 +42,53 @@ def test_routes_send_training_and_serving_to_their_own_queues() -> None:
 def test_a_real_worker_answers_ping(celery_worker: Any) -> None:
     result = app.send_task("system.ping", args=["hello"], ignore_result=False)
     assert result.get(timeout=30)["pong"] == "hello"
+
+
+# Every task `workers/tasks.py` declares, with the queue its decorator names.
+TASK_QUEUES = {
+    "system.ping": "default",
+    "files.validate": "default",
+    "jobs.run_fine_tune": "gpu",
+    "jobs.reap": "default",
+    "jobs.run_inference": "serve",
+    "jobs.run_proxy": "default",
+    "jobs.run_batch": "gpu",
+    "jobs.run_proxy_batch": "default",
+    "billing.process_stripe_event": "default",
+    "billing.report_usage": "default",
+    "billing.check_spend_alerts": "default",
+    "billing.reconcile_events": "default",
+}
+
+
+def test_the_app_finds_every_task_by_autodiscovery() -> None:
+    """In a fresh interpreter that imports only the wiring, as `celery -A saas worker` does: the
+    tasks are shared tasks, so they are the app's only if autodiscovery imported them."""
+    out = run_python(
+        """
+import json, django
+from saas.celery import app
+django.setup()
+app.loader.import_default_modules()
+print(json.dumps({name: task.queue for name, task in app.tasks.items() if not name.startswith("celery.")}))
+"""
+    )
+    assert json.loads(out) == TASK_QUEUES
+
+
+def test_every_thread_sends_through_the_configured_app() -> None:
+    """`celery.current_app` is per thread; a web server's request threads must get our app, not a
+    bare default one that would send to a broker nobody configured."""
+    seen: list[str] = []
+    thread = threading.Thread(target=lambda: seen.append(current_app.main or ""))
+    thread.start()
+    thread.join()
+    assert seen == ["modelworks"]
+    assert current_app.conf.broker_url == app.conf.broker_url
+
+
+@pytest.mark.integration
+def test_a_real_worker_lists_every_task(celery_worker: Any) -> None:
+    registered = app.control.inspect(timeout=10).registered() or {}
+    assert len(registered) == 1
+    assert set(TASK_QUEUES) <= set(next(iter(registered.values())))

@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from saas.celery import WORKER_HEARTBEAT_KEY
+from apps.core.health import WORKER_HEARTBEAT_KEY
 
 
 @pytest.mark.django_db

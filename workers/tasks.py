@@ -11,11 +11,11 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from celery import shared_task
 from celery.signals import worker_process_init
 from django.conf import settings
 
 from apps.billing.stripe_api import BillingUnavailable
-from saas.celery import app
 
 
 @worker_process_init.connect
@@ -27,13 +27,13 @@ def limit_torch_threads(**_: Any) -> None:
         torch.set_num_threads(settings.WORKER_TORCH_THREADS)
 
 
-@app.task(name="system.ping", queue="default", ignore_result=False, soft_time_limit=10, time_limit=20)
+@shared_task(name="system.ping", queue="default", ignore_result=False, soft_time_limit=10, time_limit=20)
 def ping(payload: Any = None) -> dict[str, Any]:
     """Answers with the host and the payload: proves a real worker consumed the message."""
     return {"pong": payload, "host": socket.gethostname()}
 
 
-@app.task(name="files.validate", queue="default", soft_time_limit=30 * 60, time_limit=32 * 60)
+@shared_task(name="files.validate", queue="default", soft_time_limit=30 * 60, time_limit=32 * 60)
 def validate_file(file_id: str) -> None:
     """Streams an upload through the validator and stores the report (first report wins)."""
     from apps.projects.actions import record_validation
@@ -54,7 +54,7 @@ def validate_file(file_id: str) -> None:
         on_file_validated(file)
 
 
-@app.task(
+@shared_task(
     name="jobs.run_fine_tune",
     queue="gpu",
     soft_time_limit=settings.GPU_TASK_SOFT_TIME_LIMIT,
@@ -68,7 +68,7 @@ def run_fine_tune(job_id: str, attempt: int | None = None) -> None:
     run_claimed(job_id, run)
 
 
-@app.task(name="jobs.reap", queue="default", soft_time_limit=60, time_limit=90)
+@shared_task(name="jobs.reap", queue="default", soft_time_limit=60, time_limit=90)
 def reap() -> dict[str, int]:
     """Everything whose message may have been lost: jobs, file validations, Stripe events."""
     from apps.billing.webhooks import resend_unprocessed_events
@@ -79,7 +79,7 @@ def reap() -> dict[str, int]:
     return counts
 
 
-@app.task(name="jobs.run_inference", queue="serve", soft_time_limit=600, time_limit=660)
+@shared_task(name="jobs.run_inference", queue="serve", soft_time_limit=600, time_limit=660)
 def run_inference(job_id: str, attempt: int | None = None) -> None:
     """A chat, completion or classification request (with any same-model requests waiting)."""
     from workers.attempt import run_claimed
@@ -88,7 +88,7 @@ def run_inference(job_id: str, attempt: int | None = None) -> None:
     run_claimed(job_id, run, with_files=False)
 
 
-@app.task(name="jobs.run_proxy", queue="default", soft_time_limit=300, time_limit=330)
+@shared_task(name="jobs.run_proxy", queue="default", soft_time_limit=300, time_limit=330)
 def run_proxy(job_id: str, attempt: int | None = None) -> None:
     from workers.attempt import run_claimed
     from workers.inference import run_proxy as run
@@ -96,7 +96,7 @@ def run_proxy(job_id: str, attempt: int | None = None) -> None:
     run_claimed(job_id, run)
 
 
-@app.task(
+@shared_task(
     name="jobs.run_batch",
     queue="gpu",
     soft_time_limit=settings.GPU_TASK_SOFT_TIME_LIMIT,
@@ -109,7 +109,7 @@ def run_batch(job_id: str, attempt: int | None = None) -> None:
     run_claimed(job_id, run)
 
 
-@app.task(
+@shared_task(
     name="jobs.run_proxy_batch",
     queue="default",
     soft_time_limit=settings.GPU_TASK_SOFT_TIME_LIMIT,
@@ -124,7 +124,7 @@ def run_proxy_batch(job_id: str, attempt: int | None = None) -> None:
 
 
 # --- Billing (apps/billing) --------------------------------------------------------------------------
-@app.task(
+@shared_task(
     name="billing.process_stripe_event",
     queue="default",
     # Two Stripe calls at most, each 10 s and two SDK retries: well inside these.
@@ -146,7 +146,7 @@ def process_stripe_event(event_id: str) -> str:
 
 
 # The periodic ones: no retries here; each run picks up what the last one left.
-@app.task(name="billing.report_usage", queue="default", soft_time_limit=240, time_limit=300)
+@shared_task(name="billing.report_usage", queue="default", soft_time_limit=240, time_limit=300)
 def report_usage() -> dict[str, int]:
     """Fills the meter-event outbox from closed hours of usage and sends the unsent rows to Stripe."""
     from apps.billing.meters import report_usage as run
@@ -154,7 +154,7 @@ def report_usage() -> dict[str, int]:
     return run()
 
 
-@app.task(name="billing.reconcile_events", queue="default", soft_time_limit=600, time_limit=660)
+@shared_task(name="billing.reconcile_events", queue="default", soft_time_limit=600, time_limit=660)
 def reconcile_stripe_events() -> dict[str, int]:
     """Processes the Stripe events of the last 30 days that were never delivered to the webhook."""
     from apps.billing.webhooks import reconcile_missed_events
@@ -162,7 +162,7 @@ def reconcile_stripe_events() -> dict[str, int]:
     return reconcile_missed_events()
 
 
-@app.task(name="billing.check_spend_alerts", queue="default", soft_time_limit=120, time_limit=150)
+@shared_task(name="billing.check_spend_alerts", queue="default", soft_time_limit=120, time_limit=150)
 def check_spend_alerts() -> int:
     """Emails owners and admins of organizations whose month spend passed their alert threshold."""
     from apps.billing.actions import check_spend_alerts as run

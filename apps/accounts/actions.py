@@ -1,9 +1,9 @@
-"""Every change to users, organizations, memberships, invitations and API keys."""
+"""Every change to users, organizations, memberships and invitations. A new organization is made by
+`apps.projects.onboarding`, which adds its default project and its subscription."""
 
 from __future__ import annotations
 
 import secrets
-from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -14,65 +14,37 @@ from django.db.models import Q, QuerySet
 from django.urls import reverse
 from django.utils import timezone
 
-from apps.accounts.models import ApiKey, Invitation, Membership, Organization, Role, User
-from apps.billing.quotas import FREE, subscription_for
+from apps.accounts.models import Invitation, Membership, Organization, Role, User
 from apps.core.errors import ActionError, PermissionDenied
 from apps.core.mail import single_line
-from apps.projects.models import Project
-
-DEFAULT_PROJECT_NAME = "Default project"
 
 
-FREE_ORGANIZATIONS_REFUSAL = (
-    "Each person may have {limit} organization{s} on the Free plan, and you have {count} ({names}). "
-    "To create another, upgrade one of yours to a paid plan under Billing, or ask an owner or admin of an "
-    "existing organization to invite you."
-)
-
-
-def free_organizations(user: User) -> QuerySet[Organization]:
-    """The organizations on the Free plan that count against `user`'s allowance: those they own
-    and those they created (handing an organization over does not give its free credit back)."""
-    owned = Membership.objects.filter(user=user, role=Role.OWNER).values("organization_id")
-    # An organization without a subscription row is on the Free plan (`subscription_for`).
-    free = Q(subscription__isnull=True) | Q(subscription__plan__slug=FREE)
-    return Organization.objects.filter(Q(pk__in=owned) | Q(created_by=user)).filter(free)
-
-
-def free_organization_refusal(user: User) -> str | None:
-    """Why `user` may not create another organization (it would start on the Free plan), or None."""
-    limit = settings.FREE_ORGANIZATIONS_PER_USER
-    names = list(free_organizations(user).order_by("created_at", "id").values_list("name", flat=True))
-    if len(names) < limit:
-        return None
-    return FREE_ORGANIZATIONS_REFUSAL.format(
-        limit=limit, s="" if limit == 1 else "s", count=len(names), names=", ".join(names)
-    )
-
-
-@transaction.atomic
-def create_organization(user: User, name: str) -> Organization:
-    """A new organization owned by `user`, with a default project, on the Free plan. Each person
-    may have `FREE_ORGANIZATIONS_PER_USER` free organizations: the Free plan's monthly credit is
-    per person, not per organization."""
+def organization_name(name: str) -> str:
+    """The name a new organization gets, or a refusal when there is none."""
     name = name.strip()
     if not name:
         raise ActionError("Give the organization a name.", param="name")
-    # Locks the user's row: two concurrent creations cannot both see room for one more.
-    User.objects.select_for_update().filter(pk=user.pk).first()
-    refusal = free_organization_refusal(user)
-    if refusal is not None:
-        raise ActionError(refusal, code="free_organization_limit", status=403)
-    organization = Organization.objects.create(name=name[:100], created_by=user)
+    return name[:100]
+
+
+def personal_organization_name(user: User) -> str:
+    return f"{user.name or user.email.split('@')[0]}'s organization"
+
+
+def create_owned_organization(user: User, name: str) -> Organization:
+    """The organization and its first owner, `user`. Only onboarding calls this
+    (`apps.projects.onboarding.create_organization`): an organization needs its project and its
+    subscription from the start."""
+    organization = Organization.objects.create(name=organization_name(name), created_by=user)
     Membership.objects.create(organization=organization, user=user, role=Role.OWNER)
-    Project.objects.create(organization=organization, name=DEFAULT_PROJECT_NAME, created_by=user)
-    subscription_for(organization)  # every organization starts on the Free plan
     return organization
 
 
-def create_personal_organization(user: User) -> Organization:
-    label = user.name or user.email.split("@")[0]
-    return create_organization(user, f"{label}'s organization")
+def owned_or_created(user: User) -> QuerySet[Organization]:
+    """The organizations `user` owns or created (an organization handed over still counts as its
+    creator's)."""
+    owned = Membership.objects.filter(user=user, role=Role.OWNER).values("organization_id")
+    return Organization.objects.filter(Q(pk__in=owned) | Q(created_by=user))
 
 
 def get_membership(user: User, organization: Organization) -> Membership | None:
@@ -231,43 +203,3 @@ def remove_member(actor: User, membership: Membership) -> None:
     if membership.role == Role.OWNER and _owner_count(membership.organization) <= 1:
         raise ActionError("The last owner cannot leave. Make someone else an owner first.")
     membership.delete()
-
-
-@transaction.atomic
-def create_project(organization: Organization, user: User | None, name: str) -> Project:
-    name = name.strip()
-    if not name:
-        raise ActionError("Give the project a name.", param="name")
-    return Project.objects.create(organization=organization, name=name[:100], created_by=user)
-
-
-def rename_project(project: Project, name: str) -> Project:
-    name = name.strip()
-    if not name:
-        raise ActionError("Give the project a name.", param="name")
-    project.name = name[:100]
-    project.save(update_fields=["name"])
-    return project
-
-
-def create_api_key(
-    project: Project, name: str, user: User | None, expires_in_days: int | None = None
-) -> tuple[ApiKey, str]:
-    """Returns the key and its full secret, which is shown once and never stored. With
-    `expires_in_days` the key stops working that many days from now."""
-    name = name.strip() or "Secret key"
-    prefix, raw = ApiKey.generate()
-    expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
-    key = ApiKey.objects.create(
-        project=project, name=name[:100], prefix=prefix, hashed_key=ApiKey.hash_secret(raw), created_by=user,
-        expires_at=expires_at,
-    )  # fmt: skip
-    return key, raw
-
-
-REVOKE_KEY_REFUSAL = "Only owners and admins can revoke another member's API key."
-
-
-def revoke_api_key(actor: User, key: ApiKey) -> None:
-    require_manager_or_creator(actor, key.project.organization, key.created_by_id, REVOKE_KEY_REFUSAL)
-    ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())

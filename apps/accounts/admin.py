@@ -141,6 +141,11 @@ class OrganizationAdmin(admin.ModelAdmin):
     exclude = ["openai_api_key_encrypted"]
     inlines = [MembershipInline]
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # An organization is made whole, with its project and subscription (`apps.projects.onboarding`:
+        # signup, the dashboard, `manage.py create_tenant`); a bare row here would have neither.
+        return False
+
 
 @admin.register(Membership)
 class MembershipAdmin(admin.ModelAdmin):

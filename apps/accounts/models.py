@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import hashlib
-import secrets
 from datetime import timedelta
 from typing import Any
 
@@ -23,10 +22,6 @@ UNREADABLE_OPENAI_KEY = (
 
 def new_org_id() -> str:
     return random_id("org-")
-
-
-def new_invitation_token() -> str:
-    return secrets.token_urlsafe(32)
 
 
 class UserManager(BaseUserManager["User"]):

@@ -60,6 +60,12 @@ def _lock(organization: Organization) -> Subscription:
     return Subscription.objects.select_for_update().get(pk=subscription.pk)
 
 
+def start_free_subscription(organization: Organization) -> Subscription:
+    """A new organization's subscription, on the Free plan (onboarding calls this in the
+    transaction that creates the organization)."""
+    return Subscription.objects.create(organization=organization, plan=Plan.objects.get(slug=FREE))
+
+
 # --- Checkout and the Customer Portal --------------------------------------------------------------
 
 
@@ -79,8 +85,11 @@ def _ensure_customer(organization: Organization, deadline: stripe_api.Deadline) 
     return subscription.stripe_customer_id
 
 
-def start_checkout(organization: Organization, user: User, plan_slug: str) -> str:
-    """The URL of a Stripe Checkout page that subscribes the organization to the plan."""
+def start_checkout(
+    organization: Organization, user: User, plan_slug: str, *, return_url: str, cancel_url: str
+) -> str:
+    """The URL of a Stripe Checkout page that subscribes the organization to the plan. Stripe sends
+    the customer to `return_url` (with `?session_id=`) once paid, to `cancel_url` otherwise."""
     _require_manager(user, organization, "change the plan")
     plan = Plan.objects.filter(slug=plan_slug).first()
     if plan is None:
@@ -106,8 +115,8 @@ def start_checkout(organization: Organization, user: User, plan_slug: str) -> st
             organization_id=organization.public_id,
             plan_slug=plan.slug,
             # Stripe fills in {CHECKOUT_SESSION_ID}; the return page applies the result at once.
-            success_url=settings.SITE_URL + reverse("billing:return") + "?session_id={CHECKOUT_SESSION_ID}",
-            cancel_url=settings.SITE_URL + reverse("dashboard:billing"),
+            success_url=return_url + "?session_id={CHECKOUT_SESSION_ID}",
+            cancel_url=cancel_url,
             deadline=deadline,
         )
     except stripe_api.StripeRejected as exc:
@@ -115,8 +124,9 @@ def start_checkout(organization: Organization, user: User, plan_slug: str) -> st
     return str(session["url"])
 
 
-def open_portal(organization: Organization, user: User) -> str:
-    """The URL of the Stripe Customer Portal: payment methods, plan changes, cancellation, invoices."""
+def open_portal(organization: Organization, user: User, *, return_url: str) -> str:
+    """The URL of the Stripe Customer Portal: payment methods, plan changes, cancellation, invoices;
+    its way back leads to `return_url`."""
     _require_manager(user, organization, "manage billing")
     customer_id = subscription_for(organization).stripe_customer_id
     if not customer_id:
@@ -124,7 +134,7 @@ def open_portal(organization: Organization, user: User) -> str:
     try:
         session = stripe_api.create_portal_session(
             customer_id=customer_id,
-            return_url=settings.SITE_URL + reverse("dashboard:billing"),
+            return_url=return_url,
             deadline=stripe_api.Deadline(),
         )
     except stripe_api.StripeRejected as exc:

@@ -29,11 +29,6 @@ def _book() -> dict[tuple[str, str], int]:
     return _CACHE
 
 
-def reset_cache() -> None:
-    global _LOADED_AT
-    _LOADED_AT = 0.0
-
-
 def _lookup_names(model_name: str) -> list[str]:
     # ft:{base}:{org}:{suffix}:{job} is priced as its base model.
     if model_name.startswith("ft:"):

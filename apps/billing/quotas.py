@@ -6,12 +6,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Sum
+from django.conf import settings
+from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
-from apps.accounts.models import Organization
+from apps.accounts.actions import owned_or_created
+from apps.accounts.models import Organization, User
 from apps.billing import ratelimit
-from apps.billing.models import Plan, Subscription, UsageRecord
+from apps.billing.models import Subscription, UsageRecord
 from apps.core.errors import ActionError
 from apps.core.money import usd
 
@@ -24,23 +26,49 @@ class QuotaError(ActionError):
         self.headers = headers or {}
 
 
+class SubscriptionMissing(LookupError):
+    """An organization without its subscription row: a broken invariant, never a customer's doing."""
+
+
 def subscription_for(organization: Organization) -> Subscription:
-    """The organization's subscription; an organization without one is on the Free plan."""
+    """The organization's subscription, with its plan. Only reads: every organization gets its
+    subscription when it is created (`apps.projects.onboarding`), and a data migration gave one to
+    every organization made before that. A missing row is an error, not a Free plan made up here: a
+    made-up one would answer limits that no row backs, and every write to it would fail or create a
+    row behind the action that owns it."""
     subscription = Subscription.objects.select_related("plan").filter(organization=organization).first()
     if subscription is None:
-        plan = Plan.objects.filter(slug=FREE).first() or Plan.objects.order_by("position").first()
-        if plan is None:  # a database without the seeded plans (a flushed test database)
-            from django.conf import settings
-
-            from apps.billing.models import Price
-            from apps.billing.seed import seed_billing
-
-            seed_billing(Plan, Price)
-            plan = Plan.objects.get(slug=settings.PLANS[0]["slug"])
-        subscription, _ = Subscription.objects.get_or_create(
-            organization=organization, defaults={"plan": plan}
+        raise SubscriptionMissing(
+            f"Organization {organization.public_id} has no subscription; every organization gets one "
+            "when it is created."
         )
     return subscription
+
+
+FREE_ORGANIZATIONS_REFUSAL = (
+    "Each person may have {limit} organization{s} on the Free plan, and you have {count} ({names}). "
+    "To create another, upgrade one of yours to a paid plan under Billing, or ask an owner or admin of an "
+    "existing organization to invite you."
+)
+
+
+def free_organizations(user: User) -> QuerySet[Organization]:
+    """The organizations on the Free plan that count against `user`'s allowance: those they own
+    and those they created (handing an organization over does not give its free credit back)."""
+    return owned_or_created(user).filter(subscription__plan__slug=FREE)
+
+
+def free_organization_refusal(user: User) -> str | None:
+    """Why `user` may not create another organization (it would start on the Free plan), or None.
+    Each person may have `FREE_ORGANIZATIONS_PER_USER` free organizations: the Free plan's monthly
+    credit is per person, not per organization."""
+    limit = settings.FREE_ORGANIZATIONS_PER_USER
+    names = list(free_organizations(user).order_by("created_at", "id").values_list("name", flat=True))
+    if len(names) < limit:
+        return None
+    return FREE_ORGANIZATIONS_REFUSAL.format(
+        limit=limit, s="" if limit == 1 else "s", count=len(names), names=", ".join(names)
+    )
 
 
 def month_start(now: datetime | None = None) -> datetime:
@@ -141,8 +169,6 @@ def take_request_slot(subscription: Subscription) -> str:
     until `release_request_slot`. Each waiting request holds a web worker for up to the inference
     timeout: without this, one tenant could hold them all. 429 rate_limit_exceeded with retry-after
     when all are held; the SDK retries it."""
-    from django.conf import settings
-
     plan = subscription.plan
     # A slot of a process that died mid-request is freed once no request could still be waiting.
     lifetime = settings.INFERENCE_TIMEOUT_SECONDS + 30

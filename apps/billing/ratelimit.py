@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from apps.jobs.relay import client
+from apps.core.redis import client
 
 WINDOW_SECONDS = 60
 

@@ -1,4 +1,8 @@
-"""`/healthz`: the database, Redis and a recent worker heartbeat, as JSON."""
+"""`/healthz`: the database, Redis and a recent worker heartbeat, as JSON.
+
+Workers write their heartbeats here too (`record_worker_heartbeat`, from a bootstep in
+`saas/celery.py`), so the key and its payload have one home.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,22 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
-from redis import Redis
 from redis.exceptions import RedisError
 
-from saas.celery import WORKER_HEARTBEAT_KEY
+from apps.core.redis import broker_client
+
+WORKER_HEARTBEAT_KEY = "modelworks:worker-heartbeat:"
+
+
+def record_worker_heartbeat(worker_name: str, queues: list[str], ttl: int) -> None:
+    """`modelworks:worker-heartbeat:<hostname>`, expiring on its own: a dead worker simply
+    disappears. A broker that is down is not an error here: the worker notices it itself, and
+    `/healthz` says so."""
+    try:
+        payload = json.dumps({"at": time.time(), "queues": queues})
+        broker_client(timeout=2).set(WORKER_HEARTBEAT_KEY + worker_name, payload, ex=ttl)
+    except RedisError:
+        pass
 
 
 def _database() -> dict[str, Any]:
@@ -26,7 +42,7 @@ def _database() -> dict[str, Any]:
 
 def _redis_and_workers() -> tuple[dict[str, Any], dict[str, Any]]:
     try:
-        client = Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2, socket_connect_timeout=2)
+        client = broker_client(timeout=2)
         client.ping()
         now = time.time()
         workers = []

@@ -96,4 +96,10 @@ urlpatterns = [
     path("usage/daily.json", usage.usage_daily, name="usage_daily"),
     path("usage/export.csv", usage.usage_export, name="usage_export"),
     path("billing/", billing.billing_page, name="billing"),
+    path("billing/checkout", billing.checkout, name="billing_checkout"),
+    path("billing/checkout/return", billing.checkout_return, name="billing_return"),
+    path("billing/portal", billing.portal, name="billing_portal"),
+    path("billing/limits", billing.limits, name="billing_limits"),
+    path("billing/openai-key", billing.openai_key, name="billing_openai_key"),
+    path("billing/openai-key/remove", billing.openai_key_remove, name="billing_openai_key_remove"),
 ]

@@ -11,7 +11,6 @@ RUN_PROXY = "jobs.run_proxy"
 RUN_BATCH = "jobs.run_batch"
 # A batch whose every request goes to OpenAI waits on the network: it holds no gpu worker.
 RUN_PROXY_BATCH = "jobs.run_proxy_batch"
-REAP = "jobs.reap"
 
 
 def task_for(job: Job) -> str:

@@ -10,20 +10,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from functools import lru_cache
 from typing import Any
 
-from django.conf import settings
-from redis import Redis
+from apps.core.redis import client
 
 EXPIRE_SECONDS = 900
-
-
-@lru_cache(maxsize=1)
-def client() -> Redis:
-    return Redis.from_url(
-        settings.REDIS_URL, socket_timeout=None, socket_connect_timeout=5, health_check_interval=30
-    )
 
 
 def _key(job_id: str) -> str:

@@ -1,28 +1,69 @@
-"""Every change to projects' files: upload, validation results, deletion; and erasing a project with
-everything it stored."""
+"""Every change to projects, their API keys and their files (upload, validation results). Deleting
+a file or a project asks whether a job still needs it: that is `apps.jobs.deletion`."""
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.db.models import Q
+from django.utils import timezone
 
-from apps.accounts.actions import require_manager, require_manager_or_creator
-from apps.accounts.models import ApiKey, User
+from apps.accounts.actions import require_manager_or_creator
+from apps.accounts.models import ApiKey, Organization, User
+from apps.billing.quotas import subscription_for
 from apps.core.errors import ActionError
-from apps.core.storage import JOB_AREAS, delete_stored, job_prefix
 from apps.core.text import refuse_unstorable
-from apps.jobs.models import ACTIVE_STATUSES, Job, JobKind, JobStatus
-from apps.projects.models import UPLOAD_PURPOSES, File, FilePurpose, FileStatus, Project
-from apps.registry.models import Model
+from apps.projects.models import UPLOAD_PURPOSES, File, FileStatus, Project
 
 logger = logging.getLogger(__name__)
 
 VALIDATE_FILE_TASK = "files.validate"
 MAPPING_FIELDS = ("text", "label", "prompt", "completion", "messages")
+DEFAULT_PROJECT_NAME = "Default project"
+
+
+def _project_name(name: str) -> str:
+    name = name.strip()
+    if not name:
+        raise ActionError("Give the project a name.", param="name")
+    return name[:100]
+
+
+@transaction.atomic
+def create_project(organization: Organization, user: User | None, name: str) -> Project:
+    return Project.objects.create(organization=organization, name=_project_name(name), created_by=user)
+
+
+def rename_project(project: Project, name: str) -> Project:
+    project.name = _project_name(name)
+    project.save(update_fields=["name"])
+    return project
+
+
+def create_api_key(
+    project: Project, name: str, user: User | None, expires_in_days: int | None = None
+) -> tuple[ApiKey, str]:
+    """Returns the key and its full secret, which is shown once and never stored. With
+    `expires_in_days` the key stops working that many days from now."""
+    name = name.strip() or "Secret key"
+    prefix, raw = ApiKey.generate()
+    expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
+    key = ApiKey.objects.create(
+        project=project, name=name[:100], prefix=prefix, hashed_key=ApiKey.hash_secret(raw), created_by=user,
+        expires_at=expires_at,
+    )  # fmt: skip
+    return key, raw
+
+
+REVOKE_KEY_REFUSAL = "Only owners and admins can revoke another member's API key."
+
+
+def revoke_api_key(actor: User, key: ApiKey) -> None:
+    require_manager_or_creator(actor, key.project.organization, key.created_by_id, REVOKE_KEY_REFUSAL)
+    ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
 
 
 def parse_column_mapping(raw: Any) -> dict[str, str] | None:
@@ -73,8 +114,6 @@ def upload_file(
     if upload is None:
         raise ActionError("Missing required parameter: 'file'.", param="file")
     mapping = parse_column_mapping(column_mapping)
-    from apps.billing.quotas import subscription_for
-
     plan = subscription_for(project.organization).plan
     if (upload.size or 0) > plan.max_upload_bytes:
         raise ActionError(
@@ -163,104 +202,3 @@ def record_validation(file_id: str, report: dict[str, Any]) -> bool:
         validation=report,
     )
     return updated == 1
-
-
-DELETE_FILE_REFUSAL = "Only owners and admins, and the member who uploaded it, can delete this file."
-# A job in one of these is not over: it still reads its files (a paused fine-tune again when it
-# resumes), and a fine-tune or batch still writes to storage.
-UNFINISHED_STATUSES = (*ACTIVE_STATUSES, JobStatus.PAUSED)
-JOB_NOUNS = {JobKind.FINE_TUNE: "fine-tuning job", JobKind.BATCH: "batch"}
-
-
-def job_using(file: File) -> Job | None:
-    """The oldest unfinished job that reads `file` (as training, validation or batch input file)."""
-    return (
-        Job.objects.filter(Q(training_file=file) | Q(validation_file=file), status__in=UNFINISHED_STATUSES)
-        .order_by("id")
-        .first()
-    )
-
-
-@transaction.atomic
-def delete_file(actor: User | None, file: File) -> None:
-    """For owners and admins of the file's organization and for its uploader (files we produce,
-    results and batch output, have no uploader: only owners and admins delete them). Refused (409)
-    while an unfinished job reads the file: deleting it would fail that job."""
-    require_manager_or_creator(actor, file.project.organization, file.created_by_id, DELETE_FILE_REFUSAL)
-    # A job created on this file takes a share lock on its row when it commits (the foreign-key
-    # check): with this lock held, such a job is either committed already, and found below, or its
-    # commit waits and then fails because the file is gone. Never a job without its file.
-    if not File.objects.select_for_update().filter(pk=file.pk).exists():
-        return  # already deleted
-    job = job_using(file)
-    if job is not None:
-        raise ActionError(
-            f"File {file.public_id} is used by {JOB_NOUNS.get(JobKind(job.kind), 'job')} {job.public_id}, "
-            f"which is {JobStatus(job.status).label.lower()}. Cancel the job or wait for it to finish, "
-            "then delete the file.",
-            code="file_in_use",
-            status=409,
-        )
-    name = file.content.name
-    storage = file.content.storage
-    file.delete()
-    if name:
-        # After the row is gone, so a failure here leaves an orphan blob, never a broken row.
-        transaction.on_commit(lambda: storage.delete(name))
-
-
-RESULT_PURPOSES = (FilePurpose.FINE_TUNE_RESULTS, FilePurpose.BATCH_OUTPUT)
-
-
-# Long work whose worker writes to storage until it stops (checkpoints, weights, result files).
-STORING_KINDS = (JobKind.FINE_TUNE, JobKind.BATCH)
-
-
-@transaction.atomic
-def delete_project(actor: User, project: Project) -> None:
-    """For owners and admins: the project, and everything it stored (`erase_project`)."""
-    require_manager(actor, project.organization)
-    erase_project(project)
-
-
-def erase_project(project: Project) -> None:
-    """Deletes the project with its files, jobs, fine-tuned models and API keys, and then everything
-    they stored. Usage records stay (their project and job become empty): they are billing history.
-
-    Refused while a fine-tune or batch of the project is unfinished: deleting cannot be undone, a
-    paused job is work its owner meant to resume, and a running one goes on writing checkpoints and
-    weights until its worker stops, which would outlive the deletion. In-flight inference requests
-    do not block: they last seconds, and a project in use always has some."""
-    # As in delete_file: a job created in the project meanwhile fails at its commit, never outlives it.
-    Project.objects.select_for_update().filter(pk=project.pk).exists()
-    jobs = Job.objects.filter(project=project)
-    unfinished = list(
-        jobs.filter(kind__in=STORING_KINDS, status__in=UNFINISHED_STATUSES)
-        .order_by("id")[:4]
-        .values_list("public_id", flat=True)
-    )
-    if unfinished:
-        named = ", ".join(unfinished[:3]) + (" and more" if len(unfinished) > 3 else "")
-        raise ActionError(
-            f"The project has unfinished fine-tuning jobs or batches ({named}). Cancel them or wait for "
-            "them to finish, then delete the project.",
-            code="project_in_use",
-            status=409,
-        )
-    organization_id = project.organization.public_id
-    keys = [name for name in File.objects.filter(project=project).values_list("content", flat=True) if name]
-    prefixes = [
-        job_prefix(area, organization_id, job_id)
-        for job_id in jobs.filter(kind__in=STORING_KINDS).values_list("public_id", flat=True)
-        for area in JOB_AREAS
-    ]
-    models = Model.objects.filter(project=project)
-    prefixes += [
-        key
-        for key in models.values_list("artifact_key", flat=True)
-        if key and not key.startswith(("catalog:", "local:"))
-    ]
-    models.delete()
-    project.delete()
-    # After the rows are gone, so a storage fault leaves orphan blobs, never rows without content.
-    transaction.on_commit(lambda: delete_stored(keys, sorted(set(prefixes))))

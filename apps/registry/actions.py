@@ -1,18 +1,12 @@
-"""Every change to models: fine-tuned models are created when their job succeeds."""
+"""Every change to models: fine-tuned models are created when their job succeeds (deleting one asks
+whether a job resumes from it: `apps.jobs.deletion`)."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
-from django.db import transaction
-
-from apps.accounts.actions import require_manager_or_creator
-from apps.accounts.models import Organization, User
-from apps.core.errors import ActionError
-from apps.core.storage import delete_prefix
-from apps.jobs.models import FINISHED_STATUSES, Job
-from apps.registry.models import Model, Task
+from apps.registry.models import Model
 
 
 def fine_tuned_name(base: str, organization_name: str, suffix: str, job_id: str) -> str:
@@ -110,48 +104,3 @@ def export_archive(model: Model) -> Any:
             tar.add(path, arcname=f"{top}/{path.relative_to(local).as_posix()}")
     archive.seek(0)
     return archive
-
-
-DELETE_REFUSAL = (
-    "Only owners and admins, and the member who created its fine-tuning job, can delete this model."
-)
-
-
-def delete_fine_tuned_model(actor: User | None, model: Model) -> None:
-    """Deletes the model and, after the commit, its weights. For owners and admins of its
-    organization and for the member whose job made it."""
-    if model.is_catalog:
-        raise ActionError(
-            f"'{model.name}' is a base model; only fine-tuned models can be deleted.", param="model"
-        )
-    organization = model.organization
-    assert organization is not None
-    require_manager_or_creator(actor, organization, model.created_by_id, DELETE_REFUSAL)
-    key = model.artifact_key
-    with transaction.atomic():
-        _refuse_a_resume_point(organization, model)
-        model.delete()
-        if key and not key.startswith(("catalog:", "local:")):
-            transaction.on_commit(lambda: delete_prefix(key))
-
-
-def _refuse_a_resume_point(organization: Organization, model: Model) -> None:
-    # A checkpoint model shares its weights with the checkpoint its job resumes from after a
-    # pause or a lost worker: deleting them would make the resume fail.
-    job = (
-        Job.objects.filter(organization=organization, checkpoint_ref=model.artifact_key)
-        .exclude(status__in=FINISHED_STATUSES)
-        .exclude(checkpoint_ref="")
-        .first()
-    )
-    if job is not None:
-        raise ActionError(
-            f"'{model.name}' is the checkpoint {job.public_id} resumes from. Cancel the job or wait "
-            "until it finishes, then delete the model.",
-            code="model_in_use",
-            param="model",
-            status=409,
-        )
-
-
-__all__ = ["Task", "create_fine_tuned_model", "delete_fine_tuned_model", "fine_tuned_name"]

@@ -162,3 +162,14 @@ def test_superusers_keep_every_power(client: Client, bob: User) -> None:
     assert response.status_code == 302
     bob.refresh_from_db()
     assert bob.is_superuser and bob.has_perm("accounts.delete_user")
+
+
+def test_the_admin_cannot_add_a_bare_organization(client: Client, db: None) -> None:
+    """Organizations come from onboarding, with their project and subscription; a superuser still
+    sees and changes the ones that exist."""
+    root = User.objects.create_superuser("root@example.com", "a-long-password-1")
+    login(client, root)
+
+    assert client.get("/admin/accounts/organization/add/").status_code == 403
+    assert client.post("/admin/accounts/organization/add/", {"name": "Bare"}).status_code == 403
+    assert client.get("/admin/accounts/organization/").status_code == 200

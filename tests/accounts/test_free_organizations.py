@@ -14,6 +14,7 @@ from django.core.management import CommandError, call_command
 from apps.accounts import actions
 from apps.accounts.models import Membership, Organization, Role
 from apps.core.errors import ActionError
+from apps.projects import onboarding
 from tests.conftest import login, use_plan
 
 REFUSAL = (
@@ -63,27 +64,27 @@ def test_handing_a_free_organization_over_does_not_free_its_place(
     assert not Membership.objects.filter(user=alice).exists()
     # then she still created it
     with pytest.raises(ActionError) as refused:
-        actions.create_organization(alice, "Acme two")
+        onboarding.create_organization(alice, "Acme two")
     assert refused.value.message == REFUSAL
     # and bob owns it
     with pytest.raises(ActionError) as also_refused:
-        actions.create_organization(bob, "Bob's own")
+        onboarding.create_organization(bob, "Bob's own")
     assert also_refused.value.message == REFUSAL
 
 
 def test_being_a_member_or_admin_does_not_count(client: Any, bob: Any, erin: Any) -> None:
     login(client, bob)
     assert 'class="errorlist"' not in client.get("/organizations/new").content.decode()
-    assert actions.create_organization(bob, "Bob's").created_by == bob
-    assert actions.create_organization(erin, "Erin's").created_by == erin
+    assert onboarding.create_organization(bob, "Bob's").created_by == bob
+    assert onboarding.create_organization(erin, "Erin's").created_by == erin
 
 
 def test_the_allowance_is_a_setting(alice: Any, settings: Any) -> None:
     settings.FREE_ORGANIZATIONS_PER_USER = 2
 
-    actions.create_organization(alice, "Second")
+    onboarding.create_organization(alice, "Second")
     with pytest.raises(ActionError) as refused:
-        actions.create_organization(alice, "Third")
+        onboarding.create_organization(alice, "Third")
 
     assert refused.value.message.startswith(
         "Each person may have 2 organizations on the Free plan, and you have 2 (Acme, Second). "

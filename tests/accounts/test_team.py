@@ -131,11 +131,11 @@ def test_outsiders_get_404_for_team_members(client: Any, alice: Any, carol: Any)
 def test_the_organization_switcher_only_offers_own_organizations(
     client: Any, alice: Any, carol: Any, settings: Any
 ) -> None:
-    from apps.accounts import actions
+    from apps.projects import onboarding
 
     settings.FREE_ORGANIZATIONS_PER_USER = 2
     login(client, alice)
-    second = actions.create_organization(alice, "Second")
+    second = onboarding.create_organization(alice, "Second")
     carols = carol.memberships.get().organization
     page = client.get("/projects/").content.decode()
     assert "Acme" in page and "Second" in page and "Outsiders Inc" not in page

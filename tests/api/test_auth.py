@@ -13,6 +13,7 @@ from rest_framework.test import APIClient
 
 from apps.accounts import actions
 from apps.accounts.models import ApiKey, Membership
+from apps.projects.actions import create_api_key, revoke_api_key
 
 MISSING = "You didn't provide an API key. Send it in the Authorization header as 'Bearer sk-…'."
 INVALID = "Incorrect API key provided. You can find your API keys on the dashboard's API keys page."
@@ -73,7 +74,7 @@ def test_the_scheme_is_case_insensitive(alice_key: str) -> None:
 def test_a_revoked_key_is_refused_on_the_next_request(api: Any, alice: Any, alice_key: str) -> None:
     assert api.get("/v1/files").status_code == 200
 
-    actions.revoke_api_key(alice, ApiKey.objects.select_related("project__organization").get())
+    revoke_api_key(alice, ApiKey.objects.select_related("project__organization").get())
 
     assert_401(api.get("/v1/files"), REVOKED)
     assert_401(api.post("/v1/files", {"purpose": "fine-tune"}, format="multipart"), REVOKED)
@@ -82,7 +83,7 @@ def test_a_revoked_key_is_refused_on_the_next_request(api: Any, alice: Any, alic
 def test_a_key_stops_working_when_its_creator_leaves_the_organization(
     alice: Any, bob: Any, alice_project: Any
 ) -> None:
-    _, raw = actions.create_api_key(alice_project, "bob's key", bob)
+    _, raw = create_api_key(alice_project, "bob's key", bob)
     client = client_with(f"Bearer {raw}")
     assert client.get("/v1/files").status_code == 200
 
@@ -92,7 +93,7 @@ def test_a_key_stops_working_when_its_creator_leaves_the_organization(
 
 
 def test_a_key_stops_working_when_its_creator_is_deleted(alice: Any, bob: Any, alice_project: Any) -> None:
-    _, raw = actions.create_api_key(alice_project, "bob's key", bob)
+    _, raw = create_api_key(alice_project, "bob's key", bob)
 
     bob.delete()
 
@@ -103,7 +104,7 @@ def test_a_deactivated_users_keys_and_session_stop_working(
     client: Any, alice: Any, bob: Any, alice_project: Any
 ) -> None:
     # given: bob has a key in use and an open dashboard session
-    _, raw = actions.create_api_key(alice_project, "bob's key", bob)
+    _, raw = create_api_key(alice_project, "bob's key", bob)
     api = client_with(f"Bearer {raw}")
     assert api.get("/v1/files").status_code == 200
     client.force_login(bob)

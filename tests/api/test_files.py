@@ -13,6 +13,8 @@ from apps.jobs.models import Job, JobKind, JobStatus
 from apps.projects.models import File, FileStatus
 from workers.tasks import validate_file
 
+pytestmark = pytest.mark.usefixtures("media")
+
 HINT_UTF8 = 'save the file as UTF-8 (in Excel: Save As → "CSV UTF-8"); it may be in Latin-1 or Windows-1252'
 GOOD_CSV = (
     b"text,label\n"
@@ -21,22 +23,6 @@ GOOD_CSV = (
     b"I walked out after twenty minutes,negative\n"
     b"Dull and far too long,negative\n"
 )
-
-
-@pytest.fixture(autouse=True)
-def media(settings: Any, tmp_path: Path) -> Path:
-    """Each test stores uploads in its own folder, so it can see exactly what was written."""
-    root = tmp_path / "media"
-    root.mkdir()
-    settings.MEDIA_ROOT = root
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "default": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(root)},
-        },
-    }
-    return root
 
 
 def stored_blobs(root: Path) -> list[Path]:
@@ -682,7 +668,7 @@ def test_another_tenants_file_is_404_like_a_missing_one(api: Any, carol_api: Any
 def test_teammates_keys_see_the_projects_files(api: Any, bob: Any, alice_project: Any) -> None:
     from rest_framework.test import APIClient
 
-    from apps.accounts import actions
+    from apps.projects import actions
 
     file_id = upload(api, "reviews.csv", GOOD_CSV).json()["id"]
     _, raw = actions.create_api_key(alice_project, "bob's", bob)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,31 +13,20 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from rest_framework.test import APIClient
 
-from apps.accounts import actions as accounts
+from apps.projects import actions as projects
 from apps.projects.models import Project
 from apps.registry.models import Model
 
-
-@pytest.fixture(autouse=True)
-def media(settings: Any, tmp_path: Path) -> Path:
-    root = tmp_path / "media"
-    root.mkdir()
-    settings.MEDIA_ROOT = root
-    settings.MODEL_CACHE_DIR = tmp_path / "models"  # where exports unpack stored weights
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(root)}},
-    }  # fmt: skip
-    return root
+pytestmark = pytest.mark.usefixtures("media")
 
 
 @pytest.fixture
 def other_project(alice: Any, alice_org: Any) -> Project:
-    return accounts.create_project(alice_org, alice, "Other project")
+    return projects.create_project(alice_org, alice, "Other project")
 
 
 def key_client(user: Any, project: Project) -> APIClient:
-    _, raw = accounts.create_api_key(project, "key", user)
+    _, raw = projects.create_api_key(project, "key", user)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
     return client

@@ -102,12 +102,10 @@ def localstripe(localstripe_url: str) -> LocalStripe:
 
 @pytest.fixture
 def fake_stripe(
-    db: None, settings: Any, fake_stripe_server: FakeStripe, localstripe: LocalStripe
+    billing_plans: None, settings: Any, fake_stripe_server: FakeStripe, localstripe: LocalStripe
 ) -> FakeStripe:
     """A clean Stripe for each test, with the Pro and Team prices, and settings pointing at it."""
     from apps.billing.models import Plan
-    from apps.billing.quotas import subscription_for  # noqa: F401 (seeds plans in a flushed database)
-    from apps.billing.seed import seed_billing
 
     fake_stripe_server.reset()
     localstripe.flush()
@@ -115,9 +113,6 @@ def fake_stripe(
     settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
     settings.STRIPE_API_BASE = fake_stripe_server.url
     settings.SITE_URL = "http://testserver"
-    from apps.billing.models import Price
-
-    seed_billing(Plan, Price)
     for slug, price, cents in (("pro", "price_pro", 4900), ("team", "price_team", 19900)):
         localstripe.create_price(price, cents, slug.title())
         Plan.objects.filter(slug=slug).update(stripe_price_id=price)

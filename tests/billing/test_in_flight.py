@@ -34,7 +34,7 @@ def test_a_tenant_flooding_requests_is_refused_past_its_limit_and_others_are_not
     tiny_chat: Any,
     settings: Any,
 ) -> None:
-    from apps.accounts import actions
+    from apps.projects import actions
 
     # given plans allowing 2 requests in flight, and no worker: admitted requests wait until they
     # time out, holding their place

@@ -100,13 +100,12 @@ def test_rate_limits_hold_under_concurrency(live_server: Any, alice: Any, alice_
     # given a plan allowing 10 requests a minute, and no worker (accepted requests time out fast)
     import httpx
 
-    from apps.accounts import actions
     from apps.billing import ratelimit
+    from apps.projects import actions
     from apps.registry.models import Model
 
     Model.objects.create(name="tiny-gpt2", task="generation", artifact_key=f"local:{tiny_gpt2_dir}",
                          context_length=256, limits={"servable": True})  # fmt: skip
-    # (subscription_for seeds the plans again if an earlier live-server test flushed them)
     plan_id = subscription_for(alice_project.organization).plan_id
     # (and room for all 30 in flight at once: this is about the per-minute limits)
     Plan.objects.filter(pk=plan_id).update(

@@ -12,10 +12,10 @@ from django.core import mail
 from django.core.mail.backends.locmem import EmailBackend
 from django.utils import timezone
 
-from apps.accounts.actions import create_organization
 from apps.accounts.models import Organization
 from apps.billing import actions
 from apps.billing.quotas import subscription_for
+from apps.projects.onboarding import create_organization
 from tests.billing.test_meters import record_usage
 from tests.conftest import make_user
 from workers.tasks import check_spend_alerts

@@ -30,7 +30,7 @@ def spend_limit(organization: Any, micro_dollars: int) -> None:
 def test_requests_in_flight_hold_their_share_of_the_cap(
     live_server: Any, alice: Any, alice_org: Any, alice_project: Any, tiny_chat: Any, settings: Any
 ) -> None:
-    from apps.accounts import actions
+    from apps.projects import actions
 
     # given room under the spend limit for two and a half requests at their largest, and no worker
     # (admitted requests wait, holding their share, until they time out)

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from apps.accounts import actions
 from apps.accounts.models import ApiKey
 from apps.billing.models import UsageRecord
 from apps.jobs.models import Job, JobKind
+from apps.projects import actions
 from apps.projects.models import Project
 
 DAY1 = datetime(2026, 3, 10, tzinfo=UTC)

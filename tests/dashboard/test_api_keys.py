@@ -56,7 +56,7 @@ def test_a_blank_name_gets_a_default(alice_client: Any, alice_project: Any) -> N
 def test_the_list_shows_name_prefix_creator_and_dates(
     alice_client: Any, alice_project: Any, bob: Any, alice_key: str
 ) -> None:
-    from apps.accounts import actions
+    from apps.projects import actions
 
     actions.create_api_key(alice_project, "bob's key", bob)
     used = ApiKey.objects.get(name="test")

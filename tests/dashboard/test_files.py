@@ -17,6 +17,8 @@ from apps.projects.models import File
 from tests.conftest import login
 from workers.tasks import validate_file
 
+pytestmark = pytest.mark.usefixtures("media")
+
 # Line 8 has an empty text, line 10 an empty label; "meh" has a single example.
 DATA = (
     b"text,label\n"
@@ -31,21 +33,6 @@ DATA = (
     b"So-so,meh\n"
     b"A <b>bold</b> claim,positive\n"
 )
-
-
-@pytest.fixture(autouse=True)
-def media(settings: Any, tmp_path: Path) -> Path:
-    root = tmp_path / "media"
-    root.mkdir()
-    settings.MEDIA_ROOT = root
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "default": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(root)},
-        },
-    }
-    return root
 
 
 def upload(client: Any, project: Any, data: bytes = DATA, name: str = "reviews.csv", **fields: Any) -> Any:

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from apps.accounts import actions
 from apps.billing.models import UsageRecord
 from apps.billing.quotas import subscription_for
+from apps.projects import actions
 from apps.projects.models import Project
 from tests.billing.test_usage_api import record
 from tests.conftest import login

@@ -120,6 +120,7 @@ def test_a_customer_journey_in_the_browser(
     celery_worker: Any,
     tiny_base: Any,
     tiny_chat: Any,
+    billing_plans: None,  # signing up starts an organization on the Free plan
 ) -> None:
     started = time.monotonic()
     owner = new_context("owner").new_page()

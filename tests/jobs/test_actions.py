@@ -311,7 +311,7 @@ def queued_messages(queue: str) -> list[dict[str, Any]]:
     import base64
     import json
 
-    from apps.jobs.relay import client
+    from apps.core.redis import client
 
     raw = client().lrange(queue, 0, -1)
     return [json.loads(base64.b64decode(json.loads(item)["body"])) for item in raw]

@@ -10,8 +10,8 @@ from typing import Any
 from django.apps import apps as django_apps
 from rest_framework.test import APIClient
 
-from apps.accounts import actions as accounts
 from apps.jobs.models import Checkpoint, Job, JobKind, JobStatus
+from apps.projects import actions as projects
 from apps.projects.models import Project
 from apps.registry.actions import create_fine_tuned_model, register_checkpoint_model
 from apps.registry.models import Model
@@ -54,7 +54,7 @@ def test_the_checkpoint_a_job_resumes_from_cannot_be_deleted(
     job = fine_tune(alice_project, alice, JobStatus.PAUSED)
     model = checkpoint_model(job)
     Job.objects.filter(pk=job.pk).update(checkpoint_ref=model.artifact_key)
-    _, raw = accounts.create_api_key(alice_project, "ci", alice)
+    _, raw = projects.create_api_key(alice_project, "ci", alice)
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
     message = (

@@ -15,7 +15,6 @@ import re
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,34 +22,18 @@ from django.core.files.base import ContentFile
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
-from apps.accounts import actions as accounts
 from apps.accounts.models import ApiKey, Invitation, Membership, Organization
 from apps.billing.models import Subscription, UsageRecord
 from apps.core.ids import random_id
 from apps.jobs.models import Checkpoint, Job, JobEvent, JobKind, JobStatus
+from apps.projects import actions as projects
 from apps.projects.models import File, FilePurpose, FileStatus, Project
 from apps.registry.models import Model
 
+pytestmark = pytest.mark.usefixtures("media")
+
 MARKER = "alice-private-marker-7c1e"
 TRAINING_CSV = f"text,label\n{MARKER} refund please,billing\nthe app crashes,bug\nlove it,praise\n".encode()
-
-
-def use_private_media(settings: Any, tmp_path: Path) -> Path:
-    """Each test stores its blobs (and the model cache) in its own folder."""
-    root = tmp_path / "media"
-    root.mkdir()
-    settings.MEDIA_ROOT = root
-    settings.MODEL_CACHE_DIR = tmp_path / "models"  # where exports unpack stored weights
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(root)}},
-    }  # fmt: skip
-    return root
-
-
-@pytest.fixture(autouse=True)
-def private_media(settings: Any, tmp_path: Path) -> Path:
-    return use_private_media(settings, tmp_path)
 
 
 # --- alice's world: one real object of every kind -------------------------------------------------
@@ -184,7 +167,7 @@ def seed_tenant(owner: Any, project: Project, teammate: Any) -> World:
     UsageRecord.objects.create(organization=organization, project=project, job=generation,
                                model_name=chat_model.name, unit="input_tokens", quantity=123, cost=45)  # fmt: skip
 
-    key, _ = accounts.create_api_key(project, f"{MARKER} ci key", owner)
+    key, _ = projects.create_api_key(project, f"{MARKER} ci key", owner)
     membership = Membership.objects.get(organization=organization, user=teammate)
     token = secrets.token_urlsafe(32)
     Invitation.objects.create(organization=organization, email="dave@example.com", role="member",

@@ -29,12 +29,12 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from apps.accounts import actions as accounts
 from apps.billing.actions import check_spend_alert
 from apps.billing.models import Subscription, UsageRecord
 from apps.billing.quotas import subscription_for
 from apps.core.tenancy import foreign_references
 from apps.jobs.models import Job, JobKind, JobStatus
+from apps.projects import actions as projects
 from apps.projects.models import FilePurpose, Project
 from apps.registry.models import Model
 from tests.conftest import login
@@ -47,8 +47,9 @@ from tests.security.test_bola import (
     seed_tenant,
     store_weights,
     stored_file,
-    use_private_media,
 )
+
+pytestmark = pytest.mark.usefixtures("media")
 
 # One marker per place a customer's words are stored. Hyphenated, so no CSRF token (alphanumeric)
 # can contain one by chance.
@@ -65,11 +66,6 @@ MARKERS = {
     "usage": "usage-model-e5g8",
     "bola": MARKER,  # test_bola's marker, in its rows, prompts, outputs and key name
 }
-
-
-@pytest.fixture(autouse=True)
-def private_media(settings: Any, tmp_path: Any) -> Any:
-    return use_private_media(settings, tmp_path)
 
 
 @dataclass
@@ -101,7 +97,7 @@ def seed_markers(alice: Any, alice_project: Project, bob: Any) -> Seeded:
     )  # fmt: skip
     Job.objects.filter(pk=job.pk).update(fine_tuned_model=model)
     store_weights(model.artifact_key)
-    key, raw_key = accounts.create_api_key(project, MARKERS["key_name"], alice)
+    key, raw_key = projects.create_api_key(project, MARKERS["key_name"], alice)
     generation = _job(project, JobKind.GENERATION, JobStatus.SUCCEEDED, model_name=model.name, api_key=key,
                       request={"messages": [{"role": "user", "content": MARKERS["prompt"]}]},
                       result={"choices": [{"message": {"role": "assistant", "content": MARKERS["output"]}}]})  # fmt: skip

@@ -14,12 +14,8 @@ from apps.billing.models import Plan
 from apps.jobs.models import Job, JobKind, JobStatus
 from apps.projects.models import File
 from apps.registry.models import Model
-from tests.security.test_bola import use_private_media
 
-
-@pytest.fixture(autouse=True)
-def private_media(settings: Any, tmp_path: Path) -> Path:
-    return use_private_media(settings, tmp_path)
+pytestmark = pytest.mark.usefixtures("media")
 
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -165,19 +161,17 @@ def stored(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()]
 
 
-def test_an_upload_over_the_cap_is_413_and_nothing_is_stored(
-    api: Any, settings: Any, private_media: Path
-) -> None:
+def test_an_upload_over_the_cap_is_413_and_nothing_is_stored(api: Any, settings: Any, media: Path) -> None:
     settings.MAX_UPLOAD_BYTES = 64 * 1024
     big = b"text,label\n" + b"hello,a\n" * 40_000  # ~320 KiB
     response = api.post("/v1/files", {"purpose": "fine-tune", "file": SimpleUploadedFile("big.csv", big)},
                         format="multipart")  # fmt: skip
     refused(response, 413, code="file_too_large")
-    assert not File.objects.exists() and stored(private_media) == []
+    assert not File.objects.exists() and stored(media) == []
 
 
 def test_an_upload_over_the_plans_cap_is_413_and_nothing_is_stored(
-    api: Any, alice_client: Any, alice_project: Any, private_media: Path
+    api: Any, alice_client: Any, alice_project: Any, media: Path
 ) -> None:
     Plan.objects.update(max_upload_bytes=1024)
     data = b"text,label\n" + b"hello,a\n" * 500
@@ -189,18 +183,18 @@ def test_an_upload_over_the_plans_cap_is_413_and_nothing_is_stored(
                              HTTP_ACCEPT="application/json")  # fmt: skip
     # The page words every refusal of the upload action as a 400 (reported: 413 would be truer).
     assert page.status_code in (400, 413) and "1,024 bytes" in page.json()["error"]
-    assert not File.objects.exists() and stored(private_media) == []
+    assert not File.objects.exists() and stored(media) == []
 
 
 def test_a_page_upload_over_the_cap_is_413(alice_client: Any, alice_project: Any, settings: Any,
-                                           private_media: Path) -> None:  # fmt: skip
+                                           media: Path) -> None:  # fmt: skip
     settings.MAX_UPLOAD_BYTES = 64 * 1024
     big = b"text,label\n" + b"hello,a\n" * 40_000
     response = alice_client.post(f"/projects/{alice_project.public_id}/files/upload",
                                  {"purpose": "fine-tune", "file": SimpleUploadedFile("big.csv", big)},
                                  HTTP_ACCEPT="application/json")  # fmt: skip
     assert response.status_code == 413
-    assert not File.objects.exists() and stored(private_media) == []
+    assert not File.objects.exists() and stored(media) == []
 
 
 def test_too_many_form_fields_are_refused(alice_client: Any, alice_project: Any) -> None:

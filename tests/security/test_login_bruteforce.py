@@ -3,7 +3,7 @@ dashboard's login page and on the admin's alike, in the same counters.
 
 - 10 failures a minute from one address, whatever the accounts;
 - 5 failures in 5 minutes, or 20 in an hour, for one account from one address
-  (`login_failed_from_ip`, apps/accounts/adapter.py): the owner, elsewhere, still logs in;
+  (`login_failed_from_ip`, apps/dashboard/adapter.py): the owner, elsewhere, still logs in;
 - 60 failures an hour for one account from all addresses together.
 
 Past a limit the next attempt is refused before the password is checked, a right password too.

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,13 +27,9 @@ from tests.security.test_bola import (
     kwargs_for,
     seed_tenant,
     stored_file,
-    use_private_media,
 )
 
-
-@pytest.fixture(autouse=True)
-def private_media(settings: Any, tmp_path: Path) -> Path:
-    return use_private_media(settings, tmp_path)
+pytestmark = pytest.mark.usefixtures("media")
 
 
 TABLES: list[type[DjangoModel]] = [

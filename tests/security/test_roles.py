@@ -16,9 +16,13 @@ from rest_framework.test import APIClient
 from apps.accounts import actions as accounts
 from apps.accounts.models import ApiKey, Membership, Role
 from apps.jobs.models import Job, JobKind, JobStatus
+from apps.projects import onboarding
+from apps.projects.actions import create_api_key
 from apps.projects.models import File, FilePurpose, FileStatus, Project
 from apps.registry.models import Model
 from tests.conftest import login
+
+pytestmark = pytest.mark.usefixtures("media")
 
 MODEL_REFUSAL = (
     "Only owners and admins, and the member who created its fine-tuning job, can delete this model."
@@ -27,20 +31,8 @@ FILE_REFUSAL = "Only owners and admins, and the member who uploaded it, can dele
 KEY_REFUSAL = "Only owners and admins can revoke another member's API key."
 
 
-@pytest.fixture(autouse=True)
-def media(settings: Any, tmp_path: Path) -> Path:
-    root = tmp_path / "media"
-    root.mkdir()
-    settings.MEDIA_ROOT = root
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(root)}},
-    }  # fmt: skip
-    return root
-
-
 def key_of(user: Any, project: Project) -> APIClient:
-    _, raw = accounts.create_api_key(project, f"{user.email}'s key", user)
+    _, raw = create_api_key(project, f"{user.email}'s key", user)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
     return client
@@ -215,7 +207,7 @@ def test_a_member_cannot_revoke_someone_elses_key(
 def test_a_member_revokes_his_own_key_and_an_admin_anyones(
     client: Any, bob: Any, erin: Any, alice_project: Project, alice_key: str
 ) -> None:
-    accounts.create_api_key(alice_project, "bob's", bob)
+    create_api_key(alice_project, "bob's", bob)
     keys_page = f"/projects/{alice_project.public_id}/api-keys/"
     bobs, alices = ApiKey.objects.get(name="bob's"), ApiKey.objects.get(name="test")
 
@@ -253,7 +245,7 @@ def test_a_removed_members_open_session_reaches_nothing_of_the_organization(
     client: Any, alice: Any, bob: Any, alice_project: Project
 ) -> None:
     # given: bob, who has his own organization too, is logged in and working in alice's
-    accounts.create_personal_organization(bob)
+    onboarding.create_personal_organization(bob)
     bobs_file = stored_file(alice_project, bob)
     login(client, bob)
     client.post("/organizations/switch", {"organization": alice_project.organization.public_id})

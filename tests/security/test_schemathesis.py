@@ -28,16 +28,9 @@ from tests.security.test_bola import (
     World,
     seed_tenant,
     stored_file,
-    use_private_media,
 )
 
-
-@pytest.fixture(autouse=True)
-def private_media(settings: Any, tmp_path: Path) -> Path:
-    return use_private_media(settings, tmp_path)
-
-
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("media")]
 
 # Per operation and phase: the three runs take about two and a half minutes on two cores.
 MAX_EXAMPLES = 50

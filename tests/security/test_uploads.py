@@ -17,18 +17,14 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
-from apps.accounts import actions as accounts
 from apps.billing.models import UsageRecord
 from apps.jobs.models import Job, JobKind, JobStatus
 from apps.projects import actions
 from apps.projects.models import File, FilePurpose
-from tests.security.test_bola import stored_file, use_private_media
+from tests.security.test_bola import stored_file
 from workers.tasks import validate_file
 
-
-@pytest.fixture(autouse=True)
-def private_media(settings: Any, tmp_path: Path) -> Path:
-    return use_private_media(settings, tmp_path)
+pytestmark = pytest.mark.usefixtures("media")
 
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(256)) * 8
@@ -93,7 +89,7 @@ def test_a_2_mib_line_is_an_error_for_that_line(api: Any) -> None:
      ("a/../../b.csv", "b.csv"), ("..\\", "upload")],
 )  # fmt: skip
 def test_a_traversal_filename_is_stored_under_our_own_key(
-    api: Any, alice_project: Any, private_media: Path, tmp_path: Path, name: str, basename: str
+    api: Any, alice_project: Any, media: Path, tmp_path: Path, name: str, basename: str
 ) -> None:
     data = b"text,label\nhi,a\n"
     # Through the API (Django's multipart parser already cuts paths) and through the action itself,
@@ -115,8 +111,8 @@ def test_a_traversal_filename_is_stored_under_our_own_key(
         assert file.content.name == f"files/{organization}/{file.public_id}"
         assert ".." not in file.content.name
         assert file.filename == basename
-        assert Path(file.content.path).resolve().is_relative_to(private_media.resolve())
-    outside = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(private_media)]
+        assert Path(file.content.path).resolve().is_relative_to(media.resolve())
+    outside = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(media)]
     assert outside == []
 
 
@@ -129,7 +125,7 @@ def gzip_bomb(compressed_bytes: int) -> tuple[bytes, int]:
     return member * copies, copies * 10 * 1024 * 1024
 
 
-def test_a_gzip_bomb_is_reported_as_binary_and_never_expanded(api: Any, private_media: Path) -> None:
+def test_a_gzip_bomb_is_reported_as_binary_and_never_expanded(api: Any, media: Path) -> None:
     data, expanded = gzip_bomb(10 * 1024 * 1024)
     assert expanded >= 10 * 1024**3  # 10 GB, were anyone to decompress it
     file_id = upload(api, "data.csv.gz", data)["id"]
@@ -147,13 +143,13 @@ def test_a_gzip_bomb_is_reported_as_binary_and_never_expanded(api: Any, private_
     assert elapsed < 10 and peak < 50 * 1024 * 1024, (elapsed, peak)
     file = File.objects.get(public_id=file_id)
     assert file.bytes == len(data) and Path(file.content.path).stat().st_size == len(data)
-    assert sum(p.stat().st_size for p in private_media.rglob("*") if p.is_file()) == len(data)
+    assert sum(p.stat().st_size for p in media.rglob("*") if p.is_file()) == len(data)
     content = api.get(f"/v1/files/{file_id}/content")
     assert "Content-Encoding" not in content
     content.close()
 
 
-def test_zip_archives_are_reported_as_binary_and_never_extracted(api: Any, private_media: Path) -> None:
+def test_zip_archives_are_reported_as_binary_and_never_extracted(api: Any, media: Path) -> None:
     inner = io.BytesIO()
     with zipfile.ZipFile(inner, "w") as archive:
         archive.writestr("inner.csv", "text,label\nhi,a\n")
@@ -168,7 +164,7 @@ def test_zip_archives_are_reported_as_binary_and_never_extracted(api: Any, priva
         assert issues(body) == [
             (None, "file looks binary (ZIP archive; .xlsx and .docx files are ZIP archives too)")
         ]
-    names = {p.name for p in private_media.parent.rglob("*")}
+    names = {p.name for p in media.parent.rglob("*")}
     assert not names & {"escaped.csv", "inner.csv", "nested.zip", "zeros.csv"}
 
 
@@ -189,8 +185,8 @@ def assert_no_formula_cells(rows: list[list[str]]) -> None:
 
 def test_the_usage_export_defuses_formulas(alice: Any, alice_client: Any, alice_org: Any) -> None:
     for text in FORMULAS:
-        project = accounts.create_project(alice_org, alice, text)
-        key, _ = accounts.create_api_key(project, text, alice)
+        project = actions.create_project(alice_org, alice, text)
+        key, _ = actions.create_api_key(project, text, alice)
         job = Job.objects.create(kind=JobKind.GENERATION, organization=alice_org, project=project, model_name=text,
                                  status=JobStatus.SUCCEEDED, finished_at=timezone.now())  # fmt: skip
         UsageRecord.objects.create(organization=alice_org, project=project, api_key=key, job=job, model_name=text,

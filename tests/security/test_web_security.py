@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,13 +25,10 @@ from apps.accounts.models import ApiKey, Invitation, Membership, Role
 from apps.api.base import ProjectAPIView
 from apps.projects.models import File, Project
 from tests.conftest import PASSWORD, login, make_user
-from tests.security.test_bola import all_routes, use_private_media
+from tests.security.test_bola import all_routes
 from tests.test_deploy import production_env
 
-
-@pytest.fixture(autouse=True)
-def private_media(settings: Any, tmp_path: Path) -> Path:
-    return use_private_media(settings, tmp_path)
+pytestmark = pytest.mark.usefixtures("media")
 
 
 KEY = re.compile(r"sk-mw-[A-Za-z0-9]{40}")
@@ -86,7 +82,7 @@ def test_staff_without_permissions_cannot_open_any_changelist(db: None) -> None:
 
 
 def test_the_admin_never_shows_a_key_digest(db: None, alice_project: Project, alice: Any) -> None:
-    from apps.accounts import actions
+    from apps.projects import actions
 
     key, _ = actions.create_api_key(alice_project, "ci", alice)
     root = make_user("root@example.com")

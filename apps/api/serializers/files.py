@@ -2,34 +2,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 
 from apps.projects.models import File
-
-
-class IssueSerializer(serializers.Serializer):
-    line = serializers.IntegerField(allow_null=True)
-    field = serializers.CharField(allow_null=True)
-    message = serializers.CharField()
-    hint = serializers.CharField()
-
-
-# Declared inline: a field named `errors` would shadow Serializer.errors.
-ValidationReportSerializer = inline_serializer(
-    "ValidationReport",
-    {
-        "valid": serializers.BooleanField(),
-        "format": serializers.CharField(allow_null=True),
-        "rows": serializers.IntegerField(),
-        "errors": IssueSerializer(many=True),
-        "error_count": serializers.IntegerField(),
-        "warnings": IssueSerializer(many=True),
-        "warning_count": serializers.IntegerField(),
-        "stats": serializers.DictField(),
-        "summary": serializers.CharField(),
-    },
-)
 
 
 class FileObjectSerializer(serializers.Serializer):

@@ -23,6 +23,7 @@ from apps.api.serializers.common import (
     list_of,
 )
 from apps.api.serializers.files import FileObjectSerializer, FileUploadSerializer, file_object
+from apps.jobs import deletion
 from apps.projects import actions
 from apps.projects.models import File
 from apps.projects.uploads import UploadTooLarge
@@ -119,7 +120,7 @@ class FileDetailView(ProjectAPIView):
     )
     def delete(self, request: Request, file_id: str) -> Response:
         file = self.get_scoped(File.objects.filter(project=self.project), file_id, noun="file")
-        actions.delete_file(self.api_key.created_by, file)
+        deletion.delete_file(self.api_key.created_by, file)
         return Response({"id": file_id, "object": "file", "deleted": True})
 
 

@@ -16,7 +16,8 @@ from rest_framework.response import Response
 from apps.api.base import ProjectAPIView
 from apps.api.serializers.common import ERRORS, DeletedSerializer, ErrorSerializer
 from apps.core.errors import ActionError
-from apps.registry.actions import WeightsMissing, delete_fine_tuned_model, export_archive
+from apps.jobs.deletion import delete_fine_tuned_model
+from apps.registry.actions import WeightsMissing, export_archive
 from apps.registry.models import Model
 
 logger = logging.getLogger(__name__)

@@ -18,6 +18,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, Stream
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from apps.accounts.middleware import OrganizationRequest
 from apps.core.errors import ActionError
 from apps.core.spreadsheet import safe_cell
 from apps.dashboard.views.common import get_project, member_required, run_action
@@ -117,7 +118,7 @@ def _file_choice(file: File) -> dict[str, str]:
 
 @member_required
 @require_GET
-def batch_list(request: HttpRequest, project_id: str) -> HttpResponse:
+def batch_list(request: OrganizationRequest, project_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     values = {"model": request.GET.get("model", ""), "file": request.GET.get("file", "")}
     return render(request, "dashboard/batches.html", _list_context(project, request, values))
@@ -125,7 +126,7 @@ def batch_list(request: HttpRequest, project_id: str) -> HttpResponse:
 
 @member_required
 @require_POST
-def batch_create(request: HttpRequest, project_id: str) -> HttpResponse:
+def batch_create(request: OrganizationRequest, project_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     values = {"model": request.POST.get("model", "").strip(), "file": request.POST.get("file", "").strip()}
     # cache.add is atomic: of two submissions of one form, only the first gets past here.
@@ -151,7 +152,7 @@ def batch_create(request: HttpRequest, project_id: str) -> HttpResponse:
     return redirect("dashboard:batch", project.public_id, job.public_id)
 
 
-def _detail_context(request: HttpRequest, project: Project, job: Job) -> dict[str, Any]:
+def _detail_context(request: OrganizationRequest, project: Project, job: Job) -> dict[str, Any]:
     progress = _progress(job)
     result = job.result or {}
     return {
@@ -159,7 +160,7 @@ def _detail_context(request: HttpRequest, project: Project, job: Job) -> dict[st
         "current_project": project,
         **progress,
         "can_cancel": progress["status"] in ("validating", "in_progress")
-        and request.membership.can_destroy(job.created_by_id),  # type: ignore[attr-defined]
+        and request.membership.can_destroy(job.created_by_id),
         "output_file_id": result.get("output_file_id"),
         "error_file_id": result.get("error_file_id"),
     }
@@ -167,7 +168,7 @@ def _detail_context(request: HttpRequest, project: Project, job: Job) -> dict[st
 
 @member_required
 @require_GET
-def batch_detail(request: HttpRequest, project_id: str, batch_id: str) -> HttpResponse:
+def batch_detail(request: OrganizationRequest, project_id: str, batch_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     return render(
         request,
@@ -178,7 +179,7 @@ def batch_detail(request: HttpRequest, project_id: str, batch_id: str) -> HttpRe
 
 @member_required
 @require_GET
-def batch_status(request: HttpRequest, project_id: str, batch_id: str) -> HttpResponse:
+def batch_status(request: OrganizationRequest, project_id: str, batch_id: str) -> HttpResponse:
     """The fragment the batch page polls every 2 s; once the batch has finished it stops polling."""
     project = get_project(request, project_id)
     context = _detail_context(request, project, _get_batch(project, batch_id))
@@ -187,7 +188,7 @@ def batch_status(request: HttpRequest, project_id: str, batch_id: str) -> HttpRe
 
 @member_required
 @require_POST
-def batch_cancel(request: HttpRequest, project_id: str, batch_id: str) -> HttpResponse:
+def batch_cancel(request: OrganizationRequest, project_id: str, batch_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     job = _get_batch(project, batch_id)
     if job.is_finished:
@@ -212,7 +213,7 @@ def _jsonl_download(file: File, filename: str) -> FileResponse:
 
 @member_required
 @require_GET
-def batch_output(request: HttpRequest, project_id: str, batch_id: str) -> FileResponse:
+def batch_output(request: OrganizationRequest, project_id: str, batch_id: str) -> FileResponse:
     project = get_project(request, project_id)
     job = _get_batch(project, batch_id)
     return _jsonl_download(_result_file(project, job, "output_file_id"), f"{job.public_id}_output.jsonl")
@@ -220,7 +221,7 @@ def batch_output(request: HttpRequest, project_id: str, batch_id: str) -> FileRe
 
 @member_required
 @require_GET
-def batch_errors(request: HttpRequest, project_id: str, batch_id: str) -> FileResponse:
+def batch_errors(request: OrganizationRequest, project_id: str, batch_id: str) -> FileResponse:
     project = get_project(request, project_id)
     job = _get_batch(project, batch_id)
     return _jsonl_download(_result_file(project, job, "error_file_id"), f"{job.public_id}_errors.jsonl")
@@ -229,7 +230,7 @@ def batch_errors(request: HttpRequest, project_id: str, batch_id: str) -> FileRe
 @member_required
 @require_GET
 def batch_results_csv(
-    request: HttpRequest, project_id: str, batch_id: str
+    request: OrganizationRequest, project_id: str, batch_id: str
 ) -> HttpResponse | StreamingHttpResponse:
     project = get_project(request, project_id)
     job = _get_batch(project, batch_id)

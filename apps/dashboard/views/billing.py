@@ -12,12 +12,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.db.models import Count, Q, Sum
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from apps.accounts.middleware import OrganizationRequest
 from apps.accounts.models import UNREADABLE_OPENAI_KEY
 from apps.billing import actions, stripe_api
 from apps.billing.models import Invoice, MeterEvent, Plan
@@ -42,8 +45,10 @@ def banners(request: HttpRequest) -> dict[str, Any]:
     return {"banners": actions.billing_banners(organization)}
 
 
-def _render(request: HttpRequest, *, status: int = 200, error: str = "", form: Any = None) -> HttpResponse:
-    organization = request.organization  # type: ignore[attr-defined]
+def _render(
+    request: OrganizationRequest, *, status: int = 200, error: str = "", form: Any = None
+) -> HttpResponse:
+    organization = request.organization
     subscription = subscription_for(organization)
     spend = month_spend(organization)
     cap = spend_cap(subscription)
@@ -60,7 +65,7 @@ def _render(request: HttpRequest, *, status: int = 200, error: str = "", form: A
         "alert_threshold": dollars_field(subscription.alert_threshold),
     }
     # Checkout starts a new subscription; an organization that pays already changes plans in the Portal.
-    can_checkout = request.membership.can_manage and not (  # type: ignore[attr-defined]
+    can_checkout = request.membership.can_manage and not (
         subscription.stripe_subscription_id and subscription.status in actions.ENTITLED_STATUSES
     )
     plans = [
@@ -105,6 +110,12 @@ def _openai_key_context(organization: Any) -> dict[str, Any]:
         return {"key_hint": "", "key_error": UNREADABLE_OPENAI_KEY}
 
 
+def _absolute(name: str) -> str:
+    """Stripe sends the customer back here: the address the site is served at, not the one this
+    request came in on."""
+    return settings.SITE_URL + reverse(name)
+
+
 def _see_other(url: str) -> HttpResponse:
     response = HttpResponseRedirect(url)
     response.status_code = 303  # after a POST, the browser GETs Stripe's page
@@ -112,15 +123,21 @@ def _see_other(url: str) -> HttpResponse:
 
 
 @member_required
-def billing_page(request: HttpRequest) -> HttpResponse:
+def billing_page(request: OrganizationRequest) -> HttpResponse:
     return _render(request)
 
 
 @member_required
 @require_POST
-def checkout(request: HttpRequest) -> HttpResponse:
+def checkout(request: OrganizationRequest) -> HttpResponse:
     try:
-        url = actions.start_checkout(request.organization, request.user, request.POST.get("plan", ""))  # type: ignore[attr-defined, arg-type]
+        url = actions.start_checkout(
+            request.organization,
+            request.user,
+            request.POST.get("plan", ""),
+            return_url=_absolute("dashboard:billing_return"),
+            cancel_url=_absolute("dashboard:billing"),
+        )
     except ActionError as exc:
         return _render(request, status=exc.status, error=exc.message)
     return _see_other(url)
@@ -128,22 +145,24 @@ def checkout(request: HttpRequest) -> HttpResponse:
 
 @member_required
 @require_POST
-def portal(request: HttpRequest) -> HttpResponse:
+def portal(request: OrganizationRequest) -> HttpResponse:
     try:
-        url = actions.open_portal(request.organization, request.user)  # type: ignore[attr-defined, arg-type]
+        url = actions.open_portal(
+            request.organization, request.user, return_url=_absolute("dashboard:billing")
+        )
     except ActionError as exc:
         return _render(request, status=exc.status, error=exc.message)
     return _see_other(url)
 
 
 @member_required
-def checkout_return(request: HttpRequest) -> HttpResponse:
+def checkout_return(request: OrganizationRequest) -> HttpResponse:
     """Where Checkout sends the customer back: applies the new subscription at once, rather than
     waiting for the webhook (which applies the same state again, harmlessly)."""
     session_id = request.GET.get("session_id", "")
     if not session_id:
         return redirect("dashboard:billing")
-    organization = request.organization  # type: ignore[attr-defined]
+    organization = request.organization
     try:
         actions.sync_checkout_session(session_id, organization=organization, deadline=stripe_api.Deadline())
     except stripe_api.StripeRejected:
@@ -168,11 +187,11 @@ def checkout_return(request: HttpRequest) -> HttpResponse:
 
 @member_required
 @require_POST
-def limits(request: HttpRequest) -> HttpResponse:
+def limits(request: OrganizationRequest) -> HttpResponse:
     try:
         actions.set_spend_limits(
-            request.organization,  # type: ignore[attr-defined]
-            request.user,  # type: ignore[arg-type]
+            request.organization,
+            request.user,
             request.POST.get("spend_limit", ""),
             request.POST.get("alert_threshold", ""),
         )
@@ -184,9 +203,9 @@ def limits(request: HttpRequest) -> HttpResponse:
 
 @member_required
 @require_POST
-def openai_key(request: HttpRequest) -> HttpResponse:
+def openai_key(request: OrganizationRequest) -> HttpResponse:
     try:
-        actions.set_openai_key(request.organization, request.user, request.POST.get("openai_api_key", ""))  # type: ignore[attr-defined, arg-type]
+        actions.set_openai_key(request.organization, request.user, request.POST.get("openai_api_key", ""))
     except ActionError as exc:
         return _render(request, status=exc.status, error=exc.message)
     messages.success(request, "OpenAI key saved. OpenAI models now run on your own key.")
@@ -195,9 +214,9 @@ def openai_key(request: HttpRequest) -> HttpResponse:
 
 @member_required
 @require_POST
-def openai_key_remove(request: HttpRequest) -> HttpResponse:
+def openai_key_remove(request: OrganizationRequest) -> HttpResponse:
     try:
-        actions.remove_openai_key(request.organization, request.user)  # type: ignore[attr-defined, arg-type]
+        actions.remove_openai_key(request.organization, request.user)
     except ActionError as exc:
         return _render(request, status=exc.status, error=exc.message)
     messages.success(request, "OpenAI key removed. OpenAI models now run on the platform's key.")

@@ -12,7 +12,7 @@ from django.http import Http404, HttpRequest
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
 
-from apps.accounts.middleware import SESSION_KEY
+from apps.accounts.middleware import SESSION_KEY, OrganizationRequest
 from apps.accounts.models import Membership
 from apps.core.errors import ActionError
 from apps.projects.models import Project
@@ -33,7 +33,7 @@ def member_required(view: View) -> View:
     return wrapper
 
 
-def get_project(request: HttpRequest, public_id: str) -> Project:
+def get_project(request: OrganizationRequest, public_id: str) -> Project:
     """The project if the user is a member of its organization, else 404 (never 403).
 
     Opening a project of another of the user's organizations makes that organization current.
@@ -46,10 +46,9 @@ def get_project(request: HttpRequest, public_id: str) -> Project:
     )
     if project is None:
         raise Http404("No such project")
-    if project.organization_id != request.organization.pk:  # type: ignore[attr-defined]
-        membership = Membership.objects.get(user=request.user, organization=project.organization)  # type: ignore[misc]
-        request.membership = membership  # type: ignore[attr-defined]
-        request.organization = project.organization  # type: ignore[attr-defined]
+    if project.organization_id != request.organization.pk:
+        request.membership = Membership.objects.get(user=request.user, organization=project.organization)
+        request.organization = project.organization
         request.session[SESSION_KEY] = project.organization.public_id
     return project
 

@@ -19,8 +19,10 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST
 
+from apps.accounts.middleware import OrganizationRequest
 from apps.core.errors import ActionError
 from apps.dashboard.views.common import get_project, member_required, run_action
+from apps.jobs import deletion
 from apps.projects import actions
 from apps.projects.formats import CLASSIFICATION_CSV
 from apps.projects.models import UPLOAD_PURPOSES, File, FileStatus, Project
@@ -46,7 +48,7 @@ class ShownLine:
 
 
 @member_required
-def file_list(request: HttpRequest, project_id: str) -> HttpResponse:
+def file_list(request: OrganizationRequest, project_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     # Reports can hold thousands of issues: the list reads only their row count.
     files = (
@@ -71,7 +73,7 @@ def file_list(request: HttpRequest, project_id: str) -> HttpResponse:
 @csrf_exempt
 @member_required
 @require_POST
-def file_upload(request: HttpRequest, project_id: str) -> HttpResponse:
+def file_upload(request: OrganizationRequest, project_id: str) -> HttpResponse:
     # The CSRF check reads the multipart body, and reading it is where the size cap fires. So
     # this view is exempt from the middleware and runs the same check itself (`_upload` is
     # csrf_protect-ed), inside this try, so that an oversize upload still gets its 413 (the
@@ -83,7 +85,7 @@ def file_upload(request: HttpRequest, project_id: str) -> HttpResponse:
 
 
 @csrf_protect
-def _upload(request: HttpRequest, project_id: str) -> HttpResponse:
+def _upload(request: OrganizationRequest, project_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     mapping = {field: request.POST.get(f"column_{field}", "").strip() for field in ("text", "label")}
     try:
@@ -91,7 +93,7 @@ def _upload(request: HttpRequest, project_id: str) -> HttpResponse:
             project,
             request.FILES.get("file"),
             request.POST.get("purpose"),
-            user=request.user,  # type: ignore[arg-type]
+            user=request.user,
             column_mapping={field: name for field, name in mapping.items() if name} or None,
         )
     except ActionError as exc:
@@ -126,7 +128,7 @@ def _get_file(project: Project, file_id: str) -> File:
 
 
 @member_required
-def file_detail(request: HttpRequest, project_id: str, file_id: str) -> HttpResponse:
+def file_detail(request: OrganizationRequest, project_id: str, file_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     file = _get_file(project, file_id)
     report: dict[str, Any] = file.validation or {}
@@ -138,7 +140,7 @@ def file_detail(request: HttpRequest, project_id: str, file_id: str) -> HttpResp
         "project": project,
         "current_project": project,
         "file": file,
-        "can_delete": request.membership.can_destroy(file.created_by_id),  # type: ignore[attr-defined]
+        "can_delete": request.membership.can_destroy(file.created_by_id),
         "report": report,
         "label_count": len(labels),
         # Pairs, not an object: JavaScript would reorder numeric keys such as "1" and "5".
@@ -163,7 +165,7 @@ def _requested_line(request: HttpRequest) -> int | None:
 
 
 @member_required
-def file_status(request: HttpRequest, project_id: str, file_id: str) -> HttpResponse:
+def file_status(request: OrganizationRequest, project_id: str, file_id: str) -> HttpResponse:
     """The status fragment the detail page polls while validation runs."""
     project = get_project(request, project_id)
     file = _get_file(project, file_id)
@@ -174,7 +176,7 @@ def file_status(request: HttpRequest, project_id: str, file_id: str) -> HttpResp
 
 
 @member_required
-def file_content(request: HttpRequest, project_id: str, file_id: str) -> FileResponse:
+def file_content(request: OrganizationRequest, project_id: str, file_id: str) -> FileResponse:
     project = get_project(request, project_id)
     file = _get_file(project, file_id)
     return FileResponse(
@@ -187,12 +189,12 @@ def file_content(request: HttpRequest, project_id: str, file_id: str) -> FileRes
 
 @member_required
 @require_POST
-def file_delete(request: HttpRequest, project_id: str, file_id: str) -> HttpResponse:
+def file_delete(request: OrganizationRequest, project_id: str, file_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     file = _get_file(project, file_id)
     deleted = run_action(
         request,
-        lambda: actions.delete_file(request.user, file),  # type: ignore[arg-type]
+        lambda: deletion.delete_file(request.user, file),
         f"“{file.filename}” was deleted.",
     )
     if not deleted:

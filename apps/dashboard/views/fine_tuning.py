@@ -15,10 +15,11 @@ from typing import Any
 from django.contrib import messages
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, QueryDict
+from django.http import Http404, HttpResponse, JsonResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from apps.accounts.middleware import OrganizationRequest
 from apps.core.errors import ActionError
 from apps.core.money import usd
 from apps.dashboard.views.common import get_project, member_required, run_action
@@ -244,7 +245,7 @@ def _duration(seconds: float | int | None) -> str:
 # --- Pages --------------------------------------------------------------------------------------
 @member_required
 @require_GET
-def job_list(request: HttpRequest, project_id: str) -> HttpResponse:
+def job_list(request: OrganizationRequest, project_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     page = Paginator(_jobs(project).select_related("fine_tuned_model"), JOBS_PER_PAGE).get_page(
         request.GET.get("page")
@@ -255,7 +256,7 @@ def job_list(request: HttpRequest, project_id: str) -> HttpResponse:
 
 
 @member_required
-def job_new(request: HttpRequest, project_id: str) -> HttpResponse:
+def job_new(request: OrganizationRequest, project_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     if request.method != "POST":
         return render(request, "dashboard/job_new.html", _form_context(project, _form_values(request.GET)))
@@ -281,7 +282,7 @@ def job_new(request: HttpRequest, project_id: str) -> HttpResponse:
 
 @member_required
 @require_POST
-def job_estimate(request: HttpRequest, project_id: str) -> HttpResponse:
+def job_estimate(request: OrganizationRequest, project_id: str) -> HttpResponse:
     """The htmx partial under the form: what the job would cost, or why it cannot run."""
     project = get_project(request, project_id)
     values = _form_values(request.POST)
@@ -303,7 +304,7 @@ def job_estimate(request: HttpRequest, project_id: str) -> HttpResponse:
     return render(request, "dashboard/_job_estimate.html", context)
 
 
-def _job_context(request: HttpRequest, project: Project, job: Job) -> dict[str, Any]:
+def _job_context(request: OrganizationRequest, project: Project, job: Job) -> dict[str, Any]:
     progress = job.progress or {}
     result = job.result or {}
     metrics = result.get("metrics") or {}
@@ -320,7 +321,7 @@ def _job_context(request: HttpRequest, project: Project, job: Job) -> dict[str, 
         "eta": _duration(progress.get("eta_seconds")) if job.status == JobStatus.RUNNING else "",
         "can_cancel": job.status
         in (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
-        and request.membership.can_destroy(job.created_by_id),  # type: ignore[attr-defined]
+        and request.membership.can_destroy(job.created_by_id),
         "cancelling": job.stop_requested == actions.STOP_CANCEL,
         **metrics_context(metrics, result.get("labels")),
         "distillation": result.get("distillation"),
@@ -356,7 +357,7 @@ def metrics_context(metrics: dict[str, Any], labels: list[str] | None = None) ->
 
 @member_required
 @require_GET
-def job_detail(request: HttpRequest, project_id: str, job_id: str) -> HttpResponse:
+def job_detail(request: OrganizationRequest, project_id: str, job_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     return render(
         request, "dashboard/job_detail.html", _job_context(request, project, _get_job(project, job_id))
@@ -365,7 +366,7 @@ def job_detail(request: HttpRequest, project_id: str, job_id: str) -> HttpRespon
 
 @member_required
 @require_GET
-def job_status(request: HttpRequest, project_id: str, job_id: str) -> HttpResponse:
+def job_status(request: OrganizationRequest, project_id: str, job_id: str) -> HttpResponse:
     """The fragment the job page polls every 2 s; once the job is finished it stops polling."""
     project = get_project(request, project_id)
     context = _job_context(request, project, _get_job(project, job_id))
@@ -374,7 +375,7 @@ def job_status(request: HttpRequest, project_id: str, job_id: str) -> HttpRespon
 
 @member_required
 @require_GET
-def job_metrics(request: HttpRequest, project_id: str, job_id: str) -> JsonResponse:
+def job_metrics(request: OrganizationRequest, project_id: str, job_id: str) -> JsonResponse:
     """The loss curve's points, one per step in step order. A retried attempt re-logs the steps
     after its checkpoint; the later value wins."""
     project = get_project(request, project_id)
@@ -399,7 +400,7 @@ def job_metrics(request: HttpRequest, project_id: str, job_id: str) -> JsonRespo
 
 @member_required
 @require_POST
-def job_cancel(request: HttpRequest, project_id: str, job_id: str) -> HttpResponse:
+def job_cancel(request: OrganizationRequest, project_id: str, job_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     job = _get_job(project, job_id)
     if job.is_finished:

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from apps.accounts import actions
+from apps.accounts.middleware import OrganizationRequest
 from apps.accounts.models import ApiKey
 from apps.dashboard.views.common import get_project, member_required, run_action
+from apps.projects import actions
 
 NEW_KEY_SESSION = "new_api_key"
 # When a new key stops working: the form's choices, in days (None: never).
@@ -16,7 +17,7 @@ BAD_EXPIRY = "Choose when the key expires: never, in 30 days or in 90 days."
 
 
 @member_required
-def api_keys(request: HttpRequest, project_id: str) -> HttpResponse:
+def api_keys(request: OrganizationRequest, project_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     if request.method == "POST":
         expiry = request.POST.get("expires", "never")
@@ -24,13 +25,13 @@ def api_keys(request: HttpRequest, project_id: str) -> HttpResponse:
             messages.error(request, BAD_EXPIRY)
             return redirect("dashboard:api_keys", project.public_id)
         name = request.POST.get("name", "")
-        key, raw = actions.create_api_key(project, name, request.user, EXPIRY_CHOICES[expiry])  # type: ignore[arg-type]
+        key, raw = actions.create_api_key(project, name, request.user, EXPIRY_CHOICES[expiry])
         # Shown once, on the next page view, then gone: the session holds it for one redirect.
         request.session[NEW_KEY_SESSION] = {"name": key.name, "key": raw}
         return redirect("dashboard:api_keys", project.public_id)
     new_key = request.session.pop(NEW_KEY_SESSION, None)
     keys = list(ApiKey.objects.filter(project=project).select_related("created_by"))
-    membership = request.membership  # type: ignore[attr-defined]
+    membership = request.membership
     for key in keys:
         key.can_revoke = membership.can_destroy(key.created_by_id)  # type: ignore[attr-defined]
     return render(
@@ -42,7 +43,7 @@ def api_keys(request: HttpRequest, project_id: str) -> HttpResponse:
 
 @member_required
 @require_POST
-def api_key_revoke(request: HttpRequest, project_id: str, prefix: str) -> HttpResponse:
+def api_key_revoke(request: OrganizationRequest, project_id: str, prefix: str) -> HttpResponse:
     project = get_project(request, project_id)
     key = (
         ApiKey.objects.select_related("project__organization").filter(project=project, prefix=prefix).first()
@@ -51,7 +52,7 @@ def api_key_revoke(request: HttpRequest, project_id: str, prefix: str) -> HttpRe
         raise Http404("No such key")
     run_action(
         request,
-        lambda: actions.revoke_api_key(request.user, key),  # type: ignore[arg-type]
+        lambda: actions.revoke_api_key(request.user, key),
         f"Key “{key.name}” revoked. Requests using it are now refused.",
     )
     return redirect("dashboard:api_keys", project.public_id)

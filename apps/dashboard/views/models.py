@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from apps.accounts.middleware import OrganizationRequest
 from apps.dashboard.views.common import get_project, member_required, run_action
 from apps.dashboard.views.fine_tuning import metrics_context
+from apps.jobs.deletion import delete_fine_tuned_model
 from apps.jobs.models import Job
 from apps.projects.models import Project
-from apps.registry.actions import delete_fine_tuned_model
 from apps.registry.models import Model
 
 
@@ -30,7 +31,7 @@ def _get_model(project: Project, name: str) -> Model:
 
 @member_required
 @require_GET
-def model_list(request: HttpRequest, project_id: str) -> HttpResponse:
+def model_list(request: OrganizationRequest, project_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     visible = Model.objects.visible_to(project.organization).select_related("base")
     return render(
@@ -47,7 +48,7 @@ def model_list(request: HttpRequest, project_id: str) -> HttpResponse:
 
 @member_required
 @require_GET
-def model_detail(request: HttpRequest, project_id: str, model_name: str) -> HttpResponse:
+def model_detail(request: OrganizationRequest, project_id: str, model_name: str) -> HttpResponse:
     project = get_project(request, project_id)
     model = _get_model(project, model_name)
     job = (
@@ -57,7 +58,7 @@ def model_detail(request: HttpRequest, project_id: str, model_name: str) -> Http
         if not model.is_catalog
         else None
     )
-    membership = request.membership  # type: ignore[attr-defined]
+    membership = request.membership
     can_delete = not model.is_catalog and membership.can_destroy(model.created_by_id)
     return render(
         request,
@@ -76,12 +77,12 @@ def model_detail(request: HttpRequest, project_id: str, model_name: str) -> Http
 
 @member_required
 @require_POST
-def model_delete(request: HttpRequest, project_id: str, model_name: str) -> HttpResponse:
+def model_delete(request: OrganizationRequest, project_id: str, model_name: str) -> HttpResponse:
     project = get_project(request, project_id)
     model = _get_model(project, model_name)
     deleted = run_action(
         request,
-        lambda: delete_fine_tuned_model(request.user, model),  # type: ignore[arg-type]
+        lambda: delete_fine_tuned_model(request.user, model),
         f"Model “{model_name}” deleted. Requests to it now fail with model_not_found.",
     )
     if not deleted:
@@ -91,7 +92,7 @@ def model_delete(request: HttpRequest, project_id: str, model_name: str) -> Http
 
 @member_required
 @require_GET
-def model_download(request: HttpRequest, project_id: str, model_name: str) -> HttpResponseBase:
+def model_download(request: OrganizationRequest, project_id: str, model_name: str) -> HttpResponseBase:
     """The same archive as GET /v1/models/{id}/content."""
     import re
 

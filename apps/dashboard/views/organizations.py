@@ -5,10 +5,11 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from apps.accounts import actions
-from apps.accounts.middleware import SESSION_KEY
+from apps.accounts.middleware import SESSION_KEY, AuthenticatedRequest
 from apps.accounts.models import Organization
+from apps.billing.quotas import free_organization_refusal
 from apps.core.errors import ActionError
+from apps.projects import onboarding
 
 
 @login_required
@@ -35,10 +36,10 @@ def switch_organization(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def organization_new(request: HttpRequest) -> HttpResponse:
+def organization_new(request: AuthenticatedRequest) -> HttpResponse:
     if request.method == "POST":
         try:
-            organization = actions.create_organization(request.user, request.POST.get("name", ""))  # type: ignore[arg-type]
+            organization = onboarding.create_organization(request.user, request.POST.get("name", ""))
         except ActionError as exc:
             error = exc.message
         else:
@@ -46,5 +47,5 @@ def organization_new(request: HttpRequest) -> HttpResponse:
             return redirect("dashboard:projects")
     else:
         # Said before the form is filled in, not only once it is sent.
-        error = actions.free_organization_refusal(request.user) or ""  # type: ignore[arg-type]
+        error = free_organization_refusal(request.user) or ""
     return render(request, "dashboard/organization_new.html", {"error": error})

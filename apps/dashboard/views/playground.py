@@ -14,6 +14,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
 
+from apps.accounts.middleware import OrganizationRequest
 from apps.accounts.models import Organization
 from apps.billing import quotas
 from apps.core.errors import ActionError
@@ -59,7 +60,7 @@ def _error_json(exc: ActionError) -> JsonResponse:
 # --- Pages ---------------------------------------------------------------------------------------
 @member_required
 @require_GET
-def playground(request: HttpRequest, project_id: str) -> HttpResponse:
+def playground(request: OrganizationRequest, project_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     return render(
         request,
@@ -78,7 +79,7 @@ def playground(request: HttpRequest, project_id: str) -> HttpResponse:
 # --- Chat: POST the conversation as JSON, read the answer as server-sent events --------------------
 @member_required
 @require_POST
-def chat(request: HttpRequest, project_id: str) -> HttpResponse | StreamingHttpResponse:
+def chat(request: OrganizationRequest, project_id: str) -> HttpResponse | StreamingHttpResponse:
     project = get_project(request, project_id)
     try:
         body = _json_body(request)
@@ -110,7 +111,7 @@ def _json_body(request: HttpRequest) -> dict[str, Any]:
 # --- Classify: one text per line, a bar per label ----------------------------------------------------
 @member_required
 @require_POST
-def classify(request: HttpRequest, project_id: str) -> HttpResponse:
+def classify(request: OrganizationRequest, project_id: str) -> HttpResponse:
     """The htmx partial under the classify form: each input's labels as bars, or why not."""
     project = get_project(request, project_id)
     texts = [line.strip() for line in request.POST.get("input", "").splitlines() if line.strip()]

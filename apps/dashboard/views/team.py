@@ -6,15 +6,15 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from apps.accounts import actions
-from apps.accounts.middleware import SESSION_KEY
-from apps.accounts.models import Invitation, Membership, Role
+from apps.accounts.middleware import SESSION_KEY, OrganizationRequest
+from apps.accounts.models import Invitation, Membership, Role, User
 from apps.core.errors import ActionError
 from apps.dashboard.views.common import member_required, run_action
 
 
-def _membership(request: HttpRequest, membership_id: int) -> Membership:
+def _membership(request: OrganizationRequest, membership_id: int) -> Membership:
     membership = (
-        Membership.objects.filter(pk=membership_id, organization=request.organization)  # type: ignore[attr-defined]
+        Membership.objects.filter(pk=membership_id, organization=request.organization)
         .select_related("user", "organization")
         .first()
     )
@@ -24,21 +24,21 @@ def _membership(request: HttpRequest, membership_id: int) -> Membership:
 
 
 @member_required
-def team(request: HttpRequest) -> HttpResponse:
-    organization = request.organization  # type: ignore[attr-defined]
+def team(request: OrganizationRequest) -> HttpResponse:
+    organization = request.organization
     if request.method == "POST":
         email = request.POST.get("email", "")
         role = request.POST.get("role", Role.MEMBER)
         run_action(
             request,
-            lambda: actions.invite_member(organization, request.user, email, role),  # type: ignore[arg-type]
+            lambda: actions.invite_member(organization, request.user, email, role),
             f"Invitation sent to {email.strip().lower()}.",
         )
         return redirect("dashboard:team")
     members = Membership.objects.filter(organization=organization).select_related("user")
     invitations = []
-    if request.membership.can_manage:  # type: ignore[attr-defined]
-        invitations = actions.pending_invitations(request.user, organization)  # type: ignore[arg-type]
+    if request.membership.can_manage:
+        invitations = actions.pending_invitations(request.user, organization)
         for invitation in invitations:
             invitation.void_reason = actions.inviter_refusal(invitation)  # type: ignore[attr-defined]
     return render(
@@ -50,9 +50,9 @@ def team(request: HttpRequest) -> HttpResponse:
 
 @member_required
 @require_POST
-def invitation_revoke(request: HttpRequest, invitation_id: int) -> HttpResponse:
+def invitation_revoke(request: OrganizationRequest, invitation_id: int) -> HttpResponse:
     invitation = (
-        Invitation.objects.filter(pk=invitation_id, organization=request.organization)  # type: ignore[attr-defined]
+        Invitation.objects.filter(pk=invitation_id, organization=request.organization)
         .select_related("organization")
         .first()
     )
@@ -60,7 +60,7 @@ def invitation_revoke(request: HttpRequest, invitation_id: int) -> HttpResponse:
         raise Http404("No such invitation")
     run_action(
         request,
-        lambda: actions.revoke_invitation(request.user, invitation),  # type: ignore[arg-type]
+        lambda: actions.revoke_invitation(request.user, invitation),
         f"The invitation to {invitation.email} was revoked; its link no longer works.",
     )
     return redirect("dashboard:team")
@@ -68,12 +68,12 @@ def invitation_revoke(request: HttpRequest, invitation_id: int) -> HttpResponse:
 
 @member_required
 @require_POST
-def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
+def member_role(request: OrganizationRequest, membership_id: int) -> HttpResponse:
     membership = _membership(request, membership_id)
     role = request.POST.get("role", "")
     run_action(
         request,
-        lambda: actions.change_role(request.user, membership, role),  # type: ignore[arg-type]
+        lambda: actions.change_role(request.user, membership, role),
         f"{membership.user.email} is now {role}.",
     )
     return redirect("dashboard:team")
@@ -81,10 +81,10 @@ def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
 
 @member_required
 @require_POST
-def member_remove(request: HttpRequest, membership_id: int) -> HttpResponse:
+def member_remove(request: OrganizationRequest, membership_id: int) -> HttpResponse:
     membership = _membership(request, membership_id)
     leaving = membership.user_id == request.user.pk
-    ok = run_action(request, lambda: actions.remove_member(request.user, membership))  # type: ignore[arg-type]
+    ok = run_action(request, lambda: actions.remove_member(request.user, membership))
     if ok and leaving:
         request.session.pop(SESSION_KEY, None)
         messages.success(request, f"You left {membership.organization.name}.")
@@ -103,16 +103,17 @@ def accept_invitation(request: HttpRequest, token: str) -> HttpResponse:
         # Said on the page, before anyone logs in or signs up for an invitation that cannot work.
         context = {"invitation": invitation, "token": token, "refusal": refusal}
         return render(request, "dashboard/invitation.html", context, status=404)
-    if not request.user.is_authenticated:
+    user = request.user
+    if not user.is_authenticated:
         return render(request, "dashboard/invitation.html", {"invitation": invitation, "token": token})
-    return _accept(request, token, invitation)
+    return _accept(request, user, token, invitation)
 
 
-def _accept(request: HttpRequest, token: str, invitation: Invitation) -> HttpResponse:
+def _accept(request: HttpRequest, user: User, token: str, invitation: Invitation) -> HttpResponse:
     if request.method != "POST":
         return render(request, "dashboard/invitation.html", {"invitation": invitation, "token": token})
     try:
-        membership = actions.accept_invitation(token, request.user)  # type: ignore[arg-type]
+        membership = actions.accept_invitation(token, user)
     except ActionError as exc:
         messages.error(request, exc.message)
         return redirect("dashboard:home")

@@ -17,6 +17,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
+from apps.accounts.middleware import OrganizationRequest
 from apps.billing import usage as billing_usage
 from apps.billing.models import Unit
 from apps.billing.quotas import spend_cap, subscription_for
@@ -71,8 +72,8 @@ def _spend(organization: Any, spent: int) -> dict[str, Any]:
 
 @member_required
 @require_GET
-def usage(request: HttpRequest) -> HttpResponse:
-    organization = request.organization  # type: ignore[attr-defined]
+def usage(request: OrganizationRequest) -> HttpResponse:
+    organization = request.organization
     month = _month(request)
     start, end = billing_usage.month_bounds(month)
     current = timezone.now().date().replace(day=1)
@@ -92,10 +93,10 @@ def usage(request: HttpRequest) -> HttpResponse:
 
 @member_required
 @require_GET
-def usage_daily(request: HttpRequest) -> JsonResponse:
+def usage_daily(request: OrganizationRequest) -> JsonResponse:
     """The chart's data: cost per day of the month, by model and by unit, in micro-dollars."""
     month = _month(request)
-    daily = billing_usage.daily_costs(request.organization, *billing_usage.month_bounds(month))  # type: ignore[attr-defined]
+    daily = billing_usage.daily_costs(request.organization, *billing_usage.month_bounds(month))
     return JsonResponse(
         {
             "object": "usage.daily",
@@ -111,9 +112,9 @@ def usage_daily(request: HttpRequest) -> JsonResponse:
 
 @member_required
 @require_GET
-def usage_export(request: HttpRequest) -> HttpResponse:
+def usage_export(request: OrganizationRequest) -> HttpResponse:
     """The month's usage as CSV: one row per day × project × API key × model × unit."""
-    organization = request.organization  # type: ignore[attr-defined]
+    organization = request.organization
     month = _month(request)
     rows = billing_usage.export_rows(organization, *billing_usage.month_bounds(month))
     response = HttpResponse(content_type="text/csv; charset=utf-8")

@@ -7,9 +7,9 @@ from allauth.account.models import EmailAddress
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from apps.accounts import actions
 from apps.accounts.models import Membership, Organization, User
 from apps.core.errors import ActionError
+from apps.projects import actions, onboarding
 from apps.projects.models import Project
 
 
@@ -60,6 +60,6 @@ class Command(BaseCommand):
             existing = memberships.filter(organization__name=name).first()
             if existing:
                 return existing.organization
-            return actions.create_organization(user, name)
+            return onboarding.create_organization(user, name)
         first = memberships.first()
-        return first.organization if first else actions.create_personal_organization(user)
+        return first.organization if first else onboarding.create_personal_organization(user)

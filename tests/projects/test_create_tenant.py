@@ -27,6 +27,7 @@ def test_it_creates_a_verified_user_organization_project_and_key() -> None:
     assert user.emailaddress_set.get().verified
     key = ApiKey.objects.get(prefix=data["api_key"][6:14])
     assert key.project.public_id == data["project"]
+    assert key.project.organization.subscription.plan.slug == "free"
     assert key.hashed_key != data["api_key"] and data["api_key"] not in key.hashed_key
 
 

@@ -7,7 +7,7 @@ from allauth.core.internal import ratelimit
 from django.db import transaction
 from django.http import HttpRequest
 
-from apps.accounts import actions
+from apps.projects import onboarding
 
 # The `ACCOUNT_RATE_LIMITS` action that counts failed logins per account *and* client address
 # (saas/settings.py explains the figures). allauth's own `login_failed` counts per address and per
@@ -17,11 +17,12 @@ LOGIN_FAILED_FROM_IP = "login_failed_from_ip"
 
 class AccountAdapter(DefaultAccountAdapter):
     def save_user(self, request: Any, user: Any, form: Any, commit: bool = True) -> Any:
-        """Signup creates the user's personal organization and a default project with it."""
+        """Signup creates the user's personal organization, with its default project and its
+        subscription (`apps.projects.onboarding`)."""
         with transaction.atomic():
             user = super().save_user(request, user, form, commit=commit)
             if commit:
-                actions.create_personal_organization(user)
+                onboarding.create_personal_organization(user)
         return user
 
     def pre_authenticate(self, request: HttpRequest, **credentials: Any) -> None:
