@@ -335,8 +335,10 @@ class ProgressReporter:
             self.pending.clear()
 
     def _progress(self, event: Any) -> None:
+        # The rate is timed from the end of this attempt's first step: when that step began is not
+        # known (it follows the model's loading), so there is no estimate until a second step ends.
         if self.first_step is None:
-            self.first_step, self.started = event.step - 1, time.monotonic()
+            self.first_step, self.started = event.step, time.monotonic()
         done = event.step - self.first_step
         rate = done / max(time.monotonic() - self.started, 1e-6)
         remaining = max(event.total_steps - event.step, 0)

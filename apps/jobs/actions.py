@@ -592,8 +592,12 @@ def cancel(job: Job) -> Job:
 
 
 def request_pause(job: Job) -> bool:
-    updated = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, kind=JobKind.FINE_TUNE).update(
-        stop_requested=STOP_PAUSE
+    """Asks a running fine-tune to checkpoint and stop. A cancellation already asked for wins: a
+    pause over it would keep the job, and its reserved share of the cap, for a later resume."""
+    updated = (
+        Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, kind=JobKind.FINE_TUNE)
+        .exclude(stop_requested=STOP_CANCEL)
+        .update(stop_requested=STOP_PAUSE)
     )
     if updated:
         JobEvent.objects.create(job=job, message="Pause requested; checkpointing at the next step.")

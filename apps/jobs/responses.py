@@ -159,8 +159,10 @@ class Chunker:
         return self._chunk([{"index": index, "text": text, "logprobs": None, "finish_reason": None}])
 
     def final(self, result: dict[str, Any]) -> list[dict[str, Any]]:
-        """One chunk per choice with its finish_reason (the last also carries the usage, always),
-        then OpenAI's separate usage chunk when the client asked for it."""
+        """One chunk per choice with its finish_reason, the last carrying the usage; or, when the
+        client asked for `stream_options.include_usage`, OpenAI's shape: `usage: null` on every
+        choice chunk and the totals once, in a separate chunk with no choices (a client that adds
+        up the usage it sees would otherwise count it twice)."""
         usage = usage_body(result)
         choices = result.get("choices", [])
         chunks = []
@@ -180,7 +182,7 @@ class Chunker:
                     "logprobs": None,
                     "finish_reason": choice["finish_reason"],
                 }
-            chunks.append(self._chunk([body], usage if last else None))
+            chunks.append(self._chunk([body], usage if last and not self.include_usage else None))
         if self.include_usage:
             chunks.append(self._chunk([], usage))
         return chunks

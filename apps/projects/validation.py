@@ -757,6 +757,7 @@ class _CsvFeed:
 class _Columns:
     text: int
     label: int | None  # None: a file of unlabelled texts
+    count: int  # the header's columns
 
 
 def _validate_csv(run: _Run, lines: Iterator[_Line], delimiter: str) -> None:
@@ -826,7 +827,7 @@ def _read_header(run: _Run, line: int, values: list[str]) -> _Columns | None:
     if extra:
         hint = "only the text and label columns are used; map other names with column_mapping"
         run.warn(line, None, f"ignoring extra columns: {_quote_list(extra)}", hint)
-    return _Columns(text=text, label=label)
+    return _Columns(text=text, label=label, count=len(names))
 
 
 def _unlabelled_header(run: _Run, line: int, names: list[str], text: int) -> _Columns:
@@ -839,7 +840,7 @@ def _unlabelled_header(run: _Run, line: int, names: list[str], text: int) -> _Co
     )
     hint = f"to fine-tune a classifier on this file, add a {_quote(label)} column or map yours with column_mapping"
     run.warn(line, label, message, hint)
-    return _Columns(text=text, label=None)
+    return _Columns(text=text, label=None, count=len(names))
 
 
 def _find_column(names: list[str], wanted: str) -> int | None:
@@ -850,6 +851,15 @@ def _find_column(names: list[str], wanted: str) -> int | None:
 
 
 def _check_csv_row(run: _Run, line: int, values: list[str], columns: _Columns) -> int | None:
+    # More values than the header has columns: most often an unquoted delimiter inside the text,
+    # which shifts the label into the wrong column. Empty extras are the trailing delimiters
+    # spreadsheets leave behind.
+    if any(value.strip() for value in values[columns.count :]):
+        message = (
+            f"row has {_plural(len(values), 'value')} but the header has {_plural(columns.count, 'column')}"
+        )
+        run.error(line, None, message, _HINT_QUOTES)
+        return None
     if columns.label is None:
         if columns.text >= len(values):
             message = f"row has {_plural(len(values), 'value')} but the text is in column {columns.text + 1}"

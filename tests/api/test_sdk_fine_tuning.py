@@ -8,6 +8,9 @@ from typing import Any
 import openai
 import pytest
 
+from apps.jobs import actions
+from apps.jobs.models import Job
+from tests.api.test_fine_tuning import make_file
 from tests.conftest import sentiment_csv, wait_for
 
 pytestmark = pytest.mark.integration
@@ -76,3 +79,44 @@ def test_sdk_error_classes(live_server: Any, alice_key: str, tiny_base: Any) -> 
     with pytest.raises(openai.BadRequestError) as bad:
         client.fine_tuning.jobs.create(model="tiny-bert", training_file="file-nope")
     assert bad.value.body["param"] == "training_file"
+
+
+def test_a_pause_cannot_undo_a_requested_cancel(
+    live_server: Any, alice_key: str, alice_project: Any, tiny_base: Any
+) -> None:
+    # given a fine-tune its worker has claimed (the worker sees a stop request at its next step)
+    client = sdk(live_server, alice_key)
+    job = client.fine_tuning.jobs.create(model="tiny-bert", training_file=make_file(alice_project).public_id)
+    assert actions.claim(job.id) is not None
+
+    # when it is cancelled, then paused before its worker stops
+    cancelled = client.fine_tuning.jobs.cancel(job.id)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.fine_tuning.jobs.pause(job.id)
+
+    # then the cancel stands, and the job says it is on its way out
+    assert cancelled.status == "running" and cancelled.to_dict()["status_reason"] == "cancel_requested"
+    assert refused.value.body == {
+        "message": f"Job {job.id} is being cancelled; it cannot be paused.",
+        "type": "invalid_request_error",
+        "param": "id",
+        "code": "invalid_request",
+    }
+    assert Job.objects.get(public_id=job.id).stop_requested == actions.STOP_CANCEL
+    retrieved = client.fine_tuning.jobs.retrieve(job.id)
+    assert retrieved.to_dict()["status_reason"] == "cancel_requested"
+
+
+def test_a_pause_requested_shows_on_the_running_job(
+    live_server: Any, alice_key: str, alice_project: Any, tiny_base: Any
+) -> None:
+    client = sdk(live_server, alice_key)
+    job = client.fine_tuning.jobs.create(model="tiny-bert", training_file=make_file(alice_project).public_id)
+    assert job.to_dict()["status_reason"] is None
+    assert actions.claim(job.id) is not None
+
+    paused = client.fine_tuning.jobs.pause(job.id)
+
+    assert paused.status == "running" and paused.to_dict()["status_reason"] == "pause_requested"
+    # a cancel still wins over a pause that has not happened yet
+    assert client.fine_tuning.jobs.cancel(job.id).to_dict()["status_reason"] == "cancel_requested"

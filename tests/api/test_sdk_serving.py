@@ -75,6 +75,9 @@ def test_chat_completions_plain_and_streamed(live_server: Any, alice_key: str, c
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == plain.usage.total_tokens
     assert chunks[-2].choices[0].finish_reason == choice.finish_reason
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    # every other chunk says `usage: null`, so a client adding up the usage it sees counts it once
+    assert [c.usage for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    assert sum(c.usage.total_tokens for c in chunks if c.usage) == plain.usage.total_tokens
 
 
 def test_legacy_completions_plain_and_streamed(live_server: Any, alice_key: str, celery_worker: Any,
@@ -104,6 +107,21 @@ def test_legacy_completions_plain_and_streamed(live_server: Any, alice_key: str,
     assert (
         chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
     )
+
+    # stream_options.include_usage: the totals once, in a last chunk without choices
+    chunks = list(
+        lenient.completions.create(
+            model="tiny-gpt2",
+            prompt="the movie was",
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )  # fmt: skip
+    )
+    assert chunks[-1].choices == [] and chunks[-2].choices[0].finish_reason == plain.choices[0].finish_reason
+    assert [c.usage for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == plain.usage.total_tokens
 
 
 def test_classifications_through_the_generic_post(live_server: Any, alice_key: str, carol_key: str,

@@ -280,6 +280,21 @@ def test_rows_too_short_to_reach_the_label_are_errors():
     assert errors(report) == [(3, "row has 1 value but the text and label need 2")]
 
 
+def test_a_row_with_more_values_than_the_header_is_an_error_not_a_shifted_label():
+    # An unquoted comma in the text would otherwise make " thanks" the label and drop "pos".
+    report = validate(b"text,label\nGood film,pos\ngreat service, thanks,pos\nBad film,neg\n")
+
+    assert errors(report) == [(3, "row has 3 values but the header has 2 columns")]
+    assert report["errors"][0]["hint"].startswith("quote fields that contain the delimiter")
+    assert report["stats"]["labels"] == {"pos": 1, "neg": 1}
+
+
+def test_empty_values_past_the_header_are_trailing_delimiters_and_fine():
+    report = validate(b"text,label\nGood film,pos,,\nBad film,neg,\n")
+
+    assert report["valid"] is True and errors(report) == []
+
+
 def test_an_unclosed_quote_at_the_end_says_the_file_may_be_truncated():
     report = validate(b'text,label\nGood film,pos\nBad film,neg\n"never closed,neg')
 

@@ -698,7 +698,7 @@ class LMRun(RunBase):
         }
         self.emit("log", figures, message)
         if self.spec.resume_from:
-            self.emit("log", message=f"Resumed from {self.spec.resume_from} at step {self.state.step}")
+            self.emit("log", message=f"Resumed from the checkpoint at step {self.state.step}")
 
     def end_epoch(self) -> None:
         metrics: dict[str, Any] = self.train_metrics()
@@ -724,7 +724,7 @@ class LMRun(RunBase):
             model = model.merge_and_unload()  # the run is over: fold the adapters into the weights for good
         save_final_model(output_dir, best, model, self.tokenizer)  # the best checkpoint is merged already
         write_lm_card(output_dir, self.spec, self.lora, metrics)
-        self.emit("log", message=f"Saved the model to {output_dir}")
+        self.emit("log", message="Saved the model.")
         return TrainResult(
             status="stopped" if stopped else "completed",
             model_dir=str(output_dir),

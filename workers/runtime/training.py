@@ -561,7 +561,7 @@ class Run(RunBase):
         }
         self.emit("log", figures, message)
         if self.spec.resume_from:
-            self.emit("log", message=f"Resumed from {self.spec.resume_from} at step {self.state.step}")
+            self.emit("log", message=f"Resumed from the checkpoint at step {self.state.step}")
 
     def end_epoch(self) -> None:
         metrics: dict[str, Any] = {"train_loss": self.state.mean_train_loss()}
@@ -579,7 +579,7 @@ class Run(RunBase):
         metrics = {**self.state.best_metrics, "early_stopped": self.state.early_stopped}
         save_final_model(output_dir, self.state.best_checkpoint, self.model, self.tokenizer)
         write_model_card(output_dir, self.spec, self.data.labels, metrics)
-        self.emit("log", message=f"Saved the model to {output_dir}")
+        self.emit("log", message="Saved the model.")
         return TrainResult(
             status="stopped" if stopped else "completed",
             model_dir=str(output_dir),

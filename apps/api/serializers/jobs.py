@@ -5,7 +5,7 @@ from typing import Any
 from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 
-from apps.jobs.actions import queue_position
+from apps.jobs.actions import STOP_CANCEL, STOP_PAUSE, queue_position
 from apps.jobs.fine_tuning import MAX_COST, MAX_SEED
 from apps.jobs.models import Checkpoint, Job, JobEvent, JobStatus
 
@@ -64,7 +64,7 @@ def fine_tuning_job(job: Job) -> dict[str, Any]:
             method_type: _method_options(method, method_type) | {"hyperparameters": hp},
         },
         "distillation": (job.result or {}).get("distillation") if method_type == "distillation" else None,
-        "status_reason": job.status_reason or None,
+        "status_reason": job.status_reason or _stop_reason(job),
         "queue_position": queue_position(job),
         "progress": {
             "step": progress.get("step", 0),
@@ -78,6 +78,15 @@ def fine_tuning_job(job: Job) -> dict[str, Any]:
         "attempt": job.attempt,
     }
     return body
+
+
+STOP_REASONS = {STOP_CANCEL: "cancel_requested", STOP_PAUSE: "pause_requested"}
+
+
+def _stop_reason(job: Job) -> str | None:
+    """Why a running job will stop: its worker stops at the next step, and until then the job is
+    still `running`, so a cancel or pause answered at once would otherwise look ignored."""
+    return STOP_REASONS.get(job.stop_requested) if job.status == JobStatus.RUNNING else None
 
 
 def _method_options(method: dict[str, Any], method_type: str) -> dict[str, Any]:
@@ -140,7 +149,10 @@ class FineTuningJobSerializer(serializers.Serializer):
         allow_null=True,
         help_text="Extension: a finished distillation's comparison of teacher and student on held-out texts.",
     )
-    status_reason = serializers.CharField(allow_null=True, help_text="Extension, e.g. budget_reached.")
+    status_reason = serializers.CharField(
+        allow_null=True,
+        help_text="Extension, e.g. budget_reached, or cancel_requested while a running job stops.",
+    )
     queue_position = serializers.IntegerField(allow_null=True, help_text="Extension: 1 = next to start.")
     progress = serializers.DictField(help_text="Extension: step, total_steps, percent, eta_seconds.")
     estimated_cost = serializers.IntegerField(allow_null=True, help_text="Extension: micro-dollars.")

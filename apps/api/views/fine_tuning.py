@@ -109,6 +109,9 @@ class FineTuningJobPauseView(FineTuningBase):
         job = self.get_job(job_id)
         actions.require_may_stop(self.api_key.created_by, job, "pause")
         if not actions.request_pause(job):
+            job.refresh_from_db(fields=["status", "stop_requested"])
+            if job.status == JobStatus.RUNNING and job.stop_requested == actions.STOP_CANCEL:
+                raise ActionError(f"Job {job_id} is being cancelled; it cannot be paused.", param="id")
             raise ActionError(f"Only a running job can be paused; {job_id} is {job.status}.", param="id")
         return Response(fine_tuning_job(self.get_job(job_id)))
 

@@ -309,6 +309,20 @@ def test_pause_then_resume_gives_the_same_weights_as_one_run(
     assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
 
 
+def test_its_messages_name_no_path_on_the_worker(
+    tmp_path: Path, tiny_gpt2_dir: Path, chat_jsonl: Path
+) -> None:
+    # Log messages become the job's events, which customers read through the API.
+    paused, _ = run(make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, "part"), stop_after(2))
+    _, events = run(
+        make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, "part", resume_from=paused.checkpoints[-1].path)
+    )
+
+    messages = [event.message for event in events if event.kind == "log"]
+    assert "Resumed from the checkpoint at step 2" in messages and "Saved the model." in messages
+    assert [message for message in messages if str(tmp_path) in message] == []
+
+
 @pytest.mark.parametrize("first_attempt_dir_is", ["removed", "kept"])
 def test_a_resume_on_another_attempt_never_needs_or_touches_its_directory(
     tmp_path: Path, tiny_gpt2_dir: Path, chat_jsonl: Path, first_attempt_dir_is: str

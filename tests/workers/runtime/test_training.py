@@ -228,6 +228,20 @@ def test_resume_continues_and_matches_an_uninterrupted_run(
     assert resumed.metrics["confusion_matrix"] == uninterrupted.metrics["confusion_matrix"]
 
 
+def test_its_messages_name_no_path_on_the_worker(
+    tmp_path: Path, tiny_bert_dir: Path, sentiment_csv: Path
+) -> None:
+    # Log messages become the job's events, which customers read through the API.
+    stopped, _ = run(make_spec(tmp_path, tiny_bert_dir, sentiment_csv, "part"), should_stop=stop_after(3))
+    _, events = run(
+        make_spec(tmp_path, tiny_bert_dir, sentiment_csv, "part", resume_from=stopped.checkpoints[-1].path)
+    )
+
+    messages = [event.message for event in events if event.kind == "log"]
+    assert "Resumed from the checkpoint at step 3" in messages and "Saved the model." in messages
+    assert [message for message in messages if str(tmp_path) in message] == []
+
+
 def test_resume_refuses_a_checkpoint_of_another_run(
     tmp_path: Path, tiny_bert_dir: Path, sentiment_csv: Path
 ) -> None:

@@ -1,0 +1,52 @@
+"""What the runtime's progress becomes on a fine-tune's row, through the attempt's heartbeat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apps.jobs import actions
+from apps.jobs.models import Job
+from tests.api.test_fine_tuning import make_file
+from tests.conftest import wait_for
+from workers.attempt import AttemptGuard
+from workers.finetune import ProgressReporter
+from workers.runtime.specs import ProgressEvent
+
+
+def step(number: int) -> ProgressEvent:
+    return ProgressEvent(kind="step", step=number, total_steps=6, epoch=1, trained_tokens=10 * number)
+
+
+def progress_at(job: Job, number: int) -> dict[str, Any]:
+    def written() -> dict[str, Any] | None:
+        progress = Job.objects.get(pk=job.pk).progress or {}
+        return progress if progress.get("step") == number else None
+
+    found: dict[str, Any] = wait_for(written, timeout=10)
+    return found
+
+
+def test_there_is_no_eta_until_a_step_has_been_timed(
+    api: Any, alice_project: Any, tiny_base: Any, transactional_db: None, settings: Any
+) -> None:
+    # given a claimed fine-tune whose progress is written as soon as it changes
+    settings.JOB_PROGRESS_INTERVAL_SECONDS = 0.05
+    file = make_file(alice_project)
+    created = api.post(
+        "/v1/fine_tuning/jobs", {"model": "tiny-bert", "training_file": file.public_id}, format="json"
+    )
+    assert created.status_code == 200, created.content
+    job = actions.claim(created.json()["id"])
+    assert job is not None
+    with AttemptGuard(job.pk, job.attempt) as guard:
+        reporter = ProgressReporter(job, guard)
+        # when the first step ends: nothing says how long a step takes yet
+        reporter.on_event(step(1))
+        first = progress_at(job, 1)
+        # when the second ends, the one step between them is the rate
+        reporter.on_event(step(2))
+        second = progress_at(job, 2)
+
+    # then
+    assert first["eta_seconds"] is None and first["percent"] == 16.7
+    assert isinstance(second["eta_seconds"], int)
