@@ -1,6 +1,6 @@
 """Distillation in the worker: the teacher labels the unlabeled_file, the student classifier trains
-on those labels with the classification trainer (`workers.finetune`), and the two are compared on
-held-out texts the student never saw.
+on those labels with the classification trainer (`workers.runners.finetune`), and the two are
+compared on held-out texts the student never saw.
 
 The teacher's labels are kept in storage chunk by chunk as they come, so a paused, resumed or
 redelivered attempt pays the teacher for no text twice, and the job bills the teacher's usage
@@ -29,8 +29,8 @@ from apps.core.errors import ActionError
 from apps.core.storage import delete_prefix, job_prefix
 from apps.jobs.models import Job
 from apps.registry.models import Model
-from workers.artifacts import local_model_dir
-from workers.attempt import AttemptGuard
+from workers.runners.artifacts import local_model_dir
+from workers.runners.attempt import AttemptGuard
 from workers.runtime.distill import (
     answer_max_tokens,
     held_out_indices,
@@ -442,7 +442,7 @@ def compare(
 
 def labels_report(labelling: Labelling, predictions: dict[int, str]) -> bytes:
     """Every text with the teacher's label (and raw answer), and for held-out texts the student's."""
-    from workers.finetune import safe_cell
+    from workers.runners.finetune import safe_cell
 
     answers = [answer for chunk in labelling.chunks for answer in chunk.answers]
     out = io.StringIO()

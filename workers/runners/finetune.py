@@ -24,11 +24,11 @@ from apps.jobs.models import Job, JobStatus
 from apps.projects.actions import discard, stored_result_file
 from apps.projects.models import FilePurpose
 from apps.registry.actions import create_fine_tuned_model, fine_tuned_name
-from workers.artifacts import local_model_dir
-from workers.attempt import FENCED, AttemptGuard
+from workers.runners.artifacts import local_model_dir
+from workers.runners.attempt import FENCED, AttemptGuard
 
 if TYPE_CHECKING:
-    from workers.distill import Labelling
+    from workers.runners.distill import Labelling
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def _label_for_distillation(
 ) -> Labelling | None:
     """The teacher labels the texts; None when the job ended meanwhile (failed, cancelled, paused or
     out of budget, with the teacher's usage billed), else the labels for the student."""
-    from workers.distill import TeacherError, forget_labels, label_texts, read_texts
+    from workers.runners.distill import TeacherError, forget_labels, label_texts, read_texts
 
     texts = read_texts(Path(spec.training_file), spec.text_field, spec.label_field)
     try:
@@ -169,7 +169,7 @@ def _student_spec(job: Job, spec: Any, labelling: Labelling, work: Path) -> Any:
     failed, when the teacher labelled too few texts."""
     import dataclasses
 
-    from workers.distill import TeacherError, write_training_files
+    from workers.runners.distill import TeacherError, write_training_files
 
     try:
         train_path, valid_path = write_training_files(labelling, work)
@@ -185,7 +185,7 @@ def _student_spec(job: Job, spec: Any, labelling: Labelling, work: Path) -> Any:
 
 
 def _fail_teacher(job: Job, error: Any, labelling: Labelling | None) -> None:
-    from workers.distill import forget_labels
+    from workers.runners.distill import forget_labels
 
     usage, models = labelling.billing() if labelling is not None else ({}, {})
     actions.finish(
@@ -465,7 +465,7 @@ def _finish(
     }
     teacher_report = None
     if labelling is not None:
-        from workers.distill import compare, labels_report
+        from workers.runners.distill import compare, labels_report
 
         outcome["distillation"], predictions = compare(labelling, result.model_dir, progress.model_name)
         teacher_report = labels_report(labelling, predictions)
@@ -504,6 +504,6 @@ def _finish(
 
 def _forget(job: Job, labelling: Labelling | None) -> None:
     if labelling is not None:
-        from workers.distill import forget_labels
+        from workers.runners.distill import forget_labels
 
         forget_labels(job)
