@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,3 +55,50 @@ print(len(names), leaked)
     count, leaked = out.split(" ", 1)
     assert int(count) >= 1
     assert leaked.strip() == "[]"
+
+
+def test_the_runners_import_no_torch() -> None:
+    out = run_python(
+        """
+import os, pkgutil, importlib, sys
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "saas.settings")
+import django
+django.setup()
+import workers.runners as runners
+names = [m.name for m in pkgutil.walk_packages(runners.__path__, "workers.runners.")]
+for name in names:
+    importlib.import_module(name)
+heavy = sorted(m for m in ("torch", "transformers", "tokenizers", "safetensors") if m in sys.modules)
+print(len(names), heavy)
+"""
+    )
+    count, heavy = out.split(" ", 1)
+    assert int(count) >= 6
+    assert heavy.strip() == "[]"
+
+
+def runner_imports() -> dict[str, set[str]]:
+    """Each runner module and the runner modules it imports, inside functions too."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "workers" / "runners").glob("*.py")):
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module == "workers.runners":
+                imported.update(f"workers.runners.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+        graph[f"workers.runners.{path.stem}"] = {
+            name for name in imported if name.startswith("workers.runners.")
+        }
+    return graph
+
+
+def test_the_runners_import_each_other_without_a_cycle() -> None:
+    graph = runner_imports()
+    assert "workers.runners.distill" in graph["workers.runners.finetune"]  # the graph sees imports at all
+    try:
+        TopologicalSorter(graph).prepare()
+    except CycleError as error:
+        raise AssertionError(f"import cycle: {' -> '.join(error.args[1])}") from None

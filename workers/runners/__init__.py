@@ -16,8 +16,12 @@ The runners, each a module:
   lease and tells the work when to stop (`AttemptGuard`), and the failures every runner shares
   (internal error, out of memory).
 - `artifacts`: where a model's weights are on this worker (catalog, model cache, storage).
-- `finetune`: a fine-tune (classification, supervised or distillation) from the row to the model.
-- `distill`: a distillation's teacher labelling and its comparison with the student.
+- `finetune`: a fine-tune (classification, supervised or distillation) from the row to the model,
+  with `progress` (the runtime's progress events → progress, metric events, checkpoints, the
+  budget check) and `reports` (the result files: metrics, validation rows, `safe_cell`).
+- `distill`: a distillation's phase before the student trains (the teacher labels the texts,
+  chunk by chunk) and after (teacher and student compared). `finetune` calls it; it never
+  calls `finetune`.
 - `inference`: chat, completion and classification requests, batched per model.
 - `batch`: a batch file of requests, in chunks, to output and error files.
 

@@ -1,6 +1,8 @@
-"""The fine-tune adapter: a claimed job row → TrainSpec → runtime.train → rows and usage.
+"""The fine-tune runner: a claimed job row → TrainSpec → runtime.train → rows and usage.
 
-Django-aware and thin on purpose: the training itself is `workers.runtime.training.train`.
+Django-aware and thin on purpose: the training itself is `workers.runtime.training.train` (or
+`workers.runtime.sft.train_lm`), the progress it reports goes through `progress`, its result
+files come from `reports`, and a distillation's teacher labels the texts first (`distill`).
 """
 
 from __future__ import annotations
@@ -8,39 +10,36 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError
 
-from apps.billing.pricing import cost_of
 from apps.core.storage import download_dir, download_file, job_prefix, upload_dir
 from apps.jobs import actions
-from apps.jobs.admission import SpendShare
 from apps.jobs.models import Job, JobStatus
 from apps.projects.actions import discard, stored_result_file
 from apps.projects.models import FilePurpose
-from apps.registry.actions import create_fine_tuned_model, fine_tuned_name
+from apps.registry.actions import create_fine_tuned_model
 from workers.runners.artifacts import local_model_dir
-from workers.runners.attempt import FENCED, AttemptGuard
-
-if TYPE_CHECKING:
-    from workers.runners.distill import Labelling
+from workers.runners.attempt import AttemptGuard
+from workers.runners.distill import (
+    Labelling,
+    compare,
+    forget_labels,
+    label_for_distillation,
+    labels_report,
+    student_spec,
+)
+from workers.runners.progress import STOP_MESSAGES, ProgressReporter
+from workers.runners.reports import diagnostics_csv, metrics_csv
 
 logger = logging.getLogger(__name__)
 
 # Errors in the customer's data or settings: the job fails at once, with the runtime's message.
 PERMANENT_ERRORS = (ValueError, KeyError)
-# Progress writes kept while PostgreSQL is briefly unreachable (the heartbeat thread self-fences
-# the attempt if the outage lasts longer than JOB_SELF_FENCE_SECONDS).
-MAX_PENDING_WRITES = 500
-STOP_MESSAGES = {
-    "budget_reached": "The job's max_cost was reached: it stopped early and kept the best model so far.",
-    "spend_limit_reached": "The organization's spend limit was reached: the job stopped early and kept the best model so far.",
-}
 
 
 def run_fine_tune(job: Job) -> None:
@@ -86,12 +85,13 @@ def run_fine_tune(job: Job) -> None:
             progress = ProgressReporter(job, guard)
             labelling = None
             if method.get("type") == "distillation":
-                labelling = _label_for_distillation(job, guard, progress, spec, work)
+                labelling = label_for_distillation(job, guard, progress, spec, work)
                 if labelling is None:  # the job ended while the teacher labelled
                     return
-                spec = _student_spec(job, spec, labelling, work)
-                if spec is None:  # too few texts labelled to train on: the job failed
+                student = student_spec(job, spec, labelling, work)
+                if student is None:  # too few texts labelled to train on: the job failed
                     return
+                spec = student
             result = train(spec, progress.on_event, progress.should_stop)
             progress.flush()
             if guard.lost:
@@ -115,85 +115,6 @@ def run_fine_tune(job: Job) -> None:
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _label_for_distillation(
-    job: Job, guard: AttemptGuard, progress: ProgressReporter, spec: Any, work: Path
-) -> Labelling | None:
-    """The teacher labels the texts; None when the job ended meanwhile (failed, cancelled, paused or
-    out of budget, with the teacher's usage billed), else the labels for the student."""
-    from workers.runners.distill import TeacherError, forget_labels, label_texts, read_texts
-
-    texts = read_texts(Path(spec.training_file), spec.text_field, spec.label_field)
-    try:
-        labelling = label_texts(job, guard, texts, progress.budget_reason, progress.log)
-    except TeacherError as exc:  # before anything was labelled: nothing to bill
-        _fail_teacher(job, exc, None)
-        return None
-    progress.flush()
-    progress.extra_cost = labelling.cost
-    progress.extra_usage, progress.extra_models = labelling.billing()
-    if guard.lost:
-        return None
-    if labelling.error is not None:
-        _fail_teacher(job, labelling.error, labelling)
-        return None
-    if labelling.stopped == "pause":
-        usage, models = labelling.billing()  # the labels are kept for the resumed attempt: billed now
-        actions.finish(job.pk, job.attempt, JobStatus.PAUSED, usage=usage, usage_models=models,
-                       message="Job paused while the teacher labelled texts.")  # fmt: skip
-        return None
-    if labelling.stopped:
-        usage, models = labelling.billing()
-        if labelling.stopped == "cancel":
-            actions.finish(job.pk, job.attempt, JobStatus.CANCELLED, usage=usage, usage_models=models,
-                           message="Job cancelled.")  # fmt: skip
-        else:
-            labelled = sum(len(chunk.labels) for chunk in labelling.chunks)
-            code = {"budget": "budget_reached", "spend_limit": "spend_limit_reached"}[labelling.stopped]
-            limit = "The job's max_cost" if code == "budget_reached" else "The organization's spend limit"
-            message = (
-                f"{limit} was reached while the teacher labelled texts ({labelled:,} of {len(texts):,} done); "
-                "no student was trained. Raise it, or distil fewer texts."
-            )
-            actions.finish(job.pk, job.attempt, JobStatus.FAILED, usage=usage, usage_models=models,
-                           error={"code": code, "message": message, "param": "max_cost"}, message=message)  # fmt: skip
-        forget_labels(job)
-        return None
-    return labelling
-
-
-def _student_spec(job: Job, spec: Any, labelling: Labelling, work: Path) -> Any:
-    """The classification trainer's spec for the student: the teacher's labels (and, from a
-    classifier teacher, its softened probabilities) instead of the file's. None, with the job
-    failed, when the teacher labelled too few texts."""
-    import dataclasses
-
-    from workers.runners.distill import TeacherError, write_training_files
-
-    try:
-        train_path, valid_path = write_training_files(labelling, work)
-    except TeacherError as exc:
-        _fail_teacher(job, exc, labelling)
-        return None
-    return dataclasses.replace(
-        spec, training_file=str(train_path), validation_file=str(valid_path), text_field="text",
-        label_field="label", labels=tuple(labelling.labels),
-        soft_label_field="soft" if labelling.temperature is not None else "",
-        distill_temperature=labelling.temperature or 1.0,
-    )  # fmt: skip
-
-
-def _fail_teacher(job: Job, error: Any, labelling: Labelling | None) -> None:
-    from workers.runners.distill import forget_labels
-
-    usage, models = labelling.billing() if labelling is not None else ({}, {})
-    actions.finish(
-        job.pk, job.attempt, JobStatus.FAILED, usage=usage, usage_models=models,
-        error={"code": error.code, "message": error.message, "param": "method.distillation.teacher"},
-        message=error.message,
-    )  # fmt: skip
-    forget_labels(job)
 
 
 def _failed_for_a_deleted_file(job: Job) -> bool:
@@ -222,170 +143,6 @@ def _local_copy(file: Any, stem: Path) -> Path:
     return download_file(file.content.name, stem.with_suffix(suffix))
 
 
-class ProgressReporter:
-    """Turns the runtime's progress events into throttled progress, metric events, checkpoints
-    and the budget check."""
-
-    def __init__(self, job: Job, guard: AttemptGuard) -> None:
-        self.job = job
-        self.guard = guard
-        self.started = time.monotonic()
-        self.first_step: int | None = None
-        self.step = 0
-        self.trained_tokens = 0
-        self.last_metrics_step = -1
-        self.share = SpendShare(job)  # the job's share of the organization's spend cap
-        # The name the model will have; checkpoints are callable as `<name>:ckpt-step-N`.
-        self.model_name = fine_tuned_name(
-            job.model_name, job.organization.name, (job.request or {}).get("suffix") or "", job.public_id
-        )
-        self.pending: list[Any] = []  # writes that met a database outage, oldest first
-        # Spent before training began (a distillation's teacher), billed with the training.
-        self.extra_cost = 0
-        self.extra_usage: dict[str, int] = {}
-        self.extra_models: dict[str, str] = {}
-        self.max_step_tokens = 0  # the most tokens one step has trained so far
-
-    def should_stop(self) -> bool:
-        if self.step:
-            reason = self.budget_reason(self.extra_cost + self._next_step_cost())
-            if reason:
-                self.guard.request_stop(reason)
-        return self.guard.should_stop()
-
-    def budget_reason(self, cost: int) -> str:
-        """ "budget" when a total cost of `cost` would pass the job's max_cost, "spend_limit" when
-        the organization's spend cap leaves the job no room for it, else ""."""
-        if self.job.max_cost is not None and cost > self.job.max_cost:
-            return "budget"
-        # Asking for the rest of the estimate at once (at least a tenth more) keeps the lock rare.
-        ahead = max((self.job.estimated_cost or 0) - cost, cost // 10)
-        if not self.share.allows(cost, ahead=ahead):
-            if self.share.fenced:  # another attempt owns the job now
-                self.guard.request_stop(FENCED)
-                return FENCED
-            return "spend_limit"
-        return ""
-
-    def usage(self, trained_tokens: int) -> dict[str, int]:
-        """The job's running counts to bill: the tokens trained so far and the teacher's units."""
-        return {"trained_tokens": trained_tokens, **self.extra_usage}
-
-    def log(self, message: str) -> None:
-        self._write(actions.add_event, message)
-
-    def _next_step_cost(self) -> int:
-        # The next step costs at most what the costliest step so far did: steps differ in tokens
-        # (batches are padded per batch, not to a fixed length), and an average would let the bill
-        # pass max_cost by a step. The first batch is the widest, so it sets the bound early.
-        return cost_of(self.job.model_name, "trained_tokens", self.trained_tokens + self.max_step_tokens)
-
-    def on_event(self, event: Any) -> None:
-        if self.guard.lost:
-            return
-        if event.kind == "step":  # (a resumed run's banner, before its first step, carries its count)
-            self.max_step_tokens = max(self.max_step_tokens, event.trained_tokens - self.trained_tokens)
-        self.step, self.trained_tokens = event.step, max(self.trained_tokens, event.trained_tokens)
-        if event.kind == "step":
-            self._progress(event)
-            every = max(1, event.total_steps // 200)  # at most ~200 points on the loss curve
-            if event.step - self.last_metrics_step >= every:
-                self.last_metrics_step = event.step
-                keys = ("train_loss", "train_mean_token_accuracy")  # the second from SFT only
-                self._metrics(event, {key: event.metrics.get(key) for key in keys})
-        elif event.kind == "eval":
-            self._metrics(event, event.metrics, message=_eval_message(event))
-        elif event.kind == "checkpoint" and event.checkpoint_dir:
-            key = f"{job_prefix('checkpoints', self.job.organization.public_id, self.job.public_id)}/step-{event.step}"
-            upload_dir(Path(event.checkpoint_dir), key)
-            # The checkpoint is callable as a model once saved: the work up to it is billed with it.
-            self._write(
-                actions.add_checkpoint, step=event.step, epoch=event.epoch, metrics=event.metrics,
-                artifact_key=key, model_name=f"{self.model_name}:ckpt-step-{event.step}",
-                trained_tokens=event.trained_tokens, usage=self.usage(event.trained_tokens),
-                usage_models=self.extra_models,
-            )  # fmt: skip
-        elif event.kind == "log" and event.message:
-            self.log(event.message)
-
-    def _write(self, action: Any, *args: Any, **kwargs: Any) -> None:
-        """A fenced write from the training loop. A short database outage does not end the attempt:
-        the write waits here (in order) and goes out with the next one; the heartbeat thread decides
-        when the outage is too long."""
-        self.pending.append((action, args, kwargs))
-        self.flush()
-
-    def flush(self) -> None:
-        while self.pending and not self.guard.lost:
-            action, args, kwargs = self.pending[0]
-            try:
-                written = action(self.job.pk, self.job.attempt, *args, **kwargs)
-            except DatabaseError:
-                if len(self.pending) == 1:  # the first failure of an outage
-                    logger.warning(
-                        "job %s: progress write failed; kept for later", self.job.public_id, exc_info=True
-                    )
-                connection.close()  # a broken connection stays broken until closed
-                del self.pending[:-MAX_PENDING_WRITES]
-                return
-            self.pending.pop(0)
-            if not written:  # another attempt owns the job now
-                self.guard.request_stop(FENCED)
-        if self.guard.lost:
-            self.pending.clear()
-
-    def _progress(self, event: Any) -> None:
-        if self.first_step is None:
-            self.first_step, self.started = event.step - 1, time.monotonic()
-        done = event.step - self.first_step
-        rate = done / max(time.monotonic() - self.started, 1e-6)
-        remaining = max(event.total_steps - event.step, 0)
-        self.guard.set_progress(
-            {
-                "step": event.step,
-                "total_steps": event.total_steps,
-                "epoch": event.epoch,
-                "percent": round(100 * event.step / max(event.total_steps, 1), 1),
-                "eta_seconds": round(remaining / rate) if rate > 0 else None,
-                "trained_tokens": event.trained_tokens,
-            }
-        )
-
-    def _metrics(self, event: Any, metrics: dict[str, Any], message: str | None = None) -> None:
-        data = {"step": event.step, "total_steps": event.total_steps, "epoch": event.epoch}
-        data.update(
-            {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-        )
-        self._write(
-            actions.add_event, message or f"Step {event.step}/{event.total_steps}", type="metrics", data=data
-        )
-
-
-RESULT_COLUMNS = ("step", "epoch", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
-                  "accuracy", "f1_macro")  # fmt: skip
-
-
-def metrics_csv(job: Job) -> bytes:
-    """Per-step metrics as OpenAI's results file has them (plus our classifier metrics), one row a
-    step, from the job's metric events."""
-    import csv
-    import io
-
-    rows: dict[int, dict[str, Any]] = {}
-    for data in job.events.filter(type="metrics").order_by("id").values_list("data", flat=True):
-        if data and "step" in data:
-            row = rows.setdefault(int(data["step"]), {"step": int(data["step"])})
-            row.update({k: v for k, v in data.items() if k in RESULT_COLUMNS})
-            if "train_mean_token_accuracy" in data:
-                row["train_accuracy"] = data["train_mean_token_accuracy"]
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=RESULT_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for step in sorted(rows):
-        writer.writerow(rows[step])
-    return out.getvalue().encode()
-
-
 def _fail_time_limit(job: Job) -> None:
     """The soft time limit hit: the job fails with `time_limit` (not `internal_error`), keeping the
     checkpoints it saved. If PostgreSQL is down too, the reaper handles the job later."""
@@ -396,39 +153,6 @@ def _fail_time_limit(job: Job) -> None:
             job.pk, job.attempt, JobStatus.FAILED,
             error={"code": "time_limit", "message": message, "param": None}, message=message,
         )  # fmt: skip
-
-
-def _eval_message(event: Any) -> str:
-    metrics = event.metrics
-    parts = [f"Epoch {event.epoch} evaluated"]
-    if "valid_loss" in metrics:
-        parts.append(f"valid_loss {metrics['valid_loss']:.4f}")
-    if "accuracy" in metrics:
-        parts.append(f"accuracy {metrics['accuracy']:.3f}")
-    return ": ".join([parts[0], ", ".join(parts[1:])]) if len(parts) > 1 else parts[0]
-
-
-def diagnostics_csv(spec: Any, model_dir: str) -> bytes:
-    """Per-row validation loss, likeliest label errors first, text cells made safe for spreadsheets."""
-    import csv
-    import io
-
-    from workers.runtime.diagnostics import diagnose, validation_examples
-    from workers.runtime.models import load_model
-
-    rows = diagnose(load_model(model_dir), validation_examples(spec))
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["line", "label", "predicted", "label_probability", "loss", "likely_mislabelled", "text"])
-    for row in rows:
-        writer.writerow([row.line, safe_cell(row.label), safe_cell(row.predicted), row.label_probability, row.loss,
-                         "yes" if row.likely_mislabelled else "", safe_cell(row.text)])  # fmt: skip
-    return out.getvalue().encode()
-
-
-def safe_cell(value: str) -> str:
-    """CSV formula injection: a cell a spreadsheet would run as a formula gets a leading quote."""
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
 def _finish(
@@ -447,7 +171,8 @@ def _finish(
             job.pk, job.attempt, JobStatus.CANCELLED, usage=usage, usage_models=models, fields=fields,
             message="Job cancelled.",
         )  # fmt: skip
-        _forget(job, labelling)
+        if labelling is not None:
+            forget_labels(job)
         return
     if result.status == "stopped" and guard.stop_reason == "pause":
         # Billed like any attempt that ends: the pause checkpoint is a callable, exportable model.
@@ -465,8 +190,6 @@ def _finish(
     }
     teacher_report = None
     if labelling is not None:
-        from workers.runners.distill import compare, labels_report
-
         outcome["distillation"], predictions = compare(labelling, result.model_dir, progress.model_name)
         teacher_report = labels_report(labelling, predictions)
 
@@ -499,11 +222,5 @@ def _finish(
     if finished is None:  # another attempt owns the job now
         discard(files)
         return
-    _forget(job, labelling)
-
-
-def _forget(job: Job, labelling: Labelling | None) -> None:
     if labelling is not None:
-        from workers.runners.distill import forget_labels
-
         forget_labels(job)
