@@ -43,7 +43,7 @@ from workers.runtime.distill import (
     score,
     soften,
 )
-from workers.runtime.specs import VALIDATION_FRACTION, TrainSpec
+from workers.runtime.specs import VALIDATION_FRACTION, TrainingDataError, TrainSpec
 
 logger = logging.getLogger(__name__)
 
@@ -138,10 +138,10 @@ def read_texts(path: Path, text_field: str, label_field: str) -> list[Text]:
     for number, record in iter_records(path, columns=(text_field,)):
         text = record.get(text_field)
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f'line {number}: "{text_field}" is missing or empty')
+            raise TrainingDataError(f'line {number}: "{text_field}" is missing or empty')
         texts.append(Text(number, text, label_to_str(record.get(label_field))))
     if not texts:
-        raise ValueError("the unlabeled_file has no texts")
+        raise TrainingDataError("the unlabeled_file has no texts")
     return texts
 
 

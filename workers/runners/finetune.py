@@ -35,11 +35,9 @@ from workers.runners.distill import (
 )
 from workers.runners.progress import STOP_MESSAGES, ProgressReporter
 from workers.runners.reports import diagnostics_csv, metrics_csv
+from workers.runtime.specs import Hyperparameters, TrainingDataError, TrainSpec
 
 logger = logging.getLogger(__name__)
-
-# Errors in the customer's data or settings: the job fails at once, with the runtime's message.
-PERMANENT_ERRORS = (ValueError, KeyError)
 
 
 def run_fine_tune(job: Job) -> None:
@@ -50,12 +48,10 @@ def run_fine_tune(job: Job) -> None:
     work.mkdir(parents=True)
     try:
         with AttemptGuard(job.pk, job.attempt) as guard:
-            # Heavy imports (torch) only once the lease is kept alive: a fresh child can take longer
-            # to import torch than the stale threshold, and the reaper would take the job away.
-            from workers.runtime.specs import Hyperparameters, TrainSpec
-
             method = (job.request or {}).get("method") or {}
             is_supervised = method.get("type") == "supervised"  # a causal LM learning replies
+            # Heavy imports (torch) only once the lease is kept alive: a fresh child can take longer
+            # to import torch than the stale threshold, and the reaper would take the job away.
             if is_supervised:
                 from workers.runtime.sft import train_lm as train
             else:
@@ -100,7 +96,9 @@ def run_fine_tune(job: Job) -> None:
     except SoftTimeLimitExceeded:
         # Terminal, like Celery's own view of a timeout: the job fails and is not retried.
         _fail_time_limit(job)
-    except PERMANENT_ERRORS as exc:
+    except TrainingDataError as exc:
+        # Only the customer's data or settings: any other error is ours, and run_claimed fails the
+        # job with internal_error rather than blame the customer's file for it.
         actions.finish(
             job.pk, job.attempt, JobStatus.FAILED,
             error={"code": "invalid_training_data", "message": str(exc), "param": "training_file"},

@@ -45,6 +45,7 @@ from workers.runtime.specs import (
     CheckpointInfo,
     Hyperparameters,
     ProgressEvent,
+    TrainingDataError,
     TrainResult,
     TrainSpec,
     validation_size,
@@ -208,18 +209,20 @@ def encode_record(
     messages = record.get(spec.messages_field)
     if isinstance(messages, list):
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(
+            raise TrainingDataError(
                 f"{where}: chat examples need a chat template and this base model has none; "
                 "use prompt/completion rows"
             )
         try:
             return encode_chat(tokenizer, messages, record.get("tools"), max_length)
         except (TemplateError, TypeError, KeyError, ValueError) as error:  # what a template raises
-            raise ValueError(f"{where}: the chat template failed on this conversation ({error})") from None
+            raise TrainingDataError(
+                f"{where}: the chat template failed on this conversation ({error})"
+            ) from None
     prompt, completion = record.get(spec.prompt_field), record.get(spec.completion_field)
     if isinstance(prompt, str) and isinstance(completion, str):
         return encode_completion(tokenizer, prompt, completion, max_length)
-    raise ValueError(
+    raise TrainingDataError(
         f'{where}: expected "{spec.messages_field}" (a list of messages) or '
         f'"{spec.prompt_field}" and "{spec.completion_field}" (strings)'
     )
@@ -228,7 +231,7 @@ def encode_record(
 def read_records(path: str) -> list[tuple[str, dict[str, Any]]]:
     records = [(f"{path}:{number}", record) for number, record in iter_records(path)]
     if not records:
-        raise ValueError(f"{path}: no examples")
+        raise TrainingDataError(f"{path}: no examples")
     return records
 
 
@@ -268,7 +271,7 @@ def prepare_lm_data(spec: TrainSpec, tokenizer: Any, max_length: int, seed: int)
     train, skipped_train = encode_split(train_records, spec, tokenizer, max_length)
     valid, skipped_valid = encode_split(valid_records, spec, tokenizer, max_length)
     if not len(train):
-        raise ValueError(
+        raise TrainingDataError(
             "no training example has a token to learn from within max_seq_length "
             f"({max_length}): every assistant reply is weight 0 or cut off"
         )
@@ -299,6 +302,8 @@ def collate_lm(split: LMSplit, indices: Sequence[int], pad_id: int, pad_to_multi
 
 def load_lm_tokenizer(model_dir: str) -> Any:
     tokenizer = load_tokenizer(model_dir)  # sets a pad token on bases that lack one
+    # Plain ValueErrors: a base model that cannot be fine-tuned is ours to fix (staff mark which
+    # bases are fine-tunable), not a fault in the customer's data.
     if not tokenizer.is_fast:
         raise ValueError("supervised fine-tuning needs a fast tokenizer (tokenizer.json) to locate replies")
     if tokenizer.eos_token_id is None:
@@ -320,7 +325,9 @@ def default_lora_targets(model: Any) -> list[str]:
     for group in ([tuple(known)] if known else []) + list(FALLBACK_LORA_TARGETS):
         if all(_has_module(model, name) for name in group):
             return list(group)
-    raise ValueError("no default LoRA target modules for this architecture; name them in lora.target_modules")
+    raise TrainingDataError(
+        "no default LoRA target modules for this architecture; name them in lora.target_modules"
+    )
 
 
 def _positive_number(value: Any) -> bool:
@@ -336,15 +343,17 @@ def resolve_lora(requested: Mapping[str, Any] | None, model: Any) -> dict[str, A
         return None
     unknown = sorted(set(requested) - set(LORA_OPTIONS))
     if unknown:
-        raise ValueError(f"unknown LoRA option {unknown[0]!r}; expected one of: {', '.join(LORA_OPTIONS)}")
+        raise TrainingDataError(
+            f"unknown LoRA option {unknown[0]!r}; expected one of: {', '.join(LORA_OPTIONS)}"
+        )
     settings = {**LORA_DEFAULTS, **{key: value for key, value in requested.items() if value is not None}}
     if not (isinstance(settings["r"], int) and _positive_number(settings["r"])):
-        raise ValueError("lora.r must be a positive integer")
+        raise TrainingDataError("lora.r must be a positive integer")
     if not _positive_number(settings["alpha"]):
-        raise ValueError("lora.alpha must be a number greater than 0")
+        raise TrainingDataError("lora.alpha must be a number greater than 0")
     dropout = settings["dropout"]
     if not (isinstance(dropout, int | float) and not isinstance(dropout, bool) and 0 <= dropout < 1):
-        raise ValueError("lora.dropout must be a number from 0 up to (not including) 1")
+        raise TrainingDataError("lora.dropout must be a number from 0 up to (not including) 1")
     targets = settings.get("target_modules") or default_lora_targets(model)
     if targets != "all-linear":
         targets = list(targets) if isinstance(targets, list | tuple) else [targets]
@@ -357,7 +366,7 @@ def resolve_lora(requested: Mapping[str, Any] | None, model: Any) -> dict[str, A
                     if isinstance(m, torch.nn.Linear | Conv1D)
                 }
             )
-            raise ValueError(
+            raise TrainingDataError(
                 f"lora.target_modules: this model has no module named {missing[0]!r}; "
                 f"its linear layers are: {', '.join(linear)}"
             )
