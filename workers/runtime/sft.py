@@ -39,7 +39,7 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPP
 from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
-from workers.runtime.data import epoch_batches, eval_batches, iter_records
+from workers.runtime.data import eval_batches, iter_records
 from workers.runtime.specs import (
     VALIDATION_FRACTION,
     CheckpointInfo,
@@ -58,7 +58,6 @@ from workers.runtime.training import (
     RunBase,
     autocast_for,
     build_optimizer,
-    checkpoint_path,
     deterministic_algorithms,
     effective_max_length,
     load_tokenizer,
@@ -594,28 +593,19 @@ def train_lm(
             run.restore(saved)
         run.log_banner()
 
-        # -- loop
-        state = run.state
-        stopped = False
-        while state.epoch < hp.n_epochs and not state.early_stopped and not stopped:
-            batches = epoch_batches(run.train_lengths, hp.batch_size, hp.seed, state.epoch)
-            for indices in batches[state.batch_in_epoch :]:  # a resumed run skips what it already did
-                if should_stop():  # polled before every step, so a cancel or pause lands within one step
-                    stopped = True
-                    break
-                batch = run.train_batch(indices)
-                lr = lr_at(state.step, hp.learning_rate, run.warmup_steps, total_steps)
-                loss, accuracy = train_step(model, run.parameters, optimizer, batch, lr, hp)
-                state.record_lm_step(loss, accuracy, batch.n_tokens, batch.n_supervised)
-                metrics = {"train_loss": loss, "train_mean_token_accuracy": accuracy, "learning_rate": lr}
-                run.emit("step", metrics)
-                every = spec.checkpoint_every_steps
-                if every and state.step % every == 0 and state.batch_in_epoch < len(batches):
-                    run.checkpoint(run.train_metrics())  # the epoch's end checkpoints anyway
-            else:  # the epoch ran to its end
-                run.end_epoch()
-        if stopped and run.last_checkpoint_step() != state.step:
-            run.checkpoint(run.train_metrics() if state.epoch_loss_steps else {})
+        # -- loop (lr, forward, backward, clip, step, log; eval and checkpoints in run_epochs)
+        def step(indices: Sequence[int]) -> None:
+            batch = run.train_batch(indices)
+            lr = lr_at(run.state.step, hp.learning_rate, run.warmup_steps, total_steps)
+            loss, accuracy = train_step(model, run.parameters, optimizer, batch, lr, hp)
+            run.state.record_lm_step(loss, accuracy, batch.n_tokens, batch.n_supervised)
+            metrics = {"train_loss": loss, "train_mean_token_accuracy": accuracy, "learning_rate": lr}
+            run.emit("step", metrics)
+
+        def validate() -> dict[str, Any]:
+            return evaluate(model, run.valid_batches, device)
+
+        stopped = run.run_epochs(should_stop, step, validate if len(data.valid) else None)
 
         # -- save
         return run.save(stopped)
@@ -643,7 +633,7 @@ class LMLoopState(LoopState):
 
 @dataclass(kw_only=True)
 class LMRun(RunBase):
-    """A causal LM's run: its data, token-level evaluation, epoch end and final save (merged)."""
+    """A causal LM's run: its data, batches, token accuracy, banner and final save (merged)."""
 
     trainer_name: ClassVar[str] = TRAINER
     state_class: ClassVar[type[LoopState]] = LMLoopState
@@ -708,17 +698,6 @@ class LMRun(RunBase):
         self.emit("log", figures, message)
         if self.spec.resume_from:
             self.emit("log", message=f"Resumed from {self.spec.resume_from} at step {self.state.step}")
-
-    def end_epoch(self) -> None:
-        metrics: dict[str, Any] = self.train_metrics()
-        if len(self.data.valid):
-            metrics.update(evaluate(self.model, self.valid_batches, self.device))
-            self.emit("eval", metrics)
-        # The checkpoint is named before it is written, so its own saved state can point at it as best.
-        path = checkpoint_path(self.checkpoint_root, self.state.step)
-        self.state.finish_epoch(metrics, str(path), self.spec.hyperparameters.early_stopping_patience)
-        self.checkpoint(metrics)
-        self.early_stop_message()
 
     def save(self, stopped: bool) -> TrainResult:
         output_dir = Path(self.spec.output_dir)
