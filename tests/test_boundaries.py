@@ -77,28 +77,38 @@ print(len(names), heavy)
     assert heavy.strip() == "[]"
 
 
-def runner_imports() -> dict[str, set[str]]:
-    """Each runner module and the runner modules it imports, inside functions too."""
+def package_imports(package: str) -> dict[str, set[str]]:
+    """Each module of `package` (dotted) and the modules of it that it imports, inside functions too."""
     graph: dict[str, set[str]] = {}
-    for path in sorted((ROOT / "workers" / "runners").glob("*.py")):
+    for path in sorted(ROOT.joinpath(*package.split(".")).glob("*.py")):
         imported: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 imported.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module == "workers.runners":
-                imported.update(f"workers.runners.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module == package:
+                imported.update(f"{package}.{alias.name}" for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module:
                 imported.add(node.module)
-        graph[f"workers.runners.{path.stem}"] = {
-            name for name in imported if name.startswith("workers.runners.")
-        }
+        graph[f"{package}.{path.stem}"] = {name for name in imported if name.startswith(f"{package}.")}
     return graph
 
 
-def test_the_runners_import_each_other_without_a_cycle() -> None:
-    graph = runner_imports()
-    assert "workers.runners.distill" in graph["workers.runners.finetune"]  # the graph sees imports at all
+def assert_no_cycle(graph: dict[str, set[str]]) -> None:
     try:
         TopologicalSorter(graph).prepare()
     except CycleError as error:
         raise AssertionError(f"import cycle: {' -> '.join(error.args[1])}") from None
+
+
+def test_the_runners_import_each_other_without_a_cycle() -> None:
+    graph = package_imports("workers.runners")
+    assert "workers.runners.distill" in graph["workers.runners.finetune"]  # the graph sees imports at all
+    assert_no_cycle(graph)
+
+
+def test_the_runtime_modules_import_each_other_without_a_cycle() -> None:
+    graph = package_imports("workers.runtime")
+    # the run uses the LM data and LoRA modules; they never need the run
+    assert {"workers.runtime.lm_data", "workers.runtime.lora"} <= graph["workers.runtime.sft"]
+    assert "workers.runtime.sft" not in graph["workers.runtime.lm_data"] | graph["workers.runtime.lora"]
+    assert_no_cycle(graph)

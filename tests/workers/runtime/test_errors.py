@@ -12,7 +12,8 @@ pytest.importorskip("torch")
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from workers.runtime.data import prepare_data, read_examples  # noqa: E402
-from workers.runtime.sft import read_records, resolve_lora  # noqa: E402
+from workers.runtime.lm_data import read_records  # noqa: E402
+from workers.runtime.lora import resolve_lora  # noqa: E402
 from workers.runtime.specs import TrainingDataError  # noqa: E402
 from workers.runtime.training import check_resumable  # noqa: E402
 

@@ -18,17 +18,10 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from workers.runtime.generate import generate  # noqa: E402
+from workers.runtime.lm_data import IGNORE_INDEX, LMSplit, collate_lm, encode_chat, encode_completion  # noqa: E402
+from workers.runtime.lora import ADAPTER_DIR, resolve_lora  # noqa: E402
 from workers.runtime.models import load_model  # noqa: E402
-from workers.runtime.sft import (  # noqa: E402
-    ADAPTER_DIR,
-    IGNORE_INDEX,
-    LMSplit,
-    collate_lm,
-    encode_chat,
-    encode_completion,
-    resolve_lora,
-    train_lm,
-)
+from workers.runtime.sft import train_lm  # noqa: E402
 from workers.runtime.specs import (  # noqa: E402
     GenerateRequest,
     Hyperparameters,
