@@ -155,7 +155,7 @@ def make_spec(config: dict[str, Any], output: str) -> Any:
 
 
 def encoded_train_set(config: dict[str, Any]) -> Any:
-    from workers.runtime.sft import encode_split, load_lm_tokenizer, read_records
+    from workers.runtime.lm_data import encode_split, load_lm_tokenizer, read_records
 
     spec = make_spec(config, "")
     tokenizer = load_lm_tokenizer(config["model_dir"])
@@ -207,7 +207,7 @@ def run_trainer(config: dict[str, Any], work: Path) -> dict[str, Any]:
     ]
     model = AutoModelForCausalLM.from_pretrained(config["model_dir"], dtype=torch.float32)
     if config["lora"]:
-        from workers.runtime.sft import attach_lora, resolve_lora
+        from workers.runtime.lora import attach_lora, resolve_lora
 
         model = attach_lora(model, resolve_lora({}, model), None)  # the same peft wrapping as ours
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)

@@ -62,8 +62,8 @@ def validate_file(file_id: str) -> None:
 )
 def run_fine_tune(job_id: str, attempt: int | None = None) -> None:
     """Claims the job (a duplicate delivery claims nothing and exits) and runs it."""
-    from workers.attempt import run_claimed
-    from workers.finetune import run_fine_tune as run
+    from workers.runners.attempt import run_claimed
+    from workers.runners.finetune import run_fine_tune as run
 
     run_claimed(job_id, run)
 
@@ -82,16 +82,16 @@ def reap() -> dict[str, int]:
 @shared_task(name="jobs.run_inference", queue="serve", soft_time_limit=600, time_limit=660)
 def run_inference(job_id: str, attempt: int | None = None) -> None:
     """A chat, completion or classification request (with any same-model requests waiting)."""
-    from workers.attempt import run_claimed
-    from workers.inference import run_inference as run
+    from workers.runners.attempt import run_claimed
+    from workers.runners.inference import run_inference as run
 
     run_claimed(job_id, run, with_files=False)
 
 
 @shared_task(name="jobs.run_proxy", queue="default", soft_time_limit=300, time_limit=330)
 def run_proxy(job_id: str, attempt: int | None = None) -> None:
-    from workers.attempt import run_claimed
-    from workers.inference import run_proxy as run
+    from workers.runners.attempt import run_claimed
+    from workers.runners.inference import run_proxy as run
 
     run_claimed(job_id, run)
 
@@ -103,8 +103,8 @@ def run_proxy(job_id: str, attempt: int | None = None) -> None:
     time_limit=settings.GPU_TASK_TIME_LIMIT,
 )
 def run_batch(job_id: str, attempt: int | None = None) -> None:
-    from workers.attempt import run_claimed
-    from workers.batch import run_batch as run
+    from workers.runners.attempt import run_claimed
+    from workers.runners.batch import run_batch as run
 
     run_claimed(job_id, run)
 
@@ -117,8 +117,8 @@ def run_batch(job_id: str, attempt: int | None = None) -> None:
 )
 def run_proxy_batch(job_id: str, attempt: int | None = None) -> None:
     """A batch of `openai:*` requests: the same runner, on a worker that does not hold a GPU."""
-    from workers.attempt import run_claimed
-    from workers.batch import run_batch as run
+    from workers.runners.attempt import run_claimed
+    from workers.runners.batch import run_batch as run
 
     run_claimed(job_id, run)
 

@@ -8,8 +8,8 @@ from apps.jobs import actions
 from apps.jobs.models import Job
 from tests.api.test_fine_tuning import make_file
 from tests.conftest import wait_for
-from workers.attempt import AttemptGuard
-from workers.finetune import ProgressReporter
+from workers.runners.attempt import AttemptGuard
+from workers.runners.progress import ProgressReporter
 from workers.runtime.specs import ProgressEvent
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from workers.runtime.specs import validation_size
+from workers.runtime.specs import TrainingDataError, validation_size
 
 JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
 CSV_SUFFIXES = {".csv", ".tsv"}
@@ -108,9 +108,9 @@ def iter_records(path: str | Path, *, columns: Sequence[str] = ()) -> Iterator[t
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+                    raise TrainingDataError(f"{path}:{number}: invalid JSON ({error.msg})") from None
                 if not isinstance(record, dict):
-                    raise ValueError(f"{path}:{number}: each line must be a JSON object")
+                    raise TrainingDataError(f"{path}:{number}: each line must be a JSON object")
                 yield number, record
         return
     with open(path, encoding="utf-8-sig", newline="") as handle:
@@ -119,7 +119,7 @@ def iter_records(path: str | Path, *, columns: Sequence[str] = ()) -> Iterator[t
         missing = [column for column in columns if column not in (reader.fieldnames or [])]
         if missing:
             header = ", ".join(reader.fieldnames or [])
-            raise ValueError(f'{path}: no "{missing[0]}" column in the header ({header})')
+            raise TrainingDataError(f'{path}: no "{missing[0]}" column in the header ({header})')
         for row in reader:
             yield reader.line_num, dict(row)
 
@@ -148,16 +148,16 @@ def read_examples(
     for number, record in iter_records(path, columns=(text_field, label_field)):
         text = record.get(text_field)
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f'{path}:{number}: "{text_field}" is missing or empty')
+            raise TrainingDataError(f'{path}:{number}: "{text_field}" is missing or empty')
         label = label_to_str(record.get(label_field))
         if label is None:
-            raise ValueError(f'{path}:{number}: "{label_field}" is missing or empty')
+            raise TrainingDataError(f'{path}:{number}: "{label_field}" is missing or empty')
         soft = (
             _soft_targets(record.get(soft_field), f'{path}:{number}: "{soft_field}"') if soft_field else None
         )
         examples.append(Example(text=text, label=label, line=number, soft=soft))
     if not examples:
-        raise ValueError(f"{path}: no examples")
+        raise TrainingDataError(f"{path}: no examples")
     return examples
 
 
@@ -170,6 +170,7 @@ def _soft_targets(value: Any, where: str) -> dict[str, float]:
         )
         or not math.isclose(sum(value.values()), 1.0, abs_tol=1e-3)
     ):
+        # Not the customer's: soft targets come only from the teacher's labels, written by the worker.
         raise ValueError(f"{where} must map labels to probabilities that sum to 1")
     return {str(label): float(p) for label, p in value.items()}
 
@@ -224,7 +225,7 @@ def stratified_split(
 def check_validation_labels(train_labels: Sequence[str], valid: Sequence[Example]) -> None:
     unknown = sorted({example.label for example in valid} - set(train_labels))
     if unknown:
-        raise ValueError(
+        raise TrainingDataError(
             "the validation data has labels that never occur in the training data: "
             + ", ".join(repr(label) for label in unknown)
         )
@@ -279,12 +280,12 @@ def prepare_data(
         train_examples, valid_examples = stratified_split(train_examples, validation_fraction, seed)
     unknown = sorted({example.label for example in train_examples} - set(labels)) if labels else []
     if unknown:
-        raise ValueError(
+        raise TrainingDataError(
             f"the training data has labels outside the label set: {', '.join(map(repr, unknown))}"
         )
     labels = sorted(labels) if labels else sorted_labels(train_examples)
     if len(labels) < 2:
-        raise ValueError(
+        raise TrainingDataError(
             f"classification needs at least 2 distinct labels in the training data, found {labels}"
         )
     check_validation_labels(labels, valid_examples)

@@ -197,6 +197,15 @@ def estimate_steps(n_examples: int, hp: Hyperparameters, validation_fraction: fl
 # ---------------------------------------------------------------------------------------------
 
 
+class TrainingDataError(ValueError):
+    """The customer's training data or training settings cannot be trained on: a bad row, a missing
+    column or field, too few labels, an empty file, a LoRA option or module the model does not
+    have. The message is written for the customer, and the job fails with it as
+    `invalid_training_data`; any other exception from a trainer is a fault of ours.
+
+    A ValueError, so that code which catches ValueError around the readers keeps working."""
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     job_id: str

@@ -367,27 +367,18 @@ def train(
             run.restore(saved)
         run.log_banner()
 
-        # -- loop
-        state = run.state
-        stopped = False
-        while state.epoch < hp.n_epochs and not state.early_stopped and not stopped:
-            batches = epoch_batches(run.train_lengths, hp.batch_size, hp.seed, state.epoch)
-            for indices in batches[state.batch_in_epoch :]:  # a resumed run skips what it already did
-                if should_stop():  # polled before every step, so a cancel or pause lands within one step
-                    stopped = True
-                    break
-                batch = run.train_batch(indices)
-                lr = lr_at(state.step, hp.learning_rate, run.warmup_steps, total_steps)
-                loss = train_step(model, optimizer, batch, lr, hp, spec.distill_temperature)
-                state.record_step(loss, batch.n_tokens)
-                run.emit("step", {"train_loss": loss, "learning_rate": lr})
-                every = spec.checkpoint_every_steps
-                if every and state.step % every == 0 and state.batch_in_epoch < len(batches):
-                    run.checkpoint({"train_loss": state.mean_train_loss()})  # epoch ends checkpoint anyway
-            else:  # the epoch ran to its end
-                run.end_epoch()
-        if stopped and run.last_checkpoint_step() != state.step:
-            run.checkpoint({"train_loss": state.mean_train_loss()} if state.epoch_loss_steps else {})
+        # -- loop (lr, forward, backward, clip, step, log; eval and checkpoints in run_epochs)
+        def step(indices: Sequence[int]) -> None:
+            batch = run.train_batch(indices)
+            lr = lr_at(run.state.step, hp.learning_rate, run.warmup_steps, total_steps)
+            loss = train_step(model, optimizer, batch, lr, hp, spec.distill_temperature)
+            run.state.record_step(loss, batch.n_tokens)
+            run.emit("step", {"train_loss": loss, "learning_rate": lr})
+
+        def validate() -> dict[str, Any]:
+            return evaluate(model, run.valid_batches, data.labels, device)
+
+        stopped = run.run_epochs(should_stop, step, validate if len(data.valid) else None)
 
         # -- save
         return run.save(stopped)
@@ -395,9 +386,10 @@ def train(
 
 @dataclass(kw_only=True)
 class RunBase:
-    """What every training run shares with the loop's bookkeeping: progress events, checkpoints,
-    the trainer state saved in them, and resuming from one. `Run` (classifiers) and
-    `sft.LMRun` (causal LMs) add their data, evaluation and final save."""
+    """What every training run shares: the epoch loop (`run_epochs`) with its bookkeeping, progress
+    events, checkpoints, the trainer state saved in them, and resuming from one. `Run`
+    (classifiers) and `sft.LMRun` (causal LMs) add their data, batches, banner and final save; the
+    step and the evaluation are the callables their training function passes to `run_epochs`."""
 
     trainer_name: ClassVar[str] = "classification"  # marks the checkpoints; another trainer refuses them
     state_class: ClassVar[type[LoopState]] = LoopState
@@ -410,12 +402,57 @@ class RunBase:
     total_steps: int
     on_progress: Callable[[ProgressEvent], None]
     state: LoopState = field(default_factory=LoopState)
+    train_lengths: list[int] = field(init=False, default_factory=list)  # each run sets it from its data
 
     def __post_init__(self) -> None:
         self.warmup_steps = warmup_steps_for(self.spec.hyperparameters, self.total_steps)
         self.pad_to = 8 if self.device.type == "cuda" else 1  # tensor cores want widths in multiples of 8
         spec_dir = self.spec.checkpoint_dir
         self.checkpoint_root = Path(spec_dir) if spec_dir else Path(self.spec.output_dir) / "checkpoints"
+
+    def run_epochs(
+        self,
+        should_stop: Callable[[], bool],
+        step: Callable[[Sequence[int]], None],
+        evaluate: Callable[[], dict[str, Any]] | None,
+    ) -> bool:
+        """The loop every trainer shares: the epochs' batches from where the state is, `step` on
+        each, a checkpoint every spec.checkpoint_every_steps, and at each epoch's end `evaluate`
+        (None: nothing to validate on), the epoch's checkpoint and early stopping. True when
+        should_stop() ended it; the step it stopped at is then checkpointed for the resume."""
+        hp = self.spec.hyperparameters
+        state = self.state
+        stopped = False
+        while state.epoch < hp.n_epochs and not state.early_stopped and not stopped:
+            batches = epoch_batches(self.train_lengths, hp.batch_size, hp.seed, state.epoch)
+            for indices in batches[state.batch_in_epoch :]:  # a resumed run skips what it already did
+                if should_stop():  # polled before every step, so a cancel or pause lands within one step
+                    stopped = True
+                    break
+                step(indices)
+                every = self.spec.checkpoint_every_steps
+                if every and state.step % every == 0 and state.batch_in_epoch < len(batches):
+                    self.checkpoint(self.train_metrics())  # the epoch's end checkpoints anyway
+            else:  # the epoch ran to its end
+                self.end_epoch(evaluate)
+        if stopped and self.last_checkpoint_step() != state.step:
+            self.checkpoint(self.train_metrics() if state.epoch_loss_steps else {})
+        return stopped
+
+    def end_epoch(self, evaluate: Callable[[], dict[str, Any]] | None) -> None:
+        metrics = self.train_metrics()
+        if evaluate is not None:
+            metrics.update(evaluate())
+            self.emit("eval", metrics)
+        # The checkpoint is named before it is written, so its own saved state can point at it as best.
+        path = checkpoint_path(self.checkpoint_root, self.state.step)
+        self.state.finish_epoch(metrics, str(path), self.spec.hyperparameters.early_stopping_patience)
+        self.checkpoint(metrics)
+        self.early_stop_message()
+
+    def train_metrics(self) -> dict[str, Any]:
+        """The current epoch's training figures so far, saved with a checkpoint."""
+        return {"train_loss": self.state.mean_train_loss()}
 
     def emit(
         self, kind: str, metrics: dict[str, Any] | None = None, message: str = "", path: str = ""
@@ -523,7 +560,7 @@ class RunBase:
 
 @dataclass(kw_only=True)
 class Run(RunBase):
-    """A classifier's run: its data, evaluation, epoch end and final save."""
+    """A classifier's run: its data, batches, banner and final save."""
 
     data: PreparedData
 
@@ -562,17 +599,6 @@ class Run(RunBase):
         self.emit("log", figures, message)
         if self.spec.resume_from:
             self.emit("log", message=f"Resumed from the checkpoint at step {self.state.step}")
-
-    def end_epoch(self) -> None:
-        metrics: dict[str, Any] = {"train_loss": self.state.mean_train_loss()}
-        if len(self.data.valid):
-            metrics.update(evaluate(self.model, self.valid_batches, self.data.labels, self.device))
-            self.emit("eval", metrics)
-        # The checkpoint is named before it is written, so its own saved state can point at it as best.
-        path = checkpoint_path(self.checkpoint_root, self.state.step)
-        self.state.finish_epoch(metrics, str(path), self.spec.hyperparameters.early_stopping_patience)
-        self.checkpoint(metrics)
-        self.early_stop_message()
 
     def save(self, stopped: bool) -> TrainResult:
         output_dir = Path(self.spec.output_dir)

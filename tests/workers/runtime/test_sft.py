@@ -18,17 +18,10 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from workers.runtime.generate import generate  # noqa: E402
+from workers.runtime.lm_data import IGNORE_INDEX, LMSplit, collate_lm, encode_chat, encode_completion  # noqa: E402
+from workers.runtime.lora import ADAPTER_DIR, resolve_lora  # noqa: E402
 from workers.runtime.models import load_model  # noqa: E402
-from workers.runtime.sft import (  # noqa: E402
-    ADAPTER_DIR,
-    IGNORE_INDEX,
-    LMSplit,
-    collate_lm,
-    encode_chat,
-    encode_completion,
-    resolve_lora,
-    train_lm,
-)
+from workers.runtime.sft import train_lm  # noqa: E402
 from workers.runtime.specs import (  # noqa: E402
     GenerateRequest,
     Hyperparameters,
@@ -284,6 +277,37 @@ def test_should_stop_halts_within_one_step_and_checkpoints(
     assert [info.step for info in result.checkpoints] == [2]
     assert (Path(result.checkpoints[0].path) / TRAINER_STATE_FILE).exists()
     assert (Path(result.model_dir) / "model.safetensors").exists()
+
+
+def test_it_checkpoints_every_n_steps_and_evaluates_every_epoch(
+    tmp_path: Path, tiny_gpt2_dir: Path, chat_jsonl: Path
+) -> None:
+    result, events = run(make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, checkpoint_every_steps=3))
+
+    # 4 steps an epoch: every 3rd step, and each epoch's end (the last step of an epoch only once)
+    checkpoints = [event for event in events if event.kind == "checkpoint"]
+    assert [event.step for event in checkpoints] == [3, 4, 6, 8, 9, 12]
+    assert set(checkpoints[0].metrics) == {"train_loss", "train_mean_token_accuracy"}
+    assert [event.epoch for event in events if event.kind == "eval"] == [1, 2, 3]
+    assert result.status == "completed" and result.steps == 12
+
+
+def test_early_stopping_keeps_the_best_checkpoint(
+    tmp_path: Path, tiny_gpt2_dir: Path, chat_jsonl: Path
+) -> None:
+    # given: a learning rate of 0, so valid_loss never improves after the first evaluation
+    spec = make_spec(
+        tmp_path, tiny_gpt2_dir, chat_jsonl, hp={"learning_rate": 0.0, "early_stopping_patience": 1}
+    )
+
+    # when
+    result, events = run(spec)
+
+    # then
+    assert result.status == "completed" and result.metrics["early_stopped"] is True
+    assert result.steps == 8 and [event.step for event in events if event.kind == "eval"] == [4, 8]
+    assert result.metrics["best_step"] == 4
+    assert any(event.message.startswith("Early stopping: no better valid_loss for 1") for event in events)
 
 
 @pytest.mark.parametrize("lora", [None, {"r": 4}], ids=["full", "lora"])

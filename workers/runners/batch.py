@@ -31,9 +31,9 @@ from apps.jobs.responses import RESPONSES
 from apps.projects.actions import discard, stored_result_file
 from apps.projects.models import FilePurpose
 from apps.registry.models import Provider
-from workers.artifacts import local_model_dir
-from workers.attempt import FENCED, AttemptGuard
-from workers.inference import classification_result, generate_requests, generation_result
+from workers.runners.artifacts import local_model_dir
+from workers.runners.attempt import FENCED, AttemptGuard
+from workers.runners.inference import classification_result, generate_requests, generation_result
 
 PARSERS = {
     "/v1/chat/completions": inference.parse_chat,

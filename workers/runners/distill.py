@@ -1,6 +1,7 @@
 """Distillation in the worker: the teacher labels the unlabeled_file, the student classifier trains
-on those labels with the classification trainer (`workers.finetune`), and the two are compared on
-held-out texts the student never saw.
+on those labels with the classification trainer (`workers.runners.finetune` runs it, calling
+`label_for_distillation` and `student_spec` first), and the two are compared on held-out texts
+the student never saw.
 
 The teacher's labels are kept in storage chunk by chunk as they come, so a paused, resumed or
 redelivered attempt pays the teacher for no text twice, and the job bills the teacher's usage
@@ -16,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,13 @@ from django.core.files.storage import default_storage
 from apps.billing.pricing import cost_of
 from apps.core.errors import ActionError
 from apps.core.storage import delete_prefix, job_prefix
-from apps.jobs.models import Job
+from apps.jobs import actions
+from apps.jobs.models import Job, JobStatus
 from apps.registry.models import Model
-from workers.artifacts import local_model_dir
-from workers.attempt import AttemptGuard
+from workers.runners.artifacts import local_model_dir
+from workers.runners.attempt import AttemptGuard
+from workers.runners.progress import ProgressReporter
+from workers.runners.reports import safe_cell
 from workers.runtime.distill import (
     answer_max_tokens,
     held_out_indices,
@@ -39,7 +43,7 @@ from workers.runtime.distill import (
     score,
     soften,
 )
-from workers.runtime.specs import VALIDATION_FRACTION
+from workers.runtime.specs import VALIDATION_FRACTION, TrainingDataError, TrainSpec
 
 logger = logging.getLogger(__name__)
 
@@ -134,10 +138,10 @@ def read_texts(path: Path, text_field: str, label_field: str) -> list[Text]:
     for number, record in iter_records(path, columns=(text_field,)):
         text = record.get(text_field)
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f'line {number}: "{text_field}" is missing or empty')
+            raise TrainingDataError(f'line {number}: "{text_field}" is missing or empty')
         texts.append(Text(number, text, label_to_str(record.get(label_field))))
     if not texts:
-        raise ValueError("the unlabeled_file has no texts")
+        raise TrainingDataError("the unlabeled_file has no texts")
     return texts
 
 
@@ -392,6 +396,80 @@ def _unusable_message(labelling: Labelling) -> str:
     )
 
 
+# --- the distillation phase of a fine-tune -----------------------------------------------------
+
+
+def label_for_distillation(
+    job: Job, guard: AttemptGuard, progress: ProgressReporter, spec: TrainSpec, work: Path
+) -> Labelling | None:
+    """The teacher labels the texts; None when the job ended meanwhile (failed, cancelled, paused or
+    out of budget, with the teacher's usage billed), else the labels for the student."""
+    texts = read_texts(Path(spec.training_file), spec.text_field, spec.label_field)
+    try:
+        labelling = label_texts(job, guard, texts, progress.budget_reason, progress.log)
+    except TeacherError as exc:  # before anything was labelled: nothing to bill
+        fail_teacher(job, exc, None)
+        return None
+    progress.flush()
+    progress.extra_cost = labelling.cost
+    progress.extra_usage, progress.extra_models = labelling.billing()
+    if guard.lost:
+        return None
+    if labelling.error is not None:
+        fail_teacher(job, labelling.error, labelling)
+        return None
+    if labelling.stopped == "pause":
+        usage, models = labelling.billing()  # the labels are kept for the resumed attempt: billed now
+        actions.finish(job.pk, job.attempt, JobStatus.PAUSED, usage=usage, usage_models=models,
+                       message="Job paused while the teacher labelled texts.")  # fmt: skip
+        return None
+    if labelling.stopped:
+        usage, models = labelling.billing()
+        if labelling.stopped == "cancel":
+            actions.finish(job.pk, job.attempt, JobStatus.CANCELLED, usage=usage, usage_models=models,
+                           message="Job cancelled.")  # fmt: skip
+        else:
+            labelled = sum(len(chunk.labels) for chunk in labelling.chunks)
+            code = {"budget": "budget_reached", "spend_limit": "spend_limit_reached"}[labelling.stopped]
+            limit = "The job's max_cost" if code == "budget_reached" else "The organization's spend limit"
+            message = (
+                f"{limit} was reached while the teacher labelled texts ({labelled:,} of {len(texts):,} done); "
+                "no student was trained. Raise it, or distil fewer texts."
+            )
+            actions.finish(job.pk, job.attempt, JobStatus.FAILED, usage=usage, usage_models=models,
+                           error={"code": code, "message": message, "param": "max_cost"}, message=message)  # fmt: skip
+        forget_labels(job)
+        return None
+    return labelling
+
+
+def student_spec(job: Job, spec: TrainSpec, labelling: Labelling, work: Path) -> TrainSpec | None:
+    """The classification trainer's spec for the student: the teacher's labels (and, from a
+    classifier teacher, its softened probabilities) instead of the file's. None, with the job
+    failed, when the teacher labelled too few texts."""
+    try:
+        train_path, valid_path = write_training_files(labelling, work)
+    except TeacherError as exc:
+        fail_teacher(job, exc, labelling)
+        return None
+    return replace(
+        spec, training_file=str(train_path), validation_file=str(valid_path), text_field="text",
+        label_field="label", labels=tuple(labelling.labels),
+        soft_label_field="soft" if labelling.temperature is not None else "",
+        distill_temperature=labelling.temperature or 1.0,
+    )  # fmt: skip
+
+
+def fail_teacher(job: Job, error: TeacherError, labelling: Labelling | None) -> None:
+    usage, models = labelling.billing() if labelling is not None else ({}, {})
+    actions.finish(
+        job.pk, job.attempt, JobStatus.FAILED, usage=usage, usage_models=models,
+        error={"code": error.code, "message": error.message, "param": "method.distillation.teacher"},
+        message=error.message,
+    )  # fmt: skip
+    forget_labels(job)
+
+
 # --- comparing teacher and student ---------------------------------------------------------------
 
 
@@ -442,8 +520,6 @@ def compare(
 
 def labels_report(labelling: Labelling, predictions: dict[int, str]) -> bytes:
     """Every text with the teacher's label (and raw answer), and for held-out texts the student's."""
-    from workers.finetune import safe_cell
-
     answers = [answer for chunk in labelling.chunks for answer in chunk.answers]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")

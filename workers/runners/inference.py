@@ -14,8 +14,8 @@ from django.conf import settings
 from apps.core.errors import ActionError
 from apps.jobs import actions, relay
 from apps.jobs.models import Job, JobKind, JobStatus
-from workers.artifacts import local_model_dir
-from workers.attempt import AttemptGuard
+from workers.runners.artifacts import local_model_dir
+from workers.runners.attempt import AttemptGuard
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,148 @@
+"""LoRA for supervised fine-tuning (via peft): the settings checked against the model, the
+adapters attached (fresh, or a checkpoint's for a resume), and the weights merged for saving.
+
+Only the adapter weights train. A checkpoint directory is a standard transformers model at its
+top level (adapters merged into the weights, `save_servable`), so every kept checkpoint is
+servable as it is; `adapter/` (ADAPTER_DIR) holds the adapter alone, which is what a resume loads.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from transformers.pytorch_utils import Conv1D
+
+from workers.runtime.specs import TrainingDataError
+
+ADAPTER_DIR = "adapter"
+LORA_OPTIONS = ("r", "alpha", "dropout", "target_modules")
+LORA_DEFAULTS: dict[str, Any] = {"r": 8, "alpha": 16, "dropout": 0.05}
+# Attention projections to adapt when the request names none and peft knows no default for the
+# architecture: the first group whose names all occur in the model wins.
+FALLBACK_LORA_TARGETS = (("q_proj", "v_proj"), ("c_attn",), ("query_key_value",), ("qkv_proj",), ("Wqkv",))
+
+
+def _names(module_name: str, target: str) -> bool:
+    # peft's rule: a target names a module by its full name or by a dotted suffix of it.
+    return module_name == target or module_name.endswith(f".{target}")
+
+
+def _has_module(model: torch.nn.Module, target: str) -> bool:
+    return any(_names(name, target) for name, _ in model.named_modules())
+
+
+def default_lora_targets(model: Any) -> list[str]:
+    known = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model.config.model_type)
+    for group in ([tuple(known)] if known else []) + list(FALLBACK_LORA_TARGETS):
+        if all(_has_module(model, name) for name in group):
+            return list(group)
+    raise TrainingDataError(
+        "no default LoRA target modules for this architecture; name them in lora.target_modules"
+    )
+
+
+def _positive_number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )
+
+
+def resolve_lora(requested: Mapping[str, Any] | None, model: Any) -> dict[str, Any] | None:
+    """The LoRA settings with defaults filled in and target modules checked against `model`;
+    None means full fine-tuning."""
+    if requested is None:
+        return None
+    unknown = sorted(set(requested) - set(LORA_OPTIONS))
+    if unknown:
+        raise TrainingDataError(
+            f"unknown LoRA option {unknown[0]!r}; expected one of: {', '.join(LORA_OPTIONS)}"
+        )
+    settings = {**LORA_DEFAULTS, **{key: value for key, value in requested.items() if value is not None}}
+    if not (isinstance(settings["r"], int) and _positive_number(settings["r"])):
+        raise TrainingDataError("lora.r must be a positive integer")
+    if not _positive_number(settings["alpha"]):
+        raise TrainingDataError("lora.alpha must be a number greater than 0")
+    dropout = settings["dropout"]
+    if not (isinstance(dropout, int | float) and not isinstance(dropout, bool) and 0 <= dropout < 1):
+        raise TrainingDataError("lora.dropout must be a number from 0 up to (not including) 1")
+    targets = settings.get("target_modules") or default_lora_targets(model)
+    if targets != "all-linear":
+        targets = list(targets) if isinstance(targets, list | tuple) else [targets]
+        missing = [name for name in targets if not isinstance(name, str) or not _has_module(model, name)]
+        if missing:
+            linear = sorted(
+                {
+                    name.rsplit(".", 1)[-1]
+                    for name, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear | Conv1D)
+                }
+            )
+            raise TrainingDataError(
+                f"lora.target_modules: this model has no module named {missing[0]!r}; "
+                f"its linear layers are: {', '.join(linear)}"
+            )
+    return {**settings, "target_modules": targets}
+
+
+def attach_lora(model: Any, lora: dict[str, Any] | None, resume_from: str | None) -> Any:
+    """`model` itself for full fine-tuning; else wrapped with fresh adapters, or the adapters of
+    the checkpoint being resumed (trainable, with their exact weights)."""
+    if lora is None:
+        return model
+    if resume_from:
+        return PeftModel.from_pretrained(model, Path(resume_from) / ADAPTER_DIR, is_trainable=True)
+    targets = lora["target_modules"]
+    config = LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+        # GPT-2's Conv1D stores its weight transposed: peft must know, or it warns and guesses.
+        fan_in_fan_out=any(
+            isinstance(module, Conv1D) and (targets == "all-linear" or any(_names(name, t) for t in targets))
+            for name, module in model.named_modules()
+        ),
+    )
+    return get_peft_model(model, config)
+
+
+def causal_lm_of(model: Any) -> Any:
+    """The transformers model inside (a PeftModel injects its adapters into it in place)."""
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+@torch.no_grad()
+def merged_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
+    """What merge_and_unload would save, computed without touching the model being trained:
+    each adapted weight plus its delta (B·A·alpha/r), under the base model's own names.
+    (merge_adapter/unmerge_adapter would round the weights and break exact resumes.)"""
+    lm: Any = model.get_base_model()  # Any: peft types it as a bare nn.Module
+    deltas: dict[str, torch.Tensor] = {}
+    for name, module in lm.named_modules():
+        if isinstance(module, LoraLayer):
+            layer: Any = module  # each concrete LoRA layer (Linear, Conv1D, ...) has get_delta_weight
+            deltas[f"{name}.base_layer.weight"] = layer.get_delta_weight(layer.active_adapters[0])
+    merged = {}
+    for key, tensor in lm.state_dict().items():
+        if ".lora_" in key:
+            continue
+        merged[key.replace(".base_layer.", ".")] = tensor + deltas[key] if key in deltas else tensor
+    return merged
+
+
+def save_servable(model: Any, directory: Path) -> None:
+    """A standard transformers directory (safetensors): adapters merged into the weights."""
+    if isinstance(model, PeftModel):
+        lm: Any = model.get_base_model()  # Any: peft types it as a bare nn.Module
+        lm.save_pretrained(directory, state_dict=merged_state_dict(model))
+    else:
+        model.save_pretrained(directory)
