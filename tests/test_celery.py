@@ -92,3 +92,23 @@ def test_a_real_worker_lists_every_task(celery_worker: Any) -> None:
     registered = app.control.inspect(timeout=10).registered() or {}
     assert len(registered) == 1
     assert set(TASK_QUEUES) <= set(next(iter(registered.values())))
+
+
+def test_a_message_carries_no_time_limit_of_the_process_that_sent_it(db: None) -> None:
+    # given a sending process that has the tasks registered (the reaper runs in a worker; a test or a
+    # shell may import them), with limits that need not be the consuming worker's
+    import workers.tasks  # noqa: F401
+    from apps.core import broker
+    from apps.core.redis import broker_client
+    from tests.conftest import purge_queues
+
+    assert app.tasks["jobs.run_fine_tune"].time_limit is not None
+    purge_queues()
+    try:
+        # when a job is published by name
+        assert broker.send_now("jobs.run_fine_tune", ["ftjob-limits", 1])
+        (raw,) = broker_client(timeout=5).lrange("gpu", 0, -1)
+        # then the message leaves the limits to the worker's own task (its settings)
+        assert json.loads(raw)["headers"]["timelimit"] == [None, None]
+    finally:
+        purge_queues()

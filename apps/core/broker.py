@@ -22,7 +22,11 @@ def send_now(task_name: str, args: list[Any]) -> bool:
     try:
         with current_app.producer_or_acquire() as producer:
             producer.connection.ensure_connection(max_retries=0)
-            current_app.send_task(task_name, args=args, retry=False, producer=producer)
+            # No time limits in the message: Celery would stamp it with the limits of the task as the
+            # sending process registered it, and the worker would obey those over its own settings.
+            current_app.send_task(
+                task_name, args=args, retry=False, producer=producer, time_limit=None, soft_time_limit=None
+            )
     except (KombuOperationalError, RedisError, OSError):
         logger.warning("could not send %s%s; it will be sent again later", task_name, args, exc_info=True)
         return False
