@@ -14,6 +14,7 @@ from typing import Any
 from celery import Celery, bootsteps
 from kombu import Queue
 
+from apps.core import tasks
 from apps.core.health import record_worker_heartbeat
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "saas.settings")
@@ -26,19 +27,10 @@ app.set_default()
 # gpu: training and batch jobs (a fresh worker child per task, so GPU memory is always released);
 # serve: local inference, on workers that keep their models loaded between requests, so a
 # fine-tune running for hours never makes a chat or a classification wait; default: the rest.
-app.conf.task_queues = (Queue("gpu"), Queue("serve"), Queue("default"))
-app.conf.task_default_queue = "default"
-app.conf.task_routes = {
-    "jobs.run_fine_tune": {"queue": "gpu"},
-    "jobs.run_inference": {"queue": "serve"},
-    "jobs.run_batch": {"queue": "gpu"},
-    "jobs.run_proxy_batch": {"queue": "default"},
-    "jobs.run_proxy": {"queue": "default"},
-    "jobs.*": {"queue": "default"},
-    "files.*": {"queue": "default"},
-    "billing.*": {"queue": "default"},
-    "system.*": {"queue": "default"},
-}
+app.conf.task_queues = tuple(Queue(name) for name in tasks.QUEUES)
+app.conf.task_default_queue = tasks.DEFAULT
+# Sent by name from processes that do not register the tasks: the route says where each goes.
+app.conf.task_routes = {name: {"queue": queue} for name, queue in tasks.QUEUE_OF.items()}
 app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
 
 

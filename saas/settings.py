@@ -11,6 +11,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
+from apps.core import tasks
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -437,12 +439,12 @@ JOB_QUEUED_STALE_SECONDS = env_float("JOB_QUEUED_STALE_SECONDS", 300)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)
 JOB_PROGRESS_INTERVAL_SECONDS = env_float("JOB_PROGRESS_INTERVAL_SECONDS", 2)
 CELERY_BEAT_SCHEDULE = {
-    "reap-jobs": {"task": "jobs.reap", "schedule": JOB_REAPER_INTERVAL_SECONDS},
+    "reap-jobs": {"task": tasks.REAP, "schedule": JOB_REAPER_INTERVAL_SECONDS},
     # Billing: usage to Stripe meters (hourly sums, sent as soon as an hour closes), webhooks Stripe
     # never delivered (its retries cover 3 days; this catches the rest), spend-alert emails.
-    "billing-report-usage": {"task": "billing.report_usage", "schedule": 60},
-    "billing-reconcile-events": {"task": "billing.reconcile_events", "schedule": 3600},
-    "billing-spend-alerts": {"task": "billing.check_spend_alerts", "schedule": 300},
+    "billing-report-usage": {"task": tasks.REPORT_USAGE, "schedule": 60},
+    "billing-reconcile-events": {"task": tasks.RECONCILE_STRIPE_EVENTS, "schedule": 3600},
+    "billing-spend-alerts": {"task": tasks.CHECK_SPEND_ALERTS, "schedule": 300},
 }
 WORKER_HEARTBEAT_SECONDS = env_float("WORKER_HEARTBEAT_SECONDS", 10)
 WORKER_HEARTBEAT_MAX_AGE_SECONDS = env_float("WORKER_HEARTBEAT_MAX_AGE_SECONDS", 60)

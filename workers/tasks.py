@@ -16,6 +16,7 @@ from celery.signals import worker_process_init
 from django.conf import settings
 
 from apps.billing.stripe_api import BillingUnavailable
+from apps.core import tasks
 
 
 @worker_process_init.connect
@@ -27,13 +28,20 @@ def limit_torch_threads(**_: Any) -> None:
         torch.set_num_threads(settings.WORKER_TORCH_THREADS)
 
 
-@shared_task(name="system.ping", queue="default", ignore_result=False, soft_time_limit=10, time_limit=20)
+@shared_task(
+    name=tasks.PING, queue=tasks.QUEUE_OF[tasks.PING], ignore_result=False, soft_time_limit=10, time_limit=20
+)
 def ping(payload: Any = None) -> dict[str, Any]:
     """Answers with the host and the payload: proves a real worker consumed the message."""
     return {"pong": payload, "host": socket.gethostname()}
 
 
-@shared_task(name="files.validate", queue="default", soft_time_limit=30 * 60, time_limit=32 * 60)
+@shared_task(
+    name=tasks.VALIDATE_FILE,
+    queue=tasks.QUEUE_OF[tasks.VALIDATE_FILE],
+    soft_time_limit=30 * 60,
+    time_limit=32 * 60,
+)
 def validate_file(file_id: str) -> None:
     """Streams an upload through the validator and stores the report (first report wins)."""
     from apps.projects.actions import record_validation
@@ -55,8 +63,8 @@ def validate_file(file_id: str) -> None:
 
 
 @shared_task(
-    name="jobs.run_fine_tune",
-    queue="gpu",
+    name=tasks.RUN_FINE_TUNE,
+    queue=tasks.QUEUE_OF[tasks.RUN_FINE_TUNE],
     soft_time_limit=settings.GPU_TASK_SOFT_TIME_LIMIT,
     time_limit=settings.GPU_TASK_TIME_LIMIT,
 )
@@ -68,7 +76,7 @@ def run_fine_tune(job_id: str, attempt: int | None = None) -> None:
     run_claimed(job_id, run)
 
 
-@shared_task(name="jobs.reap", queue="default", soft_time_limit=60, time_limit=90)
+@shared_task(name=tasks.REAP, queue=tasks.QUEUE_OF[tasks.REAP], soft_time_limit=60, time_limit=90)
 def reap() -> dict[str, int]:
     """Everything whose message may have been lost: jobs, file validations, Stripe events."""
     from apps.billing.webhooks import resend_unprocessed_events
@@ -79,7 +87,9 @@ def reap() -> dict[str, int]:
     return counts
 
 
-@shared_task(name="jobs.run_inference", queue="serve", soft_time_limit=600, time_limit=660)
+@shared_task(
+    name=tasks.RUN_INFERENCE, queue=tasks.QUEUE_OF[tasks.RUN_INFERENCE], soft_time_limit=600, time_limit=660
+)
 def run_inference(job_id: str, attempt: int | None = None) -> None:
     """A chat, completion or classification request (with any same-model requests waiting)."""
     from workers.runners.attempt import run_claimed
@@ -88,7 +98,7 @@ def run_inference(job_id: str, attempt: int | None = None) -> None:
     run_claimed(job_id, run, with_files=False)
 
 
-@shared_task(name="jobs.run_proxy", queue="default", soft_time_limit=300, time_limit=330)
+@shared_task(name=tasks.RUN_PROXY, queue=tasks.QUEUE_OF[tasks.RUN_PROXY], soft_time_limit=300, time_limit=330)
 def run_proxy(job_id: str, attempt: int | None = None) -> None:
     from workers.runners.attempt import run_claimed
     from workers.runners.inference import run_proxy as run
@@ -97,8 +107,8 @@ def run_proxy(job_id: str, attempt: int | None = None) -> None:
 
 
 @shared_task(
-    name="jobs.run_batch",
-    queue="gpu",
+    name=tasks.RUN_BATCH,
+    queue=tasks.QUEUE_OF[tasks.RUN_BATCH],
     soft_time_limit=settings.GPU_TASK_SOFT_TIME_LIMIT,
     time_limit=settings.GPU_TASK_TIME_LIMIT,
 )
@@ -110,8 +120,8 @@ def run_batch(job_id: str, attempt: int | None = None) -> None:
 
 
 @shared_task(
-    name="jobs.run_proxy_batch",
-    queue="default",
+    name=tasks.RUN_PROXY_BATCH,
+    queue=tasks.QUEUE_OF[tasks.RUN_PROXY_BATCH],
     soft_time_limit=settings.GPU_TASK_SOFT_TIME_LIMIT,
     time_limit=settings.GPU_TASK_TIME_LIMIT,
 )
@@ -125,8 +135,8 @@ def run_proxy_batch(job_id: str, attempt: int | None = None) -> None:
 
 # --- Billing (apps/billing) --------------------------------------------------------------------------
 @shared_task(
-    name="billing.process_stripe_event",
-    queue="default",
+    name=tasks.PROCESS_STRIPE_EVENT,
+    queue=tasks.QUEUE_OF[tasks.PROCESS_STRIPE_EVENT],
     # Two Stripe calls at most, each 10 s and two SDK retries: well inside these.
     soft_time_limit=120,
     time_limit=150,
@@ -146,7 +156,9 @@ def process_stripe_event(event_id: str) -> str:
 
 
 # The periodic ones: no retries here; each run picks up what the last one left.
-@shared_task(name="billing.report_usage", queue="default", soft_time_limit=240, time_limit=300)
+@shared_task(
+    name=tasks.REPORT_USAGE, queue=tasks.QUEUE_OF[tasks.REPORT_USAGE], soft_time_limit=240, time_limit=300
+)
 def report_usage() -> dict[str, int]:
     """Fills the meter-event outbox from closed hours of usage and sends the unsent rows to Stripe."""
     from apps.billing.meters import report_usage as run
@@ -154,7 +166,12 @@ def report_usage() -> dict[str, int]:
     return run()
 
 
-@shared_task(name="billing.reconcile_events", queue="default", soft_time_limit=600, time_limit=660)
+@shared_task(
+    name=tasks.RECONCILE_STRIPE_EVENTS,
+    queue=tasks.QUEUE_OF[tasks.RECONCILE_STRIPE_EVENTS],
+    soft_time_limit=600,
+    time_limit=660,
+)
 def reconcile_stripe_events() -> dict[str, int]:
     """Processes the Stripe events of the last 30 days that were never delivered to the webhook."""
     from apps.billing.webhooks import reconcile_missed_events
@@ -162,7 +179,12 @@ def reconcile_stripe_events() -> dict[str, int]:
     return reconcile_missed_events()
 
 
-@shared_task(name="billing.check_spend_alerts", queue="default", soft_time_limit=120, time_limit=150)
+@shared_task(
+    name=tasks.CHECK_SPEND_ALERTS,
+    queue=tasks.QUEUE_OF[tasks.CHECK_SPEND_ALERTS],
+    soft_time_limit=120,
+    time_limit=150,
+)
 def check_spend_alerts() -> int:
     """Emails owners and admins of organizations whose month spend passed their alert threshold."""
     from apps.billing.actions import check_spend_alerts as run

@@ -32,13 +32,13 @@ from django.views.decorators.http import require_POST
 
 from apps.billing import actions, stripe_api
 from apps.billing.models import StripeEvent
+from apps.core import tasks
 from apps.core.broker import send_now
 
 logger = logging.getLogger(__name__)
 
 # Real events are a few kilobytes; refusing a huge body before reading it costs nothing.
 MAX_BODY_BYTES = 1024 * 1024
-PROCESS_EVENT_TASK = "billing.process_stripe_event"  # workers/tasks.py
 # Stripe retries a failed delivery for three days; the reaper gives an unprocessed event as long.
 RESEND_WINDOW = timedelta(days=3)
 RESEND_BATCH = 500
@@ -86,7 +86,7 @@ HANDLERS: dict[str, Callable[[Event], str]] = {
 def publish(event_id: str) -> bool:
     """Sends the event's processing to a worker; False (logged) when the broker is down, and the
     reaper sends it later, since the recorded row is the truth."""
-    return send_now(PROCESS_EVENT_TASK, [event_id])
+    return send_now(tasks.PROCESS_STRIPE_EVENT, [event_id])
 
 
 def record_event(event: Event, *, enqueue: bool = True) -> tuple[StripeEvent, str]:

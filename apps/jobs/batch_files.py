@@ -28,13 +28,12 @@ from apps.jobs import batches, inference
 from apps.jobs.models import Job
 from apps.projects import formats
 from apps.projects.actions import create_processed_file
+from apps.projects.formats import BATCH_ENDPOINTS
 from apps.projects.models import File, FilePurpose, FileStatus, Project
 from apps.projects.validation import sniff_delimiter, validate_stream
 from apps.registry.models import Model, Task
 
 MAX_ROWS = batches.MAX_REQUESTS
-# The endpoint a model of each task is called through.
-TASK_ENDPOINTS = {Task.CLASSIFICATION: "/v1/classifications", Task.GENERATION: "/v1/chat/completions"}
 
 
 def usable_files(project: Project) -> QuerySet[File]:
@@ -110,7 +109,7 @@ def _submit_built(project: Project, source: File, model: Model, data: bytes, use
             batch_file = create_processed_file(
                 project, f"{stem}.batch.jsonl", FilePurpose.BATCH, data, report
             )
-            body = _batch_body(batch_file, TASK_ENDPOINTS[Task(model.task)], model)
+            body = _batch_body(batch_file, inference.TASK_ENDPOINTS[Task(model.task)], model)
             body["metadata"]["source_file_id"] = source.public_id
             return batches.submit(project, batches.parse(project, body), user=user)
     except ActionError:
@@ -123,7 +122,7 @@ def build_requests(file: File, model: Model) -> bytes:
     """One batch request a row of the dataset, as JSON Lines with custom_id `row-N`."""
     if file.format not in formats.DATASET_FORMATS:
         raise ActionError(f"{file.filename} is not a dataset a batch can be built from.", param="file")
-    endpoint = TASK_ENDPOINTS[Task(model.task)]
+    endpoint = inference.TASK_ENDPOINTS[Task(model.task)]
     out = io.BytesIO()
     for number, prompt in enumerate(_prompts(file), start=1):
         if number > MAX_ROWS:
@@ -195,7 +194,7 @@ def result_rows(
     The worker writes each of the output and error files in input order, so three cursors
     walking the files side by side pair them up with memory for one line each.
     """
-    classify = endpoint == "/v1/classifications"
+    classify = BATCH_ENDPOINTS.get(endpoint) == "classifications"
     yield ["custom_id", "input", "label", "score", "status", "error"] if classify else [
         "custom_id", "input", "output", "finish_reason", "status", "error"
     ]  # fmt: skip

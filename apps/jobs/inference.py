@@ -13,7 +13,10 @@ from apps.jobs import actions
 from apps.jobs.models import Job, JobKind
 from apps.projects.models import Project
 from apps.registry.models import Model, Provider, Task
+from workers.runtime.specs import approx_tokens
 
+# The endpoint a model of each task is called through.
+TASK_ENDPOINTS = {Task.CLASSIFICATION: "/v1/classifications", Task.GENERATION: "/v1/chat/completions"}
 MAX_N = 8
 MAX_STOP = 4
 MAX_CLASSIFY_INPUTS = 2048
@@ -68,7 +71,7 @@ def resolve_model(project: Project, name: Any, task: str) -> Model:
             status=404,
         )
     if model.task != task:
-        endpoint = "/v1/classifications" if model.task == Task.CLASSIFICATION else "/v1/chat/completions"
+        endpoint = TASK_ENDPOINTS[Task(model.task)]
         raise ActionError(f"'{name}' is a {model.task} model; call it through {endpoint}.", param="model")
     if not model.limit("servable", True):
         raise ActionError(
@@ -315,6 +318,14 @@ def parse_classification(project: Project, body: Any) -> tuple[Model, dict[str, 
     return model, {"endpoint": "classifications", "texts": texts, "top_k": top_k}
 
 
+# The parser of each endpoint, by the name a job's request carries (apps.projects.formats.BATCH_ENDPOINTS).
+PARSERS = {
+    "chat": parse_chat,
+    "completions": parse_completion,
+    "classifications": parse_classification,
+}
+
+
 def _completion_budget(request: dict[str, Any]) -> int:
     """Every completion token a request may be billed for: each choice's limit (an `openai:*`
     request without one counts PROXY_COMPLETION_BUDGET), for each prompt."""
@@ -336,7 +347,7 @@ def estimate_tokens(request: dict[str, Any]) -> int:
     prompt, plus every completion token it may generate."""
     import json
 
-    return len(json.dumps(_prompt(request))) // 4 + _completion_budget(request)
+    return approx_tokens(len(json.dumps(_prompt(request)))) + _completion_budget(request)
 
 
 # Tokens a chat template or a tokenizer adds around each message or text (role markers, BOS/EOS).

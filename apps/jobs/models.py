@@ -27,6 +27,14 @@ class JobStatus(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
+class StopReason(models.TextChoices):
+    """Why a job ended before its work was done, when money stopped it: a fine-tune's
+    `status_reason` (it succeeded with the model of what ran) or a job's `error.code`."""
+
+    BUDGET_REACHED = "budget_reached", "The job's max_cost was reached"
+    SPEND_LIMIT_REACHED = "spend_limit_reached", "The organization's spend limit was reached"
+
+
 ACTIVE_STATUSES = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING)
 FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 

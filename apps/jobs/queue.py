@@ -1,16 +1,11 @@
-"""Task names the web side sends by name (it never imports worker code), and publishing."""
+"""Publishing a job to the task that runs it, by name (apps.core.tasks): the web side never
+imports worker code."""
 
 from __future__ import annotations
 
 from apps.core.broker import send_now
+from apps.core.tasks import RUN_BATCH, RUN_FINE_TUNE, RUN_INFERENCE, RUN_PROXY, RUN_PROXY_BATCH
 from apps.jobs.models import Job, JobKind
-
-RUN_FINE_TUNE = "jobs.run_fine_tune"
-RUN_INFERENCE = "jobs.run_inference"
-RUN_PROXY = "jobs.run_proxy"
-RUN_BATCH = "jobs.run_batch"
-# A batch whose every request goes to OpenAI waits on the network: it holds no gpu worker.
-RUN_PROXY_BATCH = "jobs.run_proxy_batch"
 
 
 def task_for(job: Job) -> str:

@@ -14,13 +14,13 @@ from django.utils import timezone
 from apps.accounts.actions import require_manager_or_creator
 from apps.accounts.models import ApiKey, Organization, User
 from apps.billing.quotas import subscription_for
+from apps.core import tasks
 from apps.core.errors import ActionError
 from apps.core.text import refuse_unstorable
 from apps.projects.models import UPLOAD_PURPOSES, File, FileStatus, Project
 
 logger = logging.getLogger(__name__)
 
-VALIDATE_FILE_TASK = "files.validate"
 MAPPING_FIELDS = ("text", "label", "prompt", "completion", "messages")
 DEFAULT_PROJECT_NAME = "Default project"
 
@@ -188,7 +188,7 @@ def queue_validation(file: File) -> bool:
     (its message is just a file id, safe to send twice)."""
     from apps.core.broker import send_now
 
-    return send_now(VALIDATE_FILE_TASK, [file.public_id])
+    return send_now(tasks.VALIDATE_FILE, [file.public_id])
 
 
 def record_validation(file_id: str, report: dict[str, Any]) -> bool:

@@ -33,6 +33,7 @@ from apps.projects.formats import (
     TEXT_JSONL,
     format_name,
 )
+from workers.runtime.specs import approx_tokens
 
 PURPOSES = ("fine-tune", "batch")
 MAX_ERRORS = 1000
@@ -201,7 +202,7 @@ class _Lengths:
 
 
 def _tokens(chars: int) -> int:
-    return (chars + 3) // 4  # ceil(chars / 4): ~4 characters a token for English text with BPE tokenizers
+    return approx_tokens(chars)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,11 +17,17 @@ from django.db import DatabaseError, connections
 
 from apps.core.tenancy import TENANT_MISMATCH_MESSAGE, foreign_references
 from apps.jobs import actions
+from apps.jobs.models import StopReason
 
 logger = logging.getLogger(__name__)
 
 FENCED = "fenced"
 SELF_FENCED = "self_fenced"
+# An attempt stopped by money: its own max_cost, or its organization's spend cap. Each leaves its
+# StopReason on the job.
+BUDGET = "budget"
+SPEND_LIMIT = "spend_limit"
+MONEY_STOPS = {BUDGET: StopReason.BUDGET_REACHED, SPEND_LIMIT: StopReason.SPEND_LIMIT_REACHED}
 
 
 class AttemptGuard:

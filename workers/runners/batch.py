@@ -26,25 +26,16 @@ from apps.billing.pricing import cost_of
 from apps.core.errors import ActionError
 from apps.jobs import actions, inference
 from apps.jobs.admission import SpendShare
-from apps.jobs.models import Job, JobStatus
+from apps.jobs.models import Job, JobStatus, StopReason
 from apps.jobs.responses import RESPONSES
 from apps.projects.actions import discard, stored_result_file
+from apps.projects.formats import BATCH_ENDPOINTS
 from apps.projects.models import FilePurpose
 from apps.registry.models import Provider
 from workers.runners.artifacts import local_model_dir
-from workers.runners.attempt import FENCED, AttemptGuard
+from workers.runners.attempt import FENCED, SPEND_LIMIT, AttemptGuard
 from workers.runners.inference import classification_result, generate_requests, generation_result
 
-PARSERS = {
-    "/v1/chat/completions": inference.parse_chat,
-    "/v1/completions": inference.parse_completion,
-    "/v1/classifications": inference.parse_classification,
-}
-ENDPOINT_KEYS = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "completions",
-    "/v1/classifications": "classifications",
-}
 # How often a batch waiting for its organization's tokens per minute checks for a cancel.
 RATE_WAIT_SECONDS = 1.0
 SPEND_LIMIT_MESSAGE = (
@@ -90,7 +81,7 @@ class BatchRun:
         self.usage = {"input_tokens": 0, "output_tokens": 0, "classified_texts": 0}
         self.subscription = quotas.subscription_for(job.organization)
         self.share = SpendShare(job)
-        self.stop_reason = ""  # "", or "spend_limit" once the cap leaves nothing for the next line
+        self.stop_reason = ""  # "", or SPEND_LIMIT once the cap leaves nothing for the next line
         self._client: Any = None
 
     # --- the files ---------------------------------------------------------------------------------
@@ -105,12 +96,10 @@ class BatchRun:
         self.counts["completed" if status == 200 else "failed"] += 1
 
     def fail_line(self, custom_id: str, exc: ActionError) -> None:
-        error_type = "invalid_request_error" if exc.status < 500 else "server_error"
-        body = {"error": {"message": exc.message, "type": error_type, "param": exc.param, "code": exc.code}}
-        self.write(custom_id, exc.status, body)
+        self.write(custom_id, exc.status, exc.body())
 
     def respond(self, custom_id: str, model_name: str, result: dict[str, Any]) -> None:
-        prefix, build = RESPONSES[ENDPOINT_KEYS[self.endpoint]]
+        prefix, build = RESPONSES[BATCH_ENDPOINTS[self.endpoint]]
         self.write(custom_id, 200, build(prefix + secrets.token_hex(12), int(self.job.created_at.timestamp()),
                                          model_name, result))  # fmt: skip
 
@@ -147,7 +136,7 @@ class BatchRun:
             fits.append(line)
             total += cost
         if len(fits) < len(lines):
-            self.stop_reason = "spend_limit"
+            self.stop_reason = SPEND_LIMIT
         return fits
 
     def _take_tokens(self, custom_id: str, request: dict[str, Any]) -> bool:
@@ -176,7 +165,9 @@ class BatchRun:
         for _, line in chunk:
             custom_id = str(line.get("custom_id"))
             try:
-                model, request = PARSERS[self.endpoint](self.job.project, line.get("body"))
+                model, request = inference.PARSERS[BATCH_ENDPOINTS[self.endpoint]](
+                    self.job.project, line.get("body")
+                )
                 if self.model_name and model.name != self.model_name:
                     raise ActionError(f"A batch calls one model; this line asks for {model.name}, "
                                       f"the batch uses {self.model_name}.", param="model")  # fmt: skip
@@ -202,7 +193,7 @@ class BatchRun:
             self.proxy_all(parsed)
             return
         loaded = default_cache().get(str(local_model_dir(model.artifact_key)))
-        if self.endpoint == "/v1/classifications":
+        if BATCH_ENDPOINTS[self.endpoint] == "classifications":
             for custom_id, _, request in parsed:
                 result = classification_result(loaded, request)
                 self.usage["classified_texts"] += len(request["texts"])
@@ -302,12 +293,12 @@ def _finish(job: Job, guard: AttemptGuard, run: BatchRun, out: Any, errors: Any)
             JobStatus.CANCELLED,
             f"Batch cancelled: {counts['completed']} completed, {counts['failed']} failed.",
         )
-    elif run.stop_reason == "spend_limit":
+    elif run.stop_reason == SPEND_LIMIT:
         status = JobStatus.FAILED
         message = SPEND_LIMIT_MESSAGE.format(
             done=counts["completed"] + counts["failed"], total=counts["total"]
         )
-        error = {"code": "spend_limit_reached", "message": message, "param": None}
+        error = {"code": StopReason.SPEND_LIMIT_REACHED, "message": message, "param": None}
     else:
         status, message = (
             JobStatus.SUCCEEDED,
@@ -320,7 +311,7 @@ def _finish(job: Job, guard: AttemptGuard, run: BatchRun, out: Any, errors: Any)
 
     finished = actions.finish(
         job.pk, job.attempt, status, result=result, error=error, usage=run.usage,
-        usage_models=run.usage_models(), status_reason="spend_limit_reached" if error else "",
+        usage_models=run.usage_models(), status_reason=StopReason.SPEND_LIMIT_REACHED if error else "",
         fields={"progress": counts, "model_name": run.model_name}, message=message, on_finished=publish_files,
     )  # fmt: skip
     if finished is None:  # another attempt owns the batch now: its files are not ours to publish

@@ -27,14 +27,14 @@ from django.core.files.storage import default_storage
 
 from apps.billing.pricing import cost_of
 from apps.core.errors import ActionError
+from apps.core.spreadsheet import safe_cell
 from apps.core.storage import delete_prefix, job_prefix
 from apps.jobs import actions
 from apps.jobs.models import Job, JobStatus
 from apps.registry.models import Model
 from workers.runners.artifacts import local_model_dir
-from workers.runners.attempt import AttemptGuard
+from workers.runners.attempt import MONEY_STOPS, AttemptGuard
 from workers.runners.progress import ProgressReporter
-from workers.runners.reports import safe_cell
 from workers.runtime.distill import (
     answer_max_tokens,
     held_out_indices,
@@ -430,10 +430,9 @@ def label_for_distillation(
                            message="Job cancelled.")  # fmt: skip
         else:
             labelled = sum(len(chunk.labels) for chunk in labelling.chunks)
-            code = {"budget": "budget_reached", "spend_limit": "spend_limit_reached"}[labelling.stopped]
-            limit = "The job's max_cost" if code == "budget_reached" else "The organization's spend limit"
+            code = MONEY_STOPS[labelling.stopped]
             message = (
-                f"{limit} was reached while the teacher labelled texts ({labelled:,} of {len(texts):,} done); "
+                f"{code.label} while the teacher labelled texts ({labelled:,} of {len(texts):,} done); "
                 "no student was trained. Raise it, or distil fewer texts."
             )
             actions.finish(job.pk, job.attempt, JobStatus.FAILED, usage=usage, usage_models=models,

@@ -24,7 +24,7 @@ from apps.projects.actions import discard, stored_result_file
 from apps.projects.models import FilePurpose
 from apps.registry.actions import create_fine_tuned_model
 from workers.runners.artifacts import local_model_dir
-from workers.runners.attempt import AttemptGuard
+from workers.runners.attempt import MONEY_STOPS, AttemptGuard
 from workers.runners.distill import (
     Labelling,
     compare,
@@ -180,7 +180,7 @@ def _finish(
     key = job_prefix("models", job.organization.public_id, job.public_id)
     upload_dir(Path(result.model_dir), key)
     diagnostics = diagnostics_csv(spec, result.model_dir) if spec.task == "classification" else None
-    reason = {"budget": "budget_reached", "spend_limit": "spend_limit_reached"}.get(guard.stop_reason, "")
+    reason = MONEY_STOPS.get(guard.stop_reason)
     outcome: dict[str, Any] = {
         "metrics": result.metrics,
         "labels": list(result.labels),
@@ -213,9 +213,9 @@ def _finish(
         return {"fine_tuned_model": model, "result_files": [file.public_id for file in files]}
 
     finished = actions.finish(
-        job.pk, job.attempt, JobStatus.SUCCEEDED, status_reason=reason, usage=usage, usage_models=models,
+        job.pk, job.attempt, JobStatus.SUCCEEDED, status_reason=reason or "", usage=usage, usage_models=models,
         fields=fields, result=outcome, on_finished=create_model,
-        message=STOP_MESSAGES.get(reason, "The job has successfully completed."),
+        message=STOP_MESSAGES[reason] if reason else "The job has successfully completed.",
     )  # fmt: skip
     if finished is None:  # another attempt owns the job now
         discard(files)

@@ -14,9 +14,9 @@ from apps.billing.pricing import cost_of
 from apps.core.storage import job_prefix, upload_dir
 from apps.jobs import actions
 from apps.jobs.admission import SpendShare
-from apps.jobs.models import Job
+from apps.jobs.models import Job, StopReason
 from apps.registry.actions import fine_tuned_name
-from workers.runners.attempt import FENCED, AttemptGuard
+from workers.runners.attempt import BUDGET, FENCED, SPEND_LIMIT, AttemptGuard
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +24,7 @@ logger = logging.getLogger(__name__)
 # the attempt if the outage lasts longer than JOB_SELF_FENCE_SECONDS).
 MAX_PENDING_WRITES = 500
 STOP_MESSAGES = {
-    "budget_reached": "The job's max_cost was reached: it stopped early and kept the best model so far.",
-    "spend_limit_reached": "The organization's spend limit was reached: the job stopped early and kept the best model so far.",
+    reason: f"{reason.label}: the job stopped early and kept the best model so far." for reason in StopReason
 }
 
 
@@ -64,14 +63,14 @@ class ProgressReporter:
         """ "budget" when a total cost of `cost` would pass the job's max_cost, "spend_limit" when
         the organization's spend cap leaves the job no room for it, else ""."""
         if self.job.max_cost is not None and cost > self.job.max_cost:
-            return "budget"
+            return BUDGET
         # Asking for the rest of the estimate at once (at least a tenth more) keeps the lock rare.
         ahead = max((self.job.estimated_cost or 0) - cost, cost // 10)
         if not self.share.allows(cost, ahead=ahead):
             if self.share.fenced:  # another attempt owns the job now
                 self.guard.request_stop(FENCED)
                 return FENCED
-            return "spend_limit"
+            return SPEND_LIMIT
         return ""
 
     def usage(self, trained_tokens: int) -> dict[str, int]:

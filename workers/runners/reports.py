@@ -7,6 +7,7 @@ import csv
 import io
 from typing import Any
 
+from apps.core.spreadsheet import safe_cell
 from apps.jobs.models import Job
 
 RESULT_COLUMNS = ("step", "epoch", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
@@ -45,8 +46,3 @@ def diagnostics_csv(spec: Any, model_dir: str) -> bytes:
         writer.writerow([row.line, safe_cell(row.label), safe_cell(row.predicted), row.label_probability, row.loss,
                          "yes" if row.likely_mislabelled else "", safe_cell(row.text)])  # fmt: skip
     return out.getvalue().encode()
-
-
-def safe_cell(value: str) -> str:
-    """CSV formula injection: a cell a spreadsheet would run as a formula gets a leading quote."""
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value

@@ -11,14 +11,13 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from workers.runtime.specs import validation_size
+from workers.runtime.specs import approx_tokens, validation_size
 
 # Lead-ins a model may put before its label; with nothing else around the label, the answer is
 # still unambiguous ("The text is negative."). Lowercase, compared case-insensitively.
 LEAD_INS = ("label:", "answer:", "category:", "class:", "the label is", "the answer is", "the text is",
             "this text is", "it is", "it's")  # fmt: skip
 # Rough size of a token in characters, to estimate a prompt's tokens before a tokenizer is at hand.
-CHARS_PER_TOKEN = 4
 # What a generation teacher may write: the longest label plus a little slack (quotes, a period).
 ANSWER_SLACK_TOKENS = 8
 # Quotes and emphasis a model may wrap its one-word answer in; anything else makes it unparseable.
@@ -38,7 +37,7 @@ def label_prompt(text: str, labels: Sequence[str]) -> list[dict[str, str]]:
 def prompt_overhead_tokens(labels: Sequence[str]) -> int:
     """About how many prompt tokens the instructions and label list add to each text."""
     chars = sum(len(message["content"]) for message in label_prompt("", labels))
-    return math.ceil(chars / CHARS_PER_TOKEN) + 8  # + the chat template's role markers
+    return approx_tokens(chars) + 8  # + the chat template's role markers
 
 
 def answer_max_tokens(labels: Sequence[str]) -> int:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import openai
+
+from workers.runtime.specs import approx_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # Streaming is ours to control: we always stream from upstream with usage when relaying.
 _CONTROLLED_KEYS = ("stream", "stream_options")
 # Rough size of a token in characters, for usage we must estimate (a stream cut before its usage chunk).
-_CHARS_PER_TOKEN = 4
 
 OnChunk = Callable[[dict[str, Any]], None]
 
@@ -281,7 +281,7 @@ def _usage_from(usage: dict[str, Any] | None) -> ProxyUsage | None:
 
 
 def _estimate_tokens(value: Any) -> int:
-    return math.ceil(len(json.dumps(value, ensure_ascii=False)) / _CHARS_PER_TOKEN)
+    return approx_tokens(len(json.dumps(value, ensure_ascii=False)))
 
 
 def _generated_text(response: dict[str, Any]) -> list[Any]:

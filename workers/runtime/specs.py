@@ -12,6 +12,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# About four characters of English text make a token for BPE tokenizers. The one estimate used
+# wherever tokens are counted before a tokenizer has seen the text: rate limits, cost estimates,
+# upload statistics, the proxy's usage when the upstream sends none.
+CHARS_PER_TOKEN = 4
+
+
+def approx_tokens(chars: int) -> int:
+    """Tokens in a text of `chars` characters, by CHARS_PER_TOKEN (rounded up)."""
+    return -(-chars // CHARS_PER_TOKEN)
+
+
 # ---------------------------------------------------------------------------------------------
 # Training: hyperparameters
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,44 @@
+"""Every Celery task's name and queue, defined once: the web side sends work by name (it never
+imports worker code), `workers/tasks.py` registers each task under its name and queue, and the
+Celery routes and beat schedule in the wiring read them here.
+
+Queues (docs/architecture.md, "Queues"): `gpu` runs training and batches of local models, a fresh
+worker child per task; `serve` runs local inference on workers that keep models loaded; `default`
+runs the rest (validation, OpenAI proxying, billing, the reaper).
+"""
+
+from __future__ import annotations
+
+GPU = "gpu"
+SERVE = "serve"
+DEFAULT = "default"
+QUEUES = (GPU, SERVE, DEFAULT)
+
+PING = "system.ping"
+VALIDATE_FILE = "files.validate"
+RUN_FINE_TUNE = "jobs.run_fine_tune"
+RUN_INFERENCE = "jobs.run_inference"
+RUN_PROXY = "jobs.run_proxy"
+RUN_BATCH = "jobs.run_batch"
+# A batch whose every request goes to OpenAI waits on the network: it holds no gpu worker.
+RUN_PROXY_BATCH = "jobs.run_proxy_batch"
+REAP = "jobs.reap"
+PROCESS_STRIPE_EVENT = "billing.process_stripe_event"
+REPORT_USAGE = "billing.report_usage"
+RECONCILE_STRIPE_EVENTS = "billing.reconcile_events"
+CHECK_SPEND_ALERTS = "billing.check_spend_alerts"
+
+QUEUE_OF = {
+    PING: DEFAULT,
+    VALIDATE_FILE: DEFAULT,
+    RUN_FINE_TUNE: GPU,
+    RUN_INFERENCE: SERVE,
+    RUN_PROXY: DEFAULT,
+    RUN_BATCH: GPU,
+    RUN_PROXY_BATCH: DEFAULT,
+    REAP: DEFAULT,
+    PROCESS_STRIPE_EVENT: DEFAULT,
+    REPORT_USAGE: DEFAULT,
+    RECONCILE_STRIPE_EVENTS: DEFAULT,
+    CHECK_SPEND_ALERTS: DEFAULT,
+}
