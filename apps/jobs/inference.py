@@ -431,6 +431,20 @@ def check_backlog(model: Model) -> None:
         raise error
 
 
+PROJECT_DELETED = (
+    "The project of this request was deleted before its answer could be stored. Retry in another project."
+)
+
+
+def answered(job: Job) -> Job:
+    """The job as its worker left it once it said it is done; 404 when the job is gone with its
+    project (deleted while the request waited)."""
+    found = Job.objects.filter(pk=job.pk).first()
+    if found is None:
+        raise ActionError(PROJECT_DELETED, code="not_found", status=404)
+    return found
+
+
 def submit(
     project: Project,
     model: Model,

@@ -21,6 +21,7 @@ from rest_framework.response import Response
 from apps.api.base import ProjectAPIView
 from apps.api.errors import APIError, error_body
 from apps.api.serializers.common import ERRORS
+from apps.core.errors import ActionError
 from apps.jobs import actions, admission, inference, relay
 from apps.jobs.models import Job
 from apps.jobs.responses import job_response, response_id, usage_body
@@ -77,8 +78,7 @@ class InferenceView(ProjectAPIView):
                 raise APIError(event["message"], status=event.get("status", 500), code=event.get("code"),
                                param=event.get("param"))  # fmt: skip
             if event["type"] == "done":
-                job.refresh_from_db()
-                return self.body(job)
+                return self.body(inference.answered(job))
         raise APIError("The worker stopped without an answer.", status=500, code="server_error")
 
     @staticmethod
@@ -117,7 +117,11 @@ class InferenceView(ProjectAPIView):
                                            else "server_error", event.get("code"), event.get("param"))])  # fmt: skip
                 break
             elif event["type"] == "done":
-                job.refresh_from_db()
+                try:
+                    job = inference.answered(job)
+                except ActionError as exc:
+                    yield from sse([error_body(exc.message, "invalid_request_error", exc.code)])
+                    break
                 if not parsed.get("proxy"):
                     yield from sse(chunker.final(job.result or {}))
                 elif not _proxied_finished(job.result or {}):  # upstream's stream was cut off half-way

@@ -165,7 +165,13 @@ def _relay(job: Job, parsed: dict[str, Any]) -> Iterator[bytes]:
                                   "code": event.get("code"), "param": event.get("param")}})  # fmt: skip
             break
         elif event["type"] == "done":
-            job.refresh_from_db()
+            try:
+                job = inference.answered(job)
+            except ActionError as exc:
+                yield _sse(
+                    {"error": {"message": exc.message, "type": "invalid_request_error", "code": exc.code}}
+                )
+                break
             if not proxied:  # proxied streams end with the upstream's own final chunks
                 result = job.result or {}
                 choices = [{"index": c["index"], "delta": {}, "finish_reason": c["finish_reason"]}
@@ -228,6 +234,5 @@ def _wait(job: Job) -> dict[str, Any]:
             raise ActionError(event.get("message") or "The request failed.", code=event.get("code") or "error",
                               param=event.get("param"), status=int(event.get("status") or 500))  # fmt: skip
         if event["type"] == "done":
-            job.refresh_from_db()
-            return job_response(job)
+            return job_response(inference.answered(job))
     raise ActionError("The worker stopped without an answer.", code="server_error", status=500)
