@@ -435,6 +435,22 @@ def test_a_bad_column_mapping_is_400(api: Any) -> None:
     assert not File.objects.exists()
 
 
+@pytest.mark.parametrize(
+    "mapping", ['{"text": 1' + "0" * 5000 + "}", "[" * 100_000], ids=["integer-too-long", "nested-too-deep"]
+)
+def test_a_column_mapping_the_json_parser_cannot_read_is_400_not_500(api: Any, mapping: str) -> None:
+    response = upload(api, "reviews.csv", GOOD_CSV, column_mapping=mapping)
+
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] == {
+        "message": 'column_mapping must be a JSON object such as {"text": "review", "label": "sentiment"}.',
+        "type": "invalid_request_error",
+        "param": "column_mapping",
+        "code": "invalid_request",
+    }
+    assert not File.objects.exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Listing
 # ---------------------------------------------------------------------------------------------
