@@ -57,9 +57,11 @@ def test_every_checkpoint_model_is_billed_from_the_moment_it_can_be_called(
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             callable_now = list(Model.objects.filter(name__contains=job_id, limits__checkpoint=True))
             tokens = billed(job).get("trained_tokens", 0)
+            # in the same snapshot: a later checkpoint may prune this one (and its row) right after
+            trained = dict(job.checkpoints.values_list("step", "trained_tokens"))
         for model in callable_now:
             step = int(model.name.rsplit("-", 1)[1])
-            assert tokens >= job.checkpoints.get(step=step).trained_tokens, model.name
+            assert tokens >= trained[step], model.name
             seen += 1
     assert job.status == JobStatus.SUCCEEDED, job.error
     assert seen > 0
