@@ -119,10 +119,13 @@ INVITER_GONE = (
 
 def inviter_refusal(invitation: Invitation) -> str | None:
     """Why the invitation is void because of its inviter, or None. An invitation carries its
-    inviter's right to invite: it is void once they leave, are demoted, or (for an owner
-    invitation) are no longer an owner, and valid again if that right comes back."""
+    inviter's right to invite: it is void once they leave, are demoted, are deactivated, or (for an
+    owner invitation) are no longer an owner, and valid again if that right comes back."""
     inviter = invitation.invited_by
-    membership = get_membership(inviter, invitation.organization) if inviter is not None else None
+    membership = None
+    # A deactivated account acts no more (its sessions and API keys are refused): nor do its invitations.
+    if inviter is not None and inviter.is_active:
+        membership = get_membership(inviter, invitation.organization)
     if (
         membership is not None
         and membership.can_manage

@@ -371,11 +371,13 @@ def dollars_to_micro(text: str, field: str, label: str) -> int | None:
         raise ActionError(f"{label}: enter an amount in dollars, like 250 or 99.50.", param=field) from None
     if not amount.is_finite() or amount < 0:
         raise ActionError(f"{label} cannot be negative.", param=field)
+    # Compared in dollars, before multiplying: "1e999999" is a finite Decimal whose micro-dollars
+    # pass the Decimal context's largest exponent (an Overflow error).
+    if amount > Decimal(MAX_SPEND_LIMIT) / 1_000_000:
+        raise ActionError(f"{label} can be at most {usd(MAX_SPEND_LIMIT)} a month.", param=field)
     micro = amount * 1_000_000
     if micro != micro.to_integral_value():
         raise ActionError(f"{label}: use at most 6 decimal places.", param=field)
-    if micro > MAX_SPEND_LIMIT:
-        raise ActionError(f"{label} can be at most {usd(MAX_SPEND_LIMIT)} a month.", param=field)
     return int(micro)
 
 

@@ -587,8 +587,8 @@ def cancel(job: Job) -> Job:
             JobEvent.objects.create(job=job, message="Job cancelled.")
         elif Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(stop_requested=STOP_CANCEL):
             JobEvent.objects.create(job=job, message="Cancellation requested; stopping at the next step.")
-    job.refresh_from_db()
-    return job
+    # A request whose project was deleted while it waited has no row left to read back.
+    return Job.objects.filter(pk=job.pk).first() or job
 
 
 def request_pause(job: Job) -> bool:

@@ -146,7 +146,11 @@ def admit_inference(
 # --- Running jobs -----------------------------------------------------------------------------------
 def top_up(job_pk: int, attempt: int, wanted: int) -> int | None:
     """A running job asks for `wanted` more of its organization's cap. Returns what it got (maybe
-    less, 0 when nothing is left), or None when this attempt no longer owns the job."""
+    less, 0 when nothing is left), or None when this attempt no longer owns the job.
+
+    Without a cap it gets all of it, and holds it all the same: a cap set while the job runs (a
+    spend limit, a move to the Free plan) counts that share as taken, and the job asks again, and
+    is refused, once it has used it."""
     with transaction.atomic():
         row = Job.objects.filter(pk=job_pk, attempt=attempt, status=JobStatus.RUNNING).values(
             "organization_id"
@@ -156,10 +160,8 @@ def top_up(job_pk: int, attempt: int, wanted: int) -> int | None:
             return None
         organization = lock_organization(found["organization_id"])
         subscription = quotas.subscription_for(organization)
-        if quotas.spend_cap(subscription) is None:
-            return wanted
         try:
-            granted = reserve(subscription, wanted)
+            granted = reserve(subscription, wanted) if quotas.spend_cap(subscription) is not None else wanted
         except QuotaError:
             return 0
         if granted and not Job.objects.filter(pk=job_pk, attempt=attempt, status=JobStatus.RUNNING).update(
@@ -175,14 +177,14 @@ class SpendShare:
 
     def __init__(self, job: Job) -> None:
         self.job_pk, self.attempt = job.pk, job.attempt
-        self.capped = quotas.spend_cap(quotas.subscription_for(job.organization)) is not None
         self.limit = job.billed_cost + job.reserved_cost
         self.fenced = False  # this attempt no longer owns the job
 
     def allows(self, cost: int, ahead: int = 0) -> bool:
         """Whether the job may reach a total cost of `cost`. When its share is too small it asks for
-        what is missing plus `ahead` (what it expects to need after that, so that it asks rarely)."""
-        if not self.capped or cost <= self.limit:
+        what is missing plus `ahead` (what it expects to need after that, so that it asks rarely).
+        It asks whether or not its organization has a cap now: the cap may change while it runs."""
+        if cost <= self.limit:
             return True
         granted = top_up(self.job_pk, self.attempt, cost - self.limit + max(ahead, 0))
         if granted is None:

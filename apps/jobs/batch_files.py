@@ -252,8 +252,12 @@ def _input_texts(body: dict[str, Any]) -> list[str]:
     if isinstance(body.get("messages"), list):
         users = [m for m in body["messages"] if isinstance(m, dict) and m.get("role") == "user"]
         content = users[-1].get("content") if users else ""
-        if isinstance(content, list):  # content parts
-            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        if isinstance(content, list):  # content parts, as the customer wrote them: not always text
+            content = "".join(
+                part["text"]
+                for part in content
+                if isinstance(part, dict) and isinstance(part.get("text"), str)
+            )
         return [content if isinstance(content, str) else ""]
     value = body.get("input", body.get("prompt"))
     values = value if isinstance(value, list) else [value]

@@ -470,13 +470,15 @@ def submit(request: FineTuneRequest, *, project: Project, api_key: Any = None, u
 
     from apps.jobs import admission
 
-    files = [f for f in (request.training_file, request.validation_file) if f is not None]
-    pending = any(f.status == FileStatus.UPLOADED for f in files)
-    estimated = None if pending else estimate(request)["estimated_cost"]
     with transaction.atomic():
         # Under the organization's lock: two concurrent submissions cannot both take the last place
         # or the last of the spend cap.
         organization = admission.lock_organization(project.organization_id)
+        if _files_changed(request):
+            request = parse(project, request.body)  # a file's report came in: "auto" values follow it
+        files = [f for f in (request.training_file, request.validation_file) if f is not None]
+        pending = any(f.status == FileStatus.UPLOADED for f in files)
+        estimated = None if pending else estimate(request)["estimated_cost"]
         subscription = quotas.check_quota(organization)
         _check_models(subscription, request.model, request.distillation)
         admission.check_fine_tune_concurrency(subscription)
@@ -487,6 +489,18 @@ def submit(request: FineTuneRequest, *, project: Project, api_key: Any = None, u
         reserved = admission.reserve(subscription, wanted)
         return _create(request, project=project, api_key=api_key, user=user, pending=pending,
                        estimated=estimated, reserved=reserved)  # fmt: skip
+
+
+def _files_changed(request: FineTuneRequest) -> bool:
+    """Whether a file's validation ended since `request` read it. Its validator looked for the jobs
+    waiting on it then, before this one existed: a job created as waiting now would wait for ever.
+    The files' rows are locked from here on, so a validation ending now waits for this job's commit
+    and then finds it."""
+    files = [f for f in (request.training_file, request.validation_file) if f is not None]
+    now = dict(
+        File.objects.select_for_update().filter(pk__in=[f.pk for f in files]).values_list("pk", "status")
+    )
+    return any(now.get(f.pk) != f.status for f in files)
 
 
 def _check_models(subscription: Any, model: Model, distillation: Distillation | None) -> None:

@@ -239,6 +239,9 @@ PROXY_PRICED_APART = {
     "audio": "audio output", "web_search_options": "web search",
 }  # fmt: skip
 PROXY_SERVICE_TIERS = (None, "auto", "default", "flex")
+# Content parts that are text. An image, audio or file part is read as tokens that its bytes do not
+# bound (an image URL of a few bytes is hundreds of tokens), or is priced apart from text tokens.
+PROXY_TEXT_PARTS = ("text", "refusal")
 # An `openai:*` request without a completion limit is counted (rate limits, spend cap) as if it
 # asked for this many tokens; it is billed for what the upstream reports.
 PROXY_COMPLETION_BUDGET = 4096
@@ -270,6 +273,8 @@ def _proxied(body: dict[str, Any], prompt_key: str) -> dict[str, Any]:
         raise ActionError(f"Missing required parameter: '{prompt_key}'.", param=prompt_key)
     if prompt_key == "messages" and (not isinstance(body["messages"], list) or not body["messages"]):
         raise ActionError("messages must be a non-empty array of {role, content} objects.", param="messages")
+    if prompt_key == "messages":
+        _proxied_text_only(body["messages"])
     _check_size(body[prompt_key], prompt_key)
     n = body.get("n")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N):
@@ -293,6 +298,29 @@ def _proxied(body: dict[str, Any], prompt_key: str) -> dict[str, Any]:
         "stream": bool(body.get("stream")),
         "include_usage": bool((body.get("stream_options") or {}).get("include_usage")),
     }
+
+
+def _proxied_text_only(messages: list[Any]) -> None:
+    """Only text goes upstream through the proxy (docs/api.md, "Serving"): the upstream checks the
+    rest of each message."""
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            continue
+        where = f"messages[{index}]"
+        if "audio" in message:
+            raise ActionError(
+                f"'{where}.audio' is not supported through the proxy: audio is priced apart from tokens.",
+                param=f"{where}.audio",
+            )
+        content = message.get("content")
+        for part in content if isinstance(content, list) else []:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in PROXY_TEXT_PARTS:
+                shown = f"'{kind}'" if isinstance(kind, str) else "Non-text"
+                raise ActionError(
+                    f"{shown} content is not supported through the proxy: only text parts are.",
+                    param=f"{where}.content",
+                )
 
 
 def parse_classification(project: Project, body: Any) -> tuple[Model, dict[str, Any]]:
@@ -332,8 +360,18 @@ def _completion_budget(request: dict[str, Any]) -> int:
     if request.get("proxy"):
         body = request["body"]
         limit = body.get("max_completion_tokens") or body.get("max_tokens") or PROXY_COMPLETION_BUDGET
-        return int(limit) * max(int(body.get("n") or 1), int(body.get("best_of") or 1))
+        choices = max(int(body.get("n") or 1), int(body.get("best_of") or 1))
+        return int(limit) * choices * _proxied_prompts(body)
     return int(request.get("max_tokens", 0)) * int(request.get("n", 1)) * len(request.get("prompts") or [1])
+
+
+def _proxied_prompts(body: dict[str, Any]) -> int:
+    """How many prompts a proxied request sends: OpenAI's legacy completions answer each prompt of an
+    array of strings (or of token arrays); an array of token ids is one prompt."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str | list) for p in prompt):
+        return len(prompt)
+    return 1
 
 
 def _prompt(request: dict[str, Any]) -> Any:
@@ -342,12 +380,18 @@ def _prompt(request: dict[str, Any]) -> Any:
     return request.get("messages") or request.get("prompts") or request.get("texts")
 
 
+def _input(request: dict[str, Any]) -> Any:
+    """Everything the model reads as input: the prompt, and through the proxy the whole body, since
+    OpenAI counts tool and function definitions, a response schema and a prediction as prompt tokens."""
+    return request["body"] if request.get("proxy") else _prompt(request)
+
+
 def estimate_tokens(request: dict[str, Any]) -> int:
-    """Tokens a request may use, for the tokens-per-minute limit: ~4 characters a token for the
-    prompt, plus every completion token it may generate."""
+    """Tokens a request may use, for the tokens-per-minute limit: ~4 characters a token for its
+    input, plus every completion token it may generate."""
     import json
 
-    return approx_tokens(len(json.dumps(_prompt(request)))) + _completion_budget(request)
+    return approx_tokens(len(json.dumps(_input(request)))) + _completion_budget(request)
 
 
 # Tokens a chat template or a tokenizer adds around each message or text (role markers, BOS/EOS).
@@ -363,7 +407,8 @@ def largest_usage(request: dict[str, Any]) -> dict[str, int]:
 
     prompt = _prompt(request)
     items = prompt if isinstance(prompt, list) else [prompt]
-    input_tokens = len(json.dumps(prompt, ensure_ascii=False).encode()) + TEMPLATE_TOKENS * (len(items) + 1)
+    input_bytes = len(json.dumps(_input(request), ensure_ascii=False).encode())
+    input_tokens = input_bytes + TEMPLATE_TOKENS * (len(items) + 1)
     if request.get("endpoint") == "classifications":
         return {"classified_texts": len(items), "input_tokens": input_tokens}
     return {"input_tokens": input_tokens, "output_tokens": _completion_budget(request)}
@@ -395,6 +440,20 @@ def check_backlog(model: Model) -> None:
                             status=503)  # fmt: skip
         error.headers = {"retry-after": str(seconds)}
         raise error
+
+
+PROJECT_DELETED = (
+    "The project of this request was deleted before its answer could be stored. Retry in another project."
+)
+
+
+def answered(job: Job) -> Job:
+    """The job as its worker left it once it said it is done; 404 when the job is gone with its
+    project (deleted while the request waited)."""
+    found = Job.objects.filter(pk=job.pk).first()
+    if found is None:
+        raise ActionError(PROJECT_DELETED, code="not_found", status=404)
+    return found
 
 
 def submit(

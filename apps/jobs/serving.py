@@ -16,7 +16,7 @@ from typing import Any
 from django.conf import settings
 
 from apps.core.errors import ActionError, error_body
-from apps.jobs import actions, relay
+from apps.jobs import actions, inference, relay
 from apps.jobs.admission import Admitted
 from apps.jobs.models import Job
 from apps.jobs.responses import Chunker, job_response
@@ -64,8 +64,7 @@ def answer(admitted: Admitted) -> dict[str, Any]:
             if event["type"] == "error":
                 raise _event_error(event)
             if event["type"] == "done":
-                job.refresh_from_db()
-                return job_response(job)
+                return job_response(inference.answered(job))
         raise ActionError(NO_ANSWER_MESSAGE, code="server_error", status=500)
     finally:
         admitted.release()
@@ -107,7 +106,11 @@ def _chunks(job: Job, parsed: dict[str, Any], endpoint: str) -> Iterator[dict[st
             yield _event_error(event).body()
             return
         elif event["type"] == "done":
-            job.refresh_from_db()
+            try:
+                job = inference.answered(job)
+            except ActionError as exc:  # gone with its project while it ran
+                yield exc.body()
+                return
             if not proxied:
                 yield from chunker.final(job.result or {})
             elif not _proxied_finished(job.result or {}):  # upstream's stream was cut off half-way

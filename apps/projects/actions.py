@@ -75,7 +75,9 @@ def parse_column_mapping(raw: Any) -> dict[str, str] | None:
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
-        except json.JSONDecodeError:
+        # ValueError: not JSON, or an integer of more digits than int() takes; RecursionError: nested
+        # deeper than the parser goes.
+        except (ValueError, RecursionError):
             raise ActionError(
                 'column_mapping must be a JSON object such as {"text": "review", "label": "sentiment"}.',
                 param="column_mapping",

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
+from apps.core.errors import ActionError
+from apps.core.text import refuse_unstorable
 from apps.projects.formats import (
     BATCH_ENDPOINTS,
     BATCH_JSONL,
@@ -678,6 +680,15 @@ def _parse_json(run: _Run, line: _Line, text: str) -> dict[str, Any] | None:
     if not isinstance(row, dict):
         run.error(
             line.number, None, f"expected a JSON object, got {_json_type(row)}", "write each line as {...}"
+        )
+        return None
+    try:
+        # A \u0000 or lone \ud800 escape decodes to text the database cannot store: in a label or a
+        # model name it would reach the report, whose write failed (and the file stayed `uploaded`).
+        refuse_unstorable(row)
+    except ActionError as error:
+        run.error(
+            line.number, error.param, error.message, "remove the character: it cannot be stored as text"
         )
         return None
     return row

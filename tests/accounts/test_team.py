@@ -293,3 +293,20 @@ def test_an_invitation_whose_inviter_was_deleted_is_void(client: Any, alice: Any
     page = client.get(f"/invitations/{token}/")
 
     assert page.status_code == 404 and INVITER_GONE in html.unescape(page.content.decode())
+
+
+def test_an_invitation_whose_inviter_was_deactivated_is_void(client: Any, alice: Any, erin: Any) -> None:
+    # given: erin, an admin, invited dave, then her account was deactivated (she is still a member)
+    login(client, erin)
+    token = invite(client, "dave@example.com")
+    erin.is_active = False
+    erin.save(update_fields=["is_active"])
+    # when dave opens the link, then accepts anyway
+    dave = make_user("dave@example.com")
+    login(client, dave)
+    page = client.get(f"/invitations/{token}/")
+    response = client.post(f"/invitations/{token}/", follow=True)
+    # then the invitation is void, as her API keys and sessions are
+    assert page.status_code == 404 and INVITER_GONE in html.unescape(page.content.decode())
+    assert INVITER_GONE in html.unescape(response.content.decode())
+    assert not Membership.objects.filter(user=dave).exists()

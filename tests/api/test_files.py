@@ -421,6 +421,44 @@ def test_a_bad_column_mapping_is_400(api: Any) -> None:
     assert not File.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("purpose", "row"),
+    [
+        ("fine-tune", '{"text": "hello", "label": "a\\u0000b"}'),
+        ("batch", '{"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m\\ud800"}}'),
+    ],
+)  # fmt: skip
+def test_a_file_whose_json_decodes_to_unstorable_text_fails_validation_instead_of_staying_uploaded(
+    api: Any, purpose: str, row: str
+) -> None:
+    # given a JSONL file whose label or model name holds a \u0000 or lone \ud800 escape
+    data = ('{"text": "fine", "label": "ok"}\n' * 3 if purpose == "fine-tune" else "") + row + "\n"
+
+    # when it is validated, then its report says so and the file is in error (the report's write
+    # failed before, leaving the file `uploaded`, validated again and again, and its jobs waiting)
+    file_object = upload_and_validate(api, "data.jsonl", data.encode(), purpose)
+
+    assert file_object["status"] == "error"
+    line = 4 if purpose == "fine-tune" else 1
+    assert errors(file_object)[0][0] == line and "contains a" in errors(file_object)[0][1]
+
+
+@pytest.mark.parametrize(
+    "mapping", ['{"text": 1' + "0" * 5000 + "}", "[" * 100_000], ids=["integer-too-long", "nested-too-deep"]
+)
+def test_a_column_mapping_the_json_parser_cannot_read_is_400_not_500(api: Any, mapping: str) -> None:
+    response = upload(api, "reviews.csv", GOOD_CSV, column_mapping=mapping)
+
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] == {
+        "message": 'column_mapping must be a JSON object such as {"text": "review", "label": "sentiment"}.',
+        "type": "invalid_request_error",
+        "param": "column_mapping",
+        "code": "invalid_request",
+    }
+    assert not File.objects.exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Listing
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from apps.jobs.models import Job
+from apps.jobs.models import Job, JobStatus
 from apps.projects.models import File, FileStatus
 
 
@@ -212,3 +212,32 @@ def test_bad_lora_options_are_refused(api: Any, catalog: None, alice_project: An
     assert error(response)["message"].startswith(message)
     assert error(response)["param"] == param
     assert not Job.objects.exists()
+
+
+def test_a_file_validated_while_its_job_is_being_submitted_does_not_leave_the_job_waiting(
+    alice: Any, alice_project: Any, tiny_base: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from django.core.files.base import ContentFile
+
+    from apps.jobs import fine_tuning
+    from tests.conftest import sentiment_csv
+    from workers.tasks import validate_file
+
+    # given a file just uploaded, its validation still running
+    file = File(project=alice_project, filename="train.csv", purpose="fine-tune", status=FileStatus.UPLOADED)
+    file.content.save("train.csv", ContentFile(sentiment_csv(40)), save=False)
+    file.save()
+    body = {"model": "tiny-bert", "training_file": file.public_id}
+    with django_capture_on_commit_callbacks(execute=False) as published:
+        # when the request is read while the file is still uploaded (the SDK sends it right after the
+        # upload), the validation ends and looks for the jobs waiting on the file (none yet), and then
+        # the job is created
+        parsed = fine_tuning.parse(alice_project, body)
+        validate_file(file.public_id)
+        job = fine_tuning.submit(parsed, project=alice_project, user=alice)
+    # then the job is queued at once, with the estimate and hyperparameters of the validated file,
+    # instead of waiting for a validation that has already ended
+    assert job.status == JobStatus.QUEUED and len(published) == 1
+    expected = fine_tuning.estimate(fine_tuning.parse(alice_project, {**body, "seed": job.seed}))
+    assert job.estimated_cost == expected["estimated_cost"] > 0
+    assert job.hyperparameters == expected["hyperparameters"]

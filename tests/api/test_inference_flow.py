@@ -81,3 +81,66 @@ def test_a_request_that_waits_too_long_gets_504_and_its_job_is_cancelled(api: An
         "type": "server_error", "param": None, "code": "timeout",
     }  # fmt: skip
     assert Job.objects.get().status == "cancelled"
+
+
+def generated(raw: bytes) -> bool:
+    """Whether a stream so far holds a generated token (not only the role chunk)."""
+    chunks = [json.loads(line[6:]) for line in raw.decode().split("\n\n") if line.startswith("data: {")]
+    return any(c.get("choices") and c["choices"][0]["delta"].get("content") for c in chunks)
+
+
+def test_a_stream_whose_project_is_deleted_mid_answer_ends_with_an_error_not_a_crash(
+    api: Any, alice: Any, alice_project: Any, celery_worker: Any, tiny_chat: Any
+) -> None:
+    from apps.projects.actions import delete_project
+
+    # given a streamed answer under way
+    response = api.post("/v1/chat/completions", {"model": "tiny-gpt2", "messages": [{"role": "user", "content": "go"}],
+                                                 "max_tokens": 200, "stream": True}, format="json")  # fmt: skip
+    assert response.status_code == 200
+    chunks = iter(response.streaming_content)
+    received = b""
+    while not generated(received):
+        received += next(chunks)
+    # when the owner deletes its project before the answer is stored (the job goes with it)
+    delete_project(alice, alice_project)
+    # then the stream ends with an error that says so, and [DONE]
+    raw = (received + b"".join(chunks)).decode()
+    assert raw.endswith("data: [DONE]\n\n"), raw[-300:]
+    last = json.loads(raw.split("\n\n")[-3][6:])
+    message = (
+        "The project of this request was deleted before its answer could be stored. Retry in another project."
+    )
+    assert last == {
+        "error": {"message": message, "type": "invalid_request_error", "param": None, "code": "not_found"}
+    }
+
+
+def test_a_request_whose_project_is_deleted_while_it_waits_times_out_without_a_crash(
+    api: Any, alice: Any, alice_project: Any, tiny_chat: Any, settings: Any, transactional_db: None
+) -> None:
+    import threading
+
+    from django.db import connection
+
+    from apps.projects.actions import delete_project
+    from tests.conftest import wait_for
+
+    settings.INFERENCE_TIMEOUT_SECONDS = 2  # no worker is running
+
+    def delete_once_queued() -> None:
+        try:
+            wait_for(lambda: Job.objects.exists(), timeout=10)
+            delete_project(alice, alice_project)
+        finally:
+            connection.close()
+
+    deleter = threading.Thread(target=delete_once_queued)
+    deleter.start()
+    response = api.post("/v1/chat/completions", {"model": "tiny-gpt2", "messages": [{"role": "user", "content": "hi"}]},
+                        format="json")  # fmt: skip
+    deleter.join()
+
+    assert response.status_code == 504, response.content
+    assert response.json()["error"]["code"] == "timeout"
+    assert not Job.objects.exists()

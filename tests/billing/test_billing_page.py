@@ -125,6 +125,9 @@ def test_bad_limits_are_refused_with_a_clear_message(
         ("1.0000001", ""): "The spend limit: use at most 6 decimal places.",
         ("100", "150"): "The alert threshold ($150.00) is above the spend limit ($100.00)",
         ("2000000", ""): "The spend limit can be at most $1,000,000.00 a month.",
+        # a finite Decimal whose micro-dollars overflow Decimal's exponent (it was a 500)
+        ("1e999999", ""): "The spend limit can be at most $1,000,000.00 a month.",
+        ("50", "1e999999"): "The alert threshold can be at most $1,000,000.00 a month.",
     }
     for (limit, threshold), message in cases.items():
         response = alice_client.post("/billing/limits", {"spend_limit": limit, "alert_threshold": threshold})

@@ -12,7 +12,7 @@ import pytest
 from django.db import connection
 
 from apps.billing.models import Plan, UsageRecord
-from apps.billing.quotas import subscription_for
+from apps.billing.quotas import QuotaError, subscription_for
 from apps.jobs import admission, inference
 from apps.jobs.models import Job, JobKind, JobStatus
 from tests.conftest import Worker, billed, purge_queues, sentiment_csv, use_plan, wait_for
@@ -147,3 +147,27 @@ def test_fine_tunes_running_together_cannot_each_spend_the_same_allowance(
     assert total <= cap + 2 * step, (total, cap, step)
     # one of them stopped at the limit with the model of what it ran
     assert "spend_limit_reached" in [job.status_reason for job in jobs]
+
+
+def test_a_share_taken_without_a_cap_still_counts_once_a_cap_is_set(
+    alice: Any, alice_org: Any, alice_project: Any, pro: Any
+) -> None:
+    from apps.billing.actions import set_spend_limits
+
+    # given a batch running on the Pro plan with no spend limit: no cap at all
+    job = Job.objects.create(kind=JobKind.BATCH, organization=alice_org, project=alice_project,
+                             model_name="tiny-gpt2", status=JobStatus.RUNNING, attempt=1)  # fmt: skip
+    share = admission.SpendShare(job)
+    # when it asks for room for its next chunks, it gets it, and holds it
+    assert share.allows(5000, ahead=3000)
+    job.refresh_from_db()
+    assert job.reserved_cost == 8000
+    # and when the owner then sets a spend limit below what it holds (or the plan moves to Free)
+    set_spend_limits(alice_org, alice, 6000, None)
+    # then new work finds the cap taken by that share
+    with pytest.raises(QuotaError) as refused:
+        admission.reserve(subscription_for(alice_org), 100)
+    assert refused.value.headers == {"retry-after": str(admission.RESERVED_RETRY_AFTER_SECONDS)}
+    # and the batch, once it used its share, asks again and is refused: it stops at the cap
+    assert share.allows(8000)
+    assert not share.allows(8001)

@@ -245,6 +245,23 @@ def test_the_csv_pairs_results_with_inputs_and_neutralises_formulas(
     assert [json.loads(line)["custom_id"] for line in errors.splitlines()] == ["b"]
 
 
+def test_the_csv_reads_only_the_text_of_content_parts_the_customer_wrote(
+    alice_client: Any, alice_project: Any
+) -> None:
+    # given a batch file whose request holds content parts that are not all text (the worker refused it)
+    parts = [{"type": "text", "text": 5}, {"type": "text", "text": "hello "}, "world", {"type": "image_url"}]
+    body = {"model": "tiny-gpt2", "messages": [{"role": "user", "content": parts}]}
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    job = batch_with_results(
+        alice_project, [line], [], [chat_error("a", "Only text content parts are supported.")]
+    )
+    # when its results are downloaded as CSV
+    response = alice_client.get(url(alice_project, f"{job.public_id}/results.csv"))
+    # then the input column holds the text parts, and the download completes
+    rows = list(csv.reader(io.StringIO(download(response).decode())))
+    assert rows[1] == ["a", "hello ", "", "", "failed", "Only text content parts are supported."]
+
+
 def test_cancel_stops_a_batch(
     alice_client: Any, alice_org: Any, alice_project: Any, django_capture_on_commit_callbacks: Any
 ) -> None:

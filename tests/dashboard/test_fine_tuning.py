@@ -199,6 +199,19 @@ def test_the_estimate_warns_when_it_is_above_max_cost(
     assert field_error(page, "max_cost") == "max_cost must be an amount in dollars, e.g. 5 or 2.50."
 
 
+def test_a_max_cost_too_large_for_micro_dollars_is_refused_not_a_500(
+    alice_client: Any, alice_project: Any, train_file: File
+) -> None:
+    # 1e999999 dollars is a finite Decimal whose micro-dollars overflow Decimal's exponent
+    message = "max_cost must be at most $9,223,372,036,854.78."
+    for path in ("estimate", "new"):
+        response = alice_client.post(f"/projects/{alice_project.public_id}/fine-tuning/{path}",
+                                     form(train_file, max_cost="1e999999"))  # fmt: skip
+        assert response.status_code == 200, path
+        assert field_error(response.content.decode(), "max_cost") == message
+    assert not Job.objects.exists()
+
+
 # --- Starting a job -------------------------------------------------------------------------------
 def test_start_creates_one_job_exactly_as_the_api_does(
     alice_client: Any, api: Any, alice: Any, alice_project: Any, train_file: File,

@@ -108,6 +108,20 @@ def test_a_body_that_is_not_json_gets_a_400(alice_client: Any, alice_project: An
     assert response.json()["error"]["message"] == "The request body must be JSON."
 
 
+@pytest.mark.parametrize(
+    "body",
+    ['{"model": "tiny-gpt2", "max_tokens": 1' + "0" * 5000 + "}", "[" * 100_000, b'{"model": "\xff"}'],
+    ids=["integer-too-long", "nested-too-deep", "not-utf-8"],
+)
+def test_a_body_the_json_parser_cannot_read_gets_a_400_not_a_500(
+    alice_client: Any, alice_project: Any, body: str | bytes
+) -> None:
+    response = alice_client.post(url(alice_project, "chat"), body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "The request body must be JSON."
+    assert not Job.objects.exists()
+
+
 def test_a_model_that_does_not_answer_in_time_ends_the_stream_with_an_error(
     alice_client: Any, alice_project: Any, settings: Any
 ) -> None:

@@ -156,6 +156,22 @@ def test_a_classifier_teacher_is_distilled_into_a_student_that_agrees_with_it(
     assert answer.json()["data"][0]["labels"][0]["label"] in ("negative", "positive")
 
 
+def test_a_tiny_temperature_trains_on_the_teachers_top_labels_and_pays_the_teacher(
+    api: Any, celery_worker: Worker, student_base: Model, sentiment_teacher: Model
+) -> None:
+    # given the smallest temperature the API takes (it takes any number above 0)
+    file_id = upload(api, unlabelled(sentiment_csv(80, seed=4)))
+    job_id = start_distillation(api, file_id, teacher=sentiment_teacher.name, temperature=5e-324)
+
+    done = finished(api, job_id)
+
+    # then the student learns the teacher's labels as they are (not NaN targets that failed the job
+    # after the teacher had labelled every text, which billed nothing), and the teacher is paid
+    assert done["status"] == "succeeded", done["error"]
+    assert done["distillation"]["labelled_texts"] == 80
+    assert usage(job_id)["classified_texts"][:2] == (sentiment_teacher.name, 80)
+
+
 # --- a teacher behind the OpenAI proxy ---------------------------------------------------------------
 
 

@@ -352,6 +352,30 @@ def test_a_nul_byte_after_the_first_kilobytes_is_reported_on_its_line():
     assert errors(report) == [(1002, "line contains a NUL byte")]
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"text": "hi", "label": "a\\u0000b"}', "label contains a NUL character (\\u0000); remove it."),
+        ('{"text": "hi", "label": "a\\ud800b"}', "label contains a lone surrogate (\\ud800); remove it."),
+        ('{"messages": [{"role": "user", "content": "\\u0000"}]}',
+         "messages[0].content contains a NUL character (\\u0000); remove it."),
+        ('{"te\\u0000xt": "hi", "label": "a"}', "te\\u0000xt contains a NUL character (\\u0000); remove it."),
+    ],
+)  # fmt: skip
+def test_a_json_escape_of_text_the_database_cannot_store_is_an_error_on_its_line(line: str, message: str):
+    # the escape is six plain characters in the file, and NUL or a lone surrogate once decoded
+    data = (
+        jsonl({"text": "fine", "label": "a"}, {"text": "good", "label": "b"}).decode() + line + "\n"
+    ).encode()
+
+    report = validate(data)
+
+    assert report["valid"] is False
+    assert errors(report) == [(3, message)]
+    assert report["errors"][0]["hint"] == "remove the character: it cannot be stored as text"
+    json.dumps(report).encode()  # storable: the escapes stay escaped in the report
+
+
 def test_utf16_files_are_told_to_save_as_utf8():
     report = validate("text,label\nGood,pos\n".encode("utf-16"))
 

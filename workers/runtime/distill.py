@@ -74,10 +74,12 @@ def _unwrap(text: str) -> str:
 
 def soften(scores: Mapping[str, float], temperature: float) -> dict[str, float]:
     """softmax(logits / T) from the probabilities softmax(logits): p_i^(1/T), renormalised, which
-    is exact (the log-sum-exp terms cancel). Computed in log space so tiny probabilities survive."""
-    logs = {label: math.log(max(p, 1e-30)) / temperature for label, p in scores.items()}
+    is exact (the log-sum-exp terms cancel). Computed in log space so tiny probabilities survive.
+    The top log is taken away before dividing by T: a tiny T then makes the others' weights 0 (the
+    one-hot limit), where dividing first made every log infinite and every weight NaN."""
+    logs = {label: math.log(max(p, 1e-30)) for label, p in scores.items()}
     top = max(logs.values())
-    weights = {label: math.exp(value - top) for label, value in logs.items()}
+    weights = {label: math.exp((value - top) / temperature) for label, value in logs.items()}
     total = sum(weights.values())
     return {label: weight / total for label, weight in weights.items()}
 

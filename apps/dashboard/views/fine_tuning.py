@@ -141,6 +141,10 @@ def _micros(dollars: str) -> int:
         amount = Decimal(-1)
     if not amount.is_finite() or amount < 0:
         raise ActionError("max_cost must be an amount in dollars, e.g. 5 or 2.50.", param="max_cost")
+    # Compared in dollars, before multiplying: "1e999999" is a finite Decimal whose micro-dollars
+    # pass the Decimal context's largest exponent (an Overflow error).
+    if amount > Decimal(fine_tuning.MAX_COST) / 1_000_000:
+        raise ActionError(f"max_cost must be at most {usd(fine_tuning.MAX_COST)}.", param="max_cost")
     return int(amount * 1_000_000)
 
 

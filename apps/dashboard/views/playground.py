@@ -101,7 +101,9 @@ def _json_body(request: HttpRequest) -> dict[str, Any]:
         raise ActionError("The request body must be JSON.")
     try:
         body = json.loads(request.body or b"null")
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    # ValueError: not JSON, not UTF-8, or an integer of more digits than int() takes; RecursionError:
+    # nested deeper than the parser goes.
+    except (ValueError, RecursionError):
         raise ActionError("The request body must be JSON.") from None
     if not isinstance(body, dict):
         raise ActionError("The request body must be a JSON object.")

@@ -81,6 +81,13 @@ def test_softened_probabilities_are_the_softmax_of_the_logits_over_t() -> None:
     assert soften({"a": 1.0, "b": 1e-40}, 4.0)["b"] > 0
 
 
+def test_a_tiny_temperature_softens_to_the_top_label_not_to_nan() -> None:
+    # the API takes any temperature above 0: at 1e-310 the logs divided by T overflowed to -inf
+    for temperature in (1e-310, 5e-324, 1e-3):
+        assert soften({"a": 0.7, "b": 0.2, "c": 0.1}, temperature) == {"a": 1.0, "b": 0.0, "c": 0.0}
+    assert soften({"a": 0.5, "b": 0.5}, 1e-310) == {"a": 0.5, "b": 0.5}
+
+
 def test_held_out_texts_depend_only_on_the_seed() -> None:
     assert held_out_indices(200, 0.1, seed=7) == held_out_indices(200, 0.1, seed=7)
     assert len(held_out_indices(200, 0.1, seed=7)) == 20
