@@ -61,6 +61,7 @@ def delete_file(actor: User | None, file: File) -> None:
 
 # Long work whose worker writes to storage until it stops (checkpoints, weights, result files).
 STORING_KINDS = (JobKind.FINE_TUNE, JobKind.BATCH)
+INFERENCE_KINDS = (JobKind.GENERATION, JobKind.CLASSIFICATION)
 
 
 @transaction.atomic
@@ -76,11 +77,28 @@ def erase_project(project: Project) -> None:
 
     Refused while a fine-tune or batch of the project is unfinished: deleting cannot be undone, a
     paused job is work its owner meant to resume, and a running one goes on writing checkpoints and
-    weights until its worker stops, which would outlive the deletion. In-flight inference requests
-    do not block: they last seconds, and a project in use always has some."""
+    weights until its worker stops, which would outlive the deletion. Refused too, for a few seconds,
+    while a worker is answering one of its requests: the answer would reach the client with its job,
+    and so its bill, gone. Requests still waiting for a worker are deleted with the project (their
+    clients get a 404)."""
     # As in delete_file: a job created in the project meanwhile fails at its commit, never outlives it.
     Project.objects.select_for_update().filter(pk=project.pk).exists()
     jobs = Job.objects.filter(project=project)
+    # Locked, so that a worker cannot claim a waiting request between this check and the deletion:
+    # its claim waits for this transaction, then finds no row.
+    answering = sum(
+        job.status == JobStatus.RUNNING
+        for job in jobs.filter(kind__in=INFERENCE_KINDS, status__in=ACTIVE_STATUSES)
+        .select_for_update()
+        .only("status")
+    )
+    if answering:
+        raise ActionError(
+            f"The project's models are answering {answering} request(s) right now. Retry in a few seconds, "
+            "once they are done.",
+            code="project_in_use",
+            status=409,
+        )
     unfinished = list(
         jobs.filter(kind__in=STORING_KINDS, status__in=UNFINISHED_STATUSES)
         .order_by("id")[:4]

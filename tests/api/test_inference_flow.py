@@ -89,10 +89,11 @@ def generated(raw: bytes) -> bool:
     return any(c.get("choices") and c["choices"][0]["delta"].get("content") for c in chunks)
 
 
-def test_a_stream_whose_project_is_deleted_mid_answer_ends_with_an_error_not_a_crash(
+def test_a_project_answering_a_stream_is_not_deleted_before_the_answer_is_billed(
     api: Any, alice: Any, alice_project: Any, celery_worker: Any, tiny_chat: Any
 ) -> None:
-    from apps.projects.actions import delete_project
+    from apps.core.errors import ActionError
+    from apps.jobs.deletion import delete_project
 
     # given a streamed answer under way
     response = api.post("/v1/chat/completions", {"model": "tiny-gpt2", "messages": [{"role": "user", "content": "go"}],
@@ -102,18 +103,16 @@ def test_a_stream_whose_project_is_deleted_mid_answer_ends_with_an_error_not_a_c
     received = b""
     while not generated(received):
         received += next(chunks)
-    # when the owner deletes its project before the answer is stored (the job goes with it)
-    delete_project(alice, alice_project)
-    # then the stream ends with an error that says so, and [DONE]
+    # when the owner tries to delete its project (the job, and its bill, would go with it)
+    with pytest.raises(ActionError) as refused:
+        delete_project(alice, alice_project)
+    # then the deletion waits for the answer, which ends as usual and is billed
+    assert refused.value.code == "project_in_use" and refused.value.status == 409
     raw = (received + b"".join(chunks)).decode()
     assert raw.endswith("data: [DONE]\n\n"), raw[-300:]
-    last = json.loads(raw.split("\n\n")[-3][6:])
-    message = (
-        "The project of this request was deleted before its answer could be stored. Retry in another project."
-    )
-    assert last == {
-        "error": {"message": message, "type": "invalid_request_error", "param": None, "code": "not_found"}
-    }
+    job = Job.objects.get()
+    assert job.status == "succeeded" and job.usage.filter(unit="output_tokens").exists()
+    delete_project(alice, alice_project)  # and once it is answered, the project goes
 
 
 def test_a_request_whose_project_is_deleted_while_it_waits_times_out_without_a_crash(
@@ -123,7 +122,7 @@ def test_a_request_whose_project_is_deleted_while_it_waits_times_out_without_a_c
 
     from django.db import connection
 
-    from apps.projects.actions import delete_project
+    from apps.jobs.deletion import delete_project
     from tests.conftest import wait_for
 
     settings.INFERENCE_TIMEOUT_SECONDS = 2  # no worker is running

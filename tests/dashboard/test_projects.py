@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any
 
@@ -168,14 +169,32 @@ def test_a_project_with_an_unfinished_fine_tune_or_batch_is_not_deleted(
     assert stored(media) == {file.content.name}
 
 
-def test_inference_requests_in_flight_do_not_hold_a_deletion_back(
+def test_requests_waiting_for_a_worker_do_not_hold_a_deletion_back(
     alice_client: Any, alice_project: Any, media: Path, django_capture_on_commit_callbacks: Any
 ) -> None:
     for kind in (JobKind.GENERATION, JobKind.CLASSIFICATION):
-        Job.objects.create(kind=kind, status=JobStatus.RUNNING, project=alice_project,
+        Job.objects.create(kind=kind, status=JobStatus.QUEUED, project=alice_project,
                            organization=alice_project.organization, model_name="tiny-bert")  # fmt: skip
 
     with django_capture_on_commit_callbacks(execute=True):
         delete(alice_client, alice_project)
 
     assert not Project.objects.filter(pk=alice_project.pk).exists()
+
+
+def test_a_request_being_answered_holds_the_deletion_back_for_a_moment(
+    alice_client: Any, alice_project: Any
+) -> None:
+    # (its answer would reach the client with its job, and so its usage record, deleted)
+    Job.objects.create(kind=JobKind.GENERATION, status=JobStatus.RUNNING, project=alice_project,
+                       organization=alice_project.organization, model_name="tiny-gpt2")  # fmt: skip
+
+    page = delete(alice_client, alice_project)
+
+    assert Project.objects.filter(pk=alice_project.pk).exists()
+    assert (
+        html.escape(
+            "The project's models are answering 1 request(s) right now. Retry in a few seconds, once they are done."
+        )
+        in page
+    )
