@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -7,9 +9,15 @@ from django.views.decorators.http import require_POST
 
 from apps.accounts import actions
 from apps.core.errors import ActionError
+from apps.dashboard.checklist import Checklist, api_base_url, checklist_for
 from apps.dashboard.views.common import get_project, member_required, run_action
+from apps.dashboard.views.files import fine_tune_url, uploads
+from apps.dashboard.views.models import final_models, playground_url
+from apps.jobs.models import Job, JobKind
 from apps.projects import actions as project_actions
 from apps.projects.models import Project
+from apps.projects.samples import upload_sample
+from apps.registry.models import Task
 
 
 @member_required
@@ -23,24 +31,45 @@ def project_list(request: HttpRequest) -> HttpResponse:
             return redirect("dashboard:projects")
         messages.success(request, f"Project “{project.name}” created.")
         return redirect("dashboard:project", project.public_id)
-    projects = Project.objects.filter(organization=organization)
-    return render(request, "dashboard/projects.html", {"projects": projects})
+    projects = list(Project.objects.filter(organization=organization))
+    # A new organization's one project: point at its checklist rather than leave a bare list.
+    starter = projects[0] if len(projects) == 1 and checklist_for(projects[0]).is_shown else None
+    return render(request, "dashboard/projects.html", {"projects": projects, "starter": starter})
 
 
 @member_required
 def project_detail(request: HttpRequest, project_id: str) -> HttpResponse:
     project = get_project(request, project_id)
+    jobs = Job.objects.filter(project=project)
+    checklist = checklist_for(project)
     return render(
         request,
         "dashboard/project.html",
         {
             "current_project": project,
             "project": project,
-            "file_count": project.files.count(),
-            "job_count": project.jobs.count(),
+            # Each counts what the page it links to lists.
+            "file_count": uploads(project).count(),
+            "fine_tune_count": jobs.filter(kind=JobKind.FINE_TUNE).count(),
+            "model_count": final_models(project.organization).count(),
+            "batch_count": jobs.filter(kind=JobKind.BATCH).count(),
             "key_count": project.api_keys.filter(revoked_at__isnull=True).count(),
+            **(_checklist_context(project, checklist) if checklist.is_shown else {}),
         },
     )
+
+
+def _checklist_context(project: Project, checklist: Checklist) -> dict[str, Any]:
+    model = checklist.model
+    return {
+        "checklist": checklist,
+        "checklist_percent": 25 * checklist.steps_done,
+        "fine_tune_url": fine_tune_url(project, checklist.upload) if checklist.upload else None,
+        "playground_url": playground_url(project, model) if model else None,
+        "api_base_url": api_base_url(),
+        "snippet_model": model.name if model else "YOUR_MODEL_ID",
+        "snippet_task": model.task if model else Task.CLASSIFICATION,
+    }
 
 
 @member_required
@@ -66,3 +95,27 @@ def project_delete(request: HttpRequest, project_id: str) -> HttpResponse:
             return redirect("dashboard:projects")
         return redirect("dashboard:project", project.public_id)
     return render(request, "dashboard/project_delete.html", {"project": project, "current_project": project})
+
+
+# --- The getting-started checklist ----------------------------------------------------------------
+@member_required
+@require_POST
+def use_sample(request: HttpRequest, project_id: str) -> HttpResponse:
+    """Uploads the sample dataset, as an upload of the user's own would be: validated by a worker."""
+    project = get_project(request, project_id)
+    try:
+        file = upload_sample(project, request.user)  # type: ignore[arg-type]
+    except ActionError as exc:
+        messages.error(request, exc.message)
+        return redirect("dashboard:project", project.public_id)
+    messages.success(request, f"Added the sample dataset “{file.filename}”. Validating it now.")
+    return redirect("dashboard:file", project.public_id, file.public_id)
+
+
+@member_required
+@require_POST
+def dismiss_checklist(request: HttpRequest, project_id: str) -> HttpResponse:
+    project = get_project(request, project_id)
+    project.dismiss_checklist()
+    messages.success(request, "Checklist hidden. The docs are under API reference in the sidebar.")
+    return redirect("dashboard:project", project.public_id)
