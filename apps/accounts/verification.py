@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# allauth's own modules import each other in a circle; its views load `internal` first, and so
+# must we, or `stages` below fails to import.
+from allauth.account.internal import flows  # noqa: F401
 from allauth.account.models import Login
 from allauth.account.stages import EmailVerificationStage, LoginStageController
 from allauth.account.utils import user_email

@@ -65,7 +65,7 @@ def test_a_member_cannot_rename_the_organization(client: Client, bob: Any, alice
 def test_a_blank_name_is_refused_beside_the_field(alice_client: Client, alice_org: Any) -> None:
     response = alice_client.post(RENAME, {"name": "   "})
 
-    assert response.status_code == 400
+    assert response.status_code == 200
     page = response.content.decode()
     assert (
         '<p class="errorlist" id="organization-name-error" role="alert">Give the organization a name.</p>'
@@ -93,7 +93,7 @@ def test_an_owner_sets_the_slug_once_and_then_it_is_fixed(alice_client: Client, 
     response = alice_client.post(SLUG, {"slug": "acme-two"})
 
     # then
-    assert response.status_code == 409
+    assert response.status_code == 200
     assert (
         "This organization&#x27;s slug is already “acme-ml” and cannot be changed: model ids are built from it."
         in response.content.decode()
@@ -125,7 +125,7 @@ def test_a_bad_slug_is_refused_with_what_is_wrong(
 ) -> None:
     response = alice_client.post(SLUG, {"slug": typed})
 
-    assert response.status_code == 400
+    assert response.status_code == 200
     page = response.content.decode()
     assert f'<p class="errorlist" id="organization-slug-error" role="alert">{message}</p>' in page
     assert 'aria-invalid="true"' in page
@@ -136,7 +136,7 @@ def test_a_bad_slug_is_refused_with_what_is_wrong(
 def test_a_slug_another_organization_has_is_refused(alice_client: Client, alice_org: Any, carol: Any) -> None:
     response = alice_client.post(SLUG, {"slug": "outsiders-inc"})
 
-    assert response.status_code == 409
+    assert response.status_code == 200
     assert (
         "The slug “outsiders-inc” is taken by another organization. Choose another."
         in response.content.decode()

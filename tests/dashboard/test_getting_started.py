@@ -79,9 +79,10 @@ def test_a_new_project_shows_the_checklist_with_nothing_done(
     assert f'action="/projects/{alice_project.public_id}/getting-started/sample"' in upload
     assert '<button type="submit" id="use-sample">Use the sample dataset</button>' in upload
     assert "Once a file has passed validation, fine-tune a base model on it." in step(page, "fine-tune")
-    assert '<a href="/projects/' + alice_project.public_id + '/api-keys/">Create an API key</a>' in step(
-        page, "code"
-    )
+    assert (
+        "Once a model is fine-tuned, the Python and curl that call it are here, filled in. You will need an "
+        f'<a href="/projects/{alice_project.public_id}/api-keys/">API key</a>.'
+    ) in step(page, "code")
 
 
 def test_the_sample_dataset_is_uploaded_and_validated_like_any_upload(

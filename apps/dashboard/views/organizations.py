@@ -62,6 +62,12 @@ def _settings_page(request: HttpRequest, *, status: int = 200, **form: str) -> H
     return render(request, "dashboard/organization.html", context, status=status)
 
 
+def _page_status(exc: ActionError) -> int:
+    # The form comes back with its error beside the field, as every dashboard form does (200); a
+    # refusal of who is asking stays a 403.
+    return 403 if exc.status == 403 else 200
+
+
 @member_required
 def organization_settings(request: HttpRequest) -> HttpResponse:
     return _settings_page(request)
@@ -74,7 +80,7 @@ def organization_rename(request: HttpRequest) -> HttpResponse:
     try:
         actions.rename_organization(request.user, request.organization, name)  # type: ignore[arg-type,attr-defined]
     except ActionError as exc:
-        return _settings_page(request, status=exc.status, name_value=name, name_error=exc.message)
+        return _settings_page(request, status=_page_status(exc), name_value=name, name_error=exc.message)
     messages.success(request, f"The organization is now called “{name.strip()[:100]}”.")
     return redirect("dashboard:organization")
 
@@ -86,7 +92,7 @@ def organization_slug(request: HttpRequest) -> HttpResponse:
     try:
         organization = actions.choose_organization_slug(request.user, request.organization, raw)  # type: ignore[arg-type,attr-defined]
     except ActionError as exc:
-        return _settings_page(request, status=exc.status, slug_value=raw, slug_error=exc.message)
+        return _settings_page(request, status=_page_status(exc), slug_value=raw, slug_error=exc.message)
     messages.success(
         request,
         f"New model ids now start ft:<base model>:{organization.slug}:… Models made before keep their ids.",

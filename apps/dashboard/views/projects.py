@@ -17,7 +17,6 @@ from apps.jobs.models import Job, JobKind
 from apps.projects import actions as project_actions
 from apps.projects.models import Project
 from apps.projects.samples import upload_sample
-from apps.registry.models import Task
 
 
 @member_required
@@ -67,8 +66,6 @@ def _checklist_context(project: Project, checklist: Checklist) -> dict[str, Any]
         "fine_tune_url": fine_tune_url(project, checklist.upload) if checklist.upload else None,
         "playground_url": playground_url(project, model) if model else None,
         "api_base_url": api_base_url(),
-        "snippet_model": model.name if model else "YOUR_MODEL_ID",
-        "snippet_task": model.task if model else Task.CLASSIFICATION,
     }
 
 
