@@ -231,9 +231,9 @@ def invite_member(organization: Organization, inviter: User, email: str, role: s
     link = settings.SITE_URL + reverse("dashboard:accept_invitation", args=[token])
     transaction.on_commit(
         lambda: send_mail(
-            subject=f"You are invited to {single_line(organization.name)} on Modelworks",
+            subject=f"You are invited to {single_line(organization.name)} on {settings.SITE_NAME}",
             message=(
-                f"{inviter.email} invited you to join {organization.name} on Modelworks as {role}.\n\n"
+                f"{inviter.email} invited you to join {organization.name} on {settings.SITE_NAME} as {role}.\n\n"
                 f"Accept the invitation: {link}\n\nThe link is valid for 7 days."
             ),
             from_email=None,

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.conf import settings
-
 from apps.accounts.models import ApiKey
 from apps.jobs.models import FINISHED_STATUSES, Job, JobKind, JobStatus
 from apps.projects.models import File, FilePurpose, FileStatus, Project
@@ -20,12 +18,6 @@ from apps.projects.samples import SAMPLE_BASE_MODEL, SAMPLE_FILENAME, SAMPLE_LAB
 from apps.registry.models import Model
 
 INFERENCE_KINDS = (JobKind.GENERATION, JobKind.CLASSIFICATION)
-
-
-def api_base_url() -> str:
-    """The API's base URL as customers' code must write it: the site's own address, not the host
-    a page happened to be fetched from (a proxy, a port forward)."""
-    return f"{settings.SITE_URL}/v1"
 
 
 @dataclass(frozen=True)

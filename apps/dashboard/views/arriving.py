@@ -16,7 +16,7 @@ from django.views.decorators.http import require_POST
 from apps.accounts.verification import pending_verification
 from apps.billing.models import Plan, Price
 from apps.core.money import usd
-from apps.dashboard.checklist import api_base_url
+from apps.dashboard.snippets import api_base_url
 from apps.registry.models import Model, Provider, Task
 
 NO_SIGNUP_WAITING = (

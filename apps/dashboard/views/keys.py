@@ -7,7 +7,7 @@ from django.views.decorators.http import require_POST
 
 from apps.accounts import actions
 from apps.accounts.models import ApiKey
-from apps.dashboard.checklist import api_base_url
+from apps.dashboard.snippets import api_base_url
 from apps.dashboard.views.common import get_project, member_required, run_action
 
 NEW_KEY_SESSION = "new_api_key"

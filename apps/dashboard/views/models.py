@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from apps.accounts.models import Organization
-from apps.dashboard.checklist import api_base_url
+from apps.dashboard.snippets import api_base_url
 from apps.dashboard.views.common import get_project, member_required, run_action
 from apps.dashboard.views.fine_tuning import _result_files as job_result_files
 from apps.dashboard.views.fine_tuning import metrics_context

@@ -18,7 +18,7 @@ from apps.accounts.models import Organization
 from apps.billing import quotas
 from apps.core.errors import ActionError
 from apps.core.text import refuse_unstorable
-from apps.dashboard.checklist import api_base_url
+from apps.dashboard.snippets import api_base_url
 from apps.dashboard.views.common import get_project, member_required
 from apps.jobs import admission, inference, serving
 from apps.jobs.responses import server_sent_events

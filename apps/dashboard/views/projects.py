@@ -9,7 +9,8 @@ from django.views.decorators.http import require_POST
 
 from apps.accounts import actions
 from apps.core.errors import ActionError
-from apps.dashboard.checklist import Checklist, api_base_url, checklist_for
+from apps.dashboard.checklist import Checklist, checklist_for
+from apps.dashboard.snippets import api_base_url
 from apps.dashboard.views.common import get_project, member_required, run_action
 from apps.dashboard.views.files import fine_tune_url, uploads
 from apps.dashboard.views.models import final_models, playground_url
@@ -30,9 +31,10 @@ def project_list(request: HttpRequest) -> HttpResponse:
             return redirect("dashboard:projects")
         messages.success(request, f"Project “{project.name}” created.")
         return redirect("dashboard:project", project.public_id)
-    projects = list(Project.objects.filter(organization=organization))
+    projects = Project.objects.filter(organization=organization)
     # A new organization's one project: point at its checklist rather than leave a bare list.
-    starter = projects[0] if len(projects) == 1 and checklist_for(projects[0]).is_shown else None
+    first = list(projects[:2])
+    starter = first[0] if len(first) == 1 and checklist_for(first[0]).is_shown else None
     return render(request, "dashboard/projects.html", {"projects": projects, "starter": starter})
 
 
