@@ -108,6 +108,13 @@ SECRET_KEY = SECRET_KEY or "django-insecure-development-only-never-use-in-produc
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 SITE_URL = os.environ.get("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
+# The product's name in emails and pages. The Sites framework's one site takes its name from this
+# and its domain from SITE_URL after every `migrate` (apps/accounts/site.py), so allauth's emails
+# say "Modelworks", never the host a request happened to come in on.
+SITE_NAME = os.environ.get("SITE_NAME", "Modelworks")
+SITE_ID = 1
+# Where customers write when something goes wrong; named on the sign-up and verification pages.
+SUPPORT_EMAIL = os.environ.get("SUPPORT_EMAIL", "support@modelworks.localhost")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -117,6 +124,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
+    "django.contrib.sites",
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -169,6 +177,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "apps.accounts.context_processors.organizations",
+                "apps.accounts.context_processors.product",
                 "apps.dashboard.views.billing.banners",
             ],
         },
@@ -236,6 +245,10 @@ ACCOUNT_USER_MODEL_USERNAME_FIELD = None
 ACCOUNT_EMAIL_VERIFICATION = os.environ.get("ACCOUNT_EMAIL_VERIFICATION", "mandatory")
 ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_LOGOUT_ON_GET = False
+# The link in the verification email logs in the browser that signed up (allauth does it only for
+# the session that is waiting for it, within ACCOUNT_LOGIN_TIMEOUT), so a new customer goes from
+# the email straight to their projects.
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_ADAPTER = "apps.dashboard.adapter.AccountAdapter"
 # Failed logins, on the dashboard and in the admin alike (they share the counts). In allauth
 # 65.21, `login_failed`'s "key" is the account alone (site domain + email), whatever the address:

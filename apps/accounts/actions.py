@@ -3,27 +3,31 @@
 
 from __future__ import annotations
 
+import re
 import secrets
+import string
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.core.validators import validate_email
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from django.urls import reverse
 from django.utils import timezone
 
-from apps.accounts.models import Invitation, Membership, Organization, Role, User
+from apps.accounts.models import SLUG_MAX_LENGTH, Invitation, Membership, Organization, Role, User
 from apps.core.errors import ActionError, PermissionDenied
 from apps.core.mail import single_line
+
+BLANK_ORGANIZATION_NAME = "Give the organization a name."
 
 
 def organization_name(name: str) -> str:
     """The name a new organization gets, or a refusal when there is none."""
     name = name.strip()
     if not name:
-        raise ActionError("Give the organization a name.", param="name")
+        raise ActionError(BLANK_ORGANIZATION_NAME, param="name")
     return name[:100]
 
 
@@ -31,11 +35,13 @@ def personal_organization_name(user: User) -> str:
     return f"{user.name or user.email.split('@')[0]}'s organization"
 
 
-def create_owned_organization(user: User, name: str) -> Organization:
+def create_owned_organization(user: User, name: str, *, slug: str | None = None) -> Organization:
     """The organization and its first owner, `user`. Only onboarding calls this
     (`apps.projects.onboarding.create_organization`): an organization needs its project and its
-    subscription from the start."""
-    organization = Organization.objects.create(name=organization_name(name), created_by=user)
+    subscription from the start. Its slug is `slug`, or one made from its name; an owner may choose
+    another once (`choose_organization_slug`)."""
+    name = organization_name(name)
+    organization = _create_with_free_slug(name, user, slug or slug_from_name(name))
     Membership.objects.create(organization=organization, user=user, role=Role.OWNER)
     return organization
 
@@ -45,6 +51,102 @@ def owned_or_created(user: User) -> QuerySet[Organization]:
     creator's)."""
     owned = Membership.objects.filter(user=user, role=Role.OWNER).values("organization_id")
     return Organization.objects.filter(Q(pk__in=owned) | Q(created_by=user))
+
+
+# --- Slugs: the organization's part of its model ids ----------------------------------------------
+SLUG_MIN_LENGTH = 2
+SLUG_RULES = f"{SLUG_MIN_LENGTH} to {SLUG_MAX_LENGTH} lowercase letters, digits and hyphens"
+BLANK_SLUG = f"Choose a slug: {SLUG_RULES}."
+SLUG_LENGTH = "A slug is {rules}; “{slug}” has {count} character{s}."
+SLUG_CHARACTER = "A slug may contain only letters, digits and hyphens; “{slug}” contains {character}."
+SLUG_EDGE = "A slug starts and ends with a letter or a digit, not a hyphen."
+SLUG_TAKEN = "The slug “{slug}” is taken by another organization. Choose another."
+SLUG_FIXED = (
+    "This organization's slug is already “{slug}” and cannot be changed: model ids are built from it."
+)
+SLUG_OWNERS_ONLY = "Only owners can choose the organization's slug."
+_NOT_SLUG = re.compile(r"[^a-z0-9]+")
+_SLUG_CHARACTERS = frozenset(string.ascii_lowercase + string.digits + "-")
+
+
+def slug_from_name(name: str) -> str:
+    """ "Acme Labs, Inc." → "acme-labs-inc" ("org" when nothing of the name is usable)."""
+    slug = _NOT_SLUG.sub("-", name.lower()).strip("-")[:SLUG_MAX_LENGTH].strip("-")
+    return slug if len(slug) >= SLUG_MIN_LENGTH else "org"
+
+
+def neutral_slug() -> str:
+    return "org-" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def _numbered(base: str, n: int) -> str:
+    tail = f"-{n}"
+    return base[: SLUG_MAX_LENGTH - len(tail)].rstrip("-") + tail
+
+
+def _create_with_free_slug(name: str, user: User, base: str) -> Organization:
+    """The organization, under `base` or the first of `base-2`, `base-3`… that no one has."""
+    taken = set(Organization.objects.filter(slug__startswith=base).values_list("slug", flat=True))
+    candidates = (base if n == 1 else _numbered(base, n) for n in range(1, 1000))
+    for slug in (candidate for candidate in candidates if candidate not in taken):
+        try:
+            with transaction.atomic():  # a savepoint: a slug taken meanwhile only costs a retry
+                return Organization.objects.create(name=name, created_by=user, slug=slug)
+        except IntegrityError:
+            taken.add(slug)
+    raise ActionError(SLUG_TAKEN.format(slug=base), param="slug")  # a thousand organizations of one name
+
+
+def clean_slug(raw: str) -> str:
+    """The slug as typed, lowered, or an ActionError that says what is wrong with it."""
+    slug = raw.strip().lower()
+    if not slug:
+        raise ActionError(BLANK_SLUG, param="slug")
+    bad = next((c for c in slug if c not in _SLUG_CHARACTERS), None)
+    if bad is not None:
+        character = "a space" if bad.isspace() else f"“{bad}”"
+        raise ActionError(SLUG_CHARACTER.format(slug=slug, character=character), param="slug")
+    if not SLUG_MIN_LENGTH <= len(slug) <= SLUG_MAX_LENGTH:
+        count = len(slug)
+        message = SLUG_LENGTH.format(rules=SLUG_RULES, slug=slug, count=count, s="" if count == 1 else "s")
+        raise ActionError(message, param="slug")
+    if slug.startswith("-") or slug.endswith("-"):
+        raise ActionError(SLUG_EDGE, param="slug")
+    return slug
+
+
+@transaction.atomic
+def choose_organization_slug(actor: User, organization: Organization, raw: str) -> Organization:
+    """Sets the slug new model ids are built from. Once: existing models keep the ids they have."""
+    membership = get_membership(actor, organization)
+    if membership is None or membership.role != Role.OWNER:
+        raise PermissionDenied(SLUG_OWNERS_ONLY)
+    # Locked, so that of two owners choosing at once the second sees the first one's choice.
+    locked = Organization.objects.select_for_update().get(pk=organization.pk)
+    if locked.slug_chosen_at is not None:
+        raise ActionError(SLUG_FIXED.format(slug=locked.slug), code="slug_fixed", param="slug", status=409)
+    slug = clean_slug(raw)
+    if Organization.objects.filter(slug=slug).exclude(pk=locked.pk).exists():
+        raise ActionError(SLUG_TAKEN.format(slug=slug), code="slug_taken", param="slug", status=409)
+    locked.slug, locked.slug_chosen_at = slug, timezone.now()
+    try:
+        with transaction.atomic():
+            locked.save(update_fields=["slug", "slug_chosen_at"])
+    except IntegrityError:  # another organization took it between the check and the write
+        raise ActionError(SLUG_TAKEN.format(slug=slug), code="slug_taken", param="slug", status=409) from None
+    organization.slug, organization.slug_chosen_at = locked.slug, locked.slug_chosen_at
+    return organization
+
+
+def rename_organization(actor: User, organization: Organization, name: str) -> Organization:
+    """A new display name. Model ids do not change: they are built from the slug."""
+    require_manager(actor, organization)
+    name = name.strip()
+    if not name:
+        raise ActionError(BLANK_ORGANIZATION_NAME, param="name")
+    Organization.objects.filter(pk=organization.pk).update(name=name[:100])
+    organization.name = name[:100]
+    return organization
 
 
 def get_membership(user: User, organization: Organization) -> Membership | None:
@@ -99,9 +201,9 @@ def invite_member(organization: Organization, inviter: User, email: str, role: s
     link = settings.SITE_URL + reverse("dashboard:accept_invitation", args=[token])
     transaction.on_commit(
         lambda: send_mail(
-            subject=f"You are invited to {single_line(organization.name)} on Modelworks",
+            subject=f"You are invited to {single_line(organization.name)} on {settings.SITE_NAME}",
             message=(
-                f"{inviter.email} invited you to join {organization.name} on Modelworks as {role}.\n\n"
+                f"{inviter.email} invited you to join {organization.name} on {settings.SITE_NAME} as {role}.\n\n"
                 f"Accept the invitation: {link}\n\nThe link is valid for 7 days."
             ),
             from_email=None,

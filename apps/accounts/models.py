@@ -66,11 +66,19 @@ class OrganizationQuerySet(models.QuerySet["Organization"]):
         return self.filter(memberships__user=user)
 
 
+SLUG_MAX_LENGTH = 40
+
+
 class Organization(models.Model):
     """Owns everything billable: projects, files, jobs, models, usage."""
 
     public_id = models.CharField(max_length=40, unique=True, default=new_org_id, editable=False)
     name = models.CharField(max_length=100)
+    # The organization's part of its fine-tuned model ids, `ft:{base}:{slug}:{suffix}:{job}`. Made
+    # when the organization is, chosen by an owner once (`slug_chosen_at`), then fixed: a model keeps
+    # the id it was made with, so a later change would only split one organization's ids in two.
+    slug = models.CharField(max_length=SLUG_MAX_LENGTH, unique=True)
+    slug_chosen_at = models.DateTimeField(null=True, blank=True)
     # Who created it. Kept after they leave: a free organization counts against its creator's
     # allowance (`FREE_ORGANIZATIONS_PER_USER`) even once handed to someone else.
     created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")

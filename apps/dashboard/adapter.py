@@ -4,6 +4,7 @@ from typing import Any
 
 from allauth.account.adapter import DefaultAccountAdapter
 from allauth.core.internal import ratelimit
+from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest
 
@@ -24,6 +25,10 @@ class AccountAdapter(DefaultAccountAdapter):
             if commit:
                 onboarding.create_personal_organization(user)
         return user
+
+    def send_mail(self, template_prefix: str, email: str, context: dict[str, Any]) -> None:
+        """allauth's emails, with where to write for help (their footer names it)."""
+        super().send_mail(template_prefix, email, {"support_email": settings.SUPPORT_EMAIL, **context})
 
     def pre_authenticate(self, request: HttpRequest, **credentials: Any) -> None:
         """Before allauth's own counts, the count of this account's failures from this address.

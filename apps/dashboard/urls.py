@@ -1,6 +1,7 @@
 from django.urls import path
 
 from apps.dashboard.views import (
+    arriving,
     batches,
     billing,
     files,
@@ -17,9 +18,13 @@ from apps.dashboard.views import (
 app_name = "dashboard"
 
 urlpatterns = [
-    path("", organizations.home, name="home"),
+    path("", arriving.home, name="home"),
+    path("verify-email/resend", arriving.resend_verification, name="resend_verification"),
     path("organizations/switch", organizations.switch_organization, name="switch_organization"),
     path("organizations/new", organizations.organization_new, name="organization_new"),
+    path("organization/", organizations.organization_settings, name="organization"),
+    path("organization/rename", organizations.organization_rename, name="organization_rename"),
+    path("organization/slug", organizations.organization_slug, name="organization_slug"),
     path("team/", team.team, name="team"),
     path("team/members/<int:membership_id>/role", team.member_role, name="member_role"),
     path("team/members/<int:membership_id>/remove", team.member_remove, name="member_remove"),
@@ -29,6 +34,12 @@ urlpatterns = [
     path("projects/<str:project_id>/", projects.project_detail, name="project"),
     path("projects/<str:project_id>/rename", projects.project_rename, name="project_rename"),
     path("projects/<str:project_id>/delete", projects.project_delete, name="project_delete"),
+    path("projects/<str:project_id>/getting-started/sample", projects.use_sample, name="use_sample"),
+    path(
+        "projects/<str:project_id>/getting-started/dismiss",
+        projects.dismiss_checklist,
+        name="dismiss_checklist",
+    ),
     path("projects/<str:project_id>/api-keys/", keys.api_keys, name="api_keys"),
     path(
         "projects/<str:project_id>/api-keys/<str:prefix>/revoke", keys.api_key_revoke, name="api_key_revoke"

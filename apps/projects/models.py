@@ -4,6 +4,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from apps.accounts.models import Organization
 from apps.core.ids import random_id
@@ -35,6 +36,8 @@ class Project(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # The getting-started checklist on the project's page was closed (it also goes once done).
+    checklist_dismissed_at = models.DateTimeField(null=True, blank=True)
 
     objects = ProjectQuerySet.as_manager()
 
@@ -43,6 +46,11 @@ class Project(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def dismiss_checklist(self) -> None:
+        if self.checklist_dismissed_at is None:
+            self.checklist_dismissed_at = timezone.now()
+            self.save(update_fields=["checklist_dismissed_at"])
 
 
 class FilePurpose(models.TextChoices):

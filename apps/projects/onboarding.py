@@ -17,20 +17,23 @@ from apps.projects.actions import DEFAULT_PROJECT_NAME, create_project
 
 
 @transaction.atomic
-def create_organization(user: User, name: str) -> Organization:
+def create_organization(user: User, name: str, *, slug: str | None = None) -> Organization:
     """An organization owned by `user`, with a default project, on the Free plan; refused (403)
-    once `user` has all the free organizations a person may have."""
+    once `user` has all the free organizations a person may have. Its slug (the organization's
+    part of its model ids) is `slug`, or one made from its name."""
     name = accounts.organization_name(name)
     # Locks the user's row: two concurrent creations cannot both see room for one more.
     User.objects.select_for_update().filter(pk=user.pk).first()
     refusal = free_organization_refusal(user)
     if refusal is not None:
         raise ActionError(refusal, code="free_organization_limit", status=403)
-    organization = accounts.create_owned_organization(user, name)
+    organization = accounts.create_owned_organization(user, name, slug=slug)
     create_project(organization, user, DEFAULT_PROJECT_NAME)
     billing.start_free_subscription(organization)
     return organization
 
 
 def create_personal_organization(user: User) -> Organization:
-    return create_organization(user, accounts.personal_organization_name(user))
+    """Signup's organization. Its name says whose it is; its slug does not, as model ids travel
+    further than the dashboard (logs, code, other companies' systems)."""
+    return create_organization(user, accounts.personal_organization_name(user), slug=accounts.neutral_slug())

@@ -6,13 +6,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from apps.accounts.models import Organization
 from apps.registry.models import Model
 
 
-def fine_tuned_name(base: str, organization_name: str, suffix: str, job_id: str) -> str:
-    """OpenAI's naming: `ft:{base}:{org}:{suffix}:{job}`."""
-    org = re.sub(r"[^a-z0-9-]+", "-", organization_name.lower()).strip("-")[:40] or "org"
-    return f"ft:{base}:{org}:{suffix}:{job_id}" if suffix else f"ft:{base}:{org}::{job_id}"
+def fine_tuned_name(base: str, organization: Organization, suffix: str, job_id: str) -> str:
+    """OpenAI's naming: `ft:{base}:{org}:{suffix}:{job}`, `org` being the organization's slug (not
+    its name, which its members may change). A model keeps the name it was made with: its row
+    stores it, so ids made before a slug was chosen go on working."""
+    return f"ft:{base}:{organization.slug}:{suffix}:{job_id}"
 
 
 def create_fine_tuned_model(
@@ -21,7 +23,7 @@ def create_fine_tuned_model(
     base = job.model
     suffix = (job.request or {}).get("suffix") or ""
     model, _ = Model.objects.update_or_create(
-        name=fine_tuned_name(base.name, job.organization.name, suffix, job.public_id),
+        name=fine_tuned_name(base.name, job.organization, suffix, job.public_id),
         defaults={
             "organization": job.organization,
             "project": job.project,

@@ -59,7 +59,7 @@ def test_password_reset_sends_a_link(client: Any, alice: Any) -> None:
 
 
 def test_pages_require_login(client: Any, db: None) -> None:
-    for path in ("/", "/projects/", "/team/", "/usage/", "/billing/"):
+    for path in ("/projects/", "/team/", "/usage/", "/billing/", "/organization/"):
         response = client.get(path)
         assert response.status_code == 302, path
         assert response["Location"].startswith("/accounts/login/"), path

@@ -34,7 +34,8 @@ NOT_PAGES = {
     "switch_organization", "member_role", "member_remove", "invitation_revoke", "project_rename",
     "api_key_revoke", "file_upload", "file_content", "file_delete", "job_metrics", "job_cancel",
     "model_download", "model_delete", "playground_chat", "batch_cancel", "batch_output",
-    "batch_errors", "batch_results_csv", "usage_daily", "usage_export",
+    "batch_errors", "batch_results_csv", "usage_daily", "usage_export", "resend_verification", "use_sample",
+    "dismiss_checklist",
 }  # fmt: skip
 LABELLED_CSV = b"text,label\nrefund please,billing\nthe app crashes,bug\nlove it,praise\nso slow,bug\n"
 
@@ -109,7 +110,7 @@ def test_every_page_has_the_policy_and_no_inline_code(
     base = f"/projects/{alice_project.public_id}"
     file, model = busy_project["file"], busy_project["model"]
     running, finished, batch = busy_project["running"], busy_project["finished"], busy_project["batch"]
-    anonymous = ["/accounts/login/", "/accounts/signup/", "/accounts/password/reset/",
+    anonymous = ["/", "/accounts/login/", "/accounts/signup/", "/accounts/password/reset/",
                  "/invitations/dave-token/"]  # fmt: skip
     pages = [
         "/", "/organizations/new", "/team/", "/invitations/dave-token/", "/projects/", f"{base}/",
@@ -120,7 +121,7 @@ def test_every_page_has_the_policy_and_no_inline_code(
         f"{base}/models/", f"{base}/models/{model.name}/", f"{base}/models/minilm-l6/",
         f"{base}/playground/", f"{base}/batches/", f"{base}/batches/{batch.public_id}/",
         f"{base}/batches/{batch.public_id}/status", "/usage/", "/accounts/email/",
-        "/accounts/password/change/",
+        "/accounts/password/change/", "/organization/",
     ]  # fmt: skip
     found: dict[str, list[str]] = {}
     visited: set[str] = set()
@@ -128,6 +129,9 @@ def test_every_page_has_the_policy_and_no_inline_code(
     # when
     for path in anonymous:
         found[f"anonymous {path}"] = problems(client.get(path))
+    signup = {"email": "new@example.com", "password1": "a-long-password-1", "password2": "a-long-password-1"}
+    client.post("/accounts/signup/", signup)  # the verify-email page, with its resend form
+    found["anonymous /accounts/confirm-email/"] = problems(client.get("/accounts/confirm-email/"))
     login(client, alice)
     for path in pages:
         response = client.get(path, follow=True)
@@ -138,6 +142,8 @@ def test_every_page_has_the_policy_and_no_inline_code(
         (f"{base}/fine-tuning/estimate", {"training_file": file.public_id, "model": "minilm-l6"}),
         (f"{base}/playground/classify", {"model": model.name, "input": ""}),  # the error fragment
         (f"{base}/batches/new", {"model": "no-such-model", "file": file.public_id}),  # the page again
+        ("/organization/rename", {"name": ""}),  # the settings page with the error beside the field
+        ("/organization/slug", {"slug": "-"}),
     ]:
         visited.add(resolve(path).url_name or "")
         found[f"POST {path}"] = problems(client.post(path, data))

@@ -80,7 +80,7 @@ def test_the_model_page_shows_metrics_labels_job_and_a_classification_snippet(
     assert '<tr><th>negative</th><td class="hit">7</td><td class="miss">1</td></tr>' in page
     assert "<tr><td>positive</td><td>0.857</td><td>0.750</td><td>0.800</td><td>8</td></tr>" in page
     snippet = page.split('id="api-snippet"')[1].split("</pre>")[0]
-    assert 'OpenAI(base_url="http://testserver/v1", api_key="sk-mw-…")' in snippet
+    assert 'OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=os.environ["MODELWORKS_API_KEY"])' in snippet
     assert 'client.post(\n    "/classifications",' in snippet
     assert f'body={{"model": "{alice_model.name}", "input": [' in snippet
     assert "cast_to=object," in snippet

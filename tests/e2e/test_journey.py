@@ -106,7 +106,8 @@ def sign_up_and_verify(page: Any, email: str, outbox: list[Any], shot: Any, who:
         page.fill("input[name=login]", email)
         page.fill("input[name=password]", PASSWORD)
         page.get_by_role("button", name="Sign In").click()
-    page.wait_for_url(re.compile(r"/projects/$"))
+    # Signed in where the sign-up started: the projects, or the invitation it came from.
+    page.wait_for_url(re.compile(r"/(projects|invitations/[^/]+)/$"))
     page.get_by_text(email).first.wait_for()  # signed in: the top bar names the user
     shot(page, f"{who} verified and signed in")
 

@@ -282,8 +282,8 @@ def test_carols_emails_carry_none_of_alices_markers(
     assert sorted(m.subject for m in mail.outbox if set(m.to) & {carol.email, "carol.work@example.com"}) == [
         "Outsiders Inc passed $0.00 of spend this month",
         "You are invited to Outsiders Inc on Modelworks",
-        "[testserver] Password Reset Email",
-        "[testserver] Please Confirm Your Email Address",
+        "[Modelworks] Confirm your email address",
+        "[Modelworks] Password Reset Email",
     ]
     assert {name for name, marker in MARKERS.items() if marker in carols} == set()
     # the positive control: alice's invitation names her organization

@@ -43,7 +43,7 @@ class ProgressReporter:
         self.share = SpendShare(job)  # the job's share of the organization's spend cap
         # The name the model will have; checkpoints are callable as `<name>:ckpt-step-N`.
         self.model_name = fine_tuned_name(
-            job.model_name, job.organization.name, (job.request or {}).get("suffix") or "", job.public_id
+            job.model_name, job.organization, (job.request or {}).get("suffix") or "", job.public_id
         )
         self.pending: list[Any] = []  # writes that met a database outage, oldest first
         # Spent before training began (a distillation's teacher), billed with the training.

@@ -6,11 +6,12 @@ import csv
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db.models import IntegerField
+from django.db.models import IntegerField, QuerySet
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
@@ -24,9 +25,11 @@ from apps.core.errors import ActionError
 from apps.dashboard.views.common import get_project, member_required, run_action
 from apps.jobs import deletion
 from apps.projects import actions
-from apps.projects.formats import CLASSIFICATION_CSV
-from apps.projects.models import UPLOAD_PURPOSES, File, FileStatus, Project
+from apps.projects.formats import CLASSIFICATION_CSV, CLASSIFICATION_FORMATS, SUPERVISED_FORMATS
+from apps.projects.models import UPLOAD_PURPOSES, File, FilePurpose, FileStatus, Project
+from apps.projects.samples import SAMPLE_BASE_MODEL
 from apps.projects.uploads import UploadTooLarge
+from apps.registry.models import Model, Task
 
 PAGE_SIZE = 50
 PREVIEW_LINES = 20
@@ -36,6 +39,10 @@ CONTEXT_LINES = 3
 # A longer line is cut in the page; the file itself is untouched.
 SHOWN_LINE_BYTES = 2000
 CHART_LABELS = 50
+TASK_OF_FORMAT = {
+    **{name: Task.CLASSIFICATION for name in CLASSIFICATION_FORMATS},
+    **{name: Task.GENERATION for name in SUPERVISED_FORMATS},
+}
 # Control characters other than tab would garble the page; show them as U+FFFD.
 _CONTROL = {code: "\ufffd" for code in (*range(0, 9), *range(10, 32), 127)}
 
@@ -47,15 +54,17 @@ class ShownLine:
     is_cut: bool
 
 
+def uploads(project: Project) -> QuerySet[File]:
+    """The files people uploaded. Results files (a fine-tune's metrics, a batch's output) are
+    listed with the job that wrote them, on its page."""
+    return File.objects.filter(project=project, purpose__in=UPLOAD_PURPOSES)
+
+
 @member_required
 def file_list(request: OrganizationRequest, project_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     # Reports can hold thousands of issues: the list reads only their row count.
-    files = (
-        File.objects.filter(project=project)
-        .defer("validation")
-        .annotate(rows=Cast(KT("validation__rows"), IntegerField()))
-    )
+    files = uploads(project).defer("validation").annotate(rows=Cast(KT("validation__rows"), IntegerField()))
     page = Paginator(files, PAGE_SIZE).get_page(request.GET.get("page"))
     return render(
         request,
@@ -145,6 +154,7 @@ def file_detail(request: OrganizationRequest, project_id: str, file_id: str) -> 
         "label_count": len(labels),
         # Pairs, not an object: JavaScript would reorder numeric keys such as "1" and "5".
         "chart_labels": [[label, count] for label, count in labels[:CHART_LABELS]],
+        "fine_tune_url": fine_tune_url(project, file),
     }
     line = _requested_line(request)
     if line is not None:
@@ -154,6 +164,21 @@ def file_detail(request: OrganizationRequest, project_id: str, file_id: str) -> 
         lines = read_lines(file, 1, PREVIEW_LINES, max_bytes=PREVIEW_BYTES)
         context.update(lines=lines, table=_csv_table(lines) if file.format == CLASSIFICATION_CSV else None)
     return render(request, "dashboard/file_detail.html", context)
+
+
+def fine_tune_url(project: Project, file: File) -> str | None:
+    """The new fine-tune form with this file chosen (the user's own click), and a base model that
+    learns from its format; None while the file cannot be trained on."""
+    if file.purpose != FilePurpose.FINE_TUNE or file.status != FileStatus.PROCESSED:
+        return None
+    query = {"training_file": file.public_id}
+    task = TASK_OF_FORMAT.get(file.format)
+    if task is not None:
+        bases = Model.objects.catalog().filter(is_fine_tunable=True, task=task).order_by("name")
+        base = bases.filter(name=SAMPLE_BASE_MODEL).first() or bases.first()
+        if base is not None:
+            query["model"] = base.name
+    return f"{reverse('dashboard:job_new', args=[project.public_id])}?{urlencode(query)}"
 
 
 def _requested_line(request: HttpRequest) -> int | None:

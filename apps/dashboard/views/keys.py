@@ -7,6 +7,7 @@ from django.views.decorators.http import require_POST
 
 from apps.accounts.middleware import OrganizationRequest
 from apps.accounts.models import ApiKey
+from apps.dashboard.snippets import api_base_url
 from apps.dashboard.views.common import get_project, member_required, run_action
 from apps.projects import actions
 
@@ -37,7 +38,13 @@ def api_keys(request: OrganizationRequest, project_id: str) -> HttpResponse:
     return render(
         request,
         "dashboard/api_keys.html",
-        {"current_project": project, "project": project, "keys": keys, "new_key": new_key},
+        {
+            "current_project": project,
+            "project": project,
+            "keys": keys,
+            "new_key": new_key,
+            "api_base_url": api_base_url(),
+        },
     )
 
 

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import urlencode
+
 from django.contrib import messages
+from django.db.models import QuerySet
 from django.http import Http404, HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from apps.accounts.middleware import OrganizationRequest
+from apps.accounts.models import Organization
+from apps.dashboard.snippets import api_base_url
 from apps.dashboard.views.common import get_project, member_required, run_action
+from apps.dashboard.views.fine_tuning import _result_files as job_result_files
 from apps.dashboard.views.fine_tuning import metrics_context
 from apps.jobs.deletion import delete_fine_tuned_model
-from apps.jobs.models import Job
+from apps.jobs.models import Checkpoint, Job
 from apps.projects.models import Project
-from apps.registry.models import Model
+from apps.registry.models import Model, Task
 
 
 def _get_model(project: Project, name: str) -> Model:
@@ -29,19 +37,26 @@ def _get_model(project: Project, name: str) -> Model:
     return model
 
 
+def final_models(organization: Organization) -> QuerySet[Model]:
+    """The organization's fine-tuned models, without the checkpoints kept along the way (each is
+    listed on the page of the model its job made)."""
+    return Model.objects.filter(organization=organization).exclude(limits__contains={"checkpoint": True})
+
+
 @member_required
 @require_GET
 def model_list(request: OrganizationRequest, project_id: str) -> HttpResponse:
     project = get_project(request, project_id)
-    visible = Model.objects.visible_to(project.organization).select_related("base")
     return render(
         request,
         "dashboard/models.html",
         {
             "project": project,
             "current_project": project,
-            "fine_tuned": visible.filter(organization=project.organization).order_by("-created_at", "-id"),
-            "catalog": visible.filter(organization__isnull=True),
+            "fine_tuned": final_models(project.organization)
+            .select_related("base")
+            .order_by("-created_at", "-id"),
+            "catalog": Model.objects.catalog().select_related("base"),
         },
     )
 
@@ -60,6 +75,7 @@ def model_detail(request: OrganizationRequest, project_id: str, model_name: str)
     )
     membership = request.membership
     can_delete = not model.is_catalog and membership.can_destroy(model.created_by_id)
+    checkpoint = _checkpoint_of(model)
     return render(
         request,
         "dashboard/model_detail.html",
@@ -67,12 +83,51 @@ def model_detail(request: OrganizationRequest, project_id: str, model_name: str)
             "project": project,
             "current_project": project,
             "model": model,
-            "job": job,
+            "job": job or (checkpoint.job if checkpoint else None),
+            "checkpoint": checkpoint,
+            "checkpoints": _checkpoint_models(job) if job else [],
+            "result_files": job_result_files(job.project, job) if job else [],
             "is_servable": bool(model.limit("servable", True)),
             "can_delete": can_delete,
+            "api_base_url": api_base_url(),
+            "playground_url": playground_url(project, model),
             **metrics_context(model.metrics or {}, model.labels),
         },
     )
+
+
+def _checkpoint_of(model: Model) -> Checkpoint | None:
+    """The checkpoint a checkpoint model was registered from (with its job and the job's model)."""
+    if not model.limit("checkpoint") or model.organization_id is None:
+        return None
+    return (
+        Checkpoint.objects.filter(
+            fine_tuned_model_checkpoint=model.name, job__organization_id=model.organization_id
+        )
+        .select_related("job__project", "job__fine_tuned_model")
+        .first()
+    )
+
+
+def _checkpoint_models(job: Job) -> list[dict[str, Any]]:
+    """The checkpoints the job kept that are callable as models, latest step first."""
+    checkpoints = list(job.checkpoints.exclude(fine_tuned_model_checkpoint=""))
+    names = {c.fine_tuned_model_checkpoint for c in checkpoints}
+    existing = set(
+        Model.objects.filter(organization=job.organization_id, name__in=names).values_list("name", flat=True)
+    )
+    return [
+        {"checkpoint": c, "name": c.fine_tuned_model_checkpoint, "metrics": c.metrics or {}}
+        for c in checkpoints
+        if c.fine_tuned_model_checkpoint in existing
+    ]
+
+
+def playground_url(project: Project, model: Model) -> str | None:
+    if not model.limit("servable", True):
+        return None
+    tab = "classify" if model.task == Task.CLASSIFICATION else "chat"
+    return f"{reverse('dashboard:playground', args=[project.public_id])}?{urlencode({'model': model.name})}#{tab}"
 
 
 @member_required

@@ -19,6 +19,7 @@ from apps.accounts.models import Organization
 from apps.billing import quotas
 from apps.core.errors import ActionError
 from apps.core.text import refuse_unstorable
+from apps.dashboard.snippets import api_base_url
 from apps.dashboard.views.common import get_project, member_required
 from apps.jobs import admission, inference, serving
 from apps.jobs.responses import server_sent_events
@@ -72,6 +73,9 @@ def playground(request: OrganizationRequest, project_id: str) -> HttpResponse:
             "classifiers": model_choices(project.organization, Task.CLASSIFICATION),
             "default_max_tokens": DEFAULT_MAX_TOKENS,
             "max_stop": inference.MAX_STOP,
+            # "Try in playground" on a model's page opens it chosen (its tab from the link's #fragment).
+            "selected_model": request.GET.get("model", ""),
+            "api_base_url": api_base_url(),
         },
     )
 
