@@ -7,7 +7,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from apps.accounts import actions
-from apps.accounts.middleware import SESSION_KEY, AuthenticatedRequest
+from apps.accounts.middleware import SESSION_KEY, AuthenticatedRequest, OrganizationRequest
 from apps.accounts.models import Organization, Role
 from apps.billing.quotas import free_organization_refusal
 from apps.core.errors import ActionError
@@ -48,9 +48,9 @@ def organization_new(request: AuthenticatedRequest) -> HttpResponse:
 
 
 # --- The current organization's settings: its name, and the slug its model ids are built from ------
-def _settings_page(request: HttpRequest, *, status: int = 200, **form: str) -> HttpResponse:
-    organization = request.organization  # type: ignore[attr-defined]
-    membership = request.membership  # type: ignore[attr-defined]
+def _settings_page(request: OrganizationRequest, *, status: int = 200, **form: str) -> HttpResponse:
+    organization = request.organization
+    membership = request.membership
     context = {
         "organization": organization,
         "can_rename": membership.can_manage,
@@ -71,16 +71,16 @@ def _page_status(exc: ActionError) -> int:
 
 
 @member_required
-def organization_settings(request: HttpRequest) -> HttpResponse:
+def organization_settings(request: OrganizationRequest) -> HttpResponse:
     return _settings_page(request)
 
 
 @member_required
 @require_POST
-def organization_rename(request: HttpRequest) -> HttpResponse:
+def organization_rename(request: OrganizationRequest) -> HttpResponse:
     name = request.POST.get("name", "")
     try:
-        actions.rename_organization(request.user, request.organization, name)  # type: ignore[arg-type,attr-defined]
+        actions.rename_organization(request.user, request.organization, name)
     except ActionError as exc:
         return _settings_page(request, status=_page_status(exc), name_value=name, name_error=exc.message)
     messages.success(request, f"The organization is now called “{name.strip()[:100]}”.")
@@ -89,10 +89,10 @@ def organization_rename(request: HttpRequest) -> HttpResponse:
 
 @member_required
 @require_POST
-def organization_slug(request: HttpRequest) -> HttpResponse:
+def organization_slug(request: OrganizationRequest) -> HttpResponse:
     raw = request.POST.get("slug", "")
     try:
-        organization = actions.choose_organization_slug(request.user, request.organization, raw)  # type: ignore[arg-type,attr-defined]
+        organization = actions.choose_organization_slug(request.user, request.organization, raw)
     except ActionError as exc:
         return _settings_page(request, status=_page_status(exc), slug_value=raw, slug_error=exc.message)
     messages.success(
