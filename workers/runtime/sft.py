@@ -39,7 +39,7 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPP
 from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
-from workers.runtime.data import epoch_batches, eval_batches, iter_records
+from workers.runtime.data import TRAINING_FILE, VALIDATION_FILE, epoch_batches, eval_batches, iter_records
 from workers.runtime.specs import (
     VALIDATION_FRACTION,
     CheckpointInfo,
@@ -65,6 +65,7 @@ from workers.runtime.training import (
     read_trainer_state,
     resolve_device,
     save_final_model,
+    saved_message,
 )
 
 METHOD = "supervised"
@@ -225,10 +226,12 @@ def encode_record(
     )
 
 
-def read_records(path: str) -> list[tuple[str, dict[str, Any]]]:
-    records = [(f"{path}:{number}", record) for number, record in iter_records(path)]
+def read_records(path: str, source: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """(where, record) pairs; `where` names the file as `source` (by default its name) and the line."""
+    source = source or Path(path).name
+    records = [(f"{source}, line {number}", record) for number, record in iter_records(path, source=source)]
     if not records:
-        raise ValueError(f"{path}: no examples")
+        raise ValueError(f"{source}: no examples")
     return records
 
 
@@ -260,9 +263,9 @@ def encode_split(
 
 
 def prepare_lm_data(spec: TrainSpec, tokenizer: Any, max_length: int, seed: int) -> LMData:
-    train_records = read_records(spec.training_file)
+    train_records = read_records(spec.training_file, TRAINING_FILE)
     if spec.validation_file:
-        valid_records = read_records(spec.validation_file)
+        valid_records = read_records(spec.validation_file, VALIDATION_FILE)
     else:
         train_records, valid_records = split_records(train_records, seed)
     train, skipped_train = encode_split(train_records, spec, tokenizer, max_length)
@@ -698,7 +701,7 @@ class LMRun(RunBase):
         }
         self.emit("log", figures, message)
         if self.spec.resume_from:
-            self.emit("log", message=f"Resumed from {self.spec.resume_from} at step {self.state.step}")
+            self.emit("log", message=f"Resumed from the checkpoint at step {self.state.step}.")
 
     def end_epoch(self) -> None:
         metrics: dict[str, Any] = self.train_metrics()
@@ -724,7 +727,7 @@ class LMRun(RunBase):
             model = model.merge_and_unload()  # the run is over: fold the adapters into the weights for good
         save_final_model(output_dir, best, model, self.tokenizer)  # the best checkpoint is merged already
         write_lm_card(output_dir, self.spec, self.lora, metrics)
-        self.emit("log", message=f"Saved the model to {output_dir}")
+        self.emit("log", message=saved_message(self.state))
         return TrainResult(
             status="stopped" if stopped else "completed",
             model_dir=str(output_dir),

@@ -228,6 +228,43 @@ def test_resume_continues_and_matches_an_uninterrupted_run(
     assert resumed.metrics["confusion_matrix"] == uninterrupted.metrics["confusion_matrix"]
 
 
+def test_its_messages_name_no_path_of_the_worker(
+    tmp_path: Path, tiny_bert_dir: Path, sentiment_csv: Path
+) -> None:
+    # given a run stopped at step 15, then resumed: the messages a customer reads as job events
+    stopped, first = run(
+        make_spec(tmp_path, tiny_bert_dir, sentiment_csv, "part"), should_stop=stop_after(15)
+    )
+    resumed, second = run(
+        make_spec(tmp_path, tiny_bert_dir, sentiment_csv, "part", resume_from=stopped.checkpoints[-1].path)
+    )
+
+    # then
+    messages = [event.message for event in [*first, *second] if event.message]
+    assert not [message for message in messages if "/" in message], messages
+    assert "Resumed from the checkpoint at step 15." in messages
+    assert messages[-1] == "Saved the model from step 33, the best by validation loss."
+    assert [e.message for e in first if e.kind == "log"][-1] == (
+        "Saved the model from step 11, the best by validation loss."
+    )
+    early, events = run(make_spec(tmp_path, tiny_bert_dir, sentiment_csv, "early"), should_stop=stop_after(3))
+    assert events[-1].message == "Saved the model at step 3."  # stopped before any evaluation
+
+
+def test_a_bad_row_is_named_by_its_files_role_and_line_not_its_path(
+    tmp_path: Path, tiny_bert_dir: Path
+) -> None:
+    training = write_csv(tmp_path / "train.csv", sentiment_rows(20))
+    validation = tmp_path / "valid.jsonl"
+    validation.write_text('{"text": "fine", "label": "positive"}\n{"text": "", "label": "negative"}\n')
+    spec = make_spec(tmp_path, tiny_bert_dir, training, validation_file=str(validation))
+
+    with pytest.raises(ValueError) as raised:
+        run(spec)
+
+    assert str(raised.value) == 'validation file, line 2: "text" is missing or empty'
+
+
 def test_resume_refuses_a_checkpoint_of_another_run(
     tmp_path: Path, tiny_bert_dir: Path, sentiment_csv: Path
 ) -> None:
@@ -372,7 +409,7 @@ def test_it_names_the_line_of_a_bad_row(tmp_path: Path) -> None:
     path = tmp_path / "data.jsonl"
     path.write_text('{"text": "a", "label": 1}\n{"text": "", "label": 1}\n')
 
-    with pytest.raises(ValueError, match=r'data.jsonl:2: "text" is missing or empty'):
+    with pytest.raises(ValueError, match=r'data.jsonl, line 2: "text" is missing or empty'):
         read_examples(path)
 
 
