@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shutil
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +40,12 @@ PERMANENT_ERRORS = (ValueError, KeyError)
 # Progress writes kept while PostgreSQL is briefly unreachable (the heartbeat thread self-fences
 # the attempt if the outage lasts longer than JOB_SELF_FENCE_SECONDS).
 MAX_PENDING_WRITES = 500
+# Per-step metrics are written in batches: at most this many rows, or every progress interval.
+METRICS_BATCH_ROWS = 200
+# The ETA follows an exponential moving average of the step rate, measured over windows of at
+# least this long: it settles instead of jumping with every slow or fast step.
+RATE_WINDOW_SECONDS = 1.0
+RATE_SMOOTHING = 0.2  # the newest window's weight
 STOP_MESSAGES = {
     "budget_reached": "The job's max_cost was reached: it stopped early and kept the best model so far.",
     "spend_limit_reached": "The organization's spend limit was reached: the job stopped early and kept the best model so far.",
@@ -101,10 +110,11 @@ def run_fine_tune(job: Job) -> None:
         # Terminal, like Celery's own view of a timeout: the job fails and is not retried.
         _fail_time_limit(job)
     except PERMANENT_ERRORS as exc:
+        reason = without_paths(str(exc))
         actions.finish(
             job.pk, job.attempt, JobStatus.FAILED,
-            error={"code": "invalid_training_data", "message": str(exc), "param": "training_file"},
-            message=f"Training failed: {exc}",
+            error={"code": "invalid_training_data", "message": reason, "param": "training_file"},
+            message=f"Training failed: {reason}",
         )  # fmt: skip
     except (DatabaseError, OSError) as exc:
         logger.exception("job %s: transient failure", job.public_id)
@@ -217,6 +227,28 @@ def _mapped(job: Job, field: str) -> str:
     return str(mapping.get(field, field))
 
 
+def _worker_roots() -> list[str]:
+    roots = {
+        settings.VAR_DIR,
+        settings.MEDIA_ROOT,
+        settings.MODEL_CACHE_DIR,
+        tempfile.gettempdir(),
+        sys.prefix,
+    }
+    return sorted(
+        (str(root).rstrip("/") for root in roots if str(root) not in ("", "/")), key=len, reverse=True
+    )
+
+
+def without_paths(text: str) -> str:
+    """A message for the customer, with any path on this worker cut to its last part. The runtime's
+    own messages name no paths; this catches a library's error that quotes one (a model file, a
+    tokenizer directory)."""
+    for root in _worker_roots():
+        text = re.sub(re.escape(root) + r"/(?:[^\s/'\"]+/)*", "", text)
+    return text
+
+
 def _local_copy(file: Any, stem: Path) -> Path:
     suffix = ".csv" if file.format.endswith("_csv") else ".jsonl"
     return download_file(file.content.name, stem.with_suffix(suffix))
@@ -229,11 +261,8 @@ class ProgressReporter:
     def __init__(self, job: Job, guard: AttemptGuard) -> None:
         self.job = job
         self.guard = guard
-        self.started = time.monotonic()
-        self.first_step: int | None = None
         self.step = 0
         self.trained_tokens = 0
-        self.last_metrics_step = -1
         self.share = SpendShare(job)  # the job's share of the organization's spend cap
         # The name the model will have; checkpoints are callable as `<name>:ckpt-step-N`.
         self.model_name = fine_tuned_name(
@@ -245,6 +274,12 @@ class ProgressReporter:
         self.extra_usage: dict[str, int] = {}
         self.extra_models: dict[str, str] = {}
         self.max_step_tokens = 0  # the most tokens one step has trained so far
+        self.step_rows: list[tuple[str, dict[str, Any]]] = []  # per-step metrics not written yet
+        self.rows_queued_at = time.monotonic()
+        self.rate: float | None = None  # steps a second, smoothed
+        self.rate_mark: tuple[float, int] | None = None  # (time, step) where the current window began
+        self.last_progress: dict[str, Any] = {}
+        self.valid_examples: int | None = None  # the size of the validation set, from the run's banner
 
     def should_stop(self) -> bool:
         if self.step:
@@ -272,7 +307,7 @@ class ProgressReporter:
         return {"trained_tokens": trained_tokens, **self.extra_usage}
 
     def log(self, message: str) -> None:
-        self._write(actions.add_event, message)
+        self._write(actions.add_event, without_paths(message))
 
     def _next_step_cost(self) -> int:
         # The next step costs at most what the costliest step so far did: steps differ in tokens
@@ -288,11 +323,7 @@ class ProgressReporter:
         self.step, self.trained_tokens = event.step, max(self.trained_tokens, event.trained_tokens)
         if event.kind == "step":
             self._progress(event)
-            every = max(1, event.total_steps // 200)  # at most ~200 points on the loss curve
-            if event.step - self.last_metrics_step >= every:
-                self.last_metrics_step = event.step
-                keys = ("train_loss", "train_mean_token_accuracy")  # the second from SFT only
-                self._metrics(event, {key: event.metrics.get(key) for key in keys})
+            self._step_metrics(event)
         elif event.kind == "eval":
             self._metrics(event, event.metrics, message=_eval_message(event))
         elif event.kind == "checkpoint" and event.checkpoint_dir:
@@ -306,16 +337,26 @@ class ProgressReporter:
                 usage_models=self.extra_models,
             )  # fmt: skip
         elif event.kind == "log" and event.message:
+            if isinstance(event.metrics.get("valid_examples"), int):
+                self.valid_examples = event.metrics["valid_examples"]
             self.log(event.message)
 
     def _write(self, action: Any, *args: Any, **kwargs: Any) -> None:
         """A fenced write from the training loop. A short database outage does not end the attempt:
         the write waits here (in order) and goes out with the next one; the heartbeat thread decides
         when the outage is too long."""
+        self._queue_step_rows()  # the steps before this write go out before it
         self.pending.append((action, args, kwargs))
         self.flush()
 
+    def _queue_step_rows(self) -> None:
+        if self.step_rows:
+            self.pending.append((actions.add_metrics, (self.step_rows,), {}))
+            self.step_rows = []
+        self.rows_queued_at = time.monotonic()
+
     def flush(self) -> None:
+        self._queue_step_rows()
         while self.pending and not self.guard.lost:
             action, args, kwargs = self.pending[0]
             try:
@@ -335,21 +376,55 @@ class ProgressReporter:
             self.pending.clear()
 
     def _progress(self, event: Any) -> None:
-        if self.first_step is None:
-            self.first_step, self.started = event.step - 1, time.monotonic()
-        done = event.step - self.first_step
-        rate = done / max(time.monotonic() - self.started, 1e-6)
+        now = time.monotonic()
+        if self.rate_mark is None:
+            self.rate_mark = (now, event.step)
+        elif now - self.rate_mark[0] >= RATE_WINDOW_SECONDS:
+            window_rate = (event.step - self.rate_mark[1]) / (now - self.rate_mark[0])
+            self.rate = (
+                window_rate if self.rate is None else self.rate + RATE_SMOOTHING * (window_rate - self.rate)
+            )
+            self.rate_mark = (now, event.step)
         remaining = max(event.total_steps - event.step, 0)
-        self.guard.set_progress(
-            {
-                "step": event.step,
-                "total_steps": event.total_steps,
-                "epoch": event.epoch,
-                "percent": round(100 * event.step / max(event.total_steps, 1), 1),
-                "eta_seconds": round(remaining / rate) if rate > 0 else None,
-                "trained_tokens": event.trained_tokens,
-            }
+        self.last_progress = {
+            "step": event.step,
+            "total_steps": event.total_steps,
+            "epoch": event.epoch,
+            "percent": round(100 * event.step / max(event.total_steps, 1), 1),
+            # None until the first window is measured: the first steps (warm-up, caches) mislead.
+            "eta_seconds": round(remaining / self.rate) if self.rate else None,
+            "trained_tokens": event.trained_tokens,
+        }
+        self.guard.set_progress(self.last_progress)
+
+    def final_progress(self, steps: int, succeeded: bool) -> dict[str, Any]:
+        """The progress a finished attempt leaves: its last step, and 100% when the job succeeded
+        (early stopping and max_cost end a job before its planned last step)."""
+        total = self.last_progress.get("total_steps") or steps
+        percent = 100.0 if succeeded else round(100 * steps / max(total, 1), 1)
+        return {
+            **self.last_progress,
+            "step": steps,
+            "total_steps": total,
+            "percent": percent,
+            "eta_seconds": 0,
+        }
+
+    def _step_metrics(self, event: Any) -> None:
+        """Every step's metrics go to the loss curve and the results file, written in batches."""
+        data = {"step": event.step, "total_steps": event.total_steps, "epoch": event.epoch}
+        for key in ("train_loss", "train_mean_token_accuracy"):  # the second from SFT only
+            value = event.metrics.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                data[key] = value
+        loss = data.get("train_loss")
+        message = f"Step {event.step}/{event.total_steps}" + (
+            f": train_loss {loss:.4f}" if loss is not None else ""
         )
+        self.step_rows.append((message, data))
+        interval = settings.JOB_PROGRESS_INTERVAL_SECONDS
+        if len(self.step_rows) >= METRICS_BATCH_ROWS or time.monotonic() - self.rows_queued_at >= interval:
+            self.flush()
 
     def _metrics(self, event: Any, metrics: dict[str, Any], message: str | None = None) -> None:
         data = {"step": event.step, "total_steps": event.total_steps, "epoch": event.epoch}
@@ -441,7 +516,10 @@ def _finish(
 ) -> None:
     # The teacher's usage is billed with the student's, at its own prices.
     usage, models = progress.usage(result.trained_tokens), progress.extra_models
-    fields = {"trained_tokens": result.trained_tokens}
+    fields: dict[str, Any] = {
+        "trained_tokens": result.trained_tokens,
+        "progress": progress.final_progress(result.steps, succeeded=False),
+    }
     if result.status == "stopped" and guard.stop_reason == "cancel":
         actions.finish(
             job.pk, job.attempt, JobStatus.CANCELLED, usage=usage, usage_models=models, fields=fields,
@@ -462,7 +540,9 @@ def _finish(
         "metrics": result.metrics,
         "labels": list(result.labels),
         "steps": result.steps,
+        "validation_examples": progress.valid_examples,
     }
+    fields["progress"] = progress.final_progress(result.steps, succeeded=True)
     teacher_report = None
     if labelling is not None:
         from workers.distill import compare, labels_report
