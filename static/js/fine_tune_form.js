@@ -39,6 +39,7 @@
 
   // After a refused submit, the summary of what to fix (or the question about a small dataset)
   // takes the focus, so a screen reader and the keyboard start there.
-  var first = document.getElementById("error-summary") || document.getElementById("id_confirm_small_data");
+  var summary = document.getElementById("error-summary");
+  var first = summary && !summary.hidden ? summary : document.getElementById("id_confirm_small_data");
   if (first) first.focus();
 })();

@@ -8,10 +8,11 @@
   var initial = document.getElementById("loss-chart-data");
   if (!canvas || !initial || typeof Chart === "undefined") return;
   var empty = document.getElementById("loss-chart-empty");
+  // `order`: the evaluations are drawn over the train loss, whose every-step line would hide them.
   var SERIES = [
-    { key: "train_loss", label: "Train loss", color: "#4f46e5", axis: "loss", radius: 0 },
-    { key: "valid_loss", label: "Validation loss", color: "#b45309", axis: "loss", radius: 3 },
-    { key: "accuracy", label: "Validation accuracy", color: "#15803d", axis: "accuracy", radius: 3 },
+    { key: "train_loss", label: "Train loss", color: "#4f46e5", axis: "loss", radius: 0, order: 1 },
+    { key: "valid_loss", label: "Validation loss", color: "#b45309", axis: "loss", radius: 4, order: 0 },
+    { key: "accuracy", label: "Validation accuracy", color: "#15803d", axis: "accuracy", radius: 4, order: 0 },
   ];
   var POLL_MS = 2000;
 
@@ -21,7 +22,8 @@
       datasets: SERIES.map(function (s) {
         return {
           label: s.label, data: [], yAxisID: s.axis, borderColor: s.color, backgroundColor: s.color,
-          borderWidth: 2, pointRadius: s.radius, tension: 0.2,
+          borderWidth: 2, pointRadius: s.radius, tension: 0.2, order: s.order,
+          pointBorderColor: "#fff", pointBorderWidth: s.radius ? 1.5 : 0,
         };
       }),
     },
@@ -43,7 +45,10 @@
         // Past a few pixels a point, min/max decimation keeps every spike while drawing less.
         decimation: { enabled: true, algorithm: "min-max" },
         // Series without points (e.g. accuracy for a generation model) stay out of the legend.
-        legend: { labels: { filter: function (item, data) { return data.datasets[item.datasetIndex].data.length > 0; } } },
+        legend: { labels: {
+          filter: function (item, data) { return data.datasets[item.datasetIndex].data.length > 0; },
+          sort: function (a, b) { return a.datasetIndex - b.datasetIndex; }, // as listed, whatever the drawing order
+        } },
       },
     },
   });
@@ -101,10 +106,9 @@
   draw();
   if (!finished) schedule(POLL_MS);
 
-  // The status card stops polling once the job has finished: fetch the last points at once,
-  // rather than at the next tick.
+  // Each time the status card is refreshed, the curve is too, so that the two tell the same step
+  // (and once the job has finished, its last points come at once, not at the next tick).
   document.body.addEventListener("htmx:afterSettle", function () {
-    var status = document.getElementById("job-status");
-    if (!finished && status && !status.hasAttribute("hx-trigger")) schedule(0);
+    if (!finished) schedule(0); // one fetch however many parts settled: schedule() replaces the last
   });
 })();

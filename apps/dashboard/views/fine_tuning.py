@@ -88,6 +88,10 @@ def _error_slots(errors: dict[str, str]) -> list[dict[str, str]]:
     return [{"name": name, "message": errors.get(name, "")} for name in (*FIELD_NAMES, "form")]
 
 
+def _error_fields(errors: dict[str, str]) -> list[dict[str, str]]:
+    return [{"name": name, "label": LABELS[name]} for name in FIELD_NAMES if name in errors]
+
+
 def _file_choice(file: File) -> dict[str, str]:
     rows = (file.validation or {}).get("rows")
     details = [f"{rows:,} rows" if isinstance(rows, int) else "", format_name(file.format)]
@@ -103,8 +107,7 @@ def _form_context(
         "current_project": project,
         "values": values,
         "errors": errors,
-        "error_count": len(errors),
-        "error_fields": [{"name": name, "label": LABELS[name]} for name in FIELD_NAMES if name in errors],
+        "error_fields": _error_fields(errors),
         "files": [_file_choice(f) for f in _training_files(project)],
         "base_models": _base_models(),
         "teachers": _teachers(project),
@@ -113,6 +116,8 @@ def _form_context(
             for f in HYPERPARAMETER_FIELDS
         ],
         "small_data": small_data,
+        # Once sent, the form's live estimate keeps saying which required fields are still empty.
+        "submitted": bool(errors or small_data),
         "form_token": secrets.token_urlsafe(16),
     }
 
@@ -181,8 +186,15 @@ def job_estimate(request: HttpRequest, project_id: str) -> HttpResponse:
     """The htmx partial under the form: what the job would cost, or every reason it cannot run."""
     project = get_project(request, project_id)
     values = form_values(request.POST)
-    errors, parsed = form_errors(project, values, required=False)
-    context: dict[str, Any] = {"estimate": None, "errors": errors, "small_data": ""}
+    submitted = request.POST.get("submitted") == "yes"
+    errors, parsed = form_errors(project, values, required=submitted)
+    context: dict[str, Any] = {
+        "estimate": None,
+        "errors": errors,
+        "small_data": "",
+        "submitted": submitted,
+        "error_fields": _error_fields(errors),
+    }
     if parsed is not None:
         estimate = fine_tuning.estimate(parsed)
         context.update(
