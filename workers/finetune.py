@@ -254,6 +254,26 @@ def _local_copy(file: Any, stem: Path) -> Path:
     return download_file(file.content.name, stem.with_suffix(suffix))
 
 
+class StepRate:
+    """Steps a second, as an exponential moving average over windows of RATE_WINDOW_SECONDS or
+    more: one slow step (an evaluation, a checkpoint) moves it a little, a lasting change fully
+    within a few windows. None until the first window is measured: the first steps (warm-up,
+    caches) mislead."""
+
+    def __init__(self) -> None:
+        self.rate: float | None = None
+        self.mark: tuple[float, int] | None = None  # (time, step) where the current window began
+
+    def update(self, now: float, step: int) -> float | None:
+        if self.mark is None:
+            self.mark = (now, step)
+        elif now - self.mark[0] >= RATE_WINDOW_SECONDS:
+            window = (step - self.mark[1]) / (now - self.mark[0])
+            self.rate = window if self.rate is None else self.rate + RATE_SMOOTHING * (window - self.rate)
+            self.mark = (now, step)
+        return self.rate
+
+
 class ProgressReporter:
     """Turns the runtime's progress events into throttled progress, metric events, checkpoints
     and the budget check."""
@@ -276,8 +296,7 @@ class ProgressReporter:
         self.max_step_tokens = 0  # the most tokens one step has trained so far
         self.step_rows: list[tuple[str, dict[str, Any]]] = []  # per-step metrics not written yet
         self.rows_queued_at = time.monotonic()
-        self.rate: float | None = None  # steps a second, smoothed
-        self.rate_mark: tuple[float, int] | None = None  # (time, step) where the current window began
+        self.rate = StepRate()
         self.last_progress: dict[str, Any] = {}
         self.valid_examples: int | None = None  # the size of the validation set, from the run's banner
 
@@ -376,15 +395,7 @@ class ProgressReporter:
             self.pending.clear()
 
     def _progress(self, event: Any) -> None:
-        now = time.monotonic()
-        if self.rate_mark is None:
-            self.rate_mark = (now, event.step)
-        elif now - self.rate_mark[0] >= RATE_WINDOW_SECONDS:
-            window_rate = (event.step - self.rate_mark[1]) / (now - self.rate_mark[0])
-            self.rate = (
-                window_rate if self.rate is None else self.rate + RATE_SMOOTHING * (window_rate - self.rate)
-            )
-            self.rate_mark = (now, event.step)
+        rate = self.rate.update(time.monotonic(), event.step)
         remaining = max(event.total_steps - event.step, 0)
         self.last_progress = {
             "step": event.step,
@@ -392,7 +403,7 @@ class ProgressReporter:
             "epoch": event.epoch,
             "percent": round(100 * event.step / max(event.total_steps, 1), 1),
             # None until the first window is measured: the first steps (warm-up, caches) mislead.
-            "eta_seconds": round(remaining / self.rate) if self.rate else None,
+            "eta_seconds": round(remaining / rate) if rate else None,
             "trained_tokens": event.trained_tokens,
         }
         self.guard.set_progress(self.last_progress)

@@ -17,8 +17,7 @@ from apps.jobs.models import Job
 from apps.projects.models import File
 from tests.conftest import sentiment_csv, wait_for
 from tests.jobs.test_fine_tune_flow import upload
-
-pytestmark = pytest.mark.integration
+from workers.finetune import StepRate, without_paths
 
 # A path as an error or event would quote it: a slash that starts a word, then a folder.
 PATH = re.compile(r"(?:^|[\s(:'\"=])/[\w.@-]+/")
@@ -45,6 +44,7 @@ def start(api: Any, file_id: str) -> Job:
     return wait_for(lambda: (job := Job.objects.get(public_id=job_id)).is_finished and job, timeout=180)
 
 
+@pytest.mark.integration
 def test_a_fine_tune_reports_every_step_and_milestones_and_names_no_path(
     api: Any, celery_worker: Any, tiny_base: Any
 ) -> None:
@@ -79,6 +79,7 @@ def test_a_fine_tune_reports_every_step_and_milestones_and_names_no_path(
     assert not [(m, paths_in(m)) for m in messages if paths_in(m)]
 
 
+@pytest.mark.integration
 def test_a_failing_fine_tune_says_why_without_a_path(api: Any, celery_worker: Any, tiny_base: Any) -> None:
     # given a training file that passed validation, then lost a row's text in storage
     file_id = processed(api, sentiment_csv(80))
@@ -103,3 +104,33 @@ def test_a_failing_fine_tune_says_why_without_a_path(api: Any, celery_worker: An
         message='Training failed: training file, line 3: "text" is missing or empty'
     ).exists()
     assert not [(e.message, paths_in(e.message)) for e in job.events.all() if paths_in(e.message)]
+
+
+def test_a_librarys_message_that_quotes_a_worker_path_keeps_only_the_file_name() -> None:
+    work = f"{settings.VAR_DIR}/work/ftjob-abc-1"
+
+    assert without_paths(f"Can't load tokenizer from '{work}/model/tokenizer.json'") == (
+        "Can't load tokenizer from 'tokenizer.json'"
+    )
+    assert without_paths(f"no safetensors weights in {work}/model") == "no safetensors weights in model"
+    assert without_paths("/tmp/pytest-1/x/train.csv: bad") == "train.csv: bad"
+    assert without_paths('training file, line 3: "text" is missing or empty') == (
+        'training file, line 3: "text" is missing or empty'
+    )  # nothing to cut
+    assert without_paths("Step 3/27 of prompt/completion JSONL") == "Step 3/27 of prompt/completion JSONL"
+
+
+def test_the_step_rate_settles_rather_than_jumping() -> None:
+    rate = StepRate()
+
+    # no rate from the first steps alone
+    assert rate.update(0.0, 1) is None
+    assert rate.update(0.5, 6) is None  # a window lasts at least a second
+    # 10 steps a second for a while
+    for second in range(1, 6):
+        assert rate.update(float(second), 1 + 10 * second) == pytest.approx(10.0)
+    # a window of one slow step (an evaluation) moves it by a fifth of the difference, not all of it
+    assert rate.update(9.0, 52) == pytest.approx(10.0 + 0.2 * (1 / 4 - 10.0))
+    # and steady steps bring it back
+    value = rate.update(10.0, 62)
+    assert value is not None and 8 < value < 10
