@@ -250,7 +250,9 @@ def without_paths(text: str) -> str:
 
 
 def _local_copy(file: Any, stem: Path) -> Path:
-    suffix = ".csv" if file.format.endswith("_csv") else ".jsonl"
+    # A .tsv keeps its name: its delimiter is read from the extension, as the validation did.
+    is_tsv = file.filename.lower().endswith(".tsv")
+    suffix = (".tsv" if is_tsv else ".csv") if file.format.endswith("_csv") else ".jsonl"
     return download_file(file.content.name, stem.with_suffix(suffix))
 
 

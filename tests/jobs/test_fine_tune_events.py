@@ -28,8 +28,8 @@ def paths_in(text: str) -> list[str]:
     return [root for root in roots if root in text] + PATH.findall(text)
 
 
-def processed(api: Any, data: bytes) -> str:
-    file_id = upload(api, data)
+def processed(api: Any, data: bytes, name: str = "train.csv") -> str:
+    file_id = upload(api, data, name)
     wait_for(lambda: api.get(f"/v1/files/{file_id}").json()["status"] == "processed", timeout=60)
     return file_id
 
@@ -104,6 +104,21 @@ def test_a_failing_fine_tune_says_why_without_a_path(api: Any, celery_worker: An
         message='Training failed: training file, line 3: "text" is missing or empty'
     ).exists()
     assert not [(e.message, paths_in(e.message)) for e in job.events.all() if paths_in(e.message)]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("name", "delimiter"), [("reviews.csv", ";"), ("reviews.tsv", "\t")])
+def test_a_file_validated_with_another_delimiter_trains_with_it(
+    api: Any, celery_worker: Any, tiny_base: Any, name: str, delimiter: str
+) -> None:
+    # a spreadsheet's export: texts with commas, in columns split by ";" (or tabs, in a .tsv)
+    rows = sentiment_csv(40).decode().splitlines()
+    data = "\n".join(line.replace(",", delimiter).replace(" the ", ", the ") for line in rows) + "\n"
+
+    job = start(api, processed(api, data.encode(), name))
+
+    assert job.status == "succeeded", job.error
+    assert job.result["labels"] == ["negative", "positive"]
 
 
 def test_a_librarys_message_that_quotes_a_worker_path_keeps_only_the_file_name() -> None:

@@ -122,14 +122,24 @@ def iter_records(
                 yield number, record
         return
     with open(path, encoding="utf-8-sig", newline="") as handle:
-        delimiter = "\t" if Path(path).suffix.lower() == ".tsv" else ","
-        reader = csv.DictReader(handle, delimiter=delimiter)
+        reader = csv.DictReader(handle, delimiter=csv_delimiter(path))
         missing = [column for column in columns if column not in (reader.fieldnames or [])]
         if missing:
             header = ", ".join(reader.fieldnames or [])
             raise ValueError(f'{source}: no "{missing[0]}" column in the header ({header})')
         for row in reader:
             yield reader.line_num, dict(row)
+
+
+def csv_delimiter(path: str | Path) -> str:
+    """The delimiter the upload's validation read the file with (apps/projects/validation.py,
+    `sniff_delimiter`): tab for a .tsv, else the first of , tab ; in the header line. Excel in
+    many European locales writes ";"."""
+    if Path(path).suffix.lower() == ".tsv":
+        return "\t"
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        header = next((line for line in handle if line.strip()), "")
+    return next((char for char in (",", "\t", ";") if char in header), ",")
 
 
 def label_to_str(value: Any) -> str | None:

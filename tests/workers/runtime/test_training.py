@@ -393,6 +393,25 @@ def test_it_reads_csv_with_bom_crlf_and_quoted_newlines(tmp_path: Path) -> None:
     assert [(e.text, e.label) for e in examples] == [("line one\r\nline two", "good"), ('say "hi"', "bad")]
 
 
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("train.csv", "text;label\nGood film, really;pos\nBad film;neg\n"),
+        ("train.csv", "text\tlabel\nGood film, really\tpos\nBad film\tneg\n"),
+        ("train.tsv", "text\tlabel, tab-separated\nGood film, really\tpos\nBad film\tneg\n"),
+    ],
+)
+def test_it_reads_csv_with_the_delimiter_the_upload_was_validated_with(
+    tmp_path: Path, name: str, data: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(data)
+
+    examples = read_examples(path, label_field="label, tab-separated" if name.endswith(".tsv") else "label")
+
+    assert [(e.text, e.label) for e in examples] == [("Good film, really", "pos"), ("Bad film", "neg")]
+
+
 def test_it_reads_jsonl_and_turns_numeric_labels_into_strings(tmp_path: Path) -> None:
     path = tmp_path / "data.jsonl"
     path.write_text(
