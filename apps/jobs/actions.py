@@ -308,6 +308,18 @@ def add_event(
     return True
 
 
+def add_metrics(job_pk: int, attempt: int, rows: list[tuple[str, dict[str, Any]]]) -> bool:
+    """Records a batch of per-step metrics as `metrics` events (message, data), one a step."""
+    with transaction.atomic():
+        _bound_lock_time()
+        if not _fenced(job_pk, attempt).select_for_update().exists():
+            return False
+        JobEvent.objects.bulk_create(
+            [JobEvent(job_id=job_pk, type="metrics", message=message, data=data) for message, data in rows]
+        )
+    return True
+
+
 def add_checkpoint(
     job_pk: int, attempt: int, *, step: int, epoch: int, metrics: dict[str, Any], artifact_key: str,
     model_name: str = "", trained_tokens: int = 0, usage: dict[str, int] | None = None,

@@ -427,7 +427,6 @@ def estimate(request: FineTuneRequest) -> dict[str, Any]:
     # Each example is truncated at max_seq_length (+2 special tokens).
     tokens_per_example = min(mean_tokens + 2, hp.max_seq_length)
     trained_tokens = int(n_train * tokens_per_example * hp.n_epochs)
-    throughput = settings.WORKER_THROUGHPUT.get(request.model.task, 10.0)
     cost = cost_of(request.model.name, "trained_tokens", trained_tokens)
     body: dict[str, Any] = {
         "object": "fine_tuning.job.estimate",
@@ -435,7 +434,7 @@ def estimate(request: FineTuneRequest) -> dict[str, Any]:
         "training_examples": n_train,
         "trained_tokens": trained_tokens,
         "steps": estimate_steps(rows, hp, fraction),
-        "estimated_seconds": round(n_train * hp.n_epochs / throughput),
+        "estimated_seconds": training_seconds(n_train, hp.n_epochs, request.model.task),
         "estimated_cost": cost,
         "currency": "usd_micros",
         "hyperparameters": hp.to_dict(),
@@ -446,6 +445,60 @@ def estimate(request: FineTuneRequest) -> dict[str, Any]:
         body["estimated_cost"] = cost = cost + teacher_cost
     body["allowed_to_proceed"] = request.max_cost is None or cost <= request.max_cost or rows == 0
     return body
+
+
+def training_seconds(n_train: int, n_epochs: int, task: str) -> int:
+    """About how long training takes on one worker, at its measured throughput."""
+    return round(n_train * n_epochs / settings.WORKER_THROUGHPUT.get(task, 10.0))
+
+
+# Past this many jobs ahead, the queue's wait is extrapolated from them rather than summed.
+WAIT_SAMPLE = 500
+
+
+def queue_wait_seconds(job: Job) -> int | None:
+    """About how long a queued fine-tune waits before it starts: the time left of the fine-tunes
+    running now, plus the estimates of those queued ahead of it, shared among as many workers as
+    are busy (at least one). None when the job is not queued."""
+    if job.status != JobStatus.QUEUED or job.queued_at is None:
+        return None
+    columns = ("progress__eta_seconds", "hyperparameters__n_epochs", "training_file__validation__rows",
+               "validation_file_id", "model__task")  # fmt: skip
+    fine_tunes = Job.objects.filter(kind=JobKind.FINE_TUNE)
+    running = list(fine_tunes.filter(status=JobStatus.RUNNING).values_list(*columns)[:WAIT_SAMPLE])
+    ahead = fine_tunes.filter(status=JobStatus.QUEUED, queued_at__lt=job.queued_at)
+    sample = list(ahead.order_by("queued_at").values_list(*columns)[:WAIT_SAMPLE])
+    queued_work = sum(_expected_seconds(row) for row in sample)
+    if len(sample) == WAIT_SAMPLE:
+        queued_work = queued_work * ahead.count() // WAIT_SAMPLE
+    running_work = sum(_remaining_seconds(row) for row in running)
+    return round((running_work + queued_work) / max(len(running), 1))
+
+
+def job_seconds(job: Job) -> int | None:
+    """About how long a fine-tune trains once it starts; None before its file is validated."""
+    rows = int(((job.training_file.validation or {}) if job.training_file else {}).get("rows") or 0)
+    n_epochs = (job.hyperparameters or {}).get("n_epochs")
+    if not rows or not isinstance(n_epochs, int):
+        return None
+    return _expected_seconds(
+        (None, n_epochs, rows, job.validation_file_id, job.model.task if job.model else "")
+    )
+
+
+def _expected_seconds(row: tuple[Any, ...]) -> int:
+    _, n_epochs, rows, validation_file_id, task = row
+    if not isinstance(rows, int) or not isinstance(n_epochs, int):
+        return 0
+    n_train = rows - (0 if validation_file_id else validation_size(rows, VALIDATION_FRACTION))
+    return training_seconds(n_train, n_epochs, task or "")
+
+
+def _remaining_seconds(row: tuple[Any, ...]) -> int:
+    eta = row[0]
+    if isinstance(eta, int | float) and not isinstance(eta, bool) and eta >= 0:
+        return int(eta)
+    return _expected_seconds(row)  # not measured yet: the whole job is ahead
 
 
 def _teacher_cost(distillation: Distillation, rows: int, mean_tokens: float) -> int:

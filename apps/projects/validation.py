@@ -769,7 +769,10 @@ class _CsvFeed:
 class _Columns:
     text: int
     label: int | None  # None: a file of unlabelled texts
-    count: int  # the header's columns
+    width: int  # the header's columns, less the empty ones a trailing delimiter leaves at its end
+    delimiter: str
+    # Whether the trailing empty column that spreadsheets leave has been warned about (once a file).
+    trailing_warned: bool = False
 
 
 def _validate_csv(run: _Run, lines: Iterator[_Line], delimiter: str) -> None:
@@ -780,7 +783,7 @@ def _validate_csv(run: _Run, lines: Iterator[_Line], delimiter: str) -> None:
     for start, values in _csv_records(run, feed, delimiter):
         if not header_seen:
             header_seen = True
-            columns = _read_header(run, start, values)
+            columns = _read_header(run, start, values, delimiter)
         elif run.count_row(start) and columns is not None and not feed.record_is_bad:
             chars = _check_csv_row(run, start, values, columns)
             if chars is not None:
@@ -823,12 +826,27 @@ def _csv_error_hint(error: Exception) -> str:
     return _HINT_QUOTES
 
 
-def _read_header(run: _Run, line: int, values: list[str]) -> _Columns | None:
+def _delimiter_name(delimiter: str) -> str:
+    return "a tab" if delimiter == "\t" else f'a "{delimiter}"'
+
+
+def _read_header(run: _Run, line: int, values: list[str], delimiter: str) -> _Columns | None:
     names = [value.strip() for value in values]
+    # Spreadsheets often end every line with a delimiter: the empty last column is not a column.
+    trailing = len(names) - len(list(itertools.dropwhile(lambda name: not name, reversed(names))))
+    if trailing:
+        names = names[: len(names) - trailing]
+        message = (
+            f"the header ends with an empty column ({_delimiter_name(delimiter)} at the end of the line)"
+        )
+        hint = (
+            "it is ignored, and so are empty values under it; remove the trailing delimiter to silence this"
+        )
+        run.warn(line, None, message, hint)
     wanted = [run.name("text"), run.name("label")]
     text, label = (_find_column(names, name) for name in wanted)
     if text is not None and label is None and run.purpose == "fine-tune":
-        return _unlabelled_header(run, line, names, text)
+        return _unlabelled_header(run, line, names, text, delimiter, warned=bool(trailing))
     if text is None or label is None:
         missing = [name for name, index in zip(wanted, (text, label), strict=True) if index is None]
         columns = f"column{'s' if len(missing) > 1 else ''} {' and '.join(_quote(name) for name in missing)}"
@@ -839,10 +857,12 @@ def _read_header(run: _Run, line: int, values: list[str]) -> _Columns | None:
     if extra:
         hint = "only the text and label columns are used; map other names with column_mapping"
         run.warn(line, None, f"ignoring extra columns: {_quote_list(extra)}", hint)
-    return _Columns(text=text, label=label, count=len(names))
+    return _Columns(text, label, len(names), delimiter, trailing_warned=bool(trailing))
 
 
-def _unlabelled_header(run: _Run, line: int, names: list[str], text: int) -> _Columns:
+def _unlabelled_header(
+    run: _Run, line: int, names: list[str], text: int, delimiter: str, *, warned: bool
+) -> _Columns:
     """A header with a text column and no label column: texts for a teacher to label."""
     run.format = TEXT_CSV
     label = run.name("label")
@@ -852,7 +872,7 @@ def _unlabelled_header(run: _Run, line: int, names: list[str], text: int) -> _Co
     )
     hint = f"to fine-tune a classifier on this file, add a {_quote(label)} column or map yours with column_mapping"
     run.warn(line, label, message, hint)
-    return _Columns(text=text, label=None, count=len(names))
+    return _Columns(text, None, len(names), delimiter, trailing_warned=warned)
 
 
 def _find_column(names: list[str], wanted: str) -> int | None:
@@ -863,14 +883,7 @@ def _find_column(names: list[str], wanted: str) -> int | None:
 
 
 def _check_csv_row(run: _Run, line: int, values: list[str], columns: _Columns) -> int | None:
-    # More values than the header has columns: most often an unquoted delimiter inside the text,
-    # which shifts the label into the wrong column. Empty extras are the trailing delimiters
-    # spreadsheets leave behind.
-    if any(value.strip() for value in values[columns.count :]):
-        message = (
-            f"row has {_plural(len(values), 'value')} but the header has {_plural(columns.count, 'column')}"
-        )
-        run.error(line, None, message, _HINT_QUOTES)
+    if len(values) > columns.width and not _only_trailing_empties(run, line, values, columns):
         return None
     if columns.label is None:
         if columns.text >= len(values):
@@ -886,6 +899,30 @@ def _check_csv_row(run: _Run, line: int, values: list[str], columns: _Columns) -
         run.error(line, field, message, "fill in every column; check for a missing delimiter")
         return None
     return _check_classification(run, line, values[columns.text], values[columns.label])
+
+
+def _only_trailing_empties(run: _Run, line: int, values: list[str], columns: _Columns) -> bool:
+    """A row longer than the header: True when the values past it are empty (a trailing delimiter,
+    warned about once a file); otherwise an error, as the text was most likely split in two."""
+    extra = values[columns.width :]
+    if any(value.strip() for value in extra):
+        message = (
+            f"row has {_plural(len(values), 'value')} but the header has {_plural(columns.width, 'column')}"
+        )
+        sep = columns.delimiter
+        example = "" if sep == "\t" else f', e.g. "Too{sep} many{sep} columns"{sep}label'
+        hint = (
+            f"a text that contains {_delimiter_name(sep)} must be in double quotes{example}; "
+            "otherwise remove the extra values"
+        )
+        run.error(line, None, message, hint)
+        return False
+    if not columns.trailing_warned:
+        columns.trailing_warned = True
+        message = f"row ends with an empty column past the header ({_delimiter_name(columns.delimiter)} at the end of the line)"
+        hint = "empty values past the header are ignored, on this row and any later one"
+        run.warn(line, None, message, hint)
+    return True
 
 
 def sniff_delimiter(head: bytes, filename: str) -> str:

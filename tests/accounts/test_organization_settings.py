@@ -10,8 +10,8 @@ import pytest
 from django.apps import apps as django_apps
 from django.test import Client
 
-from apps.accounts import actions
 from apps.accounts.models import Organization
+from apps.projects import onboarding
 from tests.conftest import login
 
 SETTINGS = "/organization/"
@@ -181,12 +181,12 @@ def test_a_new_organization_gets_a_slug_from_its_name_and_a_number_when_taken(
 ) -> None:
     settings.FREE_ORGANIZATIONS_PER_USER = 5
 
-    second = actions.create_organization(carol, "Acme")
-    third = actions.create_organization(carol, "ACME")
+    second = onboarding.create_organization(carol, "Acme")
+    third = onboarding.create_organization(carol, "ACME")
 
     assert (alice_org.slug, second.slug, third.slug) == ("acme", "acme-2", "acme-3")
-    assert actions.create_organization(carol, "Acme Labs, Inc.").slug == "acme-labs-inc"
-    assert actions.create_organization(carol, "  ✓ ").slug == "org"
+    assert onboarding.create_organization(carol, "Acme Labs, Inc.").slug == "acme-labs-inc"
+    assert onboarding.create_organization(carol, "  ✓ ").slug == "org"
 
 
 def test_signup_s_organization_slug_does_not_carry_the_email_handle(client: Client, db: None) -> None:

@@ -12,10 +12,10 @@ from django.test import Client
 from django.urls import URLPattern, resolve
 from django.utils import timezone
 
-from apps.accounts.actions import create_api_key
 from apps.accounts.models import Invitation
 from apps.dashboard.urls import urlpatterns as dashboard_urls
 from apps.jobs.models import JobEvent, JobStatus
+from apps.projects.actions import create_api_key
 from tests.billing.test_usage_api import record
 from tests.conftest import login
 from tests.dashboard.test_batches import batch_with_results, chat_output, chat_request, processed_file

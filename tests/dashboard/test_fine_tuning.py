@@ -129,12 +129,14 @@ def test_the_form_explains_every_hyperparameter(
 ) -> None:
     page = alice_client.get(f"/projects/{alice_project.public_id}/fine-tuning/new").content.decode()
     for name, initial in [
-        ("n_epochs", "auto"), ("batch_size", "auto"), ("learning_rate_multiplier", "auto"),
+        ("n_epochs", ""), ("batch_size", ""), ("learning_rate_multiplier", ""),
         ("warmup_ratio", "0.1"), ("weight_decay", "0.01"), ("max_seq_length", "128"),
-        ("early_stopping_patience", "3"), ("seed", "auto"),
+        ("early_stopping_patience", "3"), ("seed", ""),
     ]:  # fmt: skip
-        assert re.search(rf'name="{name}" value="{re.escape(initial)}"', page), name
-    assert page.count('<p class="help">') >= 12
+        assert re.search(rf'type="number" id="id_{name}" name="{name}" value="{re.escape(initial)}"', page), (
+            name
+        )
+    assert page.count('<p class="help"') >= 12
 
 
 def test_the_estimate_shows_tokens_steps_time_and_cost(
@@ -168,19 +170,19 @@ def test_the_estimate_shows_an_action_error_next_to_its_field(
     url = f"/projects/{alice_project.public_id}/fine-tuning/estimate"
 
     page = alice_client.post(url, form(train_file, n_epochs="0")).content.decode()
-    assert field_error(page, "n_epochs") == 'n_epochs must be an integer between 1 and 50 or "auto"'
+    assert field_error(page, "n_epochs") == "Epochs must be a whole number from 1 to 50, or empty for auto."
     assert 'id="estimate-cost"' not in page
 
     page = alice_client.post(url, form(train_file, learning_rate_multiplier="fast")).content.decode()
     assert field_error(page, "learning_rate_multiplier") == (
-        'learning_rate_multiplier must be a number greater than 0 or "auto"'
+        "Learning rate multiplier must be a number greater than 0, or empty for auto."
     )
     page = alice_client.post(url, form(train_file, max_seq_length="1024")).content.decode()
-    assert "max_seq_length must be an integer between 8 and 512" in field_error(page, "max_seq_length")
+    assert field_error(page, "max_seq_length") == "Max sequence length must be a whole number from 8 to 512."
     page = alice_client.post(url, form(train_file, suffix="no spaces")).content.decode()
-    assert "suffix must be 1 to 64 letters" in field_error(page, "suffix")
+    assert field_error(page, "suffix") == "Suffix must be 1 to 64 letters, digits, - or _ (no spaces)."
     page = alice_client.post(url, form(train_file, model="smollm2-135m-instruct")).content.decode()
-    assert "supervised needs chat JSONL or prompt/completion JSONL" in field_error(page, "training_file")
+    assert field_error(page, "model") == "train.csv holds labelled texts: pick minilm-l6 (a classifier)."
 
 
 def test_the_estimate_warns_when_it_is_above_max_cost(
@@ -196,7 +198,7 @@ def test_the_estimate_warns_when_it_is_above_max_cost(
     page = alice_client.post(url, form(train_file, max_cost="1")).content.decode()
     assert field_error(page, "max_cost") == ""
     page = alice_client.post(url, form(train_file, max_cost="-2")).content.decode()
-    assert field_error(page, "max_cost") == "max_cost must be an amount in dollars, e.g. 5 or 2.50."
+    assert field_error(page, "max_cost") == "Max cost must be an amount in dollars, e.g. 5 or 2.50."
 
 
 def test_a_max_cost_too_large_for_micro_dollars_is_refused_not_a_500(
@@ -264,11 +266,11 @@ def test_nothing_is_created_when_start_fails(alice_client: Any, alice_project: A
     response = alice_client.post(url, form(train_file, n_epochs="0", suffix="keep-me"))
     page = response.content.decode()
     assert response.status_code == 200
-    assert field_error(page, "n_epochs") == 'n_epochs must be an integer between 1 and 50 or "auto"'
+    assert field_error(page, "n_epochs") == "Epochs must be a whole number from 1 to 50, or empty for auto."
     assert 'name="suffix" value="keep-me"' in page  # the form keeps what was typed
 
     page = alice_client.post(url, form(train_file, training_file="")).content.decode()
-    assert field_error(page, "training_file") == "Missing required parameter: 'training_file'."
+    assert field_error(page, "training_file") == "Choose a training file."
     assert not Job.objects.exists()
 
 
@@ -555,9 +557,9 @@ def test_a_teachers_error_is_shown_next_to_its_field(
     good = alice_client.post(url, form(texts, teacher="tiny-gpt2", labels="spam, ham")).content.decode()
 
     assert field_error(missing, "labels") == (
-        "Missing required parameter: 'method.distillation.labels' (the classes a generation teacher chooses from)."
+        "Enter the labels a generation teacher chooses from, e.g. billing, bug, praise."
     )
-    assert field_error(single, "labels") == "labels must be a list of 2 to 100 class names."
+    assert field_error(single, "labels") == "Labels must be a list of 2 to 100 class names."
     assert field_error(good, "labels") == ""
     assert "Includes the teacher's labelling: $" in good
 

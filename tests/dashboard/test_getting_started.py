@@ -14,9 +14,9 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from apps.accounts.actions import create_api_key
 from apps.accounts.models import ApiKey
 from apps.jobs.models import Checkpoint, Job, JobKind, JobStatus
+from apps.projects.actions import create_api_key
 from apps.projects.models import File, FileStatus
 from apps.projects.samples import SAMPLE_PATH
 from apps.registry.actions import register_checkpoint_model

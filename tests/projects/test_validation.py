@@ -280,19 +280,82 @@ def test_rows_too_short_to_reach_the_label_are_errors():
     assert errors(report) == [(3, "row has 1 value but the text and label need 2")]
 
 
-def test_a_row_with_more_values_than_the_header_is_an_error_not_a_shifted_label():
-    # An unquoted comma in the text would otherwise make " thanks" the label and drop "pos".
-    report = validate(b"text,label\nGood film,pos\ngreat service, thanks,pos\nBad film,neg\n")
+def test_rows_with_more_values_than_the_header_are_errors():
+    report = validate(b"text,label\nGood film,pos\nToo,many,columns,here\nBad film,neg\nGreat film,pos\n")
+
+    assert errors(report) == [(3, "row has 4 values but the header has 2 columns")]
+    assert report["errors"][0]["hint"] == (
+        'a text that contains a "," must be in double quotes, e.g. "Too, many, columns",label; '
+        "otherwise remove the extra values"
+    )
+    assert report["error_count"] == 1 and report["valid"] is False
+    assert report["rows"] == 4  # counted like any other bad row
+    assert report["stats"]["labels"] == {"pos": 2, "neg": 1}  # "many" was never read as a label
+    assert report["summary"] == "1 error (first: line 3: row has 4 values but the header has 2 columns)"
+
+
+def test_a_row_too_long_for_a_semicolon_or_tab_header_names_its_delimiter():
+    semicolons = validate(b"text;label\nGood film;pos\nBad;film;neg\nAwful film;neg\n")
+    tabs = validate(b"text\tlabel\nGood film\tpos\nBad\tfilm\tneg\nAwful film\tneg\n", filename="a.tsv")
+
+    assert errors(semicolons) == errors(tabs) == [(3, "row has 3 values but the header has 2 columns")]
+    assert semicolons["errors"][0]["hint"] == (
+        'a text that contains a ";" must be in double quotes, e.g. "Too; many; columns";label; '
+        "otherwise remove the extra values"
+    )
+    assert tabs["errors"][0]["hint"] == (
+        "a text that contains a tab must be in double quotes; otherwise remove the extra values"
+    )
+
+
+def test_an_unlabelled_row_with_more_values_than_the_header_is_an_error():
+    report = validate(b"id,text\n1,a fine first text\n2,split,in two\n")
+
+    assert report["format"] == "text_csv"
+    assert errors(report) == [(3, "row has 3 values but the header has 2 columns")]
+
+
+def test_a_quoted_field_with_commas_is_one_column():
+    report = validate(b'text,label\n"Too, many, columns, here",pos\n"Bad, really bad",neg\n')
+
+    assert report["valid"] is True
+    assert report["stats"]["labels"] == {"neg": 1, "pos": 1}
+    assert report["stats"]["chars"]["max"] == len("Too, many, columns, here")
+
+
+def test_a_delimiter_at_the_end_of_every_row_is_one_warning_not_an_error_a_row():
+    report = validate(b"text,label\nGood film,pos,\nBad film,neg,\nGreat film,pos, \n")
+
+    assert report["valid"] is True
+    assert report["rows"] == 3
+    assert warnings(report)[0] == (
+        2, 'row ends with an empty column past the header (a "," at the end of the line)'
+    )  # fmt: skip
+    assert (
+        report["warnings"][0]["hint"]
+        == "empty values past the header are ignored, on this row and any later one"
+    )
+    assert [line for line, message in warnings(report) if "empty column" in message] == [2]
+    assert report["stats"]["labels"] == {"pos": 2, "neg": 1}
+
+
+def test_a_header_with_a_delimiter_at_its_end_is_one_warning():
+    report = validate(b"text,label,\nGood film,pos,\nBad film,neg\nGreat film,pos,\n")
+
+    assert report["valid"] is True
+    assert warnings(report) == [
+        (1, 'the header ends with an empty column (a "," at the end of the line)'),
+        (3, 'label "neg" has only 1 example'),
+    ]
+    assert report["warnings"][0]["hint"] == (
+        "it is ignored, and so are empty values under it; remove the trailing delimiter to silence this"
+    )
+
+
+def test_a_value_under_a_headers_trailing_empty_column_is_an_error():
+    report = validate(b"text,label,\nGood film,pos,\nBad film,neg,oops\nAwful film,neg,\n")
 
     assert errors(report) == [(3, "row has 3 values but the header has 2 columns")]
-    assert report["errors"][0]["hint"].startswith("quote fields that contain the delimiter")
-    assert report["stats"]["labels"] == {"pos": 1, "neg": 1}
-
-
-def test_empty_values_past_the_header_are_trailing_delimiters_and_fine():
-    report = validate(b"text,label\nGood film,pos,,\nBad film,neg,\n")
-
-    assert report["valid"] is True and errors(report) == []
 
 
 def test_an_unclosed_quote_at_the_end_says_the_file_may_be_truncated():

@@ -33,7 +33,7 @@ from workers.runners.distill import (
     labels_report,
     student_spec,
 )
-from workers.runners.progress import STOP_MESSAGES, ProgressReporter
+from workers.runners.progress import STOP_MESSAGES, ProgressReporter, without_paths
 from workers.runners.reports import diagnostics_csv, metrics_csv
 from workers.runtime.specs import Hyperparameters, TrainingDataError, TrainSpec
 
@@ -99,10 +99,11 @@ def run_fine_tune(job: Job) -> None:
     except TrainingDataError as exc:
         # Only the customer's data or settings: any other error is ours, and run_claimed fails the
         # job with internal_error rather than blame the customer's file for it.
+        reason = without_paths(str(exc))
         actions.finish(
             job.pk, job.attempt, JobStatus.FAILED,
-            error={"code": "invalid_training_data", "message": str(exc), "param": "training_file"},
-            message=f"Training failed: {exc}",
+            error={"code": "invalid_training_data", "message": reason, "param": "training_file"},
+            message=f"Training failed: {reason}",
         )  # fmt: skip
     except (DatabaseError, OSError) as exc:
         logger.exception("job %s: transient failure", job.public_id)
@@ -137,7 +138,9 @@ def _mapped(job: Job, field: str) -> str:
 
 
 def _local_copy(file: Any, stem: Path) -> Path:
-    suffix = ".csv" if file.format.endswith("_csv") else ".jsonl"
+    # A .tsv keeps its name: its delimiter is read from the extension, as the validation did.
+    is_tsv = file.filename.lower().endswith(".tsv")
+    suffix = (".tsv" if is_tsv else ".csv") if file.format.endswith("_csv") else ".jsonl"
     return download_file(file.content.name, stem.with_suffix(suffix))
 
 
@@ -163,7 +166,10 @@ def _finish(
 ) -> None:
     # The teacher's usage is billed with the student's, at its own prices.
     usage, models = progress.usage(result.trained_tokens), progress.extra_models
-    fields = {"trained_tokens": result.trained_tokens}
+    fields: dict[str, Any] = {
+        "trained_tokens": result.trained_tokens,
+        "progress": progress.final_progress(result.steps, succeeded=False),
+    }
     if result.status == "stopped" and guard.stop_reason == "cancel":
         actions.finish(
             job.pk, job.attempt, JobStatus.CANCELLED, usage=usage, usage_models=models, fields=fields,
@@ -185,7 +191,9 @@ def _finish(
         "metrics": result.metrics,
         "labels": list(result.labels),
         "steps": result.steps,
+        "validation_examples": progress.valid_examples,
     }
+    fields["progress"] = progress.final_progress(result.steps, succeeded=True)
     teacher_report = None
     if labelling is not None:
         outcome["distillation"], predictions = compare(labelling, result.model_dir, progress.model_name)

@@ -4,10 +4,14 @@ progress, metric events, stored checkpoints, and the budget check before each st
 from __future__ import annotations
 
 import logging
+import re
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.db import DatabaseError, connection
 
 from apps.billing.pricing import cost_of
@@ -23,9 +27,35 @@ logger = logging.getLogger(__name__)
 # Progress writes kept while PostgreSQL is briefly unreachable (the heartbeat thread self-fences
 # the attempt if the outage lasts longer than JOB_SELF_FENCE_SECONDS).
 MAX_PENDING_WRITES = 500
+# Per-step metrics are written in batches: at most this many rows, or every progress interval.
+METRICS_BATCH_ROWS = 200
+# The ETA follows an exponential moving average of the step rate, measured over windows of at
+# least this long: it settles instead of jumping with every slow or fast step.
+RATE_WINDOW_SECONDS = 1.0
+RATE_SMOOTHING = 0.2  # the newest window's weight
 STOP_MESSAGES = {
     reason: f"{reason.label}: the job stopped early and kept the best model so far." for reason in StopReason
 }
+
+
+class StepRate:
+    """Steps a second, as an exponential moving average over windows of RATE_WINDOW_SECONDS or
+    more: one slow step (an evaluation, a checkpoint) moves it a little, a lasting change fully
+    within a few windows. None until the first window is measured: the first steps (warm-up,
+    caches) mislead."""
+
+    def __init__(self) -> None:
+        self.rate: float | None = None
+        self.mark: tuple[float, int] | None = None  # (time, step) where the current window began
+
+    def update(self, now: float, step: int) -> float | None:
+        if self.mark is None:
+            self.mark = (now, step)
+        elif now - self.mark[0] >= RATE_WINDOW_SECONDS:
+            window = (step - self.mark[1]) / (now - self.mark[0])
+            self.rate = window if self.rate is None else self.rate + RATE_SMOOTHING * (window - self.rate)
+            self.mark = (now, step)
+        return self.rate
 
 
 class ProgressReporter:
@@ -35,11 +65,8 @@ class ProgressReporter:
     def __init__(self, job: Job, guard: AttemptGuard) -> None:
         self.job = job
         self.guard = guard
-        self.started = time.monotonic()
-        self.first_step: int | None = None
         self.step = 0
         self.trained_tokens = 0
-        self.last_metrics_step = -1
         self.share = SpendShare(job)  # the job's share of the organization's spend cap
         # The name the model will have; checkpoints are callable as `<name>:ckpt-step-N`.
         self.model_name = fine_tuned_name(
@@ -51,6 +78,11 @@ class ProgressReporter:
         self.extra_usage: dict[str, int] = {}
         self.extra_models: dict[str, str] = {}
         self.max_step_tokens = 0  # the most tokens one step has trained so far
+        self.step_rows: list[tuple[str, dict[str, Any]]] = []  # per-step metrics not written yet
+        self.rows_queued_at = time.monotonic()
+        self.rate = StepRate()
+        self.last_progress: dict[str, Any] = {}
+        self.valid_examples: int | None = None  # the size of the validation set, from the run's banner
 
     def should_stop(self) -> bool:
         if self.step:
@@ -78,7 +110,7 @@ class ProgressReporter:
         return {"trained_tokens": trained_tokens, **self.extra_usage}
 
     def log(self, message: str) -> None:
-        self._write(actions.add_event, message)
+        self._write(actions.add_event, without_paths(message))
 
     def _next_step_cost(self) -> int:
         # The next step costs at most what the costliest step so far did: steps differ in tokens
@@ -94,11 +126,7 @@ class ProgressReporter:
         self.step, self.trained_tokens = event.step, max(self.trained_tokens, event.trained_tokens)
         if event.kind == "step":
             self._progress(event)
-            every = max(1, event.total_steps // 200)  # at most ~200 points on the loss curve
-            if event.step - self.last_metrics_step >= every:
-                self.last_metrics_step = event.step
-                keys = ("train_loss", "train_mean_token_accuracy")  # the second from SFT only
-                self._metrics(event, {key: event.metrics.get(key) for key in keys})
+            self._step_metrics(event)
         elif event.kind == "eval":
             self._metrics(event, event.metrics, message=_eval_message(event))
         elif event.kind == "checkpoint" and event.checkpoint_dir:
@@ -112,16 +140,26 @@ class ProgressReporter:
                 usage_models=self.extra_models,
             )  # fmt: skip
         elif event.kind == "log" and event.message:
+            if isinstance(event.metrics.get("valid_examples"), int):
+                self.valid_examples = event.metrics["valid_examples"]
             self.log(event.message)
 
     def _write(self, action: Any, *args: Any, **kwargs: Any) -> None:
         """A fenced write from the training loop. A short database outage does not end the attempt:
         the write waits here (in order) and goes out with the next one; the heartbeat thread decides
         when the outage is too long."""
+        self._queue_step_rows()  # the steps before this write go out before it
         self.pending.append((action, args, kwargs))
         self.flush()
 
+    def _queue_step_rows(self) -> None:
+        if self.step_rows:
+            self.pending.append((actions.add_metrics, (self.step_rows,), {}))
+            self.step_rows = []
+        self.rows_queued_at = time.monotonic()
+
     def flush(self) -> None:
+        self._queue_step_rows()
         while self.pending and not self.guard.lost:
             action, args, kwargs = self.pending[0]
             try:
@@ -141,23 +179,47 @@ class ProgressReporter:
             self.pending.clear()
 
     def _progress(self, event: Any) -> None:
-        # The rate is timed from the end of this attempt's first step: when that step began is not
-        # known (it follows the model's loading), so there is no estimate until a second step ends.
-        if self.first_step is None:
-            self.first_step, self.started = event.step, time.monotonic()
-        done = event.step - self.first_step
-        rate = done / max(time.monotonic() - self.started, 1e-6)
+        rate = self.rate.update(time.monotonic(), event.step)
         remaining = max(event.total_steps - event.step, 0)
-        self.guard.set_progress(
-            {
-                "step": event.step,
-                "total_steps": event.total_steps,
-                "epoch": event.epoch,
-                "percent": round(100 * event.step / max(event.total_steps, 1), 1),
-                "eta_seconds": round(remaining / rate) if rate > 0 else None,
-                "trained_tokens": event.trained_tokens,
-            }
+        self.last_progress = {
+            "step": event.step,
+            "total_steps": event.total_steps,
+            "epoch": event.epoch,
+            "percent": round(100 * event.step / max(event.total_steps, 1), 1),
+            # None until the first window is measured: the first steps (warm-up, caches) mislead.
+            "eta_seconds": round(remaining / rate) if rate else None,
+            "trained_tokens": event.trained_tokens,
+        }
+        self.guard.set_progress(self.last_progress)
+
+    def final_progress(self, steps: int, succeeded: bool) -> dict[str, Any]:
+        """The progress a finished attempt leaves: its last step, and 100% when the job succeeded
+        (early stopping and max_cost end a job before its planned last step)."""
+        total = self.last_progress.get("total_steps") or steps
+        percent = 100.0 if succeeded else round(100 * steps / max(total, 1), 1)
+        return {
+            **self.last_progress,
+            "step": steps,
+            "total_steps": total,
+            "percent": percent,
+            "eta_seconds": 0,
+        }
+
+    def _step_metrics(self, event: Any) -> None:
+        """Every step's metrics go to the loss curve and the results file, written in batches."""
+        data = {"step": event.step, "total_steps": event.total_steps, "epoch": event.epoch}
+        for key in ("train_loss", "train_mean_token_accuracy"):  # the second from SFT only
+            value = event.metrics.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                data[key] = value
+        loss = data.get("train_loss")
+        message = f"Step {event.step}/{event.total_steps}" + (
+            f": train_loss {loss:.4f}" if loss is not None else ""
         )
+        self.step_rows.append((message, data))
+        interval = settings.JOB_PROGRESS_INTERVAL_SECONDS
+        if len(self.step_rows) >= METRICS_BATCH_ROWS or time.monotonic() - self.rows_queued_at >= interval:
+            self.flush()
 
     def _metrics(self, event: Any, metrics: dict[str, Any], message: str | None = None) -> None:
         data = {"step": event.step, "total_steps": event.total_steps, "epoch": event.epoch}
@@ -177,3 +239,25 @@ def _eval_message(event: Any) -> str:
     if "accuracy" in metrics:
         parts.append(f"accuracy {metrics['accuracy']:.3f}")
     return ": ".join([parts[0], ", ".join(parts[1:])]) if len(parts) > 1 else parts[0]
+
+
+def _worker_roots() -> list[str]:
+    roots = {
+        settings.VAR_DIR,
+        settings.MEDIA_ROOT,
+        settings.MODEL_CACHE_DIR,
+        tempfile.gettempdir(),
+        sys.prefix,
+    }
+    return sorted(
+        (str(root).rstrip("/") for root in roots if str(root) not in ("", "/")), key=len, reverse=True
+    )
+
+
+def without_paths(text: str) -> str:
+    """A message for the customer, with any path on this worker cut to its last part. The runtime's
+    own messages name no paths; this catches a library's error that quotes one (a model file, a
+    tokenizer directory)."""
+    for root in _worker_roots():
+        text = re.sub(re.escape(root) + r"/(?:[^\s/'\"]+/)*", "", text)
+    return text

@@ -17,7 +17,7 @@ from workers.runtime.specs import ClassifyRequest, ClassifyResult, LabelScore
 
 def _check(model: LoadedModel, request: ClassifyRequest) -> None:
     if model.task != CLASSIFICATION:
-        raise ValueError(f"model {model.ref} is a {model.task} model, not a classifier")
+        raise ValueError(f"this is a {model.task} model, not a classifier")
     if request.top_k is not None and request.top_k < 1:
         raise ValueError("top_k must be at least 1")
     if request.batch_size < 1 or request.max_seq_length < 1:

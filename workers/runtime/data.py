@@ -22,6 +22,9 @@ from workers.runtime.specs import TrainingDataError, validation_size
 
 JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
 CSV_SUFFIXES = {".csv", ".tsv"}
+# How errors name the files of a run: the customer reads them in the job's error.
+TRAINING_FILE = "training file"
+VALIDATION_FILE = "validation file"
 # Length grouping sorts within chunks of this many batches: big enough that batches are
 # nearly uniform in length, small enough that the epoch order stays random.
 MEGA_BATCH_BATCHES = 50
@@ -94,11 +97,16 @@ def detect_format(path: str | Path) -> str:
     return "csv"
 
 
-def iter_records(path: str | Path, *, columns: Sequence[str] = ()) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_records(
+    path: str | Path, *, columns: Sequence[str] = (), source: str = ""
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, record) from a CSV-with-header or JSONL file, one row at a time.
 
-    A CSV header that lacks one of `columns` is an error up front, not on every row.
+    A CSV header that lacks one of `columns` is an error up front, not on every row. Errors name the
+    file as `source` ("training file"), by default its name: never its directory, which is the
+    worker's and means nothing to the customer who reads the job's error.
     """
+    source = source or Path(path).name
     # utf-8-sig drops a BOM (Excel writes one); newline="" lets csv handle CRLF and quoted newlines.
     if detect_format(path) == "jsonl":
         with open(path, encoding="utf-8-sig") as handle:
@@ -108,20 +116,30 @@ def iter_records(path: str | Path, *, columns: Sequence[str] = ()) -> Iterator[t
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise TrainingDataError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+                    raise TrainingDataError(f"{source}, line {number}: invalid JSON ({error.msg})") from None
                 if not isinstance(record, dict):
-                    raise TrainingDataError(f"{path}:{number}: each line must be a JSON object")
+                    raise TrainingDataError(f"{source}, line {number}: each line must be a JSON object")
                 yield number, record
         return
     with open(path, encoding="utf-8-sig", newline="") as handle:
-        delimiter = "\t" if Path(path).suffix.lower() == ".tsv" else ","
-        reader = csv.DictReader(handle, delimiter=delimiter)
+        reader = csv.DictReader(handle, delimiter=csv_delimiter(path))
         missing = [column for column in columns if column not in (reader.fieldnames or [])]
         if missing:
             header = ", ".join(reader.fieldnames or [])
-            raise TrainingDataError(f'{path}: no "{missing[0]}" column in the header ({header})')
+            raise TrainingDataError(f'{source}: no "{missing[0]}" column in the header ({header})')
         for row in reader:
             yield reader.line_num, dict(row)
+
+
+def csv_delimiter(path: str | Path) -> str:
+    """The delimiter the upload's validation read the file with (apps/projects/validation.py,
+    `sniff_delimiter`): tab for a .tsv, else the first of , tab ; in the header line. Excel in
+    many European locales writes ";"."""
+    if Path(path).suffix.lower() == ".tsv":
+        return "\t"
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        header = next((line for line in handle if line.strip()), "")
+    return next((char for char in (",", "\t", ";") if char in header), ",")
 
 
 def label_to_str(value: Any) -> str | None:
@@ -142,22 +160,27 @@ def label_to_str(value: Any) -> str | None:
 
 
 def read_examples(
-    path: str | Path, text_field: str = "text", label_field: str = "label", soft_field: str = ""
+    path: str | Path,
+    text_field: str = "text",
+    label_field: str = "label",
+    soft_field: str = "",
+    *,
+    source: str = "",
 ) -> list[Example]:
+    source = source or Path(path).name
     examples = []
-    for number, record in iter_records(path, columns=(text_field, label_field)):
+    for number, record in iter_records(path, columns=(text_field, label_field), source=source):
+        where = f"{source}, line {number}"
         text = record.get(text_field)
         if not isinstance(text, str) or not text.strip():
-            raise TrainingDataError(f'{path}:{number}: "{text_field}" is missing or empty')
+            raise TrainingDataError(f'{where}: "{text_field}" is missing or empty')
         label = label_to_str(record.get(label_field))
         if label is None:
-            raise TrainingDataError(f'{path}:{number}: "{label_field}" is missing or empty')
-        soft = (
-            _soft_targets(record.get(soft_field), f'{path}:{number}: "{soft_field}"') if soft_field else None
-        )
+            raise TrainingDataError(f'{where}: "{label_field}" is missing or empty')
+        soft = _soft_targets(record.get(soft_field), f'{where}: "{soft_field}"') if soft_field else None
         examples.append(Example(text=text, label=label, line=number, soft=soft))
     if not examples:
-        raise TrainingDataError(f"{path}: no examples")
+        raise TrainingDataError(f"{source}: no examples")
     return examples
 
 
@@ -273,9 +296,9 @@ def prepare_data(
 ) -> PreparedData:
     """`labels` fixes the label set (a distillation's: the teacher may never give some of them);
     otherwise it is the training data's. `soft_field` names per-example target probabilities."""
-    train_examples = read_examples(training_file, text_field, label_field, soft_field)
+    train_examples = read_examples(training_file, text_field, label_field, soft_field, source=TRAINING_FILE)
     if validation_file:
-        valid_examples = read_examples(validation_file, text_field, label_field)
+        valid_examples = read_examples(validation_file, text_field, label_field, source=VALIDATION_FILE)
     else:
         train_examples, valid_examples = stratified_split(train_examples, validation_fraction, seed)
     unknown = sorted({example.label for example in train_examples} - set(labels)) if labels else []

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 
 from workers.runtime.classify import classify
-from workers.runtime.data import Example, read_examples, stratified_split
+from workers.runtime.data import TRAINING_FILE, VALIDATION_FILE, Example, read_examples, stratified_split
 from workers.runtime.models import LoadedModel
 from workers.runtime.specs import VALIDATION_FRACTION, ClassifyRequest, TrainSpec
 
@@ -30,8 +30,8 @@ class RowDiagnosis:
 def validation_examples(spec: TrainSpec) -> list[Example]:
     """The same validation rows the training run evaluated on (the split is seeded)."""
     if spec.validation_file:
-        return read_examples(spec.validation_file, spec.text_field, spec.label_field)
-    examples = read_examples(spec.training_file, spec.text_field, spec.label_field)
+        return read_examples(spec.validation_file, spec.text_field, spec.label_field, source=VALIDATION_FILE)
+    examples = read_examples(spec.training_file, spec.text_field, spec.label_field, source=TRAINING_FILE)
     return stratified_split(examples, VALIDATION_FRACTION, spec.hyperparameters.seed)[1]
 
 

@@ -520,7 +520,7 @@ def generate_batch(
 ) -> list[GenerateResult]:
     """Run several requests together in one padded batch; on_token gets (request, choice, text delta)."""
     if model.task != GENERATION:
-        raise ValueError(f"model {model.ref} is a {model.task} model, not a generator")
+        raise ValueError(f"this is a {model.task} model, not a generator")
     if not requests:
         return []
     prompts = []

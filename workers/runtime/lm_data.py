@@ -13,12 +13,13 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from jinja2.exceptions import TemplateError
 
-from workers.runtime.data import iter_records
+from workers.runtime.data import TRAINING_FILE, VALIDATION_FILE, iter_records
 from workers.runtime.specs import VALIDATION_FRACTION, TrainingDataError, TrainSpec, validation_size
 from workers.runtime.training import load_tokenizer
 
@@ -168,10 +169,13 @@ def encode_record(
     )
 
 
-def read_records(path: str) -> list[tuple[str, dict[str, Any]]]:
-    records = [(f"{path}:{number}", record) for number, record in iter_records(path)]
+def read_records(path: str, source: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """(where, record) pairs; `where` names the file as `source` (by default its name, never the
+    worker's directory) and the line."""
+    source = source or Path(path).name
+    records = [(f"{source}, line {number}", record) for number, record in iter_records(path, source=source)]
     if not records:
-        raise TrainingDataError(f"{path}: no examples")
+        raise TrainingDataError(f"{source}: no examples")
     return records
 
 
@@ -203,9 +207,9 @@ def encode_split(
 
 
 def prepare_lm_data(spec: TrainSpec, tokenizer: Any, max_length: int, seed: int) -> LMData:
-    train_records = read_records(spec.training_file)
+    train_records = read_records(spec.training_file, TRAINING_FILE)
     if spec.validation_file:
-        valid_records = read_records(spec.validation_file)
+        valid_records = read_records(spec.validation_file, VALIDATION_FILE)
     else:
         train_records, valid_records = split_records(train_records, seed)
     train, skipped_train = encode_split(train_records, spec, tokenizer, max_length)

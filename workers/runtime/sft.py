@@ -49,6 +49,7 @@ from workers.runtime.training import (
     read_trainer_state,
     resolve_device,
     save_final_model,
+    saved_message,
 )
 
 METHOD = "supervised"
@@ -329,7 +330,7 @@ class LMRun(RunBase):
         }
         self.emit("log", figures, message)
         if self.spec.resume_from:
-            self.emit("log", message=f"Resumed from the checkpoint at step {self.state.step}")
+            self.emit("log", message=f"Resumed from the checkpoint at step {self.state.step}.")
 
     def save(self, stopped: bool) -> TrainResult:
         output_dir = Path(self.spec.output_dir)
@@ -344,7 +345,7 @@ class LMRun(RunBase):
             model = model.merge_and_unload()  # the run is over: fold the adapters into the weights for good
         save_final_model(output_dir, best, model, self.tokenizer)  # the best checkpoint is merged already
         write_lm_card(output_dir, self.spec, self.lora, metrics)
-        self.emit("log", message="Saved the model.")
+        self.emit("log", message=saved_message(self.state))
         return TrainResult(
             status="stopped" if stopped else "completed",
             model_dir=str(output_dir),

@@ -140,6 +140,30 @@ def _learning_rate(requested: Mapping[str, Any], base_learning_rate: float) -> f
     return base_learning_rate * (multiplier if multiplier is not None else 1.0)
 
 
+# The allowed range of each numeric hyperparameter (learning rates need only be above 0); the
+# dashboard's form reads them too, for its number inputs and its messages.
+RANGES: dict[str, tuple[int | float, int | float]] = {
+    "n_epochs": (1, 50),
+    "batch_size": (1, 256),
+    "warmup_ratio": (0.0, 0.5),
+    "weight_decay": (0.0, 1.0),
+    "max_seq_length": (8, 512),
+    "early_stopping_patience": (0, 20),
+    "seed": (0, MAX_SEED),
+}
+INTEGER_HYPERPARAMETERS = ("n_epochs", "batch_size", "max_seq_length", "early_stopping_patience", "seed")
+
+
+def _int_range(requested: Mapping[str, Any], name: str, default: int) -> int:
+    low, high = RANGES[name]
+    return _int_param(requested, name, int(low), int(high), default)
+
+
+def _float_range(requested: Mapping[str, Any], name: str, default: float) -> float:
+    low, high = RANGES[name]
+    return _range_param(requested, name, low, high, default)
+
+
 KNOWN_HYPERPARAMETERS = (
     "n_epochs",
     "batch_size",
@@ -176,16 +200,16 @@ def resolve_hyperparameters(
     default_seed = Hyperparameters.seed if seed is None else seed
     max_grad_norm = _positive_param(requested, "max_grad_norm")
     return Hyperparameters(
-        n_epochs=_int_param(requested, "n_epochs", 1, 50, auto_n_epochs(n_examples)),
-        batch_size=_int_param(requested, "batch_size", 1, 256, auto_batch_size(n_examples)),
+        n_epochs=_int_range(requested, "n_epochs", auto_n_epochs(n_examples)),
+        batch_size=_int_range(requested, "batch_size", auto_batch_size(n_examples)),
         learning_rate=_learning_rate(requested, base_learning_rate),
-        warmup_ratio=_range_param(requested, "warmup_ratio", 0.0, 0.5, Hyperparameters.warmup_ratio),
-        weight_decay=_range_param(requested, "weight_decay", 0.0, 1.0, Hyperparameters.weight_decay),
-        max_seq_length=_int_param(requested, "max_seq_length", 8, 512, Hyperparameters.max_seq_length),
-        early_stopping_patience=_int_param(
-            requested, "early_stopping_patience", 0, 20, Hyperparameters.early_stopping_patience
+        warmup_ratio=_float_range(requested, "warmup_ratio", Hyperparameters.warmup_ratio),
+        weight_decay=_float_range(requested, "weight_decay", Hyperparameters.weight_decay),
+        max_seq_length=_int_range(requested, "max_seq_length", Hyperparameters.max_seq_length),
+        early_stopping_patience=_int_range(
+            requested, "early_stopping_patience", Hyperparameters.early_stopping_patience
         ),
-        seed=_int_param(requested, "seed", 0, MAX_SEED, default_seed),
+        seed=_int_range(requested, "seed", default_seed),
         max_grad_norm=Hyperparameters.max_grad_norm if max_grad_norm is None else max_grad_norm,
     )
 

@@ -260,7 +260,7 @@ def read_trainer_state(checkpoint_dir: str) -> dict[str, Any]:
         Path(checkpoint_dir) / TRAINER_STATE_FILE, map_location="cpu", weights_only=True
     )
     if state.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{checkpoint_dir}: unsupported checkpoint format {state.get('format_version')!r}")
+        raise ValueError(f"the checkpoint has an unsupported format ({state.get('format_version')!r})")
     return state
 
 
@@ -294,6 +294,15 @@ def save_final_model(output_dir: Path, best_checkpoint: str | None, model: Any, 
     for item in Path(best_checkpoint).iterdir():
         if item.is_file() and item.name != TRAINER_STATE_FILE:
             shutil.copy2(item, output_dir / item.name)
+
+
+def saved_message(state: LoopState) -> str:
+    """The event that ends a run. Where the model went is the worker's business, never the
+    customer's: events and errors carry no paths."""
+    best_step = state.best_metrics.get("best_step")
+    if best_step is None:
+        return f"Saved the model at step {state.step}."
+    return f"Saved the model from step {best_step}, the best by validation loss."
 
 
 def write_model_card(
@@ -598,14 +607,14 @@ class Run(RunBase):
         }
         self.emit("log", figures, message)
         if self.spec.resume_from:
-            self.emit("log", message=f"Resumed from the checkpoint at step {self.state.step}")
+            self.emit("log", message=f"Resumed from the checkpoint at step {self.state.step}.")
 
     def save(self, stopped: bool) -> TrainResult:
         output_dir = Path(self.spec.output_dir)
         metrics = {**self.state.best_metrics, "early_stopped": self.state.early_stopped}
         save_final_model(output_dir, self.state.best_checkpoint, self.model, self.tokenizer)
         write_model_card(output_dir, self.spec, self.data.labels, metrics)
-        self.emit("log", message="Saved the model.")
+        self.emit("log", message=saved_message(self.state))
         return TrainResult(
             status="stopped" if stopped else "completed",
             model_dir=str(output_dir),

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.contrib import messages
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.http import Http404, HttpResponse, JsonResponse, QueryDict
+from django.db.models import Q
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
@@ -23,60 +22,33 @@ from apps.accounts.middleware import OrganizationRequest
 from apps.core.errors import ActionError
 from apps.core.money import usd
 from apps.dashboard.views.common import get_project, member_required, run_action
+from apps.dashboard.views.fine_tune_form import (
+    FIELD_NAMES,
+    HYPERPARAMETER_FIELDS,
+    LABELS,
+    field_for,
+    form_errors,
+    form_values,
+    in_form_words,
+    shown_value,
+    small_data_reason,
+)
 from apps.jobs import actions, fine_tuning
 from apps.jobs.models import Job, JobKind, JobStatus
 from apps.projects.formats import format_name
 from apps.projects.models import File, FilePurpose, FileStatus, Project
 from apps.registry.models import Model, Task
-from workers.runtime.specs import AUTO, Hyperparameters
 
 JOBS_PER_PAGE = 50
-EVENTS_SHOWN = 200
+EVENTS_PER_PAGE = 25
 # A submitted form's token is remembered this long, so a double click starts one job, not two.
 FORM_TOKEN_SECONDS = 3600
-
-
-@dataclass(frozen=True)
-class Field:
-    name: str
-    label: str
-    initial: str
-    help: str
-
-
-HYPERPARAMETER_FIELDS = (
-    Field("n_epochs", "Epochs", AUTO, "Passes over the training set, 1–50; auto picks 1–10 by size."),
-    Field("batch_size", "Batch size", AUTO, "Examples per optimizer step, 1–256; auto picks 8–64 by size."),
-    Field(
-        "learning_rate_multiplier", "Learning rate multiplier", AUTO,
-        "Scales the base learning rate (5e-5). auto = 1; lower is steadier, higher learns faster.",
-    ),
-    Field(
-        "warmup_ratio", "Warmup ratio", f"{Hyperparameters.warmup_ratio:g}",
-        "Share of the steps spent ramping the learning rate up, 0–0.5.",
-    ),
-    Field(
-        "weight_decay", "Weight decay", f"{Hyperparameters.weight_decay:g}",
-        "AdamW weight decay, 0–1: a little keeps the weights small and the model general.",
-    ),
-    Field(
-        "max_seq_length", "Max sequence length", str(Hyperparameters.max_seq_length),
-        "Tokens kept per example, 8–512 (and at most the model's limit); longer texts are cut.",
-    ),
-    Field(
-        "early_stopping_patience", "Early stopping patience", str(Hyperparameters.early_stopping_patience),
-        "Stop after this many evaluations without a better validation loss; 0 turns it off.",
-    ),
-    Field("seed", "Seed", AUTO, "The same seed, data and settings give the same model. auto picks one."),
-)  # fmt: skip
-HYPERPARAMETERS = tuple(f.name for f in HYPERPARAMETER_FIELDS if f.name != "seed")
-# A teacher turns the job into a distillation: it labels the training file's texts for the student.
-DISTILLATION_FIELDS = ("teacher", "labels", "temperature")
-FIELD_NAMES = (
-    "training_file", "validation_file", "model", "suffix", *(f.name for f in HYPERPARAMETER_FIELDS),
-    "max_cost", *DISTILLATION_FIELDS,
-)  # fmt: skip
-INITIAL = {f.name: f.initial for f in HYPERPARAMETER_FIELDS}
+# Fewer validation rows than this and the job page says its scores are too few to trust.
+TRUSTED_VALIDATION_ROWS = 30
+# An ETA past this says only that it is long: a rate measured over a few slow steps can be absurd.
+LONGEST_ETA_SECONDS = 2 * 24 * 3600
+# Step metrics are milestones only when they carry an evaluation.
+MILESTONES = ~Q(type="metrics") | Q(data__has_key="valid_loss")
 
 
 # --- Lookups, always scoped to the project ------------------------------------------------------
@@ -112,99 +84,13 @@ def _teachers(project: Project) -> list[Model]:
     ]
 
 
-# --- The form: values → the API's request body --------------------------------------------------
-def _form_values(data: QueryDict) -> dict[str, str]:
-    return {name: str(data.get(name, INITIAL.get(name, ""))).strip() for name in FIELD_NAMES}
-
-
-def _is_auto(text: str) -> bool:
-    return text == "" or text.lower() == AUTO
-
-
-def _number(text: str) -> int | float | str:
-    """ "3" → 3, "0.5" → 0.5; anything else stays text, so the API's own check words the error."""
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    return value if math.isfinite(value) else text
-
-
-def _micros(dollars: str) -> int:
-    try:
-        amount = Decimal(dollars.replace("$", "").replace(",", "").strip())
-    except InvalidOperation:
-        amount = Decimal(-1)
-    if not amount.is_finite() or amount < 0:
-        raise ActionError("max_cost must be an amount in dollars, e.g. 5 or 2.50.", param="max_cost")
-    # Compared in dollars, before multiplying: "1e999999" is a finite Decimal whose micro-dollars
-    # pass the Decimal context's largest exponent (an Overflow error).
-    if amount > Decimal(fine_tuning.MAX_COST) / 1_000_000:
-        raise ActionError(f"max_cost must be at most {usd(fine_tuning.MAX_COST)}.", param="max_cost")
-    return int(amount * 1_000_000)
-
-
-def _request_body(project: Project, values: dict[str, str]) -> dict[str, Any]:
-    """The body a `client.fine_tuning.jobs.create(...)` call with the same choices would send."""
-    body: dict[str, Any] = {
-        "model": values["model"] or None,
-        "training_file": values["training_file"] or None,
-    }
-    if values["validation_file"]:
-        body["validation_file"] = values["validation_file"]
-    if values["suffix"]:
-        body["suffix"] = values["suffix"]
-    if not _is_auto(values["seed"]):
-        body["seed"] = _number(values["seed"])
-    if values["max_cost"]:
-        body["max_cost"] = _micros(values["max_cost"])
-    requested = {name: _number(values[name]) for name in HYPERPARAMETERS if not _is_auto(values[name])}
-    model = Model.objects.visible_to(project.organization).filter(name=values["model"]).first()
-    if values["teacher"]:
-        body["method"] = {
-            "type": "distillation",
-            "distillation": _distillation(values) | {"hyperparameters": requested},
-        }
-    elif model is not None:
-        method = "classification" if model.task == Task.CLASSIFICATION else "supervised"
-        body["method"] = {"type": method, method: {"hyperparameters": requested}}
-    return body
-
-
-def _distillation(values: dict[str, str]) -> dict[str, Any]:
-    section: dict[str, Any] = {"teacher": values["teacher"]}
-    if values["labels"]:  # one per line or comma-separated, as typed
-        section["labels"] = [
-            label.strip() for label in values["labels"].replace("\n", ",").split(",") if label.strip()
-        ]
-    if values["temperature"]:
-        section["temperature"] = _number(values["temperature"])
-    return section
-
-
-def _field_for(param: str | None) -> str:
-    """The form field an ActionError's `param` names ("form" when none matches)."""
-    name = (param or "").removeprefix("hyperparameters.").removeprefix("method.distillation.")
-    if name == "learning_rate":
-        name = "learning_rate_multiplier"
-    elif name == "unlabeled_file":
-        name = "training_file"
-    elif name.startswith("method."):
-        name = "model"  # the method follows from the base model chosen
-    return name if name in FIELD_NAMES else "form"
-
-
-def _errors(error: ActionError | None) -> dict[str, str]:
-    return {_field_for(error.param): error.message} if error else {}
-
-
 def _error_slots(errors: dict[str, str]) -> list[dict[str, str]]:
     """One slot per field: the estimate partial fills or clears every one (htmx out-of-band)."""
     return [{"name": name, "message": errors.get(name, "")} for name in (*FIELD_NAMES, "form")]
+
+
+def _error_fields(errors: dict[str, str]) -> list[dict[str, str]]:
+    return [{"name": name, "label": LABELS[name]} for name in FIELD_NAMES if name in errors]
 
 
 def _file_choice(file: File) -> dict[str, str]:
@@ -214,21 +100,25 @@ def _file_choice(file: File) -> dict[str, str]:
 
 
 def _form_context(
-    project: Project, values: dict[str, str], error: ActionError | None = None
+    project: Project, values: dict[str, str], errors: dict[str, str] | None = None, small_data: str = ""
 ) -> dict[str, Any]:
-    errors = _errors(error)
+    errors = errors or {}
     return {
         "project": project,
         "current_project": project,
         "values": values,
         "errors": errors,
+        "error_fields": _error_fields(errors),
         "files": [_file_choice(f) for f in _training_files(project)],
         "base_models": _base_models(),
         "teachers": _teachers(project),
         "hyperparameter_fields": [
-            {"field": f, "value": values[f.name], "error": errors.get(f.name, "")}
+            {"field": f, "value": shown_value(values[f.name]), "error": errors.get(f.name, "")}
             for f in HYPERPARAMETER_FIELDS
         ],
+        "small_data": small_data,
+        # Once sent, the form's live estimate keeps saying which required fields are still empty.
+        "submitted": bool(errors or small_data),
         "form_token": secrets.token_urlsafe(16),
     }
 
@@ -263,8 +153,9 @@ def job_list(request: OrganizationRequest, project_id: str) -> HttpResponse:
 def job_new(request: OrganizationRequest, project_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     if request.method != "POST":
-        return render(request, "dashboard/job_new.html", _form_context(project, _form_values(request.GET)))
-    values = _form_values(request.POST)
+        # Only a file the user chose (a "Fine-tune with this file" link) comes preselected.
+        return render(request, "dashboard/job_new.html", _form_context(project, form_values(request.GET)))
+    values = form_values(request.POST)
     # cache.add is atomic: of two submissions of one form, only the first gets past here.
     token_key = f"dashboard:fine-tune-form:{request.user.pk}:{request.POST.get('form_token', '')[:64]}"
     if request.POST.get("form_token") and not cache.add(token_key, "", FORM_TOKEN_SECONDS):
@@ -273,12 +164,18 @@ def job_new(request: OrganizationRequest, project_id: str) -> HttpResponse:
             return redirect("dashboard:job", project.public_id, job_id)
         messages.info(request, "This form was already submitted.")
         return redirect("dashboard:jobs", project.public_id)
+    errors, parsed = form_errors(project, values)
+    small_data = small_data_reason(parsed) if parsed is not None else ""
+    if parsed is None or (small_data and request.POST.get("confirm_small_data") != "yes"):
+        cache.delete(token_key)
+        return render(request, "dashboard/job_new.html", _form_context(project, values, errors, small_data))
     try:
-        parsed = fine_tuning.parse(project, _request_body(project, values))
         job = fine_tuning.submit(parsed, project=project, user=request.user)
     except ActionError as exc:
         cache.delete(token_key)
-        return render(request, "dashboard/job_new.html", _form_context(project, values, exc))
+        field = field_for(exc.param)
+        errors = {field: in_form_words(exc.message, field)}
+        return render(request, "dashboard/job_new.html", _form_context(project, values, errors))
     cache.set(token_key, job.public_id, FORM_TOKEN_SECONDS)
     messages.success(request, f"Fine-tuning job {job.public_id} created.")
     return redirect("dashboard:job", project.public_id, job.public_id)
@@ -287,52 +184,138 @@ def job_new(request: OrganizationRequest, project_id: str) -> HttpResponse:
 @member_required
 @require_POST
 def job_estimate(request: OrganizationRequest, project_id: str) -> HttpResponse:
-    """The htmx partial under the form: what the job would cost, or why it cannot run."""
+    """The htmx partial under the form: what the job would cost, or every reason it cannot run."""
     project = get_project(request, project_id)
-    values = _form_values(request.POST)
-    context: dict[str, Any] = {"estimate": None, "errors": {}}
-    if values["training_file"]:
-        try:
-            parsed = fine_tuning.parse(project, _request_body(project, values))
-            estimate = fine_tuning.estimate(parsed)
-            context.update(estimate=estimate, duration=_duration(estimate["estimated_seconds"]))
-            if parsed.max_cost is not None and not estimate["allowed_to_proceed"]:
-                # Not an error: the job runs, and stops when its next step would pass max_cost.
-                context["errors"] = {
-                    "max_cost": f"The estimated cost ({usd(estimate['estimated_cost'])}) is above your max cost "
-                    f"({usd(parsed.max_cost)}): the job will stop there and keep the best model so far."
-                }
-        except ActionError as exc:
-            context["errors"] = _errors(exc)
+    values = form_values(request.POST)
+    submitted = request.POST.get("submitted") == "yes"
+    errors, parsed = form_errors(project, values, required=submitted)
+    context: dict[str, Any] = {
+        "estimate": None,
+        "errors": errors,
+        "small_data": "",
+        "submitted": submitted,
+        "error_fields": _error_fields(errors),
+    }
+    if parsed is not None:
+        estimate = fine_tuning.estimate(parsed)
+        context.update(
+            estimate=estimate,
+            duration=_duration(estimate["estimated_seconds"]),
+            small_data=small_data_reason(parsed),
+        )
+        if parsed.max_cost is not None and not estimate["allowed_to_proceed"]:
+            # Not an error: the job runs, and stops when its next step would pass max_cost.
+            context["errors"] = {
+                "max_cost": f"The estimated cost ({usd(estimate['estimated_cost'])}) is above your max cost "
+                f"({usd(parsed.max_cost)}): the job will stop there and keep the best model so far."
+            }
     context["error_slots"] = _error_slots(context["errors"])
     return render(request, "dashboard/_job_estimate.html", context)
 
 
 def _job_context(request: OrganizationRequest, project: Project, job: Job) -> dict[str, Any]:
-    progress = job.progress or {}
     result = job.result or {}
     metrics = result.get("metrics") or {}
-    events = list(job.events.all()[:EVENTS_SHOWN])
+    events = Paginator(job.events.filter(MILESTONES), EVENTS_PER_PAGE).get_page(request.GET.get("page"))
     return {
         "project": project,
         "current_project": project,
         "job": job,
-        "queue_position": actions.queue_position(job),
-        "percent": 100.0 if job.status == JobStatus.SUCCEEDED else progress.get("percent", 0.0),
-        "step": progress.get("step"),
-        "total_steps": progress.get("total_steps"),
-        "epoch": progress.get("epoch"),
-        "eta": _duration(progress.get("eta_seconds")) if job.status == JobStatus.RUNNING else "",
+        **_progress_context(job),
         "can_cancel": job.status
         in (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
         and request.membership.can_destroy(job.created_by_id),
         "cancelling": job.stop_requested == actions.STOP_CANCEL,
         **metrics_context(metrics, result.get("labels")),
+        "trust_note": _trust_note(_validation_rows(result), "accuracy" in metrics),
         "distillation": result.get("distillation"),
         "result_files": _result_files(project, job),
-        "events": events,
-        "event_count": job.events.count() if len(events) == EVENTS_SHOWN else len(events),
+        "page": events,
+        "events": events.object_list,
     }
+
+
+def _progress_context(job: Job) -> dict[str, Any]:
+    """Where the job is: its queue position and the wait until it starts, or its step, percent and
+    time left. A succeeded job is at 100% at its last step, which is before the planned last step
+    when it stopped early."""
+    progress = job.progress or {}
+    step, total, epoch = progress.get("step") or 0, progress.get("total_steps"), progress.get("epoch")
+    percent = 100.0 if job.status == JobStatus.SUCCEEDED else float(progress.get("percent") or 0.0)
+    parts = [f"Step {step:,} of {total:,}" if isinstance(total, int) else ""]
+    parts += [f"epoch {epoch}" if epoch else "", f"{percent:.1f}%"]
+    if job.status == JobStatus.RUNNING:
+        parts.append(_eta(progress.get("eta_seconds")))
+    elif job.status == JobStatus.SUCCEEDED and isinstance(total, int) and step < total:
+        parts.append(_stopped_early(job))
+    return {
+        "percent": percent,
+        "total_steps": total,
+        "progress_text": " · ".join(filter(None, parts)),
+        "queue_text": _queue_text(job) if job.status == JobStatus.QUEUED else "",
+    }
+
+
+def _queue_text(job: Job) -> str:
+    position = actions.queue_position(job)
+    wait, duration = fine_tuning.queue_wait_seconds(job), fine_tuning.job_seconds(job)
+    parts = [f"Position {position} in the queue" if position else "Queued"]
+    if wait is not None:
+        parts.append(
+            "starts as soon as a worker is free" if wait < 5 else f"starts in about {_duration(wait)}"
+        )
+    if duration is not None:
+        parts.append(f"then about {_duration(duration)} of training")
+    return " · ".join(parts)
+
+
+def _stopped_early(job: Job) -> str:
+    metrics = (job.result or {}).get("metrics") or {}
+    if job.status_reason:
+        return "stopped early at its cost limit"
+    if metrics.get("early_stopped"):
+        return "stopped early: the validation loss stopped improving"
+    return "stopped early"
+
+
+def _eta(seconds: Any) -> str:
+    """The running job's time left, as the page says it: never negative, never absurd."""
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not math.isfinite(seconds):
+        return "estimating the time left…"
+    if seconds > LONGEST_ETA_SECONDS:
+        return "more than 2 days left"
+    if seconds < 1:
+        return "finishing…"
+    return f"about {_duration(seconds)} left"
+
+
+def _trust_note(rows: int | None, has_accuracy: bool) -> str:
+    """A note on scores measured on a handful of rows, which chance alone can swing."""
+    if rows is None or rows >= TRUSTED_VALIDATION_ROWS:
+        return ""
+    if rows == 0:
+        return (
+            "No validation rows: these scores measure nothing. Add a validation file, or more training rows."
+        )
+    swing = (
+        f" One row more or less right moves the accuracy by {100 / rows:.1f} points." if has_accuracy else ""
+    )
+    return (
+        f"Scored on only {rows} validation row{'s' if rows != 1 else ''}: too few to trust.{swing} "
+        f"A validation set of at least {TRUSTED_VALIDATION_ROWS} rows gives scores you can rely on."
+    )
+
+
+def _validation_rows(result: dict[str, Any]) -> int | None:
+    """How many rows the final scores were measured on (jobs from before this was recorded: the
+    classifier's per-class supports)."""
+    rows = result.get("validation_examples")
+    if isinstance(rows, int):
+        return rows
+    per_class = (result.get("metrics") or {}).get("per_class") or {}
+    supports = [row.get("support") for row in per_class.values() if isinstance(row, dict)]
+    counts = [n for n in supports if isinstance(n, int)]
+    return sum(counts) if counts and len(counts) == len(supports) else None
 
 
 def _result_files(project: Project, job: Job) -> list[File]:
@@ -363,8 +346,12 @@ def metrics_context(metrics: dict[str, Any], labels: list[str] | None = None) ->
 @require_GET
 def job_detail(request: OrganizationRequest, project_id: str, job_id: str) -> HttpResponse:
     project = get_project(request, project_id)
+    job = _get_job(project, job_id)
+    # The curve so far comes with the page: a finished job's chart is drawn at once, with no fetch.
+    points, cursor = metric_points(job)
+    chart = {"points": points, "cursor": cursor, "is_finished": job.is_finished}
     return render(
-        request, "dashboard/job_detail.html", _job_context(request, project, _get_job(project, job_id))
+        request, "dashboard/job_detail.html", {**_job_context(request, project, job), "chart": chart}
     )
 
 
@@ -377,27 +364,41 @@ def job_status(request: OrganizationRequest, project_id: str, job_id: str) -> Ht
     return render(request, "dashboard/_job_live.html", {**context, "oob": True})
 
 
-@member_required
-@require_GET
-def job_metrics(request: OrganizationRequest, project_id: str, job_id: str) -> JsonResponse:
-    """The loss curve's points, one per step in step order. A retried attempt re-logs the steps
-    after its checkpoint; the later value wins."""
-    project = get_project(request, project_id)
-    job = _get_job(project, job_id)
+def metric_points(job: Job, after: str = "") -> tuple[list[dict[str, Any]], str]:
+    """The loss curve's points, one per step in step order, and the cursor for the next call: the
+    id of the last metrics event read. With `after`, only the events written since (a retried
+    attempt re-logs the steps after its checkpoint; the later value wins, on the page too)."""
+    events = job.events.filter(type="metrics").order_by("id")
+    if after:
+        since = job.events.filter(public_id=after).values_list("id", flat=True).first()
+        events = events.filter(id__gt=since) if since is not None else events
     points: dict[int, dict[str, Any]] = {}
-    for data in job.events.filter(type="metrics").order_by("id").values_list("data", flat=True):
+    cursor = after
+    for public_id, data in events.values_list("public_id", "data"):
+        cursor = public_id
         if not isinstance(data, dict):
             continue
         step = data.get("step")
         if isinstance(step, int) and not isinstance(step, bool):
             points.setdefault(step, {}).update(data)
+    return [points[step] for step in sorted(points)], cursor
+
+
+@member_required
+@require_GET
+def job_metrics(request: OrganizationRequest, project_id: str, job_id: str) -> JsonResponse:
+    """The loss curve's points (see `metric_points`); `?after=` the cursor of the last call."""
+    project = get_project(request, project_id)
+    job = _get_job(project, job_id)
+    points, cursor = metric_points(job, request.GET.get("after", "")[:64])
     return JsonResponse(
         {
             "object": "list",
             "job": job.public_id,
             "status": job.status,
             "is_finished": job.is_finished,
-            "data": [points[step] for step in sorted(points)],
+            "cursor": cursor,
+            "data": points,
         }
     )
 

@@ -180,7 +180,7 @@ def test_soft_targets_must_be_probabilities(tmp_path: Path, tiny_bert_dir: Path)
     )
 
     with pytest.raises(
-        ValueError, match=r'bad.jsonl:1: "soft" must map labels to probabilities that sum to 1'
+        ValueError, match=r'training file, line 1: "soft" must map labels to probabilities that sum to 1'
     ):
         run(spec)
 

@@ -505,7 +505,7 @@ def test_a_chat_row_without_a_template_is_a_clear_error(tmp_path: Path, tiny_gpt
     (bare / "chat_template.jinja").unlink(missing_ok=True)
     training_file = write_jsonl(tmp_path / "train.jsonl", [chat_row(*CHATS[0])] * 4)
 
-    with pytest.raises(ValueError, match=r"train.jsonl:\d+: chat examples need a chat template"):
+    with pytest.raises(ValueError, match=r"^training file, line \d+: chat examples need a chat template"):
         run(make_spec(tmp_path, bare, training_file))
 
 

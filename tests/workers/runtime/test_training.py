@@ -228,18 +228,41 @@ def test_resume_continues_and_matches_an_uninterrupted_run(
     assert resumed.metrics["confusion_matrix"] == uninterrupted.metrics["confusion_matrix"]
 
 
-def test_its_messages_name_no_path_on_the_worker(
+def test_its_messages_name_no_path_of_the_worker(
     tmp_path: Path, tiny_bert_dir: Path, sentiment_csv: Path
 ) -> None:
-    # Log messages become the job's events, which customers read through the API.
-    stopped, _ = run(make_spec(tmp_path, tiny_bert_dir, sentiment_csv, "part"), should_stop=stop_after(3))
-    _, events = run(
+    # given a run stopped at step 15, then resumed: the messages a customer reads as job events
+    stopped, first = run(
+        make_spec(tmp_path, tiny_bert_dir, sentiment_csv, "part"), should_stop=stop_after(15)
+    )
+    resumed, second = run(
         make_spec(tmp_path, tiny_bert_dir, sentiment_csv, "part", resume_from=stopped.checkpoints[-1].path)
     )
 
-    messages = [event.message for event in events if event.kind == "log"]
-    assert "Resumed from the checkpoint at step 3" in messages and "Saved the model." in messages
-    assert [message for message in messages if str(tmp_path) in message] == []
+    # then
+    messages = [event.message for event in [*first, *second] if event.message]
+    assert not [message for message in messages if "/" in message], messages
+    assert "Resumed from the checkpoint at step 15." in messages
+    assert messages[-1] == "Saved the model from step 33, the best by validation loss."
+    assert [e.message for e in first if e.kind == "log"][-1] == (
+        "Saved the model from step 11, the best by validation loss."
+    )
+    early, events = run(make_spec(tmp_path, tiny_bert_dir, sentiment_csv, "early"), should_stop=stop_after(3))
+    assert events[-1].message == "Saved the model at step 3."  # stopped before any evaluation
+
+
+def test_a_bad_row_is_named_by_its_files_role_and_line_not_its_path(
+    tmp_path: Path, tiny_bert_dir: Path
+) -> None:
+    training = write_csv(tmp_path / "train.csv", sentiment_rows(20))
+    validation = tmp_path / "valid.jsonl"
+    validation.write_text('{"text": "fine", "label": "positive"}\n{"text": "", "label": "negative"}\n')
+    spec = make_spec(tmp_path, tiny_bert_dir, training, validation_file=str(validation))
+
+    with pytest.raises(ValueError) as raised:
+        run(spec)
+
+    assert str(raised.value) == 'validation file, line 2: "text" is missing or empty'
 
 
 def test_resume_refuses_a_checkpoint_of_another_run(
@@ -370,6 +393,25 @@ def test_it_reads_csv_with_bom_crlf_and_quoted_newlines(tmp_path: Path) -> None:
     assert [(e.text, e.label) for e in examples] == [("line one\r\nline two", "good"), ('say "hi"', "bad")]
 
 
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("train.csv", "text;label\nGood film, really;pos\nBad film;neg\n"),
+        ("train.csv", "text\tlabel\nGood film, really\tpos\nBad film\tneg\n"),
+        ("train.tsv", "text\tlabel, tab-separated\nGood film, really\tpos\nBad film\tneg\n"),
+    ],
+)
+def test_it_reads_csv_with_the_delimiter_the_upload_was_validated_with(
+    tmp_path: Path, name: str, data: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(data)
+
+    examples = read_examples(path, label_field="label, tab-separated" if name.endswith(".tsv") else "label")
+
+    assert [(e.text, e.label) for e in examples] == [("Good film, really", "pos"), ("Bad film", "neg")]
+
+
 def test_it_reads_jsonl_and_turns_numeric_labels_into_strings(tmp_path: Path) -> None:
     path = tmp_path / "data.jsonl"
     path.write_text(
@@ -386,7 +428,7 @@ def test_it_names_the_line_of_a_bad_row(tmp_path: Path) -> None:
     path = tmp_path / "data.jsonl"
     path.write_text('{"text": "a", "label": 1}\n{"text": "", "label": 1}\n')
 
-    with pytest.raises(ValueError, match=r'data.jsonl:2: "text" is missing or empty'):
+    with pytest.raises(ValueError, match=r'data.jsonl, line 2: "text" is missing or empty'):
         read_examples(path)
 
 
