@@ -17,7 +17,7 @@ from apps.jobs.models import Job
 from apps.projects.models import File
 from tests.conftest import sentiment_csv, wait_for
 from tests.jobs.test_fine_tune_flow import upload
-from workers.finetune import StepRate, without_paths
+from workers.runners.progress import StepRate, without_paths
 
 # A path as an error or event would quote it: a slash that starts a word, then a folder.
 PATH = re.compile(r"(?:^|[\s(:'\"=])/[\w.@-]+/")
