@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
 from django.db import models
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from apps.core.crypto import UnreadableSecret, decrypt
@@ -150,6 +151,10 @@ INVITATION_LIFETIME = timedelta(days=7)
 
 
 class Invitation(models.Model):
+    """An invitation to join an organization, by email. An address has at most one open invitation
+    (neither accepted nor revoked) per organization: inviting it again, or resending, updates that
+    one (apps.accounts.actions.invite_member, resend_invitation)."""
+
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="invitations")
     email = models.EmailField()
     role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
@@ -157,11 +162,22 @@ class Invitation(models.Model):
     token_hash = models.CharField(max_length=64, unique=True)
     invited_by = models.ForeignKey(User, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
+    # The last email: its link is the only one that works, and the lifetime runs from it.
+    sent_at = models.DateTimeField(default=timezone.now)
+    send_count = models.PositiveIntegerField(default=1)
     accepted_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                models.F("organization"),
+                Lower("email"),
+                condition=models.Q(accepted_at__isnull=True, revoked_at__isnull=True),
+                name="one_open_invitation_per_address",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.email} → {self.organization}"
@@ -171,14 +187,18 @@ class Invitation(models.Model):
         return hashlib.sha256(token.encode()).hexdigest()
 
     @property
+    def expires_at(self) -> datetime:
+        return self.sent_at + INVITATION_LIFETIME
+
+    @property
+    def is_open(self) -> bool:
+        return self.accepted_at is None and self.revoked_at is None
+
+    @property
     def is_pending(self) -> bool:
         """Neither accepted, revoked nor expired. Whether its inviter may still invite is a
         separate check (`apps.accounts.actions.inviter_refusal`): that can change either way."""
-        return (
-            self.accepted_at is None
-            and self.revoked_at is None
-            and timezone.now() < self.created_at + INVITATION_LIFETIME
-        )
+        return self.is_open and timezone.now() < self.expires_at
 
 
 class ApiKey(models.Model):
