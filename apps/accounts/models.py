@@ -20,6 +20,11 @@ UNREADABLE_OPENAI_KEY = (
     "server no longer has, or it is damaged). An owner or admin must enter it again on the billing page; "
     "until then OpenAI models are refused rather than run on another key."
 )
+NO_OPENAI_KEY = (
+    "No OpenAI key is configured, so openai:* models cannot be called. An owner or admin can add the "
+    "organization's own key on the dashboard's Billing page (Your own OpenAI key), or whoever runs this server "
+    "can set OPENAI_API_KEY."
+)
 
 
 def new_org_id() -> str:
@@ -104,15 +109,21 @@ class Organization(models.Model):
         return f"sk-…{key[-4:]}" if key else ""
 
     def openai_key_for_calls(self) -> str:
-        """The key `openai:*` calls run on: the organization's own, else the platform's ("" for none).
+        """The key `openai:*` calls run on: the organization's own, else the platform's. Every
+        caller (the proxy, batches, distillation teachers) gets the same refusals from here:
 
-        A stored key that cannot be read refuses the call: running it on the platform's key instead
-        would send the organization's data through an account it chose not to use."""
+        - a stored key that cannot be read (`openai_key_unreadable`): running the call on the
+          platform's key instead would send the organization's data through an account it chose
+          not to use;
+        - no key at all (`provider_not_configured`), saying where to add one."""
         try:
             key = self.openai_key()
         except UnreadableSecret:
             raise ActionError(UNREADABLE_OPENAI_KEY, code="openai_key_unreadable", param="model") from None
-        return key or settings.OPENAI_API_KEY
+        key = key or settings.OPENAI_API_KEY
+        if not key.strip():
+            raise ActionError(NO_OPENAI_KEY, code="provider_not_configured", param="model")
+        return key
 
 
 class Role(models.TextChoices):

@@ -19,6 +19,7 @@ from apps.billing.models import Invoice, MeterEvent, Subscription, UsageRecord
 from apps.billing.quotas import subscription_for
 from apps.core.crypto import encrypt
 from apps.core.errors import ActionError
+from tests.api.test_proxy import NO_KEY
 from tests.billing.test_meters import record_usage
 from tests.conftest import login, make_user
 from tests.fake_stripe import FakeStripe
@@ -192,6 +193,23 @@ def test_the_platform_key_serves_only_organizations_without_their_own(alice_org:
     assert alice_org.openai_key_for_calls() == "sk-platform-0123456789abcdef"
     alice_org.openai_api_key_encrypted = encrypt(OPENAI_KEY)
     assert alice_org.openai_key_for_calls() == OPENAI_KEY
+
+
+@pytest.mark.parametrize("platform_key", ["", "  "])
+def test_without_any_key_openai_calls_are_refused_saying_where_to_add_one(
+    alice_org: Any, settings: Any, platform_key: str
+) -> None:
+    settings.OPENAI_API_KEY = platform_key
+
+    with pytest.raises(ActionError) as refused:
+        alice_org.openai_key_for_calls()
+
+    assert (refused.value.code, refused.value.status, refused.value.param) == (
+        "provider_not_configured",
+        400,
+        "model",
+    )
+    assert refused.value.message == NO_KEY
 
 
 @pytest.mark.parametrize("how", ["other key", "damaged"])
