@@ -162,7 +162,7 @@ def test_every_page_fits_a_phone_and_passes_axe(
                 if violation["impact"] in FAILING_IMPACTS:
                     failing.setdefault(key, []).append(violation)
                 else:
-                    moderate.setdefault(violation["id"], []).append(key)
+                    moderate.setdefault(f"{violation['id']} ({violation['impact']})", []).append(key)
     # the navigation open on a phone, and the server error page (rendered as the error handler does,
     # in a page of this server so that its stylesheet loads)
     page.set_viewport_size(PHONE)
