@@ -12,7 +12,6 @@ from django.core import mail
 from django.db.models import Sum
 from django.utils import timezone
 
-from apps.accounts import actions as account_actions
 from apps.accounts.models import Membership, Organization, Role
 from apps.billing import actions, meters
 from apps.billing.models import Invoice, MeterEvent, Subscription, UsageRecord
@@ -389,15 +388,13 @@ def test_the_billing_off_notice_links_to_a_section_that_exists(client: Any, db: 
 
 
 def test_with_stripe_the_page_offers_checkout_and_the_portal(
-    pro_alice: dict[str, Any], client: Any, alice_org: Any, fake_stripe: FakeStripe
+    pro_alice: dict[str, Any], client: Any, alice_org: Any, carol: Any, fake_stripe: FakeStripe
 ) -> None:
-    # given a paying organization (Manage billing) and a free one (Upgrade)
+    # given a paying organization (alice's: Manage billing) and a free one (carol's: Upgrade)
     paying = page(login(client, alice_org.memberships.get(role=Role.OWNER).user))
-    free_owner = make_user("frank@example.com")
-    account_actions.create_organization(free_owner, "Frank's")
 
     # when
-    free = page(login(client, free_owner))
+    free = page(login(client, carol))
 
     # then
     assert 'action="/billing/portal"' in paying and "Manage billing" in paying

@@ -10,13 +10,17 @@ from django.test import Client
 from tests.dashboard.test_content_security_policy import STRICT, inline_code, problems
 
 
-def test_the_quickstart_gives_the_base_url_a_key_chat_and_a_fine_tune(client: Client, db: None) -> None:
+def test_the_quickstart_gives_the_base_url_a_key_chat_and_a_fine_tune(
+    client: Client, db: None, settings: Any
+) -> None:
+    settings.SITE_URL = "https://models.example.com"
+
     response = client.get("/docs/quickstart")
 
     html = response.content.decode()
     assert response.status_code == 200
-    assert "<pre><code>http://testserver/v1</code></pre>" in html
-    assert 'client = OpenAI(base_url="http://testserver/v1", api_key="sk-mw-…")' in html
+    assert "<pre><code>https://models.example.com/v1</code></pre>" in html
+    assert 'client = OpenAI(base_url="https://models.example.com/v1", api_key="sk-mw-…")' in html
     assert 'job = client.fine_tuning.jobs.create(model="minilm-l6", training_file=file.id' in html
     assert '<a href="/docs">The API reference</a>' in html
     assert '<a href="/docs/guides/api#fine-tuning">Fine-tuning</a>' in html

@@ -32,15 +32,10 @@ SCREENSHOTS = ROOT / "var" / "screenshots" / "test_phone_and_keyboard"
 AXE = ROOT / "static" / "vendor" / "axe-core" / "axe.min.js"
 PHONE = {"width": 390, "height": 844}
 LAPTOP = {"width": 1280, "height": 800}
-# Answered inside other pages (htmx fragments) or only to a POST: no page of their own to visit.
-FRAGMENTS = {
-    "file_status",
-    "job_status",
-    "batch_status",
-    "job_estimate",
-    "playground_classify",
-    "batch_create",
-}
+# Answered inside other pages (htmx fragments) or only to a POST (the form's page again, with its
+# errors): no page of their own to visit.
+FRAGMENTS = {"file_status", "job_status", "batch_status", "job_estimate", "playground_classify", "batch_create",
+             "organization_rename", "organization_slug"}  # fmt: skip
 FAILING_IMPACTS = {"serious", "critical"}
 RUN_AXE = """async () => {
   const results = await axe.run(document, {resultTypes: ["violations"]});
@@ -91,8 +86,9 @@ def axe_violations(page: Any) -> list[dict[str, Any]]:
 def dashboard_pages(alice_project: Any, objects: dict[str, Any]) -> dict[str, str]:
     base = f"/projects/{alice_project.public_id}"
     file, model, finished, batch = objects["file"], objects["model"], objects["finished"], objects["batch"]
-    return {
+    pages = {
         "home": "/",
+        "organization": "/organization/",
         "organization_new": "/organizations/new",
         "team": "/team/",
         "accept_invitation": "/invitations/dave-token/",
@@ -113,6 +109,8 @@ def dashboard_pages(alice_project: Any, objects: dict[str, Any]) -> dict[str, st
         "usage": "/usage/",
         "billing": "/billing/",
     }
+    exists = {p.name for p in dashboard_urls if isinstance(p, URLPattern)}
+    return {name: path for name, path in pages.items() if name in exists}
 
 
 def test_every_page_fits_a_phone_and_passes_axe(
@@ -139,30 +137,39 @@ def test_every_page_fits_a_phone_and_passes_axe(
     too_wide: dict[str, tuple[int, int]] = {}
     failing: dict[str, list[dict[str, Any]]] = {}
     moderate: dict[str, list[str]] = {}
+    visitor_pages = {"visitor home": "/", "visitor login": "/accounts/login/", "visitor signup": "/accounts/signup/",
+                     "visitor password reset": "/accounts/password/reset/"}  # fmt: skip
     context = new_context("alice")
     page = context.new_page()
-    sign_in(page, alice.email)
 
-    # when each is shown at both sizes
-    for size_name, size in (("phone", PHONE), ("laptop", LAPTOP)):
-        page.set_viewport_size(size)
-        for name, path in pages.items():
-            response = page.goto(path)
-            page.wait_for_load_state("load")
-            key = f"{size_name} {name} ({path})"
-            if name == "a missing page":  # Chromium reports the 404 itself on the console: expected here
-                assert response.status == 404
-                expected = f"console.error on {page.url}: Failed to load resource: the server responded with a status of 404"
-                console.errors[:] = [error for error in console.errors if expected not in error]
-            width, inner = fits_the_width(page)
-            if width > inner:
-                too_wide[key] = (width, inner)
-            shots(page, f"{size_name} {name}")
-            for violation in axe_violations(page):
-                if violation["impact"] in FAILING_IMPACTS:
-                    failing.setdefault(key, []).append(violation)
-                else:
-                    moderate.setdefault(f"{violation['id']} ({violation['impact']})", []).append(key)
+    def check(size_name: str, name: str, path: str) -> None:
+        response = page.goto(path)
+        page.wait_for_load_state("load")
+        key = f"{size_name} {name} ({path})"
+        if name == "a missing page":  # Chromium reports the 404 itself on the console: expected here
+            assert response.status == 404
+            expected = f"console.error on {page.url}: Failed to load resource: the server responded with a status of 404"
+            console.errors[:] = [error for error in console.errors if expected not in error]
+        else:
+            assert response.status == 200, key
+        width, inner = fits_the_width(page)
+        if width > inner:
+            too_wide[key] = (width, inner)
+        shots(page, f"{size_name} {name}")
+        for violation in axe_violations(page):
+            if violation["impact"] in FAILING_IMPACTS:
+                failing.setdefault(key, []).append(violation)
+            else:
+                moderate.setdefault(f"{violation['id']} ({violation['impact']})", []).append(key)
+
+    # when each is shown at both sizes, to a visitor and then to alice
+    for who, shown in (("visitor", visitor_pages), ("alice", pages)):
+        if who == "alice":
+            sign_in(page, alice.email)
+        for size_name, size in (("phone", PHONE), ("laptop", LAPTOP)):
+            page.set_viewport_size(size)
+            for name, path in shown.items():
+                check(size_name, name, path)
     # the navigation open on a phone, and the server error page (rendered as the error handler does,
     # in a page of this server so that its stylesheet loads)
     page.set_viewport_size(PHONE)

@@ -68,15 +68,17 @@ def load_guide(name: str) -> Guide:
     return _render(name, (DOCS_DIR / f"{name}.md").stat().st_mtime)
 
 
-def api_base_url(request: HttpRequest) -> str:
-    return request.build_absolute_uri("/v1")
+def api_base_url() -> str:
+    """The API's base URL as customers' code must write it: the site's own address, not the host
+    this page happened to be fetched from (a proxy, a port forward)."""
+    return f"{settings.SITE_URL}/v1"
 
 
 @require_GET
 def quickstart(request: HttpRequest) -> HttpResponse:
     titles = {title: anchor for anchor, title in load_guide("api").sections}
     topics = [(title, titles[title]) for title in API_TOPICS if title in titles]
-    context: dict[str, Any] = {"page": "quickstart", "base_url": api_base_url(request), "topics": topics}
+    context: dict[str, Any] = {"page": "quickstart", "base_url": api_base_url(), "topics": topics}
     return render(request, "docs/quickstart.html", context)
 
 
