@@ -16,7 +16,15 @@ from django.db.models import Q, QuerySet
 from django.urls import reverse
 from django.utils import timezone
 
-from apps.accounts.models import SLUG_MAX_LENGTH, Invitation, Membership, Organization, Role, User
+from apps.accounts.models import (
+    INVITATION_LIFETIME,
+    SLUG_MAX_LENGTH,
+    Invitation,
+    Membership,
+    Organization,
+    Role,
+    User,
+)
 from apps.core.errors import ActionError, PermissionDenied
 from apps.core.mail import single_line
 
@@ -176,6 +184,9 @@ def _owner_count(organization: Organization) -> int:
 
 @transaction.atomic
 def invite_member(organization: Organization, inviter: User, email: str, role: str) -> Invitation:
+    """Invites `email`, or, when it already has an open invitation, updates that one: the role, the
+    sender, a new link (the old one stops working) and a new lifetime; either way an email goes
+    out. `send_count` above 1 tells the caller an invitation was updated."""
     require_manager(inviter, organization)
     email = email.strip().lower()
     try:
@@ -186,31 +197,69 @@ def invite_member(organization: Organization, inviter: User, email: str, role: s
         raise ActionError(f"{email!r} is not an email address.", param="email") from None
     if role not in Role.values:
         raise ActionError(f"Unknown role {role!r}.", param="role")
-    if role == Role.OWNER and get_membership(inviter, organization).role != Role.OWNER:  # type: ignore[union-attr]
-        raise PermissionDenied("Only owners can invite owners.")
+    _require_may_invite_as(inviter, organization, role)
     if Membership.objects.filter(organization=organization, user__email__iexact=email).exists():
         raise ActionError(f"{email} is already a member.", param="email")
-    token = secrets.token_urlsafe(32)
-    invitation = Invitation.objects.create(
-        organization=organization,
-        email=email,
-        role=role,
-        token_hash=Invitation.hash_token(token),
-        invited_by=inviter,
+    # Locks the organization's row: two invitations to one address at the same moment update one
+    # invitation instead of both inserting (the database refuses a second open one anyway).
+    Organization.objects.select_for_update().filter(pk=organization.pk).first()
+    invitation = (
+        Invitation.objects.filter(organization=organization, email__iexact=email)
+        .filter(accepted_at__isnull=True, revoked_at__isnull=True)
+        .first()
     )
+    if invitation is None:
+        invitation = Invitation(organization=organization, email=email, send_count=0)
+    invitation.role = role
+    _send_invitation(invitation, inviter)
+    return invitation
+
+
+def _require_may_invite_as(inviter: User, organization: Organization, role: str) -> None:
+    if role == Role.OWNER and get_membership(inviter, organization).role != Role.OWNER:  # type: ignore[union-attr]
+        raise PermissionDenied("Only owners can invite owners.")
+
+
+def _send_invitation(invitation: Invitation, sender: User) -> None:
+    """Saves the invitation with a new token, from `sender`, sent now, and emails its link once the
+    transaction commits. Only the new link works: the token's hash replaces the last one's."""
+    token = secrets.token_urlsafe(32)
+    invitation.token_hash = Invitation.hash_token(token)
+    invitation.invited_by = sender
+    invitation.sent_at = timezone.now()
+    invitation.send_count += 1
+    invitation.save()
+    organization, email, role = invitation.organization, invitation.email, invitation.role
     link = settings.SITE_URL + reverse("dashboard:accept_invitation", args=[token])
+    days = INVITATION_LIFETIME.days
     transaction.on_commit(
         lambda: send_mail(
             subject=f"You are invited to {single_line(organization.name)} on {settings.SITE_NAME}",
             message=(
-                f"{inviter.email} invited you to join {organization.name} on {settings.SITE_NAME} as {role}.\n\n"
-                f"Accept the invitation: {link}\n\nThe link is valid for 7 days."
+                f"{sender.email} invited you to join {organization.name} on {settings.SITE_NAME} as {role}.\n\n"
+                f"Accept the invitation: {link}\n\nThe link is valid for {days} days."
             ),
             from_email=None,
             recipient_list=[email],
         )
     )
-    return invitation
+
+
+@transaction.atomic
+def resend_invitation(actor: User, invitation: Invitation) -> Invitation:
+    """Sends an open invitation again, expired or not, from `actor`: a new link (the old one stops
+    working) and a new lifetime. A sender who may no longer invite is replaced by `actor`, so a void
+    invitation becomes valid again."""
+    require_manager(actor, invitation.organization)
+    locked = Invitation.objects.select_for_update().select_related("organization").get(pk=invitation.pk)
+    if not locked.is_open:
+        raise ActionError(
+            f"The invitation to {locked.email} was already {'accepted' if locked.accepted_at else 'revoked'}: "
+            "there is nothing to send again."
+        )
+    _require_may_invite_as(actor, locked.organization, locked.role)
+    _send_invitation(locked, actor)
+    return locked
 
 
 INVITER_GONE = (
@@ -266,13 +315,15 @@ def accept_invitation(token: str, user: User) -> Membership:
     return membership
 
 
-def pending_invitations(actor: User, organization: Organization) -> list[Invitation]:
-    """The invitations still open, for the organization's owners and admins only."""
+def open_invitations(actor: User, organization: Organization) -> list[Invitation]:
+    """The invitations neither accepted nor revoked, expired ones too (they can be sent again), for
+    the organization's owners and admins only."""
     require_manager(actor, organization)
-    invitations = Invitation.objects.filter(
-        organization=organization, accepted_at__isnull=True, revoked_at__isnull=True
-    ).select_related("invited_by", "organization")
-    return [invitation for invitation in invitations if invitation.is_pending]
+    return list(
+        Invitation.objects.filter(
+            organization=organization, accepted_at__isnull=True, revoked_at__isnull=True
+        ).select_related("invited_by", "organization")
+    )
 
 
 def revoke_invitation(actor: User, invitation: Invitation) -> None:

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
 from django.db import models
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from apps.core.crypto import UnreadableSecret, decrypt
@@ -17,6 +18,11 @@ UNREADABLE_OPENAI_KEY = (
     "Your organization's stored OpenAI key cannot be read (it was saved under an encryption key this "
     "server no longer has, or it is damaged). An owner or admin must enter it again on the billing page; "
     "until then OpenAI models are refused rather than run on another key."
+)
+NO_OPENAI_KEY = (
+    "No OpenAI key is configured, so openai:* models cannot be called. An owner or admin can add the "
+    "organization's own key on the dashboard's Billing page (Your own OpenAI key), or whoever runs this server "
+    "can set OPENAI_API_KEY."
 )
 
 
@@ -106,15 +112,21 @@ class Organization(models.Model):
         return f"sk-…{key[-4:]}" if key else ""
 
     def openai_key_for_calls(self) -> str:
-        """The key `openai:*` calls run on: the organization's own, else the platform's ("" for none).
+        """The key `openai:*` calls run on: the organization's own, else the platform's. Every
+        caller (the proxy, batches, distillation teachers) gets the same refusals from here:
 
-        A stored key that cannot be read refuses the call: running it on the platform's key instead
-        would send the organization's data through an account it chose not to use."""
+        - a stored key that cannot be read (`openai_key_unreadable`): running the call on the
+          platform's key instead would send the organization's data through an account it chose
+          not to use;
+        - no key at all (`provider_not_configured`), saying where to add one."""
         try:
             key = self.openai_key()
         except UnreadableSecret:
             raise ActionError(UNREADABLE_OPENAI_KEY, code="openai_key_unreadable", param="model") from None
-        return key or settings.OPENAI_API_KEY
+        key = key or settings.OPENAI_API_KEY
+        if not key.strip():
+            raise ActionError(NO_OPENAI_KEY, code="provider_not_configured", param="model")
+        return key
 
 
 class Role(models.TextChoices):
@@ -153,6 +165,10 @@ INVITATION_LIFETIME = timedelta(days=7)
 
 
 class Invitation(models.Model):
+    """An invitation to join an organization, by email. An address has at most one open invitation
+    (neither accepted nor revoked) per organization: inviting it again, or resending, updates that
+    one (apps.accounts.actions.invite_member, resend_invitation)."""
+
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="invitations")
     email = models.EmailField()
     role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
@@ -160,11 +176,22 @@ class Invitation(models.Model):
     token_hash = models.CharField(max_length=64, unique=True)
     invited_by = models.ForeignKey(User, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
+    # The last email: its link is the only one that works, and the lifetime runs from it.
+    sent_at = models.DateTimeField(default=timezone.now)
+    send_count = models.PositiveIntegerField(default=1)
     accepted_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                models.F("organization"),
+                Lower("email"),
+                condition=models.Q(accepted_at__isnull=True, revoked_at__isnull=True),
+                name="one_open_invitation_per_address",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.email} → {self.organization}"
@@ -174,14 +201,18 @@ class Invitation(models.Model):
         return hashlib.sha256(token.encode()).hexdigest()
 
     @property
+    def expires_at(self) -> datetime:
+        return self.sent_at + INVITATION_LIFETIME
+
+    @property
+    def is_open(self) -> bool:
+        return self.accepted_at is None and self.revoked_at is None
+
+    @property
     def is_pending(self) -> bool:
         """Neither accepted, revoked nor expired. Whether its inviter may still invite is a
         separate check (`apps.accounts.actions.inviter_refusal`): that can change either way."""
-        return (
-            self.accepted_at is None
-            and self.revoked_at is None
-            and timezone.now() < self.created_at + INVITATION_LIFETIME
-        )
+        return self.is_open and timezone.now() < self.expires_at
 
 
 class ApiKey(models.Model):

@@ -28,6 +28,7 @@ urlpatterns = [
     path("team/", team.team, name="team"),
     path("team/members/<int:membership_id>/role", team.member_role, name="member_role"),
     path("team/members/<int:membership_id>/remove", team.member_remove, name="member_remove"),
+    path("team/invitations/<int:invitation_id>/resend", team.invitation_resend, name="invitation_resend"),
     path("team/invitations/<int:invitation_id>/revoke", team.invitation_revoke, name="invitation_revoke"),
     path("invitations/<str:token>/", team.accept_invitation, name="accept_invitation"),
     path("projects/", projects.project_list, name="projects"),

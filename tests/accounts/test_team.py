@@ -4,6 +4,7 @@ import html
 import re
 from typing import Any
 
+import pytest
 from django.core import mail
 
 from apps.accounts.models import Invitation, Membership, Organization, Role
@@ -310,3 +311,179 @@ def test_an_invitation_whose_inviter_was_deactivated_is_void(client: Any, alice:
     assert page.status_code == 404 and INVITER_GONE in html.unescape(page.content.decode())
     assert INVITER_GONE in html.unescape(response.content.decode())
     assert not Membership.objects.filter(user=dave).exists()
+
+
+# --- Inviting an address again, and resending: one invitation, a new link, a new lifetime ----------
+def links_to(email: str) -> list[str]:
+    return [
+        re.search(r"/invitations/([^/\s]+)/", message.body).group(1)  # type: ignore[union-attr]
+        for message in mail.outbox
+        if message.to == [email]
+    ]
+
+
+def test_inviting_an_address_with_a_pending_invitation_updates_it(
+    client: Any, alice: Any, erin: Any, alice_org: Any
+) -> None:
+    # given alice invited dave as a member
+    login(client, alice)
+    first = invite(client, "dave@example.com")
+    # when erin invites him again, as an admin
+    login(client, erin)
+    from django.test import TestCase
+
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        response = client.post("/team/", {"email": "Dave@Example.com ", "role": "admin"}, follow=True)
+    # then: still one invitation, updated, and a second email with a new link
+    assert (
+        html.unescape(response.content.decode()).count(
+            "dave@example.com already had a pending invitation: it now invites them as admin and was sent again "
+            "with a new link. The earlier link no longer works."
+        )
+        == 1
+    )
+    invitation = Invitation.objects.get()
+    assert (invitation.role, invitation.invited_by, invitation.send_count) == (Role.ADMIN, erin, 2)
+    first_link, second = links_to("dave@example.com")
+    assert first_link == first and second != first
+    assert "erin@example.com invited you to join Acme on Modelworks as admin." in mail.outbox[-1].body
+    dave = make_user("dave@example.com")
+    login(client, dave)
+    assert client.get(f"/invitations/{first}/").status_code == 404
+    client.post(f"/invitations/{second}/")
+    assert Membership.objects.get(user=dave).role == Role.ADMIN
+
+
+def test_a_pending_invitation_is_resent_with_a_new_link_and_lifetime(
+    client: Any, alice: Any, alice_org: Any
+) -> None:
+    from datetime import timedelta
+
+    from django.test import TestCase
+    from django.utils import timezone
+
+    # given an invitation sent six days ago
+    login(client, alice)
+    old = invite(client, "dave@example.com")
+    invitation = Invitation.objects.get()
+    Invitation.objects.filter(pk=invitation.pk).update(sent_at=timezone.now() - timedelta(days=6))
+    # when alice resends it
+    before = timezone.now()
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        response = client.post(f"/team/invitations/{invitation.pk}/resend", follow=True)
+    # then
+    assert (
+        "The invitation to dave@example.com was sent again with a new link, valid for 7 days. The earlier "
+        "link no longer works." in html.unescape(response.content.decode())
+    )
+    invitation.refresh_from_db()
+    assert invitation.sent_at >= before and invitation.send_count == 2
+    assert invitation.expires_at == invitation.sent_at + timedelta(days=7)
+    old_link, new = links_to("dave@example.com")
+    assert client.get(f"/invitations/{old}/").status_code == 404
+    assert client.get(f"/invitations/{new}/").status_code == 200
+    assert "(2 times)" in client.get("/team/").content.decode()
+
+
+def test_an_expired_invitation_is_listed_and_can_be_sent_again(client: Any, alice: Any) -> None:
+    from datetime import timedelta
+
+    from django.test import TestCase
+    from django.utils import timezone
+
+    # given an invitation past its lifetime
+    login(client, alice)
+    expired = invite(client, "dave@example.com")
+    Invitation.objects.update(sent_at=timezone.now() - timedelta(days=8))
+    listed = client.get("/team/").content.decode().split('id="invitations"')[1].split("</table>")[0]
+    # when alice invites the address again
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        client.post("/team/", {"email": "dave@example.com", "role": "member"})
+    # then the same invitation is pending again, with the new link only
+    assert "dave@example.com" in listed and "expired" in listed and "Resend" in listed
+    assert client.get(f"/invitations/{expired}/").status_code == 404
+    assert Invitation.objects.get().is_pending
+    assert client.get(f"/invitations/{links_to('dave@example.com')[-1]}/").status_code == 200
+
+
+def test_a_void_invitation_resent_by_a_manager_is_valid_again(client: Any, alice: Any, erin: Any) -> None:
+    from django.test import TestCase
+
+    # given erin invited dave, then left
+    login(client, erin)
+    invite(client, "dave@example.com")
+    client.post(f"/team/members/{Membership.objects.get(user=erin).pk}/remove")
+    invitation = Invitation.objects.get()
+    # when alice resends it
+    login(client, alice)
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        client.post(f"/team/invitations/{invitation.pk}/resend")
+    # then it is hers, and dave can join
+    dave = make_user("dave@example.com")
+    login(client, dave)
+    client.post(f"/invitations/{links_to('dave@example.com')[-1]}/")
+    assert Invitation.objects.get().invited_by == alice
+    assert Membership.objects.filter(user=dave).exists()
+
+
+def test_only_owners_resend_an_owner_invitation(client: Any, alice: Any, erin: Any, alice_org: Any) -> None:
+    from apps.accounts import actions
+
+    invitation = actions.invite_member(alice_org, alice, "dave@example.com", Role.OWNER)
+    login(client, erin)
+
+    response = client.post(f"/team/invitations/{invitation.pk}/resend", follow=True)
+
+    assert "Only owners can invite owners." in html.unescape(response.content.decode())
+    assert Invitation.objects.get().send_count == 1
+
+
+def test_a_revoked_invitation_cannot_be_resent(client: Any, alice: Any, alice_org: Any) -> None:
+    from apps.accounts import actions
+
+    invitation = actions.invite_member(alice_org, alice, "dave@example.com", Role.MEMBER)
+    actions.revoke_invitation(alice, invitation)
+    login(client, alice)
+
+    response = client.post(f"/team/invitations/{invitation.pk}/resend", follow=True)
+
+    assert (
+        "The invitation to dave@example.com was already revoked: there is nothing to send again."
+        in html.unescape(response.content.decode())
+    )
+    assert Invitation.objects.get().send_count == 1
+
+
+def test_members_cannot_resend_invitations(client: Any, alice: Any, bob: Any, alice_org: Any) -> None:
+    from apps.accounts import actions
+
+    invitation = actions.invite_member(alice_org, alice, "dave@example.com", Role.MEMBER)
+    login(client, bob)
+
+    response = client.post(f"/team/invitations/{invitation.pk}/resend", follow=True)
+
+    assert "Only owners and admins can do that." in response.content.decode()
+    assert Invitation.objects.get().send_count == 1
+
+
+def test_outsiders_get_404_for_resending_an_invitation(
+    client: Any, alice: Any, carol: Any, alice_org: Any
+) -> None:
+    from apps.accounts import actions
+
+    invitation = actions.invite_member(alice_org, alice, "dave@example.com", Role.MEMBER)
+    login(client, carol)
+
+    assert client.post(f"/team/invitations/{invitation.pk}/resend").status_code == 404
+    assert Invitation.objects.get().send_count == 1
+
+
+def test_the_database_holds_one_open_invitation_per_address(alice: Any, alice_org: Any) -> None:
+    from django.db import IntegrityError, transaction
+
+    from apps.accounts import actions
+
+    actions.invite_member(alice_org, alice, "dave@example.com", Role.MEMBER)
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Invitation.objects.create(organization=alice_org, email="DAVE@example.com", token_hash="x" * 64)

@@ -336,6 +336,13 @@ def test_an_organization_key_that_cannot_be_read_is_refused_not_replaced_by_the_
     assert not UsageRecord.objects.exists()
 
 
+NO_KEY = (
+    "No OpenAI key is configured, so openai:* models cannot be called. An owner or admin can add the "
+    "organization's own key on the dashboard's Billing page (Your own OpenAI key), or whoever runs this server "
+    "can set OPENAI_API_KEY."
+)
+
+
 def test_without_any_key_the_request_is_refused(api: Any, pro: Any, upstream: FakeOpenAI,
                                                  transactional_db: None) -> None:  # fmt: skip
     worker = start_worker(upstream, platform_key="")
@@ -345,7 +352,7 @@ def test_without_any_key_the_request_is_refused(api: Any, pro: Any, upstream: Fa
         worker.stop()
     assert response.status_code == 400, response.content
     assert response.json()["error"] == {
-        "message": "No OpenAI key is configured: add your organization's key on the dashboard's billing page.",
+        "message": NO_KEY,
         "type": "invalid_request_error", "param": "model", "code": "provider_not_configured",
     }  # fmt: skip
     assert upstream.requests == []

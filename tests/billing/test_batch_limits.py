@@ -15,6 +15,7 @@ from apps.billing.models import Plan, UsageRecord
 from apps.jobs import inference
 from apps.jobs.models import Job, JobStatus
 from apps.jobs.queue import RUN_BATCH, RUN_PROXY_BATCH, task_for
+from tests.api.test_proxy import NO_KEY
 from tests.conftest import Worker, billed, purge_queues, use_plan, wait_for, worker_env
 from tests.dashboard.test_batches import processed_file
 from tests.fake_openai import FakeOpenAI
@@ -153,6 +154,36 @@ def test_a_batch_of_openai_requests_runs_without_a_gpu_worker(
     # a batch of local models still goes to the gpu queue
     local = batch_file(alice_project, [request_line("x")])
     assert task_for(Job.objects.get(public_id=create(api, local).json()["id"])) == RUN_BATCH
+
+
+def test_without_any_openai_key_each_line_fails_saying_where_to_add_one(
+    transactional_db: None, api: Any, pro: Any, alice_project: Any, upstream: FakeOpenAI
+) -> None:
+    purge_queues()
+    file = batch_file(alice_project, [request_line(str(i), OPENAI) for i in range(3)])
+    job_id = create(api, file).json()["id"]
+    worker = Worker(queues="default", env=worker_env({"OPENAI_BASE_URL": upstream.base_url, "OPENAI_API_KEY": "",
+                                                      "OPENAI_API_KEY_FILE": ""}))  # fmt: skip
+    try:
+        done = finished(api, job_id)
+    finally:
+        worker.stop()
+
+    assert done["request_counts"] == {"total": 3, "completed": 0, "failed": 3}
+    errors = lines_of(api, done["error_file_id"])
+    assert {line["custom_id"] for line in errors} == {"0", "1", "2"}
+    assert {json.dumps(line["response"]["body"]["error"], sort_keys=True) for line in errors} == {
+        json.dumps(
+            {
+                "code": "provider_not_configured",
+                "message": NO_KEY,
+                "param": "body.model",
+                "type": "invalid_request_error",
+            },
+            sort_keys=True,
+        )  # fmt: skip
+    }
+    assert upstream.requests == []
 
 
 # --- While it runs -----------------------------------------------------------------------------------

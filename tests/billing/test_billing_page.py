@@ -18,6 +18,7 @@ from apps.billing.models import Invoice, MeterEvent, Subscription, UsageRecord
 from apps.billing.quotas import subscription_for
 from apps.core.crypto import encrypt
 from apps.core.errors import ActionError
+from tests.api.test_proxy import NO_KEY
 from tests.billing.test_meters import record_usage
 from tests.conftest import login, make_user
 from tests.fake_stripe import FakeStripe
@@ -38,12 +39,13 @@ def test_the_owner_sees_plan_spend_invoices_and_the_forms(
 
     invoice = Invoice.objects.get(organization=alice_org)
     assert "Pro" in html and 'badge active">active' in html
-    assert invoice.stripe_invoice_id in html and "49.00 USD" in html
+    assert invoice.stripe_invoice_id in html and "<td>$49.00</td>" in html
     assert 'name="spend_limit"' in html and 'name="alert_threshold"' in html
     assert "Manage billing" in html
     assert 'name="openai_api_key"' in html
     assert "Upgrade to" not in html  # a paying organization changes plans in the portal
-    assert "$0.000000" in html  # this month's spend, to the micro-dollar
+    assert '<div class="stat" id="month-spend" title="$0.000000 exactly">$0.00</div>' in html
+    assert "Billing is off" not in html
 
 
 def test_a_free_organization_is_offered_the_paid_plans(alice_client: Any, fake_stripe: FakeStripe) -> None:
@@ -64,7 +66,7 @@ def test_a_member_sees_billing_read_only(
 
     html = page(client)
 
-    assert "Spend limit: $250.000000 · Alert threshold: $100.000000" in html
+    assert "Spend limit: $250.00 · Alert threshold: $100.00" in html
     assert "Only owners and admins can change the plan and limits." in html
     for form_field in ('name="spend_limit"', 'name="plan"', 'name="openai_api_key"', "Manage billing"):
         assert form_field not in html
@@ -195,6 +197,23 @@ def test_the_platform_key_serves_only_organizations_without_their_own(alice_org:
     assert alice_org.openai_key_for_calls() == OPENAI_KEY
 
 
+@pytest.mark.parametrize("platform_key", ["", "  "])
+def test_without_any_key_openai_calls_are_refused_saying_where_to_add_one(
+    alice_org: Any, settings: Any, platform_key: str
+) -> None:
+    settings.OPENAI_API_KEY = platform_key
+
+    with pytest.raises(ActionError) as refused:
+        alice_org.openai_key_for_calls()
+
+    assert (refused.value.code, refused.value.status, refused.value.param) == (
+        "provider_not_configured",
+        400,
+        "model",
+    )
+    assert refused.value.message == NO_KEY
+
+
 @pytest.mark.parametrize("how", ["other key", "damaged"])
 def test_the_owner_is_told_the_stored_key_cannot_be_read_and_enters_it_again(
     alice_client: Any, alice_org: Any, fake_stripe: FakeStripe, how: str
@@ -278,8 +297,9 @@ def test_the_database_the_page_and_stripe_agree_to_the_micro_dollar(
     at_stripe = sum(int(e["payload"]["value"]) for e in fake_stripe.meter_events)
     assert in_database == in_outbox == at_stripe == 8_888_988
     html = page(alice_client)
-    assert '<div class="stat" id="month-spend">$8.888988</div>' in html
-    assert '<span id="reported">$8.888988</span>' in html
+    # shown as every amount is ($8.89), and to the micro-dollar on hover
+    assert '<div class="stat" id="month-spend" title="$8.888988 exactly">$8.89</div>' in html
+    assert '<span id="reported" title="$8.888988 exactly">$8.89</span>' in html
 
 
 def test_the_spend_alert_is_emailed_once_a_month_to_owners_and_admins(
@@ -338,3 +358,48 @@ def test_manage_billing_during_an_outage_is_a_503_with_a_message(
 
     assert response.status_code == 503
     assert "Billing is temporarily unavailable" in response.content.decode()
+
+
+# --- Billing off: no Stripe key on this instance ---------------------------------------------------
+def test_without_stripe_the_page_says_billing_is_off_and_how_to_turn_it_on(
+    alice_client: Any, alice_org: Any, settings: Any
+) -> None:
+    # given: no Stripe key, though the plans have prices and the organization a Stripe customer
+    settings.STRIPE_SECRET_KEY = ""
+    subscription = subscription_for(alice_org)
+    subscription.stripe_customer_id = "cus_test"
+    subscription.save(update_fields=["stripe_customer_id"])
+
+    # when
+    html = page(alice_client)
+
+    # then
+    notice = html.split('id="billing-off"')[1].split("</div>")[0]
+    assert "Billing is off on this instance" in notice
+    for setting in ("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_PRICE_PRO", "STRIPE_PRICE_TEAM"):
+        assert f"<code>{setting}</code>" in notice
+    assert '<a href="/docs/guides/deploying#billing-with-stripe">' in notice
+    assert "Upgrade to" not in html and "Manage billing" not in html
+    assert "Reported to Stripe" not in html
+
+
+def test_the_billing_off_notice_links_to_a_section_that_exists(client: Any, db: None) -> None:
+    response = client.get("/docs/guides/deploying")
+
+    assert response.status_code == 200
+    assert '<h2 id="billing-with-stripe">Billing with Stripe</h2>' in response.content.decode()
+
+
+def test_with_stripe_the_page_offers_checkout_and_the_portal(
+    pro_alice: dict[str, Any], client: Any, alice_org: Any, carol: Any, fake_stripe: FakeStripe
+) -> None:
+    # given a paying organization (alice's: Manage billing) and a free one (carol's: Upgrade)
+    paying = page(login(client, alice_org.memberships.get(role=Role.OWNER).user))
+
+    # when
+    free = page(login(client, carol))
+
+    # then
+    assert 'action="/billing/portal"' in paying and "Manage billing" in paying
+    assert 'action="/billing/checkout"' in free and "Upgrade to Pro" in free and "Upgrade to Team" in free
+    assert "Billing is off" not in paying + free

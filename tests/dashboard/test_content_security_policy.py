@@ -31,7 +31,7 @@ STRIPE_FORMS = STRICT.replace(
 )
 # Dashboard routes that answer no page of their own: actions that redirect, downloads and JSON.
 NOT_PAGES = {
-    "switch_organization", "member_role", "member_remove", "invitation_revoke", "project_rename",
+    "switch_organization", "member_role", "member_remove", "invitation_resend", "invitation_revoke", "project_rename",
     "api_key_revoke", "file_upload", "file_content", "file_delete", "job_metrics", "job_cancel",
     "model_download", "model_delete", "playground_chat", "batch_cancel", "batch_output",
     "batch_errors", "batch_results_csv", "usage_daily", "usage_export", "resend_verification", "use_sample",

@@ -58,7 +58,7 @@ def test_the_page_totals_by_project_and_key(alice_client: Any, march: dict[str, 
     page = response.content.decode()
     assert sum(r.cost for r in march_records(march["project"].organization)) == march["total"] == 21_040
     assert 'id="spend-total">$0.021<' in page  # 21,040 micro-dollars
-    assert 'title="21040 micro-dollars"' in page  # the table's total, exact
+    assert 'title="$0.021040 exactly"' in page  # the table's total, to the micro-dollar on hover
     tables = response.context["tables"]
     assert [(r.project_name, r.quantity_list, r.cost) for r in tables.by_project] == [
         ("@Research", [0, 0, 9000, 50], 18_333),

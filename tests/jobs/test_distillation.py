@@ -20,7 +20,7 @@ from django.core.files.storage import default_storage
 from apps.billing.models import UsageRecord
 from apps.jobs.models import Job, JobEvent
 from apps.registry.models import Model
-from tests.api.test_proxy import start_worker
+from tests.api.test_proxy import NO_KEY, start_worker
 from tests.conftest import POSITIVE, TINY_DIR, Worker, billed, sentiment_csv, wait_for
 from tests.fake_openai import FakeOpenAI, FakeResponse, chat_completion
 from tests.jobs.test_fine_tune_flow import upload
@@ -268,6 +268,29 @@ def test_an_organization_key_that_cannot_be_read_fails_the_teacher_instead_of_us
     assert done["error"]["code"] == "openai_key_unreadable"
     assert done["error"]["message"].startswith("Your organization's stored OpenAI key cannot be read")
     assert labelling_calls(teacher_upstream) == []
+
+
+def test_without_any_openai_key_the_teacher_fails_saying_where_to_add_one(
+    api: Any,
+    teacher_upstream: FakeOpenAI,
+    student_base: Model,
+    pro: Any,
+    catalog: None,
+    transactional_db: None,
+) -> None:
+    worker = start_worker(teacher_upstream, platform_key="")
+    try:
+        file_id = upload(api, unlabelled(sentiment_csv(40, seed=4)))
+        job_id = start_distillation(api, file_id, teacher=TEACHER_MODEL, labels=["positive", "negative"])
+        done = finished(api, job_id)
+    finally:
+        worker.stop()
+
+    assert done["status"] == "failed"
+    assert done["error"] == {"code": "provider_not_configured", "message": NO_KEY,
+                             "param": "method.distillation.teacher"}  # fmt: skip
+    assert labelling_calls(teacher_upstream) == []
+    assert not UsageRecord.objects.filter(job__public_id=job_id).exists()
 
 
 def test_a_paused_distillation_resumes_without_asking_the_teacher_again(

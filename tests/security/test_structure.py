@@ -35,6 +35,8 @@ API_ALLOWLIST = {
 PUBLIC_PAGES = {
     "healthz": "load balancer health check; says ok or not, nothing else",
     "docs": "the public API reference",
+    "docs_quickstart": "the quickstart beside the API reference: our own text, no data",
+    "docs_guide": "the guides of docs/ beside the API reference: our own text, no data",
     "account_login": "log in",
     "account_signup": "sign up",
     "account_reset_password": "password reset, step 1",

@@ -43,10 +43,6 @@ SPEND_LIMIT_MESSAGE = (
     "billed for those. Their results are in the output and error files. Raise the limit under Billing and "
     "submit the remaining requests as a new batch."
 )
-NO_OPENAI_KEY = (
-    "No OpenAI key is configured for openai:* models: add your organization's OpenAI key on the Billing "
-    "page of the dashboard."
-)
 
 Line = tuple[str, Any, dict[str, Any]]  # custom_id, model, parsed request
 
@@ -225,14 +221,9 @@ class BatchRun:
         if self._client is None:
             try:
                 key = self.job.organization.openai_key_for_calls()
-            except ActionError as exc:  # a stored key that cannot be read: never the platform's instead
+            except ActionError as exc:  # no key, or one that cannot be read: never the platform's instead
                 for custom_id, _, _ in parsed:
-                    self.fail_line(custom_id, exc)
-                return
-            if not key:
-                for custom_id, _, _ in parsed:
-                    self.fail_line(custom_id, ActionError(NO_OPENAI_KEY, code="provider_not_configured",
-                                                          param="body.model", status=400))  # fmt: skip
+                    self.fail_line(custom_id, ActionError(exc.message, code=exc.code, param="body.model"))
                 return
             self._client = make_client(
                 key, settings.OPENAI_BASE_URL, settings.OPENAI_TIMEOUT_SECONDS, settings.OPENAI_MAX_RETRIES

@@ -248,11 +248,6 @@ def _openai_teacher(job: Job, teacher: Model, labels: list[str]) -> LabelFn:
         key = job.organization.openai_key_for_calls()
     except ActionError as exc:
         raise TeacherError(exc.code, exc.message) from None
-    if not key:
-        raise TeacherError(
-            "provider_not_configured",
-            "No OpenAI key is configured for the teacher: add your organization's key on the billing page.",
-        )
     client = make_client(
         key, settings.OPENAI_BASE_URL, settings.OPENAI_TIMEOUT_SECONDS, settings.OPENAI_MAX_RETRIES
     )

@@ -222,10 +222,6 @@ def run_proxy(job: Job) -> None:
     except ActionError as exc:
         _fail(job, exc.status, exc.code, exc.message, exc.param)
         return
-    if not key:
-        _fail(job, 400, "provider_not_configured",
-              "No OpenAI key is configured: add your organization's key on the dashboard's billing page.", "model")  # fmt: skip
-        return
     request = job.request
     stream = request.get("stream", False)
 

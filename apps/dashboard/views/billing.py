@@ -24,17 +24,27 @@ from apps.accounts.middleware import OrganizationRequest
 from apps.accounts.models import UNREADABLE_OPENAI_KEY
 from apps.billing import actions, stripe_api
 from apps.billing.models import Invoice, MeterEvent, Plan
-from apps.billing.quotas import month_spend, month_start, spend_cap, subscription_for
+from apps.billing.quotas import month_spend, month_start, subscription_for
 from apps.core.crypto import UnreadableSecret
 from apps.core.errors import ActionError
-from apps.core.money import dollars_field, exact_usd, usd
+from apps.core.money import MICROS_PER_DOLLAR, dollars_field, usd
 from apps.dashboard.views.common import member_required
 
 logger = logging.getLogger(__name__)
 
 
-def cents(amount: int, currency: str) -> str:
+def invoice_amount(amount: int, currency: str) -> str:
+    """An invoice's amount, in the currency's smallest unit (cents). Dollars read like every other
+    amount on the dashboard (`usd`); another currency keeps its code."""
+    if currency.lower() == "usd":
+        return usd(amount * MICROS_PER_DOLLAR // 100)
     return f"{amount // 100:,}.{amount % 100:02d} {currency.upper()}"
+
+
+def billing_enabled() -> bool:
+    """Whether this instance takes payments: without a Stripe key, plans cannot be bought or
+    managed here (apps.billing.stripe_api refuses every call)."""
+    return bool(settings.STRIPE_SECRET_KEY)
 
 
 def banners(request: HttpRequest) -> dict[str, Any]:
@@ -51,22 +61,24 @@ def _render(
     organization = request.organization
     subscription = subscription_for(organization)
     spend = month_spend(organization)
-    cap = spend_cap(subscription)
     credit = subscription.plan.included_credit
     meters = MeterEvent.objects.filter(organization=organization, hour__gte=month_start()).aggregate(
         reported=Sum("value", filter=Q(sent_at__isnull=False)), pending=Count("id", filter=Q(sent_at=None))
     )
     invoices = [
-        {"invoice": invoice, "amount": cents(invoice.amount_due, invoice.currency)}
+        {"invoice": invoice, "amount": invoice_amount(invoice.amount_due, invoice.currency)}
         for invoice in Invoice.objects.filter(organization=organization)[:24]
     ]
     form = form or {
         "spend_limit": dollars_field(subscription.spend_limit),
         "alert_threshold": dollars_field(subscription.alert_threshold),
     }
+    enabled = billing_enabled()
     # Checkout starts a new subscription; an organization that pays already changes plans in the Portal.
-    can_checkout = request.membership.can_manage and not (
-        subscription.stripe_subscription_id and subscription.status in actions.ENTITLED_STATUSES
+    can_checkout = (
+        enabled
+        and request.membership.can_manage
+        and not (subscription.stripe_subscription_id and subscription.status in actions.ENTITLED_STATUSES)
     )
     plans = [
         {
@@ -78,19 +90,17 @@ def _render(
         }
         for plan in Plan.objects.all()
     ]
+    # Amounts stay micro-dollars here: the template shows them with `usd`, and this month's spend
+    # and what was reported to Stripe to the micro-dollar on hover, where they must agree exactly.
     context = {
         "title": "Billing",
+        "billing_enabled": enabled,
         "subscription": subscription,
         "plans": plans,
-        "spend": exact_usd(spend),
-        "credit": exact_usd(credit),
+        "spend": spend,
+        "credit": credit,
         "credit_used_percent": min(100, spend * 100 // credit) if credit else 100,
-        "cap": exact_usd(cap) if cap is not None else None,
-        "spend_limit": exact_usd(subscription.spend_limit) if subscription.spend_limit is not None else None,
-        "alert_threshold": (
-            exact_usd(subscription.alert_threshold) if subscription.alert_threshold is not None else None
-        ),
-        "reported": exact_usd(int(meters["reported"] or 0)),
+        "reported": int(meters["reported"] or 0),
         "pending_hours": meters["pending"],
         "invoices": invoices,
         "form": form,

@@ -7,7 +7,7 @@ from django.views.decorators.http import require_POST
 
 from apps.accounts import actions
 from apps.accounts.middleware import SESSION_KEY, OrganizationRequest
-from apps.accounts.models import Invitation, Membership, Role, User
+from apps.accounts.models import INVITATION_LIFETIME, Invitation, Membership, Organization, Role, User
 from apps.core.errors import ActionError
 from apps.dashboard.views.common import member_required, run_action
 
@@ -27,18 +27,12 @@ def _membership(request: OrganizationRequest, membership_id: int) -> Membership:
 def team(request: OrganizationRequest) -> HttpResponse:
     organization = request.organization
     if request.method == "POST":
-        email = request.POST.get("email", "")
-        role = request.POST.get("role", Role.MEMBER)
-        run_action(
-            request,
-            lambda: actions.invite_member(organization, request.user, email, role),
-            f"Invitation sent to {email.strip().lower()}.",
-        )
+        _invite(request, organization)
         return redirect("dashboard:team")
     members = Membership.objects.filter(organization=organization).select_related("user")
     invitations = []
     if request.membership.can_manage:
-        invitations = actions.pending_invitations(request.user, organization)
+        invitations = actions.open_invitations(request.user, organization)
         for invitation in invitations:
             invitation.void_reason = actions.inviter_refusal(invitation)  # type: ignore[attr-defined]
     return render(
@@ -48,9 +42,29 @@ def team(request: OrganizationRequest) -> HttpResponse:
     )
 
 
-@member_required
-@require_POST
-def invitation_revoke(request: OrganizationRequest, invitation_id: int) -> HttpResponse:
+def _invite(request: OrganizationRequest, organization: Organization) -> None:
+    try:
+        invitation = actions.invite_member(
+            organization,
+            request.user,
+            request.POST.get("email", ""),
+            request.POST.get("role", Role.MEMBER),
+        )
+    except ActionError as exc:
+        messages.error(request, exc.message)
+        return
+    if invitation.send_count == 1:
+        messages.success(request, f"Invitation sent to {invitation.email}.")
+        return
+    messages.success(
+        request,
+        f"{invitation.email} already had a pending invitation: it now invites them as "
+        f"{invitation.get_role_display().lower()} and was sent again with a new link. The earlier link no "
+        "longer works.",
+    )
+
+
+def _invitation(request: OrganizationRequest, invitation_id: int) -> Invitation:
     invitation = (
         Invitation.objects.filter(pk=invitation_id, organization=request.organization)
         .select_related("organization")
@@ -58,6 +72,26 @@ def invitation_revoke(request: OrganizationRequest, invitation_id: int) -> HttpR
     )
     if invitation is None:
         raise Http404("No such invitation")
+    return invitation
+
+
+@member_required
+@require_POST
+def invitation_resend(request: OrganizationRequest, invitation_id: int) -> HttpResponse:
+    invitation = _invitation(request, invitation_id)
+    run_action(
+        request,
+        lambda: actions.resend_invitation(request.user, invitation),
+        f"The invitation to {invitation.email} was sent again with a new link, valid for "
+        f"{INVITATION_LIFETIME.days} days. The earlier link no longer works.",
+    )
+    return redirect("dashboard:team")
+
+
+@member_required
+@require_POST
+def invitation_revoke(request: OrganizationRequest, invitation_id: int) -> HttpResponse:
+    invitation = _invitation(request, invitation_id)
     run_action(
         request,
         lambda: actions.revoke_invitation(request.user, invitation),
