@@ -35,7 +35,8 @@ NOT_PAGES = {
     "api_key_revoke", "file_upload", "file_content", "file_delete", "job_metrics", "job_cancel",
     "model_download", "model_delete", "playground_chat", "batch_cancel", "batch_output",
     "batch_errors", "batch_results_csv", "usage_daily", "usage_export", "resend_verification", "use_sample",
-    "dismiss_checklist",
+    "dismiss_checklist", "billing_checkout", "billing_portal", "billing_return", "billing_limits",
+    "billing_openai_key", "billing_openai_key_remove",
 }  # fmt: skip
 LABELLED_CSV = b"text,label\nrefund please,billing\nthe app crashes,bug\nlove it,praise\nso slow,bug\n"
 

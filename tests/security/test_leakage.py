@@ -280,7 +280,7 @@ def test_carols_emails_carry_none_of_alices_markers(
     # then
     carols = emails_to(carol.email) + emails_to("carol.work@example.com")
     assert sorted(m.subject for m in mail.outbox if set(m.to) & {carol.email, "carol.work@example.com"}) == [
-        "Outsiders Inc passed $0.00 of spend this month",
+        "Outsiders Inc passed $0.000001 of spend this month",
         "You are invited to Outsiders Inc on Modelworks",
         "[Modelworks] Confirm your email address",
         "[Modelworks] Password Reset Email",

@@ -34,6 +34,7 @@ API_ALLOWLIST = {
 # Reviewed: pages an anonymous visitor may open, and why.
 PUBLIC_PAGES = {
     "healthz": "load balancer health check; says ok or not, nothing else",
+    "dashboard:home": "the landing page: what the product is, its plans and prices from the price book, how to start",
     "docs": "the public API reference",
     "docs_quickstart": "the quickstart beside the API reference: our own text, no data",
     "docs_guide": "the guides of docs/ beside the API reference: our own text, no data",
