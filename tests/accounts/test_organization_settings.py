@@ -26,7 +26,9 @@ def test_the_page_shows_the_name_and_the_slug_in_a_model_id(alice_client: Client
     assert 'ft:&lt;base model&gt;:<strong id="current-slug">acme</strong>:&lt;suffix&gt;:&lt;job&gt;' in page
     assert '<form method="post" action="/organization/slug" novalidate' in page
     assert "<strong>You can set it once</strong>: after that it is fixed." in page
-    assert '<a href="/organization/">Settings</a>' in page  # in the sidebar
+    assert (
+        '<a href="/organization/" class="active" aria-current="page">Settings</a>' in page
+    )  # in the sidebar
 
 
 def test_an_owner_renames_the_organization(alice_client: Client, alice_org: Any) -> None:

@@ -413,11 +413,44 @@ def test_a_missing_file_is_400_naming_the_param(api: Any) -> None:
     }
 
 
+def test_no_body_at_all_is_400_naming_the_first_param(api: Any) -> None:
+    # No content type: the request's data is an empty dict, not a form's parts.
+    response = api.generic("POST", "/v1/files")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "Missing required parameter: 'purpose'."
+    assert not File.objects.exists()
+
+
 def test_a_bad_column_mapping_is_400(api: Any) -> None:
     response = upload(api, "reviews.csv", GOOD_CSV, column_mapping="{not json")
 
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "column_mapping"
+    assert not File.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "values"),
+    [
+        ("column_mapping", ['{"text": "review"}', "{}"]),
+        ("purpose", ["fine-tune", "batch"]),
+    ],
+)
+def test_a_form_field_given_twice_is_400(api: Any, field: str, values: list[str]) -> None:
+    # The last part would win silently: a mapping the customer did not mean, or the other purpose.
+    fields: dict[str, Any] = {"purpose": "fine-tune", field: values}
+    response = api.post(
+        "/v1/files", {"file": SimpleUploadedFile("r.csv", GOOD_CSV), **fields}, format="multipart"
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "message": f"{field} was given more than once; give it once.",
+        "type": "invalid_request_error",
+        "param": field,
+        "code": None,
+    }
     assert not File.objects.exists()
 
 

@@ -205,7 +205,7 @@ def test_a_max_cost_too_large_for_micro_dollars_is_refused_not_a_500(
     alice_client: Any, alice_project: Any, train_file: File
 ) -> None:
     # 1e999999 dollars is a finite Decimal whose micro-dollars overflow Decimal's exponent
-    message = "max_cost must be at most $9,223,372,036,854.78."
+    message = "Max cost must be at most $9,223,372,036,854.78."
     for path in ("estimate", "new"):
         response = alice_client.post(f"/projects/{alice_project.public_id}/fine-tuning/{path}",
                                      form(train_file, max_cost="1e999999"))  # fmt: skip

@@ -211,7 +211,7 @@ def test_the_fine_tune_form_ignores_extra_fields(
     training = stored_file(alice_project, "t.csv", TRAINING_CSV, FilePurpose.FINE_TUNE, "classification_csv")
     before = snapshot()
     response = alice_client.post(f"/projects/{alice_project.public_id}/fine-tuning/new",
-                                 {"model": "minilm-l6", "training_file": training.public_id,
+                                 {"model": "minilm-l6", "training_file": training.public_id, "confirm_small_data": "yes",
                                   **form_extras(carol_project)})  # fmt: skip
     assert response.status_code == 302, response.content
     after = assert_only(before, {"Job": 1, "JobEvent": 1})

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from apps.jobs import actions
 from apps.jobs.models import Job
 from tests.api.test_fine_tuning import make_file
 from tests.conftest import wait_for
+from workers.runners import progress as reporting
 from workers.runners.attempt import AttemptGuard
 from workers.runners.progress import ProgressReporter
 from workers.runtime.specs import ProgressEvent
@@ -27,10 +30,17 @@ def progress_at(job: Job, number: int) -> dict[str, Any]:
 
 
 def test_there_is_no_eta_until_a_step_has_been_timed(
-    api: Any, alice_project: Any, tiny_base: Any, transactional_db: None, settings: Any
+    api: Any,
+    alice_project: Any,
+    tiny_base: Any,
+    transactional_db: None,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # given a claimed fine-tune whose progress is written as soon as it changes
+    # given a claimed fine-tune whose progress is written as soon as it changes, and whose step
+    # rate is measured over any window (in production a window lasts seconds)
     settings.JOB_PROGRESS_INTERVAL_SECONDS = 0.05
+    monkeypatch.setattr(reporting, "RATE_WINDOW_SECONDS", 0.0)
     file = make_file(alice_project)
     created = api.post(
         "/v1/fine_tuning/jobs", {"model": "tiny-bert", "training_file": file.public_id}, format="json"

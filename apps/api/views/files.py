@@ -88,6 +88,10 @@ class FileListView(ProjectAPIView):
         except UploadTooLarge as exc:
             raise APIError(str(exc), status=413, code="file_too_large", param="file") from None
         data: Any = request.data
+        for field in ("purpose", "column_mapping"):
+            # A form field sent twice is ambiguous: refuse it rather than pick one of the values.
+            if hasattr(data, "getlist") and len(data.getlist(field)) > 1:  # a form has parts; {} has none
+                raise APIError(f"{field} was given more than once; give it once.", param=field)
         file = actions.upload_file(
             self.project,
             upload,
@@ -115,6 +119,7 @@ class FileDetailView(ProjectAPIView):
         responses={
             200: DeletedSerializer,
             403: OpenApiResponse(ErrorSerializer, description="A file the key's creator may not delete"),
+            409: OpenApiResponse(ErrorSerializer, description="A file an unfinished job or batch reads"),
             **ERRORS,
         },
     )
