@@ -31,12 +31,52 @@ if str(ROOT) not in sys.path:
 from bench.load import BENCH_SECRETS  # noqa: E402
 
 LABELS = ["negative", "positive"]
-ITEMS = ["food", "service", "room", "hotel", "pizza", "staff", "movie", "phone", "battery", "delivery",
-         "coffee", "app", "flight", "seat", "screen", "book", "camera", "support team", "price", "bed"]  # fmt: skip
-GOOD = ["excellent", "wonderful", "fantastic", "great", "amazing", "delightful", "superb", "lovely",
-        "really helpful", "perfect"]  # fmt: skip
-BAD = ["terrible", "awful", "horrible", "disappointing", "dreadful", "rude", "broken", "useless",
-       "really slow", "cold and bland"]  # fmt: skip
+ITEMS = [
+    "food",
+    "service",
+    "room",
+    "hotel",
+    "pizza",
+    "staff",
+    "movie",
+    "phone",
+    "battery",
+    "delivery",
+    "coffee",
+    "app",
+    "flight",
+    "seat",
+    "screen",
+    "book",
+    "camera",
+    "support team",
+    "price",
+    "bed",
+]
+GOOD = [
+    "excellent",
+    "wonderful",
+    "fantastic",
+    "great",
+    "amazing",
+    "delightful",
+    "superb",
+    "lovely",
+    "really helpful",
+    "perfect",
+]
+BAD = [
+    "terrible",
+    "awful",
+    "horrible",
+    "disappointing",
+    "dreadful",
+    "rude",
+    "broken",
+    "useless",
+    "really slow",
+    "cold and bland",
+]
 OPENERS = ["Honestly,", "Overall", "I have to say", "To be fair,", "", "", "Last week", "As usual,"]
 GOOD_TAILS = ["and I will come back.", "and I would recommend it.", "and worth every cent.", "."]
 BAD_TAILS = ["and I will not come back.", "and I want a refund.", "and a waste of money.", "."]
@@ -102,8 +142,10 @@ def main() -> None:
     began = time.perf_counter()
     results = []
     for start in range(0, len(texts), 8):
-        batch = [GenerateRequest(messages=tuple(label_prompt(t, LABELS)), max_tokens=max_tokens, temperature=0.0)
-                 for t in texts[start : start + 8]]  # fmt: skip
+        batch = [
+            GenerateRequest(messages=tuple(label_prompt(t, LABELS)), max_tokens=max_tokens, temperature=0.0)
+            for t in texts[start : start + 8]
+        ]
         results += generate_batch(teacher, batch)
     teacher_seconds = time.perf_counter() - began
     answers = [r.choices[0].text for r in results]
@@ -117,15 +159,24 @@ def main() -> None:
     held = held_out_indices(len(texts), 0.2, seed=0)
     work = Path(tempfile.mkdtemp(prefix="bench-distill-"))
     rows = [(t, label) for i, (t, label) in enumerate(zip(texts, teacher_labels, strict=True)) if label]
-    train_rows = [{"text": t, "label": label} for i, (t, label) in enumerate(zip(texts, teacher_labels, strict=True))
-                  if label and i not in held]  # fmt: skip
+    train_rows = [
+        {"text": t, "label": label}
+        for i, (t, label) in enumerate(zip(texts, teacher_labels, strict=True))
+        if label and i not in held
+    ]
     valid_rows = [{"text": texts[i], "label": teacher_labels[i]} for i in sorted(held) if teacher_labels[i]]
     (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_rows))
     (work / "valid.jsonl").write_text("".join(json.dumps(r) + "\n" for r in valid_rows))
     hp = Hyperparameters(n_epochs=3, batch_size=16, learning_rate=1e-4, early_stopping_patience=0)
-    spec = TrainSpec(job_id="bench", base_model_dir=str(minilm), training_file=str(work / "train.jsonl"),
-                     validation_file=str(work / "valid.jsonl"), output_dir=str(work / "student"),
-                     hyperparameters=hp, labels=tuple(LABELS))  # fmt: skip
+    spec = TrainSpec(
+        job_id="bench",
+        base_model_dir=str(minilm),
+        training_file=str(work / "train.jsonl"),
+        validation_file=str(work / "valid.jsonl"),
+        output_dir=str(work / "student"),
+        hyperparameters=hp,
+        labels=tuple(LABELS),
+    )
     began = time.perf_counter()
     student_run = train(spec, lambda _: None, lambda: False)
     train_seconds = time.perf_counter() - began
@@ -148,19 +199,27 @@ def main() -> None:
     teacher_cost = per_1000("smollm2-135m-instruct", teacher_usage)
     student_cost = per_1000("ft:minilm-l6:bench::x", student_usage)
 
-    print(f"texts: {len(texts)} ({len(rows)} labelled by the teacher, {len(train_rows)} trained on, "
-          f"{len(order)} held out); student trained in {train_seconds:.0f} s")  # fmt: skip
-    print(f"teacher answers parsed: {parsed}/{len(texts)} ({parsed / len(texts):.1%}); "
-          f"teacher accuracy (all texts, unparsed = wrong): {teacher_acc:.3f}")  # fmt: skip
-    print(f"held out: student agrees with the teacher on {held_scores.agreement:.3f} of {held_scores.compared}; "
-          f"accuracy teacher {held_scores.teacher_accuracy:.3f}, student {held_scores.student_accuracy:.3f}")  # fmt: skip
+    print(
+        f"texts: {len(texts)} ({len(rows)} labelled by the teacher, {len(train_rows)} trained on, "
+        f"{len(order)} held out); student trained in {train_seconds:.0f} s"
+    )
+    print(
+        f"teacher answers parsed: {parsed}/{len(texts)} ({parsed / len(texts):.1%}); "
+        f"teacher accuracy (all texts, unparsed = wrong): {teacher_acc:.3f}"
+    )
+    print(
+        f"held out: student agrees with the teacher on {held_scores.agreement:.3f} of {held_scores.compared}; "
+        f"accuracy teacher {held_scores.teacher_accuracy:.3f}, student {held_scores.student_accuracy:.3f}"
+    )
     print(f"{'':24}{'teacher (SmolLM2-135M)':>24}{'student (MiniLM-L6)':>22}{'ratio':>9}")
     print(f"{'texts/s':24}{teacher_tps:>24.2f}{student_tps:>22.1f}{student_tps / teacher_tps:>8.0f}x")
     print(
         f"{'$ per 1,000 texts':24}{teacher_cost:>24.5f}{student_cost:>22.5f}{teacher_cost / student_cost:>8.1f}x"
     )
-    print(f"{'tokens per text':24}{teacher_usage['input_tokens']:>16.1f} in, {teacher_usage['output_tokens']:.1f} out"
-          f"{student_usage['input_tokens']:>16.1f} in")  # fmt: skip
+    print(
+        f"{'tokens per text':24}{teacher_usage['input_tokens']:>16.1f} in, {teacher_usage['output_tokens']:.1f} out"
+        f"{student_usage['input_tokens']:>16.1f} in"
+    )
 
 
 if __name__ == "__main__":

@@ -192,8 +192,19 @@ def database_url(keep: list[Any], name: str = DATABASE) -> str:
 def start_redis(work: Path, logs: Path) -> tuple[int, subprocess.Popen[bytes]]:
     """A private redis-server on a free port, keeping nothing on disk."""
     port = free_port()
-    cmd = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-           "--dir", str(work)]  # fmt: skip
+    cmd = [
+        redis_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(work),
+    ]
     return port, start(cmd, dict(os.environ), logs / "redis.log")
 
 
@@ -217,8 +228,14 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
 
     def django(self, code: str, *args: str) -> str:
-        result = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=self.env, capture_output=True,
-                                text=True, timeout=300)  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if result.returncode != 0:
             raise SystemExit(f"load: helper failed:\n{result.stderr[-3000:]}")
         return result.stdout
@@ -237,16 +254,46 @@ def stack_env(database: str, redis_port: int, work: Path) -> dict[str, str]:
     for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
         env.pop(name, None)
     env.update(
-        DATABASE_URL=database, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", DJANGO_SETTINGS_MODULE="saas.settings",
-        DEBUG="false", ALLOWED_HOSTS="127.0.0.1", LOG_LEVEL="WARNING", MEDIA_ROOT=str(work / "media"),
-        WORKER_HEARTBEAT_SECONDS="2", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", WHITENOISE_USE_FINDERS="true",
-    )  # fmt: skip
+        DATABASE_URL=database,
+        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        DJANGO_SETTINGS_MODULE="saas.settings",
+        DEBUG="false",
+        ALLOWED_HOSTS="127.0.0.1",
+        LOG_LEVEL="WARNING",
+        MEDIA_ROOT=str(work / "media"),
+        WORKER_HEARTBEAT_SECONDS="2",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        WHITENOISE_USE_FINDERS="true",
+    )
     return env
 
 
 def start_worker(queues: str, name: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
-    return start([sys.executable, "-m", "celery", "-A", "saas", "worker", "-Q", queues, "-c", "1", "-P", "prefork",
-                  "-n", name, "--without-mingle", "--without-gossip", "-l", "warning"], env, logs / "worker.log")  # fmt: skip
+    return start(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "saas",
+            "worker",
+            "-Q",
+            queues,
+            "-c",
+            "1",
+            "-P",
+            "prefork",
+            "-n",
+            name,
+            "--without-mingle",
+            "--without-gossip",
+            "-l",
+            "warning",
+        ],
+        env,
+        logs / "worker.log",
+    )
 
 
 def start_gunicorn(
@@ -254,9 +301,30 @@ def start_gunicorn(
 ) -> str:
     """Starts gunicorn on a free port (added to `processes`); returns its URL."""
     port = free_port()
-    processes.append(start([sys.executable, "-m", "gunicorn", app, "-b", f"127.0.0.1:{port}", "-k", "gthread",
-                            "-w", str(GUNICORN_WORKERS), "--threads", str(GUNICORN_THREADS), "--timeout", "60",
-                            "--graceful-timeout", "5"], env, logs / "gunicorn.log"))  # fmt: skip
+    processes.append(
+        start(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                app,
+                "-b",
+                f"127.0.0.1:{port}",
+                "-k",
+                "gthread",
+                "-w",
+                str(GUNICORN_WORKERS),
+                "--threads",
+                str(GUNICORN_THREADS),
+                "--timeout",
+                "60",
+                "--graceful-timeout",
+                "5",
+            ],
+            env,
+            logs / "gunicorn.log",
+        )
+    )
     return f"http://127.0.0.1:{port}"
 
 
@@ -290,21 +358,33 @@ def stack() -> Iterator[Stack]:
         processes.append(redis)
         env = stack_env(db, redis_port, work)
         env.update(
-            INFERENCE_TIMEOUT_SECONDS=str(INFERENCE_TIMEOUT), INFERENCE_MAX_QUEUED=str(SHED_AT),
-            MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+            INFERENCE_TIMEOUT_SECONDS=str(INFERENCE_TIMEOUT),
+            INFERENCE_MAX_QUEUED=str(SHED_AT),
+            MKL_NUM_THREADS="1",
+            TOKENIZERS_PARALLELISM="false",
+            HF_HUB_OFFLINE="1",
             # torch imported once in the worker's main process, not in each pool child
             CELERY_WORKER_INCLUDE="workers.runtime.training",
-        )  # fmt: skip
+        )
         manage = [sys.executable, "manage.py"]
         print("load: migrating a fresh database ...", flush=True)
         subprocess.run(
             [*manage, "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=600
         )
         tenants = [
-            json.loads(subprocess.run([*manage, "create_tenant", email, "--organization", org], cwd=ROOT, env=env,
-                                      check=True, capture_output=True, text=True, timeout=120).stdout)
+            json.loads(
+                subprocess.run(
+                    [*manage, "create_tenant", email, "--organization", org],
+                    cwd=ROOT,
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                ).stdout
+            )
             for email, org in (("bench@example.com", "Bench"), ("burst@example.com", "Burst"))
-        ]  # fmt: skip
+        ]
         from tests.tiny_models import build_tiny_bert
 
         models = ROOT / "var" / "test-models"
@@ -313,8 +393,15 @@ def stack() -> Iterator[Stack]:
             build_tiny_bert(tiny_bert)
         if not (tiny_classifier / "model.safetensors").exists():
             build_tiny_bert(tiny_classifier, labels=["billing", "bug", "praise"], seed=1)
-        bench = Stack(url="", bench_key=tenants[0]["api_key"], burst_key=tenants[1]["api_key"], seed={},
-                      work=work, processes=processes, env=env)  # fmt: skip
+        bench = Stack(
+            url="",
+            bench_key=tenants[0]["api_key"],
+            burst_key=tenants[1]["api_key"],
+            seed={},
+            work=work,
+            processes=processes,
+            env=env,
+        )
         print("load: seeding 300 files and 300 jobs ...", flush=True)
         out = bench.django(
             SEED, json.dumps(tenants[0]), json.dumps(tenants[1]), str(tiny_bert), str(tiny_classifier)
@@ -324,8 +411,11 @@ def stack() -> Iterator[Stack]:
         bench.url = start_gunicorn("saas.wsgi:application", env, LOGS, processes)
         import httpx
 
-        wait_until(lambda: httpx.get(f"{bench.url}/healthz", timeout=5).status_code == 200, 120,
-                   "gunicorn with a worker heartbeat")  # fmt: skip
+        wait_until(
+            lambda: httpx.get(f"{bench.url}/healthz", timeout=5).status_code == 200,
+            120,
+            "gunicorn with a worker heartbeat",
+        )
         yield bench
     finally:
         stop_stack(processes, keep, work)
@@ -344,13 +434,26 @@ class Scenario:
 
 def scenarios(s: Stack) -> list[Scenario]:
     boundary = "----mwbench"
-    csv = b"text,label\n" + b"".join(b"the service was great %d,pos\nthe food was awful %d,neg\n" % (i, i)
-                                     for i in range(10))  # fmt: skip
-    upload = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n"
-              f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"small.csv\"\r\n"
-              f"Content-Type: text/csv\r\n\r\n").encode() + csv + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
-    job = {"model": "tiny-bert", "training_file": s.seed["file"],
-           "method": {"type": "classification", "classification": {"hyperparameters": {"n_epochs": 1, "batch_size": 8}}}}  # fmt: skip
+    csv = b"text,label\n" + b"".join(
+        b"the service was great %d,pos\nthe food was awful %d,neg\n" % (i, i) for i in range(10)
+    )
+    upload = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="small.csv"\r\n'
+            f"Content-Type: text/csv\r\n\r\n"
+        ).encode()
+        + csv
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    job = {
+        "model": "tiny-bert",
+        "training_file": s.seed["file"],
+        "method": {
+            "type": "classification",
+            "classification": {"hyperparameters": {"n_epochs": 1, "batch_size": 8}},
+        },
+    }
     classify = {"model": s.seed["team"]["model"], "input": ["The app crashes when I open the invoice page."]}
     burst = {"model": s.seed["free"]["model"], "input": ["Refund my last payment please."]}
     return [
@@ -370,14 +473,14 @@ def scenarios(s: Stack) -> list[Scenario]:
             "/v1/classifications",
             body=json.dumps(classify).encode(),
             content_type="application/json",
-        ),  # fmt: skip
+        ),
         Scenario(
             "job-submit",
             "POST",
             "/v1/fine_tuning/jobs",
             body=json.dumps(job).encode(),
             content_type="application/json",
-        ),  # fmt: skip
+        ),
         Scenario(
             "classify-free",
             "POST",
@@ -385,7 +488,7 @@ def scenarios(s: Stack) -> list[Scenario]:
             key="burst",
             body=json.dumps(burst).encode(),
             content_type="application/json",
-        ),  # fmt: skip
+        ),
     ]
 
 
@@ -412,12 +515,16 @@ class Result:
         codes = " ".join(f"{code}:{n}" for code, n in sorted(self.statuses.items()))
         shed = sum(n for code, n in self.statuses.items() if code in (429, 503))
         share = f"{self.retry_after}/{shed}" if shed else "-"
-        return (f"{self.scenario:<14}{self.connections:>5}{self.rps:>9.1f}{self.p50_ms:>9.1f}{self.p99_ms:>9.1f}"
-                f"{self.requests - ok:>8}{self.socket_errors:>7}{self.timeouts:>6}   {share:<10}{self.load_before:>5.1f}  {codes}")  # fmt: skip
+        return (
+            f"{self.scenario:<14}{self.connections:>5}{self.rps:>9.1f}{self.p50_ms:>9.1f}{self.p99_ms:>9.1f}"
+            f"{self.requests - ok:>8}{self.socket_errors:>7}{self.timeouts:>6}   {share:<10}{self.load_before:>5.1f}  {codes}"
+        )
 
 
-HEADER = (f"{'endpoint':<14}{'conns':>5}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>8}{'sock':>7}{'t/o':>6}"
-          f"   {'retry-aft':<10}{'load':>5}  statuses")  # fmt: skip
+HEADER = (
+    f"{'endpoint':<14}{'conns':>5}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>8}{'sock':>7}{'t/o':>6}"
+    f"   {'retry-aft':<10}{'load':>5}  statuses"
+)
 
 
 def headers_for(s: Stack, scenario: Scenario) -> dict[str, str]:
@@ -437,22 +544,43 @@ def run_wrk(s: Stack, scenario: Scenario, connections: int, duration: float) -> 
         body_file.write_bytes(scenario.body)
         body_line = f'local f = io.open("{body_file}", "rb"); wrk.body = f:read("*a"); f:close()'
     script = s.work / f"{scenario.name}.lua"
-    script.write_text(WRK_LUA.format(
-        method=scenario.method,
-        headers="\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()),
-        body=body_line,
-    ))  # fmt: skip
+    script.write_text(
+        WRK_LUA.format(
+            method=scenario.method,
+            headers="\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()),
+            body=body_line,
+        )
+    )
     load = os.getloadavg()[0]
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", WRK_TIMEOUT, "-s", str(script),
-           s.url + scenario.path]  # fmt: skip
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration:g}s",
+        "--timeout",
+        WRK_TIMEOUT,
+        "-s",
+        str(script),
+        s.url + scenario.path,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
     line = next((x for x in out.splitlines() if x.startswith("WRK_RESULT ")), None)
     if line is None:
         raise SystemExit(f"load: wrk printed no result:\n{out}")
     data = json.loads(line[len("WRK_RESULT ") :])
-    return Result(scenario.name, connections, data["requests"], data["seconds"], data["p50_ms"], data["p99_ms"],
-                  Counter({int(k): v for k, v in data["statuses"].items()}), data["retry_after"],
-                  data["connect"] + data["read"] + data["write"], data["timeout"], load)  # fmt: skip
+    return Result(
+        scenario.name,
+        connections,
+        data["requests"],
+        data["seconds"],
+        data["p50_ms"],
+        data["p99_ms"],
+        Counter({int(k): v for k, v in data["statuses"].items()}),
+        data["retry_after"],
+        data["connect"] + data["read"] + data["write"],
+        data["timeout"],
+        load,
+    )
 
 
 def run_python(s: Stack, scenario: Scenario, connections: int, duration: float) -> Result:
@@ -494,8 +622,19 @@ def run_python(s: Stack, scenario: Scenario, connections: int, duration: float) 
         thread.join()
     seconds = time.monotonic() - began
     cuts = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [0.0] * 99
-    return Result(scenario.name, connections, len(latencies), seconds, cuts[49], cuts[98], statuses,
-                  counters["retry"], counters["socket"], counters["timeout"], load)  # fmt: skip
+    return Result(
+        scenario.name,
+        connections,
+        len(latencies),
+        seconds,
+        cuts[49],
+        cuts[98],
+        statuses,
+        counters["retry"],
+        counters["socket"],
+        counters["timeout"],
+        load,
+    )
 
 
 CANCEL_ACTIVE = r"""
@@ -522,17 +661,26 @@ def main() -> int:
     levels = [int(c) for c in args.connections.split(",") if c]
     wanted = {n for n in args.only.split(",") if n}
     runner = run_wrk if shutil.which("wrk") else run_python
-    print(f"load: {'wrk -t1' if runner is run_wrk else 'python httpx threads (wrk not found)'}; "
-          f"gunicorn gthread {GUNICORN_WORKERS}x{GUNICORN_THREADS} on {CORES} cores; {args.duration:g} s per run",
-          flush=True)  # fmt: skip
+    print(
+        f"load: {'wrk -t1' if runner is run_wrk else 'python httpx threads (wrk not found)'}; "
+        f"gunicorn gthread {GUNICORN_WORKERS}x{GUNICORN_THREADS} on {CORES} cores; {args.duration:g} s per run",
+        flush=True,
+    )
     results: list[Result] = []
     with stack() as s:
         all_scenarios = {sc.name: sc for sc in scenarios(s)}
-        plan = [(all_scenarios[n], c) for n in ("healthz", "list", "detail", "upload", "classify", "job-submit")
-                for c in levels if not wanted or n in wanted]  # fmt: skip
+        plan = [
+            (all_scenarios[n], c)
+            for n in ("healthz", "list", "detail", "upload", "classify", "job-submit")
+            for c in levels
+            if not wanted or n in wanted
+        ]
         if not args.no_overload:
-            plan += [(all_scenarios[n], c) for n, c in (("list", 200), ("classify", 100), ("classify-free", 20))
-                     if not wanted or n in wanted]  # fmt: skip
+            plan += [
+                (all_scenarios[n], c)
+                for n, c in (("list", 200), ("classify", 100), ("classify-free", 20))
+                if not wanted or n in wanted
+            ]
         print(HEADER, flush=True)
         for scenario, connections in plan:
             result = runner(s, scenario, connections, args.duration)
@@ -553,8 +701,10 @@ def main() -> int:
             def pct(n: int, total: int = total) -> str:
                 return f"{100 * n / total:.1f}%" if total else "-"
 
-            print(f"  {r.scenario:<14} c={r.connections:<4} ok {pct(ok)}  429/503 {pct(shed)} "
-                  f"(with retry-after: {r.retry_after})  5xx {pct(errors)}  timeouts/socket {pct(r.timeouts + r.socket_errors)}")  # fmt: skip
+            print(
+                f"  {r.scenario:<14} c={r.connections:<4} ok {pct(ok)}  429/503 {pct(shed)} "
+                f"(with retry-after: {r.retry_after})  5xx {pct(errors)}  timeouts/socket {pct(r.timeouts + r.socket_errors)}"
+            )
     return 0
 
 

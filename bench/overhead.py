@@ -100,8 +100,9 @@ def environment(database: str) -> Iterator[dict[str, str]]:
 
 
 def manage(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, text=True,
-                            capture_output=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, text=True, capture_output=True
+    )
     return result.stdout
 
 
@@ -128,12 +129,20 @@ def tenant(env: dict[str, str], email: str, organization: str) -> tuple[Any, str
     org = Organization.objects.get(public_id=created["organization"])
     plan, _ = Plan.objects.update_or_create(
         slug="benchmark",
-        defaults={"name": "Benchmark", "included_credit": 0, "usage_beyond_credit": True,
-                  "requests_per_minute": 1_000_000, "tokens_per_minute": 2_000_000_000,
-                  "key_requests_per_minute": 1_000_000, "allowed_models": [], "position": 99},
-    )  # fmt: skip
-    Subscription.objects.update_or_create(organization=org, defaults={"plan": plan, "spend_limit": None,
-                                                                      "grace_until": None})  # fmt: skip
+        defaults={
+            "name": "Benchmark",
+            "included_credit": 0,
+            "usage_beyond_credit": True,
+            "requests_per_minute": 1_000_000,
+            "tokens_per_minute": 2_000_000_000,
+            "key_requests_per_minute": 1_000_000,
+            "allowed_models": [],
+            "position": 99,
+        },
+    )
+    Subscription.objects.update_or_create(
+        organization=org, defaults={"plan": plan, "spend_limit": None, "grace_until": None}
+    )
     return org, str(created["api_key"])
 
 
@@ -142,9 +151,16 @@ def register(org: Any, name: str, task: str, path: Path, labels: list[str], cont
 
     model, _ = Model.objects.update_or_create(
         name=name,
-        defaults={"organization": org, "task": task, "provider": "local", "artifact_key": f"local:{path}",
-                  "labels": labels, "context_length": context_length, "limits": {"servable": True}},
-    )  # fmt: skip
+        defaults={
+            "organization": org,
+            "task": task,
+            "provider": "local",
+            "artifact_key": f"local:{path}",
+            "labels": labels,
+            "context_length": context_length,
+            "limits": {"servable": True},
+        },
+    )
     return model
 
 
@@ -164,8 +180,9 @@ class Process:
         self.name = name
         self.log = LOGS / f"{name}.log"
         self._file = self.log.open("wb")
-        self.popen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._file, stderr=subprocess.STDOUT,
-                                      start_new_session=True)  # fmt: skip
+        self.popen = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=self._file, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def check(self) -> None:
         if self.popen.poll() is not None:
@@ -183,8 +200,22 @@ class Process:
 
 
 def start_web(env: dict[str, str], port: int, workers: int, threads: int) -> Process:
-    cmd = [str(BIN / "gunicorn"), "saas.wsgi", "-b", f"127.0.0.1:{port}", "-k", "gthread", "--workers", str(workers),
-           "--threads", str(threads), "--timeout", "120", "--keep-alive", "30"]  # fmt: skip
+    cmd = [
+        str(BIN / "gunicorn"),
+        "saas.wsgi",
+        "-b",
+        f"127.0.0.1:{port}",
+        "-k",
+        "gthread",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "--timeout",
+        "120",
+        "--keep-alive",
+        "30",
+    ]
     web = Process("web", cmd, env)
     deadline = time.monotonic() + 60
     while True:
@@ -202,8 +233,26 @@ def start_web(env: dict[str, str], port: int, workers: int, threads: int) -> Pro
 
 
 def start_worker(env: dict[str, str], name: str) -> Process:
-    cmd = [sys.executable, "-m", "celery", "-A", "saas", "worker", "-Q", "gpu,serve,default", "-c", "1", "-P", "prefork",
-           "-n", f"{name}@%h", "-l", "info", "--without-mingle", "--without-gossip"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "saas",
+        "worker",
+        "-Q",
+        "gpu,serve,default",
+        "-c",
+        "1",
+        "-P",
+        "prefork",
+        "-n",
+        f"{name}@%h",
+        "-l",
+        "info",
+        "--without-mingle",
+        "--without-gossip",
+    ]
     worker = Process(name, cmd, env)
     deadline = time.monotonic() + 90
     while b" ready." not in worker.log.read_bytes():
@@ -331,19 +380,26 @@ def stages(name: str, since: Any) -> dict[str, list[float]]:
 def report(title: str, series: dict[str, list[float]]) -> None:
     print(f"\n{title}: {len(series['api'])} sequential requests of one text ({len(TEXT)} characters)")
     print(f"  {'':32} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
-    for label, key in (("API + queue + worker (HTTP)", "api"), ("classify() in process", "direct"),
-                       ("overhead (API - direct, paired)", "overhead")):  # fmt: skip
+    for label, key in (
+        ("API + queue + worker (HTTP)", "api"),
+        ("classify() in process", "direct"),
+        ("overhead (API - direct, paired)", "overhead"),
+    ):
         values = series[key]
-        print(f"  {label:32} {percentile(values, 50):8.1f} {percentile(values, 99):8.1f} "
-              f"{sum(values) / len(values):8.1f}")  # fmt: skip
+        print(
+            f"  {label:32} {percentile(values, 50):8.1f} {percentile(values, 99):8.1f} "
+            f"{sum(values) / len(values):8.1f}"
+        )
     print("  where the API's time goes (from the job rows):")
     for label, key in (
         ("  created -> claimed by worker", "queue"),
         ("  claimed -> result committed", "worker"),
     ):
         values = series[key]
-        print(f"  {label:32} {percentile(values, 50):8.1f} {percentile(values, 99):8.1f} "
-              f"{sum(values) / len(values):8.1f}")  # fmt: skip
+        print(
+            f"  {label:32} {percentile(values, 50):8.1f} {percentile(values, 99):8.1f} "
+            f"{sum(values) / len(values):8.1f}"
+        )
     p50 = percentile(series["overhead"], 50)
     print(f"  target p50 overhead < 20 ms: {'met' if p50 < 20 else 'NOT met'} ({p50:.1f} ms)")
 
@@ -355,11 +411,13 @@ def main() -> None:
     parser.add_argument("--minilm", action="store_true", help="also measure MiniLM-L6 with a fresh head")
     parser.add_argument("--threads", type=int, default=8, help="gunicorn threads (one worker process)")
     parser.add_argument(
-        "--torch-threads", type=int, default=1,
+        "--torch-threads",
+        type=int,
+        default=1,
         help="torch threads in the worker and in this process alike (0: torch's default, one per core); "
         "one thread is fastest for a single short text, and spinning extra threads on a busy machine "
         "costs tens of milliseconds",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
 
     started_load = os.getloadavg()
@@ -376,8 +434,10 @@ def main() -> None:
 
         models = build_models(args.minilm)
         org, key = tenant(env, "bench-overhead@example.com", "Bench overhead")
-        names = [register(org, f"ft:bench:overhead:{i}", "classification", path, labels, ctx).name
-                 for i, (_, path, labels, ctx) in enumerate(models)]  # fmt: skip
+        names = [
+            register(org, f"ft:bench:overhead:{i}", "classification", path, labels, ctx).name
+            for i, (_, path, labels, ctx) in enumerate(models)
+        ]
         purge_queues()
         port = free_port()
         processes: list[Process] = []
@@ -395,8 +455,10 @@ def main() -> None:
                 process.stop()
     load = os.getloadavg()
     print(f"\nload average {started_load[0]:.1f} at the start, {load[0]:.1f} at the end (1 min)")
-    print(f"CPU, torch {torch.__version__}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores; "
-          f"gunicorn gthread 1x{args.threads}, Celery prefork -c 1; PostgreSQL and Redis on 127.0.0.1")  # fmt: skip
+    print(
+        f"CPU, torch {torch.__version__}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores; "
+        f"gunicorn gthread 1x{args.threads}, Celery prefork -c 1; PostgreSQL and Redis on 127.0.0.1"
+    )
     for title, series in results:
         report(title, series)
 

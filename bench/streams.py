@@ -66,8 +66,12 @@ def run_stream(port: int, key: str, body: dict[str, Any], start: threading.Barri
     began = time.perf_counter()
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     try:
-        connection.request("POST", "/v1/chat/completions", json.dumps(body).encode(),
-                           {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})  # fmt: skip
+        connection.request(
+            "POST",
+            "/v1/chat/completions",
+            json.dumps(body).encode(),
+            {"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
         response = connection.getresponse()
         stream.status = response.status
         if response.status != 200:
@@ -148,8 +152,12 @@ def main() -> None:
             processes.append(start_worker(env, "bench-streams"))
             processes.append(start_web(env, port, workers=args.workers, threads=args.threads))
             client = Client(port, key, timeout=30)
-            body = {"model": MODEL, "messages": [{"role": "user", "content": "tell me a story"}],
-                    "max_tokens": args.max_tokens, "stream": True}  # fmt: skip
+            body = {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "tell me a story"}],
+                "max_tokens": args.max_tokens,
+                "stream": True,
+            }
             # warm-up: the worker loads the model, gunicorn and the connections settle
             warm = Stream()
             run_stream(port, key, body, threading.Barrier(1), warm)
@@ -162,8 +170,10 @@ def main() -> None:
 
             streams = [Stream() for _ in range(args.streams)]
             barrier = threading.Barrier(args.streams + 1)
-            threads = [threading.Thread(target=run_stream, args=(port, key, body, barrier, s), daemon=True)
-                       for s in streams]  # fmt: skip
+            threads = [
+                threading.Thread(target=run_stream, args=(port, key, body, barrier, s), daemon=True)
+                for s in streams
+            ]
             for thread in threads:
                 thread.start()
             barrier.wait()
@@ -179,23 +189,37 @@ def main() -> None:
                 process.stop()
 
     failed = [s for s in streams if s.error or s.status != 200]
-    print(f"\nload average {started_load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (1 min); "
-          f"{os.cpu_count()} cores; gunicorn gthread {args.workers}x{args.threads}, Celery prefork -c 1, "
-          f"tiny GPT-2 (2 layers), up to {args.max_tokens} tokens a stream")  # fmt: skip
-    print(f"\n{args.streams} concurrent streams: {args.streams - len(failed)} ended with [DONE] and no error, "
-          f"{len(failed)} failed; {sum(s.chunks for s in streams)} events in all; open for {window:.1f} s")  # fmt: skip
-    print(f"  time to first byte p50 {percentile([s.first_byte_ms for s in streams], 50):.0f} ms, "
-          f"p99 {percentile([s.first_byte_ms for s in streams], 99):.0f} ms; whole stream p50 "
-          f"{percentile([s.total_ms for s in streams], 50) / 1000:.1f} s, "
-          f"max {max(s.total_ms for s in streams) / 1000:.1f} s")  # fmt: skip
-    print(f"\n  {'':16} {'idle p50':>9} {'idle p99':>9} {'streams p50':>12} {'streams p99':>12} "
-          f"{'ratio p50':>10} {'ratio p99':>10} {'samples':>9}")  # fmt: skip
+    print(
+        f"\nload average {started_load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (1 min); "
+        f"{os.cpu_count()} cores; gunicorn gthread {args.workers}x{args.threads}, Celery prefork -c 1, "
+        f"tiny GPT-2 (2 layers), up to {args.max_tokens} tokens a stream"
+    )
+    print(
+        f"\n{args.streams} concurrent streams: {args.streams - len(failed)} ended with [DONE] and no error, "
+        f"{len(failed)} failed; {sum(s.chunks for s in streams)} events in all; open for {window:.1f} s"
+    )
+    print(
+        f"  time to first byte p50 {percentile([s.first_byte_ms for s in streams], 50):.0f} ms, "
+        f"p99 {percentile([s.first_byte_ms for s in streams], 99):.0f} ms; whole stream p50 "
+        f"{percentile([s.total_ms for s in streams], 50) / 1000:.1f} s, "
+        f"max {max(s.total_ms for s in streams) / 1000:.1f} s"
+    )
+    print(
+        f"\n  {'':16} {'idle p50':>9} {'idle p99':>9} {'streams p50':>12} {'streams p99':>12} "
+        f"{'ratio p50':>10} {'ratio p99':>10} {'samples':>9}"
+    )
     for label, _ in PROBES:
         idle, busy = baseline[label], loaded[label]
-        i50, i99, b50, b99 = (percentile(idle, 50), percentile(idle, 99), percentile(busy, 50),
-                              percentile(busy, 99))  # fmt: skip
-        print(f"  {label:16} {i50:7.1f}ms {i99:7.1f}ms {b50:10.1f}ms {b99:10.1f}ms {b50 / i50:9.2f}x "
-              f"{b99 / i99:9.2f}x {len(idle):4}/{len(busy):<4}")  # fmt: skip
+        i50, i99, b50, b99 = (
+            percentile(idle, 50),
+            percentile(idle, 99),
+            percentile(busy, 50),
+            percentile(busy, 99),
+        )
+        print(
+            f"  {label:16} {i50:7.1f}ms {i99:7.1f}ms {b50:10.1f}ms {b99:10.1f}ms {b50 / i50:9.2f}x "
+            f"{b99 / i99:9.2f}x {len(idle):4}/{len(busy):<4}"
+        )
     print(f"\nany request failed: {'yes' if failed or failures else 'no'}")
     for line in [s.error for s in failed][:5] + failures[:5]:
         print(f"  {line}")

@@ -140,10 +140,28 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = log.open("wb")
         self.process = subprocess.Popen(
-            [PYTHON, "-m", "gunicorn", "saas.wsgi:application", "--workers", "1", "--worker-class", "sync",
-             "--bind", f"127.0.0.1:{self.port}", "--timeout", "600", "--log-level", "warning"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [
+                PYTHON,
+                "-m",
+                "gunicorn",
+                "saas.wsgi:application",
+                "--workers",
+                "1",
+                "--worker-class",
+                "sync",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--timeout",
+                "600",
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.worker = self._wait_for_worker()
 
     def _wait_for_worker(self) -> psutil.Process:
@@ -272,8 +290,10 @@ def main() -> None:
                 f"{outcome.name:24} {outcome.baseline_mb:12.1f} {outcome.peak_mb:10.1f} "
                 f"{outcome.increase_mb:12.1f} {outcome.seconds:8.2f} {outcome.status:5d}"
             )
-        print(f"\nFile size: {file_bytes / 1_048_576:.1f} MiB. Increase ours / naive: "
-              f"{ours.increase_mb:.1f} MB / {naive.increase_mb:.1f} MB.")  # fmt: skip
+        print(
+            f"\nFile size: {file_bytes / 1_048_576:.1f} MiB. Increase ours / naive: "
+            f"{ours.increase_mb:.1f} MB / {naive.increase_mb:.1f} MB."
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

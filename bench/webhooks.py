@@ -184,8 +184,13 @@ def stack(stripe_latency: float) -> Iterator[Stack]:
         processes.append(redis)
         template = json.loads(TEMPLATE.read_text())
         subs = subscriptions(template)
-        fake = subprocess.Popen([sys.executable, "-c", FAKE_STRIPE, str(stripe_latency)], cwd=ROOT, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, start_new_session=True)  # fmt: skip
+        fake = subprocess.Popen(
+            [sys.executable, "-c", FAKE_STRIPE, str(stripe_latency)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+        )
         processes.append(fake)  # type: ignore[arg-type]
         assert fake.stdin is not None and fake.stdout is not None
         fake.stdin.write(json.dumps(subs).encode())
@@ -196,11 +201,21 @@ def stack(stripe_latency: float) -> Iterator[Stack]:
             STRIPE_SECRET_KEY="sk_test_bench", STRIPE_WEBHOOK_SECRET=SECRET, STRIPE_API_BASE=stripe_url
         )
         print("webhooks: migrating a fresh database ...", flush=True)
-        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env,
-                       check=True, timeout=600)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            timeout=600,
+        )
         price = subs[0]["items"]["data"][0]["price"]["id"]
-        subprocess.run([sys.executable, "-c", SEED, price, json.dumps([s["customer"] for s in subs])], cwd=ROOT,
-                       env=env, check=True, timeout=120)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-c", SEED, price, json.dumps([s["customer"] for s in subs])],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            timeout=120,
+        )
         processes.append(start_worker("default", "bench-webhooks@%h", env, LOGS))
         url = start_gunicorn("bench.webhooks:application", env, LOGS, processes)
         import httpx
@@ -247,8 +262,10 @@ class Result:
         non_2xx = sum(n for code, n in self.statuses.items() if not 200 <= code < 300) + self.errors
         codes = " ".join(f"{code}:{n}" for code, n in sorted(self.statuses.items()))
         sent = len(self.latencies_ms) + self.errors
-        return (f"{self.name:<34}{sent:>6}{sent / self.seconds:>8.1f}{cuts[49]:>9.1f}{cuts[98]:>9.1f}"
-                f"{max(self.latencies_ms, default=0):>9.1f}{non_2xx:>9}   {codes}")  # fmt: skip
+        return (
+            f"{self.name:<34}{sent:>6}{sent / self.seconds:>8.1f}{cuts[49]:>9.1f}{cuts[98]:>9.1f}"
+            f"{max(self.latencies_ms, default=0):>9.1f}{non_2xx:>9}   {codes}"
+        )
 
 
 HEADER = (
@@ -270,8 +287,11 @@ def send(s: Stack, name: str, path: str, events: list[tuple[str, bytes, str]], r
         if not hasattr(local, "client"):
             local.client = httpx.Client(base_url=s.url, timeout=30)
         try:
-            response = local.client.post(path, content=body, headers={"Stripe-Signature": signature,
-                                                                       "Content-Type": "application/json"})  # fmt: skip
+            response = local.client.post(
+                path,
+                content=body,
+                headers={"Stripe-Signature": signature, "Content-Type": "application/json"},
+            )
         except httpx.HTTPError:
             with lock:
                 errors[0] += 1
@@ -307,18 +327,26 @@ def main() -> int:
     )
     parser.add_argument("--rate", type=float, default=20.0, help="events per second (default 20)")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per handler (default 30)")
-    parser.add_argument("--stripe-latency", type=float, default=0.0,
-                        help="seconds the fake Stripe takes to answer (default 0; real API calls take ~0.1-0.5)")  # fmt: skip
+    parser.add_argument(
+        "--stripe-latency",
+        type=float,
+        default=0.0,
+        help="seconds the fake Stripe takes to answer (default 0; real API calls take ~0.1-0.5)",
+    )
     args = parser.parse_args()
     count = int(args.rate * args.duration)
-    print(f"webhooks: {args.rate:g} events/s for {args.duration:g} s per handler; Stripe answers in "
-          f"{args.stripe_latency * 1000:g} ms; gunicorn gthread "
-          f"{GUNICORN_WORKERS}x{GUNICORN_THREADS}; one worker -c 1; load before: {os.getloadavg()[0]:.1f}",
-          flush=True)  # fmt: skip
+    print(
+        f"webhooks: {args.rate:g} events/s for {args.duration:g} s per handler; Stripe answers in "
+        f"{args.stripe_latency * 1000:g} ms; gunicorn gthread "
+        f"{GUNICORN_WORKERS}x{GUNICORN_THREADS}; one worker -c 1; load before: {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     with stack(args.stripe_latency) as s:
         results = []
-        for label, name, path in (("old", "old: apply in the request", OLD),
-                                  ("new", "new: verify, record, enqueue", NEW)):  # fmt: skip
+        for label, name, path in (
+            ("old", "old: apply in the request", OLD),
+            ("new", "new: verify, record, enqueue", NEW),
+        ):
             events = signed_events(s, label, count)
             results.append(send(s, name, path, events, args.rate))
             if label == "old":
@@ -331,9 +359,11 @@ def main() -> int:
         print(HEADER)
         for result in results:
             print(result.line())
-        print(f"\nnew: the worker had applied all {count} queued events {drained:.1f} s after the last was sent "
-              f"(old: {processed_count(s, 'evt_bench_old_')}/{count} applied in their requests); "
-              f"load after: {os.getloadavg()[0]:.1f}")  # fmt: skip
+        print(
+            f"\nnew: the worker had applied all {count} queued events {drained:.1f} s after the last was sent "
+            f"(old: {processed_count(s, 'evt_bench_old_')}/{count} applied in their requests); "
+            f"load after: {os.getloadavg()[0]:.1f}"
+        )
     return 0
 
 

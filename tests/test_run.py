@@ -97,10 +97,19 @@ def run_and_interrupt(
     (tmp_path / "stand_in.py").write_text(STAND_IN)
     (tmp_path / "supervisor.py").write_text(SUPERVISOR)
     pids = tmp_path / "pids"
-    command = [sys.executable, str(tmp_path / "supervisor.py"), str(ROOT / "scripts"), str(tmp_path / "stand_in.py"),
-               str(port), mode, str(pids), str(stop_seconds)]  # fmt: skip
-    supervisor = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  start_new_session=True)  # fmt: skip
+    command = [
+        sys.executable,
+        str(tmp_path / "supervisor.py"),
+        str(ROOT / "scripts"),
+        str(tmp_path / "stand_in.py"),
+        str(port),
+        mode,
+        str(pids),
+        str(stop_seconds),
+    ]
+    supervisor = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         wait_for(lambda: answers(port) and pids.exists() and pids.read_text().strip(), timeout=60)
         grandchild, group = (int(value) for value in pids.read_text().split())
@@ -153,12 +162,17 @@ def test_a_taken_port_is_named_with_the_process_that_holds_it() -> None:
         assert holder.stdout is not None
         port = int(holder.stdout.readline())
         # Nothing may be reached if the check let the start go on.
-        env = {**os.environ, "PORT": str(port), "DATABASE_URL": "postgres://nobody@127.0.0.1:9/none",
-               "REDIS_URL": "redis://127.0.0.1:9/0"}  # fmt: skip
+        env = {
+            **os.environ,
+            "PORT": str(port),
+            "DATABASE_URL": "postgres://nobody@127.0.0.1:9/none",
+            "REDIS_URL": "redis://127.0.0.1:9/0",
+        }
 
         # when
-        result = subprocess.run([sys.executable, "scripts/run.py"], cwd=ROOT, env=env, capture_output=True,
-                                text=True, timeout=120)  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "scripts/run.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
     finally:
         holder.kill()
         holder.wait()
@@ -176,8 +190,9 @@ def test_a_taken_port_is_named_with_the_process_that_holds_it() -> None:
 def test_a_port_that_is_not_a_number_is_refused() -> None:
     env = {**os.environ, "PORT": "eighty"}
 
-    result = subprocess.run([sys.executable, "scripts/run.py"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "scripts/run.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
 
     assert result.returncode == 2
     assert result.stderr == "PORT must be a port number (1-65535), not 'eighty'.\n"

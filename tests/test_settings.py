@@ -18,9 +18,13 @@ LOAD_SETTINGS = "import django; django.setup(); print('started')"
 def start(**env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SECRET_KEY", "FIELD_ENCRYPTION_KEY")}
     return subprocess.run(
-        [sys.executable, "-c", LOAD_SETTINGS], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", LOAD_SETTINGS],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**base, "DJANGO_SETTINGS_MODULE": "saas.settings", **env},
-    )  # fmt: skip
+    )
 
 
 SECRET = "a-real-secret-" + "x" * 50
@@ -31,14 +35,27 @@ FERNET_KEY = "dGVzdHMtb25seS1maWVsZC1lbmNyeXB0aW9uLWtleSE="
     ("env", "message"),
     [
         ({"FIELD_ENCRYPTION_KEY": FERNET_KEY}, "SECRET_KEY is not set, or is still an example value."),
-        ({"SECRET_KEY": "", "FIELD_ENCRYPTION_KEY": FERNET_KEY}, "SECRET_KEY is not set, or is still an example value."),
-        ({"SECRET_KEY": "change-me-to-a-long-random-string-of-at-least-fifty-characters-0123456789",
-          "FIELD_ENCRYPTION_KEY": FERNET_KEY}, "SECRET_KEY is not set, or is still an example value."),
-        ({"SECRET_KEY": SECRET}, "FIELD_ENCRYPTION_KEY is not set. It encrypts organizations' own OpenAI keys"),
-        ({"SECRET_KEY": SECRET, "FIELD_ENCRYPTION_KEY": "not-a-fernet-key"},
-         "FIELD_ENCRYPTION_KEY is not a Fernet key (32 url-safe base64-encoded bytes)."),
+        (
+            {"SECRET_KEY": "", "FIELD_ENCRYPTION_KEY": FERNET_KEY},
+            "SECRET_KEY is not set, or is still an example value.",
+        ),
+        (
+            {
+                "SECRET_KEY": "change-me-to-a-long-random-string-of-at-least-fifty-characters-0123456789",
+                "FIELD_ENCRYPTION_KEY": FERNET_KEY,
+            },
+            "SECRET_KEY is not set, or is still an example value.",
+        ),
+        (
+            {"SECRET_KEY": SECRET},
+            "FIELD_ENCRYPTION_KEY is not set. It encrypts organizations' own OpenAI keys",
+        ),
+        (
+            {"SECRET_KEY": SECRET, "FIELD_ENCRYPTION_KEY": "not-a-fernet-key"},
+            "FIELD_ENCRYPTION_KEY is not a Fernet key (32 url-safe base64-encoded bytes).",
+        ),
     ],
-)  # fmt: skip
+)
 def test_without_debug_a_missing_secret_stops_the_start(env: dict[str, str], message: str) -> None:
     result = start(DEBUG="false", **env)
 

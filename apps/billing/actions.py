@@ -233,10 +233,16 @@ def apply_subscription(organization: Organization, stripe_subscription: dict[str
         subscription.stripe_customer_id = customer_id
     subscription.save(
         update_fields=[
-            "plan", "status", "stripe_subscription_id", "current_period_end", "stripe_synced_at",
-            "stripe_customer_id", "grace_until", "updated_at",
+            "plan",
+            "status",
+            "stripe_subscription_id",
+            "current_period_end",
+            "stripe_synced_at",
+            "stripe_customer_id",
+            "grace_until",
+            "updated_at",
         ]
-    )  # fmt: skip
+    )
     return f"{stripe_id}: {plan.slug} ({status})"
 
 

@@ -91,8 +91,10 @@ def fill_outbox(now: datetime | None = None) -> int:
                 logger.error(
                     "meter event %s was sent with %d but the hour's usage is now %d: usage was recorded "
                     "after the hour closed; adjust it in Stripe",
-                    row.identifier, row.value, total["value"],
-                )  # fmt: skip
+                    row.identifier,
+                    row.value,
+                    total["value"],
+                )
     return added
 
 
@@ -112,8 +114,10 @@ def _alert(row: MeterEvent, now: datetime) -> str:
     logger.error(
         "ALERT: meter event %s (%s) is %d days old and still unsent. Stripe refuses usage older than "
         "35 days: fix the cause (see last_error) or bill this usage by hand.",
-        row.identifier, row.organization.public_id, days,
-    )  # fmt: skip
+        row.identifier,
+        row.organization.public_id,
+        days,
+    )
     return f"ALERT: unsent for {days} days"
 
 

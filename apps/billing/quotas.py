@@ -143,16 +143,21 @@ def check_rate(subscription: Subscription, api_key: Any, tokens: int) -> dict[st
     Returns the rate-limit headers; raises 429 rate_limit_exceeded with retry-after."""
     plan = subscription.plan
     org = subscription.organization_id
-    checks = [(f"org:{org}:requests", plan.requests_per_minute, 1),
-              (f"org:{org}:tokens", plan.tokens_per_minute, max(tokens, 1))]  # fmt: skip
+    checks = [
+        (f"org:{org}:requests", plan.requests_per_minute, 1),
+        (f"org:{org}:tokens", plan.tokens_per_minute, max(tokens, 1)),
+    ]
     if api_key:
         checks.append((f"key:{api_key.pk}:requests", plan.key_requests_per_minute, 1))
     org_limit, token_limit, *rest = ratelimit.take_many(checks)  # one round trip for all three
     key_limit = rest[0] if rest else None
     requests = min((d for d in (key_limit, org_limit) if d is not None), key=lambda d: d.remaining)
     headers = ratelimit.headers(requests, token_limit)
-    for decision, what in ((key_limit, "requests for this API key"), (org_limit, "requests for your organization"),
-                           (token_limit, "tokens for your organization")):  # fmt: skip
+    for decision, what in (
+        (key_limit, "requests for this API key"),
+        (org_limit, "requests for your organization"),
+        (token_limit, "tokens for your organization"),
+    ):
         if decision is not None and not decision.allowed:
             wait = max(1, int(decision.reset_seconds + 0.999))
             raise QuotaError(

@@ -256,8 +256,14 @@ class ExportRow:
 def export_rows(organization: Organization, start: datetime, end: datetime) -> list[ExportRow]:
     """One row per day × project × API key × model × unit in [start, end), in that order."""
     columns = [
-        "day", "project__public_id", "project__name", "api_key__prefix", "api_key__name", "model_name", "unit",
-    ]  # fmt: skip
+        "day",
+        "project__public_id",
+        "project__name",
+        "api_key__prefix",
+        "api_key__name",
+        "model_name",
+        "unit",
+    ]
     queryset = records(organization, start, end).annotate(day=TruncDay("created_at", tzinfo=UTC))
     rows = [
         ExportRow(

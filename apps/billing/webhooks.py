@@ -97,8 +97,10 @@ def record_event(event: Event, *, enqueue: bool = True) -> tuple[StripeEvent, st
     if event.get("api_version") != stripe_api.STRIPE_API_VERSION:
         logger.warning(
             "stripe event %s has API version %s, we pin %s: update the webhook endpoint's version",
-            event_id, event.get("api_version"), stripe_api.STRIPE_API_VERSION,
-        )  # fmt: skip
+            event_id,
+            event.get("api_version"),
+            stripe_api.STRIPE_API_VERSION,
+        )
     now = timezone.now()
     handled = event_type in HANDLERS
     with transaction.atomic():

@@ -36,8 +36,11 @@ class AccountAdapter(DefaultAccountAdapter):
         It goes first so that an attempt it refuses is not also added to the account-wide count:
         otherwise one address, refused here, could still fill that count and lock the owner out."""
         usage = ratelimit.consume(
-            request, app="allauth.account", action=LOGIN_FAILED_FROM_IP, key=self._account_at_address(request, credentials)
-        )  # fmt: skip
+            request,
+            app="allauth.account",
+            action=LOGIN_FAILED_FROM_IP,
+            key=self._account_at_address(request, credentials),
+        )
         if not usage:
             raise self.validation_error("too_many_login_attempts")
         try:

@@ -221,9 +221,14 @@ def claim_waiting(job: Job, limit: int, owner: str | None = None) -> list[Job]:
         if not ids:
             return []
         Job.objects.filter(pk__in=ids, status=JobStatus.QUEUED).update(
-            status=JobStatus.RUNNING, attempt=F("attempt") + 1, lease_owner=owner, heartbeat_at=now,
-            started_at=Coalesce(F("started_at"), now), attempt_started_at=now, time_limit_at=job.time_limit_at,
-        )  # fmt: skip
+            status=JobStatus.RUNNING,
+            attempt=F("attempt") + 1,
+            lease_owner=owner,
+            heartbeat_at=now,
+            started_at=Coalesce(F("started_at"), now),
+            attempt_started_at=now,
+            time_limit_at=job.time_limit_at,
+        )
     return list(
         Job.objects.select_related("project__organization", "model").filter(pk__in=ids).order_by("queued_at")
     )
@@ -297,9 +302,14 @@ def requeue(job_pk: int, attempt: int, message: str) -> bool:
 
 
 def add_event(
-    job_pk: int, attempt: int, message: str, *, level: str = "info", type: str = "message",
+    job_pk: int,
+    attempt: int,
+    message: str,
+    *,
+    level: str = "info",
+    type: str = "message",
     data: dict[str, Any] | None = None,
-) -> bool:  # fmt: skip
+) -> bool:
     with transaction.atomic():
         _bound_lock_time()
         if not _fenced(job_pk, attempt).select_for_update().exists():
@@ -321,10 +331,18 @@ def add_metrics(job_pk: int, attempt: int, rows: list[tuple[str, dict[str, Any]]
 
 
 def add_checkpoint(
-    job_pk: int, attempt: int, *, step: int, epoch: int, metrics: dict[str, Any], artifact_key: str,
-    model_name: str = "", trained_tokens: int = 0, usage: dict[str, int] | None = None,
+    job_pk: int,
+    attempt: int,
+    *,
+    step: int,
+    epoch: int,
+    metrics: dict[str, Any],
+    artifact_key: str,
+    model_name: str = "",
+    trained_tokens: int = 0,
+    usage: dict[str, int] | None = None,
     usage_models: dict[str, str] | None = None,
-) -> bool:  # fmt: skip
+) -> bool:
     """Records a saved checkpoint, which is callable and exportable as a model from this moment: the
     work that produced it (`usage`, the job's running counts) is billed in the same transaction."""
     with transaction.atomic():
@@ -623,9 +641,13 @@ def resume(job: Job, *, reserved_cost: int = 0) -> bool:
         updated = Job.objects.filter(pk=job.pk, status=JobStatus.PAUSED).update(
             # The attempt number only ever grows (it fences writes); a resumed job gets a fresh
             # allowance of attempts on top of the ones it used.
-            status=JobStatus.QUEUED, queued_at=now, published_at=now, status_reason="",
-            max_attempts=F("attempt") + settings.JOB_MAX_ATTEMPTS, reserved_cost=reserved_cost,
-        )  # fmt: skip
+            status=JobStatus.QUEUED,
+            queued_at=now,
+            published_at=now,
+            status_reason="",
+            max_attempts=F("attempt") + settings.JOB_MAX_ATTEMPTS,
+            reserved_cost=reserved_cost,
+        )
         if updated:
             JobEvent.objects.create(job=job, message="Job resumed; continuing from the last checkpoint.")
             job.refresh_from_db()

@@ -74,8 +74,9 @@ def reserve(subscription: Subscription, wanted: int) -> int:
 
 # --- Concurrency ------------------------------------------------------------------------------------
 def _check_running(subscription: Subscription, kind: str, limit: int, what: str) -> None:
-    active = Job.objects.filter(organization_id=subscription.organization_id, kind=kind,
-                                status__in=ACTIVE_STATUSES).count()  # fmt: skip
+    active = Job.objects.filter(
+        organization_id=subscription.organization_id, kind=kind, status__in=ACTIVE_STATUSES
+    ).count()
     if active >= limit:
         raise QuotaError(
             f"You have {active} {what} running or queued, the most the {subscription.plan.name} plan allows at "

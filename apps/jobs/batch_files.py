@@ -61,8 +61,11 @@ def run_on_file(project: Project, model_name: str, file_id: str, *, user: Any) -
         raise _too_many_rows(rows)
     if file.purpose == FilePurpose.BATCH:
         if model_name:
-            raise ActionError("A batch file names the model on each line: choose “As named in the file”, "
-                              "or pick a dataset file to run this model on.", param="model")  # fmt: skip
+            raise ActionError(
+                "A batch file names the model on each line: choose “As named in the file”, "
+                "or pick a dataset file to run this model on.",
+                param="model",
+            )
         file.refresh_from_db(fields=["validation"])
         endpoints = list(((file.validation or {}).get("stats") or {}).get("endpoints") or {})
         endpoint = endpoints[0] if len(endpoints) == 1 else ""
@@ -195,9 +198,11 @@ def result_rows(
     walking the files side by side pair them up with memory for one line each.
     """
     classify = BATCH_ENDPOINTS.get(endpoint) == "classifications"
-    yield ["custom_id", "input", "label", "score", "status", "error"] if classify else [
-        "custom_id", "input", "output", "finish_reason", "status", "error"
-    ]  # fmt: skip
+    yield (
+        ["custom_id", "input", "label", "score", "status", "error"]
+        if classify
+        else ["custom_id", "input", "output", "finish_reason", "status", "error"]
+    )
     outputs, failures = _Peekable(_jsonl(output)), _Peekable(_jsonl(errors))
     for custom_id, inputs in _requests(source):
         if outputs.head is not None and outputs.head.get("custom_id") == custom_id:
@@ -220,13 +225,25 @@ def _success_rows(
     if classify:
         for item in body.get("data") or []:
             top = max(item.get("labels") or [{}], key=lambda s: s.get("score", 0))
-            yield [custom_id, _at(inputs, item.get("index", 0)), top.get("label", ""), top.get("score", ""),
-                   "completed", ""]  # fmt: skip
+            yield [
+                custom_id,
+                _at(inputs, item.get("index", 0)),
+                top.get("label", ""),
+                top.get("score", ""),
+                "completed",
+                "",
+            ]
         return
     for choice in body.get("choices") or []:
         text = (choice.get("message") or {}).get("content") if "message" in choice else choice.get("text")
-        yield [custom_id, _at(inputs, choice.get("index", 0)), text or "", choice.get("finish_reason") or "",
-               "completed", ""]  # fmt: skip
+        yield [
+            custom_id,
+            _at(inputs, choice.get("index", 0)),
+            text or "",
+            choice.get("finish_reason") or "",
+            "completed",
+            "",
+        ]
 
 
 def _failure_row(custom_id: str, inputs: list[str], line: dict[str, Any]) -> list[Any]:

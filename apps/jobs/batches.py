@@ -35,8 +35,10 @@ def parse(project: Project, body: Any) -> dict[str, Any]:
             f"Invalid file id '{file_id}': no such file in this project.", param="input_file_id"
         )
     if file.purpose != FilePurpose.BATCH:
-        raise ActionError(f"File {file_id} has purpose '{file.purpose}'; batches need purpose 'batch'.",
-                          param="input_file_id")  # fmt: skip
+        raise ActionError(
+            f"File {file_id} has purpose '{file.purpose}'; batches need purpose 'batch'.",
+            param="input_file_id",
+        )
     if file.status != FileStatus.PROCESSED:
         state = "failed validation" if file.status == FileStatus.ERROR else "is still being validated"
         raise ActionError(f"File {file_id} {state}; use a processed file.", param="input_file_id")
@@ -48,8 +50,10 @@ def parse(project: Project, body: Any) -> dict[str, Any]:
         )
     urls = set(((report.get("stats") or {}).get("endpoints") or {}).keys())
     if urls - {endpoint}:
-        raise ActionError(f"Every line's url must be {endpoint}; the file also uses {', '.join(sorted(urls - {endpoint}))}.",
-                          param="input_file_id")  # fmt: skip
+        raise ActionError(
+            f"Every line's url must be {endpoint}; the file also uses {', '.join(sorted(urls - {endpoint}))}.",
+            param="input_file_id",
+        )
     metadata = parse_metadata(body.get("metadata"))
     return {"file": file, "endpoint": endpoint, "metadata": metadata, "total": rows}
 

@@ -37,9 +37,17 @@ METHOD_FORMATS = {
     "distillation": DISTILLATION_FORMATS,
 }
 KNOWN_FIELDS = {
-    "model", "training_file", "validation_file", "suffix", "seed", "metadata", "method",
-    "hyperparameters", "integrations", "max_cost",
-}  # fmt: skip
+    "model",
+    "training_file",
+    "validation_file",
+    "suffix",
+    "seed",
+    "metadata",
+    "method",
+    "hyperparameters",
+    "integrations",
+    "max_cost",
+}
 # Matched with fullmatch: a pattern ending in `$` would also accept a trailing newline.
 SUFFIX_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_SEED = 2**31 - 1
@@ -462,8 +470,13 @@ def queue_wait_seconds(job: Job) -> int | None:
     are busy (at least one). None when the job is not queued."""
     if job.status != JobStatus.QUEUED or job.queued_at is None:
         return None
-    columns = ("progress__eta_seconds", "hyperparameters__n_epochs", "training_file__validation__rows",
-               "validation_file_id", "model__task")  # fmt: skip
+    columns = (
+        "progress__eta_seconds",
+        "hyperparameters__n_epochs",
+        "training_file__validation__rows",
+        "validation_file_id",
+        "model__task",
+    )
     fine_tunes = Job.objects.filter(kind=JobKind.FINE_TUNE)
     running = list(fine_tunes.filter(status=JobStatus.RUNNING).values_list(*columns)[:WAIT_SAMPLE])
     ahead = fine_tunes.filter(status=JobStatus.QUEUED, queued_at__lt=job.queued_at)
@@ -540,8 +553,15 @@ def submit(request: FineTuneRequest, *, project: Project, api_key: Any = None, u
         if request.max_cost is not None:
             wanted = min(wanted, request.max_cost)
         reserved = admission.reserve(subscription, wanted)
-        return _create(request, project=project, api_key=api_key, user=user, pending=pending,
-                       estimated=estimated, reserved=reserved)  # fmt: skip
+        return _create(
+            request,
+            project=project,
+            api_key=api_key,
+            user=user,
+            pending=pending,
+            estimated=estimated,
+            reserved=reserved,
+        )
 
 
 def _files_changed(request: FineTuneRequest) -> bool:
@@ -584,9 +604,15 @@ def resume(job: Job) -> bool:
 
 
 def _create(
-    request: FineTuneRequest, *, project: Project, api_key: Any, user: Any, pending: bool,
-    estimated: int | None, reserved: int,
-) -> Job:  # fmt: skip
+    request: FineTuneRequest,
+    *,
+    project: Project,
+    api_key: Any,
+    user: Any,
+    pending: bool,
+    estimated: int | None,
+    reserved: int,
+) -> Job:
     body = {k: v for k, v in request.body.items() if k in KNOWN_FIELDS}
     body["suffix"] = request.suffix
     return actions.create_job(
@@ -659,9 +685,11 @@ def on_file_validated(file: File) -> None:
             wrong = next((f for f in files if f.format not in METHOD_FORMATS.get(method, ())), None)
             if wrong is not None:
                 actions.fail_before_start(
-                    job, "invalid_file", f"File {wrong.public_id} is {format_name(wrong.format)}, which {method} cannot use.",
+                    job,
+                    "invalid_file",
+                    f"File {wrong.public_id} is {format_name(wrong.format)}, which {method} cannot use.",
                     "training_file" if wrong == job.training_file else "validation_file",
-                )  # fmt: skip
+                )
             else:
                 actions.release_validated(job, _resolved_fields(job))
 
@@ -676,10 +704,18 @@ def _resolved_fields(job: Job) -> dict[str, Any]:
     rows = int((job.training_file.validation or {}).get("rows") or 1)
     hp = resolve_hyperparameters(requested, rows, seed=job.seed)
     request = FineTuneRequest(
-        model=job.model, training_file=job.training_file, validation_file=job.validation_file, method=method,
-        hyperparameters=hp, requested_hyperparameters=requested, suffix="", seed=job.seed or 0, metadata=None,
-        max_cost=job.max_cost, distillation=stored_distillation(job),
-    )  # fmt: skip
+        model=job.model,
+        training_file=job.training_file,
+        validation_file=job.validation_file,
+        method=method,
+        hyperparameters=hp,
+        requested_hyperparameters=requested,
+        suffix="",
+        seed=job.seed or 0,
+        metadata=None,
+        max_cost=job.max_cost,
+        distillation=stored_distillation(job),
+    )
     return {"hyperparameters": hp.to_dict(), "estimated_cost": estimate(request)["estimated_cost"]}
 
 

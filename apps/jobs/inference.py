@@ -22,18 +22,39 @@ MAX_STOP = 4
 MAX_CLASSIFY_INPUTS = 2048
 CHAT_ROLES = ("system", "developer", "user", "assistant")
 COMMON_KEYS = {
-    "model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "presence_penalty",
-    "frequency_penalty", "logprobs", "stream", "stream_options", "user", "metadata", "store", "logit_bias",
-}  # fmt: skip
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logprobs",
+    "stream",
+    "stream_options",
+    "user",
+    "metadata",
+    "store",
+    "logit_bias",
+}
 CHAT_KEYS = COMMON_KEYS | {"messages", "max_completion_tokens", "top_logprobs", "response_format"}
 COMPLETION_KEYS = COMMON_KEYS | {"prompt", "echo", "best_of", "suffix"}
 # Parameters we understand but cannot honour: refused by name rather than silently ignored.
 UNSUPPORTED = {
-    "tools": "tool calling", "tool_choice": "tool calling", "functions": "function calling",
-    "function_call": "function calling", "parallel_tool_calls": "tool calling", "audio": "audio output",
-    "modalities": "other modalities", "prediction": "predicted outputs", "reasoning_effort": "reasoning models",
-    "web_search_options": "web search", "service_tier": "service tiers",
-}  # fmt: skip
+    "tools": "tool calling",
+    "tool_choice": "tool calling",
+    "functions": "function calling",
+    "function_call": "function calling",
+    "parallel_tool_calls": "tool calling",
+    "audio": "audio output",
+    "modalities": "other modalities",
+    "prediction": "predicted outputs",
+    "reasoning_effort": "reasoning models",
+    "web_search_options": "web search",
+    "service_tier": "service tiers",
+}
 
 
 def _number(body: dict[str, Any], key: str, low: float, high: float, default: float) -> float:
@@ -93,8 +114,9 @@ def _check_keys(body: dict[str, Any], allowed: set[str]) -> None:
         raise ActionError("logit_bias is not supported.", param="logit_bias")
     response_format = body.get("response_format")
     if response_format not in (None, {"type": "text"}):
-        raise ActionError("response_format must be {\"type\": \"text\"}; JSON modes are not supported.",
-                          param="response_format")  # fmt: skip
+        raise ActionError(
+            'response_format must be {"type": "text"}; JSON modes are not supported.', param="response_format"
+        )
 
 
 def _stop(value: Any) -> list[str]:
@@ -164,11 +186,14 @@ def _messages(value: Any) -> list[dict[str, str]]:
             raise ActionError(f"{where} must be an object with a role and content.", param=where)
         role = message.get("role")
         if role == "tool" or "tool_calls" in message:
-            raise ActionError("Tool messages are not supported: these models do not offer tool calling.",
-                              param=f"{where}.role")  # fmt: skip
+            raise ActionError(
+                "Tool messages are not supported: these models do not offer tool calling.",
+                param=f"{where}.role",
+            )
         if role not in CHAT_ROLES:
-            raise ActionError(f"{where}.role must be one of {', '.join(CHAT_ROLES)}; got {role!r}.",
-                              param=f"{where}.role")  # fmt: skip
+            raise ActionError(
+                f"{where}.role must be one of {', '.join(CHAT_ROLES)}; got {role!r}.", param=f"{where}.role"
+            )
         content = message.get("content")
         if isinstance(content, list):
             if not all(
@@ -209,8 +234,10 @@ def parse_completion(project: Project, body: Any) -> tuple[Model, dict[str, Any]
     prompt = body.get("prompt")
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-        raise ActionError("prompt must be a string or a non-empty array of strings (token ids are not supported).",
-                          param="prompt")  # fmt: skip
+        raise ActionError(
+            "prompt must be a string or a non-empty array of strings (token ids are not supported).",
+            param="prompt",
+        )
     for key, allowed in (("echo", (None, False)), ("best_of", (None, 1)), ("suffix", (None, ""))):
         if body.get(key) not in allowed:
             raise ActionError(f"{key} is not supported.", param=key)
@@ -228,16 +255,31 @@ def parse_completion(project: Project, body: Any) -> tuple[Model, dict[str, Any]
 # a request costs (its completion budget, how many choices) and refuse what costs more upstream than
 # the usage we bill from its answer: a priority tier, web searches, audio.
 PROXY_KEYS = {
-    "messages": COMMON_KEYS | {
-        "messages", "max_completion_tokens", "top_logprobs", "response_format", "tools", "tool_choice",
-        "parallel_tool_calls", "functions", "function_call", "reasoning_effort", "prediction",
-        "service_tier", "modalities", "safety_identifier", "prompt_cache_key", "verbosity",
+    "messages": COMMON_KEYS
+    | {
+        "messages",
+        "max_completion_tokens",
+        "top_logprobs",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "functions",
+        "function_call",
+        "reasoning_effort",
+        "prediction",
+        "service_tier",
+        "modalities",
+        "safety_identifier",
+        "prompt_cache_key",
+        "verbosity",
     },
     "prompt": COMMON_KEYS | {"prompt", "echo", "best_of", "suffix"},
-}  # fmt: skip
+}
 PROXY_PRICED_APART = {
-    "audio": "audio output", "web_search_options": "web search",
-}  # fmt: skip
+    "audio": "audio output",
+    "web_search_options": "web search",
+}
 PROXY_SERVICE_TIERS = (None, "auto", "default", "flex")
 # Content parts that are text. An image, audio or file part is read as tokens that its bytes do not
 # bound (an image URL of a few bytes is hundreds of tokens), or is priced apart from text tokens.
@@ -436,8 +478,9 @@ def check_backlog(model: Model) -> None:
     waiting = queue_length("default" if model.provider == Provider.OPENAI else "serve")
     if waiting is not None and waiting >= settings.INFERENCE_MAX_QUEUED:
         seconds = settings.INFERENCE_SHED_RETRY_AFTER_SECONDS
-        error = ActionError(OVERLOADED.format(model=model.name, seconds=seconds), code="server_overloaded",
-                            status=503)  # fmt: skip
+        error = ActionError(
+            OVERLOADED.format(model=model.name, seconds=seconds), code="server_overloaded", status=503
+        )
         error.headers = {"retry-after": str(seconds)}
         raise error
 

@@ -52,9 +52,13 @@ def create_api_key(
     prefix, raw = ApiKey.generate()
     expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
     key = ApiKey.objects.create(
-        project=project, name=name[:100], prefix=prefix, hashed_key=ApiKey.hash_secret(raw), created_by=user,
+        project=project,
+        name=name[:100],
+        prefix=prefix,
+        hashed_key=ApiKey.hash_secret(raw),
+        created_by=user,
         expires_at=expires_at,
-    )  # fmt: skip
+    )
     return key, raw
 
 

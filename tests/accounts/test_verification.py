@@ -189,8 +189,10 @@ def test_the_site_name_and_domain_follow_the_settings_at_each_migrate(
 
 def test_confirming_the_email_lands_where_the_sign_up_started(client: Client, alice: Any) -> None:
     # given: an invited teammate signs up from the invitation's page
-    client.post("/accounts/signup/?next=/team/", {"email": "dora@example.com", "password1": PASSWORD,
-                                                   "password2": PASSWORD, "next": "/team/"})  # fmt: skip
+    client.post(
+        "/accounts/signup/?next=/team/",
+        {"email": "dora@example.com", "password1": PASSWORD, "password2": PASSWORD, "next": "/team/"},
+    )
 
     response = client.post(confirm_path("dora@example.com"))
 

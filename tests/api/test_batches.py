@@ -40,8 +40,11 @@ def test_a_batch_runs_and_a_bad_line_lands_in_the_error_file(
         api, [chat_line("a", "hello"), chat_line("b", "hi", temperature=9), chat_line("c", "yo")]
     )
     wait_for(lambda: api.get(f"/v1/files/{file_id}").json()["status"] == "processed", timeout=30)
-    created = api.post("/v1/batches", {"input_file_id": file_id, "endpoint": "/v1/chat/completions",
-                                       "completion_window": "24h"}, format="json")  # fmt: skip
+    created = api.post(
+        "/v1/batches",
+        {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+        format="json",
+    )
     assert created.status_code == 200, created.content
     batch_id = created.json()["id"]
     done = wait_for(
@@ -65,25 +68,43 @@ def test_batch_requests_are_checked(api: Any, alice_project: Any) -> None:
     from tests.api.test_fine_tuning import make_file
 
     fine_tune = make_file(alice_project)
-    response = api.post("/v1/batches", {"input_file_id": fine_tune.public_id, "endpoint": "/v1/chat/completions",
-                                        "completion_window": "24h"}, format="json")  # fmt: skip
+    response = api.post(
+        "/v1/batches",
+        {
+            "input_file_id": fine_tune.public_id,
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+        },
+        format="json",
+    )
     assert response.status_code == 400
     assert response.json()["error"]["message"] == (
         f"File {fine_tune.public_id} has purpose 'fine-tune'; batches need purpose 'batch'."
     )
-    response = api.post("/v1/batches", {"input_file_id": fine_tune.public_id, "endpoint": "/v1/embeddings",
-                                        "completion_window": "24h"}, format="json")  # fmt: skip
+    response = api.post(
+        "/v1/batches",
+        {"input_file_id": fine_tune.public_id, "endpoint": "/v1/embeddings", "completion_window": "24h"},
+        format="json",
+    )
     assert response.json()["error"]["param"] == "endpoint"
 
 
-def test_outsiders_get_404_for_batches(api: Any, carol_api: Any, alice_project: Any,
-                                       django_capture_on_commit_callbacks: Any) -> None:  # fmt: skip
+def test_outsiders_get_404_for_batches(
+    api: Any, carol_api: Any, alice_project: Any, django_capture_on_commit_callbacks: Any
+) -> None:
     from tests.api.test_fine_tuning import make_file
 
     batch_file = make_file(alice_project, fmt="batch_jsonl", purpose="batch")
     with django_capture_on_commit_callbacks(execute=False):
-        batch_id = api.post("/v1/batches", {"input_file_id": batch_file.public_id, "endpoint": "/v1/chat/completions",
-                                            "completion_window": "24h"}, format="json").json()["id"]  # fmt: skip
+        batch_id = api.post(
+            "/v1/batches",
+            {
+                "input_file_id": batch_file.public_id,
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+            },
+            format="json",
+        ).json()["id"]
     assert carol_api.get(f"/v1/batches/{batch_id}").status_code == 404
     assert carol_api.post(f"/v1/batches/{batch_id}/cancel").status_code == 404
     assert carol_api.get("/v1/batches").json()["data"] == []

@@ -34,45 +34,103 @@ TEACHER = "ft:tiny-bert:acme:tickets:ftjob-1"  # the tiny_classifier fixture: bi
 @pytest.mark.parametrize(
     ("section", "status", "message", "param"),
     [
-        ({}, 400, "Missing required parameter: 'method.distillation.teacher'.", "method.distillation.teacher"),
-        ({"teacher": "nope"}, 404, "The model 'nope' does not exist or you do not have access to it.",
-         "method.distillation.teacher"),
-        ({"teacher": "tiny-bert"}, 400,
-         "'tiny-bert' is a base model and cannot label texts; the teacher must be a fine-tuned classifier or a "
-         "generation model.", "method.distillation.teacher"),
-        ({"teacher": TEACHER, "labels": ["billing", "bug"]}, 400,
-         "labels must be the teacher's own labels (billing, bug, praise), or be left out: a classifier teacher "
-         "can only give those.", "method.distillation.labels"),
-        ({"teacher": TEACHER, "temperature": 0}, 400,
-         "temperature must be a number greater than 0 and at most 20.", "method.distillation.temperature"),
-        ({"teacher": "tiny-gpt2"}, 400,
-         "Missing required parameter: 'method.distillation.labels' (the classes a generation teacher chooses "
-         "from).", "method.distillation.labels"),
-        ({"teacher": "tiny-gpt2", "labels": ["a", "b"], "temperature": 2}, 400,
-         "temperature applies to a classifier teacher's probabilities; a generation teacher gives one label per "
-         "text.", "method.distillation.temperature"),
-        ({"teacher": "tiny-gpt2", "labels": ["only"]}, 400, "labels must be a list of 2 to 100 class names.",
-         "method.distillation.labels"),
-        ({"teacher": "tiny-gpt2", "labels": "a,b"}, 400, "labels must be a list of 2 to 100 class names.",
-         "method.distillation.labels"),
-        ({"teacher": "tiny-gpt2", "labels": ["spam", " "]}, 400,
-         "labels: ' ' is not a class name (a non-blank string of at most 200 characters on one line).",
-         "method.distillation.labels"),
-        ({"teacher": "tiny-gpt2", "labels": ["Spam", "spam "]}, 400,
-         "labels lists a class twice (names are compared ignoring case and surrounding spaces).",
-         "method.distillation.labels"),
-        ({"teacher": "tiny-gpt2", "labels": ["a", "b"], "prompt": "x"}, 400,
-         "Unknown distillation option 'prompt'; expected one of: teacher, unlabeled_file, labels, temperature, "
-         "hyperparameters.", "method.distillation.prompt"),
-        ({"teacher": TEACHER, "unlabeled_file": "file-other"}, 400,
-         "training_file and method.distillation.unlabeled_file name different files; give the texts to label "
-         "once, as unlabeled_file (training_file may repeat it).", "method.distillation.unlabeled_file"),
+        (
+            {},
+            400,
+            "Missing required parameter: 'method.distillation.teacher'.",
+            "method.distillation.teacher",
+        ),
+        (
+            {"teacher": "nope"},
+            404,
+            "The model 'nope' does not exist or you do not have access to it.",
+            "method.distillation.teacher",
+        ),
+        (
+            {"teacher": "tiny-bert"},
+            400,
+            "'tiny-bert' is a base model and cannot label texts; the teacher must be a fine-tuned classifier or a "
+            "generation model.",
+            "method.distillation.teacher",
+        ),
+        (
+            {"teacher": TEACHER, "labels": ["billing", "bug"]},
+            400,
+            "labels must be the teacher's own labels (billing, bug, praise), or be left out: a classifier teacher "
+            "can only give those.",
+            "method.distillation.labels",
+        ),
+        (
+            {"teacher": TEACHER, "temperature": 0},
+            400,
+            "temperature must be a number greater than 0 and at most 20.",
+            "method.distillation.temperature",
+        ),
+        (
+            {"teacher": "tiny-gpt2"},
+            400,
+            "Missing required parameter: 'method.distillation.labels' (the classes a generation teacher chooses "
+            "from).",
+            "method.distillation.labels",
+        ),
+        (
+            {"teacher": "tiny-gpt2", "labels": ["a", "b"], "temperature": 2},
+            400,
+            "temperature applies to a classifier teacher's probabilities; a generation teacher gives one label per "
+            "text.",
+            "method.distillation.temperature",
+        ),
+        (
+            {"teacher": "tiny-gpt2", "labels": ["only"]},
+            400,
+            "labels must be a list of 2 to 100 class names.",
+            "method.distillation.labels",
+        ),
+        (
+            {"teacher": "tiny-gpt2", "labels": "a,b"},
+            400,
+            "labels must be a list of 2 to 100 class names.",
+            "method.distillation.labels",
+        ),
+        (
+            {"teacher": "tiny-gpt2", "labels": ["spam", " "]},
+            400,
+            "labels: ' ' is not a class name (a non-blank string of at most 200 characters on one line).",
+            "method.distillation.labels",
+        ),
+        (
+            {"teacher": "tiny-gpt2", "labels": ["Spam", "spam "]},
+            400,
+            "labels lists a class twice (names are compared ignoring case and surrounding spaces).",
+            "method.distillation.labels",
+        ),
+        (
+            {"teacher": "tiny-gpt2", "labels": ["a", "b"], "prompt": "x"},
+            400,
+            "Unknown distillation option 'prompt'; expected one of: teacher, unlabeled_file, labels, temperature, "
+            "hyperparameters.",
+            "method.distillation.prompt",
+        ),
+        (
+            {"teacher": TEACHER, "unlabeled_file": "file-other"},
+            400,
+            "training_file and method.distillation.unlabeled_file name different files; give the texts to label "
+            "once, as unlabeled_file (training_file may repeat it).",
+            "method.distillation.unlabeled_file",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_distillations_are_refused_and_queue_nothing(
-    api: Any, student_base: Model, tiny_classifier: Model, tiny_chat: Model, texts: File,
-    section: dict[str, Any], status: int, message: str, param: str,
-) -> None:  # fmt: skip
+    api: Any,
+    student_base: Model,
+    tiny_classifier: Model,
+    tiny_chat: Model,
+    texts: File,
+    section: dict[str, Any],
+    status: int,
+    message: str,
+    param: str,
+) -> None:
     response = post(api, distil(texts, **section))
 
     assert response.status_code == status, response.content
@@ -160,8 +218,17 @@ def test_a_distillation_stores_its_resolved_teacher_and_labels(
     api: Any, student_base: Model, tiny_classifier: Model, texts: File
 ) -> None:
     # the unlabeled_file alone names the texts (training_file may be left to it)
-    body = {"model": "tiny-bert", "method": {"type": "distillation", "distillation": {
-        "teacher": TEACHER, "unlabeled_file": texts.public_id, "hyperparameters": {"n_epochs": 2}}}}  # fmt: skip
+    body = {
+        "model": "tiny-bert",
+        "method": {
+            "type": "distillation",
+            "distillation": {
+                "teacher": TEACHER,
+                "unlabeled_file": texts.public_id,
+                "hyperparameters": {"n_epochs": 2},
+            },
+        },
+    }
 
     response = post(api, body)
 
@@ -171,9 +238,11 @@ def test_a_distillation_stores_its_resolved_teacher_and_labels(
     assert job["method"] is None  # not one of OpenAI's method types
     details = job["method_details"]["distillation"]
     assert {k: details[k] for k in ("teacher", "unlabeled_file", "labels", "temperature")} == {
-        "teacher": TEACHER, "unlabeled_file": texts.public_id, "labels": ["billing", "bug", "praise"],
+        "teacher": TEACHER,
+        "unlabeled_file": texts.public_id,
+        "labels": ["billing", "bug", "praise"],
         "temperature": 2.0,
-    }  # fmt: skip
+    }
     assert details["hyperparameters"]["n_epochs"] == 2
     assert job["distillation"] is None  # the comparison comes when the job finishes
 
@@ -188,8 +257,11 @@ def test_the_estimate_counts_the_teachers_labelling(
     estimate = post(
         api, distil(texts, teacher="tiny-gpt2", labels=labels), "/v1/fine_tuning/jobs/estimate"
     ).json()
-    plain = post(api, distil(texts, teacher="tiny-gpt2", labels=labels) | {"method": {"type": "classification"}},
-                 "/v1/fine_tuning/jobs/estimate")  # fmt: skip
+    plain = post(
+        api,
+        distil(texts, teacher="tiny-gpt2", labels=labels) | {"method": {"type": "classification"}},
+        "/v1/fine_tuning/jobs/estimate",
+    )
 
     # 200 texts of 10 tokens: prompt = text + instructions and labels; answers half the allowed tokens
     teacher = cost_of("tiny-gpt2", "input_tokens", 200 * (10 + prompt_overhead_tokens(labels))) + cost_of(

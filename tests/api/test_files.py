@@ -71,9 +71,17 @@ def test_a_good_csv_is_uploaded_then_processed(
     assert response.status_code == 200
     created = response.json()
     assert set(created) == {
-        "id", "object", "bytes", "created_at", "expires_at", "filename", "purpose", "status",
-        "status_details", "validation",
-    }  # fmt: skip
+        "id",
+        "object",
+        "bytes",
+        "created_at",
+        "expires_at",
+        "filename",
+        "purpose",
+        "status",
+        "status_details",
+        "validation",
+    }
     assert created["id"].startswith("file-")
     assert created["object"] == "file"
     assert created["bytes"] == len(GOOD_CSV)
@@ -458,9 +466,12 @@ def test_a_form_field_given_twice_is_400(api: Any, field: str, values: list[str]
     ("purpose", "row"),
     [
         ("fine-tune", '{"text": "hello", "label": "a\\u0000b"}'),
-        ("batch", '{"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m\\ud800"}}'),
+        (
+            "batch",
+            '{"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m\\ud800"}}',
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_file_whose_json_decodes_to_unstorable_text_fails_validation_instead_of_staying_uploaded(
     api: Any, purpose: str, row: str
 ) -> None:
@@ -551,8 +562,12 @@ def test_the_list_pages_with_after_and_limit(api: Any) -> None:
 
 def test_an_empty_list_has_null_first_and_last_ids(api: Any) -> None:
     assert api.get("/v1/files").json() == {
-        "object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False,
-    }  # fmt: skip
+        "object": "list",
+        "data": [],
+        "first_id": None,
+        "last_id": None,
+        "has_more": False,
+    }
 
 
 def test_a_bad_limit_or_cursor_is_refused(api: Any) -> None:
@@ -677,8 +692,14 @@ def test_no_unfinished_job_loses_its_file(
 ) -> None:
     file_id = upload_and_validate(api, "reviews.csv", GOOD_CSV)["id"]
     file = File.objects.get(public_id=file_id)
-    job = Job.objects.create(kind=kind, status=status, project=alice_project, organization=alice_project.organization,
-                             model_name="tiny-bert", validation_file=file)  # fmt: skip
+    job = Job.objects.create(
+        kind=kind,
+        status=status,
+        project=alice_project,
+        organization=alice_project.organization,
+        model_name="tiny-bert",
+        validation_file=file,
+    )
 
     response = api.delete(f"/v1/files/{file_id}")
 
@@ -693,8 +714,14 @@ def test_a_finished_jobs_file_can_be_deleted(api: Any, alice_project: Any) -> No
     file_id = upload_and_validate(api, "reviews.csv", GOOD_CSV)["id"]
     file = File.objects.get(public_id=file_id)
     for status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
-        Job.objects.create(kind=JobKind.FINE_TUNE, status=status, project=alice_project,
-                           organization=alice_project.organization, model_name="tiny-bert", training_file=file)  # fmt: skip
+        Job.objects.create(
+            kind=JobKind.FINE_TUNE,
+            status=status,
+            project=alice_project,
+            organization=alice_project.organization,
+            model_name="tiny-bert",
+            training_file=file,
+        )
 
     assert api.delete(f"/v1/files/{file_id}").status_code == 200
     assert Job.objects.filter(training_file=None).count() == 3  # the jobs and their history stay

@@ -10,13 +10,25 @@ from apps.jobs.models import Job, JobStatus
 from apps.projects.models import File, FileStatus
 
 
-def make_file(project: Any, *, fmt: str = "classification_csv", status: str = FileStatus.PROCESSED,
-              rows: int = 100, purpose: str = "fine-tune") -> File:  # fmt: skip
+def make_file(
+    project: Any,
+    *,
+    fmt: str = "classification_csv",
+    status: str = FileStatus.PROCESSED,
+    rows: int = 100,
+    purpose: str = "fine-tune",
+) -> File:
     from django.core.files.base import ContentFile
 
-    file = File(project=project, filename="data.csv", purpose=purpose, status=status, format=fmt,
-                status_details="2 errors (first: line 3: label is empty)" if status == FileStatus.ERROR else "",
-                validation={"valid": status != FileStatus.ERROR, "rows": rows, "stats": {"tokens": {"mean": 10}}})  # fmt: skip
+    file = File(
+        project=project,
+        filename="data.csv",
+        purpose=purpose,
+        status=status,
+        format=fmt,
+        status_details="2 errors (first: line 3: label is empty)" if status == FileStatus.ERROR else "",
+        validation={"valid": status != FileStatus.ERROR, "rows": rows, "stats": {"tokens": {"mean": 10}}},
+    )
     file.content.save("data.csv", ContentFile(b"text,label\n"), save=False)
     file.save()
     return file
@@ -39,33 +51,76 @@ def error(response: Any) -> dict[str, Any]:
     ("body", "status", "message", "param"),
     [
         ({"training_file": "F"}, 400, "Missing required parameter: 'model'.", "model"),
-        ({"model": "nope", "training_file": "F"}, 404,
-         "The model 'nope' does not exist or you do not have access to it.", "model"),
+        (
+            {"model": "nope", "training_file": "F"},
+            404,
+            "The model 'nope' does not exist or you do not have access to it.",
+            "model",
+        ),
         ({"model": "tiny-bert"}, 400, "Missing required parameter: 'training_file'.", "training_file"),
-        ({"model": "tiny-bert", "training_file": "file-missing"}, 400,
-         "Invalid file id 'file-missing': no such file in this project.", "training_file"),
-        ({"model": "tiny-bert", "training_file": "F", "suffix": "no spaces"}, 400,
-         "suffix must be 1 to 64 letters, digits, '-' or '_'.", "suffix"),
+        (
+            {"model": "tiny-bert", "training_file": "file-missing"},
+            400,
+            "Invalid file id 'file-missing': no such file in this project.",
+            "training_file",
+        ),
+        (
+            {"model": "tiny-bert", "training_file": "F", "suffix": "no spaces"},
+            400,
+            "suffix must be 1 to 64 letters, digits, '-' or '_'.",
+            "suffix",
+        ),
         # `$` would match before a final newline; the suffix becomes part of the model's name.
-        ({"model": "tiny-bert", "training_file": "F", "suffix": "abc\n"}, 400,
-         "suffix must be 1 to 64 letters, digits, '-' or '_'.", "suffix"),
-        ({"model": "tiny-bert", "training_file": "F", "seed": -1}, 400,
-         "seed must be an integer between 0 and 2147483647.", "seed"),
-        ({"model": "tiny-bert", "training_file": "F", "hyperparameters": {"n_epochs": 0}}, 400,
-         'n_epochs must be an integer between 1 and 50 or "auto"', "hyperparameters.n_epochs"),
-        ({"model": "tiny-bert", "training_file": "F", "hyperparameters": {"batch_size": "big"}}, 400,
-         'batch_size must be an integer between 1 and 256 or "auto"', "hyperparameters.batch_size"),
-        ({"model": "tiny-bert", "training_file": "F", "method": {"type": "supervised"}}, 400,
-         "Method 'supervised' is not available for tiny-bert (a classification model); use: classification.",
-         "method.type"),
-        ({"model": "tiny-bert", "training_file": "F", "status": "succeeded"}, 400,
-         "Unrecognized request argument supplied: status", "status"),
-        ({"model": "tiny-bert", "training_file": "F", "metadata": {"k": 1}}, 400,
-         "metadata keys must be strings of at most 64 characters, values strings of at most 512.", "metadata"),
-        ({"model": "tiny-bert", "training_file": "F", "max_cost": -1}, 400,
-         "max_cost must be a whole number of micro-dollars, 0 or more.", "max_cost"),
+        (
+            {"model": "tiny-bert", "training_file": "F", "suffix": "abc\n"},
+            400,
+            "suffix must be 1 to 64 letters, digits, '-' or '_'.",
+            "suffix",
+        ),
+        (
+            {"model": "tiny-bert", "training_file": "F", "seed": -1},
+            400,
+            "seed must be an integer between 0 and 2147483647.",
+            "seed",
+        ),
+        (
+            {"model": "tiny-bert", "training_file": "F", "hyperparameters": {"n_epochs": 0}},
+            400,
+            'n_epochs must be an integer between 1 and 50 or "auto"',
+            "hyperparameters.n_epochs",
+        ),
+        (
+            {"model": "tiny-bert", "training_file": "F", "hyperparameters": {"batch_size": "big"}},
+            400,
+            'batch_size must be an integer between 1 and 256 or "auto"',
+            "hyperparameters.batch_size",
+        ),
+        (
+            {"model": "tiny-bert", "training_file": "F", "method": {"type": "supervised"}},
+            400,
+            "Method 'supervised' is not available for tiny-bert (a classification model); use: classification.",
+            "method.type",
+        ),
+        (
+            {"model": "tiny-bert", "training_file": "F", "status": "succeeded"},
+            400,
+            "Unrecognized request argument supplied: status",
+            "status",
+        ),
+        (
+            {"model": "tiny-bert", "training_file": "F", "metadata": {"k": 1}},
+            400,
+            "metadata keys must be strings of at most 64 characters, values strings of at most 512.",
+            "metadata",
+        ),
+        (
+            {"model": "tiny-bert", "training_file": "F", "max_cost": -1},
+            400,
+            "max_cost must be a whole number of micro-dollars, 0 or more.",
+            "max_cost",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_requests_are_refused_and_queue_nothing(
     api: Any, tiny_base: Any, good_file: File, body: dict[str, Any], status: int, message: str, param: str
 ) -> None:
@@ -107,8 +162,15 @@ def test_chat_data_does_not_fit_a_classifier(api: Any, tiny_base: Any, alice_pro
 
 
 def test_estimate_starts_nothing(api: Any, tiny_base: Any, good_file: File) -> None:
-    response = post(api, {"model": "tiny-bert", "training_file": good_file.public_id,
-                          "hyperparameters": {"n_epochs": 2, "batch_size": 10}}, "/v1/fine_tuning/jobs/estimate")  # fmt: skip
+    response = post(
+        api,
+        {
+            "model": "tiny-bert",
+            "training_file": good_file.public_id,
+            "hyperparameters": {"n_epochs": 2, "batch_size": 10},
+        },
+        "/v1/fine_tuning/jobs/estimate",
+    )
     assert response.status_code == 200
     body = response.json()
     # 100 rows, 10% held out → 90 examples × (10 + 2 special tokens) × 2 epochs
@@ -119,11 +181,19 @@ def test_estimate_starts_nothing(api: Any, tiny_base: Any, good_file: File) -> N
     assert not Job.objects.exists()
 
 
-def test_create_returns_the_openai_shape(api: Any, tiny_base: Any, good_file: File,
-                                         django_capture_on_commit_callbacks: Any) -> None:  # fmt: skip
+def test_create_returns_the_openai_shape(
+    api: Any, tiny_base: Any, good_file: File, django_capture_on_commit_callbacks: Any
+) -> None:
     with django_capture_on_commit_callbacks(execute=False) as published:
-        response = post(api, {"model": "tiny-bert", "training_file": good_file.public_id, "seed": 3,
-                              "hyperparameters": {"n_epochs": 2}})  # fmt: skip
+        response = post(
+            api,
+            {
+                "model": "tiny-bert",
+                "training_file": good_file.public_id,
+                "seed": 3,
+                "hyperparameters": {"n_epochs": 2},
+            },
+        )
     assert response.status_code == 200
     job = response.json()
     assert len(published) == 1
@@ -134,8 +204,9 @@ def test_create_returns_the_openai_shape(api: Any, tiny_base: Any, good_file: Fi
     assert job["estimated_cost"] > 0
 
 
-def test_a_job_waits_for_its_file_validation(api: Any, tiny_base: Any, alice_project: Any,
-                                             django_capture_on_commit_callbacks: Any) -> None:  # fmt: skip
+def test_a_job_waits_for_its_file_validation(
+    api: Any, tiny_base: Any, alice_project: Any, django_capture_on_commit_callbacks: Any
+) -> None:
     pending = make_file(alice_project, status=FileStatus.UPLOADED)
     with django_capture_on_commit_callbacks(execute=False) as published:
         response = post(api, {"model": "tiny-bert", "training_file": pending.public_id})
@@ -149,8 +220,9 @@ def test_a_job_waits_for_its_file_validation(api: Any, tiny_base: Any, alice_pro
     assert Job.objects.get().status == "queued" and len(published) == 1
 
 
-def test_outsiders_get_404_for_every_job_route(api: Any, carol_api: Any, tiny_base: Any, good_file: File,
-                                               django_capture_on_commit_callbacks: Any) -> None:  # fmt: skip
+def test_outsiders_get_404_for_every_job_route(
+    api: Any, carol_api: Any, tiny_base: Any, good_file: File, django_capture_on_commit_callbacks: Any
+) -> None:
     with django_capture_on_commit_callbacks(execute=False):
         job_id = post(api, {"model": "tiny-bert", "training_file": good_file.public_id}).json()["id"]
     for method, path in [
@@ -187,26 +259,38 @@ def test_models_list_the_catalog_and_own_models_only(
     assert carol_api.delete("/v1/models/ft:minilm-l6:acme::ftjob-1").status_code == 404
     assert api.delete("/v1/models/minilm-l6").status_code == 400
     assert api.delete("/v1/models/ft:minilm-l6:acme::ftjob-1").json() == {
-        "id": "ft:minilm-l6:acme::ftjob-1", "object": "model", "deleted": True,
-    }  # fmt: skip
+        "id": "ft:minilm-l6:acme::ftjob-1",
+        "object": "model",
+        "deleted": True,
+    }
 
 
 @pytest.mark.parametrize(
     ("lora", "message", "param"),
     [
         ({"r": 0}, "lora.r must be an integer between 1 and", "method.supervised.lora.r"),
-        ({"dropout": 1}, "lora.dropout must be a number from 0 up to (not including) 1.", "method.supervised.lora.dropout"),
+        (
+            {"dropout": 1},
+            "lora.dropout must be a number from 0 up to (not including) 1.",
+            "method.supervised.lora.dropout",
+        ),
         ({"rank": 4}, "Unknown LoRA option 'rank'", "method.supervised.lora.rank"),
-        ({"target_modules": ["q_proj\n"]},
-         "lora.target_modules: 'q_proj\\n' is not a module name (letters, digits, '_' and '.').",
-         "method.supervised.lora.target_modules"),
+        (
+            {"target_modules": ["q_proj\n"]},
+            "lora.target_modules: 'q_proj\\n' is not a module name (letters, digits, '_' and '.').",
+            "method.supervised.lora.target_modules",
+        ),
     ],
-)  # fmt: skip
-def test_bad_lora_options_are_refused(api: Any, catalog: None, alice_project: Any, lora: dict[str, Any],
-                                      message: str, param: str) -> None:  # fmt: skip
+)
+def test_bad_lora_options_are_refused(
+    api: Any, catalog: None, alice_project: Any, lora: dict[str, Any], message: str, param: str
+) -> None:
     chat = make_file(alice_project, fmt="chat_jsonl")
-    body = {"model": "smollm2-135m-instruct", "training_file": chat.public_id,
-            "method": {"type": "supervised", "supervised": {"lora": lora}}}  # fmt: skip
+    body = {
+        "model": "smollm2-135m-instruct",
+        "training_file": chat.public_id,
+        "method": {"type": "supervised", "supervised": {"lora": lora}},
+    }
     response = post(api, body)
     assert response.status_code == 400
     assert error(response)["message"].startswith(message)

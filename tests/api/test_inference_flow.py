@@ -20,8 +20,16 @@ def events(response: Any) -> list[Any]:
 
 
 def test_chat_completion_and_its_usage(api: Any, celery_worker: Any, tiny_chat: Any) -> None:
-    response = api.post("/v1/chat/completions", {"model": "tiny-gpt2", "messages": [{"role": "user", "content": "hello"}],
-                                                 "max_tokens": 8, "temperature": 0}, format="json")  # fmt: skip
+    response = api.post(
+        "/v1/chat/completions",
+        {
+            "model": "tiny-gpt2",
+            "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 8,
+            "temperature": 0,
+        },
+        format="json",
+    )
     assert response.status_code == 200, response.content
     body = response.json()
     assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
@@ -38,8 +46,12 @@ def test_chat_completion_and_its_usage(api: Any, celery_worker: Any, tiny_chat: 
 
 
 def test_streaming_joins_to_the_same_text(api: Any, celery_worker: Any, tiny_chat: Any) -> None:
-    request = {"model": "tiny-gpt2", "messages": [{"role": "user", "content": "tell me a story"}], "max_tokens": 12,
-               "temperature": 0}  # fmt: skip
+    request = {
+        "model": "tiny-gpt2",
+        "messages": [{"role": "user", "content": "tell me a story"}],
+        "max_tokens": 12,
+        "temperature": 0,
+    }
     plain = api.post("/v1/chat/completions", request, format="json").json()
     streamed = api.post("/v1/chat/completions", {**request, "stream": True}, format="json")
     assert streamed["Content-Type"] == "text/event-stream"
@@ -51,8 +63,18 @@ def test_streaming_joins_to_the_same_text(api: Any, celery_worker: Any, tiny_cha
 
 
 def test_completions_with_two_prompts(api: Any, celery_worker: Any, tiny_chat: Any) -> None:
-    response = api.post("/v1/completions", {"model": "tiny-gpt2", "prompt": ["the movie", "hello"], "max_tokens": 5,
-                                            "n": 2, "temperature": 0.8, "seed": 1}, format="json")  # fmt: skip
+    response = api.post(
+        "/v1/completions",
+        {
+            "model": "tiny-gpt2",
+            "prompt": ["the movie", "hello"],
+            "max_tokens": 5,
+            "n": 2,
+            "temperature": 0.8,
+            "seed": 1,
+        },
+        format="json",
+    )
     body = response.json()
     assert response.status_code == 200, body
     assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
@@ -60,8 +82,11 @@ def test_completions_with_two_prompts(api: Any, celery_worker: Any, tiny_chat: A
 
 
 def test_classification(api: Any, celery_worker: Any, tiny_classifier: Any) -> None:
-    response = api.post("/v1/classifications", {"model": tiny_classifier.name, "input": ["refund please", "crash"],
-                                                "top_k": 2}, format="json")  # fmt: skip
+    response = api.post(
+        "/v1/classifications",
+        {"model": tiny_classifier.name, "input": ["refund please", "crash"], "top_k": 2},
+        format="json",
+    )
     body = response.json()
     assert response.status_code == 200, body
     assert body["object"] == "classification"
@@ -70,16 +95,22 @@ def test_classification(api: Any, celery_worker: Any, tiny_classifier: Any) -> N
     assert dict(UsageRecord.objects.values_list("unit", "quantity"))["classified_texts"] == 2
 
 
-def test_a_request_that_waits_too_long_gets_504_and_its_job_is_cancelled(api: Any, tiny_chat: Any, settings: Any,
-                                                                        transactional_db: None) -> None:  # fmt: skip
+def test_a_request_that_waits_too_long_gets_504_and_its_job_is_cancelled(
+    api: Any, tiny_chat: Any, settings: Any, transactional_db: None
+) -> None:
     settings.INFERENCE_TIMEOUT_SECONDS = 1  # no worker is running
-    response = api.post("/v1/chat/completions", {"model": "tiny-gpt2", "messages": [{"role": "user", "content": "hi"}]},
-                        format="json")  # fmt: skip
+    response = api.post(
+        "/v1/chat/completions",
+        {"model": "tiny-gpt2", "messages": [{"role": "user", "content": "hi"}]},
+        format="json",
+    )
     assert response.status_code == 504
     assert response.json()["error"] == {
         "message": "The model did not answer within 1 seconds. The request was cancelled; retry later.",
-        "type": "server_error", "param": None, "code": "timeout",
-    }  # fmt: skip
+        "type": "server_error",
+        "param": None,
+        "code": "timeout",
+    }
     assert Job.objects.get().status == "cancelled"
 
 
@@ -96,8 +127,16 @@ def test_a_project_answering_a_stream_is_not_deleted_before_the_answer_is_billed
     from apps.jobs.deletion import delete_project
 
     # given a streamed answer under way
-    response = api.post("/v1/chat/completions", {"model": "tiny-gpt2", "messages": [{"role": "user", "content": "go"}],
-                                                 "max_tokens": 200, "stream": True}, format="json")  # fmt: skip
+    response = api.post(
+        "/v1/chat/completions",
+        {
+            "model": "tiny-gpt2",
+            "messages": [{"role": "user", "content": "go"}],
+            "max_tokens": 200,
+            "stream": True,
+        },
+        format="json",
+    )
     assert response.status_code == 200
     chunks = iter(response.streaming_content)
     received = b""
@@ -136,8 +175,11 @@ def test_a_request_whose_project_is_deleted_while_it_waits_times_out_without_a_c
 
     deleter = threading.Thread(target=delete_once_queued)
     deleter.start()
-    response = api.post("/v1/chat/completions", {"model": "tiny-gpt2", "messages": [{"role": "user", "content": "hi"}]},
-                        format="json")  # fmt: skip
+    response = api.post(
+        "/v1/chat/completions",
+        {"model": "tiny-gpt2", "messages": [{"role": "user", "content": "hi"}]},
+        format="json",
+    )
     deleter.join()
 
     assert response.status_code == 504, response.content

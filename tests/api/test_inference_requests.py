@@ -44,8 +44,16 @@ def chat(**fields: Any) -> dict[str, Any]:
     ("body", "message", "param"),
     [
         (chat(messages=[]), "messages must be a non-empty array of {role, content} objects.", "messages"),
-        ({"model": "tiny-gpt2"}, "messages must be a non-empty array of {role, content} objects.", "messages"),
-        (chat(messages="hello"), "messages must be a non-empty array of {role, content} objects.", "messages"),
+        (
+            {"model": "tiny-gpt2"},
+            "messages must be a non-empty array of {role, content} objects.",
+            "messages",
+        ),
+        (
+            chat(messages="hello"),
+            "messages must be a non-empty array of {role, content} objects.",
+            "messages",
+        ),
         (
             chat(messages=[{"role": "wizard", "content": "hi"}]),
             "messages[0].role must be one of system, developer, user, assistant; got 'wizard'.",
@@ -88,7 +96,11 @@ def chat(**fields: Any) -> dict[str, Any]:
         (chat(temperature=3), "temperature must be a number between 0 and 2.", "temperature"),
         (chat(temperature="hot"), "temperature must be a number between 0 and 2.", "temperature"),
         (chat(top_p=1.5), "top_p must be a number between 0 and 1.", "top_p"),
-        (chat(presence_penalty=-3), "presence_penalty must be a number between -2 and 2.", "presence_penalty"),
+        (
+            chat(presence_penalty=-3),
+            "presence_penalty must be a number between -2 and 2.",
+            "presence_penalty",
+        ),
         (
             chat(stop=["a", "b", "c", "d", "e"]),
             "stop must be a string or a list of at most 4 non-empty strings.",
@@ -101,11 +113,18 @@ def chat(**fields: Any) -> dict[str, Any]:
             "'tools' is not supported: these models do not offer tool calling.",
             "tools",
         ),
-        (chat(tool_choice="auto"), "'tool_choice' is not supported: these models do not offer tool calling.",
-         "tool_choice"),  # fmt: skip
+        (
+            chat(tool_choice="auto"),
+            "'tool_choice' is not supported: these models do not offer tool calling.",
+            "tool_choice",
+        ),
         (chat(frobnicate=True), "Unrecognized request argument supplied: frobnicate", "frobnicate"),
         (chat(top_logprobs=3), "top_logprobs needs logprobs set to true.", "top_logprobs"),
-        (chat(logprobs=True, top_logprobs=21), "top_logprobs must be an integer between 0 and 20.", "top_logprobs"),
+        (
+            chat(logprobs=True, top_logprobs=21),
+            "top_logprobs must be an integer between 0 and 20.",
+            "top_logprobs",
+        ),
         (
             chat(response_format={"type": "json_object"}),
             'response_format must be {"type": "text"}; JSON modes are not supported.',
@@ -114,7 +133,7 @@ def chat(**fields: Any) -> dict[str, Any]:
         (chat(stream="yes"), "stream must be true or false.", "stream"),
         (chat(stream_options="usage"), "stream_options must be an object.", "stream_options"),
     ],
-)  # fmt: skip
+)
 def test_chat_refusals(api: Any, tiny_chat: Any, body: dict[str, Any], message: str, param: str) -> None:
     assert refused(api, "/v1/chat/completions", body) == bad(message, param)
 
@@ -138,8 +157,9 @@ def test_a_prompt_over_the_size_limit_is_refused(api: Any, tiny_chat: Any, setti
     assert error == bad(message, "prompt", code="prompt_too_long")
 
 
-def test_the_size_limit_is_a_setting_and_covers_every_endpoint(api: Any, tiny_chat: Any, tiny_classifier: Any,
-                                                              catalog: None, settings: Any) -> None:  # fmt: skip
+def test_the_size_limit_is_a_setting_and_covers_every_endpoint(
+    api: Any, tiny_chat: Any, tiny_classifier: Any, catalog: None, settings: Any
+) -> None:
     settings.PROMPT_MAX_BYTES = 2048
     text = "y" * 2100
     message = "The prompt is longer than 2 KiB. Shorten it."
@@ -152,8 +172,9 @@ def test_the_size_limit_is_a_setting_and_covers_every_endpoint(api: Any, tiny_ch
     assert refused(api, "/v1/chat/completions", proxied) == bad(message, "messages", code="prompt_too_long")
 
 
-def test_a_nul_character_is_refused_with_the_field_that_holds_it(api: Any, tiny_chat: Any, tiny_classifier: Any,
-                                                                 catalog: None) -> None:  # fmt: skip
+def test_a_nul_character_is_refused_with_the_field_that_holds_it(
+    api: Any, tiny_chat: Any, tiny_classifier: Any, catalog: None
+) -> None:
     """PostgreSQL cannot store U+0000 in the job's request: a 400, never a 500."""
 
     def nul(param: str) -> dict[str, Any]:
@@ -192,12 +213,16 @@ TOKEN_IDS = "prompt must be a string or a non-empty array of strings (token ids 
         (completion(logprobs=6), "logprobs must be an integer between 0 and 5.", "logprobs"),
         (completion(n=9), "n must be an integer between 1 and 8.", "n"),
         (completion(prompt=["p"] * 9, n=8), "At most 64 completions per request (prompts × n).", "n"),
-        (completion(max_tokens=300), "max_tokens is 300, but tiny-gpt2 has a context of 256 tokens.", "max_tokens"),
+        (
+            completion(max_tokens=300),
+            "max_tokens is 300, but tiny-gpt2 has a context of 256 tokens.",
+            "max_tokens",
+        ),
         (completion(messages=HELLO), "Unrecognized request argument supplied: messages", "messages"),
         (completion(top_logprobs=2), "Unrecognized request argument supplied: top_logprobs", "top_logprobs"),
         (completion(logit_bias={"1": 5}), "logit_bias is not supported.", "logit_bias"),
     ],
-)  # fmt: skip
+)
 def test_completion_refusals(
     api: Any, tiny_chat: Any, body: dict[str, Any], message: str, param: str
 ) -> None:
@@ -210,27 +235,50 @@ def test_completion_refusals(
 @pytest.mark.parametrize(
     ("body", "message", "param"),
     [
-        ({"model": CLASSIFIER, "input": ["ok"] * 2049}, "input has 2049 items; the limit is 2048 per request.",
-         "input"),
+        (
+            {"model": CLASSIFIER, "input": ["ok"] * 2049},
+            "input has 2049 items; the limit is 2048 per request.",
+            "input",
+        ),
         ({"model": CLASSIFIER, "input": ["ok", 5]}, "input[1] must be a string.", "input[1]"),
         ({"model": CLASSIFIER, "input": [None]}, "input[0] must be a string.", "input[0]"),
-        ({"model": CLASSIFIER, "input": []}, "input must be a string or a non-empty array of strings.", "input"),
-        ({"model": CLASSIFIER, "input": 42}, "input must be a string or a non-empty array of strings.", "input"),
+        (
+            {"model": CLASSIFIER, "input": []},
+            "input must be a string or a non-empty array of strings.",
+            "input",
+        ),
+        (
+            {"model": CLASSIFIER, "input": 42},
+            "input must be a string or a non-empty array of strings.",
+            "input",
+        ),
         ({"model": CLASSIFIER}, "input must be a string or a non-empty array of strings.", "input"),
-        ({"model": CLASSIFIER, "input": "ok", "top_k": 4}, "top_k must be an integer between 1 and 3.", "top_k"),
-        ({"model": CLASSIFIER, "input": "ok", "top_k": 0}, "top_k must be an integer between 1 and 3.", "top_k"),
-        ({"model": CLASSIFIER, "input": "ok", "temperature": 1}, "Unrecognized request argument supplied: temperature",
-         "temperature"),
+        (
+            {"model": CLASSIFIER, "input": "ok", "top_k": 4},
+            "top_k must be an integer between 1 and 3.",
+            "top_k",
+        ),
+        (
+            {"model": CLASSIFIER, "input": "ok", "top_k": 0},
+            "top_k must be an integer between 1 and 3.",
+            "top_k",
+        ),
+        (
+            {"model": CLASSIFIER, "input": "ok", "temperature": 1},
+            "Unrecognized request argument supplied: temperature",
+            "temperature",
+        ),
     ],
-)  # fmt: skip
+)
 def test_classification_refusals(
     api: Any, tiny_classifier: Any, body: dict[str, Any], message: str, param: str
 ) -> None:
     assert refused(api, "/v1/classifications", body) == bad(message, param)
 
 
-def test_exactly_2048_inputs_are_accepted(api: Any, tiny_classifier: Any,
-                                          django_capture_on_commit_callbacks: Any) -> None:  # fmt: skip
+def test_exactly_2048_inputs_are_accepted(
+    api: Any, tiny_classifier: Any, django_capture_on_commit_callbacks: Any
+) -> None:
     """The limit itself is allowed: the job is created (and not published, so the request times out)."""
     from django.test import override_settings
 
@@ -265,8 +313,9 @@ def test_an_unknown_model_is_404(api: Any, catalog: None) -> None:
     assert error == not_found("no-such-classifier")
 
 
-def test_models_are_called_through_the_endpoint_for_their_task(api: Any, tiny_chat: Any,
-                                                              tiny_classifier: Any) -> None:  # fmt: skip
+def test_models_are_called_through_the_endpoint_for_their_task(
+    api: Any, tiny_chat: Any, tiny_classifier: Any
+) -> None:
     error = refused(api, "/v1/chat/completions", chat(model=CLASSIFIER))
     assert error == bad(
         f"'{CLASSIFIER}' is a classification model; call it through /v1/classifications.", "model"
@@ -309,8 +358,10 @@ def test_a_plan_without_openai_models_refuses_them_before_anything_is_sent(api: 
     assert response.status_code == 403, response.content
     assert response.json()["error"] == {
         "message": "The Free plan does not include 'openai:gpt-4o-mini'. Upgrade under Billing.",
-        "type": "invalid_request_error", "param": "model", "code": "model_not_allowed",
-    }  # fmt: skip
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_allowed",
+    }
     assert not Job.objects.exists()
 
 

@@ -100,8 +100,11 @@ def test_the_playground_is_shed_like_the_api(
     base = f"/projects/{alice_project.public_id}/playground"
 
     classified = alice_client.post(f"{base}/classify", {"model": tiny_classifier.name, "input": "invoice"})
-    chat = alice_client.post(f"{base}/chat", {"model": "tiny-gpt2", "messages": [{"role": "user", "content": "hi"}]},
-                             content_type="application/json")  # fmt: skip
+    chat = alice_client.post(
+        f"{base}/chat",
+        {"model": "tiny-gpt2", "messages": [{"role": "user", "content": "hi"}]},
+        content_type="application/json",
+    )
 
     assert classified.status_code == 503 and classified["retry-after"] == "2"
     assert (

@@ -35,10 +35,15 @@ def key_client(user: Any, project: Project) -> APIClient:
 def fine_tuned(project: Project | None, organization: Any, creator: Any, suffix: str = "tickets") -> Model:
     """A fine-tuned classifier with (tiny stand-in) weights in storage."""
     model = Model.objects.create(
-        name=f"ft:minilm-l6:acme:{suffix}:ftjob-{suffix}", organization=organization, project=project,
-        base=Model.objects.get(name="minilm-l6"), task="classification", limits={"servable": True},
-        artifact_key=f"models/{organization.public_id}/{suffix}", created_by=creator,
-    )  # fmt: skip
+        name=f"ft:minilm-l6:acme:{suffix}:ftjob-{suffix}",
+        organization=organization,
+        project=project,
+        base=Model.objects.get(name="minilm-l6"),
+        task="classification",
+        limits={"servable": True},
+        artifact_key=f"models/{organization.public_id}/{suffix}",
+        created_by=creator,
+    )
     default_storage.save(f"{model.artifact_key}/config.json", ContentFile(b'{"architectures": []}'))
     return model
 

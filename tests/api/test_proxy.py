@@ -51,9 +51,17 @@ def upstream() -> Iterator[FakeOpenAI]:
 
 def start_worker(fake: FakeOpenAI, platform_key: str = PLATFORM_KEY) -> Worker:
     purge_queues()
-    return Worker(env=worker_env({"OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": platform_key,
-                                  "OPENAI_API_KEY_FILE": "", "OPENAI_TIMEOUT_SECONDS": "2",
-                                  "OPENAI_MAX_RETRIES": "2"}))  # fmt: skip
+    return Worker(
+        env=worker_env(
+            {
+                "OPENAI_BASE_URL": fake.base_url,
+                "OPENAI_API_KEY": platform_key,
+                "OPENAI_API_KEY_FILE": "",
+                "OPENAI_TIMEOUT_SECONDS": "2",
+                "OPENAI_MAX_RETRIES": "2",
+            }
+        )
+    )
 
 
 @pytest.fixture
@@ -146,8 +154,9 @@ def test_a_proxied_chat_completion_bills_the_upstream_usage(
 def test_legacy_completions_are_proxied_too(
     api: Any, pro: Any, upstream: FakeOpenAI, proxy_worker: Worker
 ) -> None:
-    response = api.post("/v1/completions", {"model": MODEL, "prompt": "one two three", "max_tokens": 5},
-                        format="json")  # fmt: skip
+    response = api.post(
+        "/v1/completions", {"model": MODEL, "prompt": "one two three", "max_tokens": 5}, format="json"
+    )
     assert response.status_code == 200, response.content
     body = response.json()
     assert body["object"] == "text_completion" and body["model"] == MODEL
@@ -212,8 +221,13 @@ def test_rate_limited_twice_then_answered(
     api: Any, pro: Any, upstream: FakeOpenAI, proxy_worker: Worker
 ) -> None:
     # retry-after only (no retry-after-ms): the SDK's own backoff would wait < 1.5 s in total
-    limited = error(429, "Rate limit reached for requests", type="requests", code="rate_limit_exceeded",
-                    headers={"retry-after": "1"})  # fmt: skip
+    limited = error(
+        429,
+        "Rate limit reached for requests",
+        type="requests",
+        code="rate_limit_exceeded",
+        headers={"retry-after": "1"},
+    )
     upstream.script([limited, limited, None])
     started = time.monotonic()
     response = chat(api)
@@ -235,9 +249,11 @@ def test_upstream_failing_three_times_is_a_502_and_bills_nothing(
     response = chat(api)
     assert response.status_code == 502, response.content
     assert response.json()["error"] == {
-        "message": "The upstream provider failed (HTTP 500).", "type": "server_error", "param": None,
+        "message": "The upstream provider failed (HTTP 500).",
+        "type": "server_error",
+        "param": None,
         "code": "upstream_error",
-    }  # fmt: skip
+    }
     settle(upstream, 3)
     job = Job.objects.get()
     assert job.status == "failed" and job.error["code"] == "upstream_error" and job.finished_at
@@ -253,9 +269,11 @@ def test_upstream_hanging_is_a_504_and_the_job_fails(
     elapsed = time.monotonic() - started
     assert response.status_code == 504, response.content
     assert response.json()["error"] == {
-        "message": "The upstream provider did not answer in time.", "type": "server_error", "param": None,
+        "message": "The upstream provider did not answer in time.",
+        "type": "server_error",
+        "param": None,
         "code": "upstream_timeout",
-    }  # fmt: skip
+    }
     # three tries of OPENAI_TIMEOUT_SECONDS=2 plus the SDK's backoff; far from the 60 s hang
     assert 6 <= elapsed < 20, elapsed
     job = Job.objects.get()
@@ -328,8 +346,10 @@ def test_an_organization_key_that_cannot_be_read_is_refused_not_replaced_by_the_
         "message": "Your organization's stored OpenAI key cannot be read (it was saved under an encryption key "
         "this server no longer has, or it is damaged). An owner or admin must enter it again on the billing "
         "page; until then OpenAI models are refused rather than run on another key.",
-        "type": "invalid_request_error", "param": "model", "code": "openai_key_unreadable",
-    }  # fmt: skip
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "openai_key_unreadable",
+    }
     assert upstream.requests == []  # never sent on the platform's key
     job = Job.objects.get()
     assert job.status == "failed" and job.error["code"] == "openai_key_unreadable"
@@ -343,8 +363,9 @@ NO_KEY = (
 )
 
 
-def test_without_any_key_the_request_is_refused(api: Any, pro: Any, upstream: FakeOpenAI,
-                                                 transactional_db: None) -> None:  # fmt: skip
+def test_without_any_key_the_request_is_refused(
+    api: Any, pro: Any, upstream: FakeOpenAI, transactional_db: None
+) -> None:
     worker = start_worker(upstream, platform_key="")
     try:
         response = chat(api)
@@ -353,16 +374,19 @@ def test_without_any_key_the_request_is_refused(api: Any, pro: Any, upstream: Fa
     assert response.status_code == 400, response.content
     assert response.json()["error"] == {
         "message": NO_KEY,
-        "type": "invalid_request_error", "param": "model", "code": "provider_not_configured",
-    }  # fmt: skip
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "provider_not_configured",
+    }
     assert upstream.requests == []
     job = Job.objects.get()
     assert job.status == "failed" and job.error["code"] == "provider_not_configured"
     assert not UsageRecord.objects.exists()
 
 
-def test_no_credit_left_is_refused_before_any_upstream_call(api: Any, pro: Any, upstream: FakeOpenAI,
-                                                            transactional_db: None) -> None:  # fmt: skip
+def test_no_credit_left_is_refused_before_any_upstream_call(
+    api: Any, pro: Any, upstream: FakeOpenAI, transactional_db: None
+) -> None:
     pro.spend_limit = 0
     pro.save(update_fields=["spend_limit"])
     response = chat(api)

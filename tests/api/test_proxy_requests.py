@@ -122,16 +122,20 @@ def test_a_proxied_request_without_a_limit_counts_a_completion_budget(
 
 def test_the_flex_tier_and_text_modality_pass(api: Any, pro: Any, settings: Any) -> None:
     settings.INFERENCE_TIMEOUT_SECONDS = 1
-    response = api.post("/v1/chat/completions", chat(service_tier="flex", modalities=["text"], max_tokens=5),
-                        format="json")  # fmt: skip
+    response = api.post(
+        "/v1/chat/completions", chat(service_tier="flex", modalities=["text"], max_tokens=5), format="json"
+    )
     assert response.status_code == 504  # admitted (no worker answers here)
     assert Job.objects.get().request["body"]["service_tier"] == "flex"
 
 
 def test_text_parts_and_a_refusal_pass(api: Any, pro: Any, settings: Any) -> None:
     settings.INFERENCE_TIMEOUT_SECONDS = 1
-    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
-                {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]}, *HELLO]  # fmt: skip
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]},
+        *HELLO,
+    ]
     response = api.post("/v1/chat/completions", chat(messages=messages, max_tokens=5), format="json")
     assert response.status_code == 504  # admitted (no worker answers here)
 

@@ -36,9 +36,13 @@ def test_the_sdk_fine_tunes_end_to_end(
         suffix="sdk",
         seed=7,
         metadata={"team": "search"},
-        extra_body={"method": {"type": "classification",
-                               "classification": {"hyperparameters": {"n_epochs": 2, "batch_size": 8}}}},
-    )  # fmt: skip
+        extra_body={
+            "method": {
+                "type": "classification",
+                "classification": {"hyperparameters": {"n_epochs": 2, "batch_size": 8}},
+            }
+        },
+    )
     assert job.status in ("queued", "running") and job.seed == 7 and job.metadata == {"team": "search"}
 
     listed = client.fine_tuning.jobs.list(limit=5, metadata={"team": "search"})

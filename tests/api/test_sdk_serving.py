@@ -25,12 +25,18 @@ STORY = [{"role": "user", "content": "please tell me a story about a cat"}]
 
 
 def sdk(live_server: Any, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=live_server.url + "/v1", api_key=key, max_retries=0, timeout=60,
-                         _strict_response_validation=True)  # fmt: skip
+    return openai.OpenAI(
+        base_url=live_server.url + "/v1",
+        api_key=key,
+        max_retries=0,
+        timeout=60,
+        _strict_response_validation=True,
+    )
 
 
-def test_chat_completions_plain_and_streamed(live_server: Any, alice_key: str, celery_worker: Any,
-                                             tiny_chat: Any) -> None:  # fmt: skip
+def test_chat_completions_plain_and_streamed(
+    live_server: Any, alice_key: str, celery_worker: Any, tiny_chat: Any
+) -> None:
     client = sdk(live_server, alice_key)
     raw = client.chat.completions.with_raw_response.create(
         model="tiny-gpt2", messages=STORY, max_tokens=12, temperature=0
@@ -69,7 +75,7 @@ def test_chat_completions_plain_and_streamed(live_server: Any, alice_key: str, c
             temperature=0,
             stream=True,
             stream_options={"include_usage": True},
-        )  # fmt: skip
+        )
     )
     assert chunks[-1].choices == []
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == plain.usage.total_tokens
@@ -80,8 +86,9 @@ def test_chat_completions_plain_and_streamed(live_server: Any, alice_key: str, c
     assert sum(c.usage.total_tokens for c in chunks if c.usage) == plain.usage.total_tokens
 
 
-def test_legacy_completions_plain_and_streamed(live_server: Any, alice_key: str, celery_worker: Any,
-                                               tiny_chat: Any) -> None:  # fmt: skip
+def test_legacy_completions_plain_and_streamed(
+    live_server: Any, alice_key: str, celery_worker: Any, tiny_chat: Any
+) -> None:
     client = sdk(live_server, alice_key)
     plain = client.completions.create(model="tiny-gpt2", prompt="the movie was", max_tokens=8, temperature=0)
     assert isinstance(plain, Completion)
@@ -117,18 +124,22 @@ def test_legacy_completions_plain_and_streamed(live_server: Any, alice_key: str,
             temperature=0,
             stream=True,
             stream_options={"include_usage": True},
-        )  # fmt: skip
+        )
     )
     assert chunks[-1].choices == [] and chunks[-2].choices[0].finish_reason == plain.choices[0].finish_reason
     assert [c.usage for c in chunks[:-1]] == [None] * (len(chunks) - 1)
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == plain.usage.total_tokens
 
 
-def test_classifications_through_the_generic_post(live_server: Any, alice_key: str, carol_key: str,
-                                                  celery_worker: Any, tiny_classifier: Any) -> None:  # fmt: skip
+def test_classifications_through_the_generic_post(
+    live_server: Any, alice_key: str, carol_key: str, celery_worker: Any, tiny_classifier: Any
+) -> None:
     client = sdk(live_server, alice_key)
-    body = client.post("/classifications", cast_to=object,
-                       body={"model": CLASSIFIER, "input": ["refund please", "the app crashes"], "top_k": 2})  # fmt: skip
+    body = client.post(
+        "/classifications",
+        cast_to=object,
+        body={"model": CLASSIFIER, "input": ["refund please", "the app crashes"], "top_k": 2},
+    )
     assert isinstance(body, dict)
     assert body["model"] == CLASSIFIER
     assert [d["index"] for d in body["data"]] == [0, 1]
@@ -150,30 +161,44 @@ def test_classifications_through_the_generic_post(live_server: Any, alice_key: s
 def batch_lines(n: int = 3, max_tokens: int = 4) -> bytes:
     texts = ["hello", "tell me a story", "what a day"]
     lines = [
-        {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"model": "tiny-gpt2", "messages": [{"role": "user", "content": texts[i % 3]}],
-                  "max_tokens": max_tokens, "temperature": 0}}
+        {
+            "custom_id": f"req-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "tiny-gpt2",
+                "messages": [{"role": "user", "content": texts[i % 3]}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+            },
+        }
         for i in range(n)
-    ]  # fmt: skip
+    ]
     return "".join(json.dumps(line) + "\n" for line in lines).encode()
 
 
-def test_batches_end_to_end(live_server: Any, alice_key: str, carol_key: str, celery_worker: Any,
-                            tiny_chat: Any) -> None:  # fmt: skip
+def test_batches_end_to_end(
+    live_server: Any, alice_key: str, carol_key: str, celery_worker: Any, tiny_chat: Any
+) -> None:
     client = sdk(live_server, alice_key)
     upload = client.files.create(file=("requests.jsonl", io.BytesIO(batch_lines())), purpose="batch")
     upload = client.files.wait_for_processing(upload.id, poll_interval=0.2, max_wait_seconds=30)
     assert upload.status == "processed"
 
-    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
-                                  completion_window="24h", metadata={"run": "sdk"})  # fmt: skip
+    batch = client.batches.create(
+        input_file_id=upload.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"run": "sdk"},
+    )
     assert isinstance(batch, Batch)
     assert batch.id.startswith("batch_") and batch.input_file_id == upload.id
     assert batch.endpoint == "/v1/chat/completions" and batch.metadata == {"run": "sdk"}
     assert batch.status in ("validating", "in_progress", "finalizing", "completed")
 
-    done = wait_for(lambda: (b := client.batches.retrieve(batch.id)).status in ("completed", "failed") and b,
-                    timeout=90)  # fmt: skip
+    done = wait_for(
+        lambda: (b := client.batches.retrieve(batch.id)).status in ("completed", "failed") and b, timeout=90
+    )
     assert done.status == "completed", done.errors
     assert done.request_counts is not None
     assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (3, 3, 0)

@@ -67,8 +67,14 @@ def test_a_lone_surrogate_in_a_nested_json_key_or_value_is_refused_with_its_path
     # when
     in_key = post_json(api, "/v1/fine_tuning/jobs", {**body, "metadata": {"team\ud800": "support"}})
     in_value = post_json(api, "/v1/fine_tuning/jobs", {**body, "metadata": {"team": "sup\udfffport"}})
-    in_list = post_json(api, "/v1/chat/completions", {"model": "tiny-gpt2", "messages": [
-        {"role": "user", "content": "hello"}, {"role": "user", "content": "\udc00"}]})  # fmt: skip
+    in_list = post_json(
+        api,
+        "/v1/chat/completions",
+        {
+            "model": "tiny-gpt2",
+            "messages": [{"role": "user", "content": "hello"}, {"role": "user", "content": "\udc00"}],
+        },
+    )
     # then
     assert error_of(in_key) == bad(
         "metadata.team\\ud800 contains a lone surrogate (\\ud800); remove it.", "metadata.team\\ud800"
@@ -161,8 +167,12 @@ def test_the_largest_max_cost_the_column_holds_is_taken(api: Any, tiny_base: Any
 
 def test_batch_metadata_values_must_be_strings(api: Any, alice_project: Any) -> None:
     batch_file = make_file(alice_project, fmt="batch_jsonl", purpose="batch")
-    body = {"input_file_id": batch_file.public_id, "endpoint": "/v1/completions", "completion_window": "24h",
-            "metadata": {"run": ["a"]}}  # fmt: skip
+    body = {
+        "input_file_id": batch_file.public_id,
+        "endpoint": "/v1/completions",
+        "completion_window": "24h",
+        "metadata": {"run": ["a"]},
+    }
     assert error_of(post_json(api, "/v1/batches", body)) == bad(
         "metadata keys must be strings of at most 64 characters, values strings of at most 512.", "metadata"
     )
@@ -173,12 +183,18 @@ def test_batch_metadata_values_must_be_strings(api: Any, alice_project: Any) -> 
     ("extra", "message", "param"),
     [
         ({"max_tokens": [16]}, "max_tokens must be an integer between 1 and 1000000.", "max_tokens"),
-        ({"max_completion_tokens": "16"}, "max_completion_tokens must be an integer between 1 and 1000000.",
-         "max_completion_tokens"),
-        ({"stream": True, "stream_options": ["include_usage"]}, "stream_options must be an object.",
-         "stream_options"),
+        (
+            {"max_completion_tokens": "16"},
+            "max_completion_tokens must be an integer between 1 and 1000000.",
+            "max_completion_tokens",
+        ),
+        (
+            {"stream": True, "stream_options": ["include_usage"]},
+            "stream_options must be an object.",
+            "stream_options",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_proxied_request_checks_the_fields_it_reads(
     api: Any, catalog: None, extra: dict[str, Any], message: str, param: str
 ) -> None:
@@ -192,9 +208,12 @@ def test_a_proxied_request_checks_the_fields_it_reads(
     [
         ("[" * 100_000 + "]" * 100_000, "the body is nested too deeply."),
         ('{"model": "tiny-gpt2", "temperature": 1e400}', "the number 1e400 is too large"),
-        ('{"model": "tiny-gpt2", "seed": ' + "9" * 5000 + "}", "the number 99999999999999999999… has too many digits"),
+        (
+            '{"model": "tiny-gpt2", "seed": ' + "9" * 5000 + "}",
+            "the number 99999999999999999999… has too many digits",
+        ),
     ],
-)  # fmt: skip
+)
 def test_json_a_parser_would_fail_on_is_refused_as_unparsable(api: Any, body: str, message: str) -> None:
     response = api.post("/v1/chat/completions", body, content_type="application/json")
     assert error_of(response) == bad(
@@ -207,8 +226,13 @@ def test_json_a_parser_would_fail_on_is_refused_as_unparsable(api: Any, body: st
 def test_a_metadata_filter_matches_a_key_that_reads_like_a_lookup(api: Any, alice_project: Any) -> None:
     # given
     def job(metadata: dict[str, str]) -> str:
-        created = Job.objects.create(organization=alice_project.organization, project=alice_project,
-                                     kind=JobKind.FINE_TUNE, model_name="tiny-bert", metadata=metadata)  # fmt: skip
+        created = Job.objects.create(
+            organization=alice_project.organization,
+            project=alice_project,
+            kind=JobKind.FINE_TUNE,
+            model_name="tiny-bert",
+            metadata=metadata,
+        )
         return created.public_id
 
     lookalike, plain = job({"isnull": "x"}), job({"team": "a"})
@@ -225,12 +249,19 @@ def test_a_metadata_filter_matches_a_key_that_reads_like_a_lookup(api: Any, alic
 @pytest.mark.parametrize(
     ("query", "message", "param"),
     [
-        ("start_time=" + "9" * 5000, "start_time must be between 0 and 32503680000 (Unix seconds).", "start_time"),
-        ("start_time=0&end_time=86400&page=page_" + "9" * 5000,
-         "page is not a cursor of this listing: pass the next_page of the previous response, with the same "
-         "start_time, end_time and bucket_width.", "page"),
+        (
+            "start_time=" + "9" * 5000,
+            "start_time must be between 0 and 32503680000 (Unix seconds).",
+            "start_time",
+        ),
+        (
+            "start_time=0&end_time=86400&page=page_" + "9" * 5000,
+            "page is not a cursor of this listing: pass the next_page of the previous response, with the same "
+            "start_time, end_time and bucket_width.",
+            "page",
+        ),
     ],
-)  # fmt: skip
+)
 def test_usage_parameters_with_thousands_of_digits_are_refused_by_name(
     api: Any, query: str, message: str, param: str
 ) -> None:

@@ -49,8 +49,10 @@ def ensure_localstripe_venv() -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two test sessions may start at once
         if not stamp.exists() or stamp.read_text() != LOCALSTRIPE:
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-            subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", LOCALSTRIPE],
-                           check=True)  # fmt: skip
+            subprocess.run(
+                [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", LOCALSTRIPE],
+                check=True,
+            )
             stamp.write_text(LOCALSTRIPE)
     return python
 

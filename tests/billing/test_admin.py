@@ -10,8 +10,13 @@ from tests.conftest import login
 
 
 def test_billing_models_are_in_admin(client: Any, db: None) -> None:
-    StripeEvent.objects.create(event_id="evt_failed", type="invoice.paid", created=1, outcome="failed: boom",
-                               error="Traceback (most recent call last): boom")  # fmt: skip
+    StripeEvent.objects.create(
+        event_id="evt_failed",
+        type="invoice.paid",
+        created=1,
+        outcome="failed: boom",
+        error="Traceback (most recent call last): boom",
+    )
     login(client, User.objects.create_superuser("staff@example.com", "pw"))
 
     for model in ("plan", "price", "subscription", "invoice", "stripeevent", "meterevent", "usagerecord"):

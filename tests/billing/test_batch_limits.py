@@ -37,8 +37,11 @@ def batch_file(project: Any, lines: list[dict[str, Any]]) -> Any:
 
 
 def create(api: Any, file: Any) -> Any:
-    return api.post("/v1/batches", {"input_file_id": file.public_id, "endpoint": "/v1/chat/completions",
-                                    "completion_window": "24h"}, format="json")  # fmt: skip
+    return api.post(
+        "/v1/batches",
+        {"input_file_id": file.public_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+        format="json",
+    )
 
 
 def lines_of(api: Any, file_id: str | None) -> list[dict[str, Any]]:
@@ -50,10 +53,12 @@ def lines_of(api: Any, file_id: str | None) -> list[dict[str, Any]]:
 
 def finished(api: Any, batch_id: str, timeout: float = 90) -> dict[str, Any]:
     return wait_for(
-        lambda: (b := api.get(f"/v1/batches/{batch_id}").json())["status"] in ("completed", "failed", "cancelled")
-        and b,
+        lambda: (
+            (b := api.get(f"/v1/batches/{batch_id}").json())["status"] in ("completed", "failed", "cancelled")
+            and b
+        ),
         timeout=timeout,
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -65,8 +70,12 @@ def upstream() -> Iterator[FakeOpenAI]:
 def proxy_worker(fake: FakeOpenAI, queues: str = "gpu,serve,default") -> Worker:
     """A worker whose proxy calls the fake. It consumes what is already queued: tests that use it
     purge the queues when they start, before they submit."""
-    return Worker(queues=queues, env=worker_env({"OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "sk-platform-1",
-                                                 "OPENAI_API_KEY_FILE": ""}))  # fmt: skip
+    return Worker(
+        queues=queues,
+        env=worker_env(
+            {"OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "sk-platform-1", "OPENAI_API_KEY_FILE": ""}
+        ),
+    )
 
 
 # --- Submission --------------------------------------------------------------------------------------
@@ -113,8 +122,14 @@ def test_a_batch_is_refused_when_work_in_progress_holds_the_rest_of_the_cap(
     subscription.spend_limit = 2_000_000
     subscription.save(update_fields=["spend_limit"])
     # requests in flight hold the whole allowance
-    Job.objects.create(kind="generation", organization=alice_org, project=alice_project, model_name="tiny-gpt2",
-                       status=JobStatus.RUNNING, reserved_cost=2_000_000)  # fmt: skip
+    Job.objects.create(
+        kind="generation",
+        organization=alice_org,
+        project=alice_project,
+        model_name="tiny-gpt2",
+        status=JobStatus.RUNNING,
+        reserved_cost=2_000_000,
+    )
     response = create(api, batch_file(alice_project, [request_line("a")]))
     assert response.status_code == 429
     assert response.headers["retry-after"] == "5"
@@ -162,8 +177,12 @@ def test_without_any_openai_key_each_line_fails_saying_where_to_add_one(
     purge_queues()
     file = batch_file(alice_project, [request_line(str(i), OPENAI) for i in range(3)])
     job_id = create(api, file).json()["id"]
-    worker = Worker(queues="default", env=worker_env({"OPENAI_BASE_URL": upstream.base_url, "OPENAI_API_KEY": "",
-                                                      "OPENAI_API_KEY_FILE": ""}))  # fmt: skip
+    worker = Worker(
+        queues="default",
+        env=worker_env(
+            {"OPENAI_BASE_URL": upstream.base_url, "OPENAI_API_KEY": "", "OPENAI_API_KEY_FILE": ""}
+        ),
+    )
     try:
         done = finished(api, job_id)
     finally:
@@ -181,7 +200,7 @@ def test_without_any_openai_key_each_line_fails_saying_where_to_add_one(
                 "type": "invalid_request_error",
             },
             sort_keys=True,
-        )  # fmt: skip
+        )
     }
     assert upstream.requests == []
 
@@ -217,8 +236,10 @@ def test_each_line_is_checked_against_the_plan_when_it_runs(
     assert [line["response"]["status_code"] for line in errors] == [403, 403, 403]
     assert errors[0]["response"]["body"]["error"] == {
         "message": f"The Free plan does not include '{OPENAI}'. Upgrade under Billing.",
-        "type": "invalid_request_error", "param": "body.model", "code": "model_not_allowed",
-    }  # fmt: skip
+        "type": "invalid_request_error",
+        "param": "body.model",
+        "code": "model_not_allowed",
+    }
     assert not UsageRecord.objects.exists()
 
 

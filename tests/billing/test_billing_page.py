@@ -102,8 +102,9 @@ def test_an_admin_can_change_limits(client: Any, alice_org: Any, fake_stripe: Fa
 def test_limits_are_typed_in_dollars_and_stored_in_micro_dollars(
     alice_client: Any, alice_org: Any, fake_stripe: FakeStripe
 ) -> None:
-    response = alice_client.post("/billing/limits", {"spend_limit": "$1,250", "alert_threshold": "99.123456"},
-                                 follow=True)  # fmt: skip
+    response = alice_client.post(
+        "/billing/limits", {"spend_limit": "$1,250", "alert_threshold": "99.123456"}, follow=True
+    )
 
     assert response.status_code == 200
     assert "Spend limit and alert saved." in response.content.decode()
@@ -267,8 +268,13 @@ def test_carol_sees_none_of_alices_billing(
 
 
 def test_anonymous_visitors_are_sent_to_log_in(client: Any, fake_stripe: FakeStripe) -> None:
-    for method, url in (("get", "/billing/"), ("post", "/billing/checkout"), ("post", "/billing/limits"),
-                        ("post", "/billing/portal"), ("get", "/billing/checkout/return?session_id=cs_x")):  # fmt: skip
+    for method, url in (
+        ("get", "/billing/"),
+        ("post", "/billing/checkout"),
+        ("post", "/billing/limits"),
+        ("post", "/billing/portal"),
+        ("get", "/billing/checkout/return?session_id=cs_x"),
+    ):
         response = getattr(client, method)(url)
         assert response.status_code == 302 and "/accounts/login/" in response["Location"], url
 
@@ -285,7 +291,7 @@ def test_the_database_the_page_and_stripe_agree_to_the_micro_dollar(
         (1, "output_tokens"),
         (99, "classified_texts"),
     ):
-        record_usage(alice_org, unit, cost, now)  # fmt: skip
+        record_usage(alice_org, unit, cost, now)
     meters.fill_outbox(hour + timedelta(hours=1, minutes=10))
     meters.send_outbox(hour + timedelta(hours=1, minutes=10))
 

@@ -72,9 +72,15 @@ def submit_fine_tune(api: Any, file: Any) -> Any:
 
 
 def test_a_failed_renewal_stops_new_jobs_after_one_delivery_and_payment_restarts_them_after_one(
-    _worker_without_grace: Worker, transactional_db: None, fake_stripe: FakeStripe, client: Any, api: Any,
-    alice_org: Any, alice_project: Any, tiny_base: Any,
-) -> None:  # fmt: skip
+    _worker_without_grace: Worker,
+    transactional_db: None,
+    fake_stripe: FakeStripe,
+    client: Any,
+    api: Any,
+    alice_org: Any,
+    alice_project: Any,
+    tiny_base: Any,
+) -> None:
     # given: alice's organization is the run's customer, and the run's price is the Pro plan's
     replay = Replay(client, fake_stripe)
     subscription = replay.events[0]["data"]["object"]

@@ -21,8 +21,11 @@ REFUSAL = (
 
 
 def chat(client: Any, **headers: str) -> Any:
-    return client.post("/v1/chat/completions", json={"model": "tiny-gpt2", "messages": MESSAGES, "max_tokens": 2},
-                       headers=headers)  # fmt: skip
+    return client.post(
+        "/v1/chat/completions",
+        json={"model": "tiny-gpt2", "messages": MESSAGES, "max_tokens": 2},
+        headers=headers,
+    )
 
 
 def test_a_tenant_flooding_requests_is_refused_past_its_limit_and_others_are_not(
@@ -64,8 +67,11 @@ def test_a_tenant_flooding_requests_is_refused_past_its_limit_and_others_are_not
     refused = next(r for r in results["alice"] if r.status_code == 429)
     assert refused.headers["retry-after"] == "1"
     assert refused.json()["error"] == {
-        "message": REFUSAL, "type": "rate_limit_exceeded", "param": None, "code": "rate_limit_exceeded",
-    }  # fmt: skip
+        "message": REFUSAL,
+        "type": "rate_limit_exceeded",
+        "param": None,
+        "code": "rate_limit_exceeded",
+    }
     assert [r.status_code for r in results["carol"]] == [504]
     assert Job.objects.filter(organization=carol_project.organization).count() == 1
     # and once alice's requests ended, their places were free again

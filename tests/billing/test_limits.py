@@ -14,15 +14,30 @@ from apps.jobs.models import Job, JobKind, JobStatus
 
 
 def chat(api: Any) -> Any:
-    return api.post("/v1/chat/completions", {"model": "tiny-gpt2", "messages": [{"role": "user", "content": "hi"}]},
-                    format="json")  # fmt: skip
+    return api.post(
+        "/v1/chat/completions",
+        {"model": "tiny-gpt2", "messages": [{"role": "user", "content": "hi"}]},
+        format="json",
+    )
 
 
 def spend(org: Any, project: Any, cost: int) -> None:
-    job = Job.objects.create(kind=JobKind.GENERATION, organization=org, project=project, model_name="tiny-gpt2",
-                             status=JobStatus.SUCCEEDED)  # fmt: skip
-    UsageRecord.objects.create(organization=org, project=project, job=job, model_name="tiny-gpt2",
-                               unit="output_tokens", quantity=1, cost=cost)  # fmt: skip
+    job = Job.objects.create(
+        kind=JobKind.GENERATION,
+        organization=org,
+        project=project,
+        model_name="tiny-gpt2",
+        status=JobStatus.SUCCEEDED,
+    )
+    UsageRecord.objects.create(
+        organization=org,
+        project=project,
+        job=job,
+        model_name="tiny-gpt2",
+        unit="output_tokens",
+        quantity=1,
+        cost=cost,
+    )
 
 
 def test_free_credit_used_up_is_a_non_retryable_429(
@@ -56,8 +71,9 @@ def test_the_spend_limit_refuses_new_work(
     )
 
 
-def test_the_sdk_does_not_retry_insufficient_quota(live_server: Any, alice_key: str, tiny_chat: Any,
-                                                   alice_org: Any, alice_project: Any) -> None:  # fmt: skip
+def test_the_sdk_does_not_retry_insufficient_quota(
+    live_server: Any, alice_key: str, tiny_chat: Any, alice_org: Any, alice_project: Any
+) -> None:
     spend(alice_org, alice_project, 10_000_000)
     client = openai.OpenAI(base_url=live_server.url + "/v1", api_key=alice_key, max_retries=2)
     with pytest.raises(openai.RateLimitError) as caught:
@@ -67,16 +83,20 @@ def test_the_sdk_does_not_retry_insufficient_quota(live_server: Any, alice_key: 
 
 
 def test_plans_limit_models(api: Any, catalog: None) -> None:
-    response = api.post("/v1/chat/completions", {"model": "openai:gpt-4o-mini",
-                                                 "messages": [{"role": "user", "content": "hi"}]}, format="json")  # fmt: skip
+    response = api.post(
+        "/v1/chat/completions",
+        {"model": "openai:gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        format="json",
+    )
     assert response.status_code == 403
     assert response.json()["error"]["message"] == (
         "The Free plan does not include 'openai:gpt-4o-mini'. Upgrade under Billing."
     )
 
 
-def test_concurrent_fine_tunes_are_capped(api: Any, tiny_base: Any, alice_project: Any,
-                                          django_capture_on_commit_callbacks: Any) -> None:  # fmt: skip
+def test_concurrent_fine_tunes_are_capped(
+    api: Any, tiny_base: Any, alice_project: Any, django_capture_on_commit_callbacks: Any
+) -> None:
     from tests.api.test_fine_tuning import make_file
 
     file = make_file(alice_project)
@@ -95,8 +115,9 @@ def test_concurrent_fine_tunes_are_capped(api: Any, tiny_base: Any, alice_projec
 
 
 @pytest.mark.django_db(transaction=True)
-def test_rate_limits_hold_under_concurrency(live_server: Any, alice: Any, alice_project: Any, tiny_gpt2_dir: Any,
-                                            settings: Any) -> None:  # fmt: skip
+def test_rate_limits_hold_under_concurrency(
+    live_server: Any, alice: Any, alice_project: Any, tiny_gpt2_dir: Any, settings: Any
+) -> None:
     # given a plan allowing 10 requests a minute, and no worker (accepted requests time out fast)
     import httpx
 
@@ -104,8 +125,13 @@ def test_rate_limits_hold_under_concurrency(live_server: Any, alice: Any, alice_
     from apps.projects import actions
     from apps.registry.models import Model
 
-    Model.objects.create(name="tiny-gpt2", task="generation", artifact_key=f"local:{tiny_gpt2_dir}",
-                         context_length=256, limits={"servable": True})  # fmt: skip
+    Model.objects.create(
+        name="tiny-gpt2",
+        task="generation",
+        artifact_key=f"local:{tiny_gpt2_dir}",
+        context_length=256,
+        limits={"servable": True},
+    )
     plan_id = subscription_for(alice_project.organization).plan_id
     # (and room for all 30 in flight at once: this is about the per-minute limits)
     Plan.objects.filter(pk=plan_id).update(
@@ -119,8 +145,11 @@ def test_rate_limits_hold_under_concurrency(live_server: Any, alice: Any, alice_
 
     def fire() -> None:
         with httpx.Client(base_url=live_server.url, timeout=30) as client:
-            response = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                                   json={"model": "tiny-gpt2", "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
+            response = client.post(
+                "/v1/chat/completions",
+                headers={"Authorization": f"Bearer {key}"},
+                json={"model": "tiny-gpt2", "messages": [{"role": "user", "content": "x"}]},
+            )
         with lock:
             statuses.append(response.status_code)
             if response.status_code == 429:

@@ -18,10 +18,22 @@ METER_PATH = "/v1/billing/meter_events"
 
 def record_usage(org: Any, unit: str, cost: int, at: datetime, quantity: int = 1) -> UsageRecord:
     """A finished job's usage record, written at `at`."""
-    job = Job.objects.create(kind=JobKind.GENERATION, organization=org, project=org.projects.first(),
-                             model_name="tiny-gpt2", status=JobStatus.SUCCEEDED)  # fmt: skip
-    record = UsageRecord.objects.create(organization=org, project=job.project, job=job, model_name="tiny-gpt2",
-                                        unit=unit, quantity=quantity, cost=cost)  # fmt: skip
+    job = Job.objects.create(
+        kind=JobKind.GENERATION,
+        organization=org,
+        project=org.projects.first(),
+        model_name="tiny-gpt2",
+        status=JobStatus.SUCCEEDED,
+    )
+    record = UsageRecord.objects.create(
+        organization=org,
+        project=job.project,
+        job=job,
+        model_name="tiny-gpt2",
+        unit=unit,
+        quantity=quantity,
+        cost=cost,
+    )
     UsageRecord.objects.filter(pk=record.pk).update(created_at=at)
     return record
 
@@ -216,10 +228,20 @@ def test_rows_unsent_after_30_days_raise_an_alert_and_are_never_dropped(
 ) -> None:
     # given: an outbox row 31 days old (still accepted by Stripe) and one 36 days old (refused)
     late_hour, lost_hour = hour_of(now) - timedelta(days=31), hour_of(now) - timedelta(days=36)
-    late = MeterEvent.objects.create(organization=alice_org, hour=late_hour, unit="input_tokens", value=7,
-                                     identifier=meters.identifier(alice_org.public_id, late_hour, "input_tokens"))  # fmt: skip
-    lost = MeterEvent.objects.create(organization=alice_org, hour=lost_hour, unit="input_tokens", value=9,
-                                     identifier=meters.identifier(alice_org.public_id, lost_hour, "input_tokens"))  # fmt: skip
+    late = MeterEvent.objects.create(
+        organization=alice_org,
+        hour=late_hour,
+        unit="input_tokens",
+        value=7,
+        identifier=meters.identifier(alice_org.public_id, late_hour, "input_tokens"),
+    )
+    lost = MeterEvent.objects.create(
+        organization=alice_org,
+        hour=lost_hour,
+        unit="input_tokens",
+        value=9,
+        identifier=meters.identifier(alice_org.public_id, lost_hour, "input_tokens"),
+    )
 
     # when
     meters.send_outbox(now)

@@ -69,8 +69,15 @@ def test_every_checkpoint_model_is_billed_from_the_moment_it_can_be_called(
 
 # --- Exactly once per unit of work ------------------------------------------------------------------
 def running_job(project: Any, **fields: Any) -> Job:
-    return Job.objects.create(kind=JobKind.FINE_TUNE, organization=project.organization, project=project,
-                              model_name="tiny-bert", status=JobStatus.RUNNING, attempt=1, **fields)  # fmt: skip
+    return Job.objects.create(
+        kind=JobKind.FINE_TUNE,
+        organization=project.organization,
+        project=project,
+        model_name="tiny-bert",
+        status=JobStatus.RUNNING,
+        attempt=1,
+        **fields,
+    )
 
 
 def test_work_is_billed_once_however_often_its_bill_is_written(alice_project: Any) -> None:
@@ -90,8 +97,15 @@ def test_work_is_billed_once_however_often_its_bill_is_written(alice_project: An
     assert job.billed_cost == cost_of("tiny-bert", "trained_tokens", 250)
     # and the same units cannot even be written twice
     with pytest.raises(IntegrityError), transaction.atomic():
-        UsageRecord.objects.create(organization=alice_project.organization, job=job, model_name="tiny-bert",
-                                   unit="trained_tokens", start=100, quantity=150, cost=1)  # fmt: skip
+        UsageRecord.objects.create(
+            organization=alice_project.organization,
+            job=job,
+            model_name="tiny-bert",
+            unit="trained_tokens",
+            start=100,
+            quantity=150,
+            cost=1,
+        )
 
 
 def test_a_count_below_what_is_billed_bills_nothing(alice_project: Any) -> None:
@@ -109,9 +123,18 @@ def test_a_count_below_what_is_billed_bills_nothing(alice_project: Any) -> None:
 # --- A resume is admitted like a new job ------------------------------------------------------------
 @pytest.fixture
 def paused(alice_project: Any, tiny_base: Any) -> Job:
-    return Job.objects.create(kind=JobKind.FINE_TUNE, organization=alice_project.organization, project=alice_project,
-                              model=tiny_base, model_name="tiny-bert", status=JobStatus.PAUSED, attempt=1,
-                              estimated_cost=900, billed_cost=300, request={"method": {"type": "classification"}})  # fmt: skip
+    return Job.objects.create(
+        kind=JobKind.FINE_TUNE,
+        organization=alice_project.organization,
+        project=alice_project,
+        model=tiny_base,
+        model_name="tiny-bert",
+        status=JobStatus.PAUSED,
+        attempt=1,
+        estimated_cost=900,
+        billed_cost=300,
+        request={"method": {"type": "classification"}},
+    )
 
 
 def resume(api: Any, job: Job) -> Any:
@@ -143,8 +166,9 @@ def test_a_resume_must_find_a_free_place(api: Any, alice_project: Any, paused: J
 
 def test_a_resume_is_refused_once_the_credit_is_used_up(api: Any, alice_org: Any, paused: Job) -> None:
     credit = subscription_for(alice_org).plan.included_credit
-    UsageRecord.objects.create(organization=alice_org, model_name="tiny-bert", unit="trained_tokens",
-                               quantity=1, cost=credit)  # fmt: skip
+    UsageRecord.objects.create(
+        organization=alice_org, model_name="tiny-bert", unit="trained_tokens", quantity=1, cost=credit
+    )
     response = resume(api, paused)
     assert response.status_code == 429
     assert response.headers["x-should-retry"] == "false"

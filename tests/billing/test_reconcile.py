@@ -12,9 +12,12 @@ from tests.fake_stripe import FakeStripe, LocalStripe
 
 
 def test_missed_events_are_processed_exactly_once(
-    pro_alice: dict[str, Any], alice_org: Any, fake_stripe: FakeStripe, localstripe: LocalStripe,
+    pro_alice: dict[str, Any],
+    alice_org: Any,
+    fake_stripe: FakeStripe,
+    localstripe: LocalStripe,
     deliver_and_apply: Any,
-) -> None:  # fmt: skip
+) -> None:
     # given: the webhook was down while five events happened
     subscription_id, customer = pro_alice["subscription"], pro_alice["customer"]
     invoice = localstripe.get(f"/v1/subscriptions/{subscription_id}")["latest_invoice"]
@@ -45,9 +48,15 @@ def test_missed_events_are_processed_exactly_once(
     request = fake_stripe.requests_to("GET", "/v1/events")[0]
     assert request.params["delivery_success"] == "false"
     assert sorted(request.params["types"]) == sorted(
-        ["checkout.session.completed", "customer.subscription.created", "customer.subscription.updated",
-         "customer.subscription.deleted", "invoice.paid", "invoice.payment_failed"]
-    )  # fmt: skip
+        [
+            "checkout.session.completed",
+            "customer.subscription.created",
+            "customer.subscription.updated",
+            "customer.subscription.deleted",
+            "invoice.paid",
+            "invoice.payment_failed",
+        ]
+    )
     assert 30 * 86400 <= int(time.time()) - int(request.params["created"]["gte"]) <= 30 * 86400 + 60
 
     # when: it runs again
@@ -61,9 +70,11 @@ def test_missed_events_are_processed_exactly_once(
 def test_reconciliation_looks_back_30_days_at_most(
     pro_alice: dict[str, Any], fake_stripe: FakeStripe
 ) -> None:
-    old = fake_stripe.add_event("customer.subscription.updated",
-                                {"id": pro_alice["subscription"], "customer": pro_alice["customer"]},
-                                created=int(time.time()) - 31 * 86400)  # fmt: skip
+    old = fake_stripe.add_event(
+        "customer.subscription.updated",
+        {"id": pro_alice["subscription"], "customer": pro_alice["customer"]},
+        created=int(time.time()) - 31 * 86400,
+    )
 
     counts = reconcile_missed_events()
 
@@ -74,8 +85,9 @@ def test_reconciliation_looks_back_30_days_at_most(
 def test_an_event_that_failed_before_is_retried_by_reconciliation(
     pro_alice: dict[str, Any], alice_org: Any, fake_stripe: FakeStripe
 ) -> None:
-    event = fake_stripe.add_event("customer.subscription.updated",
-                                  {"id": pro_alice["subscription"], "customer": pro_alice["customer"]})  # fmt: skip
+    event = fake_stripe.add_event(
+        "customer.subscription.updated", {"id": pro_alice["subscription"], "customer": pro_alice["customer"]}
+    )
     StripeEvent.objects.create(
         event_id=event["id"], type=event["type"], created=event["created"], outcome="failed: x"
     )
@@ -89,7 +101,8 @@ def test_an_event_that_failed_before_is_retried_by_reconciliation(
 def test_the_reconcile_task_runs_it(pro_alice: dict[str, Any], fake_stripe: FakeStripe) -> None:
     from workers.tasks import reconcile_stripe_events
 
-    fake_stripe.add_event("customer.subscription.updated",
-                          {"id": pro_alice["subscription"], "customer": pro_alice["customer"]})  # fmt: skip
+    fake_stripe.add_event(
+        "customer.subscription.updated", {"id": pro_alice["subscription"], "customer": pro_alice["customer"]}
+    )
 
     assert reconcile_stripe_events() == {"listed": 1, "processed": 1, "failed": 0}

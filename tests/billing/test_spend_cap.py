@@ -47,8 +47,11 @@ def test_requests_in_flight_hold_their_share_of_the_cap(
 
     def ask() -> None:
         with httpx.Client(base_url=live_server.url, timeout=30) as client:
-            response = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                                   json={"model": "tiny-gpt2", "messages": MESSAGES, "max_tokens": 50})  # fmt: skip
+            response = client.post(
+                "/v1/chat/completions",
+                headers={"Authorization": f"Bearer {key}"},
+                json={"model": "tiny-gpt2", "messages": MESSAGES, "max_tokens": 50},
+            )
         with lock:
             results.append(response)
 
@@ -69,8 +72,11 @@ def test_requests_in_flight_hold_their_share_of_the_cap(
     assert sorted(admitted.values_list("reserved_cost", flat=True)) == [0, 0, 0]  # given back when they ended
     # and once they ended, their shares are free again
     with httpx.Client(base_url=live_server.url, timeout=30) as client:
-        again = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                            json={"model": "tiny-gpt2", "messages": MESSAGES, "max_tokens": 50})  # fmt: skip
+        again = client.post(
+            "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": "tiny-gpt2", "messages": MESSAGES, "max_tokens": 50},
+        )
     assert again.status_code == 504
 
 
@@ -82,8 +88,17 @@ def test_running_jobs_asking_together_never_get_more_than_is_left(
     UsageRecord.objects.create(
         organization=alice_org, model_name="x", unit="input_tokens", quantity=1, cost=1000
     )
-    jobs = [Job.objects.create(kind=JobKind.FINE_TUNE, organization=alice_org, project=alice_project,
-                               model_name="tiny-bert", status=JobStatus.RUNNING, attempt=1) for _ in range(8)]  # fmt: skip
+    jobs = [
+        Job.objects.create(
+            kind=JobKind.FINE_TUNE,
+            organization=alice_org,
+            project=alice_project,
+            model_name="tiny-bert",
+            status=JobStatus.RUNNING,
+            attempt=1,
+        )
+        for _ in range(8)
+    ]
     grants: list[int | None] = []
     start = threading.Barrier(len(jobs))
 
@@ -155,8 +170,14 @@ def test_a_share_taken_without_a_cap_still_counts_once_a_cap_is_set(
     from apps.billing.actions import set_spend_limits
 
     # given a batch running on the Pro plan with no spend limit: no cap at all
-    job = Job.objects.create(kind=JobKind.BATCH, organization=alice_org, project=alice_project,
-                             model_name="tiny-gpt2", status=JobStatus.RUNNING, attempt=1)  # fmt: skip
+    job = Job.objects.create(
+        kind=JobKind.BATCH,
+        organization=alice_org,
+        project=alice_project,
+        model_name="tiny-gpt2",
+        status=JobStatus.RUNNING,
+        attempt=1,
+    )
     share = admission.SpendShare(job)
     # when it asks for room for its next chunks, it gets it, and holds it
     assert share.allows(5000, ahead=3000)

@@ -22,13 +22,34 @@ def unix(moment: datetime) -> int:
     return int(moment.timestamp())
 
 
-def record(project: Project, at: datetime, unit: str, quantity: int, cost: int, *, model: str = "gpt-small",
-           api_key: ApiKey | None = None) -> UsageRecord:  # fmt: skip
+def record(
+    project: Project,
+    at: datetime,
+    unit: str,
+    quantity: int,
+    cost: int,
+    *,
+    model: str = "gpt-small",
+    api_key: ApiKey | None = None,
+) -> UsageRecord:
     """A usage record as a finished job leaves it, created at `at`."""
-    job = Job.objects.create(organization=project.organization, project=project, kind=JobKind.GENERATION,
-                             model_name=model, api_key=api_key)  # fmt: skip
-    usage = UsageRecord.objects.create(organization=project.organization, project=project, api_key=api_key, job=job,
-                                       model_name=model, unit=unit, quantity=quantity, cost=cost)  # fmt: skip
+    job = Job.objects.create(
+        organization=project.organization,
+        project=project,
+        kind=JobKind.GENERATION,
+        model_name=model,
+        api_key=api_key,
+    )
+    usage = UsageRecord.objects.create(
+        organization=project.organization,
+        project=project,
+        api_key=api_key,
+        job=job,
+        model_name=model,
+        unit=unit,
+        quantity=quantity,
+        cost=cost,
+    )
     UsageRecord.objects.filter(pk=usage.pk).update(created_at=at)  # created_at is auto_now_add
     return usage
 
@@ -71,13 +92,22 @@ def test_it_totals_each_day(api: Any, usage: dict[str, Any]) -> None:
     assert response.json() == {
         "object": "page",
         "data": [
-            {"object": "bucket", "start_time": unix(DAY1), "end_time": unix(DAY2),
-             "results": [result(1250, 3033)]},
-            {"object": "bucket", "start_time": unix(DAY2), "end_time": unix(DAY3), "results": [result(10, 7)]},
+            {
+                "object": "bucket",
+                "start_time": unix(DAY1),
+                "end_time": unix(DAY2),
+                "results": [result(1250, 3033)],
+            },
+            {
+                "object": "bucket",
+                "start_time": unix(DAY2),
+                "end_time": unix(DAY3),
+                "results": [result(10, 7)],
+            },
         ],
         "has_more": False,
         "next_page": None,
-    }  # fmt: skip
+    }
 
 
 def test_it_groups_by_project_and_unit(api: Any, usage: dict[str, Any]) -> None:
@@ -150,9 +180,13 @@ def test_costs_total_each_day(api: Any, usage: dict[str, Any]) -> None:
     body = response.json()
     assert (body["object"], body["has_more"], body["next_page"]) == ("page", False, None)
     assert body["data"][0]["results"] == [
-        {"object": "organization.costs.result", "amount": {"value": 0.003033, "value_micros": 3033, "currency": "usd"},
-         "line_item": None, "project_id": None},
-    ]  # fmt: skip
+        {
+            "object": "organization.costs.result",
+            "amount": {"value": 0.003033, "value_micros": 3033, "currency": "usd"},
+            "line_item": None,
+            "project_id": None,
+        },
+    ]
     assert body["data"][1]["results"][0]["amount"] == {
         "value": 0.000007,
         "value_micros": 7,
@@ -173,8 +207,9 @@ def test_costs_group_by_line_item_and_project(api: Any, usage: dict[str, Any]) -
 def test_costs_agree_with_usage_to_the_micro_dollar(api: Any, usage: dict[str, Any]) -> None:
     costs = [sum(r["amount"]["value_micros"] for r in b) for b in results(get(api, "/v1/usage/costs"))]
     used = [sum(r["cost"] for r in b) for b in results(get(api, group_by="project_id,api_key_id,model,unit"))]
-    records = UsageRecord.objects.filter(organization=usage["project"].organization, created_at__gte=DAY1,
-                                         created_at__lt=DAY3)  # fmt: skip
+    records = UsageRecord.objects.filter(
+        organization=usage["project"].organization, created_at__gte=DAY1, created_at__lt=DAY3
+    )
     assert costs == used == [3033, 7]
     assert sum(costs) == sum(r.cost for r in records)
 
@@ -187,31 +222,68 @@ MISSING = "Missing required parameter: 'start_time'."
     [
         ("/v1/usage", {"start_time": None}, "start_time", MISSING),
         ("/v1/usage/costs", {"start_time": None}, "start_time", MISSING),
-        ("/v1/usage", {"start_time": "yesterday"}, "start_time",
-         "start_time must be an integer: a Unix time in seconds, e.g. 1735689600."),
-        ("/v1/usage", {"start_time": "1.5"}, "start_time",
-         "start_time must be an integer: a Unix time in seconds, e.g. 1735689600."),
-        ("/v1/usage", {"end_time": "soon"}, "end_time",
-         "end_time must be an integer: a Unix time in seconds, e.g. 1735689600."),
-        ("/v1/usage", {"start_time": "-1"}, "start_time", "start_time must be between 0 and 32503680000 (Unix seconds)."),
-        ("/v1/usage", {"end_time": str(unix(DAY1) * 1000)}, "end_time",
-         "end_time must be between 0 and 32503680000 (Unix seconds)."),
+        (
+            "/v1/usage",
+            {"start_time": "yesterday"},
+            "start_time",
+            "start_time must be an integer: a Unix time in seconds, e.g. 1735689600.",
+        ),
+        (
+            "/v1/usage",
+            {"start_time": "1.5"},
+            "start_time",
+            "start_time must be an integer: a Unix time in seconds, e.g. 1735689600.",
+        ),
+        (
+            "/v1/usage",
+            {"end_time": "soon"},
+            "end_time",
+            "end_time must be an integer: a Unix time in seconds, e.g. 1735689600.",
+        ),
+        (
+            "/v1/usage",
+            {"start_time": "-1"},
+            "start_time",
+            "start_time must be between 0 and 32503680000 (Unix seconds).",
+        ),
+        (
+            "/v1/usage",
+            {"end_time": str(unix(DAY1) * 1000)},
+            "end_time",
+            "end_time must be between 0 and 32503680000 (Unix seconds).",
+        ),
         ("/v1/usage", {"end_time": unix(DAY1) - 1}, "end_time", "end_time must be after start_time."),
         ("/v1/usage/costs", {"end_time": unix(DAY1)}, "end_time", "end_time must be after start_time."),
-        ("/v1/usage", {"end_time": unix(DAY1 + timedelta(days=93, seconds=1))}, "end_time",
-         "The range from start_time to end_time is longer than 93 days. Ask for at most 93 days at a time."),
-        ("/v1/usage", {"group_by": "project_id,team"}, "group_by",
-         "Unknown group_by value 'team'. Group by any of: project_id, api_key_id, model, unit."),
-        ("/v1/usage/costs", {"group_by": "model"}, "group_by",
-         "Unknown group_by value 'model'. Group by any of: project_id, line_item."),
+        (
+            "/v1/usage",
+            {"end_time": unix(DAY1 + timedelta(days=93, seconds=1))},
+            "end_time",
+            "The range from start_time to end_time is longer than 93 days. Ask for at most 93 days at a time.",
+        ),
+        (
+            "/v1/usage",
+            {"group_by": "project_id,team"},
+            "group_by",
+            "Unknown group_by value 'team'. Group by any of: project_id, api_key_id, model, unit.",
+        ),
+        (
+            "/v1/usage/costs",
+            {"group_by": "model"},
+            "group_by",
+            "Unknown group_by value 'model'. Group by any of: project_id, line_item.",
+        ),
         ("/v1/usage", {"bucket_width": "1m"}, "bucket_width", "bucket_width must be '1d' or '1h'."),
         ("/v1/usage/costs", {"bucket_width": "1h"}, "bucket_width", "bucket_width must be '1d'."),
         ("/v1/usage", {"limit": "94"}, "limit", "limit must be an integer between 1 and 93."),
-        ("/v1/usage", {"page": "page_1"}, "page",
-         "page is not a cursor of this listing: pass the next_page of the previous response, "
-         "with the same start_time, end_time and bucket_width."),
+        (
+            "/v1/usage",
+            {"page": "page_1"},
+            "page",
+            "page is not a cursor of this listing: pass the next_page of the previous response, "
+            "with the same start_time, end_time and bucket_width.",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_parameters_are_refused(
     api: Any, path: str, params: dict[str, Any], param: str, message: str
 ) -> None:
@@ -240,8 +312,10 @@ def test_the_range_ends_now_by_default(api: Any, alice_project: Project) -> None
     future = api.get("/v1/usage", {"start_time": unix(now + timedelta(hours=1))})
     assert future.json()["error"] == {
         "message": "start_time must be in the past when end_time is omitted (end_time defaults to now).",
-        "type": "invalid_request_error", "param": "start_time", "code": None,
-    }  # fmt: skip
+        "type": "invalid_request_error",
+        "param": "start_time",
+        "code": None,
+    }
 
 
 def test_carol_sees_only_her_organization(
@@ -269,8 +343,15 @@ def test_the_number_of_queries_does_not_grow_with_usage(
 ) -> None:
     for hour in range(24):
         for model in ("a", "b", "c"):
-            record(usage["research"], DAY1 + timedelta(hours=hour), "input_tokens", 1, 1, model=model,
-                   api_key=usage["key_b"])  # fmt: skip
+            record(
+                usage["research"],
+                DAY1 + timedelta(hours=hour),
+                "input_tokens",
+                1,
+                1,
+                model=model,
+                api_key=usage["key_b"],
+            )
     get(api)  # the key's last_used_at is written at most once a minute; take that write out of the count
     with django_assert_max_num_queries(3):
         response = get(api, bucket_width="1h", group_by="project_id,api_key_id,model,unit", limit=48)

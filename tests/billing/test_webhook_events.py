@@ -43,8 +43,15 @@ def test_five_concurrent_deliveries_of_one_event_are_processed_once(
 ) -> None:
     # given: a subscription event, and the number of times Stripe was asked for the subscription
     subscription_id = pro_alice["subscription"]
-    event = fake_stripe.add_event("customer.subscription.updated", {"id": subscription_id, "object": "subscription",
-                                                                    "customer": pro_alice["customer"], "status": "active"})  # fmt: skip
+    event = fake_stripe.add_event(
+        "customer.subscription.updated",
+        {
+            "id": subscription_id,
+            "object": "subscription",
+            "customer": pro_alice["customer"],
+            "status": "active",
+        },
+    )
     path = f"/v1/subscriptions/{subscription_id}"
     fetches_before = len(fake_stripe.requests_to("GET", path))
     payload = event_json(event)
@@ -80,15 +87,23 @@ def test_five_concurrent_deliveries_of_one_event_are_processed_once(
 def test_a_hundred_distinct_events_are_all_processed(
     billing_worker: Worker, pro_alice: dict[str, Any], fake_stripe: FakeStripe, deliver: Any
 ) -> None:
-    events = [fake_stripe.add_event("customer.subscription.updated", {"id": pro_alice["subscription"],
-                                    "customer": pro_alice["customer"]}) for _ in range(100)]  # fmt: skip
+    events = [
+        fake_stripe.add_event(
+            "customer.subscription.updated",
+            {"id": pro_alice["subscription"], "customer": pro_alice["customer"]},
+        )
+        for _ in range(100)
+    ]
 
     responses = [deliver(event) for event in events]
 
     assert [(r.status_code, r.json()["outcome"]) for r in responses] == [(200, "queued")] * 100
     ids = [e["id"] for e in events]
-    wait_for(lambda: StripeEvent.objects.filter(event_id__in=ids, processed_at__isnull=False).count() == 100,
-             timeout=120, message="not all 100 events were processed")  # fmt: skip
+    wait_for(
+        lambda: StripeEvent.objects.filter(event_id__in=ids, processed_at__isnull=False).count() == 100,
+        timeout=120,
+        message="not all 100 events were processed",
+    )
 
 
 def test_out_of_order_events_end_in_stripes_current_state(
@@ -96,10 +111,16 @@ def test_out_of_order_events_end_in_stripes_current_state(
 ) -> None:
     subscription_id, customer = pro_alice["subscription"], pro_alice["customer"]
     now = int(time.time())
-    newer = fake_stripe.add_event("customer.subscription.updated",
-                                  {"id": subscription_id, "customer": customer, "status": "active"}, created=now)  # fmt: skip
-    older = fake_stripe.add_event("customer.subscription.updated",
-                                  {"id": subscription_id, "customer": customer, "status": "past_due"}, created=now - 60)  # fmt: skip
+    newer = fake_stripe.add_event(
+        "customer.subscription.updated",
+        {"id": subscription_id, "customer": customer, "status": "active"},
+        created=now,
+    )
+    older = fake_stripe.add_event(
+        "customer.subscription.updated",
+        {"id": subscription_id, "customer": customer, "status": "past_due"},
+        created=now - 60,
+    )
 
     assert deliver(newer).status_code == 200
     assert deliver(older).status_code == 200
@@ -111,9 +132,13 @@ def test_out_of_order_events_end_in_stripes_current_state(
 
 
 def test_a_late_update_does_not_undo_a_cancellation(
-    billing_worker: Worker, pro_alice: dict[str, Any], alice_org: Any, fake_stripe: FakeStripe,
-    localstripe: LocalStripe, deliver: Any,
-) -> None:  # fmt: skip
+    billing_worker: Worker,
+    pro_alice: dict[str, Any],
+    alice_org: Any,
+    fake_stripe: FakeStripe,
+    localstripe: LocalStripe,
+    deliver: Any,
+) -> None:
     # given: the subscription is cancelled in Stripe (the Portal), and its deleted event arrives
     subscription_id, customer = pro_alice["subscription"], pro_alice["customer"]
     localstripe.delete(f"/v1/subscriptions/{subscription_id}")
@@ -125,9 +150,11 @@ def test_a_late_update_does_not_undo_a_cancellation(
     assert (subscription_for(alice_org).plan.slug, subscription_for(alice_org).status) == ("free", "canceled")
 
     # when: an older "updated, active" event arrives after it
-    stale = fake_stripe.add_event("customer.subscription.updated",
-                                  {"id": subscription_id, "customer": customer, "status": "active"},
-                                  created=deleted["created"] - 30)  # fmt: skip
+    stale = fake_stripe.add_event(
+        "customer.subscription.updated",
+        {"id": subscription_id, "customer": customer, "status": "active"},
+        created=deleted["created"] - 30,
+    )
     assert deliver(stale).status_code == 200
     processed(stale["id"])
 
@@ -149,9 +176,13 @@ def test_apply_subscription_ignores_an_object_older_than_the_one_applied(
 
 
 def test_invoice_paid_before_invoice_created_is_recorded(
-    billing_worker: Worker, pro_alice: dict[str, Any], alice_org: Any, fake_stripe: FakeStripe,
-    localstripe: LocalStripe, deliver: Any,
-) -> None:  # fmt: skip
+    billing_worker: Worker,
+    pro_alice: dict[str, Any],
+    alice_org: Any,
+    fake_stripe: FakeStripe,
+    localstripe: LocalStripe,
+    deliver: Any,
+) -> None:
     invoice = localstripe.get(f"/v1/subscriptions/{pro_alice['subscription']}")["latest_invoice"]
 
     paid_event = fake_stripe.add_event("invoice.paid", {"id": invoice, "object": "invoice"})
@@ -166,9 +197,15 @@ def test_invoice_paid_before_invoice_created_is_recorded(
 
 
 def test_a_failed_payment_starts_a_grace_period_then_paid_work_stops_but_data_stays_readable(
-    billing_worker: Worker, pro_alice: dict[str, Any], alice_org: Any, alice_client: Any, api: Any,
-    fake_stripe: FakeStripe, localstripe: LocalStripe, deliver: Any,
-) -> None:  # fmt: skip
+    billing_worker: Worker,
+    pro_alice: dict[str, Any],
+    alice_org: Any,
+    alice_client: Any,
+    api: Any,
+    fake_stripe: FakeStripe,
+    localstripe: LocalStripe,
+    deliver: Any,
+) -> None:
     # given: the renewal fails and Stripe says so
     invoice = renewal_fails(localstripe, pro_alice)
     failed = fake_stripe.add_event("invoice.payment_failed", {"id": invoice["id"], "object": "invoice"})
@@ -211,9 +248,13 @@ def test_a_failed_payment_starts_a_grace_period_then_paid_work_stops_but_data_st
 
 
 def test_a_late_payment_failed_event_for_a_paid_invoice_changes_nothing(
-    billing_worker: Worker, pro_alice: dict[str, Any], alice_org: Any, fake_stripe: FakeStripe,
-    localstripe: LocalStripe, deliver: Any,
-) -> None:  # fmt: skip
+    billing_worker: Worker,
+    pro_alice: dict[str, Any],
+    alice_org: Any,
+    fake_stripe: FakeStripe,
+    localstripe: LocalStripe,
+    deliver: Any,
+) -> None:
     invoice = localstripe.get(f"/v1/subscriptions/{pro_alice['subscription']}")["latest_invoice"]
     event = fake_stripe.add_event("invoice.payment_failed", {"id": invoice, "object": "invoice"})
 
@@ -225,9 +266,13 @@ def test_a_late_payment_failed_event_for_a_paid_invoice_changes_nothing(
 
 
 def test_repeated_failures_do_not_extend_the_grace_period(
-    billing_worker: Worker, pro_alice: dict[str, Any], alice_org: Any, fake_stripe: FakeStripe,
-    localstripe: LocalStripe, deliver: Any,
-) -> None:  # fmt: skip
+    billing_worker: Worker,
+    pro_alice: dict[str, Any],
+    alice_org: Any,
+    fake_stripe: FakeStripe,
+    localstripe: LocalStripe,
+    deliver: Any,
+) -> None:
     invoice = renewal_fails(localstripe, pro_alice)
     first_event = fake_stripe.add_event("invoice.payment_failed", {"id": invoice["id"]})
     deliver(first_event)
@@ -254,9 +299,14 @@ DROP FUNCTION IF EXISTS test_refuse_stripe_event();
 
 
 def test_a_recording_error_answers_500_stores_nothing_and_a_redelivery_is_processed_once(
-    billing_worker: Worker, pro_alice: dict[str, Any], alice_org: Any, fake_stripe: FakeStripe,
-    localstripe: LocalStripe, deliver: Any, caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+    billing_worker: Worker,
+    pro_alice: dict[str, Any],
+    alice_org: Any,
+    fake_stripe: FakeStripe,
+    localstripe: LocalStripe,
+    deliver: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # given: the renewal fails, and the database refuses to store the event (a fault in PostgreSQL,
     # not in our code: recording is all the webhook does now)
     invoice = renewal_fails(localstripe, pro_alice)
@@ -302,25 +352,37 @@ def test_a_stripe_outage_keeps_the_error_retries_with_backoff_and_applies_once(
     subscription_id = pro_alice["subscription"]
     path = f"/v1/subscriptions/{subscription_id}"
     fake_stripe.fail(500, path_prefix=path)
-    event = fake_stripe.add_event("customer.subscription.updated",
-                                  {"id": subscription_id, "customer": pro_alice["customer"], "status": "active"})  # fmt: skip
+    event = fake_stripe.add_event(
+        "customer.subscription.updated",
+        {"id": subscription_id, "customer": pro_alice["customer"], "status": "active"},
+    )
 
     # when: the event arrives
     response = deliver(event)
 
     # then: the webhook answers at once; the worker's failure is kept on the event ...
     assert response.status_code == 200 and response.json()["outcome"] == "queued"
-    row = wait_for(lambda: StripeEvent.objects.filter(event_id=event["id"], error__contains="BillingUnavailable").first(),
-                   timeout=30, message="the failure was not recorded")  # fmt: skip
+    row = wait_for(
+        lambda: StripeEvent.objects.filter(
+            event_id=event["id"], error__contains="BillingUnavailable"
+        ).first(),
+        timeout=30,
+        message="the failure was not recorded",
+    )
     assert row.processed_at is None
     assert row.outcome == (
         "failed: Billing is temporarily unavailable: we could not reach our payment provider. "
         "Nothing was changed or charged. Please try again in a few minutes."
     )
     # ... and the task is retried later, not dropped
-    wait_for(lambda: "billing.process_stripe_event" in billing_worker.log.read_text(errors="replace")
-             and "Retry in" in billing_worker.log.read_text(errors="replace"), timeout=30,
-             message="the task was not retried")  # fmt: skip
+    wait_for(
+        lambda: (
+            "billing.process_stripe_event" in billing_worker.log.read_text(errors="replace")
+            and "Retry in" in billing_worker.log.read_text(errors="replace")
+        ),
+        timeout=30,
+        message="the task was not retried",
+    )
 
     # when: Stripe recovers
     fake_stripe.recover()
@@ -333,20 +395,28 @@ def test_a_stripe_outage_keeps_the_error_retries_with_backoff_and_applies_once(
 
 
 def test_an_error_in_the_task_is_kept_and_the_reaper_sends_it_again_once_fixed(
-    billing_worker: Worker, pro_alice: dict[str, Any], alice_org: Any, fake_stripe: FakeStripe, deliver: Any,
+    billing_worker: Worker,
+    pro_alice: dict[str, Any],
+    alice_org: Any,
+    fake_stripe: FakeStripe,
+    deliver: Any,
     settings: Any,
-) -> None:  # fmt: skip
+) -> None:
     # given: staff renamed the Pro price in admin, so no plan has the subscription's price
     Plan.objects.filter(slug="pro").update(stripe_price_id="price_renamed")
-    event = fake_stripe.add_event("customer.subscription.updated", {"id": pro_alice["subscription"],
-                                                                    "customer": pro_alice["customer"]})  # fmt: skip
+    event = fake_stripe.add_event(
+        "customer.subscription.updated", {"id": pro_alice["subscription"], "customer": pro_alice["customer"]}
+    )
 
     # when
     assert deliver(event).status_code == 200
 
     # then: the worker's error is kept, nothing applied
-    row = wait_for(lambda: StripeEvent.objects.filter(event_id=event["id"], error__contains="ValueError").first(),
-                   timeout=30, message="the failure was not recorded")  # fmt: skip
+    row = wait_for(
+        lambda: StripeEvent.objects.filter(event_id=event["id"], error__contains="ValueError").first(),
+        timeout=30,
+        message="the failure was not recorded",
+    )
     assert row.processed_at is None
     assert (
         row.outcome
@@ -367,11 +437,17 @@ def test_an_error_in_the_task_is_kept_and_the_reaper_sends_it_again_once_fixed(
 
 
 def test_an_event_recorded_while_the_broker_is_down_is_sent_again_by_the_reaper(
-    billing_worker: Worker, pro_alice: dict[str, Any], alice_org: Any, fake_stripe: FakeStripe, deliver: Any,
-    settings: Any, _test_redis: Any,
-) -> None:  # fmt: skip
-    event = fake_stripe.add_event("customer.subscription.updated", {"id": pro_alice["subscription"],
-                                                                    "customer": pro_alice["customer"]})  # fmt: skip
+    billing_worker: Worker,
+    pro_alice: dict[str, Any],
+    alice_org: Any,
+    fake_stripe: FakeStripe,
+    deliver: Any,
+    settings: Any,
+    _test_redis: Any,
+) -> None:
+    event = fake_stripe.add_event(
+        "customer.subscription.updated", {"id": pro_alice["subscription"], "customer": pro_alice["customer"]}
+    )
 
     # when: Stripe delivers while the broker is unreachable
     with use_broker(f"redis://127.0.0.1:{free_port()}/0"):  # nothing listens there
@@ -397,8 +473,11 @@ def test_an_unpinned_api_version_is_logged_and_still_processed(
     deliver_and_apply: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    event = fake_stripe.add_event("customer.subscription.updated", {"id": pro_alice["subscription"],
-                                  "customer": pro_alice["customer"]}, api_version="2024-06-20")  # fmt: skip
+    event = fake_stripe.add_event(
+        "customer.subscription.updated",
+        {"id": pro_alice["subscription"], "customer": pro_alice["customer"]},
+        api_version="2024-06-20",
+    )
 
     response = deliver_and_apply(event)
 
@@ -430,9 +509,14 @@ def test_localstripe_delivers_signed_events_to_the_live_server(
     # given: the organization has a customer, and localstripe knows our endpoint
     customer = localstripe.post("/v1/customers", {"email": "alice@example.com"})["id"]
     Subscription.objects.filter(pk=subscription_for(alice_org).pk).update(stripe_customer_id=customer)
-    localstripe.post("/_config/webhooks/modelworks", {"url": f"{live_server.url}/billing/stripe/webhook",
-                                                      "secret": WEBHOOK_SECRET,
-                                                      "events[]": "customer.subscription.created"})  # fmt: skip
+    localstripe.post(
+        "/_config/webhooks/modelworks",
+        {
+            "url": f"{live_server.url}/billing/stripe/webhook",
+            "secret": WEBHOOK_SECRET,
+            "events[]": "customer.subscription.created",
+        },
+    )
     localstripe.attach_card(customer)
 
     try:
@@ -447,5 +531,11 @@ def test_localstripe_delivers_signed_events_to_the_live_server(
         assert row.processed_at is not None and row.outcome == f"{created['id']}: pro (active)"
     finally:
         # localstripe cannot forget an endpoint: make it deliver nothing to later tests.
-        localstripe.post("/_config/webhooks/modelworks", {"url": f"{live_server.url}/billing/stripe/webhook",
-                                                          "secret": WEBHOOK_SECRET, "events[]": "none"})  # fmt: skip
+        localstripe.post(
+            "/_config/webhooks/modelworks",
+            {
+                "url": f"{live_server.url}/billing/stripe/webhook",
+                "secret": WEBHOOK_SECRET,
+                "events[]": "none",
+            },
+        )

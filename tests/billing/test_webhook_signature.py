@@ -20,8 +20,15 @@ URL = "/billing/stripe/webhook"
 
 def event_body(**extra: Any) -> bytes:
     """An event of a type we do not handle: a valid one is stored and ignored, with no Stripe call."""
-    event = {"id": "evt_signature_test", "object": "event", "api_version": API_VERSION, "created": int(time.time()),
-             "type": "customer.created", "data": {"object": {"id": "cus_x", "object": "customer"}}, **extra}  # fmt: skip
+    event = {
+        "id": "evt_signature_test",
+        "object": "event",
+        "api_version": API_VERSION,
+        "created": int(time.time()),
+        "type": "customer.created",
+        "data": {"object": {"id": "cus_x", "object": "customer"}},
+        **extra,
+    }
     return json.dumps(event, indent=2).encode()
 
 

@@ -70,10 +70,20 @@ class RedisServer:
 
     def start(self) -> None:
         cmd = [
-            redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.directory),
-            "--logfile", str(self.directory / "redis.log"),
-        ]  # fmt: skip
+            redis_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--dir",
+            str(self.directory),
+            "--logfile",
+            str(self.directory / "redis.log"),
+        ]
         self.process = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL)
         wait_for(self.answers, timeout=15, message=f"redis on {self.port} did not start")
 
@@ -210,8 +220,13 @@ def start_worker() -> Iterator[Callable[..., Worker]]:
     """Starts a worker with extra environment; every one is killed at teardown."""
     started: list[Worker] = []
 
-    def start(extra: dict[str, str] | None = None, *, concurrency: int = 1, queues: str = "gpu,serve,default",
-              env: dict[str, str] | None = None) -> Worker:  # fmt: skip
+    def start(
+        extra: dict[str, str] | None = None,
+        *,
+        concurrency: int = 1,
+        queues: str = "gpu,serve,default",
+        env: dict[str, str] | None = None,
+    ) -> Worker:
         log = ROOT / "var" / "test-logs" / f"chaos-worker-{os.getpid()}-{time.monotonic_ns()}.log"
         env = env or worker_env({**WORKER_ENV, **(extra or {})})
         worker = Worker(queues=queues, concurrency=concurrency, env=env, log=log)
@@ -266,8 +281,11 @@ def upload(api: Any, data: bytes) -> str:
 
 def fine_tune_body(file_id: str, epochs: int) -> dict[str, Any]:
     hp = {**SLOW_HP, "n_epochs": epochs}
-    return {"model": "tiny-bert", "training_file": file_id,
-            "method": {"type": "classification", "classification": {"hyperparameters": hp}}}  # fmt: skip
+    return {
+        "model": "tiny-bert",
+        "training_file": file_id,
+        "method": {"type": "classification", "classification": {"hyperparameters": hp}},
+    }
 
 
 def submit_fine_tune(api: Any, *, rows: int = 60, epochs: int = 3, file_id: str | None = None) -> str:
@@ -412,8 +430,16 @@ class PrivatePostgres:
 
     def _run(self, exe: str, *args: str, timeout: float = 120) -> None:
         with (self.root / "ctl.log").open("ab") as out:
-            subprocess.run([str(self.bin / exe), *args], user=self.user, cwd=self.root, stdout=out,
-                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=True, timeout=timeout)  # fmt: skip
+            subprocess.run(
+                [str(self.bin / exe), *args],
+                user=self.user,
+                cwd=self.root,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                check=True,
+                timeout=timeout,
+            )
 
     def start(self) -> None:
         options = f"-h '' -k {self.root} -p {self.port} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
@@ -433,8 +459,14 @@ class PrivatePostgres:
     def connect(self, database: str = "postgres") -> Any:
         import psycopg
 
-        return psycopg.connect(host=str(self.root), port=self.port, user="postgres", dbname=database,
-                               autocommit=True, connect_timeout=3)  # fmt: skip
+        return psycopg.connect(
+            host=str(self.root),
+            port=self.port,
+            user="postgres",
+            dbname=database,
+            autocommit=True,
+            connect_timeout=3,
+        )
 
     def create_database(self, name: str) -> None:
         with self.connect() as conn:
@@ -462,9 +494,13 @@ def django_env(database_url: str, redis_url: str, extra: dict[str, str] | None =
     env = dict(os.environ)
     env.update(SCALED_ENV)
     env.update(
-        DATABASE_URL=database_url, REDIS_URL=redis_url, MEDIA_ROOT=str(settings.MEDIA_ROOT),
-        MODEL_CACHE_DIR=str(settings.MODEL_CACHE_DIR), PYTHONUNBUFFERED="1", DJANGO_SETTINGS_MODULE="saas.settings",
-    )  # fmt: skip
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        MEDIA_ROOT=str(settings.MEDIA_ROOT),
+        MODEL_CACHE_DIR=str(settings.MODEL_CACHE_DIR),
+        PYTHONUNBUFFERED="1",
+        DJANGO_SETTINGS_MODULE="saas.settings",
+    )
     env.pop("CELERY_BROKER_URL", None)
     env.pop("CELERY_RESULT_BACKEND", None)
     env.update(extra or {})
@@ -495,8 +531,9 @@ class Process:
         self.log = ROOT / "var" / "test-logs" / f"{name}-{time.monotonic_ns()}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._out = self.log.open("wb")
-        self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._out, stderr=subprocess.STDOUT,
-                                        start_new_session=True)  # fmt: skip
+        self.process = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:

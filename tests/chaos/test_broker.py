@@ -76,8 +76,11 @@ def test_t12b_queued_jobs_survive_a_clean_redis_restart_and_run_exactly_once(
         assert queue_depth(broker) == count
         worker = start_worker({"REDIS_URL": persistent_redis.url()})
         # no reaper here: every job runs from the message the broker kept
-        wait_for(lambda: Job.objects.filter(status=JobStatus.SUCCEEDED).count() == count, timeout=120,
-                 message="not every queued job ran")  # fmt: skip
+        wait_for(
+            lambda: Job.objects.filter(status=JobStatus.SUCCEEDED).count() == count,
+            timeout=120,
+            message="not every queued job ran",
+        )
     done = Job.objects.filter(pk__in=[j.pk for j in jobs])
     assert sorted(done.values_list("attempt", flat=True)) == [1] * count
     assert received(worker, "jobs.run_inference") == count
@@ -98,10 +101,19 @@ def test_t12c_an_idle_worker_consumes_again_soon_after_redis_restarts(
         back = time.monotonic()
         job = classify_job(alice_project, tiny_classifier, "is anyone listening?")
         # our own publish may meet a stale connection once: the job waits in PostgreSQL, so retry
-        wait_for(lambda: queue_depth(private_redis.client()) > 0 or job_row(job.public_id).status != "queued"
-                 or publish(job_row(job.public_id)), timeout=10)  # fmt: skip
-        wait_for(lambda: job_row(job.public_id).status == JobStatus.SUCCEEDED, timeout=15,
-                 message="the worker did not consume within 15 s of Redis returning")  # fmt: skip
+        wait_for(
+            lambda: (
+                queue_depth(private_redis.client()) > 0
+                or job_row(job.public_id).status != "queued"
+                or publish(job_row(job.public_id))
+            ),
+            timeout=10,
+        )
+        wait_for(
+            lambda: job_row(job.public_id).status == JobStatus.SUCCEEDED,
+            timeout=15,
+            message="the worker did not consume within 15 s of Redis returning",
+        )
         took = time.monotonic() - back
     assert took <= 15
     print(f"T12c: task consumed and done {took:.1f}s after Redis returned")

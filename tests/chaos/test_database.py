@@ -70,8 +70,11 @@ class Stack:
             return list(conn.execute(sql, params).fetchall())
 
     def job(self, job_id: str) -> dict[str, Any]:
-        rows = self.query("SELECT id, status, attempt, error, checkpoint_ref, trained_tokens, heartbeat_at "
-                          "FROM jobs_job WHERE public_id = %s", job_id)  # fmt: skip
+        rows = self.query(
+            "SELECT id, status, attempt, error, checkpoint_ref, trained_tokens, heartbeat_at "
+            "FROM jobs_job WHERE public_id = %s",
+            job_id,
+        )
         keys = ("id", "status", "attempt", "error", "checkpoint_ref", "trained_tokens", "heartbeat_at")
         return dict(zip(keys, rows[0], strict=True))
 
@@ -84,18 +87,25 @@ class Stack:
     def usage(self, job_id: str) -> list[Any]:
         """(unit, total quantity) of the job's usage: work is billed as it is done, in several records
         (the ledger invariants check they follow on from each other)."""
-        return self.query("SELECT u.unit, SUM(u.quantity) FROM billing_usagerecord u JOIN jobs_job j ON j.id = u.job_id "
-                          "WHERE j.public_id = %s GROUP BY u.unit", job_id)  # fmt: skip
+        return self.query(
+            "SELECT u.unit, SUM(u.quantity) FROM billing_usagerecord u JOIN jobs_job j ON j.id = u.job_id "
+            "WHERE j.public_id = %s GROUP BY u.unit",
+            job_id,
+        )
 
     def events(self, job_id: str) -> list[str]:
-        rows = self.query("SELECT e.message FROM jobs_jobevent e JOIN jobs_job j ON j.id = e.job_id "
-                          "WHERE j.public_id = %s ORDER BY e.id", job_id)  # fmt: skip
+        rows = self.query(
+            "SELECT e.message FROM jobs_jobevent e JOIN jobs_job j ON j.id = e.job_id "
+            "WHERE j.public_id = %s ORDER BY e.id",
+            job_id,
+        )
         return [r[0] for r in rows]
 
 
 def _manage(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=600)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -112,8 +122,26 @@ def private_stack(private_pg: PrivatePostgres, tiny_bert_dir: Path, tmp_path_fac
         [sys.executable, "-c", SEED, str(tiny_bert_dir)], cwd=ROOT, env=env, check=True, timeout=120
     )
     port = free_port()
-    web = Process([sys.executable, "-m", "gunicorn", "saas.wsgi:application", "-b", f"127.0.0.1:{port}",
-                   "-k", "gthread", "-w", "2", "--threads", "4", "--timeout", "30"], env, "gunicorn")  # fmt: skip
+    web = Process(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "saas.wsgi:application",
+            "-b",
+            f"127.0.0.1:{port}",
+            "-k",
+            "gthread",
+            "-w",
+            "2",
+            "--threads",
+            "4",
+            "--timeout",
+            "30",
+        ],
+        env,
+        "gunicorn",
+    )
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -157,8 +185,9 @@ def stack_worker(private_stack: Stack) -> Iterator[Any]:
 
 def submit(stack: Stack, *, rows: int = 40, epochs: int = 8) -> str:
     with stack.client() as client:
-        uploaded = client.post("/v1/files", files={"file": ("train.csv", sentiment_csv(rows))},
-                               data={"purpose": "fine-tune"})  # fmt: skip
+        uploaded = client.post(
+            "/v1/files", files={"file": ("train.csv", sentiment_csv(rows))}, data={"purpose": "fine-tune"}
+        )
         assert uploaded.status_code == 200, uploaded.text
         file_id = uploaded.json()["id"]
         wait_for(lambda: client.get(f"/v1/files/{file_id}").json()["status"] == "processed", timeout=60)
@@ -249,8 +278,13 @@ def test_t13b_an_outage_shorter_than_the_self_fence_does_not_stop_the_job(
         time.sleep(3)
     back = datetime.now(UTC)
     # the heartbeat comes back (a broken connection is replaced), long before the self-fence
-    recovered = wait_job(private_stack, job_id, lambda j: is_finished(j) or j["heartbeat_at"] > back, timeout=5,
-                         message="the heartbeat did not recover after PostgreSQL returned")  # fmt: skip
+    recovered = wait_job(
+        private_stack,
+        job_id,
+        lambda j: is_finished(j) or j["heartbeat_at"] > back,
+        timeout=5,
+        message="the heartbeat did not recover after PostgreSQL returned",
+    )
     assert recovered["heartbeat_at"] > back, "the heartbeat never recovered after PostgreSQL returned"
     job = wait_job(private_stack, job_id, is_finished, timeout=120)
     assert job["status"] == "succeeded", job["error"]
@@ -272,8 +306,14 @@ def test_t13c_an_outage_longer_than_the_self_fence_reruns_the_job_from_its_check
     with outage(private_stack):
         # the heartbeat thread gives the attempt up after the self-fence (or a write at the end of
         # training fails first and the attempt ends as a transient failure)
-        wait_for(lambda: "abandoning attempt" in (log := worker.log.read_text(errors="replace"))
-                 or "transient failure" in log, timeout=30, message="the worker did not give the attempt up")  # fmt: skip
+        wait_for(
+            lambda: (
+                "abandoning attempt" in (log := worker.log.read_text(errors="replace"))
+                or "transient failure" in log
+            ),
+            timeout=30,
+            message="the worker did not give the attempt up",
+        )
         time.sleep(2)
     back = time.monotonic()
     job = wait_job(private_stack, job_id, is_finished, timeout=150)

@@ -83,8 +83,11 @@ def test_t3_without_reject_on_worker_lost_the_broker_loses_the_job_but_the_reape
     # Celery acks the message of a lost child when reject_on_worker_lost is off: it is gone (M2).
     broker = broker_client()
     wait_for(lambda: "WorkerLostError" in worker.log.read_text(errors="replace"), timeout=10)
-    wait_for(lambda: queue_depth(broker) == 0 and unacked_count(broker) == 0, timeout=5,
-             message="the message was not acked")  # fmt: skip
+    wait_for(
+        lambda: queue_depth(broker) == 0 and unacked_count(broker) == 0,
+        timeout=5,
+        message="the message was not acked",
+    )
     time.sleep(1.5)
     assert received(worker) == 1, "the broker redelivered the message"
     assert job_row(job_id).status == JobStatus.RUNNING and job_row(job_id).attempt == 1
@@ -109,8 +112,9 @@ def test_t5_a_job_longer_than_the_visibility_timeout_runs_once(
     job_id = submit_fine_tune(api, rows=120, epochs=12)  # 6-30 s, idle or busy machine
     job = reap_until(lambda: finished(job_id), timeout=150)
     # Celery alone would have run the job again (M4); here every later delivery acks and exits.
-    wait_for(lambda: received(first) + received(second) == len(task_runs(first) + task_runs(second)),
-             timeout=10)  # fmt: skip
+    wait_for(
+        lambda: received(first) + received(second) == len(task_runs(first) + task_runs(second)), timeout=10
+    )
     runs = sorted(task_runs(first) + task_runs(second))
     assert len(runs) >= 2, f"the broker never redelivered the message: {runs}"
     assert all(seconds < 1.0 for seconds in runs[:-1]), runs
@@ -244,12 +248,24 @@ def test_t7_sigquit_restores_the_message_and_the_new_worker_resumes_at_once(
 def snapshot(job_id: str) -> dict[str, Any]:
     job = job_row(job_id)
     return {
-        "row": {f: getattr(job, f) for f in ("status", "attempt", "progress", "checkpoint_ref", "heartbeat_at",
-                                              "result", "error", "trained_tokens", "fine_tuned_model_id")},
+        "row": {
+            f: getattr(job, f)
+            for f in (
+                "status",
+                "attempt",
+                "progress",
+                "checkpoint_ref",
+                "heartbeat_at",
+                "result",
+                "error",
+                "trained_tokens",
+                "fine_tuned_model_id",
+            )
+        },
         "checkpoints": list(job.checkpoints.order_by("step").values_list("step", "artifact_key", "metrics")),
         "events": job.events.count(),
         "usage": list(job.usage.values_list("unit", "quantity", "cost")),
-    }  # fmt: skip
+    }
 
 
 def test_t8_a_zombie_worker_changes_nothing_when_it_wakes_up(

@@ -82,13 +82,27 @@ def test_t14_after_a_duplicate_a_zombie_a_killed_child_and_a_lost_job_each_unit_
 
 def test_the_ledger_queries_catch_double_billing_and_billed_lost_jobs(alice_project: Any) -> None:
     def job(status: str, error: dict[str, Any] | None = None) -> Job:
-        return Job.objects.create(kind=JobKind.FINE_TUNE, organization=alice_project.organization,
-                                  project=alice_project, model_name="tiny-bert", status=status, error=error,
-                                  trained_tokens=100, max_attempts=settings.JOB_MAX_ATTEMPTS)  # fmt: skip
+        return Job.objects.create(
+            kind=JobKind.FINE_TUNE,
+            organization=alice_project.organization,
+            project=alice_project,
+            model_name="tiny-bert",
+            status=status,
+            error=error,
+            trained_tokens=100,
+            max_attempts=settings.JOB_MAX_ATTEMPTS,
+        )
 
     def record(job: Job, start: int, quantity: int) -> None:
-        UsageRecord.objects.create(organization=job.organization, job=job, model_name="tiny-bert",
-                                   unit="trained_tokens", start=start, quantity=quantity, cost=quantity)  # fmt: skip
+        UsageRecord.objects.create(
+            organization=job.organization,
+            job=job,
+            model_name="tiny-bert",
+            unit="trained_tokens",
+            start=start,
+            quantity=quantity,
+            cost=quantity,
+        )
         Job.objects.filter(pk=job.pk).update(billed_cost=F("billed_cost") + quantity)
 
     assert ledger_violations(django_execute) == {}
@@ -109,8 +123,10 @@ def test_the_ledger_queries_catch_double_billing_and_billed_lost_jobs(alice_proj
         "a failed worker_lost or time_limit job billed beyond its last checkpoint",
     }
     assert {row[0] for row in found["a succeeded fine-tune billed for other tokens than it trained"]} == {
-        unbilled.public_id, short.public_id, twice.public_id,
-    }  # fmt: skip
+        unbilled.public_id,
+        short.public_id,
+        twice.public_id,
+    }
     assert [
         row[0] for row in found["a failed worker_lost or time_limit job billed beyond its last checkpoint"]
     ] == [lost.public_id]

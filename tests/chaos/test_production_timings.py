@@ -43,10 +43,23 @@ class Beat:
     def __init__(self, env: dict[str, str], directory: Path) -> None:
         self.log = ROOT / "var" / "test-logs" / f"beat-{time.monotonic_ns()}.log"
         self._out = self.log.open("wb")
-        cmd = [sys.executable, "-m", "celery", "-A", "saas", "beat", "-l", "info",
-               "-s", str(directory / "schedule"), "--pidfile", str(directory / "beat.pid")]  # fmt: skip
-        self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._out, stderr=subprocess.STDOUT,
-                                        start_new_session=True)  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "saas",
+            "beat",
+            "-l",
+            "info",
+            "-s",
+            str(directory / "schedule"),
+            "--pidfile",
+            str(directory / "beat.pid"),
+        ]
+        self.process = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -66,8 +66,10 @@ def test_t9d_under_cpu_load_the_reaper_takes_no_healthy_job(
             return all(finished(job_id) for job_id in job_ids)
 
         wait_for(all_finished, timeout=300, interval=1.0, message="the jobs did not finish under load")
-    print(f"T9d: reaper counts {dict(reaped)}; oldest heartbeat seen {oldest_heartbeat:.1f}s; "
-          f"longest time between reaper runs {longest_gap:.1f}s")  # fmt: skip
+    print(
+        f"T9d: reaper counts {dict(reaped)}; oldest heartbeat seen {oldest_heartbeat:.1f}s; "
+        f"longest time between reaper runs {longest_gap:.1f}s"
+    )
     lost = list(
         JobEvent.objects.filter(message__startswith="Worker lost").values_list("job__public_id", "message")
     )
@@ -88,8 +90,11 @@ def test_t9e_after_the_machine_was_frozen_the_reaper_takes_no_healthy_job(
     try:
         file_id = upload(api, sentiment_csv(60))
         job_ids = [submit_fine_tune(api, epochs=30, file_id=file_id) for _ in range(2)]
-        wait_for(lambda: all(job_row(job_id).checkpoints.exists() for job_id in job_ids), timeout=120,
-                 message="the jobs did not reach a checkpoint")  # fmt: skip
+        wait_for(
+            lambda: all(job_row(job_id).checkpoints.exists() for job_id in job_ids),
+            timeout=120,
+            message="the jobs did not reach a checkpoint",
+        )
         for group in (worker.process.pid, reaper.process.pid):
             os.killpg(group, signal.SIGSTOP)
         time.sleep(settings.JOB_STALE_SECONDS + 2)

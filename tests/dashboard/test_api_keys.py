@@ -147,8 +147,9 @@ def test_keys_pages_are_404_for_outsiders(
 
 # --- Expiry (T27) ---------------------------------------------------------------------------------
 def create_expiring_key(client: Any, project: Any, expires: str) -> tuple[Any, str]:
-    response = client.post(f"/projects/{project.public_id}/api-keys/", {"name": "ci", "expires": expires},
-                           follow=True)  # fmt: skip
+    response = client.post(
+        f"/projects/{project.public_id}/api-keys/", {"name": "ci", "expires": expires}, follow=True
+    )
     match = re.search(r'id="new-key-value">(sk-mw-[A-Za-z0-9]+)<', response.content.decode())
     assert match is not None
     return response, match.group(1)
@@ -195,7 +196,8 @@ def test_an_expired_key_is_refused_with_401(alice_client: Any, alice_project: An
 
 
 def test_an_unknown_expiry_creates_no_key(alice_client: Any, alice_project: Any) -> None:
-    response = alice_client.post(f"/projects/{alice_project.public_id}/api-keys/", {"name": "ci", "expires": "7"},
-                                 follow=True)  # fmt: skip
+    response = alice_client.post(
+        f"/projects/{alice_project.public_id}/api-keys/", {"name": "ci", "expires": "7"}, follow=True
+    )
     assert "Choose when the key expires: never, in 30 days or in 90 days." in response.content.decode()
     assert not ApiKey.objects.filter(project=alice_project).exists()

@@ -37,9 +37,13 @@ def processed_file(project: Any, filename: str, data: bytes, purpose: str = "fin
 
 def classifier_row(organization: Any) -> Model:
     """alice's classifier as a row only, for tests that never reach a worker."""
-    return Model.objects.create(name="ft:tiny-bert:acme:tickets:ftjob-1", organization=organization,
-                                task="classification", labels=["billing", "bug", "praise"],
-                                limits={"servable": True})  # fmt: skip
+    return Model.objects.create(
+        name="ft:tiny-bert:acme:tickets:ftjob-1",
+        organization=organization,
+        task="classification",
+        labels=["billing", "bug", "praise"],
+        limits={"servable": True},
+    )
 
 
 def start(client: Any, project: Any, model: str, file: File | str) -> Any:
@@ -57,8 +61,13 @@ def download(response: Any) -> bytes:
     return b"".join(response.streaming_content)
 
 
-def batch_with_results(project: Any, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]],
-                       errors: list[dict[str, Any]], status: str = JobStatus.SUCCEEDED) -> Job:  # fmt: skip
+def batch_with_results(
+    project: Any,
+    inputs: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+    errors: list[dict[str, Any]],
+    status: str = JobStatus.SUCCEEDED,
+) -> Job:
     """A finished batch job with its files, as the worker leaves them."""
 
     def jsonl(rows: list[dict[str, Any]]) -> bytes:
@@ -75,11 +84,16 @@ def batch_with_results(project: Any, inputs: list[dict[str, Any]], outputs: list
             project, "err.jsonl", "batch_output", jsonl(errors)
         ).public_id
     return Job.objects.create(
-        kind="batch", organization=project.organization, project=project, model_name="tiny-gpt2",
-        status=status, request={"endpoint": "/v1/chat/completions", "input_file_id": source.public_id},
-        training_file=source, result=result,
+        kind="batch",
+        organization=project.organization,
+        project=project,
+        model_name="tiny-gpt2",
+        status=status,
+        request={"endpoint": "/v1/chat/completions", "input_file_id": source.public_id},
+        training_file=source,
+        result=result,
         progress={"total": len(inputs), "completed": len(outputs), "failed": len(errors)},
-    )  # fmt: skip
+    )
 
 
 def chat_request(custom_id: str, content: str) -> dict[str, Any]:
@@ -124,8 +138,12 @@ def test_run_on_a_csv_builds_a_batch_that_completes_with_csv_and_jsonl_results(
     assert batch_file.purpose == "batch" and batch_file.format == "batch_jsonl"
     assert batch_file.validation["rows"] == 4
     assert batch_file.validation["stats"]["endpoints"] == {"/v1/classifications": 4}
-    assert lines(batch_file)[1] == {"custom_id": "row-2", "method": "POST", "url": "/v1/classifications",
-                                    "body": {"model": tiny_classifier.name, "input": "=SUM(A1)"}}  # fmt: skip
+    assert lines(batch_file)[1] == {
+        "custom_id": "row-2",
+        "method": "POST",
+        "url": "/v1/classifications",
+        "body": {"model": tiny_classifier.name, "input": "=SUM(A1)"},
+    }
     assert job.metadata == {"model": tiny_classifier.name, "source_file_id": dataset.public_id}
     wait_for(lambda: Job.objects.get(pk=job.pk).status == JobStatus.SUCCEEDED, timeout=60)
     page = alice_client.get(url(alice_project, f"{job.public_id}/")).content.decode()
@@ -166,8 +184,12 @@ def test_a_generation_model_gets_one_chat_request_a_row(
         assert start(alice_client, alice_project, "tiny-gpt2", dataset).status_code == 302
     requests = lines(Job.objects.get().training_file)
     assert len(requests) == 4
-    assert requests[2] == {"custom_id": "row-3", "method": "POST", "url": "/v1/chat/completions", "body": {
-        "model": "tiny-gpt2", "messages": [{"role": "user", "content": "app crashes, every time"}]}}  # fmt: skip
+    assert requests[2] == {
+        "custom_id": "row-3",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "tiny-gpt2", "messages": [{"role": "user", "content": "app crashes, every time"}]},
+    }
 
 
 def test_a_batch_file_runs_as_it_is(
@@ -188,9 +210,15 @@ def test_a_batch_file_runs_as_it_is(
 def test_run_on_a_file_explains_refusals(alice_client: Any, alice_org: Any, alice_project: Any) -> None:
     classifier = classifier_row(alice_org)
     dataset = processed_file(alice_project, "tickets.csv", TICKETS.encode())
-    huge = File.objects.create(project=alice_project, filename="huge.csv", purpose="fine-tune", status="processed",
-                               format="classification_csv", validation={"valid": True, "rows": 50_001},
-                               content="files/test/huge.csv")  # fmt: skip
+    huge = File.objects.create(
+        project=alice_project,
+        filename="huge.csv",
+        purpose="fine-tune",
+        status="processed",
+        format="classification_csv",
+        validation={"valid": True, "rows": 50_001},
+        content="files/test/huge.csv",
+    )
     cases = [
         ("", dataset.public_id, "Choose a model to run on this file."),
         (classifier.name, "file-nope", "Choose a processed file of this project."),
@@ -208,8 +236,13 @@ def test_run_on_a_file_explains_refusals(alice_client: Any, alice_org: Any, alic
 def test_the_list_shows_each_batch_with_its_status_and_progress(
     alice_client: Any, alice_project: Any
 ) -> None:
-    job = batch_with_results(alice_project, [chat_request("a", "hi"), chat_request("b", "yo")],
-                             [chat_output("a", "hello")], [], status=JobStatus.RUNNING)  # fmt: skip
+    job = batch_with_results(
+        alice_project,
+        [chat_request("a", "hi"), chat_request("b", "yo")],
+        [chat_output("a", "hello")],
+        [],
+        status=JobStatus.RUNNING,
+    )
     page = alice_client.get(url(alice_project)).content.decode()
     assert job.public_id in page
     assert '<span class="badge in_progress">In progress</span>' in page
@@ -230,8 +263,13 @@ def test_the_csv_pairs_results_with_inputs_and_neutralises_formulas(
         chat_request("d", "x"),
     ]
     outputs = [chat_output("a", "+2"), chat_output("c", "-\tsure")]
-    job = batch_with_results(alice_project, inputs, outputs, [chat_error("b", "temperature must be a number")],
-                             status=JobStatus.CANCELLED)  # fmt: skip
+    job = batch_with_results(
+        alice_project,
+        inputs,
+        outputs,
+        [chat_error("b", "temperature must be a number")],
+        status=JobStatus.CANCELLED,
+    )
     response = alice_client.get(url(alice_project, f"{job.public_id}/results.csv"))
     rows = list(csv.reader(io.StringIO(download(response).decode())))
     assert rows == [
@@ -295,8 +333,12 @@ def test_outsiders_get_404_for_every_batches_page_and_action(
 ) -> None:
     classifier = classifier_row(alice_org)
     dataset = processed_file(alice_project, "tickets.csv", TICKETS.encode())
-    job = batch_with_results(alice_project, [chat_request("a", "hi"), chat_request("b", "yo")],
-                             [chat_output("a", "hello")], [chat_error("b", "no")])  # fmt: skip
+    job = batch_with_results(
+        alice_project,
+        [chat_request("a", "hi"), chat_request("b", "yo")],
+        [chat_output("a", "hello")],
+        [chat_error("b", "no")],
+    )
     batch = f"{job.public_id}/"
     for path in (
         "",
@@ -330,9 +372,16 @@ def test_chat_and_prompt_files_become_the_conversation_before_the_reply(
     alice_client: Any, alice_org: Any, alice_project: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
     Model.objects.create(name="tiny-gpt2", task="generation", limits={"servable": True})
-    chat_rows = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
-                               {"role": "assistant", "content": "hello", "weight": 1}]},
-                 {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}]  # fmt: skip
+    chat_rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello", "weight": 1},
+            ]
+        },
+        {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
+    ]
     chats = processed_file(
         alice_project, "chat.jsonl", "".join(json.dumps(r) + "\n" for r in chat_rows).encode()
     )

@@ -31,13 +31,37 @@ STRIPE_FORMS = STRICT.replace(
 )
 # Dashboard routes that answer no page of their own: actions that redirect, downloads and JSON.
 NOT_PAGES = {
-    "switch_organization", "member_role", "member_remove", "invitation_resend", "invitation_revoke", "project_rename",
-    "api_key_revoke", "file_upload", "file_content", "file_delete", "job_metrics", "job_cancel",
-    "model_download", "model_delete", "playground_chat", "batch_cancel", "batch_output",
-    "batch_errors", "batch_results_csv", "usage_daily", "usage_export", "resend_verification", "use_sample",
-    "dismiss_checklist", "billing_checkout", "billing_portal", "billing_return", "billing_limits",
-    "billing_openai_key", "billing_openai_key_remove",
-}  # fmt: skip
+    "switch_organization",
+    "member_role",
+    "member_remove",
+    "invitation_resend",
+    "invitation_revoke",
+    "project_rename",
+    "api_key_revoke",
+    "file_upload",
+    "file_content",
+    "file_delete",
+    "job_metrics",
+    "job_cancel",
+    "model_download",
+    "model_delete",
+    "playground_chat",
+    "batch_cancel",
+    "batch_output",
+    "batch_errors",
+    "batch_results_csv",
+    "usage_daily",
+    "usage_export",
+    "resend_verification",
+    "use_sample",
+    "dismiss_checklist",
+    "billing_checkout",
+    "billing_portal",
+    "billing_return",
+    "billing_limits",
+    "billing_openai_key",
+    "billing_openai_key_remove",
+}
 LABELLED_CSV = b"text,label\nrefund please,billing\nthe app crashes,bug\nlove it,praise\nso slow,bug\n"
 
 
@@ -90,16 +114,30 @@ def busy_project(alice: Any, bob: Any, alice_project: Any) -> dict[str, Any]:
     """alice's project with something on every page: a labelled file, a running and a finished
     fine-tune, a model, a running batch, spend this month, a teammate, an invitation and a key."""
     file = processed_file(alice_project, "tickets.csv", LABELLED_CSV)
-    running = make_job(alice_project, JobStatus.RUNNING, training_file=file, started_at=timezone.now(),
-                       progress={"step": 3, "total_steps": 8, "epoch": 1, "percent": 37.5, "eta_seconds": 20})  # fmt: skip
+    running = make_job(
+        alice_project,
+        JobStatus.RUNNING,
+        training_file=file,
+        started_at=timezone.now(),
+        progress={"step": 3, "total_steps": 8, "epoch": 1, "percent": 37.5, "eta_seconds": 20},
+    )
     JobEvent.objects.create(job=running, type="metrics", message="", data={"step": 1, "train_loss": 0.9})
     finished = make_job(alice_project, JobStatus.SUCCEEDED, training_file=file, result={"metrics": METRICS})
     model = make_model(alice_project)
-    batch = batch_with_results(alice_project, [chat_request("a", "hi"), chat_request("b", "yo")],
-                               [chat_output("a", "hello")], [], status=JobStatus.RUNNING)  # fmt: skip
+    batch = batch_with_results(
+        alice_project,
+        [chat_request("a", "hi"), chat_request("b", "yo")],
+        [chat_output("a", "hello")],
+        [],
+        status=JobStatus.RUNNING,
+    )
     record(alice_project, timezone.now() - timedelta(minutes=1), "trained_tokens", 1000, 4_500_000)
-    Invitation.objects.create(organization=alice_project.organization, email="dave@example.com",
-                              invited_by=alice, token_hash=Invitation.hash_token("dave-token"))  # fmt: skip
+    Invitation.objects.create(
+        organization=alice_project.organization,
+        email="dave@example.com",
+        invited_by=alice,
+        token_hash=Invitation.hash_token("dave-token"),
+    )
     create_api_key(alice_project, "ci", alice)
     return {"file": file, "running": running, "finished": finished, "model": model, "batch": batch}
 
@@ -111,19 +149,43 @@ def test_every_page_has_the_policy_and_no_inline_code(
     base = f"/projects/{alice_project.public_id}"
     file, model = busy_project["file"], busy_project["model"]
     running, finished, batch = busy_project["running"], busy_project["finished"], busy_project["batch"]
-    anonymous = ["/", "/accounts/login/", "/accounts/signup/", "/accounts/password/reset/",
-                 "/invitations/dave-token/"]  # fmt: skip
+    anonymous = [
+        "/",
+        "/accounts/login/",
+        "/accounts/signup/",
+        "/accounts/password/reset/",
+        "/invitations/dave-token/",
+    ]
     pages = [
-        "/", "/organizations/new", "/team/", "/invitations/dave-token/", "/projects/", f"{base}/",
-        f"{base}/delete", f"{base}/api-keys/", f"{base}/files/", f"{base}/files/{file.public_id}/",
-        f"{base}/files/{file.public_id}/?line=2", f"{base}/files/{file.public_id}/status",
-        f"{base}/fine-tuning/", f"{base}/fine-tuning/new", f"{base}/fine-tuning/{running.public_id}/",
-        f"{base}/fine-tuning/{running.public_id}/status", f"{base}/fine-tuning/{finished.public_id}/",
-        f"{base}/models/", f"{base}/models/{model.name}/", f"{base}/models/minilm-l6/",
-        f"{base}/playground/", f"{base}/batches/", f"{base}/batches/{batch.public_id}/",
-        f"{base}/batches/{batch.public_id}/status", "/usage/", "/accounts/email/",
-        "/accounts/password/change/", "/organization/",
-    ]  # fmt: skip
+        "/",
+        "/organizations/new",
+        "/team/",
+        "/invitations/dave-token/",
+        "/projects/",
+        f"{base}/",
+        f"{base}/delete",
+        f"{base}/api-keys/",
+        f"{base}/files/",
+        f"{base}/files/{file.public_id}/",
+        f"{base}/files/{file.public_id}/?line=2",
+        f"{base}/files/{file.public_id}/status",
+        f"{base}/fine-tuning/",
+        f"{base}/fine-tuning/new",
+        f"{base}/fine-tuning/{running.public_id}/",
+        f"{base}/fine-tuning/{running.public_id}/status",
+        f"{base}/fine-tuning/{finished.public_id}/",
+        f"{base}/models/",
+        f"{base}/models/{model.name}/",
+        f"{base}/models/minilm-l6/",
+        f"{base}/playground/",
+        f"{base}/batches/",
+        f"{base}/batches/{batch.public_id}/",
+        f"{base}/batches/{batch.public_id}/status",
+        "/usage/",
+        "/accounts/email/",
+        "/accounts/password/change/",
+        "/organization/",
+    ]
     found: dict[str, list[str]] = {}
     visited: set[str] = set()
 
@@ -181,8 +243,13 @@ def test_the_admin_pages_have_the_policy_and_no_inline_code(client: Client, alic
     assert problems(client.get("/admin/login/")) == []
     admin = User.objects.create_superuser("root@example.com", "a-long-admin-password")
     login(client, admin)
-    for path in ["/admin/", "/admin/accounts/user/", f"/admin/accounts/user/{admin.pk}/change/",
-                 "/admin/jobs/job/", f"/admin/projects/project/{alice_project.pk}/change/"]:  # fmt: skip
+    for path in [
+        "/admin/",
+        "/admin/accounts/user/",
+        f"/admin/accounts/user/{admin.pk}/change/",
+        "/admin/jobs/job/",
+        f"/admin/projects/project/{alice_project.pk}/change/",
+    ]:
         response = client.get(path)
         assert response.status_code == 200, path
         assert problems(response) == [], path

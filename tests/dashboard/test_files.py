@@ -363,9 +363,13 @@ def test_a_file_an_unfinished_job_reads_is_not_deleted(
 ) -> None:
     file = validated(alice_client, alice_project)
     job = Job.objects.create(
-        kind=JobKind.FINE_TUNE, project=alice_project, organization=alice_project.organization,
-        model_name="tiny-bert", status=JobStatus.PAUSED, training_file=file,
-    )  # fmt: skip
+        kind=JobKind.FINE_TUNE,
+        project=alice_project,
+        organization=alice_project.organization,
+        model_name="tiny-bert",
+        status=JobStatus.PAUSED,
+        training_file=file,
+    )
     url = f"/projects/{alice_project.public_id}/files/{file.public_id}/"
 
     with django_capture_on_commit_callbacks(execute=True):

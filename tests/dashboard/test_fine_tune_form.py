@@ -96,9 +96,17 @@ def test_a_wrong_form_shows_every_error_at_once_beside_its_field(
 ) -> None:
     # given a form wrong in nine places
     wrong = form(
-        train_file, training_file="", model="", n_epochs="0", batch_size="1000", warmup_ratio="0.9",
-        learning_rate_multiplier="-1", suffix="no spaces", seed="-1", max_cost="lots",
-    )  # fmt: skip
+        train_file,
+        training_file="",
+        model="",
+        n_epochs="0",
+        batch_size="1000",
+        warmup_ratio="0.9",
+        learning_rate_multiplier="-1",
+        suffix="no spaces",
+        seed="-1",
+        max_cost="lots",
+    )
 
     # when
     response = alice_client.post(new_url(alice_project), wrong)
@@ -197,9 +205,10 @@ def test_a_base_that_cannot_learn_the_file_is_told_which_base_fits(
 # --- Too little data: asked first -------------------------------------------------------------------
 def test_a_tiny_dataset_is_started_only_once_confirmed(alice_client: Any, alice_project: Any) -> None:
     tiny = make_file(
-        alice_project, "six.csv",
+        alice_project,
+        "six.csv",
         validation={"valid": True, "rows": 6, "stats": {"tokens": {"mean": 8}, "labels": {"a": 3, "b": 3}}},
-    )  # fmt: skip
+    )
     reason = (
         "six.csv has only 6 examples: a model learns little from fewer than 10, and its scores would rest on "
         "1 example held out. Add examples (dozens per label help), or start anyway."

@@ -129,10 +129,15 @@ def test_the_form_explains_every_hyperparameter(
 ) -> None:
     page = alice_client.get(f"/projects/{alice_project.public_id}/fine-tuning/new").content.decode()
     for name, initial in [
-        ("n_epochs", ""), ("batch_size", ""), ("learning_rate_multiplier", ""),
-        ("warmup_ratio", "0.1"), ("weight_decay", "0.01"), ("max_seq_length", "128"),
-        ("early_stopping_patience", "3"), ("seed", ""),
-    ]:  # fmt: skip
+        ("n_epochs", ""),
+        ("batch_size", ""),
+        ("learning_rate_multiplier", ""),
+        ("warmup_ratio", "0.1"),
+        ("weight_decay", "0.01"),
+        ("max_seq_length", "128"),
+        ("early_stopping_patience", "3"),
+        ("seed", ""),
+    ]:
         assert re.search(rf'type="number" id="id_{name}" name="{name}" value="{re.escape(initial)}"', page), (
             name
         )
@@ -207,8 +212,9 @@ def test_a_max_cost_too_large_for_micro_dollars_is_refused_not_a_500(
     # 1e999999 dollars is a finite Decimal whose micro-dollars overflow Decimal's exponent
     message = "Max cost must be at most $9,223,372,036,854.78."
     for path in ("estimate", "new"):
-        response = alice_client.post(f"/projects/{alice_project.public_id}/fine-tuning/{path}",
-                                     form(train_file, max_cost="1e999999"))  # fmt: skip
+        response = alice_client.post(
+            f"/projects/{alice_project.public_id}/fine-tuning/{path}", form(train_file, max_cost="1e999999")
+        )
         assert response.status_code == 200, path
         assert field_error(response.content.decode(), "max_cost") == message
     assert not Job.objects.exists()
@@ -216,15 +222,23 @@ def test_a_max_cost_too_large_for_micro_dollars_is_refused_not_a_500(
 
 # --- Starting a job -------------------------------------------------------------------------------
 def test_start_creates_one_job_exactly_as_the_api_does(
-    alice_client: Any, api: Any, alice: Any, alice_project: Any, train_file: File,
+    alice_client: Any,
+    api: Any,
+    alice: Any,
+    alice_project: Any,
+    train_file: File,
     django_capture_on_commit_callbacks: Any,
-) -> None:  # fmt: skip
+) -> None:
     # given the same choices made in the form and in an API call
     choices = form(train_file, suffix="Sentiment", n_epochs="2", learning_rate_multiplier="0.5", seed="7")
     hyperparameters = {
-        "n_epochs": 2, "learning_rate_multiplier": 0.5, "warmup_ratio": 0.1, "weight_decay": 0.01,
-        "max_seq_length": 128, "early_stopping_patience": 3,
-    }  # fmt: skip
+        "n_epochs": 2,
+        "learning_rate_multiplier": 0.5,
+        "warmup_ratio": 0.1,
+        "weight_decay": 0.01,
+        "max_seq_length": 128,
+        "early_stopping_patience": 3,
+    }
     body = {
         "model": "minilm-l6",
         "training_file": train_file.public_id,
@@ -253,9 +267,21 @@ def test_start_creates_one_job_exactly_as_the_api_does(
     assert dashboard_job.hyperparameters["learning_rate"] == pytest.approx(2.5e-5)
     assert dashboard_job.hyperparameters["batch_size"] == 8  # auto, resolved from 80 rows
     for name in (
-        "kind", "status", "model_id", "model_name", "request", "training_file_id", "validation_file_id",
-        "hyperparameters", "seed", "metadata", "max_cost", "estimated_cost", "project_id", "organization_id",
-    ):  # fmt: skip
+        "kind",
+        "status",
+        "model_id",
+        "model_name",
+        "request",
+        "training_file_id",
+        "validation_file_id",
+        "hyperparameters",
+        "seed",
+        "metadata",
+        "max_cost",
+        "estimated_cost",
+        "project_id",
+        "organization_id",
+    ):
         assert getattr(dashboard_job, name) == getattr(api_job, name), name
     assert dashboard_job.events.get().message == "Created fine-tuning job."
 
@@ -388,9 +414,14 @@ def test_the_metrics_json_returns_points_in_step_order(
     assert body["status"] == "queued" and body["is_finished"] is False
     assert [point["step"] for point in body["data"]] == [5, 10, 20]
     assert body["data"][1] == {
-        "step": 10, "total_steps": 30, "epoch": 1, "train_loss": 0.7, "valid_loss": 0.65, "accuracy": 0.75,
+        "step": 10,
+        "total_steps": 30,
+        "epoch": 1,
+        "train_loss": 0.7,
+        "valid_loss": 0.65,
+        "accuracy": 0.75,
         "f1_macro": 0.74,
-    }  # fmt: skip
+    }
     assert body["data"][2]["train_loss"] == 0.55
 
 
@@ -435,10 +466,14 @@ def test_a_succeeded_job_shows_its_metrics_confusion_matrix_and_per_class_table(
         result={"metrics": METRICS, "labels": ["negative", "positive"], "steps": 90},
     )
     model = Model.objects.create(
-        name=f"ft:minilm-l6:acme::{job.public_id}", organization=alice_project.organization,
-        project=alice_project, task="classification", base=Model.objects.get(name="minilm-l6"),
-        labels=["negative", "positive"], metrics=METRICS,
-    )  # fmt: skip
+        name=f"ft:minilm-l6:acme::{job.public_id}",
+        organization=alice_project.organization,
+        project=alice_project,
+        task="classification",
+        base=Model.objects.get(name="minilm-l6"),
+        labels=["negative", "positive"],
+        metrics=METRICS,
+    )
     Job.objects.filter(pk=job.pk).update(fine_tuned_model=model)
 
     page = alice_client.get(pages(alice_project, job)["detail"]).content.decode()
@@ -514,28 +549,61 @@ def test_usd_shows_micro_dollars_as_dollars() -> None:
 
 # --- Distillation ---------------------------------------------------------------------------------
 DISTILLATION = {
-    "teacher": "ft:tiny-bert:acme:tickets:ftjob-1", "held_out_texts": 20, "agreement": 0.95,
-    "teacher_accuracy": 0.9, "student_accuracy": 0.85, "texts_with_labels": 20,
-    "teacher_texts_per_second": 12.5, "student_texts_per_second": 410.0, "teacher_cost_per_1000_texts": 9000,
-    "student_cost_per_1000_texts": 2100, "labelled_texts": 196, "unparseable_answers": 4, "teacher_cost": 1764,
+    "teacher": "ft:tiny-bert:acme:tickets:ftjob-1",
+    "held_out_texts": 20,
+    "agreement": 0.95,
+    "teacher_accuracy": 0.9,
+    "student_accuracy": 0.85,
+    "texts_with_labels": 20,
+    "teacher_texts_per_second": 12.5,
+    "student_texts_per_second": 410.0,
+    "teacher_cost_per_1000_texts": 9000,
+    "student_cost_per_1000_texts": 2100,
+    "labelled_texts": 196,
+    "unparseable_answers": 4,
+    "teacher_cost": 1764,
     "currency": "usd_micros",
-}  # fmt: skip
+}
 
 
 def test_a_distillation_started_here_is_the_jobs_api_distillation(
-    alice_client: Any, api: Any, alice_project: Any, tiny_classifier: Model, carol_project: Any,
-) -> None:  # fmt: skip
+    alice_client: Any,
+    api: Any,
+    alice_project: Any,
+    tiny_classifier: Model,
+    carol_project: Any,
+) -> None:
     texts = make_file(alice_project, "texts.csv", format="text_csv")
-    Model.objects.create(name="ft:tiny-bert:other:x:ftjob-2", organization=carol_project.organization, task="classification",
-                         labels=["a", "b"], limits={"servable": True})  # fmt: skip
+    Model.objects.create(
+        name="ft:tiny-bert:other:x:ftjob-2",
+        organization=carol_project.organization,
+        task="classification",
+        labels=["a", "b"],
+        limits={"servable": True},
+    )
     use_plan(alice_project.organization, "pro")
     new = f"/projects/{alice_project.public_id}/fine-tuning/new"
 
     page = alice_client.get(new).content.decode()
     response = alice_client.post(new, form(texts, teacher=tiny_classifier.name, temperature="3", seed="7"))
-    body = {"model": "minilm-l6", "training_file": texts.public_id, "seed": 7, "method": {"type": "distillation",
-            "distillation": {"teacher": tiny_classifier.name, "temperature": 3, "hyperparameters": {
-                "warmup_ratio": 0.1, "weight_decay": 0.01, "max_seq_length": 128, "early_stopping_patience": 3}}}}  # fmt: skip
+    body = {
+        "model": "minilm-l6",
+        "training_file": texts.public_id,
+        "seed": 7,
+        "method": {
+            "type": "distillation",
+            "distillation": {
+                "teacher": tiny_classifier.name,
+                "temperature": 3,
+                "hyperparameters": {
+                    "warmup_ratio": 0.1,
+                    "weight_decay": 0.01,
+                    "max_seq_length": 128,
+                    "early_stopping_patience": 3,
+                },
+            },
+        },
+    }
     api_job = Job.objects.get(public_id=api.post("/v1/fine_tuning/jobs", body, format="json").json()["id"])
 
     assert f'<option value="{tiny_classifier.name}" >' in page  # alice's classifier can teach
@@ -567,14 +635,23 @@ def test_a_teachers_error_is_shown_next_to_its_field(
 def test_a_finished_distillation_compares_teacher_and_student_and_links_its_files(
     alice_client: Any, alice_project: Any
 ) -> None:
-    files = [make_file(alice_project, name, purpose="fine-tune-results", bytes=120)
-             for name in ("job_results.csv", "job_teacher_labels.csv")]  # fmt: skip
+    files = [
+        make_file(alice_project, name, purpose="fine-tune-results", bytes=120)
+        for name in ("job_results.csv", "job_teacher_labels.csv")
+    ]
     job = make_job(
-        alice_project, JobStatus.SUCCEEDED, finished_at=timezone.now(),
-        result={"metrics": METRICS, "labels": ["negative", "positive"], "steps": 90, "distillation": DISTILLATION},
+        alice_project,
+        JobStatus.SUCCEEDED,
+        finished_at=timezone.now(),
+        result={
+            "metrics": METRICS,
+            "labels": ["negative", "positive"],
+            "steps": 90,
+            "distillation": DISTILLATION,
+        },
         result_files=[f.public_id for f in files] + ["file-deleted"],
         request={"method": {"type": "distillation", "distillation": {"teacher": DISTILLATION["teacher"]}}},
-    )  # fmt: skip
+    )
 
     page = alice_client.get(pages(alice_project, job)["detail"]).content.decode()
 

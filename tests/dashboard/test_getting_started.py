@@ -57,8 +57,14 @@ def is_done(page: str, name: str) -> bool:
 
 
 def inference(project: Any, kind: str = JobKind.CLASSIFICATION, **fields: Any) -> Job:
-    return Job.objects.create(kind=kind, status=JobStatus.SUCCEEDED, project=project,
-                              organization=project.organization, model_name="minilm-l6", **fields)  # fmt: skip
+    return Job.objects.create(
+        kind=kind,
+        status=JobStatus.SUCCEEDED,
+        project=project,
+        organization=project.organization,
+        model_name="minilm-l6",
+        **fields,
+    )
 
 
 # --- The checklist ------------------------------------------------------------------------------------
@@ -98,8 +104,11 @@ def test_the_sample_dataset_is_uploaded_and_validated_like_any_upload(
     assert response.redirect_chain == [(f"/projects/{alice_project.public_id}/files/{file.public_id}/", 302)]
     assert "Added the sample dataset “support_tickets.csv”. Validating it now." in response.content.decode()
     assert (file.filename, file.purpose, file.status, file.created_by) == (
-        "support_tickets.csv", "fine-tune", FileStatus.UPLOADED, alice,
-    )  # fmt: skip
+        "support_tickets.csv",
+        "fine-tune",
+        FileStatus.UPLOADED,
+        alice,
+    )
     assert file.content.read() == SAMPLE_PATH.read_bytes()
     assert len(queued) == 1
     assert "support_tickets.csv</a> is being validated." in step(
@@ -241,14 +250,23 @@ def test_the_counters_count_what_their_pages_list(
     make_file(alice_project, "batch_output.jsonl", purpose="batch_output")
     model = make_model(alice_project)
     job = Job.objects.get(fine_tuned_model=model)
-    checkpoint = Checkpoint.objects.create(job=job, step=10, artifact_key="checkpoints/x",
-                                           fine_tuned_model_checkpoint=f"{model.name}:ckpt-step-10")  # fmt: skip
+    checkpoint = Checkpoint.objects.create(
+        job=job,
+        step=10,
+        artifact_key="checkpoints/x",
+        fine_tuned_model_checkpoint=f"{model.name}:ckpt-step-10",
+    )
     register_checkpoint_model(job, checkpoint)
     make_job(alice_project, JobStatus.RUNNING)
     for _ in range(3):
         inference(alice_project)
-    Job.objects.create(kind=JobKind.BATCH, status=JobStatus.SUCCEEDED, project=alice_project,
-                       organization=alice_project.organization, model_name="minilm-l6")  # fmt: skip
+    Job.objects.create(
+        kind=JobKind.BATCH,
+        status=JobStatus.SUCCEEDED,
+        project=alice_project,
+        organization=alice_project.organization,
+        model_name="minilm-l6",
+    )
     create_api_key(alice_project, "ci", alice)
 
     # when
@@ -292,9 +310,14 @@ def test_the_models_list_shows_final_models_and_the_model_page_its_checkpoints_a
     pid = alice_project.public_id
     model = make_model(alice_project)
     job = Job.objects.get(fine_tuned_model=model)
-    checkpoint = Checkpoint.objects.create(job=job, step=40, epoch=2, metrics={"valid_loss": 0.321, "accuracy": 0.875},
-                                           artifact_key="checkpoints/x",
-                                           fine_tuned_model_checkpoint=f"{model.name}:ckpt-step-40")  # fmt: skip
+    checkpoint = Checkpoint.objects.create(
+        job=job,
+        step=40,
+        epoch=2,
+        metrics={"valid_loss": 0.321, "accuracy": 0.875},
+        artifact_key="checkpoints/x",
+        fine_tuned_model_checkpoint=f"{model.name}:ckpt-step-40",
+    )
     kept = register_checkpoint_model(job, checkpoint)
     assert kept is not None
     results = make_file(

@@ -34,9 +34,11 @@ def test_a_succeeded_job_shows_its_last_step_of_total_and_100_percent(
     alice_client: Any, alice_project: Any
 ) -> None:
     job = make_job(
-        alice_project, JobStatus.SUCCEEDED, finished_at=timezone.now(),
+        alice_project,
+        JobStatus.SUCCEEDED,
+        finished_at=timezone.now(),
         progress={"step": 90, "total_steps": 90, "epoch": 10, "percent": 100.0, "eta_seconds": 0},
-    )  # fmt: skip
+    )
 
     page = alice_client.get(pages(alice_project, job)["detail"]).content.decode()
 
@@ -48,10 +50,16 @@ def test_a_job_that_stopped_early_says_so_beside_its_100_percent(
     alice_client: Any, alice_project: Any
 ) -> None:
     job = make_job(
-        alice_project, JobStatus.SUCCEEDED, finished_at=timezone.now(),
+        alice_project,
+        JobStatus.SUCCEEDED,
+        finished_at=timezone.now(),
         progress={"step": 54, "total_steps": 90, "epoch": 6, "percent": 100.0, "eta_seconds": 0},
-        result={"metrics": {**METRICS, "early_stopped": True}, "labels": ["negative", "positive"], "steps": 54},
-    )  # fmt: skip
+        result={
+            "metrics": {**METRICS, "early_stopped": True},
+            "labels": ["negative", "positive"],
+            "steps": 54,
+        },
+    )
 
     page = alice_client.get(pages(alice_project, job)["detail"]).content.decode()
 
@@ -63,9 +71,10 @@ def test_a_job_that_stopped_early_says_so_beside_its_100_percent(
 def test_the_time_left_is_never_negative_nor_absurd(alice_client: Any, alice_project: Any) -> None:
     def shown(eta: Any) -> str:
         job = make_job(
-            alice_project, JobStatus.RUNNING,
+            alice_project,
+            JobStatus.RUNNING,
             progress={"step": 30, "total_steps": 90, "epoch": 4, "percent": 33.3, "eta_seconds": eta},
-        )  # fmt: skip
+        )
         return progress_text(alice_client.get(pages(alice_project, job)["detail"]).content.decode())
 
     assert shown(200) == "Step 30 of 90 · epoch 4 · 33.3% · about 3 min 20 s left"
@@ -183,9 +192,17 @@ def test_scores_on_a_handful_of_validation_rows_are_flagged_too_few_to_trust(
 ) -> None:
     def note(rows: int | None, **result: Any) -> str:
         job = make_job(
-            alice_project, JobStatus.SUCCEEDED, finished_at=timezone.now(),
-            result={"metrics": METRICS, "labels": ["negative", "positive"], "steps": 9, "validation_examples": rows, **result},
-        )  # fmt: skip
+            alice_project,
+            JobStatus.SUCCEEDED,
+            finished_at=timezone.now(),
+            result={
+                "metrics": METRICS,
+                "labels": ["negative", "positive"],
+                "steps": 9,
+                "validation_examples": rows,
+                **result,
+            },
+        )
         page = alice_client.get(pages(alice_project, job)["detail"]).content.decode()
         found = re.search(r'id="too-few-to-trust" role="note">([^<]*)<', page)
         return html.unescape(found.group(1)) if found else ""

@@ -16,9 +16,13 @@ def make_model(project: Any, suffix: str = "sentiment", **fields: Any) -> Model:
     base = Model.objects.get(name="minilm-l6")
     org = project.organization
     job = Job.objects.create(
-        kind=JobKind.FINE_TUNE, organization=org, project=project, model=base, model_name=base.name,
+        kind=JobKind.FINE_TUNE,
+        organization=org,
+        project=project,
+        model=base,
+        model_name=base.name,
         status=JobStatus.SUCCEEDED,
-    )  # fmt: skip
+    )
     values: dict[str, Any] = {
         "task": "classification",
         "labels": ["negative", "positive"],
@@ -49,9 +53,12 @@ def url(project: Any, model: Model | str = "", action: str = "") -> str:
 
 
 def test_the_models_page_lists_own_fine_tuned_models_and_the_catalog(
-    alice_client: Any, alice_project: Any, alice_model: Model, carol_project: Any,
+    alice_client: Any,
+    alice_project: Any,
+    alice_model: Model,
+    carol_project: Any,
     django_assert_max_num_queries: Any,
-) -> None:  # fmt: skip
+) -> None:
     carols = make_model(carol_project, "secret")
     make_model(alice_project, "second")
 
@@ -159,5 +166,8 @@ def test_weights_missing_from_storage_are_a_clear_error_not_a_500(
     assert page.status_code == 200 and message in html.unescape(page.content.decode())
     assert response.status_code == 404
     assert response.json()["error"] == {
-        "message": message, "type": "invalid_request_error", "param": "model", "code": "weights_not_found",
-    }  # fmt: skip
+        "message": message,
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "weights_not_found",
+    }

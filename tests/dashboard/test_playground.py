@@ -31,8 +31,13 @@ def events(response: Any) -> list[dict[str, Any]]:
 
 def alice_classifier(alice_org: Any) -> Model:
     """alice's classifier as a row only, for tests that never reach a worker."""
-    return Model.objects.create(name="ft:tiny-bert:acme:tickets:ftjob-1", organization=alice_org, task="classification",
-                                labels=["billing", "bug", "praise"], limits={"servable": True})  # fmt: skip
+    return Model.objects.create(
+        name="ft:tiny-bert:acme:tickets:ftjob-1",
+        organization=alice_org,
+        task="classification",
+        labels=["billing", "bug", "praise"],
+        limits={"servable": True},
+    )
 
 
 def hello(model: str = "tiny-gpt2", **extra: Any) -> dict[str, Any]:
@@ -44,14 +49,31 @@ def test_the_page_offers_only_servable_models_the_organization_may_use(
 ) -> None:
     # given
     carol_org = carol.memberships.get().organization
-    Model.objects.create(name="ft:tiny-gpt2:acme:chat:ftjob-2", organization=alice_org, task="generation",
-                         limits={"servable": True})  # fmt: skip
-    Model.objects.create(name="ft:tiny-bert:acme:tickets:ftjob-3", organization=alice_org, task="classification",
-                         labels=["a", "b"], limits={"servable": True})  # fmt: skip
-    Model.objects.create(name="ft:tiny-gpt2:outsiders:secret:ftjob-4", organization=carol_org, task="generation",
-                         limits={"servable": True})  # fmt: skip
-    Model.objects.create(name="ft:tiny-bert:outsiders:secret:ftjob-5", organization=carol_org,
-                         task="classification", limits={"servable": True})  # fmt: skip
+    Model.objects.create(
+        name="ft:tiny-gpt2:acme:chat:ftjob-2",
+        organization=alice_org,
+        task="generation",
+        limits={"servable": True},
+    )
+    Model.objects.create(
+        name="ft:tiny-bert:acme:tickets:ftjob-3",
+        organization=alice_org,
+        task="classification",
+        labels=["a", "b"],
+        limits={"servable": True},
+    )
+    Model.objects.create(
+        name="ft:tiny-gpt2:outsiders:secret:ftjob-4",
+        organization=carol_org,
+        task="generation",
+        limits={"servable": True},
+    )
+    Model.objects.create(
+        name="ft:tiny-bert:outsiders:secret:ftjob-5",
+        organization=carol_org,
+        task="classification",
+        limits={"servable": True},
+    )
     # when
     response = alice_client.get(url(alice_project))
     # then
@@ -177,8 +199,12 @@ def test_outsiders_cannot_pick_another_organizations_model_by_name(
     carol_client: Any, carol_project: Any, alice_org: Any
 ) -> None:
     classifier = alice_classifier(alice_org)
-    Model.objects.create(name="ft:tiny-gpt2:acme:chat:ftjob-2", organization=alice_org, task="generation",
-                         limits={"servable": True})  # fmt: skip
+    Model.objects.create(
+        name="ft:tiny-gpt2:acme:chat:ftjob-2",
+        organization=alice_org,
+        task="generation",
+        limits={"servable": True},
+    )
     page = carol_client.get(url(carol_project)).content.decode()
     assert "acme" not in page
     response = chat(carol_client, carol_project, **hello("ft:tiny-gpt2:acme:chat:ftjob-2"))

@@ -84,8 +84,14 @@ def finished_fine_tune(project: Any, tmp_path: Path) -> Job:
 
     organization = project.organization
     training = stored_file(project)
-    job = Job.objects.create(kind=JobKind.FINE_TUNE, status=JobStatus.SUCCEEDED, project=project,
-                             organization=organization, model_name="tiny-bert", training_file=training)  # fmt: skip
+    job = Job.objects.create(
+        kind=JobKind.FINE_TUNE,
+        status=JobStatus.SUCCEEDED,
+        project=project,
+        organization=organization,
+        model_name="tiny-bert",
+        training_file=training,
+    )
     weights = tmp_path / f"weights-{job.public_id}"
     weights.mkdir()
     (weights / "model.safetensors").write_bytes(b"weights")
@@ -94,14 +100,25 @@ def finished_fine_tune(project: Any, tmp_path: Path) -> Job:
     )
     Checkpoint.objects.create(job=job, step=5, artifact_key=checkpoint)
     upload_dir(weights, job_prefix("distill", organization.public_id, job.public_id))
-    model = Model.objects.create(name=f"ft:tiny-bert:acme::{job.public_id}", organization=organization, project=project,
-                                 task="classification", artifact_key=upload_dir(
-                                     weights, job_prefix("models", organization.public_id, job.public_id)))  # fmt: skip
+    model = Model.objects.create(
+        name=f"ft:tiny-bert:acme::{job.public_id}",
+        organization=organization,
+        project=project,
+        task="classification",
+        artifact_key=upload_dir(weights, job_prefix("models", organization.public_id, job.public_id)),
+    )
     Job.objects.filter(pk=job.pk).update(
         fine_tuned_model=model, result_files=[stored_file(project, "fine-tune-results").public_id]
     )
-    UsageRecord.objects.create(organization=organization, project=project, job=job, model_name="tiny-bert",
-                               unit="trained_tokens", quantity=1000, cost=2000)  # fmt: skip
+    UsageRecord.objects.create(
+        organization=organization,
+        project=project,
+        job=job,
+        model_name="tiny-bert",
+        unit="trained_tokens",
+        quantity=1000,
+        cost=2000,
+    )
     return job
 
 
@@ -112,9 +129,13 @@ def delete(client: Any, project: Any) -> str:
 
 
 def test_deleting_a_project_deletes_its_files_checkpoints_and_weights_and_keeps_its_usage(
-    alice_client: Any, alice_project: Any, carol_project: Any, media: Path, tmp_path: Path,
+    alice_client: Any,
+    alice_project: Any,
+    carol_project: Any,
+    media: Path,
+    tmp_path: Path,
     django_capture_on_commit_callbacks: Any,
-) -> None:  # fmt: skip
+) -> None:
     # given two projects of alice and one of carol, each with a fine-tune and what it stored
     other = Project.objects.create(organization=alice_project.organization, name="Other")
     kept = [finished_fine_tune(other, tmp_path), finished_fine_tune(carol_project, tmp_path)]
@@ -151,12 +172,22 @@ def test_deleting_a_project_deletes_its_files_checkpoints_and_weights_and_keeps_
     ],
 )
 def test_a_project_with_an_unfinished_fine_tune_or_batch_is_not_deleted(
-    alice_client: Any, alice_project: Any, media: Path, kind: str, status: str,
+    alice_client: Any,
+    alice_project: Any,
+    media: Path,
+    kind: str,
+    status: str,
     django_capture_on_commit_callbacks: Any,
-) -> None:  # fmt: skip
+) -> None:
     file = stored_file(alice_project)
-    job = Job.objects.create(kind=kind, status=status, project=alice_project, organization=alice_project.organization,
-                             model_name="tiny-bert", training_file=file)  # fmt: skip
+    job = Job.objects.create(
+        kind=kind,
+        status=status,
+        project=alice_project,
+        organization=alice_project.organization,
+        model_name="tiny-bert",
+        training_file=file,
+    )
 
     with django_capture_on_commit_callbacks(execute=True):
         html = delete(alice_client, alice_project)
@@ -173,8 +204,13 @@ def test_requests_waiting_for_a_worker_do_not_hold_a_deletion_back(
     alice_client: Any, alice_project: Any, media: Path, django_capture_on_commit_callbacks: Any
 ) -> None:
     for kind in (JobKind.GENERATION, JobKind.CLASSIFICATION):
-        Job.objects.create(kind=kind, status=JobStatus.QUEUED, project=alice_project,
-                           organization=alice_project.organization, model_name="tiny-bert")  # fmt: skip
+        Job.objects.create(
+            kind=kind,
+            status=JobStatus.QUEUED,
+            project=alice_project,
+            organization=alice_project.organization,
+            model_name="tiny-bert",
+        )
 
     with django_capture_on_commit_callbacks(execute=True):
         delete(alice_client, alice_project)
@@ -186,8 +222,13 @@ def test_a_request_being_answered_holds_the_deletion_back_for_a_moment(
     alice_client: Any, alice_project: Any
 ) -> None:
     # (its answer would reach the client with its job, and so its usage record, deleted)
-    Job.objects.create(kind=JobKind.GENERATION, status=JobStatus.RUNNING, project=alice_project,
-                       organization=alice_project.organization, model_name="tiny-gpt2")  # fmt: skip
+    Job.objects.create(
+        kind=JobKind.GENERATION,
+        status=JobStatus.RUNNING,
+        project=alice_project,
+        organization=alice_project.organization,
+        model_name="tiny-gpt2",
+    )
 
     page = delete(alice_client, alice_project)
 

@@ -68,10 +68,14 @@ def test_a_fine_tuning_form_with_a_nul_is_refused_before_it_is_looked_up(
 def test_an_upload_reads_its_own_form_and_its_column_names_are_checked(
     alice_client: Any, alice_project: Any
 ) -> None:
-    body = {"file": SimpleUploadedFile("a.csv", b"review,label\nhi,a\n"), "purpose": "fine-tune",
-            "column_text": "rev\x00iew"}  # fmt: skip
-    response = alice_client.post(f"/projects/{alice_project.public_id}/files/upload", body,
-                                 HTTP_ACCEPT="application/json")  # fmt: skip
+    body = {
+        "file": SimpleUploadedFile("a.csv", b"review,label\nhi,a\n"),
+        "purpose": "fine-tune",
+        "column_text": "rev\x00iew",
+    }
+    response = alice_client.post(
+        f"/projects/{alice_project.public_id}/files/upload", body, HTTP_ACCEPT="application/json"
+    )
     assert response.status_code == 400
     assert response.json() == {"error": f"column_mapping.text {NUL}"}
     assert not File.objects.exists()
@@ -90,8 +94,11 @@ def test_a_line_number_that_is_not_ascii_digits_is_ignored(
 def test_the_playground_refuses_a_lone_surrogate_by_its_path(alice_client: Any, alice_project: Any) -> None:
     Model.objects.create(name="tiny-gpt2", task="generation", limits={"servable": True})
     body = {"model": "tiny-gpt2", "messages": [{"role": "user", "content": "hi \ud800"}]}
-    response = alice_client.post(f"/projects/{alice_project.public_id}/playground/chat", json.dumps(body),
-                                 content_type="application/json")  # fmt: skip
+    response = alice_client.post(
+        f"/projects/{alice_project.public_id}/playground/chat",
+        json.dumps(body),
+        content_type="application/json",
+    )
     assert response.status_code == 400
     assert response.json()["error"] == {
         "message": "messages[0].content contains a lone surrogate (\\ud800); remove it.",
@@ -110,8 +117,10 @@ def test_the_playground_answers_a_form_body_with_a_400_once_the_csrf_check_has_r
     client.get(f"/projects/{alice_project.public_id}/playground/")
     token = client.cookies["csrftoken"].value
     # when: a form, not JSON (the CSRF check reads it as a form, and its raw bytes are gone)
-    response = client.post(f"/projects/{alice_project.public_id}/playground/chat",
-                           {"csrfmiddlewaretoken": token, "model": "tiny-gpt2"})  # fmt: skip
+    response = client.post(
+        f"/projects/{alice_project.public_id}/playground/chat",
+        {"csrfmiddlewaretoken": token, "model": "tiny-gpt2"},
+    )
     # then
     assert response.status_code == 400
     assert response.json()["error"]["message"] == "The request body must be JSON."

@@ -105,13 +105,16 @@ def test_the_csv_has_a_row_per_day_project_key_model_and_unit(
     assert response["Content-Disposition"] == f'attachment; filename="usage-{org.public_id}-2026-03.csv"'
     rows = list(csv.DictReader(io.StringIO(response.content.decode())))
     key = march["key"].display_prefix
-    assert [(r["date"], r["project"], r["api_key_id"], r["model"], r["unit"], r["quantity"], r["cost_micros"]) for r in rows] == [
+    assert [
+        (r["date"], r["project"], r["api_key_id"], r["model"], r["unit"], r["quantity"], r["cost_micros"])
+        for r in rows
+    ] == [
         ("2026-03-01", march["project"].name, key, "gpt-small", "input_tokens", "1000", "1500"),
         ("2026-03-01", march["project"].name, key, "gpt-small", "output_tokens", "200", "1200"),
         ("2026-03-02", "'@Research", "", "'" + FORMULA, "classified_texts", "50", "333"),
         ("2026-03-02", march["project"].name, key, "gpt-small", "input_tokens", "10", "7"),
         ("2026-03-31", "'@Research", "", "minilm", "trained_tokens", "9000", "18000"),
-    ]  # fmt: skip
+    ]
     assert rows[0]["cost_usd"] == "0.001500" and rows[0]["api_key"] == "production"
     assert (
         sum(int(r["cost_micros"]) for r in rows) == sum(r.cost for r in march_records(org)) == march["total"]

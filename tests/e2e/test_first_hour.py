@@ -59,9 +59,16 @@ def copy_and_check(page: Any, button: Any, expected: str) -> None:
 
 
 def test_a_new_customers_first_hour(
-    new_context: Any, screens: Shots, console: Console, live_server: Any, mailoutbox: list[Any],
-    celery_worker: Any, tiny_base: Any, tiny_chat: Any, billing_plans: None,
-) -> None:  # fmt: skip
+    new_context: Any,
+    screens: Shots,
+    console: Console,
+    live_server: Any,
+    mailoutbox: list[Any],
+    celery_worker: Any,
+    tiny_base: Any,
+    tiny_chat: Any,
+    billing_plans: None,
+) -> None:
     context = new_context("newcomer")
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
     page = context.new_page()

@@ -321,5 +321,7 @@ def test_a_customer_journey_in_the_browser(
     shots(owner, "usage with chart")
 
     console.check()
-    print(f"the journey took {time.monotonic() - started:.1f}s; progress bar showed {seen}; the chat answer "
-          f"arrived in {len(pieces)} pieces; screenshots in {shots.folder}")  # fmt: skip
+    print(
+        f"the journey took {time.monotonic() - started:.1f}s; progress bar showed {seen}; the chat answer "
+        f"arrived in {len(pieces)} pieces; screenshots in {shots.folder}"
+    )

@@ -34,8 +34,16 @@ PHONE = {"width": 390, "height": 844}
 LAPTOP = {"width": 1280, "height": 800}
 # Answered inside other pages (htmx fragments) or only to a POST (the form's page again, with its
 # errors): no page of their own to visit.
-FRAGMENTS = {"file_status", "job_status", "batch_status", "job_estimate", "playground_classify", "batch_create",
-             "organization_rename", "organization_slug"}  # fmt: skip
+FRAGMENTS = {
+    "file_status",
+    "job_status",
+    "batch_status",
+    "job_estimate",
+    "playground_classify",
+    "batch_create",
+    "organization_rename",
+    "organization_slug",
+}
 FAILING_IMPACTS = {"serious", "critical"}
 RUN_AXE = """async () => {
   const results = await axe.run(document, {resultTypes: ["violations"]});
@@ -137,8 +145,12 @@ def test_every_page_fits_a_phone_and_passes_axe(
     too_wide: dict[str, tuple[int, int]] = {}
     failing: dict[str, list[dict[str, Any]]] = {}
     moderate: dict[str, list[str]] = {}
-    visitor_pages = {"visitor home": "/", "visitor login": "/accounts/login/", "visitor signup": "/accounts/signup/",
-                     "visitor password reset": "/accounts/password/reset/"}  # fmt: skip
+    visitor_pages = {
+        "visitor home": "/",
+        "visitor login": "/accounts/login/",
+        "visitor signup": "/accounts/signup/",
+        "visitor password reset": "/accounts/password/reset/",
+    }
     context = new_context("alice")
     page = context.new_page()
 
@@ -203,7 +215,15 @@ def test_the_api_reference_fits_a_phone_and_loads_nothing_from_another_host(
     page = context.new_page()
     foreign: list[str] = []
     here = urlsplit(live_server.url).netloc
-    page.on("request", lambda request: foreign.append(request.url) if urlsplit(request.url).netloc not in (here, "") and not request.url.startswith(("data:", "blob:")) else None)  # fmt: skip
+    page.on(
+        "request",
+        lambda request: (
+            foreign.append(request.url)
+            if urlsplit(request.url).netloc not in (here, "")
+            and not request.url.startswith(("data:", "blob:"))
+            else None
+        ),
+    )
     page.set_viewport_size(PHONE)
 
     page.goto("/docs")

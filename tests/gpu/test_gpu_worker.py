@@ -35,8 +35,12 @@ pytestmark = [
 
 
 def smi(query: str, target: str = "--query-gpu") -> list[str]:
-    out = subprocess.run(["nvidia-smi", f"{target}={query}", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        ["nvidia-smi", f"{target}={query}", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 

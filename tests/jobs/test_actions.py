@@ -80,8 +80,14 @@ def test_finish_bills_once_whatever_the_repeats(job: Job) -> None:
 
 def test_cancel_a_queued_job_at_once_and_a_running_one_by_request(job: Job, alice_project: Any) -> None:
     assert actions.cancel(job).status == JobStatus.CANCELLED
-    other = Job.objects.create(kind=JobKind.FINE_TUNE, organization=alice_project.organization, project=alice_project,
-                               model_name="m", status=JobStatus.QUEUED, queued_at=timezone.now())  # fmt: skip
+    other = Job.objects.create(
+        kind=JobKind.FINE_TUNE,
+        organization=alice_project.organization,
+        project=alice_project,
+        model_name="m",
+        status=JobStatus.QUEUED,
+        queued_at=timezone.now(),
+    )
     claimed = actions.claim(other.public_id)
     assert claimed is not None
     assert actions.cancel(other).status == JobStatus.RUNNING
@@ -108,8 +114,12 @@ def test_the_reaper_requeues_then_fails_at_the_attempt_cap(
 
 
 def test_the_reaper_handles_a_null_heartbeat(job: Job, django_capture_on_commit_callbacks: Any) -> None:
-    Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, attempt=1, heartbeat_at=None,
-                                         started_at=timezone.now() - timedelta(minutes=10))  # fmt: skip
+    Job.objects.filter(pk=job.pk).update(
+        status=JobStatus.RUNNING,
+        attempt=1,
+        heartbeat_at=None,
+        started_at=timezone.now() - timedelta(minutes=10),
+    )
     with django_capture_on_commit_callbacks(execute=False):
         assert actions.reap()["requeued"] == 1
 
@@ -166,8 +176,12 @@ def test_a_reaper_that_ran_on_time_reaps_at_once(
 
 def test_without_redis_the_reaper_does_not_hold_back(settings: Any) -> None:
     # nothing listens on port 1: every cache call fails at once
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
-                                   "LOCATION": "redis://127.0.0.1:1/0"}}  # fmt: skip
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+        }
+    }
     assert actions._reaper_watching(timezone.now().timestamp()) is True
 
 
@@ -191,9 +205,11 @@ def claim_with_limit(job: Job, seconds: float, *, ago: float, owner: str = "host
     )
     assert (claimed.time_limit_at - claimed.attempt_started_at).total_seconds() == seconds
     shift = timedelta(seconds=ago)
-    Job.objects.filter(pk=job.pk).update(attempt_started_at=claimed.attempt_started_at - shift,
-                                         time_limit_at=claimed.time_limit_at - shift,
-                                         heartbeat_at=claimed.time_limit_at - shift)  # fmt: skip
+    Job.objects.filter(pk=job.pk).update(
+        attempt_started_at=claimed.attempt_started_at - shift,
+        time_limit_at=claimed.time_limit_at - shift,
+        heartbeat_at=claimed.time_limit_at - shift,
+    )
     return claimed
 
 
@@ -276,7 +292,7 @@ def test_concurrent_reapers_requeue_each_job_once(alice_project: Any, settings: 
             status=JobStatus.RUNNING,
             attempt=1,
             heartbeat_at=stale,
-        )  # fmt: skip
+        )
         for _ in range(30)
     ]
     results: list[dict[str, int]] = []

@@ -22,10 +22,14 @@ def run_until_done(api: Any, body_extra: dict[str, Any]) -> Job:
     wait_for(lambda: api.get(f"/v1/files/{file_id}").json()["status"] == "processed", timeout=30)
     response = api.post(
         "/v1/fine_tuning/jobs",
-        {"model": "tiny-bert", "training_file": file_id,
-         "method": {"type": "classification", "classification": {"hyperparameters": SLOW_JOB}}, **body_extra},
+        {
+            "model": "tiny-bert",
+            "training_file": file_id,
+            "method": {"type": "classification", "classification": {"hyperparameters": SLOW_JOB}},
+            **body_extra,
+        },
         format="json",
-    )  # fmt: skip
+    )
     assert response.status_code == 200, response.content
     job_id = response.json()["id"]
     return wait_for(

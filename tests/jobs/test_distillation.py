@@ -45,8 +45,13 @@ def sentiment_teacher_dir(tiny_bert_dir: Path) -> Path:
         data = work / "train.csv"
         data.write_bytes(sentiment_csv(160, seed=1))
         hp = Hyperparameters(n_epochs=10, batch_size=8, learning_rate=3e-3, early_stopping_patience=0)
-        spec = TrainSpec(job_id="ftjob-teacher", base_model_dir=str(tiny_bert_dir), training_file=str(data),
-                         output_dir=str(work / "model"), hyperparameters=hp)  # fmt: skip
+        spec = TrainSpec(
+            job_id="ftjob-teacher",
+            base_model_dir=str(tiny_bert_dir),
+            training_file=str(data),
+            output_dir=str(work / "model"),
+            hyperparameters=hp,
+        )
         result = train(spec, lambda _: None, lambda: False)
         assert result.metrics["accuracy"] >= 0.9, result.metrics
         os.replace(work / "model", path)  # whole, or not at all
@@ -55,9 +60,15 @@ def sentiment_teacher_dir(tiny_bert_dir: Path) -> Path:
 
 @pytest.fixture
 def sentiment_teacher(alice_org: Any, sentiment_teacher_dir: Path) -> Model:
-    return Model.objects.create(name="ft:tiny-bert:acme:sentiment:ftjob-t", organization=alice_org,
-                                task="classification", artifact_key=f"local:{sentiment_teacher_dir}",
-                                labels=["negative", "positive"], context_length=128, limits={"servable": True})  # fmt: skip
+    return Model.objects.create(
+        name="ft:tiny-bert:acme:sentiment:ftjob-t",
+        organization=alice_org,
+        task="classification",
+        artifact_key=f"local:{sentiment_teacher_dir}",
+        labels=["negative", "positive"],
+        context_length=128,
+        limits={"servable": True},
+    )
 
 
 def unlabelled(data: bytes) -> bytes:
@@ -70,8 +81,13 @@ def start_distillation(api: Any, file_id: str, **section: Any) -> str:
     wait_for(lambda: api.get(f"/v1/files/{file_id}").json()["status"] == "processed", timeout=30)
     hp = section.pop("hyperparameters", STUDENT_HP)
     max_cost = section.pop("max_cost", None)
-    body = {"model": "tiny-bert", "training_file": file_id, "suffix": "student", "seed": 7,
-            "method": {"type": "distillation", "distillation": {**section, "hyperparameters": hp}}}  # fmt: skip
+    body = {
+        "model": "tiny-bert",
+        "training_file": file_id,
+        "suffix": "student",
+        "seed": 7,
+        "method": {"type": "distillation", "distillation": {**section, "hyperparameters": hp}},
+    }
     if max_cost is not None:
         body["max_cost"] = max_cost
     response = api.post("/v1/fine_tuning/jobs", body, format="json")
@@ -213,9 +229,13 @@ def labelling_calls(fake: FakeOpenAI) -> list[Any]:
 
 
 def test_an_openai_teacher_labels_through_the_proxy_and_bad_answers_are_reported(
-    api: Any, proxy_teacher_worker: Worker, teacher_upstream: FakeOpenAI, student_base: Model, pro: Any,
+    api: Any,
+    proxy_teacher_worker: Worker,
+    teacher_upstream: FakeOpenAI,
+    student_base: Model,
+    pro: Any,
     catalog: None,
-) -> None:  # fmt: skip
+) -> None:
     data = sentiment_csv(150, seed=4)
     unsure = texts_with_day(data)
     assert 0 < unsure < 100
@@ -250,9 +270,14 @@ def test_an_openai_teacher_labels_through_the_proxy_and_bad_answers_are_reported
 
 
 def test_an_organization_key_that_cannot_be_read_fails_the_teacher_instead_of_using_the_platforms(
-    api: Any, proxy_teacher_worker: Worker, teacher_upstream: FakeOpenAI, student_base: Model, pro: Any,
-    catalog: None, alice_org: Any,
-) -> None:  # fmt: skip
+    api: Any,
+    proxy_teacher_worker: Worker,
+    teacher_upstream: FakeOpenAI,
+    student_base: Model,
+    pro: Any,
+    catalog: None,
+    alice_org: Any,
+) -> None:
     from cryptography.fernet import Fernet
 
     alice_org.openai_api_key_encrypted = (
@@ -287,19 +312,27 @@ def test_without_any_openai_key_the_teacher_fails_saying_where_to_add_one(
         worker.stop()
 
     assert done["status"] == "failed"
-    assert done["error"] == {"code": "provider_not_configured", "message": NO_KEY,
-                             "param": "method.distillation.teacher"}  # fmt: skip
+    assert done["error"] == {
+        "code": "provider_not_configured",
+        "message": NO_KEY,
+        "param": "method.distillation.teacher",
+    }
     assert labelling_calls(teacher_upstream) == []
     assert not UsageRecord.objects.filter(job__public_id=job_id).exists()
 
 
 def test_a_paused_distillation_resumes_without_asking_the_teacher_again(
-    api: Any, proxy_teacher_worker: Worker, teacher_upstream: FakeOpenAI, student_base: Model, pro: Any,
+    api: Any,
+    proxy_teacher_worker: Worker,
+    teacher_upstream: FakeOpenAI,
+    student_base: Model,
+    pro: Any,
     catalog: None,
-) -> None:  # fmt: skip
+) -> None:
     file_id = upload(api, unlabelled(sentiment_csv(150, seed=4)))
-    job_id = start_distillation(api, file_id, teacher=TEACHER_MODEL, labels=["positive", "negative"],
-                                hyperparameters=SLOW_JOB)  # fmt: skip
+    job_id = start_distillation(
+        api, file_id, teacher=TEACHER_MODEL, labels=["positive", "negative"], hyperparameters=SLOW_JOB
+    )
     wait_for(lambda: (Job.objects.get(public_id=job_id).progress or {}).get("step", 0) > 2, timeout=120)
     assert api.post(f"/v1/fine_tuning/jobs/{job_id}/pause").status_code == 200
     paused = wait_for(lambda: (j := Job.objects.get(public_id=job_id)).status == "paused" and j, timeout=60)
@@ -318,16 +351,21 @@ def test_a_paused_distillation_resumes_without_asking_the_teacher_again(
 
 
 def test_the_budget_stops_the_teacher_between_chunks(
-    api: Any, proxy_teacher_worker: Worker, teacher_upstream: FakeOpenAI, student_base: Model, pro: Any,
+    api: Any,
+    proxy_teacher_worker: Worker,
+    teacher_upstream: FakeOpenAI,
+    student_base: Model,
+    pro: Any,
     catalog: None,
-) -> None:  # fmt: skip
+) -> None:
     from apps.billing.pricing import cost_of
 
     file_id = upload(api, unlabelled(sentiment_csv(150, seed=4)))
     # room for the first chunk of 64 texts, not for the second
     chunk = cost_of(TEACHER_MODEL, "input_tokens", 40 * 64) + cost_of(TEACHER_MODEL, "output_tokens", 6 * 64)
-    job_id = start_distillation(api, file_id, teacher=TEACHER_MODEL, labels=["positive", "negative"],
-                                max_cost=int(chunk * 1.5))  # fmt: skip
+    job_id = start_distillation(
+        api, file_id, teacher=TEACHER_MODEL, labels=["positive", "negative"], max_cost=int(chunk * 1.5)
+    )
 
     done = finished(api, job_id)
 

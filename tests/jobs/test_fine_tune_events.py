@@ -36,8 +36,11 @@ def processed(api: Any, data: bytes, name: str = "train.csv") -> str:
 
 def start(api: Any, file_id: str) -> Job:
     hyperparameters = {"n_epochs": 3, "batch_size": 8, "learning_rate": 0.001}
-    body = {"model": "tiny-bert", "training_file": file_id,
-            "method": {"type": "classification", "classification": {"hyperparameters": hyperparameters}}}  # fmt: skip
+    body = {
+        "model": "tiny-bert",
+        "training_file": file_id,
+        "method": {"type": "classification", "classification": {"hyperparameters": hyperparameters}},
+    }
     response = api.post("/v1/fine_tuning/jobs", body, format="json")
     assert response.status_code == 200, response.content
     job_id = response.json()["id"]

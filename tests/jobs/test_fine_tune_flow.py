@@ -44,10 +44,19 @@ def test_a_fine_tune_runs_to_a_model(api: Any, celery_worker: Any, tiny_base: An
     # when a job is created
     response = api.post(
         "/v1/fine_tuning/jobs",
-        {"model": "tiny-bert", "training_file": file_id, "suffix": "sent",
-         "method": {"type": "classification", "classification": {"hyperparameters": {"n_epochs": 3, "batch_size": 8, "learning_rate": 0.001}}}},
+        {
+            "model": "tiny-bert",
+            "training_file": file_id,
+            "suffix": "sent",
+            "method": {
+                "type": "classification",
+                "classification": {
+                    "hyperparameters": {"n_epochs": 3, "batch_size": 8, "learning_rate": 0.001}
+                },
+            },
+        },
         format="json",
-    )  # fmt: skip
+    )
     assert response.status_code == 200, response.content
     job_id = response.json()["id"]
     # then it succeeds with a model, events, checkpoints and usage

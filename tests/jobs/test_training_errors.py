@@ -46,9 +46,10 @@ def test_labels_the_training_data_lacks_fail_the_job_as_invalid_training_data(
     training = uploaded(api, "train.csv", sentiment_csv(40))
     validation = uploaded(api, "valid.csv", b"text,label\nwhat a day,neutral\na good day,positive\n")
     job_id = submitted(
-        api, {"model": "tiny-bert", "training_file": training, "validation_file": validation},
+        api,
+        {"model": "tiny-bert", "training_file": training, "validation_file": validation},
         django_capture_on_commit_callbacks,
-    )  # fmt: skip
+    )
 
     # when a worker runs it
     run_fine_tune(job_id)
@@ -69,8 +70,13 @@ def test_a_lora_module_the_model_lacks_fails_the_job_as_invalid_training_data(
     # given a supervised fine-tune of GPT-2 whose LoRA names a module GPT-2 does not have
     from apps.registry.models import Model
 
-    Model.objects.create(name="tiny-gpt2-base", task="generation", artifact_key=f"local:{tiny_gpt2_dir}",
-                         context_length=256, is_fine_tunable=True)  # fmt: skip
+    Model.objects.create(
+        name="tiny-gpt2-base",
+        task="generation",
+        artifact_key=f"local:{tiny_gpt2_dir}",
+        context_length=256,
+        is_fine_tunable=True,
+    )
     rows = [
         {
             "messages": [
@@ -82,10 +88,14 @@ def test_a_lora_module_the_model_lacks_fails_the_job_as_invalid_training_data(
     ]
     training = uploaded(api, "chat.jsonl", "".join(json.dumps(row) + "\n" for row in rows).encode())
     job_id = submitted(
-        api, {"model": "tiny-gpt2-base", "training_file": training,
-              "method": {"type": "supervised", "supervised": {"lora": {"target_modules": ["q_proj"]}}}},
+        api,
+        {
+            "model": "tiny-gpt2-base",
+            "training_file": training,
+            "method": {"type": "supervised", "supervised": {"lora": {"target_modules": ["q_proj"]}}},
+        },
         django_capture_on_commit_callbacks,
-    )  # fmt: skip
+    )
 
     # when a worker runs it
     run_fine_tune(job_id)
@@ -111,8 +121,13 @@ def test_a_value_error_that_is_not_about_the_data_fails_the_job_as_an_internal_e
     shutil.copytree(tiny_bert_dir, broken)
     config = json.loads((broken / "config.json").read_text())
     (broken / "config.json").write_text(json.dumps({**config, "model_type": "no-such-architecture"}))
-    Model.objects.create(name="broken-bert", task="classification", artifact_key=f"local:{broken}",
-                         context_length=128, is_fine_tunable=True)  # fmt: skip
+    Model.objects.create(
+        name="broken-bert",
+        task="classification",
+        artifact_key=f"local:{broken}",
+        context_length=128,
+        is_fine_tunable=True,
+    )
     training = uploaded(api, "train.csv", sentiment_csv(40))
     job_id = submitted(
         api, {"model": "broken-bert", "training_file": training}, django_capture_on_commit_callbacks

@@ -29,10 +29,13 @@ def start_job(api: Any, rows: int = 160, model: str = "tiny-bert", hyperparamete
     hp = hyperparameters or SLOW_JOB
     response = api.post(
         "/v1/fine_tuning/jobs",
-        {"model": model, "training_file": file_id,
-         "method": {"type": "classification", "classification": {"hyperparameters": hp}}},
+        {
+            "model": model,
+            "training_file": file_id,
+            "method": {"type": "classification", "classification": {"hyperparameters": hp}},
+        },
         format="json",
-    )  # fmt: skip
+    )
     assert response.status_code == 200, response.content
     return str(response.json()["id"])
 
@@ -108,8 +111,10 @@ def test_a_killed_worker_node_is_reaped_and_a_new_worker_finishes(
 def test_a_poison_job_stops_at_the_attempt_cap(api: Any, celery_worker: Worker, tiny_base: Any) -> None:
     job_id = start_job(api)
     for attempt in range(1, 4):
-        wait_for(lambda a=attempt: job_row(job_id).attempt >= a and job_row(job_id).status == JobStatus.RUNNING,
-                 timeout=60)  # fmt: skip
+        wait_for(
+            lambda a=attempt: job_row(job_id).attempt >= a and job_row(job_id).status == JobStatus.RUNNING,
+            timeout=60,
+        )
         for pid in celery_worker.child_pids():
             os.kill(pid, signal.SIGKILL)
         if attempt < 3:
@@ -144,9 +149,14 @@ def wide_bert_dir() -> Path:
 def wide_base(db: None, wide_bert_dir: Path) -> Any:
     from apps.registry.models import Model
 
-    return Model.objects.create(name="wide-bert", task="classification", artifact_key=f"local:{wide_bert_dir}",
-                                context_length=128, is_fine_tunable=True,
-                                limits={"max_seq_length": 128, "methods": ["classification"], "servable": False})  # fmt: skip
+    return Model.objects.create(
+        name="wide-bert",
+        task="classification",
+        artifact_key=f"local:{wide_bert_dir}",
+        context_length=128,
+        is_fine_tunable=True,
+        limits={"max_seq_length": 128, "methods": ["classification"], "servable": False},
+    )
 
 
 @pytest.fixture

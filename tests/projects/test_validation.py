@@ -329,8 +329,9 @@ def test_a_delimiter_at_the_end_of_every_row_is_one_warning_not_an_error_a_row()
     assert report["valid"] is True
     assert report["rows"] == 3
     assert warnings(report)[0] == (
-        2, 'row ends with an empty column past the header (a "," at the end of the line)'
-    )  # fmt: skip
+        2,
+        'row ends with an empty column past the header (a "," at the end of the line)',
+    )
     assert (
         report["warnings"][0]["hint"]
         == "empty values past the header are ignored, on this row and any later one"
@@ -420,11 +421,13 @@ def test_a_nul_byte_after_the_first_kilobytes_is_reported_on_its_line():
     [
         ('{"text": "hi", "label": "a\\u0000b"}', "label contains a NUL character (\\u0000); remove it."),
         ('{"text": "hi", "label": "a\\ud800b"}', "label contains a lone surrogate (\\ud800); remove it."),
-        ('{"messages": [{"role": "user", "content": "\\u0000"}]}',
-         "messages[0].content contains a NUL character (\\u0000); remove it."),
+        (
+            '{"messages": [{"role": "user", "content": "\\u0000"}]}',
+            "messages[0].content contains a NUL character (\\u0000); remove it.",
+        ),
         ('{"te\\u0000xt": "hi", "label": "a"}', "te\\u0000xt contains a NUL character (\\u0000); remove it."),
     ],
-)  # fmt: skip
+)
 def test_a_json_escape_of_text_the_database_cannot_store_is_an_error_on_its_line(line: str, message: str):
     # the escape is six plain characters in the file, and NUL or a lone surrogate once decoded
     data = (

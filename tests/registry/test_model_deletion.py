@@ -20,17 +20,28 @@ from tests.conftest import login
 
 def fine_tune(project: Project, user: Any, status: str = JobStatus.RUNNING, **fields: Any) -> Job:
     base = Model.objects.get(name="minilm-l6")
-    return Job.objects.create(kind=JobKind.FINE_TUNE, organization=project.organization, project=project,
-                              model=base, model_name=base.name, status=status, created_by=user,
-                              request={"suffix": "tickets"}, **fields)  # fmt: skip
+    return Job.objects.create(
+        kind=JobKind.FINE_TUNE,
+        organization=project.organization,
+        project=project,
+        model=base,
+        model_name=base.name,
+        status=status,
+        created_by=user,
+        request={"suffix": "tickets"},
+        **fields,
+    )
 
 
 def checkpoint_model(job: Job, step: int = 10) -> Model:
     checkpoint = Checkpoint.objects.create(
-        job=job, step=step, epoch=1, metrics={"valid_loss": 0.5},
+        job=job,
+        step=step,
+        epoch=1,
+        metrics={"valid_loss": 0.5},
         artifact_key=f"checkpoints/{job.organization.public_id}/{job.public_id}/step-{step}",
         fine_tuned_model_checkpoint=f"ft:minilm-l6:acme:tickets:{job.public_id}:ckpt-step-{step}",
-    )  # fmt: skip
+    )
     model = register_checkpoint_model(job, checkpoint)
     assert model is not None
     return model
@@ -68,8 +79,11 @@ def test_the_checkpoint_a_job_resumes_from_cannot_be_deleted(
     # then
     assert response.status_code == 409
     assert response.json()["error"] == {
-        "message": message, "type": "invalid_request_error", "param": "model", "code": "model_in_use",
-    }  # fmt: skip
+        "message": message,
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_in_use",
+    }
     assert message in html.unescape(page.content.decode())
     assert Model.objects.filter(pk=model.pk).exists()
     # once the job is over, the checkpoint model is an ordinary model

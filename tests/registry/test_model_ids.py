@@ -14,9 +14,15 @@ from apps.registry.models import Model
 
 def succeeded_fine_tune(project: Project, suffix: str = "tickets") -> Job:
     base = Model.objects.get(name="minilm-l6")
-    return Job.objects.create(kind=JobKind.FINE_TUNE, organization=project.organization, project=project,
-                              model=base, model_name=base.name, status=JobStatus.RUNNING,
-                              request={"suffix": suffix} if suffix else {})  # fmt: skip
+    return Job.objects.create(
+        kind=JobKind.FINE_TUNE,
+        organization=project.organization,
+        project=project,
+        model=base,
+        model_name=base.name,
+        status=JobStatus.RUNNING,
+        request={"suffix": suffix} if suffix else {},
+    )
 
 
 def test_a_new_model_id_carries_the_chosen_slug(alice: Any, alice_org: Any, alice_project: Project) -> None:
@@ -49,15 +55,17 @@ def test_ids_made_before_the_slug_was_chosen_keep_resolving(
     api: Any, alice: Any, alice_org: Any, alice_project: Project
 ) -> None:
     # given: a model made under the name-based slug, then a new slug chosen
-    earlier = create_fine_tuned_model(succeeded_fine_tune(alice_project, "old"), artifact_key="models/a",
-                                      labels=["a", "b"], metrics={})  # fmt: skip
+    earlier = create_fine_tuned_model(
+        succeeded_fine_tune(alice_project, "old"), artifact_key="models/a", labels=["a", "b"], metrics={}
+    )
     assert earlier.name.startswith("ft:minilm-l6:acme:old:")
     accounts.choose_organization_slug(alice, alice_org, "acme-ml")
     alice_project.organization.refresh_from_db()
 
     # when: another model is made
-    later = create_fine_tuned_model(succeeded_fine_tune(alice_project, "new"), artifact_key="models/b",
-                                    labels=["a", "b"], metrics={})  # fmt: skip
+    later = create_fine_tuned_model(
+        succeeded_fine_tune(alice_project, "new"), artifact_key="models/b", labels=["a", "b"], metrics={}
+    )
 
     # then: both ids answer, each under the id it was made with
     assert later.name.startswith("ft:minilm-l6:acme-ml:new:")

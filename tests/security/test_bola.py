@@ -69,16 +69,38 @@ class World:
             "public_id", flat=True
         )
         return [
-            self.organization.public_id, self.project.public_id, self.model.name, self.chat_model.name,
-            *jobs, *events, *checkpoints, *files, self.key.prefix,
-        ]  # fmt: skip
+            self.organization.public_id,
+            self.project.public_id,
+            self.model.name,
+            self.chat_model.name,
+            *jobs,
+            *events,
+            *checkpoints,
+            *files,
+            self.key.prefix,
+        ]
 
 
 def stored_file(project: Project, name: str, data: bytes, purpose: str, fmt: str = "", rows: int = 3) -> File:
-    file = File(project=project, filename=name, purpose=purpose, bytes=len(data), status=FileStatus.PROCESSED,
-                format=fmt, validation={"valid": True, "format": fmt, "rows": rows, "errors": [], "error_count": 0,
-                                        "warnings": [], "warning_count": 0, "summary": f"{rows} rows",
-                                        "stats": {"tokens": {"mean": 8}}})  # fmt: skip
+    file = File(
+        project=project,
+        filename=name,
+        purpose=purpose,
+        bytes=len(data),
+        status=FileStatus.PROCESSED,
+        format=fmt,
+        validation={
+            "valid": True,
+            "format": fmt,
+            "rows": rows,
+            "errors": [],
+            "error_count": 0,
+            "warnings": [],
+            "warning_count": 0,
+            "summary": f"{rows} rows",
+            "stats": {"tokens": {"mean": 8}},
+        },
+    )
     file.content.save(name, ContentFile(data), save=False)
     file.save()
     return file
@@ -95,8 +117,14 @@ def store_weights(prefix: str) -> None:
 
 
 def _job(project: Project, kind: str, status: str, **fields: Any) -> Job:
-    return Job.objects.create(kind=kind, organization=project.organization, project=project, status=status,
-                              queued_at=timezone.now(), **fields)  # fmt: skip
+    return Job.objects.create(
+        kind=kind,
+        organization=project.organization,
+        project=project,
+        status=status,
+        queued_at=timezone.now(),
+        **fields,
+    )
 
 
 def seed_tenant(owner: Any, project: Project, teammate: Any) -> World:
@@ -105,75 +133,182 @@ def seed_tenant(owner: Any, project: Project, teammate: Any) -> World:
     base = Model.objects.get(name="minilm-l6")
     slug = organization.name.lower().replace(" ", "-")
     file = stored_file(project, "tickets.csv", TRAINING_CSV, FilePurpose.FINE_TUNE, "classification_csv")
-    request = {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions",
-               "body": {"model": "tiny-gpt2", "messages": [{"role": "user", "content": MARKER}]}}  # fmt: skip
-    batch_file = stored_file(project, "requests.jsonl", json.dumps(request).encode() + b"\n", FilePurpose.BATCH,
-                             "batch_jsonl", rows=1)  # fmt: skip
+    request = {
+        "custom_id": "r1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "tiny-gpt2", "messages": [{"role": "user", "content": MARKER}]},
+    }
+    batch_file = stored_file(
+        project,
+        "requests.jsonl",
+        json.dumps(request).encode() + b"\n",
+        FilePurpose.BATCH,
+        "batch_jsonl",
+        rows=1,
+    )
     File.objects.filter(pk=batch_file.pk).update(
         validation={**(batch_file.validation or {}), "stats": {"endpoints": {"/v1/chat/completions": 1}}}
     )
     choice = {"index": 0, "message": {"role": "assistant", "content": MARKER}, "finish_reason": "stop"}
-    output = {"id": "batch_req_1", "custom_id": "r1", "error": None,
-              "response": {"status_code": 200, "body": {"object": "chat.completion", "choices": [choice]}}}  # fmt: skip
+    output = {
+        "id": "batch_req_1",
+        "custom_id": "r1",
+        "error": None,
+        "response": {"status_code": 200, "body": {"object": "chat.completion", "choices": [choice]}},
+    }
     output_file = stored_file(
         project, "out.jsonl", json.dumps(output).encode() + b"\n", FilePurpose.BATCH_OUTPUT
     )
     error_file = stored_file(project, "err.jsonl", b"", FilePurpose.BATCH_OUTPUT, rows=0)
 
-    done_job = _job(project, JobKind.FINE_TUNE, JobStatus.SUCCEEDED, model=base, model_name=base.name,
-                    training_file=file, finished_at=timezone.now(), trained_tokens=1200,
-                    lease_owner="worker-7@gpu-host-internal", result={"metrics": {"accuracy": 0.9}})  # fmt: skip
+    done_job = _job(
+        project,
+        JobKind.FINE_TUNE,
+        JobStatus.SUCCEEDED,
+        model=base,
+        model_name=base.name,
+        training_file=file,
+        finished_at=timezone.now(),
+        trained_tokens=1200,
+        lease_owner="worker-7@gpu-host-internal",
+        result={"metrics": {"accuracy": 0.9}},
+    )
     model = Model.objects.create(
-        name=f"ft:minilm-l6:{slug}:tickets:{done_job.public_id}", organization=organization, project=project,
-        base=base, task="classification", labels=["billing", "bug", "praise"], limits={"servable": True},
-        artifact_key=f"models/{organization.public_id}/{done_job.public_id}", metrics={"accuracy": 0.9},
-    )  # fmt: skip
+        name=f"ft:minilm-l6:{slug}:tickets:{done_job.public_id}",
+        organization=organization,
+        project=project,
+        base=base,
+        task="classification",
+        labels=["billing", "bug", "praise"],
+        limits={"servable": True},
+        artifact_key=f"models/{organization.public_id}/{done_job.public_id}",
+        metrics={"accuracy": 0.9},
+    )
     Job.objects.filter(pk=done_job.pk).update(fine_tuned_model=model)
     store_weights(model.artifact_key)
     chat_model = Model.objects.create(
-        name=f"ft:smollm2-135m-instruct:{slug}:bot:{random_id('ftjob-')}", organization=organization,
-        project=project, task="generation", limits={"servable": True}, context_length=256,
+        name=f"ft:smollm2-135m-instruct:{slug}:bot:{random_id('ftjob-')}",
+        organization=organization,
+        project=project,
+        task="generation",
+        limits={"servable": True},
+        context_length=256,
         artifact_key=f"models/{organization.public_id}/bot",
-    )  # fmt: skip
+    )
     store_weights(chat_model.artifact_key)
 
-    ft_job = _job(project, JobKind.FINE_TUNE, JobStatus.RUNNING, model=base, model_name=base.name,
-                  training_file=file, validation_file=file, attempt=1, lease_owner="worker-7@gpu-host-internal",
-                  heartbeat_at=timezone.now(), started_at=timezone.now(),
-                  checkpoint_ref=f"checkpoints/{organization.public_id}/step-10",
-                  progress={"step": 10, "total_steps": 30, "percent": 33.3})  # fmt: skip
+    ft_job = _job(
+        project,
+        JobKind.FINE_TUNE,
+        JobStatus.RUNNING,
+        model=base,
+        model_name=base.name,
+        training_file=file,
+        validation_file=file,
+        attempt=1,
+        lease_owner="worker-7@gpu-host-internal",
+        heartbeat_at=timezone.now(),
+        started_at=timezone.now(),
+        checkpoint_ref=f"checkpoints/{organization.public_id}/step-10",
+        progress={"step": 10, "total_steps": 30, "percent": 33.3},
+    )
     JobEvent.objects.create(job=ft_job, message=f"Attempt 1 started ({MARKER}).")
     JobEvent.objects.create(
         job=ft_job, type="metrics", message="step 10", data={"step": 10, "train_loss": 0.5}
     )
-    Checkpoint.objects.create(job=ft_job, step=10, epoch=1, metrics={"train_loss": 0.5},
-                              artifact_key=f"checkpoints/{organization.public_id}/{ft_job.public_id}/step-10",
-                              fine_tuned_model_checkpoint=f"{model.name}:ckpt-step-10")  # fmt: skip
-    paused_job = _job(project, JobKind.FINE_TUNE, JobStatus.PAUSED, model=base, model_name=base.name,
-                      training_file=file, attempt=1)  # fmt: skip
+    Checkpoint.objects.create(
+        job=ft_job,
+        step=10,
+        epoch=1,
+        metrics={"train_loss": 0.5},
+        artifact_key=f"checkpoints/{organization.public_id}/{ft_job.public_id}/step-10",
+        fine_tuned_model_checkpoint=f"{model.name}:ckpt-step-10",
+    )
+    paused_job = _job(
+        project,
+        JobKind.FINE_TUNE,
+        JobStatus.PAUSED,
+        model=base,
+        model_name=base.name,
+        training_file=file,
+        attempt=1,
+    )
 
-    done_batch = _job(project, JobKind.BATCH, JobStatus.SUCCEEDED, model_name="", training_file=batch_file,
-                      finished_at=timezone.now(),
-                      request={"endpoint": "/v1/chat/completions", "input_file_id": batch_file.public_id,
-                               "completion_window": "24h"},
-                      result={"output_file_id": output_file.public_id, "error_file_id": error_file.public_id},
-                      progress={"total": 1, "completed": 1, "failed": 0})  # fmt: skip
-    running_batch = _job(project, JobKind.BATCH, JobStatus.RUNNING, model_name="", training_file=batch_file,
-                         request={"endpoint": "/v1/chat/completions", "input_file_id": batch_file.public_id,
-                                  "completion_window": "24h"},
-                         progress={"total": 1, "completed": 0, "failed": 0}, attempt=1)  # fmt: skip
-    generation = _job(project, JobKind.GENERATION, JobStatus.SUCCEEDED, model_name=chat_model.name,
-                      request={"messages": [{"role": "user", "content": MARKER}]})  # fmt: skip
-    UsageRecord.objects.create(organization=organization, project=project, job=generation,
-                               model_name=chat_model.name, unit="input_tokens", quantity=123, cost=45)  # fmt: skip
+    done_batch = _job(
+        project,
+        JobKind.BATCH,
+        JobStatus.SUCCEEDED,
+        model_name="",
+        training_file=batch_file,
+        finished_at=timezone.now(),
+        request={
+            "endpoint": "/v1/chat/completions",
+            "input_file_id": batch_file.public_id,
+            "completion_window": "24h",
+        },
+        result={"output_file_id": output_file.public_id, "error_file_id": error_file.public_id},
+        progress={"total": 1, "completed": 1, "failed": 0},
+    )
+    running_batch = _job(
+        project,
+        JobKind.BATCH,
+        JobStatus.RUNNING,
+        model_name="",
+        training_file=batch_file,
+        request={
+            "endpoint": "/v1/chat/completions",
+            "input_file_id": batch_file.public_id,
+            "completion_window": "24h",
+        },
+        progress={"total": 1, "completed": 0, "failed": 0},
+        attempt=1,
+    )
+    generation = _job(
+        project,
+        JobKind.GENERATION,
+        JobStatus.SUCCEEDED,
+        model_name=chat_model.name,
+        request={"messages": [{"role": "user", "content": MARKER}]},
+    )
+    UsageRecord.objects.create(
+        organization=organization,
+        project=project,
+        job=generation,
+        model_name=chat_model.name,
+        unit="input_tokens",
+        quantity=123,
+        cost=45,
+    )
 
     key, _ = projects.create_api_key(project, f"{MARKER} ci key", owner)
     membership = Membership.objects.get(organization=organization, user=teammate)
     token = secrets.token_urlsafe(32)
-    Invitation.objects.create(organization=organization, email="dave@example.com", role="member",
-                              token_hash=Invitation.hash_token(token), invited_by=owner)  # fmt: skip
-    return World(organization, project, file, batch_file, output_file, error_file, ft_job, paused_job, done_job,
-                 model, chat_model, done_batch, running_batch, key, membership, token)  # fmt: skip
+    Invitation.objects.create(
+        organization=organization,
+        email="dave@example.com",
+        role="member",
+        token_hash=Invitation.hash_token(token),
+        invited_by=owner,
+    )
+    return World(
+        organization,
+        project,
+        file,
+        batch_file,
+        output_file,
+        error_file,
+        ft_job,
+        paused_job,
+        done_job,
+        model,
+        chat_model,
+        done_batch,
+        running_batch,
+        key,
+        membership,
+        token,
+    )
 
 
 @pytest.fixture
@@ -362,9 +497,21 @@ def assert_like_missing(
 # --- The matrix -----------------------------------------------------------------------------------
 def test_the_matrix_covers_the_routes_it_should() -> None:
     names = {route.name for route in ID_ROUTES}
-    assert {"api:file", "api:fine_tuning_job", "api:batch", "api:model", "dashboard:project",
-            "dashboard:file", "dashboard:job", "dashboard:model", "dashboard:batch", "dashboard:api_key_revoke",
-            "dashboard:member_role", "dashboard:invitation_revoke", "dashboard:accept_invitation"} <= names  # fmt: skip
+    assert {
+        "api:file",
+        "api:fine_tuning_job",
+        "api:batch",
+        "api:model",
+        "dashboard:project",
+        "dashboard:file",
+        "dashboard:job",
+        "dashboard:model",
+        "dashboard:batch",
+        "dashboard:api_key_revoke",
+        "dashboard:member_role",
+        "dashboard:invitation_revoke",
+        "dashboard:accept_invitation",
+    } <= names
 
 
 def test_every_id_route_has_a_recipe() -> None:
@@ -450,9 +597,12 @@ def test_fine_tuning_on_alices_file_is_refused_and_creates_nothing(
     for path in ("/v1/fine_tuning/jobs", "/v1/fine_tuning/jobs/estimate"):
         for field, theirs, fake in (
             ("training_file", {"training_file": world.file.public_id}, {"training_file": missing}),
-            ("validation_file", {"training_file": own.public_id, "validation_file": world.file.public_id},
-             {"training_file": own.public_id, "validation_file": missing}),
-        ):  # fmt: skip
+            (
+                "validation_file",
+                {"training_file": own.public_id, "validation_file": world.file.public_id},
+                {"training_file": own.public_id, "validation_file": missing},
+            ),
+        ):
             first = carol_api.post(path, {"model": "minilm-l6", **theirs}, format="json")
             second = carol_api.post(path, {"model": "minilm-l6", **fake}, format="json")
             same_as_missing(first, second, [world.file.public_id, missing])
@@ -466,8 +616,9 @@ def test_fine_tuning_alices_model_as_a_base_is_refused(
     own = stored_file(carol_project, "mine.csv", TRAINING_CSV, FilePurpose.FINE_TUNE, "classification_csv")
     before = counts()
     missing = f"ft:minilm-l6:nobody:x:{random_id('ftjob-')}"
-    first = carol_api.post("/v1/fine_tuning/jobs", {"model": world.model.name, "training_file": own.public_id},
-                           format="json")  # fmt: skip
+    first = carol_api.post(
+        "/v1/fine_tuning/jobs", {"model": world.model.name, "training_file": own.public_id}, format="json"
+    )
     second = carol_api.post(
         "/v1/fine_tuning/jobs", {"model": missing, "training_file": own.public_id}, format="json"
     )
@@ -562,16 +713,32 @@ def test_dashboard_forms_refuse_alices_ids_and_create_nothing(
     missing_file, missing_model = random_id("file-"), f"ft:minilm-l6:nobody:x:{random_id('ftjob-')}"
     values = [world.file.public_id, world.batch_file.public_id, world.model.name, missing_file, missing_model]
     cases = [
-        ("fine-tuning/new", {"model": "minilm-l6", "training_file": world.file.public_id},
-         {"model": "minilm-l6", "training_file": missing_file}),
-        ("fine-tuning/estimate", {"model": "minilm-l6", "training_file": world.file.public_id},
-         {"model": "minilm-l6", "training_file": missing_file}),
-        ("batches/new", {"model": "", "file": world.batch_file.public_id}, {"model": "", "file": missing_file}),
-        ("batches/new", {"model": world.model.name, "file": world.file.public_id},
-         {"model": missing_model, "file": missing_file}),
-        ("playground/classify", {"model": world.model.name, "input": "hello"},
-         {"model": missing_model, "input": "hello"}),
-    ]  # fmt: skip
+        (
+            "fine-tuning/new",
+            {"model": "minilm-l6", "training_file": world.file.public_id},
+            {"model": "minilm-l6", "training_file": missing_file},
+        ),
+        (
+            "fine-tuning/estimate",
+            {"model": "minilm-l6", "training_file": world.file.public_id},
+            {"model": "minilm-l6", "training_file": missing_file},
+        ),
+        (
+            "batches/new",
+            {"model": "", "file": world.batch_file.public_id},
+            {"model": "", "file": missing_file},
+        ),
+        (
+            "batches/new",
+            {"model": world.model.name, "file": world.file.public_id},
+            {"model": missing_model, "file": missing_file},
+        ),
+        (
+            "playground/classify",
+            {"model": world.model.name, "input": "hello"},
+            {"model": missing_model, "input": "hello"},
+        ),
+    ]
     for path, theirs, fake in cases:
         first = carol_client.post(page(carol_project, path), theirs)
         second = carol_client.post(page(carol_project, path), fake)
@@ -580,8 +747,11 @@ def test_dashboard_forms_refuse_alices_ids_and_create_nothing(
         assert MARKER not in body_of(first)
     chat = {"model": world.chat_model.name, "messages": [{"role": "user", "content": "hi"}]}
     first = carol_client.post(page(carol_project, "playground/chat"), chat, content_type="application/json")
-    second = carol_client.post(page(carol_project, "playground/chat"), {**chat, "model": missing_model},
-                               content_type="application/json")  # fmt: skip
+    second = carol_client.post(
+        page(carol_project, "playground/chat"),
+        {**chat, "model": missing_model},
+        content_type="application/json",
+    )
     same_as_missing(first, second, [world.chat_model.name, missing_model])
     assert counts() == before
     assert tenant_checksum(world.organization) == checksum

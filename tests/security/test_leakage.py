@@ -84,26 +84,54 @@ def seed_markers(alice: Any, alice_project: Project, bob: Any) -> Seeded:
     world = seed_tenant(alice, alice_project, bob)
     project = Project.objects.create(organization=organization, name=MARKERS["project"], created_by=alice)
     rows = f"text,label\n{MARKERS['file_row']} refund please,billing\nthe app crashes,bug\nlove it,praise\n"
-    file = stored_file(project, f"{MARKERS['file_name']}.csv", rows.encode(), FilePurpose.FINE_TUNE,
-                       "classification_csv")  # fmt: skip
+    file = stored_file(
+        project, f"{MARKERS['file_name']}.csv", rows.encode(), FilePurpose.FINE_TUNE, "classification_csv"
+    )
     base = Model.objects.get(name="minilm-l6")
-    job = _job(project, JobKind.FINE_TUNE, JobStatus.SUCCEEDED, model=base, model_name=base.name,
-               training_file=file, finished_at=timezone.now(), trained_tokens=100,
-               request={"suffix": MARKERS["suffix"]}, metadata={"team": MARKERS["metadata"]})  # fmt: skip
+    job = _job(
+        project,
+        JobKind.FINE_TUNE,
+        JobStatus.SUCCEEDED,
+        model=base,
+        model_name=base.name,
+        training_file=file,
+        finished_at=timezone.now(),
+        trained_tokens=100,
+        request={"suffix": MARKERS["suffix"]},
+        metadata={"team": MARKERS["metadata"]},
+    )
     model = Model.objects.create(
-        name=f"ft:minilm-l6:acme:{MARKERS['suffix']}:{job.public_id}", organization=organization, project=project,
-        base=base, task="classification", labels=["billing", "bug", "praise"], limits={"servable": True},
+        name=f"ft:minilm-l6:acme:{MARKERS['suffix']}:{job.public_id}",
+        organization=organization,
+        project=project,
+        base=base,
+        task="classification",
+        labels=["billing", "bug", "praise"],
+        limits={"servable": True},
         artifact_key=f"models/{organization.public_id}/{job.public_id}",
-    )  # fmt: skip
+    )
     Job.objects.filter(pk=job.pk).update(fine_tuned_model=model)
     store_weights(model.artifact_key)
     key, raw_key = projects.create_api_key(project, MARKERS["key_name"], alice)
-    generation = _job(project, JobKind.GENERATION, JobStatus.SUCCEEDED, model_name=model.name, api_key=key,
-                      request={"messages": [{"role": "user", "content": MARKERS["prompt"]}]},
-                      result={"choices": [{"message": {"role": "assistant", "content": MARKERS["output"]}}]})  # fmt: skip
-    UsageRecord.objects.create(organization=organization, project=project, api_key=key, job=generation,
-                               model_name=f"ft:minilm-l6:acme:{MARKERS['usage']}:x", unit="input_tokens",
-                               quantity=7, cost=3)  # fmt: skip
+    generation = _job(
+        project,
+        JobKind.GENERATION,
+        JobStatus.SUCCEEDED,
+        model_name=model.name,
+        api_key=key,
+        request={"messages": [{"role": "user", "content": MARKERS["prompt"]}]},
+        result={"choices": [{"message": {"role": "assistant", "content": MARKERS["output"]}}]},
+    )
+    UsageRecord.objects.create(
+        organization=organization,
+        project=project,
+        api_key=key,
+        job=generation,
+        model_name=f"ft:minilm-l6:acme:{MARKERS['usage']}:x",
+        unit="input_tokens",
+        quantity=7,
+        cost=3,
+    )
     return Seeded(world, project, job, model, raw_key)
 
 
@@ -217,8 +245,13 @@ def test_carol_sees_none_of_alices_markers_on_any_page_list_or_export(
     seeded: Seeded, carol: Any, carol_project: Project, carol_key: str
 ) -> None:
     # given: carol has things of her own, so her pages and lists are not empty
-    stored_file(carol_project, "carol.csv", b"text,label\nhello,a\nbye,b\n", FilePurpose.FINE_TUNE,
-                "classification_csv")  # fmt: skip
+    stored_file(
+        carol_project,
+        "carol.csv",
+        b"text,label\nhello,a\nbye,b\n",
+        FilePurpose.FINE_TUNE,
+        "classification_csv",
+    )
     # when
     pages = walk_dashboard(login(Client(), carol), [carol_project])
     lists = walk_api(carol_key)
@@ -254,8 +287,14 @@ def send_every_email(client: Client, user: Any, other_address: str, capture: Any
     """The emails the product sends a user: password reset, email verification, an invitation, and
     the spend alert of their organization."""
     organization = user.memberships.get().organization
-    UsageRecord.objects.create(organization=organization, project=organization.projects.first(),
-                               model_name="minilm-l6", unit="input_tokens", quantity=1, cost=1)  # fmt: skip
+    UsageRecord.objects.create(
+        organization=organization,
+        project=organization.projects.first(),
+        model_name="minilm-l6",
+        unit="input_tokens",
+        quantity=1,
+        cost=1,
+    )
     Subscription.objects.filter(pk=subscription_for(organization).pk).update(alert_threshold=1)
     assert check_spend_alert(organization)
     assert client.post("/accounts/password/reset/", {"email": user.email}).status_code == 302
@@ -292,8 +331,13 @@ def test_carols_emails_carry_none_of_alices_markers(
 
 # --- The worker's organization check --------------------------------------------------------------
 def test_the_tenancy_check_names_every_foreign_reference(seeded: Seeded, carol_project: Project) -> None:
-    job = _job(carol_project, JobKind.FINE_TUNE, JobStatus.QUEUED, model_name="minilm-l6",
-               model=Model.objects.get(name="minilm-l6"))  # fmt: skip
+    job = _job(
+        carol_project,
+        JobKind.FINE_TUNE,
+        JobStatus.QUEUED,
+        model_name="minilm-l6",
+        model=Model.objects.get(name="minilm-l6"),
+    )
     assert foreign_references(job) == []  # a catalog base model is everyone's
     job.training_file = seeded.world.file
     job.validation_file = seeded.world.file
@@ -307,17 +351,35 @@ def test_the_tenancy_check_names_every_foreign_reference(seeded: Seeded, carol_p
 
 
 def test_a_forged_message_pairing_alices_file_with_carols_job_is_refused(
-    transactional_db: None, catalog: None, tiny_base: Model, alice: Any, alice_project: Project, bob: Any,
-    carol_project: Project, celery_worker: Any,
-) -> None:  # fmt: skip
+    transactional_db: None,
+    catalog: None,
+    tiny_base: Model,
+    alice: Any,
+    alice_project: Project,
+    bob: Any,
+    carol_project: Project,
+    celery_worker: Any,
+) -> None:
     from saas.celery import app
     from tests.conftest import wait_for
 
     seeded = seed_markers(alice, alice_project, bob)
-    own = stored_file(carol_project, "carol.csv", b"text,label\nhello,a\nbye,b\n", FilePurpose.FINE_TUNE,
-                      "classification_csv")  # fmt: skip
-    job = _job(carol_project, JobKind.FINE_TUNE, JobStatus.QUEUED, model=tiny_base, model_name=tiny_base.name,
-               training_file=own, hyperparameters={"n_epochs": 1, "batch_size": 8, "learning_rate": 1e-3})  # fmt: skip
+    own = stored_file(
+        carol_project,
+        "carol.csv",
+        b"text,label\nhello,a\nbye,b\n",
+        FilePurpose.FINE_TUNE,
+        "classification_csv",
+    )
+    job = _job(
+        carol_project,
+        JobKind.FINE_TUNE,
+        JobStatus.QUEUED,
+        model=tiny_base,
+        model_name=tiny_base.name,
+        training_file=own,
+        hyperparameters={"n_epochs": 1, "batch_size": 8, "learning_rate": 1e-3},
+    )
     # The forgery: carol's job row now names alice's file, and a message is sent for it by name.
     Job.objects.filter(pk=job.pk).update(training_file=seeded.world.file)
     app.send_task("jobs.run_fine_tune", args=[job.public_id, None], queue="gpu")

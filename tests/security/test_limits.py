@@ -25,11 +25,17 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 def models(alice_org: Any) -> dict[str, Model]:
     """Rows only: every request here is refused before a worker would be asked."""
     return {
-        "chat": Model.objects.create(name="tiny-gpt2", task="generation", context_length=256,
-                                     limits={"servable": True}),
-        "classifier": Model.objects.create(name="ft:minilm-l6:acme:x:ftjob-1", organization=alice_org,
-                                           task="classification", labels=["a", "b"], limits={"servable": True}),
-    }  # fmt: skip
+        "chat": Model.objects.create(
+            name="tiny-gpt2", task="generation", context_length=256, limits={"servable": True}
+        ),
+        "classifier": Model.objects.create(
+            name="ft:minilm-l6:acme:x:ftjob-1",
+            organization=alice_org,
+            task="classification",
+            labels=["a", "b"],
+            limits={"servable": True},
+        ),
+    }
 
 
 def refused(response: Any, status: int, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -45,12 +51,22 @@ def refused(response: Any, status: int, param: str | None = None, code: str | No
 
 @pytest.mark.parametrize(
     "path",
-    ["/v1/files", "/v1/fine_tuning/jobs", "/v1/batches", "/v1/fine_tuning/jobs/JOB/events",
-     "/v1/fine_tuning/jobs/JOB/checkpoints"],
-)  # fmt: skip
+    [
+        "/v1/files",
+        "/v1/fine_tuning/jobs",
+        "/v1/batches",
+        "/v1/fine_tuning/jobs/JOB/events",
+        "/v1/fine_tuning/jobs/JOB/checkpoints",
+    ],
+)
 def test_a_huge_page_size_is_refused_by_name(api: Any, alice_project: Any, path: str) -> None:
-    job = Job.objects.create(kind=JobKind.FINE_TUNE, organization=alice_project.organization, project=alice_project,
-                             model_name="minilm-l6", status=JobStatus.RUNNING)  # fmt: skip
+    job = Job.objects.create(
+        kind=JobKind.FINE_TUNE,
+        organization=alice_project.organization,
+        project=alice_project,
+        model_name="minilm-l6",
+        status=JobStatus.RUNNING,
+    )
     path = path.replace("JOB", job.public_id)
     for limit in ("100000", "-1", "0", "1e9", "abc"):
         refused(api.get(path, {"limit": limit}), 400, param="limit")
@@ -75,8 +91,10 @@ def test_a_3_mb_json_body_is_413(api: Any, models: dict[str, Model], path: str) 
 def test_a_3_mb_form_post_to_a_page_is_refused(
     alice_client: Any, alice_project: Any, models: dict[str, Model]
 ) -> None:
-    response = alice_client.post(f"/projects/{alice_project.public_id}/playground/classify",
-                                 {"model": models["classifier"].name, "input": "x" * 3_000_000})  # fmt: skip
+    response = alice_client.post(
+        f"/projects/{alice_project.public_id}/playground/classify",
+        {"model": models["classifier"].name, "input": "x" * 3_000_000},
+    )
     assert response.status_code in (400, 413)
     assert not Job.objects.exists()
 
@@ -150,10 +168,27 @@ def test_completions_are_capped_at_64_per_request(api: Any, models: dict[str, Mo
 
 def test_batch_metadata_and_fine_tune_metadata_are_capped(api: Any, alice_project: Any) -> None:
     huge = {str(i): "v" for i in range(10_001)}
-    refused(api.post("/v1/batches", {"input_file_id": "file-x", "endpoint": "/v1/chat/completions",
-                                     "completion_window": "24h", "metadata": huge}, format="json"), 400)  # fmt: skip
-    refused(api.post("/v1/fine_tuning/jobs", {"model": "minilm-l6", "training_file": "file-x", "metadata": huge},
-                     format="json"), 400)  # fmt: skip
+    refused(
+        api.post(
+            "/v1/batches",
+            {
+                "input_file_id": "file-x",
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+                "metadata": huge,
+            },
+            format="json",
+        ),
+        400,
+    )
+    refused(
+        api.post(
+            "/v1/fine_tuning/jobs",
+            {"model": "minilm-l6", "training_file": "file-x", "metadata": huge},
+            format="json",
+        ),
+        400,
+    )
     assert not Job.objects.exists()
 
 
@@ -164,8 +199,9 @@ def stored(root: Path) -> list[Path]:
 def test_an_upload_over_the_cap_is_413_and_nothing_is_stored(api: Any, settings: Any, media: Path) -> None:
     settings.MAX_UPLOAD_BYTES = 64 * 1024
     big = b"text,label\n" + b"hello,a\n" * 40_000  # ~320 KiB
-    response = api.post("/v1/files", {"purpose": "fine-tune", "file": SimpleUploadedFile("big.csv", big)},
-                        format="multipart")  # fmt: skip
+    response = api.post(
+        "/v1/files", {"purpose": "fine-tune", "file": SimpleUploadedFile("big.csv", big)}, format="multipart"
+    )
     refused(response, 413, code="file_too_large")
     assert not File.objects.exists() and stored(media) == []
 
@@ -175,24 +211,30 @@ def test_an_upload_over_the_plans_cap_is_413_and_nothing_is_stored(
 ) -> None:
     Plan.objects.update(max_upload_bytes=1024)
     data = b"text,label\n" + b"hello,a\n" * 500
-    response = api.post("/v1/files", {"purpose": "fine-tune", "file": SimpleUploadedFile("big.csv", data)},
-                        format="multipart")  # fmt: skip
+    response = api.post(
+        "/v1/files", {"purpose": "fine-tune", "file": SimpleUploadedFile("big.csv", data)}, format="multipart"
+    )
     refused(response, 413, code="file_too_large")
-    page = alice_client.post(f"/projects/{alice_project.public_id}/files/upload",
-                             {"purpose": "fine-tune", "file": SimpleUploadedFile("big.csv", data)},
-                             HTTP_ACCEPT="application/json")  # fmt: skip
+    page = alice_client.post(
+        f"/projects/{alice_project.public_id}/files/upload",
+        {"purpose": "fine-tune", "file": SimpleUploadedFile("big.csv", data)},
+        HTTP_ACCEPT="application/json",
+    )
     # The page words every refusal of the upload action as a 400 (reported: 413 would be truer).
     assert page.status_code in (400, 413) and "1,024 bytes" in page.json()["error"]
     assert not File.objects.exists() and stored(media) == []
 
 
-def test_a_page_upload_over_the_cap_is_413(alice_client: Any, alice_project: Any, settings: Any,
-                                           media: Path) -> None:  # fmt: skip
+def test_a_page_upload_over_the_cap_is_413(
+    alice_client: Any, alice_project: Any, settings: Any, media: Path
+) -> None:
     settings.MAX_UPLOAD_BYTES = 64 * 1024
     big = b"text,label\n" + b"hello,a\n" * 40_000
-    response = alice_client.post(f"/projects/{alice_project.public_id}/files/upload",
-                                 {"purpose": "fine-tune", "file": SimpleUploadedFile("big.csv", big)},
-                                 HTTP_ACCEPT="application/json")  # fmt: skip
+    response = alice_client.post(
+        f"/projects/{alice_project.public_id}/files/upload",
+        {"purpose": "fine-tune", "file": SimpleUploadedFile("big.csv", big)},
+        HTTP_ACCEPT="application/json",
+    )
     assert response.status_code == 413
     assert not File.objects.exists() and stored(media) == []
 

@@ -56,15 +56,21 @@ def assert_no_token(log: str) -> None:
     ("line", "redacted"),
     [
         ('"GET /invitations/abc-DEF_123/ HTTP/1.1" 200', '"GET /invitations/[redacted]/ HTTP/1.1" 200'),
-        ("GET /accounts/login/?next=%2Finvitations%2Fabc%2F&x=1", "GET /accounts/login/?next=%2Finvitations%2F[redacted]%2F&x=1"),
+        (
+            "GET /accounts/login/?next=%2Finvitations%2Fabc%2F&x=1",
+            "GET /accounts/login/?next=%2Finvitations%2F[redacted]%2F&x=1",
+        ),
         ("next=%252Finvitations%252Fabc%252F", "next=%252Finvitations%252F[redacted]%252F"),
         ("/accounts/password/reset/key/1-abc-123/", "/accounts/password/reset/key/[redacted]/"),
-        ("%2Faccounts%2Fpassword%2Freset%2Fkey%2F1-abc%2F", "%2Faccounts%2Fpassword%2Freset%2Fkey%2F[redacted]%2F"),
+        (
+            "%2Faccounts%2Fpassword%2Freset%2Fkey%2F1-abc%2F",
+            "%2Faccounts%2Fpassword%2Freset%2Fkey%2F[redacted]%2F",
+        ),
         ("/accounts/confirm-email/MQ%3A1u2%3Aabc/", "/accounts/confirm-email/[redacted]/"),
         ("Not Found: /invitations/abc/", "Not Found: /invitations/[redacted]/"),
         ("GET /v1/files/file-abc HTTP/1.1", "GET /v1/files/file-abc HTTP/1.1"),
     ],
-)  # fmt: skip
+)
 def test_secrets_are_cut_from_urls_however_encoded(line: str, redacted: str) -> None:
     from apps.core.redaction import redact_url_secrets
 

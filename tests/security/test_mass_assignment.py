@@ -33,9 +33,21 @@ pytestmark = pytest.mark.usefixtures("media")
 
 
 TABLES: list[type[DjangoModel]] = [
-    User, Organization, Membership, Invitation, Project, ApiKey, File, Job, JobEvent, Checkpoint, Model,
-    UsageRecord, Subscription, Plan,
-]  # fmt: skip
+    User,
+    Organization,
+    Membership,
+    Invitation,
+    Project,
+    ApiKey,
+    File,
+    Job,
+    JobEvent,
+    Checkpoint,
+    Model,
+    UsageRecord,
+    Subscription,
+    Plan,
+]
 WORKER = "gpu-box-internal-3"
 
 
@@ -43,14 +55,32 @@ def extras(carol_project: Project) -> dict[str, Any]:
     """Fields an attacker adds to a create or update, hoping one is saved as given."""
     carol_org = carol_project.organization
     return {
-        "organization": carol_org.public_id, "organization_id": carol_org.public_id, "org": carol_org.public_id,
-        "project": carol_project.public_id, "project_id": carol_project.public_id, "owner": "carol@example.com",
-        "status": "succeeded", "attempt": 7, "max_attempts": 1000, "cost": 0, "estimated_cost": 0,
-        "trained_tokens": 1, "fine_tuned_model": "ft:minilm-l6:evil:x:ftjob-1", "lease_owner": "evil",
-        "is_staff": True, "is_superuser": True, "plan": "team", "stripe_customer_id": "cus_evil",
-        "created_by": 1, "created_at": 0, "hashed_key": "0" * 64, "prefix": "evil0001", "revoked_at": 1,
-        "role": "owner", "credits": 10**9,
-    }  # fmt: skip
+        "organization": carol_org.public_id,
+        "organization_id": carol_org.public_id,
+        "org": carol_org.public_id,
+        "project": carol_project.public_id,
+        "project_id": carol_project.public_id,
+        "owner": "carol@example.com",
+        "status": "succeeded",
+        "attempt": 7,
+        "max_attempts": 1000,
+        "cost": 0,
+        "estimated_cost": 0,
+        "trained_tokens": 1,
+        "fine_tuned_model": "ft:minilm-l6:evil:x:ftjob-1",
+        "lease_owner": "evil",
+        "is_staff": True,
+        "is_superuser": True,
+        "plan": "team",
+        "stripe_customer_id": "cus_evil",
+        "created_by": 1,
+        "created_at": 0,
+        "hashed_key": "0" * 64,
+        "prefix": "evil0001",
+        "revoked_at": 1,
+        "role": "owner",
+        "credits": 10**9,
+    }
 
 
 # --- Snapshots of the whole database --------------------------------------------------------------
@@ -108,17 +138,25 @@ def test_api_creates_refuse_every_field_they_do_not_know(
     chat = Model.objects.create(
         name="tiny-gpt2", task="generation", limits={"servable": True}, context_length=256
     )
-    classifier = Model.objects.create(name="ft:minilm-l6:acme:x:ftjob-1", organization=alice_project.organization,
-                                      task="classification", labels=["a", "b"], limits={"servable": True})  # fmt: skip
+    classifier = Model.objects.create(
+        name="ft:minilm-l6:acme:x:ftjob-1",
+        organization=alice_project.organization,
+        task="classification",
+        labels=["a", "b"],
+        limits={"servable": True},
+    )
     bodies: dict[str, dict[str, Any]] = {
         "/v1/fine_tuning/jobs": {"model": "minilm-l6", "training_file": training.public_id},
         "/v1/fine_tuning/jobs/estimate": {"model": "minilm-l6", "training_file": training.public_id},
-        "/v1/batches": {"input_file_id": batch.public_id, "endpoint": "/v1/chat/completions",
-                        "completion_window": "24h"},
+        "/v1/batches": {
+            "input_file_id": batch.public_id,
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+        },
         "/v1/chat/completions": {"model": chat.name, "messages": [{"role": "user", "content": "hi"}]},
         "/v1/completions": {"model": chat.name, "prompt": "hi"},
         "/v1/classifications": {"model": classifier.name, "input": "hi"},
-    }  # fmt: skip
+    }
     before = snapshot()
     for path, body in bodies.items():
         for field, value in extras(carol_project).items():
@@ -138,8 +176,11 @@ def test_an_upload_ignores_extra_form_fields(
     ready: None, api: Any, alice: Any, alice_project: Project, carol_project: Project
 ) -> None:
     before = snapshot()
-    form = {"purpose": "fine-tune", "file": SimpleUploadedFile("a.csv", TRAINING_CSV),
-            **{k: str(v) for k, v in extras(carol_project).items()}}  # fmt: skip
+    form = {
+        "purpose": "fine-tune",
+        "file": SimpleUploadedFile("a.csv", TRAINING_CSV),
+        **{k: str(v) for k, v in extras(carol_project).items()},
+    }
     response = api.post("/v1/files", form, format="multipart")
     assert response.status_code == 200, response.content
     assert_only(before, {"File": 1})
@@ -173,8 +214,10 @@ def test_renaming_a_project_changes_its_name_only(
     ready: None, alice_client: Any, alice_project: Project, carol_project: Project
 ) -> None:
     before = snapshot()
-    alice_client.post(f"/projects/{alice_project.public_id}/rename",
-                      {"name": "Renamed", "public_id": "proj_evil", **form_extras(carol_project)})  # fmt: skip
+    alice_client.post(
+        f"/projects/{alice_project.public_id}/rename",
+        {"name": "Renamed", "public_id": "proj_evil", **form_extras(carol_project)},
+    )
     assert_only(before, {}, {"Project": {"name"}})
     alice_project.refresh_from_db()
     assert alice_project.name == "Renamed" and alice_project.public_id != "proj_evil"
@@ -184,8 +227,16 @@ def test_inviting_ignores_extra_fields(
     ready: None, alice_client: Any, alice_org: Any, carol_project: Project
 ) -> None:
     before = snapshot()
-    alice_client.post("/team/", {"email": "eve@example.com", "role": "member", "accepted_at": "2020-01-01",
-                                 "token_hash": "0" * 64, **form_extras(carol_project)})  # fmt: skip
+    alice_client.post(
+        "/team/",
+        {
+            "email": "eve@example.com",
+            "role": "member",
+            "accepted_at": "2020-01-01",
+            "token_hash": "0" * 64,
+            **form_extras(carol_project),
+        },
+    )
     assert_only(before, {"Invitation": 1})
     invitation = Invitation.objects.get()
     assert (invitation.organization, invitation.role, invitation.accepted_at) == (alice_org, "member", None)
@@ -210,9 +261,15 @@ def test_the_fine_tune_form_ignores_extra_fields(
 ) -> None:
     training = stored_file(alice_project, "t.csv", TRAINING_CSV, FilePurpose.FINE_TUNE, "classification_csv")
     before = snapshot()
-    response = alice_client.post(f"/projects/{alice_project.public_id}/fine-tuning/new",
-                                 {"model": "minilm-l6", "training_file": training.public_id, "confirm_small_data": "yes",
-                                  **form_extras(carol_project)})  # fmt: skip
+    response = alice_client.post(
+        f"/projects/{alice_project.public_id}/fine-tuning/new",
+        {
+            "model": "minilm-l6",
+            "training_file": training.public_id,
+            "confirm_small_data": "yes",
+            **form_extras(carol_project),
+        },
+    )
     assert response.status_code == 302, response.content
     after = assert_only(before, {"Job": 1, "JobEvent": 1})
     job = Job.objects.get(public_id=next(iter(changes(before, after)[0]["Job"]))["public_id"])
@@ -222,12 +279,18 @@ def test_the_fine_tune_form_ignores_extra_fields(
     assert job.max_attempts == 3 and job.estimated_cost != 0
 
 
-def test_the_upload_form_ignores_extra_fields(ready: None, alice_client: Any, alice: Any, alice_project: Project,
-                                              carol_project: Project) -> None:  # fmt: skip
+def test_the_upload_form_ignores_extra_fields(
+    ready: None, alice_client: Any, alice: Any, alice_project: Project, carol_project: Project
+) -> None:
     before = snapshot()
-    alice_client.post(f"/projects/{alice_project.public_id}/files/upload",
-                      {"purpose": "fine-tune", "file": SimpleUploadedFile("a.csv", TRAINING_CSV),
-                       **form_extras(carol_project)})  # fmt: skip
+    alice_client.post(
+        f"/projects/{alice_project.public_id}/files/upload",
+        {
+            "purpose": "fine-tune",
+            "file": SimpleUploadedFile("a.csv", TRAINING_CSV),
+            **form_extras(carol_project),
+        },
+    )
     assert_only(before, {"File": 1})
     file = File.objects.get()
     assert (file.project, file.status, file.created_by) == (alice_project, "uploaded", alice)
@@ -257,9 +320,15 @@ STORAGE_PATH = re.compile(r"\b(files|models|checkpoints)/org-")
 
 def claimed_job(world: World) -> Job:
     """A job a worker on WORKER has claimed, through the real claim."""
-    job = Job.objects.create(kind=JobKind.FINE_TUNE, organization=world.organization, project=world.project,
-                             model=world.ft_job.model, model_name="minilm-l6", status=JobStatus.QUEUED,
-                             training_file=world.file)  # fmt: skip
+    job = Job.objects.create(
+        kind=JobKind.FINE_TUNE,
+        organization=world.organization,
+        project=world.project,
+        model=world.ft_job.model,
+        model_name="minilm-l6",
+        status=JobStatus.QUEUED,
+        training_file=world.file,
+    )
     claimed = job_actions.claim(job.public_id, owner=f"{WORKER}:4242")
     assert claimed is not None and claimed.lease_owner == f"{WORKER}:4242"
     return claimed
@@ -272,17 +341,31 @@ def world(alice: Any, alice_project: Project, bob: Any) -> World:
 
 def test_api_responses_never_carry_internals(world: World, api: Any) -> None:
     claimed = claimed_job(world)
-    job_paths = [f"/v1/fine_tuning/jobs/{job}{suffix}" for job in (world.ft_job.public_id, claimed.public_id,
-                 world.done_job.public_id) for suffix in ("", "/events", "/checkpoints")]  # fmt: skip
+    job_paths = [
+        f"/v1/fine_tuning/jobs/{job}{suffix}"
+        for job in (world.ft_job.public_id, claimed.public_id, world.done_job.public_id)
+        for suffix in ("", "/events", "/checkpoints")
+    ]
     paths = [
-        "/v1/files", f"/v1/files/{world.file.public_id}", "/v1/fine_tuning/jobs", *job_paths, "/v1/batches",
-        f"/v1/batches/{world.done_batch.public_id}", "/v1/models", f"/v1/models/{world.model.name}",
+        "/v1/files",
+        f"/v1/files/{world.file.public_id}",
+        "/v1/fine_tuning/jobs",
+        *job_paths,
+        "/v1/batches",
+        f"/v1/batches/{world.done_batch.public_id}",
+        "/v1/models",
+        f"/v1/models/{world.model.name}",
         "/v1/usage?start_time=0&end_time=86400&group_by=api_key_id",
         "/v1/usage/costs?start_time=0&end_time=86400&group_by=project_id",
-    ]  # fmt: skip
+    ]
     responses = [api.get(path) for path in paths]
-    responses.append(api.post("/v1/files", {"purpose": "fine-tune", "file": SimpleUploadedFile("a.csv", TRAINING_CSV)},
-                              format="multipart"))  # fmt: skip
+    responses.append(
+        api.post(
+            "/v1/files",
+            {"purpose": "fine-tune", "file": SimpleUploadedFile("a.csv", TRAINING_CSV)},
+            format="multipart",
+        )
+    )
     responses.append(api.post(f"/v1/fine_tuning/jobs/{claimed.public_id}/cancel", {}, format="json"))
     forbidden = secrets_of(world)
     for path, response in zip([*paths, "POST /v1/files", "POST cancel"], responses, strict=True):

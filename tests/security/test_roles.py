@@ -41,20 +41,38 @@ def key_of(user: Any, project: Project) -> APIClient:
 def fine_tuned(project: Project, user: Any | None, suffix: str) -> Model:
     """A fine-tuned model as a succeeded job of `user` leaves it."""
     base = Model.objects.get(name="minilm-l6")
-    job = Job.objects.create(kind=JobKind.FINE_TUNE, organization=project.organization, project=project,
-                             model=base, model_name=base.name, status=JobStatus.SUCCEEDED, created_by=user)  # fmt: skip
+    job = Job.objects.create(
+        kind=JobKind.FINE_TUNE,
+        organization=project.organization,
+        project=project,
+        model=base,
+        model_name=base.name,
+        status=JobStatus.SUCCEEDED,
+        created_by=user,
+    )
     model = Model.objects.create(
-        name=f"ft:minilm-l6:acme:{suffix}:{job.public_id}", organization=project.organization, project=project,
-        base=base, task="classification", limits={"servable": True}, created_by=user,
+        name=f"ft:minilm-l6:acme:{suffix}:{job.public_id}",
+        organization=project.organization,
+        project=project,
+        base=base,
+        task="classification",
+        limits={"servable": True},
+        created_by=user,
         artifact_key=f"models/{project.organization.public_id}/{job.public_id}",
-    )  # fmt: skip
+    )
     Job.objects.filter(pk=job.pk).update(fine_tuned_model=model)
     return model
 
 
 def stored_file(project: Project, user: Any | None, name: str = "tickets.csv") -> File:
-    file = File(project=project, filename=name, purpose=FilePurpose.FINE_TUNE, bytes=11,
-                status=FileStatus.PROCESSED, created_by=user)  # fmt: skip
+    file = File(
+        project=project,
+        filename=name,
+        purpose=FilePurpose.FINE_TUNE,
+        bytes=11,
+        status=FileStatus.PROCESSED,
+        created_by=user,
+    )
     file.content.save(name, ContentFile(b"text,label\n"), save=False)
     file.save()
     return file
@@ -71,8 +89,11 @@ def file_url(project: Project, file: File, action: str = "") -> str:
 def refused(response: Any, message: str) -> None:
     assert response.status_code == 403, response.content
     assert response.json()["error"] == {
-        "message": message, "type": "invalid_request_error", "param": None, "code": "permission_denied",
-    }  # fmt: skip
+        "message": message,
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "permission_denied",
+    }
 
 
 # --- Models --------------------------------------------------------------------------------------
@@ -249,8 +270,12 @@ def test_a_removed_members_open_session_reaches_nothing_of_the_organization(
     bobs_file = stored_file(alice_project, bob)
     login(client, bob)
     client.post("/organizations/switch", {"organization": alice_project.organization.public_id})
-    pages = [f"/projects/{alice_project.public_id}/", file_url(alice_project, bobs_file),
-             f"/projects/{alice_project.public_id}/api-keys/", f"/projects/{alice_project.public_id}/models/"]  # fmt: skip
+    pages = [
+        f"/projects/{alice_project.public_id}/",
+        file_url(alice_project, bobs_file),
+        f"/projects/{alice_project.public_id}/api-keys/",
+        f"/projects/{alice_project.public_id}/models/",
+    ]
     assert all(client.get(page).status_code == 200 for page in pages)
     assert "alice@example.com" in client.get("/team/").content.decode()
     # when alice removes him
@@ -268,8 +293,15 @@ def test_a_removed_members_open_session_reaches_nothing_of_the_organization(
 def job_of(
     project: Project, user: Any, kind: str = JobKind.FINE_TUNE, status: str = JobStatus.RUNNING
 ) -> Job:
-    return Job.objects.create(kind=kind, organization=project.organization, project=project, model_name="minilm-l6",
-                              status=status, created_by=user, request={"endpoint": "/v1/chat/completions"})  # fmt: skip
+    return Job.objects.create(
+        kind=kind,
+        organization=project.organization,
+        project=project,
+        model_name="minilm-l6",
+        status=status,
+        created_by=user,
+        request={"endpoint": "/v1/chat/completions"},
+    )
 
 
 STOP_REFUSAL = "Only owners and admins, and the member who started it, can {verb} this {noun}."

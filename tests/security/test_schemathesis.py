@@ -211,21 +211,33 @@ def write_config(directory: Path, name: str, world: World, models: list[str], mo
     jobs = [world.ft_job.public_id, world.paused_job.public_id, world.done_job.public_id]
     batches = [world.done_batch.public_id, world.running_batch.public_id]
     bindings = {
-        "path.file_id": "files", "path.job_id": "jobs", "path.batch_id": "batches", "path.model": "model_ids",
-        "query.after": "cursors", "body.model": "models", "body.training_file": "files",
-        "body.validation_file": "files", "body.input_file_id": "files",
-    }  # fmt: skip
+        "path.file_id": "files",
+        "path.job_id": "jobs",
+        "path.batch_id": "batches",
+        "path.model": "model_ids",
+        "query.after": "cursors",
+        "body.model": "models",
+        "body.training_file": "files",
+        "body.validation_file": "files",
+        "body.input_file_id": "files",
+    }
     lines = [
         f"hooks = {json.dumps(str(hooks))}",
-        "[dictionaries.files]", f"values = {json.dumps(files)}",
-        "[dictionaries.jobs]", f"values = {json.dumps(jobs)}",
-        "[dictionaries.batches]", f"values = {json.dumps(batches)}",
-        "[dictionaries.models]", f"values = {json.dumps(models)}",
-        "[dictionaries.model_ids]", f"values = {json.dumps(model_ids)}",
-        "[dictionaries.cursors]", f"values = {json.dumps(files + jobs + batches)}",
+        "[dictionaries.files]",
+        f"values = {json.dumps(files)}",
+        "[dictionaries.jobs]",
+        f"values = {json.dumps(jobs)}",
+        "[dictionaries.batches]",
+        f"values = {json.dumps(batches)}",
+        "[dictionaries.models]",
+        f"values = {json.dumps(models)}",
+        "[dictionaries.model_ids]",
+        f"values = {json.dumps(model_ids)}",
+        "[dictionaries.cursors]",
+        f"values = {json.dumps(files + jobs + batches)}",
         "[parameters]",
         *(f'"{key}" = {{ dictionary = "{value}", probability = 0.5 }}' for key, value in bindings.items()),
-    ]  # fmt: skip
+    ]
     path = directory / f"{name}.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -237,16 +249,43 @@ def run_schemathesis(
     """One `st run`: (its failure report, or "" when it passed; every request and response sent)."""
     har = directory / f"{name}.har"
     command = [
-        st_executable(), "--config-file", str(config), "--no-color", "run", f"{live_server.url}/v1/schema",
-        "--checks", "all", "--exclude-checks", ",".join(RELAXED), "--max-examples", str(MAX_EXAMPLES),
-        "--phases", phases, "--seed", "1", "--workers", "4", "--request-timeout", "30", "--no-shrink",
-        "--report", "har", "--report-har-path", str(har),
-    ]  # fmt: skip
+        st_executable(),
+        "--config-file",
+        str(config),
+        "--no-color",
+        "run",
+        f"{live_server.url}/v1/schema",
+        "--checks",
+        "all",
+        "--exclude-checks",
+        ",".join(RELAXED),
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--phases",
+        phases,
+        "--seed",
+        "1",
+        "--workers",
+        "4",
+        "--request-timeout",
+        "30",
+        "--no-shrink",
+        "--report",
+        "har",
+        "--report-har-path",
+        str(har),
+    ]
     if key is not None:
         command += ["--header", f"Authorization: Bearer {key}"]
     started = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=directory,
-                            env={**os.environ, "NO_COLOR": "1"})  # fmt: skip
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=directory,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
     print(f"schemathesis as {name}: {time.monotonic() - started:.0f}s, exit {result.returncode}")
     report = "" if result.returncode == 0 else f"--- as {name} ---\n{result.stdout}{result.stderr[-2000:]}"
     print(report or result.stdout[-1500:])
@@ -266,24 +305,44 @@ def response_text(entry: dict[str, Any]) -> str:
 
 @pytest.fixture
 def fuzz_setup(
-    settings: Any, catalog: None, alice: Any, alice_project: Any, bob: Any, alice_key: str, carol_key: str,
-    carol_project: Any, tiny_chat: Any, tiny_base: Any, tiny_classifier: Any, celery_worker: Any,
-) -> dict[str, Any]:  # fmt: skip
+    settings: Any,
+    catalog: None,
+    alice: Any,
+    alice_project: Any,
+    bob: Any,
+    alice_key: str,
+    carol_key: str,
+    carol_project: Any,
+    tiny_chat: Any,
+    tiny_base: Any,
+    tiny_classifier: Any,
+    celery_worker: Any,
+) -> dict[str, Any]:
     settings.INFERENCE_TIMEOUT_SECONDS = 20
     # Rate limits would turn most generated inference requests into 429s: lift them for the run.
-    Plan.objects.update(requests_per_minute=100_000, key_requests_per_minute=100_000, tokens_per_minute=10**9,
-                        allowed_models=[])  # fmt: skip
+    Plan.objects.update(
+        requests_per_minute=100_000,
+        key_requests_per_minute=100_000,
+        tokens_per_minute=10**9,
+        allowed_models=[],
+    )
     # The ignored_auth check sends a wrong key to every operation: past 10 failures from 127.0.0.1
     # the right keys would get 429 too (docs/reliability.md, T28, tests/security/test_key_bruteforce.py).
     settings.API_KEY_FAILURE_LIMIT = 1_000_000
     world = seed_tenant(alice, alice_project, bob)
-    stored_file(carol_project, "mine.csv", b"text,label\ncarol's own row,bug\n", FilePurpose.FINE_TUNE,
-                "classification_csv")  # fmt: skip
+    stored_file(
+        carol_project,
+        "mine.csv",
+        b"text,label\ncarol's own row,bug\n",
+        FilePurpose.FINE_TUNE,
+        "classification_csv",
+    )
     return {"world": world, "classifier": tiny_classifier}
 
 
-def test_schemathesis_as_alice_carol_and_anonymous(live_server: Any, tmp_path: Path, fuzz_setup: dict[str, Any],
-                                                   alice_key: str, carol_key: str) -> None:  # fmt: skip
+def test_schemathesis_as_alice_carol_and_anonymous(
+    live_server: Any, tmp_path: Path, fuzz_setup: dict[str, Any], alice_key: str, carol_key: str
+) -> None:
     world: World = fuzz_setup["world"]
     classifier = fuzz_setup["classifier"].name
     secrets = [*world.public_ids(), classifier, MARKER]  # read now: alice's run may delete some
@@ -291,8 +350,13 @@ def test_schemathesis_as_alice_carol_and_anonymous(live_server: Any, tmp_path: P
 
     # alice: her own objects, and models that really run on the worker (the seeded fine-tuned
     # rows have stand-in weights: fine to list, export or delete, not to run).
-    own = write_config(tmp_path, "alice", world, ["tiny-gpt2", classifier, "minilm-l6"],
-                       [classifier, world.model.name, world.chat_model.name, "tiny-gpt2"])  # fmt: skip
+    own = write_config(
+        tmp_path,
+        "alice",
+        world,
+        ["tiny-gpt2", classifier, "minilm-l6"],
+        [classifier, world.model.name, world.chat_model.name, "tiny-gpt2"],
+    )
     report, entries = run_schemathesis(
         live_server, tmp_path, "alice", own, alice_key, "examples,coverage,fuzzing,stateful"
     )
@@ -308,8 +372,13 @@ def test_schemathesis_as_alice_carol_and_anonymous(live_server: Any, tmp_path: P
     )
 
     # carol: alice's ids everywhere an id goes, and nothing of alice's may come back.
-    theirs = write_config(tmp_path, "carol", world, [classifier, world.model.name, "tiny-gpt2"],
-                          [classifier, world.model.name, world.chat_model.name])  # fmt: skip
+    theirs = write_config(
+        tmp_path,
+        "carol",
+        world,
+        [classifier, world.model.name, "tiny-gpt2"],
+        [classifier, world.model.name, world.chat_model.name],
+    )
     report, entries = run_schemathesis(
         live_server, tmp_path, "carol", theirs, carol_key, "examples,coverage,fuzzing"
     )

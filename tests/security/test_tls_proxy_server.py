@@ -53,9 +53,28 @@ def gunicorn(env: dict[str, str], directory: Path) -> Iterator[str]:
     # gunicorn itself believes X-Forwarded-Proto from 127.0.0.1 (its forwarded_allow_ips default).
     # In production the proxy connects from another host, where it does not: only Django's
     # SECURE_PROXY_SSL_HEADER decides, so here gunicorn trusts no front end either.
-    web = Process([sys.executable, "-m", "gunicorn", "saas.wsgi:application", "-b", f"127.0.0.1:{port}",
-                   "-k", "gthread", "-w", "1", "--threads", "4", "--timeout", "60",
-                   "--forwarded-allow-ips", "192.0.2.1"], env, "gunicorn-tls")  # fmt: skip
+    web = Process(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "saas.wsgi:application",
+            "-b",
+            f"127.0.0.1:{port}",
+            "-k",
+            "gthread",
+            "-w",
+            "1",
+            "--threads",
+            "4",
+            "--timeout",
+            "60",
+            "--forwarded-allow-ips",
+            "192.0.2.1",
+        ],
+        env,
+        "gunicorn-tls",
+    )
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:

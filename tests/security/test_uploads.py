@@ -85,17 +85,26 @@ def test_a_2_mib_line_is_an_error_for_that_line(api: Any) -> None:
 # --- Names are never paths ----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("name", "basename"),
-    [("../../etc/passwd.csv", "passwd.csv"), ("..\\..\\x.csv", "x.csv"), ("/etc/cron.d/x.csv", "x.csv"),
-     ("a/../../b.csv", "b.csv"), ("..\\", "upload")],
-)  # fmt: skip
+    [
+        ("../../etc/passwd.csv", "passwd.csv"),
+        ("..\\..\\x.csv", "x.csv"),
+        ("/etc/cron.d/x.csv", "x.csv"),
+        ("a/../../b.csv", "b.csv"),
+        ("..\\", "upload"),
+    ],
+)
 def test_a_traversal_filename_is_stored_under_our_own_key(
     api: Any, alice_project: Any, media: Path, tmp_path: Path, name: str, basename: str
 ) -> None:
     data = b"text,label\nhi,a\n"
     # Through the API (Django's multipart parser already cuts paths) and through the action itself,
     # which must hold on its own.
-    raw = f'--B\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n--B\r\nContent-Disposition: ' \
-          f'form-data; name="file"; filename="{name}"\r\nContent-Type: text/csv\r\n\r\n'.encode() + data + b"\r\n--B--\r\n"  # fmt: skip
+    raw = (
+        f'--B\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n--B\r\nContent-Disposition: '
+        f'form-data; name="file"; filename="{name}"\r\nContent-Type: text/csv\r\n\r\n'.encode()
+        + data
+        + b"\r\n--B--\r\n"
+    )
     response = api.generic("POST", "/v1/files", raw, content_type="multipart/form-data; boundary=B")
     stored = []
     if response.status_code == 200:
@@ -187,10 +196,24 @@ def test_the_usage_export_defuses_formulas(alice: Any, alice_client: Any, alice_
     for text in FORMULAS:
         project = actions.create_project(alice_org, alice, text)
         key, _ = actions.create_api_key(project, text, alice)
-        job = Job.objects.create(kind=JobKind.GENERATION, organization=alice_org, project=project, model_name=text,
-                                 status=JobStatus.SUCCEEDED, finished_at=timezone.now())  # fmt: skip
-        UsageRecord.objects.create(organization=alice_org, project=project, api_key=key, job=job, model_name=text,
-                                   unit="input_tokens", quantity=10, cost=1)  # fmt: skip
+        job = Job.objects.create(
+            kind=JobKind.GENERATION,
+            organization=alice_org,
+            project=project,
+            model_name=text,
+            status=JobStatus.SUCCEEDED,
+            finished_at=timezone.now(),
+        )
+        UsageRecord.objects.create(
+            organization=alice_org,
+            project=project,
+            api_key=key,
+            job=job,
+            model_name=text,
+            unit="input_tokens",
+            quantity=10,
+            cost=1,
+        )
     rows = read_csv(alice_client.get("/usage/export.csv"))
     assert len(rows) == 1 + len(FORMULAS)
     assert_no_formula_cells(rows)
@@ -224,8 +247,15 @@ def test_the_batch_results_export_defuses_formulas(alice_client: Any, alice_proj
         }
         for text in FORMULAS[:3]
     ]
-    errors = [{"id": "r", "custom_id": f"{text}-id", "error": None, "response": {"status_code": 400, "body": {
-        "error": {"message": text}}}} for text in FORMULAS[3:]]  # fmt: skip
+    errors = [
+        {
+            "id": "r",
+            "custom_id": f"{text}-id",
+            "error": None,
+            "response": {"status_code": 400, "body": {"error": {"message": text}}},
+        }
+        for text in FORMULAS[3:]
+    ]
 
     def jsonl(rows: list[dict[str, Any]]) -> bytes:
         return "".join(json.dumps(row) + "\n" for row in rows).encode()
@@ -233,11 +263,17 @@ def test_the_batch_results_export_defuses_formulas(alice_client: Any, alice_proj
     source = stored_file(alice_project, "in.jsonl", jsonl(requests), FilePurpose.BATCH, "batch_jsonl")
     output = stored_file(alice_project, "out.jsonl", jsonl(outputs), FilePurpose.BATCH_OUTPUT)
     error = stored_file(alice_project, "err.jsonl", jsonl(errors), FilePurpose.BATCH_OUTPUT)
-    job = Job.objects.create(kind=JobKind.BATCH, organization=alice_project.organization, project=alice_project,
-                             status=JobStatus.SUCCEEDED, training_file=source, model_name="",
-                             request={"endpoint": "/v1/chat/completions", "input_file_id": source.public_id},
-                             result={"output_file_id": output.public_id, "error_file_id": error.public_id},
-                             progress={"total": 6, "completed": 3, "failed": 3})  # fmt: skip
+    job = Job.objects.create(
+        kind=JobKind.BATCH,
+        organization=alice_project.organization,
+        project=alice_project,
+        status=JobStatus.SUCCEEDED,
+        training_file=source,
+        model_name="",
+        request={"endpoint": "/v1/chat/completions", "input_file_id": source.public_id},
+        result={"output_file_id": output.public_id, "error_file_id": error.public_id},
+        progress={"total": 6, "completed": 3, "failed": 3},
+    )
     rows = read_csv(
         alice_client.get(f"/projects/{alice_project.public_id}/batches/{job.public_id}/results.csv")
     )

@@ -45,8 +45,12 @@ class BoomView(ProjectAPIView):
         raise RuntimeError(SECRET_MESSAGE)
 
 
-urlpatterns = [path("boom", boom), path("v1/boom", BoomView.as_view()), path("v1/boom-plain", boom),
-               *saas.urls.urlpatterns]  # fmt: skip
+urlpatterns = [
+    path("boom", boom),
+    path("v1/boom", BoomView.as_view()),
+    path("v1/boom-plain", boom),
+    *saas.urls.urlpatterns,
+]
 handler400, handler403 = saas.urls.handler400, saas.urls.handler403
 handler404, handler500 = saas.urls.handler404, saas.urls.handler500
 
@@ -142,9 +146,11 @@ def test_dashboard_forms_without_a_csrf_token_are_403(alice: Any, alice_project:
         ("/projects/", {"name": "sneaky"}),
         ("/team/", {"email": "eve@example.com", "role": "member"}),
         (f"/projects/{alice_project.public_id}/api-keys/", {"name": "sneaky"}),
-        (f"/projects/{alice_project.public_id}/files/upload",
-         {"purpose": "fine-tune", "file": SimpleUploadedFile("a.csv", b"text,label\nhi,a\n")}),
-    ]  # fmt: skip
+        (
+            f"/projects/{alice_project.public_id}/files/upload",
+            {"purpose": "fine-tune", "file": SimpleUploadedFile("a.csv", b"text,label\nhi,a\n")},
+        ),
+    ]
     for url, data in posts:
         assert client.post(url, data).status_code == 403, url
     assert Project.objects.count() == projects

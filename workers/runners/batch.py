@@ -96,8 +96,11 @@ class BatchRun:
 
     def respond(self, custom_id: str, model_name: str, result: dict[str, Any]) -> None:
         prefix, build = RESPONSES[BATCH_ENDPOINTS[self.endpoint]]
-        self.write(custom_id, 200, build(prefix + secrets.token_hex(12), int(self.job.created_at.timestamp()),
-                                         model_name, result))  # fmt: skip
+        self.write(
+            custom_id,
+            200,
+            build(prefix + secrets.token_hex(12), int(self.job.created_at.timestamp()), model_name, result),
+        )
 
     # --- the money -----------------------------------------------------------------------------------
     def cost(self) -> int:
@@ -142,11 +145,16 @@ class BatchRun:
         plan = self.subscription.plan
         tokens = max(inference.estimate_tokens(request), 1)
         if tokens > plan.tokens_per_minute:
-            self.fail_line(custom_id, ActionError(
-                f"This request may use {tokens:,} tokens, more than the {plan.tokens_per_minute:,} tokens per "
-                f"minute of the {plan.name} plan. Lower its max_tokens or shorten it, or upgrade under Billing.",
-                code="rate_limit_exceeded", param="max_tokens", status=429,
-            ))  # fmt: skip
+            self.fail_line(
+                custom_id,
+                ActionError(
+                    f"This request may use {tokens:,} tokens, more than the {plan.tokens_per_minute:,} tokens per "
+                    f"minute of the {plan.name} plan. Lower its max_tokens or shorten it, or upgrade under Billing.",
+                    code="rate_limit_exceeded",
+                    param="max_tokens",
+                    status=429,
+                ),
+            )
             return False
         scope = f"org:{self.job.organization_id}:tokens"
         while not ratelimit.take(scope, plan.tokens_per_minute, tokens).allowed:
@@ -165,8 +173,11 @@ class BatchRun:
                     self.job.project, line.get("body")
                 )
                 if self.model_name and model.name != self.model_name:
-                    raise ActionError(f"A batch calls one model; this line asks for {model.name}, "
-                                      f"the batch uses {self.model_name}.", param="model")  # fmt: skip
+                    raise ActionError(
+                        f"A batch calls one model; this line asks for {model.name}, "
+                        f"the batch uses {self.model_name}.",
+                        param="model",
+                    )
                 # The plan may have changed since the batch was submitted: each line is checked.
                 quotas.check_model(self.subscription, model.name, param="body.model")
                 self.model_name = model.name
@@ -240,8 +251,10 @@ class BatchRun:
             results = list(pool.map(call, [request for _, _, request in parsed]))
         for (custom_id, _, _), result in zip(parsed, results, strict=True):
             if isinstance(result, ProxyError):
-                self.fail_line(custom_id, ActionError(result.message, code=result.code, param=result.param,
-                                                      status=result.status))  # fmt: skip
+                self.fail_line(
+                    custom_id,
+                    ActionError(result.message, code=result.code, param=result.param, status=result.status),
+                )
                 continue
             self.usage["input_tokens"] += result.usage.prompt_tokens
             self.usage["output_tokens"] += result.usage.completion_tokens
@@ -273,9 +286,11 @@ def _finish(job: Job, guard: AttemptGuard, run: BatchRun, out: Any, errors: Any)
         handle.seek(0)
         data = handle.read().encode()
         if data:
-            files.append(stored_result_file(
-                job.project, f"{job.public_id}_{name}.jsonl", FilePurpose.BATCH_OUTPUT, data
-            ))  # fmt: skip
+            files.append(
+                stored_result_file(
+                    job.project, f"{job.public_id}_{name}.jsonl", FilePurpose.BATCH_OUTPUT, data
+                )
+            )
             result[key] = files[-1].public_id
     counts = run.counts
     error = None
@@ -301,9 +316,17 @@ def _finish(job: Job, guard: AttemptGuard, run: BatchRun, out: Any, errors: Any)
             file.save()
 
     finished = actions.finish(
-        job.pk, job.attempt, status, result=result, error=error, usage=run.usage,
-        usage_models=run.usage_models(), status_reason=StopReason.SPEND_LIMIT_REACHED if error else "",
-        fields={"progress": counts, "model_name": run.model_name}, message=message, on_finished=publish_files,
-    )  # fmt: skip
+        job.pk,
+        job.attempt,
+        status,
+        result=result,
+        error=error,
+        usage=run.usage,
+        usage_models=run.usage_models(),
+        status_reason=StopReason.SPEND_LIMIT_REACHED if error else "",
+        fields={"progress": counts, "model_name": run.model_name},
+        message=message,
+        on_finished=publish_files,
+    )
     if finished is None:  # another attempt owns the batch now: its files are not ours to publish
         discard(files)

@@ -347,8 +347,16 @@ def label_texts(
         _store_chunk(key, chunk)
         labelling.chunks.append(chunk)
         labelled = start + len(batch)
-        guard.set_progress({"phase": "labelling", "step": 0, "total_steps": None, "labelled": labelled,
-                            "total_texts": len(texts), "percent": round(100 * labelled / len(texts), 1)})  # fmt: skip
+        guard.set_progress(
+            {
+                "phase": "labelling",
+                "step": 0,
+                "total_steps": None,
+                "labelled": labelled,
+                "total_texts": len(texts),
+                "percent": round(100 * labelled / len(texts), 1),
+            }
+        )
     bad = labelling.unparseable()
     on_log(
         f"The teacher labelled {len(texts) - len(bad):,} of {len(texts):,} texts"
@@ -415,14 +423,26 @@ def label_for_distillation(
         return None
     if labelling.stopped == "pause":
         usage, models = labelling.billing()  # the labels are kept for the resumed attempt: billed now
-        actions.finish(job.pk, job.attempt, JobStatus.PAUSED, usage=usage, usage_models=models,
-                       message="Job paused while the teacher labelled texts.")  # fmt: skip
+        actions.finish(
+            job.pk,
+            job.attempt,
+            JobStatus.PAUSED,
+            usage=usage,
+            usage_models=models,
+            message="Job paused while the teacher labelled texts.",
+        )
         return None
     if labelling.stopped:
         usage, models = labelling.billing()
         if labelling.stopped == "cancel":
-            actions.finish(job.pk, job.attempt, JobStatus.CANCELLED, usage=usage, usage_models=models,
-                           message="Job cancelled.")  # fmt: skip
+            actions.finish(
+                job.pk,
+                job.attempt,
+                JobStatus.CANCELLED,
+                usage=usage,
+                usage_models=models,
+                message="Job cancelled.",
+            )
         else:
             labelled = sum(len(chunk.labels) for chunk in labelling.chunks)
             code = MONEY_STOPS[labelling.stopped]
@@ -430,8 +450,15 @@ def label_for_distillation(
                 f"{code.label} while the teacher labelled texts ({labelled:,} of {len(texts):,} done); "
                 "no student was trained. Raise it, or distil fewer texts."
             )
-            actions.finish(job.pk, job.attempt, JobStatus.FAILED, usage=usage, usage_models=models,
-                           error={"code": code, "message": message, "param": "max_cost"}, message=message)  # fmt: skip
+            actions.finish(
+                job.pk,
+                job.attempt,
+                JobStatus.FAILED,
+                usage=usage,
+                usage_models=models,
+                error={"code": code, "message": message, "param": "max_cost"},
+                message=message,
+            )
         forget_labels(job)
         return None
     return labelling
@@ -447,20 +474,28 @@ def student_spec(job: Job, spec: TrainSpec, labelling: Labelling, work: Path) ->
         fail_teacher(job, exc, labelling)
         return None
     return replace(
-        spec, training_file=str(train_path), validation_file=str(valid_path), text_field="text",
-        label_field="label", labels=tuple(labelling.labels),
+        spec,
+        training_file=str(train_path),
+        validation_file=str(valid_path),
+        text_field="text",
+        label_field="label",
+        labels=tuple(labelling.labels),
         soft_label_field="soft" if labelling.temperature is not None else "",
         distill_temperature=labelling.temperature or 1.0,
-    )  # fmt: skip
+    )
 
 
 def fail_teacher(job: Job, error: TeacherError, labelling: Labelling | None) -> None:
     usage, models = labelling.billing() if labelling is not None else ({}, {})
     actions.finish(
-        job.pk, job.attempt, JobStatus.FAILED, usage=usage, usage_models=models,
+        job.pk,
+        job.attempt,
+        JobStatus.FAILED,
+        usage=usage,
+        usage_models=models,
         error={"code": error.code, "message": error.message, "param": "method.distillation.teacher"},
         message=error.message,
-    )  # fmt: skip
+    )
     forget_labels(job)
 
 
@@ -523,9 +558,16 @@ def labels_report(labelling: Labelling, predictions: dict[int, str]) -> bytes:
     for index, (text, label, answer) in enumerate(
         zip(labelling.texts, labelling.teacher_labels, answers, strict=True)
     ):
-        writer.writerow([
-            text.line, safe_cell(label or ""), safe_cell(answer or ""), "yes" if label is not None else "no",
-            "yes" if index in labelling.held_out else "", safe_cell(predictions.get(index, "")),
-            safe_cell(text.gold or ""), safe_cell(text.text),
-        ])  # fmt: skip
+        writer.writerow(
+            [
+                text.line,
+                safe_cell(label or ""),
+                safe_cell(answer or ""),
+                "yes" if label is not None else "no",
+                "yes" if index in labelling.held_out else "",
+                safe_cell(predictions.get(index, "")),
+                safe_cell(text.gold or ""),
+                safe_cell(text.text),
+            ]
+        )
     return out.getvalue().encode()

@@ -101,10 +101,12 @@ def run_fine_tune(job: Job) -> None:
         # job with internal_error rather than blame the customer's file for it.
         reason = without_paths(str(exc))
         actions.finish(
-            job.pk, job.attempt, JobStatus.FAILED,
+            job.pk,
+            job.attempt,
+            JobStatus.FAILED,
             error={"code": "invalid_training_data", "message": reason, "param": "training_file"},
             message=f"Training failed: {reason}",
-        )  # fmt: skip
+        )
     except (DatabaseError, OSError) as exc:
         logger.exception("job %s: transient failure", job.public_id)
         # If even that fails, the reaper re-queues the job once its heartbeat goes stale.
@@ -125,9 +127,12 @@ def _failed_for_a_deleted_file(job: Job) -> bool:
         if file is None and (param == "training_file" or request.get(param)):
             message = f"The {param.replace('_', ' ')} of this job was deleted. Start a new job with a file that exists."
             actions.finish(
-                job.pk, job.attempt, JobStatus.FAILED, message=message,
+                job.pk,
+                job.attempt,
+                JobStatus.FAILED,
+                message=message,
                 error={"code": "file_deleted", "message": message, "param": param},
-            )  # fmt: skip
+            )
             return True
     return False
 
@@ -151,9 +156,12 @@ def _fail_time_limit(job: Job) -> None:
         checkpoint = Job.objects.filter(pk=job.pk).values_list("checkpoint_ref", flat=True).first()
         message = actions.time_limit_message(settings.GPU_TASK_SOFT_TIME_LIMIT, bool(checkpoint))
         actions.finish(
-            job.pk, job.attempt, JobStatus.FAILED,
-            error={"code": "time_limit", "message": message, "param": None}, message=message,
-        )  # fmt: skip
+            job.pk,
+            job.attempt,
+            JobStatus.FAILED,
+            error={"code": "time_limit", "message": message, "param": None},
+            message=message,
+        )
 
 
 def _finish(
@@ -172,16 +180,28 @@ def _finish(
     }
     if result.status == "stopped" and guard.stop_reason == "cancel":
         actions.finish(
-            job.pk, job.attempt, JobStatus.CANCELLED, usage=usage, usage_models=models, fields=fields,
+            job.pk,
+            job.attempt,
+            JobStatus.CANCELLED,
+            usage=usage,
+            usage_models=models,
+            fields=fields,
             message="Job cancelled.",
-        )  # fmt: skip
+        )
         if labelling is not None:
             forget_labels(job)
         return
     if result.status == "stopped" and guard.stop_reason == "pause":
         # Billed like any attempt that ends: the pause checkpoint is a callable, exportable model.
-        actions.finish(job.pk, job.attempt, JobStatus.PAUSED, usage=usage, usage_models=models, fields=fields,
-                       message="Job paused at a checkpoint.")  # fmt: skip
+        actions.finish(
+            job.pk,
+            job.attempt,
+            JobStatus.PAUSED,
+            usage=usage,
+            usage_models=models,
+            fields=fields,
+            message="Job paused at a checkpoint.",
+        )
         return
     key = job_prefix("models", job.organization.public_id, job.public_id)
     upload_dir(Path(result.model_dir), key)
@@ -221,10 +241,17 @@ def _finish(
         return {"fine_tuned_model": model, "result_files": [file.public_id for file in files]}
 
     finished = actions.finish(
-        job.pk, job.attempt, JobStatus.SUCCEEDED, status_reason=reason or "", usage=usage, usage_models=models,
-        fields=fields, result=outcome, on_finished=create_model,
+        job.pk,
+        job.attempt,
+        JobStatus.SUCCEEDED,
+        status_reason=reason or "",
+        usage=usage,
+        usage_models=models,
+        fields=fields,
+        result=outcome,
+        on_finished=create_model,
         message=STOP_MESSAGES[reason] if reason else "The job has successfully completed.",
-    )  # fmt: skip
+    )
     if finished is None:  # another attempt owns the job now
         discard(files)
         return

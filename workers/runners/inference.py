@@ -164,10 +164,17 @@ def generate_requests(r: dict[str, Any]) -> list[Any]:
     from workers.runtime.specs import GenerateRequest
 
     common = {
-        "max_tokens": r["max_tokens"], "temperature": r["temperature"], "top_p": r["top_p"], "n": r["n"],
-        "stop": tuple(r["stop"]), "seed": r["seed"], "presence_penalty": r["presence_penalty"],
-        "frequency_penalty": r["frequency_penalty"], "logprobs": r["logprobs"], "top_logprobs": r["top_logprobs"],
-    }  # fmt: skip
+        "max_tokens": r["max_tokens"],
+        "temperature": r["temperature"],
+        "top_p": r["top_p"],
+        "n": r["n"],
+        "stop": tuple(r["stop"]),
+        "seed": r["seed"],
+        "presence_penalty": r["presence_penalty"],
+        "frequency_penalty": r["frequency_penalty"],
+        "logprobs": r["logprobs"],
+        "top_logprobs": r["top_logprobs"],
+    }
     if r["endpoint"] == "chat":
         return [GenerateRequest(messages=tuple(r["messages"]), **common)]
     return [GenerateRequest(prompt=prompt, **common) for prompt in r["prompts"]]
@@ -204,7 +211,7 @@ def generation_result(results: list[Any]) -> dict[str, Any]:
                     ]
                     if choice.logprobs is not None
                     else None,
-                }  # fmt: skip
+                }
             )
     prompt_tokens = sum(r.prompt_tokens for r in results)
     completion_tokens = sum(r.completion_tokens for r in results)
@@ -240,9 +247,18 @@ def run_proxy(job: Job) -> None:
             return
     usage = {"input_tokens": result.usage.prompt_tokens, "output_tokens": result.usage.completion_tokens}
     actions.finish(
-        job.pk, job.attempt, JobStatus.SUCCEEDED,
-        result={"proxied": storable(result.body), "truncated": result.truncated,
-                "usage": {"prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens}},
-        usage=usage, message="Proxied to OpenAI.",
-    )  # fmt: skip
+        job.pk,
+        job.attempt,
+        JobStatus.SUCCEEDED,
+        result={
+            "proxied": storable(result.body),
+            "truncated": result.truncated,
+            "usage": {
+                "prompt_tokens": result.usage.prompt_tokens,
+                "completion_tokens": result.usage.completion_tokens,
+            },
+        },
+        usage=usage,
+        message="Proxied to OpenAI.",
+    )
     relay.push(job.public_id, {"type": "done"})

@@ -134,11 +134,16 @@ class ProgressReporter:
             upload_dir(Path(event.checkpoint_dir), key)
             # The checkpoint is callable as a model once saved: the work up to it is billed with it.
             self._write(
-                actions.add_checkpoint, step=event.step, epoch=event.epoch, metrics=event.metrics,
-                artifact_key=key, model_name=f"{self.model_name}:ckpt-step-{event.step}",
-                trained_tokens=event.trained_tokens, usage=self.usage(event.trained_tokens),
+                actions.add_checkpoint,
+                step=event.step,
+                epoch=event.epoch,
+                metrics=event.metrics,
+                artifact_key=key,
+                model_name=f"{self.model_name}:ckpt-step-{event.step}",
+                trained_tokens=event.trained_tokens,
+                usage=self.usage(event.trained_tokens),
                 usage_models=self.extra_models,
-            )  # fmt: skip
+            )
         elif event.kind == "log" and event.message:
             if isinstance(event.metrics.get("valid_examples"), int):
                 self.valid_examples = event.metrics["valid_examples"]

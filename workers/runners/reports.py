@@ -10,8 +10,16 @@ from typing import Any
 from apps.core.spreadsheet import safe_cell
 from apps.jobs.models import Job
 
-RESULT_COLUMNS = ("step", "epoch", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
-                  "accuracy", "f1_macro")  # fmt: skip
+RESULT_COLUMNS = (
+    "step",
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "accuracy",
+    "f1_macro",
+)
 
 
 def metrics_csv(job: Job) -> bytes:
@@ -43,6 +51,15 @@ def diagnostics_csv(spec: Any, model_dir: str) -> bytes:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["line", "label", "predicted", "label_probability", "loss", "likely_mislabelled", "text"])
     for row in rows:
-        writer.writerow([row.line, safe_cell(row.label), safe_cell(row.predicted), row.label_probability, row.loss,
-                         "yes" if row.likely_mislabelled else "", safe_cell(row.text)])  # fmt: skip
+        writer.writerow(
+            [
+                row.line,
+                safe_cell(row.label),
+                safe_cell(row.predicted),
+                row.label_probability,
+                row.loss,
+                "yes" if row.likely_mislabelled else "",
+                safe_cell(row.text),
+            ]
+        )
     return out.getvalue().encode()

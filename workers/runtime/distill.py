@@ -15,8 +15,18 @@ from workers.runtime.specs import approx_tokens, validation_size
 
 # Lead-ins a model may put before its label; with nothing else around the label, the answer is
 # still unambiguous ("The text is negative."). Lowercase, compared case-insensitively.
-LEAD_INS = ("label:", "answer:", "category:", "class:", "the label is", "the answer is", "the text is",
-            "this text is", "it is", "it's")  # fmt: skip
+LEAD_INS = (
+    "label:",
+    "answer:",
+    "category:",
+    "class:",
+    "the label is",
+    "the answer is",
+    "the text is",
+    "this text is",
+    "it is",
+    "it's",
+)
 # Rough size of a token in characters, to estimate a prompt's tokens before a tokenizer is at hand.
 # What a generation teacher may write: the longest label plus a little slack (quotes, a period).
 ANSWER_SLACK_TOKENS = 8

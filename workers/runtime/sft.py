@@ -220,8 +220,17 @@ def train_lm(
 
         # -- optimizer / schedule
         optimizer = build_optimizer(model, hp, device)
-        run = LMRun(spec=spec, device=device, tokenizer=tokenizer, data=data, model=model, optimizer=optimizer,
-                    total_steps=total_steps, on_progress=on_progress, lora=lora)  # fmt: skip
+        run = LMRun(
+            spec=spec,
+            device=device,
+            tokenizer=tokenizer,
+            data=data,
+            model=model,
+            optimizer=optimizer,
+            total_steps=total_steps,
+            on_progress=on_progress,
+            lora=lora,
+        )
         if saved is not None:
             run.restore(saved)
         run.log_banner()

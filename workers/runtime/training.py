@@ -370,8 +370,16 @@ def train(
 
         # -- optimizer / schedule
         optimizer = build_optimizer(model, hp, device)
-        run = Run(spec=spec, device=device, tokenizer=tokenizer, data=data, model=model, optimizer=optimizer,
-                  total_steps=total_steps, on_progress=on_progress)  # fmt: skip
+        run = Run(
+            spec=spec,
+            device=device,
+            tokenizer=tokenizer,
+            data=data,
+            model=model,
+            optimizer=optimizer,
+            total_steps=total_steps,
+            on_progress=on_progress,
+        )
         if saved is not None:
             run.restore(saved)
         run.log_banner()

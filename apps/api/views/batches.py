@@ -54,13 +54,20 @@ class BatchBase(ProjectAPIView):
 
 
 class BatchListView(BatchBase):
-    @extend_schema(operation_id="listBatches", parameters=cursor_parameters(100),
-                   responses={200: list_of(BatchSerializer, "BatchList"), **ERRORS})  # fmt: skip
+    @extend_schema(
+        operation_id="listBatches",
+        parameters=cursor_parameters(100),
+        responses={200: list_of(BatchSerializer, "BatchList"), **ERRORS},
+    )
     def get(self, request: Request) -> Response:
         return cursor_page(request, self.batches(), batches.batch_object, default_limit=20, max_limit=100)
 
-    @extend_schema(operation_id="createBatch", request=BatchCreateSerializer, parameters=[IDEMPOTENCY_HEADER],
-                   responses={200: BatchSerializer, **ERRORS})  # fmt: skip
+    @extend_schema(
+        operation_id="createBatch",
+        request=BatchCreateSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={200: BatchSerializer, **ERRORS},
+    )
     @idempotent(json_fingerprint)
     def post(self, request: Request) -> Response:
         parsed = batches.parse(self.project, request.data)

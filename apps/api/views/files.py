@@ -70,9 +70,14 @@ class FileListView(ProjectAPIView):
         if order not in ("asc", "desc"):
             raise APIError("order must be 'asc' or 'desc'.", param="order")
         return cursor_page(
-            request, files, file_object, default_limit=10_000, max_limit=10_000, ascending=order == "asc",
+            request,
+            files,
+            file_object,
+            default_limit=10_000,
+            max_limit=10_000,
+            ascending=order == "asc",
             first_last=True,
-        )  # fmt: skip
+        )
 
     @extend_schema(
         operation_id="createFile",
@@ -137,7 +142,9 @@ class FileContentView(ProjectAPIView):
     def get(self, request: Request, file_id: str) -> FileResponse:
         file = self.get_scoped(File.objects.filter(project=self.project), file_id, noun="file")
         response = FileResponse(
-            file.content.open("rb"), as_attachment=True, filename=file.filename,
+            file.content.open("rb"),
+            as_attachment=True,
+            filename=file.filename,
             content_type="application/octet-stream",
-        )  # fmt: skip
+        )
         return response

@@ -147,6 +147,10 @@ class FineTuningCheckpointsView(FineTuningBase):
     def get(self, request: Request, job_id: str) -> Response:
         job = self.get_job(job_id)
         return cursor_page(
-            request, job.checkpoints.all(), lambda c: checkpoint_object(c, job), default_limit=10, max_limit=100,
+            request,
+            job.checkpoints.all(),
+            lambda c: checkpoint_object(c, job),
+            default_limit=10,
+            max_limit=100,
             first_last=True,
-        )  # fmt: skip
+        )

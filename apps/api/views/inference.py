@@ -63,7 +63,7 @@ class ChatCompletionsView(InferenceView):
             200: GENERIC_RESPONSE,
             504: OpenApiResponse(description="The model did not answer in time"),
             **ERRORS,
-        },  # fmt: skip
+        },
         description="OpenAI's chat completions, on local models or proxied `openai:*` models. "
         "With `stream: true` the answer is server-sent events ending in `data: [DONE]`.",
     )
@@ -75,8 +75,9 @@ class CompletionsView(InferenceView):
     endpoint = "completions"
     parser = staticmethod(inference.parse_completion)
 
-    @extend_schema(operation_id="createCompletion", request=GENERIC_REQUEST,
-                   responses={200: GENERIC_RESPONSE, **ERRORS})  # fmt: skip
+    @extend_schema(
+        operation_id="createCompletion", request=GENERIC_REQUEST, responses={200: GENERIC_RESPONSE, **ERRORS}
+    )
     def post(self, request: Request) -> Response | StreamingHttpResponse:
         return super().post(request)
 
@@ -87,11 +88,16 @@ class ClassificationsView(InferenceView):
 
     @extend_schema(
         operation_id="createClassification",
-        request=inline_serializer("ClassificationRequest", {
-            "model": serializers.CharField(), "input": serializers.JSONField(help_text="a string or up to 2,048"),
-            "top_k": serializers.IntegerField(required=False)}),
+        request=inline_serializer(
+            "ClassificationRequest",
+            {
+                "model": serializers.CharField(),
+                "input": serializers.JSONField(help_text="a string or up to 2,048"),
+                "top_k": serializers.IntegerField(required=False),
+            },
+        ),
         responses={200: GENERIC_RESPONSE, **ERRORS},
         description="Extension: classify texts with a fine-tuned classifier.",
-    )  # fmt: skip
+    )
     def post(self, request: Request) -> Response | StreamingHttpResponse:
         return super().post(request)

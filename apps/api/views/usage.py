@@ -128,8 +128,13 @@ def _page(request: Request, edges: list[tuple[datetime, datetime]], width: str) 
     return first, min(first + limit, len(edges))
 
 
-def _buckets(request: Request, organization: Organization, groups: Sequence[str], widths: Sequence[str],
-             filters: Sequence[str]) -> tuple[list[Bucket], str | None]:  # fmt: skip
+def _buckets(
+    request: Request,
+    organization: Organization,
+    groups: Sequence[str],
+    widths: Sequence[str],
+    filters: Sequence[str],
+) -> tuple[list[Bucket], str | None]:
     start, end = _range(request)
     width = _bucket_width(request, widths)
     group_by = _group_by(request, groups)

@@ -241,8 +241,9 @@ def batch_results_csv(
         key: File.objects.filter(project=project, public_id=result[key]).first() if result.get(key) else None
         for key in ("output_file_id", "error_file_id")
     }
-    rows = batch_files.result_rows(job.request.get("endpoint", ""), job.training_file, files["output_file_id"],
-                       files["error_file_id"])  # fmt: skip
+    rows = batch_files.result_rows(
+        job.request.get("endpoint", ""), job.training_file, files["output_file_id"], files["error_file_id"]
+    )
     writer = csv.writer(_Echo())
     response = StreamingHttpResponse(
         (writer.writerow([safe_cell(value) for value in row]) for row in rows),

@@ -24,8 +24,15 @@ DOCS_DIR = Path(settings.BASE_DIR) / "docs"
 # which files can be read.
 GUIDES = ("api", "deploying", "architecture", "reliability")
 # The sections of the API guide the quickstart points to, by heading.
-API_TOPICS = ["Errors and input", "Files", "Fine-tuning", "Serving", "Batches", "Limits and billing",
-              "What each role and key may do"]  # fmt: skip
+API_TOPICS = [
+    "Errors and input",
+    "Files",
+    "Fine-tuning",
+    "Serving",
+    "Batches",
+    "Limits and billing",
+    "What each role and key may do",
+]
 
 
 def _guide_href(target: str) -> str:

@@ -74,40 +74,62 @@ HYPERPARAMETER_FIELDS = (
     _ranged("n_epochs", "Epochs", "", "Passes over the training set, 1–50; auto picks 1–10 by size."),
     _ranged("batch_size", "Batch size", "", "Examples per optimizer step, 1–256; auto picks 8–64 by size."),
     Field(
-        "learning_rate_multiplier", "Learning rate multiplier", "",
-        "Scales the base learning rate (5e-5). auto = 1; lower is steadier, higher learns faster.", minimum=0,
+        "learning_rate_multiplier",
+        "Learning rate multiplier",
+        "",
+        "Scales the base learning rate (5e-5). auto = 1; lower is steadier, higher learns faster.",
+        minimum=0,
     ),
     _ranged(
-        "warmup_ratio", "Warmup ratio", f"{Hyperparameters.warmup_ratio:g}",
+        "warmup_ratio",
+        "Warmup ratio",
+        f"{Hyperparameters.warmup_ratio:g}",
         "Share of the steps spent ramping the learning rate up, 0–0.5.",
     ),
     _ranged(
-        "weight_decay", "Weight decay", f"{Hyperparameters.weight_decay:g}",
+        "weight_decay",
+        "Weight decay",
+        f"{Hyperparameters.weight_decay:g}",
         "AdamW weight decay, 0–1: a little keeps the weights small and the model general.",
     ),
     _ranged(
-        "max_seq_length", "Max sequence length", str(Hyperparameters.max_seq_length),
+        "max_seq_length",
+        "Max sequence length",
+        str(Hyperparameters.max_seq_length),
         "Tokens kept per example, 8–512 (and at most the model's limit); longer texts are cut.",
     ),
     _ranged(
-        "early_stopping_patience", "Early stopping patience", str(Hyperparameters.early_stopping_patience),
+        "early_stopping_patience",
+        "Early stopping patience",
+        str(Hyperparameters.early_stopping_patience),
         "Stop after this many evaluations without a better validation loss; 0 turns it off.",
     ),
     _ranged("seed", "Seed", "", "The same seed, data and settings give the same model. auto picks one."),
-)  # fmt: skip
+)
 HYPERPARAMETERS = tuple(f.name for f in HYPERPARAMETER_FIELDS if f.name != "seed")
 # A teacher turns the job into a distillation: it labels the training file's texts for the student.
 DISTILLATION_FIELDS = ("teacher", "labels", "temperature")
 FIELD_NAMES = (
-    "training_file", "validation_file", "model", "suffix", *(f.name for f in HYPERPARAMETER_FIELDS),
-    "max_cost", *DISTILLATION_FIELDS,
-)  # fmt: skip
+    "training_file",
+    "validation_file",
+    "model",
+    "suffix",
+    *(f.name for f in HYPERPARAMETER_FIELDS),
+    "max_cost",
+    *DISTILLATION_FIELDS,
+)
 INITIAL = {f.name: f.initial for f in HYPERPARAMETER_FIELDS}
 LABELS = {
-    "training_file": "Training file", "validation_file": "Validation file", "model": "Base model",
-    "suffix": "Suffix", "max_cost": "Max cost", "teacher": "Teacher", "labels": "Labels",
-    "temperature": "Temperature", **{f.name: f.label for f in HYPERPARAMETER_FIELDS},
-}  # fmt: skip
+    "training_file": "Training file",
+    "validation_file": "Validation file",
+    "model": "Base model",
+    "suffix": "Suffix",
+    "max_cost": "Max cost",
+    "teacher": "Teacher",
+    "labels": "Labels",
+    "temperature": "Temperature",
+    **{f.name: f.label for f in HYPERPARAMETER_FIELDS},
+}
 # The fields the API cannot do without: a refusal there ends the search for more errors.
 REQUIRED = {"training_file": "Choose a training file.", "model": "Choose a base model."}
 MISSING = {
@@ -365,8 +387,11 @@ def _bases_for(file_format: str) -> str:
         for method in ("classification", "supervised")
         if file_format in fine_tuning.METHOD_FORMATS[method]
     ]
-    bases = [m for m in Model.objects.catalog().filter(is_fine_tunable=True).order_by("name")
-             if any(method in m.limit("methods", [method]) for method in methods)]  # fmt: skip
+    bases = [
+        m
+        for m in Model.objects.catalog().filter(is_fine_tunable=True).order_by("name")
+        if any(method in m.limit("methods", [method]) for method in methods)
+    ]
     if not bases:
         return "a base model that fits it"
     one, many = KINDS.get(Task(bases[0].task), ("a model", "models"))

@@ -27,9 +27,17 @@ from apps.dashboard.views.common import member_required
 
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
 CSV_HEADER = [
-    "date", "project_id", "project", "api_key_id", "api_key", "model", "unit", "quantity", "cost_micros",
+    "date",
+    "project_id",
+    "project",
+    "api_key_id",
+    "api_key",
+    "model",
+    "unit",
+    "quantity",
+    "cost_micros",
     "cost_usd",
-]  # fmt: skip
+]
 
 
 def _month(request: HttpRequest) -> date:
@@ -127,10 +135,17 @@ def usage_export(request: OrganizationRequest) -> HttpResponse:
             [
                 safe_cell(value)
                 for value in (
-                    row.day.isoformat(), row.project_id, row.project_name, row.api_key_id or "",
-                    row.api_key_name, row.model, row.unit, row.quantity, row.cost,
+                    row.day.isoformat(),
+                    row.project_id,
+                    row.project_name,
+                    row.api_key_id or "",
+                    row.api_key_name,
+                    row.model,
+                    row.unit,
+                    row.quantity,
+                    row.cost,
                     dollars(row.cost),
                 )
             ]
-        )  # fmt: skip
+        )
     return response

@@ -155,10 +155,16 @@ def test_a_student_learns_its_teachers_soft_labels(tmp_path: Path, tiny_bert_dir
     valid_rows = [{"text": row["text"], "label": row["label"]} for i, row in enumerate(rows) if i in held]
     # a student (another initialisation) trained on them
     spec = make_spec(
-        tmp_path, tiny_bert_dir, write_jsonl(tmp_path / "s.jsonl", train_rows), "student",
-        validation_file=str(write_jsonl(tmp_path / "v.jsonl", valid_rows)), labels=("negative", "positive"),
-        soft_label_field="soft", distill_temperature=2.0, hp={"seed": 11, "n_epochs": 6},
-    )  # fmt: skip
+        tmp_path,
+        tiny_bert_dir,
+        write_jsonl(tmp_path / "s.jsonl", train_rows),
+        "student",
+        validation_file=str(write_jsonl(tmp_path / "v.jsonl", valid_rows)),
+        labels=("negative", "positive"),
+        soft_label_field="soft",
+        distill_temperature=2.0,
+        hp={"seed": 11, "n_epochs": 6},
+    )
     assert {row["label"] for row in valid_rows} == {"negative", "positive"}  # agreement is not trivial
     student_run, events = run(spec)
 
@@ -188,9 +194,12 @@ def test_soft_targets_must_be_probabilities(tmp_path: Path, tiny_bert_dir: Path)
 def test_a_fixed_label_set_keeps_labels_the_teacher_never_gave(tmp_path: Path, tiny_bert_dir: Path) -> None:
     rows = [{"text": r["text"], "label": r["label"]} for r in sentiment_rows(40)]
     spec = make_spec(
-        tmp_path, tiny_bert_dir, write_jsonl(tmp_path / "d.jsonl", rows), labels=("negative", "neutral", "positive"),
+        tmp_path,
+        tiny_bert_dir,
+        write_jsonl(tmp_path / "d.jsonl", rows),
+        labels=("negative", "neutral", "positive"),
         hp={"n_epochs": 1},
-    )  # fmt: skip
+    )
 
     result, _ = run(spec)
 

@@ -45,8 +45,16 @@ def test_a_single_label_is_a_training_data_error(tmp_path: Path) -> None:
     with pytest.raises(
         TrainingDataError, match=r"at least 2 distinct labels in the training data, found \['a'\]"
     ):
-        prepare_data(str(path), None, None, text_field="text", label_field="label", max_length=8, seed=0,
-                     validation_fraction=0.0)  # fmt: skip
+        prepare_data(
+            str(path),
+            None,
+            None,
+            text_field="text",
+            label_field="label",
+            max_length=8,
+            seed=0,
+            validation_fraction=0.0,
+        )
 
 
 def test_an_empty_chat_file_and_a_bad_lora_module_are_training_data_errors(tmp_path: Path) -> None:
