@@ -66,7 +66,7 @@ class User(AbstractBaseUser, PermissionsMixin):
 
 
 class OrganizationQuerySet(models.QuerySet["Organization"]):
-    def for_user(self, user: Any) -> OrganizationQuerySet:
+    def for_user(self, user: User) -> OrganizationQuerySet:
         if not getattr(user, "is_authenticated", False):
             return self.none()
         return self.filter(memberships__user=user)

@@ -22,6 +22,7 @@ from rest_framework.response import Response
 
 from apps.api.errors import APIError
 from apps.api.models import IdempotencyRecord
+from apps.projects.models import Project
 
 WAIT_FOR_FIRST_SECONDS = 15
 # A claim whose request died without storing a response is released after this long.
@@ -62,7 +63,7 @@ def idempotent(fingerprint: Callable[[Any, Request], str]) -> Callable[[Handler]
     return decorator
 
 
-def _claim(project: Any, key: str, digest: str) -> IdempotencyRecord | None:
+def _claim(project: Project, key: str, digest: str) -> IdempotencyRecord | None:
     """None if this request owns the key now; otherwise the existing record to replay."""
     now = timezone.now()
     expired = now - timedelta(seconds=settings.IDEMPOTENCY_TTL_SECONDS)

@@ -12,15 +12,16 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from apps.accounts.models import ApiKey, User
 from apps.billing.models import UsageRecord
 from apps.billing.pricing import cost_of
 from apps.jobs.models import Checkpoint, Job, JobEvent, JobKind, JobStatus
@@ -63,8 +64,8 @@ def create_job(
     model_name: str,
     request: dict[str, Any],
     model: Any = None,
-    api_key: Any = None,
-    user: Any = None,
+    api_key: ApiKey | None = None,
+    user: User | None = None,
     status: str = JobStatus.QUEUED,
     message: str | None = None,
     **fields: Any,
@@ -575,7 +576,7 @@ def fail_time_limit(job_pk: int, attempt: int) -> bool:
     return _fail_running(job_pk, attempt, "time_limit", time_limit_message(limit, bool(job.checkpoint_ref)))
 
 
-def _timed_out(now: Any, *, owner_dead: bool = False) -> Any:
+def _timed_out(now: datetime, *, owner_dead: bool = False) -> QuerySet[Job]:
     """Running jobs whose attempt the hard time limit killed: it beat until its deadline, the deadline
     has passed, and the beats stopped there (or have gone stale since, or the lease holder is gone).
 
@@ -596,7 +597,7 @@ def _timed_out(now: Any, *, owner_dead: bool = False) -> Any:
 STOP_REFUSAL = "Only owners and admins, and the member who started it, can {verb} this {noun}."
 
 
-def require_may_stop(actor: Any, job: Job, verb: str) -> None:
+def require_may_stop(actor: User | None, job: Job, verb: str) -> None:
     """Cancelling or pausing stops someone's work: for owners and admins, and for the member who
     started it (its API key's creator, through the API). Members still start and follow jobs."""
     from apps.accounts.actions import require_manager_or_creator
@@ -754,7 +755,7 @@ def reap() -> dict[str, int]:
     return counts
 
 
-def _republish_stuck_validations(cutoff: Any) -> int:
+def _republish_stuck_validations(cutoff: datetime) -> int:
     """An upload whose validation message was lost (a broker restart) is validated again; the
     validator stores only the first report, so a duplicate is harmless."""
     from django.core.cache import cache

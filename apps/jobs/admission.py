@@ -21,7 +21,7 @@ from typing import Any
 from django.db import transaction
 from django.db.models import F, Sum
 
-from apps.accounts.models import Organization
+from apps.accounts.models import ApiKey, Organization, User
 from apps.billing import quotas
 from apps.billing.models import Subscription
 from apps.billing.quotas import QuotaError
@@ -120,7 +120,7 @@ Parser = Callable[[Project, Any], tuple[Model, dict[str, Any]]]
 
 
 def admit_inference(
-    project: Project, parse: Parser, body: Any, *, api_key: Any = None, user: Any = None
+    project: Project, parse: Parser, body: Any, *, api_key: ApiKey | None = None, user: User | None = None
 ) -> Admitted:
     """Every check of a chat, completion or classification request, in order, then its job.
     A refused request costs the customer nothing: the in-flight slot and the reservation are given

@@ -22,6 +22,7 @@ from django.db.models import IntegerField, QuerySet
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
 
+from apps.accounts.models import User
 from apps.billing import quotas
 from apps.core.errors import ActionError
 from apps.jobs import batches, inference
@@ -50,7 +51,7 @@ def usable_files(project: Project) -> QuerySet[File]:
 
 
 # --- Run on a file ------------------------------------------------------------------------------
-def run_on_file(project: Project, model_name: str, file_id: str, *, user: Any) -> Job:
+def run_on_file(project: Project, model_name: str, file_id: str, *, user: User) -> Job:
     """Starts a batch of `model_name` over a processed file: a batch file as it is, a dataset
     file (CSV text,label or JSONL) by first writing one request a row."""
     file = usable_files(project).filter(public_id=file_id).first() if file_id else None
@@ -100,7 +101,7 @@ def _too_many_rows(rows: int | None = None) -> ActionError:
     )
 
 
-def _submit_built(project: Project, source: File, model: Model, data: bytes, user: Any) -> Job:
+def _submit_built(project: Project, source: File, model: Model, data: bytes, user: User) -> Job:
     stem = source.filename.rsplit(".", 1)[0] or "dataset"
     report = validate_stream([data], "batch")
     if not report["valid"]:

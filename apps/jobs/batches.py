@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from apps.accounts.models import ApiKey, User
 from apps.core.errors import ActionError
 from apps.jobs import actions
 from apps.jobs.fine_tuning import parse_metadata
@@ -58,7 +59,9 @@ def parse(project: Project, body: Any) -> dict[str, Any]:
     return {"file": file, "endpoint": endpoint, "metadata": metadata, "total": rows}
 
 
-def submit(project: Project, parsed: dict[str, Any], *, api_key: Any = None, user: Any = None) -> Job:
+def submit(
+    project: Project, parsed: dict[str, Any], *, api_key: ApiKey | None = None, user: User | None = None
+) -> Job:
     """Creates the batch after the checks every request passes: entitlement and the spend cap, the
     plan's models (from the file's report, so a batch the plan excludes is refused before it
     starts; the worker checks each line again) and the plan's number of batches at once."""

@@ -11,7 +11,9 @@ from typing import Any
 
 from django.conf import settings
 
+from apps.accounts.models import ApiKey, User
 from apps.billing import quotas
+from apps.billing.models import Subscription
 from apps.billing.pricing import cost_of
 from apps.core.errors import ActionError
 from apps.jobs import actions
@@ -529,7 +531,9 @@ def _teacher_cost(distillation: Distillation, rows: int, mean_tokens: float) -> 
     return cost_of(name, "input_tokens", prompt) + cost_of(name, "output_tokens", answer)
 
 
-def submit(request: FineTuneRequest, *, project: Project, api_key: Any = None, user: Any = None) -> Job:
+def submit(
+    request: FineTuneRequest, *, project: Project, api_key: ApiKey | None = None, user: User | None = None
+) -> Job:
     """Creates the job. It waits in `validating_files` while a file's validation is still
     running, and is queued on the gpu queue after the commit otherwise."""
     from django.db import transaction
@@ -576,7 +580,7 @@ def _files_changed(request: FineTuneRequest) -> bool:
     return any(now.get(f.pk) != f.status for f in files)
 
 
-def _check_models(subscription: Any, model: Model, distillation: Distillation | None) -> None:
+def _check_models(subscription: Subscription, model: Model, distillation: Distillation | None) -> None:
     quotas.check_model(subscription, model.name)
     if distillation is not None:
         quotas.check_model(subscription, distillation.teacher.name, param="method.distillation.teacher")
@@ -607,8 +611,8 @@ def _create(
     request: FineTuneRequest,
     *,
     project: Project,
-    api_key: Any,
-    user: Any,
+    api_key: ApiKey | None,
+    user: User | None,
     pending: bool,
     estimated: int | None,
     reserved: int,

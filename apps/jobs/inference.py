@@ -8,6 +8,7 @@ from typing import Any
 
 from django.conf import settings
 
+from apps.accounts.models import ApiKey, User
 from apps.core.errors import ActionError
 from apps.jobs import actions
 from apps.jobs.models import Job, JobKind
@@ -504,8 +505,8 @@ def submit(
     model: Model,
     request: dict[str, Any],
     *,
-    api_key: Any = None,
-    user: Any = None,
+    api_key: ApiKey | None = None,
+    user: User | None = None,
     reserved_cost: int = 0,
 ) -> Job:
     """The request's job; `apps.jobs.admission.admit_inference` has checked it may run."""

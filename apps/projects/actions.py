@@ -18,6 +18,7 @@ from apps.core import tasks
 from apps.core.errors import ActionError
 from apps.core.text import refuse_unstorable
 from apps.projects.models import UPLOAD_PURPOSES, File, FileStatus, Project
+from apps.projects.validation import Report
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def create_result_file(project: Project, filename: str, purpose: str, data: byte
     return file
 
 
-def create_processed_file(project: Project, filename: str, purpose: str, data: bytes, report: Any) -> File:
+def create_processed_file(project: Project, filename: str, purpose: str, data: bytes, report: Report) -> File:
     """A file we wrote and validated ourselves (a batch built from a dataset): stored, processed,
     with its validation report, in the caller's transaction."""
     file = stored_result_file(project, filename, purpose, data)

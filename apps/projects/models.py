@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-from typing import Any
-
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from apps.accounts.models import Organization
+from apps.accounts.models import Organization, User
 from apps.core.ids import random_id
 
 
@@ -19,7 +17,7 @@ def new_file_id() -> str:
 
 
 class ProjectQuerySet(models.QuerySet["Project"]):
-    def for_user(self, user: Any) -> ProjectQuerySet:
+    def for_user(self, user: User) -> ProjectQuerySet:
         """Projects of every organization the user belongs to: the one scoping helper for pages."""
         if not getattr(user, "is_authenticated", False):
             return self.none()

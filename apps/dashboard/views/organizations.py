@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
@@ -17,7 +17,7 @@ from apps.projects import onboarding
 
 @login_required
 @require_POST
-def switch_organization(request: HttpRequest) -> HttpResponse:
+def switch_organization(request: AuthenticatedRequest) -> HttpResponse:
     organization = (
         Organization.objects.for_user(request.user)
         .filter(public_id=request.POST.get("organization", ""))

@@ -46,7 +46,9 @@ def model_choices(organization: Organization, task: str) -> list[dict[str, Any]]
 
 
 # --- Submitting: the API's checks, in the API's order ----------------------------------------------
-def _submit(request: HttpRequest, project: Project, parse: Any, body: dict[str, Any]) -> admission.Admitted:
+def _submit(
+    request: OrganizationRequest, project: Project, parse: admission.Parser, body: dict[str, Any]
+) -> admission.Admitted:
     refuse_unstorable(body)  # as the API refuses it, before anything is looked up or stored
     return admission.admit_inference(project, parse, body, user=request.user)
 
