@@ -42,11 +42,21 @@ def cpu_hogs(count: int, seconds: float = 300) -> Iterator[None]:
             hog.wait()
 
 
+# The stale threshold of this test, the reaper's and its worker's. The suite's scaled 4 s leaves a
+# heartbeat 3.5 s of slack; with three hogs a core and four trainers, a beat has been seen to wake
+# 1-2 s late here and over 4 s late in a loaded full run: the scheduler's noise, which does not shrink
+# with the scaled settings (production allows 90 s against a 15 s beat). 10 s keeps this test about
+# what CPU load does to the heartbeat thread, not about the machine's worst wake-up latency.
+T9D_STALE_SECONDS = 10.0
+
+
 def test_t9d_under_cpu_load_the_reaper_takes_no_healthy_job(
-    api: Any, alice_org: Any, tiny_base: Any, start_worker: Any
+    api: Any, alice_org: Any, tiny_base: Any, start_worker: Any, settings: Any
 ) -> None:
     use_plan(alice_org, "team")  # several fine-tunes at once
-    start_worker(concurrency=4)  # four jobs heartbeat at once, on cores the hogs keep busy
+    settings.JOB_STALE_SECONDS = T9D_STALE_SECONDS
+    # four jobs heartbeat at once, on cores the hogs keep busy
+    start_worker({"JOB_STALE_SECONDS": str(T9D_STALE_SECONDS)}, concurrency=4)
     file_id = upload(api, sentiment_csv(60))
     reaped: Counter[str] = Counter()
     # Reported, not asserted: the oldest heartbeat over the running jobs at each reaper run, and the

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import re
+import threading
+import time
 from typing import Any
 
 import pytest
+from django.db import connection, transaction
 
 from apps.jobs import actions
 from apps.jobs.models import Job
@@ -60,3 +65,37 @@ def test_there_is_no_eta_until_a_step_has_been_timed(
     # then
     assert first["eta_seconds"] is None and first["percent"] == 16.7
     assert isinstance(second["eta_seconds"], int)
+
+
+def test_a_heartbeat_held_up_past_half_the_stale_threshold_is_logged(
+    api: Any, alice_project: Any, tiny_base: Any, transactional_db: None, settings: Any, caplog: Any
+) -> None:
+    # given a running attempt whose job row another transaction holds for longer than half the
+    # stale threshold, so that the heartbeat's write waits
+    settings.JOB_STALE_SECONDS = 1.0
+    file = make_file(alice_project)
+    created = api.post(
+        "/v1/fine_tuning/jobs", {"model": "tiny-bert", "training_file": file.public_id}, format="json"
+    )
+    job = actions.claim(created.json()["id"])
+    assert job is not None
+
+    def hold_the_row() -> None:
+        with transaction.atomic():
+            Job.objects.select_for_update().get(pk=job.pk)
+            time.sleep(1.5)
+        connection.close()
+
+    # when
+    with caplog.at_level(logging.WARNING, logger="workers.runners.attempt"):
+        with AttemptGuard(job.pk, job.attempt):
+            holder = threading.Thread(target=hold_the_row)
+            holder.start()
+            holder.join()
+            wait_for(lambda: "heartbeat" in caplog.text, timeout=10)
+
+    # then the warning says how late the beat was, that the write was the slow part, and the bound
+    line = next(r.getMessage() for r in caplog.records if "heartbeat" in r.getMessage())
+    gap, write = map(float, re.findall(r"(\d+\.\d)s", line)[:2])
+    assert gap >= 1.0 and write >= 0.5, line
+    assert line.startswith(f"job {job.pk}: heartbeat ") and line.endswith("the job counts as lost at 1s")

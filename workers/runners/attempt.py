@@ -83,6 +83,7 @@ class AttemptGuard:
                 try:
                     if due:
                         result = actions.heartbeat(self.job_pk, self.attempt, progress)
+                        _warn_if_late(self.job_pk, time.monotonic() - last_beat, time.monotonic() - now)
                         last_beat = now
                         if progress is not None:
                             last_progress = now
@@ -111,6 +112,20 @@ class AttemptGuard:
                     self.request_stop(result)
         finally:
             connections.close_all()
+
+
+def _warn_if_late(job_pk: int, gap: float, write: float) -> None:
+    """A beat that came past half the stale threshold put the lease at risk: the reaper takes the job
+    once no beat lands for JOB_STALE_SECONDS. Say how late, and whether the write or the wake-up
+    (a starved CPU, a long call holding the GIL) was slow, before it costs an attempt."""
+    if gap >= settings.JOB_STALE_SECONDS / 2:
+        logger.warning(
+            "job %s: heartbeat %.1fs after the last one (the write took %.1fs); the job counts as lost at %gs",
+            job_pk,
+            gap,
+            write,
+            settings.JOB_STALE_SECONDS,
+        )
 
 
 def hard_time_limit() -> float | None:
