@@ -87,12 +87,14 @@ def test_a_heartbeat_held_up_past_half_the_stale_threshold_is_logged(
         connection.close()
 
     # when
-    with caplog.at_level(logging.WARNING, logger="workers.runners.attempt"):
-        with AttemptGuard(job.pk, job.attempt):
-            holder = threading.Thread(target=hold_the_row)
-            holder.start()
-            holder.join()
-            wait_for(lambda: "heartbeat" in caplog.text, timeout=10)
+    with (
+        caplog.at_level(logging.WARNING, logger="workers.runners.attempt"),
+        AttemptGuard(job.pk, job.attempt),
+    ):
+        holder = threading.Thread(target=hold_the_row)
+        holder.start()
+        holder.join()
+        wait_for(lambda: "heartbeat" in caplog.text, timeout=10)
 
     # then the warning says how late the beat was, that the write was the slow part, and the bound
     line = next(r.getMessage() for r in caplog.records if "heartbeat" in r.getMessage())
