@@ -557,8 +557,13 @@ PLANS = [
 # Days a failed payment leaves paid work running before it stops.
 BILLING_GRACE_DAYS = env_int("BILLING_GRACE_DAYS", 7)
 
-# Measured training throughput (examples per second) of one worker, for time estimates.
-WORKER_THROUGHPUT = {"classification": 40.0, "generation": 4.0}
+# How long one worker trains, for time estimates (docs/api.md, "Hyperparameters"): examples a second,
+# plus what each optimizer step costs whatever its batch. Measured on a 2-core CPU worker with one
+# torch thread: MiniLM-L6 at batch 1 and 16 over 64 and 256 rows; SmolLM2's step from 18 chats at
+# batch 1, 2, 4 and 8 (its examples' share is the older 4 examples a second at batch 8, less the
+# step's part). A GPU worker is many times faster: set these from its own runs.
+WORKER_THROUGHPUT = {"classification": 130.0, "generation": 20.0}
+WORKER_STEP_SECONDS = {"classification": 0.32, "generation": 1.6}
 
 # --- Stripe -----------------------------------------------------------------------------------
 STRIPE_SECRET_KEY = env_secret("STRIPE_SECRET_KEY")

@@ -26,6 +26,7 @@ from workers.runtime.specs import (
     VALIDATION_FRACTION,
     HyperparameterError,
     Hyperparameters,
+    auto_learning_rate,
     estimate_steps,
     resolve_hyperparameters,
     validation_size,
@@ -118,7 +119,12 @@ def parse(project: Project, body: Any) -> FineTuneRequest:
         raise ActionError(f"seed must be an integer between 0 and {MAX_SEED}.", param="seed")
     n_examples = int((training.validation or {}).get("rows") or 0)
     try:
-        hp = resolve_hyperparameters(requested, max(n_examples, 1), seed=seed)
+        hp = resolve_hyperparameters(
+            requested,
+            max(n_examples, 1),
+            seed=seed,
+            base_learning_rate=auto_learning_rate(lora=lora is not None),
+        )
     except HyperparameterError as exc:
         raise ActionError(exc.message, param=exc.param) from None
     limit = model.limit("max_seq_length")
@@ -444,7 +450,7 @@ def estimate(request: FineTuneRequest) -> dict[str, Any]:
         "training_examples": n_train,
         "trained_tokens": trained_tokens,
         "steps": estimate_steps(rows, hp, fraction),
-        "estimated_seconds": training_seconds(n_train, hp.n_epochs, request.model.task),
+        "estimated_seconds": training_seconds(n_train, hp.n_epochs, hp.batch_size, request.model.task),
         "estimated_cost": cost,
         "currency": "usd_micros",
         "hyperparameters": hp.to_dict(),
@@ -457,9 +463,13 @@ def estimate(request: FineTuneRequest) -> dict[str, Any]:
     return body
 
 
-def training_seconds(n_train: int, n_epochs: int, task: str) -> int:
-    """About how long training takes on one worker, at its measured throughput."""
-    return round(n_train * n_epochs / settings.WORKER_THROUGHPUT.get(task, 10.0))
+def training_seconds(n_train: int, n_epochs: int, batch_size: int, task: str) -> int:
+    """About how long training takes on one worker: each example's cost, at the worker's measured
+    throughput, plus each optimizer step's own (the update of every weight, whatever the batch), which
+    is most of the time when a small set trains at batch 1."""
+    steps = math.ceil(max(n_train, 0) / max(batch_size, 1)) * n_epochs
+    per_example = n_train * n_epochs / settings.WORKER_THROUGHPUT.get(task, 10.0)
+    return round(per_example + steps * settings.WORKER_STEP_SECONDS.get(task, 0.0))
 
 
 # Past this many jobs ahead, the queue's wait is extrapolated from them rather than summed.
@@ -475,6 +485,7 @@ def queue_wait_seconds(job: Job) -> int | None:
     columns = (
         "progress__eta_seconds",
         "hyperparameters__n_epochs",
+        "hyperparameters__batch_size",
         "training_file__validation__rows",
         "validation_file_id",
         "model__task",
@@ -493,20 +504,28 @@ def queue_wait_seconds(job: Job) -> int | None:
 def job_seconds(job: Job) -> int | None:
     """About how long a fine-tune trains once it starts; None before its file is validated."""
     rows = int(((job.training_file.validation or {}) if job.training_file else {}).get("rows") or 0)
-    n_epochs = (job.hyperparameters or {}).get("n_epochs")
+    hp = job.hyperparameters or {}
+    n_epochs = hp.get("n_epochs")
     if not rows or not isinstance(n_epochs, int):
         return None
     return _expected_seconds(
-        (None, n_epochs, rows, job.validation_file_id, job.model.task if job.model else "")
+        (
+            None,
+            n_epochs,
+            hp.get("batch_size"),
+            rows,
+            job.validation_file_id,
+            job.model.task if job.model else "",
+        )
     )
 
 
 def _expected_seconds(row: tuple[Any, ...]) -> int:
-    _, n_epochs, rows, validation_file_id, task = row
-    if not isinstance(rows, int) or not isinstance(n_epochs, int):
-        return 0
+    _, n_epochs, batch_size, rows, validation_file_id, task = row
+    if not all(isinstance(value, int) for value in (rows, n_epochs, batch_size)):
+        return 0  # hyperparameters not resolved yet (the file is still being validated)
     n_train = rows - (0 if validation_file_id else validation_size(rows, VALIDATION_FRACTION))
-    return training_seconds(n_train, n_epochs, task or "")
+    return training_seconds(n_train, n_epochs, batch_size, task or "")
 
 
 def _remaining_seconds(row: tuple[Any, ...]) -> int:
@@ -698,6 +717,13 @@ def on_file_validated(file: File) -> None:
                 actions.release_validated(job, _resolved_fields(job))
 
 
+def base_learning_rate(job: Job) -> float:
+    """The rate a job's `learning_rate_multiplier` multiplies: a LoRA adapter's or a full fine-tune's."""
+    method = (job.request or {}).get("method") or {}
+    lora = (method.get(method.get("type") or "classification") or {}).get("lora")
+    return auto_learning_rate(lora=lora is not None)
+
+
 def _resolved_fields(job: Job) -> dict[str, Any]:
     """Now that the file's size is known, "auto" hyperparameters and the estimate are final."""
     method = (job.request.get("method") or {}).get("type", "classification")
@@ -706,7 +732,7 @@ def _resolved_fields(job: Job) -> dict[str, Any]:
     )
     assert job.training_file is not None and job.model is not None
     rows = int((job.training_file.validation or {}).get("rows") or 1)
-    hp = resolve_hyperparameters(requested, rows, seed=job.seed)
+    hp = resolve_hyperparameters(requested, rows, seed=job.seed, base_learning_rate=base_learning_rate(job))
     request = FineTuneRequest(
         model=job.model,
         training_file=job.training_file,

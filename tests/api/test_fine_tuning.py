@@ -181,6 +181,35 @@ def test_estimate_starts_nothing(api: Any, tiny_base: Any, good_file: File) -> N
     assert not Job.objects.exists()
 
 
+def test_the_estimated_time_counts_each_step_as_well_as_each_example(
+    api: Any, tiny_base: Any, good_file: File, settings: Any
+) -> None:
+    # given a worker that trains 30 examples a second and spends 0.5 s on each optimizer step
+    settings.WORKER_THROUGHPUT = {"classification": 30.0}
+    settings.WORKER_STEP_SECONDS = {"classification": 0.5}
+
+    def estimated(hyperparameters: dict[str, Any]) -> dict[str, Any]:
+        body = {
+            "model": "tiny-bert",
+            "training_file": good_file.public_id,
+            "hyperparameters": hyperparameters,
+        }
+        response = post(api, body, "/v1/fine_tuning/jobs/estimate")
+        assert response.status_code == 200, response.content
+        return dict(response.json())
+
+    # when the same 90 training examples × 2 epochs run in batches of 10, and of 1
+    big, small = estimated({"n_epochs": 2, "batch_size": 10}), estimated({"n_epochs": 2, "batch_size": 1})
+    auto = estimated({"n_epochs": 2})
+
+    # then the examples take 180 / 30 = 6 s either way, and the steps 18 × 0.5 s or 180 × 0.5 s
+    assert (big["steps"], big["estimated_seconds"]) == (18, 6 + 9)
+    assert (small["steps"], small["estimated_seconds"]) == (180, 6 + 90)
+    # and "auto" picks batch 4 for 100 rows: 23 batches an epoch
+    assert auto["hyperparameters"]["batch_size"] == 4
+    assert (auto["steps"], auto["estimated_seconds"]) == (46, 6 + 23)
+
+
 def test_create_returns_the_openai_shape(
     api: Any, tiny_base: Any, good_file: File, django_capture_on_commit_callbacks: Any
 ) -> None:

@@ -163,7 +163,9 @@ def test_the_estimate_shows_tokens_steps_time_and_cost(
     assert response.status_code == 200
     assert '<div class="stat" id="estimate-tokens">7,200</div>' in page
     assert f'<div class="stat" id="estimate-steps">{expected["steps"]}</div>' in page
-    assert '<div class="stat" id="estimate-time">18 s</div>' in page
+    # 720 examples at 130 a second, and 180 steps (batch 4, auto) at 0.32 s each: 63 s
+    assert expected["steps"] == 180 and expected["estimated_seconds"] == 63
+    assert '<div class="stat" id="estimate-time">1 min 03 s</div>' in page
     assert '<div class="stat" id="estimate-cost">$0.014</div>' in page
     assert field_error(page, "n_epochs") == ""  # every slot is cleared out of band
     assert page.count('hx-swap-oob="true"') == 17  # every field and the form
@@ -265,7 +267,7 @@ def test_start_creates_one_job_exactly_as_the_api_does(
     assert dashboard_job.created_by == alice and dashboard_job.api_key is None
     assert dashboard_job.hyperparameters["n_epochs"] == 2
     assert dashboard_job.hyperparameters["learning_rate"] == pytest.approx(2.5e-5)
-    assert dashboard_job.hyperparameters["batch_size"] == 8  # auto, resolved from 80 rows
+    assert dashboard_job.hyperparameters["batch_size"] == 4  # auto, resolved from 80 rows: 16+ steps an epoch
     for name in (
         "kind",
         "status",

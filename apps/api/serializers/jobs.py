@@ -6,7 +6,7 @@ from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 
 from apps.jobs.actions import STOP_CANCEL, STOP_PAUSE, queue_position
-from apps.jobs.fine_tuning import MAX_COST, MAX_SEED
+from apps.jobs.fine_tuning import MAX_COST, MAX_SEED, base_learning_rate
 from apps.jobs.models import Checkpoint, Job, JobEvent, JobStatus
 
 
@@ -19,7 +19,9 @@ def openai_hyperparameters(job: Job) -> dict[str, Any]:
     out: dict[str, Any] = {
         "n_epochs": hp.get("n_epochs", "auto"),
         "batch_size": hp.get("batch_size", "auto"),
-        "learning_rate_multiplier": round(hp["learning_rate"] / 5e-5, 6) if "learning_rate" in hp else "auto",
+        "learning_rate_multiplier": round(hp["learning_rate"] / base_learning_rate(job), 6)
+        if "learning_rate" in hp
+        else "auto",
     }
     return out
 

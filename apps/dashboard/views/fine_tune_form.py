@@ -72,7 +72,12 @@ def _ranged(name: str, label: str, initial: str, help: str) -> Field:
 
 HYPERPARAMETER_FIELDS = (
     _ranged("n_epochs", "Epochs", "", "Passes over the training set, 1–50; auto picks 1–10 by size."),
-    _ranged("batch_size", "Batch size", "", "Examples per optimizer step, 1–256; auto picks 8–64 by size."),
+    _ranged(
+        "batch_size",
+        "Batch size",
+        "",
+        "Examples per optimizer step, 1–256; auto keeps 16+ steps an epoch (1 for a few dozen examples, up to 64).",
+    ),
     Field(
         "learning_rate_multiplier",
         "Learning rate multiplier",

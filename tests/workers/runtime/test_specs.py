@@ -11,6 +11,7 @@ import pytest
 from workers.runtime.specs import (
     HyperparameterError,
     Hyperparameters,
+    auto_learning_rate,
     estimate_steps,
     resolve_hyperparameters,
 )
@@ -21,11 +22,43 @@ def test_auto_values_follow_the_dataset_size() -> None:
     medium = resolve_hyperparameters({"n_epochs": "auto", "batch_size": "auto"}, 2_000)
     large = resolve_hyperparameters({}, 200_000)
 
-    assert (small.n_epochs, small.batch_size) == (10, 8)
+    assert (small.n_epochs, small.batch_size) == (10, 2)
     assert (medium.n_epochs, medium.batch_size) == (3, 16)
     assert (large.n_epochs, large.batch_size) == (1, 64)
     assert small.learning_rate == 5e-5 and small.warmup_ratio == 0.1 and small.max_seq_length == 128
     assert small.early_stopping_patience == 3 and small.seed == 42 and small.max_grad_norm == 1.0
+
+
+@pytest.mark.parametrize(
+    ("n_examples", "batch_size"),
+    [(1, 1), (18, 1), (31, 1), (32, 2), (63, 2), (64, 4), (127, 4), (128, 8), (499, 8), (500, 16)]
+    + [(1_000, 16), (4_999, 16), (5_000, 32), (49_999, 32), (50_000, 64), (10**7, 64)],
+)
+def test_auto_batch_size_gives_a_small_set_enough_steps_and_a_large_one_big_batches(
+    n_examples: int, batch_size: int
+) -> None:
+    hp = resolve_hyperparameters({"n_epochs": 1}, n_examples)
+
+    assert hp.batch_size == batch_size
+    # an epoch over the whole file takes at least 16 steps, or one step an example for a smaller set
+    assert estimate_steps(n_examples, hp, 0.0) >= min(n_examples, 16)
+
+
+def test_a_thousand_examples_still_train_in_efficient_batches() -> None:
+    hp = resolve_hyperparameters({}, 1_000)
+
+    assert (hp.n_epochs, hp.batch_size) == (3, 16)
+    assert estimate_steps(1_000, hp, 0.1) == 57 * 3  # 900 training examples, 57 batches an epoch
+
+
+def test_a_lora_adapter_learns_at_a_larger_base_rate() -> None:
+    full = resolve_hyperparameters({}, 100, base_learning_rate=auto_learning_rate(lora=False))
+    lora = resolve_hyperparameters({}, 100, base_learning_rate=auto_learning_rate(lora=True))
+    doubled = resolve_hyperparameters(
+        {"learning_rate_multiplier": 2}, 100, base_learning_rate=auto_learning_rate(lora=True)
+    )
+
+    assert (full.learning_rate, lora.learning_rate, doubled.learning_rate) == (5e-5, 1e-3, 2e-3)
 
 
 def test_explicit_values_win() -> None:
