@@ -23,6 +23,7 @@ from apps.projects.models import File, FilePurpose, FileStatus, Project
 from apps.projects.validation import MAX_LABEL_CHARS  # the longest label a file may hold
 from apps.registry.models import Model
 from workers.runtime.specs import (
+    FULL_LEARNING_RATE,
     VALIDATION_FRACTION,
     HyperparameterError,
     Hyperparameters,
@@ -32,6 +33,9 @@ from workers.runtime.specs import (
     validation_size,
 )
 
+# Where a job's request keeps the base learning rate its hyperparameters were resolved against, so
+# that a job reads back the multiplier it was given even if the defaults change later.
+BASE_LEARNING_RATE_KEY = "base_learning_rate"
 # A distillation's texts may carry labels too: they are then used only to score teacher and student.
 DISTILLATION_FORMATS = (*TEXT_FORMATS, *CLASSIFICATION_FORMATS)
 METHOD_FORMATS = {
@@ -645,6 +649,7 @@ def _create(
         model_name=request.model.name,
         request={
             **body,
+            BASE_LEARNING_RATE_KEY: auto_learning_rate(lora=request.lora is not None),
             "method": {
                 "type": request.method,
                 request.method: {"hyperparameters": request.requested_hyperparameters}
@@ -718,10 +723,13 @@ def on_file_validated(file: File) -> None:
 
 
 def base_learning_rate(job: Job) -> float:
-    """The rate a job's `learning_rate_multiplier` multiplies: a LoRA adapter's or a full fine-tune's."""
-    method = (job.request or {}).get("method") or {}
-    lora = (method.get(method.get("type") or "classification") or {}).get("lora")
-    return auto_learning_rate(lora=lora is not None)
+    """The rate a job's `learning_rate_multiplier` multiplies, as stored when the job was created (a
+    LoRA adapter's or a full fine-tune's). A job created before the rate was stored trained on 5e-5,
+    whatever its method."""
+    stored = (job.request or {}).get(BASE_LEARNING_RATE_KEY)
+    if isinstance(stored, int | float) and not isinstance(stored, bool) and stored > 0:
+        return float(stored)
+    return FULL_LEARNING_RATE
 
 
 def _resolved_fields(job: Job) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import pytest
 
 from apps.jobs.models import Job, JobStatus
 from apps.projects.models import File, FileStatus
+from tests.conftest import use_plan
 
 
 def make_file(
@@ -325,6 +326,45 @@ def test_bad_lora_options_are_refused(
     assert error(response)["message"].startswith(message)
     assert error(response)["param"] == param
     assert not Job.objects.exists()
+
+
+def test_a_lora_job_reads_back_its_multiplier_against_the_lora_base_rate(
+    api: Any, catalog: None, alice_org: Any, alice_project: Any
+) -> None:
+    # given a chat file of 100 rows, on a plan that runs two jobs at once
+    use_plan(alice_org, "pro")
+    chat = make_file(alice_project, fmt="chat_jsonl")
+
+    def create(supervised: dict[str, Any]) -> dict[str, Any]:
+        body = {
+            "model": "smollm2-135m-instruct",
+            "training_file": chat.public_id,
+            "method": {"type": "supervised", "supervised": supervised},
+        }
+        response = post(api, body)
+        assert response.status_code == 200, response.content
+        return dict(response.json())
+
+    # when a LoRA job and a full fine-tune each ask for twice the base rate
+    lora = create({"lora": {}, "hyperparameters": {"learning_rate_multiplier": 2}})
+    full = create({"hyperparameters": {"learning_rate_multiplier": 2}})
+
+    # then each trains at twice its own base (1e-3 for an adapter, 5e-5 for every weight), each
+    # reads back the multiplier it was given, and "auto" gave 100 rows batches of 4
+    assert lora["method_details"]["supervised"]["hyperparameters"]["learning_rate"] == 2e-3
+    assert full["method_details"]["supervised"]["hyperparameters"]["learning_rate"] == 1e-4
+    for job in (lora, full):
+        assert job["hyperparameters"]["learning_rate_multiplier"] == 2
+        assert job["method"]["supervised"]["hyperparameters"] == job["hyperparameters"]
+        assert job["hyperparameters"]["batch_size"] == 4
+
+    # and a job created before the base rate was stored reads its rate against the 5e-5 it used
+    Job.objects.filter(public_id=lora["id"]).update(
+        request={**Job.objects.get(public_id=lora["id"]).request, "base_learning_rate": None},
+        hyperparameters={**Job.objects.get(public_id=lora["id"]).hyperparameters, "learning_rate": 5e-5},
+    )
+    old = api.get(f"/v1/fine_tuning/jobs/{lora['id']}").json()
+    assert old["hyperparameters"]["learning_rate_multiplier"] == 1
 
 
 def test_a_file_validated_while_its_job_is_being_submitted_does_not_leave_the_job_waiting(

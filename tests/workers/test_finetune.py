@@ -70,34 +70,38 @@ def test_there_is_no_eta_until_a_step_has_been_timed(
 def test_a_heartbeat_held_up_past_half_the_stale_threshold_is_logged(
     api: Any, alice_project: Any, tiny_base: Any, transactional_db: None, settings: Any, caplog: Any
 ) -> None:
-    # given a running attempt whose job row another transaction holds for longer than half the
-    # stale threshold, so that the heartbeat's write waits
-    settings.JOB_STALE_SECONDS = 1.0
+    # given a running attempt whose job row another transaction holds (2.5 s) for longer than half
+    # the stale threshold (1.5 s), while beats come every 0.5 s, so that only the held-up beat is late
+    settings.JOB_STALE_SECONDS = 3.0
     file = make_file(alice_project)
     created = api.post(
         "/v1/fine_tuning/jobs", {"model": "tiny-bert", "training_file": file.public_id}, format="json"
     )
     job = actions.claim(created.json()["id"])
     assert job is not None
+    held = threading.Event()
 
     def hold_the_row() -> None:
         with transaction.atomic():
             Job.objects.select_for_update().get(pk=job.pk)
-            time.sleep(1.5)
+            held.set()
+            time.sleep(2.5)
         connection.close()
 
-    # when
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    assert held.wait(timeout=10)
+
+    # when the attempt beats while the row is held
     with (
         caplog.at_level(logging.WARNING, logger="workers.runners.attempt"),
         AttemptGuard(job.pk, job.attempt),
     ):
-        holder = threading.Thread(target=hold_the_row)
-        holder.start()
         holder.join()
         wait_for(lambda: "heartbeat" in caplog.text, timeout=10)
 
-    # then the warning says how late the beat was, that the write was the slow part, and the bound
-    line = next(r.getMessage() for r in caplog.records if "heartbeat" in r.getMessage())
+    # then one warning says how late the beat was, that the write was the slow part, and the bound
+    [line] = [r.getMessage() for r in caplog.records if "heartbeat" in r.getMessage()]
     gap, write = map(float, re.findall(r"(\d+\.\d)s", line)[:2])
-    assert gap >= 1.0 and write >= 0.5, line
-    assert line.startswith(f"job {job.pk}: heartbeat ") and line.endswith("the job counts as lost at 1s")
+    assert gap >= 1.5 and write >= 1.0, line
+    assert line.startswith(f"job {job.pk}: heartbeat ") and line.endswith("the job counts as lost at 3s")

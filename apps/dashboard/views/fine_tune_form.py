@@ -28,6 +28,7 @@ from apps.projects.models import File, Project
 from apps.registry.models import Model, Task
 from workers.runtime.specs import (
     AUTO,
+    FULL_LEARNING_RATE,
     INTEGER_HYPERPARAMETERS,
     MAX_SEED,
     RANGES,
@@ -76,13 +77,13 @@ HYPERPARAMETER_FIELDS = (
         "batch_size",
         "Batch size",
         "",
-        "Examples per optimizer step, 1–256; auto keeps 16+ steps an epoch (1 for a few dozen examples, up to 64).",
+        "Examples per optimizer step, 1–256; auto leaves about 16 steps an epoch or more (1 under 32 examples, up to 64).",
     ),
     Field(
         "learning_rate_multiplier",
         "Learning rate multiplier",
         "",
-        "Scales the base learning rate (5e-5). auto = 1; lower is steadier, higher learns faster.",
+        f"Scales the base learning rate ({FULL_LEARNING_RATE:g}). auto = 1; lower is steadier, higher learns faster.",
         minimum=0,
     ),
     _ranged(
