@@ -148,7 +148,7 @@ def parse(project: Project, body: Any) -> FineTuneRequest:
         seed=seed,
         metadata=parse_metadata(body.get("metadata")),
         max_cost=_max_cost(body.get("max_cost")),
-        body=body,
+        body=body | {"integrations": _integrations(body.get("integrations"))},
         lora=lora,
         distillation=distillation,
     )
@@ -421,6 +421,31 @@ def parse_metadata(value: Any) -> dict[str, str] | None:
                 param="metadata",
             )
     return dict(value)
+
+
+WANDB_MESSAGE = (
+    "Weights & Biases integrations are not available here; remove the entry. Every step's metrics are "
+    "in the job's events and in its results file (result_files), which you can log to W&B yourself."
+)
+
+
+def _integrations(value: Any) -> list[Any] | None:
+    """OpenAI's `integrations`: a list of {type, ...}, of which the one type OpenAI knows, "wandb", is
+    not offered here. An empty list is accepted and stored as given, so a client that always sends
+    one works; any entry is refused, saying why, rather than silently ignored."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ActionError("integrations must be a list.", param="integrations")
+    for index, entry in enumerate(value):
+        kind = entry.get("type") if isinstance(entry, dict) else None
+        if kind == "wandb":
+            raise ActionError(WANDB_MESSAGE, param=f"integrations[{index}]")
+        raise ActionError(
+            f'integrations[{index}].type must be "wandb", and Weights & Biases integrations are not available here.',
+            param=f"integrations[{index}].type",
+        )
+    return value
 
 
 MAX_COST = 2**63 - 1  # the largest a PostgreSQL bigint (Job.max_cost) holds

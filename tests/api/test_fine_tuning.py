@@ -120,6 +120,29 @@ def error(response: Any) -> dict[str, Any]:
             "max_cost must be a whole number of micro-dollars, 0 or more.",
             "max_cost",
         ),
+        (
+            {"model": "tiny-bert", "training_file": "F", "integrations": {"type": "wandb"}},
+            400,
+            "integrations must be a list.",
+            "integrations",
+        ),
+        (
+            {
+                "model": "tiny-bert",
+                "training_file": "F",
+                "integrations": [{"type": "wandb", "wandb": {"project": "my-wandb-project"}}],
+            },
+            400,
+            "Weights & Biases integrations are not available here; remove the entry. Every step's metrics are "
+            "in the job's events and in its results file (result_files), which you can log to W&B yourself.",
+            "integrations[0]",
+        ),
+        (
+            {"model": "tiny-bert", "training_file": "F", "integrations": [{"type": "mlflow"}]},
+            400,
+            'integrations[0].type must be "wandb", and Weights & Biases integrations are not available here.',
+            "integrations[0].type",
+        ),
     ],
 )
 def test_bad_requests_are_refused_and_queue_nothing(
@@ -326,6 +349,19 @@ def test_bad_lora_options_are_refused(
     assert error(response)["message"].startswith(message)
     assert error(response)["param"] == param
     assert not Job.objects.exists()
+
+
+def test_an_empty_integrations_list_is_stored_and_read_back(
+    api: Any, tiny_base: Any, alice_org: Any, good_file: File
+) -> None:
+    use_plan(alice_org, "pro")  # two jobs at once
+    given = post(api, {"model": "tiny-bert", "training_file": good_file.public_id, "integrations": []})
+    omitted = post(api, {"model": "tiny-bert", "training_file": good_file.public_id})
+
+    assert given.status_code == 200, given.content
+    assert given.json()["integrations"] == []
+    assert api.get(f"/v1/fine_tuning/jobs/{given.json()['id']}").json()["integrations"] == []
+    assert omitted.json()["integrations"] is None
 
 
 def test_a_lora_job_reads_back_its_multiplier_against_the_lora_base_rate(

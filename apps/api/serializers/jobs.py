@@ -52,7 +52,7 @@ def fine_tuning_job(job: Job) -> dict[str, Any]:
         "seed": job.seed if job.seed is not None else 0,
         "estimated_finish": estimated_finish,
         "error": job.error if job.status == JobStatus.FAILED and job.error else None,
-        "integrations": None,
+        "integrations": (job.request or {}).get("integrations"),
         "metadata": job.metadata,
         # OpenAI's `method.type` only knows supervised/dpo/reinforcement; strict clients would
         # reject our extension types there, so `method` is set for those alone and
@@ -145,6 +145,7 @@ class FineTuningJobSerializer(serializers.Serializer):
     estimated_finish = serializers.IntegerField(allow_null=True)
     error = serializers.DictField(allow_null=True)
     metadata = serializers.DictField(allow_null=True)
+    integrations = serializers.ListField(child=serializers.DictField(), allow_null=True)
     method = serializers.DictField(allow_null=True)
     method_details = serializers.DictField(help_text="Extension: the method with every hyperparameter.")
     distillation = serializers.DictField(
@@ -175,6 +176,13 @@ class FineTuningJobCreateSerializer(serializers.Serializer):
         help_text='{"type": "classification", "classification": {"hyperparameters": {...}}} or supervised.',
     )
     hyperparameters = serializers.DictField(required=False, help_text="Deprecated: use method.")
+    integrations = serializers.ListField(
+        child=serializers.DictField(),
+        required=False,
+        allow_null=True,
+        max_length=0,
+        help_text="Accepted empty and stored; Weights & Biases integrations are not available here.",
+    )
     max_cost = serializers.IntegerField(
         required=False,
         allow_null=True,
