@@ -165,6 +165,8 @@ def _model(project: Project, name: Any) -> Model:
             param="model",
             status=404,
         )
+    if model.is_shut_down:
+        raise ActionError(model.shutdown_message(), code="model_not_found", param="model", status=404)
     if not model.is_fine_tunable:
         raise ActionError(
             f"Model '{name}' cannot be fine-tuned. Use a base model from GET /v1/models.", param="model"
@@ -335,6 +337,8 @@ def _teacher(project: Project, name: Any) -> Model:
             param=param,
             status=404,
         )
+    if teacher.is_shut_down:
+        raise ActionError(teacher.shutdown_message(), code="model_not_found", param=param, status=404)
     if not teacher.limit("servable", True):
         raise ActionError(
             f"'{name}' is a base model and cannot label texts; the teacher must be a fine-tuned classifier "

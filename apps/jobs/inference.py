@@ -92,6 +92,8 @@ def resolve_model(project: Project, name: Any, task: str) -> Model:
             param="model",
             status=404,
         )
+    if model.is_shut_down:
+        raise ActionError(model.shutdown_message(), code="model_not_found", param="model", status=404)
     if model.task != task:
         endpoint = TASK_ENDPOINTS[Task(model.task)]
         raise ActionError(f"'{name}' is a {model.task} model; call it through {endpoint}.", param="model")

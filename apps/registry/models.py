@@ -5,6 +5,7 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from apps.accounts.models import Organization
 
@@ -26,6 +27,10 @@ class ModelQuerySet(models.QuerySet["Model"]):
 
     def catalog(self) -> ModelQuerySet:
         return self.filter(organization__isnull=True)
+
+    def in_service(self) -> ModelQuerySet:
+        """Models not shut down yet, for the lists a customer picks from."""
+        return self.exclude(shutdown_date__lte=timezone.now().date())
 
 
 class Model(models.Model):
@@ -54,6 +59,10 @@ class Model(models.Model):
     # Fine-tuning limits and defaults a base model accepts (max_seq_length, methods, ...).
     limits = models.JSONField(default=dict, blank=True)
     is_fine_tunable = models.BooleanField(default=False)
+    # The day a catalog model stops answering and taking fine-tunes (UTC). Until then it is listed as
+    # deprecated, with the date, in the API and on the dashboard; from then on, calls are refused
+    # with a message that names the date.
+    shutdown_date = models.DateField(null=True, blank=True)
     # Fine-tuned: the member who created the job that made it (catalog models: nobody). Besides
     # owners and admins, only they may delete it.
     created_by = models.ForeignKey(
@@ -76,6 +85,16 @@ class Model(models.Model):
     @property
     def owned_by(self) -> str:
         return self.organization.public_id if self.organization is not None else "modelworks"
+
+    @property
+    def is_shut_down(self) -> bool:
+        return self.shutdown_date is not None and self.shutdown_date <= timezone.now().date()
+
+    def shutdown_message(self) -> str:
+        return (
+            f"The model '{self.name}' was shut down on {self.shutdown_date:%Y-%m-%d} and no longer answers or "
+            "takes fine-tunes; choose another model from GET /v1/models."
+        )
 
     def limit(self, key: str, default: Any = None) -> Any:
         return (self.limits or {}).get(key, default)

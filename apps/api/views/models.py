@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from django.http import FileResponse
@@ -32,6 +33,9 @@ class ModelObjectSerializer(serializers.Serializer):
     provider = serializers.CharField(help_text="Extension: local or openai.")
     fine_tunable = serializers.BooleanField(help_text="Extension.")
     context_length = serializers.IntegerField(help_text="Extension.")
+    shutdown_date = serializers.IntegerField(
+        allow_null=True, help_text="The day (Unix time, 00:00 UTC) the model stops answering; null if none."
+    )
     labels = serializers.ListField(
         child=serializers.CharField(), help_text="Extension: a classifier's labels."
     )
@@ -41,6 +45,10 @@ class ModelObjectSerializer(serializers.Serializer):
 ModelListSerializer = inline_serializer(
     "ModelList", {"object": serializers.CharField(), "data": ModelObjectSerializer(many=True)}
 )
+
+
+def _timestamp(day: date | None) -> int | None:
+    return None if day is None else int(datetime.combine(day, time.min, tzinfo=UTC).timestamp())
 
 
 def model_object(model: Model) -> dict[str, Any]:
@@ -53,6 +61,8 @@ def model_object(model: Model) -> dict[str, Any]:
         "provider": model.provider,
         "fine_tunable": model.is_fine_tunable,
         "context_length": model.context_length,
+        # The day (Unix time, 00:00 UTC) the model stops answering; null when none is planned.
+        "shutdown_date": _timestamp(model.shutdown_date),
         "labels": list(model.labels or []),
         "metrics": {
             k: v for k, v in (model.metrics or {}).items() if k not in ("confusion_matrix", "per_class")

@@ -174,7 +174,7 @@ def fine_tune_url(project: Project, file: File) -> str | None:
     query = {"training_file": file.public_id}
     task = TASK_OF_FORMAT.get(file.format)
     if task is not None:
-        bases = Model.objects.catalog().filter(is_fine_tunable=True, task=task).order_by("name")
+        bases = Model.objects.catalog().in_service().filter(is_fine_tunable=True, task=task).order_by("name")
         base = bases.filter(name=SAMPLE_BASE_MODEL).first() or bases.first()
         if base is not None:
             query["model"] = base.name

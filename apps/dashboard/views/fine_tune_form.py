@@ -395,7 +395,7 @@ def _bases_for(file_format: str) -> str:
     ]
     bases = [
         m
-        for m in Model.objects.catalog().filter(is_fine_tunable=True).order_by("name")
+        for m in Model.objects.catalog().in_service().filter(is_fine_tunable=True).order_by("name")
         if any(method in m.limit("methods", [method]) for method in methods)
     ]
     if not bases:

@@ -73,12 +73,12 @@ def _training_files(project: Project) -> Any:
 
 
 def _base_models() -> Any:
-    return Model.objects.catalog().filter(is_fine_tunable=True)
+    return Model.objects.catalog().in_service().filter(is_fine_tunable=True)
 
 
 def _teachers(project: Project) -> list[Model]:
     """Models that can label texts: the organization's classifiers and every callable generation model."""
-    models = Model.objects.visible_to(project.organization).order_by("task", "name")
+    models = Model.objects.visible_to(project.organization).in_service().order_by("task", "name")
     return [
         m for m in models if m.limit("servable", True) and (m.task == Task.GENERATION or len(m.labels) >= 2)
     ]

@@ -32,7 +32,7 @@ DEFAULT_MAX_TOKENS = 256
 # --- Models the organization may call --------------------------------------------------------------
 def servable_models(organization: Organization, task: str) -> list[Model]:
     """Catalog and own models of `task` that can be called (bases that need a fine-tune cannot)."""
-    models = Model.objects.visible_to(organization).filter(task=task).order_by("name")
+    models = Model.objects.visible_to(organization).in_service().filter(task=task).order_by("name")
     return [model for model in models if model.limit("servable", True)]
 
 
