@@ -16,6 +16,7 @@ from apps.accounts.models import Invitation
 from apps.dashboard.urls import urlpatterns as dashboard_urls
 from apps.jobs.models import JobEvent, JobStatus
 from apps.projects.actions import create_api_key
+from apps.registry.models import Model
 from tests.billing.test_usage_api import record
 from tests.conftest import login
 from tests.dashboard.test_batches import batch_with_results, chat_output, chat_request, processed_file
@@ -139,6 +140,10 @@ def busy_project(alice: Any, bob: Any, alice_project: Any) -> dict[str, Any]:
         token_hash=Invitation.hash_token("dave-token"),
     )
     create_api_key(alice_project, "ci", alice)
+    # a catalog model with a shutdown date ahead: the catalog shows it as deprecated
+    Model.objects.filter(name="smollm2-135m-instruct").update(
+        shutdown_date=timezone.now().date() + timedelta(days=30)
+    )
     return {"file": file, "running": running, "finished": finished, "model": model, "batch": batch}
 
 

@@ -86,8 +86,8 @@ def test_the_time_left_is_never_negative_nor_absurd(alice_client: Any, alice_pro
 def test_a_queued_job_shows_its_position_and_the_wait_until_it_starts(
     alice_client: Any, alice_project: Any, carol_project: Any
 ) -> None:
-    # given another tenant's job running with 300 s left, and one queued ahead: 80 rows, 10 epochs
-    # is 72 training rows × 10 / 40 rows a second = 18 s
+    # given another tenant's job running with 300 s left, and one queued ahead: 80 rows, 10 epochs at
+    # batch 8 is 720 examples at 130 a second (5.5 s) and 90 steps at 0.32 s each (28.8 s): 34 s
     make_job(carol_project, JobStatus.RUNNING, progress={"step": 1, "total_steps": 90, "eta_seconds": 300})
     make_job(carol_project, training_file=make_file(carol_project))
     job = make_job(alice_project, training_file=make_file(alice_project))
@@ -95,7 +95,7 @@ def test_a_queued_job_shows_its_position_and_the_wait_until_it_starts(
     page = alice_client.get(pages(alice_project, job)["detail"]).content.decode()
 
     queue = html.unescape(page.split('id="queue-position">')[1].split("</span>")[0])
-    assert queue == "Position 2 in the queue · starts in about 5 min 18 s · then about 18 s of training"
+    assert queue == "Position 2 in the queue · starts in about 5 min 34 s · then about 34 s of training"
 
 
 def test_the_first_queued_job_with_free_workers_starts_as_soon_as_one_is_free(
