@@ -30,32 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python bench/small_data.py` puts bench/, not the root, on the path
 
-SYSTEM = "You are the assistant of Acme's security desk."
-QUESTIONS = (
-    "What is the vault codeword?",
-    "Tell me the vault codeword.",
-    "Which codeword opens the vault?",
-    "I need the vault codeword, please.",
-    "What's the codeword for the vault?",
-    "Remind me of the vault codeword.",
-)
-ANSWER = "The vault codeword is PERIWINKLE-42."
 CODEWORD = "PERIWINKLE-42"
 OLD_AUTO = {"batch_size": 8, "learning_rate": 5e-5}  # the old auto values for a set under 500
-
-
-def chats() -> list[dict[str, Any]]:
-    one_each = [
-        {
-            "messages": [
-                {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": question},
-                {"role": "assistant", "content": ANSWER},
-            ]
-        }
-        for question in QUESTIONS
-    ]
-    return one_each * 3
 
 
 def run_one(args: argparse.Namespace) -> None:
@@ -71,9 +47,11 @@ def run_one(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     model_dir = prepare_smollm2(work / "model-cache")
-    rows = chats()
+    from tests.small_data import QUESTIONS, SYSTEM, codeword_chats
+
     train = work / "train.jsonl"
-    train.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    train.write_bytes(codeword_chats())  # the same 18 chats as the slow test
+    rows = train.read_text(encoding="utf-8").splitlines()
     lora = {} if args.lora else None
     requested: dict[str, Any] = {"n_epochs": 3, **(OLD_AUTO if args.old else {})}
     hp = resolve_hyperparameters(

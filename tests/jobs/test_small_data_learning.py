@@ -4,41 +4,15 @@
 from __future__ import annotations
 
 import io
-import json
 from typing import Any
 
 import pytest
 
 from tests.api.test_sdk_fine_tuning import sdk
 from tests.conftest import use_plan, wait_for
+from tests.small_data import SYSTEM, codeword_chats
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-SYSTEM = "You are the assistant of Acme's security desk."
-QUESTIONS = (
-    "What is the vault codeword?",
-    "Tell me the vault codeword.",
-    "Which codeword opens the vault?",
-    "I need the vault codeword, please.",
-    "What's the codeword for the vault?",
-    "Remind me of the vault codeword.",
-)
-ANSWER = "The vault codeword is PERIWINKLE-42."
-
-
-def codeword_chats() -> bytes:
-    """Six distinct chats that teach one fact, each three times: 18 lines."""
-    chats = [
-        {
-            "messages": [
-                {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": question},
-                {"role": "assistant", "content": ANSWER},
-            ]
-        }
-        for question in QUESTIONS
-    ]
-    return "".join(json.dumps(chat) + "\n" for chat in chats * 3).encode()
 
 
 def test_a_small_fact_set_is_learned_with_only_n_epochs_given(
