@@ -165,8 +165,7 @@ def _model(project: Project, name: Any) -> Model:
             param="model",
             status=404,
         )
-    if model.is_shut_down:
-        raise ActionError(model.shutdown_message(), code="model_not_found", param="model", status=404)
+    model.refuse_if_shut_down("model")
     if not model.is_fine_tunable:
         raise ActionError(
             f"Model '{name}' cannot be fine-tuned. Use a base model from GET /v1/models.", param="model"
@@ -337,8 +336,7 @@ def _teacher(project: Project, name: Any) -> Model:
             param=param,
             status=404,
         )
-    if teacher.is_shut_down:
-        raise ActionError(teacher.shutdown_message(), code="model_not_found", param=param, status=404)
+    teacher.refuse_if_shut_down(param)
     if not teacher.limit("servable", True):
         raise ActionError(
             f"'{name}' is a base model and cannot label texts; the teacher must be a fine-tuned classifier "
@@ -441,13 +439,13 @@ def _integrations(value: Any) -> list[Any] | None:
         return None
     if not isinstance(value, list):
         raise ActionError("integrations must be a list.", param="integrations")
-    for index, entry in enumerate(value):
-        kind = entry.get("type") if isinstance(entry, dict) else None
-        if kind == "wandb":
-            raise ActionError(WANDB_MESSAGE, param=f"integrations[{index}]")
+    if value:  # no entry can be served: name the first
+        entry = value[0]
+        if isinstance(entry, dict) and entry.get("type") == "wandb":
+            raise ActionError(WANDB_MESSAGE, param="integrations[0]")
         raise ActionError(
-            f'integrations[{index}].type must be "wandb", and Weights & Biases integrations are not available here.',
-            param=f"integrations[{index}].type",
+            'integrations[0].type must be "wandb", and Weights & Biases integrations are not available here.',
+            param="integrations[0].type",
         )
     return value
 

@@ -92,8 +92,7 @@ def resolve_model(project: Project, name: Any, task: str) -> Model:
             param="model",
             status=404,
         )
-    if model.is_shut_down:
-        raise ActionError(model.shutdown_message(), code="model_not_found", param="model", status=404)
+    model.refuse_if_shut_down("model")
     if model.task != task:
         endpoint = TASK_ENDPOINTS[Task(model.task)]
         raise ActionError(f"'{name}' is a {model.task} model; call it through {endpoint}.", param="model")

@@ -8,6 +8,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.accounts.models import Organization
+from apps.core.errors import ActionError
 
 
 class Task(models.TextChoices):
@@ -90,11 +91,16 @@ class Model(models.Model):
     def is_shut_down(self) -> bool:
         return self.shutdown_date is not None and self.shutdown_date <= timezone.now().date()
 
-    def shutdown_message(self) -> str:
-        return (
-            f"The model '{self.name}' was shut down on {self.shutdown_date:%Y-%m-%d} and no longer answers or "
-            "takes fine-tunes; choose another model from GET /v1/models."
-        )
+    def refuse_if_shut_down(self, param: str) -> None:
+        """404 model_not_found, naming the date, once the model is shut down."""
+        if self.is_shut_down:
+            raise ActionError(
+                f"The model '{self.name}' was shut down on {self.shutdown_date:%Y-%m-%d} and no longer answers "
+                "or takes fine-tunes; choose another model from GET /v1/models.",
+                code="model_not_found",
+                param=param,
+                status=404,
+            )
 
     def limit(self, key: str, default: Any = None) -> Any:
         return (self.limits or {}).get(key, default)

@@ -83,7 +83,8 @@ class AttemptGuard:
                 try:
                     if due:
                         result = actions.heartbeat(self.job_pk, self.attempt, progress)
-                        _warn_if_late(self.job_pk, time.monotonic() - last_beat, time.monotonic() - now)
+                        written = time.monotonic()
+                        _warn_if_late(self.job_pk, written - last_beat, written - now)
                         last_beat = now
                         if progress is not None:
                             last_progress = now
