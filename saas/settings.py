@@ -135,6 +135,7 @@ INSTALLED_APPS = [
     "apps.registry",
     "apps.jobs",
     "apps.billing",
+    "apps.webhooks",
     "apps.api",
     "apps.dashboard",
 ]
@@ -451,6 +452,22 @@ JOB_REAPER_INTERVAL_SECONDS = env_float("JOB_REAPER_INTERVAL_SECONDS", 30)
 JOB_QUEUED_STALE_SECONDS = env_float("JOB_QUEUED_STALE_SECONDS", 300)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)
 JOB_PROGRESS_INTERVAL_SECONDS = env_float("JOB_PROGRESS_INTERVAL_SECONDS", 2)
+# Outbound webhooks (docs/api.md, "Webhooks"). A 2xx within the timeout counts; failures are retried
+# with exponential backoff and jitter, from the base up to the cap between tries, until the window
+# closes; an endpoint failing for `DISABLE_AFTER` is disabled and its owners emailed.
+WEBHOOK_TIMEOUT_SECONDS = env_float("WEBHOOK_TIMEOUT_SECONDS", 10)
+WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 5)
+WEBHOOK_RETRY_MAX_SECONDS = env_float("WEBHOOK_RETRY_MAX_SECONDS", 6 * 3600)
+WEBHOOK_RETRY_WINDOW_SECONDS = env_float("WEBHOOK_RETRY_WINDOW_SECONDS", 72 * 3600)
+WEBHOOK_DISABLE_AFTER_SECONDS = env_float("WEBHOOK_DISABLE_AFTER_SECONDS", 5 * 24 * 3600)
+WEBHOOK_SWEEP_SECONDS = env_float("WEBHOOK_SWEEP_SECONDS", 5)
+# A queued delivery whose task has not run by then is queued again (its message was lost).
+WEBHOOK_REPUBLISH_SECONDS = env_float("WEBHOOK_REPUBLISH_SECONDS", 120)
+WEBHOOK_SECRET_OVERLAP_SECONDS = env_float("WEBHOOK_SECRET_OVERLAP_SECONDS", 24 * 3600)
+# Endpoints must be public HTTPS URLs: a webhook must not reach into our own network. Development
+# and tests deliver to a receiver on this machine over plain HTTP.
+WEBHOOK_ALLOW_PRIVATE_URLS = env_bool("WEBHOOK_ALLOW_PRIVATE_URLS", DEBUG)
+
 CELERY_BEAT_SCHEDULE = {
     "reap-jobs": {"task": tasks.REAP, "schedule": JOB_REAPER_INTERVAL_SECONDS},
     # Billing: usage to Stripe meters (hourly sums, sent as soon as an hour closes), webhooks Stripe
@@ -458,6 +475,8 @@ CELERY_BEAT_SCHEDULE = {
     "billing-report-usage": {"task": tasks.REPORT_USAGE, "schedule": 60},
     "billing-reconcile-events": {"task": tasks.RECONCILE_STRIPE_EVENTS, "schedule": 3600},
     "billing-spend-alerts": {"task": tasks.CHECK_SPEND_ALERTS, "schedule": 300},
+    # Webhook deliveries whose retry is due, or whose message was lost.
+    "webhooks-send-due": {"task": tasks.SEND_DUE_WEBHOOKS, "schedule": WEBHOOK_SWEEP_SECONDS},
 }
 WORKER_HEARTBEAT_SECONDS = env_float("WORKER_HEARTBEAT_SECONDS", 10)
 WORKER_HEARTBEAT_MAX_AGE_SECONDS = env_float("WORKER_HEARTBEAT_MAX_AGE_SECONDS", 60)

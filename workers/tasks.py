@@ -190,3 +190,27 @@ def check_spend_alerts() -> int:
     from apps.billing.actions import check_spend_alerts as run
 
     return run()
+
+
+@shared_task(
+    name=tasks.DELIVER_WEBHOOK, queue=tasks.QUEUE_OF[tasks.DELIVER_WEBHOOK], soft_time_limit=60, time_limit=90
+)
+def deliver_webhook(delivery_id: int) -> str:
+    """One attempt of one webhook delivery; a failure is retried by the sweep at its backoff time,
+    not by Celery (whose countdowns a Redis broker can lose or run twice)."""
+    from apps.webhooks.actions import deliver
+
+    return deliver(delivery_id)
+
+
+@shared_task(
+    name=tasks.SEND_DUE_WEBHOOKS,
+    queue=tasks.QUEUE_OF[tasks.SEND_DUE_WEBHOOKS],
+    soft_time_limit=60,
+    time_limit=90,
+)
+def send_due_webhooks() -> int:
+    """Queues the webhook deliveries whose retry is due, and any whose message was lost."""
+    from apps.webhooks.actions import send_due
+
+    return send_due()

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.api.views import batches, files, fine_tuning, inference, models, usage
+from apps.api.views import batches, files, fine_tuning, inference, models, usage, webhooks
 
 app_name = "api"
 
@@ -47,4 +47,21 @@ urlpatterns = [
     path("models/<path:model>", models.ModelDetailView.as_view(), name="model"),
     path("usage", usage.UsageView.as_view(), name="usage"),
     path("usage/costs", usage.UsageCostsView.as_view(), name="usage_costs"),
+    path("webhook_endpoints", webhooks.WebhookEndpointListView.as_view(), name="webhook_endpoints"),
+    path(
+        "webhook_endpoints/<str:endpoint_id>",
+        webhooks.WebhookEndpointDetailView.as_view(),
+        name="webhook_endpoint",
+    ),
+    path(
+        "webhook_endpoints/<str:endpoint_id>/rotate_secret",
+        webhooks.WebhookEndpointRotateView.as_view(),
+        name="webhook_endpoint_rotate",
+    ),
+    path(
+        "webhook_endpoints/<str:endpoint_id>/test",
+        webhooks.WebhookEndpointTestView.as_view(),
+        name="webhook_endpoint_test",
+    ),
+    path("webhook_event_types", webhooks.WebhookEventTypesView.as_view(), name="webhook_event_types"),
 ]

@@ -422,7 +422,7 @@ def set_spend_limits(
     return subscription
 
 
-def _managers_emails(organization: Organization) -> list[str]:
+def managers_emails(organization: Organization) -> list[str]:
     return list(
         Membership.objects.filter(organization=organization, role__in=MANAGER_ROLES, user__is_active=True)
         .order_by("user__email")
@@ -462,7 +462,7 @@ def check_spend_alert(organization: Organization) -> bool:
                 f"See usage and change the threshold: {settings.SITE_URL}{reverse('dashboard:billing')}"
             ),
             from_email=None,
-            recipient_list=_managers_emails(organization),
+            recipient_list=managers_emails(organization),
         )
     except Exception:
         # Give the month back so the next check retries the email, then let the error show.

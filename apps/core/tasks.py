@@ -4,7 +4,7 @@ Celery routes and beat schedule in the wiring read them here.
 
 Queues (docs/architecture.md, "Queues"): `gpu` runs training and batches of local models, a fresh
 worker child per task; `serve` runs local inference on workers that keep models loaded; `default`
-runs the rest (validation, OpenAI proxying, billing, the reaper).
+runs the rest (validation, OpenAI proxying, billing, webhooks, the reaper).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ PROCESS_STRIPE_EVENT = "billing.process_stripe_event"
 REPORT_USAGE = "billing.report_usage"
 RECONCILE_STRIPE_EVENTS = "billing.reconcile_events"
 CHECK_SPEND_ALERTS = "billing.check_spend_alerts"
+DELIVER_WEBHOOK = "webhooks.deliver"
+SEND_DUE_WEBHOOKS = "webhooks.send_due"
 
 QUEUE_OF = {
     PING: DEFAULT,
@@ -41,4 +43,6 @@ QUEUE_OF = {
     REPORT_USAGE: DEFAULT,
     RECONCILE_STRIPE_EVENTS: DEFAULT,
     CHECK_SPEND_ALERTS: DEFAULT,
+    DELIVER_WEBHOOK: DEFAULT,
+    SEND_DUE_WEBHOOKS: DEFAULT,
 }

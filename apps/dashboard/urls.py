@@ -13,6 +13,7 @@ from apps.dashboard.views import (
     projects,
     team,
     usage,
+    webhooks,
 )
 
 app_name = "dashboard"
@@ -44,6 +45,33 @@ urlpatterns = [
     path("projects/<str:project_id>/api-keys/", keys.api_keys, name="api_keys"),
     path(
         "projects/<str:project_id>/api-keys/<str:prefix>/revoke", keys.api_key_revoke, name="api_key_revoke"
+    ),
+    path("projects/<str:project_id>/webhooks/", webhooks.webhook_list, name="webhooks"),
+    path("projects/<str:project_id>/webhooks/<str:endpoint_id>/", webhooks.webhook_detail, name="webhook"),
+    path(
+        "projects/<str:project_id>/webhooks/<str:endpoint_id>/update",
+        webhooks.webhook_update,
+        name="webhook_update",
+    ),
+    path(
+        "projects/<str:project_id>/webhooks/<str:endpoint_id>/rotate",
+        webhooks.webhook_rotate,
+        name="webhook_rotate",
+    ),
+    path(
+        "projects/<str:project_id>/webhooks/<str:endpoint_id>/test",
+        webhooks.webhook_test,
+        name="webhook_test",
+    ),
+    path(
+        "projects/<str:project_id>/webhooks/<str:endpoint_id>/deliveries/<int:delivery_id>/resend",
+        webhooks.webhook_resend,
+        name="webhook_resend",
+    ),
+    path(
+        "projects/<str:project_id>/webhooks/<str:endpoint_id>/delete",
+        webhooks.webhook_delete,
+        name="webhook_delete",
     ),
     path("projects/<str:project_id>/files/", files.file_list, name="files"),
     path("projects/<str:project_id>/files/upload", files.file_upload, name="file_upload"),

@@ -26,6 +26,7 @@ from apps.billing.models import UsageRecord
 from apps.billing.pricing import cost_of
 from apps.jobs.models import Checkpoint, Job, JobEvent, JobKind, JobStatus
 from apps.jobs.queue import publish
+from apps.webhooks.actions import announce_job
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,15 @@ def release_validated(job: Job, fields: dict[str, Any] | None = None) -> bool:
     return bool(updated)
 
 
+def _announce(job_pk: int) -> None:
+    """The webhook events of the status the job just reached, in the same transaction (the outbox:
+    docs/api.md, "Webhooks")."""
+    job = Job.objects.only("kind", "status", "status_reason", "error", "project_id", "public_id").get(
+        pk=job_pk
+    )
+    announce_job(job)
+
+
 def fail_before_start(job: Job, code: str, message: str, param: str | None = None) -> bool:
     """A job that cannot run (a file failed validation, ...) fails at once, never retried."""
     now = timezone.now()
@@ -123,6 +133,7 @@ def fail_before_start(job: Job, code: str, message: str, param: str | None = Non
         )
         if updated:
             JobEvent.objects.create(job=job, level="error", message=message)
+            _announce(job.pk)
     return bool(updated)
 
 
@@ -299,6 +310,8 @@ def requeue(job_pk: int, attempt: int, message: str) -> bool:
         JobEvent.objects.create(job=job, level="warn", message=message)
         if job.status == JobStatus.QUEUED:
             transaction.on_commit(lambda: publish(job))
+        else:
+            _announce(job.pk)
     return True
 
 
@@ -480,6 +493,7 @@ def finish(
         if job.kind in (JobKind.FINE_TUNE, JobKind.BATCH) or status == JobStatus.FAILED:
             level = "error" if status == JobStatus.FAILED else "info"
             JobEvent.objects.create(job=job, level=level, message=message or f"Job {status}.")
+        announce_job(job)
     return job
 
 
@@ -552,6 +566,7 @@ def _fail_running(job_pk: int, attempt: int, code: str, message: str) -> bool:
         )
         if updated:
             JobEvent.objects.create(job_id=job_pk, level="error", message=message)
+            _announce(job_pk)
     return bool(updated)
 
 
@@ -616,6 +631,7 @@ def cancel(job: Job) -> Job:
             pk=job.pk, status__in=[JobStatus.QUEUED, JobStatus.VALIDATING_FILES, JobStatus.PAUSED]
         ).update(status=JobStatus.CANCELLED, finished_at=now, stop_requested="", reserved_cost=0):
             JobEvent.objects.create(job=job, message="Job cancelled.")
+            _announce(job.pk)
         elif Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(stop_requested=STOP_CANCEL):
             JobEvent.objects.create(job=job, message="Cancellation requested; stopping at the next step.")
     # A request whose project was deleted while it waited has no row left to read back.
@@ -726,6 +742,7 @@ def reap() -> dict[str, int]:
                 job.status, job.finished_at, job.reserved_cost = JobStatus.CANCELLED, now, 0
                 job.save(update_fields=["status", "finished_at", "reserved_cost"])
                 JobEvent.objects.create(job=job, message="Job cancelled (its worker had stopped).")
+                _announce(job.pk)
                 counts["cancelled"] += 1
             elif job.attempt >= job.max_attempts:
                 fail_lost(job.pk, job.attempt)
