@@ -70,6 +70,7 @@ LAYERS = {
     "apps.registry": 3,
     "apps.billing": 3,
     "apps.jobs": 4,
+    "apps.webhooks": 4,
     "apps.api": 5,
     "apps.dashboard": 5,
     "workers": 5,
@@ -80,6 +81,8 @@ SIDEWAYS = {
     # A project's uploads are bounded by its organization's plan, and onboarding (a new organization
     # with its default project) gives the organization its Free subscription in the same transaction.
     ("apps.projects", "apps.billing"),
+    # A job's status change writes its webhook events in the same transaction (the outbox).
+    ("apps.jobs", "apps.webhooks"),
 }
 # The runtime modules the Django side may import: plain Python, no torch when imported.
 RUNTIME_PURE = {"workers.runtime.specs", "workers.runtime.catalog", "workers.runtime.distill"}

@@ -58,6 +58,8 @@ TASK_QUEUES = {
     "billing.report_usage": "default",
     "billing.check_spend_alerts": "default",
     "billing.reconcile_events": "default",
+    "webhooks.deliver": "default",
+    "webhooks.send_due": "default",
 }
 
 

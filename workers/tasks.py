@@ -55,7 +55,15 @@ def validate_file(file_id: str) -> None:
         report = validate_stream(
             handle.chunks(), file.purpose, filename=file.filename, column_mapping=file.column_mapping
         )
-    if record_validation(file_id, dict(report)):
+    from django.db import transaction
+
+    from apps.webhooks.actions import announce_file
+
+    with transaction.atomic():  # the outcome and its webhook event commit together
+        recorded = record_validation(file_id, dict(report))
+        if recorded:
+            announce_file(file.project_id, file_id, processed=report["valid"])
+    if recorded:
         from apps.jobs.fine_tuning import on_file_validated
 
         file.refresh_from_db()

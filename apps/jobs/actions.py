@@ -24,9 +24,10 @@ from django.utils import timezone
 from apps.accounts.models import ApiKey, User
 from apps.billing.models import UsageRecord
 from apps.billing.pricing import cost_of
-from apps.jobs.models import Checkpoint, Job, JobEvent, JobKind, JobStatus
+from apps.jobs.models import Checkpoint, Job, JobEvent, JobKind, JobStatus, StopReason
 from apps.jobs.queue import publish
-from apps.webhooks.actions import announce_job
+from apps.webhooks import models as webhook_events
+from apps.webhooks.actions import emit
 
 logger = logging.getLogger(__name__)
 
@@ -110,13 +111,43 @@ def release_validated(job: Job, fields: dict[str, Any] | None = None) -> bool:
     return bool(updated)
 
 
+def webhook_event_types(job: Job) -> list[str]:
+    """The webhook events a fine-tune or a batch raises on reaching its status (none for inference):
+    OpenAI's names, and ours for a pause and for a job its max_cost stopped."""
+    status = JobStatus(job.status)
+    if job.kind == JobKind.FINE_TUNE:
+        found = {
+            JobStatus.SUCCEEDED: [webhook_events.FINE_TUNE_SUCCEEDED],
+            JobStatus.FAILED: [webhook_events.FINE_TUNE_FAILED],
+            JobStatus.CANCELLED: [webhook_events.FINE_TUNE_CANCELLED],
+            JobStatus.PAUSED: [webhook_events.FINE_TUNE_PAUSED],
+        }.get(status, [])
+        # Stopped by its max_cost, a job succeeds with the model of what ran (status_reason) or, with
+        # nothing trained yet, fails with that code: either way the budget is why it ended.
+        if StopReason.BUDGET_REACHED in (job.status_reason, (job.error or {}).get("code")):
+            found = [*found, webhook_events.FINE_TUNE_BUDGET_REACHED]
+        return found
+    if job.kind == JobKind.BATCH:
+        batch = {
+            JobStatus.SUCCEEDED: webhook_events.BATCH_COMPLETED,
+            JobStatus.FAILED: webhook_events.BATCH_FAILED,
+            JobStatus.CANCELLED: webhook_events.BATCH_CANCELLED,
+        }.get(status)
+        return [batch] if batch else []
+    return []
+
+
+def announce(job: Job) -> None:
+    """The webhook events of the status `job` holds, written in the caller's transaction (the
+    outbox: docs/api.md, "Webhooks")."""
+    for event_type in webhook_event_types(job):
+        emit(job.project_id, event_type, job.public_id)
+
+
 def _announce(job_pk: int) -> None:
-    """The webhook events of the status the job just reached, in the same transaction (the outbox:
-    docs/api.md, "Webhooks")."""
-    job = Job.objects.only("kind", "status", "status_reason", "error", "project_id", "public_id").get(
-        pk=job_pk
-    )
-    announce_job(job)
+    """`announce` for a job changed by an UPDATE: its new status read back in the same transaction."""
+    fields = ("kind", "status", "status_reason", "error", "project_id", "public_id")
+    announce(Job.objects.only(*fields).get(pk=job_pk))
 
 
 def fail_before_start(job: Job, code: str, message: str, param: str | None = None) -> bool:
@@ -493,7 +524,7 @@ def finish(
         if job.kind in (JobKind.FINE_TUNE, JobKind.BATCH) or status == JobStatus.FAILED:
             level = "error" if status == JobStatus.FAILED else "info"
             JobEvent.objects.create(job=job, level=level, message=message or f"Job {status}.")
-        announce_job(job)
+        announce(job)
     return job
 
 

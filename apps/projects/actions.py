@@ -19,7 +19,6 @@ from apps.core.errors import ActionError
 from apps.core.text import refuse_unstorable
 from apps.projects.models import UPLOAD_PURPOSES, File, FileStatus, Project
 from apps.projects.validation import Report
-from apps.webhooks.actions import announce_file
 
 logger = logging.getLogger(__name__)
 
@@ -203,14 +202,10 @@ def record_validation(file_id: str, report: dict[str, Any]) -> bool:
     """Stores a validation report; only the first report for an upload counts (a redelivered
     task finds the file no longer `uploaded` and changes nothing)."""
     status = FileStatus.PROCESSED if report["valid"] else FileStatus.ERROR
-    with transaction.atomic():
-        updated = File.objects.filter(public_id=file_id, status=FileStatus.UPLOADED).update(
-            status=status,
-            status_details=report["summary"][:500],
-            format=report["format"] or "",
-            validation=report,
-        )
-        if updated == 1:
-            project_id = File.objects.filter(public_id=file_id).values_list("project_id", flat=True).get()
-            announce_file(project_id, file_id, processed=report["valid"])
+    updated = File.objects.filter(public_id=file_id, status=FileStatus.UPLOADED).update(
+        status=status,
+        status_details=report["summary"][:500],
+        format=report["format"] or "",
+        validation=report,
+    )
     return updated == 1

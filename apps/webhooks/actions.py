@@ -1,7 +1,8 @@
 """Webhook endpoints and deliveries: every change to them, and the delivery loop.
 
-- `announce_job` / `announce_file` write the event, and a delivery for each endpoint that wants it,
-  inside the caller's transaction (the outbox): a rolled-back change sends nothing.
+- `emit` writes the event, and a delivery for each endpoint that wants it, inside the caller's
+  transaction (the outbox): a rolled-back change sends nothing. Jobs announce their own statuses
+  (`apps.jobs.actions`); a file's validation is announced where it is recorded (`workers/tasks.py`).
 - Each new delivery is queued on commit (`default` queue); `send_due` (beat) queues those whose
   retry is due and any whose message was lost. `deliver` claims one with a conditional update, so
   two tasks never send the same delivery at once, and POSTs it signed (Standard Webhooks).
@@ -39,7 +40,6 @@ from apps.core import tasks
 from apps.core.crypto import decrypt, encrypt
 from apps.core.errors import ActionError
 from apps.core.mail import single_line
-from apps.jobs.models import Job, JobKind, JobStatus, StopReason
 from apps.projects.models import Project
 from apps.webhooks import models as events
 from apps.webhooks.models import (
@@ -60,37 +60,6 @@ USER_AGENT = "Modelworks-Webhooks/1.0"
 
 
 # --- Events: written in the transaction of the change they announce ------------------------------
-def job_event_types(job: Job) -> list[str]:
-    """The events a fine-tune or a batch raises on reaching its status (none for inference)."""
-    status = JobStatus(job.status)
-    if job.kind == JobKind.FINE_TUNE:
-        found = {
-            JobStatus.SUCCEEDED: [events.FINE_TUNE_SUCCEEDED],
-            JobStatus.FAILED: [events.FINE_TUNE_FAILED],
-            JobStatus.CANCELLED: [events.FINE_TUNE_CANCELLED],
-            JobStatus.PAUSED: [events.FINE_TUNE_PAUSED],
-        }.get(status, [])
-        # A job stopped by its max_cost succeeds with the model of what ran (status_reason) or, with
-        # nothing trained yet, fails with that code: either way the budget is why it ended.
-        if StopReason.BUDGET_REACHED in (job.status_reason, (job.error or {}).get("code")):
-            found = [*found, events.FINE_TUNE_BUDGET_REACHED]
-        return found
-    if job.kind == JobKind.BATCH:
-        batch = {
-            JobStatus.SUCCEEDED: events.BATCH_COMPLETED,
-            JobStatus.FAILED: events.BATCH_FAILED,
-            JobStatus.CANCELLED: events.BATCH_CANCELLED,
-        }.get(status)
-        return [batch] if batch else []
-    return []
-
-
-def announce_job(job: Job) -> None:
-    """Call inside the transaction that moved `job` to its current status."""
-    for event_type in job_event_types(job):
-        emit(job.project_id, event_type, job.public_id)
-
-
 def announce_file(project_id: int, file_id: str, processed: bool) -> None:
     """Call inside the transaction that stored the file's validation outcome."""
     emit(project_id, events.FILE_PROCESSED if processed else events.FILE_FAILED, file_id)

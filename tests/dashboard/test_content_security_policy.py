@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 from typing import Any
 
 import pytest
+from django.db import transaction
 from django.test import Client
 from django.urls import URLPattern, resolve
 from django.utils import timezone
@@ -17,6 +18,8 @@ from apps.dashboard.urls import urlpatterns as dashboard_urls
 from apps.jobs.models import JobEvent, JobStatus
 from apps.projects.actions import create_api_key
 from apps.registry.models import Model
+from apps.webhooks import actions as webhooks
+from apps.webhooks.models import WebhookDelivery
 from tests.billing.test_usage_api import record
 from tests.conftest import login
 from tests.dashboard.test_batches import batch_with_results, chat_output, chat_request, processed_file
@@ -62,6 +65,11 @@ NOT_PAGES = {
     "billing_limits",
     "billing_openai_key",
     "billing_openai_key_remove",
+    "webhook_update",
+    "webhook_rotate",
+    "webhook_test",
+    "webhook_resend",
+    "webhook_delete",
 }
 LABELLED_CSV = b"text,label\nrefund please,billing\nthe app crashes,bug\nlove it,praise\nso slow,bug\n"
 
@@ -144,7 +152,27 @@ def busy_project(alice: Any, bob: Any, alice_project: Any) -> dict[str, Any]:
     Model.objects.filter(name="smollm2-135m-instruct").update(
         shutdown_date=timezone.now().date() + timedelta(days=30)
     )
-    return {"file": file, "running": running, "finished": finished, "model": model, "batch": batch}
+    # a webhook endpoint whose one delivery failed once and waits for its retry
+    hook, _ = webhooks.create_endpoint(
+        alice_project,
+        alice,
+        name="ci",
+        url="https://hooks.example.com/modelworks",
+        event_types=["batch.failed"],
+    )
+    with transaction.atomic():
+        webhooks.emit(alice_project.pk, "batch.failed", batch.public_id)
+    webhooks.record(
+        WebhookDelivery.objects.get(endpoint=hook), webhooks.Outcome(503, 87, error="answered 503")
+    )
+    return {
+        "file": file,
+        "running": running,
+        "finished": finished,
+        "model": model,
+        "batch": batch,
+        "hook": hook,
+    }
 
 
 def test_every_page_has_the_policy_and_no_inline_code(
@@ -186,6 +214,8 @@ def test_every_page_has_the_policy_and_no_inline_code(
         f"{base}/batches/",
         f"{base}/batches/{batch.public_id}/",
         f"{base}/batches/{batch.public_id}/status",
+        f"{base}/webhooks/",
+        f"{base}/webhooks/{busy_project['hook'].public_id}/",
         "/usage/",
         "/accounts/email/",
         "/accounts/password/change/",

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from django.core.files.base import ContentFile
+from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
@@ -29,6 +30,8 @@ from apps.jobs.models import Checkpoint, Job, JobEvent, JobKind, JobStatus
 from apps.projects import actions as projects
 from apps.projects.models import File, FilePurpose, FileStatus, Project
 from apps.registry.models import Model
+from apps.webhooks import actions as webhooks
+from apps.webhooks.models import WebhookDelivery, WebhookEndpoint
 
 pytestmark = pytest.mark.usefixtures("media")
 
@@ -55,6 +58,8 @@ class World:
     key: ApiKey
     membership: Membership  # the teammate's membership
     invitation_token: str
+    webhook: WebhookEndpoint
+    delivery: WebhookDelivery  # of an event to `webhook`
 
     def public_ids(self) -> list[str]:
         """Every id of alice's that a response must never show carol."""
@@ -78,6 +83,8 @@ class World:
             *checkpoints,
             *files,
             self.key.prefix,
+            self.webhook.public_id,
+            self.delivery.event.public_id,
         ]
 
 
@@ -291,6 +298,12 @@ def seed_tenant(owner: Any, project: Project, teammate: Any) -> World:
         token_hash=Invitation.hash_token(token),
         invited_by=owner,
     )
+    webhook, _ = webhooks.create_endpoint(
+        project, owner, name=f"{MARKER} hook", url="https://hooks.example.com/x", event_types=["batch.failed"]
+    )
+    with transaction.atomic():
+        webhooks.emit(project.pk, "batch.failed", done_batch.public_id)
+    delivery = WebhookDelivery.objects.get(endpoint=webhook)
     return World(
         organization,
         project,
@@ -308,6 +321,8 @@ def seed_tenant(owner: Any, project: Project, teammate: Any) -> World:
         key,
         membership,
         token,
+        webhook,
+        delivery,
     )
 
 
@@ -331,6 +346,8 @@ def tenant_checksum(organization: Organization) -> str:
         Model.objects.filter(organization=organization),
         UsageRecord.objects.filter(organization=organization),
         Subscription.objects.filter(organization=organization),
+        WebhookEndpoint.objects.filter(project__organization=organization),
+        WebhookDelivery.objects.filter(endpoint__project__organization=organization),
     ]
     digest = hashlib.sha256()
     for queryset in querysets:
@@ -407,6 +424,8 @@ PARAMETERS: dict[str, tuple[Getter, Getter]] = {
         lambda w: Invitation.objects.get(organization=w.organization).pk + 1_000_000,
     ),
     "token": (lambda w: w.invitation_token, lambda w: secrets.token_urlsafe(32)),
+    "endpoint_id": (lambda w: w.webhook.public_id, lambda w: random_id("we_")),
+    "delivery_id": (lambda w: w.delivery.pk, lambda w: w.delivery.pk + 1_000_000),
 }
 # Where a route acts on an object in a particular state, it gets that object.
 OVERRIDES: dict[tuple[str, str], Getter] = {

@@ -14,6 +14,7 @@ from django.core import mail
 from django.db import transaction
 from django.utils import timezone
 
+from apps.jobs import actions as job_actions
 from apps.jobs.models import Job, JobKind, JobStatus
 from apps.webhooks import actions
 from apps.webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint, WebhookEvent
@@ -114,8 +115,6 @@ def test_an_event_is_written_with_its_change_and_not_without_it(alice: Any, alic
         model_name="tiny-bert",
         request={},
     )
-    from apps.jobs import actions as job_actions
-
     with pytest.raises(RuntimeError), transaction.atomic():
         job_actions.cancel(job)
         raise RuntimeError("the request failed after the cancel")
@@ -154,7 +153,7 @@ def test_only_enabled_endpoints_that_subscribe_get_a_delivery(
 
 def test_job_statuses_map_to_openai_event_names(alice_project: Any) -> None:
     def types(kind: str, status: str, **fields: Any) -> list[str]:
-        return actions.job_event_types(Job(kind=kind, status=status, project=alice_project, **fields))
+        return job_actions.webhook_event_types(Job(kind=kind, status=status, project=alice_project, **fields))
 
     assert types(JobKind.FINE_TUNE, JobStatus.SUCCEEDED) == ["fine_tuning.job.succeeded"]
     assert types(JobKind.FINE_TUNE, JobStatus.SUCCEEDED, status_reason="budget_reached") == [
