@@ -5,6 +5,7 @@ from typing import Any
 from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 
+from apps.core.wire import omit_unset
 from apps.jobs.actions import STOP_CANCEL, STOP_PAUSE, queue_position
 from apps.jobs.fine_tuning import MAX_COST, MAX_SEED, base_learning_rate
 from apps.jobs.models import Checkpoint, Job, JobEvent, JobStatus
@@ -24,6 +25,9 @@ def openai_hyperparameters(job: Job) -> dict[str, Any]:
         else "auto",
     }
     return out
+
+
+OPENAI_METHODS = ("supervised", "dpo", "reinforcement")
 
 
 def fine_tuning_job(job: Job) -> dict[str, Any]:
@@ -54,11 +58,13 @@ def fine_tuning_job(job: Job) -> dict[str, Any]:
         "error": job.error if job.status == JobStatus.FAILED and job.error else None,
         "integrations": (job.request or {}).get("integrations"),
         "metadata": job.metadata,
-        # OpenAI's `method.type` only knows supervised/dpo/reinforcement; strict clients would
-        # reject our extension types there, so `method` is set for those alone and
-        # `method_details` always describes the method with its resolved hyperparameters.
+        # OpenAI's `method.type` only knows supervised/dpo/reinforcement (the spec's enum and the
+        # SDK's `Literal`), and `method` is not nullable: a classification or distillation job has
+        # no truthful value there, so it leaves `method` out (as OpenAI does for jobs created
+        # without one) and `method_details` always describes the method with its resolved
+        # hyperparameters.
         "method": {"type": method_type, method_type: {"hyperparameters": openai_hyperparameters(job)}}
-        if method_type in ("supervised", "dpo", "reinforcement")
+        if method_type in OPENAI_METHODS
         else None,
         # Extensions
         "method_details": {
@@ -79,7 +85,7 @@ def fine_tuning_job(job: Job) -> dict[str, Any]:
         "max_cost": job.max_cost,
         "attempt": job.attempt,
     }
-    return body
+    return omit_unset(body, ("method",))
 
 
 STOP_REASONS = {STOP_CANCEL: "cancel_requested", STOP_PAUSE: "pause_requested"}
@@ -99,7 +105,7 @@ def _method_options(method: dict[str, Any], method_type: str) -> dict[str, Any]:
 
 
 def job_event(event: JobEvent) -> dict[str, Any]:
-    return {
+    body = {
         "id": event.public_id,
         "object": "fine_tuning.job.event",
         "created_at": _ts(event.created_at),
@@ -108,6 +114,8 @@ def job_event(event: JobEvent) -> dict[str, Any]:
         "type": event.type,
         "data": event.data,
     }
+    # A message event has no data: OpenAI leaves the field out then.
+    return omit_unset(body, ("data",))
 
 
 def checkpoint_object(checkpoint: Checkpoint, job: Job) -> dict[str, Any]:
@@ -146,7 +154,9 @@ class FineTuningJobSerializer(serializers.Serializer):
     error = serializers.DictField(allow_null=True)
     metadata = serializers.DictField(allow_null=True)
     integrations = serializers.ListField(child=serializers.DictField(), allow_null=True)
-    method = serializers.DictField(allow_null=True)
+    method = serializers.DictField(
+        required=False, help_text="Omitted for methods OpenAI has no type for (classification, distillation)."
+    )
     method_details = serializers.DictField(help_text="Extension: the method with every hyperparameter.")
     distillation = serializers.DictField(
         allow_null=True,
@@ -215,7 +225,7 @@ JobEventSerializer = inline_serializer(
         "level": serializers.CharField(),
         "message": serializers.CharField(),
         "type": serializers.CharField(),
-        "data": serializers.DictField(allow_null=True),
+        "data": serializers.DictField(required=False, help_text="Omitted for an event without data."),
     },
 )
 
