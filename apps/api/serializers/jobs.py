@@ -45,7 +45,7 @@ def fine_tuning_job(job: Job) -> dict[str, Any]:
         "created_at": _ts(job.created_at),
         "model": job.model_name,
         "organization_id": job.organization.public_id,
-        "status": job.status,
+        "status": job.shown_status,
         "training_file": job.training_file.public_id if job.training_file else None,
         "validation_file": job.validation_file.public_id if job.validation_file else None,
         "hyperparameters": openai_hyperparameters(job),
@@ -141,7 +141,9 @@ class FineTuningJobSerializer(serializers.Serializer):
     created_at = serializers.IntegerField()
     model = serializers.CharField()
     organization_id = serializers.CharField()
-    status = serializers.CharField()
+    status = serializers.CharField(
+        help_text="OpenAI's statuses, and `paused` and `pausing` (a pause asked for, its checkpoint not yet saved)."
+    )
     training_file = serializers.CharField(allow_null=True, help_text="null once the file was deleted")
     validation_file = serializers.CharField(allow_null=True)
     hyperparameters = serializers.DictField()
