@@ -24,15 +24,22 @@ from django.utils import timezone
 from apps.accounts.models import ApiKey, User
 from apps.billing.models import UsageRecord
 from apps.billing.pricing import cost_of
-from apps.jobs.models import Checkpoint, Job, JobEvent, JobKind, JobStatus, StopReason
+from apps.jobs.models import (
+    STOP_CANCEL,
+    STOP_PAUSE,
+    Checkpoint,
+    Job,
+    JobEvent,
+    JobKind,
+    JobStatus,
+    StopReason,
+)
 from apps.jobs.queue import publish
 from apps.webhooks import models as webhook_events
 from apps.webhooks.actions import emit
 
 logger = logging.getLogger(__name__)
 
-STOP_CANCEL = "cancel"
-STOP_PAUSE = "pause"
 # The pool checks its time limits once a second, then sends SIGTERM and SIGKILL; an attempt's last
 # heartbeat can come a moment after the deadline its claim recorded.
 TIME_LIMIT_GRACE = timedelta(seconds=3)
@@ -491,6 +498,10 @@ def finish(
         job = locked.first()
         if job is None:
             return None
+        if status == JobStatus.PAUSED and job.stop_requested == STOP_CANCEL:
+            # Cancelled while it was pausing, after its worker had read the pause: the cancel wins,
+            # as it would have at the next step. The attempt is billed the same either way.
+            status, message = JobStatus.CANCELLED, "Job cancelled."
         job.status = status
         job.result = result
         job.error = error
@@ -670,8 +681,12 @@ def cancel(job: Job) -> Job:
 
 
 def request_pause(job: Job) -> bool:
-    """Asks a running fine-tune to checkpoint and stop. A cancellation already asked for wins: a
-    pause over it would keep the job, and its reserved share of the cap, for a later resume."""
+    """Asks a running fine-tune to checkpoint and stop: it reads `pausing` until its worker has
+    saved the checkpoint and ended the attempt `paused`. A cancellation already asked for wins: a
+    pause over it would keep the job, and its reserved share of the cap, for a later resume. A
+    second request while pausing changes nothing (True, and no second event)."""
+    if Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, stop_requested=STOP_PAUSE).exists():
+        return True
     updated = (
         Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, kind=JobKind.FINE_TUNE)
         .exclude(stop_requested=STOP_CANCEL)

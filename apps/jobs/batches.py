@@ -6,6 +6,7 @@ from typing import Any
 
 from apps.accounts.models import ApiKey, User
 from apps.core.errors import ActionError
+from apps.core.wire import omit_unset
 from apps.jobs import actions
 from apps.jobs.fine_tuning import parse_metadata
 from apps.jobs.models import Job, JobKind, JobStatus
@@ -125,6 +126,22 @@ def status_of(job: Job) -> str:
     }.get(JobStatus(job.status), "in_progress")
 
 
+# Set as the batch goes: OpenAI leaves each out until then (the spec types none as nullable).
+OMITTED_WHEN_UNSET = (
+    "model",
+    "errors",
+    "output_file_id",
+    "error_file_id",
+    "in_progress_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
+
+
 def batch_object(job: Job) -> dict[str, Any]:
     result = job.result or {}
     progress = job.progress or {}
@@ -134,7 +151,7 @@ def batch_object(job: Job) -> dict[str, Any]:
     if job.status == JobStatus.FAILED and job.error:
         errors = {"object": "list", "data": [{**job.error, "line": None}]}
     input_tokens, output_tokens = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
-    return {
+    body = {
         "id": job.public_id,
         "object": "batch",
         "endpoint": job.request.get("endpoint"),
@@ -168,3 +185,4 @@ def batch_object(job: Job) -> dict[str, Any]:
         },
         "metadata": job.metadata,
     }
+    return omit_unset(body, OMITTED_WHEN_UNSET)

@@ -35,6 +35,14 @@ class StopReason(models.TextChoices):
     SPEND_LIMIT_REACHED = "spend_limit_reached", "The organization's spend limit was reached"
 
 
+# What a customer may ask of a running job: its worker reads the request at its next step.
+STOP_CANCEL = "cancel"
+STOP_PAUSE = "pause"
+# A running fine-tune asked to pause, until its worker has saved the checkpoint and ended the
+# attempt `paused`. Shown by the API and the dashboard, never stored: the row stays `running`, so
+# claims, heartbeats, fencing, the reaper and billing treat it as any running job.
+PAUSING = "pausing"
+
 ACTIVE_STATUSES = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING)
 FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
@@ -157,6 +165,20 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in FINISHED_STATUSES
+
+    @property
+    def is_pausing(self) -> bool:
+        return self.status == JobStatus.RUNNING and self.stop_requested == STOP_PAUSE
+
+    @property
+    def shown_status(self) -> str:
+        """The status the API and the dashboard show: `pausing` between a pause request and the
+        checkpoint its worker saves, the stored status otherwise."""
+        return PAUSING if self.is_pausing else str(self.status)
+
+    @property
+    def shown_status_label(self) -> str:
+        return "Pausing" if self.is_pausing else self.get_status_display()
 
 
 class JobEvent(models.Model):

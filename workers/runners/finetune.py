@@ -193,7 +193,7 @@ def _finish(
         return
     if result.status == "stopped" and guard.stop_reason == "pause":
         # Billed like any attempt that ends: the pause checkpoint is a callable, exportable model.
-        actions.finish(
+        ended = actions.finish(
             job.pk,
             job.attempt,
             JobStatus.PAUSED,
@@ -202,6 +202,8 @@ def _finish(
             fields=fields,
             message="Job paused at a checkpoint.",
         )
+        if ended is not None and ended.status == JobStatus.CANCELLED and labelling is not None:
+            forget_labels(job)  # cancelled while pausing: no resume will need the teacher's labels
         return
     key = job_prefix("models", job.organization.public_id, job.public_id)
     upload_dir(Path(result.model_dir), key)

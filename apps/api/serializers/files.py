@@ -4,7 +4,11 @@ from typing import Any
 
 from rest_framework import serializers
 
+from apps.core.wire import omit_unset
 from apps.projects.models import File
+
+# OpenAI leaves these out of a File until they are set (a file that never expires has none).
+OMITTED_WHEN_UNSET = ("expires_at", "status_details")
 
 
 class FileObjectSerializer(serializers.Serializer):
@@ -12,11 +16,13 @@ class FileObjectSerializer(serializers.Serializer):
     object = serializers.CharField()
     bytes = serializers.IntegerField()
     created_at = serializers.IntegerField()
-    expires_at = serializers.IntegerField(allow_null=True)
+    expires_at = serializers.IntegerField(
+        required=False, help_text="Omitted for a file that does not expire."
+    )
     filename = serializers.CharField()
     purpose = serializers.CharField()
     status = serializers.ChoiceField(choices=["uploaded", "processed", "error"])
-    status_details = serializers.CharField(allow_null=True)
+    status_details = serializers.CharField(required=False, help_text="Omitted until there are details.")
     validation = serializers.DictField(allow_null=True, help_text="The validation report (extension).")
 
 
@@ -31,7 +37,7 @@ class FileUploadSerializer(serializers.Serializer):
 
 
 def file_object(file: File) -> dict[str, Any]:
-    return {
+    body = {
         "id": file.public_id,
         "object": "file",
         "bytes": file.bytes,
@@ -43,3 +49,4 @@ def file_object(file: File) -> dict[str, Any]:
         "status_details": file.status_details or None,
         "validation": file.validation,
     }
+    return omit_unset(body, OMITTED_WHEN_UNSET)

@@ -5,6 +5,7 @@ from typing import Any
 from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 
+from apps.core.wire import omit_unset
 from apps.jobs.actions import STOP_CANCEL, STOP_PAUSE, queue_position
 from apps.jobs.fine_tuning import MAX_COST, MAX_SEED, base_learning_rate
 from apps.jobs.models import Checkpoint, Job, JobEvent, JobStatus
@@ -26,6 +27,9 @@ def openai_hyperparameters(job: Job) -> dict[str, Any]:
     return out
 
 
+OPENAI_METHODS = ("supervised", "dpo", "reinforcement")
+
+
 def fine_tuning_job(job: Job) -> dict[str, Any]:
     """FineTuningJob exactly as OpenAI's, plus our extension fields at the end."""
     method = (job.request or {}).get("method") or {}
@@ -41,7 +45,7 @@ def fine_tuning_job(job: Job) -> dict[str, Any]:
         "created_at": _ts(job.created_at),
         "model": job.model_name,
         "organization_id": job.organization.public_id,
-        "status": job.status,
+        "status": job.shown_status,
         "training_file": job.training_file.public_id if job.training_file else None,
         "validation_file": job.validation_file.public_id if job.validation_file else None,
         "hyperparameters": openai_hyperparameters(job),
@@ -54,11 +58,13 @@ def fine_tuning_job(job: Job) -> dict[str, Any]:
         "error": job.error if job.status == JobStatus.FAILED and job.error else None,
         "integrations": (job.request or {}).get("integrations"),
         "metadata": job.metadata,
-        # OpenAI's `method.type` only knows supervised/dpo/reinforcement; strict clients would
-        # reject our extension types there, so `method` is set for those alone and
-        # `method_details` always describes the method with its resolved hyperparameters.
+        # OpenAI's `method.type` only knows supervised/dpo/reinforcement (the spec's enum and the
+        # SDK's `Literal`), and `method` is not nullable: a classification or distillation job has
+        # no truthful value there, so it leaves `method` out (as OpenAI does for jobs created
+        # without one) and `method_details` always describes the method with its resolved
+        # hyperparameters.
         "method": {"type": method_type, method_type: {"hyperparameters": openai_hyperparameters(job)}}
-        if method_type in ("supervised", "dpo", "reinforcement")
+        if method_type in OPENAI_METHODS
         else None,
         # Extensions
         "method_details": {
@@ -79,7 +85,7 @@ def fine_tuning_job(job: Job) -> dict[str, Any]:
         "max_cost": job.max_cost,
         "attempt": job.attempt,
     }
-    return body
+    return omit_unset(body, ("method",))
 
 
 STOP_REASONS = {STOP_CANCEL: "cancel_requested", STOP_PAUSE: "pause_requested"}
@@ -99,7 +105,7 @@ def _method_options(method: dict[str, Any], method_type: str) -> dict[str, Any]:
 
 
 def job_event(event: JobEvent) -> dict[str, Any]:
-    return {
+    body = {
         "id": event.public_id,
         "object": "fine_tuning.job.event",
         "created_at": _ts(event.created_at),
@@ -108,6 +114,8 @@ def job_event(event: JobEvent) -> dict[str, Any]:
         "type": event.type,
         "data": event.data,
     }
+    # A message event has no data: OpenAI leaves the field out then.
+    return omit_unset(body, ("data",))
 
 
 def checkpoint_object(checkpoint: Checkpoint, job: Job) -> dict[str, Any]:
@@ -133,7 +141,9 @@ class FineTuningJobSerializer(serializers.Serializer):
     created_at = serializers.IntegerField()
     model = serializers.CharField()
     organization_id = serializers.CharField()
-    status = serializers.CharField()
+    status = serializers.CharField(
+        help_text="OpenAI's statuses, and `paused` and `pausing` (a pause asked for, its checkpoint not yet saved)."
+    )
     training_file = serializers.CharField(allow_null=True, help_text="null once the file was deleted")
     validation_file = serializers.CharField(allow_null=True)
     hyperparameters = serializers.DictField()
@@ -146,7 +156,9 @@ class FineTuningJobSerializer(serializers.Serializer):
     error = serializers.DictField(allow_null=True)
     metadata = serializers.DictField(allow_null=True)
     integrations = serializers.ListField(child=serializers.DictField(), allow_null=True)
-    method = serializers.DictField(allow_null=True)
+    method = serializers.DictField(
+        required=False, help_text="Omitted for methods OpenAI has no type for (classification, distillation)."
+    )
     method_details = serializers.DictField(help_text="Extension: the method with every hyperparameter.")
     distillation = serializers.DictField(
         allow_null=True,
@@ -215,7 +227,7 @@ JobEventSerializer = inline_serializer(
         "level": serializers.CharField(),
         "message": serializers.CharField(),
         "type": serializers.CharField(),
-        "data": serializers.DictField(allow_null=True),
+        "data": serializers.DictField(required=False, help_text="Omitted for an event without data."),
     },
 )
 

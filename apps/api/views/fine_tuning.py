@@ -112,7 +112,9 @@ class FineTuningJobPauseView(FineTuningBase):
             job.refresh_from_db(fields=["status", "stop_requested"])
             if job.status == JobStatus.RUNNING and job.stop_requested == actions.STOP_CANCEL:
                 raise ActionError(f"Job {job_id} is being cancelled; it cannot be paused.", param="id")
-            raise ActionError(f"Only a running job can be paused; {job_id} is {job.status}.", param="id")
+            raise ActionError(
+                f"Only a running job can be paused; {job_id} is {job.shown_status}.", param="id"
+            )
         return Response(fine_tuning_job(self.get_job(job_id)))
 
 
@@ -122,8 +124,17 @@ class FineTuningJobResumeView(FineTuningBase):
     )
     def post(self, request: Request, job_id: str) -> Response:
         job = self.get_job(job_id)
+        if job.is_pausing:
+            # Its worker is saving the checkpoint a resume would start from; until the attempt has
+            # ended, a second worker must not start on the same job.
+            raise ActionError(
+                f"Job {job_id} is pausing; resume it once its checkpoint is saved and it is paused.",
+                param="id",
+            )
         if job.status != JobStatus.PAUSED or not fine_tuning.resume(job):
-            raise ActionError(f"Only a paused job can be resumed; {job_id} is {job.status}.", param="id")
+            raise ActionError(
+                f"Only a paused job can be resumed; {job_id} is {job.shown_status}.", param="id"
+            )
         return Response(fine_tuning_job(self.get_job(job_id)))
 
 

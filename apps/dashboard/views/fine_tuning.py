@@ -226,6 +226,7 @@ def _job_context(request: OrganizationRequest, project: Project, job: Job) -> di
         in (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
         and request.membership.can_destroy(job.created_by_id),
         "cancelling": job.stop_requested == actions.STOP_CANCEL,
+        "pausing": job.is_pausing,
         **metrics_context(metrics, result.get("labels")),
         "trust_note": _trust_note(_validation_rows(result), "accuracy" in metrics),
         "distillation": result.get("distillation"),
