@@ -5,16 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
 
 
 @dataclass
@@ -24,10 +18,19 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class Receiver:
-    """`replies` are used in order, then `default`; `received` holds every request, in order."""
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    reply: Reply
 
-    def __init__(self, default: Reply | None = None) -> None:
+
+class Receiver:
+    """`replies` are used in order, then `policy()` if given, else `default`; `received` holds every
+    request, in order."""
+
+    def __init__(self, default: Reply | None = None, policy: Callable[[], Reply] | None = None) -> None:
         self.received: list[Received] = []
         self.replies: deque[Reply] = deque()
         self.default = default or Reply()
@@ -37,19 +40,24 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                headers = {k.lower(): v for k, v in self.headers.items()}
                 with receiver.lock:
-                    receiver.received.append(
-                        Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                    )
-                    reply = receiver.replies.popleft() if receiver.replies else receiver.default
+                    if receiver.replies:
+                        reply = receiver.replies.popleft()
+                    else:
+                        reply = policy() if policy is not None else receiver.default
+                    receiver.received.append(Received(self.path, headers, body, reply))
                 if reply.delay:
                     time.sleep(reply.delay)
-                self.send_response(reply.status)
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                self.send_header("content-length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
+                try:
+                    self.send_response(reply.status)
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.send_header("content-length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                except OSError:  # the sender stopped waiting
+                    pass
 
             def log_message(self, *args: Any) -> None:
                 pass
