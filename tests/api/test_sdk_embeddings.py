@@ -244,3 +244,39 @@ def test_openai_embeddings_are_relayed_and_billed_as_upstream_counts(
         ("input_tokens", 3, MODEL),
     ]
     assert records[0].cost == cost_of(MODEL, "input_tokens", 3)
+
+
+def test_an_openai_embeddings_batch_is_relayed_line_by_line(
+    api: Any, pro: Any, upstream: FakeOpenAI, proxy_worker: Worker
+) -> None:
+    from tests.api.test_batches import content, upload_batch
+    from tests.conftest import wait_for
+
+    lines = [
+        {"custom_id": c, "method": "POST", "url": "/v1/embeddings", "body": {"model": MODEL, "input": text}}
+        for c, text in (("a", "one two"), ("b", ["three", "four five six"]))
+    ]
+    file_id = upload_batch(api, lines)
+    wait_for(lambda: api.get(f"/v1/files/{file_id}").json()["status"] == "processed", timeout=30)
+    created = api.post(
+        "/v1/batches",
+        {"input_file_id": file_id, "endpoint": "/v1/embeddings", "completion_window": "24h"},
+        format="json",
+    )
+    assert created.status_code == 200, created.content
+    batch_id = created.json()["id"]
+
+    done = wait_for(
+        lambda: (b := api.get(f"/v1/batches/{batch_id}").json())["status"] == "completed" and b, timeout=60
+    )
+
+    assert done["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
+    output = {x["custom_id"]: x for x in map(json.loads, content(api, done["output_file_id"]).splitlines())}
+    assert output["a"]["response"]["body"]["model"] == MODEL
+    assert [i["embedding"] for i in output["b"]["response"]["body"]["data"]] == [
+        fake_vector("three"),
+        fake_vector("four five six"),
+    ]
+    assert done["usage"]["input_tokens"] == 6
+    sent = sorted(json.dumps(r.body["input"]) for r in upstream.requests if r.path == "/v1/embeddings")
+    assert sent == ['"one two"', '["three", "four five six"]']
