@@ -12,7 +12,7 @@ CATALOG: list[dict[str, Any]] = [
         "task": "classification",
         "provider": "local",
         "artifact_key": "catalog:minilm-l6",
-        "description": "all-MiniLM-L6-v2 encoder (22M parameters): a fast base for text classifiers.",
+        "description": "all-MiniLM-L6-v2 encoder (22M parameters): sentence embeddings, and a fast base for text classifiers.",
         "context_length": 512,
         "is_fine_tunable": True,
         # `servable` is about classifying: the bare encoder has no head. It embeds as it is
