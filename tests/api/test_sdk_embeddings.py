@@ -19,9 +19,10 @@ from openai.types import CreateEmbeddingResponse
 from apps.billing.models import UsageRecord
 from apps.billing.pricing import cost_of
 from apps.jobs.models import Job
+from tests.api.test_batches import content, upload_batch
 from tests.api.test_proxy import PLATFORM_KEY, start_worker
 from tests.api.test_sdk_serving import sdk
-from tests.conftest import Worker
+from tests.conftest import Worker, wait_for
 from tests.fake_openai import FakeOpenAI, fake_vector
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -249,9 +250,6 @@ def test_openai_embeddings_are_relayed_and_billed_as_upstream_counts(
 def test_an_openai_embeddings_batch_is_relayed_line_by_line(
     api: Any, pro: Any, upstream: FakeOpenAI, proxy_worker: Worker
 ) -> None:
-    from tests.api.test_batches import content, upload_batch
-    from tests.conftest import wait_for
-
     lines = [
         {"custom_id": c, "method": "POST", "url": "/v1/embeddings", "body": {"model": MODEL, "input": text}}
         for c, text in (("a", "one two"), ("b", ["three", "four five six"]))

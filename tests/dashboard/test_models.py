@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 
+from apps.dashboard.views.models import playground_url
 from apps.jobs.models import Job, JobKind, JobStatus
 from apps.registry.models import Model
 from tests.conftest import login
@@ -174,8 +175,6 @@ def test_weights_missing_from_storage_are_a_clear_error_not_a_500(
 
 
 def test_an_embedding_model_page_shows_an_embeddings_snippet(alice_client: Any, alice_project: Any) -> None:
-    from apps.dashboard.views.models import playground_url
-
     for name in ("minilm-l6", "openai:text-embedding-3-small"):
         page = alice_client.get(url(alice_project, name)).content.decode()
 
