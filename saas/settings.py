@@ -519,6 +519,7 @@ PRICE_BOOK: dict[str, dict[str, int]] = {
     "smollm2-135m-instruct": {"trained_tokens": 3_000_000, "input_tokens": 100_000, "output_tokens": 400_000},
     # Proxied OpenAI models: the upstream price plus our margin.
     "openai:gpt-4o-mini": {"input_tokens": 165_000, "output_tokens": 660_000},
+    "openai:text-embedding-3-small": {"input_tokens": 22_000},
 }
 # Plans seeded into the database (editable in admin). Money in micro-dollars.
 PLANS = [

@@ -1,7 +1,8 @@
 """A small local HTTP server that speaks the OpenAI wire format, for tests.
 
 Point the real `openai` SDK at it (`base_url=fake.base_url`). Unscripted requests get a
-normal answer (chat or legacy completion, streamed when the request asks for a stream);
+normal answer (chat or legacy completion, streamed when the request asks for a stream;
+embeddings, as floats or base64);
 `script([...])` queues exact responses for the next requests: errors with headers,
 streams cut off half-way, or a hang past the client's timeout. Every request received is
 recorded in `.requests`.
@@ -13,9 +14,13 @@ recorded in `.requests`.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import itertools
 import json
+import math
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -157,6 +162,42 @@ def completion_chunks(
     return FakeResponse(chunks=chunks, cut_after=cut_after)
 
 
+EMBEDDING_DIMENSIONS = 1536
+
+
+def fake_vector(item: Any, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """A deterministic unit-length vector for a text (or an array of token ids): a test can compute
+    what the fake answers."""
+    seed = hashlib.sha256(json.dumps(item).encode()).digest()
+    raw = [(seed[i % len(seed)] - 127.5) / 127.5 + i / dimensions for i in range(dimensions)]
+    norm = math.sqrt(sum(x * x for x in raw))
+    # Rounded through float32, as OpenAI's vectors are.
+    return list(struct.unpack(f"<{dimensions}f", struct.pack(f"<{dimensions}f", *[x / norm for x in raw])))
+
+
+def embeddings(body: dict[str, Any]) -> FakeResponse:
+    """OpenAI's CreateEmbeddingResponse for a request: `fake_vector` per input, base64 when asked
+    (little-endian float32), a token a word (a token id each for arrays of ids)."""
+    value = body.get("input")
+    items = value if isinstance(value, list) and value and not isinstance(value[0], int) else [value]
+    dimensions = int(body.get("dimensions") or EMBEDDING_DIMENSIONS)
+    data = []
+    for index, item in enumerate(items):
+        vector: Any = fake_vector(item, dimensions)
+        if body.get("encoding_format") == "base64":
+            vector = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": vector})
+    tokens = sum(len(item) if isinstance(item, list) else _count_words(item) for item in items)
+    return FakeResponse(
+        body={
+            "object": "list",
+            "data": data,
+            "model": str(body.get("model")),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
+
+
 def error(
     status: int,
     message: str,
@@ -218,6 +259,8 @@ def default_response(path: str, body: Any) -> FakeResponse:
         if streamed:
             return completion_chunks(model=model, prompt_tokens=prompt_tokens, include_usage=include_usage)
         return completion(model=model, prompt_tokens=prompt_tokens)
+    if path.endswith("/embeddings"):
+        return embeddings(body)
     if path.endswith("/models"):
         models = [{"id": "gpt-4o-mini", "object": "model", "created": CREATED, "owned_by": "openai"}]
         return FakeResponse(body={"object": "list", "data": models})

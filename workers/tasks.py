@@ -99,7 +99,8 @@ def reap() -> dict[str, int]:
     name=tasks.RUN_INFERENCE, queue=tasks.QUEUE_OF[tasks.RUN_INFERENCE], soft_time_limit=600, time_limit=660
 )
 def run_inference(job_id: str, attempt: int | None = None) -> None:
-    """A chat, completion or classification request (with any same-model requests waiting)."""
+    """A chat, completion, classification or embedding request (a generation request with any
+    same-model ones waiting)."""
     from workers.runners.attempt import run_claimed
     from workers.runners.inference import run_inference as run
 

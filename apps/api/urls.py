@@ -39,6 +39,7 @@ urlpatterns = [
     path("chat/completions", inference.ChatCompletionsView.as_view(), name="chat_completions"),
     path("completions", inference.CompletionsView.as_view(), name="completions"),
     path("classifications", inference.ClassificationsView.as_view(), name="classifications"),
+    path("embeddings", inference.EmbeddingsView.as_view(), name="embeddings"),
     path("batches", batches.BatchListView.as_view(), name="batches"),
     path("batches/<str:batch_id>", batches.BatchDetailView.as_view(), name="batch"),
     path("batches/<str:batch_id>/cancel", batches.BatchCancelView.as_view(), name="batch_cancel"),

@@ -17,7 +17,7 @@ from apps.projects.models import File, FilePurpose, FileStatus, Project
 from apps.projects.samples import SAMPLE_BASE_MODEL, SAMPLE_FILENAME, SAMPLE_LABELS
 from apps.registry.models import Model
 
-INFERENCE_KINDS = (JobKind.GENERATION, JobKind.CLASSIFICATION)
+INFERENCE_KINDS = (JobKind.GENERATION, JobKind.CLASSIFICATION, JobKind.EMBEDDING)
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,7 @@ Parser = Callable[[Project, Any], tuple[Model, dict[str, Any]]]
 def admit_inference(
     project: Project, parse: Parser, body: Any, *, api_key: ApiKey | None = None, user: User | None = None
 ) -> Admitted:
-    """Every check of a chat, completion or classification request, in order, then its job.
+    """Every check of a chat, completion, classification or embedding request, in order, then its job.
     A refused request costs the customer nothing: the in-flight slot and the reservation are given
     back, and the rate limits count only what is admitted."""
     subscription = quotas.check_quota(project.organization)

@@ -131,10 +131,12 @@ def build_requests(file: File, model: Model) -> bytes:
     for number, prompt in enumerate(_prompts(file), start=1):
         if number > MAX_ROWS:
             raise _too_many_rows()
-        if model.task == Task.CLASSIFICATION:
+        if model.task in (Task.CLASSIFICATION, Task.EMBEDDING):
             if not isinstance(prompt, str):
                 raise ActionError(
-                    "Classifiers take text: pick a CSV or JSONL file with a text column.", param="file"
+                    f"{'Classifiers' if model.task == Task.CLASSIFICATION else 'Embedding models'} take text: "
+                    "pick a CSV or JSONL file with a text column.",
+                    param="file",
                 )
             body: dict[str, Any] = {"model": model.name, "input": prompt}
         else:
@@ -231,6 +233,17 @@ def _success_rows(
                 _at(inputs, item.get("index", 0)),
                 top.get("label", ""),
                 top.get("score", ""),
+                "completed",
+                "",
+            ]
+        return
+    if body.get("object") == "list":  # embeddings: the vector as JSON (floats, or a base64 string)
+        for item in body.get("data") or []:
+            yield [
+                custom_id,
+                _at(inputs, item.get("index", 0)),
+                json.dumps(item.get("embedding")),
+                "",
                 "completed",
                 "",
             ]

@@ -61,7 +61,7 @@ def delete_file(actor: User | None, file: File) -> None:
 
 # Long work whose worker writes to storage until it stops (checkpoints, weights, result files).
 STORING_KINDS = (JobKind.FINE_TUNE, JobKind.BATCH)
-INFERENCE_KINDS = (JobKind.GENERATION, JobKind.CLASSIFICATION)
+INFERENCE_KINDS = (JobKind.GENERATION, JobKind.CLASSIFICATION, JobKind.EMBEDDING)
 
 
 @transaction.atomic

@@ -1,4 +1,4 @@
-"""Chat, completion and classification requests: checked completely before any work is queued,
+"""Chat, completion, classification and embedding requests: checked completely before any work is queued,
 then turned into a job that a worker runs (docs/architecture.md, "Inference requests are jobs too")."""
 
 from __future__ import annotations
@@ -17,7 +17,11 @@ from apps.registry.models import Model, Provider, Task
 from workers.runtime.specs import approx_tokens
 
 # The endpoint a model of each task is called through.
-TASK_ENDPOINTS = {Task.CLASSIFICATION: "/v1/classifications", Task.GENERATION: "/v1/chat/completions"}
+TASK_ENDPOINTS = {
+    Task.CLASSIFICATION: "/v1/classifications",
+    Task.GENERATION: "/v1/chat/completions",
+    Task.EMBEDDING: "/v1/embeddings",
+}
 MAX_N = 8
 MAX_STOP = 4
 MAX_CLASSIFY_INPUTS = 2048
@@ -81,7 +85,8 @@ def _integer(body: dict[str, Any], key: str, low: int, high: int, default: int |
     return value
 
 
-def resolve_model(project: Project, name: Any, task: str) -> Model:
+def find_model(project: Project, name: Any) -> Model:
+    """The model a request names, if the project's organization may see it and it still answers."""
     if not name or not isinstance(name, str):
         raise ActionError("Missing required parameter: 'model'.", param="model")
     model = Model.objects.visible_to(project.organization).filter(name=name).first()
@@ -93,9 +98,18 @@ def resolve_model(project: Project, name: Any, task: str) -> Model:
             status=404,
         )
     model.refuse_if_shut_down("model")
+    return model
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
+
+
+def resolve_model(project: Project, name: Any, task: str) -> Model:
+    model = find_model(project, name)
     if model.task != task:
         endpoint = TASK_ENDPOINTS[Task(model.task)]
-        raise ActionError(f"'{name}' is a {model.task} model; call it through {endpoint}.", param="model")
+        raise ActionError(f"'{name}' is {_a(model.task)} model; call it through {endpoint}.", param="model")
     if not model.limit("servable", True):
         raise ActionError(
             f"'{name}' is a base model for fine-tuning and cannot be called directly; fine-tune it first.",
@@ -390,17 +404,108 @@ def parse_classification(project: Project, body: Any) -> tuple[Model, dict[str, 
     return model, {"endpoint": "classifications", "texts": texts, "top_k": top_k}
 
 
+# --- Embeddings -------------------------------------------------------------------------------------
+EMBEDDING_KEYS = {"model", "input", "encoding_format", "dimensions", "user"}
+MAX_EMBEDDING_INPUTS = 2048
+ENCODING_FORMATS = ("float", "base64")
+NOT_TEXT_REFUSED = (
+    "input holds token ids, but {model} reads text: send strings. (LangChain's OpenAIEmbeddings sends "
+    "token ids unless it is created with check_embedding_ctx_length=False.)"
+)
+
+
+def resolve_embedding_model(project: Project, name: Any) -> Model:
+    """A model that embeds: the catalog marks which (`Model.embedding_dimensions`). Generators and
+    classifiers, fine-tuned ones included, are refused with the models that can."""
+    model = find_model(project, name)
+    if model.embedding_dimensions is None:
+        embedders = [
+            m.name
+            for m in Model.objects.visible_to(project.organization).in_service().order_by("name")
+            if m.embedding_dimensions
+        ]
+        raise ActionError(
+            f"'{name}' is {_a(model.task)} model and cannot create embeddings. Models that can: "
+            f"{', '.join(embedders) or 'none'}.",
+            param="model",
+        )
+    return model
+
+
+def _is_token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(type(t) is int for t in value)
+
+
+def _embedding_inputs(value: Any, model: Model) -> list[Any]:
+    """`input` as a list: strings, or (for `openai:*` models only) arrays of token ids."""
+    if value is None:
+        raise ActionError("Missing required parameter: 'input'.", param="input")
+    proxied = model.provider == Provider.OPENAI
+    if isinstance(value, str) or _is_token_ids(value):
+        items = [value]
+    elif isinstance(value, list) and value:
+        items = value
+    else:
+        raise ActionError("input must be a string or a non-empty array of strings.", param="input")
+    if len(items) > MAX_EMBEDDING_INPUTS:
+        raise ActionError(
+            f"input has {len(items)} items; the limit is {MAX_EMBEDDING_INPUTS} per request.", param="input"
+        )
+    for index, item in enumerate(items):
+        where = "input" if len(items) == 1 and not isinstance(value, list) else f"input[{index}]"
+        if _is_token_ids(item) or _is_token_ids(value):
+            if not proxied:
+                raise ActionError(NOT_TEXT_REFUSED.format(model=model.name), param="input")
+            continue
+        if not isinstance(item, str):
+            raise ActionError(f"{where} must be a string.", param=where)
+        if not item:
+            raise ActionError(f"{where} is an empty string; every input must hold some text.", param=where)
+    return items
+
+
+def parse_embedding(project: Project, body: Any) -> tuple[Model, dict[str, Any]]:
+    if not isinstance(body, dict):
+        raise ActionError("The request body must be a JSON object.")
+    for key in body:
+        if key not in EMBEDDING_KEYS:
+            raise ActionError(f"Unrecognized request argument supplied: {key}", param=key)
+    model = resolve_embedding_model(project, body.get("model"))
+    texts = _embedding_inputs(body.get("input"), model)
+    _check_size(texts, "input")
+    encoding_format = body.get("encoding_format")
+    if encoding_format not in (None, *ENCODING_FORMATS):
+        raise ActionError("encoding_format must be 'float' or 'base64'.", param="encoding_format")
+    if body.get("user") is not None and not isinstance(body["user"], str):
+        raise ActionError("user must be a string.", param="user")
+    if model.provider == Provider.OPENAI:
+        # The upstream checks `dimensions` (each of its models allows its own range).
+        upstream = {**body, "model": model.name.split(":", 1)[1]}
+        return model, {"endpoint": "embeddings", "proxy": True, "body": upstream}
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (type(dimensions) is not int or dimensions != model.embedding_dimensions):
+        raise ActionError(
+            f"dimensions must be {model.embedding_dimensions} for {model.name}: it makes "
+            f"{model.embedding_dimensions}-dimensional embeddings only.",
+            param="dimensions",
+        )
+    return model, {"endpoint": "embeddings", "texts": texts, "encoding_format": encoding_format or "float"}
+
+
 # The parser of each endpoint, by the name a job's request carries (apps.projects.formats.BATCH_ENDPOINTS).
 PARSERS = {
     "chat": parse_chat,
     "completions": parse_completion,
     "classifications": parse_classification,
+    "embeddings": parse_embedding,
 }
 
 
 def _completion_budget(request: dict[str, Any]) -> int:
     """Every completion token a request may be billed for: each choice's limit (an `openai:*`
     request without one counts PROXY_COMPLETION_BUDGET), for each prompt."""
+    if request.get("endpoint") == "embeddings":
+        return 0
     if request.get("proxy"):
         body = request["body"]
         limit = body.get("max_completion_tokens") or body.get("max_tokens") or PROXY_COMPLETION_BUDGET
@@ -420,7 +525,8 @@ def _proxied_prompts(body: dict[str, Any]) -> int:
 
 def _prompt(request: dict[str, Any]) -> Any:
     if request.get("proxy"):
-        return request["body"].get("messages") or request["body"].get("prompt")
+        body = request["body"]
+        return body.get("messages") or body.get("prompt") or body.get("input")
     return request.get("messages") or request.get("prompts") or request.get("texts")
 
 
@@ -455,6 +561,8 @@ def largest_usage(request: dict[str, Any]) -> dict[str, int]:
     input_tokens = input_bytes + TEMPLATE_TOKENS * (len(items) + 1)
     if request.get("endpoint") == "classifications":
         return {"classified_texts": len(items), "input_tokens": input_tokens}
+    if request.get("endpoint") == "embeddings":
+        return {"input_tokens": input_tokens}
     return {"input_tokens": input_tokens, "output_tokens": _completion_budget(request)}
 
 
@@ -501,6 +609,9 @@ def answered(job: Job) -> Job:
     return found
 
 
+JOB_KINDS = {"classifications": JobKind.CLASSIFICATION, "embeddings": JobKind.EMBEDDING}
+
+
 def submit(
     project: Project,
     model: Model,
@@ -511,7 +622,7 @@ def submit(
     reserved_cost: int = 0,
 ) -> Job:
     """The request's job; `apps.jobs.admission.admit_inference` has checked it may run."""
-    kind = JobKind.CLASSIFICATION if request["endpoint"] == "classifications" else JobKind.GENERATION
+    kind = JOB_KINDS.get(request["endpoint"], JobKind.GENERATION)
     return actions.create_job(
         kind=kind,
         project=project,

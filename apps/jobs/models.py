@@ -14,6 +14,7 @@ class JobKind(models.TextChoices):
     FINE_TUNE = "fine_tune", "Fine-tune"
     GENERATION = "generation", "Generation"
     CLASSIFICATION = "classification", "Classification"
+    EMBEDDING = "embedding", "Embedding"
     BATCH = "batch", "Batch"
 
 
@@ -50,6 +51,7 @@ ID_PREFIXES = {
     JobKind.FINE_TUNE: "ftjob-",
     JobKind.GENERATION: "gen-",
     JobKind.CLASSIFICATION: "clf-",
+    JobKind.EMBEDDING: "emb-",
     JobKind.BATCH: "batch_",
 }
 

@@ -2,12 +2,17 @@
 
 A result is what a worker stores on the job: `{"choices": [{index, text, finish_reason,
 logprobs}], "usage": {prompt_tokens, completion_tokens}}` for generation, `{"data", "usage"}` for
-classification, or `{"proxied": <upstream body>}` for `openai:*` models.
+classification, `{"data": [{index, embedding}], "usage", "encoding_format"}` for embeddings (each
+vector stored as base64 float32, a quarter of its JSON size), or `{"proxied": <upstream body>}` for
+`openai:*` models.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import sys
+from array import array
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -113,10 +118,48 @@ def classification_response(id: str, created: int, model: str, result: dict[str,
     }
 
 
+def encode_vector(values: list[float]) -> str:
+    """A vector as OpenAI's `encoding_format: "base64"` sends it: little-endian float32 bytes."""
+    floats = array("f", values)
+    if sys.byteorder == "big":
+        floats.byteswap()
+    return base64.b64encode(floats.tobytes()).decode()
+
+
+def decode_vector(encoded: str) -> list[float]:
+    floats = array("f")
+    floats.frombytes(base64.b64decode(encoded))
+    if sys.byteorder == "big":
+        floats.byteswap()
+    return floats.tolist()
+
+
+def embedding_response(id: str, created: int, model: str, result: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's CreateEmbeddingResponse: no id or created, vectors as floats or base64 strings."""
+    if "proxied" in result:
+        return {**result["proxied"], "model": model}
+    as_base64 = result.get("encoding_format") == "base64"
+    tokens = int((result.get("usage") or {}).get("prompt_tokens", 0))
+    return {
+        "object": "list",
+        "data": [
+            {
+                "object": "embedding",
+                "index": item["index"],
+                "embedding": item["embedding"] if as_base64 else decode_vector(item["embedding"]),
+            }
+            for item in result.get("data", [])
+        ],
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
 RESPONSES = {
     "chat": ("chatcmpl-", chat_response),
     "completions": ("cmpl-", completion_response),
     "classifications": ("clf-", classification_response),
+    "embeddings": ("emb-", embedding_response),
 }
 
 

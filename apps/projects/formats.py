@@ -35,6 +35,7 @@ BATCH_ENDPOINTS = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
     "/v1/classifications": "classifications",
+    "/v1/embeddings": "embeddings",
 }
 
 

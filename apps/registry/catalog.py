@@ -12,10 +12,17 @@ CATALOG: list[dict[str, Any]] = [
         "task": "classification",
         "provider": "local",
         "artifact_key": "catalog:minilm-l6",
-        "description": "all-MiniLM-L6-v2 encoder (22M parameters): a fast base for text classifiers.",
+        "description": "all-MiniLM-L6-v2 encoder (22M parameters): sentence embeddings, and a fast base for text classifiers.",
         "context_length": 512,
         "is_fine_tunable": True,
-        "limits": {"max_seq_length": 512, "methods": ["classification", "distillation"], "servable": False},
+        # `servable` is about classifying: the bare encoder has no head. It embeds as it is
+        # (/v1/embeddings), 384 numbers a text.
+        "limits": {
+            "max_seq_length": 512,
+            "methods": ["classification", "distillation"],
+            "servable": False,
+            "embedding_dimensions": 384,
+        },
     },
     {
         "name": "smollm2-135m-instruct",
@@ -36,6 +43,16 @@ CATALOG: list[dict[str, Any]] = [
         "context_length": 128000,
         "is_fine_tunable": False,
         "limits": {"servable": True},
+    },
+    {
+        "name": "openai:text-embedding-3-small",
+        "task": "embedding",
+        "provider": "openai",
+        "artifact_key": "",
+        "description": "OpenAI text-embedding-3-small, proxied: 1,536 dimensions, or fewer with `dimensions`.",
+        "context_length": 8191,
+        "is_fine_tunable": False,
+        "limits": {"servable": True, "embedding_dimensions": 1536},
     },
 ]
 

@@ -14,6 +14,7 @@ from apps.core.errors import ActionError
 class Task(models.TextChoices):
     CLASSIFICATION = "classification", "Classification"
     GENERATION = "generation", "Generation"
+    EMBEDDING = "embedding", "Embedding"
 
 
 class Provider(models.TextChoices):
@@ -101,6 +102,13 @@ class Model(models.Model):
                 param=param,
                 status=404,
             )
+
+    @property
+    def embedding_dimensions(self) -> int | None:
+        """The length of the vectors the model makes through /v1/embeddings; None when it cannot
+        embed (generators, classifiers: the catalog marks the models that can)."""
+        value = self.limit("embedding_dimensions")
+        return int(value) if value else None
 
     def limit(self, key: str, default: Any = None) -> Any:
         return (self.limits or {}).get(key, default)

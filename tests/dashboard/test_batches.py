@@ -418,3 +418,22 @@ def test_a_refused_batch_leaves_no_batch_file_behind(
     assert not Job.objects.exists()
     assert list(File.objects.filter(purpose="batch")) == []
     assert default_storage.listdir(f"files/{alice_org.public_id}")[1] == [dataset.public_id]
+
+
+def test_the_csv_of_an_embeddings_batch_holds_each_vector(alice_client: Any, alice_project: Any) -> None:
+    body = {"model": "minilm-l6", "input": ["a cat", "a dog"]}
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": body}
+    vectors = [{"object": "embedding", "index": i, "embedding": [0.5, -0.25 * i]} for i in (0, 1)]
+    output = {
+        "custom_id": "a",
+        "response": {"status_code": 200, "body": {"object": "list", "data": vectors, "model": "minilm-l6"}},
+    }
+    job = batch_with_results(alice_project, [line], [output], [])
+
+    response = alice_client.get(url(alice_project, f"{job.public_id}/results.csv"))
+
+    rows = list(csv.reader(io.StringIO(download(response).decode())))
+    assert rows[1:] == [
+        ["a", "a cat", "[0.5, -0.0]", "", "completed", ""],
+        ["a", "a dog", "[0.5, -0.25]", "", "completed", ""],
+    ]

@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 
+from apps.dashboard.views.models import playground_url
 from apps.jobs.models import Job, JobKind, JobStatus
 from apps.registry.models import Model
 from tests.conftest import login
@@ -171,3 +172,16 @@ def test_weights_missing_from_storage_are_a_clear_error_not_a_500(
         "param": "model",
         "code": "weights_not_found",
     }
+
+
+def test_an_embedding_model_page_shows_an_embeddings_snippet(alice_client: Any, alice_project: Any) -> None:
+    for name in ("minilm-l6", "openai:text-embedding-3-small"):
+        page = alice_client.get(url(alice_project, name)).content.decode()
+
+        snippet = page.split('id="api-snippet"')[1].split("</div>\n{% endblock")[0]
+        assert f'client.embeddings.create(\n    model="{name}",' in snippet, name
+        assert "/embeddings \\" in snippet and "chat.completions" not in snippet
+        # the playground chats and classifies: no link there for a model that only embeds
+        assert playground_url(alice_project, Model.objects.get(name=name)) is None
+    page = alice_client.get(url(alice_project, "minilm-l6")).content.decode()
+    assert "It embeds texts as it is; for a classifier" in page

@@ -663,8 +663,8 @@ def test_batch_errors_include_duplicate_custom_ids_and_bad_urls():
     assert errors(report) == [
         (
             2,
-            'url "/v1/embeddings" is not supported; '
-            "use one of /v1/chat/completions, /v1/completions, /v1/classifications",
+            'url "/v1/moderations" is not supported; '
+            "use one of /v1/chat/completions, /v1/completions, /v1/classifications, /v1/embeddings",
         ),
         (3, 'custom_id "request-1" is already used on line 1'),
         (4, 'method must be "POST", got "GET"'),

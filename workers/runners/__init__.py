@@ -22,7 +22,7 @@ The runners, each a module:
 - `distill`: a distillation's phase before the student trains (the teacher labels the texts,
   chunk by chunk) and after (teacher and student compared). `finetune` calls it; it never
   calls `finetune`.
-- `inference`: chat, completion and classification requests, batched per model.
+- `inference`: chat, completion, classification and embedding requests, batched per model.
 - `batch`: a batch file of requests, in chunks, to output and error files.
 
 Torch is imported inside functions only, once the lease is kept alive: importing a runner stays

@@ -34,7 +34,13 @@ from apps.projects.models import FilePurpose
 from apps.registry.models import Provider
 from workers.runners.artifacts import local_model_dir
 from workers.runners.attempt import FENCED, SPEND_LIMIT, AttemptGuard
-from workers.runners.inference import classification_result, generate_requests, generation_result
+from workers.runners.inference import (
+    TOO_LONG,
+    classification_result,
+    embedding_result,
+    generate_requests,
+    generation_result,
+)
 
 # How often a batch waiting for its organization's tokens per minute checks for a cancel.
 RATE_WAIT_SECONDS = 1.0
@@ -207,7 +213,25 @@ class BatchRun:
                 self.usage["input_tokens"] += result["usage"]["prompt_tokens"]
                 self.respond(custom_id, model.name, result)
             return
+        if BATCH_ENDPOINTS[self.endpoint] == "embeddings":
+            self.embed(loaded, model.name, parsed)
+            return
         self.generate(loaded, model.name, parsed)
+
+    def embed(self, loaded: Any, model_name: str, parsed: list[Line]) -> None:
+        from workers.runtime.embed import EmbedInputError
+
+        for custom_id, _, request in parsed:
+            try:
+                result = embedding_result(loaded, request)
+            except EmbedInputError as exc:
+                message = TOO_LONG.format(
+                    index=exc.index, tokens=exc.tokens, model=model_name, limit=exc.limit
+                )
+                self.fail_line(custom_id, ActionError(message, param=f"input[{exc.index}]"))
+                continue
+            self.usage["input_tokens"] += result["usage"]["prompt_tokens"]
+            self.respond(custom_id, model_name, result)
 
     def generate(self, loaded: Any, model_name: str, parsed: list[Line]) -> None:
         from workers.runtime.generate import GenerateRequestError, generate_batch
@@ -227,7 +251,13 @@ class BatchRun:
 
     def proxy_all(self, parsed: list[Line]) -> None:
         """The chunk's `openai:*` requests, in flight together (the worker waits on the network)."""
-        from workers.runtime.openai_proxy import ProxyError, make_client, proxy_chat, proxy_completion
+        from workers.runtime.openai_proxy import (
+            ProxyError,
+            make_client,
+            proxy_chat,
+            proxy_completion,
+            proxy_embeddings,
+        )
 
         if self._client is None:
             try:
@@ -241,7 +271,9 @@ class BatchRun:
             )
 
         def call(request: dict[str, Any]) -> Any:
-            send = proxy_chat if request["endpoint"] == "chat" else proxy_completion
+            send = {"chat": proxy_chat, "embeddings": proxy_embeddings}.get(
+                request["endpoint"], proxy_completion
+            )
             try:
                 return send(self._client, request["body"])
             except ProxyError as exc:

@@ -1,4 +1,4 @@
-"""Inference adapters: claimed generation/classification jobs → the runtime → results, usage and
+"""Inference adapters: claimed generation/classification/embedding jobs → the runtime → results, usage and
 a relay of tokens to the waiting web request. Requests for the same model that are waiting at
 the same moment run together as one batch (one forward pass per token for all of them)."""
 
@@ -14,6 +14,7 @@ from django.conf import settings
 from apps.core.errors import ActionError
 from apps.jobs import actions, relay
 from apps.jobs.models import Job, JobKind, JobStatus
+from apps.jobs.responses import encode_vector
 from workers.runners.artifacts import local_model_dir
 from workers.runners.attempt import AttemptGuard
 
@@ -40,6 +41,8 @@ def run_inference(job: Job) -> None:
             return
         if job.kind == JobKind.CLASSIFICATION:
             _classify(job, loaded)
+        elif job.kind == JobKind.EMBEDDING:
+            _embed(job, loaded)
         else:
             _generate(jobs, loaded)
 
@@ -93,6 +96,39 @@ def _classify(job: Job, loaded: Any) -> None:
         return
     usage = {"classified_texts": len(job.request["texts"]), "input_tokens": body["usage"]["prompt_tokens"]}
     actions.finish(job.pk, job.attempt, JobStatus.SUCCEEDED, result=body, usage=usage, message="Classified.")
+    relay.push(job.public_id, {"type": "done"})
+
+
+TOO_LONG = "input[{index}] is {tokens} tokens long; {model} reads at most {limit} tokens per input. Shorten or split it."
+
+
+def embedding_result(loaded: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """The vectors of a parsed embedding request, stored as base64 float32 (apps.jobs.responses)."""
+    from workers.runtime.embed import embed
+    from workers.runtime.specs import EmbedRequest
+
+    result = embed(loaded, EmbedRequest(texts=tuple(request["texts"])))
+    return {
+        "data": [{"index": i, "embedding": encode_vector(vector)} for i, vector in enumerate(result.vectors)],
+        "encoding_format": request["encoding_format"],
+        "usage": {"prompt_tokens": result.input_tokens, "total_tokens": result.input_tokens},
+    }
+
+
+def _embed(job: Job, loaded: Any) -> None:
+    from workers.runtime.embed import EmbedInputError
+
+    try:
+        body = embedding_result(loaded, job.request)
+    except EmbedInputError as exc:
+        message = TOO_LONG.format(index=exc.index, tokens=exc.tokens, model=job.model_name, limit=exc.limit)
+        _fail(job, 400, "invalid_request", message, f"input[{exc.index}]")
+        return
+    except ValueError as exc:
+        _fail(job, 400, "invalid_request", str(exc), "model")
+        return
+    usage = {"input_tokens": body["usage"]["prompt_tokens"]}
+    actions.finish(job.pk, job.attempt, JobStatus.SUCCEEDED, result=body, usage=usage, message="Embedded.")
     relay.push(job.public_id, {"type": "done"})
 
 
@@ -222,7 +258,13 @@ def generation_result(results: list[Any]) -> dict[str, Any]:
 
 
 def run_proxy(job: Job) -> None:
-    from workers.runtime.openai_proxy import ProxyError, make_client, proxy_chat, proxy_completion
+    from workers.runtime.openai_proxy import (
+        ProxyError,
+        make_client,
+        proxy_chat,
+        proxy_completion,
+        proxy_embeddings,
+    )
 
     try:
         key = job.organization.openai_key_for_calls()
@@ -239,9 +281,12 @@ def run_proxy(job: Job) -> None:
         client = make_client(
             key, settings.OPENAI_BASE_URL, settings.OPENAI_TIMEOUT_SECONDS, settings.OPENAI_MAX_RETRIES
         )
-        call = proxy_chat if request["endpoint"] == "chat" else proxy_completion
         try:
-            result = call(client, request["body"], on_chunk if stream else None)
+            if request["endpoint"] == "embeddings":
+                result = proxy_embeddings(client, request["body"])
+            else:
+                call = proxy_chat if request["endpoint"] == "chat" else proxy_completion
+                result = call(client, request["body"], on_chunk if stream else None)
         except ProxyError as exc:
             _fail(job, exc.status, exc.code, exc.message, exc.param)
             return

@@ -24,7 +24,8 @@ def _check(model: LoadedModel, request: ClassifyRequest) -> None:
         raise ValueError("batch_size and max_seq_length must be at least 1")
 
 
-def _batch_tensors(model: LoadedModel, rows: Sequence[list[int]]) -> dict[str, torch.Tensor]:
+def batch_tensors(model: LoadedModel, rows: Sequence[list[int]]) -> dict[str, torch.Tensor]:
+    """Token rows padded to the longest, with their attention mask, on the model's device."""
     pad_id = model.tokenizer.pad_token_id or 0
     width = max(len(row) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -36,7 +37,7 @@ def _batch_tensors(model: LoadedModel, rows: Sequence[list[int]]) -> dict[str, t
 
 
 def _scores(model: LoadedModel, rows: Sequence[list[int]]) -> torch.Tensor:
-    logits = model.model(**_batch_tensors(model, rows)).logits.float()
+    logits = model.model(**batch_tensors(model, rows)).logits.float()
     return torch.sigmoid(logits) if model.multi_label else torch.softmax(logits, dim=-1)
 
 

@@ -19,6 +19,7 @@ import torch
 
 CLASSIFICATION = "classification"
 GENERATION = "generation"
+EMBEDDING = "embedding"
 DEFAULT_CACHE_BYTES = 4 * 1024**3
 # Weight files that are pickles (or may be): never loaded, and named in the refusal.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -33,11 +34,13 @@ _NO_LIMIT = 1_000_000
 @dataclass
 class LoadedModel:
     ref: str
-    task: str  # CLASSIFICATION | GENERATION
+    task: str  # CLASSIFICATION | GENERATION | EMBEDDING
     model: torch.nn.Module
     tokenizer: Any  # a transformers tokenizer
     labels: list[str]  # classifiers: label names in id order; generators: []
-    context_length: int  # most tokens the model attends to (prompt + completion for generators)
+    # Most tokens the model attends to (prompt + completion for generators; for a sentence encoder,
+    # the max_seq_length it was trained for).
+    context_length: int
     multi_label: bool  # classifiers trained with problem_type "multi_label_classification"
     nbytes: int  # parameters + buffers, what the cache budgets by
     device: torch.device
@@ -55,8 +58,11 @@ def task_for_architectures(architectures: list[str] | None) -> str:
             return CLASSIFICATION
         if name.endswith(("ForCausalLM", "LMHeadModel")):
             return GENERATION
+        if name.endswith("Model") and "For" not in name:  # a bare encoder (BertModel): it embeds
+            return EMBEDDING
     raise ValueError(
-        f"unsupported model architecture {architectures}: expected a sequence classifier or a causal LM"
+        f"unsupported model architecture {architectures}: expected a sequence classifier, a causal LM or "
+        "a bare encoder"
     )
 
 
@@ -98,6 +104,16 @@ def _context_length(config: Any, tokenizer: Any) -> int:
         if isinstance(value, int) and 0 < value < _NO_LIMIT
     ]
     return min(limits) if limits else 2048
+
+
+def _sentence_length(ref: str) -> int | None:
+    """A sentence-transformers directory names the length its encoder was trained on (MiniLM-L6:
+    256 of its 512 positions); embeddings past it are what the recipe never makes."""
+    path = Path(ref) / "sentence_bert_config.json"
+    if not path.is_file():
+        return None
+    value = json.loads(path.read_text()).get("max_seq_length")
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def _labels(config: Any) -> list[str]:
@@ -148,6 +164,7 @@ def load_model(ref: str, device: str = "auto", dtype: str = "auto") -> LoadedMod
     """
     from transformers import (
         AutoConfig,
+        AutoModel,
         AutoModelForCausalLM,
         AutoModelForSequenceClassification,
         AutoTokenizer,
@@ -159,7 +176,11 @@ def load_model(ref: str, device: str = "auto", dtype: str = "auto") -> LoadedMod
     options: dict[str, Any] = {"trust_remote_code": False, "local_files_only": _hub_offline()}
     config = AutoConfig.from_pretrained(ref, **options)
     task = task_for_architectures(getattr(config, "architectures", None))
-    auto_class = AutoModelForSequenceClassification if task == CLASSIFICATION else AutoModelForCausalLM
+    auto_class = {
+        CLASSIFICATION: AutoModelForSequenceClassification,
+        GENERATION: AutoModelForCausalLM,
+        EMBEDDING: AutoModel,
+    }[task]
     model = auto_class.from_pretrained(
         ref, dtype=resolve_dtype(dtype, target), use_safetensors=True, **options
     )
@@ -167,13 +188,16 @@ def load_model(ref: str, device: str = "auto", dtype: str = "auto") -> LoadedMod
     torch.nn.Module.to(model, target)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(ref, **options)
+    context_length = _context_length(config, tokenizer)
+    if task == EMBEDDING:
+        context_length = min(context_length, _sentence_length(ref) or context_length)
     return LoadedModel(
         ref=ref,
         task=task,
         model=model,
         tokenizer=tokenizer,
         labels=_labels(config) if task == CLASSIFICATION else [],
-        context_length=_context_length(config, tokenizer),
+        context_length=context_length,
         multi_label=getattr(config, "problem_type", None) == "multi_label_classification",
         nbytes=model_nbytes(model),
         device=target,

@@ -1,4 +1,4 @@
-"""Relaying chat and legacy completion requests to OpenAI (or a compatible upstream).
+"""Relaying chat, legacy completion and embedding requests to OpenAI (or a compatible upstream).
 
 A small client, not a framework: one function per endpoint takes the
 request body and an injected official `openai` client, and returns the upstream body plus
@@ -368,3 +368,18 @@ def proxy_completion(
     if on_chunk is None:
         return _once(create, body, "prompt")
     return _streamed(create, body, "prompt", _CompletionAssembler("text_completion"), on_chunk)
+
+
+def proxy_embeddings(client: openai.OpenAI, body: dict[str, Any]) -> ProxyResult:
+    """POST /embeddings upstream; `body["model"]` is the upstream name. The body comes back as the
+    upstream sent it: floats, or base64 strings when the request asked for them."""
+    kwargs = _request_kwargs(body, "input")
+    # Without an encoding_format the SDK asks upstream for base64 and decodes it into floats; naming
+    # the format (OpenAI's default, float, when the request names none) relays the answer as it is.
+    kwargs["encoding_format"] = kwargs["extra_body"].pop("encoding_format", None) or "float"
+    # warnings=False: the SDK types `embedding` as floats, and a base64 answer is a string.
+    response = _call(client.embeddings.create, kwargs).to_dict(mode="json", warnings=False)
+    usage = _usage_from(response.get("usage"))
+    if usage is None:  # an OpenAI-compatible server that omits it: the work was done, so estimate
+        usage = ProxyUsage(_estimate_tokens(body["input"]), 0, estimated=True)
+    return ProxyResult(body=response, usage=usage)

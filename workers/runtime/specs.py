@@ -386,3 +386,15 @@ class GenerateResult:
     choices: list[Choice]
     prompt_tokens: int  # counted once, however many choices
     completion_tokens: int  # summed over choices, EOS included
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    texts: tuple[str, ...]
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    vectors: list[list[float]]  # one unit-length vector per text, in input order
+    input_tokens: int  # tokens the model read, special tokens included (billable)

@@ -1,4 +1,4 @@
-"""`/v1/chat/completions`, `/v1/completions` and `/v1/classifications`.
+"""`/v1/chat/completions`, `/v1/completions`, `/v1/classifications` and `/v1/embeddings`.
 
 Each request takes the one inference path (`apps.jobs.serving`): admitted, queued as a job that a
 worker runs, then answered as JSON or relayed as server-sent events. These views only choose the
@@ -23,7 +23,7 @@ from apps.jobs.responses import server_sent_events
 
 
 class InferenceView(ProjectAPIView):
-    """Shared by the three endpoints: the parser differs, the path is `apps.jobs.serving`'s."""
+    """Shared by the four endpoints: the parser differs, the path is `apps.jobs.serving`'s."""
 
     endpoint = ""
     parser: Parser
@@ -98,6 +98,41 @@ class ClassificationsView(InferenceView):
         ),
         responses={200: GENERIC_RESPONSE, **ERRORS},
         description="Extension: classify texts with a fine-tuned classifier.",
+    )
+    def post(self, request: Request) -> Response | StreamingHttpResponse:
+        return super().post(request)
+
+
+class EmbeddingsView(InferenceView):
+    endpoint = "embeddings"
+    parser = staticmethod(inference.parse_embedding)
+
+    @extend_schema(
+        operation_id="createEmbedding",
+        request=inline_serializer(
+            "CreateEmbeddingRequest",
+            {
+                "model": serializers.CharField(),
+                "input": serializers.JSONField(help_text="a string or an array of up to 2,048 strings"),
+                "encoding_format": serializers.ChoiceField(choices=["float", "base64"], required=False),
+                "dimensions": serializers.IntegerField(required=False),
+                "user": serializers.CharField(required=False),
+            },
+        ),
+        responses={
+            200: inline_serializer(
+                "CreateEmbeddingResponse",
+                {
+                    "object": serializers.CharField(),
+                    "data": serializers.JSONField(),
+                    "model": serializers.CharField(),
+                    "usage": serializers.JSONField(),
+                },
+            ),
+            **ERRORS,
+        },
+        description="OpenAI's embeddings: MiniLM-L6 on our workers (384 dimensions, unit length), or "
+        "proxied `openai:*` embedding models.",
     )
     def post(self, request: Request) -> Response | StreamingHttpResponse:
         return super().post(request)

@@ -124,7 +124,8 @@ def _checkpoint_models(job: Job) -> list[dict[str, Any]]:
 
 
 def playground_url(project: Project, model: Model) -> str | None:
-    if not model.limit("servable", True):
+    # The playground chats and classifies; an embedding model answers only /v1/embeddings.
+    if not model.limit("servable", True) or model.task == Task.EMBEDDING:
         return None
     tab = "classify" if model.task == Task.CLASSIFICATION else "chat"
     return f"{reverse('dashboard:playground', args=[project.public_id])}?{urlencode({'model': model.name})}#{tab}"

@@ -78,13 +78,25 @@ def test_it_refuses_a_hub_id_while_offline(monkeypatch: pytest.MonkeyPatch) -> N
         load_model("HuggingFaceTB/SmolLM2-135M-Instruct")
 
 
-def test_it_refuses_a_model_without_a_task_head(tiny_bert_dir: Path, tmp_path: Path) -> None:
+def test_it_refuses_a_head_it_does_not_serve(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(tiny_bert_dir, tmp_path / "masked-lm"))
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "architectures": ["BertForMaskedLM"]}))
+
+    with pytest.raises(ValueError, match="unsupported model architecture"):
+        load_model(str(copy))
+
+
+def test_a_bare_encoder_loads_as_an_embedding_model(tiny_bert_dir: Path, tmp_path: Path) -> None:
     copy = Path(shutil.copytree(tiny_bert_dir, tmp_path / "encoder"))
     config = json.loads((copy / "config.json").read_text())
     (copy / "config.json").write_text(json.dumps({**config, "architectures": ["BertModel"]}))
 
-    with pytest.raises(ValueError, match="unsupported model architecture"):
-        load_model(str(copy))
+    loaded = load_model(str(copy), "cpu")
+
+    assert loaded.task == "embedding" and loaded.labels == []
+    assert type(loaded.model).__name__ == "BertModel"
+    assert loaded.context_length == 128  # no sentence_bert_config.json: the tokenizer's limit
 
 
 def test_auto_dtype_is_bfloat16_only_where_the_hardware_computes_it(monkeypatch: pytest.MonkeyPatch) -> None:

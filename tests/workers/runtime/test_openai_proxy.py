@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,10 +20,17 @@ from tests.fake_openai import (
     chat_completion,
     completion_chunks,
     error,
+    fake_vector,
     hang,
     rate_limited,
 )
-from workers.runtime.openai_proxy import ProxyError, make_client, proxy_chat, proxy_completion
+from workers.runtime.openai_proxy import (
+    ProxyError,
+    make_client,
+    proxy_chat,
+    proxy_completion,
+    proxy_embeddings,
+)
 
 CHAT_BODY: dict[str, Any] = {
     "model": "gpt-4o-mini",
@@ -235,3 +244,34 @@ def test_make_client_sets_timeout_and_retries() -> None:
     assert str(client.base_url).startswith("https://api.openai.com/v1")
     assert client.max_retries == 1
     assert client.timeout.read == 7.0  # type: ignore[union-attr]
+
+
+def test_embeddings_come_back_as_floats_when_no_format_is_asked(fake: FakeOpenAI) -> None:
+    body = {"model": "text-embedding-3-small", "input": ["one two", "three"], "user": "org-42"}
+
+    result = proxy_embeddings(client_for(fake), body)
+
+    assert [item["embedding"] for item in result.body["data"]] == [
+        fake_vector("one two"),
+        fake_vector("three"),
+    ]
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (3, 0)
+    # OpenAI's default, named: without it the SDK would ask for base64 and decode it itself
+    assert fake.requests[0].body == {**body, "encoding_format": "float"}
+
+
+def test_embeddings_relay_base64_dimensions_and_token_ids_as_sent(fake: FakeOpenAI) -> None:
+    body = {
+        "model": "text-embedding-3-small",
+        "input": [[1, 2, 3]],
+        "encoding_format": "base64",
+        "dimensions": 8,
+    }
+
+    result = proxy_embeddings(client_for(fake), body)
+
+    [item] = result.body["data"]
+    assert isinstance(item["embedding"], str)  # relayed, not decoded
+    assert base64.b64decode(item["embedding"]) == struct.pack("<8f", *fake_vector([1, 2, 3], 8))
+    assert result.usage.prompt_tokens == 3
+    assert fake.requests[0].body == body
