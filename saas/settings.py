@@ -464,6 +464,9 @@ WEBHOOK_SWEEP_SECONDS = env_float("WEBHOOK_SWEEP_SECONDS", 5)
 # A queued delivery whose task has not run by then is queued again (its message was lost).
 WEBHOOK_REPUBLISH_SECONDS = env_float("WEBHOOK_REPUBLISH_SECONDS", 120)
 WEBHOOK_SECRET_OVERLAP_SECONDS = env_float("WEBHOOK_SECRET_OVERLAP_SECONDS", 24 * 3600)
+# Test events and resends, per organization and minute; events and their logs are kept this long.
+WEBHOOK_MANUAL_SENDS_PER_MINUTE = env_int("WEBHOOK_MANUAL_SENDS_PER_MINUTE", 10)
+WEBHOOK_RETENTION_DAYS = env_int("WEBHOOK_RETENTION_DAYS", 30)
 # Endpoints must be public HTTPS URLs: a webhook must not reach into our own network. Development
 # and tests deliver to a receiver on this machine over plain HTTP.
 WEBHOOK_ALLOW_PRIVATE_URLS = env_bool("WEBHOOK_ALLOW_PRIVATE_URLS", DEBUG)

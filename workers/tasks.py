@@ -45,7 +45,7 @@ def ping(payload: Any = None) -> dict[str, Any]:
 def validate_file(file_id: str) -> None:
     """Streams an upload through the validator and stores the report (first report wins)."""
     from apps.projects.actions import record_validation
-    from apps.projects.models import File, FileStatus
+    from apps.projects.models import File, FileStatus, Project
     from apps.projects.validation import validate_stream
 
     file = File.objects.filter(public_id=file_id, status=FileStatus.UPLOADED).first()
@@ -60,6 +60,9 @@ def validate_file(file_id: str) -> None:
     from apps.webhooks.actions import announce_file
 
     with transaction.atomic():  # the outcome and its webhook event commit together
+        # The project first, as deleting a project locks it and then its files: taking the file
+        # first and the project (the event's key) second deadlocked with a deletion.
+        Project.objects.select_for_update(no_key=True).filter(pk=file.project_id).first()
         recorded = record_validation(file_id, dict(report))
         if recorded:
             announce_file(file.project_id, file_id, processed=report["valid"])
@@ -201,8 +204,14 @@ def check_spend_alerts() -> int:
     return run()
 
 
+# The soft limit stops an answer that trickles in past the delivery timeout (each read has its own
+# timeout, the whole does not); the attempt is then recorded as failed. Its lease outlasts the hard
+# limit (apps.webhooks.actions.lease_seconds).
 @shared_task(
-    name=tasks.DELIVER_WEBHOOK, queue=tasks.QUEUE_OF[tasks.DELIVER_WEBHOOK], soft_time_limit=60, time_limit=90
+    name=tasks.DELIVER_WEBHOOK,
+    queue=tasks.QUEUE_OF[tasks.DELIVER_WEBHOOK],
+    soft_time_limit=settings.WEBHOOK_TIMEOUT_SECONDS + 5,
+    time_limit=settings.WEBHOOK_TIMEOUT_SECONDS + 10,
 )
 def deliver_webhook(delivery_id: int) -> str:
     """One attempt of one webhook delivery; a failure is retried by the sweep at its backoff time,

@@ -20,6 +20,8 @@ import random
 import secrets
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,10 +38,12 @@ from standardwebhooks.webhooks import Webhook
 
 from apps.accounts.actions import require_manager
 from apps.accounts.models import User
+from apps.billing import ratelimit
 from apps.core import tasks
 from apps.core.crypto import decrypt, encrypt
 from apps.core.errors import ActionError
 from apps.core.mail import single_line
+from apps.core.text import escape_unstorable
 from apps.projects.models import Project
 from apps.webhooks import models as events
 from apps.webhooks.models import (
@@ -121,9 +125,17 @@ def secret_hint(secret: str) -> str:
     return f"whsec_…{secret[-4:]}"
 
 
+# IPv6 ranges that carry an IPv4 address a router may translate to (NAT64, 6to4, IPv4-compatible):
+# Python calls them global, but one can reach 127.0.0.1 or 169.254.169.254 through them.
+_EMBEDS_IPV4 = [ipaddress.ip_network(net) for net in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "::/96")]
+
+
 def _is_private(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        elif any(address in net for net in _EMBEDS_IPV4):
+            return True
     return not address.is_global or address.is_multicast
 
 
@@ -148,6 +160,8 @@ def clean_url(raw: Any) -> str:
         )
     if parts.username is not None or parts.password is not None:
         raise ActionError("url must not contain a user name or password.", param="url")
+    if not _is_ip(host) and not _is_host_name(host):
+        raise ActionError(f"url has an invalid host name: '{host}'.", param="url")
     if not settings.WEBHOOK_ALLOW_PRIVATE_URLS:
         try:
             literal = ipaddress.ip_address(host)
@@ -160,6 +174,23 @@ def clean_url(raw: Any) -> str:
         ):
             raise ActionError("url must be a public address, not one on a private network.", param="url")
     return url
+
+
+def _is_host_name(host: str) -> bool:
+    """Encodable for DNS: IDNA, labels of 1 to 63 characters (a trailing dot allowed)."""
+    try:
+        ascii_host = host.encode("idna").decode()
+    except UnicodeError:
+        return False
+    return all(1 <= len(label) <= 63 for label in ascii_host.removesuffix(".").split("."))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def clean_event_types(raw: Any) -> list[str]:
@@ -324,6 +355,8 @@ def _public_address(host: str, port: int) -> str:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise UnsafeDestination(f"could not resolve {host}: {exc.strerror}") from None
+    except (UnicodeError, ValueError):  # a name the resolver cannot encode (a label over 63 characters)
+        raise UnsafeDestination(f"could not resolve {host}: not a valid host name") from None
     addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
     if not settings.WEBHOOK_ALLOW_PRIVATE_URLS and any(_is_private(address) for address in addresses):
         raise UnsafeDestination(f"{host} resolves to a private address; webhooks go only to public ones")
@@ -381,28 +414,38 @@ def post(endpoint: WebhookEndpoint, event: WebhookEvent) -> Outcome:
     pinned = urlunsplit((parts.scheme, f"{netloc}:{port}", parts.path or "/", parts.query, ""))
     headers["host"] = parts.netloc.rsplit("@", 1)[-1]
     timeout = settings.WEBHOOK_TIMEOUT_SECONDS
+    deadline = started + timeout
+    # Identity: a compressed answer would be inflated in memory (a small gzip body can expand to
+    # gigabytes); and only the start of the answer is read, within the deadline.
+    headers["accept-encoding"] = "identity"
     try:
-        response = _client().post(
+        with _client().stream(
+            "POST",
             pinned,
             content=event.payload.encode(),
             headers=headers,
             timeout=timeout,
             # TLS is checked against the endpoint's name, not the address we connect to.
             extensions={"sni_hostname": host} if parts.scheme == "https" else {},
-        )
+        ) as response:
+            code = response.status_code
+            start = b""
+            for chunk in response.iter_raw():
+                start += chunk
+                if len(start) >= EXCERPT_CHARS or time.monotonic() > deadline:
+                    break  # the rest is never read: closing the response drops the connection
     except httpx.TimeoutException:
         return Outcome(None, took(), error=f"no answer within {timeout:g} s")
     except httpx.HTTPError as exc:
-        return Outcome(None, took(), error=f"could not connect: {exc}"[:500])
+        return Outcome(None, took(), error=escape_unstorable(f"could not connect: {exc}")[:500])
     latency = took()
-    excerpt = response.text[:EXCERPT_CHARS]
-    code = response.status_code
+    excerpt = escape_unstorable(start[:EXCERPT_CHARS].decode("utf-8", "replace"))
     if latency > timeout * 1000:
         return Outcome(
             code, latency, error=f"answered after {latency / 1000:.1f} s, past the {timeout:g} s limit"
         )
     if 300 <= code < 400:
-        target = response.headers.get("location", "")
+        target = escape_unstorable(response.headers.get("location", ""))
         return Outcome(
             code, latency, error=f"redirected to {target[:300]}; redirects are not followed", excerpt=excerpt
         )
@@ -418,8 +461,14 @@ def backoff_seconds(attempts: int) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
+def lease_seconds() -> float:
+    """How long an attempt holds its delivery: past the task's own hard time limit (workers/tasks.py),
+    so the sweep never hands a delivery to a second task while the first may still be sending it."""
+    return settings.WEBHOOK_TIMEOUT_SECONDS + 30
+
+
 def _claim(delivery_pk: int, now: datetime) -> bool:
-    lease = now + timedelta(seconds=settings.WEBHOOK_TIMEOUT_SECONDS + 30)
+    lease = now + timedelta(seconds=lease_seconds())
     return bool(
         WebhookDelivery.objects.filter(
             pk=delivery_pk, status=DeliveryStatus.PENDING, next_attempt_at__lte=now, endpoint__enabled=True
@@ -430,22 +479,48 @@ def _claim(delivery_pk: int, now: datetime) -> bool:
 
 
 def deliver(delivery_pk: int) -> str:
-    """The task's body: one attempt of one due delivery. Returns what happened, for the log."""
+    """The task's body: one attempt of one due delivery. Returns what happened, for the log.
+
+    Whatever goes wrong while sending (the task's soft time limit against an answer that trickles
+    in, a bug) is recorded as a failed attempt: the delivery keeps its backoff and its retry window,
+    and never goes round unrecorded."""
     if not _claim(delivery_pk, timezone.now()):
         return "not due"
-    delivery = WebhookDelivery.objects.select_related("event", "endpoint__project__organization").get(
-        pk=delivery_pk
+    delivery = (
+        WebhookDelivery.objects.select_related("event", "endpoint__project__organization")
+        .filter(pk=delivery_pk)
+        .first()
     )
-    outcome = post(delivery.endpoint, delivery.event)
-    record(delivery, outcome)
+    if delivery is None:
+        return "deleted"  # its endpoint was deleted after the claim
+    started = time.monotonic()
+    try:
+        outcome = post(delivery.endpoint, delivery.event)
+    except Exception as exc:
+        logger.warning("webhook delivery %s failed while sending", delivery_pk, exc_info=True)
+        took = int((time.monotonic() - started) * 1000)
+        what = (
+            "no complete answer in time"
+            if type(exc).__name__ == "SoftTimeLimitExceeded"
+            else "sending failed"
+        )
+        outcome = Outcome(None, took, error=what)
+    attempt = record(delivery, outcome)
+    if attempt is None:
+        return "deleted"
     return "delivered" if outcome.ok else outcome.error
 
 
-def record(delivery: WebhookDelivery, outcome: Outcome) -> WebhookAttempt:
-    """The attempt in the log, and what comes next: done, a retry at its time, or given up."""
+def record(delivery: WebhookDelivery, outcome: Outcome) -> WebhookAttempt | None:
+    """The attempt in the log, and what comes next: done, a retry at its time, or given up. None
+    when the delivery is gone (its endpoint was deleted while it was being sent)."""
     now = timezone.now()
     with transaction.atomic():
-        locked = WebhookDelivery.objects.select_for_update().select_related("event").get(pk=delivery.pk)
+        locked = (
+            WebhookDelivery.objects.select_for_update().select_related("event").filter(pk=delivery.pk).first()
+        )
+        if locked is None:
+            return None
         locked.attempts += 1
         locked.claimed_until = None
         locked.published_at = None
@@ -471,7 +546,6 @@ def record(delivery: WebhookDelivery, outcome: Outcome) -> WebhookAttempt:
         )
         if not locked.event.is_test:
             _track_health(delivery.endpoint_id, outcome.ok, now)
-    delivery.refresh_from_db()
     return attempt
 
 
@@ -540,34 +614,79 @@ def send_due(now: datetime | None = None, limit: int = 1000) -> int:
     if due:
         WebhookDelivery.objects.filter(pk__in=due).update(published_at=now)
         _publish(due)
+    _prune(now)
     return len(due)
+
+
+def _prune(now: datetime, batch: int = 1000) -> int:
+    """Events past WEBHOOK_RETENTION_DAYS go, with their deliveries and attempt logs (their retry
+    window closed long before), a batch per sweep so no sweep runs long."""
+    cutoff = now - timedelta(days=settings.WEBHOOK_RETENTION_DAYS)
+    old = list(WebhookEvent.objects.filter(created_at__lt=cutoff).values_list("pk", flat=True)[:batch])
+    if not old:
+        return 0
+    WebhookEvent.objects.filter(pk__in=old).delete()
+    return len(old)
 
 
 def resend(delivery: WebhookDelivery, actor: User | None) -> WebhookDelivery:
     """Sends a delivery again now (delivered or given up), with its same `webhook-id`."""
     _require_manager(actor, delivery.endpoint.project)
+    _take_send_allowance(delivery.endpoint.project)
     now = timezone.now()
     with transaction.atomic():
-        WebhookDelivery.objects.filter(pk=delivery.pk).update(
-            status=DeliveryStatus.PENDING, next_attempt_at=now, published_at=now, claimed_until=None
+        resent = (
+            WebhookDelivery.objects.filter(pk=delivery.pk)
+            .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+            .update(status=DeliveryStatus.PENDING, next_attempt_at=now, published_at=now)
         )
+        if not resent:
+            raise ActionError("This delivery is being sent right now; its attempt will show in the log.")
         transaction.on_commit(lambda: _publish([delivery.pk]))
     delivery.refresh_from_db()
     return delivery
 
 
 SAMPLE_IDS = {"fine_tuning": "ftjob-", "batch": "batch_", "file": "file-"}
+# Test events are sent from the web process: a few threads at most, whatever the receivers do.
+_TEST_SENDERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook-test")
+
+
+def _take_send_allowance(project: Project) -> None:
+    """Test events and resends go out on request, to a URL the customer chose: a few a minute."""
+    limit = settings.WEBHOOK_MANUAL_SENDS_PER_MINUTE
+    decision = ratelimit.take(f"webhook-sends:{project.organization_id}", limit, window=60)
+    if not decision.allowed:
+        wait = max(1, int(decision.reset_seconds + 0.999))
+        raise ActionError(
+            f"At most {limit} test events and resends a minute per organization; try again in {wait} s.",
+            code="rate_limit_exceeded",
+            status=429,
+        )
 
 
 def send_test(endpoint: WebhookEndpoint, actor: User | None, event_type: Any) -> WebhookAttempt:
-    """A sample event of `event_type`, sent at once and once, and logged like any delivery."""
+    """A sample event of `event_type`, sent at once and once, and logged like any delivery. The
+    request waits at most the delivery timeout (and a second), however slowly the receiver answers."""
     _require_manager(actor, endpoint.project)
     if not isinstance(event_type, str) or event_type not in events.EVENT_TYPES:
         raise ActionError(f"event_type must be one of: {', '.join(events.EVENT_TYPES)}.", param="event_type")
+    _take_send_allowance(endpoint.project)
     prefix = SAMPLE_IDS[event_type.split(".", 1)[0]]
     with transaction.atomic():
         event = WebhookEvent(project=endpoint.project, type=event_type, is_test=True)
         event.payload = event_body(event.public_id, event_type, f"{prefix}test", timezone.now())
         event.save()
         delivery = WebhookDelivery.objects.create(event=event, endpoint=endpoint, next_attempt_at=None)
-    return record(delivery, post(endpoint, event))
+    timeout = settings.WEBHOOK_TIMEOUT_SECONDS
+    started = time.monotonic()
+    sending = _TEST_SENDERS.submit(post, endpoint, event)
+    try:
+        outcome = sending.result(timeout=timeout + 1)
+    except FutureTimeout:
+        took = int((time.monotonic() - started) * 1000)
+        outcome = Outcome(None, took, error=f"no complete answer within {timeout:g} s")
+    attempt = record(delivery, outcome)
+    if attempt is None:
+        raise ActionError("The webhook endpoint was deleted while the test event was sent.", status=404)
+    return attempt

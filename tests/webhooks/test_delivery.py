@@ -67,7 +67,7 @@ def test_a_succeeded_fine_tune_reaches_the_receiver_and_the_sdk_verifies_it(
             by_type[event.type] = (event, request)
         done, request = by_type["fine_tuning.job.succeeded"]
         assert done.data.id == job.id and done.id == request.headers["webhook-id"]
-        assert client.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
+        assert Job.objects.get(public_id=job.id).status == JobStatus.SUCCEEDED
         assert by_type["file.processed"][0].data.id == file.id
         assert request.headers["user-agent"].startswith("Modelworks-Webhooks/")
         with pytest.raises(openai.InvalidWebhookSignatureError):
