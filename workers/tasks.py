@@ -8,6 +8,7 @@ bodies, so importing this module stays cheap and torch-free.
 
 from __future__ import annotations
 
+import math
 import socket
 from typing import Any
 
@@ -210,8 +211,8 @@ def check_spend_alerts() -> int:
 @shared_task(
     name=tasks.DELIVER_WEBHOOK,
     queue=tasks.QUEUE_OF[tasks.DELIVER_WEBHOOK],
-    soft_time_limit=settings.WEBHOOK_TIMEOUT_SECONDS + 5,
-    time_limit=settings.WEBHOOK_TIMEOUT_SECONDS + 10,
+    soft_time_limit=math.ceil(settings.WEBHOOK_TIMEOUT_SECONDS) + 5,
+    time_limit=math.ceil(settings.WEBHOOK_TIMEOUT_SECONDS) + 10,
 )
 def deliver_webhook(delivery_id: int) -> str:
     """One attempt of one webhook delivery; a failure is retried by the sweep at its backoff time,
