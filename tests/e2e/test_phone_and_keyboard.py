@@ -116,6 +116,8 @@ def dashboard_pages(alice_project: Any, objects: dict[str, Any]) -> dict[str, st
         "batch": f"{base}/batches/{batch.public_id}/",
         "usage": "/usage/",
         "billing": "/billing/",
+        "webhooks": f"{base}/webhooks/",
+        "webhook": f"{base}/webhooks/{objects['hook'].public_id}/",
     }
     exists = {p.name for p in dashboard_urls if isinstance(p, URLPattern)}
     return {name: path for name, path in pages.items() if name in exists}
