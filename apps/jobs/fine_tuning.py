@@ -18,7 +18,13 @@ from apps.billing.pricing import cost_of
 from apps.core.errors import ActionError
 from apps.jobs import actions
 from apps.jobs.models import Job, JobKind, JobStatus
-from apps.projects.formats import CLASSIFICATION_FORMATS, SUPERVISED_FORMATS, TEXT_FORMATS, format_name
+from apps.projects.formats import (
+    CLASSIFICATION_FORMATS,
+    PREFERENCE_FORMATS,
+    SUPERVISED_FORMATS,
+    TEXT_FORMATS,
+    format_name,
+)
 from apps.projects.models import File, FilePurpose, FileStatus, Project
 from apps.projects.validation import MAX_LABEL_CHARS  # the longest label a file may hold
 from apps.registry.models import Model
@@ -29,6 +35,7 @@ from workers.runtime.specs import (
     Hyperparameters,
     auto_learning_rate,
     estimate_steps,
+    resolve_beta,
     resolve_hyperparameters,
     validation_size,
 )
@@ -42,7 +49,10 @@ METHOD_FORMATS = {
     "classification": CLASSIFICATION_FORMATS,
     "supervised": SUPERVISED_FORMATS,
     "distillation": DISTILLATION_FORMATS,
+    "dpo": PREFERENCE_FORMATS,
 }
+# The methods that train a causal LM on replies, and so may train LoRA adapters.
+LORA_METHODS = ("supervised", "dpo")
 KNOWN_FIELDS = {
     "model",
     "training_file",
@@ -94,6 +104,7 @@ class FineTuneRequest:
     body: dict[str, Any] = field(default_factory=dict)
     lora: dict[str, Any] | None = None  # method.supervised.lora as given (validated); None → full fine-tune
     distillation: Distillation | None = None
+    beta: float | None = None  # DPO's, resolved ("auto" → 0.1); None for every other method
 
 
 def parse(project: Project, body: Any) -> FineTuneRequest:
@@ -123,8 +134,9 @@ def parse(project: Project, body: Any) -> FineTuneRequest:
         raise ActionError(f"seed must be an integer between 0 and {MAX_SEED}.", param="seed")
     n_examples = int((training.validation or {}).get("rows") or 0)
     try:
+        beta = resolve_beta(requested) if method == "dpo" else None
         hp = resolve_hyperparameters(
-            requested,
+            training_hyperparameters(requested, method),
             max(n_examples, 1),
             seed=seed,
             base_learning_rate=auto_learning_rate(lora=lora is not None),
@@ -151,7 +163,16 @@ def parse(project: Project, body: Any) -> FineTuneRequest:
         body=body | {"integrations": _integrations(body.get("integrations"))},
         lora=lora,
         distillation=distillation,
+        beta=beta,
     )
+
+
+def training_hyperparameters(requested: dict[str, Any], method: str) -> dict[str, Any]:
+    """The requested hyperparameters that every trainer shares: DPO's beta is resolved on its own
+    (resolve_beta) and stored in the method's section; any other method refuses it as unknown."""
+    if method != "dpo":
+        return requested
+    return {key: value for key, value in requested.items() if key != "beta"}
 
 
 def _model(project: Project, name: Any) -> Model:
@@ -210,14 +231,17 @@ def _method(body: dict[str, Any], model: Model) -> tuple[str, dict[str, Any]]:
 
 
 def _lora(body: dict[str, Any], method: str) -> dict[str, Any] | None:
-    """method.<type>.lora, checked completely; only supervised fine-tuning of a causal LM takes it."""
+    """method.<type>.lora, checked completely; only the methods that train a causal LM on replies
+    (supervised and DPO) take it."""
     section = (body.get("method") or {}).get(method) or {}
     value = section.get("lora")
     param = f"method.{method}.lora"
     if value is None:
         return None
-    if method != "supervised":
-        raise ActionError(f"LoRA is only available for method 'supervised', not '{method}'.", param=param)
+    if method not in LORA_METHODS:
+        raise ActionError(
+            f"LoRA is only available for methods 'supervised' and 'dpo', not '{method}'.", param=param
+        )
     if not isinstance(value, dict):
         raise ActionError(
             "lora must be an object with any of r, alpha, dropout and target_modules.", param=param
@@ -681,6 +705,7 @@ def _create(
                 "type": request.method,
                 request.method: {"hyperparameters": request.requested_hyperparameters}
                 | ({"lora": request.lora} if request.lora is not None else {})
+                | ({"beta": request.beta} if request.beta is not None else {})
                 | (_distillation_section(request) if request.distillation is not None else {}),
             },
         },
@@ -767,7 +792,12 @@ def _resolved_fields(job: Job) -> dict[str, Any]:
     )
     assert job.training_file is not None and job.model is not None
     rows = int((job.training_file.validation or {}).get("rows") or 1)
-    hp = resolve_hyperparameters(requested, rows, seed=job.seed, base_learning_rate=base_learning_rate(job))
+    hp = resolve_hyperparameters(
+        training_hyperparameters(requested, method),
+        rows,
+        seed=job.seed,
+        base_learning_rate=base_learning_rate(job),
+    )
     request = FineTuneRequest(
         model=job.model,
         training_file=job.training_file,
