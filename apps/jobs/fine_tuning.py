@@ -187,6 +187,15 @@ def _model(project: Project, name: Any) -> Model:
             status=404,
         )
     model.refuse_if_shut_down("model")
+    if model.base_id is not None and not model.is_fine_tunable:
+        # Continued training (a DPO pass over an organization's own supervised fine-tune) is not
+        # offered yet: the base's catalog row holds the limits and methods a job is checked against.
+        raise ActionError(
+            f"Model '{name}' is a fine-tuned model, and fine-tuning a fine-tuned model is not available yet; "
+            f"fine-tune its base ({model.base.name if model.base else 'a catalog model'}) instead, with your "
+            "supervised and preference data.",
+            param="model",
+        )
     if not model.is_fine_tunable:
         raise ActionError(
             f"Model '{name}' cannot be fine-tuned. Use a base model from GET /v1/models.", param="model"

@@ -36,7 +36,7 @@ from workers.runners.distill import (
 )
 from workers.runners.progress import STOP_MESSAGES, ProgressReporter, without_paths
 from workers.runners.reports import diagnostics_csv, metrics_csv
-from workers.runtime.specs import Hyperparameters, TrainingDataError, TrainSpec
+from workers.runtime.specs import DEFAULT_BETA, Hyperparameters, TrainingDataError, TrainSpec
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def run_fine_tune(job: Job) -> None:
                 messages_field=_mapped(job, "messages"),
                 prompt_field=_mapped(job, "prompt"),
                 completion_field=_mapped(job, "completion"),
-                **({"beta": float(section["beta"])} if "beta" in section else {}),
+                beta=float(section.get("beta", DEFAULT_BETA)),
             )
             progress = ProgressReporter(job, guard)
             labelling = None
