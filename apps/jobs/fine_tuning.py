@@ -51,6 +51,8 @@ METHOD_FORMATS = {
     "distillation": DISTILLATION_FORMATS,
     "dpo": PREFERENCE_FORMATS,
 }
+# The methods that may start from one of the organization's own fine-tuned models: DPO after SFT.
+CONTINUED_METHODS = ("dpo",)
 # The methods that train a causal LM on replies, and so may train LoRA adapters.
 LORA_METHODS = ("supervised", "dpo")
 KNOWN_FIELDS = {
@@ -114,7 +116,14 @@ def parse(project: Project, body: Any) -> FineTuneRequest:
     if unknown:
         raise ActionError(f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0])
     model = _model(project, body.get("model"))
-    method, requested = _method(body, model)
+    base = _catalog_base(model)  # its row holds the limits and methods; the model itself for a catalog one
+    method, requested = _method(body, base)
+    if base != model and method not in CONTINUED_METHODS:
+        raise ActionError(
+            f"A fine-tuned model can be fine-tuned further with method 'dpo' only, not '{method}'; "
+            f"fine-tune {base.name} for '{method}'.",
+            param="method.type",
+        )
     lora = _lora(body, method)
     distillation = _distillation(project, body) if method == "distillation" else None
     training_id, training_param = _training_file_id(body, method)
@@ -143,10 +152,10 @@ def parse(project: Project, body: Any) -> FineTuneRequest:
         )
     except HyperparameterError as exc:
         raise ActionError(exc.message, param=exc.param) from None
-    limit = model.limit("max_seq_length")
+    limit = base.limit("max_seq_length")
     if limit and hp.max_seq_length > limit:
         raise ActionError(
-            f"max_seq_length must be at most {limit} for {model.name}.",
+            f"max_seq_length must be at most {limit} for {base.name}.",
             param="hyperparameters.max_seq_length",
         )
     return FineTuneRequest(
@@ -187,20 +196,29 @@ def _model(project: Project, name: Any) -> Model:
             status=404,
         )
     model.refuse_if_shut_down("model")
-    if model.base_id is not None and not model.is_fine_tunable:
-        # Continued training (a DPO pass over an organization's own supervised fine-tune) is not
-        # offered yet: the base's catalog row holds the limits and methods a job is checked against.
-        raise ActionError(
-            f"Model '{name}' is a fine-tuned model, and fine-tuning a fine-tuned model is not available yet; "
-            f"fine-tune its base ({model.base.name if model.base else 'a catalog model'}) instead, with your "
-            "supervised and preference data.",
-            param="model",
-        )
+    if model.organization_id is not None:  # one of the organization's own fine-tunes
+        return model  # _catalog_base checks whether it may be trained further
     if not model.is_fine_tunable:
         raise ActionError(
             f"Model '{name}' cannot be fine-tuned. Use a base model from GET /v1/models.", param="model"
         )
     return model
+
+
+def _catalog_base(model: Model) -> Model:
+    """The catalog model whose limits a job on `model` follows. An organization's own fine-tuned
+    generation model may be trained further (the SFT-then-DPO flow): its catalog base must take
+    fine-tunes."""
+    if model.organization_id is None:
+        return model
+    base = model.catalog_base
+    if model.task != "generation" or base is None or not base.is_fine_tunable:
+        raise ActionError(
+            f"Model '{model.name}' cannot be fine-tuned further: only a fine-tuned generation model whose base "
+            "takes fine-tunes can be (with method 'dpo'). Use a base model from GET /v1/models.",
+            param="model",
+        )
+    return base
 
 
 def _method(body: dict[str, Any], model: Model) -> tuple[str, dict[str, Any]]:

@@ -119,7 +119,7 @@ def test_dpo_needs_a_preference_file_and_supervised_refuses_one(
     assert not Job.objects.exists()
 
 
-def test_dpo_is_refused_on_a_classifier_and_on_a_fine_tuned_model(
+def test_dpo_is_refused_on_a_classifier_and_its_fine_tunes(
     api: Any, catalog: None, tiny_base: Any, tiny_classifier: Any, preference_file: File
 ) -> None:
     from apps.registry.models import Model
@@ -134,12 +134,66 @@ def test_dpo_is_refused_on_a_classifier_and_on_a_fine_tuned_model(
     )
     assert on_fine_tune.status_code == 400
     assert error(on_fine_tune) == {
-        "message": f"Model '{tiny_classifier.name}' is a fine-tuned model, and fine-tuning a fine-tuned model "
-        "is not available yet; fine-tune its base (tiny-bert) instead, with your supervised and preference data.",
+        "message": f"Model '{tiny_classifier.name}' cannot be fine-tuned further: only a fine-tuned generation "
+        "model whose base takes fine-tunes can be (with method 'dpo'). Use a base model from GET /v1/models.",
         "type": "invalid_request_error",
         "param": "model",
         "code": "invalid_request",
     }
+
+
+@pytest.fixture
+def alice_sft_model(catalog: None, alice_org: Any, alice_project: Any) -> Any:
+    """alice's supervised fine-tune of the catalog's generation base."""
+    from apps.registry.models import Model
+
+    base = Model.objects.get(name="smollm2-135m-instruct", organization=None)
+    return Model.objects.create(
+        name=f"ft:smollm2-135m-instruct:{alice_org.slug}:chat:ftjob-sft",
+        organization=alice_org,
+        project=alice_project,
+        task="generation",
+        base=base,
+        artifact_key="models/sft",
+        context_length=2048,
+        limits={"servable": True},
+    )
+
+
+def test_a_fine_tuned_generation_model_takes_dpo_only_and_only_from_its_owner(
+    api: Any,
+    carol_api: Any,
+    carol_project: Any,
+    alice_project: Any,
+    alice_sft_model: Any,
+    preference_file: File,
+) -> None:
+    chat = make_file(alice_project, fmt="chat_jsonl")
+    supervised = post(
+        api,
+        {"model": alice_sft_model.name, "training_file": chat.public_id, "method": {"type": "supervised"}},
+    )
+    carol_file = make_file(carol_project, fmt="preference_jsonl")
+    base = alice_sft_model.base
+    base.limits = {**base.limits, "max_seq_length": 64}
+    base.save(update_fields=["limits"])
+    outsider = post(carol_api, {**dpo(carol_file), "model": alice_sft_model.name})
+    accepted = post(api, {**dpo(preference_file, {"max_seq_length": 128}), "model": alice_sft_model.name})
+
+    assert supervised.status_code == 400
+    assert error(supervised)["message"] == (
+        "A fine-tuned model can be fine-tuned further with method 'dpo' only, not 'supervised'; "
+        "fine-tune smollm2-135m-instruct for 'supervised'."
+    )
+    assert error(supervised)["param"] == "method.type"
+    assert outsider.status_code == 404
+    assert error(outsider)["message"] == (
+        f"The model '{alice_sft_model.name}' does not exist or you do not have access to it."
+    )
+    # the catalog base's limits apply
+    assert accepted.status_code == 400
+    assert error(accepted)["message"] == "max_seq_length must be at most 64 for smollm2-135m-instruct."
+    assert not Job.objects.exists()
 
 
 def test_lora_is_refused_outside_the_methods_that_take_it(api: Any, tiny_base: Any, good_file: Any) -> None:

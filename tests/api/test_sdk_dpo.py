@@ -113,3 +113,78 @@ def test_the_sdk_runs_a_dpo_fine_tune_to_a_callable_model(
         outsider.fine_tuning.jobs.retrieve(job.id)
     with pytest.raises(openai.NotFoundError):
         outsider.models.retrieve(done.fine_tuned_model)
+
+
+def chat_jsonl(n: int) -> bytes:
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"{QUESTIONS[i % 4]} {i}"},
+                {"role": "assistant", "content": "good great"},
+            ]
+        }
+        for i in range(n)
+    ]
+    return "".join(json.dumps(row) + "\n" for row in rows).encode()
+
+
+def test_sft_then_dpo_trains_the_supervised_fine_tune_further(
+    live_server: Any, alice_key: str, celery_worker: Any, tiny_lm_base: Any
+) -> None:
+    from apps.registry.models import Model
+
+    client = sdk(live_server, alice_key)
+
+    def finished(job_id: str) -> Any:
+        done = wait_for(
+            lambda: (j := client.fine_tuning.jobs.retrieve(job_id)).status in ("succeeded", "failed") and j,
+            timeout=120,
+        )
+        assert done.status == "succeeded", done.error
+        return done
+
+    def uploaded(name: str, data: bytes) -> str:
+        file = client.files.create(file=(name, io.BytesIO(data)), purpose="fine-tune")
+        return client.files.wait_for_processing(file.id, poll_interval=0.2, max_wait_seconds=30).id
+
+    # given a supervised fine-tune of the base
+    chats, pairs = uploaded("chats.jsonl", chat_jsonl(12)), uploaded("pairs.jsonl", preference_jsonl(12))
+    sft = finished(
+        client.fine_tuning.jobs.create(
+            model="tiny-gpt2-base",
+            training_file=chats,
+            suffix="chat",
+            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}},
+        ).id
+    )
+    assert sft.fine_tuned_model
+
+    # when the supervised model is trained further with DPO, as OpenAI's SFT-then-DPO flow does
+    job = client.fine_tuning.jobs.create(
+        model=sft.fine_tuned_model,
+        training_file=pairs,
+        suffix="prefs",
+        method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}},
+    )
+    assert job.model == sft.fine_tuned_model
+    assert (
+        job.method is not None and job.method.dpo is not None and job.method.dpo.hyperparameters is not None
+    )
+    assert job.method.dpo.hyperparameters.beta == 0.1  # "auto"
+    done = finished(job.id)
+
+    # then the new model is named after the catalog base, descends from the supervised one, and answers
+    assert (
+        done.fine_tuned_model
+        == f"ft:tiny-gpt2-base:{Job.objects.get(public_id=job.id).organization.slug}:prefs:{job.id}"
+    )
+    model = Model.objects.get(name=done.fine_tuned_model)
+    assert model.base is not None and model.base.name == sft.fine_tuned_model
+    assert model.catalog_base == tiny_lm_base
+    reply = client.chat.completions.create(
+        model=done.fine_tuned_model,
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=4,
+        temperature=0,
+    )
+    assert reply.model == done.fine_tuned_model
