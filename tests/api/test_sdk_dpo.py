@@ -95,6 +95,15 @@ def test_the_sdk_runs_a_dpo_fine_tune_to_a_callable_model(
         == 1
     )
 
+    # the results file has a row a step with the rewards
+    results = client.files.content(done.result_files[0]).text.splitlines()
+    assert results[0] == (
+        "step,epoch,train_loss,train_rewards_margin,train_rewards_accuracy,valid_loss,valid_rewards_margin,"
+        "valid_rewards_accuracy"
+    )
+    assert len(results) == 1 + 2 * 5  # 18 training pairs at batch 4, 2 epochs
+    assert all(line.split(",")[3] for line in results[1:])
+
     # billed for exactly the tokens it trained on, no unit twice (records follow the checkpoints)
     assert billed(Job.objects.get(public_id=job.id)) == {"trained_tokens": done.trained_tokens}
 
