@@ -522,8 +522,10 @@ def estimate(request: FineTuneRequest) -> dict[str, Any]:
     hp = request.hyperparameters
     fraction = 0.0 if request.validation_file else VALIDATION_FRACTION
     n_train = rows - validation_size(rows, fraction)
-    # Each example is truncated at max_seq_length (+2 special tokens).
-    tokens_per_example = min(mean_tokens + 2, hp.max_seq_length)
+    # Each example is truncated at max_seq_length (+2 special tokens); a DPO pair is two sequences,
+    # each truncated there, and its report counts the prompt once and both replies, as its bill does.
+    sequences = 2 if request.method == "dpo" else 1
+    tokens_per_example = min(mean_tokens + 2, hp.max_seq_length * sequences)
     trained_tokens = int(n_train * tokens_per_example * hp.n_epochs)
     cost = cost_of(request.model.name, "trained_tokens", trained_tokens)
     body: dict[str, Any] = {
@@ -535,7 +537,7 @@ def estimate(request: FineTuneRequest) -> dict[str, Any]:
         "estimated_seconds": training_seconds(n_train, hp.n_epochs, hp.batch_size, request.model.task),
         "estimated_cost": cost,
         "currency": "usd_micros",
-        "hyperparameters": hp.to_dict(),
+        "hyperparameters": hp.to_dict() | ({"beta": request.beta} if request.beta is not None else {}),
     }
     if request.distillation is not None:
         teacher_cost = _teacher_cost(request.distillation, rows, mean_tokens)

@@ -246,3 +246,25 @@ def test_a_dpo_job_reads_back_its_method_with_beta_and_is_a_404_to_an_outsider(
         assert outsider.status_code == 404
         assert error(outsider)["code"] == "not_found"
     assert carol_api.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").status_code == 404
+
+
+def test_a_dpo_estimate_counts_each_pair_and_reads_back_beta(
+    api: Any, catalog: None, alice_project: Any
+) -> None:
+    # given 100 pairs of about 300 tokens each (prompt and both replies), cut at 128 tokens a sequence
+    pairs = make_file(alice_project, fmt="preference_jsonl")
+    pairs.validation = {**pairs.validation, "stats": {"tokens": {"mean": 300}}}
+    pairs.save(update_fields=["validation"])
+
+    response = post(
+        api, dpo(pairs, {"n_epochs": 2, "batch_size": 10, "beta": 0.3}), "/v1/fine_tuning/jobs/estimate"
+    )
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    # 90 pairs (10% held out) × at most two sequences of 128 tokens × 2 epochs, at $3 per 1M tokens
+    assert body["trained_tokens"] == 90 * 256 * 2
+    assert body["estimated_cost"] == 3 * 90 * 256 * 2
+    assert body["steps"] == 9 * 2
+    assert body["hyperparameters"]["beta"] == 0.3
+    assert not Job.objects.exists()
