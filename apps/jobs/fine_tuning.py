@@ -18,7 +18,13 @@ from apps.billing.pricing import cost_of
 from apps.core.errors import ActionError
 from apps.jobs import actions
 from apps.jobs.models import Job, JobKind, JobStatus
-from apps.projects.formats import CLASSIFICATION_FORMATS, SUPERVISED_FORMATS, TEXT_FORMATS, format_name
+from apps.projects.formats import (
+    CLASSIFICATION_FORMATS,
+    PREFERENCE_FORMATS,
+    SUPERVISED_FORMATS,
+    TEXT_FORMATS,
+    format_name,
+)
 from apps.projects.models import File, FilePurpose, FileStatus, Project
 from apps.projects.validation import MAX_LABEL_CHARS  # the longest label a file may hold
 from apps.registry.models import Model
@@ -29,6 +35,7 @@ from workers.runtime.specs import (
     Hyperparameters,
     auto_learning_rate,
     estimate_steps,
+    resolve_beta,
     resolve_hyperparameters,
     validation_size,
 )
@@ -42,7 +49,12 @@ METHOD_FORMATS = {
     "classification": CLASSIFICATION_FORMATS,
     "supervised": SUPERVISED_FORMATS,
     "distillation": DISTILLATION_FORMATS,
+    "dpo": PREFERENCE_FORMATS,
 }
+# The methods that may start from one of the organization's own fine-tuned models: DPO after SFT.
+CONTINUED_METHODS = ("dpo",)
+# The methods that train a causal LM on replies, and so may train LoRA adapters.
+LORA_METHODS = ("supervised", "dpo")
 KNOWN_FIELDS = {
     "model",
     "training_file",
@@ -94,6 +106,7 @@ class FineTuneRequest:
     body: dict[str, Any] = field(default_factory=dict)
     lora: dict[str, Any] | None = None  # method.supervised.lora as given (validated); None → full fine-tune
     distillation: Distillation | None = None
+    beta: float | None = None  # DPO's, resolved ("auto" → 0.1); None for every other method
 
 
 def parse(project: Project, body: Any) -> FineTuneRequest:
@@ -103,7 +116,14 @@ def parse(project: Project, body: Any) -> FineTuneRequest:
     if unknown:
         raise ActionError(f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0])
     model = _model(project, body.get("model"))
-    method, requested = _method(body, model)
+    base = _catalog_base(model)  # its row holds the limits and methods; the model itself for a catalog one
+    method, requested = _method(body, base)
+    if base != model and method not in CONTINUED_METHODS:
+        raise ActionError(
+            f"A fine-tuned model can be fine-tuned further with method 'dpo' only, not '{method}'; "
+            f"fine-tune {base.name} for '{method}'.",
+            param="method.type",
+        )
     lora = _lora(body, method)
     distillation = _distillation(project, body) if method == "distillation" else None
     training_id, training_param = _training_file_id(body, method)
@@ -123,18 +143,19 @@ def parse(project: Project, body: Any) -> FineTuneRequest:
         raise ActionError(f"seed must be an integer between 0 and {MAX_SEED}.", param="seed")
     n_examples = int((training.validation or {}).get("rows") or 0)
     try:
+        beta = resolve_beta(requested) if method == "dpo" else None
         hp = resolve_hyperparameters(
-            requested,
+            training_hyperparameters(requested, method),
             max(n_examples, 1),
             seed=seed,
             base_learning_rate=auto_learning_rate(lora=lora is not None),
         )
     except HyperparameterError as exc:
         raise ActionError(exc.message, param=exc.param) from None
-    limit = model.limit("max_seq_length")
+    limit = base.limit("max_seq_length")
     if limit and hp.max_seq_length > limit:
         raise ActionError(
-            f"max_seq_length must be at most {limit} for {model.name}.",
+            f"max_seq_length must be at most {limit} for {base.name}.",
             param="hyperparameters.max_seq_length",
         )
     return FineTuneRequest(
@@ -151,7 +172,16 @@ def parse(project: Project, body: Any) -> FineTuneRequest:
         body=body | {"integrations": _integrations(body.get("integrations"))},
         lora=lora,
         distillation=distillation,
+        beta=beta,
     )
+
+
+def training_hyperparameters(requested: dict[str, Any], method: str) -> dict[str, Any]:
+    """The requested hyperparameters that every trainer shares: DPO's beta is resolved on its own
+    (resolve_beta) and stored in the method's section; any other method refuses it as unknown."""
+    if method != "dpo":
+        return requested
+    return {key: value for key, value in requested.items() if key != "beta"}
 
 
 def _model(project: Project, name: Any) -> Model:
@@ -166,11 +196,29 @@ def _model(project: Project, name: Any) -> Model:
             status=404,
         )
     model.refuse_if_shut_down("model")
+    if model.organization_id is not None:  # one of the organization's own fine-tunes
+        return model  # _catalog_base checks whether it may be trained further
     if not model.is_fine_tunable:
         raise ActionError(
             f"Model '{name}' cannot be fine-tuned. Use a base model from GET /v1/models.", param="model"
         )
     return model
+
+
+def _catalog_base(model: Model) -> Model:
+    """The catalog model whose limits a job on `model` follows. An organization's own fine-tuned
+    generation model may be trained further (the SFT-then-DPO flow): its catalog base must take
+    fine-tunes."""
+    if model.organization_id is None:
+        return model
+    base = model.catalog_base
+    if model.task != "generation" or base is None or not base.is_fine_tunable:
+        raise ActionError(
+            f"Model '{model.name}' cannot be fine-tuned further: only a fine-tuned generation model whose base "
+            "takes fine-tunes can be (with method 'dpo'). Use a base model from GET /v1/models.",
+            param="model",
+        )
+    return base
 
 
 def _method(body: dict[str, Any], model: Model) -> tuple[str, dict[str, Any]]:
@@ -210,14 +258,17 @@ def _method(body: dict[str, Any], model: Model) -> tuple[str, dict[str, Any]]:
 
 
 def _lora(body: dict[str, Any], method: str) -> dict[str, Any] | None:
-    """method.<type>.lora, checked completely; only supervised fine-tuning of a causal LM takes it."""
+    """method.<type>.lora, checked completely; only the methods that train a causal LM on replies
+    (supervised and DPO) take it."""
     section = (body.get("method") or {}).get(method) or {}
     value = section.get("lora")
     param = f"method.{method}.lora"
     if value is None:
         return None
-    if method != "supervised":
-        raise ActionError(f"LoRA is only available for method 'supervised', not '{method}'.", param=param)
+    if method not in LORA_METHODS:
+        raise ActionError(
+            f"LoRA is only available for methods 'supervised' and 'dpo', not '{method}'.", param=param
+        )
     if not isinstance(value, dict):
         raise ActionError(
             "lora must be an object with any of r, alpha, dropout and target_modules.", param=param
@@ -471,8 +522,10 @@ def estimate(request: FineTuneRequest) -> dict[str, Any]:
     hp = request.hyperparameters
     fraction = 0.0 if request.validation_file else VALIDATION_FRACTION
     n_train = rows - validation_size(rows, fraction)
-    # Each example is truncated at max_seq_length (+2 special tokens).
-    tokens_per_example = min(mean_tokens + 2, hp.max_seq_length)
+    # Each example is truncated at max_seq_length (+2 special tokens); a DPO pair is two sequences,
+    # each truncated there, and its report counts the prompt once and both replies, as its bill does.
+    sequences = 2 if request.method == "dpo" else 1
+    tokens_per_example = min(mean_tokens + 2, hp.max_seq_length * sequences)
     trained_tokens = int(n_train * tokens_per_example * hp.n_epochs)
     cost = cost_of(request.model.name, "trained_tokens", trained_tokens)
     body: dict[str, Any] = {
@@ -484,7 +537,7 @@ def estimate(request: FineTuneRequest) -> dict[str, Any]:
         "estimated_seconds": training_seconds(n_train, hp.n_epochs, hp.batch_size, request.model.task),
         "estimated_cost": cost,
         "currency": "usd_micros",
-        "hyperparameters": hp.to_dict(),
+        "hyperparameters": hp.to_dict() | ({"beta": request.beta} if request.beta is not None else {}),
     }
     if request.distillation is not None:
         teacher_cost = _teacher_cost(request.distillation, rows, mean_tokens)
@@ -681,6 +734,7 @@ def _create(
                 "type": request.method,
                 request.method: {"hyperparameters": request.requested_hyperparameters}
                 | ({"lora": request.lora} if request.lora is not None else {})
+                | ({"beta": request.beta} if request.beta is not None else {})
                 | (_distillation_section(request) if request.distillation is not None else {}),
             },
         },
@@ -767,7 +821,12 @@ def _resolved_fields(job: Job) -> dict[str, Any]:
     )
     assert job.training_file is not None and job.model is not None
     rows = int((job.training_file.validation or {}).get("rows") or 1)
-    hp = resolve_hyperparameters(requested, rows, seed=job.seed, base_learning_rate=base_learning_rate(job))
+    hp = resolve_hyperparameters(
+        training_hyperparameters(requested, method),
+        rows,
+        seed=job.seed,
+        base_learning_rate=base_learning_rate(job),
+    )
     request = FineTuneRequest(
         model=job.model,
         training_file=job.training_file,

@@ -11,6 +11,7 @@ PROMPT_COMPLETION_JSONL = "prompt_completion_jsonl"
 BATCH_JSONL = "batch_jsonl"
 TEXT_CSV = "text_csv"
 TEXT_JSONL = "text_jsonl"
+PREFERENCE_JSONL = "preference_jsonl"
 
 FORMAT_NAMES = {
     CLASSIFICATION_CSV: "classification CSV",
@@ -20,11 +21,14 @@ FORMAT_NAMES = {
     BATCH_JSONL: "batch JSONL",
     TEXT_CSV: "unlabelled text CSV",
     TEXT_JSONL: "unlabelled text JSONL",
+    PREFERENCE_JSONL: "preference JSONL",
 }
 FORMATS = tuple(FORMAT_NAMES)
 CLASSIFICATION_FORMATS = (CLASSIFICATION_CSV, CLASSIFICATION_JSONL)
 # What a causal LM learns replies from (supervised fine-tuning).
 SUPERVISED_FORMATS = (CHAT_JSONL, PROMPT_COMPLETION_JSONL)
+# Pairs of a preferred and a non-preferred reply to one conversation (DPO, OpenAI's format).
+PREFERENCE_FORMATS = (PREFERENCE_JSONL,)
 # Texts without labels: the unlabeled_file of a distillation, which a teacher model labels.
 TEXT_FORMATS = (TEXT_CSV, TEXT_JSONL)
 # Datasets a batch can be built from, a request a row (a batch file runs as it is).

@@ -30,6 +30,7 @@ from apps.projects.formats import (
     CLASSIFICATION_CSV,
     CLASSIFICATION_FORMATS,
     CLASSIFICATION_JSONL,
+    PREFERENCE_JSONL,
     PROMPT_COMPLETION_JSONL,
     TEXT_CSV,
     TEXT_JSONL,
@@ -54,6 +55,9 @@ CHAT_ROLES = ("system", "user", "assistant", "tool")
 MAX_BATCH_MODELS = 20
 # Top-level keys OpenAI's chat fine-tuning format allows besides "messages".
 CHAT_KEYS = frozenset({"tools", "parallel_tool_calls", "functions"})
+# The keys of a preference (DPO) row and of its `input` (OpenAI's format).
+PREFERENCE_KEYS = ("input", "preferred_output", "non_preferred_output")
+PREFERENCE_INPUT_KEYS = frozenset({"messages", "tools", "parallel_tool_calls"})
 BATCH_KEYS = frozenset({"custom_id", "method", "url", "body"})
 
 _MAPPABLE_FIELDS = ("text", "label", "prompt", "completion", "messages")
@@ -531,6 +535,93 @@ def _check_prompt_completion(run: _Run, line: int, row: dict[str, Any]) -> int |
     return len(prompt) + len(completion)
 
 
+def _check_preference(run: _Run, line: int, row: dict[str, Any]) -> int | None:
+    """OpenAI's DPO row: a conversation that ends with the user's turn, and one preferred and one
+    non-preferred assistant reply to it. Every problem of the row is reported, not just the first."""
+    run.warn_extra_keys(line, (key for key in row if key not in PREFERENCE_KEYS))
+    prompt_chars = _check_preference_input(run, line, row.get("input", _MISSING))
+    replies = [
+        _check_preference_output(run, line, name, row.get(name, _MISSING)) for name in PREFERENCE_KEYS[1:]
+    ]
+    preferred, rejected = replies
+    if preferred is not None and rejected is not None and preferred == rejected:
+        run.error(
+            line,
+            "non_preferred_output",
+            "preferred_output and non_preferred_output have the same content",
+            "a pair teaches only where the two replies differ: give a worse reply as non_preferred_output",
+        )
+        return None
+    if prompt_chars is None or preferred is None or rejected is None:
+        return None
+    run.messages.add(len(row["input"]["messages"]))
+    _check_row_repeat(run, line, row)
+    return prompt_chars + len(preferred) + len(rejected)
+
+
+def _check_preference_input(run: _Run, line: int, value: Any) -> int | None:
+    if not isinstance(value, dict):
+        hint = 'give the conversation so far: "input": {"messages": [{"role": "user", "content": "..."}]}'
+        run.error(line, "input", _type_error("input", "an object", value), hint)
+        return None
+    run.warn_extra_keys(line, (f"input.{key}" for key in value if key not in PREFERENCE_INPUT_KEYS))
+    messages = value.get("messages", _MISSING)
+    if not isinstance(messages, list) or not messages:
+        problem = (
+            "input.messages is empty"
+            if isinstance(messages, list)
+            else _type_error("input.messages", "a list", messages)
+        )
+        hint = 'give the conversation the replies answer: [{"role": "user", "content": "..."}]'
+        run.error(line, "input.messages", problem, hint)
+        return None
+    checked = [
+        _check_message(run, line, f"input.messages[{index}]", message)
+        for index, message in enumerate(messages)
+    ]
+    if None in checked:
+        return None
+    if messages[-1]["role"] != "user":
+        run.error(
+            line,
+            f"input.messages[{len(messages) - 1}].role",
+            f"the last input message must be from the user, not {_quote(messages[-1]['role'])}",
+            "end input.messages with the user's turn; the two outputs are the replies to it",
+        )
+        return None
+    return sum(chars for chars in checked if chars is not None)
+
+
+def _check_preference_output(run: _Run, line: int, name: str, value: Any) -> str | None:
+    """The reply's text, or None after reporting what is wrong with it."""
+    hint = f'give exactly one reply: "{name}": [{{"role": "assistant", "content": "..."}}]'
+    if not isinstance(value, list) or len(value) != 1:
+        problem = (
+            f"{name} must hold exactly 1 message, got {len(value)}"
+            if isinstance(value, list)
+            else _type_error(name, "a list of one message", value)
+        )
+        run.error(line, name, problem, hint)
+        return None
+    message = value[0]
+    if not isinstance(message, dict):
+        run.error(line, f"{name}[0]", _type_error("message", "an object", message), hint)
+        return None
+    role = message.get("role", _MISSING)
+    if role != "assistant":
+        found = "role is missing" if role is _MISSING else f"role is {_quote(role)}"
+        run.error(line, f"{name}[0].role", f"{found}; the reply must be an assistant message", hint)
+        return None
+    content = message.get("content", _MISSING)
+    if not isinstance(content, str):
+        run.error(line, f"{name}[0].content", _type_error("content", "a string", content), hint)
+        return None
+    if not content.strip():
+        run.error(line, f"{name}[0].content", "content is empty", "give the text of the reply")
+        return None
+    return content
+
+
 def _check_row_repeat(run: _Run, line: int, row: dict[str, Any]) -> None:
     # Canonical JSON, so that key order or spacing does not hide a duplicate.
     seen = run.seen.find_or_add(_digest(json.dumps(row, sort_keys=True)), line, 0)
@@ -629,6 +720,7 @@ _JSONL_CHECKS: dict[str, Callable[[_Run, int, dict[str, Any]], int | None]] = {
     CHAT_JSONL: _check_chat,
     PROMPT_COMPLETION_JSONL: _check_prompt_completion,
     BATCH_JSONL: _check_batch,
+    PREFERENCE_JSONL: _check_preference,
 }
 
 
@@ -696,6 +788,8 @@ def _parse_json(run: _Run, line: _Line, text: str) -> dict[str, Any] | None:
 
 def _detect_jsonl_format(run: _Run, line: _Line, row: dict[str, Any]) -> str | None:
     name = run.name
+    if any(key in row for key in PREFERENCE_KEYS):
+        return PREFERENCE_JSONL
     if name("messages") in row:
         return CHAT_JSONL
     if name("prompt") in row and name("completion") in row:
@@ -706,6 +800,7 @@ def _detect_jsonl_format(run: _Run, line: _Line, row: dict[str, Any]) -> str | N
         return TEXT_JSONL
     expected = (
         f'"{name("messages")}" (chat), "{name("prompt")}" and "{name("completion")}", '
+        '"input", "preferred_output" and "non_preferred_output" (preference), '
         f'"{name("text")}" and "{name("label")}" (classification), or "{name("text")}" alone (unlabelled)'
     )
     found = _quote_list(list(row)) if row else "none"
@@ -1065,7 +1160,7 @@ def _stats(run: _Run) -> dict[str, Any]:
     }
     if run.format in CLASSIFICATION_FORMATS:
         stats["labels"] = _label_counts(run)
-    elif run.format == CHAT_JSONL:
+    elif run.format in (CHAT_JSONL, PREFERENCE_JSONL):
         messages = run.messages.summary(int, run.messages.total)
         stats["messages"] = {key: messages[key] for key in ("min", "mean", "max")}
     elif run.format == BATCH_JSONL:

@@ -13,7 +13,11 @@ from apps.registry.models import Model
 def fine_tuned_name(base: str, organization: Organization, suffix: str, job_id: str) -> str:
     """OpenAI's naming: `ft:{base}:{org}:{suffix}:{job}`, `org` being the organization's slug (not
     its name, which its members may change). A model keeps the name it was made with: its row
-    stores it, so ids made before a slug was chosen go on working."""
+    stores it, so ids made before a slug was chosen go on working. A fine-tune of a fine-tuned
+    model is named after the catalog base, as OpenAI names one (`ft:ft:...` never appears), and so
+    is priced as that base."""
+    if base.startswith("ft:"):
+        base = base.split(":")[1]
     return f"ft:{base}:{organization.slug}:{suffix}:{job_id}"
 
 

@@ -32,7 +32,7 @@ CATALOG: list[dict[str, Any]] = [
         "description": "SmolLM2-135M-Instruct: a small chat model with a ChatML template.",
         "context_length": 2048,
         "is_fine_tunable": True,
-        "limits": {"max_seq_length": 2048, "methods": ["supervised"], "servable": True},
+        "limits": {"max_seq_length": 2048, "methods": ["supervised", "dpo"], "servable": True},
     },
     {
         "name": "openai:gpt-4o-mini",

@@ -10,6 +10,9 @@ from django.utils import timezone
 from apps.accounts.models import Organization
 from apps.core.errors import ActionError
 
+# A fine-tune of a fine-tune of ...: how many generations back the catalog base is looked for.
+MAX_LINEAGE = 16
+
 
 class Task(models.TextChoices):
     CLASSIFICATION = "classification", "Classification"
@@ -112,3 +115,14 @@ class Model(models.Model):
 
     def limit(self, key: str, default: Any = None) -> Any:
         return (self.limits or {}).get(key, default)
+
+    @property
+    def catalog_base(self) -> Model | None:
+        """The catalog model a fine-tuned model descends from (itself for a catalog model): its row
+        holds the fine-tuning limits and methods. None when the lineage is broken."""
+        model: Model | None = self
+        for _ in range(MAX_LINEAGE):
+            if model is None or model.organization_id is None:
+                return model
+            model = model.base
+        return None

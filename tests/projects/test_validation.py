@@ -530,7 +530,7 @@ def test_unknown_jsonl_format_says_which_fields_were_expected():
         (
             1,
             'cannot tell the dataset format: expected "messages" (chat), "prompt" and "completion", '
-            '"text" and "label" (classification), or "text" alone (unlabelled); keys found: "question", "answer"',
+            '"input", "preferred_output" and "non_preferred_output" (preference), "text" and "label" (classification), or "text" alone (unlabelled); keys found: "question", "answer"',
         )
     ]
     assert report["rows"] == 2
@@ -920,3 +920,121 @@ def test_a_50_mb_csv_streams_in_bounded_memory():
     assert sent > 50_000_000
     assert peak < 30 * 2**20, f"peak traced memory {peak / 2**20:.1f} MB"
     assert elapsed < 60, f"took {elapsed:.1f} s"
+
+
+# ---------------------------------------------------------------------------------------------
+# Preference (DPO) JSONL
+# ---------------------------------------------------------------------------------------------
+
+
+def preference(
+    prompt: Any = "hi", preferred: Any = "hello there", rejected: Any = "go away"
+) -> dict[str, Any]:
+    return {
+        "input": {"messages": [{"role": "user", "content": prompt}]},
+        "preferred_output": [{"role": "assistant", "content": preferred}],
+        "non_preferred_output": [{"role": "assistant", "content": rejected}],
+    }
+
+
+def test_good_preference_jsonl():
+    rows = [preference(f"question {i}") for i in range(3)]
+    rows[1]["input"]["tools"] = [{"type": "function", "function": {"name": "f"}}]
+    rows[1]["input"]["parallel_tool_calls"] = False
+    report = validate(jsonl(*rows))
+
+    assert report["format"] == "preference_jsonl"
+    assert report["valid"] is True and report["errors"] == [] and report["warnings"] == []
+    assert report["rows"] == 3
+    assert report["summary"] == "3 rows, preference JSONL"
+    # the prompt and both replies count: "question 0" + "hello there" + "go away"
+    assert report["stats"]["chars"]["min"] == 10 + 11 + 7
+    assert report["stats"]["messages"] == {"min": 1, "mean": 1.0, "max": 1}
+
+
+def test_every_bad_preference_line_is_reported_with_its_line_number():
+    rows = [
+        preference(),  # 1: good
+        {"preferred_output": preference()["preferred_output"], "non_preferred_output": []},  # 2
+        {**preference(), "input": {"tools": []}},  # 3
+        {**preference(), "input": {"messages": []}},  # 4
+        {**preference(), "input": "hi"},  # 5
+        {
+            **preference(),
+            "input": {
+                "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+            },
+        },  # 6
+        {**preference(), "preferred_output": {"role": "assistant", "content": "x"}},  # 7
+        {**preference(), "preferred_output": [{"role": "user", "content": "x"}]},  # 8
+        {
+            **preference(),
+            "non_preferred_output": [
+                {"role": "assistant", "content": "a"},
+                {"role": "assistant", "content": "b"},
+            ],
+        },  # 9
+        {**preference(), "non_preferred_output": [{"role": "assistant", "content": 3}]},  # 10
+        preference(preferred="same", rejected="same"),  # 11
+        {**preference(), "preferred_output": [{"content": "x"}]},  # 12
+        {**preference(), "non_preferred_output": [{"role": "assistant", "content": "  "}]},  # 13
+        {**preference(), "input": {"messages": [{"role": "robot", "content": "hi"}]}},  # 14
+        {**preference(), "non_preferred_output": ["text"]},  # 15
+    ]
+    report = validate(jsonl(*rows))
+
+    assert report["format"] == "preference_jsonl"
+    assert report["valid"] is False
+    assert errors(report) == [
+        (2, "input is missing"),
+        (2, "non_preferred_output must hold exactly 1 message, got 0"),
+        (3, "input.messages is missing"),
+        (4, "input.messages is empty"),
+        (5, "input must be an object, got string"),
+        (6, 'the last input message must be from the user, not "assistant"'),
+        (7, "preferred_output must be a list of one message, got object"),
+        (8, 'role is "user"; the reply must be an assistant message'),
+        (9, "non_preferred_output must hold exactly 1 message, got 2"),
+        (10, "content must be a string, got number"),
+        (11, "preferred_output and non_preferred_output have the same content"),
+        (12, "role is missing; the reply must be an assistant message"),
+        (13, "content is empty"),
+        (14, 'unknown role "robot"; expected one of system, user, assistant, tool'),
+        (15, "message must be an object, got string"),
+    ]
+    assert [issue["field"] for issue in report["errors"]] == [
+        "input",
+        "non_preferred_output",
+        "input.messages",
+        "input.messages",
+        "input",
+        "input.messages[1].role",
+        "preferred_output",
+        "preferred_output[0].role",
+        "non_preferred_output",
+        "non_preferred_output[0].content",
+        "non_preferred_output",
+        "preferred_output[0].role",
+        "non_preferred_output[0].content",
+        "input.messages[0].role",
+        "non_preferred_output[0]",
+    ]
+    assert report["errors"][10]["hint"] == (
+        "a pair teaches only where the two replies differ: give a worse reply as non_preferred_output"
+    )
+
+
+def test_preference_rows_warn_of_extra_keys_and_repeats():
+    row = {
+        **preference(),
+        "note": "x",
+        "input": {"messages": [{"role": "user", "content": "hi"}], "extra": 1},
+    }
+    report = validate(jsonl(row, row))
+
+    assert report["valid"] is True
+    assert warnings(report) == [
+        (1, 'ignoring extra keys: "note"'),
+        (1, 'ignoring extra keys: "input.extra"'),
+        (2, "duplicate of line 1"),
+    ]

@@ -1,8 +1,9 @@
 """The fine-tune runner: a claimed job row → TrainSpec → runtime.train → rows and usage.
 
 Django-aware and thin on purpose: the training itself is `workers.runtime.training.train` (or
-`workers.runtime.sft.train_lm`), the progress it reports goes through `progress`, its result
-files come from `reports`, and a distillation's teacher labels the texts first (`distill`).
+`workers.runtime.sft.train_lm`, or `workers.runtime.dpo.train_dpo`), the progress it reports goes
+through `progress`, its result files come from `reports`, and a distillation's teacher labels the
+texts first (`distill`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from workers.runners.distill import (
 )
 from workers.runners.progress import STOP_MESSAGES, ProgressReporter, without_paths
 from workers.runners.reports import diagnostics_csv, metrics_csv
-from workers.runtime.specs import Hyperparameters, TrainingDataError, TrainSpec
+from workers.runtime.specs import DEFAULT_BETA, Hyperparameters, TrainingDataError, TrainSpec
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +50,14 @@ def run_fine_tune(job: Job) -> None:
     try:
         with AttemptGuard(job.pk, job.attempt) as guard:
             method = (job.request or {}).get("method") or {}
-            is_supervised = method.get("type") == "supervised"  # a causal LM learning replies
+            method_type = method.get("type")
+            section = method.get(method_type) or {}
+            is_generation = method_type in ("supervised", "dpo")  # a causal LM learning replies
             # Heavy imports (torch) only once the lease is kept alive: a fresh child can take longer
             # to import torch than the stale threshold, and the reaper would take the job away.
-            if is_supervised:
+            if method_type == "dpo":
+                from workers.runtime.dpo import train_dpo as train
+            elif is_generation:
                 from workers.runtime.sft import train_lm as train
             else:
                 from workers.runtime.training import train
@@ -72,11 +77,12 @@ def run_fine_tune(job: Job) -> None:
                 resume_from=str(download_dir(job.checkpoint_ref, work / "resume"))
                 if job.checkpoint_ref
                 else None,
-                task="generation" if is_supervised else "classification",
-                lora=(method.get("supervised") or {}).get("lora") if is_supervised else None,
+                task="generation" if is_generation else "classification",
+                lora=section.get("lora") if is_generation else None,
                 messages_field=_mapped(job, "messages"),
                 prompt_field=_mapped(job, "prompt"),
                 completion_field=_mapped(job, "completion"),
+                beta=float(section.get("beta", DEFAULT_BETA)),
             )
             progress = ProgressReporter(job, guard)
             labelling = None

@@ -213,7 +213,13 @@ class ProgressReporter:
     def _step_metrics(self, event: Any) -> None:
         """Every step's metrics go to the loss curve and the results file, written in batches."""
         data = {"step": event.step, "total_steps": event.total_steps, "epoch": event.epoch}
-        for key in ("train_loss", "train_mean_token_accuracy"):  # the second from SFT only
+        # the token accuracy from SFT only, the rewards from DPO only
+        for key in (
+            "train_loss",
+            "train_mean_token_accuracy",
+            "train_rewards_margin",
+            "train_rewards_accuracy",
+        ):
             value = event.metrics.get(key)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 data[key] = value

@@ -21,19 +21,33 @@ RESULT_COLUMNS = (
     "f1_macro",
 )
 
+# A DPO job's steps report rewards rather than accuracies (docs/api.md, "DPO (preference fine-tuning)").
+DPO_RESULT_COLUMNS = (
+    "step",
+    "epoch",
+    "train_loss",
+    "train_rewards_margin",
+    "train_rewards_accuracy",
+    "valid_loss",
+    "valid_rewards_margin",
+    "valid_rewards_accuracy",
+)
+
 
 def metrics_csv(job: Job) -> bytes:
-    """Per-step metrics as OpenAI's results file has them (plus our classifier metrics), one row a
-    step, from the job's metric events."""
+    """Per-step metrics as OpenAI's results file has them (plus our classifier metrics, or a DPO
+    job's rewards), one row a step, from the job's metric events."""
+    is_dpo = ((job.request or {}).get("method") or {}).get("type") == "dpo"
+    columns = DPO_RESULT_COLUMNS if is_dpo else RESULT_COLUMNS
     rows: dict[int, dict[str, Any]] = {}
     for data in job.events.filter(type="metrics").order_by("id").values_list("data", flat=True):
         if data and "step" in data:
             row = rows.setdefault(int(data["step"]), {"step": int(data["step"])})
-            row.update({k: v for k, v in data.items() if k in RESULT_COLUMNS})
+            row.update({k: v for k, v in data.items() if k in columns})
             if "train_mean_token_accuracy" in data:
                 row["train_accuracy"] = data["train_mean_token_accuracy"]
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=RESULT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for step in sorted(rows):
         writer.writerow(rows[step])

@@ -164,12 +164,16 @@ def write_lm_checkpoint(final: Path, model: Any, tokenizer: Any, trainer_state: 
 
 
 def write_lm_card(
-    output_dir: Path, spec: TrainSpec, lora: dict[str, Any] | None, metrics: dict[str, Any]
+    output_dir: Path,
+    spec: TrainSpec,
+    lora: dict[str, Any] | None,
+    metrics: dict[str, Any],
+    method: str = METHOD,
 ) -> None:
     card = {
         "format_version": FORMAT_VERSION,
         "task": "generation",
-        "method": {"type": METHOD, "lora": lora},
+        "method": {"type": method, "lora": lora},
         "metrics": metrics,
         "spec": spec.to_dict(),
         "base_model": spec.base_model_dir,

@@ -236,6 +236,25 @@ def resolve_hyperparameters(
     )
 
 
+# DPO's beta: how far the trained model may move from the reference (its starting weights) to
+# prefer the preferred replies; "auto" is the value of the DPO paper (Rafailov et al., 2023) and
+# of OpenAI. Above MAX_BETA the loss saturates after a step or two and the pairs teach nothing.
+DEFAULT_BETA = 0.1
+MAX_BETA = 10.0
+
+
+def resolve_beta(requested: Mapping[str, Any]) -> float:
+    """method.dpo.hyperparameters.beta: a number greater than 0 and at most MAX_BETA, or "auto"."""
+    value: Any = requested.get("beta")  # Any: JSON could hold anything; checked below
+    if _is_auto(value):
+        return DEFAULT_BETA
+    if not _is_number(value) or not 0 < value <= MAX_BETA:
+        raise HyperparameterError(
+            "hyperparameters.beta", f'beta must be a number greater than 0 and at most {MAX_BETA:g} or "auto"'
+        )
+    return float(value)
+
+
 def validation_size(n_examples: int, validation_fraction: float) -> int:
     """How many examples a split of this fraction holds out (the training side keeps at least one)."""
     if validation_fraction <= 0 or n_examples < 2:
@@ -287,6 +306,8 @@ class TrainSpec:
     labels: tuple[str, ...] = ()  # the label set, even labels the teacher never gave; () → the data's
     soft_label_field: str = ""  # a field of {label: probability} to learn instead of the hard label
     distill_temperature: float = 1.0  # the temperature those probabilities were softened with
+    # DPO (workers/runtime/dpo.py): the strength of the pull towards the reference model.
+    beta: float = DEFAULT_BETA
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -63,13 +63,17 @@ def fine_tuning_job(job: Job) -> dict[str, Any]:
         # no truthful value there, so it leaves `method` out (as OpenAI does for jobs created
         # without one) and `method_details` always describes the method with its resolved
         # hyperparameters.
-        "method": {"type": method_type, method_type: {"hyperparameters": openai_hyperparameters(job)}}
+        "method": {
+            "type": method_type,
+            method_type: {"hyperparameters": openai_hyperparameters(job) | _method_hyperparameters(method)},
+        }
         if method_type in OPENAI_METHODS
         else None,
         # Extensions
         "method_details": {
             "type": method_type,
-            method_type: _method_options(method, method_type) | {"hyperparameters": hp},
+            method_type: _method_options(method, method_type)
+            | {"hyperparameters": hp | _method_hyperparameters(method)},
         },
         "distillation": (job.result or {}).get("distillation") if method_type == "distillation" else None,
         "status_reason": job.status_reason or _stop_reason(job),
@@ -101,7 +105,21 @@ def _method_options(method: dict[str, Any], method_type: str) -> dict[str, Any]:
     """The method's options as stored (LoRA, a distillation's teacher and labels), without the
     hyperparameters as requested: the resolved ones replace them."""
     section = method.get(method_type) or {}
-    return {key: value for key, value in section.items() if key != "hyperparameters"}
+    return {
+        key: value
+        for key, value in section.items()
+        if key not in ("hyperparameters", *METHOD_HYPERPARAMETERS)
+    }
+
+
+# Hyperparameters of one method, resolved when the job was created and stored in its section of the
+# request (the shared ones are in job.hyperparameters): DPO's beta.
+METHOD_HYPERPARAMETERS = ("beta",)
+
+
+def _method_hyperparameters(method: dict[str, Any]) -> dict[str, Any]:
+    section = method.get(method.get("type", "")) or {}
+    return {key: section[key] for key in METHOD_HYPERPARAMETERS if key in section}
 
 
 def job_event(event: JobEvent) -> dict[str, Any]:
