@@ -389,6 +389,8 @@ SPECTACULAR_SETTINGS = {
     "SERVE_AUTHENTICATION": [],
     "SCHEMA_PATH_PREFIX": "/v1",
     "COMPONENT_SPLIT_REQUEST": True,
+    # One enum for the webhook event types, which endpoints, updates and tests all take.
+    "ENUM_NAME_OVERRIDES": {"WebhookEventTypeEnum": "apps.webhooks.models.EVENT_TYPES"},
     # Serve Redoc and Swagger UI from our own static files, never from a CDN.
     "REDOC_DIST": "SIDECAR",
     "SWAGGER_UI_DIST": "SIDECAR",
