@@ -7,7 +7,9 @@ have no schema there; they keep the same envelope, checked against the fine-tune
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +62,14 @@ def test_embeddings_as_floats_and_base64_match_the_spec(
         ):
             response = client.post("/embeddings", json=body)
             assert response.status_code == 200, response.text
-            assert_matches(response.json(), "CreateEmbeddingResponse")
+            answer = response.json()
+            if body.get("encoding_format") == "base64":
+                # The spec types `embedding` as numbers only, though OpenAI answers a base64 request
+                # with a string (the SDK decodes it): checked decoded, the rest as sent.
+                for item in answer["data"]:
+                    assert isinstance(item["embedding"], str)
+                    item["embedding"] = list(struct.unpack(f"<{384}f", base64.b64decode(item["embedding"])))
+            assert_matches(answer, "CreateEmbeddingResponse")
         refused = client.post("/embeddings", json={"model": "minilm-l6", "input": ""})
         assert refused.status_code == 400
         assert_matches(refused.json(), "ErrorResponse")
