@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +222,7 @@ def main() -> int:
         got = {r.headers["webhook-id"] for r in received if in_time(r.reply)}
         twice = sum(
             1
-            for n in _counts(r.headers["webhook-id"] for r in received if in_time(r.reply)).values()
+            for n in Counter(r.headers["webhook-id"] for r in received if in_time(r.reply)).values()
             if n > 1
         )
 
@@ -252,13 +253,6 @@ def main() -> int:
     finally:
         stop_stack(processes, keep, work)
     return 0
-
-
-def _counts(ids: Any) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for event_id in ids:
-        found[event_id] = found.get(event_id, 0) + 1
-    return found
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
@@ -499,11 +500,7 @@ def deliver(delivery_pk: int) -> str:
     except Exception as exc:
         logger.warning("webhook delivery %s failed while sending", delivery_pk, exc_info=True)
         took = int((time.monotonic() - started) * 1000)
-        what = (
-            "no complete answer in time"
-            if type(exc).__name__ == "SoftTimeLimitExceeded"
-            else "sending failed"
-        )
+        what = "no complete answer in time" if isinstance(exc, SoftTimeLimitExceeded) else "sending failed"
         outcome = Outcome(None, took, error=what)
     attempt = record(delivery, outcome)
     if attempt is None:
