@@ -4,6 +4,7 @@ then turned into a job that a worker runs (docs/architecture.md, "Inference requ
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from django.conf import settings
@@ -25,7 +26,7 @@ TASK_ENDPOINTS = {
 MAX_N = 8
 MAX_STOP = 4
 MAX_CLASSIFY_INPUTS = 2048
-CHAT_ROLES = ("system", "developer", "user", "assistant")
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 COMMON_KEYS = {
     "model",
     "max_tokens",
@@ -44,15 +45,20 @@ COMMON_KEYS = {
     "store",
     "logit_bias",
 }
-CHAT_KEYS = COMMON_KEYS | {"messages", "max_completion_tokens", "top_logprobs", "response_format"}
+CHAT_KEYS = COMMON_KEYS | {
+    "messages",
+    "max_completion_tokens",
+    "top_logprobs",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+}
 COMPLETION_KEYS = COMMON_KEYS | {"prompt", "echo", "best_of", "suffix"}
 # Parameters we understand but cannot honour: refused by name rather than silently ignored.
 UNSUPPORTED = {
-    "tools": "tool calling",
-    "tool_choice": "tool calling",
-    "functions": "function calling",
-    "function_call": "function calling",
-    "parallel_tool_calls": "tool calling",
+    "functions": "deprecated function calling (send tools instead)",
+    "function_call": "deprecated function calling (send tool_choice instead)",
     "audio": "audio output",
     "modalities": "other modalities",
     "prediction": "predicted outputs",
@@ -128,11 +134,6 @@ def _check_keys(body: dict[str, Any], allowed: set[str]) -> None:
             raise ActionError(f"Unrecognized request argument supplied: {key}", param=key)
     if body.get("logit_bias"):
         raise ActionError("logit_bias is not supported.", param="logit_bias")
-    response_format = body.get("response_format")
-    if response_format not in (None, {"type": "text"}):
-        raise ActionError(
-            'response_format must be {"type": "text"}; JSON modes are not supported.', param="response_format"
-        )
 
 
 def _stop(value: Any) -> list[str]:
@@ -192,36 +193,246 @@ def _check_size(value: Any, param: str) -> None:
         )
 
 
-def _messages(value: Any) -> list[dict[str, str]]:
+def _text(content: Any, where: str) -> str:
+    if isinstance(content, list):
+        if not all(
+            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+            for p in content
+        ):
+            raise ActionError("Only text content parts are supported.", param=f"{where}.content")
+        content = "".join(p["text"] for p in content)
+    if not isinstance(content, str):
+        raise ActionError(f"{where}.content must be a string.", param=f"{where}.content")
+    return content
+
+
+def _tool_calls(value: Any, where: str) -> list[dict[str, Any]]:
+    """An assistant message's earlier tool calls, as the chat template renders them."""
+    param = f"{where}.tool_calls"
+    if not isinstance(value, list) or not value:
+        raise ActionError(f"{param} must be a non-empty array.", param=param)
+    calls = []
+    for index, call in enumerate(value):
+        function = call.get("function") if isinstance(call, dict) else None
+        if (
+            not isinstance(call, dict)
+            or call.get("type", "function") != "function"
+            or not isinstance(call.get("id"), str)
+            or not isinstance(function, dict)
+            or not isinstance(function.get("name"), str)
+            or not isinstance(function.get("arguments"), str)
+        ):
+            raise ActionError(
+                f"{param}[{index}] must be {{id, type: 'function', function: {{name, arguments}}}} with string "
+                "name and arguments.",
+                param=f"{param}[{index}]",
+            )
+        calls.append(
+            {
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": function["name"], "arguments": function["arguments"]},
+            }
+        )
+    return calls
+
+
+def _messages(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value:
         raise ActionError("messages must be a non-empty array of {role, content} objects.", param="messages")
-    messages = []
+    messages: list[dict[str, Any]] = []
     for index, message in enumerate(value):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
             raise ActionError(f"{where} must be an object with a role and content.", param=where)
         role = message.get("role")
-        if role == "tool" or "tool_calls" in message:
-            raise ActionError(
-                "Tool messages are not supported: these models do not offer tool calling.",
-                param=f"{where}.role",
-            )
         if role not in CHAT_ROLES:
             raise ActionError(
                 f"{where}.role must be one of {', '.join(CHAT_ROLES)}; got {role!r}.", param=f"{where}.role"
             )
-        content = message.get("content")
-        if isinstance(content, list):
-            if not all(
-                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                for p in content
-            ):
-                raise ActionError("Only text content parts are supported.", param=f"{where}.content")
-            content = "".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise ActionError(f"{where}.content must be a string.", param=f"{where}.content")
-        messages.append({"role": "system" if role == "developer" else role, "content": content})
+        turn: dict[str, Any] = {"role": "system" if role == "developer" else role}
+        if role == "assistant" and message.get("tool_calls") is not None:
+            turn["tool_calls"] = _tool_calls(message["tool_calls"], where)
+            content = message.get("content")
+            turn["content"] = "" if content is None else _text(content, where)
+        else:
+            turn["content"] = _text(message.get("content"), where)
+        if role == "tool":
+            if not isinstance(message.get("tool_call_id"), str):
+                raise ActionError(
+                    f"{where}.tool_call_id is required: the id of the tool call this message answers.",
+                    param=f"{where}.tool_call_id",
+                )
+            turn["tool_call_id"] = message["tool_call_id"]
+        messages.append(turn)
     return messages
+
+
+FUNCTION_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+MAX_TOOLS = 128
+
+
+def _tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    value = body.get("tools")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or len(value) > MAX_TOOLS:
+        raise ActionError(f"tools must be an array of 1 to {MAX_TOOLS} function tools.", param="tools")
+    tools, names = [], set()
+    for index, tool in enumerate(value):
+        where = f"tools[{index}]"
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict):
+            raise ActionError(
+                f"{where} must be {{type: 'function', function: {{name, description, parameters}}}}; only "
+                "function tools are supported.",
+                param=where,
+            )
+        name = function.get("name")
+        if not isinstance(name, str) or not FUNCTION_NAME.fullmatch(name):
+            raise ActionError(
+                f"{where}.function.name must be 1 to 64 letters, digits, underscores or dashes.",
+                param=f"{where}.function.name",
+            )
+        if name in names:
+            raise ActionError(
+                f"{where}.function.name '{name}' is given twice.", param=f"{where}.function.name"
+            )
+        names.add(name)
+        kept: dict[str, Any] = {"name": name}
+        for key, kind, shown in (
+            ("description", str, "a string"),
+            ("parameters", dict, "a JSON schema object"),
+            ("strict", bool, "true or false"),
+        ):
+            if function.get(key) is not None:
+                if not isinstance(function[key], kind):
+                    raise ActionError(
+                        f"{where}.function.{key} must be {shown}.", param=f"{where}.function.{key}"
+                    )
+                kept[key] = function[key]
+        if "parameters" in kept:
+            _schema(
+                kept["parameters"],
+                kept.get("strict", False),
+                f"function '{name}'",
+                f"{where}.function.parameters",
+            )
+        tools.append({"type": "function", "function": kept})
+    return tools
+
+
+def _schema(schema: dict[str, Any], strict: bool, what: str, param: str) -> None:
+    """A JSON schema the decoder can follow (workers.runtime.constrain), or 400 saying why not."""
+    from workers.runtime.constrain import GrammarError, json_schema_grammar
+
+    try:
+        json_schema_grammar(schema, strict=strict)
+    except GrammarError as exc:
+        raise ActionError(f"Invalid schema for {what}: {exc}", param=param) from exc
+
+
+def _tool_choice(body: dict[str, Any], tools: list[dict[str, Any]] | None) -> Any:
+    choice = body.get("tool_choice")
+    if choice is None:
+        return None
+    if tools is None:
+        raise ActionError(
+            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
+            param="tool_choice",
+        )
+    if choice in ("none", "auto", "required"):
+        return choice
+    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    if not isinstance(choice, dict) or choice.get("type") != "function" or not isinstance(name, str):
+        raise ActionError(
+            "tool_choice must be 'none', 'auto', 'required' or {type: 'function', function: {name}}.",
+            param="tool_choice",
+        )
+    if name not in {tool["function"]["name"] for tool in tools}:
+        raise ActionError(
+            f"Invalid value for 'tool_choice': no function named '{name}' was specified in the 'tools' parameter.",
+            param="tool_choice",
+        )
+    return {"type": "function", "function": {"name": name}}
+
+
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+
+
+def _response_format(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    value = body.get("response_format")
+    if value is None:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind not in RESPONSE_FORMATS:
+        raise ActionError(
+            "response_format must be an object whose type is 'text', 'json_object' or 'json_schema'.",
+            param="response_format",
+        )
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        if not any("json" in m["content"].lower() for m in messages):
+            # OpenAI's rule, kept so code moves both ways: a model told nothing about JSON tends to
+            # fill the budget with whitespace.
+            raise ActionError(
+                "'messages' must contain the word 'json' in some form, to use 'response_format' of type "
+                "'json_object'.",
+                param="messages",
+            )
+        return {"type": "json_object"}
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict):
+        raise ActionError(
+            "response_format.json_schema is required: {name, schema, strict}.", param="response_format"
+        )
+    name = spec.get("name")
+    if not isinstance(name, str) or not FUNCTION_NAME.fullmatch(name):
+        raise ActionError(
+            "response_format.json_schema.name must be 1 to 64 letters, digits, underscores or dashes.",
+            param="response_format.json_schema.name",
+        )
+    kept: dict[str, Any] = {"name": name}
+    for key, kind_, shown in (("schema", dict, "a JSON schema object"), ("strict", bool, "true or false")):
+        if spec.get(key) is not None:
+            if not isinstance(spec[key], kind_):
+                raise ActionError(
+                    f"response_format.json_schema.{key} must be {shown}.",
+                    param=f"response_format.json_schema.{key}",
+                )
+            kept[key] = spec[key]
+    if "schema" in kept:
+        _schema(
+            kept["schema"],
+            kept.get("strict", False),
+            f"response_format '{name}'",
+            "response_format.json_schema.schema",
+        )
+    return {"type": "json_schema", "json_schema": kept}
+
+
+def _constraints(request: dict[str, Any], body: dict[str, Any]) -> None:
+    """Tools and response format, each schema compiled once here so that one the decoder cannot
+    follow is refused before any work is queued (the worker compiles the request's grammar)."""
+    tools = _tools(body)
+    tool_choice = _tool_choice(body, tools)
+    parallel = body.get("parallel_tool_calls", True)
+    if not isinstance(parallel, bool):
+        raise ActionError("parallel_tool_calls must be true or false.", param="parallel_tool_calls")
+    response_format = _response_format(body, request["messages"])
+    if response_format and tools and tool_choice != "none":
+        raise ActionError(
+            "response_format cannot be combined with tools on this model: the answer is either a tool call "
+            "or the JSON. Send tool_choice 'none', or drop one of them.",
+            param="response_format",
+        )
+    if tools:
+        _check_size(tools, "tools")
+        request.update(tools=tools, tool_choice=tool_choice or "auto", parallel_tool_calls=parallel)
+    if response_format:
+        _check_size(response_format, "response_format")
+        request["response_format"] = response_format
 
 
 def parse_chat(project: Project, body: Any) -> tuple[Model, dict[str, Any]]:
@@ -233,6 +444,7 @@ def parse_chat(project: Project, body: Any) -> tuple[Model, dict[str, Any]]:
     _check_keys(body, CHAT_KEYS)
     request = {"endpoint": "chat", "messages": _messages(body.get("messages")), **_sampling(body, model, 256)}
     _check_size(request["messages"], "messages")
+    _constraints(request, body)
     request["logprobs"] = body.get("logprobs") is True
     request["top_logprobs"] = _integer(body, "top_logprobs", 0, 20, 0)
     if request["top_logprobs"] and not request["logprobs"]:
@@ -533,7 +745,10 @@ def _prompt(request: dict[str, Any]) -> Any:
 def _input(request: dict[str, Any]) -> Any:
     """Everything the model reads as input: the prompt, and through the proxy the whole body, since
     OpenAI counts tool and function definitions, a response schema and a prediction as prompt tokens."""
-    return request["body"] if request.get("proxy") else _prompt(request)
+    if request.get("proxy"):
+        return request["body"]
+    # The chat template renders tool definitions into the prompt.
+    return [_prompt(request), request["tools"]] if request.get("tools") else _prompt(request)
 
 
 def estimate_tokens(request: dict[str, Any]) -> int:

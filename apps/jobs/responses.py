@@ -63,6 +63,15 @@ def _completion_logprobs(choice: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _message(choice: dict[str, Any]) -> dict[str, Any]:
+    message = {"role": "assistant", "content": choice["text"], "refusal": None}
+    if choice.get("tool_calls"):
+        message["tool_calls"] = [
+            {key: call[key] for key in ("id", "type", "function")} for call in choice["tool_calls"]
+        ]
+    return message
+
+
 def chat_response(id: str, created: int, model: str, result: dict[str, Any]) -> dict[str, Any]:
     if "proxied" in result:
         return {**result["proxied"], "model": model}
@@ -75,7 +84,7 @@ def chat_response(id: str, created: int, model: str, result: dict[str, Any]) -> 
         "choices": [
             {
                 "index": c["index"],
-                "message": {"role": "assistant", "content": c["text"], "refusal": None},
+                "message": _message(c),
                 "logprobs": _chat_logprobs(c),
                 "finish_reason": c["finish_reason"],
             }
@@ -200,6 +209,12 @@ class Chunker:
                 [{"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None}]
             )
         return self._chunk([{"index": index, "text": text, "logprobs": None, "finish_reason": None}])
+
+    def tool_call(self, index: int, call: dict[str, Any]) -> dict[str, Any]:
+        """A whole tool call in one delta (OpenAI may split its arguments over several; clients join
+        the pieces by the call's `index`, so one piece is the same to them)."""
+        delta = {"tool_calls": [call]}
+        return self._chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}])
 
     def final(self, result: dict[str, Any]) -> list[dict[str, Any]]:
         """One chunk per choice with its finish_reason, the last carrying the usage; or, when the

@@ -98,6 +98,8 @@ def _chunks(job: Job, parsed: dict[str, Any], endpoint: str) -> Iterator[dict[st
             return
         if event["type"] == "delta":
             yield chunker.delta(event["index"], event["text"])
+        elif event["type"] == "tool_call":
+            yield chunker.tool_call(event["index"], event["call"])
         elif event["type"] == "chunk":
             if not event["chunk"].get("choices") and not parsed.get("include_usage"):
                 continue  # upstream's usage-only chunk: we asked for it (to bill), the client did not

@@ -56,18 +56,29 @@ def chat(**fields: Any) -> dict[str, Any]:
         ),
         (
             chat(messages=[{"role": "wizard", "content": "hi"}]),
-            "messages[0].role must be one of system, developer, user, assistant; got 'wizard'.",
+            "messages[0].role must be one of system, developer, user, assistant, tool; got 'wizard'.",
             "messages[0].role",
         ),
         (
-            chat(messages=[*HELLO, {"role": "tool", "tool_call_id": "call_1", "content": "42"}]),
-            "Tool messages are not supported: these models do not offer tool calling.",
-            "messages[1].role",
+            chat(messages=[*HELLO, {"role": "tool", "content": "42"}]),
+            "messages[1].tool_call_id is required: the id of the tool call this message answers.",
+            "messages[1].tool_call_id",
         ),
         (
             chat(messages=[*HELLO, {"role": "assistant", "content": None, "tool_calls": []}]),
-            "Tool messages are not supported: these models do not offer tool calling.",
-            "messages[1].role",
+            "messages[1].tool_calls must be a non-empty array.",
+            "messages[1].tool_calls",
+        ),
+        (
+            chat(
+                messages=[
+                    *HELLO,
+                    {"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f"}}]},
+                ]
+            ),
+            "messages[1].tool_calls[0] must be {id, type: 'function', function: {name, arguments}} with string "
+            "name and arguments.",
+            "messages[1].tool_calls[0]",
         ),
         (
             chat(messages=[{"role": "user", "content": 7}]),
@@ -108,15 +119,62 @@ def chat(**fields: Any) -> dict[str, Any]:
         ),
         (chat(stop=[""]), "stop must be a string or a list of at most 4 non-empty strings.", "stop"),
         (chat(logit_bias={"50256": -100}), "logit_bias is not supported.", "logit_bias"),
+        (chat(tools="f"), "tools must be an array of 1 to 128 function tools.", "tools"),
+        (chat(tools=[]), "tools must be an array of 1 to 128 function tools.", "tools"),
         (
-            chat(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]),
-            "'tools' is not supported: these models do not offer tool calling.",
-            "tools",
+            chat(tools=[{"type": "code_interpreter"}]),
+            "tools[0] must be {type: 'function', function: {name, description, parameters}}; only function "
+            "tools are supported.",
+            "tools[0]",
+        ),
+        (
+            chat(tools=[{"type": "function", "function": {"name": "get weather"}}]),
+            "tools[0].function.name must be 1 to 64 letters, digits, underscores or dashes.",
+            "tools[0].function.name",
+        ),
+        (
+            chat(tools=[{"type": "function", "function": {"name": "f"}}] * 2),
+            "tools[1].function.name 'f' is given twice.",
+            "tools[1].function.name",
+        ),
+        (
+            chat(tools=[{"type": "function", "function": {"name": "f", "parameters": "object"}}]),
+            "tools[0].function.parameters must be a JSON schema object.",
+            "tools[0].function.parameters",
+        ),
+        (
+            chat(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "objet"}}}]),
+            "Invalid schema for function 'f': Invalid type: objet",
+            "tools[0].function.parameters",
         ),
         (
             chat(tool_choice="auto"),
-            "'tool_choice' is not supported: these models do not offer tool calling.",
+            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
             "tool_choice",
+        ),
+        (
+            chat(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="always"),
+            "tool_choice must be 'none', 'auto', 'required' or {type: 'function', function: {name}}.",
+            "tool_choice",
+        ),
+        (
+            chat(
+                tools=[{"type": "function", "function": {"name": "f"}}],
+                tool_choice={"type": "function", "function": {"name": "g"}},
+            ),
+            "Invalid value for 'tool_choice': no function named 'g' was specified in the 'tools' parameter.",
+            "tool_choice",
+        ),
+        (
+            chat(tools=[{"type": "function", "function": {"name": "f"}}], parallel_tool_calls="yes"),
+            "parallel_tool_calls must be true or false.",
+            "parallel_tool_calls",
+        ),
+        (
+            chat(functions=[{"name": "f"}]),
+            "'functions' is not supported: these models do not offer deprecated function calling (send tools "
+            "instead).",
+            "functions",
         ),
         (chat(frobnicate=True), "Unrecognized request argument supplied: frobnicate", "frobnicate"),
         (chat(top_logprobs=3), "top_logprobs needs logprobs set to true.", "top_logprobs"),
@@ -126,8 +184,58 @@ def chat(**fields: Any) -> dict[str, Any]:
             "top_logprobs",
         ),
         (
+            chat(response_format={"type": "xml"}),
+            "response_format must be an object whose type is 'text', 'json_object' or 'json_schema'.",
+            "response_format",
+        ),
+        (
             chat(response_format={"type": "json_object"}),
-            'response_format must be {"type": "text"}; JSON modes are not supported.',
+            "'messages' must contain the word 'json' in some form, to use 'response_format' of type "
+            "'json_object'.",
+            "messages",
+        ),
+        (
+            chat(response_format={"type": "json_schema"}),
+            "response_format.json_schema is required: {name, schema, strict}.",
+            "response_format",
+        ),
+        (
+            chat(response_format={"type": "json_schema", "json_schema": {"name": "a person"}}),
+            "response_format.json_schema.name must be 1 to 64 letters, digits, underscores or dashes.",
+            "response_format.json_schema.name",
+        ),
+        (
+            chat(response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": []}}),
+            "response_format.json_schema.schema must be a JSON schema object.",
+            "response_format.json_schema.schema",
+        ),
+        (
+            chat(response_format={"type": "json_schema", "json_schema": {"name": "p", "strict": "yes"}}),
+            "response_format.json_schema.strict must be true or false.",
+            "response_format.json_schema.strict",
+        ),
+        (
+            chat(
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": "p",
+                        "strict": True,
+                        "schema": {"type": "string", "format": "colour"},
+                    },
+                }
+            ),
+            "Invalid schema for response_format 'p': Unknown format: colour",
+            "response_format.json_schema.schema",
+        ),
+        (
+            chat(
+                messages=[{"role": "user", "content": "JSON please"}],
+                response_format={"type": "json_object"},
+                tools=[{"type": "function", "function": {"name": "f"}}],
+            ),
+            "response_format cannot be combined with tools on this model: the answer is either a tool call or "
+            "the JSON. Send tool_choice 'none', or drop one of them.",
             "response_format",
         ),
         (chat(stream="yes"), "stream must be true or false.", "stream"),

@@ -260,9 +260,9 @@ def test_sdk_error_classes(live_server: Any, alice_key: str, transactional_db: N
     )
     with pytest.raises(openai.BadRequestError) as tools:
         client.chat.completions.create(
-            model="tiny-gpt2", messages=STORY, tools=[{"type": "function", "function": {"name": "f"}}]
+            model="tiny-gpt2", messages=STORY, tools=[{"type": "function", "function": {"name": "f g"}}]
         )
-    assert tools.value.param == "tools"
+    assert tools.value.param == "tools[0].function.name"
     with pytest.raises(openai.BadRequestError) as token_ids:
         client.completions.create(model="tiny-gpt2", prompt=[1, 2, 3])
     assert token_ids.value.param == "prompt"

@@ -244,7 +244,7 @@ class BatchRun:
                     custom_id, ActionError(exc.message, param=exc.param, code=exc.code or "invalid_request")
                 )
                 continue
-            result = generation_result(results)
+            result = generation_result(results, request)
             self.usage["input_tokens"] += result["usage"]["prompt_tokens"]
             self.usage["output_tokens"] += result["usage"]["completion_tokens"]
             self.respond(custom_id, model_name, result)

@@ -134,17 +134,47 @@ def _embed(job: Job, loaded: Any) -> None:
 
 @dataclass
 class _Member:
-    """One job's share of a generation batch: its requests (one per prompt) and choice offsets."""
+    """One job's share of a generation batch: its requests (one per prompt), choice offsets, and for
+    a request that offers tools, each choice's text split into content and tool calls."""
 
     job: Job
     first_row: int
     requests: list[Any] = field(default_factory=list)
     aborted: bool = False
+    parsers: dict[int, Any] = field(default_factory=dict)
+
+    def events(self, index: int, delta: str) -> list[tuple[str, Any]]:
+        names = tool_names(self.job.request)
+        if names is None:
+            return [("content", delta)]
+        if index not in self.parsers:
+            from workers.runtime.tools import ToolCallStream
+
+            self.parsers[index] = ToolCallStream(names)
+        events: list[tuple[str, Any]] = self.parsers[index].feed(delta)
+        return events
+
+
+def tool_names(request: dict[str, Any]) -> frozenset[str] | None:
+    """The functions whose calls are read back from the text; None when the request offers no
+    tools or forbids calling them."""
+    if not request.get("tools") or request.get("tool_choice") == "none":
+        return None
+    return frozenset(tool["function"]["name"] for tool in request["tools"])
+
+
+def _push(job: Job, index: int, events: list[tuple[str, Any]]) -> None:
+    for kind, value in events:
+        if kind == "content":
+            relay.push(job.public_id, {"type": "delta", "index": index, "text": storable(value)})
+        else:
+            relay.push(job.public_id, {"type": "tool_call", "index": index, "call": storable(value)})
 
 
 def _generate(jobs: list[Job], loaded: Any) -> None:
     from workers.runtime.generate import (
         GenerateRequestError,
+        check_constraint,
         check_context,
         generate_batch,
         prompt_ids,
@@ -154,11 +184,12 @@ def _generate(jobs: list[Job], loaded: Any) -> None:
     members: list[_Member] = []
     batch: list[Any] = []
     for job in jobs:
-        requests = _requests(job)
         try:
+            requests = _requests(job)
             for request in requests:
                 validate_request(request)
                 check_context(loaded, request, len(prompt_ids(loaded, request)))
+                check_constraint(loaded, request)
         except GenerateRequestError as exc:
             _fail(job, 400, exc.code or "invalid_request", exc.message, exc.param)
             continue
@@ -171,21 +202,25 @@ def _generate(jobs: list[Job], loaded: Any) -> None:
 
     def on_token(row: int, choice: int, delta: str) -> None:
         member = owners[row]
+        index = (row - member.first_row) * member.requests[0].n + choice
+        events = member.events(index, delta)  # even for a client that left: the stored answer needs them
         if member.aborted:
             return
         relayed[0] += 1
         if relayed[0] % 16 == 0 and relay.abort_requested(member.job.public_id):
             member.aborted = True  # its client left; the others in the batch go on
             return
-        n = member.requests[0].n
-        index = (row - member.first_row) * n + choice
-        relay.push(member.job.public_id, {"type": "delta", "index": index, "text": storable(delta)})
+        _push(member.job, index, events)
 
     results = generate_batch(loaded, batch, on_token)
     for member in members:
         mine = results[member.first_row : member.first_row + len(member.requests)]
         try:
-            _finish_generation(member.job, mine)
+            for index, parser in member.parsers.items():
+                events = parser.finish()
+                if not member.aborted:
+                    _push(member.job, index, events)
+            _finish_generation(member.job, mine, member.parsers)
         except Exception:  # one job's failure must not leave the others of its batch running
             logger.exception("job %s: could not store its result", member.job.public_id)
             _fail(member.job, 500, "internal_error", INTERNAL_ERROR, None)
@@ -212,12 +247,25 @@ def generate_requests(r: dict[str, Any]) -> list[Any]:
         "top_logprobs": r["top_logprobs"],
     }
     if r["endpoint"] == "chat":
-        return [GenerateRequest(messages=tuple(r["messages"]), **common)]
+        from workers.runtime.constrain import request_grammar
+
+        tools = r.get("tools")
+        grammar = request_grammar(
+            r.get("response_format"), tools, r.get("tool_choice"), r.get("parallel_tool_calls", True)
+        )
+        return [
+            GenerateRequest(
+                messages=tuple(r["messages"]),
+                tools=tuple(tools) if tools else None,
+                grammar=grammar,
+                **common,
+            )
+        ]
     return [GenerateRequest(prompt=prompt, **common) for prompt in r["prompts"]]
 
 
-def _finish_generation(job: Job, results: list[Any]) -> None:
-    body = storable(generation_result(results))
+def _finish_generation(job: Job, results: list[Any], parsers: dict[int, Any]) -> None:
+    body = storable(generation_result(results, job.request, parsers))
     usage = {
         "input_tokens": body["usage"]["prompt_tokens"],
         "output_tokens": body["usage"]["completion_tokens"],
@@ -226,29 +274,46 @@ def _finish_generation(job: Job, results: list[Any]) -> None:
     relay.push(job.public_id, {"type": "done"})
 
 
-def generation_result(results: list[Any]) -> dict[str, Any]:
-    """The runtime's results for one request's prompts → the result dict stored on the job."""
+def generation_result(
+    results: list[Any], request: dict[str, Any], parsers: dict[int, Any] | None = None
+) -> dict[str, Any]:
+    """The runtime's results for one request's prompts → the result dict stored on the job. For a
+    request that offers tools, each choice's text is split into content and `tool_calls` (by the
+    parsers that streamed it, so the streamed call ids are the stored ones)."""
+    from workers.runtime.tools import ToolCallStream
+
+    names = tool_names(request)
     choices = []
     for prompt_index, result in enumerate(results):
         for choice in result.choices:
-            choices.append(
-                {
-                    "index": prompt_index * len(result.choices) + choice.index,
-                    "text": choice.text,
-                    "finish_reason": choice.finish_reason,
-                    "logprobs": [
-                        {
-                            "token": t.token,
-                            "logprob": t.logprob,
-                            "bytes": t.bytes,
-                            "top_logprobs": [{"token": tok, "logprob": lp} for tok, lp in t.top_logprobs],
-                        }
-                        for t in choice.logprobs
-                    ]
-                    if choice.logprobs is not None
-                    else None,
-                }
-            )
+            index = prompt_index * len(result.choices) + choice.index
+            stored = {
+                "index": index,
+                "text": choice.text,
+                "finish_reason": choice.finish_reason,
+                "logprobs": [
+                    {
+                        "token": t.token,
+                        "logprob": t.logprob,
+                        "bytes": t.bytes,
+                        "top_logprobs": [{"token": tok, "logprob": lp} for tok, lp in t.top_logprobs],
+                    }
+                    for t in choice.logprobs
+                ]
+                if choice.logprobs is not None
+                else None,
+            }
+            if names is not None:
+                parser = (parsers or {}).get(index)
+                if parser is None:  # not streamed (a batch line), or no text at all
+                    parser = ToolCallStream(names)
+                    parser.feed(choice.text)
+                    parser.finish()
+                stored["text"] = parser.message_content
+                if parser.calls:
+                    stored["tool_calls"] = parser.calls
+                    stored["finish_reason"] = "tool_calls"
+            choices.append(stored)
     prompt_tokens = sum(r.prompt_tokens for r in results)
     completion_tokens = sum(r.completion_tokens for r in results)
     return {

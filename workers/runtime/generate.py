@@ -25,8 +25,10 @@ from typing import Any
 
 import torch
 
+from workers.runtime.constrain import Constraint, GrammarError, apply_constraints
 from workers.runtime.models import GENERATION, LoadedModel
 from workers.runtime.specs import Choice, GenerateRequest, GenerateResult, TokenLogprob
+from workers.runtime.tools import render
 
 MAX_STOP_STRINGS = 4
 MAX_TOP_LOGPROBS = 20
@@ -95,9 +97,12 @@ def prompt_ids(model: LoadedModel, request: GenerateRequest) -> list[int]:
     if request.messages is not None:
         if not getattr(tokenizer, "chat_template", None):
             raise GenerateRequestError("this model has no chat template; send a prompt instead", "messages")
-        text = tokenizer.apply_chat_template(
-            list(request.messages), add_generation_prompt=True, tokenize=False
-        )
+        try:
+            text = render(tokenizer, request.messages, request.tools, add_generation_prompt=True)
+        except ValueError as exc:
+            raise GenerateRequestError(
+                "this model cannot call tools: its chat template has no tool calling", "tools"
+            ) from exc
         # The template already wrote its special tokens; adding BOS again would double it.
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
@@ -204,6 +209,8 @@ def pick_tokens(logits: torch.Tensor, rows: Sequence[_Row], counts: torch.Tensor
         presence = torch.tensor([r.request.presence_penalty for r in rows], device=logits.device)
         frequency = torch.tensor([r.request.frequency_penalty for r in rows], device=logits.device)
         adjusted = apply_penalties(logits, counts, presence, frequency)
+    if any(r.constraint is not None for r in rows):
+        adjusted = apply_constraints(adjusted, [r.constraint for r in rows])
     picked = [_Picked(token_id) for token_id in _draw(adjusted, rows)]
     if any(r.request.logprobs for r in rows):
         # Reported logprobs are the model's own distribution (raw logits), as OpenAI reports
@@ -332,6 +339,7 @@ class _Row:
     request: GenerateRequest
     generator: torch.Generator | None
     stream: StreamingText
+    constraint: Constraint | None = None
     picks: list[_Picked] = field(default_factory=list)
     finish_reason: str | None = None
     eos_tokens: int = 0
@@ -348,8 +356,12 @@ class _Row:
             return self.stream.finish()
         self.picks.append(pick)
         delta = self.stream.push(pick.token_id)
-        if self.stream.stopped:
+        if self.constraint is not None:
+            self.constraint.accept(pick.token_id)
+        if self.stream.stopped or (self.constraint is not None and self.constraint.complete):
+            # A complete grammar allows nothing but the end: the row is done without spending a step.
             self.finish_reason = "stop"
+            delta += self.stream.finish()
         elif len(self.stream.token_ids) >= self.request.max_tokens:
             self.finish_reason = "length"
             delta += self.stream.finish()
@@ -382,6 +394,29 @@ class _Row:
         return len(self.stream.token_ids) + self.eos_tokens
 
 
+def _vocab_size(model: LoadedModel) -> int:
+    """Width of the logits (the output layer can be wider than the tokenizer's vocabulary)."""
+    network: Any = model.model
+    head = network.get_output_embeddings()
+    return int(head.weight.shape[0]) if head is not None else int(network.config.vocab_size)
+
+
+def _constraint(model: LoadedModel, request: GenerateRequest) -> Constraint | None:
+    if request.grammar is None:
+        return None
+    try:
+        return Constraint(model.tokenizer, _vocab_size(model), eos_token_ids(model), request.grammar)
+    except GrammarError as exc:
+        raise GenerateRequestError(
+            f"the response format cannot be followed: {exc}", "response_format"
+        ) from exc
+
+
+def check_constraint(model: LoadedModel, request: GenerateRequest) -> None:
+    """Raise GenerateRequestError if the request's grammar cannot run on this model's tokenizer."""
+    _constraint(model, request)
+
+
 def _make_rows(model: LoadedModel, requests: Sequence[GenerateRequest]) -> list[_Row]:
     rows = []
     for request_index, request in enumerate(requests):
@@ -392,7 +427,9 @@ def _make_rows(model: LoadedModel, requests: Sequence[GenerateRequest]) -> list[
                 generator = torch.Generator(device=model.device)
                 generator.manual_seed(choice_seed(seed, choice_index))
             stream = StreamingText(model.tokenizer, request.stop)
-            rows.append(_Row(request_index, choice_index, request, generator, stream))
+            rows.append(
+                _Row(request_index, choice_index, request, generator, stream, _constraint(model, request))
+            )
     return rows
 
 

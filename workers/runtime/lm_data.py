@@ -21,6 +21,7 @@ from jinja2.exceptions import TemplateError
 
 from workers.runtime.data import TRAINING_FILE, VALIDATION_FILE, iter_records
 from workers.runtime.specs import VALIDATION_FRACTION, TrainingDataError, TrainSpec, validation_size
+from workers.runtime.tools import render
 from workers.runtime.training import load_tokenizer
 
 IGNORE_INDEX = -100  # the label of a token the loss skips (PyTorch's and transformers' convention)
@@ -75,10 +76,8 @@ class LMBatch:
 def render_chat(
     tokenizer: Any, messages: Sequence[Mapping[str, Any]], tools: Any, *, add_generation_prompt: bool = False
 ) -> str:
-    text: str = tokenizer.apply_chat_template(
-        list(messages), tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
-    return text
+    # Conversations with tools use the tool template the served model is called with (workers.runtime.tools).
+    return render(tokenizer, messages, tools, add_generation_prompt=add_generation_prompt)
 
 
 def _template_message(message: Mapping[str, Any]) -> dict[str, Any]:

@@ -372,7 +372,7 @@ class ClassifyResult:
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    messages: tuple[dict[str, str], ...] | None = None  # chat: [{"role", "content"}], chat template applied
+    messages: tuple[dict[str, Any], ...] | None = None  # chat: [{"role", "content"}], chat template applied
     prompt: str | None = None  # legacy completion: raw text (exactly one of messages/prompt)
     max_tokens: int = 256
     temperature: float = 1.0  # 0 → greedy
@@ -384,6 +384,8 @@ class GenerateRequest:
     frequency_penalty: float = 0.0
     logprobs: bool = False
     top_logprobs: int = 0  # 0..20 alternatives per token when logprobs is on
+    tools: tuple[dict[str, Any], ...] | None = None  # OpenAI function tools, rendered by the chat template
+    grammar: str | None = None  # an llguidance grammar the text must follow (workers.runtime.constrain)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,254 @@
+"""Constrained decoding and tool calls in the runtime, on the tiny random GPT-2: a model that
+knows nothing, so anything that parses does so because of the grammar."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from workers.runtime.constrain import (  # noqa: E402
+    GrammarError,
+    json_schema_grammar,
+    request_grammar,
+    tool_call_grammar,
+)
+from workers.runtime.generate import GenerateRequestError, generate, generate_batch  # noqa: E402
+from workers.runtime.models import LoadedModel, load_model  # noqa: E402
+from workers.runtime.specs import GenerateRequest  # noqa: E402
+from workers.runtime.tools import CHATML_TOOLS_TEMPLATE, ToolCallStream, render  # noqa: E402
+
+CHAT = ({"role": "user", "content": "hello how are you today"},)
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "mood": {"enum": ["happy", "sad"]},
+    },
+    "required": ["name", "age", "mood"],
+    "additionalProperties": False,
+}
+WEATHER = {
+    "name": "get_weather",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 10}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+}
+TIME = {"name": "get_time", "parameters": {"type": "object", "properties": {}, "additionalProperties": False}}
+
+
+@pytest.fixture(scope="module")
+def gpt2(tiny_gpt2_dir: Path) -> LoadedModel:
+    return load_model(str(tiny_gpt2_dir), device="cpu", dtype="float32")
+
+
+def valid_person(text: str) -> bool:
+    value = json.loads(text)
+    return (
+        set(value) == {"name", "age", "mood"}
+        and isinstance(value["name"], str)
+        and len(value["name"]) <= 12
+        and type(value["age"]) is int
+        and 0 <= value["age"] <= 150
+        and value["mood"] in ("happy", "sad")
+    )
+
+
+def test_a_random_model_writes_json_that_validates_at_any_temperature(gpt2: LoadedModel) -> None:
+    grammar = json_schema_grammar(PERSON, strict=True)
+
+    results = [
+        generate(gpt2, GenerateRequest(messages=CHAT, max_tokens=120, temperature=t, seed=s, grammar=grammar))
+        for t, s in ((0, None), (1.0, 1), (2.0, 2))
+    ]
+
+    for result in results:
+        choice = result.choices[0]
+        assert choice.finish_reason == "stop", choice.text
+        assert valid_person(choice.text), choice.text
+
+
+def test_unconstrained_rows_of_the_same_batch_are_untouched(gpt2: LoadedModel) -> None:
+    plain = GenerateRequest(messages=CHAT, max_tokens=16, temperature=0)
+    alone = generate(gpt2, plain).choices[0].text
+
+    together = generate_batch(
+        gpt2,
+        [
+            plain,
+            GenerateRequest(
+                messages=CHAT, max_tokens=120, temperature=0, grammar=json_schema_grammar(PERSON, strict=True)
+            ),
+        ],
+    )
+
+    assert together[0].choices[0].text == alone
+    assert valid_person(together[1].choices[0].text)
+
+
+def test_each_of_n_choices_follows_the_grammar(gpt2: LoadedModel) -> None:
+    grammar = json_schema_grammar(PERSON, strict=True)
+    result = generate(gpt2, GenerateRequest(messages=CHAT, max_tokens=120, n=3, seed=5, grammar=grammar))
+    assert len(result.choices) == 3
+    assert all(valid_person(choice.text) for choice in result.choices)
+
+
+def test_a_budget_too_small_for_the_json_ends_with_length(gpt2: LoadedModel) -> None:
+    grammar = json_schema_grammar(PERSON, strict=True)
+    choice = generate(
+        gpt2, GenerateRequest(messages=CHAT, max_tokens=3, temperature=0, grammar=grammar)
+    ).choices[0]
+    assert choice.finish_reason == "length"
+    assert choice.text.startswith("{")
+
+
+def test_a_required_tool_call_is_always_well_formed(gpt2: LoadedModel) -> None:
+    tools = ({"type": "function", "function": WEATHER}, {"type": "function", "function": TIME})
+    grammar = request_grammar(None, list(tools), "required", parallel_tool_calls=False)
+
+    for seed in range(3):
+        text = (
+            generate(
+                # the tools are not rendered (the tiny model reads 256 tokens): the grammar alone decides
+                gpt2,
+                GenerateRequest(messages=CHAT, max_tokens=160, seed=seed, grammar=grammar),
+            )
+            .choices[0]
+            .text
+        )
+        parser = ToolCallStream(frozenset({"get_weather", "get_time"}))
+        parser.feed(text)
+        parser.finish()
+        assert len(parser.calls) == 1, text
+        call = parser.calls[0]["function"]
+        arguments = json.loads(call["arguments"])
+        if call["name"] == "get_weather":
+            assert set(arguments) == {"city"} and len(arguments["city"]) <= 10
+        else:
+            assert arguments == {}
+        assert parser.message_content is None
+
+
+def test_a_named_tool_choice_calls_that_function(gpt2: LoadedModel) -> None:
+    tools = [{"type": "function", "function": WEATHER}, {"type": "function", "function": TIME}]
+    grammar = request_grammar(None, tools, {"type": "function", "function": {"name": "get_time"}})
+    text = (
+        generate(gpt2, GenerateRequest(messages=CHAT, max_tokens=160, temperature=0, grammar=grammar))
+        .choices[0]
+        .text
+    )
+    assert text == '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>'
+
+
+def test_bad_schemas_are_refused_with_the_compiler_message() -> None:
+    with pytest.raises(GrammarError, match="Invalid type: objet"):
+        json_schema_grammar({"type": "objet"}, strict=True)
+    with pytest.raises(GrammarError, match="unclosed group"):
+        json_schema_grammar({"type": "string", "pattern": "(("}, strict=True)
+    with pytest.raises(GrammarError, match="Unknown format: colour"):
+        json_schema_grammar({"type": "string", "format": "colour"}, strict=True)
+    # not strict: what cannot be enforced is ignored, as OpenAI's non-strict schemas are hints
+    assert json_schema_grammar({"type": "string", "format": "colour"}, strict=False)
+    with pytest.raises(GrammarError):
+        tool_call_grammar([{"name": "f", "parameters": {"type": "objet"}}], parallel=True)
+
+
+def test_a_model_without_a_chatml_or_tool_template_cannot_call_tools(gpt2: LoadedModel) -> None:
+    tokenizer = gpt2.tokenizer
+    own = tokenizer.chat_template
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    try:
+        with pytest.raises(GenerateRequestError, match="cannot call tools") as caught:
+            generate(gpt2, GenerateRequest(messages=CHAT, tools=({"type": "function", "function": TIME},)))
+        assert caught.value.param == "tools"
+    finally:
+        tokenizer.chat_template = own
+
+
+def test_the_tool_template_renders_a_whole_tool_conversation_turn_by_turn(gpt2: LoadedModel) -> None:
+    tools = [{"type": "function", "function": WEATHER}]
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Oslo?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "-3 C, snow"},
+        {"role": "assistant", "content": "It is -3 C and snowing."},
+    ]
+
+    text = render(gpt2.tokenizer, conversation, tools)
+
+    assert gpt2.tokenizer.chat_template != CHATML_TOOLS_TEMPLATE  # the tiny model's own has no tools
+    assert text.startswith("<|im_start|>system\nBe brief.\n\n# Tools\n")
+    assert '\n<tools>\n{"type": "function", "function": {"name": "get_weather"' in text
+    assert (
+        '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n'
+        "</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n-3 C, snow\n</tool_response><|im_end|>\n"
+        "<|im_start|>assistant\nIt is -3 C and snowing.<|im_end|>\n"
+    ) in text
+    # each prefix with a generation prompt is a prefix of the whole: what training relies on
+    for end in (2, 4):  # the turns before each assistant reply
+        assert conversation[end]["role"] == "assistant"
+        assert text.startswith(render(gpt2.tokenizer, conversation[:end], tools, add_generation_prompt=True))
+    # without tools the model's own template is used, unchanged
+    plain = [{"role": "user", "content": "hi"}]
+    assert render(gpt2.tokenizer, plain) == gpt2.tokenizer.apply_chat_template(plain, tokenize=False)
+
+
+def test_tool_calls_are_read_from_streamed_text_in_any_split() -> None:
+    text = (
+        'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n'
+        '<tool_call>\n[{"name": "get_time", "arguments": {}}]\n</tool_call>'
+    )
+    for size in (1, 3, 7, len(text)):
+        parser = ToolCallStream(frozenset({"get_weather", "get_time"}))
+        events = []
+        for start in range(0, len(text), size):
+            events += parser.feed(text[start : start + size])
+        events += parser.finish()
+        content = "".join(value for kind, value in events if kind == "content")
+        calls = [value for kind, value in events if kind == "call"]
+        assert content == "Let me look.\n"
+        assert parser.message_content == "Let me look."
+        assert [(c["index"], c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
+            (0, "get_weather", '{"city": "Oslo"}'),
+            (1, "get_time", "{}"),
+        ]
+        assert calls == parser.calls and all(
+            c["id"].startswith("call_") and len(c["id"]) == 29 for c in calls
+        )
+
+
+def test_text_that_only_looks_like_a_tool_call_stays_content() -> None:
+    for text in (
+        "a <tool_ mention and <b>bold</b>",
+        '<tool_call>\n{"name": "rm_rf", "arguments": {}}\n</tool_call>',  # not an offered function
+        "<tool_call>\nnot json\n</tool_call>",
+    ):
+        parser = ToolCallStream(frozenset({"get_time"}))
+        events = parser.feed(text) + parser.finish()
+        assert parser.calls == []
+        assert "".join(value for _, value in events) == text == parser.message_content
+
+
+def test_a_call_left_open_at_the_end_still_counts() -> None:
+    parser = ToolCallStream(frozenset({"get_time"}))
+    parser.feed('<tool_call>\n{"name": "get_time", "arguments": {}}')
+    [(kind, call)] = parser.finish()
+    assert kind == "call" and call["function"] == {"name": "get_time", "arguments": "{}"}

@@ -1,0 +1,175 @@
+"""Constrained decoding: output that always parses, for `response_format` JSON modes and for tool
+calls a request requires (docs/api.md, "Structured outputs and tools").
+
+A grammar (llguidance's format, built from a JSON schema or a Lark grammar that embeds JSON
+schemas) is compiled per request; each constrained row of a batch keeps an `LLMatcher` that says,
+before every token, which tokens may come next. Disallowed tokens get -inf logits before sampling,
+so whatever the temperature, the text stays inside the grammar, and the row ends as soon as the
+grammar is complete.
+
+This module needs only llguidance (no torch) for building and checking grammars, so the web
+process refuses a bad schema before any work is queued; masks need torch and run on workers.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import llguidance
+
+if TYPE_CHECKING:
+    import torch
+
+# One fixed JSON layout: `{"a": 1, "b": [2, 3]}`. Flexible whitespace lets a small model pad
+# forever with newlines (a known failure of JSON modes); these separators are also the ones the
+# tool-call template writes, so a fine-tune sees the layout it was trained on.
+JSON_LAYOUT: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
+
+
+class GrammarError(ValueError):
+    """A schema that cannot be turned into a grammar; the message says why."""
+
+
+def json_schema_grammar(schema: dict[str, Any], *, strict: bool) -> str:
+    """Any JSON value the schema allows. `strict` refuses keywords the compiler cannot enforce;
+    otherwise they are ignored (OpenAI's non-strict schemas are a hint, not a contract)."""
+    try:
+        options: Any = {**JSON_LAYOUT, "lenient": not strict}  # llguidance's JsonCompileOptions
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=options)
+    except ValueError as exc:
+        raise GrammarError(str(exc)) from exc
+    return _checked(grammar)
+
+
+def tool_call_grammar(functions: list[dict[str, Any]], *, parallel: bool) -> str:
+    """One tool call (or several, one per line, when `parallel`) of the given functions, in the
+    format the chat template describes: `<tool_call>\\n{"name": …, "arguments": {…}}\\n</tool_call>`."""
+    variants = []
+    for function in functions:
+        parameters = function.get("parameters") or {"type": "object"}
+        variants.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": function["name"]}, "arguments": parameters},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    strict = all(function.get("strict") for function in functions)
+    schema = {"anyOf": variants, "x-guidance": {**JSON_LAYOUT, "lenient": not strict}}
+    call = f'"{TOOL_CALL_OPEN}\\n" %json {json.dumps(schema)} "\\n{TOOL_CALL_CLOSE}"'
+    start = 'start: call ("\\n" call)*' if parallel else "start: call"
+    return _checked(llguidance.LLMatcher.grammar_from_lark(f"{start}\ncall: {call}\n"))
+
+
+def _checked(grammar: str) -> str:
+    error = llguidance.LLMatcher.validate_grammar(grammar)
+    if error:
+        raise GrammarError(" ".join(line.strip() for line in error.splitlines() if line.strip()))
+    return grammar
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks (workers only)
+# ---------------------------------------------------------------------------------------------
+
+# Building an LLTokenizer walks the whole vocabulary (~0.3 s for 49k tokens): once per tokenizer.
+_TOKENIZERS: weakref.WeakKeyDictionary[Any, llguidance.LLTokenizer] = weakref.WeakKeyDictionary()
+
+
+def _ll_tokenizer(tokenizer: Any, n_vocab: int, eos_ids: frozenset[int]) -> llguidance.LLTokenizer:
+    found = _TOKENIZERS.get(tokenizer)
+    if found is None:
+        import llguidance.hf
+
+        # Every end-of-sequence id the model may stop on is allowed once the grammar is complete.
+        found = llguidance.hf.from_tokenizer(tokenizer, n_vocab=n_vocab, eos_token=sorted(eos_ids))
+        _TOKENIZERS[tokenizer] = found
+    return found
+
+
+class Constraint:
+    """One row's grammar state: which tokens may come next, advanced by each accepted token."""
+
+    def __init__(self, tokenizer: Any, n_vocab: int, eos_ids: frozenset[int], grammar: str) -> None:
+        self.matcher = llguidance.LLMatcher(_ll_tokenizer(tokenizer, n_vocab, eos_ids), grammar, log_level=0)
+        if self.matcher.is_error():
+            raise GrammarError(self.matcher.get_error())
+        self.n_vocab = n_vocab
+
+    def fill(self, bitmask: torch.Tensor, row: int) -> None:
+        import llguidance.torch
+
+        llguidance.torch.fill_next_token_bitmask(self.matcher, bitmask, row)
+
+    def accept(self, token_id: int) -> None:
+        self.matcher.consume_token(token_id)
+
+    @property
+    def complete(self) -> bool:
+        """The grammar is finished: nothing but an end of sequence may follow."""
+        return self.matcher.is_stopped()
+
+
+def apply_constraints(logits: torch.Tensor, constraints: list[Constraint | None]) -> torch.Tensor:
+    """`logits` with every token a row's grammar forbids set to -inf (unconstrained rows as they are)."""
+    import llguidance.torch
+    import torch
+
+    rows = [i for i, constraint in enumerate(constraints) if constraint is not None]
+    if not rows:
+        return logits
+    vocab = logits.shape[-1]
+    bitmask = llguidance.torch.allocate_token_bitmask(len(rows), vocab)
+    for k, i in enumerate(rows):
+        constraints[i].fill(bitmask, k)  # type: ignore[union-attr]
+    # Unpack 32 tokens per int32 word (bit j of word w is token 32·w + j).
+    bits = torch.bitwise_left_shift(torch.ones(32, dtype=torch.int32), torch.arange(32, dtype=torch.int32))
+    allowed = (bitmask[:, :, None] & bits) != 0
+    allowed = allowed.reshape(len(rows), -1)[:, :vocab].to(logits.device)
+    index = torch.tensor(rows, device=logits.device)
+    masked = logits.clone()
+    masked[index] = logits[index].masked_fill(~allowed, float("-inf"))
+    return masked
+
+
+# ---------------------------------------------------------------------------------------------
+# A chat request's grammar
+# ---------------------------------------------------------------------------------------------
+
+
+def required_functions(tools: list[dict[str, Any]] | None, tool_choice: Any) -> list[dict[str, Any]]:
+    """The functions a request obliges the model to call: all of them for "required", the named
+    one for `{"type": "function", "function": {"name": …}}`, none otherwise."""
+    functions = [tool["function"] for tool in tools or []]
+    if tool_choice == "required":
+        return functions
+    if isinstance(tool_choice, dict):
+        name = tool_choice["function"]["name"]
+        return [function for function in functions if function["name"] == name]
+    return []
+
+
+def request_grammar(
+    response_format: dict[str, Any] | None,
+    tools: list[dict[str, Any]] | None = None,
+    tool_choice: Any = None,
+    parallel_tool_calls: bool = True,
+) -> str | None:
+    """The grammar a chat request's answer must follow, or None for free text."""
+    functions = required_functions(tools, tool_choice)
+    if functions:
+        # A named function is called once, as OpenAI does; "required" may call several.
+        parallel = parallel_tool_calls and not isinstance(tool_choice, dict)
+        return tool_call_grammar(functions, parallel=parallel)
+    kind = (response_format or {}).get("type")
+    if kind == "json_object":
+        return json_schema_grammar({"type": "object"}, strict=False)
+    if kind == "json_schema":
+        spec = response_format["json_schema"]  # type: ignore[index]
+        return json_schema_grammar(spec.get("schema") or {"type": "object"}, strict=bool(spec.get("strict")))
+    return None
