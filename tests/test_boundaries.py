@@ -85,7 +85,13 @@ SIDEWAYS = {
     ("apps.jobs", "apps.webhooks"),
 }
 # The runtime modules the Django side may import: plain Python, no torch when imported.
-RUNTIME_PURE = {"workers.runtime.specs", "workers.runtime.catalog", "workers.runtime.distill"}
+# constrain: the web compiles a request's JSON schemas (llguidance, no torch) to refuse a bad one.
+RUNTIME_PURE = {
+    "workers.runtime.specs",
+    "workers.runtime.catalog",
+    "workers.runtime.distill",
+    "workers.runtime.constrain",
+}
 ANALYSED = ("apps", "workers", "saas")
 
 

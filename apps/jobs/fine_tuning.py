@@ -145,7 +145,7 @@ def parse(project: Project, body: Any) -> FineTuneRequest:
     try:
         beta = resolve_beta(requested) if method == "dpo" else None
         hp = resolve_hyperparameters(
-            training_hyperparameters(requested, method),
+            training_hyperparameters(requested, method, base),
             max(n_examples, 1),
             seed=seed,
             base_learning_rate=auto_learning_rate(lora=lora is not None),
@@ -176,12 +176,22 @@ def parse(project: Project, body: Any) -> FineTuneRequest:
     )
 
 
-def training_hyperparameters(requested: dict[str, Any], method: str) -> dict[str, Any]:
-    """The requested hyperparameters that every trainer shares: DPO's beta is resolved on its own
+# "auto" max_seq_length of a language-model fine-tune (docs/api.md, "Hyperparameters"): whole chats,
+# tool definitions and calls included, fit (a chat offering one tool is ~300 tokens); batches are
+# padded to their longest row, never to this, so short data costs nothing more.
+LM_METHODS = ("supervised", "dpo")
+LM_MAX_SEQ_LENGTH = 512
+
+
+def training_hyperparameters(requested: dict[str, Any], method: str, base: Model) -> dict[str, Any]:
+    """The requested hyperparameters that every trainer shares, with the language models' own
+    "auto" max_seq_length (up to the base's limit). DPO's beta is resolved on its own
     (resolve_beta) and stored in the method's section; any other method refuses it as unknown."""
-    if method != "dpo":
-        return requested
-    return {key: value for key, value in requested.items() if key != "beta"}
+    shared = {key: value for key, value in requested.items() if key != "beta" or method != "dpo"}
+    if method in LM_METHODS and shared.get("max_seq_length") in (None, "auto"):
+        limit = base.limit("max_seq_length")
+        shared["max_seq_length"] = min(LM_MAX_SEQ_LENGTH, limit) if limit else LM_MAX_SEQ_LENGTH
+    return shared
 
 
 def _model(project: Project, name: Any) -> Model:
@@ -822,7 +832,7 @@ def _resolved_fields(job: Job) -> dict[str, Any]:
     assert job.training_file is not None and job.model is not None
     rows = int((job.training_file.validation or {}).get("rows") or 1)
     hp = resolve_hyperparameters(
-        training_hyperparameters(requested, method),
+        training_hyperparameters(requested, method, _catalog_base(job.model)),
         rows,
         seed=job.seed,
         base_learning_rate=base_learning_rate(job),
