@@ -479,7 +479,10 @@ def _check_chat(run: _Run, line: int, row: dict[str, Any]) -> int | None:
         return None
     run.messages.add(len(messages))
     _check_row_repeat(run, line, row)
-    return sum(chars for chars in checked if chars is not None)
+    # The chat template writes the tool definitions into the prompt: they are trained tokens too.
+    tools = row.get("tools")
+    tool_chars = len(json.dumps(tools)) if isinstance(tools, list) else 0
+    return sum(chars for chars in checked if chars is not None) + tool_chars
 
 
 def _check_message(run: _Run, line: int, field: str, message: Any) -> int | None:
@@ -500,7 +503,9 @@ def _check_message(run: _Run, line: int, field: str, message: Any) -> int | None
         return None
     if "weight" in message and not _check_weight(run, line, field, message["weight"], role):
         return None
-    return len(content) if isinstance(content, str) else 0
+    calls = message.get("tool_calls")
+    call_chars = len(json.dumps(calls)) if isinstance(calls, list) else 0  # rendered as JSON
+    return (len(content) if isinstance(content, str) else 0) + call_chars
 
 
 def _check_weight(run: _Run, line: int, field: str, weight: Any, role: str) -> bool:

@@ -257,7 +257,9 @@ def test_a_dpo_estimate_counts_each_pair_and_reads_back_beta(
     pairs.save(update_fields=["validation"])
 
     response = post(
-        api, dpo(pairs, {"n_epochs": 2, "batch_size": 10, "beta": 0.3}), "/v1/fine_tuning/jobs/estimate"
+        api,
+        dpo(pairs, {"n_epochs": 2, "batch_size": 10, "beta": 0.3, "max_seq_length": 128}),
+        "/v1/fine_tuning/jobs/estimate",
     )
 
     assert response.status_code == 200, response.content
@@ -267,4 +269,8 @@ def test_a_dpo_estimate_counts_each_pair_and_reads_back_beta(
     assert body["estimated_cost"] == 3 * 90 * 256 * 2
     assert body["steps"] == 9 * 2
     assert body["hyperparameters"]["beta"] == 0.3
+    # "auto" max_seq_length (512 for a language model) cuts neither sequence of a 300-token pair
+    auto = post(api, dpo(pairs, {"n_epochs": 2, "batch_size": 10}), "/v1/fine_tuning/jobs/estimate").json()
+    assert auto["hyperparameters"]["max_seq_length"] == 512
+    assert auto["trained_tokens"] == 90 * 302 * 2
     assert not Job.objects.exists()
