@@ -67,7 +67,7 @@ class ChatCompletionsView(InferenceView):
         description="OpenAI's chat completions, on local models or proxied `openai:*` models. "
         "With `stream: true` the answer is server-sent events ending in `data: [DONE]`. Local chat "
         "models take `response_format` (`json_object`, `json_schema`, enforced by constrained decoding) "
-        "and `tools` with `tool_choice` (see docs/api.md, \"Structured outputs and tools\").",
+        'and `tools` with `tool_choice` (see docs/api.md, "Structured outputs and tools").',
     )
     def post(self, request: Request) -> Response | StreamingHttpResponse:
         return super().post(request)
