@@ -14,6 +14,9 @@ from pydantic import BaseModel
 from apps.billing.models import UsageRecord
 from apps.jobs.models import Job
 from tests.api.test_sdk_serving import sdk
+from tests.conftest import wait_for
+from tests.contract.openapi import assert_matches
+from tests.contract.test_openapi_contract import client, ok, stream, upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -58,7 +61,7 @@ def test_the_sdk_parses_a_json_schema_answer_and_json_mode_always_parses(
     assert json.loads(message.content or "") == message.parsed.model_dump()
 
     # json_object: any temperature, always one JSON object, streamed or not
-    for stream in (False, True):
+    for streamed in (False, True):
         kwargs: dict[str, Any] = dict(
             model=MODEL,
             messages=[{"role": "user", "content": "List three colours as JSON."}],
@@ -67,7 +70,7 @@ def test_the_sdk_parses_a_json_schema_answer_and_json_mode_always_parses(
             seed=3,
             max_tokens=200,
         )
-        if stream:
+        if streamed:
             text = "".join(
                 chunk.choices[0].delta.content or ""
                 for chunk in client.chat.completions.create(stream=True, **kwargs)
@@ -207,3 +210,64 @@ def test_langchain_chat_openai_invoke_stream_structured_output_and_tools(
         max_retries=0,
     )
     assert len(embeddings.embed_query("a guitar on stage")) == 384
+
+
+def test_tool_calls_and_json_answers_match_openais_spec_and_run_in_batches(
+    live_server: Any, alice_key: str, celery_worker: Any, catalog: None
+) -> None:
+    api = client(live_server, alice_key)
+    call = {
+        "model": MODEL,
+        "messages": ASK_WEATHER,
+        "tools": [WEATHER_TOOL],
+        "tool_choice": "required",
+        "temperature": 0,
+    }
+    answer = ok(api.post("/chat/completions", json=call))
+    assert_matches(answer, "CreateChatCompletionResponse")
+    assert answer["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+    chunks = stream(api, "/chat/completions", {**call, "stream": True})
+    for chunk in chunks:
+        assert_matches(chunk, "CreateChatCompletionStreamResponse")
+    assert any(c["choices"] and c["choices"][0]["delta"].get("tool_calls") for c in chunks)
+    person = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Alice is 31. Her name and age?"}],
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "person", "strict": True, "schema": Person.model_json_schema()},
+        },
+        "temperature": 0,
+    }
+    assert_matches(ok(api.post("/chat/completions", json=person)), "CreateChatCompletionResponse")
+
+    # the same requests as batch lines: each answer line holds the calls and the JSON
+    lines = [
+        {"custom_id": "tool", "method": "POST", "url": "/v1/chat/completions", "body": call},
+        {"custom_id": "json", "method": "POST", "url": "/v1/chat/completions", "body": person},
+    ]
+    requests = upload(
+        api, "requests.jsonl", "".join(json.dumps(line) + "\n" for line in lines).encode(), "batch"
+    )
+    batch = ok(
+        api.post(
+            "/batches",
+            json={
+                "input_file_id": requests["id"],
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+            },
+        )
+    )
+    done = wait_for(
+        lambda: (b := ok(api.get(f"/batches/{batch['id']}")))["status"] in ("completed", "failed") and b,
+        timeout=120,
+    )
+    assert done["status"] == "completed", done
+    output = api.get(f"/files/{done['output_file_id']}/content").text
+    bodies = {row["custom_id"]: row["response"]["body"] for row in map(json.loads, output.splitlines())}
+    assert bodies["tool"]["choices"][0]["finish_reason"] == "tool_calls"
+    assert json.loads(bodies["tool"]["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"])
+    assert Person.model_validate_json(bodies["json"]["choices"][0]["message"]["content"])
+    for body in bodies.values():
+        assert_matches(body, "CreateChatCompletionResponse")
