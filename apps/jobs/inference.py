@@ -311,25 +311,8 @@ def _tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
                         f"{where}.function.{key} must be {shown}.", param=f"{where}.function.{key}"
                     )
                 kept[key] = function[key]
-        if "parameters" in kept:
-            _schema(
-                kept["parameters"],
-                kept.get("strict", False),
-                f"function '{name}'",
-                f"{where}.function.parameters",
-            )
         tools.append({"type": "function", "function": kept})
     return tools
-
-
-def _schema(schema: dict[str, Any], strict: bool, what: str, param: str) -> None:
-    """A JSON schema the decoder can follow (workers.runtime.constrain), or 400 saying why not."""
-    from workers.runtime.constrain import GrammarError, json_schema_grammar
-
-    try:
-        json_schema_grammar(schema, strict=strict)
-    except GrammarError as exc:
-        raise ActionError(f"Invalid schema for {what}: {exc}", param=param) from exc
 
 
 def _tool_choice(body: dict[str, Any], tools: list[dict[str, Any]] | None) -> Any:
@@ -343,7 +326,8 @@ def _tool_choice(body: dict[str, Any], tools: list[dict[str, Any]] | None) -> An
         )
     if choice in ("none", "auto", "required"):
         return choice
-    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    function = choice.get("function") if isinstance(choice, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
     if not isinstance(choice, dict) or choice.get("type") != "function" or not isinstance(name, str):
         raise ActionError(
             "tool_choice must be 'none', 'auto', 'required' or {type: 'function', function: {name}}.",
@@ -402,19 +386,15 @@ def _response_format(body: dict[str, Any], messages: list[dict[str, Any]]) -> di
                     param=f"response_format.json_schema.{key}",
                 )
             kept[key] = spec[key]
-    if "schema" in kept:
-        _schema(
-            kept["schema"],
-            kept.get("strict", False),
-            f"response_format '{name}'",
-            "response_format.json_schema.schema",
-        )
     return {"type": "json_schema", "json_schema": kept}
 
 
 def _constraints(request: dict[str, Any], body: dict[str, Any]) -> None:
-    """Tools and response format, each schema compiled once here so that one the decoder cannot
-    follow is refused before any work is queued (the worker compiles the request's grammar)."""
+    """Tools and response format: their shapes, then their schemas compiled (in a bounded child
+    process) so that one the decoder cannot follow is refused before any work is queued; the worker
+    compiles the request's grammar again."""
+    from workers.runtime.constrain import bounded_request_problem
+
     tools = _tools(body)
     tool_choice = _tool_choice(body, tools)
     parallel = body.get("parallel_tool_calls", True)
@@ -429,9 +409,15 @@ def _constraints(request: dict[str, Any], body: dict[str, Any]) -> None:
         )
     if tools:
         _check_size(tools, "tools")
-        request.update(tools=tools, tool_choice=tool_choice or "auto", parallel_tool_calls=parallel)
     if response_format:
         _check_size(response_format, "response_format")
+    if tools or response_format:
+        problem = bounded_request_problem(response_format, tools, tool_choice, parallel)
+        if problem is not None:
+            raise ActionError(problem[1], param=problem[0])
+    if tools:
+        request.update(tools=tools, tool_choice=tool_choice or "auto", parallel_tool_calls=parallel)
+    if response_format:
         request["response_format"] = response_format
 
 
@@ -761,6 +747,9 @@ def estimate_tokens(request: dict[str, Any]) -> int:
 
 # Tokens a chat template or a tokenizer adds around each message or text (role markers, BOS/EOS).
 TEMPLATE_TOKENS = 16
+# The instructions the tool template writes before the tool definitions (workers.runtime.tools:
+# about 110 tokens with SmolLM2's tokenizer), with room for a model's own tool template.
+TOOLS_PREAMBLE_TOKENS = 256
 
 
 def largest_usage(request: dict[str, Any]) -> dict[str, int]:
@@ -774,6 +763,8 @@ def largest_usage(request: dict[str, Any]) -> dict[str, int]:
     items = prompt if isinstance(prompt, list) else [prompt]
     input_bytes = len(json.dumps(_input(request), ensure_ascii=False).encode())
     input_tokens = input_bytes + TEMPLATE_TOKENS * (len(items) + 1)
+    if request.get("tools"):
+        input_tokens += TOOLS_PREAMBLE_TOKENS
     if request.get("endpoint") == "classifications":
         return {"classified_texts": len(items), "input_tokens": input_tokens}
     if request.get("endpoint") == "embeddings":

@@ -160,6 +160,35 @@ def chat(**fields: Any) -> dict[str, Any]:
         (
             chat(
                 tools=[{"type": "function", "function": {"name": "f"}}],
+                tool_choice={"type": "function", "function": None},
+            ),
+            "tool_choice must be 'none', 'auto', 'required' or {type: 'function', function: {name}}.",
+            "tool_choice",
+        ),
+        (
+            chat(
+                tools=[{"type": "function", "function": {"name": "f"}}],
+                tool_choice={"type": "function", "function": "f"},
+            ),
+            "tool_choice must be 'none', 'auto', 'required' or {type: 'function', function: {name}}.",
+            "tool_choice",
+        ),
+        (
+            chat(
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": "costly",
+                        "schema": {"allOf": [{"type": "string", "pattern": f".*a{i}.*"} for i in range(14)]},
+                    },
+                }
+            ),
+            "The schema is too complex to enforce: compiling it needs more than 2 s.",
+            "response_format",
+        ),
+        (
+            chat(
+                tools=[{"type": "function", "function": {"name": "f"}}],
                 tool_choice={"type": "function", "function": {"name": "g"}},
             ),
             "Invalid value for 'tool_choice': no function named 'g' was specified in the 'tools' parameter.",

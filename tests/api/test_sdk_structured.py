@@ -12,6 +12,7 @@ from openai.types.chat import ChatCompletion
 from pydantic import BaseModel
 
 from apps.billing.models import UsageRecord
+from apps.jobs.inference import largest_usage
 from apps.jobs.models import Job
 from tests.api.test_sdk_serving import sdk
 from tests.conftest import wait_for
@@ -111,6 +112,17 @@ def test_a_required_tool_call_round_trip_plain_and_streamed(
     assert completion.usage is not None and completion.usage.prompt_tokens > 150
     record = UsageRecord.objects.get(job=job, unit="input_tokens")
     assert record.quantity == completion.usage.prompt_tokens
+    # the spend cap's bound on a request covers the tool preamble, even for the smallest request
+    assert largest_usage(job.request)["input_tokens"] >= completion.usage.prompt_tokens
+    tiny = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": ""}],
+        tools=[{"type": "function", "function": {"name": "f"}}],
+        max_tokens=1,
+    )
+    tiny_job = Job.objects.get(public_id="gen-" + tiny.id.removeprefix("chatcmpl-"))
+    assert tiny.usage is not None
+    assert largest_usage(tiny_job.request)["input_tokens"] >= tiny.usage.prompt_tokens
 
     # streamed: the call arrives whole in one delta, then finish_reason tool_calls
     chunks = list(

@@ -234,6 +234,7 @@ class BatchRun:
             self.respond(custom_id, model_name, result)
 
     def generate(self, loaded: Any, model_name: str, parsed: list[Line]) -> None:
+        from workers.runtime.constrain import GrammarError
         from workers.runtime.generate import GenerateRequestError, generate_batch
 
         for custom_id, _, request in parsed:
@@ -243,6 +244,10 @@ class BatchRun:
                 self.fail_line(
                     custom_id, ActionError(exc.message, param=exc.param, code=exc.code or "invalid_request")
                 )
+                continue
+            except GrammarError as exc:
+                message = f"The response format cannot be followed: {exc}"
+                self.fail_line(custom_id, ActionError(message, param="body.response_format"))
                 continue
             result = generation_result(results, request)
             self.usage["input_tokens"] += result["usage"]["prompt_tokens"]

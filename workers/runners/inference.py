@@ -172,6 +172,7 @@ def _push(job: Job, index: int, events: list[tuple[str, Any]]) -> None:
 
 
 def _generate(jobs: list[Job], loaded: Any) -> None:
+    from workers.runtime.constrain import GrammarError
     from workers.runtime.generate import (
         GenerateRequestError,
         check_constraint,
@@ -193,6 +194,19 @@ def _generate(jobs: list[Job], loaded: Any) -> None:
         except GenerateRequestError as exc:
             _fail(job, 400, exc.code or "invalid_request", exc.message, exc.param)
             continue
+        except GrammarError as exc:  # the web compiled it; a worker that cannot is refused alone
+            _fail(
+                job,
+                400,
+                "invalid_request",
+                f"The response format cannot be followed: {exc}",
+                "response_format",
+            )
+            continue
+        except Exception:  # one job's bad request must not fail the others batched with it
+            logger.exception("job %s: could not prepare its request", job.public_id)
+            _fail(job, 500, "internal_error", INTERNAL_ERROR, None)
+            continue
         members.append(_Member(job=job, first_row=len(batch), requests=requests))
         batch.extend(requests)
     if not members:
@@ -212,7 +226,13 @@ def _generate(jobs: list[Job], loaded: Any) -> None:
             return
         _push(member.job, index, events)
 
-    results = generate_batch(loaded, batch, on_token)
+    try:
+        results = generate_batch(loaded, batch, on_token)
+    except Exception:  # every job of the batch gets its answer, not only the one that claimed it
+        logger.exception("generation batch of %s failed", ", ".join(m.job.public_id for m in members))
+        for member in members:
+            _fail(member.job, 500, "internal_error", INTERNAL_ERROR, None)
+        return
     for member in members:
         mine = results[member.first_row : member.first_row + len(member.requests)]
         try:
@@ -312,7 +332,8 @@ def generation_result(
                 stored["text"] = parser.message_content
                 if parser.calls:
                     stored["tool_calls"] = parser.calls
-                    stored["finish_reason"] = "tool_calls"
+                    if choice.finish_reason == "stop":  # "length" still says a call may be cut off
+                        stored["finish_reason"] = "tool_calls"
             choices.append(stored)
     prompt_tokens = sum(r.prompt_tokens for r in results)
     completion_tokens = sum(r.completion_tokens for r in results)

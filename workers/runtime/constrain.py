@@ -34,12 +34,18 @@ class GrammarError(ValueError):
     """A schema that cannot be turned into a grammar; the message says why."""
 
 
+def _compile_options(schema: dict[str, Any], strict: bool) -> dict[str, Any]:
+    """The schema with our layout and leniency as its compile options: a schema's own
+    `x-guidance` is dropped, so no request can loosen a strict schema or change the layout."""
+    kept = {key: value for key, value in schema.items() if key != "x-guidance"}
+    return {**kept, "x-guidance": {**JSON_LAYOUT, "lenient": not strict}}
+
+
 def json_schema_grammar(schema: dict[str, Any], *, strict: bool) -> str:
     """Any JSON value the schema allows. `strict` refuses keywords the compiler cannot enforce;
     otherwise they are ignored (OpenAI's non-strict schemas are a hint, not a contract)."""
     try:
-        options: Any = {**JSON_LAYOUT, "lenient": not strict}  # llguidance's JsonCompileOptions
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=options)
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(_compile_options(schema, strict))
     except ValueError as exc:
         raise GrammarError(str(exc)) from exc
     return _checked(grammar)
@@ -47,23 +53,20 @@ def json_schema_grammar(schema: dict[str, Any], *, strict: bool) -> str:
 
 def tool_call_grammar(functions: list[dict[str, Any]], *, parallel: bool) -> str:
     """One tool call (or several, one per line, when `parallel`) of the given functions, in the
-    format the chat template describes: `<tool_call>\\n{"name": …, "arguments": {…}}\\n</tool_call>`."""
-    variants = []
+    format the chat template describes: `<tool_call>\n{"name": …, "arguments": {…}}\n</tool_call>`.
+
+    Each function's `parameters` is the root of its own embedded JSON grammar, so its `$ref`s
+    (`#/$defs/…`, which pydantic writes for nested models) resolve against it, and each is strict
+    or lenient on its own."""
+    calls = []
     for function in functions:
-        parameters = function.get("parameters") or {"type": "object"}
-        variants.append(
-            {
-                "type": "object",
-                "properties": {"name": {"const": function["name"]}, "arguments": parameters},
-                "required": ["name", "arguments"],
-                "additionalProperties": False,
-            }
+        parameters = _compile_options(
+            function.get("parameters") or {"type": "object"}, bool(function.get("strict"))
         )
-    strict = all(function.get("strict") for function in functions)
-    schema = {"anyOf": variants, "x-guidance": {**JSON_LAYOUT, "lenient": not strict}}
-    call = f'"{TOOL_CALL_OPEN}\\n" %json {json.dumps(schema)} "\\n{TOOL_CALL_CLOSE}"'
+        head = json.dumps(f'{TOOL_CALL_OPEN}\n{{"name": "{function["name"]}", "arguments": ')
+        calls.append(f"{head} %json {json.dumps(parameters)} {json.dumps('}' + chr(10) + TOOL_CALL_CLOSE)}")
     start = 'start: call ("\\n" call)*' if parallel else "start: call"
-    return _checked(llguidance.LLMatcher.grammar_from_lark(f"{start}\ncall: {call}\n"))
+    return _checked(llguidance.LLMatcher.grammar_from_lark(f"{start}\ncall: {' | '.join(calls)}\n"))
 
 
 def _checked(grammar: str) -> str:
@@ -173,3 +176,111 @@ def request_grammar(
         spec = response_format["json_schema"]  # type: ignore[index]
         return json_schema_grammar(spec.get("schema") or {"type": "object"}, strict=bool(spec.get("strict")))
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking a request's schemas, bounded
+# ---------------------------------------------------------------------------------------------
+
+# Compiling a schema is not bounded by its size: a 1 KB `allOf` of a dozen `pattern`s took 6 s
+# and gigabytes to prove non-empty. The web process checks a request's schemas in a forked child
+# with a time and memory budget, and refuses what does not fit.
+CHECK_SECONDS = 2.0
+CHECK_MEMORY_BYTES = 1 << 30
+TOO_COMPLEX = "The schema is too complex to enforce: compiling it needs more than {budget}."
+
+
+def request_problem(
+    response_format: dict[str, Any] | None,
+    tools: list[dict[str, Any]] | None,
+    tool_choice: Any,
+    parallel_tool_calls: bool,
+) -> tuple[str, str] | None:
+    """(param, message) for the first schema of a chat request that cannot be enforced, or None.
+    Each schema is compiled on its own first, so that the message names it."""
+    schemas: list[tuple[str, str, dict[str, Any], bool]] = [
+        (
+            f"tools[{index}].function.parameters",
+            f"function '{tool['function']['name']}'",
+            tool["function"]["parameters"],
+            bool(tool["function"].get("strict")),
+        )
+        for index, tool in enumerate(tools or [])
+        if "parameters" in tool["function"]
+    ]
+    spec = (response_format or {}).get("json_schema") or {}
+    if "schema" in spec:
+        schemas.append(
+            (
+                "response_format.json_schema.schema",
+                f"response_format '{spec['name']}'",
+                spec["schema"],
+                bool(spec.get("strict")),
+            )
+        )
+    for param, what, schema, strict in schemas:
+        try:
+            json_schema_grammar(schema, strict=strict)
+        except GrammarError as exc:
+            return param, f"Invalid schema for {what}: {exc}"
+    try:
+        request_grammar(response_format, tools, tool_choice, parallel_tool_calls)
+    except GrammarError as exc:
+        return "tools" if tools else "response_format", f"Invalid schema: {exc}"
+    return None
+
+
+def bounded_request_problem(*args: Any) -> tuple[str, str] | None:
+    """`request_problem` in a forked child limited to CHECK_SECONDS and CHECK_MEMORY_BYTES; a schema
+    that needs more is a problem of its own."""
+    import os
+    import resource
+    import select
+    import signal
+    import time
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: compile, write the answer as JSON, and leave without any cleanup
+        try:
+            os.close(read)
+            limit = _address_space() + CHECK_MEMORY_BYTES
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            data = json.dumps(request_problem(*args)).encode()
+            while data:
+                data = data[os.write(write, data) :]
+        finally:
+            os._exit(0)
+    os.close(write)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + CHECK_SECONDS
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([read], [], [], remaining)[0]:
+                os.kill(pid, signal.SIGKILL)
+                budget = f"{CHECK_SECONDS:g} s"
+                return _where(args), TOO_COMPLEX.format(budget=budget)
+            chunk = os.read(read, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    if not chunks:  # the child died: out of memory, most likely
+        return _where(args), TOO_COMPLEX.format(budget=f"{CHECK_MEMORY_BYTES >> 20} MiB of memory")
+    answer = json.loads(b"".join(chunks))
+    return None if answer is None else (answer[0], answer[1])
+
+
+def _where(args: tuple[Any, ...]) -> str:
+    return "tools" if args[1] else "response_format"
+
+
+def _address_space() -> int:
+    """This process's virtual memory size: the child's limit is counted on top of it."""
+    with open("/proc/self/statm") as statm:
+        import os
+
+        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")

@@ -144,7 +144,7 @@ class ToolCallStream:
     calls: list[dict[str, Any]] = field(default_factory=list)
     content: str = ""
     _pending: str = ""
-    _held: str = ""  # whitespace after a call: layout, unless more content follows
+    _held: str = ""  # trailing whitespace, not sent yet
 
     def feed(self, delta: str) -> list[tuple[str, Any]]:
         """Add text; return ("content", text) and ("call", call) events that became final."""
@@ -175,6 +175,10 @@ class ToolCallStream:
             self._block(rest, events)
         else:
             self._content(rest, events)
+        if not self.calls and self._held:  # a reply in words keeps every character
+            self.content += self._held
+            events.append(("content", self._held))
+        self._held = ""
         return events
 
     def _block(self, block: str, events: list[tuple[str, Any]]) -> None:
@@ -183,7 +187,7 @@ class ToolCallStream:
         if parsed is None:
             self._content(block, events)
             return
-        self._held = ""
+        self._held = ""  # whitespace around calls is layout, not content
         for call in parsed:
             full = {
                 "index": len(self.calls),
@@ -195,21 +199,20 @@ class ToolCallStream:
             events.append(("call", full))
 
     def _content(self, text: str, events: list[tuple[str, Any]]) -> None:
-        if not text:
-            return
-        # Whitespace after a call is layout, not content: it is sent only once real text follows.
-        if self.calls and not text.strip():
-            self._held += text
-            return
-        text, self._held = self._held + text, ""
-        self.content += text
-        events.append(("content", text))
+        # Trailing whitespace is held until it is clear whether text or a call follows, so that
+        # what streams is exactly the content stored.
+        combined = self._held + text
+        kept = combined.rstrip()
+        self._held = combined[len(kept) :]
+        if kept:
+            self.content += kept
+            events.append(("content", kept))
 
     @property
     def message_content(self) -> str | None:
         """The content OpenAI's message carries: None when the reply is only tool calls."""
         if self.calls:
-            return self.content.strip() or None
+            return self.content or None
         return self.content
 
 

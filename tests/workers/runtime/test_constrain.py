@@ -224,8 +224,8 @@ def test_tool_calls_are_read_from_streamed_text_in_any_split() -> None:
         events += parser.finish()
         content = "".join(value for kind, value in events if kind == "content")
         calls = [value for kind, value in events if kind == "call"]
-        assert content == "Let me look.\n"
-        assert parser.message_content == "Let me look."
+        # the whitespace before a call is layout: what streams is exactly the content stored
+        assert content == parser.message_content == "Let me look."
         assert [(c["index"], c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
             (0, "get_weather", '{"city": "Oslo"}'),
             (1, "get_time", "{}"),
@@ -252,3 +252,84 @@ def test_a_call_left_open_at_the_end_still_counts() -> None:
     parser.feed('<tool_call>\n{"name": "get_time", "arguments": {}}')
     [(kind, call)] = parser.finish()
     assert kind == "call" and call["function"] == {"name": "get_time", "arguments": "{}"}
+
+
+def test_whitespace_around_calls_never_streams_and_a_reply_in_words_keeps_all_of_it() -> None:
+    parser = ToolCallStream(frozenset({"get_time"}))
+    events = parser.feed("\n  ") + parser.feed(
+        '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>\n'
+    )
+    events += parser.finish()
+    assert [kind for kind, _ in events] == ["call"] and parser.message_content is None
+
+    words = ToolCallStream(frozenset({"get_time"}))
+    events = words.feed("It is noon.\n") + words.feed("  ") + words.finish()
+    assert "".join(value for _, value in events) == words.message_content == "It is noon.\n  "
+
+
+def test_a_tool_schema_with_defs_resolves_against_its_own_root(gpt2: LoadedModel) -> None:
+    # what pydantic writes for a nested model: a $ref into the schema's own $defs
+    nested = {
+        "name": "book",
+        "strict": True,
+        "parameters": {
+            "type": "object",
+            "properties": {"guest": {"$ref": "#/$defs/Guest"}},
+            "required": ["guest"],
+            "additionalProperties": False,
+            "$defs": {
+                "Guest": {
+                    "type": "object",
+                    "properties": {"age": {"type": "integer", "minimum": 1, "maximum": 99}},
+                    "required": ["age"],
+                    "additionalProperties": False,
+                }
+            },
+        },
+    }
+    tools = [{"type": "function", "function": nested}, {"type": "function", "function": TIME}]
+    named = request_grammar(None, tools, {"type": "function", "function": {"name": "book"}})
+    choice = generate(
+        gpt2, GenerateRequest(messages=CHAT, max_tokens=160, temperature=0, grammar=named)
+    ).choices[0]
+    assert choice.finish_reason == "stop"
+    call = json.loads(choice.text.removeprefix("<tool_call>\n").removesuffix("\n</tool_call>"))
+    assert call["name"] == "book" and 1 <= call["arguments"]["guest"]["age"] <= 99
+
+
+def test_a_schema_cannot_loosen_its_own_compile_options() -> None:
+    colour = {"type": "string", "format": "colour", "x-guidance": {"lenient": True}}
+    with pytest.raises(GrammarError, match="Unknown format: colour"):
+        json_schema_grammar(colour, strict=True)
+    # one lenient tool does not make a strict one lenient
+    with pytest.raises(GrammarError, match="Unknown format: colour"):
+        tool_call_grammar(
+            [
+                {"name": "a", "parameters": {"type": "string"}},
+                {"name": "b", "strict": True, "parameters": colour},
+            ],
+            parallel=True,
+        )
+
+
+def test_a_schema_too_costly_to_compile_is_refused_within_the_budget() -> None:
+    import time
+
+    from workers.runtime.constrain import CHECK_SECONDS, bounded_request_problem
+
+    # a 1 KB schema whose emptiness check takes seconds and gigabytes
+    costly = {"allOf": [{"type": "string", "pattern": f".*a{i}.*"} for i in range(20)]}
+    response_format = {"type": "json_schema", "json_schema": {"name": "x", "schema": costly}}
+    started = time.monotonic()
+    problem = bounded_request_problem(response_format, None, None, True)
+    assert time.monotonic() - started < CHECK_SECONDS + 1
+    assert problem is not None and problem[0] == "response_format"
+    assert problem[1].startswith("The schema is too complex to enforce: compiling it needs more than ")
+    # an ordinary schema passes, and a bad one names itself
+    fine = {"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}}
+    assert bounded_request_problem(fine, None, None, True) is None
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "objet"}}}]
+    assert bounded_request_problem(None, tools, "auto", True) == (
+        "tools[0].function.parameters",
+        "Invalid schema for function 'f': Invalid type: objet",
+    )
