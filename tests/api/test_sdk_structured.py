@@ -61,6 +61,18 @@ def test_the_sdk_parses_a_json_schema_answer_and_json_mode_always_parses(
     assert isinstance(message.parsed, Person), message.content
     assert json.loads(message.content or "") == message.parsed.model_dump()
 
+    # the SDK's streaming helper parses the streamed JSON into the same Person
+    with client.chat.completions.stream(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Alice is 31 years old. Give her name and age."}],
+        response_format=Person,
+        temperature=0,
+    ) as stream:
+        kinds = {event.type for event in stream}
+        final = stream.get_final_completion()
+    assert "content.delta" in kinds and "content.done" in kinds
+    assert final.choices[0].message.parsed == message.parsed
+
     # json_object: any temperature, always one JSON object, streamed or not
     for streamed in (False, True):
         kwargs: dict[str, Any] = dict(
