@@ -13,6 +13,7 @@ process refuses a bad schema before any work is queued; masks need torch and run
 
 from __future__ import annotations
 
+import functools
 import json
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -232,7 +233,17 @@ def request_problem(
 
 def bounded_request_problem(*args: Any) -> tuple[str, str] | None:
     """`request_problem` in a forked child limited to CHECK_SECONDS and CHECK_MEMORY_BYTES; a schema
-    that needs more is a problem of its own."""
+    that needs more is a problem of its own. Verdicts are remembered: a client sends the same
+    schemas call after call, and a fork costs ~9 ms where the compile costs ~0.3 ms."""
+    return _remembered_problem(json.dumps(args, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=1024)
+def _remembered_problem(key: str) -> tuple[str, str] | None:
+    return _forked_problem(*json.loads(key))
+
+
+def _forked_problem(*args: Any) -> tuple[str, str] | None:
     import os
     import resource
     import select
