@@ -52,9 +52,11 @@ def json_schema_grammar(schema: dict[str, Any], *, strict: bool) -> str:
     return _checked(grammar)
 
 
-def tool_call_grammar(functions: list[dict[str, Any]], *, parallel: bool) -> str:
+def tool_call_grammar(functions: list[dict[str, Any]], *, parallel: bool, or_text: bool = False) -> str:
     """One tool call (or several, one per line, when `parallel`) of the given functions, in the
     format the chat template describes: `<tool_call>\n{"name": …, "arguments": {…}}\n</tool_call>`.
+    With `or_text` (tool_choice "auto"), an answer in words is allowed too: anything that does not
+    begin with "<", so an answer that begins a call is a well-formed call.
 
     Each function's `parameters` is the root of its own embedded JSON grammar, so its `$ref`s
     (`#/$defs/…`, which pydantic writes for nested models) resolve against it, and each is strict
@@ -66,8 +68,12 @@ def tool_call_grammar(functions: list[dict[str, Any]], *, parallel: bool) -> str
         )
         head = json.dumps(f'{TOOL_CALL_OPEN}\n{{"name": "{function["name"]}", "arguments": ')
         calls.append(f"{head} %json {json.dumps(parameters)} {json.dumps('}' + chr(10) + TOOL_CALL_CLOSE)}")
-    start = 'start: call ("\\n" call)*' if parallel else "start: call"
-    return _checked(llguidance.LLMatcher.grammar_from_lark(f"{start}\ncall: {' | '.join(calls)}\n"))
+    rules = ['calls: call ("\\n" call)*' if parallel else "calls: call", f"call: {' | '.join(calls)}"]
+    if or_text:
+        rules = ["start: calls | TEXT", "TEXT: /[^<](.|\\n)*/", *rules]
+    else:
+        rules = ["start: calls", *rules]
+    return _checked(llguidance.LLMatcher.grammar_from_lark("\n".join(rules) + "\n"))
 
 
 def _checked(grammar: str) -> str:
@@ -170,6 +176,9 @@ def request_grammar(
         # A named function is called once, as OpenAI does; "required" may call several.
         parallel = parallel_tool_calls and not isinstance(tool_choice, dict)
         return tool_call_grammar(functions, parallel=parallel)
+    if tools and tool_choice in (None, "auto"):
+        offered = [tool["function"] for tool in tools]
+        return tool_call_grammar(offered, parallel=parallel_tool_calls, or_text=True)
     kind = (response_format or {}).get("type")
     if kind == "json_object":
         return json_schema_grammar({"type": "object"}, strict=False)

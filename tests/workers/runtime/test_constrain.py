@@ -333,3 +333,26 @@ def test_a_schema_too_costly_to_compile_is_refused_within_the_budget() -> None:
         "tools[0].function.parameters",
         "Invalid schema for function 'f': Invalid type: objet",
     )
+
+
+def test_with_tool_choice_auto_an_answer_is_words_or_well_formed_calls(gpt2: LoadedModel) -> None:
+    from workers.runtime.constrain import Constraint
+    from workers.runtime.generate import _vocab_size, eos_token_ids
+
+    tools = [{"type": "function", "function": WEATHER}, {"type": "function", "function": TIME}]
+    grammar = request_grammar(None, tools, "auto")
+
+    def accepted(text: str) -> bool:
+        constraint = Constraint(gpt2.tokenizer, _vocab_size(gpt2), eos_token_ids(gpt2), grammar)
+        ids = gpt2.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return bool(constraint.matcher.validate_tokens(ids) == len(ids))
+
+    assert accepted("hello, no tool is needed <here>")
+    assert accepted('<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>')
+    assert not accepted('<tool_call>\n{"name": "rm_rf", "arguments": {}}')  # not an offered function
+    assert not accepted('<tool_call>\n{"name": "get_weather", "arguments": {"town": "Oslo"}}')
+    # and a sampled answer is one or the other
+    text = (
+        generate(gpt2, GenerateRequest(messages=CHAT, max_tokens=60, seed=1, grammar=grammar)).choices[0].text
+    )
+    assert accepted(text)
