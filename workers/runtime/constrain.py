@@ -68,11 +68,9 @@ def tool_call_grammar(functions: list[dict[str, Any]], *, parallel: bool, or_tex
         )
         head = json.dumps(f'{TOOL_CALL_OPEN}\n{{"name": "{function["name"]}", "arguments": ')
         calls.append(f"{head} %json {json.dumps(parameters)} {json.dumps('}' + chr(10) + TOOL_CALL_CLOSE)}")
-    rules = ['calls: call ("\\n" call)*' if parallel else "calls: call", f"call: {' | '.join(calls)}"]
-    if or_text:
-        rules = ["start: calls | TEXT", "TEXT: /[^<](.|\\n)*/", *rules]
-    else:
-        rules = ["start: calls", *rules]
+    # Words are anything that does not begin with "<": an answer that does is a call, in full.
+    start = ["start: calls | TEXT", "TEXT: /[^<](.|\\n)*/"] if or_text else ["start: calls"]
+    rules = [*start, 'calls: call ("\\n" call)*' if parallel else "calls: call", f"call: {' | '.join(calls)}"]
     return _checked(llguidance.LLMatcher.grammar_from_lark("\n".join(rules) + "\n"))
 
 
@@ -272,12 +270,14 @@ def _forked_problem(*args: Any) -> tuple[str, str] | None:
         finally:
             os._exit(0)
     os.close(write)
+    poller = select.poll()  # not select.select: a busy web process may hold descriptors past 1024
+    poller.register(read, select.POLLIN)
     chunks: list[bytes] = []
     deadline = time.monotonic() + CHECK_SECONDS
     try:
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([read], [], [], remaining)[0]:
+            if remaining <= 0 or not poller.poll(remaining * 1000):
                 os.kill(pid, signal.SIGKILL)
                 budget = f"{CHECK_SECONDS:g} s"
                 return _where(args), TOO_COMPLEX.format(budget=budget)
