@@ -8,7 +8,13 @@ time is the whole `train()` call (tokenizing, loading, the end-of-epoch evaluati
 checkpoint, saving); the Trainer's is `trainer.train()` alone, so the comparison leans against
 us. CPU time is printed next to wall time because a shared machine skews the latter.
 
-    python bench/finetune.py [--n-train 2000] [--n-test 400]
+Our runtime also runs a second time with bf16 autocast (fp32 weights and optimizer), and a second
+table sets it beside our float32 run: samples/s, the ratio, held-out accuracy. The Trainer runs in
+float32 (like our first run), so the first table compares batching alone. On a CPU without bf16
+units (`training.resolve_precision` would pick float32 there) bf16 is emulated and slower; the
+table says which the host has. `--skip-trainer` runs only the precision comparison.
+
+    python bench/finetune.py [--n-train 2000] [--n-test 400] [--skip-trainer] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -104,7 +110,12 @@ def minilm_dir() -> Path:
 
 
 def run_ours(
-    args: argparse.Namespace, model_dir: Path, train_csv: Path, test_csv: Path, work: Path
+    args: argparse.Namespace,
+    model_dir: Path,
+    train_csv: Path,
+    test_csv: Path,
+    work: Path,
+    precision: str = "float32",
 ) -> Outcome:
     from workers.runtime.specs import Hyperparameters, ProgressEvent, TrainSpec
     from workers.runtime.training import train
@@ -124,6 +135,7 @@ def run_ours(
             weight_decay=0.0,
             seed=args.seed,
         ),
+        precision=precision,
     )
 
     def ignore(_event: ProgressEvent) -> None:
@@ -131,9 +143,8 @@ def run_ours(
 
     with Timer() as timer:
         result = train(spec, ignore, lambda: False)
-    return Outcome(
-        "modelworks runtime", args.n_train * args.epochs, timer.wall, timer.cpu, result.metrics["accuracy"]
-    )
+    name = "modelworks runtime" if precision == "float32" else f"modelworks {precision}"
+    return Outcome(name, args.n_train * args.epochs, timer.wall, timer.cpu, result.metrics["accuracy"])
 
 
 def run_trainer(
@@ -207,6 +218,29 @@ def print_table(ours: Outcome, baseline: Outcome, args: argparse.Namespace) -> N
     )
 
 
+def print_precision_table(fp32: Outcome, bf16: Outcome, args: argparse.Namespace) -> None:
+    from workers.runtime.models import cpu_has_bf16
+
+    print(
+        f"\nMiniLM-L6 fine-tune, float32 against bf16 autocast (ours, fp32 weights and AdamW), "
+        f"{args.n_train} train / {args.n_test} held-out, {args.epochs} epoch(s), batch {args.batch_size}; "
+        f"CPU bf16 units (AVX512-BF16 or AMX): {'yes' if cpu_has_bf16() else 'no'}; "
+        f"load average {' '.join(f'{load:.2f}' for load in os.getloadavg())}"
+    )
+    print(f"{'':22} {'wall s':>8} {'samples/s':>10} {'cpu s':>8} {'samples/cpu-s':>14} {'held-out acc':>13}")
+    for name, o in (("float32", fp32), ("bfloat16", bf16)):
+        figures = (
+            f"{o.wall_seconds:8.1f} {o.samples / o.wall_seconds:10.2f} "
+            f"{o.cpu_seconds:8.1f} {o.samples / o.cpu_seconds:14.2f} {o.accuracy:13.3f}"
+        )
+        print(f"{name:22} {figures}")
+    print(
+        f"bf16 / float32: {fp32.wall_seconds / bf16.wall_seconds:.2f}x samples/s, "
+        f"{fp32.cpu_seconds / bf16.cpu_seconds:.2f}x samples/cpu-s; "
+        f"accuracy difference: {bf16.accuracy - fp32.accuracy:+.3f}"
+    )
+
+
 def torch_threads() -> int:
     import torch
 
@@ -221,9 +255,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=42, help="training seed (both runs)")
-    parser.add_argument(
-        "--repeats", type=int, default=1, help="alternate the two runs; keep each one's fastest"
-    )
+    parser.add_argument("--repeats", type=int, default=1, help="alternate the runs; keep each one's fastest")
+    parser.add_argument("--skip-trainer", action="store_true", help="only our float32 and bf16 runs")
     args = parser.parse_args()
 
     from transformers.utils import logging as hf_logging
@@ -237,15 +270,20 @@ def main() -> None:
         work = Path(tmp)
         train_csv = write_csv(work / "train.csv", train_rows)
         test_csv = write_csv(work / "test.csv", test_rows)
-        ours_runs, baseline_runs = [], []
+        ours_runs, bf16_runs, baseline_runs = [], [], []
         for repeat in range(1, args.repeats + 1):
-            print(f"[{repeat}/{args.repeats}] modelworks runtime ...", file=sys.stderr, flush=True)
+            print(f"[{repeat}/{args.repeats}] modelworks runtime, float32 ...", file=sys.stderr, flush=True)
             ours_runs.append(run_ours(args, model_dir, train_csv, test_csv, work))
-            print(f"[{repeat}/{args.repeats}] transformers Trainer ...", file=sys.stderr, flush=True)
-            baseline_runs.append(run_trainer(args, model_dir, train_rows, test_rows, work))
+            print(f"[{repeat}/{args.repeats}] modelworks runtime, bfloat16 ...", file=sys.stderr, flush=True)
+            bf16_runs.append(run_ours(args, model_dir, train_csv, test_csv, work, "bfloat16"))
+            if not args.skip_trainer:
+                print(f"[{repeat}/{args.repeats}] transformers Trainer ...", file=sys.stderr, flush=True)
+                baseline_runs.append(run_trainer(args, model_dir, train_rows, test_rows, work))
     # The fastest run is the one least disturbed by other load; accuracy is seeded, so it does not vary.
-    fastest = min(ours_runs, key=lambda o: o.wall_seconds), min(baseline_runs, key=lambda o: o.wall_seconds)
-    print_table(*fastest, args)
+    ours, bf16 = min(ours_runs, key=lambda o: o.wall_seconds), min(bf16_runs, key=lambda o: o.wall_seconds)
+    if baseline_runs:
+        print_table(ours, min(baseline_runs, key=lambda o: o.wall_seconds), args)
+    print_precision_table(ours, bf16, args)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,12 @@ swaps in a randomly initialised 6-layer, 384-wide GPT-2 with SmolLM2's tokenizer
 Threads default to 1: on a shared 2-core host, two intra-op threads spin against other load and
 make both runs several times slower and noisy; pass `--threads 2` on a quiet machine.
 
+Ours also runs a second time with bf16 autocast (fp32 weights and AdamW), and a second table sets
+it beside our float32 run: tokens/s in the loop, the ratio, and the loss on the 16 held-out chats.
+The Trainer runs in float32, like our first run. `--skip-trainer` runs only that comparison.
+
     python bench/lm_finetune.py [--model smollm2|gpt2-small] [--steps 16] [--batch-size 8] [--lora]
+        [--skip-trainer]
 """
 
 from __future__ import annotations
@@ -151,6 +156,7 @@ def make_spec(config: dict[str, Any], output: str) -> Any:
         ),
         task="generation",
         lora={} if config["lora"] else None,
+        precision=config.get("precision", "float32"),
     )
 
 
@@ -185,7 +191,8 @@ def run_ours(config: dict[str, Any], work: Path) -> dict[str, Any]:
     lengths = split.lengths()
     batches = epoch_batches(lengths, config["batch_size"], config["seed"], 0)
     padded = sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
-    return figures(loop, total, result.trained_tokens, padded, result.steps, sum(losses) / len(losses))
+    outcome = figures(loop, total, result.trained_tokens, padded, result.steps, sum(losses) / len(losses))
+    return {**outcome, "valid_loss": result.metrics["valid_loss"]}
 
 
 def run_trainer(config: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -267,22 +274,22 @@ def figures(loop: Clock, total: Clock, tokens: int, padded: int, steps: int, los
     }
 
 
-def child(which: str, config_path: str) -> None:
+def child(which: str, config_path: str, precision: str) -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    config = json.loads(Path(config_path).read_text())
+    config = {**json.loads(Path(config_path).read_text()), "precision": precision}
     torch.set_num_threads(config["threads"])
     with tempfile.TemporaryDirectory() as tmp:
         result = (run_ours if which == "ours" else run_trainer)(config, Path(tmp))
     print("RESULT " + json.dumps(result))
 
 
-def run_child(which: str, config_path: Path) -> dict[str, Any]:
+def run_child(which: str, config_path: Path, precision: str = "float32") -> dict[str, Any]:
     completed = subprocess.run(
-        [sys.executable, __file__, "--child", which, "--config", str(config_path)],
+        [sys.executable, __file__, "--child", which, "--config", str(config_path), "--precision", precision],
         capture_output=True,
         text=True,
         check=False,
@@ -326,6 +333,31 @@ def print_table(
     )
 
 
+def print_precision_table(fp32: dict[str, Any], bf16: dict[str, Any], args: argparse.Namespace) -> None:
+    from workers.runtime.models import cpu_has_bf16
+
+    method = "LoRA r=8" if args.lora else "full fine-tune"
+    print(
+        f"\n{args.model} SFT ({method}), float32 against bf16 autocast (fp32 weights and AdamW), "
+        f"{fp32['steps']} steps x batch {args.batch_size}, CPU threads {args.threads}; "
+        f"CPU bf16 units (AVX512-BF16 or AMX): {'yes' if cpu_has_bf16() else 'no'}; "
+        f"load average {' '.join(f'{load:.2f}' for load in os.getloadavg())}"
+    )
+    print(
+        f"{'':22} {'loop s':>8} {'tokens/s':>9} {'cpu s':>8} {'tokens/cpu-s':>13} {'mean loss':>10} {'valid loss':>11}"
+    )
+    for name, o in (("float32", fp32), ("bfloat16", bf16)):
+        print(
+            f"{name:22} {o['loop_wall']:8.1f} {o['tokens'] / o['loop_wall']:9.1f} {o['loop_cpu']:8.1f} "
+            f"{o['tokens'] / o['loop_cpu']:13.1f} {o['mean_train_loss']:10.3f} {o['valid_loss']:11.4f}"
+        )
+    print(
+        f"bf16 / float32: {fp32['loop_wall'] / bf16['loop_wall']:.2f}x tokens/s, "
+        f"{fp32['loop_cpu'] / bf16['loop_cpu']:.2f}x tokens/cpu-s; "
+        f"valid loss difference: {bf16['valid_loss'] - fp32['valid_loss']:+.4f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--model", choices=("smollm2", "gpt2-small"), default="smollm2")
@@ -339,9 +371,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="alternate the runs; keep each one's fastest")
     parser.add_argument("--child", choices=("ours", "trainer"), help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
+    parser.add_argument("--skip-trainer", action="store_true", help="only our float32 and bf16 runs")
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.config)
+        child(args.child, args.config, args.precision)
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -360,15 +394,20 @@ def main() -> None:
         }
         config_path = work / "config.json"
         config_path.write_text(json.dumps(config))
-        ours_runs, baseline_runs = [], []
+        ours_runs, bf16_runs, baseline_runs = [], [], []
         for repeat in range(1, args.repeats + 1):
-            print(f"[{repeat}/{args.repeats}] modelworks train_lm ...", file=sys.stderr, flush=True)
+            print(f"[{repeat}/{args.repeats}] modelworks train_lm, float32 ...", file=sys.stderr, flush=True)
             ours_runs.append(run_child("ours", config_path))
-            print(f"[{repeat}/{args.repeats}] transformers Trainer ...", file=sys.stderr, flush=True)
-            baseline_runs.append(run_child("trainer", config_path))
+            print(f"[{repeat}/{args.repeats}] modelworks train_lm, bfloat16 ...", file=sys.stderr, flush=True)
+            bf16_runs.append(run_child("ours", config_path, "bfloat16"))
+            if not args.skip_trainer:
+                print(f"[{repeat}/{args.repeats}] transformers Trainer ...", file=sys.stderr, flush=True)
+                baseline_runs.append(run_child("trainer", config_path))
     # The fastest run is the one least disturbed by other load on the machine.
-    fastest = min(ours_runs, key=lambda o: o["loop_wall"]), min(baseline_runs, key=lambda o: o["loop_wall"])
-    print_table(*fastest, args, config)
+    ours, bf16 = min(ours_runs, key=lambda o: o["loop_wall"]), min(bf16_runs, key=lambda o: o["loop_wall"])
+    if baseline_runs:
+        print_table(ours, min(baseline_runs, key=lambda o: o["loop_wall"]), args, config)
+    print_precision_table(ours, bf16, args)
 
 
 if __name__ == "__main__":

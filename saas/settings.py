@@ -12,6 +12,7 @@ from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 from apps.core import tasks
+from workers.runtime.specs import PRECISIONS
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -488,6 +489,14 @@ WORKER_HEARTBEAT_MAX_AGE_SECONDS = env_float("WORKER_HEARTBEAT_MAX_AGE_SECONDS",
 
 # Threads each worker process gives torch (0: torch's default, one per core).
 WORKER_TORCH_THREADS = env_int("WORKER_TORCH_THREADS", 0)
+
+# The dtype fine-tunes compute their forward passes in: "auto" (bf16 on GPUs and CPUs with bf16
+# units), "bfloat16" or "float32". Weights and optimizer state are float32 whatever it says.
+TRAINING_PRECISION = os.environ.get("TRAINING_PRECISION", "") or "auto"
+if TRAINING_PRECISION not in PRECISIONS:
+    raise ImproperlyConfigured(
+        f"TRAINING_PRECISION must be one of {', '.join(PRECISIONS)}, not {TRAINING_PRECISION!r}"
+    )
 
 # --- Models and providers ---------------------------------------------------------------------
 OPENAI_API_KEY = env_secret("OPENAI_API_KEY")

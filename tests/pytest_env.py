@@ -38,6 +38,8 @@ SCALED_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "WORKER_TORCH_THREADS": "1",
+    # "auto" would train in bf16 on some hosts and float32 on others; the runtime's tests choose theirs.
+    "TRAINING_PRECISION": "float32",
 }
 for key, value in {**TEST_SECRETS, **SCALED_ENV}.items():
     os.environ.setdefault(key, value)

@@ -83,6 +83,7 @@ def run_fine_tune(job: Job) -> None:
                 prompt_field=_mapped(job, "prompt"),
                 completion_field=_mapped(job, "completion"),
                 beta=float(section.get("beta", DEFAULT_BETA)),
+                precision=settings.TRAINING_PRECISION,
             )
             progress = ProgressReporter(job, guard)
             labelling = None

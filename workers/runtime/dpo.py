@@ -187,9 +187,11 @@ def collate_pairs(
 # --- log-probabilities, the loss, the reference --------------------------------------------------
 
 
-def sequence_logps(model: Any, batch: LMBatch, device: torch.device) -> torch.Tensor:
+def sequence_logps(
+    model: Any, batch: LMBatch, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Each row's log-probability of its learned tokens (the reply), summed: shape [rows]."""
-    logits, targets = supervised_logits(model, batch, device)
+    logits, targets = supervised_logits(model, batch, device, dtype)
     token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     sums = torch.zeros(batch.input_ids.shape[0], dtype=token_logps.dtype, device=device)
     return sums.index_add(0, batch.learned_rows, token_logps)
@@ -213,7 +215,13 @@ def _without_adapters(model: Any) -> AbstractContextManager[Any]:
 
 @torch.no_grad()
 def reference_logps(
-    model: Any, split: PreferenceSplit, pad_id: int, pad_to: int, batch_size: int, device: torch.device
+    model: Any,
+    split: PreferenceSplit,
+    pad_id: int,
+    pad_to: int,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """[pairs, 2] (chosen, rejected) log-probabilities under the model as it is now (adapters
     off), on the CPU: one pass, in eval mode so that dropout does not blur the reference."""
@@ -226,8 +234,8 @@ def reference_logps(
                 chosen, rejected = (
                     batch.to(device) for batch in collate_pairs(split, indices, pad_id, pad_to)
                 )
-                out[indices, 0] = sequence_logps(model, chosen, device).float().cpu()
-                out[indices, 1] = sequence_logps(model, rejected, device).float().cpu()
+                out[indices, 0] = sequence_logps(model, chosen, device, dtype).float().cpu()
+                out[indices, 1] = sequence_logps(model, rejected, device, dtype).float().cpu()
     finally:
         model.train(was_training)
     return out
@@ -238,9 +246,11 @@ def _chunks(n: int, size: int) -> Iterator[list[int]]:
         yield list(range(start, min(n, start + size)))
 
 
-def pair_logps(model: Any, chosen: LMBatch, rejected: LMBatch, device: torch.device) -> torch.Tensor:
+def pair_logps(
+    model: Any, chosen: LMBatch, rejected: LMBatch, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     return torch.stack(
-        [sequence_logps(model, chosen, device), sequence_logps(model, rejected, device)], dim=1
+        [sequence_logps(model, chosen, device, dtype), sequence_logps(model, rejected, device, dtype)], dim=1
     )
 
 
@@ -253,6 +263,7 @@ def train_step(
     lr: float,
     hp: Hyperparameters,
     beta: float,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[float, float, float]:
     """One optimizer step; returns (loss, mean reward margin, share of pairs ranked right)."""
     for group in optimizer.param_groups:
@@ -260,7 +271,7 @@ def train_step(
     chosen, rejected = batches
     device = chosen.input_ids.device
     loss, chosen_rewards, rejected_rewards = dpo_loss(
-        pair_logps(model, chosen, rejected, device), reference, beta
+        pair_logps(model, chosen, rejected, device, dtype), reference, beta
     )
     loss.backward()
     torch.nn.utils.clip_grad_norm_(parameters, hp.max_grad_norm)
@@ -283,13 +294,14 @@ def evaluate(
     batch_size: int,
     beta: float,
     device: torch.device,
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, float]:
     """valid_loss, valid_rewards_margin and valid_rewards_accuracy over every validation pair."""
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss, margin, correct: summed per pair
     for indices in eval_batches(split.lengths(), batch_size):
         chosen, rejected = (batch.to(device) for batch in collate_pairs(split, indices, pad_id, pad_to))
-        policy = pair_logps(model, chosen, rejected, device)
+        policy = pair_logps(model, chosen, rejected, device, dtype)
         loss, chosen_rewards, rejected_rewards = dpo_loss(policy, reference[indices].to(device), beta)
         margins = chosen_rewards - rejected_rewards
         totals += torch.stack([loss * len(indices), margins.sum(), (margins > 0).sum()]).double()
@@ -346,7 +358,7 @@ class DPORun(RunBase):
         """The one pass of the frozen starting weights over every pair, before the first step."""
         size = self.spec.hyperparameters.batch_size * 2  # no gradients: twice the batch fits
         self.reference = {
-            name: reference_logps(self.model, split, self.pad_id, self.pad_to, size, self.device)
+            name: reference_logps(self.model, split, self.pad_id, self.pad_to, size, self.device, self.dtype)
             for name, split in (("train", self.data.train), ("valid", self.data.valid))
         }
         pairs = len(self.data.train) + len(self.data.valid)
@@ -392,7 +404,8 @@ class DPORun(RunBase):
             + (f", {self.data.skipped} skipped with a reply cut off" if self.data.skipped else "")
             + f"), beta {self.spec.beta:g}, {hp.n_epochs} epochs, batch size {hp.batch_size}, "
             f"{self.total_steps} total steps ({self.warmup_steps} warmup), learning rate {hp.learning_rate:g}, "
-            f"{how}, {trainable:,} of {total:,} parameters trainable, device {self.device}"
+            f"{how}, {trainable:,} of {total:,} parameters trainable, device {self.device}, "
+            f"{self.precision_name()}"
         )
         figures = {
             "train_examples": len(train),
@@ -403,6 +416,7 @@ class DPORun(RunBase):
             "batch_size": hp.batch_size,
             "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
+            "precision": self.precision_name(),
             "trainable_parameters": trainable,
             "total_parameters": total,
             "lora": self.lora,
@@ -470,7 +484,7 @@ def train_dpo(
         data = prepare_preference_data(spec, tokenizer, max_length, hp.seed)
         total_steps = math.ceil(len(data.train) / hp.batch_size) * hp.n_epochs
 
-        # -- model (fp32 master weights; autocast does bf16 on GPUs)
+        # -- model (fp32 master weights; autocast does the bf16 where spec.precision picks it)
         saved = read_trainer_state(spec.resume_from) if spec.resume_from else None
         full_resume = spec.resume_from if spec.lora is None else None  # a LoRA resume loads the base
         base = AutoModelForCausalLM.from_pretrained(full_resume or spec.base_model_dir, dtype=torch.float32)
@@ -505,7 +519,7 @@ def train_dpo(
             reference = run.reference["train"][list(indices)].to(device)
             lr = lr_at(run.state.step, hp.learning_rate, run.warmup_steps, total_steps)
             loss, margin, accuracy = train_step(
-                model, run.parameters, optimizer, batches, reference, lr, hp, spec.beta
+                model, run.parameters, optimizer, batches, reference, lr, hp, spec.beta, run.dtype
             )
             run.state.record_pair_step(loss, margin, accuracy, run.pair_tokens(batches, indices))
             metrics = {
@@ -526,6 +540,7 @@ def train_dpo(
                 hp.batch_size * 2,
                 spec.beta,
                 device,
+                run.dtype,
             )
 
         stopped = run.run_epochs(should_stop, step, validate if len(data.valid) else None)

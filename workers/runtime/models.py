@@ -127,6 +127,18 @@ def _cpu_has_amx() -> bool:
     return bool(probe and probe())
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), by torch's private probes:
+    a torch without them answers False, and training stays in float32 rather than emulating bf16.
+    Training's test (`training.resolve_precision`); serving's "auto" asks for AMX alone."""
+    if not torch.backends.mkldnn.is_available():  # oneDNN runs the bf16 matmuls
+        return False
+    probes = (
+        getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    )
+    return any(bool(probe and probe()) for probe in probes)
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """ "auto": bf16 where the hardware computes it natively, else float32.
 

@@ -78,7 +78,9 @@ def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
 # --- forward, step, evaluation -----------------------------------------------------------------
 
 
-def supervised_logits(model: Any, batch: LMBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def supervised_logits(
+    model: Any, batch: LMBatch, device: torch.device, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 logits at the positions whose next token is learned, and those next tokens.
 
     The LM head runs at those positions only: with a 49k vocabulary it costs as much per token as
@@ -87,7 +89,7 @@ def supervised_logits(model: Any, batch: LMBatch, device: torch.device) -> tuple
     lm = causal_lm_of(model)
     rows, positions = batch.learned_rows, batch.learned_positions
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
-    with autocast_for(device):
+    with autocast_for(device, dtype):
         if any(getattr(lm.config, name, None) for name in HEAD_POSTPROCESSING):
             logits = lm(**inputs).logits[rows, positions]
         else:
@@ -104,11 +106,12 @@ def train_step(
     batch: LMBatch,
     lr: float,
     hp: Hyperparameters,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[float, float]:
     """One optimizer step; returns (loss, mean token accuracy) over the batch's learned tokens."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    logits, targets = supervised_logits(model, batch, batch.input_ids.device)
+    logits, targets = supervised_logits(model, batch, batch.input_ids.device, dtype)
     correct = (logits.detach().argmax(dim=-1) == targets).sum()
     loss = F.cross_entropy(logits, targets)  # the mean over the batch's learned tokens
     loss.backward()
@@ -122,7 +125,9 @@ def train_step(
 
 
 @torch.no_grad()
-def evaluate(model: Any, batches: Sequence[LMBatch], device: torch.device) -> dict[str, float]:
+def evaluate(
+    model: Any, batches: Sequence[LMBatch], device: torch.device, dtype: torch.dtype = torch.float32
+) -> dict[str, float]:
     """valid_loss and valid_mean_token_accuracy per learned token, over the whole validation set
     (so the full_valid_* figures OpenAI reports separately are the same numbers here)."""
     model.eval()
@@ -130,7 +135,7 @@ def evaluate(model: Any, batches: Sequence[LMBatch], device: torch.device) -> di
     count = 0
     for cpu_batch in batches:
         batch = cpu_batch.to(device)
-        logits, targets = supervised_logits(model, batch, device)
+        logits, targets = supervised_logits(model, batch, device, dtype)
         totals[0] += F.cross_entropy(logits, targets, reduction="sum")
         totals[1] += (logits.argmax(dim=-1) == targets).sum()
         count += batch.n_supervised
@@ -212,7 +217,7 @@ def train_lm(
         data = prepare_lm_data(spec, tokenizer, max_length, hp.seed)
         total_steps = math.ceil(len(data.train) / hp.batch_size) * hp.n_epochs
 
-        # -- model (fp32 master weights; autocast does bf16 on GPUs)
+        # -- model (fp32 master weights; autocast does the bf16 where spec.precision picks it)
         saved = read_trainer_state(spec.resume_from) if spec.resume_from else None
         full_resume = spec.resume_from if spec.lora is None else None  # a LoRA resume loads the base
         base = AutoModelForCausalLM.from_pretrained(full_resume or spec.base_model_dir, dtype=torch.float32)
@@ -243,13 +248,13 @@ def train_lm(
         def step(indices: Sequence[int]) -> None:
             batch = run.train_batch(indices)
             lr = lr_at(run.state.step, hp.learning_rate, run.warmup_steps, total_steps)
-            loss, accuracy = train_step(model, run.parameters, optimizer, batch, lr, hp)
+            loss, accuracy = train_step(model, run.parameters, optimizer, batch, lr, hp, run.dtype)
             run.state.record_lm_step(loss, accuracy, batch.n_tokens, batch.n_supervised)
             metrics = {"train_loss": loss, "train_mean_token_accuracy": accuracy, "learning_rate": lr}
             run.emit("step", metrics)
 
         def validate() -> dict[str, Any]:
-            return evaluate(model, run.valid_batches, device)
+            return evaluate(model, run.valid_batches, device, run.dtype)
 
         stopped = run.run_epochs(should_stop, step, validate if len(data.valid) else None)
 
@@ -327,7 +332,8 @@ class LMRun(RunBase):
             + (f", {self.data.skipped} skipped with nothing to learn" if self.data.skipped else "")
             + f"), {hp.n_epochs} epochs, batch size {hp.batch_size}, {self.total_steps} total steps "
             f"({self.warmup_steps} warmup), learning rate {hp.learning_rate:g}, {how}, "
-            f"{trainable:,} of {total:,} parameters trainable, device {self.device}"
+            f"{trainable:,} of {total:,} parameters trainable, device {self.device}, "
+            f"{self.precision_name()}"
         )
         figures = {
             "train_examples": len(train),
@@ -337,6 +343,7 @@ class LMRun(RunBase):
             "batch_size": hp.batch_size,
             "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
+            "precision": self.precision_name(),
             "trainable_parameters": trainable,
             "total_parameters": total,
             "lora": self.lora,

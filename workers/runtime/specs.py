@@ -282,6 +282,10 @@ class TrainingDataError(ValueError):
     A ValueError, so that code which catches ValueError around the readers keeps working."""
 
 
+# What TrainSpec.precision (and the worker's TRAINING_PRECISION) may say; see training.resolve_precision.
+PRECISIONS = ("auto", "bfloat16", "float32")
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     job_id: str
@@ -296,6 +300,9 @@ class TrainSpec:
     checkpoint_every_steps: int = 0  # 0 → one checkpoint per epoch; N → also every N steps
     resume_from: str | None = None  # a checkpoint directory written by a previous attempt
     device: str = "auto"  # "auto" → cuda if available else cpu
+    # The forward pass's dtype: "auto" (bf16 where the hardware has it), "bfloat16" or "float32";
+    # weights and optimizer state stay float32 either way. The worker's TRAINING_PRECISION.
+    precision: str = "auto"
     task: str = "classification"
     # Supervised fine-tuning of causal LMs (workers/runtime/sft.py):
     lora: dict[str, Any] | None = None  # {r, alpha, dropout, target_modules}, each optional; None → full

@@ -32,7 +32,9 @@ from workers.runtime.data import (
     prepare_data,
 )
 from workers.runtime.metrics import classification_metrics
+from workers.runtime.models import cpu_has_bf16
 from workers.runtime.specs import (
+    PRECISIONS,
     VALIDATION_FRACTION,
     CheckpointInfo,
     Hyperparameters,
@@ -114,11 +116,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_for(device: torch.device) -> AbstractContextManager[Any]:
-    # bf16 on CUDA halves activation memory and uses tensor cores without fp16's loss scaling;
-    # on CPU bf16 autocast is slower than fp32 on most hosts, so it stays off.
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype training computes its forward pass in; weights and AdamW state stay float32.
+
+    "auto": bfloat16 on GPUs that support it and on CPUs with bf16 matmul units (AVX512-BF16 or
+    AMX), float32 elsewhere. bf16 keeps fp32's exponent range, so unlike fp16 it needs no loss
+    scaling (hence never float16); a CPU without those units only emulates it, slower than float32.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of: {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return torch.bfloat16 if precision == "bfloat16" else torch.float32
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cpu" and cpu_has_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def autocast_for(device: torch.device, dtype: torch.dtype) -> AbstractContextManager[Any]:
+    """Autocast to `dtype` around a forward pass (never the backward); a no-op for float32."""
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 @contextmanager
@@ -180,8 +198,10 @@ def build_optimizer(model: torch.nn.Module, hp: Hyperparameters, device: torch.d
     return torch.optim.AdamW(groups, lr=hp.learning_rate, fused=device.type == "cuda")
 
 
-def forward_logits(model: Any, batch: Batch, device: torch.device) -> torch.Tensor:
-    with autocast_for(device):
+def forward_logits(
+    model: Any, batch: Batch, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    with autocast_for(device, dtype):
         logits: torch.Tensor = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     return logits.float()  # the loss in fp32 whatever the autocast dtype
 
@@ -203,11 +223,13 @@ def train_step(
     lr: float,
     hp: Hyperparameters,
     temperature: float = 1.0,
+    dtype: torch.dtype = torch.float32,
 ) -> float:
     for group in optimizer.param_groups:
         group["lr"] = lr
-    loss = batch_loss(forward_logits(model, batch, batch.input_ids.device), batch, temperature)
-    loss.backward()
+    logits = forward_logits(model, batch, batch.input_ids.device, dtype)
+    loss = batch_loss(logits, batch, temperature)
+    loss.backward()  # outside autocast: gradients reach the fp32 weights in fp32
     torch.nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -216,7 +238,11 @@ def train_step(
 
 @torch.no_grad()
 def evaluate(
-    model: Any, batches: Sequence[Batch], labels: Sequence[str], device: torch.device
+    model: Any,
+    batches: Sequence[Batch],
+    labels: Sequence[str],
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
     """valid_loss (mean per example) and the classification metrics over all batches."""
     model.eval()
@@ -225,7 +251,7 @@ def evaluate(
     preds: list[int] = []
     for cpu_batch in batches:
         batch = cpu_batch.to(device)
-        logits = forward_logits(model, batch, device)
+        logits = forward_logits(model, batch, device, dtype)
         loss_sum += float(F.cross_entropy(logits, batch.labels, reduction="sum").item())
         golds.extend(batch.labels.tolist())
         preds.extend(logits.argmax(dim=-1).tolist())
@@ -388,12 +414,12 @@ def train(
         def step(indices: Sequence[int]) -> None:
             batch = run.train_batch(indices)
             lr = lr_at(run.state.step, hp.learning_rate, run.warmup_steps, total_steps)
-            loss = train_step(model, optimizer, batch, lr, hp, spec.distill_temperature)
+            loss = train_step(model, optimizer, batch, lr, hp, spec.distill_temperature, run.dtype)
             run.state.record_step(loss, batch.n_tokens)
             run.emit("step", {"train_loss": loss, "learning_rate": lr})
 
         def validate() -> dict[str, Any]:
-            return evaluate(model, run.valid_batches, data.labels, device)
+            return evaluate(model, run.valid_batches, data.labels, device, run.dtype)
 
         stopped = run.run_epochs(should_stop, step, validate if len(data.valid) else None)
 
@@ -423,6 +449,9 @@ class RunBase:
 
     def __post_init__(self) -> None:
         self.warmup_steps = warmup_steps_for(self.spec.hyperparameters, self.total_steps)
+        # Chosen per attempt: a resume on other hardware may compute in another dtype, and is then
+        # close to, not bit for bit, the uninterrupted run.
+        self.dtype = resolve_precision(self.spec.precision, self.device)
         self.pad_to = 8 if self.device.type == "cuda" else 1  # tensor cores want widths in multiples of 8
         spec_dir = self.spec.checkpoint_dir
         self.checkpoint_root = Path(spec_dir) if spec_dir else Path(self.spec.output_dir) / "checkpoints"
@@ -506,6 +535,7 @@ class RunBase:
             "trainer": self.trainer_name,
             "step": self.state.step,
             "total_steps": self.total_steps,
+            "precision": self.precision_name(),
             **self.trainer_state_extras(),
             "spec": self.spec.to_dict(),
             "metrics": metrics,
@@ -521,6 +551,10 @@ class RunBase:
             "rng": rng_state(),
             "loop": asdict(self.state),
         }
+
+    def precision_name(self) -> str:
+        """The dtype forward passes compute in ("bfloat16" or "float32"), for banners and checkpoints."""
+        return str(self.dtype).removeprefix("torch.")
 
     def trainer_state_extras(self) -> dict[str, Any]:
         """What a resumed run of this trainer checks it matches (labels, LoRA settings)."""
@@ -602,7 +636,8 @@ class Run(RunBase):
         message = (
             f"Running training: {n_train} examples ({n_valid} for validation), {hp.n_epochs} epochs, "
             f"batch size {hp.batch_size}, {self.total_steps} total steps ({self.warmup_steps} warmup), "
-            f"learning rate {hp.learning_rate:g}, {len(self.data.labels)} labels, device {self.device}"
+            f"learning rate {hp.learning_rate:g}, {len(self.data.labels)} labels, device {self.device}, "
+            f"{self.precision_name()}"
         )
         figures = {
             "train_examples": n_train,
@@ -612,6 +647,7 @@ class Run(RunBase):
             "batch_size": hp.batch_size,
             "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
+            "precision": self.precision_name(),
         }
         self.emit("log", figures, message)
         if self.spec.resume_from:

@@ -62,6 +62,8 @@ def make_spec(
     tmp_path: Path, model_dir: Path, training_file: Path, name: str = "run", **changes: Any
 ) -> TrainSpec:
     hyperparameters = dataclasses.replace(FAST, **changes.pop("hp", {}))
+    # float32 unless a test asks: "auto" picks bf16 on some hosts, and these tests must not vary by host.
+    changes.setdefault("precision", "float32")
     return TrainSpec(
         job_id=f"ftjob-{name}",
         base_model_dir=str(model_dir),

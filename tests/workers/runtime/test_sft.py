@@ -79,6 +79,8 @@ def make_spec(
     tmp_path: Path, model_dir: Path, training_file: Path, name: str = "run", **changes: Any
 ) -> TrainSpec:
     hyperparameters = dataclasses.replace(FAST, **changes.pop("hp", {}))
+    # float32 unless a test asks: "auto" picks bf16 on some hosts, and these tests must not vary by host.
+    changes.setdefault("precision", "float32")
     return TrainSpec(
         job_id=f"ftjob-{name}",
         base_model_dir=str(model_dir),
@@ -331,6 +333,31 @@ def test_pause_then_resume_gives_the_same_weights_as_one_run(
     assert resumed.metrics == whole.metrics
     a, b = weights(whole.model_dir), weights(resumed.model_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_a_bfloat16_run_learns_and_resumes_to_the_same_weights(
+    tmp_path: Path, tiny_gpt2_dir: Path, chat_jsonl: Path
+) -> None:
+    # given: bf16 autocast forced, whatever this host's "auto" would pick
+    whole, events = run(make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, "whole", precision="bfloat16"))
+    paused, _ = run(
+        make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, "part", precision="bfloat16"), stop_after(6)
+    )
+
+    # when
+    resume = paused.checkpoints[-1].path
+    resumed, _ = run(
+        make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, "part", precision="bfloat16", resume_from=resume)
+    )
+
+    # then: it learned, and the resume lands bit for bit on the uninterrupted run's fp32 weights
+    assert events[0].metrics["precision"] == "bfloat16"
+    losses = [event.metrics["train_loss"] for event in events if event.kind == "step"]
+    assert sum(losses[-3:]) < sum(losses[:3])
+    assert resumed.metrics == whole.metrics
+    a, b = weights(whole.model_dir), weights(resumed.model_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+    assert all(tensor.dtype == torch.float32 for tensor in a.values())
 
 
 def test_its_messages_name_no_path_on_the_worker(

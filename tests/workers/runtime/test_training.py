@@ -17,6 +17,7 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import AutoModelForSequenceClassification  # noqa: E402
 
 from tests.workers.runtime.conftest import sentiment_rows, write_csv  # noqa: E402
+from workers.runtime import training  # noqa: E402
 from workers.runtime.data import (  # noqa: E402
     EncodedSplit,
     Example,
@@ -28,6 +29,7 @@ from workers.runtime.data import (  # noqa: E402
     stratified_split,
 )
 from workers.runtime.metrics import classification_metrics  # noqa: E402
+from workers.runtime.models import cpu_has_bf16  # noqa: E402
 from workers.runtime.specs import Hyperparameters, ProgressEvent, TrainResult, TrainSpec  # noqa: E402
 from workers.runtime.training import (  # noqa: E402
     MODEL_CARD_FILE,
@@ -35,6 +37,7 @@ from workers.runtime.training import (  # noqa: E402
     count_training_tokens,
     lr_at,
     read_trainer_state,
+    resolve_precision,
     train,
 )
 
@@ -57,6 +60,8 @@ def make_spec(
     tmp_path: Path, model_dir: Path, training_file: Path, name: str = "run", **changes: Any
 ) -> TrainSpec:
     hyperparameters = dataclasses.replace(FAST, **changes.pop("hp", {}))
+    # float32 unless a test asks: "auto" picks bf16 on some hosts, and these tests must not vary by host.
+    changes.setdefault("precision", "float32")
     return TrainSpec(
         job_id=f"ftjob-{name}",
         base_model_dir=str(model_dir),
@@ -226,6 +231,88 @@ def test_resume_continues_and_matches_an_uninterrupted_run(
     assert resumed.trained_tokens == uninterrupted.trained_tokens
     assert resumed.metrics["valid_loss"] == pytest.approx(uninterrupted.metrics["valid_loss"], rel=1e-5)
     assert resumed.metrics["confusion_matrix"] == uninterrupted.metrics["confusion_matrix"]
+
+
+# --- precision ---------------------------------------------------------------------------------
+
+
+def test_auto_precision_is_bfloat16_only_where_the_hardware_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    assert resolve_precision("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    assert resolve_precision("auto", cpu) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert resolve_precision("auto", cuda) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert resolve_precision("auto", cuda) == torch.float32  # never float16: it would need loss scaling
+
+
+def test_a_precision_override_wins_over_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    for device in (torch.device("cpu"), torch.device("cuda")):
+        assert resolve_precision("float32", device) == torch.float32
+        assert resolve_precision("bfloat16", device) == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown precision 'float16'"):
+        resolve_precision("float16", torch.device("cpu"))
+
+
+def test_without_torchs_probes_a_cpu_counts_as_having_no_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.delattr(torch.cpu, name, raising=False)
+    assert cpu_has_bf16() is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert cpu_has_bf16() is True
+
+
+def test_a_float32_run_computes_in_float32(
+    tmp_path: Path, tiny_bert_dir: Path, sentiment_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given: a host where "auto" would pick bf16, and a spec that says float32
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    seen: set[torch.dtype] = set()
+    original = training.forward_logits
+
+    def spy(model: Any, batch: Any, device: Any, dtype: Any = torch.float32) -> Any:
+        seen.add(dtype)
+        return original(model, batch, device, dtype)
+
+    monkeypatch.setattr(training, "forward_logits", spy)
+
+    # when
+    result, events = run(make_spec(tmp_path, tiny_bert_dir, sentiment_csv, hp={"n_epochs": 1}))
+
+    # then
+    assert seen == {torch.float32}
+    assert events[0].metrics["precision"] == "float32" and events[0].message.endswith("float32")
+    assert read_trainer_state(result.checkpoints[-1].path)["precision"] == "float32"
+
+
+def test_a_bfloat16_run_learns_and_resumes_exactly(
+    tmp_path: Path, tiny_bert_dir: Path, sentiment_csv: Path
+) -> None:
+    # given: an uninterrupted bf16 run, and one stopped in the middle of epoch 2 (11 steps per epoch)
+    bf16: dict[str, Any] = {"precision": "bfloat16", "hp": {"n_epochs": 6}}
+    whole, events = run(make_spec(tmp_path, tiny_bert_dir, sentiment_csv, "whole", **bf16))
+    stopped, _ = run(make_spec(tmp_path, tiny_bert_dir, sentiment_csv, "part", **bf16), stop_after(15))
+
+    # when
+    resume = stopped.checkpoints[-1].path
+    resumed, _ = run(make_spec(tmp_path, tiny_bert_dir, sentiment_csv, "part", resume_from=resume, **bf16))
+
+    # then: it learned in bf16, and the resumed run ends bit for bit where the whole one did
+    assert events[0].metrics["precision"] == "bfloat16"
+    assert (
+        whole.metrics["accuracy"] >= 0.9 and evals(events)[-1]["valid_loss"] < evals(events)[0]["valid_loss"]
+    )
+    assert resumed.steps == whole.steps and resumed.metrics == whole.metrics
+    a, b = (
+        load_file(Path(whole.model_dir) / "model.safetensors"),
+        load_file(Path(resumed.model_dir) / "model.safetensors"),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+    assert all(tensor.dtype == torch.float32 for tensor in a.values())  # fp32 master weights
 
 
 def test_its_messages_name_no_path_of_the_worker(
