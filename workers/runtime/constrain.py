@@ -119,8 +119,9 @@ class Constraint:
 
     @property
     def complete(self) -> bool:
-        """The grammar is finished: nothing but an end of sequence may follow."""
-        return self.matcher.is_stopped()
+        """The grammar is finished: nothing but an end of sequence may follow (or it can go no
+        further, which a schema that compiles but allows nothing would cause: the row ends)."""
+        return self.matcher.is_stopped() or self.matcher.is_error()
 
 
 def apply_constraints(logits: torch.Tensor, constraints: list[Constraint | None]) -> torch.Tensor:
@@ -138,7 +139,11 @@ def apply_constraints(logits: torch.Tensor, constraints: list[Constraint | None]
     # Unpack 32 tokens per int32 word (bit j of word w is token 32·w + j).
     bits = torch.bitwise_left_shift(torch.ones(32, dtype=torch.int32), torch.arange(32, dtype=torch.int32))
     allowed = (bitmask[:, :, None] & bits) != 0
-    allowed = allowed.reshape(len(rows), -1)[:, :vocab].to(logits.device)
+    allowed = allowed.reshape(len(rows), -1)[:, :vocab]
+    # A row its grammar allows nothing is left as it is (all -inf would make sampling fail for the
+    # whole batch); its next token puts the matcher in error, which ends the row.
+    allowed[~allowed.any(dim=-1)] = True
+    allowed = allowed.to(logits.device)
     index = torch.tensor(rows, device=logits.device)
     masked = logits.clone()
     masked[index] = logits[index].masked_fill(~allowed, float("-inf"))

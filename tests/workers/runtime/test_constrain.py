@@ -356,3 +356,25 @@ def test_with_tool_choice_auto_an_answer_is_words_or_well_formed_calls(gpt2: Loa
         generate(gpt2, GenerateRequest(messages=CHAT, max_tokens=60, seed=1, grammar=grammar)).choices[0].text
     )
     assert accepted(text)
+
+
+def test_a_grammar_in_error_ends_its_row_instead_of_failing_the_batch(
+    gpt2: LoadedModel,
+) -> None:
+    from workers.runtime.constrain import Constraint, apply_constraints
+    from workers.runtime.generate import _vocab_size, eos_token_ids
+
+    vocab = _vocab_size(gpt2)
+    constraint = Constraint(
+        gpt2.tokenizer, vocab, eos_token_ids(gpt2), json_schema_grammar(PERSON, strict=True)
+    )
+    constraint.accept(gpt2.tokenizer("x", add_special_tokens=False)["input_ids"][0])  # not JSON: an error
+    assert constraint.complete
+
+    logits = torch.randn((2, vocab))
+    masked = apply_constraints(logits, [None, constraint])
+
+    # the unconstrained row is untouched; the broken one may only end (never a row of all -inf,
+    # which would make sampling fail for the whole batch)
+    assert torch.equal(masked[0], logits[0])
+    assert torch.isfinite(masked[1]).nonzero().flatten().tolist() == sorted(eos_token_ids(gpt2))
