@@ -21,7 +21,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,24 +49,9 @@ PEOPLE = {
     "required": ["people"],
     "additionalProperties": False,
 }
+from bench.generate import Method  # noqa: E402  (after the path is set)
+
 CITIES = ["Paris", "Lagos", "Lima", "Osaka", "Oslo", "Cairo", "Quito", "Perth"]
-
-
-class Method:
-    def __init__(self, name: str, run: Callable[[], int]) -> None:
-        self.name = name
-        self.run = run
-        self.seconds = 0.0
-        self.tokens = 0
-
-    def timed(self) -> None:
-        started = time.perf_counter()
-        self.tokens += self.run()
-        self.seconds += time.perf_counter() - started
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds
 
 
 def build(max_tokens: int, grammar: str | None, tools: Any = None) -> list[Any]:

@@ -469,15 +469,8 @@ def parse_completion(project: Project, body: Any) -> tuple[Model, dict[str, Any]
 # a request costs (its completion budget, how many choices) and refuse what costs more upstream than
 # the usage we bill from its answer: a priority tier, web searches, audio.
 PROXY_KEYS = {
-    "messages": COMMON_KEYS
+    "messages": CHAT_KEYS
     | {
-        "messages",
-        "max_completion_tokens",
-        "top_logprobs",
-        "response_format",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
         "functions",
         "function_call",
         "reasoning_effort",
@@ -488,7 +481,7 @@ PROXY_KEYS = {
         "prompt_cache_key",
         "verbosity",
     },
-    "prompt": COMMON_KEYS | {"prompt", "echo", "best_of", "suffix"},
+    "prompt": COMPLETION_KEYS,
 }
 PROXY_PRICED_APART = {
     "audio": "audio output",
