@@ -10,10 +10,14 @@ refuse. Use a scratch database: the tenant, the plan and the models stay in it.
 After a warm-up, N sequential `POST /v1/classifications` of one short text alternate with N
 direct `classify()` calls on the same model in this process (alternating spreads the noise of a
 busy machine over both). The overhead of request i is its API latency minus direct call i:
-HTTP, auth, quota and rate checks, the job row, the broker, the worker's claim and heartbeat
-thread, the result and usage transaction, the relay back through Redis.
+HTTP, auth, quota and rate checks, the job row, the broker, the worker's claim, the result and
+usage write, the relay back through Redis. Each request's time is split into its stages (from its
+job row's timestamps and this process's clock), then N more requests come from 8 concurrent
+clients. With `--baseline REF`, the code of that git ref runs the same measurement first, on the
+same database and Redis, so that both figures come from one run.
 
-    DATABASE_URL=postgres://... REDIS_URL=redis://... python bench/overhead.py [--n 200] [--minilm]
+    DATABASE_URL=postgres://... REDIS_URL=redis://... python bench/overhead.py [--n 200] [--minilm] \
+        [--baseline a38f03a]
 """
 
 from __future__ import annotations
@@ -175,13 +179,13 @@ def free_port() -> int:
 class Process:
     """A subprocess in its own session, logging to var/bench-logs/; stopped by its own pid."""
 
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], cwd: Path = ROOT) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.log = LOGS / f"{name}.log"
         self._file = self.log.open("wb")
         self.popen = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=self._file, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, cwd=cwd, env=env, stdout=self._file, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     def check(self) -> None:
@@ -199,7 +203,7 @@ class Process:
         self._file.close()
 
 
-def start_web(env: dict[str, str], port: int, workers: int, threads: int) -> Process:
+def start_web(env: dict[str, str], port: int, workers: int, threads: int, cwd: Path = ROOT) -> Process:
     cmd = [
         str(BIN / "gunicorn"),
         "saas.wsgi",
@@ -216,7 +220,7 @@ def start_web(env: dict[str, str], port: int, workers: int, threads: int) -> Pro
         "--keep-alive",
         "30",
     ]
-    web = Process("web", cmd, env)
+    web = Process("web", cmd, env, cwd)
     deadline = time.monotonic() + 60
     while True:
         web.check()
@@ -232,7 +236,7 @@ def start_web(env: dict[str, str], port: int, workers: int, threads: int) -> Pro
             time.sleep(0.2)
 
 
-def start_worker(env: dict[str, str], name: str) -> Process:
+def start_worker(env: dict[str, str], name: str, cwd: Path = ROOT) -> Process:
     cmd = [
         sys.executable,
         "-m",
@@ -253,7 +257,7 @@ def start_worker(env: dict[str, str], name: str) -> Process:
         "--without-mingle",
         "--without-gossip",
     ]
-    worker = Process(name, cmd, env)
+    worker = Process(name, cmd, env, cwd)
     deadline = time.monotonic() + 90
     while b" ready." not in worker.log.read_bytes():
         worker.check()
@@ -332,6 +336,8 @@ def build_models(minilm: bool) -> list[tuple[str, Path, list[str], int]]:
 
 
 def measure(client: Client, name: str, loaded: Any, n: int, warm_up: int) -> dict[str, list[float]]:
+    """N sequential requests alternating with N direct calls; each request's stages from its job row
+    and this process's clock (one machine, one clock)."""
     from workers.runtime.classify import classify
     from workers.runtime.specs import ClassifyRequest
 
@@ -339,6 +345,7 @@ def measure(client: Client, name: str, loaded: Any, n: int, warm_up: int) -> dic
     request = ClassifyRequest(texts=(TEXT,))
     api: list[float] = []
     direct: list[float] = []
+    timed: list[tuple[float, float]] = []  # (sent, received) wall-clock seconds
     same_label = 0
     timed_from = None
     for i in range(warm_up + n):
@@ -346,9 +353,10 @@ def measure(client: Client, name: str, loaded: Any, n: int, warm_up: int) -> dic
             from django.utils import timezone
 
             timed_from = timezone.now()
-        started = time.perf_counter()
+        sent, started = time.time(), time.perf_counter()
         status, raw = client.request("POST", "/v1/classifications", body)
         api_ms = (time.perf_counter() - started) * 1000
+        received = sent + api_ms / 1000
         if status != 200:
             raise SystemExit(f"request {i} failed: {status} {raw[:500]!r}")
         started = time.perf_counter()
@@ -357,51 +365,121 @@ def measure(client: Client, name: str, loaded: Any, n: int, warm_up: int) -> dic
         if i >= warm_up:
             api.append(api_ms)
             direct.append(direct_ms)
+            timed.append((sent, received))
             same_label += json.loads(raw)["data"][0]["labels"][0]["label"] == result.results[0][0].label
     if same_label != n:
         print(f"  warning: the API and the direct call disagreed on the top label {n - same_label} times")
     series = {"api": api, "direct": direct, "overhead": [a - d for a, d in zip(api, direct, strict=True)]}
-    return {**series, **stages(name, timed_from)}
+    return {**series, **stages(name, timed_from, timed, percentile(direct, 50))}
 
 
-def stages(name: str, since: Any) -> dict[str, list[float]]:
-    """Where the time goes, from the job rows: created (web, before the insert commits) → started
-    (the worker claimed it) → finished (result and usage committed)."""
+def concurrent(port: int, key: str, name: str, clients: int, n: int) -> list[float]:
+    """`clients` threads, each with its own connection, sending requests back to back: the latency
+    of each of n requests in all (ms)."""
+    import threading
+
+    body = {"model": name, "input": TEXT}
+    latencies: list[float] = []
+    lock = threading.Lock()
+    per_client = max(1, n // clients)
+
+    def run() -> None:
+        client = Client(port, key)
+        for _ in range(per_client):
+            started = time.perf_counter()
+            status, raw = client.request("POST", "/v1/classifications", body)
+            if status != 200:
+                raise SystemExit(f"a concurrent request failed: {status} {raw[:300]!r}")
+            with lock:
+                latencies.append((time.perf_counter() - started) * 1000)
+        client.close()
+
+    threads = [threading.Thread(target=run) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies
+
+
+def stages(
+    name: str, since: Any, timed: list[tuple[float, float]], model_ms: float
+) -> dict[str, list[float]]:
+    """Where the time goes, from the job rows (created: the web, just before its INSERT; started: the
+    worker's claim; finished: the worker, just before its result and usage commit) and the sending
+    and receiving times here. Requests and rows are matched in order: they ran one at a time."""
     from apps.jobs.models import Job
 
-    rows = Job.objects.filter(model_name=name, created_at__gte=since).values_list(
-        "created_at", "started_at", "finished_at"
+    rows = list(
+        Job.objects.filter(model_name=name, created_at__gte=since)
+        .order_by("created_at")
+        .values_list("created_at", "started_at", "finished_at")
     )
-    queue = [(started - created).total_seconds() * 1000 for created, started, _ in rows]
-    work = [(finished - started).total_seconds() * 1000 for _, started, finished in rows]
-    return {"queue": queue, "worker": work}
+    if len(rows) != len(timed):
+        raise SystemExit(f"{len(timed)} requests but {len(rows)} jobs")
+    web, queue, worker, back = [], [], [], []
+    for (sent, received), (created, started, finished) in zip(timed, rows, strict=True):
+        web.append((created.timestamp() - sent) * 1000)
+        queue.append((started - created).total_seconds() * 1000)
+        worker.append((finished - started).total_seconds() * 1000 - model_ms)
+        back.append((received - finished.timestamp()) * 1000)
+    return {"web": web, "queue": queue, "worker": worker, "back": back}
 
 
-def report(title: str, series: dict[str, list[float]]) -> None:
-    print(f"\n{title}: {len(series['api'])} sequential requests of one text ({len(TEXT)} characters)")
-    print(f"  {'':32} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
-    for label, key in (
+STAGES = (
+    ("web: request in -> job created", "web"),
+    ("queue: job created -> claimed", "queue"),
+    ("worker, less the model (p50)", "worker"),
+    ("result stored -> response out", "back"),
+)
+
+
+def report(title: str, sides: dict[str, dict[str, list[float]]]) -> None:
+    names = list(sides)
+    print(
+        f"\n{title}: {len(sides[names[-1]]['api'])} sequential requests of one text ({len(TEXT)} characters)"
+    )
+    header = "".join(f"{side + ' p50':>14}{side + ' p99':>14}" for side in names)
+    print(f"  {'':34}{header}")
+    rows = [
         ("API + queue + worker (HTTP)", "api"),
         ("classify() in process", "direct"),
         ("overhead (API - direct, paired)", "overhead"),
-    ):
-        values = series[key]
-        print(
-            f"  {label:32} {percentile(values, 50):8.1f} {percentile(values, 99):8.1f} "
-            f"{sum(values) / len(values):8.1f}"
+        *STAGES,
+        ("8 concurrent clients: latency", "concurrent"),
+    ]
+    for label, key in rows:
+        cells = "".join(
+            f"{percentile(sides[side][key], 50):14.1f}{percentile(sides[side][key], 99):14.1f}"
+            for side in names
         )
-    print("  where the API's time goes (from the job rows):")
-    for label, key in (
-        ("  created -> claimed by worker", "queue"),
-        ("  claimed -> result committed", "worker"),
-    ):
-        values = series[key]
-        print(
-            f"  {label:32} {percentile(values, 50):8.1f} {percentile(values, 99):8.1f} "
-            f"{sum(values) / len(values):8.1f}"
-        )
-    p50 = percentile(series["overhead"], 50)
-    print(f"  target p50 overhead < 20 ms: {'met' if p50 < 20 else 'NOT met'} ({p50:.1f} ms)")
+        print(f"  {label:34}{cells}")
+    ours = percentile(sides[names[-1]]["overhead"], 50)
+    if len(names) == 2:
+        before = percentile(sides[names[0]]["overhead"], 50)
+        print(f"  p50 overhead {before:.1f} ms -> {ours:.1f} ms ({before / ours:.1f}x less)")
+    p99 = percentile(sides[names[-1]]["overhead"], 99)
+    print(
+        f"  target p50 overhead <= 10 ms: {'met' if ours <= 10 else 'NOT met'} ({ours:.1f} ms); "
+        f"p99 <= 20 ms: {'met' if p99 <= 20 else 'NOT met'} ({p99:.1f} ms)"
+    )
+
+
+def baseline_tree(ref: str) -> Path:
+    """A checkout of `ref` (e.g. the last release) under var/, to run as the baseline."""
+    sha = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"],
+        cwd=ROOT,
+        check=True,
+        text=True,
+        capture_output=True,
+    ).stdout.strip()
+    tree = VAR / "bench-baseline" / sha[:12]
+    if not (tree / "manage.py").exists():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", sha], cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
 
 
 def main() -> None:
@@ -410,6 +488,13 @@ def main() -> None:
     parser.add_argument("--warm-up", type=int, default=20)
     parser.add_argument("--minilm", action="store_true", help="also measure MiniLM-L6 with a fresh head")
     parser.add_argument("--threads", type=int, default=8, help="gunicorn threads (one worker process)")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients for the second measure")
+    parser.add_argument(
+        "--baseline",
+        default="",
+        help="a git ref (e.g. a38f03a) whose code runs first, on the same database and Redis, as the "
+        "baseline of the same run",
+    )
     parser.add_argument(
         "--torch-threads",
         type=int,
@@ -438,29 +523,35 @@ def main() -> None:
             register(org, f"ft:bench:overhead:{i}", "classification", path, labels, ctx).name
             for i, (_, path, labels, ctx) in enumerate(models)
         ]
-        purge_queues()
-        port = free_port()
-        processes: list[Process] = []
-        try:
-            processes.append(start_worker(env, "bench-overhead"))
-            processes.append(start_web(env, port, workers=1, threads=args.threads))
-            client = Client(port, key)
-            results = []
-            for (title, path, _, _), name in zip(models, names, strict=True):
-                loaded = load_model(str(path), device="cpu")
-                results.append((title, measure(client, name, loaded, args.n, args.warm_up)))
-            client.close()
-        finally:
-            for process in reversed(processes):
-                process.stop()
+        trees = {"ours": ROOT}
+        if args.baseline:
+            trees = {args.baseline[:10]: baseline_tree(args.baseline), **trees}
+        loaded = [load_model(str(path), device="cpu") for _, path, _, _ in models]
+        results: dict[str, dict[str, dict[str, list[float]]]] = {title: {} for title, *_ in models}
+        for side, tree in trees.items():
+            purge_queues()
+            port = free_port()
+            processes: list[Process] = []
+            try:
+                processes.append(start_worker(env, f"bench-overhead-{side}", tree))
+                processes.append(start_web(env, port, workers=1, threads=args.threads, cwd=tree))
+                client = Client(port, key)
+                for (title, *_), name, model in zip(models, names, loaded, strict=True):
+                    series = measure(client, name, model, args.n, args.warm_up)
+                    series["concurrent"] = concurrent(port, key, name, args.clients, args.n)
+                    results[title][side] = series
+                client.close()
+            finally:
+                for process in reversed(processes):
+                    process.stop()
     load = os.getloadavg()
     print(f"\nload average {started_load[0]:.1f} at the start, {load[0]:.1f} at the end (1 min)")
     print(
         f"CPU, torch {torch.__version__}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores; "
         f"gunicorn gthread 1x{args.threads}, Celery prefork -c 1; PostgreSQL and Redis on 127.0.0.1"
     )
-    for title, series in results:
-        report(title, series)
+    for title, sides in results.items():
+        report(title, sides)
 
 
 if __name__ == "__main__":

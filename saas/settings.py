@@ -156,6 +156,7 @@ MIDDLEWARE = [
     "apps.accounts.middleware.CurrentOrganizationMiddleware",
     "apps.api.middleware.RefuseUnstorableTextMiddleware",
     "apps.api.middleware.ApiErrorMiddleware",
+    "apps.api.middleware.HotCacheMiddleware",
 ]
 
 TIME_ZONE = "UTC"
@@ -333,6 +334,10 @@ INFERENCE_MAX_BATCH = env_int("INFERENCE_MAX_BATCH", 8)
 # retry-after at once. 256 is ~15 s of the tiny-model throughput of one CPU worker (bench/load.py).
 INFERENCE_MAX_QUEUED = env_int("INFERENCE_MAX_QUEUED", 256)
 INFERENCE_SHED_RETRY_AFTER_SECONDS = env_int("INFERENCE_SHED_RETRY_AFTER_SECONDS", 2)
+# How long a web process keeps its copy of an API key, a subscription or a model for the request
+# path (apps.core.hotcache); a change invalidates copies at once, this bounds a missed invalidation.
+# 0 reads the database on every request.
+HOT_CACHE_SECONDS = env_float("HOT_CACHE_SECONDS", 10)
 FILE_UPLOAD_HANDLERS = [
     "apps.projects.uploads.MaxSizeUploadHandler",
     "django.core.files.uploadhandler.MemoryFileUploadHandler",

@@ -13,11 +13,21 @@ import socket
 from typing import Any
 
 from celery import shared_task
-from celery.signals import worker_process_init
+from celery.signals import task_postrun, task_prerun, worker_process_init
 from django.conf import settings
+from django.db import close_old_connections
 
 from apps.billing.stripe_api import BillingUnavailable
 from apps.core import tasks
+
+
+@task_prerun.connect
+@task_postrun.connect
+def close_old_database_connections(**_: Any) -> None:
+    """What Django does around each web request, around each task: a connection that is broken,
+    left inside a transaction, or older than CONN_MAX_AGE is closed; the others are reused (and
+    health-checked before their next use). See `CELERY_DB_REUSE_MAX` in saas/celery.py."""
+    close_old_connections()
 
 
 @worker_process_init.connect

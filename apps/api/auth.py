@@ -5,10 +5,12 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import math
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Exists, OuterRef
 from django.http import HttpRequest
 from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
@@ -18,6 +20,7 @@ from rest_framework.request import Request
 from apps.accounts.models import ApiKey, Membership
 from apps.api.errors import APIError
 from apps.billing import ratelimit
+from apps.core.hotcache import HotCache
 
 MISSING = "You didn't provide an API key. Send it in the Authorization header as 'Bearer sk-…'."
 INVALID = "Incorrect API key provided. You can find your API keys on the dashboard's API keys page."
@@ -30,16 +33,44 @@ DEACTIVATED = (
 TOO_MANY_FAILURES = "Too many requests with an incorrect API key from your IP address. Retry after {wait} s."
 
 
-def find_api_key(raw_key: str) -> ApiKey | None:
-    """The active key for a raw secret, or None. Lookup by indexed prefix, constant-time compare."""
+@dataclass
+class _KnownKey:
+    """A key as authentication reads it, with whether its creator is still a member."""
+
+    key: ApiKey
+    member: bool
+
+
+_KEYS: HotCache[_KnownKey] = HotCache("api keys")
+
+
+def _load_key(prefix: str) -> _KnownKey | None:
+    # One query: the key, its project, organization and creator, and the creator's membership.
+    membership = Membership.objects.filter(
+        organization_id=OuterRef("project__organization_id"), user_id=OuterRef("created_by_id")
+    )
+    key = (
+        ApiKey.objects.select_related("project__organization", "created_by")
+        .annotate(creator_is_member=Exists(membership))
+        .filter(prefix=prefix)
+        .first()
+    )
+    if key is None:
+        return None
+    return _KnownKey(key, bool(key.creator_is_member))
+
+
+def _known_key(raw_key: str) -> _KnownKey | None:
+    """The key for a raw secret, or None. Lookup by indexed prefix (a copy kept for the request
+    path, apps.core.hotcache), constant-time compare."""
     prefix_len = len(ApiKey.PREFIX)
     if not raw_key.startswith(ApiKey.PREFIX) or len(raw_key) != prefix_len + 40:
         return None
     prefix = raw_key[prefix_len : prefix_len + 8]
-    key = ApiKey.objects.select_related("project__organization", "created_by").filter(prefix=prefix).first()
-    if key is None or not hmac.compare_digest(key.hashed_key, ApiKey.hash_secret(raw_key)):
+    known = _KEYS.get(prefix, lambda: _load_key(prefix))
+    if known is None or not hmac.compare_digest(known.key.hashed_key, ApiKey.hash_secret(raw_key)):
         return None
-    return key
+    return known
 
 
 def client_address(request: HttpRequest) -> str:
@@ -119,9 +150,10 @@ class ApiKeyAuthentication(BaseAuthentication):
             raw = header[1].decode()
         except UnicodeDecodeError:
             raise AuthenticationFailed(INVALID) from None
-        key = find_api_key(raw)
-        if key is None:
+        known = _known_key(raw)
+        if known is None:
             raise AuthenticationFailed(INVALID)
+        key = known.key
         if key.revoked_at is not None:
             raise AuthenticationFailed(REVOKED)
         if key.is_expired:
@@ -131,12 +163,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         # when they leave the organization, and when their account is switched off (their
         # sessions end then too: Django's ModelBackend refuses inactive users).
         creator = key.created_by
-        if (
-            creator is None
-            or not Membership.objects.filter(
-                organization_id=key.project.organization_id, user_id=creator.pk
-            ).exists()
-        ):
+        if creator is None or not known.member:
             raise AuthenticationFailed(REVOKED)
         if not creator.is_active:
             raise AuthenticationFailed(DEACTIVATED)
@@ -148,9 +175,11 @@ class ApiKeyAuthentication(BaseAuthentication):
 
     @staticmethod
     def _touch(key: ApiKey) -> None:
-        # At most one write a minute per key: this runs on every request.
+        # At most one write a minute per key: this runs on every request. The next request reads
+        # the key again, so that the copy it uses knows of this write (apps.core.hotcache).
         now = timezone.now()
         resolution = timedelta(seconds=settings.API_KEY_LAST_USED_RESOLUTION_SECONDS)
         if key.last_used_at is None or now - key.last_used_at >= resolution:
             ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
             key.last_used_at = now
+            _KEYS.forget(key.prefix)

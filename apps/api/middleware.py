@@ -13,6 +13,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
+from apps.core import hotcache
 from apps.core.errors import ActionError
 from apps.core.text import refuse_unstorable, refuse_unstorable_fields
 
@@ -47,6 +48,20 @@ class RequestIdMiddleware:
             return response
         finally:
             request_id_var.reset(token)
+
+
+class HotCacheMiddleware:
+    """Lets a /v1/ request use the per-process copies of keys, plans and models
+    (`apps.core.hotcache`): reads their generation token once, at the start."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if not request.path.startswith("/v1/"):
+            return self.get_response(request)
+        with hotcache.request_scope():
+            return self.get_response(request)
 
 
 class ApiErrorMiddleware:

@@ -52,6 +52,23 @@ class UsageRecord(models.Model):
         return f"{self.job_id} {self.unit}={self.quantity}"
 
 
+class MonthSpend(models.Model):
+    """What an organization was billed in a calendar month (UTC), in micro-dollars: the sum of its
+    usage records of that month, kept by a PostgreSQL trigger on every insert, update and delete of
+    a record (migration 0008), so that no way of writing records can miss it. Admission reads one
+    row instead of summing the month's records, which grow with every request."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="month_spend")
+    month = models.DateField()  # the first day of the month
+    spent = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "month"], name="one_spend_per_month")]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} {self.month:%Y-%m}: {self.spent}"
+
+
 class Price(models.Model):
     """The price book: micro-dollars per 1,000,000 units of one model (or `default`). Editable in
     admin; seeded from settings.PRICE_BOOK. Fine-tuned models are priced as their base."""

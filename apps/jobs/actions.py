@@ -8,10 +8,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,6 +38,8 @@ from apps.jobs.models import (
     StopReason,
 )
 from apps.jobs.queue import publish
+from apps.projects.models import Project
+from apps.registry.models import Model
 from apps.webhooks import models as webhook_events
 from apps.webhooks.actions import emit
 
@@ -81,7 +86,8 @@ def create_job(
 ) -> Job:
     """Creates a job and publishes it once the transaction commits."""
     now = timezone.now()
-    with transaction.atomic():
+    # One INSERT needs no transaction of its own (an inference request's job, in autocommit).
+    with transaction.atomic() if message else nullcontext():
         job = Job.objects.create(
             kind=kind,
             organization=project.organization,
@@ -197,7 +203,11 @@ def claim(
         "time_limit_at": now + timedelta(seconds=time_limit) if time_limit else None,
     }
     # The common case, the first delivery for a queued job: one UPDATE, nothing read first.
-    if Job.objects.filter(public_id=job_id, status=JobStatus.QUEUED).update(**lease):
+    if not with_files:
+        claimed = _claim_queued_request(job_id, owner, now, time_limit)
+        if claimed is not None:
+            return claimed
+    elif Job.objects.filter(public_id=job_id, status=JobStatus.QUEUED).update(**lease):
         return _claimed(job_id, with_files)
     cutoff = now - timedelta(seconds=settings.JOB_STALE_SECONDS)
     current = (
@@ -236,6 +246,53 @@ def claim(
         .update(**lease)
     )
     return _claimed(job_id, with_files) if updated else None
+
+
+# `claim`'s lease for a queued job as one statement that returns the claimed row: an inference
+# request's first delivery, where the UPDATE and the read that followed it were a third of the
+# worker's time around a small model.
+_CLAIM_QUEUED = f"""
+UPDATE {Job._meta.db_table}
+SET status = %s, attempt = attempt + 1, lease_owner = %s, heartbeat_at = %s,
+    started_at = COALESCE(started_at, %s), attempt_started_at = %s, time_limit_at = %s
+WHERE public_id = %s AND status = %s
+RETURNING *
+"""  # noqa: S608  (the only name formatted in is our own table's)
+
+
+def _claim_queued_request(job_id: str, owner: str, now: datetime, time_limit: float | None) -> Job | None:
+    time_limit_at = now + timedelta(seconds=time_limit) if time_limit else None
+    params = [JobStatus.RUNNING, owner, now, now, now, time_limit_at, job_id, JobStatus.QUEUED]
+    found = list(Job.objects.raw(_CLAIM_QUEUED, params))
+    if not found:
+        return None
+    job = found[0]
+    # The rows the worker reads through the job, from a short-lived copy: it checks that they are
+    # the job's organization's (apps.core.tenancy) and loads the model's weights, and neither the
+    # organization of a project, a key or a model nor a model's weights ever change.
+    job.project = _row(Project, job.project_id, ("organization",))
+    if job.model_id is not None:
+        job.model = _row(Model, job.model_id)
+    if job.api_key_id is not None:
+        job.api_key = _row(ApiKey, job.api_key_id, ("project",))
+    return job
+
+
+_ROW_SECONDS = 60.0
+_rows: dict[tuple[str, int], tuple[float, Any]] = {}
+
+
+def _row(model: type[Any], pk: int, related: tuple[str, ...] = ()) -> Any:
+    key = (model._meta.label, pk)
+    now = time.monotonic()
+    entry = _rows.get(key)
+    if entry is not None and entry[0] > now:
+        return entry[1]
+    row = model.objects.select_related(*related).get(pk=pk)
+    if len(_rows) >= 10_000:
+        _rows.clear()
+    _rows[key] = (now + _ROW_SECONDS, row)
+    return row
 
 
 def _claimed(job_id: str, with_files: bool) -> Job:
@@ -537,6 +594,59 @@ def finish(
             JobEvent.objects.create(job=job, level=level, message=message or f"Job {status}.")
         announce(job)
     return job
+
+
+# `finish` of an inference request that succeeded, as one statement: the job's result and its
+# first bill, and the usage records of that bill, fenced on the attempt like `finish`. The records
+# are inserted only for a row the UPDATE changed, so neither can be written without the other.
+_FINISH_REQUEST = f"""
+WITH done AS (
+    UPDATE {Job._meta.db_table}
+    SET status = %s, result = %s::jsonb, error = NULL, status_reason = '', finished_at = %s,
+        lease_owner = '', stop_requested = '', billed_usage = %s::jsonb, billed_cost = %s,
+        reserved_cost = 0
+    WHERE id = %s AND attempt = %s AND status = %s AND billed_cost = 0 AND billed_usage = '{{}}'::jsonb
+    RETURNING id, organization_id, project_id, api_key_id, model_name
+)
+INSERT INTO {UsageRecord._meta.db_table}
+    (job_id, organization_id, project_id, api_key_id, model_name, unit, start, quantity, cost, created_at)
+SELECT done.id, done.organization_id, done.project_id, done.api_key_id, done.model_name,
+       billed.unit, 0, billed.quantity, billed.cost, %s
+FROM done CROSS JOIN jsonb_to_recordset(%s::jsonb) AS billed(unit text, quantity bigint, cost bigint)
+RETURNING job_id
+"""  # noqa: S608  (the only names formatted in are our own tables')
+
+
+def finish_request(job: Job, result: dict[str, Any], usage: dict[str, int]) -> bool:
+    """running → succeeded for an inference request, with its usage billed: what
+    `finish(..., SUCCEEDED, result=..., usage=...)` does, in one round trip instead of six. False
+    (and nothing written) for a stale attempt.
+
+    A request is billed once, when it succeeds, so its job has no earlier bill; should one have
+    one anyway, or bill nothing, `finish` does the general work."""
+    records = [
+        (unit, total, cost_of(job.model_name, unit, total)) for unit, total in usage.items() if total > 0
+    ]
+    if not records:
+        return finish(job.pk, job.attempt, JobStatus.SUCCEEDED, result=result, usage=usage) is not None
+    now = timezone.now()
+    params: tuple[str | int | datetime, ...] = (
+        JobStatus.SUCCEEDED,
+        json.dumps(result),
+        now,
+        json.dumps({unit: quantity for unit, quantity, _ in records}),
+        sum(cost for _, _, cost in records),
+        job.pk,
+        job.attempt,
+        JobStatus.RUNNING,
+        now,
+        json.dumps([{"unit": unit, "quantity": quantity, "cost": cost} for unit, quantity, cost in records]),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(_FINISH_REQUEST, params)
+        if cursor.fetchall():
+            return True
+    return finish(job.pk, job.attempt, JobStatus.SUCCEEDED, result=result, usage=usage) is not None
 
 
 def bill(job: Job, usage: dict[str, int], models: dict[str, str] | None = None) -> list[str]:

@@ -15,6 +15,7 @@ dashboard and the workers.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,10 +131,13 @@ def admit_inference(
     quotas.check_model(subscription, model.name)
     inference.check_backlog(model)  # before the limits: a shed request counts against none of them
     slot = quotas.take_request_slot(subscription)
+    capped = quotas.spend_cap(subscription) is not None
     try:
-        with transaction.atomic():
+        # Only a reservation needs a transaction (the lock, the sum, the job that holds it); without
+        # a cap, the job is one INSERT in autocommit, not BEGIN, SAVEPOINT and COMMIT round trips too.
+        with transaction.atomic() if capped else nullcontext():
             reserved = 0
-            if quotas.spend_cap(subscription) is not None:
+            if capped:
                 lock_organization(project.organization_id)
                 reserved = reserve(subscription, inference.largest_cost(model, parsed))
             headers = quotas.check_rate(subscription, api_key, inference.estimate_tokens(parsed))

@@ -11,6 +11,7 @@ from django.conf import settings
 
 from apps.accounts.models import ApiKey, User
 from apps.core.errors import ActionError
+from apps.core.hotcache import HotCache
 from apps.jobs import actions
 from apps.jobs.models import Job, JobKind
 from apps.projects.models import Project
@@ -91,11 +92,18 @@ def _integer(body: dict[str, Any], key: str, low: int, high: int, default: int |
     return value
 
 
+# The request path's copies (apps.core.hotcache), by organization and name.
+_MODELS: HotCache[Model] = HotCache("models")
+
+
 def find_model(project: Project, name: Any) -> Model:
     """The model a request names, if the project's organization may see it and it still answers."""
     if not name or not isinstance(name, str):
         raise ActionError("Missing required parameter: 'model'.", param="model")
-    model = Model.objects.visible_to(project.organization).filter(name=name).first()
+    organization = project.organization
+    model = _MODELS.get(
+        (organization.pk, name), lambda: Model.objects.visible_to(organization).filter(name=name).first()
+    )
     if model is None:
         raise ActionError(
             f"The model '{name}' does not exist or you do not have access to it.",

@@ -64,6 +64,9 @@ def answer(admitted: Admitted) -> dict[str, Any]:
             if event["type"] == "error":
                 raise _event_error(event)
             if event["type"] == "done":
+                if "result" in event:  # the worker stored it and sent it along: no need to read it back
+                    job.result = event["result"]
+                    return job_response(job)
                 return job_response(inference.answered(job))
         raise ActionError(NO_ANSWER_MESSAGE, code="server_error", status=500)
     finally:

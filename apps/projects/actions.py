@@ -14,7 +14,7 @@ from django.utils import timezone
 from apps.accounts.actions import require_manager_or_creator
 from apps.accounts.models import ApiKey, Organization, User
 from apps.billing.quotas import subscription_for
-from apps.core import tasks
+from apps.core import hotcache, tasks
 from apps.core.errors import ActionError
 from apps.core.text import refuse_unstorable
 from apps.projects.models import UPLOAD_PURPOSES, File, FileStatus, Project
@@ -69,6 +69,7 @@ REVOKE_KEY_REFUSAL = "Only owners and admins can revoke another member's API key
 def revoke_api_key(actor: User, key: ApiKey) -> None:
     require_manager_or_creator(actor, key.project.organization, key.created_by_id, REVOKE_KEY_REFUSAL)
     ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    hotcache.invalidate()  # an update() sends no signal; the key must stop working at once
 
 
 def parse_column_mapping(raw: Any) -> dict[str, str] | None:

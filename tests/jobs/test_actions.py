@@ -7,9 +7,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
 from apps.billing.models import UsageRecord
+from apps.billing.pricing import cost_of
 from apps.jobs import actions
 from apps.jobs.models import Job, JobKind, JobStatus
 
@@ -351,3 +353,100 @@ def test_the_reaper_validates_again_an_upload_whose_message_was_lost(
     assert actions.reap()["files"] == 0  # not again within the stale period
     assert [m[0] for m in queued_messages("default")] == [[stuck.public_id]]
     purge_queues()
+
+
+@pytest.fixture
+def request_job(alice_project: Any, tiny_classifier: Any, alice_key: str) -> Job:
+    """An inference request's job, as `apps.jobs.inference.submit` makes it."""
+    return actions.create_job(
+        kind=JobKind.CLASSIFICATION,
+        project=alice_project,
+        model=tiny_classifier,
+        model_name=tiny_classifier.name,
+        request={"endpoint": "classifications", "texts": ["crash"]},
+        api_key=alice_project.api_keys.get(),
+    )
+
+
+def test_a_requests_claim_is_one_statement_that_brings_the_rows_the_worker_reads(
+    request_job: Job, django_assert_max_num_queries: Any
+) -> None:
+    # given the rows the worker reads through a job are known to this process
+    actions.claim(request_job.public_id, owner="host-a:1", with_files=False)
+    Job.objects.filter(pk=request_job.pk).update(status=JobStatus.QUEUED)
+
+    # when the next request is claimed
+    with django_assert_max_num_queries(1):
+        claimed = actions.claim(request_job.public_id, owner="host-a:1", time_limit=60, with_files=False)
+        assert claimed is not None
+        assert (claimed.project.organization_id, claimed.model.artifact_key) == (
+            request_job.organization_id,
+            request_job.model.artifact_key,
+        )
+        assert claimed.api_key.project_id == request_job.project_id
+
+    # then it holds the lease a claim gives
+    claimed.refresh_from_db()
+    assert (claimed.status, claimed.attempt, claimed.lease_owner) == (JobStatus.RUNNING, 2, "host-a:1")
+    assert claimed.time_limit_at is not None and claimed.started_at is not None
+    # and a duplicate delivery claims nothing
+    assert actions.claim(request_job.public_id, owner="host-b:2", with_files=False) is None
+
+
+def test_a_requests_finish_bills_once_in_one_statement(
+    request_job: Job, django_assert_num_queries: Any
+) -> None:
+    claimed = actions.claim(request_job.public_id, with_files=False)
+    assert claimed is not None
+    usage = {"classified_texts": 1, "input_tokens": 3}
+    cost_of(
+        claimed.model_name, "input_tokens", 1
+    )  # the prices are known to this process (re-read every 30 s)
+
+    with django_assert_num_queries(1):
+        assert actions.finish_request(claimed, {"data": []}, usage)
+
+    # a repeat (a redelivered message of the same attempt) writes nothing, whichever way it goes
+    assert not actions.finish_request(claimed, {"data": ["again"]}, usage)
+    request_job.refresh_from_db()
+    records = list(UsageRecord.objects.values_list("unit", "quantity", "start", "job_id", "api_key_id"))
+    assert sorted(records) == [
+        ("classified_texts", 1, 0, request_job.pk, request_job.api_key_id),
+        ("input_tokens", 3, 0, request_job.pk, request_job.api_key_id),
+    ]
+    assert request_job.status == JobStatus.SUCCEEDED and request_job.result == {"data": []}
+    assert request_job.billed_usage == usage and request_job.reserved_cost == 0
+    assert request_job.billed_cost == sum(UsageRecord.objects.values_list("cost", flat=True)) > 0
+    assert request_job.lease_owner == "" and request_job.finished_at is not None
+
+
+def test_a_requests_finish_from_a_stale_attempt_writes_nothing(request_job: Job) -> None:
+    stale = actions.claim(request_job.public_id, with_files=False)
+    assert stale is not None
+    Job.objects.filter(pk=request_job.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    assert actions.claim(request_job.public_id, owner="host-b:2", with_files=False) is not None
+
+    assert not actions.finish_request(stale, {"data": []}, {"classified_texts": 1})
+
+    request_job.refresh_from_db()
+    assert request_job.status == JobStatus.RUNNING and request_job.attempt == 2
+    assert not UsageRecord.objects.exists()
+
+
+def test_a_request_billed_before_finishes_through_the_general_path(request_job: Job) -> None:
+    # given an attempt that already billed part of its usage (no request does today: the general path
+    # exists so that one never could be billed twice)
+    claimed = actions.claim(request_job.public_id, with_files=False)
+    assert claimed is not None
+    with transaction.atomic():
+        locked = Job.objects.select_for_update().get(pk=claimed.pk)
+        fields = actions.bill(locked, {"input_tokens": 2})
+        locked.save(update_fields=fields)
+
+    assert actions.finish_request(claimed, {"data": []}, {"classified_texts": 1, "input_tokens": 3})
+
+    assert sorted(UsageRecord.objects.values_list("unit", "start", "quantity")) == [
+        ("classified_texts", 0, 1),
+        ("input_tokens", 0, 2),
+        ("input_tokens", 2, 1),
+    ]

@@ -1,4 +1,5 @@
-"""Keeps a running job's lease alive from a side thread, and tells the work loop when to stop.
+"""Keeps a running job's lease alive from the worker process's heartbeat thread, and tells the
+work loop when to stop.
 
 Every write goes through `apps.jobs.actions`, fenced on the attempt. The loop stops when the
 customer cancels or pauses, when another attempt took the job over (fenced), or when this worker
@@ -8,6 +9,7 @@ could not reach PostgreSQL for JOB_SELF_FENCE_SECONDS (it assumes the reaper gav
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -31,6 +33,10 @@ MONEY_STOPS = {BUDGET: StopReason.BUDGET_REACHED, SPEND_LIMIT: StopReason.SPEND_
 
 
 class AttemptGuard:
+    """A running attempt's lease, kept by the worker process's heartbeat thread (`_Heartbeats`)
+    from its first poll interval on: an attempt that ends sooner (a request answered in
+    milliseconds) costs neither a thread nor a database write."""
+
     def __init__(self, job_pk: int, attempt: int) -> None:
         self.job_pk = job_pk
         self.attempt = attempt
@@ -38,16 +44,16 @@ class AttemptGuard:
         self._progress: dict[str, Any] | None = None
         self._progress_dirty = False
         self._lock = threading.Lock()
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_pk}", daemon=True)
+        self._polling = threading.Lock()  # held by the heartbeat thread while it polls this attempt
+        self._last_ok = self._last_beat = self._last_progress = 0.0
 
     def __enter__(self) -> AttemptGuard:
-        self._thread.start()
+        self._last_ok = self._last_beat = self._last_progress = time.monotonic()
+        _heartbeats().add(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._closed.set()
-        self._thread.join(timeout=10)
+        _heartbeats().remove(self)  # after this returns, nothing more is written for this attempt
 
     @property
     def lost(self) -> bool:
@@ -66,53 +72,110 @@ class AttemptGuard:
             self._progress = progress
             self._progress_dirty = True
 
-    def _run(self) -> None:
+    def _tick(self, now: float) -> bool:
+        """One poll of the lease: the heartbeat (with progress) when due, else a read of the stop
+        request. False once the attempt is lost and needs no more polls."""
         heartbeat_every = settings.JOB_HEARTBEAT_SECONDS
         progress_every = settings.JOB_PROGRESS_INTERVAL_SECONDS
-        # Poll often enough that a cancel is seen within about a second.
-        poll = min(1.0, heartbeat_every, progress_every)
-        last_ok = last_beat = last_progress = time.monotonic()
+        with self._lock:
+            progress = self._progress if self._progress_dirty else None
+        due = now - self._last_beat >= heartbeat_every or (
+            progress and now - self._last_progress >= progress_every
+        )
         try:
-            while not self._closed.wait(poll):
-                now = time.monotonic()
-                with self._lock:
-                    progress = self._progress if self._progress_dirty else None
-                due = now - last_beat >= heartbeat_every or (
-                    progress and now - last_progress >= progress_every
-                )
-                try:
-                    if due:
-                        result = actions.heartbeat(self.job_pk, self.attempt, progress)
-                        written = time.monotonic()
-                        _warn_if_late(self.job_pk, written - last_beat, written - now)
-                        last_beat = now
-                        if progress is not None:
-                            last_progress = now
-                            with self._lock:
-                                self._progress_dirty = self._progress is not progress
-                    else:
-                        result = actions.stop_requested(self.job_pk, self.attempt)
-                    last_ok = now
-                except DatabaseError:
-                    logger.warning("job %s: heartbeat failed", self.job_pk, exc_info=True)
-                    # Django never reopens a broken connection on its own inside a task: drop it, so
-                    # the next beat reconnects once PostgreSQL is back.
-                    connections.close_all()
-                    if now - last_ok >= settings.JOB_SELF_FENCE_SECONDS:
-                        logger.error(
-                            "job %s: no database for %.0fs; abandoning attempt", self.job_pk, now - last_ok
-                        )
-                        self.stop_reason = SELF_FENCED
-                        return
-                    continue
-                if result is None:
-                    logger.warning("job %s: attempt %s was fenced off", self.job_pk, self.attempt)
-                    self.stop_reason = FENCED
-                    return
-                if result:
-                    self.request_stop(result)
-        finally:
+            if due:
+                result = actions.heartbeat(self.job_pk, self.attempt, progress)
+                written = time.monotonic()
+                _warn_if_late(self.job_pk, written - self._last_beat, written - now)
+                self._last_beat = now
+                if progress is not None:
+                    self._last_progress = now
+                    with self._lock:
+                        self._progress_dirty = self._progress is not progress
+            else:
+                result = actions.stop_requested(self.job_pk, self.attempt)
+            self._last_ok = now
+        except DatabaseError:
+            logger.warning("job %s: heartbeat failed", self.job_pk, exc_info=True)
+            # Django never reopens a broken connection on its own outside a request: drop it, so
+            # the next beat reconnects once PostgreSQL is back.
             connections.close_all()
+            if now - self._last_ok >= settings.JOB_SELF_FENCE_SECONDS:
+                logger.error(
+                    "job %s: no database for %.0fs; abandoning attempt", self.job_pk, now - self._last_ok
+                )
+                self.stop_reason = SELF_FENCED
+                return False
+            return True
+        if result is None:
+            logger.warning("job %s: attempt %s was fenced off", self.job_pk, self.attempt)
+            self.stop_reason = FENCED
+            return False
+        if result:
+            self.request_stop(result)
+        return True
+
+
+class _Heartbeats:
+    """The one thread of a worker process that keeps the leases of its running attempts (a batch
+    of requests runs several at once), with its own database connection. It polls often enough
+    that a cancel is seen within about a second."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._guards: dict[AttemptGuard, float] = {}  # guard -> when it was added
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
+        self._thread.start()
+
+    def add(self, guard: AttemptGuard) -> None:
+        with self._lock:
+            self._guards[guard] = time.monotonic()
+            self._wake.notify()
+
+    def remove(self, guard: AttemptGuard) -> None:
+        with self._lock:
+            self._guards.pop(guard, None)
+        with guard._polling:  # a poll of it under way ends first
+            pass
+
+    def _run(self) -> None:
+        while True:
+            poll = min(1.0, settings.JOB_HEARTBEAT_SECONDS, settings.JOB_PROGRESS_INTERVAL_SECONDS)
+            with self._lock:
+                if not self._guards:
+                    self._wake.wait()  # idle until an attempt starts
+                    continue
+                self._wake.wait(poll)
+                now = time.monotonic()
+                # Attempts younger than one interval are skipped: their claim wrote heartbeat_at.
+                due = [guard for guard, added in self._guards.items() if now - added >= poll]
+            for guard in due:  # outside the lock: a poll may wait on PostgreSQL for seconds
+                with guard._polling:
+                    with self._lock:
+                        if guard not in self._guards:
+                            continue  # it ended meanwhile
+                    if not guard._tick(now):
+                        self.remove_lost(guard)
+
+    def remove_lost(self, guard: AttemptGuard) -> None:
+        with self._lock:
+            self._guards.pop(guard, None)
+
+
+_service: _Heartbeats | None = None
+_service_lock = threading.Lock()
+
+
+def _heartbeats() -> _Heartbeats:
+    """The process's heartbeat thread, started on first use (and again in a forked child, which
+    inherits the object but not the thread)."""
+    global _service
+    with _service_lock:
+        if _service is None or _service.pid != os.getpid():
+            _service = _Heartbeats()
+        return _service
 
 
 def _warn_if_late(job_pk: int, gap: float, write: float) -> None:

@@ -74,6 +74,16 @@ def _fail(job: Job, status: int, code: str, message: str, param: str | None) -> 
     )
 
 
+def succeed(job: Job, body: dict[str, Any], usage: dict[str, int]) -> None:
+    """Stores the answer and its usage, then hands the answer to the waiting request itself, so
+    that it need not read the row back. When this attempt no longer owns the job (another one
+    answers), or the job is gone with its project, the request is only told to look at the row."""
+    if not actions.finish_request(job, body, usage):
+        relay.push(job.public_id, {"type": "done"})
+        return
+    relay.push(job.public_id, {"type": "done", "result": body})
+
+
 def classification_result(loaded: Any, request: dict[str, Any]) -> dict[str, Any]:
     from workers.runtime.classify import classify
     from workers.runtime.specs import ClassifyRequest
@@ -95,8 +105,7 @@ def _classify(job: Job, loaded: Any) -> None:
         _fail(job, 400, "invalid_request", str(exc), "input")
         return
     usage = {"classified_texts": len(job.request["texts"]), "input_tokens": body["usage"]["prompt_tokens"]}
-    actions.finish(job.pk, job.attempt, JobStatus.SUCCEEDED, result=body, usage=usage, message="Classified.")
-    relay.push(job.public_id, {"type": "done"})
+    succeed(job, body, usage)
 
 
 TOO_LONG = "input[{index}] is {tokens} tokens long; {model} reads at most {limit} tokens per input. Shorten or split it."
@@ -128,8 +137,7 @@ def _embed(job: Job, loaded: Any) -> None:
         _fail(job, 400, "invalid_request", str(exc), "model")
         return
     usage = {"input_tokens": body["usage"]["prompt_tokens"]}
-    actions.finish(job.pk, job.attempt, JobStatus.SUCCEEDED, result=body, usage=usage, message="Embedded.")
-    relay.push(job.public_id, {"type": "done"})
+    succeed(job, body, usage)
 
 
 @dataclass
