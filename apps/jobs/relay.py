@@ -46,10 +46,13 @@ def listen(job_id: str, timeout: float) -> Iterator[dict[str, Any] | None]:
         if item is None:
             continue
         event = json.loads(item[1])
-        yield event
         if event.get("type") in ("done", "error"):
+            # Before yielding: a caller that returns on the final event closes this generator there,
+            # and the list (which may hold the whole answer) would stay until it expires.
             redis.delete(_key(job_id))
+            yield event
             return
+        yield event
 
 
 def request_abort(job_id: str) -> None:

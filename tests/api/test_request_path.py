@@ -16,6 +16,8 @@ from apps.accounts.models import ApiKey
 from apps.billing.models import Plan
 from apps.core import hotcache
 from apps.core.hotcache import HotCache
+from apps.core.redis import client
+from apps.jobs.models import Job
 from apps.projects.actions import revoke_api_key
 
 pytestmark = pytest.mark.integration
@@ -50,6 +52,10 @@ def test_a_warm_request_writes_its_job_and_reads_nothing_else(
     assert response.json()["data"][0]["labels"][0]["label"] in {"billing", "bug", "praise"}
     statements = [query["sql"] for query in queries]
     assert len(statements) == 1 and statements[0].startswith('INSERT INTO "jobs_job"'), statements
+    # and the answer it was handed does not stay in Redis
+    job = Job.objects.latest("created_at")
+    assert job.result is not None and job.result["data"] == response.json()["data"]
+    assert not client().exists(f"mw:job:{job.public_id}:events")
 
 
 def _revoke(alice: Any, **_: Any) -> None:
