@@ -52,21 +52,32 @@ class UsageRecord(models.Model):
         return f"{self.job_id} {self.unit}={self.quantity}"
 
 
+# Each (organization, month) total is split over this many rows, by usage record id: a transaction
+# that bills holds one of them until it commits, and the others' bills do not wait for it.
+MONTH_SPEND_SHARDS = 16
+
+
 class MonthSpend(models.Model):
-    """What an organization was billed in a calendar month (UTC), in micro-dollars: the sum of its
-    usage records of that month, kept by a PostgreSQL trigger on every insert, update and delete of
-    a record (migration 0008), so that no way of writing records can miss it. Admission reads one
-    row instead of summing the month's records, which grow with every request."""
+    """What an organization was billed in a calendar month (UTC), in micro-dollars, as the sum of
+    its shards: together they equal the sum of its usage records of that month, kept by a PostgreSQL
+    trigger on every insert, update and delete of a record (migration 0008), so that no way of
+    writing records can miss it. Admission reads these few rows instead of summing the month's
+    records, which grow with every request."""
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="month_spend")
     month = models.DateField()  # the first day of the month
+    shard = models.PositiveSmallIntegerField(default=0)  # usage record id % MONTH_SPEND_SHARDS
     spent = models.BigIntegerField(default=0)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["organization", "month"], name="one_spend_per_month")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "month", "shard"], name="one_spend_per_month_shard"
+            )
+        ]
 
     def __str__(self) -> str:
-        return f"{self.organization_id} {self.month:%Y-%m}: {self.spent}"
+        return f"{self.organization_id} {self.month:%Y-%m} #{self.shard}: {self.spent}"
 
 
 class Price(models.Model):

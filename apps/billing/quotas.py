@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
 from apps.accounts.actions import owned_or_created
@@ -78,14 +78,12 @@ def month_start(now: datetime | None = None) -> datetime:
 
 
 def month_spend(organization: Organization | int) -> int:
-    """What the organization (or organization id) was billed this month, in micro-dollars: one row
-    that a trigger keeps equal to the sum of the month's usage records (`MonthSpend`)."""
+    """What the organization (or organization id) was billed this month, in micro-dollars: the few
+    rows a trigger keeps equal to the sum of the month's usage records (`MonthSpend`)."""
     organization_id = organization if isinstance(organization, int) else organization.pk
-    spent = (
-        MonthSpend.objects.filter(organization_id=organization_id, month=month_start().date())
-        .values_list("spent", flat=True)
-        .first()
-    )
+    spent = MonthSpend.objects.filter(organization_id=organization_id, month=month_start().date()).aggregate(
+        total=Sum("spent")
+    )["total"]
     return int(spent or 0)
 
 

@@ -288,7 +288,9 @@ def _row(model: type[Any], pk: int, related: tuple[str, ...] = ()) -> Any:
     entry = _rows.get(key)
     if entry is not None and entry[0] > now:
         return entry[1]
-    row = model.objects.select_related(*related).get(pk=pk)
+    row = model.objects.select_related(*related).filter(pk=pk).first()
+    if row is None:
+        return None  # deleted since the claim (a model): the runner fails the job at once
     if len(_rows) >= 10_000:
         _rows.clear()
     _rows[key] = (now + _ROW_SECONDS, row)

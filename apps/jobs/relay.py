@@ -32,6 +32,28 @@ def push(job_id: str, event: dict[str, Any]) -> None:
     pipe.execute()
 
 
+# KEYS: the job's list, its abort flag. ARGV: the answer's event, the event without the answer, the
+# list's lifetime. A request that stopped waiting (it timed out, its client left) has set the flag:
+# nobody will read the answer, so it is not parked in Redis for the list's lifetime.
+_PUSH_ANSWER = """
+local event = ARGV[1]
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  event = ARGV[2]
+end
+redis.call('RPUSH', KEYS[1], event)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+"""
+
+
+def push_answer(job_id: str, result: dict[str, Any]) -> None:
+    """The final `done` event with the stored answer in it, so that the waiting request need not
+    read the job back; without it when the request has stopped waiting."""
+    answer = json.dumps({"type": "done", "result": result}, separators=(",", ":"))
+    client().eval(
+        _PUSH_ANSWER, 2, _key(job_id), _abort_key(job_id), answer, '{"type":"done"}', EXPIRE_SECONDS
+    )
+
+
 def listen(job_id: str, timeout: float) -> Iterator[dict[str, Any] | None]:
     """Yields events as they arrive until a final one; yields None once if `timeout` passes."""
     deadline = time.monotonic() + timeout

@@ -10,6 +10,7 @@ whichever way it ends.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +19,7 @@ from django.conf import settings
 from apps.core.errors import ActionError, error_body
 from apps.jobs import actions, inference, relay
 from apps.jobs.admission import Admitted
-from apps.jobs.models import Job
+from apps.jobs.models import ACTIVE_STATUSES, Job
 from apps.jobs.responses import Chunker, job_response
 
 TIMEOUT_MESSAGE = (
@@ -56,21 +57,34 @@ def answer(admitted: Admitted) -> dict[str, Any]:
     """Waits for the job's result: its OpenAI response body. Its failure, or a timeout (504), as an
     ActionError."""
     job = admitted.job
+    deadline = time.monotonic() + settings.INFERENCE_TIMEOUT_SECONDS
     try:
-        for event in relay.listen(job.public_id, settings.INFERENCE_TIMEOUT_SECONDS):
-            if event is None:
-                give_up(job)
-                raise timeout_error()
-            if event["type"] == "error":
-                raise _event_error(event)
-            if event["type"] == "done":
-                if "result" in event:  # the worker stored it and sent it along: no need to read it back
-                    job.result = event["result"]
-                    return job_response(job)
-                return job_response(inference.answered(job))
-        raise ActionError(NO_ANSWER_MESSAGE, code="server_error", status=500)
+        while True:
+            found = _answered(job, deadline)
+            if found is not None:
+                return found
     finally:
         admitted.release()
+
+
+def _answered(job: Job, deadline: float) -> dict[str, Any] | None:
+    """The response once the job's final event comes; None when an attempt that had lost the job
+    said it was done (the attempt that owns it answers later: listen again)."""
+    for event in relay.listen(job.public_id, deadline - time.monotonic()):
+        if event is None:
+            give_up(job)
+            raise timeout_error()
+        if event["type"] == "error":
+            raise _event_error(event)
+        if event["type"] == "done":
+            if "result" in event:  # the worker stored it and sent it along: no need to read it back
+                job.result = event["result"]
+                return job_response(job)
+            found = inference.answered(job)
+            if found.status in ACTIVE_STATUSES:
+                return None
+            return job_response(found)
+    raise ActionError(NO_ANSWER_MESSAGE, code="server_error", status=500)
 
 
 def stream(admitted: Admitted, endpoint: str) -> Iterator[dict[str, Any]]:

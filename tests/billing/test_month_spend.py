@@ -6,9 +6,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 from django.db.models import Sum
 
-from apps.billing.models import MonthSpend, UsageRecord
+from apps.billing.models import MONTH_SPEND_SHARDS, MonthSpend, UsageRecord
 from apps.billing.quotas import month_spend, month_start
 from apps.jobs import actions
 from apps.jobs.models import Job, JobKind, JobStatus
@@ -80,9 +81,48 @@ def test_an_organization_with_spend_can_be_deleted(alice_org: Any) -> None:
     assert not MonthSpend.objects.exists() and not UsageRecord.objects.exists()
 
 
-def test_the_spend_is_read_without_summing(alice_org: Any, django_assert_num_queries: Any) -> None:
-    for _ in range(3):
+def test_the_spend_is_read_without_reading_the_records(
+    alice_org: Any, django_assert_num_queries: Any
+) -> None:
+    for _ in range(40):
         record(alice_org, 10)
     with django_assert_num_queries(1) as queries:
-        assert month_spend(alice_org) == 30
-    assert "SUM" not in queries.captured_queries[0]["sql"].upper()
+        assert month_spend(alice_org) == 400
+    sql = queries.captured_queries[0]["sql"]
+    assert "billing_monthspend" in sql and "billing_usagerecord" not in sql
+    assert MonthSpend.objects.filter(organization=alice_org).count() == MONTH_SPEND_SHARDS
+
+
+def test_a_bill_waits_for_no_other_transaction_that_bills(
+    transactional_db: None, alice_org: Any, alice_project: Any
+) -> None:
+    # given another transaction that billed the organization and has not committed (a worker paused
+    # inside its finishing transaction)
+    from django.db import connection
+
+    params = connection.get_connection_params()
+    other = psycopg.connect(**params)
+    other.execute(
+        "INSERT INTO billing_usagerecord (organization_id, model_name, unit, start, quantity, cost, created_at) "
+        "VALUES (%s, 'm', 'input_tokens', 0, 1, 500, now())",
+        (alice_org.pk,),
+    )
+    try:
+        # when a request of the organization is billed meanwhile
+        job = Job.objects.create(
+            kind=JobKind.CLASSIFICATION, organization=alice_org, project=alice_project, model_name="m"
+        )
+        claimed = actions.claim(job.public_id, with_files=False)
+        assert claimed is not None
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '2s'")
+        try:
+            # then it does not wait for the other to commit
+            assert actions.finish_request(claimed, {"data": []}, {"classified_texts": 1, "input_tokens": 2})
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("SET lock_timeout = 0")
+    finally:
+        other.commit()
+        other.close()
+    assert month_spend(alice_org) == summed(alice_org)

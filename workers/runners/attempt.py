@@ -137,8 +137,9 @@ class _Heartbeats:
     def remove(self, guard: AttemptGuard) -> None:
         with self._lock:
             self._guards.pop(guard, None)
-        with guard._polling:  # a poll of it under way ends first
-            pass
+        # A poll of it under way ends first, unless PostgreSQL holds it: its write is fenced anyway.
+        if guard._polling.acquire(timeout=10):
+            guard._polling.release()
 
     def _run(self) -> None:
         while True:
@@ -156,8 +157,24 @@ class _Heartbeats:
                     with self._lock:
                         if guard not in self._guards:
                             continue  # it ended meanwhile
-                    if not guard._tick(now):
+                    # Its own clock: the polls before it may each have waited seconds on PostgreSQL,
+                    # and self-fencing must not come late.
+                    if not self._poll(guard, time.monotonic()):
                         self.remove_lost(guard)
+
+    @staticmethod
+    def _poll(guard: AttemptGuard, now: float) -> bool:
+        """One attempt's poll. A bug (or a MemoryError) in it must not end the thread that keeps
+        every other attempt of this process: it is logged, and the attempt is polled again."""
+        try:
+            return guard._tick(now)
+        except Exception:
+            logger.exception("job %s: heartbeat poll failed", guard.job_pk)
+            return True
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def remove_lost(self, guard: AttemptGuard) -> None:
         with self._lock:
@@ -169,11 +186,11 @@ _service_lock = threading.Lock()
 
 
 def _heartbeats() -> _Heartbeats:
-    """The process's heartbeat thread, started on first use (and again in a forked child, which
-    inherits the object but not the thread)."""
+    """The process's heartbeat thread, started on first use, and again in a forked child (which
+    inherits the object but not the thread) or should it ever have died."""
     global _service
     with _service_lock:
-        if _service is None or _service.pid != os.getpid():
+        if _service is None or _service.pid != os.getpid() or not _service.alive:
             _service = _Heartbeats()
         return _service
 

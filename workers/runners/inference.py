@@ -81,7 +81,7 @@ def succeed(job: Job, body: dict[str, Any], usage: dict[str, int]) -> None:
     if not actions.finish_request(job, body, usage):
         relay.push(job.public_id, {"type": "done"})
         return
-    relay.push(job.public_id, {"type": "done", "result": body})
+    relay.push_answer(job.public_id, body)
 
 
 def classification_result(loaded: Any, request: dict[str, Any]) -> dict[str, Any]:
