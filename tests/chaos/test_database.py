@@ -2,7 +2,8 @@
 with its own pg_ctl, behind a live gunicorn, a worker and a reaper process of its own.
 
 (a) a fast restart under a request loop costs only the requests in flight;
-(b) an outage shorter than the self-fence: the job keeps computing, is not reaped, succeeds;
+(b) an outage shorter than the self-fence: the job keeps computing, is not reaped, succeeds; and
+    the work loop waits at a call it cannot put off (a budget check, the writes before the finish);
 (c) an outage longer than the self-fence: the worker abandons its attempt and the reaper re-runs
     the job from its checkpoint once PostgreSQL is back: succeeded, billed once.
 """
@@ -162,9 +163,11 @@ def private_stack(private_pg: PrivatePostgres, tiny_bert_dir: Path, tmp_path_fac
 def stack_worker(private_stack: Stack) -> Iterator[Any]:
     """Starts workers (and one reaper process, as beat would run it) on the private stack."""
     started: list[Any] = []
+    stale = [float(private_stack.env["JOB_STALE_SECONDS"])]
 
     def start(extra: dict[str, str] | None = None) -> Worker:
         env = {**private_stack.env, **(extra or {})}
+        stale.append(float(env["JOB_STALE_SECONDS"]))
         log = ROOT / "var" / "test-logs" / f"chaos-pg-worker-{time.monotonic_ns()}.log"
         worker = Worker(env=env, log=log)
         started.append(worker)
@@ -173,6 +176,10 @@ def stack_worker(private_stack: Stack) -> Iterator[Any]:
         return worker
 
     yield start
+    # A scenario that failed may leave its job unfinished, and the Free plan runs one job at a time:
+    # the next scenario would be refused. Cancel it while the workers and the reaper can still end
+    # it (the reaper ends one whose worker gave it up once its heartbeat is stale).
+    cancel_unfinished(private_stack, timeout=max(stale) + 30)
     for item in started:
         if isinstance(item, Worker):
             from tests.chaos.conftest import kill_worker
@@ -194,6 +201,19 @@ def submit(stack: Stack, *, rows: int = 40, epochs: int = 8) -> str:
         created = client.post("/v1/fine_tuning/jobs", json=fine_tune_body(file_id, epochs))
         assert created.status_code == 200, created.text
         return str(created.json()["id"])
+
+
+def cancel_unfinished(stack: Stack, timeout: float) -> None:
+    active = "SELECT public_id FROM jobs_job WHERE status IN ('validating_files', 'queued', 'running')"
+    unfinished = [row[0] for row in stack.query(active)]
+    if not unfinished:
+        return
+    with stack.client() as client:
+        for job_id in unfinished:
+            client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel")
+    wait_for(
+        lambda: not stack.query(active), timeout=timeout, interval=0.5, message="a job is still unfinished"
+    )
 
 
 def wait_job(stack: Stack, job_id: str, predicate: Any, timeout: float, message: str = "") -> dict[str, Any]:
@@ -294,6 +314,39 @@ def test_t13b_an_outage_shorter_than_the_self_fence_does_not_stop_the_job(
     assert not any("Worker lost" in e for e in events)
     log = worker.log.read_text(errors="replace")
     assert "heartbeat failed" in log or "progress write failed" in log, "the outage did not reach the job"
+    assert "abandoning attempt" not in log
+
+
+def test_t13b_the_work_loop_waits_out_a_short_outage_instead_of_ending_the_attempt(
+    private_stack: Stack, stack_worker: Any
+) -> None:
+    # PostgreSQL is down from the first checkpoint until the work loop has to wait for it: the
+    # training's writes are kept for later, so it runs on until a call it cannot put off (the budget
+    # check asking the spend cap for more, or the writes before the finish) meets the outage, for
+    # certain, not by chance. The self-fence leaves the short job ample time to reach its end.
+    worker = stack_worker({"JOB_SELF_FENCE_SECONDS": "30", "JOB_STALE_SECONDS": "40"})
+    job_id = submit(private_stack, rows=40, epochs=4)
+    wait_job(private_stack, job_id, has_checkpoint, timeout=90, message="no checkpoint")
+    with outage(private_stack):
+        # the work loop waits at a call it cannot put off (the writes before the finish, or a budget
+        # check); without that, the attempt ends as a transient failure
+        wait_for(
+            lambda: (
+                "database unreachable from the work loop" in (log := worker.log.read_text(errors="replace"))
+                or "transient failure" in log
+            ),
+            timeout=25,
+            message="the work loop never met the outage",
+        )
+    job = wait_job(private_stack, job_id, is_finished, timeout=60)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempt"] == 1, "the job was re-run"
+    assert private_stack.usage(job_id) == [("trained_tokens", job["trained_tokens"])]
+    events = private_stack.events(job_id)
+    assert events.count("The job has successfully completed.") == 1
+    log = worker.log.read_text(errors="replace")
+    assert "database unreachable from the work loop" in log
+    assert "transient failure" not in log
     assert "abandoning attempt" not in log
 
 

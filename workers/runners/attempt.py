@@ -4,6 +4,8 @@ work loop when to stop.
 Every write goes through `apps.jobs.actions`, fenced on the attempt. The loop stops when the
 customer cancels or pauses, when another attempt took the job over (fenced), or when this worker
 could not reach PostgreSQL for JOB_SELF_FENCE_SECONDS (it assumes the reaper gave the job away).
+A shorter outage does not stop it: the work loop's own database calls wait it out (`ride_out`) or
+are kept for later (`workers.runners.progress`).
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
 from apps.core.tenancy import TENANT_MISMATCH_MESSAGE, foreign_references
 from apps.jobs import actions
@@ -30,6 +33,11 @@ SELF_FENCED = "self_fenced"
 BUDGET = "budget"
 SPEND_LIMIT = "spend_limit"
 MONEY_STOPS = {BUDGET: StopReason.BUDGET_REACHED, SPEND_LIMIT: StopReason.SPEND_LIMIT_REACHED}
+# What an unreachable PostgreSQL raises (stopped, restarting, a cut connection). Other database
+# errors (a constraint, a bad query) are not outages: waiting would not fix them.
+OUTAGE_ERRORS = (OperationalError, InterfaceError)
+
+T = TypeVar("T")
 
 
 class AttemptGuard:
@@ -71,6 +79,36 @@ class AttemptGuard:
         with self._lock:
             self._progress = progress
             self._progress_dirty = True
+
+    def ride_out(self, call: Callable[[], T]) -> T | None:
+        """`call()`, a database call of the work loop that cannot be put off (the budget check
+        before a step, the writes before the attempt ends), waiting out an outage shorter than the
+        self-fence: it is tried again on a fresh connection until PostgreSQL answers. None, without
+        calling it again, once the attempt is lost: fenced or self-fenced, by the heartbeat thread or
+        here after JOB_SELF_FENCE_SECONDS of failures (the same rule, in case the beats stopped).
+        `call` must be safe to repeat: a failed call may have committed before its answer was lost."""
+        failing_since: float | None = None
+        while not self.lost:
+            try:
+                return call()
+            except OUTAGE_ERRORS:
+                now = time.monotonic()
+                if failing_since is None:
+                    failing_since = now
+                    logger.warning(
+                        "job %s: database unreachable from the work loop; waiting", self.job_pk, exc_info=True
+                    )
+                # Django never reopens a broken connection on its own inside a task: drop it, so the
+                # next try reconnects once PostgreSQL is back.
+                connections.close_all()
+                if now - failing_since >= settings.JOB_SELF_FENCE_SECONDS:
+                    logger.error(
+                        "job %s: no database for %.0fs; abandoning attempt", self.job_pk, now - failing_since
+                    )
+                    self.stop_reason = SELF_FENCED
+                    return None
+                time.sleep(min(1.0, settings.JOB_HEARTBEAT_SECONDS))
+        return None
 
     def _tick(self, now: float) -> bool:
         """One poll of the lease: the heartbeat (with progress) when due, else a read of the stop

@@ -114,8 +114,14 @@ class BatchRun:
         return sum(cost_of(self.model_name, unit, quantity) for unit, quantity in self.usage.items())
 
     def bill(self) -> None:
-        """Puts what the batch ran so far on the books; an attempt that lost the job stops."""
-        if not actions.bill_progress(self.job.pk, self.job.attempt, self.usage, self.usage_models()):
+        """Puts what the batch ran so far on the books, waiting out a short outage (the bill is of
+        the running counts: one that committed before its answer was lost adds nothing when tried
+        again, and one that did not is not lost); an attempt that lost the job stops."""
+        usage, models = dict(self.usage), self.usage_models()
+        billed = self.guard.ride_out(
+            lambda: actions.bill_progress(self.job.pk, self.job.attempt, usage, models)
+        )
+        if not billed:
             self.guard.request_stop(FENCED)
 
     def usage_models(self) -> dict[str, str]:
@@ -128,8 +134,10 @@ class BatchRun:
         worst = [inference.largest_cost(model, request) for _, model, request in lines]
         spent = self.cost()
         # Ask for a few chunks' worth at once, so the organization's row is locked rarely.
-        if self.share.allows(spent + sum(worst), ahead=3 * sum(worst)):
+        if self.guard.ride_out(lambda: self.share.allows(spent + sum(worst), ahead=3 * sum(worst))):
             return lines
+        if self.guard.lost:
+            return []
         if self.share.fenced:
             self.guard.request_stop(FENCED)
             return []

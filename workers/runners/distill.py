@@ -413,7 +413,7 @@ def label_for_distillation(
     except TeacherError as exc:  # before anything was labelled: nothing to bill
         fail_teacher(job, exc, None)
         return None
-    progress.flush()
+    progress.drain()
     progress.extra_cost = labelling.cost
     progress.extra_usage, progress.extra_models = labelling.billing()
     if guard.lost:

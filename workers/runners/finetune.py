@@ -96,7 +96,7 @@ def run_fine_tune(job: Job) -> None:
                     return
                 spec = student
             result = train(spec, progress.on_event, progress.should_stop)
-            progress.flush()
+            progress.drain()
             if guard.lost:
                 return
             _finish(job, guard, result, progress, spec, labelling)

@@ -4,6 +4,7 @@ progress, metric events, stored checkpoints, and the budget check before each st
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sys
 import tempfile
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import connection
 
 from apps.billing.pricing import cost_of
 from apps.core.storage import job_prefix, upload_dir
@@ -20,7 +21,7 @@ from apps.jobs import actions
 from apps.jobs.admission import SpendShare
 from apps.jobs.models import Job, StopReason
 from apps.registry.actions import fine_tuned_name
-from workers.runners.attempt import BUDGET, FENCED, SPEND_LIMIT, AttemptGuard
+from workers.runners.attempt import BUDGET, FENCED, OUTAGE_ERRORS, SPEND_LIMIT, AttemptGuard
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class ProgressReporter:
             job.model_name, job.organization, (job.request or {}).get("suffix") or "", job.public_id
         )
         self.pending: list[Any] = []  # writes that met a database outage, oldest first
+        self.outage = False  # the last try to write met an outage (logged once per outage)
         # Spent before training began (a distillation's teacher), billed with the training.
         self.extra_cost = 0
         self.extra_usage: dict[str, int] = {}
@@ -86,14 +88,23 @@ class ProgressReporter:
 
     def should_stop(self) -> bool:
         if self.step:
-            reason = self.budget_reason(self.extra_cost + self._next_step_cost())
+            # The next step's cost reads the price table now and then: with the budget check, it
+            # waits out a short outage instead of ending the attempt (the step must not run unchecked).
+            reason = self.guard.ride_out(
+                lambda: self._budget_reason(self.extra_cost + self._next_step_cost())
+            )
             if reason:
                 self.guard.request_stop(reason)
         return self.guard.should_stop()
 
     def budget_reason(self, cost: int) -> str:
         """ "budget" when a total cost of `cost` would pass the job's max_cost, "spend_limit" when
-        the organization's spend cap leaves the job no room for it, else ""."""
+        the organization's spend cap leaves the job no room for it, else "". Asking the cap for
+        more waits out a short outage; an attempt lost meanwhile gets its stop reason."""
+        reason = self.guard.ride_out(lambda: self._budget_reason(cost))
+        return self.guard.stop_reason if reason is None else reason
+
+    def _budget_reason(self, cost: int) -> str:
         if self.job.max_cost is not None and cost > self.job.max_cost:
             return BUDGET
         # Asking for the rest of the estimate at once (at least a tenth more) keeps the lock rare.
@@ -137,7 +148,7 @@ class ProgressReporter:
                 actions.add_checkpoint,
                 step=event.step,
                 epoch=event.epoch,
-                metrics=event.metrics,
+                metrics=_json_safe(event.metrics),
                 artifact_key=key,
                 model_name=f"{self.model_name}:ckpt-step-{event.step}",
                 trained_tokens=event.trained_tokens,
@@ -164,20 +175,35 @@ class ProgressReporter:
         self.rows_queued_at = time.monotonic()
 
     def flush(self) -> None:
+        """Writes what is pending, in order; during an outage it stays pending (the training goes on)
+        and goes out with a later write, or with `drain`."""
+        try:
+            self._write_pending()
+        except OUTAGE_ERRORS:
+            if not self.outage:
+                logger.warning(
+                    "job %s: progress write failed; kept for later", self.job.public_id, exc_info=True
+                )
+                self.outage = True
+            connection.close()  # a broken connection stays broken until closed
+            del self.pending[:-MAX_PENDING_WRITES]
+
+    def drain(self) -> None:
+        """Writes everything pending before the attempt ends (its finish reads the events and
+        follows the checkpoints), waiting out a short outage; nothing once the attempt is lost."""
+        self.guard.ride_out(self._write_pending)
+        if self.guard.lost:
+            self.pending.clear()
+
+    def _write_pending(self) -> None:
+        # Each write is fenced on the attempt and safe to repeat should its answer be lost: a bill
+        # is of the job's running counts, so one already on the books adds nothing the second time.
         self._queue_step_rows()
         while self.pending and not self.guard.lost:
             action, args, kwargs = self.pending[0]
-            try:
-                written = action(self.job.pk, self.job.attempt, *args, **kwargs)
-            except DatabaseError:
-                if len(self.pending) == 1:  # the first failure of an outage
-                    logger.warning(
-                        "job %s: progress write failed; kept for later", self.job.public_id, exc_info=True
-                    )
-                connection.close()  # a broken connection stays broken until closed
-                del self.pending[:-MAX_PENDING_WRITES]
-                return
+            written = action(self.job.pk, self.job.attempt, *args, **kwargs)
             self.pending.pop(0)
+            self.outage = False
             if not written:  # another attempt owns the job now
                 self.guard.request_stop(FENCED)
         if self.guard.lost:
@@ -221,11 +247,12 @@ class ProgressReporter:
             "train_rewards_accuracy",
         ):
             value = event.metrics.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool):
+            if _is_metric(value):
                 data[key] = value
-        loss = data.get("train_loss")
+        # The message says so when the loss is NaN or infinite (a diverged run); the curve skips it.
+        loss = event.metrics.get("train_loss")
         message = f"Step {event.step}/{event.total_steps}" + (
-            f": train_loss {loss:.4f}" if loss is not None else ""
+            f": train_loss {loss:.4f}" if isinstance(loss, int | float) and not isinstance(loss, bool) else ""
         )
         self.step_rows.append((message, data))
         interval = settings.JOB_PROGRESS_INTERVAL_SECONDS
@@ -234,12 +261,21 @@ class ProgressReporter:
 
     def _metrics(self, event: Any, metrics: dict[str, Any], message: str | None = None) -> None:
         data = {"step": event.step, "total_steps": event.total_steps, "epoch": event.epoch}
-        data.update(
-            {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-        )
+        data.update({k: v for k, v in metrics.items() if _is_metric(v)})
         self._write(
             actions.add_event, message or f"Step {event.step}/{event.total_steps}", type="metrics", data=data
         )
+
+
+def _is_metric(value: Any) -> bool:
+    """A number the loss curve can show and a JSON column can hold: PostgreSQL refuses NaN and
+    infinity in JSON, and such a row, written again and again, would hold back every write after it."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
+    """`metrics` without NaN or infinite values, which a JSON column cannot hold."""
+    return {k: v for k, v in metrics.items() if not (isinstance(v, float) and not math.isfinite(v))}
 
 
 def _eval_message(event: Any) -> str:
