@@ -237,7 +237,6 @@ class _DecodeLoop:
         self.relayed = 0
         self.started = time.monotonic()
         self.next_poll = self.started + settings.INFERENCE_JOIN_POLL_SECONDS
-        self.joined_guards: dict[int, AttemptGuard] = {}  # opened here, closed when their job ends
 
     # --- who is in the batch -----------------------------------------------------------------
     def admit(self, job: Job, guard: AttemptGuard) -> None:
@@ -245,18 +244,18 @@ class _DecodeLoop:
 
         requests = _prepared_requests(job, self.loaded)
         if requests is None:
-            self._release(job)
+            _release(guard)
             return
         try:
             keys = self.decoder.add(requests)
         except GenerateRequestError as exc:
             _fail(job, 400, exc.code or "invalid_request", exc.message, exc.param)
-            self._release(job)
+            _release(guard)
             return
         except Exception:  # its prefill failed: the batch already running goes on without it
             logger.exception("job %s: could not join the batch", job.public_id)
             _fail(job, 500, "internal_error", INTERNAL_ERROR, None)
-            self._release(job)
+            _release(guard)
             return
         member = _Member(job=job, guard=guard, requests=requests, keys=keys)
         self.members.append(member)
@@ -279,9 +278,7 @@ class _DecodeLoop:
             connections.close_all()
             return
         for job in newcomers:
-            guard = AttemptGuard(job.pk, job.attempt).__enter__()
-            self.joined_guards[job.pk] = guard
-            self.admit(job, guard)
+            self.admit(job, AttemptGuard(job.pk, job.attempt).__enter__())
 
     def _may_join(self, now: float) -> bool:
         if not settings.INFERENCE_CONTINUOUS_BATCHING or not self.decoder.can_join():
@@ -293,11 +290,6 @@ class _DecodeLoop:
         limit_at = self.leader.time_limit_at
         margin = timedelta(seconds=settings.INFERENCE_TIMEOUT_SECONDS + 60)
         return limit_at is None or limit_at - timezone.now() > margin
-
-    def _release(self, job: Job) -> None:
-        guard = self.joined_guards.pop(job.pk, None)
-        if guard is not None:
-            guard.__exit__(None, None, None)
 
     def _leave(self, member: _Member) -> None:
         self.members.remove(member)
@@ -322,7 +314,7 @@ class _DecodeLoop:
             for member in list(self.members):
                 self._leave(member)
                 _fail(member.job, 500, "internal_error", INTERNAL_ERROR, None)
-                self._release(member.job)
+                _release(member.guard)
 
     def _on_token(self, key: int, choice: int, delta: str) -> None:
         member = self.by_key[key]
@@ -344,7 +336,7 @@ class _DecodeLoop:
             logger.warning("job %s: lease lost; it leaves the batch", member.job.public_id)
             self.decoder.drop([k for k in member.keys if k not in member.results])
             self._leave(member)
-            self._release(member.job)
+            _release(member.guard)
 
     def _finish(self, member: _Member) -> None:
         self._leave(member)
@@ -357,7 +349,14 @@ class _DecodeLoop:
         except Exception:  # one job's failure must not leave the others of its batch running
             logger.exception("job %s: could not store its result", member.job.public_id)
             _fail(member.job, 500, "internal_error", INTERNAL_ERROR, None)
-        self._release(member.job)  # its lease is kept until its answer is written
+        _release(member.guard)  # its lease is kept until its answer is written
+
+
+def _release(guard: AttemptGuard) -> None:
+    """Stops a job's lease as soon as the job is done, not when the whole loop ends: a guard left
+    running would find its job finished and report it fenced. The guards of the jobs the task
+    started with are closed again by run_inference's ExitStack, which does nothing more."""
+    guard.__exit__(None, None, None)
 
 
 def _generate(jobs: list[Job], loaded: Any, guards: list[AttemptGuard]) -> None:
