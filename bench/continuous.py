@@ -268,6 +268,9 @@ def main() -> None:
         setup_django(env)
         path, label = model_path()
         org, key = tenant(env, "bench-continuous@example.com", "Bench continuous")
+        from apps.billing.models import Plan
+
+        Plan.objects.filter(slug="benchmark").update(concurrent_requests=64)  # 8 clients, 8 streams
         register(org, MODEL, "generation", path, [], 2048)
         results = {name: run_mode(env, key, name == "on", args) for name in ("off", "on")}
     load_after = os.getloadavg()
