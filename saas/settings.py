@@ -330,6 +330,16 @@ PROMPT_MAX_BYTES = env_int("PROMPT_MAX_BYTES", 256 * 1024)
 INFERENCE_TIMEOUT_SECONDS = env_float("INFERENCE_TIMEOUT_SECONDS", 120)
 # Requests of the same model waiting together are run as one batch on a worker, up to this many.
 INFERENCE_MAX_BATCH = env_int("INFERENCE_MAX_BATCH", 8)
+# Continuous batching: a serving worker's decode loop lets same-model requests that arrive while
+# it decodes join at the next step (up to INFERENCE_MAX_BATCH rows), instead of waiting for the
+# whole batch to finish. Off: a batch is only what was waiting when its task started.
+INFERENCE_CONTINUOUS_BATCHING = env_bool("INFERENCE_CONTINUOUS_BATCHING", True)
+# How often the running loop looks for newcomers (one SKIP LOCKED query): at most this often, so
+# the cost per step stays small, and a newcomer waits at most this long before its prefill.
+INFERENCE_JOIN_POLL_SECONDS = env_float("INFERENCE_JOIN_POLL_SECONDS", 0.05)
+# A loop takes newcomers for this long after it starts, then drains and ends its task, so requests
+# for other models (queued behind it on the same worker) wait at most this plus one batch's decode.
+INFERENCE_JOIN_WINDOW_SECONDS = env_float("INFERENCE_JOIN_WINDOW_SECONDS", 30)
 # Load shedding: past this many requests waiting for a worker of one queue, new ones get 503 with
 # retry-after at once. 256 is ~15 s of the tiny-model throughput of one CPU worker (bench/load.py).
 INFERENCE_MAX_QUEUED = env_int("INFERENCE_MAX_QUEUED", 256)

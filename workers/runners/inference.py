@@ -1,15 +1,20 @@
 """Inference adapters: claimed generation/classification/embedding jobs → the runtime → results, usage and
 a relay of tokens to the waiting web request. Requests for the same model that are waiting at
-the same moment run together as one batch (one forward pass per token for all of them)."""
+the same moment run together as one batch (one forward pass per token for all of them), and with
+continuous batching, same-model requests that arrive while it decodes join it at the next step."""
 
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError, connections
+from django.utils import timezone
 
 from apps.core.errors import ActionError
 from apps.jobs import actions, relay
@@ -26,8 +31,7 @@ def run_inference(job: Job) -> None:
     if job.kind == JobKind.GENERATION:
         jobs += actions.claim_waiting(job, limit=settings.INFERENCE_MAX_BATCH - 1)
     with ExitStack() as stack:
-        for member in jobs:
-            stack.enter_context(AttemptGuard(member.pk, member.attempt))
+        guards = [stack.enter_context(AttemptGuard(member.pk, member.attempt)) for member in jobs]
         # torch only once the leases are kept alive (a fresh child imports it for seconds)
         from workers.runtime.models import default_cache
 
@@ -44,7 +48,7 @@ def run_inference(job: Job) -> None:
         elif job.kind == JobKind.EMBEDDING:
             _embed(job, loaded)
         else:
-            _generate(jobs, loaded)
+            _generate(jobs, loaded, guards)
 
 
 MODEL_UNAVAILABLE = "The model could not be loaded. Retry, and contact us with the request id if it persists."
@@ -142,12 +146,15 @@ def _embed(job: Job, loaded: Any) -> None:
 
 @dataclass
 class _Member:
-    """One job's share of a generation batch: its requests (one per prompt), choice offsets, and for
-    a request that offers tools, each choice's text split into content and tool calls."""
+    """One job's share of a generation batch: its guard, its requests (one per prompt) and their
+    keys in the decoder, the results of those finished so far, and for a request that offers
+    tools, each choice's text split into content and tool calls."""
 
     job: Job
-    first_row: int
+    guard: AttemptGuard
     requests: list[Any] = field(default_factory=list)
+    keys: list[int] = field(default_factory=list)
+    results: dict[int, Any] = field(default_factory=dict)
     aborted: bool = False
     parsers: dict[int, Any] = field(default_factory=dict)
 
@@ -161,6 +168,16 @@ class _Member:
             self.parsers[index] = ToolCallStream(names)
         events: list[tuple[str, Any]] = self.parsers[index].feed(delta)
         return events
+
+    def choice_index(self, key: int, choice: int) -> int:
+        return self.keys.index(key) * self.requests[0].n + choice
+
+    @property
+    def complete(self) -> bool:
+        return len(self.results) == len(self.keys)
+
+    def ordered_results(self) -> list[Any]:
+        return [self.results[key] for key in self.keys]
 
 
 def tool_names(request: dict[str, Any]) -> frozenset[str] | None:
@@ -179,79 +196,182 @@ def _push(job: Job, index: int, events: list[tuple[str, Any]]) -> None:
             relay.push(job.public_id, {"type": "tool_call", "index": index, "call": storable(value)})
 
 
-def _generate(jobs: list[Job], loaded: Any) -> None:
+def _prepared_requests(job: Job, loaded: Any) -> list[Any] | None:
+    """The job's runtime requests, checked against the model; None (the job failed, its client
+    told) when they cannot run."""
     from workers.runtime.constrain import GrammarError
     from workers.runtime.generate import (
         GenerateRequestError,
         check_constraint,
         check_context,
-        generate_batch,
         prompt_ids,
         validate_request,
     )
 
-    members: list[_Member] = []
-    batch: list[Any] = []
-    for job in jobs:
+    try:
+        requests = _requests(job)
+        for request in requests:
+            validate_request(request)
+            check_context(loaded, request, len(prompt_ids(loaded, request)))
+            check_constraint(loaded, request)
+    except GenerateRequestError as exc:
+        _fail(job, 400, exc.code or "invalid_request", exc.message, exc.param)
+        return None
+    except GrammarError as exc:  # the web compiled it; a worker that cannot is refused alone
+        _fail(
+            job, 400, "invalid_request", f"The response format cannot be followed: {exc}", "response_format"
+        )
+        return None
+    except Exception:  # one job's bad request must not fail the others batched with it
+        logger.exception("job %s: could not prepare its request", job.public_id)
+        _fail(job, 500, "internal_error", INTERNAL_ERROR, None)
+        return None
+    return requests
+
+
+class _DecodeLoop:
+    """One serving task's decode loop: the jobs it started with, and (continuous batching) the
+    same-model jobs that join it while it runs. Each job leaves as soon as its every choice is
+    done: it is finished, billed and answered then, whatever the others still decode."""
+
+    def __init__(self, leader: Job, loaded: Any) -> None:
+        from workers.runtime.generate import Decoder
+
+        self.leader = leader
+        self.loaded = loaded
+        self.decoder = Decoder(loaded, self._on_token)
+        self.by_key: dict[int, _Member] = {}
+        self.members: list[_Member] = []
+        self.relayed = 0
+        self.started = time.monotonic()
+        self.next_poll = self.started + settings.INFERENCE_JOIN_POLL_SECONDS
+
+    # --- who is in the batch -----------------------------------------------------------------
+    def admit(self, job: Job, guard: AttemptGuard) -> None:
+        from workers.runtime.generate import GenerateRequestError
+
+        requests = _prepared_requests(job, self.loaded)
+        if requests is None:
+            _release(guard)
+            return
         try:
-            requests = _requests(job)
-            for request in requests:
-                validate_request(request)
-                check_context(loaded, request, len(prompt_ids(loaded, request)))
-                check_constraint(loaded, request)
+            keys = self.decoder.add(requests)
         except GenerateRequestError as exc:
             _fail(job, 400, exc.code or "invalid_request", exc.message, exc.param)
-            continue
-        except GrammarError as exc:  # the web compiled it; a worker that cannot is refused alone
-            _fail(
-                job,
-                400,
-                "invalid_request",
-                f"The response format cannot be followed: {exc}",
-                "response_format",
-            )
-            continue
-        except Exception:  # one job's bad request must not fail the others batched with it
-            logger.exception("job %s: could not prepare its request", job.public_id)
+            _release(guard)
+            return
+        except Exception:  # its prefill failed: the batch already running goes on without it
+            logger.exception("job %s: could not join the batch", job.public_id)
             _fail(job, 500, "internal_error", INTERNAL_ERROR, None)
-            continue
-        members.append(_Member(job=job, first_row=len(batch), requests=requests))
-        batch.extend(requests)
-    if not members:
-        return
-    owners = [m for m in members for _ in m.requests]
-    relayed = [0]
+            _release(guard)
+            return
+        member = _Member(job=job, guard=guard, requests=requests, keys=keys)
+        self.members.append(member)
+        self.by_key.update(dict.fromkeys(keys, member))
 
-    def on_token(row: int, choice: int, delta: str) -> None:
-        member = owners[row]
-        index = (row - member.first_row) * member.requests[0].n + choice
+    def join_newcomers(self) -> None:
+        """Claims same-model jobs queued since the loop started, at most every
+        INFERENCE_JOIN_POLL_SECONDS (one SKIP LOCKED query): cheap next to a decode step."""
+        now = time.monotonic()
+        if now < self.next_poll or not self._may_join(now):
+            return
+        self.next_poll = now + settings.INFERENCE_JOIN_POLL_SECONDS
+        room = settings.INFERENCE_MAX_BATCH - self.decoder.live
+        if room <= 0:
+            return
+        try:
+            newcomers = actions.claim_waiting(self.leader, limit=room)
+        except DatabaseError:  # the batch under way goes on; the next poll tries again
+            logger.warning("could not look for requests to join the batch", exc_info=True)
+            connections.close_all()
+            return
+        for job in newcomers:
+            self.admit(job, AttemptGuard(job.pk, job.attempt).__enter__())
+
+    def _may_join(self, now: float) -> bool:
+        if not settings.INFERENCE_CONTINUOUS_BATCHING or not self.decoder.can_join():
+            return False
+        if now - self.started >= settings.INFERENCE_JOIN_WINDOW_SECONDS:
+            return False
+        # A newcomer runs under this task's time limit: take none that could not get a whole
+        # request's time before it.
+        limit_at = self.leader.time_limit_at
+        margin = timedelta(seconds=settings.INFERENCE_TIMEOUT_SECONDS + 60)
+        return limit_at is None or limit_at - timezone.now() > margin
+
+    def _leave(self, member: _Member) -> None:
+        self.members.remove(member)
+        for key in member.keys:
+            self.by_key.pop(key, None)
+
+    # --- decoding ------------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            while self.decoder.live:
+                self.drop_the_lost()
+                self.join_newcomers()
+                for key, result in self.decoder.step():
+                    member = self.by_key[key]
+                    member.results[key] = result
+                    if member.complete:
+                        self._finish(member)
+        except Exception:  # every job of the batch gets its answer, not only the one that claimed it
+            logger.exception(
+                "generation batch of %s failed", ", ".join(m.job.public_id for m in self.members)
+            )
+            for member in list(self.members):
+                self._leave(member)
+                _fail(member.job, 500, "internal_error", INTERNAL_ERROR, None)
+                _release(member.guard)
+
+    def _on_token(self, key: int, choice: int, delta: str) -> None:
+        member = self.by_key[key]
+        index = member.choice_index(key, choice)
         events = member.events(index, delta)  # even for a client that left: the stored answer needs them
         if member.aborted:
             return
-        relayed[0] += 1
-        if relayed[0] % 16 == 0 and relay.abort_requested(member.job.public_id):
+        self.relayed += 1
+        if self.relayed % 16 == 0 and relay.abort_requested(member.job.public_id):
             member.aborted = True  # its client left; the others in the batch go on
             return
         _push(member.job, index, events)
 
-    try:
-        results = generate_batch(loaded, batch, on_token)
-    except Exception:  # every job of the batch gets its answer, not only the one that claimed it
-        logger.exception("generation batch of %s failed", ", ".join(m.job.public_id for m in members))
-        for member in members:
-            _fail(member.job, 500, "internal_error", INTERNAL_ERROR, None)
-        return
-    for member in members:
-        mine = results[member.first_row : member.first_row + len(member.requests)]
+    def drop_the_lost(self) -> None:
+        """A job whose lease was lost (another attempt owns it now) leaves the batch at once and
+        writes nothing. A cancel or a client that left does not stop a job: as before continuous
+        batching, its answer is still made, stored and billed (only its relay stops)."""
+        for member in [m for m in self.members if m.guard.should_stop() and m.guard.lost]:
+            logger.warning("job %s: lease lost; it leaves the batch", member.job.public_id)
+            self.decoder.drop([k for k in member.keys if k not in member.results])
+            self._leave(member)
+            _release(member.guard)
+
+    def _finish(self, member: _Member) -> None:
+        self._leave(member)
         try:
             for index, parser in member.parsers.items():
                 events = parser.finish()
                 if not member.aborted:
                     _push(member.job, index, events)
-            _finish_generation(member.job, mine, member.parsers)
+            _finish_generation(member.job, member.ordered_results(), member.parsers)
         except Exception:  # one job's failure must not leave the others of its batch running
             logger.exception("job %s: could not store its result", member.job.public_id)
             _fail(member.job, 500, "internal_error", INTERNAL_ERROR, None)
+        _release(member.guard)  # its lease is kept until its answer is written
+
+
+def _release(guard: AttemptGuard) -> None:
+    """Stops a job's lease as soon as the job is done, not when the whole loop ends: a guard left
+    running would find its job finished and report it fenced. The guards of the jobs the task
+    started with are closed again by run_inference's ExitStack, which does nothing more."""
+    guard.__exit__(None, None, None)
+
+
+def _generate(jobs: list[Job], loaded: Any, guards: list[AttemptGuard]) -> None:
+    loop = _DecodeLoop(jobs[0], loaded)
+    for job, guard in zip(jobs, guards, strict=True):
+        loop.admit(job, guard)
+    loop.run()
 
 
 def _requests(job: Job) -> list[Any]:

@@ -11,6 +11,11 @@ the same request. What batching can change is the logits themselves: padded batc
 their matmuls in other shapes, which moves logits in the last float bits (more so in bf16
 on GPUs). That flips a token only where two candidates are tied to that precision, so
 texts match in practice but are not guaranteed bit-identical across batch compositions.
+
+`Decoder` is the running batch itself: requests may join it between two steps (their prompts are
+prefilled on their own, then their KV cache is left-padded to the batch's width and appended as new
+rows, with attention-mask zeros over the padding and their own position ids), and leave it as soon
+as they finish. `generate_batch` is a Decoder that nobody joins.
 """
 
 from __future__ import annotations
@@ -417,9 +422,9 @@ def check_constraint(model: LoadedModel, request: GenerateRequest) -> None:
     _constraint(model, request)
 
 
-def _make_rows(model: LoadedModel, requests: Sequence[GenerateRequest]) -> list[_Row]:
+def _make_rows(model: LoadedModel, requests: Sequence[GenerateRequest], first_index: int = 0) -> list[_Row]:
     rows = []
-    for request_index, request in enumerate(requests):
+    for request_index, request in enumerate(requests, start=first_index):
         seed = request.seed if request.seed is not None else secrets.randbits(63)
         for choice_index in range(request.n):
             generator = None
@@ -477,8 +482,9 @@ def _forward(model: LoadedModel, **inputs: Any) -> Any:
     return model.model(**inputs, use_cache=True)
 
 
-def _prefill(model: LoadedModel, prompts: list[list[int]], rows: list[_Row]) -> _Batch:
-    """Run each distinct prompt once (left-padded), then copy its cache to each of its choices."""
+def _prefill(model: LoadedModel, prompts: list[list[int]], rows: list[_Row], owners: list[int]) -> _Batch:
+    """Run each distinct prompt once (left-padded), then copy its cache to each of its choices;
+    `owners[i]` is the index in `prompts` of rows[i]'s prompt."""
     width = max(len(p) for p in prompts)
     input_ids = torch.full((len(prompts), width), _pad_id(model), dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -488,7 +494,7 @@ def _prefill(model: LoadedModel, prompts: list[list[int]], rows: list[_Row]) -> 
     input_ids, mask = input_ids.to(model.device), mask.to(model.device)
     positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)  # left padding must not shift positions
     out = _forward(model, input_ids=input_ids, attention_mask=mask, position_ids=positions)
-    expand = torch.tensor([row.request_index for row in rows], device=model.device)
+    expand = torch.tensor(owners, device=model.device)
     out.past_key_values.batch_select_indices(expand)
     penalised = any(r.request.presence_penalty or r.request.frequency_penalty for r in rows)
     vocab = out.logits.shape[-1]
@@ -521,55 +527,183 @@ def _step(model: LoadedModel, batch: _Batch, token_ids: list[int]) -> None:
 OnRowToken = Callable[[int, int, str], None]
 
 
-def _decode_loop(model: LoadedModel, batch: _Batch, on_token: OnRowToken | None) -> None:
-    eos_ids = eos_token_ids(model)
-    while batch.rows:
-        picks = pick_tokens(batch.logits, batch.rows, batch.counts)
-        for i, (row, pick) in enumerate(zip(batch.rows, picks, strict=True)):
-            delta = row.accept(pick, eos_ids)
-            if batch.counts is not None:
-                batch.counts[i, pick.token_id] += 1
-            if delta and on_token is not None:
-                on_token(row.request_index, row.choice_index, delta)
-        live = [i for i, row in enumerate(batch.rows) if not row.done]
-        live_tokens = [picks[i].token_id for i in live]
-        batch.keep(live)
-        if batch.rows:
-            _step(model, batch, live_tokens)
+def _dynamic_layers(cache: Any) -> list[Any] | None:
+    """The cache's layers when every one is a plain growing cache (its tensors can be padded and
+    concatenated row-wise); None for any other kind (sliding windows, quantized or static caches)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer or not layer.is_initialized for layer in layers):
+        return None
+    return list(layers)
 
 
-def _results(model: LoadedModel, rows: list[_Row], prompts: list[list[int]]) -> list[GenerateResult]:
-    results = []
-    for request_index, prompt in enumerate(prompts):
-        mine = [r for r in rows if r.request_index == request_index]
-        results.append(
-            GenerateResult(
-                choices=[r.choice(model.tokenizer) for r in mine],
-                prompt_tokens=len(prompt),
-                completion_tokens=sum(r.completion_tokens for r in mine),
-            )
+def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def _merge(batch: _Batch, joining: _Batch) -> None:
+    """Append `joining`'s rows to `batch`. The narrower of the two is left-padded to the other's
+    width: zero keys and values that the attention mask hides, so each row attends to exactly the
+    positions it had alone, and its position ids (kept per row) are unchanged."""
+    ours, theirs = _dynamic_layers(batch.cache), _dynamic_layers(joining.cache)
+    if ours is None or theirs is None or len(ours) != len(theirs):
+        raise ValueError("this model's cache cannot take rows that join mid-flight")
+    width = max(batch.attention_mask.shape[1], joining.attention_mask.shape[1])
+    for mine, new in zip(ours, theirs, strict=True):
+        mine.keys = torch.cat([_left_pad(mine.keys, width, -2), _left_pad(new.keys, width, -2)])
+        mine.values = torch.cat([_left_pad(mine.values, width, -2), _left_pad(new.values, width, -2)])
+    batch.attention_mask = torch.cat(
+        [_left_pad(batch.attention_mask, width, 1), _left_pad(joining.attention_mask, width, 1)]
+    )
+    if batch.counts is not None or joining.counts is not None:  # before the logits grow: _counts reads them
+        batch.counts = torch.cat([_counts(batch), _counts(joining)])
+    batch.next_position = torch.cat([batch.next_position, joining.next_position])
+    batch.logits = torch.cat([batch.logits, joining.logits])
+    batch.rows = [*batch.rows, *joining.rows]
+
+
+def _counts(batch: _Batch) -> torch.Tensor:
+    if batch.counts is not None:
+        return batch.counts
+    return torch.zeros(batch.logits.shape, device=batch.logits.device)
+
+
+def _trim(batch: _Batch) -> None:
+    """Drop the leading columns that no live row attends to (left by rows that left), so the
+    cache of a long-running batch is as wide as its longest live row, not as its whole history."""
+    layers = _dynamic_layers(batch.cache)
+    if layers is None or not batch.rows:
+        return
+    used = batch.attention_mask.any(dim=0).nonzero()
+    first = int(used[0]) if len(used) else 0
+    if first == 0:
+        return
+    batch.attention_mask = batch.attention_mask[:, first:]
+    for layer in layers:
+        layer.keys = layer.keys[:, :, first:]
+        layer.values = layer.values[:, :, first:]
+
+
+class Decoder:
+    """A running batch that requests join between steps and leave when they finish.
+
+    `add()` prefills new requests and merges them into the batch; `step()` picks one token for
+    every live row, sends their text to `on_token(request key, choice, delta)` and runs the model
+    once for the rows still live; it returns the requests that finished, by the key `add()` gave
+    them. Not thread-safe: one caller drives it.
+    """
+
+    def __init__(self, model: LoadedModel, on_token: OnRowToken | None = None) -> None:
+        if model.task != GENERATION:
+            raise ValueError(f"this is a {model.task} model, not a generator")
+        self.model = model
+        self.on_token = on_token
+        self.eos_ids = eos_token_ids(model)
+        self.batch: _Batch | None = None
+        self._next_key = 0
+        self._rows: dict[int, list[_Row]] = {}  # every choice of each unfinished request
+        self._prompt_tokens: dict[int, int] = {}
+
+    @property
+    def live(self) -> int:
+        """How many rows (choices) are still decoding."""
+        return len(self.batch.rows) if self.batch is not None else 0
+
+    @property
+    def pending(self) -> list[int]:
+        """The keys of the requests not finished yet."""
+        return list(self._rows)
+
+    def can_join(self) -> bool:
+        """Whether requests may join now (the model's cache kind allows merging)."""
+        return self.batch is None or not self.batch.rows or _dynamic_layers(self.batch.cache) is not None
+
+    def add(self, requests: Sequence[GenerateRequest]) -> list[int]:
+        """Validate and prefill `requests`, then put them in the running batch; returns their keys.
+        Raises GenerateRequestError (nothing is added) for a request the model cannot serve."""
+        if not requests:
+            return []
+        prompts = []
+        for request in requests:
+            validate_request(request)
+            prompts.append(prompt_ids(self.model, request))
+            check_context(self.model, request, len(prompts[-1]))
+        keys = list(range(self._next_key, self._next_key + len(requests)))
+        rows = _make_rows(self.model, requests, first_index=self._next_key)
+        with torch.inference_mode():
+            joining = _prefill(self.model, prompts, rows, [row.request_index - keys[0] for row in rows])
+            if self.batch is None or not self.batch.rows:
+                self.batch = joining
+            else:
+                _merge(self.batch, joining)
+        self._next_key += len(requests)
+        for key, prompt in zip(keys, prompts, strict=True):
+            self._rows[key] = [row for row in rows if row.request_index == key]
+            self._prompt_tokens[key] = len(prompt)
+        return keys
+
+    def step(self) -> list[tuple[int, GenerateResult]]:
+        """One token for every live row; the requests whose every choice is now done."""
+        batch = self.batch
+        if batch is None or not batch.rows:
+            return []
+        with torch.inference_mode():
+            picks = pick_tokens(batch.logits, batch.rows, batch.counts)
+            touched = set()
+            for i, (row, pick) in enumerate(zip(batch.rows, picks, strict=True)):
+                delta = row.accept(pick, self.eos_ids)
+                if batch.counts is not None:
+                    batch.counts[i, pick.token_id] += 1
+                if delta and self.on_token is not None:
+                    self.on_token(row.request_index, row.choice_index, delta)
+                if row.done:
+                    touched.add(row.request_index)
+            live = [i for i, row in enumerate(batch.rows) if not row.done]
+            live_tokens = [picks[i].token_id for i in live]
+            self._keep(live)
+            if batch.rows:
+                _step(self.model, batch, live_tokens)
+        return [(key, self._finish(key)) for key in sorted(touched) if all(r.done for r in self._rows[key])]
+
+    def drop(self, keys: Sequence[int]) -> dict[int, GenerateResult]:
+        """Take requests out before they finish (cancelled); returns what each had made so far."""
+        gone = set(keys) & set(self._rows)
+        if self.batch is not None:
+            self._keep([i for i, row in enumerate(self.batch.rows) if row.request_index not in gone])
+        return {key: self._finish(key) for key in sorted(gone)}
+
+    def _keep(self, live: list[int]) -> None:
+        assert self.batch is not None
+        before = len(self.batch.rows)
+        self.batch.keep(live)
+        if len(live) != before:
+            _trim(self.batch)
+
+    def _finish(self, key: int) -> GenerateResult:
+        rows = self._rows.pop(key)
+        return GenerateResult(
+            choices=[r.choice(self.model.tokenizer) for r in rows],
+            prompt_tokens=self._prompt_tokens.pop(key),
+            completion_tokens=sum(r.completion_tokens for r in rows),
         )
-    return results
 
 
 def generate_batch(
     model: LoadedModel, requests: list[GenerateRequest], on_token: OnRowToken | None = None
 ) -> list[GenerateResult]:
     """Run several requests together in one padded batch; on_token gets (request, choice, text delta)."""
-    if model.task != GENERATION:
-        raise ValueError(f"this is a {model.task} model, not a generator")
-    if not requests:
-        return []
-    prompts = []
-    for request in requests:
-        validate_request(request)
-        prompts.append(prompt_ids(model, request))
-        check_context(model, request, len(prompts[-1]))
-    rows = _make_rows(model, requests)
-    with torch.inference_mode():
-        batch = _prefill(model, prompts, rows)
-        _decode_loop(model, batch, on_token)
-    return _results(model, rows, prompts)
+    decoder = Decoder(model, on_token)
+    keys = decoder.add(requests)
+    results: dict[int, GenerateResult] = {}
+    while decoder.live:
+        results.update(decoder.step())
+    return [results[key] for key in keys]
 
 
 def generate(

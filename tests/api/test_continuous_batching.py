@@ -1,0 +1,125 @@
+"""Continuous batching through the API and a real worker: requests that arrive while another one
+decodes join its batch at the next step, finish on their own, and answer exactly what they answer
+alone (text, finish reason, logprobs to float tolerance), each billed once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import openai
+import pytest
+
+from apps.billing.models import UsageRecord
+from apps.jobs.models import Job
+
+pytestmark = pytest.mark.integration
+
+LONG = "the quick brown fox"  # greedy on the tiny model: it runs to max_tokens (checked below)
+SHORT = ["what a wonderful day", "hello how are you", "and the film was"]
+
+
+def sdk(live_server: Any, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=live_server.url + "/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def complete(client: openai.OpenAI, prompt: str, max_tokens: int) -> Any:
+    return client.completions.create(
+        model="tiny-gpt2", prompt=prompt, max_tokens=max_tokens, temperature=0, logprobs=2
+    )
+
+
+def test_requests_that_arrive_mid_flight_join_and_answer_as_they_do_alone(
+    live_server: Any, alice_key: str, celery_worker: Any, tiny_chat: Any
+) -> None:
+    client = sdk(live_server, alice_key)
+    alone = {prompt: complete(client, prompt, 12) for prompt in SHORT}
+    long_alone = complete(client, LONG, 200)
+    assert long_alone.usage.completion_tokens == 200  # it decodes long enough for the others to join
+    Job.objects.all().delete()
+
+    # given a long streamed request under way
+    events: list[tuple[str, float]] = []
+    long_text: list[str] = []
+
+    def stream_long() -> None:
+        for chunk in client.completions.create(
+            model="tiny-gpt2", prompt=LONG, max_tokens=200, temperature=0, stream=True
+        ):
+            if chunk.choices and chunk.choices[0].text:
+                if not long_text:
+                    events.append(("long started", time.monotonic()))
+                long_text.append(chunk.choices[0].text)
+        events.append(("long done", time.monotonic()))
+
+    thread = threading.Thread(target=stream_long)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not long_text and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert long_text, "the long request never started"
+
+    # when short requests arrive one after another while it decodes
+    joined: dict[str, Any] = {}
+    for prompt in SHORT:
+        joined[prompt] = complete(client, prompt, 12)
+        events.append((f"short done: {prompt}", time.monotonic()))
+    thread.join(timeout=60)
+
+    # then each short one finished before the long one did: they joined its batch, not waited
+    order = [name for name, _ in sorted(events, key=lambda e: e[1])]
+    assert order[0] == "long started" and order[-1] == "long done", order
+    # and each answers what it answers alone, logprobs to float tolerance
+    for prompt in SHORT:
+        mine, theirs = joined[prompt].choices[0], alone[prompt].choices[0]
+        assert (mine.text, mine.finish_reason) == (theirs.text, theirs.finish_reason)
+        assert mine.logprobs is not None and theirs.logprobs is not None
+        assert mine.logprobs.tokens == theirs.logprobs.tokens
+        assert mine.logprobs.token_logprobs == pytest.approx(theirs.logprobs.token_logprobs, abs=1e-4)
+        assert joined[prompt].usage == alone[prompt].usage
+    assert "".join(long_text) == long_alone.choices[0].text
+    # and each job is billed once, for its own tokens
+    jobs = Job.objects.all()
+    assert len(jobs) == 1 + len(SHORT) and {job.status for job in jobs} == {"succeeded"}
+    for job in jobs:
+        units = list(UsageRecord.objects.filter(job=job).values_list("unit", "quantity"))
+        assert sorted(units) == sorted(
+            [
+                ("input_tokens", job.result["usage"]["prompt_tokens"]),
+                ("output_tokens", job.result["usage"]["completion_tokens"]),
+            ]
+        )
+
+
+def test_with_joining_off_a_request_waits_for_the_running_batch(
+    live_server: Any, alice_key: str, tiny_chat: Any, transactional_db: None
+) -> None:
+    from tests.conftest import Worker, purge_queues, worker_env
+
+    purge_queues()
+    worker = Worker(env=worker_env({"INFERENCE_CONTINUOUS_BATCHING": "false"}))
+    try:
+        client = sdk(live_server, alice_key)
+        finished: list[str] = []
+
+        def stream_long() -> None:
+            for _ in client.completions.create(
+                model="tiny-gpt2", prompt=LONG, max_tokens=200, temperature=0, stream=True
+            ):
+                if not finished:
+                    finished.append("long started")
+            finished.append("long done")
+
+        thread = threading.Thread(target=stream_long)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not finished and time.monotonic() < deadline:
+            time.sleep(0.01)
+        complete(client, SHORT[0], 12)
+        finished.append("short done")
+        thread.join(timeout=60)
+
+        assert finished == ["long started", "long done", "short done"]
+    finally:
+        worker.stop()
