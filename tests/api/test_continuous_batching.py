@@ -10,6 +10,7 @@ from typing import Any
 
 import openai
 import pytest
+from django.utils import timezone
 
 from apps.billing.models import UsageRecord
 from apps.jobs.models import Job
@@ -40,7 +41,6 @@ def test_requests_that_arrive_mid_flight_join_and_answer_as_they_do_alone(
     Job.objects.all().delete()
 
     # given a long streamed request under way
-    events: list[tuple[str, float]] = []
     long_text: list[str] = []
 
     def stream_long() -> None:
@@ -48,10 +48,7 @@ def test_requests_that_arrive_mid_flight_join_and_answer_as_they_do_alone(
             model="tiny-gpt2", prompt=LONG, max_tokens=200, temperature=0, stream=True
         ):
             if chunk.choices and chunk.choices[0].text:
-                if not long_text:
-                    events.append(("long started", time.monotonic()))
                 long_text.append(chunk.choices[0].text)
-        events.append(("long done", time.monotonic()))
 
     thread = threading.Thread(target=stream_long)
     thread.start()
@@ -60,16 +57,35 @@ def test_requests_that_arrive_mid_flight_join_and_answer_as_they_do_alone(
         time.sleep(0.01)
     assert long_text, "the long request never started"
 
-    # when short requests arrive one after another while it decodes
+    # when short requests arrive together while it decodes
     joined: dict[str, Any] = {}
-    for prompt in SHORT:
-        joined[prompt] = complete(client, prompt, 12)
-        events.append((f"short done: {prompt}", time.monotonic()))
-    thread.join(timeout=60)
+    sent: dict[str, Any] = {}
 
-    # then each short one finished before the long one did: they joined its batch, not waited
-    order = [name for name, _ in sorted(events, key=lambda e: e[1])]
-    assert order[0] == "long started" and order[-1] == "long done", order
+    def send(prompt: str) -> None:
+        sent[prompt] = timezone.now()
+        joined[prompt] = complete(client, prompt, 12)
+
+    shorts = [threading.Thread(target=send, args=(prompt,)) for prompt in SHORT]
+    for short in shorts:
+        short.start()
+    for short in shorts:
+        short.join(timeout=60)
+    thread.join(timeout=60)
+    assert set(joined) == set(SHORT) and len(long_text) > 1
+
+    # then each one sent while the long one ran started before the long one ended: it joined the
+    # batch (the one worker process would otherwise have taken it only after the long one's task)
+    long_job = Job.objects.get(request__prompts=[LONG])
+    assert long_job.finished_at is not None
+    in_time = [prompt for prompt in SHORT if sent[prompt] < long_job.finished_at]
+    assert len(in_time) >= 2, "the long request ended before the short ones were sent; nothing to test"
+    for prompt in in_time:
+        short_job = Job.objects.get(request__prompts=[prompt])
+        assert short_job.started_at < long_job.finished_at, (
+            prompt,
+            short_job.started_at,
+            long_job.finished_at,
+        )
     # and each answers what it answers alone, logprobs to float tolerance
     for prompt in SHORT:
         mine, theirs = joined[prompt].choices[0], alone[prompt].choices[0]
