@@ -11,7 +11,8 @@ SmolLM2-135M-Instruct (converted once from its GGUF into the model cache), serve
 Speed: 8 different chat requests, up to 64 new tokens each, sampled (temperature 0.7, a seed per
 request), by our `generate()` one request at a time (batch 1) and by `generate_batch()` all at once
 (batch 8). Tokens are the completion tokens actually produced (a request may end early at EOS). The
-methods take turns over `--rounds` rounds, so a busy machine slows them alike: compare ratios.
+methods take turns request by request over `--rounds` rounds, so a busy machine slows them
+alike: compare ratios.
 
 Quality against fp32: how many of 15 fixed prompts get the identical greedy completion (32 tokens),
 and the perplexity of a fixed English paragraph.
@@ -76,15 +77,16 @@ VARIANTS = {
 
 
 class Method:
-    def __init__(self, name: str, run: Callable[[], int]) -> None:
+    def __init__(self, name: str, run: Callable[[list[Any]], int], batched: bool = False) -> None:
         self.name = name
-        self.run = run  # returns the completion tokens it produced
+        self.run = run  # runs the requests it is given, returns the completion tokens produced
+        self.batched = batched  # runs all requests at once, else one at a time
         self.seconds = 0.0
         self.tokens = 0
 
-    def timed(self) -> None:
+    def timed(self, batch: list[Any]) -> None:
         started = time.perf_counter()
-        self.tokens += self.run()
+        self.tokens += self.run(batch)
         self.seconds += time.perf_counter() - started
 
     @property
@@ -111,16 +113,16 @@ def methods(variants: dict[str, Any], batch: list[Any]) -> list[Method]:
 
     from workers.runtime.generate import generate, generate_batch, prompt_ids
 
-    def one_stream(model: Any) -> Callable[[], int]:
-        return lambda: sum(generate(model, request).completion_tokens for request in batch)
+    def one_stream(model: Any) -> Callable[[list[Any]], int]:
+        return lambda some: sum(generate(model, request).completion_tokens for request in some)
 
-    def batched(model: Any) -> Callable[[], int]:
-        return lambda: sum(result.completion_tokens for result in generate_batch(model, batch))
+    def batched(model: Any) -> Callable[[list[Any]], int]:
+        return lambda some: sum(result.completion_tokens for result in generate_batch(model, some))
 
-    def transformers_generate() -> int:
+    def transformers_generate(some: list[Any]) -> int:
         model = variants["fp32"]
         produced = 0
-        for request in batch:
+        for request in some:
             ids = torch.tensor([prompt_ids(model, request)])
             torch.manual_seed(request.seed)
             with torch.inference_mode():
@@ -140,7 +142,7 @@ def methods(variants: dict[str, Any], batch: list[Any]) -> list[Method]:
         *(Method(f"{name}: generate(), batch 1", one_stream(model)) for name, model in variants.items()),
         Method("fp32: transformers generate(), batch 1", transformers_generate),
         *(
-            Method(f"{name}: generate_batch(), batch {len(batch)}", batched(model))
+            Method(f"{name}: generate_batch(), batch {len(batch)}", batched(model), batched=True)
             for name, model in variants.items()
         ),
     ]
@@ -203,10 +205,15 @@ def main() -> None:
     for model in variants.values():
         generate(model, requests(1, 4)[0])  # warm-up
     timed = methods(variants, batch)
+    # Turns as short as one request each (the whole batch for batched methods), in a rotating
+    # order: a change in the machine's load over the run slows every method alike.
+    turns = [[request] for request in batch]
     for round_index in range(args.rounds):
-        shift = round_index % len(timed)
-        for method in timed[shift:] + timed[:shift]:
-            method.timed()
+        for turn_index, turn in enumerate([*turns, batch]):
+            takers = [m for m in timed if m.batched == (turn is batch)]
+            shift = (round_index + turn_index) % len(takers)
+            for method in takers[shift:] + takers[:shift]:
+                method.timed(turn)
     load_after = os.getloadavg()
 
     print(
