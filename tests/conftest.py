@@ -419,6 +419,17 @@ def student_base(tiny_base: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_dir() -> Path:
+    pytest.importorskip("torch")
+    from tests.tiny_models import build_tiny_llama
+
+    path = TINY_DIR / "tiny-llama"
+    if not (path / "model.safetensors").exists():
+        build_tiny_llama(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_gpt2_dir() -> Path:
     pytest.importorskip("torch")
     from tests.tiny_models import build_tiny_gpt2

@@ -40,6 +40,8 @@ SCALED_ENV = {
     "WORKER_TORCH_THREADS": "1",
     # "auto" would train in bf16 on some hosts and float32 on others; the runtime's tests choose theirs.
     "TRAINING_PRECISION": "float32",
+    # Serving tests compare the worker's output with float32 models; quantization has its own tests.
+    "SERVE_QUANTIZATION": "none",
 }
 for key, value in {**TEST_SECRETS, **SCALED_ENV}.items():
     os.environ.setdefault(key, value)

@@ -1,12 +1,13 @@
 """Tiny transformers models built from configs, for fast tests (no hub, no download).
 
-Both builders write a standard `save_pretrained` directory: a 2-layer model with
+Every builder writes a standard `save_pretrained` directory: a 2-layer model with
 safetensors weights and a fast tokenizer trained on a few sentences by `tokenizers`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 SENTENCES = [
     "the movie was great and i loved it",
@@ -78,14 +79,11 @@ def build_tiny_bert(
     return path
 
 
-def build_tiny_gpt2(path: Path, seed: int = 0) -> Path:
-    """A 2-layer GPT-2 causal LM with a byte-level BPE tokenizer and a ChatML template."""
-    import torch
+def _chat_tokenizer() -> tuple[Any, int]:
+    """A byte-level BPE tokenizer with ChatML specials and template, and its vocabulary size."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    torch.manual_seed(seed)
-    path.mkdir(parents=True, exist_ok=True)
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -105,16 +103,55 @@ def build_tiny_gpt2(path: Path, seed: int = 0) -> Path:
         model_max_length=256,
     )
     fast.chat_template = CHAT_TEMPLATE
+    return fast, tok.get_vocab_size()
+
+
+def build_tiny_gpt2(path: Path, seed: int = 0) -> Path:
+    """A 2-layer GPT-2 causal LM with a byte-level BPE tokenizer and a ChatML template."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    fast, vocab_size = _chat_tokenizer()
     config = GPT2Config(
-        vocab_size=tok.get_vocab_size(),
+        vocab_size=vocab_size,
         n_positions=256,
         n_embd=32,
         n_layer=2,
         n_head=2,
-        bos_token_id=tok.token_to_id("<|endoftext|>"),
-        eos_token_id=tok.token_to_id("<|im_end|>"),
-        pad_token_id=tok.token_to_id("<|endoftext|>"),
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
     )
     GPT2LMHeadModel(config).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+def build_tiny_llama(path: Path, seed: int = 0) -> Path:
+    """A 2-layer Llama causal LM shaped like SmolLM2 (nn.Linear layers, grouped-query attention, an LM
+    head tied to the embedding), with the GPT-2 builder's tokenizer. GPT-2 uses Conv1D, not
+    nn.Linear, so only this one exercises serving's quantized Linear layers."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    fast, vocab_size = _chat_tokenizer()
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
     fast.save_pretrained(path)
     return path

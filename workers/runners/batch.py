@@ -213,7 +213,7 @@ class BatchRun:
         if model.provider == Provider.OPENAI:
             self.proxy_all(parsed)
             return
-        loaded = default_cache().get(str(local_model_dir(model.artifact_key)))
+        loaded = default_cache(settings.SERVE_QUANTIZATION).get(str(local_model_dir(model.artifact_key)))
         if BATCH_ENDPOINTS[self.endpoint] == "classifications":
             for custom_id, _, request in parsed:
                 result = classification_result(loaded, request)

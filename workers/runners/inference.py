@@ -36,7 +36,8 @@ def run_inference(job: Job) -> None:
         from workers.runtime.models import default_cache
 
         try:
-            loaded = default_cache().get(str(local_model_dir(job.model.artifact_key)))  # type: ignore[union-attr]
+            model_dir = local_model_dir(job.model.artifact_key)  # type: ignore[union-attr]
+            loaded = default_cache(settings.SERVE_QUANTIZATION).get(str(model_dir))
         except (OSError, ValueError):
             # The reason names paths on the worker: it goes to the log, never to the customer.
             logger.exception("job %s: model %s could not be loaded", job.public_id, job.model_name)

@@ -10,12 +10,15 @@ import json
 import math
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from workers.runtime.specs import QUANTIZATIONS
 
 CLASSIFICATION = "classification"
 GENERATION = "generation"
@@ -42,8 +45,9 @@ class LoadedModel:
     # the max_seq_length it was trained for).
     context_length: int
     multi_label: bool  # classifiers trained with problem_type "multi_label_classification"
-    nbytes: int  # parameters + buffers, what the cache budgets by
+    nbytes: int  # parameters + buffers (+ packed quantized weights), what the cache budgets by
     device: torch.device
+    quantization: str = "none"  # what its Linear layers were converted to at load: "fp16", "int8" or "none"
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -157,6 +161,68 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def resolve_quantization(quantization: str, dtype: torch.dtype, device: torch.device) -> str:
+    """What a generator served on `device` in `dtype` gets: "fp16", "int8" or "none".
+
+    Only CPUs: a GPU keeps its bf16/fp16 weights as they are. "auto" picks fp16 weights where
+    the model would otherwise be served in float32 (CPUs without AMX): batch-1 decoding there is
+    bound by reading the weights, and half the bytes ran SmolLM2-135M ~1.9x faster with the
+    same greedy tokens (bench/generate.py, docs/architecture.md "Models and weights"). int8
+    (activations quantized too) is faster still but wrecks SmolLM2's perplexity, so it is only
+    ever an explicit choice. An AMX CPU already serves bf16 natively: "auto" leaves it alone.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(
+            f"unknown quantization {quantization!r}; expected one of: {', '.join(QUANTIZATIONS)}"
+        )
+    if device.type != "cpu" or quantization == "none":
+        return "none"
+    if quantization == "auto":
+        return "fp16" if dtype == torch.float32 and _has_fbgemm() else "none"
+    return quantization
+
+
+def _has_fbgemm() -> bool:
+    # fbgemm (x86) runs the quantized Linear kernels; an ARM build has qnnpack only, without fp16.
+    return "fbgemm" in torch.backends.quantized.supported_engines
+
+
+def quantize_linears(model: torch.nn.Module, quantization: str) -> None:
+    """Convert every nn.Linear of a float32 model in place: fp16 weights (fbgemm's fp16 GEMM, float32
+    activations and accumulation) or int8 per-channel weights with dynamically quantized activations.
+
+    Serving only: training never sees these modules, and the stored weights are untouched. A tied
+    LM head gets its own converted copy; the input embedding stays float32.
+    """
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    qconfig: Any = (
+        {torch.nn.Linear: per_channel_dynamic_qconfig} if quantization == "int8" else {torch.nn.Linear}
+    )
+    with warnings.catch_warnings():
+        # Eager-mode quantization is deprecated in favour of torchao, which we do not install; the
+        # fbgemm kernels it calls are what runs fastest here (docs/architecture.md).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        quantize_dynamic(
+            model, qconfig, dtype=torch.qint8 if quantization == "int8" else torch.float16, inplace=True
+        )
+
+
+def _packed_nbytes(module: torch.nn.Module) -> int:
+    # A quantized Linear keeps its weight packed in an opaque object, not as a parameter or buffer.
+    from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
+
+    if not isinstance(module, QuantizedLinear):
+        return 0
+    cells = module.in_features * module.out_features
+    # int8: a byte a cell plus a float64 scale and an int64 zero point per row; fp16: two bytes a cell.
+    int8 = module._packed_params.dtype == torch.qint8
+    weight = cells + module.out_features * 16 if int8 else cells * 2
+    bias = module.out_features * 4 if module.bias() is not None else 0
+    return weight + bias
+
+
 def model_nbytes(model: torch.nn.Module) -> int:
     # Tied weights (GPT-2's embedding and LM head) share storage: count each tensor once.
     seen: set[int] = set()
@@ -166,13 +232,17 @@ def model_nbytes(model: torch.nn.Module) -> int:
             continue
         seen.add(tensor.data_ptr())
         total += tensor.numel() * tensor.element_size()
-    return total
+    return total + sum(_packed_nbytes(module) for module in model.modules())
 
 
-def load_model(ref: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+def load_model(
+    ref: str, device: str = "auto", dtype: str = "auto", quantization: str = "none"
+) -> LoadedModel:
     """Load a local transformers directory (or a hub id when HF_HUB_OFFLINE is not "1") for inference.
 
-    `dtype` is "auto" (see `resolve_dtype`), "float32", "bfloat16" or "float16".
+    `dtype` is "auto" (see `resolve_dtype`), "float32", "bfloat16" or "float16". `quantization`
+    ("auto", "fp16", "int8" or "none", see `resolve_quantization`) converts a generator's Linear
+    layers for serving on a CPU; other tasks and GPUs ignore it.
     """
     from transformers import (
         AutoConfig,
@@ -193,12 +263,16 @@ def load_model(ref: str, device: str = "auto", dtype: str = "auto") -> LoadedMod
         GENERATION: AutoModelForCausalLM,
         EMBEDDING: AutoModel,
     }[task]
-    model = auto_class.from_pretrained(
-        ref, dtype=resolve_dtype(dtype, target), use_safetensors=True, **options
-    )
+    load_dtype = resolve_dtype(dtype, target)
+    quantized = resolve_quantization(quantization, load_dtype, target) if task == GENERATION else "none"
+    if quantized != "none":
+        load_dtype = torch.float32  # the quantized kernels take float32 activations
+    model = auto_class.from_pretrained(ref, dtype=load_dtype, use_safetensors=True, **options)
     # Module.to rather than model.to: transformers' decorated to() is typed to reject a device.
     torch.nn.Module.to(model, target)
     model.eval()
+    if quantized != "none":
+        quantize_linears(model, quantized)
     tokenizer = AutoTokenizer.from_pretrained(ref, **options)
     context_length = _context_length(config, tokenizer)
     if task == EMBEDDING:
@@ -213,6 +287,7 @@ def load_model(ref: str, device: str = "auto", dtype: str = "auto") -> LoadedMod
         multi_label=getattr(config, "problem_type", None) == "multi_label_classification",
         nbytes=model_nbytes(model),
         device=target,
+        quantization=quantized,
     )
 
 
@@ -253,10 +328,13 @@ class ModelCache:
     task at a time, so that wait does not happen in production).
     """
 
-    def __init__(self, max_bytes: int, device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(
+        self, max_bytes: int, device: str = "auto", dtype: str = "auto", quantization: str = "none"
+    ) -> None:
         self.max_bytes = max_bytes
         self.device = device
         self.dtype = dtype
+        self.quantization = quantization
         self.hits = 0
         self.misses = 0
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
@@ -271,9 +349,10 @@ class ModelCache:
                 return loaded
             self.misses += 1
             # Make room before loading too (estimated from the weight files), so old and new
-            # weights are not both resident at the peak; then settle with the real size.
+            # weights are not both resident at the peak; then settle with the real size (a
+            # quantized generator's, smaller than the float weights it is converted from).
             self._evict_for(estimate_nbytes(ref, self.device, self.dtype))
-            loaded = load_model(ref, self.device, self.dtype)
+            loaded = load_model(ref, self.device, self.dtype, self.quantization)
             self._evict_for(loaded.nbytes)
             self._models[ref] = loaded
             return loaded
@@ -303,13 +382,18 @@ _default_cache: ModelCache | None = None
 _default_cache_lock = threading.Lock()
 
 
-def default_cache() -> ModelCache:
-    """The process-wide cache, sized by MODEL_CACHE_BYTES (default 4 GiB); MODEL_DTYPE picks the dtype."""
+def default_cache(quantization: str = "none") -> ModelCache:
+    """The process-wide cache, sized by MODEL_CACHE_BYTES (default 4 GiB); MODEL_DTYPE picks the dtype.
+
+    `quantization` is the worker's SERVE_QUANTIZATION; the first call makes the cache with it (a
+    process's settings do not change, so later calls pass the same value).
+    """
     global _default_cache
     with _default_cache_lock:
         if _default_cache is None:
             _default_cache = ModelCache(
                 int(os.environ.get("MODEL_CACHE_BYTES", DEFAULT_CACHE_BYTES)),
                 dtype=os.environ.get("MODEL_DTYPE", "auto"),
+                quantization=quantization,
             )
         return _default_cache

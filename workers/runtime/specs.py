@@ -282,6 +282,9 @@ class TrainingDataError(ValueError):
     A ValueError, so that code which catches ValueError around the readers keeps working."""
 
 
+# What the worker's SERVE_QUANTIZATION may say: the weight format of generators served on a CPU
+# (see models.resolve_quantization).
+QUANTIZATIONS = ("auto", "fp16", "int8", "none")
 # What TrainSpec.precision (and the worker's TRAINING_PRECISION) may say; see training.resolve_precision.
 PRECISIONS = ("auto", "bfloat16", "float32")
 

@@ -256,3 +256,75 @@ def test_smollm2_answers_a_chat(smollm2_dir: Path) -> None:
     assert result.choices[0].text.strip()
     assert result.prompt_tokens > 10
     assert 1 <= result.completion_tokens <= 8
+
+
+# --- Serving quantization (SERVE_QUANTIZATION) on a Llama-shaped tiny model --------------------
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama_dir: Path) -> LoadedModel:
+    return load_model(str(tiny_llama_dir), device="cpu", dtype="float32", quantization="none")
+
+
+@pytest.fixture(scope="module", params=["fp16", "int8"])
+def quantized(request: pytest.FixtureRequest, tiny_llama_dir: Path) -> LoadedModel:
+    return load_model(str(tiny_llama_dir), device="cpu", dtype="float32", quantization=request.param)
+
+
+def _logits(model: LoadedModel, text: str) -> torch.Tensor:
+    ids = model.tokenizer(text, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        return model.model(input_ids=ids).logits
+
+
+def test_fp16_weights_give_the_same_greedy_tokens_as_float32(
+    tiny_llama_dir: Path, llama: LoadedModel
+) -> None:
+    fp16 = load_model(str(tiny_llama_dir), device="cpu", dtype="float32", quantization="fp16")
+    request = greedy("please tell me a story about a cat", max_tokens=16, logprobs=True)
+
+    plain = generate(llama, request).choices[0]
+    halved = generate(fp16, request).choices[0]
+
+    assert fp16.quantization == "fp16"
+    assert halved.text == plain.text
+    assert [entry.token for entry in halved.logprobs or []] == [entry.token for entry in plain.logprobs or []]
+
+
+def test_quantized_logits_stay_close_to_float32(quantized: LoadedModel, llama: LoadedModel) -> None:
+    # fp16 weights round each weight only; int8 quantizes the activations of each call too, so it
+    # is looser (on SmolLM2 it changes greedy tokens: bench/generate.py). A random tiny model has no
+    # meaningful text to compare, so the logits are compared against their spread.
+    text = "the quick brown fox jumps over the lazy dog"
+    plain, converted = _logits(llama, text), _logits(quantized, text)
+    tolerance = {"fp16": 1e-3, "int8": 0.1}[quantized.quantization] * plain.std().item()
+
+    assert (converted - plain).abs().max().item() < tolerance * 10
+    assert converted.argmax(-1).tolist() == plain.argmax(-1).tolist()
+
+
+def test_quantized_models_stream_stop_and_report_logprobs(quantized: LoadedModel) -> None:
+    full = generate(quantized, greedy("hello how are you", max_tokens=12)).choices[0].text
+    streamed: list[str] = []
+
+    result = generate(
+        quantized,
+        greedy("hello how are you", max_tokens=12, logprobs=True, top_logprobs=2, stop=(full[3:6],)),
+        on_token=lambda _index, delta: streamed.append(delta),
+    )
+
+    choice = result.choices[0]
+    assert choice.finish_reason == "stop"
+    assert choice.text == full[: full.find(full[3:6])]
+    assert "".join(streamed) == choice.text
+    assert choice.logprobs and all(
+        entry.logprob <= 0 and len(entry.top_logprobs) == 2 for entry in choice.logprobs
+    )
+
+
+def test_a_quantized_batch_gives_the_same_text_as_single_requests(quantized: LoadedModel) -> None:
+    requests = [greedy("hello", max_tokens=8), greedy("the movie was great", max_tokens=8)]
+
+    batched = [result.choices[0].text for result in generate_batch(quantized, requests)]
+
+    assert batched == [generate(quantized, request).choices[0].text for request in requests]

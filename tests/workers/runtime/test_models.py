@@ -181,3 +181,91 @@ def test_the_default_cache_is_sized_from_the_environment(monkeypatch: pytest.Mon
     assert default_cache().max_bytes == 12345
     assert default_cache().dtype == "float32"
     assert default_cache() is default_cache()
+
+
+def _linears(model: torch.nn.Module) -> dict[str, type]:
+    from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
+
+    return {
+        name: type(module)
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Linear, QuantizedLinear))
+    }
+
+
+def test_serve_quantization_none_keeps_plain_float32_linears(tiny_llama_dir: Path) -> None:
+    loaded = load_model(str(tiny_llama_dir), device="cpu", dtype="float32", quantization="none")
+
+    assert loaded.quantization == "none"
+    assert set(_linears(loaded.model).values()) == {torch.nn.Linear}
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize("quantization", ["fp16", "int8"])
+def test_serve_quantization_converts_every_linear_and_counts_the_smaller_weights(
+    tiny_llama_dir: Path, quantization: str
+) -> None:
+    from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
+
+    plain = load_model(str(tiny_llama_dir), device="cpu", dtype="float32", quantization="none")
+    loaded = load_model(str(tiny_llama_dir), device="cpu", dtype="float32", quantization=quantization)
+
+    linears = _linears(loaded.model)
+    assert "lm_head" in linears  # the tied head, the largest matrix of a small LM
+    assert set(linears.values()) == {QuantizedLinear}
+    packed = {
+        module._packed_params.dtype
+        for module in loaded.model.modules()
+        if isinstance(module, QuantizedLinear)
+    }
+    assert packed == {torch.float16 if quantization == "fp16" else torch.qint8}
+    assert loaded.quantization == quantization
+    # The Linear weights shrink from 4 bytes a cell to 2 (fp16) or 1 (int8, plus a scale per row); the
+    # embedding stays float32, and the LM head tied to it becomes a copy of its own.
+    linears = [m for name, m in plain.model.named_modules() if isinstance(m, torch.nn.Linear)]
+    untied = sum(
+        m.in_features * m.out_features
+        for m in linears
+        if m.weight is not plain.model.get_input_embeddings().weight
+    )
+    cells = sum(m.in_features * m.out_features for m in linears)
+    rows = sum(m.out_features for m in linears)
+    expected = plain.nbytes - 4 * untied + (2 * cells if quantization == "fp16" else cells + 16 * rows)
+    assert loaded.nbytes == pytest.approx(expected, rel=0.05)
+    assert loaded.nbytes < plain.nbytes
+
+
+def test_serve_quantization_leaves_classifiers_alone(tiny_bert_dir: Path) -> None:
+    loaded = load_model(str(tiny_bert_dir), device="cpu", dtype="float32", quantization="int8")
+
+    assert loaded.quantization == "none"
+    assert set(_linears(loaded.model).values()) == {torch.nn.Linear}
+
+
+def test_auto_quantizes_only_float32_serving_on_a_cpu() -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    fbgemm = "fbgemm" in torch.backends.quantized.supported_engines
+
+    assert models.resolve_quantization("auto", torch.float32, cpu) == ("fp16" if fbgemm else "none")
+    assert models.resolve_quantization("auto", torch.bfloat16, cpu) == "none"  # AMX CPUs serve bf16
+    assert models.resolve_quantization("int8", torch.bfloat16, cpu) == "int8"  # explicit: loads float32
+    for quantization in ("auto", "fp16", "int8", "none"):
+        assert models.resolve_quantization(quantization, torch.bfloat16, gpu) == "none"
+    with pytest.raises(ValueError, match="unknown quantization"):
+        models.resolve_quantization("int4", torch.float32, cpu)
+
+
+def test_the_cache_serves_generators_quantized_and_budgets_their_size(tiny_llama_dir: Path) -> None:
+    cache = ModelCache(max_bytes=10**9, device="cpu", dtype="float32", quantization="fp16")
+
+    loaded = cache.get(str(tiny_llama_dir))
+
+    assert loaded.quantization == "fp16"
+    assert cache.nbytes == loaded.nbytes < load_model(str(tiny_llama_dir), "cpu", "float32").nbytes
+
+
+def test_the_default_cache_takes_the_workers_quantization(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(models, "_default_cache", None)
+
+    assert default_cache("int8").quantization == "int8"
+    assert default_cache("int8") is default_cache("int8")
