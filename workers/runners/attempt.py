@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, connections
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, connections
 
 from apps.core.tenancy import TENANT_MISMATCH_MESSAGE, foreign_references
 from apps.jobs import actions
@@ -36,6 +36,16 @@ MONEY_STOPS = {BUDGET: StopReason.BUDGET_REACHED, SPEND_LIMIT: StopReason.SPEND_
 # What an unreachable PostgreSQL raises (stopped, restarting, a cut connection). Other database
 # errors (a constraint, a bad query) are not outages: waiting would not fix them.
 OUTAGE_ERRORS = (OperationalError, InterfaceError)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a database error is an outage that waiting and a fresh connection fix: PostgreSQL
+    unreachable, or a session it ended (a restart; the idle-in-transaction timeout after this
+    worker was frozen inside a transaction, an InternalError) — the connection is then unusable."""
+    if isinstance(exc, OUTAGE_ERRORS):
+        return True
+    return isinstance(exc, DatabaseError) and not connection.is_usable()
+
 
 T = TypeVar("T")
 
@@ -91,7 +101,9 @@ class AttemptGuard:
         while not self.lost:
             try:
                 return call()
-            except OUTAGE_ERRORS:
+            except DatabaseError as exc:
+                if not is_outage(exc):
+                    raise
                 now = time.monotonic()
                 if failing_since is None:
                     failing_since = now

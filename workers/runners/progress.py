@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 
 from apps.billing.pricing import cost_of
 from apps.core.storage import job_prefix, upload_dir
@@ -21,7 +21,7 @@ from apps.jobs import actions
 from apps.jobs.admission import SpendShare
 from apps.jobs.models import Job, StopReason
 from apps.registry.actions import fine_tuned_name
-from workers.runners.attempt import BUDGET, FENCED, OUTAGE_ERRORS, SPEND_LIMIT, AttemptGuard
+from workers.runners.attempt import BUDGET, FENCED, SPEND_LIMIT, AttemptGuard, is_outage
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,9 @@ class ProgressReporter:
         and goes out with a later write, or with `drain`."""
         try:
             self._write_pending()
-        except OUTAGE_ERRORS:
+        except DatabaseError as exc:
+            if not is_outage(exc):
+                raise
             if not self.outage:
                 logger.warning(
                     "job %s: progress write failed; kept for later", self.job.public_id, exc_info=True
