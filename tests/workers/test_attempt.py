@@ -57,3 +57,41 @@ def test_a_short_attempt_writes_nothing(transactional_db: None, alice_project: A
         pass  # a request answered in milliseconds
     after = Job.objects.get(pk=job.pk)
     assert after.heartbeat_at == job.heartbeat_at and after.status == JobStatus.RUNNING
+
+
+def test_a_session_postgresql_ended_is_an_outage_and_a_bad_write_is_not(
+    transactional_db: None, alice_project: Any
+) -> None:
+    from django.db import DatabaseError, IntegrityError, connection, transaction
+
+    from workers.runners.attempt import is_outage
+
+    # a worker frozen inside a transaction: PostgreSQL ends its session (the idle-in-transaction
+    # timeout the fenced writes set), and the next statement raises an InternalError
+    ended: DatabaseError | None = None
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL idle_in_transaction_session_timeout = '100ms'")
+            time.sleep(0.5)
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+    except DatabaseError as exc:
+        ended = exc
+    assert ended is not None and is_outage(ended)
+    connection.close()
+
+    # a write PostgreSQL refuses is no outage: waiting would not make it pass
+    refused: DatabaseError | None = None
+    try:
+        with transaction.atomic():
+            Job.objects.create(
+                kind=JobKind.FINE_TUNE,
+                organization=alice_project.organization,
+                project=alice_project,
+                model_name="m",
+                public_id=running_job(alice_project).public_id,
+            )
+    except IntegrityError as exc:
+        refused = exc
+    assert refused is not None and not is_outage(refused)

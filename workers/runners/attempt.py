@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, connection, connections
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
 from apps.core.tenancy import TENANT_MISMATCH_MESSAGE, foreign_references
 from apps.jobs import actions
@@ -38,13 +38,19 @@ MONEY_STOPS = {BUDGET: StopReason.BUDGET_REACHED, SPEND_LIMIT: StopReason.SPEND_
 OUTAGE_ERRORS = (OperationalError, InterfaceError)
 
 
+# SQLSTATEs of a session PostgreSQL ended, whatever class of error the driver maps them to: its
+# idle-in-transaction timeout (a worker frozen inside a transaction), and the connection-exception
+# (08) and operator-intervention (57P: shutdown, restart) classes.
+_ENDED_SESSION = ("25P03", "08", "57P")
+
+
 def is_outage(exc: BaseException) -> bool:
     """Whether a database error is an outage that waiting and a fresh connection fix: PostgreSQL
-    unreachable, or a session it ended (a restart; the idle-in-transaction timeout after this
-    worker was frozen inside a transaction, an InternalError) — the connection is then unusable."""
+    unreachable, or a session it ended. Not a write it refused (a constraint, a bad query)."""
     if isinstance(exc, OUTAGE_ERRORS):
         return True
-    return isinstance(exc, DatabaseError) and not connection.is_usable()
+    sqlstate = getattr(exc.__cause__, "sqlstate", None) or ""
+    return isinstance(exc, DatabaseError) and sqlstate.startswith(_ENDED_SESSION)
 
 
 T = TypeVar("T")
