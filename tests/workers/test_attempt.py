@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any
+
+import pytest
 
 from apps.jobs import actions
 from apps.jobs.models import Job, JobKind, JobStatus
@@ -95,3 +98,60 @@ def test_a_session_postgresql_ended_is_an_outage_and_a_bad_write_is_not(
     except IntegrityError as exc:
         refused = exc
     assert refused is not None and not is_outage(refused)
+
+
+def interrupted_inside_a_query(raised: BaseException) -> None:
+    """Raises `raised` from a signal handler while a query waits on PostgreSQL, the way Celery's
+    soft time limit lands: whatever bytecode runs when the signal comes."""
+    from django.db import connection
+
+    def handler(signum: int, frame: Any) -> None:
+        raise raised
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(type(raised)), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(2)")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_soft_time_limit_that_lands_inside_a_query_still_fails_the_job_for_its_time(
+    transactional_db: None, alice_project: Any
+) -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from workers.runners.finetune import _fail_time_limit
+
+    job = running_job(alice_project)
+    # given a training loop whose progress write the soft limit's signal interrupted
+    interrupted_inside_a_query(SoftTimeLimitExceeded())
+
+    # when the runner records the timeout
+    _fail_time_limit(job)
+
+    # then it is recorded: a timeout is terminal, not a lost worker the reaper re-runs
+    failed = Job.objects.get(pk=job.pk)
+    assert failed.status == JobStatus.FAILED and failed.error["code"] == "time_limit"
+    assert failed.attempt == 1
+
+
+def test_a_run_that_raises_inside_a_query_fails_its_job_at_once(
+    transactional_db: None, alice_project: Any
+) -> None:
+    from workers.runners.attempt import run_claimed
+
+    job = Job.objects.create(
+        kind=JobKind.FINE_TUNE, organization=alice_project.organization, project=alice_project, model_name="m"
+    )
+
+    def run(claimed: Job) -> None:
+        interrupted_inside_a_query(RuntimeError("a bug, raised from a signal handler"))
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_claimed(job.public_id, run, with_files=False)
+    failed = Job.objects.get(pk=job.pk)
+    assert failed.status == JobStatus.FAILED and failed.error["code"] == "internal_error"

@@ -320,10 +320,25 @@ def run_claimed(job_id: str, run: Any, *, with_files: bool = True) -> None:
     _fail(job, {"code": "out_of_memory", "message": OUT_OF_MEMORY_MESSAGE, "param": None})
 
 
+def drop_interrupted_connections() -> None:
+    """Closes each database connection an exception left in the middle of a command, so that the
+    write recording the failure reconnects. The soft time limit's signal (or any exception raised
+    from a signal handler) can land while a query waits on PostgreSQL: psycopg then keeps the
+    connection busy, and every later query on it fails with "another command is already in
+    progress", so the failure would go unrecorded and the job be re-run as if its worker had died."""
+    from psycopg.pq import TransactionStatus
+
+    for connection in connections.all(initialized_only=True):
+        raw = connection.connection
+        if raw is not None and raw.info.transaction_status == TransactionStatus.ACTIVE:
+            connection.close()
+
+
 def _fail(job: Any, error: dict[str, Any]) -> None:
     from apps.jobs import relay
     from apps.jobs.models import JobStatus
 
+    drop_interrupted_connections()
     if (
         actions.finish(job.pk, job.attempt, JobStatus.FAILED, error=error, message=error["message"])
         is not None

@@ -25,7 +25,7 @@ from apps.projects.actions import discard, stored_result_file
 from apps.projects.models import FilePurpose
 from apps.registry.actions import create_fine_tuned_model
 from workers.runners.artifacts import local_model_dir
-from workers.runners.attempt import MONEY_STOPS, AttemptGuard
+from workers.runners.attempt import MONEY_STOPS, AttemptGuard, drop_interrupted_connections
 from workers.runners.distill import (
     Labelling,
     compare,
@@ -159,6 +159,7 @@ def _local_copy(file: Any, stem: Path) -> Path:
 def _fail_time_limit(job: Job) -> None:
     """The soft time limit hit: the job fails with `time_limit` (not `internal_error`), keeping the
     checkpoints it saved. If PostgreSQL is down too, the reaper handles the job later."""
+    drop_interrupted_connections()  # the limit's signal may have landed inside a query
     with contextlib.suppress(DatabaseError):
         checkpoint = Job.objects.filter(pk=job.pk).values_list("checkpoint_ref", flat=True).first()
         message = actions.time_limit_message(settings.GPU_TASK_SOFT_TIME_LIMIT, bool(checkpoint))

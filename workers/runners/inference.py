@@ -21,7 +21,7 @@ from apps.jobs import actions, relay
 from apps.jobs.models import Job, JobKind, JobStatus
 from apps.jobs.responses import encode_vector
 from workers.runners.artifacts import local_model_dir
-from workers.runners.attempt import AttemptGuard
+from workers.runners.attempt import AttemptGuard, drop_interrupted_connections
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ def storable(value: Any) -> Any:
 
 
 def _fail(job: Job, status: int, code: str, message: str, param: str | None) -> None:
+    drop_interrupted_connections()
     actions.finish(
         job.pk, job.attempt, JobStatus.FAILED, error={"code": code, "message": message, "param": param}
     )
