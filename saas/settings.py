@@ -523,6 +523,10 @@ if SERVE_QUANTIZATION not in QUANTIZATIONS:
         f"SERVE_QUANTIZATION must be one of {', '.join(QUANTIZATIONS)}, not {SERVE_QUANTIZATION!r}"
     )
 
+# A LoRA fine-tune is served as its adapter on the base the worker already holds (one copy of the
+# base for all its fine-tunes; docs/architecture.md). false: each fine-tune loads its merged weights.
+SERVE_LORA_ADAPTERS = env_bool("SERVE_LORA_ADAPTERS", True)
+
 # --- Models and providers ---------------------------------------------------------------------
 OPENAI_API_KEY = env_secret("OPENAI_API_KEY")
 OPENAI_BASE_URL = os.environ.get("OPENAI_BASE_URL", "") or None

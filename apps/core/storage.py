@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from django.core.files import File as DjangoFile
@@ -43,8 +43,9 @@ def upload_dir(local: Path, prefix: str) -> str:
     return prefix
 
 
-def download_dir(prefix: str, local: Path) -> Path:
-    """Copies a stored directory to `local`, atomically: a crash leaves no half-written copy."""
+def download_dir(prefix: str, local: Path, keep: Callable[[str], bool] | None = None) -> Path:
+    """Copies a stored directory to `local`, atomically: a crash leaves no half-written copy.
+    `keep`, given a file's path under the directory, picks the files to copy (default: all)."""
     if local.exists():
         return local
     local.parent.mkdir(parents=True, exist_ok=True)
@@ -52,6 +53,8 @@ def download_dir(prefix: str, local: Path) -> Path:
     try:
         count = 0
         for key in _walk(prefix):
+            if keep is not None and not keep(key[len(prefix) + 1 :]):
+                continue
             target = staging / key[len(prefix) + 1 :]
             target.parent.mkdir(parents=True, exist_ok=True)
             with default_storage.open(key, "rb") as source, target.open("wb") as out:

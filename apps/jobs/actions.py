@@ -272,7 +272,7 @@ def _claim_queued_request(job_id: str, owner: str, now: datetime, time_limit: fl
     # organization of a project, a key or a model nor a model's weights ever change.
     job.project = _row(Project, job.project_id, ("organization",))
     if job.model_id is not None:
-        job.model = _row(Model, job.model_id)
+        job.model = _row(Model, job.model_id, ("base",))  # a LoRA fine-tune is served on its base
     if job.api_key_id is not None:
         job.api_key = _row(ApiKey, job.api_key_id, ("project",))
     return job
@@ -304,6 +304,8 @@ def _claimed(job_id: str, with_files: bool) -> Job:
     related = ["project__organization", "model", "api_key__project"]
     if with_files:
         related += ["training_file__project", "validation_file__project"]
+    else:
+        related.append("model__base")  # a LoRA fine-tune is served on its base
     job = Job.objects.select_related(*related).get(public_id=job_id)
     if job.kind == JobKind.FINE_TUNE:  # inference jobs are too many and too short for a log line
         # Customers read events: the worker's hostname stays in lease_owner (staff, logs) only.
@@ -339,7 +341,9 @@ def claim_waiting(job: Job, limit: int, owner: str | None = None) -> list[Job]:
             time_limit_at=job.time_limit_at,
         )
     return list(
-        Job.objects.select_related("project__organization", "model").filter(pk__in=ids).order_by("queued_at")
+        Job.objects.select_related("project__organization", "model__base")
+        .filter(pk__in=ids)
+        .order_by("queued_at")
     )
 
 

@@ -32,7 +32,7 @@ from apps.projects.actions import discard, stored_result_file
 from apps.projects.formats import BATCH_ENDPOINTS
 from apps.projects.models import FilePurpose
 from apps.registry.models import Provider
-from workers.runners.artifacts import local_model_dir
+from workers.runners.artifacts import load_servable
 from workers.runners.attempt import FENCED, SPEND_LIMIT, AttemptGuard
 from workers.runners.inference import (
     TOO_LONG,
@@ -213,7 +213,7 @@ class BatchRun:
         if model.provider == Provider.OPENAI:
             self.proxy_all(parsed)
             return
-        loaded = default_cache(settings.SERVE_QUANTIZATION).get(str(local_model_dir(model.artifact_key)))
+        loaded = load_servable(model, default_cache(settings.SERVE_QUANTIZATION))
         if BATCH_ENDPOINTS[self.endpoint] == "classifications":
             for custom_id, _, request in parsed:
                 result = classification_result(loaded, request)

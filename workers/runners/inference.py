@@ -20,7 +20,7 @@ from apps.core.errors import ActionError
 from apps.jobs import actions, relay
 from apps.jobs.models import Job, JobKind, JobStatus
 from apps.jobs.responses import encode_vector
-from workers.runners.artifacts import local_model_dir
+from workers.runners.artifacts import load_servable
 from workers.runners.attempt import AttemptGuard, drop_interrupted_connections
 
 logger = logging.getLogger(__name__)
@@ -36,8 +36,7 @@ def run_inference(job: Job) -> None:
         from workers.runtime.models import default_cache
 
         try:
-            model_dir = local_model_dir(job.model.artifact_key)  # type: ignore[union-attr]
-            loaded = default_cache(settings.SERVE_QUANTIZATION).get(str(model_dir))
+            loaded = load_servable(job.model, default_cache(settings.SERVE_QUANTIZATION))  # type: ignore[arg-type]
         except (OSError, ValueError):
             # The reason names paths on the worker: it goes to the log, never to the customer.
             logger.exception("job %s: model %s could not be loaded", job.public_id, job.model_name)

@@ -43,7 +43,7 @@ from workers.runtime.lm_data import (
     read_records,
     split_records,
 )
-from workers.runtime.lora import attach_lora, resolve_lora
+from workers.runtime.lora import attach_lora, resolve_lora, save_final_lm
 from workers.runtime.sft import parameter_counts, supervised_logits, write_lm_card, write_lm_checkpoint
 from workers.runtime.specs import (
     CheckpointInfo,
@@ -62,7 +62,6 @@ from workers.runtime.training import (
     lr_at,
     read_trainer_state,
     resolve_device,
-    save_final_model,
     saved_message,
 )
 
@@ -428,11 +427,7 @@ class DPORun(RunBase):
     def save(self, stopped: bool) -> TrainResult:
         output_dir = Path(self.spec.output_dir)
         metrics = {**self.state.best_metrics, "early_stopped": self.state.early_stopped}
-        best = self.state.best_checkpoint
-        model = self.model
-        if best is None and isinstance(model, PeftModel):
-            model = model.merge_and_unload()  # the run is over: fold the adapters into the weights
-        save_final_model(output_dir, best, model, self.tokenizer)  # a checkpoint is merged already
+        save_final_lm(output_dir, self.state.best_checkpoint, self.model, self.tokenizer)
         write_lm_card(output_dir, self.spec, self.lora, metrics, method=METHOD)
         self.emit("log", message=saved_message(self.state))
         return TrainResult(

@@ -1,14 +1,18 @@
 """LoRA for supervised fine-tuning (via peft): the settings checked against the model, the
 adapters attached (fresh, or a checkpoint's for a resume), and the weights merged for saving.
 
-Only the adapter weights train. A checkpoint directory is a standard transformers model at its
-top level (adapters merged into the weights, `save_servable`), so every kept checkpoint is
-servable as it is; `adapter/` (ADAPTER_DIR) holds the adapter alone, which is what a resume loads.
+Only the adapter weights train. A checkpoint directory, and the final model, is a standard
+transformers model at its top level (adapters merged into the weights, `save_servable`), so each is
+servable and exportable as it is; `adapter/` (ADAPTER_DIR) holds the adapter alone, which is what a
+resume loads and what a serve worker applies to the base it already holds
+(workers/runtime/adapters.py).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,9 +23,9 @@ from peft.tuners.lora import LoraLayer
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from transformers.pytorch_utils import Conv1D
 
+from workers.runtime.adapters import ADAPTER_CONFIG, ADAPTER_DIR
 from workers.runtime.specs import TrainingDataError
 
-ADAPTER_DIR = "adapter"
 LORA_OPTIONS = ("r", "alpha", "dropout", "target_modules")
 LORA_DEFAULTS: dict[str, Any] = {"r": 8, "alpha": 16, "dropout": 0.05}
 # Attention projections to adapt when the request names none and peft knows no default for the
@@ -146,3 +150,25 @@ def save_servable(model: Any, directory: Path) -> None:
         lm.save_pretrained(directory, state_dict=merged_state_dict(model))
     else:
         model.save_pretrained(directory)
+
+
+def save_adapter(model: PeftModel, directory: Path) -> None:
+    """The adapter alone, in peft's format, without the training worker's path to the base (its
+    `base_model_name_or_path`): the directory is exported to customers, and nothing reads it."""
+    model.save_pretrained(str(directory))
+    config_path = directory / ADAPTER_CONFIG
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": None}, indent=2, sort_keys=True))
+
+
+def save_final_lm(output_dir: Path, best_checkpoint: str | None, model: Any, tokenizer: Any) -> None:
+    """The run's model: the best checkpoint's files (merged already), or the current weights merged
+    when no evaluation happened yet; for LoRA, with its adapter beside them in `adapter/`."""
+    from workers.runtime.training import save_final_model
+
+    if best_checkpoint is None and isinstance(model, PeftModel):
+        save_adapter(model, output_dir / ADAPTER_DIR)
+        model = model.merge_and_unload()  # the run is over: fold the adapters into the weights for good
+    save_final_model(output_dir, best_checkpoint, model, tokenizer)
+    if best_checkpoint is not None and (Path(best_checkpoint) / ADAPTER_DIR).is_dir():
+        shutil.copytree(Path(best_checkpoint) / ADAPTER_DIR, output_dir / ADAPTER_DIR, dirs_exist_ok=True)

@@ -7,6 +7,7 @@ unpickling a file a user could have supplied runs their code (docs/architecture.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
@@ -19,6 +20,8 @@ from typing import Any
 import torch
 
 from workers.runtime.specs import QUANTIZATIONS
+
+logger = logging.getLogger(__name__)
 
 CLASSIFICATION = "classification"
 GENERATION = "generation"
@@ -48,6 +51,7 @@ class LoadedModel:
     nbytes: int  # parameters + buffers (+ packed quantized weights), what the cache budgets by
     device: torch.device
     quantization: str = "none"  # what its Linear layers were converted to at load: "fp16", "int8" or "none"
+    base_ref: str = ""  # a LoRA fine-tune served as a view of this cached base (its nbytes: the adapter's)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -291,6 +295,41 @@ def load_model(
     )
 
 
+def load_adapted(base: LoadedModel, ref: str) -> LoadedModel:
+    """The LoRA fine-tune in directory `ref` as a view of the loaded `base` (workers/runtime/adapters.py):
+    its own tokenizer (training may have given it a chat template) and context length, the base's
+    weights. Raises UnsupportedAdapter for what the view cannot serve exactly."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from workers.runtime.adapters import ADAPTER_DIR, UnsupportedAdapter, adapted_view, read_adapter
+
+    if base.task != GENERATION:
+        raise UnsupportedAdapter(f"adapters are served on generation models, not on a {base.task} model")
+    options: dict[str, Any] = {"trust_remote_code": False, "local_files_only": True}
+    directory = Path(ref)
+    adapter = read_adapter(directory / ADAPTER_DIR)
+    # What the base's layers take in: float32 around quantized Linears, else the weights' dtype.
+    dtype = next(base.model.parameters()).dtype
+    view = adapted_view(base.model, adapter, base.device, dtype)
+    view.eval()
+    tokenizer = AutoTokenizer.from_pretrained(ref, **options)
+    config = AutoConfig.from_pretrained(ref, **options)
+    logger.info("serving %s as a LoRA view of %s (%d adapter bytes)", ref, base.ref, adapter.nbytes)
+    return LoadedModel(
+        ref=ref,
+        task=GENERATION,
+        model=view,
+        tokenizer=tokenizer,
+        labels=[],
+        context_length=_context_length(config, tokenizer),
+        multi_label=False,
+        nbytes=adapter.nbytes,
+        device=base.device,
+        quantization=base.quantization,
+        base_ref=base.ref,
+    )
+
+
 def _safetensors_header(path: Path) -> dict[str, Any]:
     # The format: an 8-byte little-endian length, then a JSON header naming each tensor.
     with open(path, "rb") as handle:
@@ -342,25 +381,52 @@ class ModelCache:
 
     def get(self, ref: str) -> LoadedModel:
         with self._lock:
+            return self._get(ref)
+
+    def get_adapted(self, base_ref: str, ref: str) -> LoadedModel:
+        """The LoRA fine-tune in directory `ref` (its `adapter/` and tokenizer) served on the base
+        at `base_ref`, which is loaded (or kept) in this cache once for all its fine-tunes.
+        Raises UnsupportedAdapter when the view cannot serve it exactly."""
+        with self._lock:
             loaded = self._models.get(ref)
-            if loaded is not None:
+            if loaded is not None and loaded.base_ref == base_ref:
                 self.hits += 1
+                self._models.move_to_end(base_ref)  # a base is as recently used as its fine-tunes
                 self._models.move_to_end(ref)
                 return loaded
+            base = self._get(base_ref)
             self.misses += 1
-            # Make room before loading too (estimated from the weight files), so old and new
-            # weights are not both resident at the peak; then settle with the real size (a
-            # quantized generator's, smaller than the float weights it is converted from).
-            self._evict_for(estimate_nbytes(ref, self.device, self.dtype))
-            loaded = load_model(ref, self.device, self.dtype, self.quantization)
-            self._evict_for(loaded.nbytes)
+            loaded = load_adapted(base, ref)
+            self._evict_for(loaded.nbytes, keep=base_ref)
             self._models[ref] = loaded
             return loaded
 
-    def _evict_for(self, nbytes: int) -> None:
+    def _get(self, ref: str) -> LoadedModel:
+        loaded = self._models.get(ref)
+        if loaded is not None and not loaded.base_ref:
+            self.hits += 1
+            self._models.move_to_end(ref)
+            return loaded
+        self.misses += 1
+        # Make room before loading too (estimated from the weight files), so old and new
+        # weights are not both resident at the peak; then settle with the real size (a
+        # quantized generator's, smaller than the float weights it is converted from).
+        self._evict_for(estimate_nbytes(ref, self.device, self.dtype))
+        loaded = load_model(ref, self.device, self.dtype, self.quantization)
+        self._evict_for(loaded.nbytes)
+        self._models[ref] = loaded
+        return loaded
+
+    def _evict_for(self, nbytes: int, keep: str = "") -> None:
         # A model bigger than the whole budget still loads: it is then the only one held.
-        while self._models and self.nbytes + nbytes > self.max_bytes:
-            self._models.popitem(last=False)
+        while self.nbytes + nbytes > self.max_bytes:
+            victim = next((ref for ref in self._models if ref != keep), None)
+            if victim is None:
+                break
+            evicted = self._models.pop(victim)
+            # The views of an evicted base would keep its weights alive unaccounted: they go too.
+            for ref in [ref for ref, held in self._models.items() if held.base_ref == evicted.ref]:
+                del self._models[ref]
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # hand freed weights back, so the next load has the room
 

@@ -33,7 +33,15 @@ from transformers import AutoModelForCausalLM
 
 from workers.runtime.data import eval_batches
 from workers.runtime.lm_data import LMBatch, LMData, collate_lm, load_lm_tokenizer, prepare_lm_data
-from workers.runtime.lora import ADAPTER_DIR, attach_lora, causal_lm_of, resolve_lora, save_servable
+from workers.runtime.lora import (
+    ADAPTER_DIR,
+    attach_lora,
+    causal_lm_of,
+    resolve_lora,
+    save_adapter,
+    save_final_lm,
+    save_servable,
+)
 from workers.runtime.specs import CheckpointInfo, Hyperparameters, ProgressEvent, TrainResult, TrainSpec
 from workers.runtime.training import (
     FORMAT_VERSION,
@@ -48,7 +56,6 @@ from workers.runtime.training import (
     lr_at,
     read_trainer_state,
     resolve_device,
-    save_final_model,
     saved_message,
 )
 
@@ -161,7 +168,7 @@ def write_lm_checkpoint(final: Path, model: Any, tokenizer: Any, trainer_state: 
     save_servable(model, tmp)
     tokenizer.save_pretrained(tmp)  # with the chat template
     if isinstance(model, PeftModel):
-        model.save_pretrained(str(tmp / ADAPTER_DIR))  # the adapter alone, what a resume loads
+        save_adapter(model, tmp / ADAPTER_DIR)  # the adapter alone, what a resume loads
     torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
     if final.exists():
         shutil.rmtree(final)
@@ -359,11 +366,7 @@ class LMRun(RunBase):
             "early_stopped": self.state.early_stopped,
             "supervised_tokens": self.state.supervised_tokens,
         }
-        best = self.state.best_checkpoint
-        model = self.model
-        if best is None and isinstance(model, PeftModel):
-            model = model.merge_and_unload()  # the run is over: fold the adapters into the weights for good
-        save_final_model(output_dir, best, model, self.tokenizer)  # the best checkpoint is merged already
+        save_final_lm(output_dir, self.state.best_checkpoint, self.model, self.tokenizer)
         write_lm_card(output_dir, self.spec, self.lora, metrics)
         self.emit("log", message=saved_message(self.state))
         return TrainResult(

@@ -519,7 +519,9 @@ def test_saved_model_loads_and_describes_itself(
     }
     assert card["metrics"]["valid_loss"] == result.metrics["valid_loss"]
     assert card["spec"]["lora"] == {} and card["spec"]["hyperparameters"]["seed"] == 42
-    assert not (Path(result.model_dir) / ADAPTER_DIR).exists()
+    # the adapter alone too, for serving on a shared base: the best checkpoint's, without worker paths
+    adapter = json.loads((Path(result.model_dir) / ADAPTER_DIR / "adapter_config.json").read_text())
+    assert adapter["r"] == 8 and adapter["base_model_name_or_path"] is None
     state = read_trainer_state(result.checkpoints[-1].path)  # torch.load(weights_only=True) inside
     assert state["trainer"] == "sft" and state["optimizer"]["state"] and state["step"] == 4
 

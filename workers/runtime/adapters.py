@@ -1,0 +1,141 @@
+"""Serving LoRA fine-tunes on one loaded base (docs/architecture.md, "Many fine-tunes on one base").
+
+A LoRA fine-tune's artifact holds its merged weights (what export gives) and, in `adapter/`, the
+adapter alone in peft's format. A worker that already holds the base in its cache serves the
+fine-tune as a *view* of it: a shallow copy of the base's module tree in which each adapted Linear
+is wrapped to add its low-rank update, `W x + (B A x) · scaling`. Every weight of the base is
+shared, so a fine-tune costs the cache its adapter's bytes (about 2 MB for SmolLM2-135M at r=8),
+not a second model, and views of the same base are independent modules: no "active adapter"
+state is switched, so two views can run at once.
+
+peft is not imported here: serving reads the adapter's safetensors and config itself. Features
+the view does not implement (DoRA, per-module ranks, adapted embeddings, trained biases or
+modules_to_save) raise `UnsupportedAdapter`, and the worker serves the merged weights instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+ADAPTER_DIR = "adapter"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# peft names an adapted module's tensors "base_model.model.<module>.lora_A.weight".
+_PREFIX = "base_model.model."
+_SUFFIXES = {".lora_A.weight": 0, ".lora_B.weight": 1}
+
+
+class UnsupportedAdapter(ValueError):
+    """An adapter the view cannot serve exactly: the merged weights are served instead."""
+
+
+@dataclass(frozen=True)
+class AdapterWeights:
+    scaling: float
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module name -> (A [r, in], B [out, r])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for pair in self.pairs.values() for t in pair)
+
+
+def has_adapter(model_dir: Path) -> bool:
+    return (model_dir / ADAPTER_DIR / ADAPTER_CONFIG).is_file()
+
+
+def read_adapter(directory: Path) -> AdapterWeights:
+    """The A and B matrices of each adapted module, and the update's scale (alpha / r, or
+    alpha / sqrt(r) for rsLoRA), from a peft LoRA adapter directory."""
+    from safetensors.torch import load_file
+
+    config = json.loads((directory / ADAPTER_CONFIG).read_text())
+    unsupported = [
+        what
+        for what, present in (
+            (f"peft_type {config.get('peft_type')}", config.get("peft_type") != "LORA"),
+            ("DoRA", bool(config.get("use_dora"))),
+            ("per-module ranks", bool(config.get("rank_pattern") or config.get("alpha_pattern"))),
+            ("trained biases", config.get("bias", "none") != "none"),
+            ("modules_to_save", bool(config.get("modules_to_save"))),
+            ("LoRA biases", bool(config.get("lora_bias"))),
+            ("layer replication", bool(config.get("layer_replication"))),
+            ("trainable tokens", bool(config.get("trainable_token_indices"))),
+            ("activated LoRA", bool(config.get("alora_invocation_tokens"))),
+            ("adapted parameters", bool(config.get("target_parameters"))),
+        )
+        if present
+    ]
+    if unsupported:
+        raise UnsupportedAdapter(f"adapter uses {', '.join(unsupported)}")
+    rank, alpha = int(config["r"]), float(config["lora_alpha"])
+    scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    halves: dict[str, list[torch.Tensor | None]] = {}
+    for key, tensor in load_file(str(directory / ADAPTER_WEIGHTS)).items():
+        suffix = next((s for s in _SUFFIXES if key.endswith(s)), None)
+        if suffix is None or not key.startswith(_PREFIX):
+            raise UnsupportedAdapter(f"adapter tensor {key!r} is not a LoRA A or B matrix")
+        name = key[len(_PREFIX) : -len(suffix)]
+        halves.setdefault(name, [None, None])[_SUFFIXES[suffix]] = tensor
+    pairs = {}
+    for name, (a, b) in halves.items():
+        if a is None or b is None:
+            raise UnsupportedAdapter(f"adapter module {name!r} lacks its A or B matrix")
+        pairs[name] = (a, b)
+    if not pairs:
+        raise UnsupportedAdapter("adapter has no LoRA matrices")
+    return AdapterWeights(scaling=scaling, pairs=pairs)
+
+
+class LoraLinear(torch.nn.Module):
+    """A base layer (nn.Linear, a quantized Linear, GPT-2's Conv1D) plus its low-rank update, as
+    peft computes it unmerged in eval mode. The matrices are plain attributes, not parameters:
+    the view's state_dict and byte count stay the base's."""
+
+    def __init__(self, base: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, scaling: float) -> None:
+        super().__init__()
+        self.base = base
+        self.a, self.b, self.scaling = a, b, scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + F.linear(F.linear(x, self.a), self.b) * self.scaling
+
+
+def _branch(module: torch.nn.Module) -> torch.nn.Module:
+    # A shallow copy with its own table of children: replacing a child of the copy leaves the
+    # original untouched, and every parameter and buffer stays shared.
+    clone = copy.copy(module)
+    clone._modules = dict(module._modules)
+    return clone
+
+
+def adapted_view(
+    model: torch.nn.Module, adapter: AdapterWeights, device: torch.device, dtype: torch.dtype
+) -> torch.nn.Module:
+    """`model` with `adapter` applied, sharing all of its weights; `model` itself is not changed.
+    `dtype` is what the base's layers take in and give out (float32 for quantized Linears)."""
+    root = _branch(model)
+    branches: dict[str, torch.nn.Module] = {"": root}
+    for name, (a, b) in adapter.pairs.items():
+        parent, path = root, name.split(".")
+        for depth, part in enumerate(path[:-1], start=1):
+            prefix = ".".join(path[:depth])
+            if prefix not in branches:
+                child = parent._modules.get(part)
+                if child is None:
+                    raise UnsupportedAdapter(f"the base has no module {prefix!r}")
+                branches[prefix] = parent._modules[part] = _branch(child)
+            parent = branches[prefix]
+        leaf = parent._modules.get(path[-1])
+        if leaf is None:
+            raise UnsupportedAdapter(f"the base has no module {name!r}")
+        parent._modules[path[-1]] = LoraLinear(
+            leaf, a.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype), adapter.scaling
+        )
+    return root
