@@ -32,6 +32,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from workers.runtime.data import eval_batches
+from workers.runtime.distributed import current_world, device_for, wrap
 from workers.runtime.lm_data import LMBatch, LMData, collate_lm, load_lm_tokenizer, prepare_lm_data
 from workers.runtime.lora import (
     ADAPTER_DIR,
@@ -93,6 +94,8 @@ def supervised_logits(
     The LM head runs at those positions only: with a 49k vocabulary it costs as much per token as
     several transformer layers, and full [batch, length, vocab] logits dominate activation memory.
     """
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model(batch, device, dtype)  # DDP(SupervisedLogits(...)): through DDP's forward
     lm = causal_lm_of(model)
     rows, positions = batch.learned_rows, batch.learned_positions
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
@@ -106,6 +109,20 @@ def supervised_logits(
     return logits.float(), batch.labels[rows, positions + 1]
 
 
+class SupervisedLogits(torch.nn.Module):
+    """`supervised_logits` as a module's forward, for DDP to wrap: DDP exchanges the gradients of
+    what runs through its own forward, and a step here runs the body and the head apart."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, batch: LMBatch, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return supervised_logits(self.model, batch, device, dtype)
+
+
 def train_step(
     model: Any,
     parameters: Sequence[torch.nn.Parameter],
@@ -114,14 +131,17 @@ def train_step(
     lr: float,
     hp: Hyperparameters,
     dtype: torch.dtype = torch.float32,
+    loss_scale: float = 1.0,
 ) -> tuple[float, float]:
-    """One optimizer step; returns (loss, mean token accuracy) over the batch's learned tokens."""
+    """One optimizer step; returns (loss, mean token accuracy) over the batch's learned tokens.
+    `loss_scale` weights this batch's gradient: a rank's share of a global batch's learned tokens
+    (workers/runtime/distributed.py), 0 for a rank with none."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     logits, targets = supervised_logits(model, batch, batch.input_ids.device, dtype)
     correct = (logits.detach().argmax(dim=-1) == targets).sum()
     loss = F.cross_entropy(logits, targets)  # the mean over the batch's learned tokens
-    loss.backward()
+    (loss * loss_scale if loss_scale != 1.0 else loss).backward()
     torch.nn.utils.clip_grad_norm_(parameters, hp.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -214,8 +234,9 @@ def train_lm(
 ) -> TrainResult:
     hp = spec.hyperparameters
 
-    # -- seed / device
-    device = resolve_device(spec.device)
+    # -- seed / device (one of several ranks when torchrun started this process)
+    world = current_world()
+    device = resolve_device(device_for(world, spec.device))
     torch.manual_seed(hp.seed)  # also seeds CUDA; LoRA's A matrices and dropout draw from it
     with deterministic_algorithms(device):
         # -- data
@@ -233,6 +254,8 @@ def train_lm(
             check_resumable(saved, total_steps, lora)
         model = attach_lora(base, lora, spec.resume_from)
         model.to(device).train()
+        # What a step runs: DDP across the ranks, or the model itself.
+        stepped = wrap(SupervisedLogits(model), world) if world.size > 1 else model
 
         # -- optimizer / schedule
         optimizer = build_optimizer(model, hp, device)
@@ -246,6 +269,7 @@ def train_lm(
             total_steps=total_steps,
             on_progress=on_progress,
             lora=lora,
+            world=world,
         )
         if saved is not None:
             run.restore(saved)
@@ -253,10 +277,21 @@ def train_lm(
 
         # -- loop (lr, forward, backward, clip, step, log; eval and checkpoints in run_epochs)
         def step(indices: Sequence[int]) -> None:
-            batch = run.train_batch(indices)
+            local, share = run.share(indices)
+            batch = run.train_batch(local)
             lr = lr_at(run.state.step, hp.learning_rate, run.warmup_steps, total_steps)
-            loss, accuracy = train_step(model, run.parameters, optimizer, batch, lr, hp, run.dtype)
-            run.state.record_lm_step(loss, accuracy, batch.n_tokens, batch.n_supervised)
+            n_tokens, n_supervised = (batch.n_tokens, batch.n_supervised) if share else (0, 0)
+            if world.size > 1:  # the loss is a mean over learned tokens: weigh by the rank's share of them
+                supervised = world.sum([n_supervised])[0]
+                share = n_supervised * world.size / supervised
+            loss, accuracy = train_step(stepped, run.parameters, optimizer, batch, lr, hp, run.dtype, share)
+            if world.size > 1:  # the global batch's figures
+                loss_sum, correct, tokens = world.sum(
+                    [loss * n_supervised, accuracy * n_supervised, n_tokens]
+                )
+                loss, accuracy = loss_sum / supervised, correct / supervised
+                n_tokens, n_supervised = int(tokens), int(supervised)
+            run.state.record_lm_step(loss, accuracy, n_tokens, n_supervised)
             metrics = {"train_loss": loss, "train_mean_token_accuracy": accuracy, "learning_rate": lr}
             run.emit("step", metrics)
 
@@ -366,8 +401,9 @@ class LMRun(RunBase):
             "early_stopped": self.state.early_stopped,
             "supervised_tokens": self.state.supervised_tokens,
         }
-        save_final_lm(output_dir, self.state.best_checkpoint, self.model, self.tokenizer)
-        write_lm_card(output_dir, self.spec, self.lora, metrics)
+        if self.world.is_main:
+            save_final_lm(output_dir, self.state.best_checkpoint, self.model, self.tokenizer)
+            write_lm_card(output_dir, self.spec, self.lora, metrics)
         self.emit("log", message=saved_message(self.state))
         return TrainResult(
             status="stopped" if stopped else "completed",

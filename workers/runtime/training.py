@@ -31,6 +31,7 @@ from workers.runtime.data import (
     eval_batches,
     prepare_data,
 )
+from workers.runtime.distributed import SINGLE, World, current_world, device_for, wrap
 from workers.runtime.metrics import classification_metrics
 from workers.runtime.models import cpu_has_bf16
 from workers.runtime.specs import (
@@ -224,12 +225,15 @@ def train_step(
     hp: Hyperparameters,
     temperature: float = 1.0,
     dtype: torch.dtype = torch.float32,
+    loss_scale: float = 1.0,
 ) -> float:
+    """One optimizer step; returns the batch's loss. `loss_scale` weights this batch's gradient: a
+    rank's share of a global batch (workers/runtime/distributed.py), 0 for a rank with none."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     logits = forward_logits(model, batch, batch.input_ids.device, dtype)
     loss = batch_loss(logits, batch, temperature)
-    loss.backward()  # outside autocast: gradients reach the fp32 weights in fp32
+    (loss * loss_scale if loss_scale != 1.0 else loss).backward()  # outside autocast: fp32 gradients
     torch.nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -367,8 +371,9 @@ def train(
         raise ValueError(f'this trainer fine-tunes classifiers, not task "{spec.task}"')
     hp = spec.hyperparameters
 
-    # -- seed / device
-    device = resolve_device(spec.device)
+    # -- seed / device (one of several ranks when torchrun started this process)
+    world = current_world()
+    device = resolve_device(device_for(world, spec.device))
     torch.manual_seed(hp.seed)  # also seeds CUDA; the new head's init and dropout draw from it
     with deterministic_algorithms(device):
         # -- data
@@ -393,6 +398,7 @@ def train(
             check_resumable(saved, data.labels, total_steps)
         model = load_model(spec.resume_from or spec.base_model_dir, data.labels, tokenizer.pad_token_id)
         model.to(device).train()
+        stepped = wrap(model, world)  # what a step runs: DDP across the ranks, or the model itself
 
         # -- optimizer / schedule
         optimizer = build_optimizer(model, hp, device)
@@ -405,6 +411,7 @@ def train(
             optimizer=optimizer,
             total_steps=total_steps,
             on_progress=on_progress,
+            world=world,
         )
         if saved is not None:
             run.restore(saved)
@@ -412,10 +419,15 @@ def train(
 
         # -- loop (lr, forward, backward, clip, step, log; eval and checkpoints in run_epochs)
         def step(indices: Sequence[int]) -> None:
-            batch = run.train_batch(indices)
+            local, share = run.share(indices)
+            batch = run.train_batch(local)
             lr = lr_at(run.state.step, hp.learning_rate, run.warmup_steps, total_steps)
-            loss = train_step(model, optimizer, batch, lr, hp, spec.distill_temperature, run.dtype)
-            run.state.record_step(loss, batch.n_tokens)
+            loss = train_step(stepped, optimizer, batch, lr, hp, spec.distill_temperature, run.dtype, share)
+            n_tokens = batch.n_tokens if share else 0
+            if world.size > 1:  # the global batch's mean loss and token count
+                loss, tokens = world.sum([loss * share / world.size, n_tokens])
+                n_tokens = int(tokens)
+            run.state.record_step(loss, n_tokens)
             run.emit("step", {"train_loss": loss, "learning_rate": lr})
 
         def validate() -> dict[str, Any]:
@@ -444,6 +456,8 @@ class RunBase:
     optimizer: torch.optim.Optimizer
     total_steps: int
     on_progress: Callable[[ProgressEvent], None]
+    # Of several ranks (workers/runtime/distributed.py), rank 0 alone reports, checkpoints and saves.
+    world: World = SINGLE
     state: LoopState = field(default_factory=LoopState)
     train_lengths: list[int] = field(init=False, default_factory=list)  # each run sets it from its data
 
@@ -472,7 +486,9 @@ class RunBase:
         while state.epoch < hp.n_epochs and not state.early_stopped and not stopped:
             batches = epoch_batches(self.train_lengths, hp.batch_size, hp.seed, state.epoch)
             for indices in batches[state.batch_in_epoch :]:  # a resumed run skips what it already did
-                if should_stop():  # polled before every step, so a cancel or pause lands within one step
+                # Polled before every step, so a cancel or pause lands within one step; rank 0's
+                # answer is every rank's.
+                if self.world.agree(should_stop()):
                     stopped = True
                     break
                 step(indices)
@@ -500,9 +516,23 @@ class RunBase:
         """The current epoch's training figures so far, saved with a checkpoint."""
         return {"train_loss": self.state.mean_train_loss()}
 
+    def share(self, indices: Sequence[int]) -> tuple[list[int], float]:
+        """This rank's examples of a global batch, and the weight of their mean loss in the global
+        batch's (times the ranks, as DDP averages the ranks' gradients). A rank left without any
+        (a last batch smaller than the ranks) steps on one example with weight 0: every rank must
+        take part in each step's gradient exchange."""
+        if self.world.size == 1:
+            return list(indices), 1.0
+        local = self.world.shard(indices)
+        if not local:
+            return [indices[0]], 0.0
+        return local, len(local) * self.world.size / len(indices)
+
     def emit(
         self, kind: str, metrics: dict[str, Any] | None = None, message: str = "", path: str = ""
     ) -> None:
+        if not self.world.is_main:
+            return
         self.on_progress(
             ProgressEvent(
                 kind=kind,
@@ -520,6 +550,8 @@ class RunBase:
         path = checkpoint_path(self.checkpoint_root, self.state.step)
         info = CheckpointInfo(self.state.step, self.state.display_epoch(), str(path), metrics)
         dropped = track_checkpoint(self.state, info)
+        if not self.world.is_main:  # the same bookkeeping on every rank; rank 0 writes
+            return
         self.write_checkpoint(path, self.trainer_state(metrics))
         for old in dropped:  # only once the new one is safely on disk
             shutil.rmtree(old, ignore_errors=True)
@@ -584,7 +616,7 @@ class RunBase:
             state.best_checkpoint = resumed
         elif Path(best).is_dir():
             copy = self.checkpoint_root / Path(best).name
-            if not copy.exists():
+            if not copy.exists() and self.world.is_main:
                 shutil.copytree(best, copy)
             state.best_checkpoint = str(copy)
         else:
@@ -656,8 +688,9 @@ class Run(RunBase):
     def save(self, stopped: bool) -> TrainResult:
         output_dir = Path(self.spec.output_dir)
         metrics = {**self.state.best_metrics, "early_stopped": self.state.early_stopped}
-        save_final_model(output_dir, self.state.best_checkpoint, self.model, self.tokenizer)
-        write_model_card(output_dir, self.spec, self.data.labels, metrics)
+        if self.world.is_main:
+            save_final_model(output_dir, self.state.best_checkpoint, self.model, self.tokenizer)
+            write_model_card(output_dir, self.spec, self.data.labels, metrics)
         self.emit("log", message=saved_message(self.state))
         return TrainResult(
             status="stopped" if stopped else "completed",
