@@ -513,6 +513,10 @@ if TRAINING_PRECISION not in PRECISIONS:
         f"TRAINING_PRECISION must be one of {', '.join(PRECISIONS)}, not {TRAINING_PRECISION!r}"
     )
 
+# The most devices one fine-tune may ask for (`devices`, data-parallel on one worker; docs/deploying.md):
+# the GPU count of the training workers. CPU workers may use 2 or more to run ranks on processes.
+TRAINING_MAX_DEVICES = env_int("TRAINING_MAX_DEVICES", 1)
+
 # How a worker serves generation models on a CPU: "auto" (fp16 weights where it would serve
 # float32, i.e. CPUs without AMX: ~1.9x faster decoding, same greedy tokens), "fp16", "int8"
 # (faster still, but it degrades SmolLM2's output; see docs/architecture.md) or "none". GPUs and

@@ -66,7 +66,10 @@ KNOWN_FIELDS = {
     "hyperparameters",
     "integrations",
     "max_cost",
+    "devices",
 }
+# The methods whose training runs data-parallel on several devices (workers/runtime/distributed.py).
+MULTI_DEVICE_METHODS = ("supervised", "classification")
 # Matched with fullmatch: a pattern ending in `$` would also accept a trailing newline.
 SUFFIX_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_SEED = 2**31 - 1
@@ -125,6 +128,7 @@ def parse(project: Project, body: Any) -> FineTuneRequest:
             param="method.type",
         )
     lora = _lora(body, method)
+    _devices(body.get("devices"), method)
     distillation = _distillation(project, body) if method == "distillation" else None
     training_id, training_param = _training_file_id(body, method)
     training = _file(project, training_id, training_param, method, required=True)
@@ -509,6 +513,27 @@ def _integrations(value: Any) -> list[Any] | None:
             param="integrations[0].type",
         )
     return value
+
+
+def _devices(value: Any, method: str) -> int:
+    """`devices` (extension): how many GPUs of one worker train the job together; 1 by default."""
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ActionError("devices must be a whole number, 1 or more.", param="devices")
+    if value > settings.TRAINING_MAX_DEVICES:
+        raise ActionError(
+            f"devices must be at most {settings.TRAINING_MAX_DEVICES}: "
+            "the most devices one training worker here has.",
+            param="devices",
+        )
+    if value > 1 and method not in MULTI_DEVICE_METHODS:
+        raise ActionError(f"Method '{method}' trains on one device: devices must be 1.", param="devices")
+    return value
+
+
+def job_devices(job: Job) -> int:
+    return int((job.request or {}).get("devices") or 1)
 
 
 MAX_COST = 2**63 - 1  # the largest a PostgreSQL bigint (Job.max_cost) holds

@@ -431,3 +431,51 @@ def test_a_file_validated_while_its_job_is_being_submitted_does_not_leave_the_jo
     expected = fine_tuning.estimate(fine_tuning.parse(alice_project, {**body, "seed": job.seed}))
     assert job.estimated_cost == expected["estimated_cost"] > 0
     assert job.hyperparameters == expected["hyperparameters"]
+
+
+@pytest.mark.parametrize(
+    ("devices", "method", "message"),
+    [
+        (0, "classification", "devices must be a whole number, 1 or more."),
+        ("2", "classification", "devices must be a whole number, 1 or more."),
+        (True, "classification", "devices must be a whole number, 1 or more."),
+        (1.5, "classification", "devices must be a whole number, 1 or more."),
+        (3, "classification", "devices must be at most 2: the most devices one training worker here has."),
+        (2, "dpo", "Method 'dpo' trains on one device: devices must be 1."),
+    ],
+)
+def test_bad_devices_are_refused(
+    api: Any,
+    catalog: None,
+    tiny_base: Any,
+    settings: Any,
+    good_file: File,
+    devices: Any,
+    method: str,
+    message: str,
+) -> None:
+    settings.TRAINING_MAX_DEVICES = 2
+    body: dict[str, Any] = {"model": "tiny-bert", "training_file": good_file.public_id, "devices": devices}
+    if method == "dpo":
+        body["model"], body["method"] = "smollm2-135m-instruct", {"type": "dpo"}
+    response = post(api, body)
+    assert response.status_code == 400
+    assert error(response) == {
+        "message": message,
+        "type": "invalid_request_error",
+        "param": "devices",
+        "code": "invalid_request",
+    }
+    assert not Job.objects.exists()
+
+
+def test_devices_are_stored_and_read_back(
+    api: Any, tiny_base: Any, alice_org: Any, settings: Any, good_file: File
+) -> None:
+    settings.TRAINING_MAX_DEVICES = 2
+    use_plan(alice_org, "pro")  # two jobs at once
+    two = post(api, {"model": "tiny-bert", "training_file": good_file.public_id, "devices": 2})
+    default = post(api, {"model": "tiny-bert", "training_file": good_file.public_id})
+    assert two.status_code == 200, two.content
+    assert two.json()["devices"] == 2 and default.json()["devices"] == 1
+    assert api.get(f"/v1/fine_tuning/jobs/{two.json()['id']}").json()["devices"] == 2

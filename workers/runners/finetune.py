@@ -20,6 +20,7 @@ from django.db import DatabaseError
 
 from apps.core.storage import download_dir, download_file, job_prefix, upload_dir
 from apps.jobs import actions
+from apps.jobs.fine_tuning import job_devices
 from apps.jobs.models import Job, JobStatus
 from apps.projects.actions import discard, stored_result_file
 from apps.projects.models import FilePurpose
@@ -95,7 +96,13 @@ def run_fine_tune(job: Job) -> None:
                 if student is None:  # too few texts labelled to train on: the job failed
                     return
                 spec = student
-            result = train(spec, progress.on_event, progress.should_stop)
+            devices = job_devices(job)
+            if devices > 1:
+                result = train_on_devices(job, spec, devices, progress, work)
+                if result is None:  # the worker lacks the devices: the job failed
+                    return
+            else:
+                result = train(spec, progress.on_event, progress.should_stop)
             progress.drain()
             if guard.lost:
                 return
@@ -123,6 +130,30 @@ def run_fine_tune(job: Job) -> None:
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def train_on_devices(job: Job, spec: TrainSpec, devices: int, progress: ProgressReporter, work: Path) -> Any:
+    """The training on `devices` ranks of this worker (workers/runtime/distributed.py), or None when
+    it has fewer GPUs than that: the job then fails, saying so, and is not retried here."""
+    import torch
+
+    from workers.runtime.distributed import run_distributed
+
+    available = torch.cuda.device_count()
+    if torch.cuda.is_available() and available < devices:
+        message = (
+            f"This job asks for {devices} devices and the worker that took it has {available}. "
+            "Start it again with fewer devices, or contact us to run it on a larger worker."
+        )
+        actions.finish(
+            job.pk,
+            job.attempt,
+            JobStatus.FAILED,
+            error={"code": "devices_unavailable", "message": message, "param": "devices"},
+            message=message,
+        )
+        return None
+    return run_distributed(spec, devices, progress.on_event, progress.should_stop, work / "ranks")
 
 
 def _failed_for_a_deleted_file(job: Job) -> bool:

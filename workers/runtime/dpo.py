@@ -403,7 +403,7 @@ class DPORun(RunBase):
             + (f", {self.data.skipped} skipped with a reply cut off" if self.data.skipped else "")
             + f"), beta {self.spec.beta:g}, {hp.n_epochs} epochs, batch size {hp.batch_size}, "
             f"{self.total_steps} total steps ({self.warmup_steps} warmup), learning rate {hp.learning_rate:g}, "
-            f"{how}, {trainable:,} of {total:,} parameters trainable, device {self.device}, "
+            f"{how}, {trainable:,} of {total:,} parameters trainable, {self.devices_text()}, "
             f"{self.precision_name()}"
         )
         figures = {

@@ -374,7 +374,7 @@ class LMRun(RunBase):
             + (f", {self.data.skipped} skipped with nothing to learn" if self.data.skipped else "")
             + f"), {hp.n_epochs} epochs, batch size {hp.batch_size}, {self.total_steps} total steps "
             f"({self.warmup_steps} warmup), learning rate {hp.learning_rate:g}, {how}, "
-            f"{trainable:,} of {total:,} parameters trainable, device {self.device}, "
+            f"{trainable:,} of {total:,} parameters trainable, {self.devices_text()}, "
             f"{self.precision_name()}"
         )
         figures = {

@@ -584,6 +584,12 @@ class RunBase:
             "loop": asdict(self.state),
         }
 
+    def devices_text(self) -> str:
+        """Where the run trains, for its banner: "device cuda:0", or "2 devices (cpu, data-parallel)"."""
+        if self.world.size == 1:
+            return f"device {self.device}"
+        return f"{self.world.size} devices ({self.device.type}, data-parallel)"
+
     def precision_name(self) -> str:
         """The dtype forward passes compute in ("bfloat16" or "float32"), for banners and checkpoints."""
         return str(self.dtype).removeprefix("torch.")
@@ -668,7 +674,7 @@ class Run(RunBase):
         message = (
             f"Running training: {n_train} examples ({n_valid} for validation), {hp.n_epochs} epochs, "
             f"batch size {hp.batch_size}, {self.total_steps} total steps ({self.warmup_steps} warmup), "
-            f"learning rate {hp.learning_rate:g}, {len(self.data.labels)} labels, device {self.device}, "
+            f"learning rate {hp.learning_rate:g}, {len(self.data.labels)} labels, {self.devices_text()}, "
             f"{self.precision_name()}"
         )
         figures = {

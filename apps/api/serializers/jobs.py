@@ -7,7 +7,7 @@ from rest_framework import serializers
 
 from apps.core.wire import omit_unset
 from apps.jobs.actions import STOP_CANCEL, STOP_PAUSE, queue_position
-from apps.jobs.fine_tuning import MAX_COST, MAX_SEED, base_learning_rate
+from apps.jobs.fine_tuning import MAX_COST, MAX_SEED, base_learning_rate, job_devices
 from apps.jobs.models import Checkpoint, Job, JobEvent, JobStatus
 
 
@@ -87,6 +87,7 @@ def fine_tuning_job(job: Job) -> dict[str, Any]:
         },
         "estimated_cost": job.estimated_cost,
         "max_cost": job.max_cost,
+        "devices": job_devices(job),
         "attempt": job.attempt,
     }
     return omit_unset(body, ("method",))
@@ -190,6 +191,7 @@ class FineTuningJobSerializer(serializers.Serializer):
     progress = serializers.DictField(help_text="Extension: step, total_steps, percent, eta_seconds.")
     estimated_cost = serializers.IntegerField(allow_null=True, help_text="Extension: micro-dollars.")
     max_cost = serializers.IntegerField(allow_null=True, help_text="Extension: budget cap, micro-dollars.")
+    devices = serializers.IntegerField(help_text="Extension: the devices (GPUs) that train the job together.")
 
 
 class FineTuningJobCreateSerializer(serializers.Serializer):
@@ -219,6 +221,13 @@ class FineTuningJobCreateSerializer(serializers.Serializer):
         min_value=0,
         max_value=MAX_COST,
         help_text="Extension: micro-dollars.",
+    )
+    devices = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        help_text="Extension: train on this many devices (GPUs) of one worker, data-parallel; 1 by default. "
+        "Supervised and classification fine-tunes, up to the deployment's TRAINING_MAX_DEVICES.",
     )
 
 
