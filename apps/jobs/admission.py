@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Sum
+from django.db.models import Count, F, IntegerField, Sum
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, Coalesce
 
 from apps.accounts.models import ApiKey, Organization, User
 from apps.billing import quotas
@@ -87,11 +89,27 @@ def _check_running(subscription: Subscription, kind: str, limit: int, what: str)
         )
 
 
-def check_fine_tune_concurrency(subscription: Subscription) -> None:
+def check_fine_tune_concurrency(subscription: Subscription, devices: int = 1) -> None:
     """Under the organization's lock, so two submissions cannot both take the last place. A paused
-    job holds no place; resuming it must find one."""
-    _check_running(
-        subscription, JobKind.FINE_TUNE, subscription.plan.concurrent_fine_tunes, "fine-tuning job(s)"
+    job holds no place; resuming it must find one. A job on several devices takes a place for each:
+    two jobs on one GPU each, or one on two, use the same of the plan's capacity."""
+    limit = subscription.plan.concurrent_fine_tunes
+    active = Job.objects.filter(
+        organization_id=subscription.organization_id, kind=JobKind.FINE_TUNE, status__in=ACTIVE_STATUSES
+    ).aggregate(
+        jobs=Count("pk"),
+        places=Coalesce(Sum(Coalesce(Cast(KeyTextTransform("devices", "request"), IntegerField()), 1)), 0),
+    )
+    if active["places"] + devices <= limit:
+        return
+    if devices == 1 and active["places"] == active["jobs"]:
+        _check_running(subscription, JobKind.FINE_TUNE, limit, "fine-tuning job(s)")  # its usual words
+    raise QuotaError(
+        f"This job needs {devices} of the {subscription.plan.name} plan's {limit} places for fine-tunes "
+        f"at once, and your running or queued fine-tunes take {active['places']} (a job takes one for each "
+        "of its devices). Ask for fewer devices, wait for a job to finish, or upgrade under Billing.",
+        code="concurrency_limit_exceeded",
+        headers={"x-should-retry": "false"},
     )
 
 

@@ -689,7 +689,9 @@ def submit(
         estimated = None if pending else estimate(request)["estimated_cost"]
         subscription = quotas.check_quota(organization)
         _check_models(subscription, request.model, request.distillation)
-        admission.check_fine_tune_concurrency(subscription)
+        admission.check_fine_tune_concurrency(
+            subscription, _devices(request.body.get("devices"), request.method)
+        )
         # The job holds its estimate of the cap (capped by max_cost) and asks for more if it needs it.
         wanted = estimated or 0
         if request.max_cost is not None:
@@ -738,7 +740,7 @@ def resume(job: Job) -> bool:
         organization = admission.lock_organization(job.organization_id)
         subscription = quotas.check_quota(organization)
         _check_models(subscription, job.model, stored_distillation(job))
-        admission.check_fine_tune_concurrency(subscription)
+        admission.check_fine_tune_concurrency(subscription, job_devices(job))
         remaining = max((job.estimated_cost or 0) - job.billed_cost, 0)
         if job.max_cost is not None:
             remaining = min(remaining, max(job.max_cost - job.billed_cost, 0))

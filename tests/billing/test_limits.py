@@ -114,6 +114,51 @@ def test_concurrent_fine_tunes_are_capped(
     assert Job.objects.filter(kind=JobKind.FINE_TUNE).count() == 1
 
 
+def test_a_job_on_several_devices_takes_a_place_for_each(
+    api: Any,
+    tiny_base: Any,
+    alice_org: Any,
+    alice_project: Any,
+    settings: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    from tests.api.test_fine_tuning import make_file
+    from tests.conftest import use_plan
+
+    settings.TRAINING_MAX_DEVICES = 4
+    file = make_file(alice_project)
+
+    def submit(devices: int) -> Any:
+        body = {"model": "tiny-bert", "training_file": file.public_id, "devices": devices}
+        return api.post("/v1/fine_tuning/jobs", body, format="json")
+
+    # the Free plan's one place cannot hold a job on two devices
+    with django_capture_on_commit_callbacks(execute=False):
+        refused = submit(2)
+    assert refused.status_code == 429
+    assert refused.json()["error"] == {
+        "message": "This job needs 2 of the Free plan's 1 places for fine-tunes at once, and your running or "
+        "queued fine-tunes take 0 (a job takes one for each of its devices). Ask for fewer devices, wait for "
+        "a job to finish, or upgrade under Billing.",
+        "type": "rate_limit_exceeded",
+        "param": None,
+        "code": "concurrency_limit_exceeded",
+    }
+
+    # Pro's three: a job on two devices, then one on one; a third job finds no place
+    use_plan(alice_org, "pro")
+    with django_capture_on_commit_callbacks(execute=False):
+        assert submit(2).status_code == 200
+        assert submit(1).status_code == 200
+        full = submit(1)
+    assert full.status_code == 429
+    assert full.json()["error"]["message"].startswith(
+        "This job needs 1 of the Pro plan's 3 places for fine-tunes at once, and your running or queued "
+        "fine-tunes take 3"
+    )
+    assert Job.objects.filter(kind=JobKind.FINE_TUNE).count() == 2
+
+
 @pytest.mark.django_db(transaction=True)
 def test_rate_limits_hold_under_concurrency(
     live_server: Any, alice: Any, alice_project: Any, tiny_gpt2_dir: Any, settings: Any
