@@ -16,10 +16,11 @@ from tests.jobs.test_fine_tune_flow import upload
 pytestmark = pytest.mark.integration
 
 
-def submit(api: Any, file_id: str, devices: int, epochs: int = 3) -> str:
+def submit(api: Any, file_id: str, devices: int, epochs: int = 3, **extra: Any) -> str:
     response = api.post(
         "/v1/fine_tuning/jobs",
         {
+            **extra,
             "model": "tiny-bert",
             "training_file": file_id,
             "seed": 7,
@@ -45,8 +46,11 @@ def metric_steps(api: Any, job_id: str) -> list[int]:
     return sorted(e["data"]["step"] for e in events if e["type"] == "metrics")
 
 
-def ranks_running() -> int:
-    found = subprocess.run(["pgrep", "-f", "workers.runtime.distributed"], capture_output=True, text=True)
+def ranks_running(job_id: str) -> int:
+    """The job's torchrun and ranks still alive (their command names the job's work directory)."""
+    found = subprocess.run(
+        ["pgrep", "-f", f"workers.runtime.distributed .*{job_id}"], capture_output=True, text=True
+    )
     return len(found.stdout.split())
 
 
@@ -80,21 +84,47 @@ def test_a_two_device_fine_tune_trains_bills_and_checkpoints_as_one_device_does(
         "/v1/classifications", {"model": two["fine_tuned_model"], "input": "a great movie"}, format="json"
     )
     assert answer.status_code == 200, answer.content
-    assert ranks_running() == 0
+    assert ranks_running(job_two) == 0
+
+
+def test_max_cost_stops_two_devices_at_the_step_it_stops_one(
+    api: Any, celery_worker: Any, tiny_base: Any, alice_org: Any, settings: Any
+) -> None:
+    from apps.billing.pricing import cost_of
+
+    settings.TRAINING_MAX_DEVICES = 2
+    use_plan(alice_org, "pro")
+    file_id = upload(api, sentiment_csv(80))
+    wait_for(lambda: api.get(f"/v1/files/{file_id}").json()["status"] == "processed", timeout=30)
+    max_cost = cost_of("tiny-bert", "trained_tokens", 800)
+
+    job_one = submit(api, file_id, 1, epochs=20, max_cost=max_cost)
+    job_two = submit(api, file_id, 2, epochs=20, max_cost=max_cost)
+    one = wait_for(lambda: finished(api, job_one), timeout=120)
+    two = wait_for(lambda: finished(api, job_two), timeout=180)
+
+    # the budget is checked before every step on two devices too: no step runs past it
+    assert one["status_reason"] == two["status_reason"] == "budget_reached"
+    first, second = Job.objects.get(public_id=job_one), Job.objects.get(public_id=job_two)
+    assert second.trained_tokens == first.trained_tokens > 0
+    assert second.billed_cost == first.billed_cost <= max_cost
+    assert metric_steps(api, job_two) == metric_steps(api, job_one)
 
 
 def test_a_cancelled_two_device_fine_tune_stops_every_rank(
-    api: Any, celery_worker: Any, tiny_base: Any, settings: Any
+    api: Any, celery_worker: Any, tiny_base: Any, alice_org: Any, settings: Any
 ) -> None:
     settings.TRAINING_MAX_DEVICES = 2
+    use_plan(alice_org, "pro")  # two places: one for each device
     file_id = upload(api, sentiment_csv(200))
     wait_for(lambda: api.get(f"/v1/files/{file_id}").json()["status"] == "processed", timeout=30)
     job_id = submit(api, file_id, 2, epochs=50)
     wait_for(lambda: (Job.objects.get(public_id=job_id).progress or {}).get("step", 0) >= 2, timeout=120)
+    assert ranks_running(job_id) == 3  # torchrun and its two ranks
     assert api.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").status_code == 200
 
     done = wait_for(lambda: finished(api, job_id), timeout=60)
     assert done["status"] == "cancelled"
     job = Job.objects.get(public_id=job_id)
     assert job.status == JobStatus.CANCELLED and job.trained_tokens > 0
-    assert wait_for(lambda: ranks_running() == 0, timeout=30)
+    assert wait_for(lambda: ranks_running(job_id) == 0, timeout=30)

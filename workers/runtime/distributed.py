@@ -9,23 +9,28 @@ match). Everything else stays as in one process: the same batches in the same or
 schedule, evaluation (every rank evaluates the same weights, so every rank takes the same early-
 stopping decision without talking), and checkpoints, progress and the final model from rank 0 only.
 
-The worker's task launches the ranks (`run_distributed`) and stays the job's single voice: rank 0
-writes its progress events to a file the task reads and reports as usual, and the task asks the ranks
-to stop (cancel, pause, budget) by creating a file that rank 0 reads before each step and passes to
-the others. CUDA ranks talk over NCCL, CPU ranks over gloo (which is how the tests run two ranks).
+The worker's task launches the ranks (`run_distributed`) and stays the job's single voice. Rank 0
+reports to it over a Unix socket: its progress events, and before each step the question one process
+asks itself, whether to stop (cancel, pause, the job's max_cost, the spend cap), answered only once
+every earlier event is recorded; rank 0 passes the answer to the others. CUDA ranks talk over NCCL,
+CPU ranks over gloo (which is how the tests run two ranks).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import json
 import os
+import select
+import shutil
 import signal
+import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,15 +47,9 @@ from workers.runtime.specs import (
     TrainSpec,
 )
 
-SPEC_FILE, EVENTS_FILE, RESULT_FILE, STOP_FILE, ERROR_FILE, LOG_FILE = (
-    "spec.json",
-    "events.jsonl",
-    "result.json",
-    "stop",
-    "error.json",
-    "ranks.log",
-)
-WORKER_PID = "MODELWORKS_WORKER_PID"  # the worker process that launched the ranks
+SPEC_FILE, RESULT_FILE, ERROR_FILE, LOG_FILE = ("spec.json", "result.json", "error.json", "ranks.log")
+RELAY_ADDRESS = "MODELWORKS_RANKS_RELAY"  # the worker's socket that rank 0 reports to
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 @dataclass(frozen=True)
@@ -141,14 +140,15 @@ def run_distributed(
     work: Path,
     poll_seconds: float = 0.2,
 ) -> TrainResult:
-    """Runs `spec` on `devices` ranks (torchrun, one machine) and relays them: rank 0's events to
-    `on_progress`, a True `should_stop()` to the ranks. Returns rank 0's result; a rank's
-    TrainingDataError is raised here with its message, any other failure as a RuntimeError."""
+    """Runs `spec` on `devices` ranks (torchrun, one machine) and relays them: rank 0's events go to
+    `on_progress` in order, and before each step rank 0 waits for `should_stop()`, asked once every
+    earlier event is handled (its bill, its checkpoint), as one process calls them. Returns rank 0's
+    result; a rank's TrainingDataError is raised here with its message, running out of memory as
+    MemoryError, anything else as RuntimeError."""
     work.mkdir(parents=True, exist_ok=True)
-    for name in (EVENTS_FILE, RESULT_FILE, STOP_FILE, ERROR_FILE):
+    for name in (RESULT_FILE, ERROR_FILE):
         (work / name).unlink(missing_ok=True)
     (work / SPEC_FILE).write_text(json.dumps(spec.to_dict()))
-    (work / EVENTS_FILE).touch()
     command = [
         sys.executable,
         "-m",
@@ -159,44 +159,75 @@ def run_distributed(
         "workers.runtime.distributed",
         str(work),
     ]
-    # The ranks stop by themselves should this process die outright (the hard time limit, an OOM
-    # kill) and leave no one to stop them.
-    env = {**os.environ, WORKER_PID: str(os.getpid())}
+    # A socket's path must stay under about 100 bytes: a short directory of its own, not the work dir.
+    sockets = Path(tempfile.mkdtemp(prefix="mw-ranks-"))
+    address = str(sockets / "relay")
+    env = {**os.environ, RELAY_ADDRESS: address}
     if not torch.cuda.is_available():  # CPU ranks share the cores: one BLAS pool each, not n of them
         env.setdefault("OMP_NUM_THREADS", str(max(1, torch.get_num_threads() // devices)))
     root = Path(__file__).resolve().parents[2]  # where `-m workers.runtime.distributed` is found
-    with (work / LOG_FILE).open("ab") as log, (work / EVENTS_FILE).open() as events:
-        # Our own module under our own interpreter: nothing of the customer's reaches the command.
-        # A session of its own: the launcher and its ranks are stopped together.
-        process = subprocess.Popen(  # noqa: S603
-            command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            while True:
-                exited = process.poll() is not None
-                for line in _complete_lines(events):
-                    on_progress(_event(json.loads(line)))
-                if exited:
-                    break
-                if should_stop() and not (work / STOP_FILE).exists():
-                    (work / STOP_FILE).touch()
-                time.sleep(poll_seconds)
-        finally:
-            _stop(process)
+    relay = _Relay(address, on_progress, should_stop)
+    try:
+        with (work / LOG_FILE).open("ab") as log:
+            # Our own module under our own interpreter: nothing of the customer's reaches the command.
+            # A session of its own, so that stopping the launcher reaches nothing else of ours.
+            process = subprocess.Popen(  # noqa: S603
+                command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            try:
+                while process.poll() is None and relay.serve(poll_seconds):
+                    pass
+                process.wait()  # rank 0 hung up: the ranks are saving and leaving
+            finally:
+                # Whatever ended the wait (the soft time limit, an error here): rank 0 finds the relay
+                # closed at its next question and every rank stops there, even should the launcher
+                # be gone first (the ranks run in sessions of their own).
+                relay.close()
+                _stop(process)
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
     return _outcome(process.returncode, work)
 
 
-def _complete_lines(handle: Any) -> Iterator[str]:
-    # A line rank 0 is still writing stays for the next poll.
-    while True:
-        position = handle.tell()
-        line = handle.readline()
-        if not line:
-            return
-        if not line.endswith("\n"):
-            handle.seek(position)
-            return
-        yield line
+class _Relay:
+    """The worker's end of the socket rank 0 reports to: JSON lines, {"event": …} or {"ask": true},
+    each question answered "go" or "stop"."""
+
+    def __init__(
+        self, address: str, on_progress: Callable[[ProgressEvent], None], should_stop: Callable[[], bool]
+    ) -> None:
+        self.on_progress, self.should_stop = on_progress, should_stop
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(address)
+        self.server.listen(1)
+        self.connection: socket.socket | None = None
+        self.buffer = b""
+
+    def serve(self, timeout: float) -> bool:
+        """Handles what arrives within `timeout`; False once rank 0 has hung up."""
+        waiting_on = self.connection or self.server
+        if not select.select([waiting_on], [], [], timeout)[0]:
+            return True
+        if self.connection is None:
+            self.connection, _ = self.server.accept()
+            return True
+        chunk = self.connection.recv(1 << 16)
+        if not chunk:
+            return False
+        self.buffer += chunk
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            message = json.loads(line)
+            if "event" in message:
+                self.on_progress(ProgressEvent(**message["event"]))
+            else:
+                self.connection.sendall(b"stop\n" if self.should_stop() else b"go\n")
+        return True
+
+    def close(self) -> None:
+        for end in (self.connection, self.server):
+            if end is not None:
+                end.close()
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -208,7 +239,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+            os.killpg(process.pid, signal.SIGKILL)  # the ranks get SIGTERM as it dies (_die_with_launcher)
         process.wait()
 
 
@@ -218,16 +249,17 @@ def _outcome(returncode: int, work: Path) -> TrainResult:
         error = json.loads(error_path.read_text())
         if error["type"] == "TrainingDataError":
             raise TrainingDataError(error["message"])
+        if (
+            error["type"] in ("OutOfMemoryError", "MemoryError")
+            or "can't allocate memory" in error["message"]
+        ):
+            raise MemoryError(error["message"])  # the job fails with out_of_memory, and is not retried
         raise RuntimeError(f"a training rank failed: {error['type']}: {error['message']}")
     if returncode != 0 or not result_path.exists():
         log = (work / LOG_FILE).read_text(errors="replace")[-2000:]
         raise RuntimeError(f"distributed training exited with {returncode}: {log}")
     saved = json.loads(result_path.read_text())
     return TrainResult(**{**saved, "checkpoints": [CheckpointInfo(**c) for c in saved["checkpoints"]]})
-
-
-def _event(saved: dict[str, Any]) -> ProgressEvent:
-    return ProgressEvent(**saved)
 
 
 # --- a rank's side ----------------------------------------------------------------------------------
@@ -247,50 +279,63 @@ def trainer_for(spec: TrainSpec) -> Callable[..., TrainResult]:
     return train_lm
 
 
+class _Reporter:
+    """Rank 0's end of the worker's socket (`_Relay`)."""
+
+    def __init__(self, address: str) -> None:
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.socket.connect(address)
+        self.answers = self.socket.makefile("rb")
+
+    def report(self, event: ProgressEvent) -> None:
+        with contextlib.suppress(OSError):  # the worker is gone: the next question stops the run
+            self.socket.sendall(json.dumps({"event": dataclasses.asdict(event)}).encode() + b"\n")
+
+    def should_stop(self) -> bool:
+        """The worker's answer; True when it is gone (it hung up, or died): nobody would record more."""
+        try:
+            self.socket.sendall(b'{"ask": true}\n')
+            return bool(self.answers.readline() != b"go\n")
+        except OSError:
+            return True
+
+
 def main(work: Path) -> None:
-    """A rank: the spec's training, rank 0 reporting to the worker through files."""
+    """A rank: the spec's training, rank 0 reporting to the worker and asking it before each step."""
+    _die_with_launcher()
     world = current_world()
     spec = _spec(json.loads((work / SPEC_FILE).read_text()))
-    events = (work / EVENTS_FILE).open("a") if world.is_main else None
-
-    def report(event: ProgressEvent) -> None:
-        if events is not None:
-            events.write(json.dumps(dataclasses.asdict(event)) + "\n")
-            events.flush()
-
-    worker = int(os.environ.get(WORKER_PID, "0"))
-
-    def should_stop() -> bool:
-        return (work / STOP_FILE).exists() or (worker > 0 and not _alive(worker))
-
     try:
-        result = trainer_for(spec)(spec, report, should_stop)
         if world.is_main:
+            reporter = _Reporter(os.environ[RELAY_ADDRESS])
+            result = trainer_for(spec)(spec, reporter.report, reporter.should_stop)
             _write(work / RESULT_FILE, dataclasses.asdict(result))
+        else:  # rank 0's answers reach the others through World.agree
+            trainer_for(spec)(spec, lambda event: None, lambda: False)
     except Exception as exc:
-        if world.is_main or isinstance(exc, TrainingDataError):
-            _write(work / ERROR_FILE, {"type": type(exc).__name__, "message": str(exc)})
+        with contextlib.suppress(FileExistsError):  # the first rank to fail says why
+            _write(work / ERROR_FILE, {"type": type(exc).__name__, "message": str(exc)}, exclusive=True)
         raise
     finally:
-        if events is not None:
-            events.close()
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _die_with_launcher() -> None:
+    """SIGTERM when torchrun dies, however it dies: a rank never trains on with nobody watching."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _write(path: Path, content: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
+def _write(path: Path, content: dict[str, Any], exclusive: bool = False) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(content))
+    if exclusive:  # the first writer wins: FileExistsError for the others
+        try:
+            os.link(tmp, path)
+        finally:
+            tmp.unlink()
+        return
     os.replace(tmp, path)  # the worker never reads half a file
 
 

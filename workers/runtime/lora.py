@@ -153,9 +153,11 @@ def save_servable(model: Any, directory: Path) -> None:
 
 
 def save_adapter(model: PeftModel, directory: Path) -> None:
-    """The adapter alone, in peft's format, without the training worker's path to the base (its
-    `base_model_name_or_path`): the directory is exported to customers, and nothing reads it."""
+    """The adapter alone, in peft's format, without the training worker's path to the base: the
+    directory is exported to customers. peft writes the path into the config's
+    `base_model_name_or_path` (blanked; nothing reads it) and into a model card (not kept)."""
     model.save_pretrained(str(directory))
+    (directory / "README.md").unlink(missing_ok=True)
     config_path = directory / ADAPTER_CONFIG
     config = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**config, "base_model_name_or_path": None}, indent=2, sort_keys=True))

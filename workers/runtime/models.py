@@ -295,6 +295,11 @@ def load_model(
     )
 
 
+def view_key(base_ref: str, ref: str) -> str:
+    """The cache's key for the LoRA fine-tune in `ref` served on `base_ref`."""
+    return f"{ref} (LoRA on {base_ref})"
+
+
 def load_adapted(base: LoadedModel, ref: str) -> LoadedModel:
     """The LoRA fine-tune in directory `ref` as a view of the loaded `base` (workers/runtime/adapters.py):
     its own tokenizer (training may have given it a chat template) and context length, the base's
@@ -387,23 +392,24 @@ class ModelCache:
         """The LoRA fine-tune in directory `ref` (its `adapter/` and tokenizer) served on the base
         at `base_ref`, which is loaded (or kept) in this cache once for all its fine-tunes.
         Raises UnsupportedAdapter when the view cannot serve it exactly."""
+        key = view_key(base_ref, ref)  # never a plain model's key, should `ref` hold merged weights too
         with self._lock:
-            loaded = self._models.get(ref)
-            if loaded is not None and loaded.base_ref == base_ref:
+            loaded = self._models.get(key)
+            if loaded is not None:
                 self.hits += 1
                 self._models.move_to_end(base_ref)  # a base is as recently used as its fine-tunes
-                self._models.move_to_end(ref)
+                self._models.move_to_end(key)
                 return loaded
             base = self._get(base_ref)
             self.misses += 1
             loaded = load_adapted(base, ref)
             self._evict_for(loaded.nbytes, keep=base_ref)
-            self._models[ref] = loaded
+            self._models[key] = loaded
             return loaded
 
     def _get(self, ref: str) -> LoadedModel:
         loaded = self._models.get(ref)
-        if loaded is not None and not loaded.base_ref:
+        if loaded is not None:
             self.hits += 1
             self._models.move_to_end(ref)
             return loaded
@@ -425,8 +431,8 @@ class ModelCache:
                 break
             evicted = self._models.pop(victim)
             # The views of an evicted base would keep its weights alive unaccounted: they go too.
-            for ref in [ref for ref, held in self._models.items() if held.base_ref == evicted.ref]:
-                del self._models[ref]
+            for key in [key for key, held in self._models.items() if held.base_ref == evicted.ref]:
+                del self._models[key]
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # hand freed weights back, so the next load has the room
 
@@ -435,7 +441,7 @@ class ModelCache:
         return sum(loaded.nbytes for loaded in self._models.values())
 
     def refs(self) -> list[str]:
-        """Cached refs, least recently used first."""
+        """Cached refs (a view's as `view_key` names it), least recently used first."""
         with self._lock:
             return list(self._models)
 

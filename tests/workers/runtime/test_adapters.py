@@ -4,7 +4,6 @@ answers as its merged weights, the base's weights shared and untouched, and the 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import torch
 from workers.runtime.adapters import ADAPTER_DIR, UnsupportedAdapter, read_adapter
 from workers.runtime.generate import generate
 from workers.runtime.lora import attach_lora, resolve_lora, save_final_lm
-from workers.runtime.models import ModelCache, load_model
+from workers.runtime.models import ModelCache, load_model, view_key
 from workers.runtime.specs import GenerateRequest
 
 PROMPTS = ["Hello there", "Name three colours.", "What is two plus two?", "Tell me a story."]
@@ -97,7 +96,10 @@ def test_many_adapters_share_one_base_and_the_cache_counts_their_bytes(
     small = ModelCache(base_bytes + 2 * (adapter_bytes // 3) + 10, device="cpu", dtype="float32")
     for directory in tuned:
         small.get_adapted(str(tiny_llama_dir), str(directory))
-    assert set(small.refs()) == {str(tiny_llama_dir), str(tuned[1]), str(tuned[2])}
+    assert set(small.refs()) == {
+        str(tiny_llama_dir),
+        *(view_key(str(tiny_llama_dir), str(t)) for t in tuned[1:]),
+    }
     # evicting the base takes its views with it: they would keep its weights alive unaccounted
     small.max_bytes = base_bytes + 10
     small.get(str(tuned[0]))  # the merged weights, a model of their own
@@ -121,10 +123,25 @@ def test_a_fine_tune_of_a_non_generation_base_or_an_odd_adapter_is_refused(
 
 def test_the_final_model_keeps_the_adapter_without_worker_paths(tiny_llama_dir: Path, tmp_path: Path) -> None:
     tuned = fine_tune_of(tiny_llama_dir, tmp_path / "tuned", seed=4)
-    assert (
-        tuned / "model.safetensors"
-    ).is_file()  # merged weights: what export gives and plain serving loads
+    # merged weights: what export gives and plain serving loads
+    assert (tuned / "model.safetensors").is_file()
     config = json.loads((tuned / ADAPTER_DIR / "adapter_config.json").read_text())
-    assert str(tiny_llama_dir) not in json.dumps(config)
     assert config["base_model_name_or_path"] is None
-    shutil.rmtree(tuned)
+    # nothing in the adapter names a path of the worker (it is exported to the customer)
+    names = sorted(path.name for path in (tuned / ADAPTER_DIR).iterdir())
+    assert names == ["adapter_config.json", "adapter_model.safetensors"]
+    for path in (tuned / ADAPTER_DIR).iterdir():
+        assert str(tiny_llama_dir).encode() not in path.read_bytes()
+        assert str(tmp_path).encode() not in path.read_bytes()
+
+
+def test_a_view_and_the_same_directorys_merged_weights_are_two_entries(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    tuned = fine_tune_of(tiny_llama_dir, tmp_path / "tuned", seed=5)
+    cache = ModelCache(1 << 30, device="cpu", dtype="float32")
+    view = cache.get_adapted(str(tiny_llama_dir), str(tuned))
+    merged = cache.get(str(tuned))
+    assert merged is not view and merged.base_ref == "" and view.base_ref == str(tiny_llama_dir)
+    assert cache.get_adapted(str(tiny_llama_dir), str(tuned)) is view and cache.get(str(tuned)) is merged
+    assert len(cache.refs()) == 3
