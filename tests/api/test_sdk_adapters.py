@@ -1,4 +1,4 @@
-"""LoRA fine-tunes served on one base (docs/architecture.md, "Many fine-tunes on one base"), through
+"""LoRA fine-tunes served on one base (docs/architecture.md, "Models and weights"), through
 the official openai SDK against a live server and a real worker: two fine-tunes of the tiny Llama
 answer as their own merged weights would, from one copy of the base on the worker."""
 

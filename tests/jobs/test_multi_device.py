@@ -49,7 +49,7 @@ def metric_steps(api: Any, job_id: str) -> list[int]:
 def ranks_running(job_id: str) -> int:
     """The job's torchrun and ranks still alive (their command names the job's work directory)."""
     found = subprocess.run(
-        ["pgrep", "-f", f"workers.runtime.distributed .*{job_id}"], capture_output=True, text=True
+        ["pgrep", "-f", f"workers.runtime.ranks .*{job_id}"], capture_output=True, text=True
     )
     return len(found.stdout.split())
 

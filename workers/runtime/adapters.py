@@ -1,4 +1,4 @@
-"""Serving LoRA fine-tunes on one loaded base (docs/architecture.md, "Many fine-tunes on one base").
+"""Serving LoRA fine-tunes on one loaded base (docs/architecture.md, "Models and weights").
 
 A LoRA fine-tune's artifact holds its merged weights (what export gives) and, in `adapter/`, the
 adapter alone in peft's format. A worker that already holds the base in its cache serves the

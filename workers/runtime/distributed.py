@@ -19,8 +19,6 @@ CPU ranks over gloo (which is how the tests run two ranks).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import dataclasses
 import json
 import os
 import select
@@ -33,14 +31,12 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from workers.runtime.specs import (
     CheckpointInfo,
-    Hyperparameters,
     ProgressEvent,
     TrainingDataError,
     TrainResult,
@@ -49,7 +45,6 @@ from workers.runtime.specs import (
 
 SPEC_FILE, RESULT_FILE, ERROR_FILE, LOG_FILE = ("spec.json", "result.json", "error.json", "ranks.log")
 RELAY_ADDRESS = "MODELWORKS_RANKS_RELAY"  # the worker's socket that rank 0 reports to
-_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 @dataclass(frozen=True)
@@ -156,7 +151,7 @@ def run_distributed(
         "--standalone",
         f"--nproc-per-node={devices}",
         "-m",
-        "workers.runtime.distributed",
+        "workers.runtime.ranks",
         str(work),
     ]
     # A socket's path must stay under about 100 bytes: a short directory of its own, not the work dir.
@@ -165,7 +160,7 @@ def run_distributed(
     env = {**os.environ, RELAY_ADDRESS: address}
     if not torch.cuda.is_available():  # CPU ranks share the cores: one BLAS pool each, not n of them
         env.setdefault("OMP_NUM_THREADS", str(max(1, torch.get_num_threads() // devices)))
-    root = Path(__file__).resolve().parents[2]  # where `-m workers.runtime.distributed` is found
+    root = Path(__file__).resolve().parents[2]  # where `-m workers.runtime.ranks` is found
     relay = _Relay(address, on_progress, should_stop)
     try:
         with (work / LOG_FILE).open("ab") as log:
@@ -190,8 +185,8 @@ def run_distributed(
 
 
 class _Relay:
-    """The worker's end of the socket rank 0 reports to: JSON lines, {"event": …} or {"ask": true},
-    each question answered "go" or "stop"."""
+    """The worker's end of the socket rank 0 reports to (`ranks.Reporter`): JSON lines,
+    {"event": …} or {"ask": true}, each question answered "go" or "stop"."""
 
     def __init__(
         self, address: str, on_progress: Callable[[ProgressEvent], None], should_stop: Callable[[], bool]
@@ -239,7 +234,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # the ranks get SIGTERM as it dies (_die_with_launcher)
+            os.killpg(process.pid, signal.SIGKILL)  # the ranks get SIGTERM as it dies (ranks.py)
         process.wait()
 
 
@@ -260,84 +255,3 @@ def _outcome(returncode: int, work: Path) -> TrainResult:
         raise RuntimeError(f"distributed training exited with {returncode}: {log}")
     saved = json.loads(result_path.read_text())
     return TrainResult(**{**saved, "checkpoints": [CheckpointInfo(**c) for c in saved["checkpoints"]]})
-
-
-# --- a rank's side ----------------------------------------------------------------------------------
-
-
-def _spec(saved: dict[str, Any]) -> TrainSpec:
-    return TrainSpec(**{**saved, "hyperparameters": Hyperparameters(**saved["hyperparameters"])})
-
-
-def trainer_for(spec: TrainSpec) -> Callable[..., TrainResult]:
-    if spec.task != "generation":
-        from workers.runtime.training import train
-
-        return train
-    from workers.runtime.sft import train_lm
-
-    return train_lm
-
-
-class _Reporter:
-    """Rank 0's end of the worker's socket (`_Relay`)."""
-
-    def __init__(self, address: str) -> None:
-        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.socket.connect(address)
-        self.answers = self.socket.makefile("rb")
-
-    def report(self, event: ProgressEvent) -> None:
-        with contextlib.suppress(OSError):  # the worker is gone: the next question stops the run
-            self.socket.sendall(json.dumps({"event": dataclasses.asdict(event)}).encode() + b"\n")
-
-    def should_stop(self) -> bool:
-        """The worker's answer; True when it is gone (it hung up, or died): nobody would record more."""
-        try:
-            self.socket.sendall(b'{"ask": true}\n')
-            return bool(self.answers.readline() != b"go\n")
-        except OSError:
-            return True
-
-
-def main(work: Path) -> None:
-    """A rank: the spec's training, rank 0 reporting to the worker and asking it before each step."""
-    _die_with_launcher()
-    world = current_world()
-    spec = _spec(json.loads((work / SPEC_FILE).read_text()))
-    try:
-        if world.is_main:
-            reporter = _Reporter(os.environ[RELAY_ADDRESS])
-            result = trainer_for(spec)(spec, reporter.report, reporter.should_stop)
-            _write(work / RESULT_FILE, dataclasses.asdict(result))
-        else:  # rank 0's answers reach the others through World.agree
-            trainer_for(spec)(spec, lambda event: None, lambda: False)
-    except Exception as exc:
-        with contextlib.suppress(FileExistsError):  # the first rank to fail says why
-            _write(work / ERROR_FILE, {"type": type(exc).__name__, "message": str(exc)}, exclusive=True)
-        raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _die_with_launcher() -> None:
-    """SIGTERM when torchrun dies, however it dies: a rank never trains on with nobody watching."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _write(path: Path, content: dict[str, Any], exclusive: bool = False) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(content))
-    if exclusive:  # the first writer wins: FileExistsError for the others
-        try:
-            os.link(tmp, path)
-        finally:
-            tmp.unlink()
-        return
-    os.replace(tmp, path)  # the worker never reads half a file
-
-
-if __name__ == "__main__":
-    main(Path(sys.argv[1]))
