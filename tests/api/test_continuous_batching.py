@@ -81,7 +81,7 @@ def test_requests_that_arrive_mid_flight_join_and_answer_as_they_do_alone(
     last_chance = long_job.finished_at - timedelta(seconds=4 * settings.INFERENCE_JOIN_POLL_SECONDS)
     queued = {prompt: Job.objects.get(request__prompts=[prompt]).queued_at for prompt in SHORT}
     in_time = [prompt for prompt in SHORT if queued[prompt] is not None and queued[prompt] < last_chance]
-    assert len(in_time) >= 2, "the long request ended before the short ones were sent; nothing to test"
+    assert in_time, "the long request ended before a short one was queued; nothing to test"
     for prompt in in_time:
         short_job = Job.objects.get(request__prompts=[prompt])
         assert short_job.started_at < long_job.finished_at, (
