@@ -81,12 +81,16 @@ def _check_running(subscription: Subscription, kind: str, limit: int, what: str)
         organization_id=subscription.organization_id, kind=kind, status__in=ACTIVE_STATUSES
     ).count()
     if active >= limit:
-        raise QuotaError(
-            f"You have {active} {what} running or queued, the most the {subscription.plan.name} plan allows at "
-            "once. Wait for one to finish, cancel one, or upgrade under Billing.",
-            code="concurrency_limit_exceeded",
-            headers={"x-should-retry": "false"},
-        )
+        raise _running_limit(subscription, active, what)
+
+
+def _running_limit(subscription: Subscription, active: int, what: str) -> QuotaError:
+    return QuotaError(
+        f"You have {active} {what} running or queued, the most the {subscription.plan.name} plan allows at "
+        "once. Wait for one to finish, cancel one, or upgrade under Billing.",
+        code="concurrency_limit_exceeded",
+        headers={"x-should-retry": "false"},
+    )
 
 
 def check_fine_tune_concurrency(subscription: Subscription, devices: int = 1) -> None:
@@ -102,8 +106,8 @@ def check_fine_tune_concurrency(subscription: Subscription, devices: int = 1) ->
     )
     if active["places"] + devices <= limit:
         return
-    if devices == 1 and active["places"] == active["jobs"]:
-        _check_running(subscription, JobKind.FINE_TUNE, limit, "fine-tuning job(s)")  # its usual words
+    if devices == 1 and active["places"] == active["jobs"]:  # one place a job: the usual words
+        raise _running_limit(subscription, active["jobs"], "fine-tuning job(s)")
     raise QuotaError(
         f"This job needs {devices} of the {subscription.plan.name} plan's {limit} places for fine-tunes "
         f"at once, and your running or queued fine-tunes take {active['places']} (a job takes one for each "

@@ -110,6 +110,7 @@ class FineTuneRequest:
     lora: dict[str, Any] | None = None  # method.supervised.lora as given (validated); None → full fine-tune
     distillation: Distillation | None = None
     beta: float | None = None  # DPO's, resolved ("auto" → 0.1); None for every other method
+    devices: int = 1  # the extension `devices`, validated
 
 
 def parse(project: Project, body: Any) -> FineTuneRequest:
@@ -128,7 +129,7 @@ def parse(project: Project, body: Any) -> FineTuneRequest:
             param="method.type",
         )
     lora = _lora(body, method)
-    _devices(body.get("devices"), method)
+    devices = _devices(body.get("devices"), method)
     distillation = _distillation(project, body) if method == "distillation" else None
     training_id, training_param = _training_file_id(body, method)
     training = _file(project, training_id, training_param, method, required=True)
@@ -177,6 +178,7 @@ def parse(project: Project, body: Any) -> FineTuneRequest:
         lora=lora,
         distillation=distillation,
         beta=beta,
+        devices=devices,
     )
 
 
@@ -689,9 +691,7 @@ def submit(
         estimated = None if pending else estimate(request)["estimated_cost"]
         subscription = quotas.check_quota(organization)
         _check_models(subscription, request.model, request.distillation)
-        admission.check_fine_tune_concurrency(
-            subscription, _devices(request.body.get("devices"), request.method)
-        )
+        admission.check_fine_tune_concurrency(subscription, request.devices)
         # The job holds its estimate of the cap (capped by max_cost) and asks for more if it needs it.
         wanted = estimated or 0
         if request.max_cost is not None:

@@ -36,6 +36,15 @@ def submit(api: Any, file_id: str, devices: int, epochs: int = 3, **extra: Any) 
     return str(response.json()["id"])
 
 
+def ready(api: Any, organization: Any, settings: Any, rows: int) -> str:
+    """Two devices allowed, a plan with a place for each (Pro), and a processed training file."""
+    settings.TRAINING_MAX_DEVICES = 2
+    use_plan(organization, "pro")
+    file_id = upload(api, sentiment_csv(rows))
+    wait_for(lambda: api.get(f"/v1/files/{file_id}").json()["status"] == "processed", timeout=30)
+    return file_id
+
+
 def finished(api: Any, job_id: str) -> Any:
     body = api.get(f"/v1/fine_tuning/jobs/{job_id}").json()
     return body["status"] in ("succeeded", "failed", "cancelled") and body
@@ -57,10 +66,7 @@ def ranks_running(job_id: str) -> int:
 def test_a_two_device_fine_tune_trains_bills_and_checkpoints_as_one_device_does(
     api: Any, celery_worker: Any, tiny_base: Any, alice_org: Any, settings: Any
 ) -> None:
-    settings.TRAINING_MAX_DEVICES = 2
-    use_plan(alice_org, "pro")
-    file_id = upload(api, sentiment_csv(80))
-    wait_for(lambda: api.get(f"/v1/files/{file_id}").json()["status"] == "processed", timeout=30)
+    file_id = ready(api, alice_org, settings, rows=80)
 
     job_one, job_two = submit(api, file_id, 1), submit(api, file_id, 2)
     one = wait_for(lambda: finished(api, job_one), timeout=120)
@@ -92,10 +98,7 @@ def test_max_cost_stops_two_devices_at_the_step_it_stops_one(
 ) -> None:
     from apps.billing.pricing import cost_of
 
-    settings.TRAINING_MAX_DEVICES = 2
-    use_plan(alice_org, "pro")
-    file_id = upload(api, sentiment_csv(80))
-    wait_for(lambda: api.get(f"/v1/files/{file_id}").json()["status"] == "processed", timeout=30)
+    file_id = ready(api, alice_org, settings, rows=80)
     max_cost = cost_of("tiny-bert", "trained_tokens", 800)
 
     job_one = submit(api, file_id, 1, epochs=20, max_cost=max_cost)
@@ -114,10 +117,7 @@ def test_max_cost_stops_two_devices_at_the_step_it_stops_one(
 def test_a_cancelled_two_device_fine_tune_stops_every_rank(
     api: Any, celery_worker: Any, tiny_base: Any, alice_org: Any, settings: Any
 ) -> None:
-    settings.TRAINING_MAX_DEVICES = 2
-    use_plan(alice_org, "pro")  # two places: one for each device
-    file_id = upload(api, sentiment_csv(200))
-    wait_for(lambda: api.get(f"/v1/files/{file_id}").json()["status"] == "processed", timeout=30)
+    file_id = ready(api, alice_org, settings, rows=200)
     job_id = submit(api, file_id, 2, epochs=50)
     wait_for(lambda: (Job.objects.get(public_id=job_id).progress or {}).get("step", 0) >= 2, timeout=120)
     assert ranks_running(job_id) == 3  # torchrun and its two ranks
