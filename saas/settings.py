@@ -137,6 +137,7 @@ INSTALLED_APPS = [
     "apps.jobs",
     "apps.billing",
     "apps.webhooks",
+    "apps.evals",
     "apps.api",
     "apps.dashboard",
 ]
@@ -330,6 +331,8 @@ PROMPT_MAX_BYTES = env_int("PROMPT_MAX_BYTES", 256 * 1024)
 INFERENCE_TIMEOUT_SECONDS = env_float("INFERENCE_TIMEOUT_SECONDS", 120)
 # Requests of the same model waiting together are run as one batch on a worker, up to this many.
 INFERENCE_MAX_BATCH = env_int("INFERENCE_MAX_BATCH", 8)
+# The embedding model a text_similarity grader's `cosine` metric embeds with (docs/api.md, "Evals").
+EVAL_EMBEDDING_MODEL = os.environ.get("EVAL_EMBEDDING_MODEL", "minilm-l6")
 # Continuous batching: a serving worker's decode loop lets same-model requests that arrive while
 # it decodes join at the next step (up to INFERENCE_MAX_BATCH rows), instead of waiting for the
 # whole batch to finish. Off: a batch is only what was waiting when its task started.

@@ -71,10 +71,12 @@ LAYERS = {
     "apps.billing": 3,
     "apps.jobs": 4,
     "apps.webhooks": 4,
-    "apps.api": 5,
-    "apps.dashboard": 5,
-    "workers": 5,
-    "saas": 6,
+    # Evals are jobs (a run is one) with their own objects: above apps.jobs, below what serves them.
+    "apps.evals": 5,
+    "apps.api": 6,
+    "apps.dashboard": 6,
+    "workers": 6,
+    "saas": 7,
 }
 # Edges between units of the same layer, each on purpose.
 SIDEWAYS = {

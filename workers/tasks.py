@@ -156,6 +156,35 @@ def run_proxy_batch(job_id: str, attempt: int | None = None) -> None:
     run_claimed(job_id, run)
 
 
+@shared_task(
+    name=tasks.RUN_EVAL,
+    queue=tasks.QUEUE_OF[tasks.RUN_EVAL],
+    soft_time_limit=settings.GPU_TASK_SOFT_TIME_LIMIT,
+    time_limit=settings.GPU_TASK_TIME_LIMIT,
+)
+def run_eval(job_id: str, attempt: int | None = None) -> None:
+    """An eval run: samples (a completions run) and grades each item."""
+    from workers.runners.attempt import run_claimed
+    from workers.runners.evals import run_eval as run
+
+    run_claimed(job_id, run)
+
+
+@shared_task(
+    name=tasks.RUN_PROXY_EVAL,
+    queue=tasks.QUEUE_OF[tasks.RUN_PROXY_EVAL],
+    soft_time_limit=settings.GPU_TASK_SOFT_TIME_LIMIT,
+    time_limit=settings.GPU_TASK_TIME_LIMIT,
+)
+def run_proxy_eval(job_id: str, attempt: int | None = None) -> None:
+    """An eval run that calls only `openai:*` models, or none: the same runner, on a worker that
+    does not hold a GPU."""
+    from workers.runners.attempt import run_claimed
+    from workers.runners.evals import run_eval as run
+
+    run_claimed(job_id, run)
+
+
 # --- Billing (apps/billing) --------------------------------------------------------------------------
 @shared_task(
     name=tasks.PROCESS_STRIPE_EVENT,

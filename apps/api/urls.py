@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.api.views import batches, files, fine_tuning, inference, models, usage, webhooks
+from apps.api.views import batches, evals, files, fine_tuning, inference, models, usage, webhooks
 
 app_name = "api"
 
@@ -35,6 +35,27 @@ urlpatterns = [
         "fine_tuning/jobs/<str:job_id>/checkpoints",
         fine_tuning.FineTuningCheckpointsView.as_view(),
         name="ft_checkpoints",
+    ),
+    path("fine_tuning/alpha/graders/run", evals.GraderRunView.as_view(), name="graders_run"),
+    path("fine_tuning/alpha/graders/validate", evals.GraderValidateView.as_view(), name="graders_validate"),
+    path("evals", evals.EvalListView.as_view(), name="evals"),
+    path("evals/<str:eval_id>", evals.EvalDetailView.as_view(), name="eval"),
+    path("evals/<str:eval_id>/runs", evals.EvalRunListView.as_view(), name="eval_runs"),
+    path("evals/<str:eval_id>/runs/<str:run_id>", evals.EvalRunDetailView.as_view(), name="eval_run"),
+    path(
+        "evals/<str:eval_id>/runs/<str:run_id>/cancel",
+        evals.EvalRunCancelView.as_view(),
+        name="eval_run_cancel",
+    ),
+    path(
+        "evals/<str:eval_id>/runs/<str:run_id>/output_items",
+        evals.OutputItemListView.as_view(),
+        name="eval_output_items",
+    ),
+    path(
+        "evals/<str:eval_id>/runs/<str:run_id>/output_items/<str:output_item_id>",
+        evals.OutputItemDetailView.as_view(),
+        name="eval_output_item",
     ),
     path("chat/completions", inference.ChatCompletionsView.as_view(), name="chat_completions"),
     path("completions", inference.CompletionsView.as_view(), name="completions"),

@@ -16,7 +16,7 @@ class UsageRecord(models.Model):
     """One billable quantity of one job: units `start` to `start + quantity` of the job's running
     count of `unit`. Work is billed as it is done (a saved checkpoint, a chunk of a batch, the end
     of each attempt), each time for what the count added since the last bill, in the transaction
-    that records the work, under the job's row lock. Unique per (job, unit, start): the same units
+    that records the work, under the job's row lock. Unique per (job, unit, model, start): the same units
     of work can never be billed twice, whatever is retried or delivered again. Money is integer
     micro-dollars (docs/architecture.md, "Billing exactly once").
     """
@@ -44,7 +44,9 @@ class UsageRecord(models.Model):
     class Meta:
         ordering = ["-id"]
         constraints = [
-            models.UniqueConstraint(fields=["job", "unit", "start"], name="unique_usage_per_job_unit_start")
+            models.UniqueConstraint(
+                fields=["job", "unit", "model_name", "start"], name="unique_usage_per_job_unit_model_start"
+            )
         ]
         indexes = [models.Index(fields=["organization", "created_at"])]
 

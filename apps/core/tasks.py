@@ -22,6 +22,9 @@ RUN_PROXY = "jobs.run_proxy"
 RUN_BATCH = "jobs.run_batch"
 # A batch whose every request goes to OpenAI waits on the network: it holds no gpu worker.
 RUN_PROXY_BATCH = "jobs.run_proxy_batch"
+# An eval run samples and grades with our models (gpu), or only with `openai:*` ones or none (default).
+RUN_EVAL = "jobs.run_eval"
+RUN_PROXY_EVAL = "jobs.run_proxy_eval"
 REAP = "jobs.reap"
 PROCESS_STRIPE_EVENT = "billing.process_stripe_event"
 REPORT_USAGE = "billing.report_usage"
@@ -38,6 +41,8 @@ QUEUE_OF = {
     RUN_PROXY: DEFAULT,
     RUN_BATCH: GPU,
     RUN_PROXY_BATCH: DEFAULT,
+    RUN_EVAL: GPU,
+    RUN_PROXY_EVAL: DEFAULT,
     REAP: DEFAULT,
     PROCESS_STRIPE_EVENT: DEFAULT,
     REPORT_USAGE: DEFAULT,

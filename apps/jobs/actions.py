@@ -125,7 +125,7 @@ def release_validated(job: Job, fields: dict[str, Any] | None = None) -> bool:
 
 
 def webhook_event_types(job: Job) -> list[str]:
-    """The webhook events a fine-tune or a batch raises on reaching its status (none for inference):
+    """The webhook events a fine-tune, a batch or an eval run raises on reaching its status (none for inference):
     OpenAI's names, and ours for a pause and for a job its max_cost stopped."""
     status = JobStatus(job.status)
     if job.kind == JobKind.FINE_TUNE:
@@ -147,6 +147,13 @@ def webhook_event_types(job: Job) -> list[str]:
             JobStatus.CANCELLED: webhook_events.BATCH_CANCELLED,
         }.get(status)
         return [batch] if batch else []
+    if job.kind == JobKind.EVAL_RUN:
+        run = {
+            JobStatus.SUCCEEDED: webhook_events.EVAL_RUN_SUCCEEDED,
+            JobStatus.FAILED: webhook_events.EVAL_RUN_FAILED,
+            JobStatus.CANCELLED: webhook_events.EVAL_RUN_CANCELED,
+        }.get(status)
+        return [run] if run else []
     return []
 
 
@@ -486,14 +493,19 @@ def add_checkpoint(
     return True
 
 
+def lock_fenced(job_pk: int, attempt: int) -> Job | None:
+    """Inside the caller's transaction: the job's row, locked, when `attempt` still owns it."""
+    _bound_lock_time()
+    return _fenced(job_pk, attempt).select_for_update(of=("self",)).first()
+
+
 def bill_progress(
     job_pk: int, attempt: int, usage: dict[str, int], usage_models: dict[str, str] | None = None
 ) -> bool:
     """Bills what a running job's counts added since its last bill (a batch, chunk by chunk), so
     that its spend is on the books while it runs. False when this attempt no longer owns the job."""
     with transaction.atomic():
-        _bound_lock_time()
-        job = _fenced(job_pk, attempt).select_for_update(of=("self",)).first()
+        job = lock_fenced(job_pk, attempt)
         if job is None:
             return False
         changed = bill(job, usage, usage_models)
@@ -595,7 +607,7 @@ def finish(
         changed.add("reserved_cost")
         job.save(update_fields=sorted(changed))  # not the request and the other big columns again
         # An inference request's success is its response: no event row for each of them.
-        if job.kind in (JobKind.FINE_TUNE, JobKind.BATCH) or status == JobStatus.FAILED:
+        if job.kind in (JobKind.FINE_TUNE, JobKind.BATCH, JobKind.EVAL_RUN) or status == JobStatus.FAILED:
             level = "error" if status == JobStatus.FAILED else "info"
             JobEvent.objects.create(job=job, level=level, message=message or f"Job {status}.")
         announce(job)
@@ -655,6 +667,18 @@ def finish_request(job: Job, result: dict[str, Any], usage: dict[str, int]) -> b
     return finish(job.pk, job.attempt, JobStatus.SUCCEEDED, result=result, usage=usage) is not None
 
 
+def usage_key(unit: str, model_name: str) -> str:
+    """The key of a job's running count of `unit` used by another model than the job's own (an eval
+    run's judges): each model's count starts at 0 and is billed at that model's price."""
+    return f"{unit}@{model_name}"
+
+
+def split_usage_key(key: str) -> tuple[str, str]:
+    """`input_tokens@judge` → ("input_tokens", "judge"); a plain unit → (unit, "")."""
+    unit, _, model_name = key.partition("@")
+    return unit, model_name
+
+
 def bill(job: Job, usage: dict[str, int], models: dict[str, str] | None = None) -> list[str]:
     """Bills what the job's running counts in `usage` ({unit: count so far, over all attempts})
     added since its last bill; returns the job fields it changed, for the caller to save.
@@ -666,15 +690,17 @@ def bill(job: Job, usage: dict[str, int], models: dict[str, str] | None = None) 
     nothing until it passes it: the same work is never paid twice. A unit in `models` is priced as
     that model rather than the job's (a distillation's teacher). The cost of each record is the
     difference of the rounded costs of the two counts, so the records of a job add up to exactly the
-    cost of its total, never a micro-dollar more per record."""
+    cost of its total, never a micro-dollar more per record. A key made by `usage_key` counts one
+    unit of one other model (unique per job, unit, model and start)."""
     models = models or {}
     billed = dict(job.billed_usage or {})
     records, spent = [], 0
-    for unit, total in usage.items():
-        start = int(billed.get(unit, 0))
+    for key, total in usage.items():
+        start = int(billed.get(key, 0))
         if total <= start:
             continue
-        name = models.get(unit, job.model_name)
+        unit, name = split_usage_key(key)
+        name = name or models.get(unit, job.model_name)
         cost = cost_of(name, unit, total) - cost_of(name, unit, start)
         records.append(
             UsageRecord(
@@ -689,7 +715,7 @@ def bill(job: Job, usage: dict[str, int], models: dict[str, str] | None = None) 
                 cost=cost,
             )
         )
-        billed[unit] = total
+        billed[key] = total
         spent += cost
     if not records:
         return []
@@ -775,7 +801,7 @@ def require_may_stop(actor: User | None, job: Job, verb: str) -> None:
     started it (its API key's creator, through the API). Members still start and follow jobs."""
     from apps.accounts.actions import require_manager_or_creator
 
-    noun = "batch" if job.kind == JobKind.BATCH else "job"
+    noun = {JobKind.BATCH: "batch", JobKind.EVAL_RUN: "eval run"}.get(JobKind(job.kind), "job")
     require_manager_or_creator(
         actor, job.organization, job.created_by_id, STOP_REFUSAL.format(verb=verb, noun=noun)
     )

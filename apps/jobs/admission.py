@@ -76,9 +76,9 @@ def reserve(subscription: Subscription, wanted: int) -> int:
 
 
 # --- Concurrency ------------------------------------------------------------------------------------
-def _check_running(subscription: Subscription, kind: str, limit: int, what: str) -> None:
+def _check_running(subscription: Subscription, kinds: tuple[str, ...], limit: int, what: str) -> None:
     active = Job.objects.filter(
-        organization_id=subscription.organization_id, kind=kind, status__in=ACTIVE_STATUSES
+        organization_id=subscription.organization_id, kind__in=kinds, status__in=ACTIVE_STATUSES
     ).count()
     if active >= limit:
         raise _running_limit(subscription, active, what)
@@ -117,8 +117,11 @@ def check_fine_tune_concurrency(subscription: Subscription, devices: int = 1) ->
     )
 
 
-def check_batch_concurrency(subscription: Subscription) -> None:
-    _check_running(subscription, JobKind.BATCH, subscription.plan.concurrent_batches, "batch(es)")
+def check_batch_concurrency(subscription: Subscription, what: str = "batch(es)") -> None:
+    """Eval runs take the plan's places for batches: both run a file of work on the same workers."""
+    _check_running(
+        subscription, (JobKind.BATCH, JobKind.EVAL_RUN), subscription.plan.concurrent_batches, what
+    )
 
 
 # --- Inference requests -----------------------------------------------------------------------------

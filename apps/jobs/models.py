@@ -16,6 +16,7 @@ class JobKind(models.TextChoices):
     CLASSIFICATION = "classification", "Classification"
     EMBEDDING = "embedding", "Embedding"
     BATCH = "batch", "Batch"
+    EVAL_RUN = "eval_run", "Eval run"
 
 
 class JobStatus(models.TextChoices):
@@ -53,6 +54,7 @@ ID_PREFIXES = {
     JobKind.CLASSIFICATION: "clf-",
     JobKind.EMBEDDING: "emb-",
     JobKind.BATCH: "batch_",
+    JobKind.EVAL_RUN: "evalrun_",
 }
 
 

@@ -4,7 +4,15 @@ imports worker code."""
 from __future__ import annotations
 
 from apps.core.broker import send_now
-from apps.core.tasks import RUN_BATCH, RUN_FINE_TUNE, RUN_INFERENCE, RUN_PROXY, RUN_PROXY_BATCH
+from apps.core.tasks import (
+    RUN_BATCH,
+    RUN_EVAL,
+    RUN_FINE_TUNE,
+    RUN_INFERENCE,
+    RUN_PROXY,
+    RUN_PROXY_BATCH,
+    RUN_PROXY_EVAL,
+)
 from apps.jobs.models import Job, JobKind
 
 
@@ -13,6 +21,8 @@ def task_for(job: Job) -> str:
         return RUN_FINE_TUNE
     if job.kind == JobKind.BATCH:
         return RUN_PROXY_BATCH if job.model_name.startswith("openai:") else RUN_BATCH
+    if job.kind == JobKind.EVAL_RUN:
+        return RUN_EVAL if job.request.get("local") else RUN_PROXY_EVAL
     if job.model_name.startswith("openai:"):
         return RUN_PROXY
     return RUN_INFERENCE

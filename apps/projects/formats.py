@@ -12,6 +12,7 @@ BATCH_JSONL = "batch_jsonl"
 TEXT_CSV = "text_csv"
 TEXT_JSONL = "text_jsonl"
 PREFERENCE_JSONL = "preference_jsonl"
+EVAL_JSONL = "eval_jsonl"
 
 FORMAT_NAMES = {
     CLASSIFICATION_CSV: "classification CSV",
@@ -22,6 +23,7 @@ FORMAT_NAMES = {
     TEXT_CSV: "unlabelled text CSV",
     TEXT_JSONL: "unlabelled text JSONL",
     PREFERENCE_JSONL: "preference JSONL",
+    EVAL_JSONL: "eval data JSONL",
 }
 FORMATS = tuple(FORMAT_NAMES)
 CLASSIFICATION_FORMATS = (CLASSIFICATION_CSV, CLASSIFICATION_JSONL)

@@ -54,11 +54,12 @@ class Project(models.Model):
 class FilePurpose(models.TextChoices):
     FINE_TUNE = "fine-tune", "Fine-tune"
     BATCH = "batch", "Batch input"
+    EVALS = "evals", "Eval data"
     FINE_TUNE_RESULTS = "fine-tune-results", "Fine-tune results"
     BATCH_OUTPUT = "batch_output", "Batch output"
 
 
-UPLOAD_PURPOSES = (FilePurpose.FINE_TUNE, FilePurpose.BATCH)
+UPLOAD_PURPOSES = (FilePurpose.FINE_TUNE, FilePurpose.BATCH, FilePurpose.EVALS)
 
 
 class FileStatus(models.TextChoices):

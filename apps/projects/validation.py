@@ -30,6 +30,7 @@ from apps.projects.formats import (
     CLASSIFICATION_CSV,
     CLASSIFICATION_FORMATS,
     CLASSIFICATION_JSONL,
+    EVAL_JSONL,
     PREFERENCE_JSONL,
     PROMPT_COMPLETION_JSONL,
     TEXT_CSV,
@@ -38,7 +39,7 @@ from apps.projects.formats import (
 )
 from workers.runtime.specs import approx_tokens
 
-PURPOSES = ("fine-tune", "batch")
+PURPOSES = ("fine-tune", "batch", "evals")
 MAX_ERRORS = 1000
 
 # Beyond these the label column is almost surely free text, and keeping the labels to count
@@ -707,6 +708,28 @@ def _body_chars(body: dict[str, Any]) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def _check_eval_row(run: _Run, line: int, row: dict[str, Any]) -> int | None:
+    """An eval's data row, as OpenAI's: {"item": {...}} and, for a run that grades given answers,
+    "sample": {...}. Whether the item fits an eval's item_schema is checked by each run."""
+    ok = True
+    if not isinstance(row.get("item"), dict):
+        got = "it is missing" if "item" not in row else f"got {_json_type(row['item'])}"
+        run.error(line, "item", f"item must be an object, {got}", 'write each row as {"item": {...}}')
+        ok = False
+    if "sample" in row and not isinstance(row["sample"], dict):
+        run.error(
+            line,
+            "sample",
+            f"sample must be an object, got {_json_type(row['sample'])}",
+            "remove it or make it an object",
+        )
+        ok = False
+    run.warn_extra_keys(
+        line, (key for key in row if key not in ("item", "sample")), "only item and sample are read"
+    )
+    return len(json.dumps(row.get("item"))) if ok else None
+
+
 def _check_classification_row(run: _Run, line: int, row: dict[str, Any]) -> int | None:
     text_name, label_name = run.name("text"), run.name("label")
     run.warn_extra_keys(line, (key for key in row if key not in (text_name, label_name)))
@@ -726,6 +749,7 @@ _JSONL_CHECKS: dict[str, Callable[[_Run, int, dict[str, Any]], int | None]] = {
     PROMPT_COMPLETION_JSONL: _check_prompt_completion,
     BATCH_JSONL: _check_batch,
     PREFERENCE_JSONL: _check_preference,
+    EVAL_JSONL: _check_eval_row,
 }
 
 
@@ -1101,6 +1125,9 @@ def _validate_content(run: _Run, head: bytes, rest: Iterator[bytes], filename: s
     lines = _split_lines(itertools.chain([head[bom:]], rest), bom, run.max_line_bytes)
     if run.purpose == "batch":
         run.format = BATCH_JSONL  # whatever the content looks like
+        _validate_jsonl(run, lines)
+    elif run.purpose == "evals":
+        run.format = EVAL_JSONL
         _validate_jsonl(run, lines)
     elif _is_json_lines(head[bom:], filename):
         _validate_jsonl(run, lines)

@@ -25,6 +25,9 @@ BATCH_EXPIRED = "batch.expired"
 BATCH_CANCELLED = "batch.cancelled"
 FILE_PROCESSED = "file.processed"
 FILE_FAILED = "file.failed"
+EVAL_RUN_SUCCEEDED = "eval.run.succeeded"
+EVAL_RUN_FAILED = "eval.run.failed"
+EVAL_RUN_CANCELED = "eval.run.canceled"
 EVENT_TYPES = (
     FINE_TUNE_SUCCEEDED,
     FINE_TUNE_FAILED,
@@ -37,6 +40,9 @@ EVENT_TYPES = (
     BATCH_CANCELLED,
     FILE_PROCESSED,
     FILE_FAILED,
+    EVAL_RUN_SUCCEEDED,
+    EVAL_RUN_FAILED,
+    EVAL_RUN_CANCELED,
 )
 
 

@@ -51,6 +51,7 @@ NOT_PAGES = {
     "model_delete",
     "playground_chat",
     "batch_cancel",
+    "eval_run_cancel",
     "batch_output",
     "batch_errors",
     "batch_results_csv",
@@ -165,7 +166,15 @@ def busy_project(alice: Any, bob: Any, alice_project: Any) -> dict[str, Any]:
     webhooks.record(
         WebhookDelivery.objects.get(endpoint=hook), webhooks.Outcome(503, 87, error="answered 503")
     )
+    # an eval with a finished run of two items (imported here: that module imports this one's checks)
+    from tests.dashboard.test_evals_pages import JUDGE, baseline_items, make_eval, make_run
+
+    Model.objects.create(name=JUDGE, task="generation", limits={"servable": True})
+    evaluation = make_eval(alice_project, alice)
+    run = make_run(evaluation, "baseline", baseline_items(evaluation)[:2])
     return {
+        "eval": evaluation,
+        "eval_run": run,
         "file": file,
         "running": running,
         "finished": finished,
@@ -182,6 +191,7 @@ def test_every_page_has_the_policy_and_no_inline_code(
     base = f"/projects/{alice_project.public_id}"
     file, model = busy_project["file"], busy_project["model"]
     running, finished, batch = busy_project["running"], busy_project["finished"], busy_project["batch"]
+    evaluation, run = busy_project["eval"], busy_project["eval_run"]
     anonymous = [
         "/",
         "/accounts/login/",
@@ -216,6 +226,11 @@ def test_every_page_has_the_policy_and_no_inline_code(
         f"{base}/batches/{batch.public_id}/status",
         f"{base}/webhooks/",
         f"{base}/webhooks/{busy_project['hook'].public_id}/",
+        f"{base}/evals/",
+        f"{base}/evals/{evaluation.public_id}/",
+        f"{base}/evals/{evaluation.public_id}/runs/{run.job.public_id}/",
+        f"{base}/evals/{evaluation.public_id}/runs/{run.job.public_id}/status",
+        f"{base}/evals/{evaluation.public_id}/compare?a={run.job.public_id}&b={run.job.public_id}",
         "/usage/",
         "/accounts/email/",
         "/accounts/password/change/",

@@ -75,9 +75,11 @@ def _chunks(
 
 
 class BatchRun:
-    def __init__(self, job: Job, guard: AttemptGuard, out: Any, errors: Any) -> None:
+    def __init__(
+        self, job: Job, guard: AttemptGuard, out: Any, errors: Any, *, endpoint: str | None = None
+    ) -> None:
         self.job, self.guard, self.out, self.errors = job, guard, out, errors
-        self.endpoint = job.request["endpoint"]
+        self.endpoint = endpoint or job.request["endpoint"]
         self.model_name = job.model_name
         self.counts = {"total": int((job.progress or {}).get("total", 0)), "completed": 0, "failed": 0}
         self.usage = {"input_tokens": 0, "output_tokens": 0, "classified_texts": 0}
@@ -179,6 +181,12 @@ class BatchRun:
 
     # --- running -------------------------------------------------------------------------------------
     def run_chunk(self, chunk: list[tuple[int, dict[str, Any]]]) -> None:
+        self.call_lines(chunk)
+        self.guard.set_progress(dict(self.counts))
+
+    def call_lines(self, chunk: list[tuple[int, dict[str, Any]]]) -> None:
+        """Each line's checks (its model, the plan, the spend cap, tokens per minute), then the
+        admitted ones run and billed; every line ends in `write`."""
         parsed: list[Line] = []
         for _, line in chunk:
             custom_id = str(line.get("custom_id"))
@@ -204,7 +212,6 @@ class BatchRun:
         if admitted and not self.guard.should_stop():
             self.execute(admitted)
             self.bill()
-        self.guard.set_progress(dict(self.counts))
 
     def execute(self, parsed: list[Line]) -> None:
         from workers.runtime.models import default_cache
