@@ -16,7 +16,7 @@ class ApiConfig(AppConfig):
 def connect_hot_cache_invalidation() -> None:
     """Every model whose rows the request path copies (apps.core.hotcache): an API key with its
     project, organization and creator, the creator's membership, the subscription with its plan,
-    and the models a request may name. Saves and deletes (cascades included) send these signals;
+    the models a request may name and the aliases that name them. Saves and deletes (cascades included) send these signals;
     a queryset `update()` does not, so the actions that use one on these rows invalidate
     themselves (`apps.projects.actions.revoke_api_key`)."""
     from django.contrib.auth import get_user_model
@@ -25,9 +25,19 @@ def connect_hot_cache_invalidation() -> None:
     from apps.accounts.models import ApiKey, Membership, Organization
     from apps.billing.models import Plan, Subscription
     from apps.projects.models import Project
-    from apps.registry.models import Model
+    from apps.registry.models import Model, ModelAlias
 
-    for model in (ApiKey, Membership, Organization, get_user_model(), Project, Plan, Subscription, Model):
+    for model in (
+        ApiKey,
+        Membership,
+        Organization,
+        get_user_model(),
+        Project,
+        Plan,
+        Subscription,
+        Model,
+        ModelAlias,
+    ):
         post_save.connect(_invalidate, sender=model, dispatch_uid=f"hotcache-save-{model._meta.label}")
         post_delete.connect(_invalidate, sender=model, dispatch_uid=f"hotcache-delete-{model._meta.label}")
 

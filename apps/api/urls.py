@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.api.views import batches, evals, files, fine_tuning, inference, models, usage, webhooks
+from apps.api.views import aliases, batches, evals, files, fine_tuning, inference, models, usage, webhooks
 
 app_name = "api"
 
@@ -38,6 +38,11 @@ urlpatterns = [
     ),
     path("fine_tuning/alpha/graders/run", evals.GraderRunView.as_view(), name="graders_run"),
     path("fine_tuning/alpha/graders/validate", evals.GraderValidateView.as_view(), name="graders_validate"),
+    path("aliases", aliases.AliasListView.as_view(), name="aliases"),
+    path("aliases/<str:name>", aliases.AliasDetailView.as_view(), name="alias"),
+    path("aliases/<str:name>/move", aliases.AliasMoveView.as_view(), name="alias_move"),
+    path("aliases/<str:name>/rollback", aliases.AliasRollbackView.as_view(), name="alias_rollback"),
+    path("aliases/<str:name>/moves", aliases.AliasMovesView.as_view(), name="alias_moves"),
     path("evals", evals.EvalListView.as_view(), name="evals"),
     path("evals/<str:eval_id>", evals.EvalDetailView.as_view(), name="eval"),
     path("evals/<str:eval_id>/runs", evals.EvalRunListView.as_view(), name="eval_runs"),

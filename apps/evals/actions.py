@@ -37,21 +37,35 @@ def update_eval(eval: Eval, changes: dict[str, Any]) -> Eval:
 
 
 def delete_eval(eval: Eval, user: User | None) -> None:
-    """Deletes the eval with its runs and their items; runs still going are cancelled first (their
-    jobs, and what they billed, stay on the books)."""
-    require_manager_or_creator(
-        user, eval.project.organization, eval.created_by_id, DELETE_REFUSAL.format(noun="eval")
-    )
-    for run in eval.runs.select_related("job").filter(job__status__in=[JobStatus.QUEUED, JobStatus.RUNNING]):
-        actions.cancel(run.job)
+    """Deletes the eval with its runs and their items (what the runs billed stays billed). Its
+    runs must have stopped, and deleting another member's runs with it is for owners and admins."""
+    organization = eval.project.organization
+    require_manager_or_creator(user, organization, eval.created_by_id, DELETE_REFUSAL.format(noun="eval"))
+    runs = list(eval.runs.select_related("job"))
+    going = [run.job.public_id for run in runs if not run.job.is_finished]
+    if going:
+        raise ActionError(
+            f"Eval {eval.public_id} has runs still going ({', '.join(going[:3])}); cancel them, and delete "
+            "the eval once they have stopped.",
+            status=409,
+        )
+    for run in runs:
+        require_manager_or_creator(
+            user, organization, run.job.created_by_id, DELETE_REFUSAL.format(noun="eval: it has others' runs")
+        )
     eval.delete()
 
 
 def delete_run(run: EvalRun, user: User | None) -> None:
+    """A run is deleted once it has stopped: its worker writes items, and their bill, until then."""
     job = run.job
     require_manager_or_creator(user, job.organization, job.created_by_id, DELETE_REFUSAL.format(noun="run"))
     if not job.is_finished:
-        actions.cancel(job)
+        raise ActionError(
+            f"Run {job.public_id} is still {run_status(job)}; cancel it, and delete it once it has stopped.",
+            param="run_id",
+            status=409,
+        )
     run.delete()
 
 

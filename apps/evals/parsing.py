@@ -10,6 +10,8 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from referencing import Registry
+from referencing.exceptions import Unresolvable
 
 from apps.core.errors import ActionError
 from apps.jobs import graders
@@ -113,6 +115,20 @@ def parse_data_source_config(value: Any) -> dict[str, Any]:
             f"data_source_config.item_schema is not a valid JSON schema: {exc.message}",
             param=f"{param}.item_schema",
         ) from None
+    except RecursionError:
+        raise ActionError(
+            "data_source_config.item_schema is nested too deeply.", param=f"{param}.item_schema"
+        ) from None
+    problem = unsafe_schema_part(schema)
+    if problem:
+        raise ActionError(f"data_source_config.item_schema: {problem}", param=f"{param}.item_schema")
+    try:
+        list(eval_validator(schema).iter_errors({}))
+    except (RecursionError, Unresolvable):
+        raise ActionError(
+            "data_source_config.item_schema refers to itself without end; a $ref must lead to a schema.",
+            param=f"{param}.item_schema",
+        ) from None
     include = config.get("include_sample_schema", False)
     if not isinstance(include, bool):
         raise ActionError(
@@ -120,6 +136,44 @@ def parse_data_source_config(value: Any) -> dict[str, Any]:
             param=f"{param}.include_sample_schema",
         )
     return {"type": "custom", "item_schema": schema, "include_sample_schema": include}
+
+
+MAX_SCHEMA_DEPTH = 32
+# A regular expression is run by Python's backtracking engine, where a pattern such as ^(a+)+$ takes
+# time exponential in the text: a schema would let anyone hold a worker for hours.
+REFUSED_KEYWORDS = {
+    "pattern": "regular expressions ('pattern') are not supported: they could run for hours on a crafted item",
+    "patternProperties": "regular expressions ('patternProperties') are not supported: they could run for hours "
+    "on a crafted item",
+}
+
+
+def unsafe_schema_part(schema: Any, depth: int = 0) -> str:
+    """Why a schema cannot be used ("" when it can): a `$ref` outside the schema itself (the server
+    would fetch it), a regular expression, or nesting past MAX_SCHEMA_DEPTH."""
+    if depth > MAX_SCHEMA_DEPTH:
+        return f"it is nested more than {MAX_SCHEMA_DEPTH} levels deep"
+    if isinstance(schema, list):
+        return next((found for part in schema if (found := unsafe_schema_part(part, depth + 1))), "")
+    if not isinstance(schema, dict):
+        return ""
+    for key, value in schema.items():
+        if key in REFUSED_KEYWORDS:
+            return REFUSED_KEYWORDS[key]
+        if key in ("$ref", "$dynamicRef") and not (isinstance(value, str) and value.startswith("#")):
+            return (
+                f"{key} {value!r} points outside the schema; only references within it (#/...) are followed"
+            )
+        found = unsafe_schema_part(value, depth + 1)
+        if found:
+            return found
+    return ""
+
+
+def eval_validator(schema: dict[str, Any]) -> Draft202012Validator:
+    """A validator of items against an eval's schema that never fetches anything: an empty registry
+    (jsonschema would otherwise download a remote `$ref`)."""
+    return Draft202012Validator(schema, registry=Registry())
 
 
 def shown_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -230,7 +284,7 @@ def _source(project: Project, item_schema: dict[str, Any], data_source: dict[str
                 f"data_source.source.content must be a list of 1 to {MAX_ITEMS:,} rows.",
                 param=f"{param}.content",
             )
-        validator = Draft202012Validator(item_schema)
+        validator = eval_validator(item_schema)
         rows = []
         for index, row in enumerate(content):
             rows.append(check_row(row, validator, f"{param}.content[{index}]"))
@@ -267,7 +321,10 @@ def check_row(row: Any, validator: Draft202012Validator, where: str) -> dict[str
 
 def item_problem(validator: Draft202012Validator, item: Any) -> str:
     """The first way `item` breaks the eval's item schema ("" when it does not), with where."""
-    error = next(iter(sorted(validator.iter_errors(item), key=lambda e: list(e.path))), None)
+    try:
+        error = next(iter(sorted(validator.iter_errors(item), key=lambda e: list(e.path))), None)
+    except (RecursionError, Unresolvable):  # schemas made before these were refused at creation
+        return "the eval's item_schema cannot be checked (it refers to itself without end)"
     if error is None:
         return ""
     where = "".join(f"[{part!r}]" if isinstance(part, str) else f"[{part}]" for part in error.path)

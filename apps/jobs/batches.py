@@ -70,10 +70,14 @@ def submit(
 
     from apps.billing import quotas
     from apps.jobs import admission
+    from apps.jobs.inference import aliased
 
     file = parsed["file"]
     stats = (file.validation or {}).get("stats") or {}
-    models = sorted(stats.get("models") or {})
+    # An alias a line names is resolved once, now: the batch runs on the model it points to when the
+    # batch is made, even if the alias moves while it runs.
+    aliases = {name: target for name in stats.get("models") or {} if (target := aliased(project, name))}
+    models = sorted({aliases.get(name, name) for name in stats.get("models") or {}})
     with transaction.atomic():
         organization = admission.lock_organization(project.organization_id)
         subscription = quotas.check_quota(organization)
@@ -99,6 +103,7 @@ def submit(
                 "endpoint": parsed["endpoint"],
                 "input_file_id": file.public_id,
                 "completion_window": "24h",
+                **({"aliases": aliases} if aliases else {}),
             },
             api_key=api_key,
             user=user,

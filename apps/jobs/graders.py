@@ -46,6 +46,9 @@ PYTHON_REFUSED = (
     "Use string_check, text_similarity, score_model, label_model or multi."
 )
 MAX_FORMULA = 1000
+# The most a template may fill in to, and the longest text a text_similarity metric reads.
+MAX_RENDERED = 1_000_000
+MAX_SIMILARITY_CHARS = 20_000
 MAX_DEPTH = 100
 
 # The keys each grader type knows (the spec's properties; pass_threshold from the Eval* variants,
@@ -147,9 +150,17 @@ def render(template: str, item: dict[str, Any], sample: dict[str, Any] | None) -
     """The template with each {{item.<path>}} / {{sample.<path>}} filled. One pass: a value that
     itself contains braces is inserted as it is, never rendered again (no injection via data)."""
 
+    size = len(template)
+
     def fill(match: re.Match[str]) -> str:
+        nonlocal size
         value = _lookup(match.group(1).strip(), item, sample)
-        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        # A short template naming a long value many times would grow without bound.
+        size += len(text)
+        if size > MAX_RENDERED:
+            raise ActionError(f"The filled-in template is over {MAX_RENDERED:,} characters.")
+        return text
 
     return _TEMPLATE.sub(fill, template)
 
@@ -160,7 +171,12 @@ def _missing(where: str) -> ActionError:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)  # an int past a float's range overflows here
+    except OverflowError:
+        return False
 
 
 def _string(spec: dict[str, Any], key: str, param: str, *, templated: bool) -> str:
@@ -586,6 +602,13 @@ def _rouge(metric: str) -> Any:
 
 
 def _similarity(metric: str, text: str, reference: str, embed: Embed | None) -> float:
+    # rouge_l is quadratic in the texts' lengths: bounded, a grade stays a fraction of a second.
+    longest = max(len(text), len(reference))
+    if longest > MAX_SIMILARITY_CHARS:
+        raise ActionError(
+            f"text_similarity compares texts of at most {MAX_SIMILARITY_CHARS:,} characters; this one has "
+            f"{longest:,}."
+        )
     if metric == "fuzzy_match":
         # OpenAI documents only "fuzzy string match, using rapidfuzz". fuzz.ratio is the plain
         # normalized Indel similarity: symmetric, case- and order-sensitive; partial_ratio/WRatio

@@ -15,7 +15,7 @@ from apps.core.hotcache import HotCache
 from apps.jobs import actions
 from apps.jobs.models import Job, JobKind
 from apps.projects.models import Project
-from apps.registry.models import Model, Provider, Task
+from apps.registry.models import Model, ModelAlias, Provider, Task
 from workers.runtime.specs import approx_tokens
 
 # The endpoint a model of each task is called through.
@@ -96,10 +96,39 @@ def _integer(body: dict[str, Any], key: str, low: int, high: int, default: int |
 _MODELS: HotCache[Model] = HotCache("models")
 
 
+# An alias's target, by project and alias name: "" when it points nowhere (its model was deleted).
+_ALIASES: HotCache[str] = HotCache("aliases")
+
+
+def aliased(project: Project, name: str) -> str | None:
+    """The name of the model the project's alias `name` points to now (docs/api.md, "Model
+    aliases"); None when `name` is no alias of the project's."""
+    if "@" not in name:
+        return None
+
+    def load() -> str | None:
+        rows = list(
+            ModelAlias.objects.filter(project=project, name=name).values_list("model__name", flat=True)
+        )
+        return (rows[0] or "") if rows else None
+
+    target = _ALIASES.get((project.pk, name), load)
+    if target == "":
+        raise ActionError(
+            f"The alias '{name}' points to a model that was deleted; move it to another model.",
+            code="model_not_found",
+            param="model",
+            status=404,
+        )
+    return target
+
+
 def find_model(project: Project, name: Any) -> Model:
-    """The model a request names, if the project's organization may see it and it still answers."""
+    """The model a request names, if the project's organization may see it and it still answers.
+    A project's alias (`support-bot@prod`) names the model it points to when the request is made."""
     if not name or not isinstance(name, str):
         raise ActionError("Missing required parameter: 'model'.", param="model")
+    name = aliased(project, name) or name
     organization = project.organization
     model = _MODELS.get(
         (organization.pk, name), lambda: Model.objects.visible_to(organization).filter(name=name).first()

@@ -126,3 +126,51 @@ class Model(models.Model):
                 return model
             model = model.base
         return None
+
+
+class ModelAlias(models.Model):
+    """A project's name for a model, such as `support-bot@prod`, resolved when a request is made
+    (docs/api.md, "Model aliases"). Moving it may require an eval run the candidate passed
+    (`gate`); every move is kept in `AliasMove`, so the last one can be rolled back."""
+
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="aliases")
+    name = models.CharField(max_length=64)
+    # Null once the model it pointed to was deleted: calls are refused until the alias is moved.
+    model = models.ForeignKey(Model, null=True, on_delete=models.SET_NULL, related_name="aliases")
+    # Only owners and admins may move, roll back or delete a protected alias.
+    protected = models.BooleanField(default=False)
+    # {"eval_id": "eval_…", "min_pass_rate": 0.8, "not_worse": bool}, or {} for a free alias.
+    gate = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="one_alias_name_per_project")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AliasMove(models.Model):
+    """One change of an alias: who, when, from which model to which, and the eval run that allowed
+    it (empty for a free alias, its creation and a rollback)."""
+
+    alias = models.ForeignKey(ModelAlias, on_delete=models.CASCADE, related_name="moves")
+    kind = models.CharField(max_length=10)  # create | move | rollback
+    from_model = models.CharField(max_length=200, blank=True, default="")
+    to_model = models.CharField(max_length=200)
+    run_id = models.CharField(max_length=48, blank=True, default="")
+    moved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.alias_id}: {self.from_model} → {self.to_model}"

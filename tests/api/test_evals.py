@@ -297,3 +297,107 @@ def test_a_member_cannot_delete_an_eval_they_did_not_create(api: Any, alice_proj
         "Only owners and admins, and the member who created it, can delete this eval."
     )
     assert Eval.objects.filter(public_id=created["id"]).exists()
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        (
+            {"$ref": "http://127.0.0.1:9/internal"},
+            "data_source_config.item_schema: $ref 'http://127.0.0.1:9/internal' points outside the schema; only "
+            "references within it (#/...) are followed",
+        ),
+        (
+            {"type": "object", "properties": {"a": {"$ref": "file:///etc/passwd"}}},
+            "data_source_config.item_schema: $ref 'file:///etc/passwd' points outside the schema; only references "
+            "within it (#/...) are followed",
+        ),
+        (
+            {"$ref": "#"},
+            "data_source_config.item_schema refers to itself without end; a $ref must lead to a schema.",
+        ),
+        (
+            {"type": "object", "properties": {"a": {"type": "string", "pattern": "^(a+)+$"}}},
+            "data_source_config.item_schema: regular expressions ('pattern') are not supported: they could run "
+            "for hours on a crafted item",
+        ),
+    ],
+)
+def test_an_item_schema_that_would_fetch_loop_or_backtrack_is_refused(
+    api: Any, schema: dict[str, Any], message: str
+) -> None:
+    config = {"type": "custom", "item_schema": schema}
+    response = api.post("/v1/evals", eval_body(data_source_config=config), format="json")
+    assert error_of(response) == (400, message, "data_source_config.item_schema")
+
+
+def test_a_schema_with_local_references_is_followed(api: Any) -> None:
+    schema = {
+        "$defs": {"text": {"type": "string"}},
+        "type": "object",
+        "properties": {"question": {"$ref": "#/$defs/text"}, "answer": {"$ref": "#/$defs/text"}},
+        "required": ["question", "answer"],
+    }
+    created = create_eval(api, data_source_config={"type": "custom", "item_schema": schema})
+    bad = api.post(
+        f"/v1/evals/{created['id']}/runs", jsonl_run([{"item": {"question": 1, "answer": "a"}}]), format="json"
+    )
+    assert error_of(bad)[1] == (
+        "data_source.source.content[0].item does not match the eval's item_schema: 1 is not of type 'string' "
+        "(at item['question'])"
+    )
+
+
+def test_a_run_is_deleted_only_once_it_has_stopped(api: Any, alice_project: Any, alice: Any) -> None:
+    created = create_eval(api)
+    run = api.post(f"/v1/evals/{created['id']}/runs", jsonl_run([ROW]), format="json").json()
+    Job.objects.filter(public_id=run["id"]).update(status=JobStatus.RUNNING)  # as a worker claimed it
+    response = api.delete(f"/v1/evals/{created['id']}/runs/{run['id']}")
+    assert error_of(response) == (
+        409,
+        f"Run {run['id']} is still in_progress; cancel it, and delete it once it has stopped.",
+        "run_id",
+    )
+    response = api.delete(f"/v1/evals/{created['id']}")
+    assert error_of(response) == (
+        409,
+        f"Eval {created['id']} has runs still going ({run['id']}); cancel them, and delete the eval once they "
+        "have stopped.",
+        None,
+    )
+    assert EvalRun.objects.filter(job__public_id=run["id"]).exists()
+
+
+def test_a_member_cannot_delete_others_runs_by_deleting_their_own_eval(
+    api: Any, alice_project: Any, bob: Any
+) -> None:
+    from rest_framework.test import APIClient
+
+    from apps.projects.actions import create_api_key
+
+    _, raw = create_api_key(alice_project, "bob's key", bob)
+    bobs = APIClient()
+    bobs.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    created = create_eval(bobs)
+    run = api.post(f"/v1/evals/{created['id']}/runs", jsonl_run([ROW]), format="json").json()  # alice's run
+    api.post(f"/v1/evals/{created['id']}/runs/{run['id']}/cancel")
+    response = bobs.delete(f"/v1/evals/{created['id']}")
+    assert error_of(response) == (
+        403,
+        "Only owners and admins, and the member who created it, can delete this eval: it has others' runs.",
+        None,
+    )
+    assert EvalRun.objects.filter(job__public_id=run["id"]).exists()
+
+
+def test_numbers_past_a_floats_range_are_refused_not_a_500(api: Any) -> None:
+    similar = {
+        "type": "text_similarity",
+        "name": "close",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.answer}}",
+        "evaluation_metric": "fuzzy_match",
+        "pass_threshold": 10**400,
+    }
+    response = api.post("/v1/evals", eval_body(testing_criteria=[similar]), format="json")
+    assert error_of(response) == (400, "testing_criteria[0].pass_threshold must be a number.", "testing_criteria[0].pass_threshold")

@@ -45,6 +45,28 @@ def finished(client: Any, eval_id: str, run_id: str, timeout: float = 120) -> An
     )
 
 
+def fine_tune(client: Any, answer: str) -> str:
+    """A supervised fine-tune of the tiny Llama that learns to give `answer`; its model's name."""
+    file = client.files.create(file=("chat.jsonl", io.BytesIO(chat_jsonl(answer))), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama-base",
+        training_file=file.id,
+        seed=1,
+        method={
+            "type": "supervised",
+            "supervised": {
+                "hyperparameters": {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 50}
+            },
+        },
+    )
+    tuned = wait_for(
+        lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
+        timeout=120,
+    )
+    assert tuned.status == "succeeded", tuned.error
+    return str(tuned.fine_tuned_model)
+
+
 def test_a_completions_run_on_a_local_fine_tune_grades_every_item(
     live_server: Any,
     alice_key: str,
@@ -54,27 +76,7 @@ def test_a_completions_run_on_a_local_fine_tune_grades_every_item(
     purge_queues()
     worker = Worker(env=worker_env())
     try:
-        client = sdk(live_server, alice_key)
-        file = client.files.create(
-            file=("chat.jsonl", io.BytesIO(chat_jsonl("red green blue"))), purpose="fine-tune"
-        )
-        job = client.fine_tuning.jobs.create(
-            model="tiny-llama-base",
-            training_file=file.id,
-            seed=1,
-            method={
-                "type": "supervised",
-                "supervised": {
-                    "hyperparameters": {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 50}
-                },
-            },
-        )
-        tuned = wait_for(
-            lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
-            timeout=120,
-        )
-        assert tuned.status == "succeeded", tuned.error
-        model = tuned.fine_tuned_model
+        model = fine_tune(sdk(live_server, alice_key), "red green blue")
         client = evals_client(live_server, alice_key)
         questions = ["hello", "what colour is the sky?", "name three colours"]
         # What the fine-tune answers each question, greedy: one item expects it, the others do not.
@@ -236,3 +238,93 @@ def test_a_jsonl_run_graded_by_a_local_judge_bills_the_judge(
     assert sum(r.quantity for r in records if r.unit == "input_tokens") == judged
     assert done.per_model_usage[0].model_name == "tiny-gpt2"
     assert done.per_model_usage[0].invocation_count == 2
+
+
+def test_an_alias_moves_to_the_model_whose_run_passes_and_refuses_the_one_that_fails(
+    live_server: Any,
+    alice_key: str,
+    media: Path,
+    tiny_llama_base: Any,  # noqa: F811
+) -> None:
+    purge_queues()
+    worker = Worker(env=worker_env())
+    try:
+        tuned = fine_tune(sdk(live_server, alice_key), "red green blue")
+        client = evals_client(live_server, alice_key)
+        questions = ["hello", "what colour is the sky?"]
+
+        def ask(model: str, question: str) -> str:
+            reply = client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": question}],
+                max_completion_tokens=6,
+                temperature=0,
+            )
+            return str(reply.choices[0].message.content)
+
+        # the eval expects what the fine-tune says: it passes, its base does not
+        expected = [ask(tuned, q) for q in questions]
+        assert expected != [ask("tiny-llama-base", q) for q in questions]
+        created = client.evals.create(
+            name="matches the fine-tune",
+            data_source_config={"type": "custom", "item_schema": SCHEMA, "include_sample_schema": True},
+            testing_criteria=[
+                {
+                    "type": "string_check",
+                    "name": "same",
+                    "input": "{{sample.output_text}}",
+                    "reference": "{{item.answer}}",
+                    "operation": "eq",
+                }
+            ],
+        )
+        rows = [{"item": {"question": q, "answer": a}} for q, a in zip(questions, expected, strict=True)]
+
+        def run_on(model: str) -> Any:
+            run = client.evals.runs.create(
+                eval_id=created.id,
+                data_source={
+                    "type": "completions",
+                    "model": model,
+                    "input_messages": {
+                        "type": "template",
+                        "template": [{"role": "user", "content": "{{item.question}}"}],
+                    },
+                    "sampling_params": {"temperature": 0, "max_completion_tokens": 6},
+                    "source": {"type": "file_content", "content": rows},
+                },
+            )
+            return finished(client, created.id, run.id)
+
+        weak, strong = run_on("tiny-llama-base"), run_on(tuned)
+        assert (strong.result_counts.passed, strong.result_counts.total) == (2, 2)
+        assert weak.result_counts.passed < 2
+
+        gate = {"eval_id": created.id, "min_pass_rate": 1.0}
+        made = client.post(
+            "/aliases",
+            cast_to=dict,
+            body={"name": "bot@prod", "model": "tiny-llama-base", "gate": gate},
+        )
+        assert made["model"] == "tiny-llama-base"
+        with pytest.raises(openai.ConflictError) as refused:
+            client.post(
+                "/aliases/bot@prod/move", cast_to=dict, body={"model": "tiny-llama-base", "run_id": weak.id}
+            )
+        assert refused.value.code == "eval_gate_failed"
+        moved = client.post(
+            "/aliases/bot@prod/move", cast_to=dict, body={"model": tuned, "run_id": strong.id}
+        )
+        assert moved["model"] == tuned
+        # every call through the alias now reaches the fine-tune, and says so
+        reply = client.chat.completions.create(
+            model="bot@prod",
+            messages=[{"role": "user", "content": questions[0]}],
+            max_completion_tokens=6,
+            temperature=0,
+        )
+        assert reply.model == tuned and reply.choices[0].message.content == expected[0]
+        back = client.post("/aliases/bot@prod/rollback", cast_to=dict)
+        assert back["model"] == "tiny-llama-base"
+    finally:
+        worker.stop()

@@ -1035,3 +1035,39 @@ def test_referenced_models() -> None:
         "a + b + c + d",
     )
     assert referenced_models(validate_grader(spec, param="grader", in_eval=False)) == ["judge-1", "judge-2"]
+
+
+# --- Bounds: what a crafted item or judge could make unbounded ---------------------------------------
+def test_a_template_that_would_fill_in_past_the_limit_is_an_item_error() -> None:
+    item = {"x": "y" * 1000}
+    spec = validate_grader(
+        {"type": "string_check", "name": "big", "input": "{{item.x}}" * 1001, "reference": "y", "operation": "eq"},
+        param=P,
+        in_eval=True,
+    )
+    graded = grade(spec, item, SAMPLE)
+    assert graded.error == "The filled-in template is over 1,000,000 characters."
+    assert graded.passed is False and graded.score == 0.0
+
+
+def test_text_similarity_reads_at_most_its_limit() -> None:
+    spec = validate_grader(
+        {
+            "type": "text_similarity",
+            "name": "long",
+            "input": "{{item.text}}",
+            "reference": "short",
+            "evaluation_metric": "rouge_l",
+            "pass_threshold": 0.5,
+        },
+        param=P,
+        in_eval=True,
+    )
+    graded = grade(spec, {"text": "word " * 5000}, SAMPLE)
+    assert graded.error == "text_similarity compares texts of at most 20,000 characters; this one has 25,000."
+
+
+def test_a_judges_number_past_a_floats_range_is_unparsable_not_a_crash() -> None:
+    huge = "1" + "0" * 400
+    graded = run(score_model(), judge=FakeJudge('{"result": ' + huge + ', "steps": []}'))
+    assert graded.error is not None and graded.error.startswith("The judge's answer could not be parsed")

@@ -188,12 +188,17 @@ class BatchRun:
         """Each line's checks (its model, the plan, the spend cap, tokens per minute), then the
         admitted ones run and billed; every line ends in `write`."""
         parsed: list[Line] = []
+        pinned = self.job.request.get("aliases") or {}
         for _, line in chunk:
             custom_id = str(line.get("custom_id"))
+            body = line.get("body")
+            if isinstance(body, dict) and body.get("model") in pinned:
+                body = {
+                    **body,
+                    "model": pinned[body["model"]],
+                }  # as the alias pointed when the batch was made
             try:
-                model, request = inference.PARSERS[BATCH_ENDPOINTS[self.endpoint]](
-                    self.job.project, line.get("body")
-                )
+                model, request = inference.PARSERS[BATCH_ENDPOINTS[self.endpoint]](self.job.project, body)
                 if self.model_name and model.name != self.model_name:
                     raise ActionError(
                         f"A batch calls one model; this line asks for {model.name}, "

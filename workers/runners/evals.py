@@ -13,21 +13,24 @@ twice and none goes unpaid.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
-from jsonschema import Draft202012Validator
 
 from apps.billing.pricing import cost_of
 from apps.core.errors import ActionError
 from apps.evals.actions import record_items
 from apps.evals.models import EvalOutputItem, EvalRun
-from apps.evals.parsing import item_problem
+from apps.evals.parsing import eval_validator, item_problem
 from apps.jobs import actions, graders, inference
 from apps.jobs.models import Job, JobStatus, StopReason
-from workers.runners.attempt import BUDGET, FENCED, SPEND_LIMIT, AttemptGuard
+from workers.runners.attempt import BUDGET, FENCED, SPEND_LIMIT, AttemptGuard, drop_interrupted_connections
 from workers.runners.batch import BatchRun, Line
+from workers.runners.inference import storable
+
+logger = logging.getLogger(__name__)
 
 STOPS = {
     SPEND_LIMIT: (StopReason.SPEND_LIMIT_REACHED, "The organization's spend limit was reached"),
@@ -116,7 +119,7 @@ class EvalRunner:
         self.run: EvalRun = EvalRun.objects.select_related("eval").get(job=job)
         self.eval = self.run.eval
         self.criteria: list[dict[str, Any]] = list(self.eval.testing_criteria)
-        self.validator = Draft202012Validator(self.eval.data_source_config["item_schema"])
+        self.validator = eval_validator(self.eval.data_source_config["item_schema"])
         self.data_source: dict[str, Any] = job.request["data_source"]
         self.subscription = quotas.subscription_for(job.organization)
         self.share = SpendShare(job)
@@ -298,12 +301,13 @@ class EvalRunner:
         status = "error" if errored else ("pass" if all(r["passed"] for r in results) else "fail")
         if problem:
             shown = {**(shown or {}), "error": {"code": "invalid_item", "message": problem}}
+        # jsonb holds no U+0000, which a model's output (or a row's given sample) may contain.
         return {
             "datasource_item_id": index,
-            "datasource_item": item if isinstance(item, dict) else {},
+            "datasource_item": storable(item if isinstance(item, dict) else {}),
             "status": status,
-            "results": results,
-            "sample": shown,
+            "results": storable(results),
+            "sample": storable(shown),
         }
 
     def count(self, items: list[dict[str, Any]]) -> None:
@@ -424,7 +428,18 @@ def _priced(key: str, run_model: str) -> tuple[str, str]:
 def run_eval(job: Job) -> None:
     with AttemptGuard(job.pk, job.attempt) as guard:
         runner = EvalRunner(job, guard)
-        runner.execute()
+        try:
+            runner.execute()
+        except BaseException:
+            # Whatever stops the run (a time limit, a bug, a write that failed), the calls it made
+            # are paid for: bill them before the failure is recorded, which bills nothing new.
+            usage = runner.usage()
+            drop_interrupted_connections()  # a time limit may have landed inside a query
+            try:
+                guard.ride_out(lambda: actions.bill_progress(job.pk, job.attempt, usage))
+            except Exception:  # the original failure is the one to report
+                logger.exception("eval run %s: could not bill its calls before failing", job.public_id)
+            raise
         if guard.lost:
             return
         runner.finish()

@@ -288,6 +288,11 @@ class GraderRunView(ProjectAPIView):
         item = body.get("item", {})
         if not isinstance(item, dict):
             raise ActionError("item must be an object.", param="item")
+        # Grading costs the web process's time even without a judge: it counts as a request.
+        from apps.billing import quotas
+
+        subscription = quotas.check_quota(self.organization)
+        quotas.check_rate(subscription, self.api_key, max(len(sample_text) // 4, 1))
         sample: dict[str, Any] = {"output_text": sample_text, "choices": [], "model": ""}
         started = time.monotonic()
         grade = graders.grade(grader, item, sample, judge=self.judge, embed=self.embed)

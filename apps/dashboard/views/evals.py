@@ -222,19 +222,28 @@ def _clip(text: str, limit: int = CLIP) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def _text(value: Any) -> str:
-    """Message content as text: a string, or the text of its content parts."""
+def _text(value: Any, depth: int = 0) -> str:
+    """Message content as text: a string, or the text of its content parts. A jsonl run shows its
+    rows' samples as they were given, so nesting is bounded here rather than trusted."""
     if isinstance(value, str):
         return value
+    if depth > MAX_DEPTH:
+        return "…"
     if isinstance(value, dict):
         return str(value.get("text", "")) if "text" in value else _json(value)
     if isinstance(value, list):
-        return "".join(_text(part) for part in value)
+        return "".join(_text(part, depth + 1) for part in value)
     return "" if value is None else _json(value)
 
 
+MAX_DEPTH = 20
+
+
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except RecursionError:
+        return "(nested too deeply to show)"
 
 
 # --- An item as a row ------------------------------------------------------------------------------
