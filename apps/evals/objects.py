@@ -51,10 +51,24 @@ def run_object(run: EvalRun) -> dict[str, Any]:
         "per_testing_criteria_results": result.get("per_testing_criteria_results")
         or progress.get("per_testing_criteria_results")
         or [],
-        "data_source": job.request.get("data_source"),
+        "data_source": shown_data_source(job.request.get("data_source") or {}),
         "metadata": job.metadata or {},
         "error": error,
     }
+
+
+def shown_data_source(data_source: dict[str, Any]) -> dict[str, Any]:
+    """The run's data source as OpenAI shows it: template messages as typed eval items
+    (`{"type": "message", "role", "content": {"type": "input_text", "text"}}`), as its examples do;
+    a bare `{role, content}` would match two of the spec's message shapes at once."""
+    spec = data_source.get("input_messages")
+    if not spec or spec.get("type") != "template":
+        return data_source
+    template = [
+        {"type": "message", "role": m["role"], "content": {"type": "input_text", "text": m["content"]}}
+        for m in spec["template"]
+    ]
+    return {**data_source, "input_messages": {"type": "template", "template": template}}
 
 
 def output_item_object(item: EvalOutputItem, run: EvalRun) -> dict[str, Any]:

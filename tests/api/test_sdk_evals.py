@@ -5,6 +5,7 @@ its counts, per-criterion results, output items and bill; a jsonl run graded by 
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -328,3 +329,78 @@ def test_an_alias_moves_to_the_model_whose_run_passes_and_refuses_the_one_that_f
         assert back["model"] == "tiny-llama-base"
     finally:
         worker.stop()
+
+
+def test_openais_getting_started_example_runs_with_only_base_url_and_model_changed(
+    live_server: Any, alice_key: str, media: Path, tiny_chat: Any
+) -> None:
+    """OpenAI's evals guide, step by step: an eval for IT ticket labels, the tickets uploaded as an
+    `evals` file, a run that asks a model (ours) with a developer prompt, and the report."""
+    purge_queues()
+    worker = Worker(env=worker_env())
+    try:
+        client = evals_client(live_server, alice_key)
+        eval_obj = client.evals.create(
+            name="IT Ticket Categorization",
+            data_source_config={
+                "type": "custom",
+                "item_schema": {
+                    "type": "object",
+                    "properties": {"ticket_text": {"type": "string"}, "correct_label": {"type": "string"}},
+                    "required": ["ticket_text", "correct_label"],
+                },
+                "include_sample_schema": True,
+            },
+            testing_criteria=[
+                {
+                    "type": "string_check",
+                    "name": "Match output to human label",
+                    "input": "{{ sample.output_text }}",
+                    "operation": "eq",
+                    "reference": "{{ item.correct_label }}",
+                }
+            ],
+        )
+        tickets = [
+            {"item": {"ticket_text": "My monitor won't turn on!", "correct_label": "Hardware"}},
+            {"item": {"ticket_text": "I'm in vim and I can't quit!", "correct_label": "Software"}},
+            {"item": {"ticket_text": "Best restaurants in Cleveland?", "correct_label": "Other"}},
+        ]
+        file = client.files.create(
+            file=("tickets.jsonl", io.BytesIO("".join(json.dumps(t) + "\n" for t in tickets).encode())),
+            purpose="evals",
+        )
+        wait_for(lambda: client.files.retrieve(file.id).status == "processed", timeout=30)
+        instructions = (
+            "You are an expert in categorizing IT support tickets. Given the support ticket below, "
+            "categorize the request into one of Hardware, Software, or Other. Respond with only one of those words."
+        )
+        run = client.evals.runs.create(
+            eval_obj.id,
+            name="Categorization text run",
+            data_source={
+                "type": "completions",
+                "model": "tiny-gpt2",
+                "input_messages": {
+                    "type": "template",
+                    "template": [
+                        {"role": "developer", "content": instructions},
+                        {"role": "user", "content": "{{ item.ticket_text }}"},
+                    ],
+                },
+                "source": {"type": "file_id", "id": file.id},
+                "sampling_params": {"max_completion_tokens": 4},
+            },
+        )
+        done = finished(client, eval_obj.id, run.id)
+        items = list(client.evals.runs.output_items.list(run.id, eval_id=eval_obj.id))
+    finally:
+        worker.stop()
+
+    assert done.status == "completed" and done.report_url.endswith(f"/runs/{run.id}/")
+    assert done.result_counts.total == 3 == len(items)
+    for item, ticket in zip(items, tickets, strict=True):
+        assert item.datasource_item == ticket["item"]
+        assert [m.content for m in item.sample.input] == [instructions, ticket["item"]["ticket_text"]]
+        said = item.sample.output[0].content
+        assert item.results[0].passed is (said == ticket["item"]["correct_label"])

@@ -243,3 +243,79 @@ def test_completions_streams_batches_and_errors_match_the_spec(
     refused = api.post("/chat/completions", json={**chat, "temperature": 3})
     assert refused.status_code == 400
     assert_matches(refused.json(), "ErrorResponse")
+
+
+def test_evals_runs_and_output_items_match_the_spec(
+    live_server: Any, alice_key: str, celery_worker: Any, tiny_chat: Any
+) -> None:
+    api = client(live_server, alice_key)
+    schema = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+    created = ok(
+        api.post(
+            "/evals",
+            json={
+                "name": "contract",
+                "data_source_config": {
+                    "type": "custom",
+                    "item_schema": schema,
+                    "include_sample_schema": True,
+                },
+                "testing_criteria": [
+                    {
+                        "type": "string_check",
+                        "name": "said something",
+                        "input": "{{sample.output_text}}",
+                        "reference": "",
+                        "operation": "ne",
+                    },
+                    {
+                        "type": "text_similarity",
+                        "name": "close",
+                        "input": "{{sample.output_text}}",
+                        "reference": "{{item.q}}",
+                        "evaluation_metric": "rouge_l",
+                        "pass_threshold": 0.5,
+                    },
+                ],
+                "metadata": {"suite": "contract"},
+            },
+        )
+    )
+    assert_matches(created, "Eval")
+    assert_matches(ok(api.get("/evals")), "EvalList")
+    run = ok(
+        api.post(
+            f"/evals/{created['id']}/runs",
+            json={
+                "name": "tiny",
+                "data_source": {
+                    "type": "completions",
+                    "model": "tiny-gpt2",
+                    "input_messages": {
+                        "type": "template",
+                        "template": [{"role": "user", "content": "{{item.q}}"}],
+                    },
+                    "sampling_params": {"temperature": 0, "max_completion_tokens": 4, "seed": 1},
+                    "source": {
+                        "type": "file_content",
+                        "content": [{"item": {"q": "hello"}}, {"item": {"q": "hi"}}],
+                    },
+                },
+            },
+        )
+    )
+    done = wait_for(
+        lambda: (r := ok(api.get(f"/evals/{created['id']}/runs/{run['id']}")))["status"] == "completed" and r,
+        timeout=60,
+    )
+    # `error` is null on a run that did not fail, as OpenAI's own example shows, where the spec types
+    # it as an object: the one difference, checked apart.
+    assert done["error"] is None
+    assert violations({**done, "error": {"code": "", "message": ""}}, "EvalRun") == []
+    assert violations({**ok(api.get(f"/evals/{created['id']}/runs")), "data": []}, "EvalRunList") == []
+    items = ok(api.get(f"/evals/{created['id']}/runs/{run['id']}/output_items"))
+    assert len(items["data"]) == 2
+    for item in items["data"]:
+        # likewise a sample's `error`, `seed` and `max_completion_tokens` may be null
+        sample = {**item["sample"], "error": item["sample"]["error"] or {"code": "", "message": ""}}
+        assert violations({**item, "sample": sample}, "EvalRunOutputItem") == []
