@@ -50,6 +50,7 @@ class FakeResponse:
     chunks: list[dict[str, Any]] | None = None  # a server-sent-event stream, then `data: [DONE]`
     cut_after: int | None = None  # stream: drop the connection after this many chunks, no [DONE]
     delay_s: float = 0.0  # wait this long before answering (to outlast the client's timeout)
+    raw: bytes | None = None  # a body sent as it is (a file's content), instead of `body`
 
 
 # A script entry of None means "answer normally", as for an unscripted request.
@@ -308,9 +309,11 @@ class _Handler(BaseHTTPRequestHandler):
         if response.chunks is not None:
             self._send_stream(response)
             return
-        payload = json.dumps(response.body or {}).encode()
+        payload = response.raw if response.raw is not None else json.dumps(response.body or {}).encode()
         self.send_response(response.status)
-        self._common_headers(response, "application/json")
+        self._common_headers(
+            response, "application/octet-stream" if response.raw is not None else "application/json"
+        )
         self.send_header("content-length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
@@ -414,3 +417,99 @@ class FakeOpenAI:
         while len(self.requests) < count and time.monotonic() < deadline:
             time.sleep(0.01)
         return list(self.requests)
+
+
+# ---------------------------------------------------------------------------------------------
+# An organization's fine-tuning at OpenAI: its jobs and files, as the API lists and serves them
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeAccount:
+    """Fine-tuning jobs and files of one OpenAI organization, answered as OpenAI's API answers
+    them (`responder` for FakeOpenAI): lists paginated with `limit` and `after`, a deleted file
+    answering 404, a file's content as raw bytes."""
+
+    jobs: list[dict[str, Any]] = field(default_factory=list)  # newest first, as OpenAI lists them
+    files: dict[str, tuple[dict[str, Any], bytes]] = field(default_factory=dict)
+
+    def add_file(self, file_id: str, content: bytes, filename: str = "train.jsonl") -> str:
+        meta = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(content),
+            "created_at": CREATED,
+            "filename": filename,
+            "purpose": "fine-tune",
+            "status": "processed",
+        }
+        self.files[file_id] = (meta, content)
+        return file_id
+
+    def respond(self, path: str, body: Any) -> FakeResponse | None:
+        from urllib.parse import parse_qs, urlsplit
+
+        parts = urlsplit(path)
+        query = {key: values[0] for key, values in parse_qs(parts.query).items()}
+        route = parts.path
+        if route == "/v1/fine_tuning/jobs":
+            return self._page(self.jobs, query)
+        if route.startswith("/v1/fine_tuning/jobs/"):
+            job = next((j for j in self.jobs if j["id"] == route.rsplit("/", 1)[-1]), None)
+            if job is None:
+                return error(404, f"Could not find fine-tune: {route.rsplit('/', 1)[-1]}", code="not_found")
+            return FakeResponse(body=job)
+        if route.startswith("/v1/files/"):
+            file_id = route.split("/")[3]
+            if file_id not in self.files:
+                return error(404, f"No such File object: {file_id}", code="not_found")
+            meta, content = self.files[file_id]
+            return FakeResponse(raw=content) if route.endswith("/content") else FakeResponse(body=meta)
+        return None
+
+    def _page(self, rows: list[dict[str, Any]], query: dict[str, str]) -> FakeResponse:
+        limit = int(query.get("limit", "20"))
+        start = 0
+        if "after" in query:
+            start = next((i + 1 for i, row in enumerate(rows) if row["id"] == query["after"]), len(rows))
+        page = rows[start : start + limit]
+        return FakeResponse(body={"object": "list", "data": page, "has_more": start + limit < len(rows)})
+
+
+def fine_tuning_job(
+    job_id: str,
+    training_file: str,
+    *,
+    validation_file: str | None = None,
+    method: dict[str, Any] | None = None,
+    status: str = "succeeded",
+    fine_tuned_model: str | None = None,
+    seed: int = 42,
+    integrations: list[Any] | None = None,
+) -> dict[str, Any]:
+    """A fine-tuning job as OpenAI's API shows it."""
+    method = method or {
+        "type": "supervised",
+        "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 1.8}},
+    }
+    hyperparameters = (method.get(method["type"]) or {}).get("hyperparameters") or {}
+    return {
+        "id": job_id,
+        "object": "fine_tuning.job",
+        "created_at": CREATED,
+        "finished_at": CREATED + 600 if status == "succeeded" else None,
+        "model": "gpt-4o-mini-2024-07-18",
+        "fine_tuned_model": fine_tuned_model,
+        "organization_id": "org-fake",
+        "status": status,
+        "training_file": training_file,
+        "validation_file": validation_file,
+        "hyperparameters": hyperparameters,
+        "method": method,
+        "seed": seed,
+        "trained_tokens": 1234 if status == "succeeded" else None,
+        "result_files": [],
+        "integrations": integrations,
+        "error": None,
+        "metadata": None,
+    }

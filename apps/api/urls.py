@@ -1,6 +1,17 @@
 from django.urls import path
 
-from apps.api.views import aliases, batches, evals, files, fine_tuning, inference, models, usage, webhooks
+from apps.api.views import (
+    aliases,
+    batches,
+    evals,
+    files,
+    fine_tuning,
+    imports,
+    inference,
+    models,
+    usage,
+    webhooks,
+)
 
 app_name = "api"
 
@@ -38,6 +49,8 @@ urlpatterns = [
     ),
     path("fine_tuning/alpha/graders/run", evals.GraderRunView.as_view(), name="graders_run"),
     path("fine_tuning/alpha/graders/validate", evals.GraderValidateView.as_view(), name="graders_validate"),
+    path("imports/openai", imports.OpenAIImportView.as_view(), name="import_openai"),
+    path("imports/openai/jobs", imports.OpenAIJobsView.as_view(), name="import_openai_jobs"),
     path("aliases", aliases.AliasListView.as_view(), name="aliases"),
     path("aliases/<str:name>", aliases.AliasDetailView.as_view(), name="alias"),
     path("aliases/<str:name>/move", aliases.AliasMoveView.as_view(), name="alias_move"),

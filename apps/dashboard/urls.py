@@ -1,6 +1,7 @@
 from django.urls import path
 
 from apps.dashboard.views import (
+    aliases,
     arriving,
     batches,
     billing,
@@ -147,6 +148,16 @@ urlpatterns = [
         evals.eval_run_cancel,
         name="eval_run_cancel",
     ),
+    # Alias names hold an '@' (support-bot@prod), which <str:…> takes as it is.
+    path("projects/<str:project_id>/aliases/", aliases.alias_list, name="aliases"),
+    path("projects/<str:project_id>/aliases/new", aliases.alias_create, name="alias_create"),
+    path("projects/<str:project_id>/aliases/<str:name>/", aliases.alias_detail, name="alias"),
+    path("projects/<str:project_id>/aliases/<str:name>/move", aliases.alias_move, name="alias_move"),
+    path(
+        "projects/<str:project_id>/aliases/<str:name>/rollback", aliases.alias_rollback, name="alias_rollback"
+    ),
+    path("projects/<str:project_id>/aliases/<str:name>/update", aliases.alias_update, name="alias_update"),
+    path("projects/<str:project_id>/aliases/<str:name>/delete", aliases.alias_delete, name="alias_delete"),
     path("usage/", usage.usage, name="usage"),
     path("usage/daily.json", usage.usage_daily, name="usage_daily"),
     path("usage/export.csv", usage.usage_export, name="usage_export"),

@@ -340,7 +340,9 @@ def test_a_schema_with_local_references_is_followed(api: Any) -> None:
     }
     created = create_eval(api, data_source_config={"type": "custom", "item_schema": schema})
     bad = api.post(
-        f"/v1/evals/{created['id']}/runs", jsonl_run([{"item": {"question": 1, "answer": "a"}}]), format="json"
+        f"/v1/evals/{created['id']}/runs",
+        jsonl_run([{"item": {"question": 1, "answer": "a"}}]),
+        format="json",
     )
     assert error_of(bad)[1] == (
         "data_source.source.content[0].item does not match the eval's item_schema: 1 is not of type 'string' "
@@ -400,4 +402,8 @@ def test_numbers_past_a_floats_range_are_refused_not_a_500(api: Any) -> None:
         "pass_threshold": 10**400,
     }
     response = api.post("/v1/evals", eval_body(testing_criteria=[similar]), format="json")
-    assert error_of(response) == (400, "testing_criteria[0].pass_threshold must be a number.", "testing_criteria[0].pass_threshold")
+    assert error_of(response) == (
+        400,
+        "testing_criteria[0].pass_threshold must be a number.",
+        "testing_criteria[0].pass_threshold",
+    )

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from apps.accounts.models import Invitation
 from apps.dashboard.urls import urlpatterns as dashboard_urls
+from apps.evals import aliases
 from apps.jobs.models import JobEvent, JobStatus
 from apps.projects.actions import create_api_key
 from apps.registry.models import Model
@@ -52,6 +53,11 @@ NOT_PAGES = {
     "playground_chat",
     "batch_cancel",
     "eval_run_cancel",
+    "alias_create",
+    "alias_move",
+    "alias_rollback",
+    "alias_update",
+    "alias_delete",
     "batch_output",
     "batch_errors",
     "batch_results_csv",
@@ -172,6 +178,13 @@ def busy_project(alice: Any, bob: Any, alice_project: Any) -> dict[str, Any]:
     Model.objects.create(name=JUDGE, task="generation", limits={"servable": True})
     evaluation = make_eval(alice_project, alice)
     run = make_run(evaluation, "baseline", baseline_items(evaluation)[:2])
+    # a protected alias gated on that eval, and a free one moved once (its page offers a rollback)
+    gate = {"eval_id": evaluation.public_id, "min_pass_rate": 0.5, "not_worse": True}
+    aliases.create(
+        alice_project, {"name": "support-bot@prod", "model": JUDGE, "protected": True, "gate": gate}, alice
+    )
+    moved = aliases.create(alice_project, {"name": "support-bot@dev", "model": JUDGE}, alice)
+    aliases.move(moved, {"model": model.name}, alice)
     return {
         "eval": evaluation,
         "eval_run": run,
@@ -231,6 +244,9 @@ def test_every_page_has_the_policy_and_no_inline_code(
         f"{base}/evals/{evaluation.public_id}/runs/{run.job.public_id}/",
         f"{base}/evals/{evaluation.public_id}/runs/{run.job.public_id}/status",
         f"{base}/evals/{evaluation.public_id}/compare?a={run.job.public_id}&b={run.job.public_id}",
+        f"{base}/aliases/",
+        f"{base}/aliases/support-bot@prod/",
+        f"{base}/aliases/support-bot@dev/",
         "/usage/",
         "/accounts/email/",
         "/accounts/password/change/",

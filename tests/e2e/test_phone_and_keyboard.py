@@ -38,6 +38,7 @@ FRAGMENTS = {
     "file_status",
     "job_status",
     "batch_status",
+    "eval_run_status",
     "job_estimate",
     "playground_classify",
     "batch_create",
@@ -118,6 +119,13 @@ def dashboard_pages(alice_project: Any, objects: dict[str, Any]) -> dict[str, st
         "billing": "/billing/",
         "webhooks": f"{base}/webhooks/",
         "webhook": f"{base}/webhooks/{objects['hook'].public_id}/",
+        "evals": f"{base}/evals/",
+        "eval": f"{base}/evals/{objects['eval'].public_id}/",
+        "eval_run": f"{base}/evals/{objects['eval'].public_id}/runs/{objects['eval_run'].job.public_id}/",
+        "eval_compare": f"{base}/evals/{objects['eval'].public_id}/compare?a={objects['eval_run'].job.public_id}"
+        f"&b={objects['eval_run'].job.public_id}",
+        "aliases": f"{base}/aliases/",
+        "alias": f"{base}/aliases/support-bot@prod/",
     }
     exists = {p.name for p in dashboard_urls if isinstance(p, URLPattern)}
     return {name: path for name, path in pages.items() if name in exists}

@@ -1041,7 +1041,13 @@ def test_referenced_models() -> None:
 def test_a_template_that_would_fill_in_past_the_limit_is_an_item_error() -> None:
     item = {"x": "y" * 1000}
     spec = validate_grader(
-        {"type": "string_check", "name": "big", "input": "{{item.x}}" * 1001, "reference": "y", "operation": "eq"},
+        {
+            "type": "string_check",
+            "name": "big",
+            "input": "{{item.x}}" * 1001,
+            "reference": "y",
+            "operation": "eq",
+        },
         param=P,
         in_eval=True,
     )

@@ -82,7 +82,7 @@ def test_report_has_the_documented_shape():
     assert set(report["stats"]) == {"chars", "tokens", "labels"}
     assert set(report["stats"]["tokens"]) == {"min", "mean", "p95", "max", "total"}
     assert report["format"] in FORMATS
-    assert PURPOSES == ("fine-tune", "batch")
+    assert PURPOSES == ("fine-tune", "batch", "evals")
     json.dumps(report)  # stored as-is in a JSONField
 
 
@@ -1038,3 +1038,28 @@ def test_preference_rows_warn_of_extra_keys_and_repeats():
         (1, 'ignoring extra keys: "input.extra"'),
         (2, "duplicate of line 1"),
     ]
+
+
+def test_an_evals_file_is_checked_row_by_row() -> None:
+    data = b"\n".join(
+        [
+            b'{"item": {"q": "a"}}',
+            b'{"q": "b"}',
+            b'{"item": {"q": "c"}, "sample": "x"}',
+            b'{"item": {"q": "d"}, "sample": {"output_text": "d"}, "extra": 1}',
+            b"[1]",
+        ]
+    )
+    report = validate(data, "evals")
+    assert report["format"] == "eval_jsonl" and report["rows"] == 5
+    assert [(e["line"], e["field"], e["message"]) for e in report["errors"]] == [
+        (2, "item", "item must be an object, it is missing"),
+        (3, "sample", "sample must be an object, got string"),
+        (5, None, "expected a JSON object, got array"),
+    ]
+    # keys besides item and sample are named once, on the line where each first appears
+    assert [(w["line"], w["message"]) for w in report["warnings"]] == [
+        (2, 'ignoring extra keys: "q"'),
+        (4, 'ignoring extra keys: "extra"'),
+    ]
+    assert all(w["hint"] == "only item and sample are read" for w in report["warnings"])

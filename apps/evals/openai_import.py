@@ -1,0 +1,277 @@
+"""A move from OpenAI fine-tuning (docs/api.md, "Import from OpenAI"): with the organization's own
+OpenAI key, list its fine-tuning jobs, copy a chosen job's training and validation files into our
+Files (validated as any upload), and recreate the job on an open base the customer picks, saying
+what could not be carried over.
+
+The calls to OpenAI are made here, in the request, through the official SDK with the timeouts the
+proxy uses; a file larger than the plan's upload limit is refused before it is read whole.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import openai
+from django.conf import settings
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from apps.accounts.models import ApiKey, User
+from apps.billing.quotas import subscription_for
+from apps.core.crypto import UnreadableSecret
+from apps.core.errors import ActionError
+from apps.jobs import fine_tuning
+from apps.projects.actions import upload_file
+from apps.projects.models import FilePurpose, Project
+
+MAX_JOBS_LISTED = 500
+MAX_JOBS_IMPORTED = 20
+METHODS = ("supervised", "dpo")
+# Hyperparameters each method carries over, as OpenAI names them ("auto" leaves ours to choose).
+CARRIED = {
+    "supervised": ("n_epochs", "batch_size", "learning_rate_multiplier"),
+    "dpo": ("n_epochs", "batch_size", "learning_rate_multiplier", "beta"),
+}
+FT_MODEL = re.compile(r"ft:[^:]+:[^:]*:(?P<suffix>[^:]*):[^:]+")
+
+
+class OpenAIUnavailable(ActionError):
+    pass
+
+
+def client_for(project: Project) -> openai.OpenAI:
+    """The SDK on the organization's own key: an import reads the organization's account, never the
+    platform's."""
+    organization = project.organization
+    try:
+        key = organization.openai_key()
+    except UnreadableSecret:
+        raise ActionError(
+            "The organization's OpenAI key cannot be read; save it again under Settings.",
+            code="openai_key_unreadable",
+            status=400,
+        ) from None
+    if not key:
+        raise ActionError(
+            "Importing reads your OpenAI account with your organization's own OpenAI key: add it under "
+            "Settings, then try again.",
+            code="provider_not_configured",
+            status=400,
+        )
+    return openai.OpenAI(
+        api_key=key,
+        base_url=settings.OPENAI_BASE_URL,
+        timeout=settings.OPENAI_TIMEOUT_SECONDS,
+        max_retries=settings.OPENAI_MAX_RETRIES,
+    )
+
+
+def _unavailable(exc: openai.OpenAIError) -> ActionError:
+    if isinstance(exc, openai.AuthenticationError):
+        return ActionError(
+            "OpenAI refused the organization's key (401); check it under Settings.",
+            code="openai_key_refused",
+            status=400,
+        )
+    return OpenAIUnavailable(
+        f"OpenAI could not be reached or answered with an error: {exc}. Try again in a moment.",
+        code="upstream_unavailable",
+        status=502,
+    )
+
+
+def list_jobs(project: Project) -> list[dict[str, Any]]:
+    """The organization's OpenAI fine-tuning jobs, newest first, every page (up to 500)."""
+    client = client_for(project)
+    jobs: list[dict[str, Any]] = []
+    try:
+        for job in client.fine_tuning.jobs.list(limit=100):
+            jobs.append(_summary(job.to_dict()))
+            if len(jobs) >= MAX_JOBS_LISTED:
+                break
+    except openai.OpenAIError as exc:
+        raise _unavailable(exc) from None
+    return jobs
+
+
+def _summary(job: dict[str, Any]) -> dict[str, Any]:
+    method = job.get("method") or {"type": "supervised"}
+    return {
+        "id": job.get("id"),
+        "model": job.get("model"),
+        "fine_tuned_model": job.get("fine_tuned_model"),
+        "status": job.get("status"),
+        "method": method.get("type"),
+        "training_file": job.get("training_file"),
+        "validation_file": job.get("validation_file"),
+        "created_at": job.get("created_at"),
+        "importable": method.get("type") in METHODS,
+    }
+
+
+def parse(body: Any) -> tuple[list[str], str]:
+    if not isinstance(body, dict):
+        raise ActionError("The request body must be a JSON object.")
+    for key in body:
+        if key not in ("jobs", "base_model"):
+            raise ActionError(f"Unrecognized request argument supplied: {key}", param=key)
+    jobs = body.get("jobs")
+    if (
+        not isinstance(jobs, list)
+        or not 1 <= len(jobs) <= MAX_JOBS_IMPORTED
+        or not all(isinstance(j, str) and j for j in jobs)
+    ):
+        raise ActionError(
+            f"jobs must be a list of 1 to {MAX_JOBS_IMPORTED} OpenAI fine-tuning job ids (ftjob-…).",
+            param="jobs",
+        )
+    base = body.get("base_model")
+    if not isinstance(base, str) or not base:
+        raise ActionError("Missing required parameter: 'base_model'.", param="base_model")
+    return list(dict.fromkeys(jobs)), base
+
+
+def import_jobs(
+    project: Project, body: Any, *, api_key: ApiKey | None = None, user: User | None = None
+) -> dict[str, Any]:
+    """Each chosen job: its files copied and the job recreated, or the reason it was not. One job's
+    problem never stops the others."""
+    job_ids, base = parse(body)
+    client = client_for(project)
+    results = []
+    for job_id in job_ids:
+        try:
+            results.append(_import_one(project, client, job_id, base, api_key=api_key, user=user))
+        except OpenAIUnavailable:
+            raise
+        except ActionError as exc:
+            results.append(
+                {
+                    "openai_job_id": job_id,
+                    "status": "skipped",
+                    "error": {"code": exc.code, "message": exc.message, "param": exc.param},
+                }
+            )
+    return {"object": "import.openai", "base_model": base, "data": results}
+
+
+def _import_one(
+    project: Project,
+    client: openai.OpenAI,
+    job_id: str,
+    base: str,
+    *,
+    api_key: ApiKey | None,
+    user: User | None,
+) -> dict[str, Any]:
+    try:
+        job: dict[str, Any] = client.fine_tuning.jobs.retrieve(job_id).to_dict()
+    except openai.NotFoundError:
+        raise ActionError(
+            f"OpenAI has no fine-tuning job {job_id} in this organization.", code="not_found"
+        ) from None
+    except openai.OpenAIError as exc:
+        raise _unavailable(exc) from None
+    method = (job.get("method") or {}).get("type") or "supervised"
+    if method not in METHODS:
+        raise ActionError(
+            f"{job_id} is a {method} fine-tune, which is not offered here (reinforcement fine-tuning "
+            "needs graders that run code); only supervised and DPO jobs can be recreated.",
+            code="not_mappable",
+        )
+    hyperparameters, not_mapped = _mapped(job, method)
+    training = _copy_file(
+        project, client, str(job["training_file"]), "training_file", api_key=api_key, user=user
+    )
+    validation = None
+    if job.get("validation_file"):
+        validation = _copy_file(
+            project, client, str(job["validation_file"]), "validation_file", api_key=api_key, user=user
+        )
+    request: dict[str, Any] = {
+        "model": base,
+        "training_file": training,
+        "method": {"type": method, method: {"hyperparameters": hyperparameters}},
+        "metadata": {
+            "openai_job_id": job_id,
+            "openai_model": str(job.get("fine_tuned_model") or job.get("model"))[:512],
+        },
+    }
+    if validation:
+        request["validation_file"] = validation
+    if isinstance(job.get("seed"), int):
+        request["seed"] = job["seed"]
+    suffix = FT_MODEL.fullmatch(str(job.get("fine_tuned_model") or ""))
+    if suffix and suffix.group("suffix"):
+        request["suffix"] = suffix.group("suffix")[:40]
+    try:
+        created = fine_tuning.submit(
+            fine_tuning.parse(project, request), project=project, api_key=api_key, user=user
+        )
+    except ActionError as exc:  # the files are copied and kept: the job can be started from them later
+        return {
+            "openai_job_id": job_id,
+            "status": "skipped",
+            "training_file_id": training,
+            "validation_file_id": validation,
+            "error": {"code": exc.code, "message": exc.message, "param": exc.param},
+        }
+    return {
+        "openai_job_id": job_id,
+        "status": "created",
+        "fine_tuning_job_id": created.public_id,
+        "training_file_id": training,
+        "validation_file_id": validation,
+        "not_mapped": [f"model {job.get('model')}: recreated on {base}", *not_mapped],
+        "error": None,
+    }
+
+
+def _mapped(job: dict[str, Any], method: str) -> tuple[dict[str, Any], list[str]]:
+    given = dict(
+        ((job.get("method") or {}).get(method) or {}).get("hyperparameters")
+        or job.get("hyperparameters")
+        or {}
+    )
+    kept = {key: value for key, value in given.items() if key in CARRIED[method] and value != "auto"}
+    not_mapped = [f"hyperparameter {key}" for key in sorted(given) if key not in CARRIED[method]]
+    if job.get("integrations"):
+        not_mapped.append(
+            "integrations (Weights & Biases): not offered here; metrics are in the job's events"
+        )
+    return kept, not_mapped
+
+
+def _copy_file(
+    project: Project,
+    client: openai.OpenAI,
+    file_id: str,
+    which: str,
+    *,
+    api_key: ApiKey | None,
+    user: User | None,
+) -> str:
+    limit = subscription_for(project.organization).plan.max_upload_bytes
+    try:
+        meta = client.files.retrieve(file_id)
+        if meta.bytes and meta.bytes > limit:
+            raise ActionError(
+                f"The {which.replace('_', ' ')} {file_id} is {meta.bytes:,} bytes; your plan takes files up to "
+                f"{limit:,} bytes.",
+                code="file_too_large",
+            )
+        content = client.files.content(file_id).read()
+    except openai.NotFoundError:
+        raise ActionError(
+            f"The {which.replace('_', ' ')} {file_id} no longer exists at OpenAI (it was deleted); upload the "
+            "data here and start the job yourself.",
+            code="file_not_found",
+        ) from None
+    except openai.OpenAIError as exc:
+        raise _unavailable(exc) from None
+    if len(content) > limit:
+        raise ActionError(
+            f"The {which.replace('_', ' ')} {file_id} is over {limit:,} bytes.", code="file_too_large"
+        )
+    upload = SimpleUploadedFile(meta.filename or f"{file_id}.jsonl", content)
+    return upload_file(project, upload, FilePurpose.FINE_TUNE, user=user, api_key=api_key).public_id
