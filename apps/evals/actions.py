@@ -47,7 +47,7 @@ def delete_eval(eval: Eval, user: User | None) -> None:
         raise ActionError(
             f"Eval {eval.public_id} has runs still going ({', '.join(going[:3])}); cancel them, and delete "
             "the eval once they have stopped.",
-            status=409,
+            status=400,
         )
     for run in runs:
         require_manager_or_creator(
@@ -64,7 +64,7 @@ def delete_run(run: EvalRun, user: User | None) -> None:
         raise ActionError(
             f"Run {job.public_id} is still {run_status(job)}; cancel it, and delete it once it has stopped.",
             param="run_id",
-            status=409,
+            status=400,
         )
     run.delete()
 

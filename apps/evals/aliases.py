@@ -114,7 +114,7 @@ def create(project: Project, body: Any, user: User | None) -> ModelAlias:
             AliasMove.objects.create(alias=alias, kind="create", to_model=model_name, moved_by=user)
     except IntegrityError:
         raise ActionError(
-            f"The alias '{name}' already exists in this project.", param="name", status=409
+            f"The alias '{name}' already exists in this project.", param="name", status=400
         ) from None
     return alias
 
@@ -162,8 +162,9 @@ def _latest_run(eval: Eval, model_name: str) -> EvalRun | None:
 
 
 def check_gate(alias: ModelAlias, candidate: str, run_id: Any) -> EvalRun | None:
-    """The run that allows moving `alias` to `candidate`; None for a free alias. ActionError (409
-    `eval_gate_failed`) saying why when it does not."""
+    """The run that allows moving `alias` to `candidate`; None for a free alias. ActionError (400
+    `eval_gate_failed`, not 409: the SDK retries a 409, and this refusal stands) saying why when it
+    does not."""
     gate = alias.gate or {}
     if not gate:
         return None
@@ -173,7 +174,7 @@ def check_gate(alias: ModelAlias, candidate: str, run_id: Any) -> EvalRun | None
             f"The alias '{alias.name}' is gated on eval {gate['eval_id']}, which was deleted; change its gate.",
             code="eval_gate_failed",
             param="gate",
-            status=409,
+            status=400,
         )
     if not isinstance(run_id, str) or not run_id:
         raise ActionError(
@@ -188,7 +189,7 @@ def check_gate(alias: ModelAlias, candidate: str, run_id: Any) -> EvalRun | None
         )
 
     def refuse(message: str) -> ActionError:
-        return ActionError(message, code="eval_gate_failed", param="run_id", status=409)
+        return ActionError(message, code="eval_gate_failed", param="run_id", status=400)
 
     if run.job.status != JobStatus.SUCCEEDED:
         raise refuse(f"Run {run_id} has not completed; an alias moves only on a completed run.")
@@ -240,7 +241,7 @@ def rollback(alias: ModelAlias, user: User | None) -> ModelAlias:
         last = locked.moves.exclude(kind="create").first()
         if last is None or not last.from_model:
             raise ActionError(
-                f"The alias '{alias.name}' has never moved: there is nothing to roll back.", status=409
+                f"The alias '{alias.name}' has never moved: there is nothing to roll back.", status=400
             )
         return _point(locked, _target(alias.project, last.from_model), "rollback", user, "")
 

@@ -55,9 +55,11 @@ def _object(value: Any, param: str) -> dict[str, Any]:
     return value
 
 
-def parse_name(value: Any, param: str = "name") -> str:
-    if value is None:
+def parse_name(body: dict[str, Any], param: str = "name") -> str:
+    """The optional `name`: absent is "", but a name given must be a string (null is no name)."""
+    if param not in body:
         return ""
+    value = body[param]
     if not isinstance(value, str) or len(value) > MAX_NAME:
         raise ActionError(f"{param} must be a string of at most {MAX_NAME} characters.", param=param)
     return value
@@ -70,7 +72,7 @@ def parse_eval(project: Project, body: Any) -> dict[str, Any]:
     config = parse_data_source_config(body.get("data_source_config"))
     criteria = parse_testing_criteria(project, body.get("testing_criteria"))
     return {
-        "name": parse_name(body.get("name")),
+        "name": parse_name(body),
         "metadata": parse_metadata(body.get("metadata")),
         "data_source_config": config,
         "testing_criteria": criteria,
@@ -82,7 +84,7 @@ def parse_eval_update(body: Any) -> dict[str, Any]:
     _keys(body, ("name", "metadata"), "")
     changes: dict[str, Any] = {}
     if "name" in body:
-        changes["name"] = parse_name(body["name"])
+        changes["name"] = parse_name(body)
     if "metadata" in body:
         changes["metadata"] = parse_metadata(body["metadata"])
     return changes
@@ -263,7 +265,7 @@ def parse_run(project: Project, item_schema: dict[str, Any], body: Any) -> dict[
     else:
         raise ActionError("data_source.type must be 'jsonl' or 'completions'.", param=f"{param}.type")
     return {
-        "name": parse_name(body.get("name")),
+        "name": parse_name(body),
         "metadata": parse_metadata(body.get("metadata")),
         "data_source": data_source,
         "model": model,

@@ -644,7 +644,7 @@ def resend(delivery: WebhookDelivery, actor: User | None) -> WebhookDelivery:
     return delivery
 
 
-SAMPLE_IDS = {"fine_tuning": "ftjob-", "batch": "batch_", "file": "file-"}
+SAMPLE_IDS = {"fine_tuning": "ftjob-", "batch": "batch_", "file": "file-", "eval": "evalrun_"}
 # Test events are sent from the web process: a few threads at most, whatever the receivers do.
 _TEST_SENDERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook-test")
 

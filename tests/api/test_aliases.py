@@ -146,7 +146,7 @@ def test_a_bad_alias_is_refused(
 def test_a_second_alias_of_the_same_name_is_refused(api: Any, tiny_chat: Any) -> None:
     api.post("/v1/aliases", {"name": "bot@prod", "model": "tiny-gpt2"}, format="json")
     again = api.post("/v1/aliases", {"name": "bot@prod", "model": "tiny-gpt2"}, format="json")
-    assert error_of(again) == (409, "The alias 'bot@prod' already exists in this project.", "name")
+    assert error_of(again) == (400, "The alias 'bot@prod' already exists in this project.", "name")
 
 
 def test_a_gated_alias_moves_only_on_a_run_that_passes(
@@ -168,22 +168,22 @@ def test_a_gated_alias_moves_only_on_a_run_that_passes(
     )
     weak = finished_run(evaluation, "tiny-llama", 3, 5)
     assert error_of(move(weak)) == (
-        409,
+        400,
         f"Run {weak} passed 60.0% of its items (3 of 5); 'bot@prod' needs 80.0%.",
         "run_id",
     )
     other = finished_run(evaluation, "tiny-gpt2", 5, 5)
-    assert error_of(move(other)) == (409, f"Run {other} sampled tiny-gpt2, not tiny-llama.", "run_id")
+    assert error_of(move(other)) == (400, f"Run {other} sampled tiny-gpt2, not tiny-llama.", "run_id")
     running = finished_run(evaluation, "tiny-llama", 5, 5, status=JobStatus.RUNNING)
     assert error_of(move(running)) == (
-        409,
+        400,
         f"Run {running} has not completed; an alias moves only on a completed run.",
         "run_id",
     )
     # 90% passes the threshold but not the current model's 100% in its latest run
     good = finished_run(evaluation, "tiny-llama", 9, 10)
     assert error_of(move(good)) == (
-        409,
+        400,
         f"Run {good} passed 90.0% (9 of 10), worse than tiny-gpt2's 100.0% (5 of 5) in run {other}.",
         "run_id",
     )
@@ -200,7 +200,7 @@ def test_not_worse_needs_a_run_of_the_current_model(api: Any, tiny_chat: Any, ti
     run = finished_run(evaluation, "tiny-llama", 5, 5)
     refused = api.post("/v1/aliases/bot@prod/move", {"model": "tiny-llama", "run_id": run}, format="json")
     assert error_of(refused) == (
-        409,
+        400,
         f"'bot@prod' moves only to a model no worse than tiny-gpt2 on eval {evaluation.public_id}, and tiny-gpt2 "
         "has no completed run of it: run the eval on tiny-gpt2 first.",
         "run_id",

@@ -356,13 +356,13 @@ def test_a_run_is_deleted_only_once_it_has_stopped(api: Any, alice_project: Any,
     Job.objects.filter(public_id=run["id"]).update(status=JobStatus.RUNNING)  # as a worker claimed it
     response = api.delete(f"/v1/evals/{created['id']}/runs/{run['id']}")
     assert error_of(response) == (
-        409,
+        400,
         f"Run {run['id']} is still in_progress; cancel it, and delete it once it has stopped.",
         "run_id",
     )
     response = api.delete(f"/v1/evals/{created['id']}")
     assert error_of(response) == (
-        409,
+        400,
         f"Eval {created['id']} has runs still going ({run['id']}); cancel them, and delete the eval once they "
         "have stopped.",
         None,
@@ -407,3 +407,14 @@ def test_numbers_past_a_floats_range_are_refused_not_a_500(api: Any) -> None:
         "testing_criteria[0].pass_threshold must be a number.",
         "testing_criteria[0].pass_threshold",
     )
+
+
+def test_a_name_given_must_be_a_string(api: Any) -> None:
+    created = create_eval(api)
+    for body in ({"name": None}, {"name": 5}, {"name": "x" * 201}):
+        response = api.post(f"/v1/evals/{created['id']}", body, format="json")
+        assert error_of(response) == (400, "name must be a string of at most 200 characters.", "name")
+    assert error_of(api.post("/v1/evals", eval_body(name=None), format="json"))[1] == (
+        "name must be a string of at most 200 characters."
+    )
+    assert api.post(f"/v1/evals/{created['id']}", {"name": ""}, format="json").json()["name"] == ""

@@ -308,7 +308,7 @@ def test_an_alias_moves_to_the_model_whose_run_passes_and_refuses_the_one_that_f
             body={"name": "bot@prod", "model": "tiny-llama-base", "gate": gate},
         )
         assert made["model"] == "tiny-llama-base"
-        with pytest.raises(openai.ConflictError) as refused:
+        with pytest.raises(openai.BadRequestError) as refused:
             client.post(
                 "/aliases/bot@prod/move", cast_to=dict, body={"model": "tiny-llama-base", "run_id": weak.id}
             )

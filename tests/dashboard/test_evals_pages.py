@@ -596,9 +596,14 @@ def test_compare_needs_two_runs_of_this_eval(
     stranger = make_run(other, "elsewhere", [], user=alice)
     compare = url(alice_project, f"{evaluation.public_id}/compare")
 
+    # without two runs, the eval's page, where they are picked
+    for query in ("", f"?a={a.job.public_id}"):
+        response = alice_client.get(compare + query)
+        assert response.status_code == 302 and response["Location"] == url(
+            alice_project, f"{evaluation.public_id}/"
+        )
+    # a run that is not this eval's is no page at all
     for query in (
-        "",
-        f"?a={a.job.public_id}",
         f"?a={a.job.public_id}&b=evalrun_nope",
         f"?a={a.job.public_id}&b={stranger.job.public_id}",
     ):

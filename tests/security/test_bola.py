@@ -26,10 +26,14 @@ from django.utils import timezone
 from apps.accounts.models import ApiKey, Invitation, Membership, Organization
 from apps.billing.models import Subscription, UsageRecord
 from apps.core.ids import random_id
+from apps.evals import aliases
+from apps.evals.actions import create_eval
+from apps.evals.models import Eval, EvalOutputItem, EvalRun
+from apps.evals.parsing import parse_eval
 from apps.jobs.models import Checkpoint, Job, JobEvent, JobKind, JobStatus
 from apps.projects import actions as projects
 from apps.projects.models import File, FilePurpose, FileStatus, Project
-from apps.registry.models import Model
+from apps.registry.models import AliasMove, Model, ModelAlias
 from apps.webhooks import actions as webhooks
 from apps.webhooks.models import WebhookDelivery, WebhookEndpoint
 
@@ -60,6 +64,11 @@ class World:
     invitation_token: str
     webhook: WebhookEndpoint
     delivery: WebhookDelivery  # of an event to `webhook`
+    eval: Eval
+    eval_run: EvalRun  # completed, with an output item
+    running_eval_run: EvalRun
+    output_item: EvalOutputItem
+    alias: ModelAlias  # names `chat_model`
 
     def public_ids(self) -> list[str]:
         """Every id of alice's that a response must never show carol."""
@@ -85,6 +94,8 @@ class World:
             self.key.prefix,
             self.webhook.public_id,
             self.delivery.event.public_id,
+            self.eval.public_id,
+            self.output_item.public_id,
         ]
 
 
@@ -304,6 +315,43 @@ def seed_tenant(owner: Any, project: Project, teammate: Any) -> World:
     with transaction.atomic():
         webhooks.emit(project.pk, "batch.failed", done_batch.public_id)
     delivery = WebhookDelivery.objects.get(endpoint=webhook)
+    evaluation = create_eval(
+        project,
+        parse_eval(
+            project,
+            {
+                "name": f"{MARKER} eval",
+                "data_source_config": {"type": "custom", "item_schema": {"type": "object"}},
+                "testing_criteria": [
+                    {
+                        "type": "string_check",
+                        "name": "same",
+                        "input": "{{sample.output_text}}",
+                        "reference": "{{item.answer}}",
+                        "operation": "eq",
+                    }
+                ],
+            },
+        ),
+        owner,
+    )
+    runs = []
+    for status in (JobStatus.SUCCEEDED, JobStatus.RUNNING):
+        run_job = _job(
+            project,
+            JobKind.EVAL_RUN,
+            status,
+            model_name=chat_model.name,
+            request={"eval_id": evaluation.public_id, "data_source": {"type": "jsonl"}},
+            result={"result_counts": {"total": 1, "passed": 1, "failed": 0, "errored": 0}},
+            created_by=owner,
+            attempt=1,
+        )
+        runs.append(EvalRun.objects.create(eval=evaluation, job=run_job, name=f"{MARKER} run"))
+    output_item = EvalOutputItem.objects.create(
+        run=runs[0], datasource_item_id=0, datasource_item={"answer": MARKER}, status="pass", results=[]
+    )
+    alias = aliases.create(project, {"name": "bot@prod", "model": chat_model.name}, owner)
     return World(
         organization,
         project,
@@ -323,6 +371,11 @@ def seed_tenant(owner: Any, project: Project, teammate: Any) -> World:
         token,
         webhook,
         delivery,
+        evaluation,
+        runs[0],
+        runs[1],
+        output_item,
+        alias,
     )
 
 
@@ -348,6 +401,11 @@ def tenant_checksum(organization: Organization) -> str:
         Subscription.objects.filter(organization=organization),
         WebhookEndpoint.objects.filter(project__organization=organization),
         WebhookDelivery.objects.filter(endpoint__project__organization=organization),
+        Eval.objects.filter(project__organization=organization),
+        EvalRun.objects.filter(eval__project__organization=organization),
+        EvalOutputItem.objects.filter(run__eval__project__organization=organization),
+        ModelAlias.objects.filter(project__organization=organization),
+        AliasMove.objects.filter(alias__project__organization=organization),
     ]
     digest = hashlib.sha256()
     for queryset in querysets:
@@ -426,12 +484,18 @@ PARAMETERS: dict[str, tuple[Getter, Getter]] = {
     "token": (lambda w: w.invitation_token, lambda w: secrets.token_urlsafe(32)),
     "endpoint_id": (lambda w: w.webhook.public_id, lambda w: random_id("we_")),
     "delivery_id": (lambda w: w.delivery.pk, lambda w: w.delivery.pk + 1_000_000),
+    "eval_id": (lambda w: w.eval.public_id, lambda w: random_id("eval_")),
+    "run_id": (lambda w: w.eval_run.job.public_id, lambda w: random_id("evalrun_")),
+    "output_item_id": (lambda w: w.output_item.public_id, lambda w: random_id("outputitem_")),
+    "name": (lambda w: w.alias.name, lambda w: f"{random_id('', 8).lower()}@nowhere"),
 }
 # Where a route acts on an object in a particular state, it gets that object.
 OVERRIDES: dict[tuple[str, str], Getter] = {
     ("api:ft_resume", "job_id"): lambda w: w.paused_job.public_id,
     ("api:batch_cancel", "batch_id"): lambda w: w.running_batch.public_id,
     ("dashboard:batch_cancel", "batch_id"): lambda w: w.running_batch.public_id,
+    ("api:eval_run_cancel", "run_id"): lambda w: w.running_eval_run.job.public_id,
+    ("dashboard:eval_run_cancel", "run_id"): lambda w: w.running_eval_run.job.public_id,
 }
 # Parameters that are bearer secrets, not object ids: holding one is the permission (an
 # invitation link works for whoever it was mailed to, before they have an account).

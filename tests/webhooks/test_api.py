@@ -210,3 +210,10 @@ def test_another_organization_gets_404_for_every_operation(api: APIClient, carol
     assert error(carol_api.post(f"{path}/test", {"event_type": "batch.failed"}, format="json")) == missing
     assert carol_api.get("/v1/webhook_endpoints").json()["data"] == []
     assert WebhookEndpoint.objects.get(public_id=made["id"]).name == "deploys"
+
+
+def test_every_event_type_has_a_sample_object_for_test_events() -> None:
+    """A test event names a made-up object of the event's kind: each kind has its id prefix."""
+    from apps.webhooks.actions import SAMPLE_IDS
+
+    assert {event_type.split(".", 1)[0] for event_type in EVENT_TYPES} <= set(SAMPLE_IDS)

@@ -55,7 +55,19 @@ OutputItemSerializer = inline_serializer(
         "results": serializers.ListField(child=serializers.DictField()),
     },
 )
-GENERIC_BODY = inline_serializer("EvalRequest", {"name": serializers.CharField(required=False)})
+GENERIC_BODY = inline_serializer(
+    "EvalRequest", {"name": serializers.CharField(required=False, allow_blank=True, max_length=200)}
+)
+GraderResult = inline_serializer(
+    "RunGraderResponse",
+    {
+        "reward": serializers.FloatField(),
+        "metadata": serializers.DictField(),
+        "sub_rewards": serializers.DictField(),
+        "model_grader_token_usage_per_model": serializers.DictField(),
+    },
+)
+GraderValidated = inline_serializer("ValidateGraderResponse", {"grader": serializers.DictField()})
 ORDER = OpenApiParameter("order", {"type": "string", "enum": ["asc", "desc"]}, description="Default asc.")
 
 RUN_STATUSES = {
@@ -261,7 +273,7 @@ class GraderValidateView(ProjectAPIView):
     @extend_schema(
         operation_id="validateGrader",
         request=GENERIC_BODY,
-        responses={200: serializers.DictField(), **ERRORS},
+        responses={200: GraderValidated, **ERRORS},
     )
     def post(self, request: Request) -> Response:
         for key in request.data if isinstance(request.data, dict) else ():
@@ -271,9 +283,7 @@ class GraderValidateView(ProjectAPIView):
 
 
 class GraderRunView(ProjectAPIView):
-    @extend_schema(
-        operation_id="runGrader", request=GENERIC_BODY, responses={200: serializers.DictField(), **ERRORS}
-    )
+    @extend_schema(operation_id="runGrader", request=GENERIC_BODY, responses={200: GraderResult, **ERRORS})
     def post(self, request: Request) -> Response:
         grader = _grader(self.project, request.data)  # refuses a body that is not an object
         body = cast(dict[str, Any], request.data)

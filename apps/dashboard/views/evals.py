@@ -614,6 +614,10 @@ def _rows(run: EvalRun, indexes: Iterable[int], criteria: list[dict[str, Any]]) 
 def eval_compare(request: OrganizationRequest, project_id: str, eval_id: str) -> HttpResponse:
     project = get_project(request, project_id)
     evaluation = _get_eval(project, eval_id)
+    if not request.GET.get("a") or not request.GET.get("b"):
+        # Two runs are picked on the eval's page; a bare link (or one missing a run) goes there.
+        messages.info(request, "Pick two runs to compare.")
+        return redirect("dashboard:eval", project.public_id, evaluation.public_id)
     run_a = _get_run(evaluation, request.GET.get("a"))
     run_b = _get_run(evaluation, request.GET.get("b"))
     a, b = summarize(run_a), summarize(run_b)
