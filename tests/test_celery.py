@@ -54,6 +54,8 @@ TASK_QUEUES = {
     "jobs.run_proxy": "default",
     "jobs.run_batch": "gpu",
     "jobs.run_proxy_batch": "default",
+    "jobs.run_eval": "gpu",
+    "jobs.run_proxy_eval": "default",
     "billing.process_stripe_event": "default",
     "billing.report_usage": "default",
     "billing.check_spend_alerts": "default",

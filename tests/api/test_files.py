@@ -378,10 +378,13 @@ def test_an_upload_at_the_limit_is_accepted(api: Any, settings: Any) -> None:
 @pytest.mark.parametrize(
     ("purpose", "message"),
     [
-        ("assistants", "Invalid value for 'purpose': 'assistants'. Use one of 'fine-tune', 'batch'."),
+        (
+            "assistants",
+            "Invalid value for 'purpose': 'assistants'. Use one of 'fine-tune', 'batch', 'evals'.",
+        ),
         (
             "fine-tune-results",
-            "Invalid value for 'purpose': 'fine-tune-results'. Use one of 'fine-tune', 'batch'.",
+            "Invalid value for 'purpose': 'fine-tune-results'. Use one of 'fine-tune', 'batch', 'evals'.",
         ),
         (None, "Missing required parameter: 'purpose'."),
         ("", "Missing required parameter: 'purpose'."),

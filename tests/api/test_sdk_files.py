@@ -104,6 +104,6 @@ def test_sdk_error_classes(live_server: Any, alice_key: str, carol_key: str) -> 
     assert bad_purpose.value.body["param"] == "purpose"
     assert (
         bad_purpose.value.body["message"]
-        == "Invalid value for 'purpose': 'assistants'. Use one of 'fine-tune', 'batch'."
+        == "Invalid value for 'purpose': 'assistants'. Use one of 'fine-tune', 'batch', 'evals'."
     )
     assert bad_purpose.value.param == "purpose"
