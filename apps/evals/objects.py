@@ -46,7 +46,13 @@ def run_object(run: EvalRun) -> dict[str, Any]:
         "created_at": _ts(job.created_at),
         "report_url": settings.SITE_URL
         + reverse("dashboard:eval_run", args=[run.eval.project.public_id, run.eval.public_id, job.public_id]),
-        "result_counts": {key: int(counts.get(key, 0)) for key in ("total", "errored", "failed", "passed")},
+        # While a run goes, its progress counts the graded items without a total: it is their sum.
+        "result_counts": {
+            **{key: int(counts.get(key, 0)) for key in ("errored", "failed", "passed")},
+            "total": int(
+                counts.get("total", sum(int(counts.get(k, 0)) for k in ("errored", "failed", "passed")))
+            ),
+        },
         "per_model_usage": result.get("per_model_usage") or progress.get("per_model_usage") or [],
         "per_testing_criteria_results": result.get("per_testing_criteria_results")
         or progress.get("per_testing_criteria_results")

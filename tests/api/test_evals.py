@@ -418,3 +418,16 @@ def test_a_name_given_must_be_a_string(api: Any) -> None:
         "name must be a string of at most 200 characters."
     )
     assert api.post(f"/v1/evals/{created['id']}", {"name": ""}, format="json").json()["name"] == ""
+
+
+def test_a_running_runs_counts_add_up_to_their_total(api: Any) -> None:
+    created = create_eval(api)
+    run = api.post(f"/v1/evals/{created['id']}/runs", jsonl_run([ROW, ROW, ROW]), format="json").json()
+    # as its worker leaves progress after a chunk: the graded items' counts, no total yet
+    Job.objects.filter(public_id=run["id"]).update(
+        status=JobStatus.RUNNING,
+        progress={"total": 3, "completed": 2, "result_counts": {"passed": 1, "failed": 0, "errored": 1}},
+    )
+    shown = api.get(f"/v1/evals/{created['id']}/runs/{run['id']}").json()
+    assert shown["status"] == "in_progress"
+    assert shown["result_counts"] == {"total": 2, "passed": 1, "failed": 0, "errored": 1}

@@ -59,9 +59,6 @@ class Calls(BatchRun):
         self.answers[custom_id] = (status, body)
         self.invocations += 1
 
-    def own_cost(self) -> int:
-        return sum(cost_of(self.model_name, unit, count) for unit, count in self.usage.items())
-
     def cost(self) -> int:
         return self.runner.cost()
 
