@@ -88,6 +88,25 @@ def both_widths(page: Any, shots: Shots, name: str) -> None:
     page.wait_for_timeout(300)
 
 
+def assert_milestones_shown(page: Any, job_url: str) -> None:
+    """The first milestones are on the page. The events card is swapped in every 2 s, so the text is
+    waited for; if it never comes, the job's events as stored say whether the page or the job lost one."""
+    from apps.jobs.models import JobEvent
+
+    try:
+        page.wait_for_function(
+            """() => { const t = document.getElementById('job-events')?.textContent || '';
+                       return t.includes('Created fine-tuning job.') && t.includes('Running training: 108 examples'); }""",
+            timeout=10_000,
+        )
+    except Exception as exc:
+        job_id = job_url.rstrip("/").rsplit("/", 1)[-1]
+        stored = list(
+            JobEvent.objects.filter(job__public_id=job_id).order_by("id").values_list("type", "message")
+        )
+        raise AssertionError(f"{page.locator('#job-events').inner_text()}\nstored: {stored}") from exc
+
+
 def assert_selects_fit(page: Any) -> None:
     for width in (DESKTOP, PHONE):
         page.set_viewport_size(width)
@@ -183,8 +202,7 @@ def test_a_customer_fills_the_form_wrongly_then_rightly_and_watches_the_job(
                 curve.append(points[0])
             if not running_shot and curve and bars and bars[-1] < 90:
                 # the status, the curve and the milestones tell the same moment
-                text = page.locator("#job-events").inner_text()
-                assert "Created fine-tuning job." in text and "Running training: 108 examples" in text, text
+                assert_milestones_shown(page, job_url)
                 both_widths(page, shots, "job running")
                 running_shot = True
         if state["badge"] in ("Succeeded", "Failed", "Cancelled"):
