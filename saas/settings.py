@@ -333,6 +333,9 @@ INFERENCE_TIMEOUT_SECONDS = env_float("INFERENCE_TIMEOUT_SECONDS", 120)
 INFERENCE_MAX_BATCH = env_int("INFERENCE_MAX_BATCH", 8)
 # The embedding model a text_similarity grader's `cosine` metric embeds with (docs/api.md, "Evals").
 EVAL_EMBEDDING_MODEL = os.environ.get("EVAL_EMBEDDING_MODEL", "minilm-l6")
+# An imported job's parity run, refused while the plan's places for eval runs are taken, is tried
+# again this often, for a day (apps/evals/parity.py).
+PARITY_RETRY_SECONDS = env_int("PARITY_RETRY_SECONDS", 60)
 # Continuous batching: a serving worker's decode loop lets same-model requests that arrive while
 # it decodes join at the next step (up to INFERENCE_MAX_BATCH rows), instead of waiting for the
 # whole batch to finish. Off: a batch is only what was waiting when its task started.

@@ -426,12 +426,15 @@ class FakeOpenAI:
 
 @dataclass
 class FakeAccount:
-    """Fine-tuning jobs and files of one OpenAI organization, answered as OpenAI's API answers
-    them (`responder` for FakeOpenAI): lists paginated with `limit` and `after`, a deleted file
+    """Fine-tuning jobs, files and fine-tuned models of one OpenAI organization, answered as OpenAI's
+    API answers them (`responder` for FakeOpenAI): lists paginated with `limit` and `after`, a deleted file
     answering 404, a file's content as raw bytes."""
 
     jobs: list[dict[str, Any]] = field(default_factory=list)  # newest first, as OpenAI lists them
     files: dict[str, tuple[dict[str, Any], bytes]] = field(default_factory=dict)
+    # The fine-tuned models that still answer chats, each answering from the chat's messages; any
+    # other model answers 404 as a model OpenAI shut down does.
+    models: dict[str, Callable[[list[dict[str, Any]]], str]] = field(default_factory=dict)
 
     def add_file(self, file_id: str, content: bytes, filename: str = "train.jsonl") -> str:
         meta = {
@@ -459,6 +462,15 @@ class FakeAccount:
             if job is None:
                 return error(404, f"Could not find fine-tune: {route.rsplit('/', 1)[-1]}", code="not_found")
             return FakeResponse(body=job)
+        if route == "/v1/chat/completions" and isinstance(body, dict):
+            model = str(body.get("model"))
+            if model not in self.models:
+                return error(
+                    404,
+                    f"The model `{model}` does not exist or you do not have access to it.",
+                    code="model_not_found",
+                )
+            return chat_completion(self.models[model](body.get("messages") or []), model=model)
         if route.startswith("/v1/files/"):
             file_id = route.split("/")[3]
             if file_id not in self.files:

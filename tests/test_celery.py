@@ -50,6 +50,7 @@ TASK_QUEUES = {
     "files.validate": "default",
     "jobs.run_fine_tune": "gpu",
     "jobs.reap": "default",
+    "evals.start_parity_run": "default",
     "jobs.run_inference": "serve",
     "jobs.run_proxy": "default",
     "jobs.run_batch": "gpu",

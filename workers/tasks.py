@@ -185,6 +185,27 @@ def run_proxy_eval(job_id: str, attempt: int | None = None) -> None:
     run_claimed(job_id, run)
 
 
+@shared_task(
+    name=tasks.START_PARITY_RUN,
+    queue=tasks.QUEUE_OF[tasks.START_PARITY_RUN],
+    bind=True,
+    max_retries=tasks.PARITY_WAIT_TRIES,
+    soft_time_limit=60,
+    time_limit=90,
+)
+def start_parity_run(self: Any, job_id: str) -> str:
+    """An imported job's parity run, tried again every settings.PARITY_RETRY_SECONDS while the plan's places
+    for batches and eval runs are all taken (a day at most)."""
+    from apps.evals import parity
+    from apps.jobs.models import Job
+
+    job = Job.objects.select_related("fine_tuned_model").filter(public_id=job_id).first()
+    outcome = parity.start_new_model_run(job, waited=True) if job is not None else "none"
+    if outcome == "waiting":
+        raise self.retry(countdown=settings.PARITY_RETRY_SECONDS)
+    return outcome
+
+
 # --- Billing (apps/billing) --------------------------------------------------------------------------
 @shared_task(
     name=tasks.PROCESS_STRIPE_EVENT,

@@ -26,6 +26,9 @@ RUN_PROXY_BATCH = "jobs.run_proxy_batch"
 RUN_EVAL = "jobs.run_eval"
 RUN_PROXY_EVAL = "jobs.run_proxy_eval"
 REAP = "jobs.reap"
+# An imported job's parity run, started once a place for it frees (apps.evals.parity).
+START_PARITY_RUN = "evals.start_parity_run"
+PARITY_WAIT_TRIES = 24 * 60  # a day of waiting (settings.PARITY_RETRY_SECONDS apart) at most
 PROCESS_STRIPE_EVENT = "billing.process_stripe_event"
 REPORT_USAGE = "billing.report_usage"
 RECONCILE_STRIPE_EVENTS = "billing.reconcile_events"
@@ -44,6 +47,7 @@ QUEUE_OF = {
     RUN_EVAL: GPU,
     RUN_PROXY_EVAL: DEFAULT,
     REAP: DEFAULT,
+    START_PARITY_RUN: DEFAULT,
     PROCESS_STRIPE_EVENT: DEFAULT,
     REPORT_USAGE: DEFAULT,
     RECONCILE_STRIPE_EVENTS: DEFAULT,

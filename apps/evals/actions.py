@@ -113,9 +113,12 @@ def submit_run(
     *,
     api_key: ApiKey | None = None,
     user: User | None = None,
+    takes_place: bool = True,
 ) -> EvalRun:
     """Admits and queues a run: the checks a batch passes, for the model it samples and every judge
-    its criteria call (the worker checks each call again, as the plan may change while it runs)."""
+    its criteria call (the worker checks each call again, as the plan may change while it runs).
+    `takes_place=False` is for a run that calls no model (a parity eval's recorded answers graded
+    by text similarity): it waits for none of the plan's places for batches and eval runs."""
     from apps.billing import quotas
     from apps.jobs import admission
 
@@ -134,7 +137,8 @@ def submit_run(
         subscription = quotas.check_quota(organization)
         for name in models:
             quotas.check_model(subscription, name, param="data_source.model")
-        admission.check_batch_concurrency(subscription)
+        if takes_place:
+            admission.check_batch_concurrency(subscription)
         admission.reserve(subscription, 0)
         job = actions.create_job(
             kind=JobKind.EVAL_RUN,

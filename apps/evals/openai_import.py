@@ -1,7 +1,8 @@
 """A move from OpenAI fine-tuning (docs/api.md, "Import from OpenAI"): with the organization's own
 OpenAI key, list its fine-tuning jobs, copy a chosen job's training and validation files into our
-Files (validated as any upload), and recreate the job on an open base the customer picks, saying
-what could not be carried over.
+Files (validated as any upload), recreate the job on an open base the customer picks, saying
+what could not be carried over, and record the old model's answers for a parity eval
+(`apps.evals.parity`).
 
 The calls to OpenAI are made here, in the request, through the official SDK with the timeouts the
 proxy uses; a file larger than the plan's upload limit is refused before it is read whole.
@@ -15,11 +16,13 @@ from typing import Any
 import openai
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import transaction
 
 from apps.accounts.models import ApiKey, User
 from apps.billing.quotas import subscription_for
 from apps.core.crypto import UnreadableSecret
 from apps.core.errors import ActionError
+from apps.evals import parity
 from apps.jobs import fine_tuning
 from apps.projects.actions import upload_file
 from apps.projects.models import FilePurpose, Project
@@ -180,12 +183,12 @@ def _import_one(
             code="not_mappable",
         )
     hyperparameters, not_mapped = _mapped(job, method)
-    training = _copy_file(
+    training, training_content = _copy_file(
         project, client, str(job["training_file"]), "training_file", api_key=api_key, user=user
     )
-    validation = None
+    validation, validation_content = None, b""
     if job.get("validation_file"):
-        validation = _copy_file(
+        validation, validation_content = _copy_file(
             project, client, str(job["validation_file"]), "validation_file", api_key=api_key, user=user
         )
     request: dict[str, Any] = {
@@ -204,10 +207,33 @@ def _import_one(
     suffix = FT_MODEL.fullmatch(str(job.get("fine_tuned_model") or ""))
     if suffix and suffix.group("suffix"):
         request["suffix"] = suffix.group("suffix")[:40]
+    old_model = str(job.get("fine_tuned_model") or "")
+    source = "validation file" if validation else "training file"
     try:
-        created = fine_tuning.submit(
-            fine_tuning.parse(project, request), project=project, api_key=api_key, user=user
+        parsed = fine_tuning.parse(project, request)
+        recorded = (
+            parity.record(client, old_model, validation_content or training_content, source)
+            if old_model
+            else parity.skipped(f"{job_id} made no model ({job.get('status')}): there is none to compare.")
         )
+        with transaction.atomic():
+            created = fine_tuning.submit(parsed, project=project, api_key=api_key, user=user)
+            parity_report = recorded if isinstance(recorded, dict) else None
+            if isinstance(recorded, list):
+                try:
+                    with transaction.atomic():
+                        parity_report = parity.create(
+                            project,
+                            recorded,
+                            openai_job_id=job_id,
+                            old_model=old_model,
+                            job=created,
+                            source_file=source,
+                            api_key=api_key,
+                            user=user,
+                        )
+                except ActionError as exc:
+                    parity_report = parity.skipped(f"The parity eval could not start: {exc.message}")
     except ActionError as exc:  # the files are copied and kept: the job can be started from them later
         return {
             "openai_job_id": job_id,
@@ -223,6 +249,7 @@ def _import_one(
         "training_file_id": training,
         "validation_file_id": validation,
         "not_mapped": [f"model {job.get('model')}: recreated on {base}", *not_mapped],
+        "parity": parity_report,
         "error": None,
     }
 
@@ -250,7 +277,8 @@ def _copy_file(
     *,
     api_key: ApiKey | None,
     user: User | None,
-) -> str:
+) -> tuple[str, bytes]:
+    """The file's id here, and its content (the parity eval's prompts are read from it)."""
     limit = subscription_for(project.organization).plan.max_upload_bytes
     try:
         meta = client.files.retrieve(file_id)
@@ -274,4 +302,5 @@ def _copy_file(
             f"The {which.replace('_', ' ')} {file_id} is over {limit:,} bytes.", code="file_too_large"
         )
     upload = SimpleUploadedFile(meta.filename or f"{file_id}.jsonl", content)
-    return upload_file(project, upload, FilePurpose.FINE_TUNE, user=user, api_key=api_key).public_id
+    copied = upload_file(project, upload, FilePurpose.FINE_TUNE, user=user, api_key=api_key)
+    return copied.public_id, content

@@ -5,17 +5,19 @@ what could not be carried over, a deleted file and a reinforcement job skipped s
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from apps.core.crypto import encrypt
-from apps.jobs.models import Job, JobStatus
+from apps.jobs.models import Job, JobKind, JobStatus
 from apps.projects.models import File, FileStatus
 from tests.api.test_evals import error_of
 from tests.api.test_sdk_adapters import tiny_llama_base  # noqa: F401  (a fixture)
-from tests.conftest import wait_for
+from tests.conftest import Worker, purge_queues, wait_for, worker_env
 from tests.fake_openai import FakeAccount, FakeOpenAI, fine_tuning_job
 
 ORG_KEY = "sk-org-import-1234"
@@ -158,3 +160,157 @@ def test_a_bad_import_request_is_refused(api: Any, account: tuple[FakeAccount, F
         "Missing required parameter: 'base_model'.",
         "base_model",
     )
+
+
+def test_an_imported_job_gets_a_parity_eval_that_grades_the_new_model_against_openais_answers(
+    api: Any,
+    account: tuple[FakeAccount, FakeOpenAI],
+    transactional_db: None,
+    tiny_llama_base: Any,  # noqa: F811
+    request: pytest.FixtureRequest,
+) -> None:
+    """The old model still answers: its answers to the validation prompts are recorded and graded
+    (the baseline), and once the recreated job succeeds its model answers the same prompts in the
+    same eval, so the two runs compare criterion by criterion. The Free plan runs one batch or eval run
+    at a time: a new model's run that finds the place taken waits for it, then starts."""
+    from apps.evals.models import Eval, EvalRun
+
+    purge_queues()
+    worker = Worker(env=worker_env({"PARITY_RETRY_SECONDS": "1"}))
+    request.addfinalizer(worker.stop)
+
+    state, fake = account
+    old = "ft:gpt-4o-mini-2024-07-18:acme:support-bot:AbC123"
+    state.add_file("file-train", CHATS, "support.jsonl")
+    state.add_file("file-valid", b"".join(CHATS.splitlines(keepends=True)[:4]), "support-valid.jsonl")
+    # the old model gets q0 and q2 right, and q1 and q3 wrong
+    state.models[old] = lambda messages: (
+        "a" + messages[-1]["content"][1:] if messages[-1]["content"] in ("q0", "q2") else "I do not know."
+    )
+    state.jobs = [
+        fine_tuning_job(
+            "ftjob-abc",
+            "file-train",
+            validation_file="file-valid",
+            fine_tuned_model=old,
+            method={
+                "type": "supervised",
+                "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}},
+            },
+        )
+    ]
+    response = api.post(
+        "/v1/imports/openai", {"jobs": ["ftjob-abc"], "base_model": "tiny-llama-base"}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    (created,) = response.json()["data"]
+    parity = created["parity"]
+    job = Job.objects.get(public_id=created["fine_tuning_job_id"])
+    assert parity["status"] == "recorded" and parity["rows"] == 4, parity
+    assert parity["message"] == (
+        f"4 answers of {old} recorded from the validation file. When {job.public_id} succeeds, its model is "
+        "run on the same prompts in this eval; compare the two runs to see where it is worse."
+    )
+    chats = [r for r in fake.requests if r.path == "/v1/chat/completions"]
+    assert sorted(r.body["messages"][-1]["content"] for r in chats) == ["q0", "q1", "q2", "q3"]
+    assert {r.body["model"] for r in chats} == {old} and {r.body["temperature"] for r in chats} == {0}
+    assert {r.headers["authorization"] for r in chats} == {f"Bearer {ORG_KEY}"}
+    eval = Eval.objects.get(public_id=parity["eval_id"])
+    assert eval.name == f"Parity with {old}"
+    assert eval.metadata == {"openai_job_id": "ftjob-abc", "fine_tuning_job_id": job.public_id}
+
+    # the baseline: OpenAI's answers match themselves, and the reference half the time
+    baseline = api.get(f"/v1/evals/{eval.public_id}/runs/{parity['openai_run_id']}")
+    wait_for(lambda: api.get(baseline.wsgi_request.path).json()["status"] == "completed", timeout=60)
+    shown = api.get(baseline.wsgi_request.path).json()
+    assert shown["name"] == f"{old} (answers recorded at OpenAI)"
+    assert shown["result_counts"] == {"errored": 0, "failed": 2, "passed": 2, "total": 4}
+    by_name = {r["testing_criteria"].rsplit("-", 5)[0]: r for r in shown["per_testing_criteria_results"]}
+    assert (
+        by_name["Matches the reference answer"]["passed"],
+        by_name["Matches OpenAI's answer"]["passed"],
+    ) == (
+        2,
+        4,
+    )
+
+    # the recreated job trains; at its success a batch holds the plan's one place, so the new
+    # model's run waits, and starts once the place frees
+    blocker = Job.objects.create(
+        kind=JobKind.BATCH,
+        organization=job.organization,
+        project=job.project,
+        model_name="tiny-llama-base",
+        request={},
+        status=JobStatus.QUEUED,
+        published_at=timezone.now(),
+    )
+    wait_for(lambda: Job.objects.get(pk=job.pk).status == JobStatus.SUCCEEDED, timeout=180)
+    job.refresh_from_db()
+    waiting = wait_for(lambda: job.events.filter(message__contains="waits for a place").first(), timeout=30)
+    assert re.fullmatch(
+        f"The parity run on {eval.public_id} waits for a place: You have [12] batch\\(es\\) running or "
+        "queued, the most the Free plan allows at once.",
+        waiting.message,
+    ), waiting.message
+    assert EvalRun.objects.filter(eval=eval).count() == 1
+    Job.objects.filter(pk=blocker.pk).update(status=JobStatus.CANCELLED)
+    wait_for(lambda: EvalRun.objects.filter(eval=eval).count() == 2, timeout=30)
+    new = EvalRun.objects.filter(eval=eval).exclude(job__public_id=parity["openai_run_id"]).get()
+    assert new.job.model_name == job.fine_tuned_model.name
+    assert new.name == f"{job.fine_tuned_model.name} (this fine-tune)"
+    assert job.events.filter(
+        message=f"Parity run {new.job.public_id} started on {eval.public_id}: the new model answers the prompts "
+        "OpenAI's model answered."
+    ).exists()
+    path = f"/v1/evals/{eval.public_id}/runs/{new.job.public_id}"
+    wait_for(lambda: api.get(path).json()["status"] in ("completed", "failed"), timeout=120)
+    run = api.get(path).json()
+    assert run["status"] == "completed", run
+    assert run["result_counts"]["total"] == 4 and run["result_counts"]["errored"] == 0, [
+        (i["status"], i["sample"]) for i in api.get(f"{path}/output_items").json()["data"]
+    ]
+    items = api.get(f"{path}/output_items").json()["data"]
+    assert sorted(i["datasource_item"]["messages"][-1]["content"] for i in items) == ["q0", "q1", "q2", "q3"]
+    assert all(i["sample"]["model"] == job.fine_tuned_model.name for i in items)
+
+
+def test_a_shut_down_model_or_a_job_without_one_gets_no_parity_eval_and_says_why(
+    api: Any,
+    account: tuple[FakeAccount, FakeOpenAI],
+    tiny_llama_base: Any,  # noqa: F811
+) -> None:
+    from apps.evals.models import Eval
+
+    state, fake = account
+    state.add_file("file-train", CHATS, "support.jsonl")
+    state.jobs = [
+        fine_tuning_job("ftjob-old", "file-train", fine_tuned_model="ft:gpt-3.5-turbo-0125:acme::Old1"),
+        fine_tuning_job("ftjob-failed", "file-train", status="failed"),
+    ]
+
+    def imported(job_id: str) -> dict[str, Any]:
+        response = api.post(
+            "/v1/imports/openai", {"jobs": [job_id], "base_model": "tiny-llama-base"}, format="json"
+        )
+        assert response.status_code == 200, response.content
+        (result,) = response.json()["data"]
+        assert result["status"] == "created", result
+        # the Free plan trains one job at a time: this one is stopped to make room for the next
+        Job.objects.filter(public_id=result["fine_tuning_job_id"]).update(status=JobStatus.CANCELLED)
+        return result
+
+    assert imported("ftjob-failed")["parity"]["message"] == (
+        "ftjob-failed made no model (failed): there is none to compare."
+    )
+    assert imported("ftjob-old")["parity"] == {
+        "status": "skipped",
+        "eval_id": None,
+        "openai_run_id": None,
+        "rows": 0,
+        "message": "ft:gpt-3.5-turbo-0125:acme::Old1 no longer answers at OpenAI (it was shut down or deleted).",
+    }
+    # one question asked of the shut-down model, from the training file as there was no validation file
+    chats = [r for r in fake.requests if r.path == "/v1/chat/completions"]
+    assert [r.body["messages"] for r in chats] == [[{"role": "user", "content": "q0"}]]
+    assert not Eval.objects.exists()

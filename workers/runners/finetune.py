@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from apps.core.storage import download_dir, download_file, job_prefix, upload_dir
+from apps.evals import parity
 from apps.jobs import actions
 from apps.jobs.fine_tuning import job_devices
 from apps.jobs.models import Job, JobStatus
@@ -296,5 +297,10 @@ def _finish(
     if finished is None:  # another attempt owns the job now
         discard(files)
         return
+    # An imported job's parity eval samples the new model now that it exists (apps.evals.parity).
+    if parity.start_new_model_run(finished) == "waiting":
+        from workers.tasks import start_parity_run
+
+        start_parity_run.apply_async((finished.public_id,), countdown=settings.PARITY_RETRY_SECONDS)
     if labelling is not None:
         forget_labels(job)
