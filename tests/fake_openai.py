@@ -432,9 +432,9 @@ class FakeAccount:
 
     jobs: list[dict[str, Any]] = field(default_factory=list)  # newest first, as OpenAI lists them
     files: dict[str, tuple[dict[str, Any], bytes]] = field(default_factory=dict)
-    # The fine-tuned models that still answer chats, each answering from the chat's messages; any
-    # other model answers 404 as a model OpenAI shut down does.
-    models: dict[str, Callable[[list[dict[str, Any]]], str]] = field(default_factory=dict)
+    # The fine-tuned models that still answer chats, each answering from the chat's messages (a text,
+    # or a response such as an error); any other model answers 404 as a model OpenAI shut down does.
+    models: dict[str, Callable[[list[dict[str, Any]]], str | FakeResponse]] = field(default_factory=dict)
 
     def add_file(self, file_id: str, content: bytes, filename: str = "train.jsonl") -> str:
         meta = {
@@ -470,7 +470,8 @@ class FakeAccount:
                     f"The model `{model}` does not exist or you do not have access to it.",
                     code="model_not_found",
                 )
-            return chat_completion(self.models[model](body.get("messages") or []), model=model)
+            answer = self.models[model](body.get("messages") or [])
+            return answer if isinstance(answer, FakeResponse) else chat_completion(answer, model=model)
         if route.startswith("/v1/files/"):
             file_id = route.split("/")[3]
             if file_id not in self.files:

@@ -8,6 +8,7 @@ from apps.dashboard.views import (
     evals,
     files,
     fine_tuning,
+    imports,
     keys,
     models,
     organizations,
@@ -84,6 +85,12 @@ urlpatterns = [
     path("projects/<str:project_id>/fine-tuning/", fine_tuning.job_list, name="jobs"),
     path("projects/<str:project_id>/fine-tuning/new", fine_tuning.job_new, name="job_new"),
     path("projects/<str:project_id>/fine-tuning/estimate", fine_tuning.job_estimate, name="job_estimate"),
+    # Before the job's own path, which would take "import-openai" for a job id.
+    path(
+        "projects/<str:project_id>/fine-tuning/import-openai/",
+        imports.openai_import_page,
+        name="openai_import",
+    ),
     path("projects/<str:project_id>/fine-tuning/<str:job_id>/", fine_tuning.job_detail, name="job"),
     path(
         "projects/<str:project_id>/fine-tuning/<str:job_id>/status", fine_tuning.job_status, name="job_status"

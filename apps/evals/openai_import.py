@@ -77,7 +77,7 @@ def _unavailable(exc: openai.OpenAIError) -> ActionError:
             status=400,
         )
     return OpenAIUnavailable(
-        f"OpenAI could not be reached or answered with an error: {exc}. Try again in a moment.",
+        f"OpenAI could not be reached or answered with an error: {str(exc).rstrip('.')}. Try again in a moment.",
         code="upstream_unavailable",
         status=502,
     )

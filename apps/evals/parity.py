@@ -120,12 +120,14 @@ def record(
     except openai.NotFoundError:
         return skipped(f"{old_model} no longer answers at OpenAI (it was shut down or deleted).")
     except openai.OpenAIError as exc:
-        return skipped(f"{old_model} could not be asked at OpenAI: {exc}.")
+        return skipped(f"{old_model} could not be asked at OpenAI: {str(exc).rstrip('.')}.")
     try:
         with ThreadPoolExecutor(PARITY_CONCURRENCY) as pool:
             rest = list(pool.map(lambda row: _answer(client, old_model, row[0]), rows[1:]))
     except openai.OpenAIError as exc:
-        return skipped(f"{old_model} stopped answering while its answers were recorded: {exc}.")
+        return skipped(
+            f"{old_model} stopped answering while its answers were recorded: {str(exc).rstrip('.')}."
+        )
     return [
         {"messages": prompt, "reference": reference, "openai_answer": answer}
         for (prompt, reference), answer in zip(rows, [first, *rest], strict=True)

@@ -18,7 +18,7 @@ from apps.projects.models import File, FileStatus
 from tests.api.test_evals import error_of
 from tests.api.test_sdk_adapters import tiny_llama_base  # noqa: F401  (a fixture)
 from tests.conftest import Worker, purge_queues, wait_for, worker_env
-from tests.fake_openai import FakeAccount, FakeOpenAI, fine_tuning_job
+from tests.fake_openai import FakeAccount, FakeOpenAI, fine_tuning_job, server_error
 
 ORG_KEY = "sk-org-import-1234"
 CHATS = "".join(
@@ -310,7 +310,42 @@ def test_a_shut_down_model_or_a_job_without_one_gets_no_parity_eval_and_says_why
         "rows": 0,
         "message": "ft:gpt-3.5-turbo-0125:acme::Old1 no longer answers at OpenAI (it was shut down or deleted).",
     }
+    # a model that fails, and a file whose answers are all tool calls, say so too
+    state.models["ft:gpt-4o-mini:acme::Down1"] = lambda messages: server_error()
+    state.jobs.append(
+        fine_tuning_job("ftjob-down", "file-train", fine_tuned_model="ft:gpt-4o-mini:acme::Down1")
+    )
+    down = imported("ftjob-down")["parity"]["message"]
+    assert down.startswith("ft:gpt-4o-mini:acme::Down1 could not be asked at OpenAI: Error code: 500"), down
+    tools = {
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}
+                ],
+            },
+        ],
+        "tools": [{"type": "function", "function": {"name": "w", "parameters": {"type": "object"}}}],
+    }
+    state.add_file("file-tools", (json.dumps(tools) + "\n").encode() * 12, "tools.jsonl")
+    state.models["ft:gpt-4o-mini:acme::Tools1"] = lambda messages: "unused"
+    state.jobs.append(
+        fine_tuning_job(
+            "ftjob-tools",
+            "file-train",
+            validation_file="file-tools",
+            fine_tuned_model="ft:gpt-4o-mini:acme::Tools1",
+        )
+    )
+    assert imported("ftjob-tools")["parity"]["message"] == (
+        "The validation file has no chat rows with a text answer to compare."
+    )
     # one question asked of the shut-down model, from the training file as there was no validation file
     chats = [r for r in fake.requests if r.path == "/v1/chat/completions"]
-    assert [r.body["messages"] for r in chats] == [[{"role": "user", "content": "q0"}]]
+    assert [(r.body["model"], r.body["messages"]) for r in chats] == [
+        ("ft:gpt-3.5-turbo-0125:acme::Old1", [{"role": "user", "content": "q0"}]),
+        ("ft:gpt-4o-mini:acme::Down1", [{"role": "user", "content": "q0"}]),
+    ]
     assert not Eval.objects.exists()

@@ -227,6 +227,7 @@ def test_every_page_has_the_policy_and_no_inline_code(
         f"{base}/files/{file.public_id}/status",
         f"{base}/fine-tuning/",
         f"{base}/fine-tuning/new",
+        f"{base}/fine-tuning/import-openai/",
         f"{base}/fine-tuning/{running.public_id}/",
         f"{base}/fine-tuning/{running.public_id}/status",
         f"{base}/fine-tuning/{finished.public_id}/",

@@ -109,6 +109,7 @@ def dashboard_pages(alice_project: Any, objects: dict[str, Any]) -> dict[str, st
         "file": f"{base}/files/{file.public_id}/",
         "jobs": f"{base}/fine-tuning/",
         "job_new": f"{base}/fine-tuning/new",
+        "openai_import": f"{base}/fine-tuning/import-openai/",
         "job": f"{base}/fine-tuning/{finished.public_id}/",
         "models": f"{base}/models/",
         "model": f"{base}/models/{model.name}/",

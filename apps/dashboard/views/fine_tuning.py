@@ -72,7 +72,7 @@ def _training_files(project: Project) -> Any:
     return File.objects.filter(project=project, purpose=FilePurpose.FINE_TUNE, status=FileStatus.PROCESSED)
 
 
-def _base_models() -> Any:
+def base_models() -> Any:
     return Model.objects.catalog().in_service().filter(is_fine_tunable=True)
 
 
@@ -110,7 +110,7 @@ def _form_context(
         "errors": errors,
         "error_fields": _error_fields(errors),
         "files": [_file_choice(f) for f in _training_files(project)],
-        "base_models": _base_models(),
+        "base_models": base_models(),
         "teachers": _teachers(project),
         "hyperparameter_fields": [
             {"field": f, "value": shown_value(values[f.name]), "error": errors.get(f.name, "")}
