@@ -436,14 +436,16 @@ class FakeAccount:
     # or a response such as an error); any other model answers 404 as a model OpenAI shut down does.
     models: dict[str, Callable[[list[dict[str, Any]]], str | FakeResponse]] = field(default_factory=dict)
 
-    def add_file(self, file_id: str, content: bytes, filename: str = "train.jsonl") -> str:
+    def add_file(
+        self, file_id: str, content: bytes, filename: str = "train.jsonl", purpose: str = "fine-tune"
+    ) -> str:
         meta = {
             "id": file_id,
             "object": "file",
             "bytes": len(content),
             "created_at": CREATED,
             "filename": filename,
-            "purpose": "fine-tune",
+            "purpose": purpose,
             "status": "processed",
         }
         self.files[file_id] = (meta, content)
@@ -472,6 +474,9 @@ class FakeAccount:
                 )
             answer = self.models[model](body.get("messages") or [])
             return answer if isinstance(answer, FakeResponse) else chat_completion(answer, model=model)
+        if route == "/v1/files":
+            rows = [meta for meta, _ in reversed(self.files.values())]  # newest first, as OpenAI lists
+            return self._page([r for r in rows if r["purpose"] == query.get("purpose", r["purpose"])], query)
         if route.startswith("/v1/files/"):
             file_id = route.split("/")[3]
             if file_id not in self.files:

@@ -51,6 +51,7 @@ urlpatterns = [
     path("fine_tuning/alpha/graders/validate", evals.GraderValidateView.as_view(), name="graders_validate"),
     path("imports/openai", imports.OpenAIImportView.as_view(), name="import_openai"),
     path("imports/openai/jobs", imports.OpenAIJobsView.as_view(), name="import_openai_jobs"),
+    path("imports/openai/files", imports.OpenAIFilesView.as_view(), name="import_openai_files"),
     path("aliases", aliases.AliasListView.as_view(), name="aliases"),
     path("aliases/<str:name>", aliases.AliasDetailView.as_view(), name="alias"),
     path("aliases/<str:name>/move", aliases.AliasMoveView.as_view(), name="alias_move"),

@@ -29,6 +29,8 @@ from apps.projects.models import FilePurpose, Project
 
 MAX_JOBS_LISTED = 500
 MAX_JOBS_IMPORTED = 20
+MAX_FILES_COPIED = 20
+FILE_FIELDS = ("id", "filename", "bytes", "purpose", "status", "created_at")
 METHODS = ("supervised", "dpo")
 # Hyperparameters each method carries over, as OpenAI names them ("auto" leaves ours to choose).
 CARRIED = {
@@ -95,6 +97,66 @@ def list_jobs(project: Project) -> list[dict[str, Any]]:
     except openai.OpenAIError as exc:
         raise _unavailable(exc) from None
     return jobs
+
+
+def list_files(project: Project) -> list[dict[str, Any]]:
+    """The organization's OpenAI files of purpose `fine-tune`, every page (up to 500)."""
+    client = client_for(project)
+    files: list[dict[str, Any]] = []
+    try:
+        for file in client.files.list(purpose="fine-tune", limit=100):
+            found = file.to_dict()
+            files.append({key: found.get(key) for key in FILE_FIELDS})
+            if len(files) >= MAX_JOBS_LISTED:
+                break
+    except openai.OpenAIError as exc:
+        raise _unavailable(exc) from None
+    return files
+
+
+def parse_files(body: Any) -> list[str]:
+    if not isinstance(body, dict):
+        raise ActionError("The request body must be a JSON object.")
+    for key in body:
+        if key != "files":
+            raise ActionError(f"Unrecognized request argument supplied: {key}", param=key)
+    files = body.get("files")
+    if (
+        not isinstance(files, list)
+        or not 1 <= len(files) <= MAX_FILES_COPIED
+        or not all(isinstance(f, str) and f for f in files)
+    ):
+        raise ActionError(
+            f"files must be a list of 1 to {MAX_FILES_COPIED} OpenAI file ids (file-…).", param="files"
+        )
+    return list(dict.fromkeys(files))
+
+
+def copy_files(
+    project: Project, body: Any, *, api_key: ApiKey | None = None, user: User | None = None
+) -> dict[str, Any]:
+    """Each chosen OpenAI file copied into this project's Files (purpose `fine-tune`, validated as any
+    upload), or the reason it was not; one file's problem never stops the others."""
+    file_ids = parse_files(body)
+    client = client_for(project)
+    results = []
+    for file_id in file_ids:
+        try:
+            copied, _ = _copy_file(project, client, file_id, "file", api_key=api_key, user=user)
+        except OpenAIUnavailable:
+            raise
+        except ActionError as exc:
+            results.append(
+                {
+                    "openai_file_id": file_id,
+                    "status": "skipped",
+                    "file_id": None,
+                    "error": {"code": exc.code, "message": exc.message, "param": exc.param},
+                }
+            )
+        else:
+            results.append({"openai_file_id": file_id, "status": "copied", "file_id": copied, "error": None})
+    return {"object": "import.openai.files", "data": results}
 
 
 def _summary(job: dict[str, Any]) -> dict[str, Any]:
@@ -290,9 +352,9 @@ def _copy_file(
             )
         content = client.files.content(file_id).read()
     except openai.NotFoundError:
+        then = "; upload the data here and start the job yourself" if which != "file" else ""
         raise ActionError(
-            f"The {which.replace('_', ' ')} {file_id} no longer exists at OpenAI (it was deleted); upload the "
-            "data here and start the job yourself.",
+            f"The {which.replace('_', ' ')} {file_id} no longer exists at OpenAI (it was deleted){then}.",
             code="file_not_found",
         ) from None
     except openai.OpenAIError as exc:

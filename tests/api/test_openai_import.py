@@ -349,3 +349,70 @@ def test_a_shut_down_model_or_a_job_without_one_gets_no_parity_eval_and_says_why
         ("ft:gpt-4o-mini:acme::Down1", [{"role": "user", "content": "q0"}]),
     ]
     assert not Eval.objects.exists()
+
+
+def test_files_are_listed_over_every_page_and_the_chosen_ones_copied(
+    api: Any, account: tuple[FakeAccount, FakeOpenAI], celery_worker: Any
+) -> None:
+    """A team that wants its data without its jobs: the organization's fine-tune files, every page,
+    the chosen ones copied and validated as uploads; a deleted one skipped saying so."""
+    state, fake = account
+    for i in range(120):
+        state.add_file(f"file-{i:03d}", CHATS, f"set-{i:03d}.jsonl")
+    state.add_file("file-assistant", b"{}", "notes.txt", purpose="assistants")
+    listed = api.get("/v1/imports/openai/files")
+    assert listed.status_code == 200, listed.content
+    data = listed.json()["data"]
+    assert [f["id"] for f in data] == [f"file-{i:03d}" for i in reversed(range(120))]  # newest first
+    assert data[0] == {
+        "id": "file-119",
+        "filename": "set-119.jsonl",
+        "bytes": len(CHATS),
+        "purpose": "fine-tune",
+        "status": "processed",
+        "created_at": data[0]["created_at"],
+    }
+    assert len([r for r in fake.requests if r.path.startswith("/v1/files?")]) == 2  # two pages
+
+    response = api.post(
+        "/v1/imports/openai/files", {"files": ["file-007", "file-gone", "file-007"]}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    copied, gone = response.json()["data"]
+    file = File.objects.get(public_id=copied["file_id"])
+    assert copied == {
+        "openai_file_id": "file-007",
+        "status": "copied",
+        "file_id": file.public_id,
+        "error": None,
+    }
+    assert file.filename == "set-007.jsonl" and file.purpose == "fine-tune" and file.content.read() == CHATS
+    wait_for(lambda: File.objects.get(pk=file.pk).status == FileStatus.PROCESSED, timeout=30)
+    assert gone == {
+        "openai_file_id": "file-gone",
+        "status": "skipped",
+        "file_id": None,
+        "error": {
+            "code": "file_not_found",
+            "message": "The file file-gone no longer exists at OpenAI (it was deleted).",
+            "param": None,
+        },
+    }
+    assert File.objects.count() == 1
+
+
+def test_a_bad_file_copy_request_is_refused(api: Any, account: tuple[FakeAccount, FakeOpenAI]) -> None:
+    message = "files must be a list of 1 to 20 OpenAI file ids (file-…)."
+    for body in (
+        {"files": []},
+        {"files": "file-1"},
+        {"files": [""]},
+        {"files": [f"file-{i}" for i in range(21)]},
+    ):
+        assert error_of(api.post("/v1/imports/openai/files", body, format="json")) == (400, message, "files")
+    assert error_of(api.post("/v1/imports/openai/files", {"files": ["file-1"], "x": 1}, format="json")) == (
+        400,
+        "Unrecognized request argument supplied: x",
+        "x",
+    )
+    assert not File.objects.exists()

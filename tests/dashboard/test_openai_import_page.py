@@ -12,6 +12,7 @@ import pytest
 
 from apps.core.crypto import encrypt
 from apps.jobs.models import Job, JobKind
+from apps.projects.models import File
 from tests.api.test_openai_import import CHATS, ORG_KEY
 from tests.api.test_sdk_adapters import tiny_llama_base  # noqa: F401  (a fixture)
 from tests.conftest import login
@@ -19,6 +20,7 @@ from tests.dashboard.test_aliases_pages import messages_of, table, text
 from tests.fake_openai import CREATED, FakeAccount, FakeOpenAI, fine_tuning_job
 
 OLD = "ft:gpt-4o-mini-2024-07-18:acme:support-bot:AbC123"
+VALID_BYTES = len(b"".join(CHATS.splitlines(keepends=True)[:3]))
 SHOWN_CREATED = datetime.fromtimestamp(CREATED, tz=UTC).strftime("%Y-%m-%d %H:%M")
 
 
@@ -30,7 +32,7 @@ def page_url(project: Any) -> str:
 def account(settings: Any, alice_org: Any) -> Iterator[tuple[FakeAccount, FakeOpenAI]]:
     state = FakeAccount()
     state.add_file("file-train", CHATS, "support.jsonl")
-    state.add_file("file-valid", b"".join(CHATS.splitlines(keepends=True)[:3]), "support-valid.jsonl")
+    state.add_file("file-valid", CHATS[:VALID_BYTES], "support-valid.jsonl")
     state.jobs = [
         fine_tuning_job("ftjob-new", "file-train", validation_file="file-valid", fine_tuned_model=OLD),
         fine_tuning_job("ftjob-rft", "file-train", method={"type": "reinforcement", "reinforcement": {}}),
@@ -87,6 +89,24 @@ def test_the_page_lists_the_jobs_and_imports_the_ticked_ones_with_a_report(
     ]
     # the report is shown once; the page then lists the jobs again
     assert "import-report" not in client.get(page_url(alice_project)).content.decode()
+
+
+def test_the_page_copies_the_ticked_files_alone(
+    client: Any, alice: Any, alice_project: Any, account: tuple[FakeAccount, FakeOpenAI]
+) -> None:
+    login(client, alice)
+    html = client.get(page_url(alice_project)).content.decode()
+    assert table(html, "openai-files") == [
+        ["file-valid", "support-valid.jsonl", f"{VALID_BYTES} bytes", SHOWN_CREATED],
+        ["file-train", "support.jsonl", "1.1 KB", SHOWN_CREATED],
+    ]
+    response = client.post(page_url(alice_project), {"action": "files"}, follow=True)
+    assert messages_of(response) == ["Tick at least one file to copy."]
+    client.post(page_url(alice_project), {"action": "files", "files": ["file-valid"]})
+    file = File.objects.get()
+    assert file.filename == "support-valid.jsonl" and not Job.objects.exists()
+    html = client.get(page_url(alice_project)).content.decode()
+    assert table(html, "import-report") == [["file-valid", f"copied {file.public_id}"]]
 
 
 def test_the_page_says_what_is_missing_or_wrong(

@@ -16,6 +16,9 @@ ImportBody = inline_serializer(
     "OpenAIImportRequest",
     {"jobs": serializers.ListField(child=serializers.CharField()), "base_model": serializers.CharField()},
 )
+FilesBody = inline_serializer(
+    "OpenAIFilesCopyRequest", {"files": serializers.ListField(child=serializers.CharField())}
+)
 ImportResult = inline_serializer(
     "OpenAIImport",
     {"object": serializers.CharField(), "data": serializers.ListField(child=serializers.DictField())},
@@ -34,6 +37,19 @@ class OpenAIImportView(ProjectAPIView):
     )
     def post(self, request: Request) -> Response:
         result = openai_import.import_jobs(
+            self.project, request.data, api_key=self.api_key, user=self.api_key.created_by
+        )
+        return Response(result)
+
+
+class OpenAIFilesView(ProjectAPIView):
+    @extend_schema(operation_id="listOpenAIFiles", responses={200: ImportResult, **ERRORS})
+    def get(self, request: Request) -> Response:
+        return Response({"object": "list", "data": openai_import.list_files(self.project)})
+
+    @extend_schema(operation_id="copyOpenAIFiles", request=FilesBody, responses={200: ImportResult, **ERRORS})
+    def post(self, request: Request) -> Response:
+        result = openai_import.copy_files(
             self.project, request.data, api_key=self.api_key, user=self.api_key.created_by
         )
         return Response(result)

@@ -31,29 +31,19 @@ def openai_import_page(request: OrganizationRequest, project_id: str) -> HttpRes
     project = get_project(request, project_id)
     key = REPORT_KEY.format(project=project.public_id)
     if request.method == "POST":
-        chosen = request.POST.getlist("jobs")
-        body = {"jobs": chosen, "base_model": request.POST.get("base_model", "")}
-        if not chosen:
-            messages.error(request, "Tick at least one job to import.")
-        elif not body["base_model"]:
-            messages.error(request, "Choose the base model to train on.")
+        if request.POST.get("action") == "files":
+            _copy(request, key, project)
         else:
-            try:
-                request.session[key] = openai_import.import_jobs(project, body, user=request.user)
-            except ActionError as exc:
-                messages.error(request, exc.message)
+            _import(request, key, project)
         return redirect(reverse("dashboard:openai_import", args=[project.public_id]))
     report = request.session.pop(key, None)
     jobs: list[dict[str, Any]] = []
+    files: list[dict[str, Any]] = []
     problem = ""
     if report is None:
         try:
-            jobs = [
-                {**job, "created": datetime.fromtimestamp(job["created_at"], tz=UTC)}
-                if isinstance(job.get("created_at"), int)
-                else job
-                for job in openai_import.list_jobs(project)
-            ]
+            jobs = [_dated(job) for job in openai_import.list_jobs(project)]
+            files = [_dated(file) for file in openai_import.list_files(project)]
         except ActionError as exc:
             problem = exc.message
     return render(
@@ -63,6 +53,7 @@ def openai_import_page(request: OrganizationRequest, project_id: str) -> HttpRes
             "project": project,
             "current_project": project,
             "jobs": jobs,
+            "files": files,
             "problem": problem,
             "needs_key": problem and "OpenAI key" in problem,
             "report": report,
@@ -71,3 +62,36 @@ def openai_import_page(request: OrganizationRequest, project_id: str) -> HttpRes
             "max_jobs": openai_import.MAX_JOBS_IMPORTED,
         },
     )
+
+
+def _import(request: OrganizationRequest, key: str, project: Any) -> None:
+    chosen = request.POST.getlist("jobs")
+    body = {"jobs": chosen, "base_model": request.POST.get("base_model", "")}
+    if not chosen:
+        messages.error(request, "Tick at least one job to import.")
+    elif not body["base_model"]:
+        messages.error(request, "Choose the base model to train on.")
+    else:
+        try:
+            request.session[key] = openai_import.import_jobs(project, body, user=request.user)
+        except ActionError as exc:
+            messages.error(request, exc.message)
+
+
+def _copy(request: OrganizationRequest, key: str, project: Any) -> None:
+    chosen = request.POST.getlist("files")
+    if not chosen:
+        messages.error(request, "Tick at least one file to copy.")
+        return
+    try:
+        request.session[key] = openai_import.copy_files(project, {"files": chosen}, user=request.user)
+    except ActionError as exc:
+        messages.error(request, exc.message)
+
+
+def _dated(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with `created`, its `created_at` (Unix seconds) as a date the template can format."""
+    created = row.get("created_at")
+    if isinstance(created, int) and not isinstance(created, bool):
+        return {**row, "created": datetime.fromtimestamp(created, tz=UTC)}
+    return row
