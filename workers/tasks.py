@@ -202,6 +202,10 @@ def start_parity_run(self: Any, job_id: str) -> str:
     job = Job.objects.select_related("fine_tuned_model").filter(public_id=job_id).first()
     outcome = parity.start_new_model_run(job, waited=True) if job is not None else "none"
     if outcome == "waiting":
+        if self.request.retries >= tasks.PARITY_WAIT_TRIES:
+            assert job is not None
+            parity.gave_up(job)
+            return "refused"
         raise self.retry(countdown=settings.PARITY_RETRY_SECONDS)
     return outcome
 

@@ -10,6 +10,7 @@ proxy uses; a file larger than the plan's upload limit is refused before it is r
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -27,6 +28,8 @@ from apps.jobs import fine_tuning
 from apps.projects.actions import upload_file
 from apps.projects.models import FilePurpose, Project
 
+logger = logging.getLogger(__name__)
+
 MAX_JOBS_LISTED = 500
 MAX_JOBS_IMPORTED = 20
 MAX_FILES_COPIED = 20
@@ -37,6 +40,8 @@ CARRIED = {
     "supervised": ("n_epochs", "batch_size", "learning_rate_multiplier"),
     "dpo": ("n_epochs", "batch_size", "learning_rate_multiplier", "beta"),
 }
+# An OpenAI object id (ftjob-…, file-…): it goes into a URL path, where "." or ".." would not do.
+OPENAI_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 FT_MODEL = re.compile(r"ft:[^:]+:[^:]*:(?P<suffix>[^:]*):[^:]+")
 
 
@@ -124,7 +129,7 @@ def parse_files(body: Any) -> list[str]:
     if (
         not isinstance(files, list)
         or not 1 <= len(files) <= MAX_FILES_COPIED
-        or not all(isinstance(f, str) and f for f in files)
+        or not all(isinstance(f, str) and OPENAI_ID.fullmatch(f) for f in files)
     ):
         raise ActionError(
             f"files must be a list of 1 to {MAX_FILES_COPIED} OpenAI file ids (file-…).", param="files"
@@ -139,12 +144,17 @@ def copy_files(
     upload), or the reason it was not; one file's problem never stops the others."""
     file_ids = parse_files(body)
     client = client_for(project)
-    results = []
-    for file_id in file_ids:
+    results: list[dict[str, Any]] = []
+    for index, file_id in enumerate(file_ids):
         try:
             copied, _ = _copy_file(project, client, file_id, "file", api_key=api_key, user=user)
-        except OpenAIUnavailable:
-            raise
+        except OpenAIUnavailable as exc:
+            if not results:
+                raise
+            results += [
+                {**_unreached(other, exc, "openai_file_id"), "file_id": None} for other in file_ids[index:]
+            ]
+            break
         except ActionError as exc:
             results.append(
                 {
@@ -157,6 +167,14 @@ def copy_files(
         else:
             results.append({"openai_file_id": file_id, "status": "copied", "file_id": copied, "error": None})
     return {"object": "import.openai.files", "data": results}
+
+
+def _unreached(object_id: str, exc: ActionError, key: str = "openai_job_id") -> dict[str, Any]:
+    return {
+        key: object_id,
+        "status": "skipped",
+        "error": {"code": exc.code, "message": exc.message, "param": None},
+    }
 
 
 def _summary(job: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +202,7 @@ def parse(body: Any) -> tuple[list[str], str]:
     if (
         not isinstance(jobs, list)
         or not 1 <= len(jobs) <= MAX_JOBS_IMPORTED
-        or not all(isinstance(j, str) and j for j in jobs)
+        or not all(isinstance(j, str) and OPENAI_ID.fullmatch(j) for j in jobs)
     ):
         raise ActionError(
             f"jobs must be a list of 1 to {MAX_JOBS_IMPORTED} OpenAI fine-tuning job ids (ftjob-…).",
@@ -203,12 +221,16 @@ def import_jobs(
     problem never stops the others."""
     job_ids, base = parse(body)
     client = client_for(project)
-    results = []
-    for job_id in job_ids:
+    results: list[dict[str, Any]] = []
+    for index, job_id in enumerate(job_ids):
         try:
             results.append(_import_one(project, client, job_id, base, api_key=api_key, user=user))
-        except OpenAIUnavailable:
-            raise
+        except OpenAIUnavailable as exc:
+            if not results:
+                raise
+            # What was imported before OpenAI failed is kept and reported; the rest can be tried again.
+            results += [_unreached(other, exc) for other in job_ids[index:]]
+            break
         except ActionError as exc:
             results.append(
                 {
@@ -274,7 +296,7 @@ def _import_one(
     try:
         parsed = fine_tuning.parse(project, request)
         recorded = (
-            parity.record(client, old_model, validation_content or training_content, source)
+            _recorded(client, old_model, validation_content or training_content, source)
             if old_model
             else parity.skipped(f"{job_id} made no model ({job.get('status')}): there is none to compare.")
         )
@@ -314,6 +336,15 @@ def _import_one(
         "parity": parity_report,
         "error": None,
     }
+
+
+def _recorded(client: openai.OpenAI, old_model: str, content: bytes, source: str) -> Any:
+    """`parity.record`, whose failure is the parity eval's, never the import's: the job is recreated."""
+    try:
+        return parity.record(client, old_model, content, source)
+    except Exception:
+        logger.exception("recording the answers of %s for a parity eval failed", old_model)
+        return parity.skipped(f"The answers of {old_model} could not be recorded: no parity eval.")
 
 
 def _mapped(job: dict[str, Any], method: str) -> tuple[dict[str, Any], list[str]]:

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import openai
+from django.db import transaction
 
 from apps.accounts.models import ApiKey, User
 from apps.core.errors import ActionError
@@ -32,7 +33,12 @@ PARITY_CONCURRENCY = 8
 # A fuzzy match at least this close counts as the same answer (rapidfuzz's ratio, 0 to 1).
 SAME_ANSWER = 0.8
 ANSWER_TOKENS = 512
+ROLES = ("system", "developer", "user", "assistant")
+# Where the recreated job's request names its parity eval, the baseline run whose items the new
+# model answers, and (once started) that run: started once, however often the start is tried.
 JOB_KEY = "parity_eval_id"
+BASELINE_KEY = "parity_baseline_run_id"
+RUN_KEY = "parity_run_id"
 ITEM_SCHEMA = {
     "type": "object",
     "properties": {
@@ -68,7 +74,7 @@ def prompts(content: bytes) -> list[tuple[list[dict[str, Any]], str]]:
     for line in content.splitlines():
         try:
             row = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # the file is validated after the copy, not before
             continue
         if not isinstance(row, dict):
             continue
@@ -81,7 +87,10 @@ def prompts(content: bytes) -> list[tuple[list[dict[str, Any]], str]]:
         if (
             isinstance(prompt, list)
             and prompt
-            and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt)
+            and all(
+                isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
+                for m in prompt
+            )
             and isinstance(answer, dict)
             and answer.get("role") == "assistant"
             and isinstance(answer.get("content"), str)
@@ -100,7 +109,7 @@ def _answer(client: openai.OpenAI, model: str, messages: list[dict[str, Any]]) -
         temperature=0,
         max_completion_tokens=ANSWER_TOKENS,
     )
-    return completion.choices[0].message.content or ""
+    return (completion.choices[0].message.content or "") if completion.choices else ""
 
 
 Recorded = list[dict[str, Any]]
@@ -153,7 +162,7 @@ def create(
         parsing.parse_eval(
             project,
             {
-                "name": f"Parity with {old_model}"[:256],
+                "name": f"Parity with {old_model}"[: parsing.MAX_NAME],
                 "metadata": {"openai_job_id": openai_job_id, "fine_tuning_job_id": job.public_id},
                 "data_source_config": {
                     "type": "custom",
@@ -166,7 +175,7 @@ def create(
         user,
     )
     body = {
-        "name": f"{old_model} (answers recorded at OpenAI)"[:256],
+        "name": f"{old_model} (answers recorded at OpenAI)"[: parsing.MAX_NAME],
         "data_source": {
             "type": "jsonl",
             "source": {
@@ -182,7 +191,7 @@ def create(
     baseline = actions.submit_run(
         eval, parsing.parse_run(project, schema, body), body, api_key=api_key, user=user, takes_place=False
     )
-    job.request = {**job.request, JOB_KEY: eval.public_id}
+    job.request = {**job.request, JOB_KEY: eval.public_id, BASELINE_KEY: baseline.job.public_id}
     job.save(update_fields=["request"])
     return {
         "status": "recorded",
@@ -201,48 +210,77 @@ def skipped(reason: str) -> dict[str, Any]:
 
 def start_new_model_run(job: Job, *, waited: bool = False) -> str:
     """Starts the second run of a succeeded imported job's parity eval, its new model on the
-    recorded prompts: "started", "none" (no parity eval), "refused" (said on the job), or "waiting"
-    while the plan's places for batches and eval runs are all taken (the caller tries again later;
-    the first wait is said on the job)."""
-    eval_id = (job.request or {}).get(JOB_KEY)
+    recorded prompts: "started", "none" (no parity eval, or its run started already), "refused"
+    (said on the job), or "waiting" while the plan's places for batches and eval runs are all taken
+    (the caller tries again later; the first wait is said on the job)."""
+    request = job.request or {}
+    eval_id = request.get(JOB_KEY)
     if not eval_id or job.fine_tuned_model is None:
         return "none"
-    eval = Eval.objects.filter(project_id=job.project_id, public_id=eval_id).first()
-    baseline = EvalRun.objects.filter(eval=eval).select_related("job").order_by("job_id").first()
-    if eval is None or baseline is None:
-        _say(job, f"The parity eval {eval_id} is gone: no parity run was started.", level="warn")
-        return "refused"
-    items = [{"item": row["item"]} for row in baseline.job.request["data_source"]["source"]["content"]]
-    body = {
-        "name": f"{job.fine_tuned_model.name} (this fine-tune)"[:256],
-        "data_source": {
-            "type": "completions",
-            "model": job.fine_tuned_model.name,
-            "input_messages": {"type": "item_reference", "item_reference": "item.messages"},
-            # As long an answer as OpenAI's was allowed, within half of a small model's context.
-            "sampling_params": {
-                "temperature": 0,
-                "max_completion_tokens": min(ANSWER_TOKENS, job.fine_tuned_model.context_length // 2),
+    with transaction.atomic():
+        # The job's row lock makes the start once-only: a redelivered try finds the run's id.
+        locked = Job.objects.select_for_update().get(pk=job.pk)
+        if (locked.request or {}).get(RUN_KEY):
+            return "none"
+        eval = Eval.objects.filter(project_id=job.project_id, public_id=eval_id).first()
+        baseline = (
+            EvalRun.objects.filter(eval=eval, job__public_id=request.get(BASELINE_KEY))
+            .select_related("job")
+            .first()
+        )
+        source = ((baseline.job.request or {}).get("data_source") or {}).get("source") if baseline else None
+        if eval is None or not isinstance(source, dict) or source.get("type") != "file_content":
+            _say(
+                job,
+                f"The parity eval {eval_id} or its baseline run is gone: no parity run was started.",
+                "warn",
+            )
+            return "refused"
+        body = {
+            "name": f"{job.fine_tuned_model.name} (this fine-tune)"[: parsing.MAX_NAME],
+            "data_source": {
+                "type": "completions",
+                "model": job.fine_tuned_model.name,
+                "input_messages": {"type": "item_reference", "item_reference": "item.messages"},
+                # As long an answer as OpenAI's was allowed, within half of a small model's context.
+                "sampling_params": {
+                    "temperature": 0,
+                    "max_completion_tokens": min(ANSWER_TOKENS, job.fine_tuned_model.context_length // 2),
+                },
+                "source": {
+                    "type": "file_content",
+                    "content": [{"item": row["item"]} for row in source["content"]],
+                },
             },
-            "source": {"type": "file_content", "content": items},
-        },
-    }
-    try:
-        parsed = parsing.parse_run(eval.project, eval.data_source_config["item_schema"], body)
-        run = actions.submit_run(eval, parsed, body, user=job.created_by)
-    except ActionError as exc:
-        if exc.code == "concurrency_limit_exceeded":
-            if not waited:
-                _say(job, f"The parity run on {eval_id} waits for a place: {exc.message.split('. ')[0]}.")
-            return "waiting"
-        _say(job, f"The parity run on {eval_id} did not start: {exc.message}", level="warn")
-        return "refused"
+        }
+        try:
+            with transaction.atomic():
+                parsed = parsing.parse_run(eval.project, eval.data_source_config["item_schema"], body)
+                run = actions.submit_run(eval, parsed, body, user=job.created_by)
+        except ActionError as exc:
+            if exc.code == "concurrency_limit_exceeded":
+                if not waited:
+                    _say(job, f"The parity run on {eval_id} waits for a place: {exc.message.split('. ')[0]}.")
+                return "waiting"
+            _say(job, f"The parity run on {eval_id} did not start: {exc.message}", level="warn")
+            return "refused"
+        locked.request = {**(locked.request or {}), RUN_KEY: run.job.public_id}
+        locked.save(update_fields=["request"])
+        _say(
+            job,
+            f"Parity run {run.job.public_id} started on {eval_id}: the new model answers the prompts "
+            "OpenAI's model answered.",
+        )
+    return "started"
+
+
+def gave_up(job: Job) -> None:
     _say(
         job,
-        f"Parity run {run.job.public_id} started on {eval_id}: the new model answers the prompts "
-        "OpenAI's model answered.",
+        "The parity run did not start: the plan's places for eval runs stayed taken for a day. Start it from "
+        "the eval's page, on this job's model.",
+        level="warn",
     )
-    return "started"
 
 
 def _say(job: Job, message: str, level: str = "info") -> None:

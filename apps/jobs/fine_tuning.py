@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,7 @@ KNOWN_FIELDS = {
     "integrations",
     "max_cost",
     "devices",
+    "eval_id",
 }
 # The methods whose training runs data-parallel on several devices (workers/runtime/distributed.py).
 MULTI_DEVICE_METHODS = ("supervised", "classification")
@@ -111,9 +113,17 @@ class FineTuneRequest:
     distillation: Distillation | None = None
     beta: float | None = None  # DPO's, resolved ("auto" → 0.1); None for every other method
     devices: int = 1  # the extension `devices`, validated
+    # The extension `eval_id`: what the job keeps of the eval that scores each epoch (apps.evals.checkpoints).
+    checkpoint_eval: dict[str, Any] | None = None
 
 
-def parse(project: Project, body: Any) -> FineTuneRequest:
+# Resolves `eval_id` to what the job keeps of the eval; given by the callers above this layer.
+CheckpointEval = Callable[[Project, Any], dict[str, Any]]
+
+
+def parse(project: Project, body: Any, *, checkpoint_eval: CheckpointEval | None = None) -> FineTuneRequest:
+    """The request, validated. `checkpoint_eval` resolves the extension `eval_id`, which only the
+    callers that pass it accept."""
     if not isinstance(body, dict):
         raise ActionError("The request body must be a JSON object.")
     unknown = sorted(set(body) - KNOWN_FIELDS)
@@ -130,6 +140,21 @@ def parse(project: Project, body: Any) -> FineTuneRequest:
         )
     lora = _lora(body, method)
     devices = _devices(body.get("devices"), method)
+    scored = None
+    if body.get("eval_id") is not None:
+        if method != "supervised":
+            raise ActionError(
+                f"eval_id scores a supervised fine-tune of a generation model; this job's method is '{method}'.",
+                param="eval_id",
+            )
+        if devices > 1:
+            raise ActionError(
+                "A fine-tune scored by an eval trains on one device: leave out devices or eval_id.",
+                param="eval_id",
+            )
+        if checkpoint_eval is None:
+            raise ActionError("eval_id is not accepted here.", param="eval_id")
+        scored = checkpoint_eval(project, body["eval_id"])
     distillation = _distillation(project, body) if method == "distillation" else None
     training_id, training_param = _training_file_id(body, method)
     training = _file(project, training_id, training_param, method, required=True)
@@ -178,6 +203,7 @@ def parse(project: Project, body: Any) -> FineTuneRequest:
         lora=lora,
         distillation=distillation,
         beta=beta,
+        checkpoint_eval=scored,
         devices=devices,
     )
 
@@ -774,7 +800,8 @@ def _create(
                 | ({"beta": request.beta} if request.beta is not None else {})
                 | (_distillation_section(request) if request.distillation is not None else {}),
             },
-        },
+        }
+        | ({"eval": request.checkpoint_eval} if request.checkpoint_eval is not None else {}),
         api_key=api_key,
         user=user,
         status=JobStatus.VALIDATING_FILES if pending else JobStatus.QUEUED,

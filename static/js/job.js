@@ -1,4 +1,4 @@
-// The job page's training curve: train and validation loss and validation accuracy by step.
+// The job page's training curve: train and validation loss, validation accuracy and the eval score by step.
 // The points so far come with the page (a finished job's chart is drawn at once); while the job
 // runs, only the points written since the last fetch are fetched every 2 s and merged by step.
 // Every step is kept; Chart.js's decimation draws a long run at the width of the chart.
@@ -13,6 +13,8 @@
     { key: "train_loss", label: "Train loss", color: "#4f46e5", axis: "loss", radius: 0, order: 1 },
     { key: "valid_loss", label: "Validation loss", color: "#b45309", axis: "loss", radius: 4, order: 0 },
     { key: "accuracy", label: "Validation accuracy", color: "#15803d", axis: "accuracy", radius: 4, order: 0 },
+    // A fine-tune scored by an eval: the share of its items that passed, at each epoch's end.
+    { key: "eval_score", label: "Eval score", color: "#be185d", axis: "accuracy", radius: 4, order: 0 },
   ];
   var POLL_MS = 2000;
 
@@ -38,7 +40,7 @@
         loss: { type: "linear", position: "left", title: { display: true, text: "Loss" } },
         accuracy: {
           type: "linear", position: "right", min: 0, max: 1, display: false,
-          title: { display: true, text: "Accuracy" }, grid: { drawOnChartArea: false },
+          title: { display: true, text: "Accuracy, eval score" }, grid: { drawOnChartArea: false },
         },
       },
       plugins: {
@@ -73,7 +75,8 @@
         .filter(function (p) { return typeof p[s.key] === "number"; })
         .map(function (p) { return { x: p.step, y: p[s.key] }; });
     });
-    chart.options.scales.accuracy.display = chart.data.datasets[2].data.length > 0;
+    chart.options.scales.accuracy.display =
+      chart.data.datasets[2].data.length > 0 || chart.data.datasets[3].data.length > 0;
     chart.update();
     if (empty) empty.hidden = ordered.length > 0;
   }

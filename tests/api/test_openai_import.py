@@ -13,6 +13,7 @@ import pytest
 from django.utils import timezone
 
 from apps.core.crypto import encrypt
+from apps.evals import parity as parity_module
 from apps.jobs.models import Job, JobKind, JobStatus
 from apps.projects.models import File, FileStatus
 from tests.api.test_evals import error_of
@@ -155,6 +156,11 @@ def test_a_bad_import_request_is_refused(api: Any, account: tuple[FakeAccount, F
         "jobs must be a list of 1 to 20 OpenAI fine-tuning job ids (ftjob-…).",
         "jobs",
     )
+    assert error_of(api.post("/v1/imports/openai", {"jobs": [".."], "base_model": "x"}, format="json")) == (
+        400,
+        "jobs must be a list of 1 to 20 OpenAI fine-tuning job ids (ftjob-…).",
+        "jobs",
+    )
     assert error_of(api.post("/v1/imports/openai", {"jobs": ["ftjob-1"]}, format="json")) == (
         400,
         "Missing required parameter: 'base_model'.",
@@ -263,6 +269,12 @@ def test_an_imported_job_gets_a_parity_eval_that_grades_the_new_model_against_op
         message=f"Parity run {new.job.public_id} started on {eval.public_id}: the new model answers the prompts "
         "OpenAI's model answered."
     ).exists()
+    # started once: a second try (a redelivered task) finds it started
+    assert (
+        parity_module.start_new_model_run(Job.objects.select_related("fine_tuned_model").get(pk=job.pk))
+        == "none"
+    )
+    assert EvalRun.objects.filter(eval=eval).count() == 2
     path = f"/v1/evals/{eval.public_id}/runs/{new.job.public_id}"
     wait_for(lambda: api.get(path).json()["status"] in ("completed", "failed"), timeout=120)
     run = api.get(path).json()
@@ -416,3 +428,54 @@ def test_a_bad_file_copy_request_is_refused(api: Any, account: tuple[FakeAccount
         "x",
     )
     assert not File.objects.exists()
+
+
+def test_only_plain_chat_rows_become_parity_prompts() -> None:
+    """The copied file is validated after the import reads it: odd rows are passed over, not fatal."""
+    rows = [
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+        {"messages": [{"content": "no role"}, {"role": "assistant", "content": "a"}]},
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "parts"}]},
+                {"role": "assistant", "content": "a"},
+            ]
+        },
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [{"id": "c"}]}]},
+        {"messages": [{"role": "user", "content": "q"}]},
+        {
+            "input": {"messages": [{"role": "user", "content": "dpo q"}]},
+            "preferred_output": [{"role": "assistant", "content": "good"}],
+            "non_preferred_output": [{"role": "assistant", "content": "bad"}],
+        },
+        [1, 2],
+    ]
+    content = "\n".join(json.dumps(row) for row in rows).encode() + b"\n" + b"[" * 100_000 + b"\nnot json\n"
+    assert parity_module.prompts(content) == [
+        ([{"role": "user", "content": "q"}], "a"),
+        ([{"role": "user", "content": "dpo q"}], "good"),
+    ]
+
+
+def test_an_outage_midway_keeps_what_was_imported_and_says_what_was_not(
+    api: Any,
+    account: tuple[FakeAccount, FakeOpenAI],
+    tiny_llama_base: Any,  # noqa: F811
+) -> None:
+    state, fake = account
+    state.add_file("file-train", CHATS, "support.jsonl")
+    state.jobs = [fine_tuning_job("ftjob-a", "file-train"), fine_tuning_job("ftjob-c", "file-train")]
+    answer = fake.responder
+    fake.responder = lambda path, body: server_error() if path.endswith("/ftjob-down") else answer(path, body)
+    response = api.post(
+        "/v1/imports/openai",
+        {"jobs": ["ftjob-a", "ftjob-down", "ftjob-c"], "base_model": "tiny-llama-base"},
+        format="json",
+    )
+    assert response.status_code == 200, response.content
+    done, down, untried = response.json()["data"]
+    assert done["status"] == "created" and Job.objects.filter(public_id=done["fine_tuning_job_id"]).exists()
+    for row, job_id in ((down, "ftjob-down"), (untried, "ftjob-c")):
+        assert row["openai_job_id"] == job_id and row["status"] == "skipped"
+        assert row["error"]["code"] == "upstream_unavailable"
+        assert row["error"]["message"].startswith("OpenAI could not be reached or answered with an error: ")

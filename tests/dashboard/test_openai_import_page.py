@@ -143,3 +143,13 @@ def test_an_outsider_gets_404(client: Any, carol: Any, alice_project: Any) -> No
     response = client.post(page_url(alice_project), {"jobs": ["ftjob-1"], "base_model": "x"})
     assert response.status_code == 404
     assert not Job.objects.exists()
+
+
+def test_a_job_with_an_odd_date_is_listed_without_one(
+    client: Any, alice: Any, alice_project: Any, account: tuple[FakeAccount, FakeOpenAI]
+) -> None:
+    state, _ = account
+    state.jobs[0]["created_at"] = 10**20  # no date a page can show
+    login(client, alice)
+    rows = table(client.get(page_url(alice_project)).content.decode(), "openai-jobs")
+    assert rows[0][0] == "ftjob-new" and rows[0][-1] == ""

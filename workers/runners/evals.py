@@ -101,6 +101,24 @@ class Calls(BatchRun):
         return response
 
 
+def input_messages(spec: dict[str, Any], item: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chat a completions data source sends for `item`: its template rendered, or the item's
+    own messages (`item_reference`). Raises ActionError when the item lacks what they name."""
+    if spec["type"] == "template":
+        return [
+            {"role": m["role"], "content": graders.render(m["content"], item, None)} for m in spec["template"]
+        ]
+    value: Any = {"item": item}
+    for part in spec["item_reference"].split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if not isinstance(value, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str)
+        for m in value
+    ):
+        raise ActionError(f"{spec['item_reference']} is not a list of messages with role and content.")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
 def output_text(response: dict[str, Any]) -> str:
     choices = response.get("choices") or [{}]
     content = (choices[0].get("message") or {}).get("content")
@@ -256,21 +274,7 @@ class EvalRunner:
         return namespace, shown
 
     def messages(self, item: dict[str, Any]) -> list[dict[str, Any]]:
-        spec = self.data_source["input_messages"]
-        if spec["type"] == "template":
-            return [
-                {"role": m["role"], "content": graders.render(m["content"], item, None)}
-                for m in spec["template"]
-            ]
-        value: Any = {"item": item}
-        for part in spec["item_reference"].split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        if not isinstance(value, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str)
-            for m in value
-        ):
-            raise ActionError(f"{spec['item_reference']} is not a list of messages with role and content.")
-        return [{"role": m["role"], "content": m["content"]} for m in value]
+        return input_messages(self.data_source["input_messages"], item)
 
     def grade_row(self, index: int, row: Any) -> dict[str, Any]:
         item = row.get("item") if isinstance(row, dict) else None

@@ -28,6 +28,7 @@ from apps.projects.models import FilePurpose
 from apps.registry.actions import create_fine_tuned_model
 from workers.runners.artifacts import local_model_dir
 from workers.runners.attempt import MONEY_STOPS, AttemptGuard, drop_interrupted_connections
+from workers.runners.checkpoint_eval import CheckpointScorer
 from workers.runners.distill import (
     Labelling,
     compare,
@@ -102,6 +103,9 @@ def run_fine_tune(job: Job) -> None:
                 result = train_on_devices(job, spec, devices, progress, work)
                 if result is None:  # the worker lacks the devices: the job failed
                     return
+            elif (job.request or {}).get("eval"):  # scored by an eval at each epoch's end (SFT only)
+                scorer = CheckpointScorer(job.request["eval"], progress, job.model_name)
+                result = train(spec, progress.on_event, progress.should_stop, score=scorer)  # type: ignore[call-arg]
             else:
                 result = train(spec, progress.on_event, progress.should_stop)
             progress.drain()
@@ -298,9 +302,13 @@ def _finish(
         discard(files)
         return
     # An imported job's parity eval samples the new model now that it exists (apps.evals.parity).
-    if parity.start_new_model_run(finished) == "waiting":
-        from workers.tasks import start_parity_run
+    # The job has succeeded: a failure here is logged, never the job's.
+    try:
+        if parity.start_new_model_run(finished) == "waiting":
+            from workers.tasks import start_parity_run
 
-        start_parity_run.apply_async((finished.public_id,), countdown=settings.PARITY_RETRY_SECONDS)
+            start_parity_run.apply_async((finished.public_id,), countdown=settings.PARITY_RETRY_SECONDS)
+    except Exception:
+        logger.exception("job %s: the parity run could not be started", finished.public_id)
     if labelling is not None:
         forget_labels(job)

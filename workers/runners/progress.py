@@ -287,6 +287,10 @@ def _eval_message(event: Any) -> str:
         parts.append(f"valid_loss {metrics['valid_loss']:.4f}")
     if "accuracy" in metrics:
         parts.append(f"accuracy {metrics['accuracy']:.3f}")
+    if "eval_score" in metrics:  # a fine-tune scored by an eval (workers/runners/checkpoint_eval.py)
+        parts.append(
+            f"eval score {metrics['eval_score']:.1%} ({metrics.get('eval_passed')} of {metrics.get('eval_items')})"
+        )
     return ": ".join([parts[0], ", ".join(parts[1:])]) if len(parts) > 1 else parts[0]
 
 

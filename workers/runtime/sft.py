@@ -227,10 +227,16 @@ def check_resumable(saved: dict[str, Any], total_steps: int, lora: dict[str, Any
 # --- the training function ---------------------------------------------------------------------
 
 
+# Scores the model as it is at an epoch's end (an eval's items answered and graded): its figures
+# join the epoch's metrics, and `eval_score` then picks the best checkpoint (training.LoopState).
+Scorer = Callable[[Any, Any, torch.device], dict[str, Any]]
+
+
 def train_lm(
     spec: TrainSpec,
     on_progress: Callable[[ProgressEvent], None],
     should_stop: Callable[[], bool],
+    score: Scorer | None = None,
 ) -> TrainResult:
     hp = spec.hyperparameters
 
@@ -296,9 +302,16 @@ def train_lm(
             run.emit("step", metrics)
 
         def validate() -> dict[str, Any]:
-            return evaluate(model, run.valid_batches, device, run.dtype)
+            metrics = evaluate(model, run.valid_batches, device, run.dtype) if len(data.valid) else {}
+            if score is not None:
+                model.eval()
+                metrics.update(score(model, tokenizer, device))
+                model.train()
+            return metrics
 
-        stopped = run.run_epochs(should_stop, step, validate if len(data.valid) else None)
+        stopped = run.run_epochs(
+            should_stop, step, validate if len(data.valid) or score is not None else None
+        )
 
         # -- save
         return run.save(stopped)
@@ -414,3 +427,36 @@ class LMRun(RunBase):
             trained_tokens=self.state.trained_tokens,
             checkpoints=[CheckpointInfo(**info) for info in self.state.checkpoints],
         )
+
+
+@torch.no_grad()
+def greedy_answers(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[dict[str, str]]],
+    max_new_tokens: int,
+    device: torch.device,
+) -> list[tuple[str, int, int]]:
+    """Each chat's answer by greedy decoding, with its prompt and answer token counts: what a
+    checkpoint says to an eval's items. One at a time, as the items are few (an eval's first 100)."""
+    answers = []
+    limit = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
+    for messages in prompts:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        room = max(int(limit) - ids.shape[1], 0)
+        if room == 0:  # a prompt as long as the context: nothing can be answered
+            answers.append(("", ids.shape[1], 0))
+            continue
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=torch.ones_like(ids).to(device),
+            max_new_tokens=min(max_new_tokens, room),
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id
+            if tokenizer.pad_token_id is not None
+            else tokenizer.eos_token_id,
+        )
+        new = out[0, ids.shape[1] :]
+        answers.append((tokenizer.decode(new, skip_special_tokens=True), ids.shape[1], int(new.shape[0])))
+    return answers

@@ -60,6 +60,9 @@ class LoopState:
     epoch_loss_sum: float = 0.0
     epoch_loss_steps: int = 0
     best_valid_loss: float = math.inf
+    # With an eval scoring each epoch (sft.Scorer), the best is its highest `eval_score`, ties going
+    # to the lower valid_loss; otherwise the lowest valid_loss.
+    best_score: float = -math.inf
     best_metrics: dict[str, Any] = field(default_factory=dict)
     best_checkpoint: str | None = None
     evals_without_improvement: int = 0
@@ -77,14 +80,21 @@ class LoopState:
         return self.epoch_loss_sum / max(1, self.epoch_loss_steps)
 
     def finish_epoch(self, metrics: dict[str, Any], checkpoint: str, patience: int) -> None:
-        """Count the epoch, keep the best valid_loss and decide on early stopping."""
+        """Count the epoch, keep the best (by eval score, else valid_loss) and decide on early
+        stopping."""
         self.epoch += 1
         self.batch_in_epoch = 0
         self.epoch_loss_sum, self.epoch_loss_steps = 0.0, 0
-        if "valid_loss" not in metrics:  # nothing to validate on: every epoch is "the best"
+        loss = metrics.get("valid_loss", math.inf)
+        if "eval_score" in metrics:
+            better = (metrics["eval_score"], -loss) > (self.best_score, -self.best_valid_loss)
+        elif "valid_loss" in metrics:
+            better = loss < self.best_valid_loss
+        else:  # nothing to validate on: every epoch is "the best"
             return
-        if metrics["valid_loss"] < self.best_valid_loss:
-            self.best_valid_loss = metrics["valid_loss"]
+        if better:
+            self.best_valid_loss = loss
+            self.best_score = metrics.get("eval_score", -math.inf)
             self.best_metrics = {**metrics, "best_step": self.step, "best_epoch": self.epoch}
             self.best_checkpoint = checkpoint
             self.evals_without_improvement = 0
@@ -332,6 +342,12 @@ def saved_message(state: LoopState) -> str:
     best_step = state.best_metrics.get("best_step")
     if best_step is None:
         return f"Saved the model at step {state.step}."
+    metrics = state.best_metrics
+    if "eval_score" in metrics:
+        figures = f"{metrics['eval_score']:.1%} of the eval's items passed"
+        if "eval_passed" in metrics and "eval_items" in metrics:
+            figures += f" ({metrics['eval_passed']} of {metrics['eval_items']})"
+        return f"Saved the model from step {best_step}, the best by its eval: {figures}."
     return f"Saved the model from step {best_step}, the best by validation loss."
 
 
@@ -629,9 +645,10 @@ class RunBase:
             metrics = (info or {}).get("metrics") or {}
             state.best_checkpoint = resumed
             state.best_valid_loss = metrics.get("valid_loss", math.inf)
+            state.best_score = metrics.get("eval_score", -math.inf)
             state.best_metrics = (
                 {**metrics, "best_step": resumed_step, "best_epoch": info["epoch"]}
-                if info and "valid_loss" in metrics
+                if info and ("valid_loss" in metrics or "eval_score" in metrics)
                 else {}
             )
 
@@ -641,9 +658,8 @@ class RunBase:
     def early_stop_message(self) -> None:
         if self.state.early_stopped:
             waited, best_step = self.state.evals_without_improvement, self.state.best_metrics.get("best_step")
-            message = (
-                f"Early stopping: no better valid_loss for {waited} evaluations; keeping step {best_step}"
-            )
+            what = "eval score" if "eval_score" in self.state.best_metrics else "valid_loss"
+            message = f"Early stopping: no better {what} for {waited} evaluations; keeping step {best_step}"
             self.emit("log", message=message)
 
 

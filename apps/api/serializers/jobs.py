@@ -88,6 +88,7 @@ def fine_tuning_job(job: Job) -> dict[str, Any]:
         "estimated_cost": job.estimated_cost,
         "max_cost": job.max_cost,
         "devices": job_devices(job),
+        "eval_id": ((job.request or {}).get("eval") or {}).get("id"),
         "attempt": job.attempt,
     }
     return omit_unset(body, ("method",))
@@ -192,6 +193,9 @@ class FineTuningJobSerializer(serializers.Serializer):
     estimated_cost = serializers.IntegerField(allow_null=True, help_text="Extension: micro-dollars.")
     max_cost = serializers.IntegerField(allow_null=True, help_text="Extension: budget cap, micro-dollars.")
     devices = serializers.IntegerField(help_text="Extension: the devices (GPUs) that train the job together.")
+    eval_id = serializers.CharField(
+        allow_null=True, help_text="Extension: the eval that scores each epoch and picks the model kept."
+    )
 
 
 class FineTuningJobCreateSerializer(serializers.Serializer):
@@ -228,6 +232,12 @@ class FineTuningJobCreateSerializer(serializers.Serializer):
         min_value=1,
         help_text="Extension: train on this many devices (GPUs) of one worker, data-parallel; 1 by default. "
         "Supervised and classification fine-tunes, up to the deployment's TRAINING_MAX_DEVICES.",
+    )
+    eval_id = serializers.CharField(
+        required=False,
+        allow_null=True,
+        help_text="Extension: an eval of the project that scores each epoch of a supervised fine-tune; the "
+        "checkpoint kept is the best by its score.",
     )
 
 

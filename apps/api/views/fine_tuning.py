@@ -22,6 +22,7 @@ from apps.api.serializers.jobs import (
     job_event,
 )
 from apps.core.errors import ActionError
+from apps.evals import checkpoints
 from apps.jobs import actions, fine_tuning
 from apps.jobs.models import Job, JobKind, JobStatus
 
@@ -63,7 +64,7 @@ class FineTuningJobListView(FineTuningBase):
     @idempotent(json_fingerprint)
     def post(self, request: Request) -> Response:
         # A max_cost below the estimate is allowed: the job stops when its next step would pass it.
-        parsed = fine_tuning.parse(self.project, request.data)
+        parsed = fine_tuning.parse(self.project, request.data, checkpoint_eval=checkpoints.snapshot)
         job = fine_tuning.submit(
             parsed, project=self.project, api_key=self.api_key, user=self.api_key.created_by
         )
@@ -78,7 +79,8 @@ class FineTuningEstimateView(FineTuningBase):
         description="Extension: what a fine-tuning job would cost and how long it would take. Starts nothing.",
     )
     def post(self, request: Request) -> Response:
-        return Response(fine_tuning.estimate(fine_tuning.parse(self.project, request.data)))
+        parsed = fine_tuning.parse(self.project, request.data, checkpoint_eval=checkpoints.snapshot)
+        return Response(fine_tuning.estimate(parsed))
 
 
 class FineTuningJobDetailView(FineTuningBase):

@@ -47,8 +47,8 @@ FORM_TOKEN_SECONDS = 3600
 TRUSTED_VALIDATION_ROWS = 30
 # An ETA past this says only that it is long: a rate measured over a few slow steps can be absurd.
 LONGEST_ETA_SECONDS = 2 * 24 * 3600
-# Step metrics are milestones only when they carry an evaluation.
-MILESTONES = ~Q(type="metrics") | Q(data__has_key="valid_loss")
+# Step metrics are milestones only when they carry an evaluation (a validation loss, an eval score).
+MILESTONES = ~Q(type="metrics") | Q(data__has_key="valid_loss") | Q(data__has_key="eval_score")
 
 
 # --- Lookups, always scoped to the project ------------------------------------------------------

@@ -93,5 +93,8 @@ def _dated(row: dict[str, Any]) -> dict[str, Any]:
     """The row with `created`, its `created_at` (Unix seconds) as a date the template can format."""
     created = row.get("created_at")
     if isinstance(created, int) and not isinstance(created, bool):
-        return {**row, "created": datetime.fromtimestamp(created, tz=UTC)}
+        try:
+            return {**row, "created": datetime.fromtimestamp(created, tz=UTC)}
+        except (ValueError, OverflowError, OSError):  # not a date OpenAI would send: shown empty
+            return row
     return row

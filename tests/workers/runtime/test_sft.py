@@ -21,7 +21,7 @@ from workers.runtime.generate import generate  # noqa: E402
 from workers.runtime.lm_data import IGNORE_INDEX, LMSplit, collate_lm, encode_chat, encode_completion  # noqa: E402
 from workers.runtime.lora import ADAPTER_DIR, resolve_lora  # noqa: E402
 from workers.runtime.models import load_model  # noqa: E402
-from workers.runtime.sft import train_lm  # noqa: E402
+from workers.runtime.sft import greedy_answers, train_lm  # noqa: E402
 from workers.runtime.specs import (  # noqa: E402
     GenerateRequest,
     Hyperparameters,
@@ -29,7 +29,12 @@ from workers.runtime.specs import (  # noqa: E402
     TrainResult,
     TrainSpec,
 )
-from workers.runtime.training import MODEL_CARD_FILE, TRAINER_STATE_FILE, read_trainer_state  # noqa: E402
+from workers.runtime.training import (  # noqa: E402
+    MODEL_CARD_FILE,
+    TRAINER_STATE_FILE,
+    LoopState,
+    read_trainer_state,
+)
 
 FAST = Hyperparameters(n_epochs=3, batch_size=4, learning_rate=3e-3, early_stopping_patience=0)
 # Words the tiny GPT-2's tokenizer was trained on, so replies are a few tokens each.
@@ -575,3 +580,54 @@ def test_smollm2_fine_tunes_with_lora_and_generates(tmp_path: Path, smollm2_dir:
         messages=({"role": "user", "content": "Capital of France?"},), max_tokens=8, temperature=0
     )
     assert "Paris" in generate(model, request).choices[0].text
+
+
+def test_a_run_scored_by_an_eval_keeps_the_checkpoint_with_the_best_score_not_the_lowest_loss(
+    tmp_path: Path, tiny_gpt2_dir: Path, chat_jsonl: Path
+) -> None:
+    # given: three epochs, a validation file, and a scorer whose best epoch is the second (the
+    # real scorer answers an eval's items; here the scores are set, and the answers are real)
+    spec = make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, hp={"n_epochs": 3}, validation_file=str(chat_jsonl))
+    scores = iter([0.25, 0.75, 0.75])
+    answered: list[list[tuple[str, int, int]]] = []
+
+    def score(model: Any, tokenizer: Any, device: Any) -> dict[str, Any]:
+        assert not model.training  # scored in eval mode, as an answer would be
+        answered.append(greedy_answers(model, tokenizer, [[{"role": "user", "content": "hi"}]], 5, device))
+        value = next(scores)
+        return {"eval_score": value, "eval_passed": int(value * 4), "eval_items": 4}
+
+    # when
+    events: list[ProgressEvent] = []
+    result = train_lm(spec, events.append, lambda: False, score=score)
+
+    # then: each epoch's evaluation carries its score; a tie goes to the lower valid_loss
+    evals = [event.metrics for event in events if event.kind == "eval"]
+    assert [m["eval_score"] for m in evals] == [0.25, 0.75, 0.75]
+    best = 1 if evals[1]["valid_loss"] <= evals[2]["valid_loss"] else 2
+    steps = [event.step for event in events if event.kind == "eval"]
+    assert result.metrics["best_step"] == steps[best] and result.metrics["eval_score"] == 0.75
+    assert (
+        events[-1].message
+        == f"Saved the model from step {steps[best]}, the best by its eval: 75.0% of the eval's items passed (3 of 4)."
+    )
+    # greedy answers, with their token counts: at most 5 new tokens after the prompt
+    assert len(answered) == 3 and all(
+        prompt > 0 and 0 <= new <= 5 for (_, prompt, new) in (a[0] for a in answered)
+    )
+
+
+def test_the_best_by_eval_score_does_not_look_at_the_loss_unless_the_scores_tie() -> None:
+    state = LoopState()
+    state.finish_epoch({"valid_loss": 1.0, "eval_score": 0.5}, "a", patience=0)
+    state.finish_epoch({"valid_loss": 0.5, "eval_score": 0.25}, "b", patience=0)  # lower loss, worse score
+    assert state.best_checkpoint == "a"
+    state.finish_epoch({"valid_loss": 0.9, "eval_score": 0.5}, "c", patience=0)  # same score, lower loss
+    assert state.best_checkpoint == "c"
+    state.finish_epoch({"eval_score": 0.75}, "d", patience=0)  # no validation file: the score alone
+    assert state.best_checkpoint == "d" and state.best_metrics["eval_score"] == 0.75
+    # early stopping counts epochs without a better score
+    stopping = LoopState()
+    for name, score in (("a", 0.5), ("b", 0.5), ("c", 0.25)):
+        stopping.finish_epoch({"valid_loss": 1.0, "eval_score": score}, name, patience=2)
+    assert stopping.early_stopped and stopping.best_checkpoint == "a"
