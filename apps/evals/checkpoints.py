@@ -20,8 +20,12 @@ from apps.projects.models import Project
 
 # An eval scores each epoch on at most this many items: answering them is part of the epoch's time.
 MAX_CHECKPOINT_ITEMS = 100
-# An answer's length when the run gave none, as a chat request's default would be too long for this.
+# An answer's length when the run gave none, as a chat request's default would be too long for this;
+# and the most, as every epoch answers every item on the GPU the training holds.
 DEFAULT_ANSWER_TOKENS = 128
+MAX_ANSWER_TOKENS = 512
+# The items a job keeps with its request (read with every job listed): a megabyte at most.
+MAX_SNAPSHOT_BYTES = 1_000_000
 PARAM = "eval_id"
 
 
@@ -57,14 +61,23 @@ def snapshot(project: Project, eval_id: Any) -> dict[str, Any]:
         raise ActionError(
             f"The items of {eval_id}'s latest completions run are gone (its file was deleted).", param=PARAM
         )
+    size = len(json.dumps(items))
+    if size > MAX_SNAPSHOT_BYTES:
+        raise ActionError(
+            f"The first {len(items)} items of {eval_id}'s latest completions run are {size:,} bytes; a fine-tune "
+            f"keeps at most {MAX_SNAPSHOT_BYTES:,} bytes of them. Run the eval on fewer or smaller items first.",
+            param=PARAM,
+        )
     return {
         "id": eval.public_id,
         "run_id": run.job.public_id,
         "criteria": eval.testing_criteria,
         "items": items,
         "input_messages": source["input_messages"],
-        "max_tokens": (source.get("sampling_params") or {}).get("max_completion_tokens")
-        or DEFAULT_ANSWER_TOKENS,
+        "max_tokens": min(
+            (source.get("sampling_params") or {}).get("max_completion_tokens") or DEFAULT_ANSWER_TOKENS,
+            MAX_ANSWER_TOKENS,
+        ),
     }
 
 

@@ -606,8 +606,21 @@ def estimate(request: FineTuneRequest) -> dict[str, Any]:
         teacher_cost = _teacher_cost(request.distillation, rows, mean_tokens)
         body["teacher_cost"] = teacher_cost
         body["estimated_cost"] = cost = cost + teacher_cost
+    if request.checkpoint_eval is not None:
+        eval_cost = checkpoint_eval_cost(request.model.name, request.checkpoint_eval, hp)
+        body["eval_cost"] = eval_cost
+        body["estimated_cost"] = cost = cost + eval_cost
     body["allowed_to_proceed"] = request.max_cost is None or cost <= request.max_cost or rows == 0
     return body
+
+
+def checkpoint_eval_cost(model_name: str, scored: dict[str, Any], hp: Hyperparameters) -> int:
+    """The most the eval's answers can cost over the job: every epoch, every item with a prompt as
+    long as a training sequence and an answer as long as allowed (workers/runners/checkpoint_eval.py)."""
+    answers = len(scored["items"]) * hp.n_epochs
+    return cost_of(model_name, "input_tokens", answers * hp.max_seq_length) + cost_of(
+        model_name, "output_tokens", answers * int(scored["max_tokens"])
+    )
 
 
 def training_seconds(n_train: int, n_epochs: int, batch_size: int, task: str) -> int:

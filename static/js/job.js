@@ -26,6 +26,7 @@
           label: s.label, data: [], yAxisID: s.axis, borderColor: s.color, backgroundColor: s.color,
           borderWidth: 2, pointRadius: s.radius, tension: 0.2, order: s.order,
           pointBorderColor: "#fff", pointBorderWidth: s.radius ? 1.5 : 0,
+          clip: 8, // a score of 1 sits on the top edge: its line and points are drawn whole
         };
       }),
     },

@@ -6,6 +6,7 @@ billed. The fine-tune is made through the official SDK (`extra_body`, as any ext
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from django.test import Client
 
 from apps.billing.models import UsageRecord
+from apps.billing.pricing import cost_of
 from apps.evals.models import EvalRun
 from apps.jobs.models import Job, JobEvent, JobKind, JobStatus
 from apps.projects.actions import create_processed_file
@@ -107,9 +109,33 @@ def test_an_eval_that_cannot_score_a_fine_tune_is_refused_saying_why(
         "eval_id scores a supervised fine-tune of a generation model; this job's method is 'dpo'.",
         "eval_id",
     )
-    # the estimate says the same
+    # the estimate says the same, and counts the answers at their costliest
     assert error_of(api.post("/v1/fine_tuning/jobs/estimate", body(file, "eval_nope"), format="json"))[1] == (
         "No eval eval_nope in this project."
+    )
+    estimate = api.post("/v1/fine_tuning/jobs/estimate", body(file, ran["id"]), format="json").json()
+    answers = 4 * 2  # 4 items, 2 epochs
+    worst = cost_of(
+        "tiny-llama-base", "input_tokens", answers * estimate["hyperparameters"]["max_seq_length"]
+    )
+    worst += cost_of("tiny-llama-base", "output_tokens", answers * 6)
+    assert estimate["eval_cost"] == worst > 0
+    assert (
+        estimate["estimated_cost"]
+        == cost_of("tiny-llama-base", "trained_tokens", estimate["trained_tokens"]) + worst
+    )
+    # a job keeps at most a megabyte of the eval's items
+    Job.objects.filter(kind=JobKind.EVAL_RUN).update(status=JobStatus.CANCELLED)  # the plan's one place
+    big = create_eval(api)
+    rows = [{"item": {"question": "x" * 11_000, "answer": "y"}} for _ in range(100)]
+    heavy = {**COMPLETIONS, "source": {"type": "file_content", "content": rows}}
+    assert api.post(f"/v1/evals/{big['id']}/runs", {"data_source": heavy}, format="json").status_code == 200
+    assert refusal(body(file, big["id"])) == (
+        400,
+        f"The first 100 items of {big['id']}'s latest completions run are {len(json.dumps([r['item'] for r in rows])):,} "
+        "bytes; a fine-tune keeps at "
+        "most 1,000,000 bytes of them. Run the eval on fewer or smaller items first.",
+        "eval_id",
     )
     assert not Job.objects.filter(kind=JobKind.FINE_TUNE).exists()
 

@@ -20,6 +20,9 @@ from apps.jobs.actions import usage_key
 from workers.runners.evals import input_messages
 from workers.runners.progress import ProgressReporter
 
+# As the chat API sends them (apps/jobs/inference.py): a developer message is the model's system one.
+ROLES = {"developer": "system"}
+
 
 class CheckpointScorer:
     """`sft.Scorer` for a job whose request holds an eval snapshot (`apps.evals.checkpoints`)."""
@@ -33,35 +36,67 @@ class CheckpointScorer:
         self.input_key = usage_key("input_tokens", base_model)
         self.output_key = usage_key("output_tokens", base_model)
         self.base_model = base_model
+        # The counts run over every attempt of the job (what `bill` expects): a resumed attempt goes on
+        # from what the earlier ones billed, so its answers are billed and count toward max_cost.
+        billed = progress.job.billed_usage or {}
+        for key, unit in ((self.input_key, "input_tokens"), (self.output_key, "output_tokens")):
+            so_far = int(billed.get(key, 0))
+            progress.extra_usage[key] = so_far
+            progress.extra_cost += cost_of(base_model, unit, so_far)
 
-    def __call__(self, model: Any, tokenizer: Any, device: Any) -> dict[str, Any]:
-        from workers.runtime.sft import greedy_answers
+    def __call__(self, model: Any, tokenizer: Any, device: Any, max_length: int) -> dict[str, Any]:
+        """The epoch's score. An item that cannot be asked (its template names what it lacks, the
+        model's chat template refuses it, its prompt fills the training's sequence length) fails and
+        costs nothing. Before each answer the job's budget is checked for the costliest answer
+        possible, and a cancel or pause ends the scoring: the epoch then has no score."""
+        from workers.runtime.sft import greedy_answer
 
-        chats: list[list[dict[str, Any]] | None] = []
-        for item in self.items:
-            try:
-                chats.append(input_messages(self.input_messages, item))
-            except ActionError:  # an item that lacks what the template names fails, as in a run
-                chats.append(None)
-        asked = [chat for chat in chats if chat is not None]
-        answers = iter(greedy_answers(model, tokenizer, asked, self.max_tokens, device))
         passed = 0
-        for item, chat in zip(self.items, chats, strict=True):
-            if chat is None:
+        worst = cost_of(self.base_model, "input_tokens", max_length) + cost_of(
+            self.base_model, "output_tokens", self.max_tokens
+        )
+        for item in self.items:
+            if self._stopped(worst):
+                return {}
+            try:  # one item rendered at a time: each message may fill up to graders.MAX_RENDERED
+                chat = [
+                    {"role": ROLES.get(m["role"], m["role"]), "content": m["content"]}
+                    for m in input_messages(self.input_messages, item)
+                ]
+            except ActionError:
                 continue
-            text, prompt_tokens, answer_tokens = next(answers)
+            answer = greedy_answer(model, tokenizer, chat, self.max_tokens, max_length, device)
+            if answer is None:
+                continue
+            text, prompt_tokens, answer_tokens = answer
             self._bill(prompt_tokens, answer_tokens)
-            sample: dict[str, Any] = {
-                "output_text": text,
-                "choices": [{"message": {"role": "assistant", "content": text}}],
-            }
-            with contextlib.suppress(ValueError):
-                parsed = json.loads(text)
-                if isinstance(parsed, dict):
-                    sample["output_json"] = parsed
-            grades = [graders.grade(criterion, item, sample) for criterion in self.criteria]
-            passed += all(grade.passed and grade.error is None for grade in grades)
+            passed += self._passes(item, text)
         return {"eval_score": passed / len(self.items), "eval_passed": passed, "eval_items": len(self.items)}
+
+    def _stopped(self, worst: int) -> bool:
+        """A cancel or pause asked for, or the next answer's costliest case past max_cost or the
+        spend cap (the job then stops as at a step: budget_reached, keeping its model)."""
+        progress = self.progress
+        if progress.guard.should_stop():
+            return True
+        spent = progress.extra_cost + cost_of(self.base_model, "trained_tokens", progress.trained_tokens)
+        reason = progress.budget_reason(spent + worst)
+        if reason:
+            progress.guard.request_stop(reason)
+            return True
+        return False
+
+    def _passes(self, item: dict[str, Any], text: str) -> bool:
+        sample: dict[str, Any] = {
+            "output_text": text,
+            "choices": [{"message": {"role": "assistant", "content": text}}],
+        }
+        with contextlib.suppress(ValueError, RecursionError):
+            parsed = json.loads(text)
+            if isinstance(parsed, dict):
+                sample["output_json"] = parsed
+        grades = [graders.grade(criterion, item, sample) for criterion in self.criteria]
+        return all(grade.passed and grade.error is None for grade in grades)
 
     def _bill(self, prompt_tokens: int, answer_tokens: int) -> None:
         usage = self.progress.extra_usage

@@ -227,9 +227,10 @@ def check_resumable(saved: dict[str, Any], total_steps: int, lora: dict[str, Any
 # --- the training function ---------------------------------------------------------------------
 
 
-# Scores the model as it is at an epoch's end (an eval's items answered and graded): its figures
-# join the epoch's metrics, and `eval_score` then picks the best checkpoint (training.LoopState).
-Scorer = Callable[[Any, Any, torch.device], dict[str, Any]]
+# Scores the model as it is at an epoch's end (an eval's items answered and graded; the model, its
+# tokenizer, the device, and the training's sequence length, which bounds prompt and answer): its
+# figures join the epoch's metrics, and `eval_score` then picks the best checkpoint (LoopState).
+Scorer = Callable[[Any, Any, torch.device, int], dict[str, Any]]
 
 
 def train_lm(
@@ -305,7 +306,7 @@ def train_lm(
             metrics = evaluate(model, run.valid_batches, device, run.dtype) if len(data.valid) else {}
             if score is not None:
                 model.eval()
-                metrics.update(score(model, tokenizer, device))
+                metrics.update(score(model, tokenizer, device, max_length))
                 model.train()
             return metrics
 
@@ -430,33 +431,32 @@ class LMRun(RunBase):
 
 
 @torch.no_grad()
-def greedy_answers(
+def greedy_answer(
     model: Any,
     tokenizer: Any,
-    prompts: Sequence[list[dict[str, str]]],
+    messages: list[dict[str, str]],
     max_new_tokens: int,
+    max_length: int,
     device: torch.device,
-) -> list[tuple[str, int, int]]:
-    """Each chat's answer by greedy decoding, with its prompt and answer token counts: what a
-    checkpoint says to an eval's items. One at a time, as the items are few (an eval's first 100)."""
-    answers = []
-    limit = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
-    for messages in prompts:
+) -> tuple[str, int, int] | None:
+    """The chat's answer by greedy decoding, with its prompt and answer token counts: what a
+    checkpoint says to one of an eval's items. None when the model cannot be asked it: its chat
+    template refuses the messages (or it has none), or the prompt leaves no room within
+    `max_length`, the training's own sequence length."""
+    try:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        room = max(int(limit) - ids.shape[1], 0)
-        if room == 0:  # a prompt as long as the context: nothing can be answered
-            answers.append(("", ids.shape[1], 0))
-            continue
-        out = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=torch.ones_like(ids).to(device),
-            max_new_tokens=min(max_new_tokens, room),
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id
-            if tokenizer.pad_token_id is not None
-            else tokenizer.eos_token_id,
-        )
-        new = out[0, ids.shape[1] :]
-        answers.append((tokenizer.decode(new, skip_special_tokens=True), ids.shape[1], int(new.shape[0])))
-    return answers
+    except Exception:  # a template's own refusal (jinja raises what the template says), or none at all
+        return None
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    room = max_length - ids.shape[1]
+    if room <= 0:
+        return None
+    out = model.generate(
+        input_ids=ids.to(device),
+        attention_mask=torch.ones_like(ids).to(device),
+        max_new_tokens=min(max_new_tokens, room),
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    )
+    new = out[0, ids.shape[1] :]
+    return tokenizer.decode(new, skip_special_tokens=True), ids.shape[1], int(new.shape[0])

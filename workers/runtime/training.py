@@ -89,7 +89,9 @@ class LoopState:
         if "eval_score" in metrics:
             better = (metrics["eval_score"], -loss) > (self.best_score, -self.best_valid_loss)
         elif "valid_loss" in metrics:
-            better = loss < self.best_valid_loss
+            # An epoch whose scoring was cut short (a cancel, a pause, the budget) never displaces a
+            # scored best.
+            better = loss < self.best_valid_loss and self.best_score == -math.inf
         else:  # nothing to validate on: every epoch is "the best"
             return
         if better:

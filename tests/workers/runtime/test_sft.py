@@ -21,7 +21,7 @@ from workers.runtime.generate import generate  # noqa: E402
 from workers.runtime.lm_data import IGNORE_INDEX, LMSplit, collate_lm, encode_chat, encode_completion  # noqa: E402
 from workers.runtime.lora import ADAPTER_DIR, resolve_lora  # noqa: E402
 from workers.runtime.models import load_model  # noqa: E402
-from workers.runtime.sft import greedy_answers, train_lm  # noqa: E402
+from workers.runtime.sft import greedy_answer, train_lm  # noqa: E402
 from workers.runtime.specs import (  # noqa: E402
     GenerateRequest,
     Hyperparameters,
@@ -589,11 +589,13 @@ def test_a_run_scored_by_an_eval_keeps_the_checkpoint_with_the_best_score_not_th
     # real scorer answers an eval's items; here the scores are set, and the answers are real)
     spec = make_spec(tmp_path, tiny_gpt2_dir, chat_jsonl, hp={"n_epochs": 3}, validation_file=str(chat_jsonl))
     scores = iter([0.25, 0.75, 0.75])
-    answered: list[list[tuple[str, int, int]]] = []
+    answered: list[tuple[str, int, int] | None] = []
 
-    def score(model: Any, tokenizer: Any, device: Any) -> dict[str, Any]:
+    def score(model: Any, tokenizer: Any, device: Any, max_length: int) -> dict[str, Any]:
         assert not model.training  # scored in eval mode, as an answer would be
-        answered.append(greedy_answers(model, tokenizer, [[{"role": "user", "content": "hi"}]], 5, device))
+        answered.append(
+            greedy_answer(model, tokenizer, [{"role": "user", "content": "hi"}], 5, max_length, device)
+        )
         value = next(scores)
         return {"eval_score": value, "eval_passed": int(value * 4), "eval_items": 4}
 
@@ -612,9 +614,32 @@ def test_a_run_scored_by_an_eval_keeps_the_checkpoint_with_the_best_score_not_th
         == f"Saved the model from step {steps[best]}, the best by its eval: 75.0% of the eval's items passed (3 of 4)."
     )
     # greedy answers, with their token counts: at most 5 new tokens after the prompt
-    assert len(answered) == 3 and all(
-        prompt > 0 and 0 <= new <= 5 for (_, prompt, new) in (a[0] for a in answered)
+    assert len(answered) == 3
+    assert all(a is not None and a[1] > 0 and 0 <= a[2] <= 5 for a in answered)
+
+
+def test_a_chat_the_model_cannot_be_asked_gets_no_answer(tiny_gpt2_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
+    device = torch.device("cpu")
+    hi = [{"role": "user", "content": "hi"}]
+    assert (
+        greedy_answer(model, tokenizer, [], 5, 128, device) is None
+    )  # an empty chat: the template refuses it
+    assert greedy_answer(model, tokenizer, hi, 5, 2, device) is None  # no room within the sequence length
+    text, prompt, new = greedy_answer(model, tokenizer, hi, 50, prompt_len(tokenizer, hi) + 3, device) or (
+        "",
+        0,
+        0,
     )
+    assert prompt == prompt_len(tokenizer, hi) and new <= 3  # the answer stops at the sequence length
+    tokenizer.chat_template = None
+    assert greedy_answer(model, tokenizer, hi, 5, 128, device) is None  # no chat template
+
+
+def prompt_len(tokenizer: Any, messages: list[dict[str, str]]) -> int:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def test_the_best_by_eval_score_does_not_look_at_the_loss_unless_the_scores_tie() -> None:
@@ -626,6 +651,8 @@ def test_the_best_by_eval_score_does_not_look_at_the_loss_unless_the_scores_tie(
     assert state.best_checkpoint == "c"
     state.finish_epoch({"eval_score": 0.75}, "d", patience=0)  # no validation file: the score alone
     assert state.best_checkpoint == "d" and state.best_metrics["eval_score"] == 0.75
+    state.finish_epoch({"valid_loss": 0.1}, "e", patience=0)  # its scoring cut short: never the best
+    assert state.best_checkpoint == "d"
     # early stopping counts epochs without a better score
     stopping = LoopState()
     for name, score in (("a", 0.5), ("b", 0.5), ("c", 0.25)):
