@@ -209,9 +209,9 @@ def walk_dashboard(client: Client, projects: list[Project]) -> dict[str, str]:
 
 
 # --- Walking the API ------------------------------------------------------------------------------
-# Lists that are not of our rows: the organization's jobs at OpenAI, read with its own OpenAI key
-# (tests/api/test_openai_import.py shows a caller only ever reaches its own organization's key).
-NOT_OUR_ROWS = {"api:import_openai_jobs"}
+# Lists that are not of our rows: the organization's jobs and files at OpenAI, read with its own
+# OpenAI key (tests/api/test_openai_import.py shows a caller only ever reaches its own organization's key).
+NOT_OUR_ROWS = {"api:import_openai_jobs", "api:import_openai_files"}
 
 
 def list_routes() -> list[Route]:
