@@ -219,7 +219,8 @@ def test_a_customer_fills_the_form_wrongly_then_rightly_and_watches_the_job(
     # the end: its last step of total and 100%, the whole curve, the milestones
     assert page.locator("#job-progress").inner_text() == f"Step {total:,} of {total:,} · epoch 6 · 100.0%"
     page.wait_for_function(f"() => ({CHART_POINTS})()?.[0] === {total}")  # every step, train loss
-    assert page.evaluate(CHART_POINTS)[1:] == [6, 6]  # validation loss and accuracy, each epoch
+    # validation loss and accuracy, each epoch; no eval score, as no eval scores this job
+    assert page.evaluate(CHART_POINTS)[1:] == [6, 6, 0]
 
     # --- The finished job, opened again: its curve is drawn at once, with no fetch --------------
     fetched: list[str] = []
