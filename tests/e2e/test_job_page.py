@@ -226,7 +226,7 @@ def test_a_customer_fills_the_form_wrongly_then_rightly_and_watches_the_job(
     fetched: list[str] = []
     page.on("request", lambda request: fetched.append(request.url) if "metrics.json" in request.url else None)
     page.goto(job_url)
-    assert page.evaluate(CHART_POINTS) == [total, 6, 6]
+    assert page.evaluate(CHART_POINTS) == [total, 6, 6, 0]
     page.wait_for_timeout(2500)  # a poll would have happened by now
     assert fetched == []
     assert page.locator("#loss-chart-empty").is_hidden()
