@@ -120,21 +120,28 @@ def list_files(project: Project) -> list[dict[str, Any]]:
 
 
 def parse_files(body: Any) -> list[str]:
+    return _ids(_body(body, ("files",)), "files", MAX_FILES_COPIED, "OpenAI file ids (file-…)")
+
+
+def _body(body: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ActionError("The request body must be a JSON object.")
     for key in body:
-        if key != "files":
+        if key not in allowed:
             raise ActionError(f"Unrecognized request argument supplied: {key}", param=key)
-    files = body.get("files")
+    return body
+
+
+def _ids(body: dict[str, Any], key: str, limit: int, what: str) -> list[str]:
+    """`body[key]`: 1 to `limit` OpenAI ids, each once, in the order given."""
+    ids = body.get(key)
     if (
-        not isinstance(files, list)
-        or not 1 <= len(files) <= MAX_FILES_COPIED
-        or not all(isinstance(f, str) and OPENAI_ID.fullmatch(f) for f in files)
+        not isinstance(ids, list)
+        or not 1 <= len(ids) <= limit
+        or not all(isinstance(i, str) and OPENAI_ID.fullmatch(i) for i in ids)
     ):
-        raise ActionError(
-            f"files must be a list of 1 to {MAX_FILES_COPIED} OpenAI file ids (file-…).", param="files"
-        )
-    return list(dict.fromkeys(files))
+        raise ActionError(f"{key} must be a list of 1 to {limit} {what}.", param=key)
+    return list(dict.fromkeys(ids))
 
 
 def copy_files(
@@ -193,25 +200,12 @@ def _summary(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse(body: Any) -> tuple[list[str], str]:
-    if not isinstance(body, dict):
-        raise ActionError("The request body must be a JSON object.")
-    for key in body:
-        if key not in ("jobs", "base_model"):
-            raise ActionError(f"Unrecognized request argument supplied: {key}", param=key)
-    jobs = body.get("jobs")
-    if (
-        not isinstance(jobs, list)
-        or not 1 <= len(jobs) <= MAX_JOBS_IMPORTED
-        or not all(isinstance(j, str) and OPENAI_ID.fullmatch(j) for j in jobs)
-    ):
-        raise ActionError(
-            f"jobs must be a list of 1 to {MAX_JOBS_IMPORTED} OpenAI fine-tuning job ids (ftjob-…).",
-            param="jobs",
-        )
+    body = _body(body, ("jobs", "base_model"))
+    jobs = _ids(body, "jobs", MAX_JOBS_IMPORTED, "OpenAI fine-tuning job ids (ftjob-…)")
     base = body.get("base_model")
     if not isinstance(base, str) or not base:
         raise ActionError("Missing required parameter: 'base_model'.", param="base_model")
-    return list(dict.fromkeys(jobs)), base
+    return jobs, base
 
 
 def import_jobs(

@@ -4,7 +4,6 @@ the page's refusals in words (no key, OpenAI down, nothing ticked), and outsider
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 from apps.core.crypto import encrypt
 from apps.jobs.models import Job, JobKind
 from apps.projects.models import File
-from tests.api.test_openai_import import CHATS, ORG_KEY
+from tests.api.test_openai_import import CHATS, ORG_KEY, account  # noqa: F401  (a fixture)
 from tests.api.test_sdk_adapters import tiny_llama_base  # noqa: F401  (a fixture)
 from tests.conftest import login
 from tests.dashboard.test_aliases_pages import messages_of, table, text
@@ -29,8 +28,12 @@ def page_url(project: Any) -> str:
 
 
 @pytest.fixture
-def account(settings: Any, alice_org: Any) -> Iterator[tuple[FakeAccount, FakeOpenAI]]:
-    state = FakeAccount()
+def jobs(
+    account: tuple[FakeAccount, FakeOpenAI],  # noqa: F811
+) -> tuple[FakeAccount, FakeOpenAI]:
+    """The organization's OpenAI account with a job whose model still answers, and one that is not
+    offered here."""
+    state, _ = account
     state.add_file("file-train", CHATS, "support.jsonl")
     state.add_file("file-valid", CHATS[:VALID_BYTES], "support-valid.jsonl")
     state.jobs = [
@@ -38,19 +41,14 @@ def account(settings: Any, alice_org: Any) -> Iterator[tuple[FakeAccount, FakeOp
         fine_tuning_job("ftjob-rft", "file-train", method={"type": "reinforcement", "reinforcement": {}}),
     ]
     state.models[OLD] = lambda messages: "a" + messages[-1]["content"][1:]
-    with FakeOpenAI(responder=state.respond) as fake:
-        settings.OPENAI_BASE_URL = fake.base_url
-        settings.OPENAI_MAX_RETRIES = 0
-        alice_org.openai_api_key_encrypted = encrypt(ORG_KEY)
-        alice_org.save(update_fields=["openai_api_key_encrypted"])
-        yield state, fake
+    return account
 
 
 def test_the_page_lists_the_jobs_and_imports_the_ticked_ones_with_a_report(
     client: Any,
     alice: Any,
     alice_project: Any,
-    account: tuple[FakeAccount, FakeOpenAI],
+    jobs: tuple[FakeAccount, FakeOpenAI],
     tiny_llama_base: Any,  # noqa: F811
 ) -> None:
     login(client, alice)
@@ -92,7 +90,7 @@ def test_the_page_lists_the_jobs_and_imports_the_ticked_ones_with_a_report(
 
 
 def test_the_page_copies_the_ticked_files_alone(
-    client: Any, alice: Any, alice_project: Any, account: tuple[FakeAccount, FakeOpenAI]
+    client: Any, alice: Any, alice_project: Any, jobs: tuple[FakeAccount, FakeOpenAI]
 ) -> None:
     login(client, alice)
     html = client.get(page_url(alice_project)).content.decode()
@@ -146,9 +144,9 @@ def test_an_outsider_gets_404(client: Any, carol: Any, alice_project: Any) -> No
 
 
 def test_a_job_with_an_odd_date_is_listed_without_one(
-    client: Any, alice: Any, alice_project: Any, account: tuple[FakeAccount, FakeOpenAI]
+    client: Any, alice: Any, alice_project: Any, jobs: tuple[FakeAccount, FakeOpenAI]
 ) -> None:
-    state, _ = account
+    state, _ = jobs
     state.jobs[0]["created_at"] = 10**20  # no date a page can show
     login(client, alice)
     rows = table(client.get(page_url(alice_project)).content.decode(), "openai-jobs")
