@@ -14,7 +14,13 @@ float32 (like our first run), so the first table compares batching alone. On a C
 units (`training.resolve_precision` would pick float32 there) bf16 is emulated and slower; the
 table says which the host has. `--skip-trainer` runs only the precision comparison.
 
-    python bench/finetune.py [--n-train 2000] [--n-test 400] [--skip-trainer] [--repeats 1]
+With `--lora`, our runtime also trains a LoRA classifier (the default adapters on the encoder, the
+head trained whole, at the rate a LoRA job gets by default) on the same data, and a third table sets
+it beside the full fine-tune: samples/s, held-out accuracy, the weights trained and what a worker
+keeps per fine-tune (the adapter against a whole model). `--skip-bf16` leaves the bf16 run out.
+
+    python bench/finetune.py [--n-train 2000] [--n-test 400] [--skip-trainer] [--skip-bf16] [--lora] \
+        [--repeats 1]
 """
 
 from __future__ import annotations
@@ -63,6 +69,8 @@ class Outcome:
     wall_seconds: float
     cpu_seconds: float  # this process's CPU time: steadier than wall time on a shared machine
     accuracy: float
+    trainable: int = 0  # the weights the run trained
+    kept_bytes: int = 0  # what a worker keeps of the fine-tune beside its base: adapter or whole model
 
 
 class Timer:
@@ -116,8 +124,10 @@ def run_ours(
     test_csv: Path,
     work: Path,
     precision: str = "float32",
+    lora: bool = False,
 ) -> Outcome:
-    from workers.runtime.specs import Hyperparameters, ProgressEvent, TrainSpec
+    from workers.runtime.adapters import ADAPTER_DIR
+    from workers.runtime.specs import Hyperparameters, ProgressEvent, TrainSpec, auto_learning_rate
     from workers.runtime.training import train
 
     spec = TrainSpec(
@@ -130,21 +140,33 @@ def run_ours(
         hyperparameters=Hyperparameters(
             n_epochs=args.epochs,
             batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
+            learning_rate=auto_learning_rate(lora=True) if lora else args.learning_rate,
             warmup_ratio=0.0,
             weight_decay=0.0,
             seed=args.seed,
         ),
         precision=precision,
+        lora={} if lora else None,
     )
+    trainable: list[int] = []
 
-    def ignore(_event: ProgressEvent) -> None:
-        return None
+    def on_event(event: ProgressEvent) -> None:
+        if "trainable_parameters" in event.metrics:
+            trainable.append(event.metrics["trainable_parameters"])
 
     with Timer() as timer:
-        result = train(spec, ignore, lambda: False)
+        result = train(spec, on_event, lambda: False)
     name = "modelworks runtime" if precision == "float32" else f"modelworks {precision}"
-    return Outcome(name, args.n_train * args.epochs, timer.wall, timer.cpu, result.metrics["accuracy"])
+    kept = Path(result.model_dir) / ADAPTER_DIR if lora else Path(result.model_dir)
+    return Outcome(
+        f"{name}, LoRA" if lora else name,
+        args.n_train * args.epochs,
+        timer.wall,
+        timer.cpu,
+        result.metrics["accuracy"],
+        trainable[0],
+        sum(path.stat().st_size for path in kept.glob("*.safetensors")),
+    )
 
 
 def run_trainer(
@@ -241,6 +263,28 @@ def print_precision_table(fp32: Outcome, bf16: Outcome, args: argparse.Namespace
     )
 
 
+def print_lora_table(full: Outcome, lora: Outcome, args: argparse.Namespace) -> None:
+    print(
+        f"\nMiniLM-L6 fine-tune, full against LoRA (ours, float32; LoRA at its default rate), {args.n_train} "
+        f"train / {args.n_test} held-out, {args.epochs} epoch(s), batch {args.batch_size}; "
+        f"load average {' '.join(f'{load:.2f}' for load in os.getloadavg())}"
+    )
+    print(
+        f"{'':22} {'wall s':>8} {'samples/s':>10} {'trained weights':>16} {'kept MB':>8} {'held-out acc':>13}"
+    )
+    for name, o in (("full fine-tune", full), ("LoRA", lora)):
+        figures = (
+            f"{o.wall_seconds:8.1f} {o.samples / o.wall_seconds:10.2f} {o.trainable:16,} "
+            f"{o.kept_bytes / 1e6:8.2f} {o.accuracy:13.3f}"
+        )
+        print(f"{name:22} {figures}")
+    print(
+        f"LoRA / full: {full.wall_seconds / lora.wall_seconds:.2f}x samples/s, "
+        f"{lora.kept_bytes / full.kept_bytes:.3f}x the bytes kept; accuracy difference: "
+        f"{lora.accuracy - full.accuracy:+.3f} (within 0.01: {'yes' if lora.accuracy >= full.accuracy - 0.01 else 'NO'})"
+    )
+
+
 def torch_threads() -> int:
     import torch
 
@@ -257,6 +301,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42, help="training seed (both runs)")
     parser.add_argument("--repeats", type=int, default=1, help="alternate the runs; keep each one's fastest")
     parser.add_argument("--skip-trainer", action="store_true", help="only our float32 and bf16 runs")
+    parser.add_argument("--skip-bf16", action="store_true", help="leave the bf16 run out")
+    parser.add_argument("--lora", action="store_true", help="also a LoRA run beside the full fine-tune")
     args = parser.parse_args()
 
     from transformers.utils import logging as hf_logging
@@ -270,20 +316,29 @@ def main() -> None:
         work = Path(tmp)
         train_csv = write_csv(work / "train.csv", train_rows)
         test_csv = write_csv(work / "test.csv", test_rows)
-        ours_runs, bf16_runs, baseline_runs = [], [], []
+        ours_runs, bf16_runs, lora_runs, baseline_runs = [], [], [], []
         for repeat in range(1, args.repeats + 1):
             print(f"[{repeat}/{args.repeats}] modelworks runtime, float32 ...", file=sys.stderr, flush=True)
             ours_runs.append(run_ours(args, model_dir, train_csv, test_csv, work))
-            print(f"[{repeat}/{args.repeats}] modelworks runtime, bfloat16 ...", file=sys.stderr, flush=True)
-            bf16_runs.append(run_ours(args, model_dir, train_csv, test_csv, work, "bfloat16"))
+            if not args.skip_bf16:
+                print(
+                    f"[{repeat}/{args.repeats}] modelworks runtime, bfloat16 ...", file=sys.stderr, flush=True
+                )
+                bf16_runs.append(run_ours(args, model_dir, train_csv, test_csv, work, "bfloat16"))
+            if args.lora:
+                print(f"[{repeat}/{args.repeats}] modelworks runtime, LoRA ...", file=sys.stderr, flush=True)
+                lora_runs.append(run_ours(args, model_dir, train_csv, test_csv, work, lora=True))
             if not args.skip_trainer:
                 print(f"[{repeat}/{args.repeats}] transformers Trainer ...", file=sys.stderr, flush=True)
                 baseline_runs.append(run_trainer(args, model_dir, train_rows, test_rows, work))
     # The fastest run is the one least disturbed by other load; accuracy is seeded, so it does not vary.
-    ours, bf16 = min(ours_runs, key=lambda o: o.wall_seconds), min(bf16_runs, key=lambda o: o.wall_seconds)
+    ours = min(ours_runs, key=lambda o: o.wall_seconds)
     if baseline_runs:
         print_table(ours, min(baseline_runs, key=lambda o: o.wall_seconds), args)
-    print_precision_table(ours, bf16, args)
+    if bf16_runs:
+        print_precision_table(ours, min(bf16_runs, key=lambda o: o.wall_seconds), args)
+    if lora_runs:
+        print_lora_table(ours, min(lora_runs, key=lambda o: o.wall_seconds), args)
 
 
 if __name__ == "__main__":

@@ -54,8 +54,9 @@ METHOD_FORMATS = {
 }
 # The methods that may start from one of the organization's own fine-tuned models: DPO after SFT.
 CONTINUED_METHODS = ("dpo",)
-# The methods that train a causal LM on replies, and so may train LoRA adapters.
-LORA_METHODS = ("supervised", "dpo")
+# The methods that may train LoRA adapters: a causal LM on replies, and a classifier (LoRA on its
+# encoder, its head trained whole).
+LORA_METHODS = ("supervised", "dpo", "classification")
 KNOWN_FIELDS = {
     "model",
     "training_file",
@@ -300,8 +301,7 @@ def _method(body: dict[str, Any], model: Model) -> tuple[str, dict[str, Any]]:
 
 
 def _lora(body: dict[str, Any], method: str) -> dict[str, Any] | None:
-    """method.<type>.lora, checked completely; only the methods that train a causal LM on replies
-    (supervised and DPO) take it."""
+    """method.<type>.lora, checked completely; distillation's student does not take it."""
     section = (body.get("method") or {}).get(method) or {}
     value = section.get("lora")
     param = f"method.{method}.lora"
@@ -309,7 +309,8 @@ def _lora(body: dict[str, Any], method: str) -> dict[str, Any] | None:
         return None
     if method not in LORA_METHODS:
         raise ActionError(
-            f"LoRA is only available for methods 'supervised' and 'dpo', not '{method}'.", param=param
+            f"LoRA is only available for methods 'supervised', 'dpo' and 'classification', not '{method}'.",
+            param=param,
         )
     if not isinstance(value, dict):
         raise ActionError(

@@ -352,6 +352,31 @@ def test_bad_lora_options_are_refused(
     assert not Job.objects.exists()
 
 
+def test_a_classifier_takes_lora_at_the_adapter_rate_and_its_options_are_checked(
+    api: Any, tiny_base: Any, good_file: File
+) -> None:
+    def create(lora: Any) -> Any:
+        method = {"type": "classification", "classification": {"lora": lora}}
+        return post(api, {"model": "tiny-bert", "training_file": good_file.public_id, "method": method})
+
+    refused = create({"r": 4, "target_modules": "query"})
+    assert refused.status_code == 400
+    assert error(refused)["message"].startswith('lora.target_modules must be "all-linear" or a list of 1 to')
+    assert error(refused)["param"] == "method.classification.lora.target_modules"
+    assert not Job.objects.exists()
+
+    accepted = create({"r": 4, "target_modules": ["query", "value"]})
+
+    assert accepted.status_code == 200, accepted.content
+    job = accepted.json()
+    details = job["method_details"]["classification"]
+    assert details["hyperparameters"]["learning_rate"] == 1e-3  # the adapter's base rate, not 5e-5
+    assert job["hyperparameters"]["learning_rate_multiplier"] == 1
+    assert details["lora"] == {"r": 4, "target_modules": ["query", "value"]}
+    stored = Job.objects.get(public_id=job["id"]).request["method"]["classification"]
+    assert stored["lora"] == {"r": 4, "target_modules": ["query", "value"]}
+
+
 def test_an_empty_integrations_list_is_stored_and_read_back(
     api: Any, tiny_base: Any, alice_org: Any, good_file: File
 ) -> None:

@@ -196,11 +196,13 @@ def test_a_fine_tuned_generation_model_takes_dpo_only_and_only_from_its_owner(
     assert not Job.objects.exists()
 
 
-def test_lora_is_refused_outside_the_methods_that_take_it(api: Any, tiny_base: Any, good_file: Any) -> None:
+def test_lora_is_refused_outside_the_methods_that_take_it(
+    api: Any, student_base: Any, good_file: Any
+) -> None:
     body = {
         "model": "tiny-bert",
         "training_file": good_file.public_id,
-        "method": {"type": "classification", "classification": {"lora": {}}},
+        "method": {"type": "distillation", "distillation": {"lora": {}}},
     }
 
     response = post(api, body)
@@ -208,9 +210,10 @@ def test_lora_is_refused_outside_the_methods_that_take_it(api: Any, tiny_base: A
     assert response.status_code == 400
     assert (
         error(response)["message"]
-        == "LoRA is only available for methods 'supervised' and 'dpo', not 'classification'."
+        == "LoRA is only available for methods 'supervised', 'dpo' and 'classification', not 'distillation'."
     )
-    assert error(response)["param"] == "method.classification.lora"
+    assert error(response)["param"] == "method.distillation.lora"
+    assert not Job.objects.exists()
 
 
 @pytest.fixture

@@ -108,3 +108,57 @@ def test_two_lora_fine_tunes_answer_from_one_base_as_their_merged_weights_would(
         )
         assert replies[name] == generate(merged, request).choices[0].text
     assert replies[tuned[0]] != replies[tuned[1]]
+
+
+def test_a_lora_classifier_is_served_on_its_base_as_its_merged_weights_would_be(
+    live_server: Any, alice_key: str, tiny_base: Any
+) -> None:
+    from tests.api.test_sdk_fine_tuning import sentiment_csv
+    from workers.runners.artifacts import local_model_dir
+    from workers.runtime.classify import classify
+    from workers.runtime.models import load_model
+    from workers.runtime.specs import ClassifyRequest
+
+    purge_queues()
+    worker = Worker(env=worker_env({}))
+    try:
+        client = sdk(live_server, alice_key)
+        file = client.files.create(file=("train.csv", io.BytesIO(sentiment_csv(60))), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(
+            model="tiny-bert",
+            training_file=file.id,
+            seed=3,
+            extra_body={
+                "method": {
+                    "type": "classification",
+                    "classification": {"lora": {"r": 4}, "hyperparameters": {"n_epochs": 2, "batch_size": 8}},
+                }
+            },
+        )
+        done = wait_for(
+            lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
+            timeout=120,
+        )
+        assert done.status == "succeeded", done.error
+        texts = ["what a lovely day", "this is awful"]
+        answered = client.post(
+            "/classifications",
+            cast_to=object,
+            body={"model": done.fine_tuned_model, "input": texts, "top_k": 2},
+        )
+        log = worker.log.read_text(errors="replace")
+    finally:
+        worker.stop()
+
+    # served as a view of the base, not from its merged weights
+    assert f"as a LoRA view of {local_model_dir(tiny_base.artifact_key)} " in log, log[-3000:]
+    assert "from its merged weights" not in log
+    # with the scores its merged weights give, to the float16/bfloat16 rounding of serving
+    tuned = Model.objects.get(name=done.fine_tuned_model)
+    merged = load_model(str(local_model_dir(tuned.artifact_key)), "cpu", "float32")
+    assert isinstance(answered, dict)
+    expected = classify(merged, ClassifyRequest(texts=tuple(texts), top_k=2)).results
+    for item, want in zip(answered["data"], expected, strict=True):
+        got = {label["label"]: label["score"] for label in item["labels"]}
+        assert got.keys() == {score.label for score in want}
+        assert all(abs(got[score.label] - score.score) < 0.02 for score in want)

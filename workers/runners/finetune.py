@@ -81,7 +81,7 @@ def run_fine_tune(job: Job) -> None:
                 if job.checkpoint_ref
                 else None,
                 task="generation" if is_generation else "classification",
-                lora=section.get("lora") if is_generation else None,
+                lora=section.get("lora"),  # the API takes it for supervised, DPO and classification
                 messages_field=_mapped(job, "messages"),
                 prompt_field=_mapped(job, "prompt"),
                 completion_field=_mapped(job, "completion"),

@@ -8,9 +8,15 @@ shared, so a fine-tune costs the cache its adapter's bytes (about 2 MB for SmolL
 not a second model, and views of the same base are independent modules: no "active adapter"
 state is switched, so two views can run at once.
 
+A LoRA classifier's adapter also holds the modules it trained whole (peft's `modules_to_save`: its
+head, and a pooler its base lacked). Its view (`classifier_view`) is the fine-tune's own module
+tree, built without weights, whose encoder tensors are the base's (shared, as above) and whose
+head is the adapter's.
+
 peft is not imported here: serving reads the adapter's safetensors and config itself. Features
-the view does not implement (DoRA, per-module ranks, adapted embeddings, trained biases or
-modules_to_save) raise `UnsupportedAdapter`, and the worker serves the merged weights instead.
+the view does not implement (DoRA, per-module ranks, adapted embeddings, trained biases, and
+modules_to_save on a generation model) raise `UnsupportedAdapter`, and the worker serves the
+merged weights instead.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -40,10 +47,18 @@ class UnsupportedAdapter(ValueError):
 class AdapterWeights:
     scaling: float
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module name -> (A [r, in], B [out, r])
+    # The tensors of the modules trained whole (modules_to_save), by the model's own parameter names.
+    saved: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for pair in self.pairs.values() for t in pair)
+        tensors = [t for pair in self.pairs.values() for t in pair] + list(self.saved.values())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _in_saved_module(name: str, modules: list[str]) -> bool:
+    # peft's rule for modules_to_save: a module named by its full name or a dotted suffix of it.
+    return any(f".{module}." in f".{name}" for module in modules)
 
 
 def has_adapter(model_dir: Path) -> bool:
@@ -63,7 +78,6 @@ def read_adapter(directory: Path) -> AdapterWeights:
             ("DoRA", bool(config.get("use_dora"))),
             ("per-module ranks", bool(config.get("rank_pattern") or config.get("alpha_pattern"))),
             ("trained biases", config.get("bias", "none") != "none"),
-            ("modules_to_save", bool(config.get("modules_to_save"))),
             ("LoRA biases", bool(config.get("lora_bias"))),
             ("layer replication", bool(config.get("layer_replication"))),
             ("trainable tokens", bool(config.get("trainable_token_indices"))),
@@ -76,9 +90,14 @@ def read_adapter(directory: Path) -> AdapterWeights:
         raise UnsupportedAdapter(f"adapter uses {', '.join(unsupported)}")
     rank, alpha = int(config["r"]), float(config["lora_alpha"])
     scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    whole = list(config.get("modules_to_save") or [])
     halves: dict[str, list[torch.Tensor | None]] = {}
+    saved: dict[str, torch.Tensor] = {}
     for key, tensor in load_file(str(directory / ADAPTER_WEIGHTS)).items():
         suffix = next((s for s in _SUFFIXES if key.endswith(s)), None)
+        if key.startswith(_PREFIX) and suffix is None and _in_saved_module(key[len(_PREFIX) :], whole):
+            saved[key[len(_PREFIX) :]] = tensor
+            continue
         if suffix is None or not key.startswith(_PREFIX):
             raise UnsupportedAdapter(f"adapter tensor {key!r} is not a LoRA A or B matrix")
         name = key[len(_PREFIX) : -len(suffix)]
@@ -90,7 +109,7 @@ def read_adapter(directory: Path) -> AdapterWeights:
         pairs[name] = (a, b)
     if not pairs:
         raise UnsupportedAdapter("adapter has no LoRA matrices")
-    return AdapterWeights(scaling=scaling, pairs=pairs)
+    return AdapterWeights(scaling=scaling, pairs=pairs, saved=saved)
 
 
 class LoraLinear(torch.nn.Module):
@@ -139,3 +158,35 @@ def adapted_view(
             leaf, a.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype), adapter.scaling
         )
     return root
+
+
+def classifier_view(
+    base: torch.nn.Module, adapter: AdapterWeights, config: Any, device: torch.device, dtype: torch.dtype
+) -> torch.nn.Module:
+    """The LoRA classifier described by `config` (its labels, its head's shape) and `adapter`, on the
+    encoder of the loaded `base` (a bare encoder, or a classifier whose head is ignored): its
+    module tree is built on the meta device, so it allocates nothing, and then takes the base
+    encoder's tensors themselves and the adapter's head. Raises UnsupportedAdapter when a weight
+    of the fine-tune is in neither (its base is not this base)."""
+    from transformers import AutoModelForSequenceClassification
+
+    with torch.device("meta"):
+        model: Any = AutoModelForSequenceClassification.from_config(config)
+    prefix = model.base_model_prefix
+    encoder: Any = getattr(base, "base_model", base)  # a PreTrainedModel's bare encoder
+    tensors = {f"{prefix}.{name}": tensor for name, tensor in encoder.state_dict().items()}
+    tensors |= {name: tensor.to(device=device, dtype=dtype) for name, tensor in adapter.saved.items()}
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    if missing or unexpected:
+        raise UnsupportedAdapter(f"the base does not fit the fine-tune ({(missing or unexpected)[0]!r})")
+    # Buffers outside the state dict (position ids) are still meta: the base's own are the same.
+    base_buffers = {f"{prefix}.{name}": buffer for name, buffer in encoder.named_buffers()}
+    for name, buffer in list(model.named_buffers()):
+        if buffer.is_meta:
+            if name not in base_buffers:
+                raise UnsupportedAdapter(f"the base has no buffer {name!r}")
+            owner, _, leaf = name.rpartition(".")
+            model.get_submodule(owner)._buffers[leaf] = base_buffers[name]
+    view = adapted_view(model, AdapterWeights(adapter.scaling, adapter.pairs), device, dtype)
+    view.eval()
+    return view

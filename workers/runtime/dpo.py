@@ -43,8 +43,8 @@ from workers.runtime.lm_data import (
     read_records,
     split_records,
 )
-from workers.runtime.lora import attach_lora, resolve_lora, save_final_lm
-from workers.runtime.sft import parameter_counts, supervised_logits, write_lm_card, write_lm_checkpoint
+from workers.runtime.lora import attach_lora, resolve_lora
+from workers.runtime.sft import supervised_logits, write_lm_card
 from workers.runtime.specs import (
     CheckpointInfo,
     Hyperparameters,
@@ -60,9 +60,12 @@ from workers.runtime.training import (
     deterministic_algorithms,
     effective_max_length,
     lr_at,
+    parameter_counts,
     read_trainer_state,
     resolve_device,
+    save_final_model,
     saved_message,
+    write_checkpoint,
 )
 
 METHOD = "dpo"
@@ -383,7 +386,7 @@ class DPORun(RunBase):
         return {"lora": self.lora, "beta": self.spec.beta, "reference": self.reference}
 
     def write_checkpoint(self, path: Path, trainer_state: dict[str, Any]) -> None:
-        write_lm_checkpoint(path, self.model, self.tokenizer, trainer_state)
+        write_checkpoint(path, self.model, self.tokenizer, trainer_state)
 
     def restore(self, saved: dict[str, Any]) -> None:
         super().restore(saved)
@@ -427,7 +430,7 @@ class DPORun(RunBase):
     def save(self, stopped: bool) -> TrainResult:
         output_dir = Path(self.spec.output_dir)
         metrics = {**self.state.best_metrics, "early_stopped": self.state.early_stopped}
-        save_final_lm(output_dir, self.state.best_checkpoint, self.model, self.tokenizer)
+        save_final_model(output_dir, self.state.best_checkpoint, self.model, self.tokenizer)
         write_lm_card(output_dir, self.spec, self.lora, metrics, method=METHOD)
         self.emit("log", message=saved_message(self.state))
         return TrainResult(

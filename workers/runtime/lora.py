@@ -1,7 +1,10 @@
-"""LoRA for supervised fine-tuning (via peft): the settings checked against the model, the
-adapters attached (fresh, or a checkpoint's for a resume), and the weights merged for saving.
+"""LoRA fine-tuning (via peft), for causal LMs and classifiers: the settings checked against the
+model, the adapters attached (fresh, or a checkpoint's for a resume), and the weights merged for
+saving.
 
-Only the adapter weights train. A checkpoint directory, and the final model, is a standard
+Only the adapter weights train, plus, for a classifier, the modules the base did not have (its new
+head, and a pooler the checkpoint lacked), which are trained whole and saved with the adapter:
+peft's `modules_to_save`. A checkpoint directory, and the final model, is a standard
 transformers model at its top level (adapters merged into the weights, `save_servable`), so each is
 servable and exportable as it is; `adapter/` (ADAPTER_DIR) holds the adapter alone, which is what a
 resume loads and what a serve worker applies to the base it already holds
@@ -12,8 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +97,25 @@ def resolve_lora(requested: Mapping[str, Any] | None, model: Any) -> dict[str, A
     return {**settings, "target_modules": targets}
 
 
-def attach_lora(model: Any, lora: dict[str, Any] | None, resume_from: str | None) -> Any:
+def fresh_modules(missing_keys: Collection[Any]) -> list[str]:
+    """The modules that own the weights a model did not find in its checkpoint (from transformers'
+    loading info: `missing_keys` and `mismatched_keys`, names or (name, shapes) tuples). They start
+    random, so a LoRA run trains them whole rather than keep a random layer frozen."""
+    names = {(key[0] if isinstance(key, tuple) else key).rsplit(".", 1)[0] for key in missing_keys}
+    return sorted(names)
+
+
+def attach_lora(
+    model: Any,
+    lora: dict[str, Any] | None,
+    resume_from: str | None,
+    *,
+    task_type: str = "CAUSAL_LM",
+    modules_to_save: list[str] | None = None,
+) -> Any:
     """`model` itself for full fine-tuning; else wrapped with fresh adapters, or the adapters of
-    the checkpoint being resumed (trainable, with their exact weights)."""
+    the checkpoint being resumed (trainable, with their exact weights). A classifier
+    (`task_type="SEQ_CLS"`) also trains its head, which peft finds by name, and `modules_to_save`."""
     if lora is None:
         return model
     if resume_from:
@@ -109,7 +127,8 @@ def attach_lora(model: Any, lora: dict[str, Any] | None, resume_from: str | None
         lora_dropout=lora["dropout"],
         target_modules=targets,
         bias="none",
-        task_type="CAUSAL_LM",
+        task_type=task_type,
+        modules_to_save=modules_to_save or None,
         # GPT-2's Conv1D stores its weight transposed: peft must know, or it warns and guesses.
         fan_in_fan_out=any(
             isinstance(module, Conv1D) and (targets == "all-linear" or any(_names(name, t) for t in targets))
@@ -127,8 +146,9 @@ def causal_lm_of(model: Any) -> Any:
 @torch.no_grad()
 def merged_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
     """What merge_and_unload would save, computed without touching the model being trained:
-    each adapted weight plus its delta (B·A·alpha/r), under the base model's own names.
-    (merge_adapter/unmerge_adapter would round the weights and break exact resumes.)"""
+    each adapted weight plus its delta (B·A·alpha/r), and each module trained whole, under the base
+    model's own names. (merge_adapter/unmerge_adapter would round the weights and break exact
+    resumes.)"""
     lm: Any = model.get_base_model()  # Any: peft types it as a bare nn.Module
     deltas: dict[str, torch.Tensor] = {}
     for name, module in lm.named_modules():
@@ -137,9 +157,10 @@ def merged_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
             deltas[f"{name}.base_layer.weight"] = layer.get_delta_weight(layer.active_adapters[0])
     merged = {}
     for key, tensor in lm.state_dict().items():
-        if ".lora_" in key:
+        if ".lora_" in key or ".original_module." in key:  # the frozen copy of a module trained whole
             continue
-        merged[key.replace(".base_layer.", ".")] = tensor + deltas[key] if key in deltas else tensor
+        name = key.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
+        merged[name] = tensor + deltas[key] if key in deltas else tensor
     return merged
 
 
@@ -161,16 +182,3 @@ def save_adapter(model: PeftModel, directory: Path) -> None:
     config_path = directory / ADAPTER_CONFIG
     config = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**config, "base_model_name_or_path": None}, indent=2, sort_keys=True))
-
-
-def save_final_lm(output_dir: Path, best_checkpoint: str | None, model: Any, tokenizer: Any) -> None:
-    """The run's model: the best checkpoint's files (merged already), or the current weights merged
-    when no evaluation happened yet; for LoRA, with its adapter beside them in `adapter/`."""
-    from workers.runtime.training import save_final_model
-
-    if best_checkpoint is None and isinstance(model, PeftModel):
-        save_adapter(model, output_dir / ADAPTER_DIR)
-        model = model.merge_and_unload()  # the run is over: fold the adapters into the weights for good
-    save_final_model(output_dir, best_checkpoint, model, tokenizer)
-    if best_checkpoint is not None and (Path(best_checkpoint) / ADAPTER_DIR).is_dir():
-        shutil.copytree(Path(best_checkpoint) / ADAPTER_DIR, output_dir / ADAPTER_DIR, dirs_exist_ok=True)

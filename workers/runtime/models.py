@@ -302,32 +302,46 @@ def view_key(base_ref: str, ref: str) -> str:
 
 def load_adapted(base: LoadedModel, ref: str) -> LoadedModel:
     """The LoRA fine-tune in directory `ref` as a view of the loaded `base` (workers/runtime/adapters.py):
-    its own tokenizer (training may have given it a chat template) and context length, the base's
-    weights. Raises UnsupportedAdapter for what the view cannot serve exactly."""
+    its own tokenizer (training may have given it a chat template), config and context length, the
+    base's weights. A generation fine-tune is served on a generation base; a classifier on the
+    encoder of a classifier or embedding base. Raises UnsupportedAdapter for what the view cannot
+    serve exactly."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from workers.runtime.adapters import ADAPTER_DIR, UnsupportedAdapter, adapted_view, read_adapter
+    from workers.runtime.adapters import (
+        ADAPTER_DIR,
+        UnsupportedAdapter,
+        adapted_view,
+        classifier_view,
+        read_adapter,
+    )
 
-    if base.task != GENERATION:
-        raise UnsupportedAdapter(f"adapters are served on generation models, not on a {base.task} model")
     options: dict[str, Any] = {"trust_remote_code": False, "local_files_only": True}
-    directory = Path(ref)
-    adapter = read_adapter(directory / ADAPTER_DIR)
+    config = AutoConfig.from_pretrained(ref, **options)
+    task = task_for_architectures(getattr(config, "architectures", None))
+    bases = {GENERATION: (GENERATION,), CLASSIFICATION: (CLASSIFICATION, EMBEDDING)}.get(task, ())
+    if base.task not in bases:
+        raise UnsupportedAdapter(f"a {task} fine-tune is not served on a {base.task} model")
+    adapter = read_adapter(Path(ref) / ADAPTER_DIR)
     # What the base's layers take in: float32 around quantized Linears, else the weights' dtype.
     dtype = next(base.model.parameters()).dtype
-    view = adapted_view(base.model, adapter, base.device, dtype)
+    if task == CLASSIFICATION:
+        view = classifier_view(base.model, adapter, config, base.device, dtype)
+    elif adapter.saved:
+        raise UnsupportedAdapter("the adapter trains whole modules, which a generation view does not take")
+    else:
+        view = adapted_view(base.model, adapter, base.device, dtype)
     view.eval()
     tokenizer = AutoTokenizer.from_pretrained(ref, **options)
-    config = AutoConfig.from_pretrained(ref, **options)
     logger.info("serving %s as a LoRA view of %s (%d adapter bytes)", ref, base.ref, adapter.nbytes)
     return LoadedModel(
         ref=ref,
-        task=GENERATION,
+        task=task,
         model=view,
         tokenizer=tokenizer,
-        labels=[],
+        labels=_labels(config) if task == CLASSIFICATION else [],
         context_length=_context_length(config, tokenizer),
-        multi_label=False,
+        multi_label=getattr(config, "problem_type", None) == "multi_label_classification",
         nbytes=adapter.nbytes,
         device=base.device,
         quantization=base.quantization,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,35 +27,28 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from workers.runtime.data import eval_batches
 from workers.runtime.distributed import current_world, device_for, wrap
 from workers.runtime.lm_data import LMBatch, LMData, collate_lm, load_lm_tokenizer, prepare_lm_data
-from workers.runtime.lora import (
-    ADAPTER_DIR,
-    attach_lora,
-    causal_lm_of,
-    resolve_lora,
-    save_adapter,
-    save_final_lm,
-    save_servable,
-)
+from workers.runtime.lora import attach_lora, causal_lm_of, resolve_lora
 from workers.runtime.specs import CheckpointInfo, Hyperparameters, ProgressEvent, TrainResult, TrainSpec
 from workers.runtime.training import (
     FORMAT_VERSION,
     MODEL_CARD_FILE,
-    TRAINER_STATE_FILE,
     LoopState,
     RunBase,
     autocast_for,
     build_optimizer,
     deterministic_algorithms,
     effective_max_length,
+    lora_text,
     lr_at,
+    parameter_counts,
     read_trainer_state,
     resolve_device,
+    save_final_model,
     saved_message,
 )
 
@@ -68,19 +60,6 @@ HEAD_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling
 
 
 # --- model -------------------------------------------------------------------------------------
-
-
-def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total), tied weights counted once."""
-    seen: set[int] = set()
-    trainable = total = 0
-    for parameter in model.parameters():
-        if parameter.data_ptr() in seen:
-            continue
-        seen.add(parameter.data_ptr())
-        total += parameter.numel()
-        trainable += parameter.numel() if parameter.requires_grad else 0
-    return trainable, total
 
 
 # --- forward, step, evaluation -----------------------------------------------------------------
@@ -178,21 +157,6 @@ def evaluate(
 
 
 # --- checkpoints and the model card ------------------------------------------------------------
-
-
-def write_lm_checkpoint(final: Path, model: Any, tokenizer: Any, trainer_state: dict[str, Any]) -> None:
-    """Written into *.tmp and renamed: a worker killed mid-write never leaves a half checkpoint."""
-    tmp = final.with_name(f"{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_servable(model, tmp)
-    tokenizer.save_pretrained(tmp)  # with the chat template
-    if isinstance(model, PeftModel):
-        save_adapter(model, tmp / ADAPTER_DIR)  # the adapter alone, what a resume loads
-    torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
 
 
 def write_lm_card(
@@ -372,22 +336,15 @@ class LMRun(RunBase):
     def trainer_state_extras(self) -> dict[str, Any]:
         return {"lora": self.lora}
 
-    def write_checkpoint(self, path: Path, trainer_state: dict[str, Any]) -> None:
-        write_lm_checkpoint(path, self.model, self.tokenizer, trainer_state)
-
     def log_banner(self) -> None:
         hp = self.spec.hyperparameters
         train, valid = self.data.train, self.data.valid
         trainable, total = parameter_counts(self.model)
-        if self.lora is None:
-            how = "full fine-tune"
-        else:
-            how = f"LoRA r={self.lora['r']} alpha={self.lora['alpha']} on {self.lora['target_modules']}"
         message = (
             f"Running training: {len(train)} examples ({len(valid)} for validation"
             + (f", {self.data.skipped} skipped with nothing to learn" if self.data.skipped else "")
             + f"), {hp.n_epochs} epochs, batch size {hp.batch_size}, {self.total_steps} total steps "
-            f"({self.warmup_steps} warmup), learning rate {hp.learning_rate:g}, {how}, "
+            f"({self.warmup_steps} warmup), learning rate {hp.learning_rate:g}, {lora_text(self.lora)}, "
             f"{trainable:,} of {total:,} parameters trainable, {self.devices_text()}, "
             f"{self.precision_name()}"
         )
@@ -416,7 +373,7 @@ class LMRun(RunBase):
             "supervised_tokens": self.state.supervised_tokens,
         }
         if self.world.is_main:
-            save_final_lm(output_dir, self.state.best_checkpoint, self.model, self.tokenizer)
+            save_final_model(output_dir, self.state.best_checkpoint, self.model, self.tokenizer)
             write_lm_card(output_dir, self.spec, self.lora, metrics)
         self.emit("log", message=saved_message(self.state))
         return TrainResult(

@@ -20,8 +20,10 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from workers.runtime.adapters import ADAPTER_DIR
 from workers.runtime.data import (
     Batch,
     PreparedData,
@@ -32,6 +34,13 @@ from workers.runtime.data import (
     prepare_data,
 )
 from workers.runtime.distributed import SINGLE, World, current_world, device_for, wrap
+from workers.runtime.lora import (
+    attach_lora,
+    fresh_modules,
+    resolve_lora,
+    save_adapter,
+    save_servable,
+)
 from workers.runtime.metrics import classification_metrics
 from workers.runtime.models import cpu_has_bf16
 from workers.runtime.specs import (
@@ -188,19 +197,22 @@ def load_tokenizer(model_dir: str) -> Any:
     return tokenizer
 
 
-def load_model(model_dir: str, labels: Sequence[str], pad_token_id: int) -> Any:
+def load_model(model_dir: str, labels: Sequence[str], pad_token_id: int) -> tuple[Any, list[str]]:
+    """The classifier, and the modules it did not find in `model_dir` (its new head, a pooler the
+    checkpoint lacked), which start random."""
     # ignore_mismatched_sizes: a classifier base with another label count gets a fresh head;
     # a bare encoder (MiniLM) gets one anyway. fp32 master weights; autocast does the bf16.
-    model = AutoModelForSequenceClassification.from_pretrained(
+    model, info = AutoModelForSequenceClassification.from_pretrained(
         model_dir,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
         ignore_mismatched_sizes=True,
         dtype=torch.float32,
+        output_loading_info=True,
     )
     model.config.pad_token_id = pad_token_id  # GPT-2-style heads find the last real token with it
-    return model
+    return model, fresh_modules([*info["missing_keys"], *info["mismatched_keys"]])
 
 
 def build_optimizer(model: torch.nn.Module, hp: Hyperparameters, device: torch.device) -> torch.optim.AdamW:
@@ -288,8 +300,10 @@ def write_checkpoint(final: Path, model: Any, tokenizer: Any, trainer_state: dic
     tmp = final.with_name(f"{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)  # safetensors
-    tokenizer.save_pretrained(tmp)
+    save_servable(model, tmp)  # safetensors; LoRA adapters merged into the weights
+    tokenizer.save_pretrained(tmp)  # with the chat template
+    if isinstance(model, PeftModel):
+        save_adapter(model, tmp / ADAPTER_DIR)  # the adapter alone: what a resume loads, and serving
     torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
     if final.exists():
         shutil.rmtree(final)
@@ -327,15 +341,22 @@ def track_checkpoint(state: LoopState, info: CheckpointInfo) -> list[str]:
 
 
 def save_final_model(output_dir: Path, best_checkpoint: str | None, model: Any, tokenizer: Any) -> None:
-    """The best checkpoint's files, or the current weights when no evaluation happened yet."""
+    """The run's model: the best checkpoint's files (merged already), or the current weights (LoRA
+    adapters merged) when no evaluation happened yet; for LoRA, with its adapter beside them in
+    `adapter/`."""
     output_dir.mkdir(parents=True, exist_ok=True)
     if best_checkpoint is None:
+        if isinstance(model, PeftModel):
+            save_adapter(model, output_dir / ADAPTER_DIR)
+            model = model.merge_and_unload()  # the run is over: fold the adapters into the weights for good
         model.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
         return
     for item in Path(best_checkpoint).iterdir():
         if item.is_file() and item.name != TRAINER_STATE_FILE:
             shutil.copy2(item, output_dir / item.name)
+    if (Path(best_checkpoint) / ADAPTER_DIR).is_dir():
+        shutil.copytree(Path(best_checkpoint) / ADAPTER_DIR, output_dir / ADAPTER_DIR, dirs_exist_ok=True)
 
 
 def saved_message(state: LoopState) -> str:
@@ -412,9 +433,13 @@ def train(
 
         # -- model
         saved = read_trainer_state(spec.resume_from) if spec.resume_from else None
+        full_resume = spec.resume_from if spec.lora is None else None  # a LoRA resume loads the base
+        model, fresh = load_model(full_resume or spec.base_model_dir, data.labels, tokenizer.pad_token_id)
+        lora = resolve_lora(spec.lora, model)
         if saved is not None:
-            check_resumable(saved, data.labels, total_steps)
-        model = load_model(spec.resume_from or spec.base_model_dir, data.labels, tokenizer.pad_token_id)
+            check_resumable(saved, data.labels, total_steps, lora)
+        # A LoRA classifier trains its adapters and, whole, what the base lacked (its head at least).
+        model = attach_lora(model, lora, spec.resume_from, task_type="SEQ_CLS", modules_to_save=fresh)
         model.to(device).train()
         stepped = wrap(model, world)  # what a step runs: DDP across the ranks, or the model itself
 
@@ -430,6 +455,7 @@ def train(
             total_steps=total_steps,
             on_progress=on_progress,
             world=world,
+            lora=lora,
         )
         if saved is not None:
             run.restore(saved)
@@ -670,6 +696,7 @@ class Run(RunBase):
     """A classifier's run: its data, batches, banner and final save."""
 
     data: PreparedData
+    lora: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -684,16 +711,17 @@ class Run(RunBase):
         return collate(self.data.train, indices, self.tokenizer.pad_token_id, self.pad_to).to(self.device)
 
     def trainer_state_extras(self) -> dict[str, Any]:
-        return {"labels": self.data.labels}
+        return {"labels": self.data.labels, "lora": self.lora}
 
     def log_banner(self) -> None:
         hp = self.spec.hyperparameters
         n_train, n_valid = len(self.data.train), len(self.data.valid)
+        trainable, total = parameter_counts(self.model)
         message = (
             f"Running training: {n_train} examples ({n_valid} for validation), {hp.n_epochs} epochs, "
             f"batch size {hp.batch_size}, {self.total_steps} total steps ({self.warmup_steps} warmup), "
-            f"learning rate {hp.learning_rate:g}, {len(self.data.labels)} labels, {self.devices_text()}, "
-            f"{self.precision_name()}"
+            f"learning rate {hp.learning_rate:g}, {len(self.data.labels)} labels, {lora_text(self.lora)}, "
+            f"{trainable:,} of {total:,} parameters trainable, {self.devices_text()}, {self.precision_name()}"
         )
         figures = {
             "train_examples": n_train,
@@ -704,6 +732,9 @@ class Run(RunBase):
             "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
             "precision": self.precision_name(),
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            "lora": self.lora,
         }
         self.emit("log", figures, message)
         if self.spec.resume_from:
@@ -727,10 +758,34 @@ class Run(RunBase):
         )
 
 
-def check_resumable(saved: dict[str, Any], labels: list[str], total_steps: int) -> None:
-    # .get: a generation (sft) checkpoint has no labels, and is refused here with the same message.
-    if saved.get("labels") != labels or saved.get("total_steps") != total_steps:
+def check_resumable(
+    saved: dict[str, Any], labels: list[str], total_steps: int, lora: dict[str, Any] | None = None
+) -> None:
+    # .get: a generation (sft) checkpoint has no labels, and is refused here with the same message;
+    # a classifier's checkpoint from before LoRA has none either, and was a full fine-tune.
+    if saved.get("labels") != labels or saved.get("total_steps") != total_steps or saved.get("lora") != lora:
         raise ValueError(
             f"the checkpoint was written for a different run (labels {saved.get('labels')}, "
-            f"{saved.get('total_steps')} steps; this run has labels {labels}, {total_steps} steps)"
+            f"{saved.get('total_steps')} steps, LoRA {saved.get('lora')}; this run has labels {labels}, "
+            f"{total_steps} steps, LoRA {lora})"
         )
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total), tied weights counted once: the banner's measure of what a LoRA run trains."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for parameter in model.parameters():
+        if parameter.data_ptr() in seen:
+            continue
+        seen.add(parameter.data_ptr())
+        total += parameter.numel()
+        trainable += parameter.numel() if parameter.requires_grad else 0
+    return trainable, total
+
+
+def lora_text(lora: dict[str, Any] | None) -> str:
+    """How a run trains, for its banner: "full fine-tune", or the LoRA settings."""
+    if lora is None:
+        return "full fine-tune"
+    return f"LoRA r={lora['r']} alpha={lora['alpha']} on {lora['target_modules']}"

@@ -12,9 +12,10 @@ import torch
 
 from workers.runtime.adapters import ADAPTER_DIR, UnsupportedAdapter, read_adapter
 from workers.runtime.generate import generate
-from workers.runtime.lora import attach_lora, resolve_lora, save_final_lm
+from workers.runtime.lora import attach_lora, resolve_lora
 from workers.runtime.models import ModelCache, load_model, view_key
 from workers.runtime.specs import GenerateRequest
+from workers.runtime.training import save_final_model
 
 PROMPTS = ["Hello there", "Name three colours.", "What is two plus two?", "Tell me a story."]
 
@@ -31,7 +32,7 @@ def fine_tune_of(base_dir: Path, out: Path, seed: int, lora: dict[str, Any] | No
         for name, parameter in peft_model.named_parameters():
             if "lora_" in name:  # B starts at zero: give the update a visible size
                 parameter.normal_(0, 0.3)
-    save_final_lm(out, None, peft_model, AutoTokenizer.from_pretrained(base_dir))
+    save_final_model(out, None, peft_model, AutoTokenizer.from_pretrained(base_dir))
     return out
 
 
