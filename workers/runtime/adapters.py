@@ -176,9 +176,14 @@ def classifier_view(
     encoder: Any = getattr(base, "base_model", base)  # a PreTrainedModel's bare encoder
     tensors = {f"{prefix}.{name}": tensor for name, tensor in encoder.state_dict().items()}
     tensors |= {name: tensor.to(device=device, dtype=dtype) for name, tensor in adapter.saved.items()}
-    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
-    if missing or unexpected:
-        raise UnsupportedAdapter(f"the base does not fit the fine-tune ({(missing or unexpected)[0]!r})")
+    for name, wanted in model.state_dict().items():
+        found = tensors.get(name)
+        if found is None or found.shape != wanted.shape:
+            shape = "missing" if found is None else f"of shape {list(found.shape)}"
+            raise UnsupportedAdapter(
+                f"the base does not fit the fine-tune ({name!r} is {shape}, not {list(wanted.shape)})"
+            )
+    model.load_state_dict(tensors, strict=False, assign=True)
     # Buffers outside the state dict (position ids) are still meta: the base's own are the same.
     base_buffers = {f"{prefix}.{name}": buffer for name, buffer in encoder.named_buffers()}
     for name, buffer in list(model.named_buffers()):

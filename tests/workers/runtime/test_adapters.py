@@ -107,12 +107,14 @@ def test_many_adapters_share_one_base_and_the_cache_counts_their_bytes(
     assert small.refs() == [str(tuned[0])]
 
 
-def test_a_fine_tune_of_a_non_generation_base_or_an_odd_adapter_is_refused(
+def test_a_fine_tune_on_a_base_of_another_task_or_an_odd_adapter_is_refused(
     tiny_llama_dir: Path, tiny_classifier_dir: Path, tmp_path: Path
 ) -> None:
     tuned = fine_tune_of(tiny_llama_dir, tmp_path / "tuned", seed=3)
     cache = ModelCache(1 << 30, device="cpu", dtype="float32")
-    with pytest.raises(UnsupportedAdapter, match="adapters are served on generation models"):
+    with pytest.raises(
+        UnsupportedAdapter, match="^a generation fine-tune is not served on a classification model$"
+    ):
         cache.get_adapted(str(tiny_classifier_dir), str(tuned))
 
     config_path = tuned / ADAPTER_DIR / "adapter_config.json"

@@ -16,7 +16,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from tests.workers.runtime.conftest import sentiment_rows, write_csv  # noqa: E402
 from tests.workers.runtime.test_training import make_spec, run, stop_after  # noqa: E402
-from workers.runtime.adapters import ADAPTER_CONFIG, ADAPTER_DIR, read_adapter  # noqa: E402
+from workers.runtime.adapters import ADAPTER_CONFIG, ADAPTER_DIR, UnsupportedAdapter, read_adapter  # noqa: E402
 from workers.runtime.models import ModelCache, load_model, view_key  # noqa: E402
 from workers.runtime.training import read_trainer_state  # noqa: E402
 
@@ -200,3 +200,38 @@ def test_two_lora_classifiers_on_one_base_keep_their_own_heads_and_labels(
         )
     assert not torch.allclose(logits(first, TEXTS), logits(second, TEXTS), atol=1e-3)
     assert cache.get(str(tiny_bert_dir)) is not None and len(cache._models) == 3  # one base, two views
+
+
+def test_a_lora_classifier_is_not_served_on_a_base_it_does_not_fit(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, sentiment_csv: Path
+) -> None:
+    from tests.tiny_models import build_tiny_bert
+
+    spec = make_spec(tmp_path, tiny_bert_dir, sentiment_csv, lora=LORA, hp={**LORA_HP, "n_epochs": 1})
+    tuned = str(run(spec)[0].model_dir)
+    wider = build_tiny_bert(tmp_path / "wider", vocab_size=600)  # another embedding table
+    cache = ModelCache(1 << 30, device="cpu", dtype="float32")
+
+    with pytest.raises(
+        UnsupportedAdapter, match="^a classification fine-tune is not served on a generation model$"
+    ):
+        cache.get_adapted(str(tiny_llama_dir), tuned)
+    with pytest.raises(UnsupportedAdapter, match="^the base does not fit the fine-tune"):
+        cache.get_adapted(str(wider), tuned)
+
+
+@pytest.mark.slow
+def test_a_minilm_lora_classifier_learns_a_separable_task(tmp_path: Path, minilm_dir: Path) -> None:
+    from workers.runtime.specs import auto_learning_rate
+
+    data = write_csv(tmp_path / "reviews.csv", sentiment_rows(200, seed=1))
+    rate = auto_learning_rate(lora=True)  # what a LoRA job gets by default
+    spec = make_spec(
+        tmp_path, minilm_dir, data, lora={}, hp={"n_epochs": 3, "batch_size": 16, "learning_rate": rate}
+    )
+
+    result, events = run(spec)
+
+    assert result.metrics["accuracy"] >= 0.9
+    banner = next(event for event in events if event.kind == "log" and "Running training" in event.message)
+    assert banner.metrics["trainable_parameters"] < banner.metrics["total_parameters"] / 100
