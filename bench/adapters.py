@@ -14,7 +14,11 @@ The adapters are random (r=8 on q_proj and v_proj, peft's default for Llama, as 
 them) rather than trained: their speed does not depend on what they learned. The calls of the
 methods alternate, so a change in the machine's load slows each alike: compare the ratios.
 
-    python bench/adapters.py [--adapters 50] [--rounds 2] [--max-tokens 16] [--threads 0]
+With `--classifier`, the fine-tunes are LoRA classifiers of MiniLM-L6 instead (r=8 on query and
+value, and a 4-label head of their own, as `method.classification.lora` trains them), and a call
+classifies one short text.
+
+    python bench/adapters.py [--adapters 50] [--rounds 2] [--max-tokens 16] [--threads 0] [--classifier]
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +40,32 @@ if str(ROOT) not in sys.path:
 
 WORK = ROOT / "var" / "bench-adapters"
 PROMPT = "Give me three tips for a good night's sleep."
+TEXT = "The app crashes every time I try to upload a photo."
+LABELS = ["billing", "bug", "praise", "question"]
 # What a fine-tune's directory holds besides weights: what serving an adapter reads.
 SMALL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
 
 
-def make_fine_tunes(base: Path, count: int, merged: int) -> tuple[list[Path], list[Path]]:
+def make_fine_tunes(
+    base: Path, count: int, merged: int, classifier: bool = False
+) -> tuple[list[Path], list[Path]]:
     """`count` adapter directories (adapter/ + tokenizer + config) and `merged` full copies."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from workers.runtime.lora import attach_lora, resolve_lora, save_adapter, save_servable
+    from workers.runtime.training import load_model
 
     shutil.rmtree(WORK, ignore_errors=True)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    peft_model = attach_lora(model, resolve_lora({}, model), None)
     tokenizer = AutoTokenizer.from_pretrained(base)
+    if classifier:  # as the classifier trainer builds it: the head (what the base lacks) trained whole
+        model, fresh = load_model(str(base), LABELS, tokenizer.pad_token_id)
+        peft_model = attach_lora(
+            model, resolve_lora({}, model), None, task_type="SEQ_CLS", modules_to_save=fresh
+        )
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        peft_model = attach_lora(model, resolve_lora({}, model), None)
     adapters, copies = [], []
     for index in range(count):
         torch.manual_seed(index)
@@ -56,9 +73,17 @@ def make_fine_tunes(base: Path, count: int, merged: int) -> tuple[list[Path], li
             for name, parameter in peft_model.named_parameters():
                 if "lora_B" in name:  # B starts at zero: a small update, like a short fine-tune's
                     parameter.normal_(0, 0.01)
+                elif "modules_to_save" in name:  # each classifier its own head
+                    parameter.normal_(0, 0.02)
         directory = WORK / f"ft-{index:02d}"
         save_adapter(peft_model, directory / "adapter")
         tokenizer.save_pretrained(directory)
+        if classifier:
+            classifier_model: Any = peft_model.get_base_model()
+            classifier_model.config.architectures = [
+                type(classifier_model).__name__
+            ]  # as save_pretrained sets
+            classifier_model.config.save_pretrained(directory)  # its labels and head
         for name in SMALL_FILES:
             if (base / name).exists() and not (directory / name).exists():
                 shutil.copy2(base / name, directory / name)
@@ -78,25 +103,38 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds over all adapters")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--classifier", action="store_true", help="LoRA classifiers of MiniLM-L6 instead")
     args = parser.parse_args()
 
     import torch
 
     from workers.runtime.catalog import prepare_smollm2
+    from workers.runtime.classify import classify
     from workers.runtime.generate import generate
     from workers.runtime.models import ModelCache, estimate_nbytes
-    from workers.runtime.specs import GenerateRequest
+    from workers.runtime.specs import ClassifyRequest, GenerateRequest
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    base = prepare_smollm2(args.cache_dir)
-    adapters, copies = make_fine_tunes(base, args.adapters, merged=2)
+    to_classify = ClassifyRequest(texts=(TEXT,))
     request = GenerateRequest(
         messages=({"role": "user", "content": PROMPT},), max_tokens=args.max_tokens, temperature=0
     )
+    if args.classifier:
+        from bench.finetune import minilm_dir
+
+        base = minilm_dir()
+        what = f"MiniLM-L6, {args.adapters} LoRA classifiers (r=8, query+value, a 4-label head)"
+    else:
+        base = prepare_smollm2(args.cache_dir)
+        what = f"SmolLM2-135M-Instruct, {args.adapters} LoRA fine-tunes (r=8, q_proj+v_proj)"
 
     def call(loaded: Any) -> int:
+        if args.classifier:
+            return classify(loaded, to_classify).input_tokens
         return generate(loaded, request).completion_tokens
+
+    adapters, copies = make_fine_tunes(base, args.adapters, merged=2, classifier=args.classifier)
 
     ours = ModelCache(4 * 1024**3, device="cpu", quantization="auto")
     one = ModelCache(4 * 1024**3, device="cpu", quantization="auto")
@@ -115,12 +153,12 @@ def main() -> None:
     tokens = {name: 0 for name in times}
     for round_index in range(args.rounds):
         for index, directory in enumerate(adapters):
-            turns = [
+            turns: list[tuple[str, Callable[[], Any]]] = [
                 ("one model", lambda: one.get(str(copies[0]))),
-                ("adapters, round-robin", lambda d=directory: ours.get_adapted(str(base), str(d))),
+                ("adapters, round-robin", partial(ours.get_adapted, str(base), str(directory))),
             ]
             if index % 10 == 0:  # each a full load: a few of them suffice for the median
-                turns.append(("merged, round-robin", lambda i=index: before.get(str(copies[i // 10 % 2]))))
+                turns.append(("merged, round-robin", partial(before.get, str(copies[index // 10 % 2]))))
             shift = (round_index + index) % len(turns)
             for name, get in turns[shift:] + turns[:shift]:
                 tick = time.perf_counter()
@@ -129,9 +167,13 @@ def main() -> None:
     load_after = os.getloadavg()
 
     floor = statistics.median(times["one model"])
+    one_call = (
+        "one short text classified"
+        if args.classifier
+        else f"a chat call of up to {args.max_tokens} greedy tokens"
+    )
     print(
-        f"\nSmolLM2-135M-Instruct, {args.adapters} LoRA fine-tunes (r=8, q_proj+v_proj), a chat call of up to "
-        f"{args.max_tokens} greedy tokens, SERVE_QUANTIZATION=auto ({ours.get(str(base)).quantization}), "
+        f"\n{what}, {one_call}, SERVE_QUANTIZATION=auto ({ours.get(str(base)).quantization}), "
         f"{torch.get_num_threads()} threads, {args.rounds} timed rounds, {time.perf_counter() - started:.0f} s; "
         f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after (1 min), {os.cpu_count()} cores\n"
     )
