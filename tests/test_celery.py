@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import base64
 import json
+import re
 import threading
 from typing import Any
 
@@ -42,6 +44,59 @@ def test_routes_send_training_and_serving_to_their_own_queues() -> None:
 def test_a_real_worker_answers_ping(celery_worker: Any) -> None:
     result = app.send_task("system.ping", args=["hello"], ignore_result=False)
     assert result.get(timeout=30)["pong"] == "hello"
+
+
+def test_a_task_is_pushed_as_the_message_celery_itself_sends(db: None) -> None:
+    # given the same task sent by Celery's send_task and by our direct push
+    from apps.core import broker
+    from apps.core.redis import broker_client
+    from tests.conftest import purge_queues
+
+    redis = broker_client(timeout=5)
+    purge_queues()
+    try:
+        with current_app.producer_or_acquire() as producer:
+            current_app.send_task(
+                "jobs.run_inference",
+                args=["clfjob-x", 2],
+                producer=producer,
+                time_limit=None,
+                soft_time_limit=None,
+                ignore_result=True,
+            )
+        assert broker.send_now("jobs.run_inference", ["clfjob-x", 2])
+        ours, celery = (json.loads(raw) for raw in redis.lrange("serve", 0, -1))  # LPUSH: newest first
+    finally:
+        purge_queues()
+
+    # then they differ only in what is unique to each message (ids, the sender, the unused reply queue)
+    unique_headers, unique_properties = (
+        ("id", "root_id", "origin"),
+        ("correlation_id", "reply_to", "delivery_tag"),
+    )
+    for message in (ours, celery):
+        assert (
+            message["headers"]["root_id"]
+            == message["headers"]["id"]
+            == message["properties"]["correlation_id"]
+        )
+        for key in unique_headers:
+            message["headers"].pop(key)
+        for key in unique_properties:
+            message["properties"].pop(key)
+    assert ours == celery
+    assert json.loads(base64.b64decode(ours["body"]))[0] == ["clfjob-x", 2]
+
+
+@pytest.mark.integration
+def test_a_real_worker_runs_a_pushed_task(celery_worker: Any) -> None:
+    from apps.core import broker
+    from tests.conftest import wait_for
+
+    assert broker.send_now("system.ping", ["pushed"])
+
+    ran = re.compile(r"Task system\.ping\[[0-9a-f-]{36}\] succeeded")
+    assert wait_for(lambda: ran.search(celery_worker.log.read_text(errors="replace")), timeout=30)
 
 
 # Every task `workers/tasks.py` declares, with the queue its decorator names.

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from apps.core.redis import client
+from apps.core.redis import client, script
 
 WINDOW_SECONDS = 60
 
@@ -66,9 +66,11 @@ def take_many(
     """Several `take(scope, limit, cost)` in one round trip to Redis, each decided on its own
     exactly as separate calls would be (the request path counts three limits at once)."""
     now = time.time() if now is None else now
+    # EVAL, not the registered script: in a pipeline, redis-py asks SCRIPT EXISTS first, a round trip.
     pipe = client().pipeline(transaction=False)
     for scope, limit, cost in checks:
-        pipe.eval(_SCRIPT, 2, *_args(scope, limit, cost, now, window, count=True))
+        keys, args = _args(scope, limit, cost, now, window, count=True)
+        pipe.eval(_SCRIPT, len(keys), *keys, *args)
     return [
         _decision(result, limit, now, window)
         for result, (_, limit, _) in zip(pipe.execute(), checks, strict=True)
@@ -77,7 +79,8 @@ def take_many(
 
 def _run(scope: str, limit: int, cost: int, now: float | None, window: int, *, count: bool) -> Decision:
     now = time.time() if now is None else now
-    result = client().eval(_SCRIPT, 2, *_args(scope, limit, cost, now, window, count=count))
+    keys, args = _args(scope, limit, cost, now, window, count=count)
+    result = script(client(), _SCRIPT)(keys=keys, args=args)
     return _decision(result, limit, now, window)
 
 
@@ -89,13 +92,21 @@ def _decision(result: Any, limit: int, now: float, window: int) -> Decision:
     )
 
 
-def _args(scope: str, limit: int, cost: int, now: float, window: int, *, count: bool) -> list[Any]:
-    """The script's keys and arguments: this window's and the previous window's counters."""
+def _args(
+    scope: str, limit: int, cost: int, now: float, window: int, *, count: bool
+) -> tuple[list[str], list[Any]]:
+    """The script's keys (this window's and the previous window's counters) and arguments."""
     index = int(now // window)
     weight = 1 - (now - index * window) / window
     # A key must outlive the window after its own, where it is still weighed in.
     lifetime = 2 * window + 10
-    return [f"mw:rl:{scope}:{index}", f"mw:rl:{scope}:{index - 1}", limit, cost, weight, lifetime, int(count)]
+    return [f"mw:rl:{scope}:{index}", f"mw:rl:{scope}:{index - 1}"], [
+        limit,
+        cost,
+        weight,
+        lifetime,
+        int(count),
+    ]
 
 
 def duration(seconds: float) -> str:
@@ -137,7 +148,9 @@ def take_slot(scope: str, limit: int, lifetime: float, now: float | None = None)
     now = time.time() if now is None else now
     token = secrets.token_hex(8)
     key = f"mw:rl:{scope}:inflight"
-    taken = client().eval(_SLOT_SCRIPT, 1, key, now, now - lifetime, limit, token, math.ceil(lifetime) + 10)
+    taken = script(client(), _SLOT_SCRIPT)(
+        keys=[key], args=[now, now - lifetime, limit, token, math.ceil(lifetime) + 10]
+    )
     return token if taken else None
 
 

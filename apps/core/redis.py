@@ -10,6 +10,7 @@ from functools import lru_cache
 
 from django.conf import settings
 from redis import Redis
+from redis.commands.core import Script
 
 
 def client() -> Redis:
@@ -32,3 +33,10 @@ def _relay_client(url: str) -> Redis:
 @lru_cache(maxsize=8)
 def _broker_client(url: str, timeout: float) -> Redis:
     return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+@lru_cache(maxsize=32)
+def script(redis: Redis, source: str) -> Script:
+    """`source` registered on `redis`: called by its SHA (EVALSHA), the body sent only when Redis
+    does not know it yet (a restart, a flush), instead of sent and compiled on every call."""
+    return redis.register_script(source)

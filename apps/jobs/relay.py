@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from apps.core.redis import client
+from apps.core.redis import client, script
 
 EXPIRE_SECONDS = 900
 
@@ -49,8 +49,8 @@ def push_answer(job_id: str, result: dict[str, Any]) -> None:
     """The final `done` event with the stored answer in it, so that the waiting request need not
     read the job back; without it when the request has stopped waiting."""
     answer = json.dumps({"type": "done", "result": result}, separators=(",", ":"))
-    client().eval(
-        _PUSH_ANSWER, 2, _key(job_id), _abort_key(job_id), answer, '{"type":"done"}', EXPIRE_SECONDS
+    script(client(), _PUSH_ANSWER)(
+        keys=[_key(job_id), _abort_key(job_id)], args=[answer, '{"type":"done"}', EXPIRE_SECONDS]
     )
 
 
