@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,11 @@ class AdapterWeights:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _in_saved_module(name: str, modules: list[str]) -> bool:
-    # peft's rule for modules_to_save: a module named by its full name or a dotted suffix of it.
-    return any(f".{module}." in f".{name}" for module in modules)
+def trained_whole(module_name: str, whole: Collection[str]) -> bool:
+    """peft's rule for modules_to_save: a module, or one it is inside, whose name ends with an
+    entry ("pre_classifier" ends with "classifier")."""
+    parts = module_name.split(".")
+    return any(".".join(parts[:i]).endswith(entry) for i in range(1, len(parts) + 1) for entry in whole)
 
 
 def has_adapter(model_dir: Path) -> bool:
@@ -95,7 +98,8 @@ def read_adapter(directory: Path) -> AdapterWeights:
     saved: dict[str, torch.Tensor] = {}
     for key, tensor in load_file(str(directory / ADAPTER_WEIGHTS)).items():
         suffix = next((s for s in _SUFFIXES if key.endswith(s)), None)
-        if key.startswith(_PREFIX) and suffix is None and _in_saved_module(key[len(_PREFIX) :], whole):
+        owner = key[len(_PREFIX) :].rpartition(".")[0]  # the module a tensor belongs to
+        if key.startswith(_PREFIX) and suffix is None and trained_whole(owner, whole):
             saved[key[len(_PREFIX) :]] = tensor
             continue
         if suffix is None or not key.startswith(_PREFIX):

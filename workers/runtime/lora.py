@@ -25,7 +25,7 @@ from peft.tuners.lora import LoraLayer
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from transformers.pytorch_utils import Conv1D
 
-from workers.runtime.adapters import ADAPTER_CONFIG, ADAPTER_DIR
+from workers.runtime.adapters import ADAPTER_CONFIG, ADAPTER_DIR, trained_whole
 from workers.runtime.specs import TrainingDataError
 
 LORA_OPTIONS = ("r", "alpha", "dropout", "target_modules")
@@ -60,9 +60,18 @@ def _positive_number(value: Any) -> bool:
     )
 
 
-def resolve_lora(requested: Mapping[str, Any] | None, model: Any) -> dict[str, Any] | None:
-    """The LoRA settings with defaults filled in and target modules checked against `model`;
-    None means full fine-tuning."""
+# The heads peft trains whole for a classifier (task SEQ_CLS) without being told.
+CLASSIFIER_HEADS = ("classifier", "score")
+# The layers an adapter can sit on, of those our models have.
+ADAPTABLE = (torch.nn.Linear, Conv1D, torch.nn.Embedding)
+
+
+def resolve_lora(
+    requested: Mapping[str, Any] | None, model: Any, whole: Collection[str] = ()
+) -> dict[str, Any] | None:
+    """The LoRA settings with defaults filled in and target modules checked against `model`: each
+    must name a layer an adapter can sit on, outside the modules trained `whole` (a classifier's
+    head). None means full fine-tuning."""
     if requested is None:
         return None
     unknown = sorted(set(requested) - set(LORA_OPTIONS))
@@ -81,18 +90,27 @@ def resolve_lora(requested: Mapping[str, Any] | None, model: Any) -> dict[str, A
     targets = settings.get("target_modules") or default_lora_targets(model)
     if targets != "all-linear":
         targets = list(targets) if isinstance(targets, list | tuple) else [targets]
-        missing = [name for name in targets if not isinstance(name, str) or not _has_module(model, name)]
-        if missing:
+        adaptable = [
+            name
+            for name, module in model.named_modules()
+            if isinstance(module, ADAPTABLE) and not trained_whole(name, whole)
+        ]
+        for target in targets:
+            if isinstance(target, str) and any(_names(name, target) for name in adaptable):
+                continue
             linear = sorted(
                 {
                     name.rsplit(".", 1)[-1]
-                    for name, m in model.named_modules()
-                    if isinstance(m, torch.nn.Linear | Conv1D)
+                    for name, module in model.named_modules()
+                    if isinstance(module, torch.nn.Linear | Conv1D) and not trained_whole(name, whole)
                 }
             )
+            if isinstance(target, str) and _has_module(model, target):
+                problem = f"{target!r} names no layer an adapter can sit on (a linear layer outside the modules trained whole)"
+            else:
+                problem = f"this model has no module named {target!r}"
             raise TrainingDataError(
-                f"lora.target_modules: this model has no module named {missing[0]!r}; "
-                f"its linear layers are: {', '.join(linear)}"
+                f"lora.target_modules: {problem}; its linear layers are: {', '.join(linear)}"
             )
     return {**settings, "target_modules": targets}
 
@@ -135,7 +153,10 @@ def attach_lora(
             for name, module in model.named_modules()
         ),
     )
-    return get_peft_model(model, config)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:  # a target resolve_lora let through and peft still refuses
+        raise TrainingDataError(f"lora.target_modules: {exc}") from exc
 
 
 def causal_lm_of(model: Any) -> Any:

@@ -35,6 +35,7 @@ from workers.runtime.data import (
 )
 from workers.runtime.distributed import SINGLE, World, current_world, device_for, wrap
 from workers.runtime.lora import (
+    CLASSIFIER_HEADS,
     attach_lora,
     fresh_modules,
     resolve_lora,
@@ -435,7 +436,7 @@ def train(
         saved = read_trainer_state(spec.resume_from) if spec.resume_from else None
         full_resume = spec.resume_from if spec.lora is None else None  # a LoRA resume loads the base
         model, fresh = load_model(full_resume or spec.base_model_dir, data.labels, tokenizer.pad_token_id)
-        lora = resolve_lora(spec.lora, model)
+        lora = resolve_lora(spec.lora, model, whole=[*CLASSIFIER_HEADS, *fresh])
         if saved is not None:
             check_resumable(saved, data.labels, total_steps, lora)
         # A LoRA classifier trains its adapters and, whole, what the base lacked (its head at least).
@@ -775,8 +776,9 @@ def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total), tied weights counted once: the banner's measure of what a LoRA run trains."""
     seen: set[int] = set()
     trainable = total = 0
-    for parameter in model.parameters():
-        if parameter.data_ptr() in seen:
+    for name, parameter in model.named_parameters():
+        # peft keeps a frozen copy of each module it trains whole: the model has only the trained one.
+        if parameter.data_ptr() in seen or ".original_module." in name:
             continue
         seen.add(parameter.data_ptr())
         total += parameter.numel()

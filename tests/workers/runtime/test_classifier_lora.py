@@ -18,6 +18,7 @@ from tests.workers.runtime.conftest import sentiment_rows, write_csv  # noqa: E4
 from tests.workers.runtime.test_training import make_spec, run, stop_after  # noqa: E402
 from workers.runtime.adapters import ADAPTER_CONFIG, ADAPTER_DIR, UnsupportedAdapter, read_adapter  # noqa: E402
 from workers.runtime.models import ModelCache, load_model, view_key  # noqa: E402
+from workers.runtime.specs import TrainingDataError  # noqa: E402
 from workers.runtime.training import read_trainer_state  # noqa: E402
 
 LORA = {"r": 4, "alpha": 8}
@@ -235,3 +236,72 @@ def test_a_minilm_lora_classifier_learns_a_separable_task(tmp_path: Path, minilm
     assert result.metrics["accuracy"] >= 0.9
     banner = next(event for event in events if event.kind == "log" and "Running training" in event.message)
     assert banner.metrics["trainable_parameters"] < banner.metrics["total_parameters"] / 100
+
+
+@pytest.mark.parametrize(
+    ("targets", "base_form", "name"),
+    [
+        (["classifier"], "classifier", "'classifier'"),  # the head, trained whole anyway
+        (["LayerNorm"], "classifier", "'LayerNorm'"),  # no layer an adapter sits on
+        (["pooler.dense"], "bare encoder", "'pooler.dense'"),  # the bare base has no pooler: trained whole
+    ],
+)
+def test_a_target_that_leaves_nothing_to_adapt_is_the_customers_error(
+    tmp_path: Path, tiny_bert_dir: Path, sentiment_csv: Path, targets: list[str], base_form: str, name: str
+) -> None:
+    base_dir = (
+        tiny_bert_dir if base_form == "classifier" else bare_encoder(tiny_bert_dir, tmp_path / "encoder")
+    )
+    spec = make_spec(tmp_path, base_dir, sentiment_csv, lora={"r": 2, "target_modules": targets})
+
+    with pytest.raises(TrainingDataError) as raised:
+        run(spec)
+
+    assert str(raised.value) == (
+        f"lora.target_modules: {name} names no layer an adapter can sit on "
+        "(a linear layer outside the modules trained whole); "
+        "its linear layers are: dense, key, query, value"
+    )
+
+
+def test_a_distilbert_classifier_serves_its_head_and_pre_classifier_from_the_adapter(
+    tmp_path: Path, tiny_bert_dir: Path, sentiment_csv: Path
+) -> None:
+    # given a DistilBERT classifier base: peft trains its pre_classifier whole too ("...classifier")
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    config = DistilBertConfig(
+        vocab_size=tokenizer.vocab_size,
+        dim=32,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=64,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    base_dir = tmp_path / "distilbert"
+    torch.manual_seed(0)
+    DistilBertForSequenceClassification(config).save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    spec = make_spec(
+        tmp_path,
+        base_dir,
+        sentiment_csv,
+        lora={"r": 2, "target_modules": ["q_lin", "v_lin"]},
+        hp={"n_epochs": 1},
+    )
+    result, events = run(spec)
+    tuned = Path(result.model_dir)
+
+    view = ModelCache(1 << 30, device="cpu", dtype="float32").get_adapted(str(base_dir), str(tuned))
+
+    assert {"pre_classifier.weight", "classifier.weight"} <= set(read_adapter(tuned / ADAPTER_DIR).saved)
+    assert torch.allclose(
+        logits(view, TEXTS), logits(load_model(str(tuned), "cpu", "float32"), TEXTS), atol=1e-4
+    )
+    # the banner counts the model's weights once, not peft's frozen copies of the modules trained whole
+    banner = next(event for event in events if event.kind == "log" and "Running training" in event.message)
+    plain = load_model(str(tuned), "cpu", "float32").model
+    assert banner.metrics["total_parameters"] - sum(p.numel() for p in plain.parameters()) == sum(
+        a.numel() for pair in read_adapter(tuned / ADAPTER_DIR).pairs.values() for a in pair
+    )
