@@ -88,6 +88,29 @@ def test_a_task_is_pushed_as_the_message_celery_itself_sends(db: None) -> None:
     assert json.loads(base64.b64decode(ours["body"]))[0] == ["clfjob-x", 2]
 
 
+@pytest.mark.parametrize(
+    ("url", "pushed"),
+    [
+        ("redis://:p%40ss@127.0.0.1:6379/5", True),
+        ("rediss://127.0.0.1:6380/0?ssl_cert_reqs=required", True),
+        ("rediss://127.0.0.1:6380/0?ssl_cert_reqs=CERT_REQUIRED", True),  # kombu's spelling, made redis-py's
+        ("redis+socket:///var/run/redis.sock", False),
+        ("amqp://guest@127.0.0.1//", False),
+    ],
+)
+def test_a_redis_broker_is_pushed_to_with_what_kombu_reads_in_its_url(url: str, pushed: bool) -> None:
+    import ssl
+
+    from apps.core.broker import _pusher
+
+    pusher = _pusher(url)
+
+    assert (pusher is not None) == pushed
+    if pusher is not None and url.startswith("rediss"):
+        assert pusher.connection_pool.connection_kwargs["ssl_cert_reqs"] == "required"
+        assert pusher.connection_pool.make_connection().cert_reqs == ssl.CERT_REQUIRED
+
+
 @pytest.mark.integration
 def test_a_real_worker_runs_a_pushed_task(celery_worker: Any) -> None:
     from apps.core import broker

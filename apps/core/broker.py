@@ -15,13 +15,16 @@ import logging
 import os
 import socket
 import uuid
+from functools import lru_cache
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from celery import current_app
 from kombu.exceptions import OperationalError as KombuOperationalError
+from redis import Redis
 from redis.exceptions import RedisError
 
-from apps.core.redis import broker_client, script
+from apps.core.redis import broker_client
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +40,9 @@ def send_now(task_name: str, args: list[Any]) -> bool:
     request for ~6 s (measured). False when the broker is unreachable; callers rely on the reaper
     to send it again, since the database row is the truth. The app is the one `saas/celery.py`
     configures at start (it makes itself the default in every thread)."""
-    if _pushes_directly():
-        return _push(task_name, args)
+    pusher = _pusher(current_app.conf.broker_write_url or current_app.conf.broker_url)
+    if pusher is not None:
+        return _push(pusher, task_name, args)
     try:
         with current_app.producer_or_acquire() as producer:
             producer.connection.ensure_connection(max_retries=0)
@@ -61,13 +65,30 @@ def send_now(task_name: str, args: list[Any]) -> bool:
     return True
 
 
-def _pushes_directly() -> bool:
-    from django.conf import settings
-
-    options = settings.CELERY_BROKER_TRANSPORT_OPTIONS or {}
-    return settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://", "unix://")) and not options.get(
-        "global_keyprefix"
-    )
+@lru_cache(maxsize=4)
+def _pusher(url: str | None) -> Redis | None:
+    """A client for the broker the Celery app sends to (its URL, not Django's setting: a test or a
+    deployment may point the app elsewhere), or None where a plain LPUSH is not what kombu does:
+    another transport, or a key prefix."""
+    options = current_app.conf.broker_transport_options or {}
+    if not url or not url.startswith(("redis://", "rediss://")) or options.get("global_keyprefix"):
+        return None
+    # kombu takes ssl_cert_reqs as ssl's constant names (CERT_REQUIRED); redis-py, only as
+    # none/optional/required, and would fail every connection.
+    parts = urlsplit(url)
+    query = [
+        (key, value.removeprefix("CERT_").lower() if key == "ssl_cert_reqs" else value)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    try:
+        return Redis.from_url(
+            urlunsplit(parts._replace(query=urlencode(query))),
+            socket_timeout=PUBLISH_TIMEOUT_SECONDS,
+            socket_connect_timeout=PUBLISH_TIMEOUT_SECONDS,
+        )
+    except (ValueError, RedisError):
+        logger.info("tasks are sent through Celery: redis-py cannot use the broker URL", exc_info=True)
+        return None
 
 
 def task_message(task_name: str, args: list[Any]) -> dict[str, Any]:
@@ -115,11 +136,11 @@ def task_message(task_name: str, args: list[Any]) -> dict[str, Any]:
     }
 
 
-def _push(task_name: str, args: list[Any]) -> bool:
+def _push(pusher: Redis, task_name: str, args: list[Any]) -> bool:
     message = task_message(task_name, args)
     queue = message["properties"]["delivery_info"]["routing_key"]
     try:
-        broker_client(timeout=PUBLISH_TIMEOUT_SECONDS).lpush(queue, json.dumps(message))
+        pusher.lpush(queue, json.dumps(message))
     except (RedisError, OSError):
         logger.warning("could not send %s%s; it will be sent again later", task_name, args, exc_info=True)
         return False
@@ -130,12 +151,6 @@ def _push(task_name: str, args: list[Any]) -> bool:
 # default priority, "serve\x06\x163" and so on for the others).
 _PRIORITY_STEPS = (0, 3, 6, 9)
 _PRIORITY_SEP = "\x06\x16"
-# One command for every priority step's list: asked before each inference request is admitted.
-_SUM_OF_LENGTHS = """
-local n = 0
-for _, key in ipairs(KEYS) do n = n + redis.call('LLEN', key) end
-return n
-"""
 
 
 def queue_length(queue: str) -> int | None:
@@ -147,6 +162,10 @@ def queue_length(queue: str) -> int | None:
         return None
     keys = [queue if step == 0 else f"{queue}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS]
     try:
-        return int(script(broker_client(timeout=0.5), _SUM_OF_LENGTHS)(keys=keys))
+        # LLENs, not a script: the broker's user needs no scripting rights, as for Celery itself.
+        pipe = broker_client(timeout=0.5).pipeline(transaction=False)
+        for key in keys:
+            pipe.llen(key)
+        return int(sum(pipe.execute()))
     except (RedisError, OSError):
         return None

@@ -54,6 +54,28 @@ def test_an_attempt_whose_poll_fails_does_not_stop_the_others_being_kept(
     assert Job.objects.get(pk=cancelled.pk).heartbeat_at > cancelled.heartbeat_at
 
 
+def test_an_attempt_is_polled_a_poll_after_it_starts_and_every_poll_after(
+    transactional_db: None, alice_project: Any, settings: Any
+) -> None:
+    # given polls every second, and an attempt already kept (the thread is asleep when the next starts)
+    settings.JOB_HEARTBEAT_SECONDS = 1
+    settings.JOB_PROGRESS_INTERVAL_SECONDS = 1
+    other, job = running_job(alice_project), running_job(alice_project)
+    with AttemptGuard(other.pk, other.attempt):
+        time.sleep(0.4)
+        actions.cancel(Job.objects.get(pk=job.pk))  # cancelled before its attempt starts
+
+        # when the attempt starts
+        with AttemptGuard(job.pk, job.attempt) as guard:
+            started = time.monotonic()
+            assert wait_for(lambda: guard.stop_reason == "cancel", seconds=3)
+            seen = time.monotonic() - started
+
+    # then the cancel is seen at its first poll, a second in: not sooner (its claim has just written
+    # its heartbeat), and not a poll later
+    assert 0.95 <= seen <= 1.6, seen
+
+
 def test_a_short_attempt_writes_nothing(transactional_db: None, alice_project: Any) -> None:
     job = running_job(alice_project)
     with AttemptGuard(job.pk, job.attempt):
