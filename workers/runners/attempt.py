@@ -207,9 +207,6 @@ class _Heartbeats:
                 # Each attempt on its own clock, a poll after it started and every poll after that
                 # (its claim wrote heartbeat_at); an attempt added while this sleeps is seen within a poll.
                 due = [guard for guard, at in self._guards.items() if at <= now]
-                for guard in due:
-                    self._guards[guard] = now + poll
-                wake = min([*self._guards.values(), now + poll])
             for guard in due:  # outside the lock: a poll may wait on PostgreSQL for seconds
                 with guard._polling:
                     with self._lock:
@@ -219,6 +216,13 @@ class _Heartbeats:
                     # and self-fencing must not come late.
                     if not self._poll(guard, time.monotonic()):
                         self.remove_lost(guard)
+                # Next a poll after this one ended: a write PostgreSQL held up is not followed at once
+                # by another.
+                with self._lock:
+                    if guard in self._guards:
+                        self._guards[guard] = time.monotonic() + poll
+            with self._lock:
+                wake = min([*self._guards.values(), time.monotonic() + poll])
             time.sleep(max(0.0, wake - time.monotonic()))
 
     @staticmethod
