@@ -54,7 +54,7 @@ def test_an_attempt_whose_poll_fails_does_not_stop_the_others_being_kept(
     assert Job.objects.get(pk=cancelled.pk).heartbeat_at > cancelled.heartbeat_at
 
 
-def test_an_attempt_is_polled_a_poll_after_it_starts_and_every_poll_after(
+def test_a_cancel_made_before_an_attempt_starts_is_seen_at_its_first_poll(
     transactional_db: None, alice_project: Any, settings: Any
 ) -> None:
     # given polls every second, and an attempt already kept (the thread is asleep when the next starts)
