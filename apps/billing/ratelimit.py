@@ -100,13 +100,8 @@ def _args(
     weight = 1 - (now - index * window) / window
     # A key must outlive the window after its own, where it is still weighed in.
     lifetime = 2 * window + 10
-    return [f"mw:rl:{scope}:{index}", f"mw:rl:{scope}:{index - 1}"], [
-        limit,
-        cost,
-        weight,
-        lifetime,
-        int(count),
-    ]
+    keys = [f"mw:rl:{scope}:{index}", f"mw:rl:{scope}:{index - 1}"]
+    return keys, [limit, cost, weight, lifetime, int(count)]
 
 
 def duration(seconds: float) -> str:

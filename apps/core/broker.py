@@ -25,6 +25,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from apps.core.redis import broker_client
+from apps.core.tasks import DEFAULT, QUEUE_OF
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +96,6 @@ def task_message(task_name: str, args: list[Any]) -> dict[str, Any]:
     """The message `send_task(task_name, args=args, ignore_result=True)` sends, with no time limits
     (the worker's own settings apply), as kombu's Redis transport stores it: the default exchange,
     routed by the task's queue, priority 0."""
-    from apps.core.tasks import DEFAULT, QUEUE_OF
-
     task_id = str(uuid.uuid4())
     body = json.dumps([args, {}, _EMBED]).encode()
     return {
