@@ -12,7 +12,7 @@ from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 from apps.core import tasks
-from workers.runtime.specs import PRECISIONS, QUANTIZATIONS
+from workers.runtime.specs import PRECISIONS, QUANTIZATIONS, SHARDINGS
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -522,6 +522,15 @@ if TRAINING_PRECISION not in PRECISIONS:
 # The most devices one fine-tune may ask for (`devices`, data-parallel on one worker; docs/deploying.md):
 # the GPU count of the training workers. CPU workers may use 2 or more to run ranks on processes.
 TRAINING_MAX_DEVICES = env_int("TRAINING_MAX_DEVICES", 1)
+
+# How the devices of such a fine-tune share the model: "ddp" (each holds all of it), "fsdp" (each
+# holds 1/N of the weights, gradients and optimizer state), or "auto": fsdp for a full fine-tune
+# whose training state would not fit one GPU (workers/runtime/distributed.py, choose_sharding).
+TRAINING_SHARDING = os.environ.get("TRAINING_SHARDING", "") or "auto"
+if TRAINING_SHARDING not in SHARDINGS:
+    raise ImproperlyConfigured(
+        f"TRAINING_SHARDING must be one of {', '.join(SHARDINGS)}, not {TRAINING_SHARDING!r}"
+    )
 
 # How a worker serves generation models on a CPU: "auto" (fp16 weights where it would serve
 # float32, i.e. CPUs without AMX: ~1.9x faster decoding, same greedy tokens), "fp16", "int8"

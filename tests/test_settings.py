@@ -75,3 +75,12 @@ def test_development_starts_without_secrets() -> None:
     result = start(DEBUG="true")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "started" in result.stdout
+
+
+def test_an_unknown_sharding_stops_the_start() -> None:
+    result = start(DEBUG="true", TRAINING_SHARDING="zero3")
+    assert result.returncode != 0
+    assert (
+        "django.core.exceptions.ImproperlyConfigured: TRAINING_SHARDING must be one of auto, ddp, fsdp, "
+        "not 'zero3'" in result.stderr
+    ), result.stderr[-2000:]

@@ -5,12 +5,13 @@ processes talking over gloo, as on a multi-GPU worker they would be GPUs talking
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from apps.jobs.models import Job, JobStatus
-from tests.conftest import billed, sentiment_csv, use_plan, wait_for
+from tests.conftest import Worker, billed, purge_queues, sentiment_csv, use_plan, wait_for, worker_env
 from tests.jobs.test_fine_tune_flow import upload
 
 pytestmark = pytest.mark.integration
@@ -128,3 +129,39 @@ def test_a_cancelled_two_device_fine_tune_stops_every_rank(
     job = Job.objects.get(public_id=job_id)
     assert job.status == JobStatus.CANCELLED and job.trained_tokens > 0
     assert wait_for(lambda: ranks_running(job_id) == 0, timeout=30)
+
+
+@pytest.fixture
+def fsdp_worker(transactional_db: None) -> Iterator[Worker]:
+    """A worker whose fine-tunes on several devices shard the model (TRAINING_SHARDING=fsdp), as a
+    host sets it for models whose training state does not fit one of its GPUs."""
+    purge_queues()
+    worker = Worker(env=worker_env({"TRAINING_SHARDING": "fsdp"}))
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+def test_a_fine_tune_sharded_with_fsdp_trains_bills_and_serves_as_one_device_does(
+    api: Any, fsdp_worker: Any, tiny_base: Any, alice_org: Any, settings: Any
+) -> None:
+    file_id = ready(api, alice_org, settings, rows=40)
+
+    job_one, job_two = submit(api, file_id, 1, epochs=2), submit(api, file_id, 2, epochs=2)
+    one = wait_for(lambda: finished(api, job_one), timeout=120)
+    two = wait_for(lambda: finished(api, job_two), timeout=180)
+
+    assert one["status"] == two["status"] == "succeeded", two
+    events = api.get(f"/v1/fine_tuning/jobs/{job_two}/events?limit=200").json()["data"]
+    [banner] = [e["message"] for e in events if e["message"].startswith("Running training:")]
+    assert "2 devices (cpu, data-parallel, FSDP-sharded)" in banner
+    assert two["trained_tokens"] == one["trained_tokens"] > 0
+    assert billed(Job.objects.get(public_id=job_two)) == {"trained_tokens": two["trained_tokens"]}
+    assert metric_steps(api, job_two) == metric_steps(api, job_one)
+    # the saved model is whole: it is served like any other
+    answer = api.post(
+        "/v1/classifications", {"model": two["fine_tuned_model"], "input": "a great movie"}, format="json"
+    )
+    assert answer.status_code == 200, answer.content
+    assert ranks_running(job_two) == 0

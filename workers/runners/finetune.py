@@ -87,6 +87,7 @@ def run_fine_tune(job: Job) -> None:
                 completion_field=_mapped(job, "completion"),
                 beta=float(section.get("beta", DEFAULT_BETA)),
                 precision=settings.TRAINING_PRECISION,
+                sharding=settings.TRAINING_SHARDING,
             )
             progress = ProgressReporter(job, guard)
             labelling = None

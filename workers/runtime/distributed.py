@@ -1,13 +1,19 @@
-"""One fine-tune on several devices: data-parallel training (torch.distributed's DDP) launched with
-torchrun, for a job that asks for more than one device (docs/architecture.md, "Training on several
-devices").
+"""One fine-tune on several devices: data-parallel training launched with torchrun, for a job that
+asks for more than one device (docs/architecture.md, "Training on several devices").
 
-Each process (a *rank*) holds the whole model and takes its share of every global batch; DDP averages
-the gradients, each rank's loss being weighted by its share of the batch, so a step is the step one
-process would take on the whole batch (`tests/workers/runtime/test_distributed.py` checks the losses
-match). Everything else stays as in one process: the same batches in the same order, the same
-schedule, evaluation (every rank evaluates the same weights, so every rank takes the same early-
-stopping decision without talking), and checkpoints, progress and the final model from rank 0 only.
+Each process (a *rank*) takes its share of every global batch, and the ranks average their gradients,
+each rank's loss being weighted by its share of the batch, so a step is the step one process would
+take on the whole batch (`tests/workers/runtime/test_distributed.py` checks the losses match). How
+the ranks hold the model (`choose_sharding`):
+- DDP: each rank holds all of it, with its gradients and optimizer state;
+- FSDP (torch's `fully_shard`): each rank holds 1/N of the weights, gradients and optimizer state,
+  and gathers one transformer block at a time for its forward and backward passes, so a model
+  whose training state does not fit one device still trains. Checkpoints and the final model are
+  gathered whole (`gathered_state`): they are the same files whichever way the ranks trained, and a
+  run resumes from them on any number of devices.
+Everything else stays as in one process: the same batches in the same order, the same schedule,
+evaluation (every rank evaluates the same weights, so every rank takes the same early-stopping
+decision without talking), and checkpoints, progress and the final model written by rank 0 only.
 
 The worker's task launches the ranks (`run_distributed`) and stays the job's single voice. Rank 0
 reports to it over a Unix socket: its progress events, and before each step the question one process
@@ -31,6 +37,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -111,17 +118,128 @@ def device_for(world: World, requested: str) -> str:
     return requested
 
 
-def wrap(model: torch.nn.Module, world: World) -> torch.nn.Module:
-    """The module a training step runs: DDP around `model` across the ranks, or `model` itself. Its
-    weights stay `model`'s: checkpoints, evaluation and the final save use `model`."""
+# A full fine-tune with AdamW keeps 16 bytes a parameter on its device: float32 weights, gradients
+# and the optimizer's two moments. Activations and the allocator's slack need the rest.
+TRAINING_BYTES_PER_PARAMETER = 16
+DEVICE_FRACTION_FOR_STATE = 0.6
+
+
+def choose_sharding(
+    requested: str, world: World, model: torch.nn.Module, device: torch.device, lora: object
+) -> str:
+    """How the ranks hold the model: "none" (one process), "ddp" or "fsdp".
+
+    A LoRA run is data-parallel: its base is frozen (no gradients, no optimizer state) and what it
+    trains is small. Otherwise `requested` ("ddp" or "fsdp", the worker's TRAINING_SHARDING) stands;
+    "auto" shards a model whose training state would take more than 60% of one GPU, and never on
+    CPUs, where the ranks share one memory and DDP is the faster of the two."""
+    if world.size == 1:
+        return "none"
+    if lora is not None:
+        return "ddp"
+    if requested != "auto":
+        return requested
+    if device.type != "cuda":
+        return "ddp"
+    state = sum(p.numel() for p in model.parameters()) * TRAINING_BYTES_PER_PARAMETER
+    memory = torch.cuda.get_device_properties(device).total_memory
+    return "fsdp" if state > DEVICE_FRACTION_FOR_STATE * memory else "ddp"
+
+
+def wrap(
+    model: torch.nn.Module, world: World, device: torch.device, sharding: str = "ddp"
+) -> torch.nn.Module:
+    """Puts `model` on `device` and returns the module a training step runs.
+
+    One process: `model` itself. DDP: DDP around `model`; its weights stay `model`'s, so checkpoints,
+    evaluation and the final save use `model`. FSDP: `model` itself, sharded in place (its repeated
+    blocks each a unit of their own, the rest a unit with the root), each rank's shards placed on
+    its device by `fully_shard`, never the whole model first: it may not fit."""
+    if sharding == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(device.type, (world.size,))
+        for block in repeated_blocks(model):
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        return model
+    torch.nn.Module.to(model, device)
     if world.size == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    device_ids = (
-        [model.device.index] if getattr(model, "device", None) and model.device.type == "cuda" else None
-    )
-    return DistributedDataParallel(model, device_ids=device_ids)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer's layers: the entries of each outermost ModuleList of two or more modules of
+    one class (BERT's `encoder.layer`, GPT-2's `h`, Llama's `layers`). Sharded one by one, only one
+    block's weights are whole at a time; embeddings, heads and final norms stay with the root, so a
+    head tied to the input embeddings stays one weight."""
+    blocks: list[torch.nn.Module] = []
+    taken: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(f"{prefix}.") for prefix in taken):
+            continue
+        one_class = len({type(entry) for entry in module.children()}) == 1
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 1 and one_class:
+            blocks.extend(module)
+            taken.append(name)
+    return blocks
+
+
+def _whole(value: Any) -> Any:
+    """A sharded (FSDP) tensor gathered whole onto the CPU; any other value as it is."""
+    from torch.distributed.tensor import DTensor
+
+    return value.full_tensor().cpu() if isinstance(value, DTensor) else value
+
+
+def gathered_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`model.state_dict()` with every FSDP shard gathered whole, on the CPU: what one process
+    would save. A collective: every rank calls it, in step."""
+    whole: dict[int, torch.Tensor] = {}  # by parameter: a tied weight is gathered once and stays one
+    weights = {}
+    for name, value in model.state_dict(keep_vars=True).items():
+        if id(value) not in whole:
+            whole[id(value)] = _whole(value).detach()
+        weights[name] = whole[id(value)]
+    return weights
+
+
+def gathered_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """`optimizer.state_dict()` with its FSDP-sharded moments gathered whole: the format one
+    process saves, so that any number of devices resumes from it. A collective, as above."""
+    state = optimizer.state_dict()
+    state["state"] = {
+        index: {key: _whole(value) for key, value in moments.items()}
+        for index, moments in state["state"].items()
+    }
+    return state
+
+
+def shard_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """After `load_state_dict` of a whole (gathered) optimizer state into an FSDP run's optimizer:
+    each moment becomes this rank's shard of it, laid out as its parameter is. Every rank read the
+    same file, so each takes its own slice without talking (src_data_rank=None)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    for parameter, moments in optimizer.state.items():
+        if not isinstance(parameter, DTensor):
+            continue
+        for key, value in moments.items():
+            if (
+                isinstance(value, torch.Tensor)
+                and not isinstance(value, DTensor)
+                and value.shape == parameter.shape
+            ):
+                moments[key] = distribute_tensor(
+                    value.to(parameter.device),
+                    parameter.device_mesh,
+                    parameter.placements,
+                    src_data_rank=None,
+                )
 
 
 # --- the worker's side: launching the ranks and relaying them --------------------------------------

@@ -65,7 +65,6 @@ from workers.runtime.training import (
     resolve_device,
     save_final_model,
     saved_message,
-    write_checkpoint,
 )
 
 METHOD = "dpo"
@@ -384,9 +383,6 @@ class DPORun(RunBase):
 
     def trainer_state_extras(self) -> dict[str, Any]:
         return {"lora": self.lora, "beta": self.spec.beta, "reference": self.reference}
-
-    def write_checkpoint(self, path: Path, trainer_state: dict[str, Any]) -> None:
-        write_checkpoint(path, self.model, self.tokenizer, trainer_state)
 
     def restore(self, saved: dict[str, Any]) -> None:
         super().restore(saved)

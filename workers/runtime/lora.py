@@ -185,13 +185,14 @@ def merged_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
     return merged
 
 
-def save_servable(model: Any, directory: Path) -> None:
-    """A standard transformers directory (safetensors): adapters merged into the weights."""
+def save_servable(model: Any, directory: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+    """A standard transformers directory (safetensors): adapters merged into the weights; `weights`
+    instead of the model's own when given (an FSDP run's, gathered whole)."""
     if isinstance(model, PeftModel):
         lm: Any = model.get_base_model()  # Any: peft types it as a bare nn.Module
         lm.save_pretrained(directory, state_dict=merged_state_dict(model))
     else:
-        model.save_pretrained(directory)
+        model.save_pretrained(directory, state_dict=weights)
 
 
 def save_adapter(model: PeftModel, directory: Path) -> None:

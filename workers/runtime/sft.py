@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from workers.runtime.data import eval_batches
-from workers.runtime.distributed import current_world, device_for, wrap
+from workers.runtime.distributed import choose_sharding, current_world, device_for, wrap
 from workers.runtime.lm_data import LMBatch, LMData, collate_lm, load_lm_tokenizer, prepare_lm_data
 from workers.runtime.lora import attach_lora, causal_lm_of, resolve_lora
 from workers.runtime.specs import CheckpointInfo, Hyperparameters, ProgressEvent, TrainResult, TrainSpec
@@ -73,8 +73,9 @@ def supervised_logits(
     The LM head runs at those positions only: with a 49k vocabulary it costs as much per token as
     several transformer layers, and full [batch, length, vocab] logits dominate activation memory.
     """
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        return model(batch, device, dtype)  # DDP(SupervisedLogits(...)): through DDP's forward
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel | SupervisedLogits):
+        # DDP(SupervisedLogits(...)), or SupervisedLogits sharded by FSDP: through their forward
+        return model(batch, device, dtype)
     lm = causal_lm_of(model)
     rows, positions = batch.learned_rows, batch.learned_positions
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
@@ -224,9 +225,12 @@ def train_lm(
         if saved is not None:
             check_resumable(saved, total_steps, lora)
         model = attach_lora(base, lora, spec.resume_from)
-        model.to(device).train()
-        # What a step runs: DDP across the ranks, or the model itself.
-        stepped = wrap(SupervisedLogits(model), world) if world.size > 1 else model
+        model.train()
+        sharding = choose_sharding(spec.sharding, world, model, device, lora)
+        # What a step (and, sharded, an evaluation) runs: the model itself, or SupervisedLogits
+        # around it, which DDP wraps or FSDP shards: both act on what runs through a forward.
+        stepped = wrap(SupervisedLogits(model) if world.size > 1 else model, world, device, sharding)
+        forward_model = stepped if sharding == "fsdp" else model
 
         # -- optimizer / schedule
         optimizer = build_optimizer(model, hp, device)
@@ -241,6 +245,7 @@ def train_lm(
             on_progress=on_progress,
             lora=lora,
             world=world,
+            sharding=sharding,
         )
         if saved is not None:
             run.restore(saved)
@@ -267,7 +272,7 @@ def train_lm(
             run.emit("step", metrics)
 
         def validate() -> dict[str, Any]:
-            metrics = evaluate(model, run.valid_batches, device, run.dtype) if len(data.valid) else {}
+            metrics = evaluate(forward_model, run.valid_batches, device, run.dtype) if len(data.valid) else {}
             if score is not None:
                 model.eval()
                 metrics.update(score(model, tokenizer, device, max_length))
@@ -372,8 +377,9 @@ class LMRun(RunBase):
             "early_stopped": self.state.early_stopped,
             "supervised_tokens": self.state.supervised_tokens,
         }
+        weights = self.final_weights()
         if self.world.is_main:
-            save_final_model(output_dir, self.state.best_checkpoint, self.model, self.tokenizer)
+            save_final_model(output_dir, self.state.best_checkpoint, self.model, self.tokenizer, weights)
             write_lm_card(output_dir, self.spec, self.lora, metrics)
         self.emit("log", message=saved_message(self.state))
         return TrainResult(

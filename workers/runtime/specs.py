@@ -287,6 +287,9 @@ class TrainingDataError(ValueError):
 QUANTIZATIONS = ("auto", "fp16", "int8", "none")
 # What TrainSpec.precision (and the worker's TRAINING_PRECISION) may say; see training.resolve_precision.
 PRECISIONS = ("auto", "bfloat16", "float32")
+# What TrainSpec.sharding (and the worker's TRAINING_SHARDING) may say: how the ranks of a fine-tune
+# on several devices share the model; see distributed.choose_sharding.
+SHARDINGS = ("auto", "ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -306,6 +309,9 @@ class TrainSpec:
     # The forward pass's dtype: "auto" (bf16 where the hardware has it), "bfloat16" or "float32";
     # weights and optimizer state stay float32 either way. The worker's TRAINING_PRECISION.
     precision: str = "auto"
+    # On several devices: "ddp" (each rank holds the whole model), "fsdp" (each holds a shard), or
+    # "auto" (fsdp where the training state would not fit one device). The worker's TRAINING_SHARDING.
+    sharding: str = "auto"
     task: str = "classification"
     # Supervised fine-tuning of causal LMs (workers/runtime/sft.py):
     lora: dict[str, Any] | None = None  # {r, alpha, dropout, target_modules}, each optional; None → full

@@ -33,7 +33,17 @@ from workers.runtime.data import (
     eval_batches,
     prepare_data,
 )
-from workers.runtime.distributed import SINGLE, World, current_world, device_for, wrap
+from workers.runtime.distributed import (
+    SINGLE,
+    World,
+    choose_sharding,
+    current_world,
+    device_for,
+    gathered_optimizer_state,
+    gathered_weights,
+    shard_optimizer_state,
+    wrap,
+)
 from workers.runtime.lora import (
     CLASSIFIER_HEADS,
     attach_lora,
@@ -295,13 +305,20 @@ def checkpoint_path(root: Path, step: int) -> Path:
     return root / f"checkpoint-{step:07d}"
 
 
-def write_checkpoint(final: Path, model: Any, tokenizer: Any, trainer_state: dict[str, Any]) -> None:
+def write_checkpoint(
+    final: Path,
+    model: Any,
+    tokenizer: Any,
+    trainer_state: dict[str, Any],
+    weights: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Write the checkpoint directory atomically: a worker killed mid-write leaves only a *.tmp
-    directory, never a half checkpoint that a resumed attempt would load."""
+    directory, never a half checkpoint that a resumed attempt would load. `weights`: the model's,
+    gathered whole, when its own are FSDP shards."""
     tmp = final.with_name(f"{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_servable(model, tmp)  # safetensors; LoRA adapters merged into the weights
+    save_servable(model, tmp, weights)  # safetensors; LoRA adapters merged into the weights
     tokenizer.save_pretrained(tmp)  # with the chat template
     if isinstance(model, PeftModel):
         save_adapter(model, tmp / ADAPTER_DIR)  # the adapter alone: what a resume loads, and serving
@@ -341,16 +358,22 @@ def track_checkpoint(state: LoopState, info: CheckpointInfo) -> list[str]:
     return dropped
 
 
-def save_final_model(output_dir: Path, best_checkpoint: str | None, model: Any, tokenizer: Any) -> None:
+def save_final_model(
+    output_dir: Path,
+    best_checkpoint: str | None,
+    model: Any,
+    tokenizer: Any,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> None:
     """The run's model: the best checkpoint's files (merged already), or the current weights (LoRA
-    adapters merged) when no evaluation happened yet; for LoRA, with its adapter beside them in
-    `adapter/`."""
+    adapters merged; `weights` when the model's own are FSDP shards) when no evaluation happened
+    yet; for LoRA, with its adapter beside them in `adapter/`."""
     output_dir.mkdir(parents=True, exist_ok=True)
     if best_checkpoint is None:
         if isinstance(model, PeftModel):
             save_adapter(model, output_dir / ADAPTER_DIR)
             model = model.merge_and_unload()  # the run is over: fold the adapters into the weights for good
-        model.save_pretrained(output_dir)
+        model.save_pretrained(output_dir, state_dict=weights)
         tokenizer.save_pretrained(output_dir)
         return
     for item in Path(best_checkpoint).iterdir():
@@ -441,8 +464,10 @@ def train(
             check_resumable(saved, data.labels, total_steps, lora)
         # A LoRA classifier trains its adapters and, whole, what the base lacked (its head at least).
         model = attach_lora(model, lora, spec.resume_from, task_type="SEQ_CLS", modules_to_save=fresh)
-        model.to(device).train()
-        stepped = wrap(model, world)  # what a step runs: DDP across the ranks, or the model itself
+        model.train()
+        sharding = choose_sharding(spec.sharding, world, model, device, lora)
+        # What a step runs: DDP across the ranks, or the model itself (sharded in place by FSDP).
+        stepped = wrap(model, world, device, sharding)
 
         # -- optimizer / schedule
         optimizer = build_optimizer(model, hp, device)
@@ -456,6 +481,7 @@ def train(
             total_steps=total_steps,
             on_progress=on_progress,
             world=world,
+            sharding=sharding,
             lora=lora,
         )
         if saved is not None:
@@ -503,6 +529,7 @@ class RunBase:
     on_progress: Callable[[ProgressEvent], None]
     # Of several ranks (workers/runtime/distributed.py), rank 0 alone reports, checkpoints and saves.
     world: World = SINGLE
+    sharding: str = "none"  # of those ranks: "ddp" or "fsdp" (distributed.choose_sharding)
     state: LoopState = field(default_factory=LoopState)
     train_lengths: list[int] = field(init=False, default_factory=list)  # each run sets it from its data
 
@@ -595,18 +622,27 @@ class RunBase:
         path = checkpoint_path(self.checkpoint_root, self.state.step)
         info = CheckpointInfo(self.state.step, self.state.display_epoch(), str(path), metrics)
         dropped = track_checkpoint(self.state, info)
+        weights, optimizer_state = None, None
+        if self.sharding == "fsdp":  # every rank gives its shards; rank 0 gets them whole
+            weights = gathered_weights(self.model)
+            optimizer_state = gathered_optimizer_state(self.optimizer)
         if not self.world.is_main:  # the same bookkeeping on every rank; rank 0 writes
             return
-        self.write_checkpoint(path, self.trainer_state(metrics))
+        self.write_checkpoint(path, self.trainer_state(metrics, optimizer_state), weights)
         for old in dropped:  # only once the new one is safely on disk
             shutil.rmtree(old, ignore_errors=True)
         self.emit("checkpoint", metrics, f"checkpoint at step {self.state.step}", str(path))
 
-    def write_checkpoint(self, path: Path, trainer_state: dict[str, Any]) -> None:
-        write_checkpoint(path, self.model, self.tokenizer, trainer_state)
+    def write_checkpoint(
+        self, path: Path, trainer_state: dict[str, Any], weights: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        write_checkpoint(path, self.model, self.tokenizer, trainer_state, weights)
 
-    def trainer_state(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        """Everything but the weights; only tensors and plain containers, so weights_only loads it."""
+    def trainer_state(
+        self, metrics: dict[str, Any], optimizer_state: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Everything but the weights; only tensors and plain containers, so weights_only loads it.
+        `optimizer_state`: the optimizer's, gathered whole, when its own is FSDP shards."""
         return {
             "format_version": FORMAT_VERSION,
             "trainer": self.trainer_name,
@@ -616,7 +652,7 @@ class RunBase:
             **self.trainer_state_extras(),
             "spec": self.spec.to_dict(),
             "metrics": metrics,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state or self.optimizer.state_dict(),
             # The schedule is a pure function of the step (lr_at), so its state is just its inputs.
             "scheduler": {
                 "name": "linear_warmup_decay",
@@ -633,7 +669,8 @@ class RunBase:
         """Where the run trains, for its banner: "device cuda:0", or "2 devices (cpu, data-parallel)"."""
         if self.world.size == 1:
             return f"device {self.device}"
-        return f"{self.world.size} devices ({self.device.type}, data-parallel)"
+        sharded = ", FSDP-sharded" if self.sharding == "fsdp" else ""
+        return f"{self.world.size} devices ({self.device.type}, data-parallel{sharded})"
 
     def precision_name(self) -> str:
         """The dtype forward passes compute in ("bfloat16" or "float32"), for banners and checkpoints."""
@@ -645,6 +682,8 @@ class RunBase:
 
     def restore(self, saved: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(saved["optimizer"])  # moves the moments to the params' device
+        if self.sharding == "fsdp":  # checkpoints hold the whole state: each rank keeps its shard
+            shard_optimizer_state(self.optimizer)
         restore_rng_state(saved["rng"])  # dropout continues exactly where the interrupted run was
         self.state = self.state_class(**saved["loop"])
         self.adopt_checkpoints(int(saved["step"]))
@@ -680,6 +719,13 @@ class RunBase:
                 if info and ("valid_loss" in metrics or "eval_score" in metrics)
                 else {}
             )
+
+    def final_weights(self) -> dict[str, torch.Tensor] | None:
+        """The weights the final save writes when no checkpoint is the best: an FSDP run's gathered
+        whole (every rank takes part), None for the model's own."""
+        if self.sharding == "fsdp" and self.state.best_checkpoint is None:
+            return gathered_weights(self.model)
+        return None
 
     def last_checkpoint_step(self) -> int:
         return self.state.checkpoints[-1]["step"] if self.state.checkpoints else -1
@@ -744,8 +790,9 @@ class Run(RunBase):
     def save(self, stopped: bool) -> TrainResult:
         output_dir = Path(self.spec.output_dir)
         metrics = {**self.state.best_metrics, "early_stopped": self.state.early_stopped}
+        weights = self.final_weights()
         if self.world.is_main:
-            save_final_model(output_dir, self.state.best_checkpoint, self.model, self.tokenizer)
+            save_final_model(output_dir, self.state.best_checkpoint, self.model, self.tokenizer, weights)
             write_model_card(output_dir, self.spec, self.data.labels, metrics)
         self.emit("log", message=saved_message(self.state))
         return TrainResult(
@@ -778,9 +825,9 @@ def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
     trainable = total = 0
     for name, parameter in model.named_parameters():
         # peft keeps a frozen copy of each module it trains whole: the model has only the trained one.
-        if parameter.data_ptr() in seen or ".original_module." in name:
+        if id(parameter) in seen or ".original_module." in name:
             continue
-        seen.add(parameter.data_ptr())
+        seen.add(id(parameter))
         total += parameter.numel()
         trainable += parameter.numel() if parameter.requires_grad else 0
     return trainable, total

@@ -18,7 +18,12 @@ from safetensors.torch import load_file  # noqa: E402
 
 from tests.workers.runtime import test_sft, test_training  # noqa: E402
 from tests.workers.runtime.conftest import sentiment_rows, write_csv  # noqa: E402
-from workers.runtime.distributed import World, run_distributed  # noqa: E402
+from workers.runtime.distributed import (  # noqa: E402
+    World,
+    choose_sharding,
+    repeated_blocks,
+    run_distributed,
+)
 from workers.runtime.specs import ProgressEvent, TrainingDataError, TrainSpec  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -150,3 +155,113 @@ def test_a_rank_takes_every_nth_example_and_an_empty_share_weighs_nothing() -> N
     assert World(rank=0, size=2).shard([10]) == [10] and World(rank=1, size=2).shard([10]) == []
     # one process: sums are the values, and rank 0's word is final
     assert World().sum([1.5, 2.0]) == [1.5, 2.0] and World().agree(True)
+
+
+# --- FSDP: each rank holds a shard of the weights, gradients and optimizer state -------------------
+
+
+def banner(events: list[ProgressEvent]) -> str:
+    return next(e.message for e in events if e.kind == "log" and e.message.startswith("Running training"))
+
+
+def test_a_classifier_sharded_with_fsdp_takes_the_single_process_steps(
+    tmp_path: Path, tiny_bert_dir: Path
+) -> None:
+    base = without_dropout(tiny_bert_dir, tmp_path / "base")
+    data = write_csv(tmp_path / "train.csv", sentiment_rows(21))  # the last batch leaves rank 1 empty
+    valid = write_csv(tmp_path / "valid.csv", sentiment_rows(8, seed=1))
+    changes: dict[str, Any] = {"validation_file": str(valid), "hp": {"n_epochs": 2, "batch_size": 4}}
+
+    alone, alone_events = test_training.run(test_training.make_spec(tmp_path, base, data, "one", **changes))
+    ranks, rank_events = on_two_ranks(
+        test_training.make_spec(tmp_path, base, data, "two", sharding="fsdp", **changes), tmp_path / "w"
+    )
+
+    assert "2 devices (cpu, data-parallel, FSDP-sharded)" in banner(rank_events)
+    assert ranks.status == "completed" and ranks.steps == alone.steps == 12
+    assert losses(rank_events) == pytest.approx(losses(alone_events), rel=1e-4)
+    assert ranks.trained_tokens == alone.trained_tokens
+    figures = [e.metrics["valid_loss"] for e in rank_events if e.kind == "eval"]
+    assert figures == pytest.approx(
+        [e.metrics["valid_loss"] for e in alone_events if e.kind == "eval"], rel=1e-4
+    )
+    # checkpoints and the final model are the whole model, in the files one process writes
+    assert [c.step for c in ranks.checkpoints] == [c.step for c in alone.checkpoints]
+    same_weights(alone.model_dir, ranks.model_dir)
+    same_weights(alone.checkpoints[-1].path, ranks.checkpoints[-1].path)
+
+
+def test_an_lm_with_tied_embeddings_sharded_with_fsdp_saves_the_single_process_weights(
+    tmp_path: Path, tiny_gpt2_dir: Path, chats: Path
+) -> None:
+    base = without_dropout(tiny_gpt2_dir, tmp_path / "base")
+    changes: dict[str, Any] = {"hp": {"n_epochs": 1, "batch_size": 3}}
+
+    alone, alone_events = test_sft.run(test_sft.make_spec(tmp_path, base, chats, "one", **changes))
+    ranks, rank_events = on_two_ranks(
+        test_sft.make_spec(tmp_path, base, chats, "two", sharding="fsdp", **changes), tmp_path / "w"
+    )
+
+    assert "FSDP-sharded" in banner(rank_events)
+    assert ranks.steps == alone.steps and ranks.trained_tokens == alone.trained_tokens
+    assert losses(rank_events) == pytest.approx(losses(alone_events), rel=1e-4)
+    same_weights(alone.model_dir, ranks.model_dir)
+    # GPT-2's head is its input embedding: saved as one weight, as one process saves it
+    config = json.loads((Path(ranks.model_dir) / "config.json").read_text())
+    assert config.get("tie_word_embeddings", True)
+    assert (
+        load_file(f"{ranks.model_dir}/model.safetensors").keys()
+        == load_file(f"{alone.model_dir}/model.safetensors").keys()
+    )
+
+
+def test_an_fsdp_run_resumes_exactly_from_its_checkpoint_on_any_number_of_devices(
+    tmp_path: Path, tiny_bert_dir: Path
+) -> None:
+    base = without_dropout(tiny_bert_dir, tmp_path / "base")
+    data = write_csv(tmp_path / "train.csv", sentiment_rows(24))
+    changes: dict[str, Any] = {"hp": {"n_epochs": 2, "batch_size": 4}, "checkpoint_every_steps": 3}
+    alone, _ = test_training.run(test_training.make_spec(tmp_path, base, data, "one", **changes))
+
+    # two sharded ranks stop at step 3; the checkpoint holds the whole model and optimizer state
+    first = test_training.make_spec(tmp_path, base, data, "first", sharding="fsdp", **changes)
+    stopped = run_distributed(
+        first, 2, lambda event: None, test_training.stop_after(3), tmp_path / "w1", poll_seconds=0.05
+    )
+    assert stopped.status == "stopped" and stopped.steps == 3
+    checkpoint = stopped.checkpoints[-1].path
+
+    # resumed sharded on two ranks, and in one process: both end where the uninterrupted run did.
+    # Each from its own copy, as a worker downloads it: a run drops the checkpoints it moves past.
+    for name, devices in (("sharded", 2), ("single", 1)):
+        copy = shutil.copytree(checkpoint, tmp_path / f"resume-{name}")
+        spec = test_training.make_spec(
+            tmp_path, base, data, name, sharding="fsdp", resume_from=str(copy), **changes
+        )
+        if devices == 1:
+            resumed, _ = test_training.run(spec)
+        else:
+            resumed = run_distributed(spec, 2, lambda event: None, lambda: False, tmp_path / f"w-{name}")
+        assert resumed.status == "completed" and resumed.steps == alone.steps
+        same_weights(alone.model_dir, resumed.model_dir)
+
+
+def test_sharding_is_fsdp_only_where_asked_or_needed() -> None:
+    model = torch.nn.Linear(4, 4)
+    two, cpu = World(rank=0, size=2), torch.device("cpu")
+    assert choose_sharding("fsdp", World(), model, cpu, None) == "none"  # one process: nothing to share
+    assert choose_sharding("fsdp", two, model, cpu, None) == "fsdp"
+    assert choose_sharding("ddp", two, model, cpu, None) == "ddp"
+    assert choose_sharding("auto", two, model, cpu, None) == "ddp"  # CPU ranks share one memory
+    assert choose_sharding("fsdp", two, model, cpu, {"r": 8}) == "ddp"  # LoRA: a frozen base, small state
+
+
+def test_the_blocks_sharded_one_by_one_are_the_transformers_layers(
+    tiny_gpt2_dir: Path, tiny_bert_dir: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    gpt2 = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    assert repeated_blocks(gpt2) == list(gpt2.transformer.h)
+    bert = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
+    assert repeated_blocks(bert) == list(bert.bert.encoder.layer)
