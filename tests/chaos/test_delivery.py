@@ -102,14 +102,19 @@ def test_t3_without_reject_on_worker_lost_the_broker_loses_the_job_but_the_reape
     print(f"T3: message lost with the child; attempt 2 started {recovered_after:.1f}s after the kill")
 
 
+# Workers whose training steps take at least 0.05 s each (tests/chaos/paced_training.py): a job
+# sized to outlast a deadline does so however fast the machine.
+PACED = {"CELERY_WORKER_INCLUDE": f"{WORKER_ENV['CELERY_WORKER_INCLUDE']},tests.chaos.paced_training"}
+
+
 # --- T5: a job longer than the visibility timeout -------------------------------------------------
 def test_t5_a_job_longer_than_the_visibility_timeout_runs_once(
     api: Any, tiny_base: Any, start_workers: Any
 ) -> None:
     # Misconfigured on purpose: the broker redelivers every unacked message after 2 s.
-    env = {"CELERY_VISIBILITY_TIMEOUT": "2", "CELERY_UNACKED_RESTORE_INTERVAL": "1"}
+    env = {"CELERY_VISIBILITY_TIMEOUT": "2", "CELERY_UNACKED_RESTORE_INTERVAL": "1", **PACED}
     first, second = start_workers(2, env)
-    job_id = submit_fine_tune(api, rows=120, epochs=12)  # 6-30 s, idle or busy machine
+    job_id = submit_fine_tune(api, rows=120, epochs=3)  # 3 x 54 steps (batch 2) of 0.05 s or more: 8 s
     job = reap_until(lambda: finished(job_id), timeout=150)
     # Celery alone would have run the job again (M4); here every later delivery acks and exits.
     wait_for(
@@ -133,7 +138,7 @@ def test_t6_a_job_past_its_soft_time_limit_fails_cleanly_and_the_next_job_runs(
     api: Any, tiny_base: Any, start_worker: Any
 ) -> None:
     soft = 12
-    start_worker({"GPU_TASK_SOFT_TIME_LIMIT": str(soft)})
+    start_worker({"GPU_TASK_SOFT_TIME_LIMIT": str(soft), **PACED})  # the long job lasts minutes
     long_file, short_file = upload(api, sentiment_csv(400)), upload(api, sentiment_csv(40))
     long_id = submit_fine_tune(api, epochs=50, file_id=long_file)
     job = reap_until(lambda: finished(long_id), timeout=soft + 60)
@@ -159,7 +164,7 @@ def test_t6_a_job_past_its_hard_time_limit_fails_at_once_and_the_next_job_runs(
 ) -> None:
     soft, hard = 4, 12
     # This worker's children ignore the soft limit: only the hard limit can stop the job.
-    include = f"{WORKER_ENV['CELERY_WORKER_INCLUDE']},tests.chaos.ignore_soft_limit"
+    include = f"{PACED['CELERY_WORKER_INCLUDE']},tests.chaos.ignore_soft_limit"
     worker = start_worker(
         {
             "GPU_TASK_SOFT_TIME_LIMIT": str(soft),
@@ -168,7 +173,7 @@ def test_t6_a_job_past_its_hard_time_limit_fails_at_once_and_the_next_job_runs(
         }
     )
     long_file, short_file = upload(api, sentiment_csv(120)), upload(api, sentiment_csv(40))
-    long_id = submit_fine_tune(api, epochs=50, file_id=long_file)  # about a minute of training
+    long_id = submit_fine_tune(api, epochs=50, file_id=long_file)  # 50 x 54 paced steps: minutes
     job = reap_until(lambda: finished(long_id), timeout=hard + 60)
     assert f"Hard time limit ({hard}s) exceeded for jobs.run_fine_tune" in worker.log.read_text(
         errors="replace"
