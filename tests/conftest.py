@@ -333,12 +333,30 @@ def purge_queues() -> None:
 @pytest.fixture
 def celery_worker(transactional_db: None) -> Iterator[Worker]:
     """A real worker on both queues, against the test database and Redis."""
+    with running_worker() as worker:
+        yield worker
+
+
+@contextlib.contextmanager
+def running_worker(extra: dict[str, str] | None = None) -> Iterator[Worker]:
+    """A real worker on both queues with `extra` in its environment, stopped at the end."""
     purge_queues()
-    worker = Worker()
+    worker = Worker(env=worker_env(extra))
     try:
         yield worker
     finally:
         worker.stop()
+
+
+def paced(train: float = 0.0, decode: float = 0.0) -> dict[str, str]:
+    """A worker's environment so that each training step and each decoding step of its takes at
+    least `train` and `decode` seconds (tests/paced.py): work sized to outlast something then
+    does so on any machine."""
+    return {
+        "CELERY_WORKER_INCLUDE": "tests.paced",
+        "TEST_MIN_TRAIN_STEP_SECONDS": str(train),
+        "TEST_MIN_DECODE_STEP_SECONDS": str(decode),
+    }
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from django.conf import settings
 
 from apps.billing.models import UsageRecord
 from apps.jobs.models import Job
+from tests.conftest import Worker, paced, running_worker
 
 pytestmark = pytest.mark.integration
 
@@ -32,8 +34,16 @@ def complete(client: openai.OpenAI, prompt: str, max_tokens: int) -> Any:
     )
 
 
+@pytest.fixture
+def paced_worker(transactional_db: None) -> Iterator[Worker]:
+    """A worker whose decoding steps take at least 0.01 s: the long request's 200 tokens then
+    last 2 s or more, long enough for the short ones to arrive, however fast the machine."""
+    with running_worker(paced(decode=0.01)) as worker:
+        yield worker
+
+
 def test_requests_that_arrive_mid_flight_join_and_answer_as_they_do_alone(
-    live_server: Any, alice_key: str, celery_worker: Any, tiny_chat: Any
+    live_server: Any, alice_key: str, paced_worker: Any, tiny_chat: Any
 ) -> None:
     client = sdk(live_server, alice_key)
     alone = {prompt: complete(client, prompt, 12) for prompt in SHORT}

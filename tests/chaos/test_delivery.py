@@ -35,7 +35,7 @@ from tests.chaos.conftest import (
     upload,
     use_broker,
 )
-from tests.conftest import billed, sentiment_csv, wait_for
+from tests.conftest import billed, paced, sentiment_csv, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -102,9 +102,9 @@ def test_t3_without_reject_on_worker_lost_the_broker_loses_the_job_but_the_reape
     print(f"T3: message lost with the child; attempt 2 started {recovered_after:.1f}s after the kill")
 
 
-# Workers whose training steps take at least 0.05 s each (tests/chaos/paced_training.py): a job
-# sized to outlast a deadline does so however fast the machine.
-PACED = {"CELERY_WORKER_INCLUDE": f"{WORKER_ENV['CELERY_WORKER_INCLUDE']},tests.chaos.paced_training"}
+# Workers whose training steps take at least 0.05 s each (tests/paced.py): a job sized to outlast a
+# deadline does so however fast the machine.
+PACED = {**paced(train=0.05), "CELERY_WORKER_INCLUDE": f"{WORKER_ENV['CELERY_WORKER_INCLUDE']},tests.paced"}
 
 
 # --- T5: a job longer than the visibility timeout -------------------------------------------------
@@ -167,6 +167,7 @@ def test_t6_a_job_past_its_hard_time_limit_fails_at_once_and_the_next_job_runs(
     include = f"{PACED['CELERY_WORKER_INCLUDE']},tests.chaos.ignore_soft_limit"
     worker = start_worker(
         {
+            **PACED,
             "GPU_TASK_SOFT_TIME_LIMIT": str(soft),
             "GPU_TASK_TIME_LIMIT": str(hard),
             "CELERY_WORKER_INCLUDE": include,

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.conftest import PASSWORD, ROOT, sentiment_csv
+from tests.conftest import PASSWORD, ROOT, Worker, paced, running_worker, sentiment_csv
 from tests.e2e.conftest import Shots
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -115,8 +116,16 @@ def assert_selects_fit(page: Any) -> None:
     page.set_viewport_size(DESKTOP)
 
 
+@pytest.fixture
+def paced_worker(transactional_db: None) -> Iterator[Worker]:
+    """A worker whose training steps take at least 0.02 s: the job (648 steps) then runs long
+    enough for the page to show its time left, however fast the machine."""
+    with running_worker(paced(train=0.02)) as worker:
+        yield worker
+
+
 def test_a_customer_fills_the_form_wrongly_then_rightly_and_watches_the_job(
-    new_context: Any, console: Any, alice: Any, alice_project: Any, celery_worker: Any, tiny_base: Any
+    new_context: Any, console: Any, alice: Any, alice_project: Any, paced_worker: Any, tiny_base: Any
 ) -> None:
     from apps.projects.actions import create_processed_file
     from apps.projects.validation import validate_stream

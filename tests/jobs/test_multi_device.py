@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from apps.jobs.models import Job, JobStatus
-from tests.conftest import Worker, billed, purge_queues, sentiment_csv, use_plan, wait_for, worker_env
+from tests.conftest import Worker, billed, running_worker, sentiment_csv, use_plan, wait_for
 from tests.jobs.test_fine_tune_flow import upload
 
 pytestmark = pytest.mark.integration
@@ -135,12 +135,8 @@ def test_a_cancelled_two_device_fine_tune_stops_every_rank(
 def fsdp_worker(transactional_db: None) -> Iterator[Worker]:
     """A worker whose fine-tunes on several devices shard the model (TRAINING_SHARDING=fsdp), as a
     host sets it for models whose training state does not fit one of its GPUs."""
-    purge_queues()
-    worker = Worker(env=worker_env({"TRAINING_SHARDING": "fsdp"}))
-    try:
+    with running_worker({"TRAINING_SHARDING": "fsdp"}) as worker:
         yield worker
-    finally:
-        worker.stop()
 
 
 def test_a_fine_tune_sharded_with_fsdp_trains_bills_and_serves_as_one_device_does(
