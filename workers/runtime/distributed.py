@@ -9,8 +9,8 @@ the ranks hold the model (`choose_sharding`):
 - FSDP (torch's `fully_shard`): each rank holds 1/N of the weights, gradients and optimizer state,
   and gathers one transformer block at a time for its forward and backward passes, so a model
   whose training state does not fit one device still trains. Checkpoints and the final model are
-  gathered whole (`gathered_state`): they are the same files whichever way the ranks trained, and a
-  run resumes from them on any number of devices.
+  gathered whole (`gathered_weights`, `gathered_optimizer_state`): the same files whichever way the
+  ranks trained, and a run resumes from them on any number of devices.
 Everything else stays as in one process: the same batches in the same order, the same schedule,
 evaluation (every rank evaluates the same weights, so every rank takes the same early-stopping
 decision without talking), and checkpoints, progress and the final model written by rank 0 only.
